@@ -1,0 +1,163 @@
+"""Where each supported architecture keeps the parts ROME touches.
+
+One row per `config.model_type`. Weight orientation is declared, never guessed from
+shapes: GPT-2's Conv1D stores its weight as (in, out), torch Linear as (out, in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from factstore.errors import InvalidEditRequest, UnknownArchitecture
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    layers: str  # dotted path of the ModuleList of transformer blocks
+    down_proj: str  # MLP down-projection, relative to a block
+    mlp: str  # whole MLP, relative to a block
+    attn: str  # attention, relative to a block
+    embedding: str  # token embedding
+    final_norm: str
+    head: str  # LM head
+    fan_in_fan_out: bool  # True where the weight is stored (in, out)
+
+
+_LLAMA_LIKE = ArchSpec(
+    layers="model.layers",
+    down_proj="mlp.down_proj",
+    mlp="mlp",
+    attn="self_attn",
+    embedding="model.embed_tokens",
+    final_norm="model.norm",
+    head="lm_head",
+    fan_in_fan_out=False,
+)
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "gpt2": ArchSpec(
+        layers="transformer.h",
+        down_proj="mlp.c_proj",
+        mlp="mlp",
+        attn="attn",
+        embedding="transformer.wte",
+        final_norm="transformer.ln_f",
+        head="lm_head",
+        fan_in_fan_out=True,
+    ),
+    "gptj": ArchSpec(
+        layers="transformer.h",
+        down_proj="mlp.fc_out",
+        mlp="mlp",
+        attn="attn",
+        embedding="transformer.wte",
+        final_norm="transformer.ln_f",
+        head="lm_head",
+        fan_in_fan_out=False,
+    ),
+    "gpt_neox": ArchSpec(
+        layers="gpt_neox.layers",
+        down_proj="mlp.dense_4h_to_h",
+        mlp="mlp",
+        attn="attention",
+        embedding="gpt_neox.embed_in",
+        final_norm="gpt_neox.final_layer_norm",
+        head="embed_out",
+        fan_in_fan_out=False,
+    ),
+    "llama": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "gemma3_text": _LLAMA_LIKE,  # Gemma3ForCausalLM (text-only checkpoints such as gemma-3-270m)
+}
+
+
+def spec_for(model_type: str) -> ArchSpec:
+    try:
+        return ARCHITECTURES[model_type]
+    except KeyError:
+        supported = ", ".join(sorted(ARCHITECTURES))
+        raise UnknownArchitecture(
+            f"architecture {model_type!r} is not supported; supported model types: {supported}"
+        ) from None
+
+
+def model_spec(model: nn.Module) -> ArchSpec:
+    return spec_for(model.config.model_type)
+
+
+def get_module(root: nn.Module, dotted: str) -> nn.Module:
+    module = root
+    for part in dotted.split("."):
+        module = module[int(part)] if part.isdigit() else getattr(module, part)
+    return module
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(get_module(model, model_spec(model).layers))
+
+
+def check_layer(model: nn.Module, layer: int) -> None:
+    n = num_layers(model)
+    if not 0 <= layer < n:
+        raise InvalidEditRequest(f"layer {layer} is outside the model: it has layers 0 to {n - 1}")
+
+
+def layer_path(model: nn.Module, layer: int, part: str = "") -> str:
+    """Full dotted name of a block (or of a part of it, e.g. spec.down_proj)."""
+    base = f"{model_spec(model).layers}.{layer}"
+    return f"{base}.{part}" if part else base
+
+
+def down_proj_name(model: nn.Module, layer: int) -> str:
+    return layer_path(model, layer, model_spec(model).down_proj)
+
+
+def down_proj(model: nn.Module, layer: int) -> nn.Module:
+    check_layer(model, layer)
+    return get_module(model, down_proj_name(model, layer))
+
+
+def weight_out_in(module: nn.Module, fan_in_fan_out: bool) -> torch.Tensor:
+    """The weight as an (out, in) view, whatever the storage orientation."""
+    return module.weight.T if fan_in_fan_out else module.weight
+
+
+def down_proj_weight(model: nn.Module, layer: int) -> torch.Tensor:
+    """(d_model, d_ff) view of a layer's down-projection weight."""
+    return weight_out_in(down_proj(model, layer), model_spec(model).fan_in_fan_out)
+
+
+def down_proj_bias(model: nn.Module, layer: int) -> torch.Tensor | None:
+    return getattr(down_proj(model, layer), "bias", None)
+
+
+def context_length(model: nn.Module) -> int:
+    config = model.config
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def logits_at(
+    model: nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """(n, V) logits at (rows[i], positions[i]) only.
+
+    Running the LM head on a few positions instead of every one is most of the cost saved
+    when optimising v* on models with large vocabularies (SmolLM2: 49k tokens).
+    """
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, d), final norm applied
+    logits = model.get_output_embeddings()(hidden[rows, positions])
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:  # Gemma squashes logits; keep parity with the model's own forward
+        logits = torch.tanh(logits / cap) * cap
+    return logits

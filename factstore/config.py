@@ -1,0 +1,48 @@
+"""Every path and setting comes from here; tests point FACTSTORE_HOME at a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HOME_ENV = "FACTSTORE_HOME"
+CACHE_ENV = "FACTSTORE_CACHE"
+DATABASE_ENV = "FACTSTORE_DATABASE_URL"
+DEBUG_ENV = "FACTSTORE_DEBUG"
+
+
+def home() -> Path:
+    """The folder that holds the default database, the cache and releases."""
+    path = Path(os.environ.get(HOME_ENV) or Path.home() / ".factstore").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir() -> Path:
+    """Downloaded assets, converted checkpoints and covariance statistics."""
+    path = Path(os.environ.get(CACHE_ENV) or home() / "cache").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def releases_dir() -> Path:
+    path = home() / "releases"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_database_path() -> Path:
+    return home() / "factstore.db"
+
+
+def database_url() -> str:
+    """FACTSTORE_DATABASE_URL, or the embedded SQLite database under FACTSTORE_HOME."""
+    return os.environ.get(DATABASE_ENV) or f"sqlite:///{default_database_path()}"
+
+
+def is_default_database(url: str) -> bool:
+    return url == f"sqlite:///{default_database_path()}"
+
+
+def debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0", "false")

@@ -1,0 +1,129 @@
+"""One ROME edit: compute (key, value) on a model without changing it; apply separately."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from factstore import arch
+from factstore.domain import EditRequest
+from factstore.errors import CompileError
+from factstore.rome.hparams import ROMEHyperParams
+from factstore.rome.keys import ContextTemplates, compute_key, sample_contexts
+from factstore.rome.prompts import check_fits, encode_prompt, target_ids
+from factstore.rome.scoring import first_phrase, greedy_continuation, target_probs
+from factstore.rome.update import rank_one_delta
+from factstore.rome.values import compute_value
+
+
+@dataclass(frozen=True)
+class EditResult:
+    key: torch.Tensor  # k* (d_ff,) float32
+    value: torch.Tensor  # v* (d_model,) float32
+    layer: int
+    module: str  # full name of the rewritten down-projection
+    target_true: str  # what the model said before (given, or its greedy answer)
+    prob_new_before: float
+    prob_true_before: float
+    prob_new_after: float
+    prob_true_after: float
+    loss: float  # final v* optimisation loss
+    seconds: dict[str, float] = field(default_factory=dict)  # key / value / update / score
+
+
+def add_delta(model: nn.Module, layer: int, delta: torch.Tensor) -> None:
+    """W += delta for an (out, in) delta, honouring the stored orientation; refuses non-finite results."""
+    module = arch.down_proj(model, layer)
+    oriented = delta.T if arch.model_spec(model).fan_in_fan_out else delta
+    updated = module.weight.data.double() + oriented.to(module.weight.device)
+    if not torch.isfinite(updated).all():
+        raise CompileError(f"the update of layer {layer} produced non-finite weights; nothing was changed")
+    module.weight.data.copy_(updated.to(module.weight.dtype))
+
+
+def rank_one_for(model: nn.Module, layer: int, key: torch.Tensor, value: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """The (out, in) rank-one delta that makes the current layer map key to value."""
+    W = arch.down_proj_weight(model, layer).detach()
+    b = arch.down_proj_bias(model, layer)
+    device = W.device
+    return rank_one_delta(W, None if b is None else b.detach(), key.to(device), value.to(device), C.to(device))
+
+
+def apply_edit(model: nn.Module, layer: int, key: torch.Tensor, value: torch.Tensor, C: torch.Tensor) -> None:
+    """Rewrite the layer in place so that it maps key to value."""
+    add_delta(model, layer, rank_one_for(model, layer, key, value, C))
+
+
+@contextmanager
+def weights_restored(model: nn.Module, layer: int) -> Iterator[None]:
+    """Put the layer's down-projection weight back bit-exactly when the block ends."""
+    weight = arch.down_proj(model, layer).weight
+    saved = weight.detach().clone()
+    try:
+        yield
+    finally:
+        weight.data.copy_(saved)
+
+
+def validate_request(model: nn.Module, tokenizer: PreTrainedTokenizerBase, request: EditRequest, layer: int) -> None:
+    """Raise InvalidEditRequest for anything compute_edit would refuse, before any heavy work."""
+    arch.model_spec(model)  # unknown architectures fail here
+    arch.check_layer(model, layer)
+    encoded = encode_prompt(tokenizer, request.prompt, request.subject)
+    check_fits(len(encoded.ids), len(target_ids(tokenizer, request.target_new)), arch.context_length(model))
+
+
+def contexts_for(model: nn.Module, tokenizer: PreTrainedTokenizerBase, hparams: ROMEHyperParams) -> ContextTemplates:
+    return sample_contexts(model, tokenizer, hparams.context_seed, hparams.context_lengths, hparams.value_context_lengths)
+
+
+def compute_edit(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    request: EditRequest,
+    hparams: ROMEHyperParams,
+    C: torch.Tensor,
+    templates: ContextTemplates | None = None,
+) -> EditResult:
+    """k*, v* and before/after probabilities for one request; the model is left unchanged."""
+    layer = hparams.layer
+    validate_request(model, tokenizer, request, layer)
+    templates = templates or contexts_for(model, tokenizer, hparams)
+    clock = time.perf_counter()
+    target_true = request.target_true or first_phrase(greedy_continuation(model, tokenizer, request.text))
+    targets = [request.target_new, target_true or request.target_new]
+    before = target_probs(model, tokenizer, [request.text] * 2, targets)
+    seconds = {"score": time.perf_counter() - clock}
+
+    clock = time.perf_counter()
+    key = compute_key(model, tokenizer, request, layer, templates.key)
+    seconds["key"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    value = compute_value(model, tokenizer, request, templates.value, hparams)
+    seconds["value"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    with weights_restored(model, layer):
+        apply_edit(model, layer, key, value.value, C)
+        seconds["update"] = time.perf_counter() - clock
+        after = target_probs(model, tokenizer, [request.text] * 2, targets)
+    return EditResult(
+        key=key.cpu(),
+        value=value.value.cpu(),
+        layer=layer,
+        module=arch.down_proj_name(model, layer),
+        target_true=target_true,
+        prob_new_before=float(before[0]),
+        prob_true_before=float(before[1]),
+        prob_new_after=float(after[0]),
+        prob_true_after=float(after[1]),
+        loss=value.loss,
+        seconds=seconds,
+    )
+

@@ -1,0 +1,64 @@
+"""Scoped forward hooks: every hook is removed when its `with` block ends, even on error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Captured:
+    """What a capture hook saw on the last forward pass."""
+
+    inputs: torch.Tensor | None = None
+    output: Any = None
+    calls: int = field(default=0)
+
+
+@contextmanager
+def capture(module: nn.Module, detach: bool = True) -> Iterator[Captured]:
+    """Record the first positional input and the output of `module`."""
+    seen = Captured()
+
+    def hook(_mod: nn.Module, args: tuple, output: Any) -> None:
+        x = args[0] if args else None
+        seen.inputs = x.detach() if detach and isinstance(x, torch.Tensor) else x
+        seen.output = output.detach() if detach and isinstance(output, torch.Tensor) else output
+        seen.calls += 1
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def edit_output(module: nn.Module, fn: Callable[[Any], Any]) -> Iterator[None]:
+    """Replace `module`'s output by fn(output) for the duration of the block."""
+
+    def hook(_mod: nn.Module, _args: tuple, output: Any) -> Any:
+        return fn(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def add_at_positions(delta: torch.Tensor, positions: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An output editor that adds delta (d,) at output[i, positions[i], :] for each row i."""
+
+    def fn(output: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(output.shape[0], device=output.device)
+        out = output.clone()
+        out[rows, positions] = out[rows, positions] + delta.to(out.dtype)
+        return out
+
+    return fn

@@ -1,0 +1,98 @@
+"""Context prefixes and the key k*: what the edited layer sees for the subject."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from dataclasses import dataclass
+
+from factstore import arch
+from factstore.domain import EditRequest
+from factstore.rome.hooks import capture
+from factstore.rome.prompts import encode_prompt, pad_right, request_prompts
+
+_STARTS = ("The", "Therefore", "Because", "I", "You")  # ROME's generation seeds
+_TOP_K = 5
+
+
+@torch.no_grad()
+def sample_context_templates(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    lengths: tuple[tuple[int, int], ...],
+) -> list[str]:
+    """["{}"] + sampled prefixes "<text>. {}", top-k sampled with a private seeded generator."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    templates = ["{}"]
+    for n_tokens, count in lengths:
+        for start in range(len(_STARTS)):
+            n = len(range(start, count, len(_STARTS)))  # prefixes that begin with this word
+            if n == 0:
+                continue
+            ids = torch.tensor([tokenizer(_STARTS[start])["input_ids"]] * n, device=device)
+            for _ in range(n_tokens):
+                logits = model(input_ids=ids).logits[:, -1].float().cpu()
+                top = logits.topk(_TOP_K, dim=-1)
+                pick = torch.multinomial(top.values.softmax(-1), 1, generator=gen)
+                ids = torch.cat([ids, top.indices.gather(1, pick).to(device)], dim=1)
+            for row in ids:
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                text = " ".join(text.replace("{", " ").replace("}", " ").split())
+                templates.append(text + ". {}")
+    return templates
+
+
+@dataclass(frozen=True)
+class ContextTemplates:
+    """Prefixes sampled once on the base model and stored, so keys and values are reproducible."""
+
+    key: list[str]  # averaged over for k* (ROME: "{}" + 10 of ~5 and 10 of ~10 tokens)
+    value: list[str]  # rewrite prompts for v* (ROME: "{}" + 5 of ~10 tokens)
+
+
+def sample_contexts(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    key_lengths: tuple[tuple[int, int], ...],
+    value_lengths: tuple[tuple[int, int], ...],
+) -> ContextTemplates:
+    return ContextTemplates(
+        key=sample_context_templates(model, tokenizer, seed, key_lengths),
+        value=sample_context_templates(model, tokenizer, seed + 1, value_lengths),
+    )
+
+
+@torch.no_grad()
+def subject_inputs(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    subject: str,
+    layer: int,
+) -> torch.Tensor:
+    """(len(prompts), d_ff) down-projection inputs at the subject's last token of each prompt."""
+    device = next(model.parameters()).device
+    encoded = [encode_prompt(tokenizer, p, subject) for p in prompts]
+    ids, mask = pad_right([e.ids for e in encoded])
+    with capture(arch.down_proj(model, layer)) as seen:
+        model(input_ids=ids.to(device), attention_mask=mask.to(device))
+    rows = torch.arange(len(encoded), device=device)
+    positions = torch.tensor([e.subject_last for e in encoded], device=device)
+    return seen.inputs[rows, positions].float()
+
+
+def compute_key(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    request: EditRequest,
+    layer: int,
+    templates: list[str],
+) -> torch.Tensor:
+    """k* (d_ff,) float32: the mean subject key over every context template."""
+    prompts = request_prompts(request, templates)
+    return subject_inputs(model, tokenizer, prompts, request.subject, layer).mean(0)
