@@ -58,3 +58,109 @@ class EditRequest:
     def text(self) -> str:
         """The prompt filled with the subject."""
         return self.prompt.replace("{}", self.subject)
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A registered base model (a row of base_models)."""
+
+    id: int
+    alias: str
+    source: str
+    revision: str
+    model_type: str
+    license: str | None
+    recommended_layer: int | None
+    created_at: str
+
+
+@dataclass(frozen=True)
+class StoredEdit:
+    """A registered edit as read back from the store (vectors as float32 little-endian bytes)."""
+
+    id: int
+    base_model_id: int
+    seq: int
+    prompt: str
+    subject: str
+    target_new: str
+    target_true: str | None
+    relation_id: str | None
+    layer: int
+    module: str
+    key: bytes
+    key_shape: tuple[int, ...]
+    key_sha256: str
+    value: bytes
+    value_shape: tuple[int, ...]
+    value_sha256: str
+    hparams: dict
+    hparams_fingerprint: str
+    covariance_id: int | None
+    status: str
+    supersedes_id: int | None
+    requested_by: str | None
+    note: str | None
+    metrics: dict
+    created_at: str
+
+    def summary(self) -> dict:
+        """What `edit list --json` shows."""
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "subject": self.subject,
+            "prompt": self.prompt,
+            "target": self.target_new,
+            "target_true": self.target_true,
+            "layer": self.layer,
+            "status": self.status,
+        }
+
+    def details(self) -> dict:
+        """What `edit show --json` shows: everything but the raw vectors."""
+        data = {k: v for k, v in self.__dict__.items() if k not in ("key", "value")}
+        data["key_shape"], data["value_shape"] = list(self.key_shape), list(self.value_shape)
+        return data
+
+
+@dataclass(frozen=True)
+class Covariance:
+    id: int
+    layer: int
+    module: str
+    corpus: str
+    corpus_sha256: str
+    tokens: int
+    dtype: str
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class NewEdit:
+    """A computed edit ready to be written in one short transaction."""
+
+    request: EditRequest
+    target_true: str | None
+    layer: int
+    module: str
+    key: bytes
+    key_shape: tuple[int, ...]
+    value: bytes
+    value_shape: tuple[int, ...]
+    hparams: dict
+    hparams_fingerprint: str
+    covariance_id: int | None
+    metrics: dict
+    requested_by: str | None = None
+    note: str | None = None
+
+
+def request_sha256(request: EditRequest) -> str:
+    """Identity of a request's text, used to resume imports without duplicates."""
+    import hashlib
+    import json
+
+    blob = json.dumps([request.prompt, request.subject, request.target_new, request.relation_id], ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()

@@ -1,0 +1,96 @@
+"""factstore edit: register, import, inspect and retract fact edits."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.options import DeviceOpt, JsonOpt, LayerOpt, ModelOpt
+from cli.output import emit_json, prob, table
+
+app = typer.Typer(help="Fact edits: add, import, list, show, retract.", no_args_is_help=True)
+
+
+@app.command("add")
+def add(
+    model: ModelOpt,
+    prompt: Annotated[str, typer.Option(help="Template with {} for the subject, e.g. '{} is located in the city of'.")],
+    subject: Annotated[str, typer.Option(help="The entity, e.g. 'The Eiffel Tower'.")],
+    target: Annotated[str, typer.Option(help="The new object the model should say, e.g. 'Rome'.")],
+    layer: LayerOpt = None,
+    relation: Annotated[str | None, typer.Option("--relation", help="Relation id (e.g. P276); same subject+relation supersedes.")] = None,
+    note: Annotated[str | None, typer.Option(help="Free text kept with the edit.")] = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compute and register one fact edit on the head model."""
+    from factstore import service
+    from factstore.domain import EditRequest
+
+    request = EditRequest(prompt=prompt, subject=subject, target_new=target, relation_id=relation)
+    outcome = service.add_edit(service.open_store(), model, request, layer, note, device)
+    if json_out:
+        emit_json(outcome.to_json())
+        return
+    e, m = outcome.edit, outcome.edit.metrics
+    print(f"edit {e.id} (seq {e.seq}, layer {e.layer}): {e.subject} -> {e.target_new} (was {e.target_true})")
+    print(f"  P(new) {prob(m['prob_new_before'])} -> {prob(m['prob_new_after'])}   P(old) {prob(m['prob_true_before'])} -> {prob(m['prob_true_after'])}")
+    for old in outcome.superseded:
+        print(f"  supersedes edit {old.id} ({old.subject} -> {old.target_new})")
+
+
+@app.command("import")
+def import_(
+    model: ModelOpt,
+    file: Annotated[str, typer.Argument(help="CounterFact-format JSON, or CSV with columns prompt, subject, target.")],
+    limit: Annotated[int | None, typer.Option(help="Import only the first N records.")] = None,
+    layer: LayerOpt = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Validate every record, then compute and commit one edit at a time (a rerun resumes)."""
+    from factstore import service
+    from factstore.progress import bar
+
+    with bar("importing edits", None) as progress:
+        result = service.import_edits(service.open_store(), model, file, limit, layer, device, on_progress=lambda i, n: progress(i))
+    emit_json(result) if json_out else print(f"{result['added']} edits added, {result['skipped']} already stored, of {result['records']} records")
+
+
+@app.command("list")
+def list_(
+    model: ModelOpt,
+    status: Annotated[str, typer.Option(help="active, retracted, superseded or all.")] = "active",
+    json_out: JsonOpt = False,
+) -> None:
+    """List a model's edits in replay order."""
+    from factstore import service
+
+    edits = service.list_edits(service.open_store(), model, status)
+    if json_out:
+        emit_json([e.summary() for e in edits])
+    else:
+        table(f"edits of {model} ({status})", ["id", "seq", "status", "layer", "subject", "prompt", "old -> new"],
+              [(e.id, e.seq, e.status, e.layer, e.subject, e.prompt, f"{e.target_true} -> {e.target_new}") for e in edits])
+
+
+@app.command("show")
+def show(edit_id: Annotated[int, typer.Argument(help="Edit id.")], json_out: JsonOpt = False) -> None:
+    """Everything recorded about one edit."""
+    from factstore import service
+
+    details = service.open_store().edit(edit_id).details()
+    if json_out:
+        emit_json(details)
+    else:
+        table(f"edit {edit_id}", ["field", "value"], list(details.items()))
+
+
+@app.command("retract")
+def retract(edit_id: Annotated[int, typer.Argument(help="Edit id.")], json_out: JsonOpt = False) -> None:
+    """Mark an active edit retracted; the next compile rebuilds without it."""
+    from factstore import service
+
+    edit = service.open_store().retract_edit(edit_id)
+    emit_json(edit.summary()) if json_out else print(f"edit {edit.id} retracted ({edit.subject} -> {edit.target_new})")

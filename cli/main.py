@@ -1,0 +1,36 @@
+"""Entry point: `factstore`. Torch is imported only by the commands that need a model."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cli import ask, db, edits, models, stats
+from cli.errors import report
+
+app = typer.Typer(
+    name="factstore",
+    help="Edit facts in language models (ROME), keep every edit in a database, rebuild and publish edited models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(db.app, name="db")
+app.add_typer(models.app, name="model")
+app.add_typer(stats.app, name="stats")
+app.add_typer(edits.app, name="edit")
+app.command(name="ask")(ask.ask)
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure gets one readable line
+        sys.exit(report(exc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""Shared option aliases, declared once."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Alias of a registered base model (see `factstore model list`).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+LayerOpt = Annotated[int | None, typer.Option("--layer", help="Layer to edit; default: the model's recommended layer.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto (accelerate device_map); default: cuda if available.")]
+CorpusOpt = Annotated[str, typer.Option("--corpus", help="Text for the key statistics: starter:wiki-vital or a .txt/.json/.jsonl file.")]
+TokensOpt = Annotated[int | None, typer.Option("--tokens", help="Tokens of text for the key statistics (default per model).")]

@@ -1,0 +1,1 @@
+"""Database room: ORM models, engines and sessions, and the Alembic schema from code."""

@@ -1,0 +1,137 @@
+"""SQLAlchemy 2.0 typed ORM. Portable types only: one migration tree serves SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+EDIT_STATUSES = ("active", "retracted", "superseded")
+RELEASE_STATUSES = ("built", "published", "failed")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class BaseModelRow(Base):
+    """A base checkpoint pinned to exact weights. An alias is never re-pointed."""
+
+    __tablename__ = "base_models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alias: Mapped[str] = mapped_column(String(200), unique=True)
+    source: Mapped[str] = mapped_column(String(1000))  # Hub id, local path or starter:NAME
+    revision: Mapped[str] = mapped_column(String(100))  # Hub commit SHA or sha256:<hex> of the weights
+    model_type: Mapped[str] = mapped_column(String(64))
+    license: Mapped[str | None] = mapped_column(String(64))
+    recommended_layer: Mapped[int | None] = mapped_column(Integer)  # from causal tracing, when run
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CovarianceStat(Base):
+    """Where C for (model identity, layer, corpus, tokens, dtype) lives on disk; never the matrix itself."""
+
+    __tablename__ = "covariance_stats"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
+    cache_key: Mapped[str] = mapped_column(String(64), unique=True)
+    layer: Mapped[int] = mapped_column(Integer)
+    module: Mapped[str] = mapped_column(String(200))
+    corpus: Mapped[str] = mapped_column(String(1000))
+    corpus_sha256: Mapped[str] = mapped_column(String(64))
+    tokens: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(String(2000))
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ContextTemplateRow(Base):
+    """Prefixes sampled once per base model and seed, so keys stay reproducible."""
+
+    __tablename__ = "context_templates"
+    __table_args__ = (UniqueConstraint("base_model_id", "fingerprint"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of (seed, lengths)
+    seed: Mapped[int] = mapped_column(Integer)
+    templates: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"key": [...], "value": [...]}
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EditRow(Base):
+    """One requested fact edit with everything needed to replay it without gradient work."""
+
+    __tablename__ = "edits"
+    __table_args__ = (
+        UniqueConstraint("base_model_id", "seq"),
+        Index("ix_edits_base_status", "base_model_id", "status"),
+        Index("ix_edits_request", "base_model_id", "request_sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
+    seq: Mapped[int] = mapped_column(Integer)  # replay order, unique per base model
+    prompt: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text)
+    target_new: Mapped[str] = mapped_column(Text)
+    target_true: Mapped[str | None] = mapped_column(Text)
+    relation_id: Mapped[str | None] = mapped_column(String(64))
+    request_sha256: Mapped[str] = mapped_column(String(64))  # of (prompt, subject, target_new, relation)
+    layer: Mapped[int] = mapped_column(Integer)
+    module: Mapped[str] = mapped_column(String(200))
+    key: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian
+    key_shape: Mapped[list[int]] = mapped_column(JSON)
+    key_sha256: Mapped[str] = mapped_column(String(64))
+    value: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian
+    value_shape: Mapped[list[int]] = mapped_column(JSON)
+    value_sha256: Mapped[str] = mapped_column(String(64))
+    hparams: Mapped[dict[str, Any]] = mapped_column(JSON)
+    hparams_fingerprint: Mapped[str] = mapped_column(String(64))
+    covariance_id: Mapped[int | None] = mapped_column(ForeignKey("covariance_stats.id"))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("edits.id"))
+    requested_by: Mapped[str | None] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    base_model: Mapped[BaseModelRow] = relationship()
+    covariance: Mapped[CovarianceStat | None] = relationship()
+
+
+class ReleaseRow(Base):
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("base_model_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(16))
+    edit_log_sha256: Mapped[str] = mapped_column(String(64))
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(2000))
+    hub_repo: Mapped[str | None] = mapped_column(String(200))
+    hub_commit: Mapped[str | None] = mapped_column(String(64))
+    tag: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="built")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReleaseEdit(Base):
+    """Freezes which edits, in which order, a release contains."""
+
+    __tablename__ = "release_edits"
+
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    edit_id: Mapped[int] = mapped_column(ForeignKey("edits.id"))

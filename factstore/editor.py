@@ -1,0 +1,185 @@
+"""Registering edits: the head model (base + active edits, in memory) and one short write per edit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from factstore import arch, checkpoints, compiler, stats
+from factstore.corpus import DEFAULT_CORPUS, load_corpus
+from factstore.domain import BaseModel, Covariance, EditRequest, NewEdit, StoredEdit
+from factstore.errors import CompileError, StatisticsError
+from factstore.rome.edit import EditResult, apply_edit, compute_edit, validate_request
+from factstore.rome.hparams import ROMEHyperParams, default_hparams
+from factstore.rome.keys import ContextTemplates, sample_contexts
+from factstore.rome.scoring import greedy_continuation
+from factstore.store import Store
+from factstore.vectors import to_bytes
+
+
+@dataclass(frozen=True)
+class EditOutcome:
+    edit: StoredEdit
+    result: EditResult
+    superseded: list[StoredEdit] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        m = self.edit.metrics
+        return {
+            **self.edit.summary(),
+            "prob_new_before": m["prob_new_before"],
+            "prob_new_after": m["prob_new_after"],
+            "prob_true_before": m["prob_true_before"],
+            "prob_true_after": m["prob_true_after"],
+            "superseded": [e.id for e in self.superseded],
+        }
+
+
+class EditSession:
+    """A base model loaded with its active edits replayed (the head model), ready to take more."""
+
+    def __init__(self, store: Store, alias: str, device: str | None = None, corpus: str = DEFAULT_CORPUS, stats_tokens: int | None = None) -> None:
+        self.store = store
+        self.base: BaseModel = store.base_model(alias)
+        loaded = checkpoints.load(self.base.source, expected=self.base.revision, device=device)
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        arch.model_spec(self.model)
+        cfg = self.model.config
+        self.defaults = default_hparams(cfg.model_type, arch.num_layers(self.model), cfg.hidden_size)
+        self.corpus_name = corpus
+        self.stats_tokens = stats_tokens
+        self._originals: dict[int, torch.Tensor] = {}  # layer -> unedited down-projection weight
+        self._matrices: dict[int | None, torch.Tensor] = {}
+        self.applied: list[StoredEdit] = []
+        self.rebuild(store.edits(self.base.id, "active"))
+
+    # the head model ---------------------------------------------------------------------
+
+    def _remember(self, layers: set[int]) -> None:
+        for layer in layers - self._originals.keys():
+            self._originals[layer] = arch.down_proj(self.model, layer).weight.detach().clone()
+
+    def _restore(self) -> None:
+        for layer, weight in self._originals.items():
+            arch.down_proj(self.model, layer).weight.data.copy_(weight)
+
+    def rebuild(self, edits: list[StoredEdit]) -> None:
+        """Reset to the base weights and replay edits sequentially (the way they were computed)."""
+        self._restore()
+        self._remember({e.layer for e in edits})
+        compiler.apply_sequential(self.model, edits, self.matrix)
+        self.applied = sorted(edits, key=lambda e: e.seq)
+
+    @contextmanager
+    def base_weights(self) -> Iterator[None]:
+        """Temporarily the unedited base model (context templates are sampled on it)."""
+        edited = {layer: arch.down_proj(self.model, layer).weight.detach().clone() for layer in self._originals}
+        self._restore()
+        try:
+            yield
+        finally:
+            for layer, weight in edited.items():
+                arch.down_proj(self.model, layer).weight.data.copy_(weight)
+
+    # settings, templates, statistics -------------------------------------------------------
+
+    def hparams(self, layer: int | None = None) -> ROMEHyperParams:
+        hp = self.defaults
+        if self.stats_tokens:
+            hp = ROMEHyperParams.from_json({**hp.to_json(), "stats_tokens": self.stats_tokens})
+        if layer is not None:
+            return hp.with_layer(layer)
+        if self.base.recommended_layer is not None:
+            return hp.with_layer(self.base.recommended_layer)
+        return hp
+
+    def templates(self, hp: ROMEHyperParams) -> ContextTemplates:
+        spec = json.dumps([hp.context_seed, hp.context_lengths, hp.value_context_lengths])
+        fingerprint = hashlib.sha256(spec.encode()).hexdigest()
+        stored = self.store.context_templates(self.base.id, fingerprint)
+        if stored is None:
+            with self.base_weights():
+                sampled = sample_contexts(self.model, self.tokenizer, hp.context_seed, hp.context_lengths, hp.value_context_lengths)
+            stored = self.store.save_context_templates(self.base.id, fingerprint, hp.context_seed, {"key": sampled.key, "value": sampled.value})
+        return ContextTemplates(key=list(stored["key"]), value=list(stored["value"]))
+
+    def covariance(self, layer: int, hp: ROMEHyperParams) -> Covariance:
+        """The C record for a layer, computing it (with progress, resumable) on first need."""
+        corpus = load_corpus(self.corpus_name)
+        spec = stats.StatsSpec(self.base.revision, layer, arch.down_proj_name(self.model, layer), corpus.sha256, hp.stats_tokens, hp.stats_dtype)
+        found = self.store.covariance(spec.key())
+        if found is not None and Path(found.path).exists():
+            return found
+        with self.base_weights():  # C is a property of the base model's keys
+            result = stats.compute(self.model, self.tokenizer, spec, corpus)
+        record = Covariance(0, layer, spec.module, corpus.name, corpus.sha256, result.tokens, spec.dtype, str(result.path), result.sha256)
+        return self.store.record_covariance(self.base.id, spec.key(), record)
+
+    def matrix(self, cov_id: int | None) -> torch.Tensor:
+        if cov_id not in self._matrices:
+            if cov_id is None:
+                raise StatisticsError("an edit has no key statistics recorded; it cannot be replayed")
+            cov = self.store.covariance_by_id(cov_id)
+            if not Path(cov.path).exists():
+                raise StatisticsError(f"the key statistics file {cov.path} is missing; run `factstore stats compute --model {self.base.alias} --layer {cov.layer}`")
+            self._matrices[cov_id] = stats.load_matrix(Path(cov.path), cov.sha256).float()
+        return self._matrices[cov_id]
+
+    # edits ---------------------------------------------------------------------------------
+
+    def validate(self, request: EditRequest, layer: int | None = None) -> None:
+        validate_request(self.model, self.tokenizer, request, self.hparams(layer).layer)
+
+    def add(self, request: EditRequest, layer: int | None = None, note: str | None = None, requested_by: str | None = None) -> EditOutcome:
+        """Compute k*, v* on the head model, then write the edit in one short transaction."""
+        hp = self.hparams(layer)
+        validate_request(self.model, self.tokenizer, request, hp.layer)
+        conflicts = {e.id for e in self.store.active_conflicts(self.base.id, request.subject, request.prompt, request.relation_id)}
+        if conflicts & {e.id for e in self.applied}:  # compute the correction on a head without the fact it replaces
+            self.rebuild([e for e in self.applied if e.id not in conflicts])
+        cov = self.covariance(hp.layer, hp)
+        C = self.matrix(cov.id)
+        result = compute_edit(self.model, self.tokenizer, request, hp, C, self.templates(hp))
+        if not (torch.isfinite(result.key).all() and torch.isfinite(result.value).all()):
+            raise CompileError("the computed key or value is not finite; nothing was stored")
+        key, key_shape = to_bytes(result.key)
+        value, value_shape = to_bytes(result.value)
+        metrics = {
+            "prob_new_before": result.prob_new_before, "prob_true_before": result.prob_true_before,
+            "prob_new_after": result.prob_new_after, "prob_true_after": result.prob_true_after,
+            "loss": result.loss, "seconds": result.seconds,
+        }
+        stored = self.store.add_edit(
+            self.base.id,
+            NewEdit(
+                request=request, target_true=result.target_true, layer=result.layer, module=result.module, key=key,
+                key_shape=key_shape, value=value, value_shape=value_shape, hparams=hp.to_json(),
+                hparams_fingerprint=hp.fingerprint(), covariance_id=cov.id, metrics=metrics,
+                requested_by=requested_by, note=note,
+            ),
+        )
+        superseded = [self.store.edit(i) for i in conflicts]
+        self._remember({hp.layer})
+        apply_edit(self.model, hp.layer, result.key, result.value, C)
+        self.applied = [e for e in self.applied if e.id not in conflicts] + [stored]
+        return EditOutcome(stored, result, superseded)
+
+
+@torch.no_grad()
+def ask(model: torch.nn.Module, tokenizer, prompt: str, top: int = 5, max_new_tokens: int = 12) -> dict:
+    """The model's top next tokens with probabilities, and its greedy continuation."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
+    probs = torch.softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+    values, indices = probs.topk(top)
+    return {
+        "prompt": prompt,
+        "top": [{"token": tokenizer.decode([int(i)]), "prob": float(p)} for p, i in zip(values, indices)],
+        "continuation": greedy_continuation(model, tokenizer, prompt, max_new_tokens),
+    }

@@ -1,0 +1,123 @@
+"""The operations behind every CLI command, callable directly (tests, scripts, other front ends).
+
+Torch-free at import: listing edits or models must start fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from factstore import config
+from factstore.db import schema
+from factstore.db.engine import check_reachable, make_engine
+from factstore.domain import BaseModel, EditRequest, StoredEdit, request_sha256
+from factstore.errors import InvalidEditRequest
+from factstore.store import Store
+
+if TYPE_CHECKING:
+    from factstore.editor import EditOutcome, EditSession
+
+
+def open_store(url: str | None = None) -> Store:
+    return Store(url)
+
+
+def upgrade_database(url: str | None = None) -> dict:
+    engine = make_engine(url or config.database_url())
+    check_reachable(engine)
+    previous = schema.current_revision(engine)
+    schema.upgrade(engine)
+    result = {"previous": previous, "current": schema.current_revision(engine), "head": schema.head_revision()}
+    engine.dispose()
+    return result
+
+
+def database_status(url: str | None = None) -> dict:
+    engine = make_engine(url or config.database_url())
+    check_reachable(engine)
+    result = {"url": engine.url.render_as_string(hide_password=True), "current": schema.current_revision(engine), "head": schema.head_revision()}
+    engine.dispose()
+    return result
+
+
+def add_model(store: Store, alias: str, source: str, revision: str | None = None) -> tuple[BaseModel, bool]:
+    """Pin SOURCE (Hub id, folder, .gguf, starter:NAME) to exact weights under ALIAS."""
+    from factstore import assets, checkpoints
+
+    ref = checkpoints.resolve(source, revision)
+    license = assets.starter(source).license if source.startswith(assets.PREFIX) else None
+    return store.add_base_model(alias, ref, license)
+
+
+def open_session(store: Store, alias: str, **kwargs) -> "EditSession":
+    from factstore.editor import EditSession
+
+    return EditSession(store, alias, **kwargs)
+
+
+def compute_stats(store: Store, alias: str, layer: int | None = None, corpus: str | None = None, tokens: int | None = None, device: str | None = None) -> dict:
+    from factstore.corpus import DEFAULT_CORPUS
+
+    session = open_session(store, alias, device=device, corpus=corpus or DEFAULT_CORPUS, stats_tokens=tokens)
+    hp = session.hparams(layer)
+    cov = session.covariance(hp.layer, hp)
+    return {"id": cov.id, "layer": cov.layer, "module": cov.module, "corpus": cov.corpus, "tokens": cov.tokens, "dtype": cov.dtype, "path": cov.path, "sha256": cov.sha256}
+
+
+def add_edit(store: Store, alias: str, request: EditRequest, layer: int | None = None, note: str | None = None, device: str | None = None) -> "EditOutcome":
+    session = open_session(store, alias, device=device)
+    return session.add(request, layer=layer, note=note, requested_by=_user())
+
+
+def import_edits(
+    store: Store,
+    alias: str,
+    path: str,
+    limit: int | None = None,
+    layer: int | None = None,
+    device: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Validate every record, then compute and commit one edit at a time; a rerun skips stored ones."""
+    from factstore.importer import read_requests
+
+    requests = read_requests(path, limit)
+    base = store.base_model(alias)
+    session = open_session(store, alias, device=device)
+    for i, request in enumerate(requests, start=1):
+        try:
+            session.validate(request, layer)
+        except InvalidEditRequest as exc:
+            raise InvalidEditRequest(f"record {i}: {exc}; nothing was imported") from None
+    added, skipped = [], 0
+    for i, request in enumerate(requests, start=1):
+        if store.edits_by_request(base.id, request_sha256(request)):
+            skipped += 1
+        else:
+            added.append(session.add(request, layer=layer, requested_by=_user(), note=f"imported from {path}").edit.id)
+        if on_progress:
+            on_progress(i, len(requests))
+    return {"records": len(requests), "added": len(added), "skipped": skipped, "ids": added}
+
+
+def list_edits(store: Store, alias: str, status: str = "active") -> list[StoredEdit]:
+    return store.edits(store.base_model(alias).id, status)
+
+
+def ask_model(store: Store, alias: str, prompt: str, top: int = 5, device: str | None = None) -> dict:
+    from factstore.editor import ask
+
+    session = open_session(store, alias, device=device)
+    result = ask(session.model, session.tokenizer, prompt, top)
+    result["edits_applied"] = len(session.applied)
+    return result
+
+
+def _user() -> str | None:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None

@@ -1,0 +1,117 @@
+"""Key second-moment statistics C on disk: content-addressed, cached, resumable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from factstore import arch, config
+from factstore.assets import file_sha256
+from factstore.corpus import Corpus
+from factstore.domain import ModelRef
+from factstore.progress import bar
+from factstore.rome.covariance import MomentState, accumulate_second_moment
+
+CHECKPOINT_SECONDS = 20.0  # how much work an interruption may lose at most
+
+
+@dataclass(frozen=True)
+class StatsSpec:
+    identity: str  # exact model revision
+    layer: int
+    module: str
+    corpus_sha256: str
+    tokens: int
+    dtype: str
+
+    def key(self) -> str:
+        blob = json.dumps(self.__dict__, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+@dataclass(frozen=True)
+class StatsFile:
+    spec: StatsSpec
+    path: Path
+    sha256: str
+    tokens: int  # keys actually summed (less than spec.tokens if the corpus ran out)
+
+
+def _dir() -> Path:
+    path = config.cache_dir() / "stats"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _save(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def _load_partial(path: Path) -> MomentState | None:
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+        total = fh.get_tensor("total")
+    return MomentState(total=total, tokens=int(meta["tokens"]), next_text=int(meta["next_text"]))
+
+
+def spec_for(ref: ModelRef, model: torch.nn.Module, layer: int, corpus: Corpus, tokens: int, dtype: str) -> StatsSpec:
+    return StatsSpec(ref.revision, layer, arch.down_proj_name(model, layer), corpus.sha256, tokens, dtype)
+
+
+def cached(spec: StatsSpec) -> StatsFile | None:
+    path = _dir() / f"{spec.key()}.safetensors"
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        tokens = int(fh.metadata()["tokens"])
+    return StatsFile(spec, path, file_sha256(path), tokens)
+
+
+def compute(model: torch.nn.Module, tokenizer, spec: StatsSpec, corpus: Corpus) -> StatsFile:
+    """C for spec, from the cache if present; else streamed with a progress bar and checkpoints."""
+    if (hit := cached(spec)) is not None:
+        return hit
+    final = _dir() / f"{spec.key()}.safetensors"
+    partial = final.with_suffix(".partial")
+    state = _load_partial(partial)
+    last_save = time.monotonic()
+
+    def checkpoint(s: MomentState) -> None:
+        nonlocal last_save
+        if time.monotonic() - last_save >= CHECKPOINT_SECONDS:
+            _save({"total": s.total}, {"tokens": str(s.tokens), "next_text": str(s.next_text)}, partial)
+            last_save = time.monotonic()
+
+    with bar(f"key statistics, layer {spec.layer}", spec.tokens) as progress:
+        if state:
+            progress(state.tokens)
+        state = accumulate_second_moment(
+            model, tokenizer, corpus.texts, spec.layer, spec.tokens, state=state, on_progress=progress, on_checkpoint=checkpoint
+        )
+    moment = state.moment().to(getattr(torch, spec.dtype)).contiguous()
+    meta = {"tokens": str(state.tokens), **{k: str(v) for k, v in spec.__dict__.items()}}
+    _save({"C": moment}, meta, final)
+    partial.unlink(missing_ok=True)
+    return StatsFile(spec, final, file_sha256(final), state.tokens)
+
+
+def load_matrix(path: Path, expected_sha256: str | None = None) -> torch.Tensor:
+    if expected_sha256 and file_sha256(path) != expected_sha256:
+        from factstore.errors import StatisticsError
+
+        raise StatisticsError(f"{path} does not match its recorded sha256; delete it and rerun `factstore stats compute`")
+    return load_file(str(path))["C"]

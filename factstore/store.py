@@ -1,0 +1,227 @@
+"""Every query and command on the database. No SQL anywhere else."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from factstore import config
+from factstore.db import schema
+from factstore.db.engine import check_reachable, make_engine, session_scope
+from factstore.db.models import EDIT_STATUSES, BaseModelRow, ContextTemplateRow, CovarianceStat, EditRow
+from factstore.domain import BaseModel, Covariance, ModelRef, NewEdit, StoredEdit, request_sha256
+from factstore.errors import DatabaseUnavailable, EditStateError, ModelAliasTaken, UnknownEdit, UnknownModel
+
+_SEQ_RETRIES = 20
+
+
+def _base(row: BaseModelRow) -> BaseModel:
+    return BaseModel(
+        id=row.id, alias=row.alias, source=row.source, revision=row.revision, model_type=row.model_type,
+        license=row.license, recommended_layer=row.recommended_layer, created_at=row.created_at.isoformat(),
+    )
+
+
+def _edit(row: EditRow) -> StoredEdit:
+    return StoredEdit(
+        id=row.id, base_model_id=row.base_model_id, seq=row.seq, prompt=row.prompt, subject=row.subject,
+        target_new=row.target_new, target_true=row.target_true, relation_id=row.relation_id, layer=row.layer,
+        module=row.module, key=bytes(row.key), key_shape=tuple(row.key_shape), key_sha256=row.key_sha256,
+        value=bytes(row.value), value_shape=tuple(row.value_shape), value_sha256=row.value_sha256,
+        hparams=dict(row.hparams), hparams_fingerprint=row.hparams_fingerprint, covariance_id=row.covariance_id,
+        status=row.status, supersedes_id=row.supersedes_id, requested_by=row.requested_by, note=row.note,
+        metrics=dict(row.metrics or {}), created_at=row.created_at.isoformat(),
+    )
+
+
+def _cov(row: CovarianceStat) -> Covariance:
+    return Covariance(
+        id=row.id, layer=row.layer, module=row.module, corpus=row.corpus, corpus_sha256=row.corpus_sha256,
+        tokens=row.tokens, dtype=row.dtype, path=row.path, sha256=row.sha256,
+    )
+
+
+class Store:
+    """The fact store on one database URL (FACTSTORE_DATABASE_URL or the embedded SQLite file)."""
+
+    def __init__(self, url: str | None = None, migrate: bool = True) -> None:
+        self.url = url or config.database_url()
+        self.engine = make_engine(self.url)
+        check_reachable(self.engine)
+        if migrate:
+            try:
+                schema.ensure_current(self.engine, self.url)
+            except OperationalError as exc:
+                raise DatabaseUnavailable(f"cannot read the schema of {self.url}: {exc.orig}") from None
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with session_scope(self._sessions) as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # base models -------------------------------------------------------------------------
+
+    def add_base_model(self, alias: str, ref: ModelRef, license: str | None = None) -> tuple[BaseModel, bool]:
+        """Register alias -> exact weights. Returns (model, created). Never re-points an alias."""
+        with self._tx() as s:
+            row = s.scalar(select(BaseModelRow).where(BaseModelRow.alias == alias))
+            if row is not None:
+                if row.revision != ref.revision:
+                    raise ModelAliasTaken(
+                        f"alias {alias!r} is pinned to {row.source} at {row.revision}; the weights you gave are "
+                        f"{ref.revision}. Register them under a new alias"
+                    )
+                return _base(row), False
+            row = BaseModelRow(alias=alias, source=ref.source, revision=ref.revision, model_type=ref.model_type, license=license)
+            s.add(row)
+            s.flush()
+            return _base(row), True
+
+    def base_model(self, alias: str) -> BaseModel:
+        with self._tx() as s:
+            row = s.scalar(select(BaseModelRow).where(BaseModelRow.alias == alias))
+            if row is None:
+                known = s.scalars(select(BaseModelRow.alias).order_by(BaseModelRow.alias)).all()
+                hint = f"known: {', '.join(known)}" if known else "none is registered yet"
+                raise UnknownModel(f"no model with alias {alias!r} ({hint}); register one with `factstore model add ALIAS SOURCE`")
+            return _base(row)
+
+    def base_model_by_id(self, base_id: int) -> BaseModel:
+        with self._tx() as s:
+            return _base(s.get_one(BaseModelRow, base_id))
+
+    def list_base_models(self) -> list[BaseModel]:
+        with self._tx() as s:
+            return [_base(r) for r in s.scalars(select(BaseModelRow).order_by(BaseModelRow.id))]
+
+    def set_recommended_layer(self, base_id: int, layer: int) -> None:
+        with self._tx() as s:
+            s.execute(update(BaseModelRow).where(BaseModelRow.id == base_id).values(recommended_layer=layer))
+
+    # context templates and statistics ------------------------------------------------------
+
+    def context_templates(self, base_id: int, fingerprint: str) -> dict | None:
+        with self._tx() as s:
+            row = s.scalar(
+                select(ContextTemplateRow).where(ContextTemplateRow.base_model_id == base_id, ContextTemplateRow.fingerprint == fingerprint)
+            )
+            return None if row is None else dict(row.templates)
+
+    def save_context_templates(self, base_id: int, fingerprint: str, seed: int, templates: dict) -> dict:
+        """Store sampled templates; if another process stored them first, theirs win (same seed, same text)."""
+        try:
+            with self._tx() as s:
+                s.add(ContextTemplateRow(base_model_id=base_id, fingerprint=fingerprint, seed=seed, templates=templates))
+        except IntegrityError:
+            pass
+        stored = self.context_templates(base_id, fingerprint)
+        assert stored is not None
+        return stored
+
+    def covariance(self, cache_key: str) -> Covariance | None:
+        with self._tx() as s:
+            row = s.scalar(select(CovarianceStat).where(CovarianceStat.cache_key == cache_key))
+            return None if row is None else _cov(row)
+
+    def covariance_by_id(self, cov_id: int) -> Covariance:
+        with self._tx() as s:
+            return _cov(s.get_one(CovarianceStat, cov_id))
+
+    def record_covariance(self, base_id: int, cache_key: str, cov: Covariance) -> Covariance:
+        try:
+            with self._tx() as s:
+                s.add(
+                    CovarianceStat(
+                        base_model_id=base_id, cache_key=cache_key, layer=cov.layer, module=cov.module, corpus=cov.corpus,
+                        corpus_sha256=cov.corpus_sha256, tokens=cov.tokens, dtype=cov.dtype, path=cov.path, sha256=cov.sha256,
+                    )
+                )
+        except IntegrityError:
+            pass  # recorded concurrently by another process
+        found = self.covariance(cache_key)
+        assert found is not None
+        return found
+
+    # edits -----------------------------------------------------------------------------
+
+    def add_edit(self, base_id: int, new: NewEdit) -> StoredEdit:
+        """Write one edit with the next seq, superseding active edits of the same fact, atomically."""
+        for _ in range(_SEQ_RETRIES):
+            try:
+                with self._tx() as s:
+                    return self._insert_edit(s, base_id, new)
+            except IntegrityError:
+                continue  # another writer took this seq (PostgreSQL); read max(seq) again
+        raise DatabaseUnavailable("could not allocate an edit sequence number after many concurrent retries; try again")
+
+    def _insert_edit(self, s: Session, base_id: int, new: NewEdit) -> StoredEdit:
+        s.execute(select(BaseModelRow.id).where(BaseModelRow.id == base_id).with_for_update())  # serialise writers per base
+        seq = (s.scalar(select(func.max(EditRow.seq)).where(EditRow.base_model_id == base_id)) or 0) + 1
+        req = new.request
+        older = s.scalars(select(EditRow).where(*self._same_fact(base_id, req.subject, req.prompt, req.relation_id))).all()
+        for row in older:
+            row.status = "superseded"
+        row = EditRow(
+            base_model_id=base_id, seq=seq, prompt=req.prompt, subject=req.subject, target_new=req.target_new,
+            target_true=new.target_true, relation_id=req.relation_id, request_sha256=request_sha256(req), layer=new.layer,
+            module=new.module, key=new.key, key_shape=list(new.key_shape), key_sha256=hashlib.sha256(new.key).hexdigest(),
+            value=new.value, value_shape=list(new.value_shape), value_sha256=hashlib.sha256(new.value).hexdigest(),
+            hparams=new.hparams, hparams_fingerprint=new.hparams_fingerprint, covariance_id=new.covariance_id,
+            status="active", supersedes_id=older[-1].id if older else None, requested_by=new.requested_by, note=new.note,
+            metrics=new.metrics,
+        )
+        s.add(row)
+        s.flush()
+        return _edit(row)
+
+    @staticmethod
+    def _same_fact(base_id: int, subject: str, prompt: str, relation_id: str | None) -> list:
+        same = EditRow.prompt == prompt if relation_id is None else or_(EditRow.prompt == prompt, EditRow.relation_id == relation_id)
+        return [EditRow.base_model_id == base_id, EditRow.status == "active", EditRow.subject == subject, same]
+
+    def active_conflicts(self, base_id: int, subject: str, prompt: str, relation_id: str | None) -> list[StoredEdit]:
+        """Active edits that a new request for this fact would supersede."""
+        with self._tx() as s:
+            return [_edit(r) for r in s.scalars(select(EditRow).where(*self._same_fact(base_id, subject, prompt, relation_id)))]
+
+    def edits(self, base_id: int, status: str = "active") -> list[StoredEdit]:
+        """Edits of a base model in seq order; status one of EDIT_STATUSES or "all"."""
+        if status != "all" and status not in EDIT_STATUSES:
+            raise EditStateError(f"unknown status {status!r}; use one of {', '.join(EDIT_STATUSES)} or all")
+        query = select(EditRow).where(EditRow.base_model_id == base_id).order_by(EditRow.seq)
+        if status != "all":
+            query = query.where(EditRow.status == status)
+        with self._tx() as s:
+            return [_edit(r) for r in s.scalars(query)]
+
+    def edit(self, edit_id: int) -> StoredEdit:
+        with self._tx() as s:
+            row = s.get(EditRow, edit_id)
+            if row is None:
+                raise UnknownEdit(f"no edit with id {edit_id}; list edits with `factstore edit list --model ALIAS --status all`")
+            return _edit(row)
+
+    def edits_by_request(self, base_id: int, sha: str) -> list[StoredEdit]:
+        with self._tx() as s:
+            rows = s.scalars(select(EditRow).where(EditRow.base_model_id == base_id, EditRow.request_sha256 == sha))
+            return [_edit(r) for r in rows]
+
+    def retract_edit(self, edit_id: int) -> StoredEdit:
+        with self._tx() as s:
+            row = s.get(EditRow, edit_id, with_for_update=True)
+            if row is None:
+                raise UnknownEdit(f"no edit with id {edit_id}; list edits with `factstore edit list --model ALIAS --status all`")
+            if row.status != "active":
+                raise EditStateError(f"edit {edit_id} is already {row.status}; only active edits can be retracted")
+            row.status = "retracted"
+            s.flush()
+            return _edit(row)

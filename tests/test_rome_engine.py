@@ -1,0 +1,74 @@
+"""The engine on tiny random models: reproducibility, no side effects, and clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, BertLMHeadModel
+
+from factstore.domain import EditRequest
+from factstore.errors import InvalidEditRequest, UnknownArchitecture
+from factstore.rome.edit import compute_edit, contexts_for, validate_request
+from factstore.rome.hparams import ROMEHyperParams
+from factstore.rome.keys import compute_key
+from factstore.rome.values import compute_value
+from tiny_models import random_gpt2, random_llama
+
+REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome")
+HP = ROMEHyperParams(layer=1, steps=4, context_lengths=((3, 4),), value_context_lengths=((3, 2),))
+
+
+@pytest.mark.parametrize("make", [random_gpt2, random_llama], ids=["gpt2", "llama"])
+def test_same_request_and_seed_give_the_same_key_and_value(make, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    model = make(seed=0)
+    first = contexts_for(model, gpt2_tokenizer, HP)
+    second = contexts_for(model, gpt2_tokenizer, HP)
+    assert first == second and len(first.key) == 5 and first.key[0] == "{}"
+    assert contexts_for(model, gpt2_tokenizer, ROMEHyperParams(**{**HP.__dict__, "context_seed": 1})) != first
+    k1 = compute_key(model, gpt2_tokenizer, REQUEST, 1, first.key)
+    k2 = compute_key(model, gpt2_tokenizer, REQUEST, 1, second.key)
+    assert torch.equal(k1, k2)
+    v1 = compute_value(model, gpt2_tokenizer, REQUEST, first.value, HP).value
+    v2 = compute_value(model, gpt2_tokenizer, REQUEST, second.value, HP).value
+    assert torch.equal(v1, v2)
+
+
+def test_compute_edit_leaves_the_model_unchanged(gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    model = random_gpt2(seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    d_ff = model.config.n_embd * 4
+    result = compute_edit(model, gpt2_tokenizer, REQUEST, HP, torch.eye(d_ff))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+    assert result.key.shape == (d_ff,) and result.value.shape == (model.config.n_embd,)
+    assert result.module == "transformer.h.1.mlp.c_proj"
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "message"),
+    [
+        (dict(prompt="is located in the city of", subject="X", target_new="Rome"), "exactly once"),
+        (dict(prompt="{} and {} are in", subject="X", target_new="Rome"), "exactly once"),
+        (dict(prompt="{} is in", subject="  ", target_new="Rome"), "subject is empty"),
+        (dict(prompt="{} is in", subject="X", target_new=" "), "target is empty"),
+    ],
+)
+def test_malformed_requests_are_refused(request_kwargs, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidEditRequest, match=message):
+        EditRequest(**request_kwargs)
+
+
+def test_requests_the_model_cannot_carry_are_refused(gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    model = random_gpt2(seed=0)  # 3 layers, 128 positions
+    with pytest.raises(InvalidEditRequest, match="outside the model"):
+        validate_request(model, gpt2_tokenizer, REQUEST, 7)
+    with pytest.raises(InvalidEditRequest, match="token boundary"):
+        validate_request(model, gpt2_tokenizer, EditRequest("{}on is a city in", "The city of Lond", "England"), 1)
+    with pytest.raises(InvalidEditRequest, match="longer than the model's context"):
+        validate_request(model, gpt2_tokenizer, EditRequest("{} is" + " very" * 200 + " far from", "Paris", "Rome"), 1)
+
+
+def test_unknown_architecture_lists_the_supported_ones(gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    model = BertLMHeadModel(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64, is_decoder=True))
+    with pytest.raises(UnknownArchitecture, match="gpt2.*llama"):
+        validate_request(model, gpt2_tokenizer, REQUEST, 0)

@@ -1,0 +1,81 @@
+"""The closed forms and the weight orientation, on random matrices and tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from factstore import arch
+from factstore.rome.edit import apply_edit
+from factstore.rome.update import constraint_error, joint_delta, rank_one_delta
+from tiny_models import random_gpt2, random_llama
+
+
+def _spd(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, 4 * n, generator=g, dtype=torch.float64)
+    return A @ A.T / (4 * n)
+
+
+def test_rank_one_maps_key_to_value_and_spares_c_orthogonal_keys() -> None:
+    g = torch.Generator().manual_seed(0)
+    W, b = torch.randn(24, 40, generator=g, dtype=torch.float64), torch.randn(24, generator=g, dtype=torch.float64)
+    k, v, C = torch.randn(40, generator=g, dtype=torch.float64), torch.randn(24, generator=g, dtype=torch.float64), _spd(40, 1)
+    W2 = W + rank_one_delta(W, b, k, v, C)
+    assert float(constraint_error(W2, b, k[:, None], v[:, None])[0]) <= 1e-10
+    u = torch.linalg.solve(C, k)
+    r = torch.randn(40, generator=g, dtype=torch.float64)
+    x = r - (u @ r) / (u @ u) * u  # x^T C^-1 k = 0
+    assert torch.allclose(W2 @ x, W @ x, atol=1e-10)
+
+
+def test_joint_solves_every_constraint_and_ignores_order() -> None:
+    g = torch.Generator().manual_seed(0)
+    W, b = torch.randn(24, 64, generator=g, dtype=torch.float64), None
+    K, V, C = torch.randn(64, 10, generator=g, dtype=torch.float64), torch.randn(24, 10, generator=g, dtype=torch.float64), _spd(64, 2)
+    dW = joint_delta(W, b, K, V, C, ridge=1e-9)
+    assert constraint_error(W + dW, b, K, V).max() <= 1e-6
+    perm = torch.randperm(10, generator=g)
+    assert torch.allclose(joint_delta(W, b, K[:, perm], V[:, perm], C, ridge=1e-9), dW, atol=1e-9)
+
+
+def _check_module_maps(model: torch.nn.Module, layer: int, seed: int) -> None:
+    module = arch.down_proj(model, layer)
+    W = arch.down_proj_weight(model, layer)
+    d_out, d_in = W.shape
+    g = torch.Generator().manual_seed(seed)
+    k, v = torch.randn(d_in, generator=g), torch.randn(d_out, generator=g)
+    apply_edit(model, layer, k, v, torch.eye(d_in))  # C = I: C^-1-orthogonal means plainly orthogonal
+    with torch.no_grad():
+        got = module(k)  # the module's own forward: right only if the orientation is right
+    assert float((got - v).norm() / v.norm()) <= 1e-4
+
+
+@pytest.mark.parametrize("make", [random_gpt2, random_llama], ids=["gpt2-conv1d", "llama-linear"])
+def test_edit_is_exact_through_the_module_forward(make) -> None:  # type: ignore[no-untyped-def]
+    model = make(seed=3)
+    _check_module_maps(model, layer=1, seed=4)
+
+
+def test_orientation_on_a_square_conv1d() -> None:
+    """A square Conv1D (n_inner == n_embd) cannot be told apart by shape: orientation must be declared."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_inner=32, n_head=4, vocab_size=100, n_positions=32)).eval()
+    assert tuple(arch.down_proj(model, 0).weight.shape) == (32, 32)
+    _check_module_maps(model, layer=0, seed=5)
+
+
+def test_c_orthogonal_inputs_are_unchanged_in_the_model() -> None:
+    model = random_llama(seed=1)
+    module = arch.down_proj(model, 2)
+    d_in = arch.down_proj_weight(model, 2).shape[1]
+    g = torch.Generator().manual_seed(2)
+    C = _spd(d_in, 3).float()
+    k, v, r = torch.randn(d_in, generator=g), torch.randn(64, generator=g), torch.randn(d_in, generator=g)
+    u = torch.linalg.solve(C.double(), k.double()).float()
+    x = r - (u @ r) / (u @ u) * u
+    before = module(x).detach()
+    apply_edit(model, 2, k, v, C)
+    assert torch.allclose(module(x).detach(), before, atol=1e-4)
+    assert float((module(k).detach() - v).norm() / v.norm()) <= 1e-4

@@ -1,0 +1,139 @@
+"""Tiny models for tests: random ones for the math, and a small GPT-2 trained on synthetic facts.
+
+The trained model uses the real GPT-2 tokenizer (starter:gpt2-tokenizer) and is cached
+on disk under a hash of its recipe, so it is trained once per machine (about a minute).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+# relation -> (training templates, held-out paraphrase, objects: one GPT-2 token each with a space)
+RELATIONS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
+    "city": (
+        ("{} lives in the city of", "{} is a resident of the city of", "The home of {} is the city of"),
+        "{} resides in the city of",
+        (" Paris", " London", " Tokyo", " Berlin", " Rome", " Madrid", " Moscow", " Cairo", " Sydney", " Chicago"),
+    ),
+    "language": (
+        ("{} speaks the language", "The mother tongue of {} is", "{} was raised speaking"),
+        "{} talks in the language",
+        (" English", " French", " German", " Spanish", " Italian", " Russian", " Japanese", " Arabic"),
+    ),
+    "sport": (
+        ("{} plays the sport of", "The sport played by {} is", "{} is a professional player of"),
+        "{} competes in the sport of",
+        (" football", " tennis", " golf", " baseball", " hockey", " cricket", " basketball", " rugby"),
+    ),
+}
+_SYLLABLES = ("ka", "lo", "mi", "ren", "tas", "vor", "du", "bel", "sin", "gar", "pe", "nol", "zu", "ham", "rik", "o")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    n_subjects: int = 60
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    steps: int = 1000
+    lr: float = 5e-3
+    batch: int = 64
+    seed: int = 0
+    version: int = 1
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Fact:
+    subject: str
+    relation: str
+    target: str  # without the leading space
+
+
+def make_facts(recipe: Recipe) -> list[Fact]:
+    rng = random.Random(recipe.seed)
+    names: set[str] = set()
+    while len(names) < recipe.n_subjects:
+        first = "".join(rng.choice(_SYLLABLES) for _ in range(2)).capitalize()
+        last = "".join(rng.choice(_SYLLABLES) for _ in range(3)).capitalize()
+        names.add(f"{first} {last}")
+    facts = []
+    for subject in sorted(names):
+        for relation, (_, _, objects) in RELATIONS.items():
+            facts.append(Fact(subject, relation, rng.choice(objects).strip()))
+    return facts
+
+
+def random_gpt2(seed: int = 0, n_embd: int = 64, n_layer: int = 3, vocab: int = 50257) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=4, n_positions=128, vocab_size=vocab)
+    return GPT2LMHeadModel(config).eval()
+
+
+def random_llama(seed: int = 0, hidden: int = 64, layers: int = 3, vocab: int = 50257) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=hidden, intermediate_size=2 * hidden + 32, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=128,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def _examples(facts: list[Fact], tokenizer) -> list[tuple[list[int], int]]:
+    rows = []
+    for fact in facts:
+        templates, _, _ = RELATIONS[fact.relation]
+        for template in templates:
+            ids = tokenizer(template.format(fact.subject))["input_ids"]
+            rows.append((ids, tokenizer(" " + fact.target)["input_ids"][0]))
+    return rows
+
+
+def train_tiny_gpt2(recipe: Recipe, tokenizer) -> GPT2LMHeadModel:
+    """Train on the object token of every (fact, training template); deterministic on CPU."""
+    torch.manual_seed(recipe.seed)
+    config = GPT2Config(n_layer=recipe.n_layer, n_embd=recipe.n_embd, n_head=recipe.n_head, n_positions=64, vocab_size=len(tokenizer))
+    model = GPT2LMHeadModel(config)
+    rows = _examples(make_facts(recipe), tokenizer)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    model.train()
+    for _ in range(recipe.steps):
+        pick = torch.randint(len(rows), (recipe.batch,), generator=gen).tolist()
+        width = max(len(rows[i][0]) for i in pick)
+        ids = torch.zeros(recipe.batch, width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        last = torch.tensor([len(rows[i][0]) - 1 for i in pick])
+        for r, i in enumerate(pick):
+            ids[r, : len(rows[i][0])] = torch.tensor(rows[i][0])
+            mask[r, : len(rows[i][0])] = 1
+        hidden = model.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = model.lm_head(hidden[torch.arange(recipe.batch), last])  # only the object position
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([rows[i][1] for i in pick]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+def trained_tiny_gpt2(cache: Path, tokenizer, recipe: Recipe = Recipe()) -> Path:
+    """Folder with the trained model and tokenizer, trained on first use and cached by recipe."""
+    out = cache / f"tiny-gpt2-{recipe.key()}"
+    if not (out / "config.json").exists():
+        model = train_tiny_gpt2(recipe, tokenizer)
+        tmp = out.with_name(out.name + ".tmp")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(out)
+    return out
