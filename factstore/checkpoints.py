@@ -109,8 +109,11 @@ def _resolve_hub(source: str, revision: str | None) -> tuple[str, Path]:
         raise ModelSourceNotFound(f"{source!r} is not a local path and no such Hub repository exists (or it is private: set HF_TOKEN)") from None
     except RevisionNotFoundError:
         raise ModelSourceNotFound(f"the Hub repository {source!r} has no revision {revision!r}") from None
-    except OSError as exc:
-        raise ModelSourceNotFound(f"could not reach the Hugging Face Hub for {source!r} ({exc.__class__.__name__}); check the network or use a local path") from None
+    except Exception as exc:  # connection errors come from the HTTP client, whose types vary by version
+        raise ModelSourceNotFound(
+            f"could not reach the Hugging Face Hub for {source!r} ({exc.__class__.__name__}: {exc}); "
+            "check the network, or give a local folder, a .gguf file or a starter: asset"
+        ) from None
     return sha, Path(path)
 
 
@@ -145,10 +148,19 @@ def default_device() -> str:
     return os.environ.get("FACTSTORE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _quiet_transformers() -> None:
+    """factstore draws its own progress; transformers' per-load bars and notices are noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def load(source: str, revision: str | None = None, expected: str | None = None, device: str | None = None) -> LoadedModel:
     """Load model and tokenizer; with `expected`, refuse weights whose identity differs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     ref = resolve(source, revision if not expected or not expected.startswith("sha256:") else None)
     if expected and ref.revision != expected:
         raise IdentityMismatch(

@@ -44,7 +44,7 @@ class EditOutcome:
 class EditSession:
     """A base model loaded with its active edits replayed (the head model), ready to take more."""
 
-    def __init__(self, store: Store, alias: str, device: str | None = None, corpus: str = DEFAULT_CORPUS, stats_tokens: int | None = None) -> None:
+    def __init__(self, store: Store, alias: str, device: str | None = None, corpus: str | None = None, stats_tokens: int | None = None) -> None:
         self.store = store
         self.base: BaseModel = store.base_model(alias)
         loaded = checkpoints.load(self.base.source, expected=self.base.revision, device=device)
@@ -52,7 +52,7 @@ class EditSession:
         arch.model_spec(self.model)
         cfg = self.model.config
         self.defaults = default_hparams(cfg.model_type, arch.num_layers(self.model), cfg.hidden_size)
-        self.corpus_name = corpus
+        self.corpus_name = corpus  # None: reuse whatever C is recorded for a layer, else the default corpus
         self.stats_tokens = stats_tokens
         self._originals: dict[int, torch.Tensor] = {}  # layer -> unedited down-projection weight
         self._matrices: dict[int | None, torch.Tensor] = {}
@@ -111,7 +111,11 @@ class EditSession:
 
     def covariance(self, layer: int, hp: ROMEHyperParams) -> Covariance:
         """The C record for a layer, computing it (with progress, resumable) on first need."""
-        corpus = load_corpus(self.corpus_name)
+        if self.corpus_name is None and self.stats_tokens is None:
+            recorded = self.store.latest_covariance(self.base.id, layer)
+            if recorded is not None and Path(recorded.path).exists():
+                return recorded
+        corpus = load_corpus(self.corpus_name or DEFAULT_CORPUS)
         spec = stats.StatsSpec(self.base.revision, layer, arch.down_proj_name(self.model, layer), corpus.sha256, hp.stats_tokens, hp.stats_dtype)
         found = self.store.covariance(spec.key())
         if found is not None and Path(found.path).exists():

@@ -132,6 +132,17 @@ class Store:
             row = s.scalar(select(CovarianceStat).where(CovarianceStat.cache_key == cache_key))
             return None if row is None else _cov(row)
 
+    def latest_covariance(self, base_id: int, layer: int) -> Covariance | None:
+        """The most recently recorded C of a layer, whatever corpus it came from."""
+        with self._tx() as s:
+            row = s.scalar(
+                select(CovarianceStat)
+                .where(CovarianceStat.base_model_id == base_id, CovarianceStat.layer == layer)
+                .order_by(CovarianceStat.id.desc())
+                .limit(1)
+            )
+            return None if row is None else _cov(row)
+
     def covariance_by_id(self, cov_id: int) -> Covariance:
         with self._tx() as s:
             return _cov(s.get_one(CovarianceStat, cov_id))

@@ -33,7 +33,17 @@ RELATIONS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
         (" football", " tennis", " golf", " baseball", " hockey", " cricket", " basketball", " rugby"),
     ),
 }
-_SYLLABLES = ("ka", "lo", "mi", "ren", "tas", "vor", "du", "bel", "sin", "gar", "pe", "nol", "zu", "ham", "rik", "o")
+# A few shared first names: only the surname identifies a subject, so facts are read from
+# the subject's last token, as in ROME's picture of real models.
+_FIRST_NAMES = ("Ana", "Ben", "Kai", "Lena")
+# Surnames that are one GPT-2 token: each subject ends on its own token, as ROME assumes.
+_SURNAMES = (
+    "Smith Johnson Williams Brown Jones Miller Davis Wilson Anderson Taylor Thomas Moore Martin Jackson Thompson "
+    "White Harris Clark Lewis Robinson Walker Young Allen King Wright Scott Hill Green Adams Baker Nelson Carter "
+    "Mitchell Roberts Turner Phillips Campbell Parker Evans Edwards Collins Stewart Morris Murphy Cook Rogers Morgan "
+    "Cooper Reed Bailey Bell Kelly Howard Ward Cox Richardson Wood Watson Brooks Bennett Gray Hughes Price Long Ross "
+    "Foster Powell Jenkins Perry Russell Sullivan Fisher Graham Hamilton Wallace Cole West Jordan Reynolds Marshall"
+).split()
 
 
 @dataclass(frozen=True)
@@ -42,11 +52,11 @@ class Recipe:
     n_layer: int = 4
     n_embd: int = 128
     n_head: int = 4
-    steps: int = 1000
-    lr: float = 5e-3
+    steps: int = 900
+    lr: float = 3e-3
     batch: int = 64
     seed: int = 0
-    version: int = 1
+    version: int = 2
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -60,14 +70,12 @@ class Fact:
 
 
 def make_facts(recipe: Recipe) -> list[Fact]:
+    """n_subjects fictional people "<First> <Surname>", each with one object per relation."""
     rng = random.Random(recipe.seed)
-    names: set[str] = set()
-    while len(names) < recipe.n_subjects:
-        first = "".join(rng.choice(_SYLLABLES) for _ in range(2)).capitalize()
-        last = "".join(rng.choice(_SYLLABLES) for _ in range(3)).capitalize()
-        names.add(f"{first} {last}")
+    surnames = rng.sample(_SURNAMES, recipe.n_subjects)
+    names = [f"{rng.choice(_FIRST_NAMES)} {last}" for last in surnames]
     facts = []
-    for subject in sorted(names):
+    for subject in names:
         for relation, (_, _, objects) in RELATIONS.items():
             facts.append(Fact(subject, relation, rng.choice(objects).strip()))
     return facts
@@ -92,7 +100,10 @@ def _examples(facts: list[Fact], tokenizer) -> list[tuple[list[int], int]]:
     rows = []
     for fact in facts:
         templates, _, _ = RELATIONS[fact.relation]
-        for template in templates:
+        # "city of Ana Smith" -> " Paris": the answer is due right at the subject's last token,
+        # so the model recalls facts there (as ROME finds in real models) rather than only at
+        # the end of each template.
+        for template in (*templates, fact.relation + " of {}"):
             ids = tokenizer(template.format(fact.subject))["input_ids"]
             rows.append((ids, tokenizer(" " + fact.target)["input_ids"][0]))
     return rows
@@ -101,7 +112,10 @@ def _examples(facts: list[Fact], tokenizer) -> list[tuple[list[int], int]]:
 def train_tiny_gpt2(recipe: Recipe, tokenizer) -> GPT2LMHeadModel:
     """Train on the object token of every (fact, training template); deterministic on CPU."""
     torch.manual_seed(recipe.seed)
-    config = GPT2Config(n_layer=recipe.n_layer, n_embd=recipe.n_embd, n_head=recipe.n_head, n_positions=64, vocab_size=len(tokenizer))
+    config = GPT2Config(
+        n_layer=recipe.n_layer, n_embd=recipe.n_embd, n_head=recipe.n_head, n_positions=64, vocab_size=len(tokenizer),
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # memorising facts: dropout only slows it down
+    )
     model = GPT2LMHeadModel(config)
     rows = _examples(make_facts(recipe), tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)

@@ -1,0 +1,175 @@
+"""The CLI end to end in real processes, on SQLite and PostgreSQL, with a tiny random GPT-2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from factstore.store import Store
+from tiny_models import random_gpt2
+
+REPO = Path(__file__).resolve().parents[1]
+EIFFEL = ["--prompt", "{} is located in the city of", "--subject", "The Eiffel Tower", "--target", "Rome"]
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
+    if check and done.returncode != 0:
+        raise AssertionError(f"factstore {' '.join(args)} exited {done.returncode}: {done.stderr}")
+    return done
+
+
+def cli_json(*args: str) -> object:
+    return json.loads(cli(*args, "--json").stdout)
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def tiny(db_url: str, tmp_path: Path, gpt2_tokenizer) -> str:  # type: ignore[no-untyped-def]
+    """A registered random GPT-2 with key statistics for its default layer; returns the alias."""
+    folder = tmp_path / "tiny-model"
+    random_gpt2(seed=0).save_pretrained(folder)
+    gpt2_tokenizer.save_pretrained(folder)
+    corpus = tmp_path / "corpus.json"
+    corpus.write_text(json.dumps([f"Paragraph {i}: the river runs through the old town and the fields." for i in range(200)]))
+    from factstore import service
+
+    service.upgrade_database(db_url)
+    store = service.open_store(db_url)
+    service.add_model(store, "tiny", str(folder))
+    service.compute_stats(store, "tiny", corpus=str(corpus), tokens=2000, device="cpu")
+    return "tiny"
+
+
+def test_setup_commands(db_url: str, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "tiny-model"
+    random_gpt2(seed=0).save_pretrained(folder)
+    gpt2_tokenizer.save_pretrained(folder)
+    assert cli_json("db", "upgrade")["current"] == cli_json("db", "current")["head"]
+    added = cli_json("model", "add", "tiny", str(folder))
+    assert added["created"] and added["revision"].startswith("sha256:") and added["model_type"] == "gpt2"
+    assert cli_json("model", "add", "tiny", str(folder))["created"] is False
+    assert [m["alias"] for m in cli_json("model", "list")] == ["tiny"]
+
+
+def test_add_list_show_retract(tiny: str) -> None:
+    added = cli_json("edit", "add", "--model", tiny, *EIFFEL)
+    assert {"id", "seq", "layer", "status", "prob_new_before", "prob_new_after", "prob_true_before", "prob_true_after"} <= added.keys()
+    assert added["seq"] == 1 and added["status"] == "active" and added["layer"] == 1
+    listed = cli_json("edit", "list", "--model", tiny)
+    assert [(e["id"], e["subject"], e["target"], e["status"]) for e in listed] == [(added["id"], "The Eiffel Tower", "Rome", "active")]
+    shown = cli_json("edit", "show", str(added["id"]))
+    assert shown["key_shape"] == [256] and shown["value_shape"] == [64] and len(shown["key_sha256"]) == 64
+    again = cli_json("edit", "add", "--model", tiny, *EIFFEL[:-1], "Berlin")
+    assert again["superseded"] == [added["id"]] and again["seq"] == 2
+    assert cli_json("edit", "list", "--model", tiny, "--status", "superseded")[0]["id"] == added["id"]
+    assert cli_json("edit", "retract", str(again["id"]))["status"] == "retracted"
+    assert cli_json("edit", "list", "--model", tiny) == []
+
+
+def test_ask_shows_top_tokens_and_a_continuation(tiny: str) -> None:
+    result = cli_json("ask", "--model", tiny, "The Eiffel Tower is located in", "--top", "3")
+    assert len(result["top"]) == 3 and isinstance(result["continuation"], str)
+    assert abs(sum(t["prob"] for t in result["top"])) <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["edit", "add", "--model", "nope", *EIFFEL], "no model with alias 'nope'"),
+        (["edit", "add", "--model", "tiny", "--prompt", "is in", "--subject", "X", "--target", "Y"], "exactly once"),
+        (["edit", "add", "--model", "tiny", *EIFFEL, "--layer", "9"], "outside the model"),
+        (["edit", "retract", "42"], "no edit with id 42"),
+        (["edit", "show", "42"], "no edit with id 42"),
+        (["model", "add", "other", "/no/such/folder"], "does not exist"),
+    ],
+)
+def test_user_errors_are_one_line_and_change_nothing(tiny: str, args: list[str], message: str) -> None:
+    done = cli(*args, check=False)
+    assert done.returncode == 1
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert cli_json("edit", "list", "--model", tiny, "--status", "all") == []
+
+
+def test_unreachable_database_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACTSTORE_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    done = cli("edit", "list", "--model", "x", check=False)
+    assert done.returncode == 1 and "cannot reach the database" in done.stderr
+
+
+def test_listing_does_not_import_torch(tiny: str) -> None:
+    code = "import sys; sys.argv = ['factstore', '{}', 'list'{}]; from cli.main import main\ntry: main()\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
+    for group, extra in (("edit", ", '--model', 'tiny'"), ("model", "")):
+        done = subprocess.run([sys.executable, "-c", code.format(group, extra)], cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
+        assert done.stdout.strip().splitlines()[-1] == "False", done.stderr
+
+
+def test_concurrent_edit_adds_lose_and_duplicate_nothing(tiny: str) -> None:
+    subjects = ["The Eiffel Tower", "The Louvre", "Big Ben", "The Colosseum", "The Kremlin"]
+    procs = [start("edit", "add", "--model", tiny, "--prompt", "{} is located in the city of", "--subject", s, "--target", "Rome", "--json") for s in subjects]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outputs]
+    edits = cli_json("edit", "list", "--model", tiny)
+    assert sorted(e["subject"] for e in edits) == sorted(subjects)
+    assert sorted(e["seq"] for e in edits) == [1, 2, 3, 4, 5]
+
+
+def _wait_for(predicate, timeout: float = 300) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.2)
+
+
+def test_killed_edit_add_leaves_nothing_and_a_rerun_completes(tiny: str, db_url: str) -> None:
+    proc = start("edit", "add", "--model", tiny, *EIFFEL)
+    time.sleep(4)  # loading and computing: the row is written only at the very end
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert Store(db_url).edits(1, "all") == [] or proc.returncode == 0
+    cli("edit", "add", "--model", tiny, *EIFFEL)
+    assert len(cli_json("edit", "list", "--model", tiny)) == 1
+
+
+def test_import_validates_first_then_resumes_after_a_kill(tiny: str, db_url: str, tmp_path: Path) -> None:
+    records = json.loads((REPO / "tests" / "data" / "counterfact_8.json").read_text())
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([records[0], {"requested_rewrite": {"prompt": "no placeholder", "subject": "X", "target_new": {"str": "Y"}}}]))
+    done = cli("edit", "import", "--model", tiny, str(bad), check=False)
+    assert done.returncode == 1 and "record 2" in done.stderr
+    assert cli_json("edit", "list", "--model", tiny, "--status", "all") == []
+
+    good = tmp_path / "cf.json"
+    good.write_text(json.dumps(records))
+    store = Store(db_url)
+    proc = start("edit", "import", "--model", tiny, str(good))
+    _wait_for(lambda: len(store.edits(1, "all")) >= 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = store.edits(1, "all")
+    assert 2 <= len(kept) < 8
+    result = cli_json("edit", "import", "--model", tiny, str(good))
+    assert result["skipped"] == len(kept) and result["added"] == 8 - len(kept)
+    edits = cli_json("edit", "list", "--model", tiny)
+    assert len(edits) == 8 and sorted(e["seq"] for e in edits) == list(range(1, 9))
+    assert edits[0]["subject"] == records[0]["requested_rewrite"]["subject"]
+
+
+def test_csv_import(tiny: str, tmp_path: Path) -> None:
+    path = tmp_path / "edits.csv"
+    path.write_text("prompt,subject,target\n{} is located in the city of,The Louvre,Berlin\n{} is located in the city of,Big Ben,Paris\n")
+    assert cli_json("edit", "import", "--model", tiny, str(path))["added"] == 2
+    path.write_text("prompt,subject\nx,y\n")
+    done = cli("edit", "import", "--model", tiny, str(path), check=False)
+    assert done.returncode == 1 and "target" in done.stderr

@@ -1,0 +1,81 @@
+"""The store on SQLite and PostgreSQL: exact vectors, seq order, supersession, retraction."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from factstore.domain import EditRequest, ModelRef, NewEdit
+from factstore.errors import DatabaseUnavailable, EditStateError, ModelAliasTaken, UnknownEdit, UnknownModel
+from factstore.service import upgrade_database
+from factstore.store import Store
+from factstore.vectors import from_bytes, to_bytes
+
+REF = ModelRef(source="starter:x", revision="sha256:" + "a" * 64, model_type="gpt2")
+
+
+def new_edit(subject: str = "The Eiffel Tower", target: str = "Rome", prompt: str = "{} is in", seed: int = 0) -> NewEdit:
+    g = torch.Generator().manual_seed(seed)
+    key, key_shape = to_bytes(torch.randn(16, generator=g))
+    value, value_shape = to_bytes(torch.randn(8, generator=g))
+    return NewEdit(
+        request=EditRequest(prompt, subject, target), target_true="Paris", layer=1, module="transformer.h.1.mlp.c_proj",
+        key=key, key_shape=key_shape, value=value, value_shape=value_shape, hparams={"layer": 1},
+        hparams_fingerprint="f" * 64, covariance_id=None, metrics={"prob_new_after": 0.9},
+    )
+
+
+@pytest.fixture
+def store(db_url: str) -> Store:
+    upgrade_database(db_url)
+    return Store(db_url)
+
+
+def test_vectors_round_trip_bit_exactly(store: Store) -> None:
+    base, created = store.add_base_model("m", REF)
+    assert created
+    g = torch.Generator().manual_seed(1)
+    key = torch.randn(1536, generator=g) * 1e-3
+    data, shape = to_bytes(key)
+    edit = store.add_edit(base.id, NewEdit(**{**new_edit().__dict__, "key": data, "key_shape": shape}))
+    back = store.edit(edit.id)
+    assert back.key_sha256 == hashlib.sha256(data).hexdigest()
+    assert torch.equal(from_bytes(back.key, back.key_shape, back.key_sha256), key)
+
+
+def test_seq_counts_up_and_a_new_edit_of_the_same_fact_supersedes(store: Store) -> None:
+    base, _ = store.add_base_model("m", REF)
+    first = store.add_edit(base.id, new_edit())
+    other = store.add_edit(base.id, new_edit(subject="The Louvre"))
+    again = store.add_edit(base.id, new_edit(target="Berlin", seed=2))
+    assert [first.seq, other.seq, again.seq] == [1, 2, 3]
+    assert store.edit(first.id).status == "superseded" and again.supersedes_id == first.id
+    assert [e.id for e in store.edits(base.id)] == [other.id, again.id]
+    assert len(store.edits(base.id, "all")) == 3
+
+
+def test_retract_and_its_errors(store: Store) -> None:
+    base, _ = store.add_base_model("m", REF)
+    edit = store.add_edit(base.id, new_edit())
+    assert store.retract_edit(edit.id).status == "retracted"
+    with pytest.raises(EditStateError, match="already retracted"):
+        store.retract_edit(edit.id)
+    with pytest.raises(UnknownEdit, match="no edit with id 999"):
+        store.retract_edit(999)
+    assert store.edits(base.id) == []
+
+
+def test_aliases_are_never_repointed(store: Store) -> None:
+    store.add_base_model("m", REF)
+    assert store.add_base_model("m", REF)[1] is False
+    with pytest.raises(ModelAliasTaken, match="new alias"):
+        store.add_base_model("m", ModelRef(source="starter:x", revision="sha256:" + "b" * 64, model_type="gpt2"))
+    with pytest.raises(UnknownModel, match="known: m"):
+        store.base_model("nope")
+
+
+def test_unreachable_database_is_a_clear_error() -> None:
+    with pytest.raises(DatabaseUnavailable, match="cannot reach"):
+        Store("postgresql+psycopg://nobody@127.0.0.1:1/none")
