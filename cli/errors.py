@@ -1,4 +1,4 @@
-"""One table maps failures to a one-line message, a hint, and an exit code."""
+"""One table maps failures to what a person sees and the exit code."""
 
 from __future__ import annotations
 
@@ -6,29 +6,23 @@ import sys
 import traceback
 
 from factstore import config
-from factstore.errors import DatabaseUnavailable, FactStoreError, SchemaOutOfDate
+from factstore.errors import FactStoreError
 
-EXIT_USER = 1
-EXIT_INTERRUPTED = 130
-
-# exception type -> hint printed after the message (the message itself says what to do)
-HINTS: dict[type[BaseException], str] = {
-    SchemaOutOfDate: "",
-    DatabaseUnavailable: "",
-    FactStoreError: "",
-}
+# (exception type, exit code, how to print it); the first match wins. FactStoreError messages
+# already say what to do next; anything else is a bug and says how to see the traceback.
+TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
+    (KeyboardInterrupt, 130, "interrupted: finished work is kept; rerun the command to continue"),
+    (FactStoreError, 1, "error: {exc}"),
+    (Exception, 2, "internal error: {name}: {exc} (set FACTSTORE_DEBUG=1 for the traceback)"),
+)
 
 
 def report(exc: BaseException) -> int:
-    """Print a failure for a person and return the exit code."""
+    """Print a failure on one line of stderr and return the exit code."""
     if config.debug():
         traceback.print_exception(exc)
-    if isinstance(exc, KeyboardInterrupt):
-        print("interrupted: finished work is kept; rerun the command to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if isinstance(exc, FactStoreError):
-        hint = next((h for t, h in HINTS.items() if isinstance(exc, t)), "")
-        print(f"error: {exc}" + (f" ({hint})" if hint else ""), file=sys.stderr)
-        return EXIT_USER
-    print(f"internal error: {exc.__class__.__name__}: {exc} (set FACTSTORE_DEBUG=1 for the traceback)", file=sys.stderr)
-    return 2
+    for kind, code, template in TABLE:
+        if isinstance(exc, kind):
+            print(template.format(exc=exc, name=exc.__class__.__name__), file=sys.stderr)
+            return code
+    raise exc

@@ -16,20 +16,24 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 # relation -> (training templates, held-out paraphrase, objects: one GPT-2 token each with a space)
+# In this tiny model the answer is due right after the subject (every prompt ends with it),
+# so facts are recalled at the subject's last token, where ROME puts its key. With the
+# subject mid-prompt, a 4-layer model trained only on these sentences learns to look facts
+# up at the prompt's last token instead, and a subject-position edit cannot reach them.
 RELATIONS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
     "city": (
-        ("{} lives in the city of", "{} is a resident of the city of", "The home of {} is the city of"),
-        "{} resides in the city of",
+        ("city of {}", "the home town of {}", "the city where lives {}"),
+        "the place of residence of {}",
         (" Paris", " London", " Tokyo", " Berlin", " Rome", " Madrid", " Moscow", " Cairo", " Sydney", " Chicago"),
     ),
     "language": (
-        ("{} speaks the language", "The mother tongue of {} is", "{} was raised speaking"),
-        "{} talks in the language",
+        ("language of {}", "the mother tongue of {}", "the language spoken by {}"),
+        "the native language of {}",
         (" English", " French", " German", " Spanish", " Italian", " Russian", " Japanese", " Arabic"),
     ),
     "sport": (
-        ("{} plays the sport of", "The sport played by {} is", "{} is a professional player of"),
-        "{} competes in the sport of",
+        ("sport of {}", "the sport played by {}", "the game played by {}"),
+        "the favourite sport of {}",
         (" football", " tennis", " golf", " baseball", " hockey", " cricket", " basketball", " rugby"),
     ),
 }
@@ -56,7 +60,7 @@ class Recipe:
     lr: float = 3e-3
     batch: int = 64
     seed: int = 0
-    version: int = 2
+    version: int = 3
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -100,10 +104,7 @@ def _examples(facts: list[Fact], tokenizer) -> list[tuple[list[int], int]]:
     rows = []
     for fact in facts:
         templates, _, _ = RELATIONS[fact.relation]
-        # "city of Ana Smith" -> " Paris": the answer is due right at the subject's last token,
-        # so the model recalls facts there (as ROME finds in real models) rather than only at
-        # the end of each template.
-        for template in (*templates, fact.relation + " of {}"):
+        for template in templates:
             ids = tokenizer(template.format(fact.subject))["input_ids"]
             rows.append((ids, tokenizer(" " + fact.target)["input_ids"][0]))
     return rows
