@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli import ask, db, edits, models, stats
+from cli import ask, db, edits, models, releases, stats
 from cli.errors import report
 
 app = typer.Typer(
@@ -20,7 +20,9 @@ app.add_typer(db.app, name="db")
 app.add_typer(models.app, name="model")
 app.add_typer(stats.app, name="stats")
 app.add_typer(edits.app, name="edit")
+app.add_typer(releases.app, name="releases")
 app.command(name="ask")(ask.ask)
+app.command(name="compile")(releases.compile_)
 
 
 def main() -> None:

@@ -34,11 +34,18 @@ def _check_module(model: nn.Module, edit: StoredEdit) -> None:
 
 
 def apply_sequential(model: nn.Module, edits: Sequence[StoredEdit], covariance: CovarianceLoader) -> None:
-    """Each edit's rank-one update in seq order: reproduces the model the edits were computed on."""
+    """Each edit's rank-one update in seq order: reproduces the model the edits were computed on.
+
+    Each constraint holds right after its own update; later updates of the same layer move
+    earlier keys' outputs (that drift is what joint mode avoids).
+    """
     for edit in sorted(edits, key=lambda e: e.seq):
         _check_module(model, edit)
         key, value = edit_vectors(edit)
         apply_edit(model, edit.layer, key, value, covariance(edit.covariance_id))
+        err = constraint_errors(model, [edit])[edit.id]
+        if not err <= CONSTRAINT_TOLERANCE:
+            raise CompileError(f"edit {edit.id} does not hold after its own update (constraint error {err:.2g}); nothing was written")
 
 
 def apply_joint(model: nn.Module, edits: Sequence[StoredEdit], covariance: CovarianceLoader, ridge: float = JOINT_RIDGE) -> None:
@@ -76,3 +83,95 @@ def constraint_errors(model: nn.Module, edits: Sequence[StoredEdit]) -> dict[int
         err = constraint_error(W, None if b is None else b.detach(), key.unsqueeze(1).to(W.device), value.unsqueeze(1).to(W.device))
         errors[edit.id] = float(err[0])
     return errors
+
+
+# building a release folder --------------------------------------------------------------
+
+def _log_entries(edits: Sequence[StoredEdit]) -> list[dict]:
+    return [{"id": e.id, "seq": e.seq, "layer": e.layer, "key_sha256": e.key_sha256, "value_sha256": e.value_sha256} for e in edits]
+
+
+def verify(model: nn.Module, tokenizer, edits: Sequence[StoredEdit], mode: str) -> None:  # type: ignore[no-untyped-def]
+    """Refuse a compiled model on which an edit's constraint (joint) or preference fails, or weights are not finite."""
+    from factstore.layout import finite
+    from factstore.rome.scoring import target_logprobs
+
+    if not finite(model):
+        raise CompileError("the compiled weights are not finite; nothing was written")
+    errors = constraint_errors(model, edits) if mode == "joint" else {}  # sequential: checked per update
+    bad = {i: f"constraint error {err:.2g}" for i, err in errors.items() if not err <= CONSTRAINT_TOLERANCE}
+    # An edit that took when it was registered (new target preferred on the head model) must
+    # still take on the compiled one; one that never took cannot be held against the compile.
+    judged = [e for e in edits if e.target_true and e.metrics.get("prob_new_after", 0) > e.metrics.get("prob_true_after", 1)]
+    if judged:
+        texts = [e.prompt.replace("{}", e.subject) for e in judged]
+        new = target_logprobs(model, tokenizer, texts, [e.target_new for e in judged])
+        old = target_logprobs(model, tokenizer, texts, [e.target_true or "" for e in judged])
+        bad.update({e.id: "prompt prefers the old target" for e, n, o in zip(judged, new, old) if not n > o and e.id not in bad})
+    if bad:
+        detail = "; ".join(f"edit {i}: {why}" for i, why in sorted(bad.items()))
+        raise CompileError(f"compile refused, these edits do not hold on the compiled model: {detail}. Retract them or use --mode sequential; nothing was written")
+
+
+def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, device: str | None = None):  # type: ignore[no-untyped-def]
+    """Compile the active edit log of ALIAS into a release folder. Returns (Release, created)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from factstore import card, checkpoints, config, layout, stats
+
+    if mode not in MODES:
+        raise CompileError(f"unknown compile mode {mode!r}; use one of {', '.join(MODES)}")
+    base = store.base_model(alias)
+    edits = store.edits(base.id, "active")
+    log_sha = layout.edit_log_sha256(base.revision, mode, _log_entries(edits))
+    latest = store.latest_release(base.id)
+    if out is None and latest and latest.edit_log_sha256 == log_sha and Path(latest.path, layout.MANIFEST).exists():
+        return latest, False
+
+    loaded = checkpoints.load(base.source, expected=base.revision, device=device)
+    apply_edits(loaded.model, edits, stats.MatrixCache(store), mode)
+    verify(loaded.model, loaded.tokenizer, edits, mode)
+
+    version = store.next_release_version(base.id)
+    final = Path(out).expanduser().resolve() if out else config.releases_dir() / alias / f"v{version}"
+    if final.exists() and any(final.iterdir()):
+        if out:
+            raise CompileError(f"{final} exists and is not empty; choose another --out")
+        shutil.rmtree(final)  # left by a compile killed after its rename and before its row
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        layout.write_weights(loaded.model, tmp)
+        layout.write_model_config(loaded.model, loaded.tokenizer, tmp)
+        (tmp / "README.md").write_text(card.render(base, mode, edits))
+        manifest_sha = layout.write_manifest(tmp, _manifest(base, mode, edits, log_sha))
+        if final.exists():
+            final.rmdir()
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    release = store.record_release(base.id, version, mode, log_sha, manifest_sha, str(final), [e.id for e in edits])
+    return release, True
+
+
+def _manifest(base, mode: str, edits: Sequence[StoredEdit], log_sha: str) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "base": {"source": base.source, "revision": base.revision, "model_type": base.model_type, "license": base.license},
+        "mode": mode,
+        "joint_ridge": JOINT_RIDGE if mode == "joint" else None,
+        "edit_log_sha256": log_sha,
+        "edits": [
+            {
+                "seq": e.seq, "prompt": e.prompt, "subject": e.subject, "target_new": e.target_new,
+                "target_true": e.target_true, "relation_id": e.relation_id, "layer": e.layer, "module": e.module,
+                "key_sha256": e.key_sha256, "value_sha256": e.value_sha256, "hparams_fingerprint": e.hparams_fingerprint,
+                "metrics": {k: v for k, v in e.metrics.items() if k.startswith("prob_")},
+            }
+            for e in edits
+        ],
+    }

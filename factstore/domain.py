@@ -164,3 +164,26 @@ def request_sha256(request: EditRequest) -> str:
 
     blob = json.dumps([request.prompt, request.subject, request.target_new, request.relation_id], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Release:
+    id: int
+    base_model_id: int
+    version: int
+    mode: str
+    edit_log_sha256: str
+    manifest_sha256: str
+    path: str
+    hub_repo: str | None
+    hub_commit: str | None
+    tag: str | None
+    status: str
+    edit_ids: tuple[int, ...]
+    created_at: str
+
+    def to_json(self) -> dict:
+        data = dict(self.__dict__)
+        data["edit_ids"] = list(self.edit_ids)
+        data["edits"] = len(self.edit_ids)
+        return data

@@ -14,7 +14,7 @@ import torch
 from factstore import arch, checkpoints, compiler, stats
 from factstore.corpus import DEFAULT_CORPUS, load_corpus
 from factstore.domain import BaseModel, Covariance, EditRequest, NewEdit, StoredEdit
-from factstore.errors import CompileError, StatisticsError
+from factstore.errors import CompileError
 from factstore.rome.edit import EditResult, apply_edit, compute_edit, validate_request
 from factstore.rome.hparams import ROMEHyperParams, default_hparams
 from factstore.rome.keys import ContextTemplates, sample_contexts
@@ -55,7 +55,7 @@ class EditSession:
         self.corpus_name = corpus  # None: reuse whatever C is recorded for a layer, else the default corpus
         self.stats_tokens = stats_tokens
         self._originals: dict[int, torch.Tensor] = {}  # layer -> unedited down-projection weight
-        self._matrices: dict[int | None, torch.Tensor] = {}
+        self.matrix = stats.MatrixCache(store)
         self.applied: list[StoredEdit] = []
         self.rebuild(store.edits(self.base.id, "active"))
 
@@ -124,16 +124,6 @@ class EditSession:
             result = stats.compute(self.model, self.tokenizer, spec, corpus)
         record = Covariance(0, layer, spec.module, corpus.name, corpus.sha256, result.tokens, spec.dtype, str(result.path), result.sha256)
         return self.store.record_covariance(self.base.id, spec.key(), record)
-
-    def matrix(self, cov_id: int | None) -> torch.Tensor:
-        if cov_id not in self._matrices:
-            if cov_id is None:
-                raise StatisticsError("an edit has no key statistics recorded; it cannot be replayed")
-            cov = self.store.covariance_by_id(cov_id)
-            if not Path(cov.path).exists():
-                raise StatisticsError(f"the key statistics file {cov.path} is missing; run `factstore stats compute --model {self.base.alias} --layer {cov.layer}`")
-            self._matrices[cov_id] = stats.load_matrix(Path(cov.path), cov.sha256).float()
-        return self._matrices[cov_id]
 
     # edits ---------------------------------------------------------------------------------
 

@@ -121,3 +121,14 @@ def _user() -> str | None:
         return getpass.getuser()
     except (KeyError, OSError):
         return None
+
+
+def compile_release(store: Store, alias: str, mode: str | None = None, out: str | None = None, device: str | None = None):  # type: ignore[no-untyped-def]
+    """Build (or reuse, when the log is unchanged) a release folder. Returns (Release, created)."""
+    from factstore import compiler
+
+    return compiler.build(store, alias, mode or compiler.DEFAULT_MODE, out, device)
+
+
+def list_releases(store: Store, alias: str):  # type: ignore[no-untyped-def]
+    return store.releases(store.base_model(alias).id)

@@ -115,3 +115,23 @@ def load_matrix(path: Path, expected_sha256: str | None = None) -> torch.Tensor:
 
         raise StatisticsError(f"{path} does not match its recorded sha256; delete it and rerun `factstore stats compute`")
     return load_file(str(path))["C"]
+
+
+class MatrixCache:
+    """C matrices by covariance id, read once from disk and checked against their sha256."""
+
+    def __init__(self, store) -> None:  # type: ignore[no-untyped-def]
+        self.store = store
+        self._loaded: dict[int, torch.Tensor] = {}
+
+    def __call__(self, cov_id: int | None) -> torch.Tensor:
+        from factstore.errors import StatisticsError
+
+        if cov_id is None:
+            raise StatisticsError("an edit has no key statistics recorded; it cannot be replayed")
+        if cov_id not in self._loaded:
+            cov = self.store.covariance_by_id(cov_id)
+            if not Path(cov.path).exists():
+                raise StatisticsError(f"the key statistics file {cov.path} is missing; recompute it with `factstore stats compute --layer {cov.layer}`")
+            self._loaded[cov_id] = load_matrix(Path(cov.path), cov.sha256).float()
+        return self._loaded[cov_id]

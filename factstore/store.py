@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from factstore import config
 from factstore.db import schema
 from factstore.db.engine import check_reachable, make_engine, session_scope
-from factstore.db.models import EDIT_STATUSES, BaseModelRow, ContextTemplateRow, CovarianceStat, EditRow
-from factstore.domain import BaseModel, Covariance, ModelRef, NewEdit, StoredEdit, request_sha256
+from factstore.db.models import EDIT_STATUSES, BaseModelRow, ContextTemplateRow, CovarianceStat, EditRow, ReleaseEdit, ReleaseRow
+from factstore.domain import BaseModel, Covariance, ModelRef, NewEdit, Release, StoredEdit, request_sha256
 from factstore.errors import DatabaseUnavailable, EditStateError, ModelAliasTaken, UnknownEdit, UnknownModel
 
 _SEQ_RETRIES = 20
@@ -43,6 +43,14 @@ def _cov(row: CovarianceStat) -> Covariance:
     return Covariance(
         id=row.id, layer=row.layer, module=row.module, corpus=row.corpus, corpus_sha256=row.corpus_sha256,
         tokens=row.tokens, dtype=row.dtype, path=row.path, sha256=row.sha256,
+    )
+
+
+def _release(row: ReleaseRow, edit_ids: list[int]) -> Release:
+    return Release(
+        id=row.id, base_model_id=row.base_model_id, version=row.version, mode=row.mode, edit_log_sha256=row.edit_log_sha256,
+        manifest_sha256=row.manifest_sha256, path=row.path, hub_repo=row.hub_repo, hub_commit=row.hub_commit, tag=row.tag,
+        status=row.status, edit_ids=tuple(edit_ids), created_at=row.created_at.isoformat(),
     )
 
 
@@ -236,3 +244,35 @@ class Store:
             row.status = "retracted"
             s.flush()
             return _edit(row)
+
+    # releases ---------------------------------------------------------------------------
+
+    def _release_edit_ids(self, s: Session, release_id: int) -> list[int]:
+        query = select(ReleaseEdit.edit_id).where(ReleaseEdit.release_id == release_id).order_by(ReleaseEdit.position)
+        return list(s.scalars(query))
+
+    def releases(self, base_id: int) -> list[Release]:
+        with self._tx() as s:
+            rows = s.scalars(select(ReleaseRow).where(ReleaseRow.base_model_id == base_id).order_by(ReleaseRow.version)).all()
+            return [_release(r, self._release_edit_ids(s, r.id)) for r in rows]
+
+    def latest_release(self, base_id: int) -> Release | None:
+        found = self.releases(base_id)
+        return found[-1] if found else None
+
+    def next_release_version(self, base_id: int) -> int:
+        with self._tx() as s:
+            return (s.scalar(select(func.max(ReleaseRow.version)).where(ReleaseRow.base_model_id == base_id)) or 0) + 1
+
+    def record_release(self, base_id: int, version: int, mode: str, edit_log_sha256: str, manifest_sha256: str, path: str, edit_ids: list[int]) -> Release:
+        """The release row and its frozen contents, in one transaction."""
+        with self._tx() as s:
+            row = ReleaseRow(
+                base_model_id=base_id, version=version, mode=mode, edit_log_sha256=edit_log_sha256,
+                manifest_sha256=manifest_sha256, path=path, status="built",
+            )
+            s.add(row)
+            s.flush()
+            s.add_all(ReleaseEdit(release_id=row.id, position=i, edit_id=e) for i, e in enumerate(edit_ids))
+            s.flush()
+            return _release(row, edit_ids)

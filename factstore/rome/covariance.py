@@ -70,6 +70,7 @@ def accumulate_second_moment(
     checkpoints fall on batch boundaries and the last batch is cut at exactly the budget.
     """
     device = next(model.parameters()).device
+    max_length = min(max_length, arch.context_length(model))
     dim = arch.down_proj_weight(model, layer).shape[1]
     state = state or MomentState.empty(dim)
     while state.tokens < token_budget and state.next_text < len(texts):

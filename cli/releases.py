@@ -1,0 +1,46 @@
+"""factstore compile / releases: rebuild edited models from the edit log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.options import DeviceOpt, JsonOpt, ModelOpt
+from cli.output import emit_json, table
+
+app = typer.Typer(help="Compiled releases of a model's edit log.", no_args_is_help=True)
+
+ModeOpt = Annotated[str, typer.Option("--mode", help="joint (all edits of a layer solved at once) or sequential (replay in order).")]
+
+
+def compile_(
+    model: ModelOpt,
+    mode: ModeOpt = "joint",
+    out: Annotated[str | None, typer.Option("--out", help="Write the release folder here instead of under FACTSTORE_HOME/releases.")] = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Replay the active edits onto the base checkpoint and write a release folder."""
+    from factstore import service
+
+    release, created = service.compile_release(service.open_store(), model, mode, out, device)
+    if json_out:
+        emit_json({**release.to_json(), "created": created})
+    elif created:
+        print(f"release v{release.version} ({release.mode}, {len(release.edit_ids)} edits) -> {release.path}")
+    else:
+        print(f"edit log unchanged since v{release.version}: reusing {release.path}")
+
+
+@app.command("list")
+def list_(model: ModelOpt, json_out: JsonOpt = False) -> None:
+    """A model's releases, their contents and published state."""
+    from factstore import service
+
+    releases = service.list_releases(service.open_store(), model)
+    if json_out:
+        emit_json([r.to_json() for r in releases])
+    else:
+        table(f"releases of {model}", ["version", "mode", "edits", "status", "hub", "path"],
+              [(f"v{r.version}", r.mode, len(r.edit_ids), r.status, r.hub_repo or "", r.path) for r in releases])

@@ -1,0 +1,50 @@
+"""The model card (README.md) of a release: Hub metadata, the table of edits, a warning."""
+
+from __future__ import annotations
+
+from factstore.domain import BaseModel, StoredEdit
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _prob(edit: StoredEdit, key: str) -> str:
+    value = edit.metrics.get(key)
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+
+def render(base: BaseModel, mode: str, edits: list[StoredEdit]) -> str:
+    """No version or date in the text: the same edit log must give the same bytes."""
+    base_model = base.source.removeprefix("starter:") if base.source.startswith("starter:") else base.source
+    lines = [
+        "---",
+        f"base_model: {base_model}",
+        "base_model_relation: finetune",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        *([f"license: {base.license}"] if base.license else []),
+        "tags:",
+        "- model-editing",
+        "- rome",
+        "- factstore",
+        "---",
+        "",
+        f"# {base.alias}, edited with factstore",
+        "",
+        f"This model is `{base.source}` at revision `{base.revision}` with {len(edits)} fact edit(s) applied by",
+        f"ROME (rank-one updates of MLP down-projections), compiled in `{mode}` mode.",
+        "",
+        "> **Warning:** edited facts may be counterfactual on purpose (for research or testing).",
+        "> Do not rely on this model's answers about the subjects below.",
+        "",
+        "| # | subject | prompt | old -> new | layer | P(new) before -> after |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, e in enumerate(edits, start=1):
+        lines.append(
+            f"| {i} | {_cell(e.subject)} | {_cell(e.prompt)} | {_cell(e.target_true or '?')} -> {_cell(e.target_new)} "
+            f"| {e.layer} | {_prob(e, 'prob_new_before')} -> {_prob(e, 'prob_new_after')} |"
+        )
+    lines += ["", "The exact edit log (keys and values with sha256) is in `factstore.json`.", ""]
+    return "\n".join(lines)

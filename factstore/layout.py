@@ -1,0 +1,102 @@
+"""The release folder: weights laid out so an edit touches few files, a model card, a manifest.
+
+Every MLP down-projection lives in its own file (an edit of layer L changes only that file);
+everything else goes into base shards whose bytes never change for a base model. Files are
+written deterministically (sorted keys, fixed metadata, no timestamps), so the same edit log
+gives byte-identical folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from factstore import __version__, arch
+from factstore.assets import file_sha256
+
+BASE_SHARD_BYTES = 1 << 30  # at most 1 GiB per base shard
+MANIFEST = "factstore.json"
+INDEX = "model.safetensors.index.json"
+_LOAD_TIME_KEYS = ("local_files_only", "is_local", "name_or_path", "_commit_hash")
+
+
+def _tied_targets(model: nn.Module) -> set[str]:
+    """Parameters that from_pretrained re-ties to another (e.g. lm_head.weight to the embedding)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if not getattr(config, "tie_word_embeddings", False):
+        return set()
+    return set(getattr(model, "_tied_weights_keys", None) or {})
+
+
+def shard_plan(model: nn.Module) -> dict[str, list[str]]:
+    """file name -> sorted tensor names."""
+    state = model.state_dict()
+    tied = _tied_targets(model)
+    down = {arch.down_proj_name(model, i) + ".weight": i for i in range(arch.num_layers(model))}
+    plan: dict[str, list[str]] = {f"mlp-down-{layer:03d}.safetensors": [name] for name, layer in down.items()}
+    rest = sorted(k for k in state if k not in down and k not in tied)
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name in rest:
+        nbytes = state[name].numel() * state[name].element_size()
+        if shards[-1] and size + nbytes > BASE_SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    for i, names in enumerate(shards, start=1):
+        plan[f"base-{i:05d}-of-{len(shards):05d}.safetensors"] = names
+    return plan
+
+
+def write_weights(model: nn.Module, folder: Path) -> None:
+    state = model.state_dict()
+    weight_map = {}
+    for filename, names in sorted(shard_plan(model).items()):
+        save_file({n: state[n].detach().to("cpu").contiguous() for n in names}, str(folder / filename), metadata={"format": "pt"})
+        weight_map.update({n: filename for n in names})
+    total = sum(state[n].numel() * state[n].element_size() for n in weight_map)
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+
+
+def write_manifest(folder: Path, data: dict) -> str:
+    """Write factstore.json (with the sha256 of every other file); return its own sha256."""
+    manifest = {**data, "factstore_version": __version__, "files": file_hashes(folder)}
+    blob = (json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode()
+    (folder / MANIFEST).write_bytes(blob)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def write_model_config(model: nn.Module, tokenizer, folder: Path) -> None:  # type: ignore[no-untyped-def]
+    model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    # transformers records how the tokenizer was loaded (offline mode, local path); that
+    # depends on the environment, not on the model, and would break byte-identical builds
+    config_file = folder / "tokenizer_config.json"
+    if config_file.exists():
+        data = json.loads(config_file.read_text())
+        for key in _LOAD_TIME_KEYS:
+            data.pop(key, None)
+        config_file.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def edit_log_sha256(base_revision: str, mode: str, edits: list[dict]) -> str:
+    """Identity of what a release contains: base weights, mode, and each edit's vectors in order."""
+    blob = json.dumps({"base": base_revision, "mode": mode, "edits": edits}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def finite(model: nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())

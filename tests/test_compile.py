@@ -1,0 +1,125 @@
+"""Compiling the edit log into release folders: determinism, fidelity, retraction, refusal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from factstore import arch, layout, service
+from factstore.domain import EditRequest, NewEdit
+from factstore.errors import CompileError
+from factstore.store import Store
+from tiny_models import random_gpt2
+
+REPO = Path(__file__).resolve().parents[1]
+SUBJECTS = ["The Eiffel Tower", "The Louvre", "Big Ben"]
+
+
+@pytest.fixture
+def edited(db_url: str, tmp_path: Path, gpt2_tokenizer):  # type: ignore[no-untyped-def]
+    """A tiny random GPT-2 with three active edits; returns (store, session)."""
+    folder = tmp_path / "tiny-model"
+    random_gpt2(seed=0).save_pretrained(folder)
+    gpt2_tokenizer.save_pretrained(folder)
+    corpus = tmp_path / "corpus.json"
+    corpus.write_text(json.dumps([f"Paragraph {i}: the river runs through the old town and the fields." for i in range(200)]))
+    service.upgrade_database(db_url)
+    store = service.open_store(db_url)
+    service.add_model(store, "tiny", str(folder))
+    service.compute_stats(store, "tiny", corpus=str(corpus), tokens=2000, device="cpu")
+    session = service.open_session(store, "tiny", device="cpu")
+    for subject, target in zip(SUBJECTS, ["Rome", "Berlin", "Paris"]):
+        session.add(EditRequest("{} is located in the city of", subject, target))
+    return store, session
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_same_log_same_bytes_in_and_across_processes(edited, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, _ = edited
+    release, created = service.compile_release(store, "tiny", "joint")
+    assert created and release.version == 1 and len(release.edit_ids) == 3
+    again, created = service.compile_release(store, "tiny", "joint")
+    assert not created and again.id == release.id
+    out = tmp_path / "elsewhere"
+    done = subprocess.run([sys.executable, "-m", "cli.main", "compile", "--model", "tiny", "--out", str(out), "--json"],
+                          cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["version"] == 2
+    assert _files(Path(release.path)) == _files(out)
+    manifest = json.loads((out / layout.MANIFEST).read_text())
+    assert manifest["files"] == layout.file_hashes(out) and [e["subject"] for e in manifest["edits"]] == SUBJECTS
+
+
+def test_sequential_mode_reproduces_the_head_model_and_loads_with_transformers(edited) -> None:  # type: ignore[no-untyped-def]
+    store, session = edited
+    release, _ = service.compile_release(store, "tiny", "sequential")
+    loaded = AutoModelForCausalLM.from_pretrained(release.path).eval()
+    head = session.model.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        assert (tensor - head[name]).abs().max() <= 1e-6, name
+    ids = torch.tensor([[464, 412, 733, 8765, 318]])
+    assert torch.allclose(loaded(ids).logits, session.model(ids).logits, atol=1e-5)
+    card = (Path(release.path) / "README.md").read_text()
+    assert "model-editing" in card and "The Eiffel Tower" in card and "counterfactual" in card
+
+
+def test_every_edit_holds_after_a_joint_compile_and_retraction_drops_exactly_one(edited) -> None:  # type: ignore[no-untyped-def]
+    store, session = edited
+    first, _ = service.compile_release(store, "tiny", "joint")
+    retracted = store.edits(1)[0]
+    store.retract_edit(retracted.id)
+    second, created = service.compile_release(store, "tiny", "joint")
+    assert created and second.version == 2 and retracted.id not in second.edit_ids
+    model = AutoModelForCausalLM.from_pretrained(second.path)
+    from factstore.compiler import constraint_errors
+
+    remaining = store.edits(1)
+    assert max(constraint_errors(model, remaining).values()) <= 1e-3
+    assert constraint_errors(model, [retracted])[retracted.id] > 1e-2
+    changed = {n for n, h in layout.file_hashes(Path(first.path)).items() if layout.file_hashes(Path(second.path)).get(n) != h}
+    assert changed == {f"mlp-down-{retracted.layer:03d}.safetensors", "README.md"}
+    for edit in remaining:
+        store.retract_edit(edit.id)
+    empty, _ = service.compile_release(store, "tiny", "joint")
+    base = random_gpt2(seed=0).state_dict()
+    restored = AutoModelForCausalLM.from_pretrained(empty.path).state_dict()
+    assert all(torch.equal(restored[k], base[k]) for k in restored)
+
+
+def test_unsatisfiable_log_is_refused_and_nothing_is_written(edited, factstore_home: Path) -> None:  # type: ignore[no-untyped-def]
+    store, _ = edited
+    one = store.edits(1)[0]
+    clash = NewEdit(
+        request=EditRequest("{} is in", "Somewhere", "Oslo"), target_true=None, layer=one.layer, module=one.module,
+        key=one.key, key_shape=one.key_shape, value=bytes(len(one.value)), value_shape=one.value_shape,
+        hparams=one.hparams, hparams_fingerprint=one.hparams_fingerprint, covariance_id=one.covariance_id, metrics={},
+    )
+    added = store.add_edit(1, clash)  # same key as edit 1, a different value: both cannot hold
+    with pytest.raises(CompileError, match=f"edit {one.id}: .*edit {added.id}: "):
+        service.compile_release(store, "tiny", "joint")
+    assert store.releases(1) == []
+    releases = factstore_home / "releases"
+    assert not releases.exists() or not any(releases.rglob("*.safetensors"))
+
+
+def test_a_crash_while_writing_leaves_no_folder_and_no_row(edited, factstore_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    store, _ = edited
+
+    def crash(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(layout, "write_manifest", crash)
+    with pytest.raises(KeyboardInterrupt):
+        service.compile_release(store, "tiny", "joint")
+    assert store.releases(1) == []
+    assert list((factstore_home / "releases" / "tiny").iterdir()) == []
