@@ -79,3 +79,23 @@ def smollm2():
     from factstore import checkpoints
 
     return checkpoints.load("starter:smollm2-135m", device="cpu")
+
+
+@pytest.fixture
+def tiny_store(db_url: str, tmp_path: Path, gpt2_tokenizer):  # type: ignore[no-untyped-def]
+    """A store holding "tiny", a random GPT-2 (real GPT-2 tokenizer) with key statistics for its default layer."""
+    import json
+
+    from factstore import service
+    from tiny_models import random_gpt2
+
+    folder = tmp_path / "tiny-model"
+    random_gpt2(seed=0).save_pretrained(folder)
+    gpt2_tokenizer.save_pretrained(folder)
+    corpus = tmp_path / "corpus.json"
+    corpus.write_text(json.dumps([f"Paragraph {i}: the river runs through the old town and the fields." for i in range(200)]))
+    service.upgrade_database(db_url)
+    store = service.open_store(db_url)
+    service.add_model(store, "tiny", str(folder))
+    service.compute_stats(store, "tiny", corpus=str(corpus), tokens=2000, device="cpu")
+    return store

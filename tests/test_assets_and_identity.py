@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from factstore import assets, checkpoints, corpus, stats
-from factstore.domain import ModelRef
 from factstore.errors import IdentityMismatch, ModelSourceNotFound, UnknownArchitecture
 from factstore.rome.covariance import accumulate_second_moment
 from factstore import arch

@@ -35,19 +35,7 @@ def start(*args: str) -> subprocess.Popen:
 
 
 @pytest.fixture
-def tiny(db_url: str, tmp_path: Path, gpt2_tokenizer) -> str:  # type: ignore[no-untyped-def]
-    """A registered random GPT-2 with key statistics for its default layer; returns the alias."""
-    folder = tmp_path / "tiny-model"
-    random_gpt2(seed=0).save_pretrained(folder)
-    gpt2_tokenizer.save_pretrained(folder)
-    corpus = tmp_path / "corpus.json"
-    corpus.write_text(json.dumps([f"Paragraph {i}: the river runs through the old town and the fields." for i in range(200)]))
-    from factstore import service
-
-    service.upgrade_database(db_url)
-    store = service.open_store(db_url)
-    service.add_model(store, "tiny", str(folder))
-    service.compute_stats(store, "tiny", corpus=str(corpus), tokens=2000, device="cpu")
+def tiny(tiny_store) -> str:  # type: ignore[no-untyped-def]
     return "tiny"
 
 

@@ -12,10 +12,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from factstore import arch, layout, service
+from factstore import layout, service
 from factstore.domain import EditRequest, NewEdit
 from factstore.errors import CompileError
-from factstore.store import Store
 from tiny_models import random_gpt2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,21 +22,12 @@ SUBJECTS = ["The Eiffel Tower", "The Louvre", "Big Ben"]
 
 
 @pytest.fixture
-def edited(db_url: str, tmp_path: Path, gpt2_tokenizer):  # type: ignore[no-untyped-def]
-    """A tiny random GPT-2 with three active edits; returns (store, session)."""
-    folder = tmp_path / "tiny-model"
-    random_gpt2(seed=0).save_pretrained(folder)
-    gpt2_tokenizer.save_pretrained(folder)
-    corpus = tmp_path / "corpus.json"
-    corpus.write_text(json.dumps([f"Paragraph {i}: the river runs through the old town and the fields." for i in range(200)]))
-    service.upgrade_database(db_url)
-    store = service.open_store(db_url)
-    service.add_model(store, "tiny", str(folder))
-    service.compute_stats(store, "tiny", corpus=str(corpus), tokens=2000, device="cpu")
-    session = service.open_session(store, "tiny", device="cpu")
+def edited(tiny_store):  # type: ignore[no-untyped-def]
+    """The tiny random GPT-2 with three active edits; returns (store, head-model session)."""
+    session = service.open_session(tiny_store, "tiny", device="cpu")
     for subject, target in zip(SUBJECTS, ["Rome", "Berlin", "Paris"]):
         session.add(EditRequest("{} is located in the city of", subject, target))
-    return store, session
+    return tiny_store, session
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -41,7 +41,7 @@ def target_probs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: li
 
 
 @torch.no_grad()
-def greedy_continuation(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, max_new_tokens: int = 8) -> str:
+def greedy_continuation(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, max_new_tokens: int = 5) -> str:
     device = next(model.parameters()).device
     ids = torch.tensor([tokenizer(text)["input_ids"]], device=device)
     start = ids.shape[1]

@@ -1,0 +1,107 @@
+"""Compile time against a plain transformers load + save of the same checkpoint.
+
+    python bench/compile.py [--sizes 1 100 1000] [--model starter:smollm2-135m]
+
+Edits are synthetic but realistic: keys are real down-projection inputs of the base model on
+Wikipedia text, values are W k + b moved by a random vector of the same norm; they are
+written to a temporary store as ordinary edit rows. Prints seconds and the ratio to
+load + save (the issue's target: <= 1.3x at 1,000 edits on SmolLM2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 100, 1000])
+    parser.add_argument("--model", default="starter:smollm2-135m")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="factstore-bench-"))
+    os.environ["FACTSTORE_HOME"] = str(home)
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from factstore import arch, checkpoints, compiler, corpus, service, stats
+    from factstore.domain import EditRequest, NewEdit
+    from factstore.rome.hparams import default_hparams
+    from factstore.vectors import to_bytes
+
+    store = service.open_store()
+    base, _ = service.add_model(store, "bench", args.model)
+    loaded = checkpoints.load(base.source, expected=base.revision, device="cpu")
+    model, tok = loaded.model, loaded.tokenizer
+    layer = default_hparams(model.config.model_type, arch.num_layers(model), model.config.hidden_size).layer
+    text = corpus.load_corpus()
+    stats_file = stats.compute(model, tok, stats.spec_for(loaded.ref, model, layer, text, 20_000, "float32"), text)
+    cov = store.record_covariance(base.id, stats_file.spec.key(), service_cov(stats_file, text))
+
+    keys = real_keys(model, tok, text.texts, layer, max(args.sizes))
+    W, b = arch.down_proj_weight(model, layer).detach(), arch.down_proj_bias(model, layer)
+    gen = torch.Generator().manual_seed(0)
+
+    clock = time.perf_counter()
+    plain = AutoModelForCausalLM.from_pretrained(loaded.ref.local_path)
+    plain.save_pretrained(home / "plain")
+    baseline = time.perf_counter() - clock
+    print(f"load + save_pretrained: {baseline:.2f} s")
+    print(f"{'edits':>6} {'mode':>10} {'compile s':>10} {'ratio':>6}")
+    done = 0
+    for size in sorted(args.sizes):
+        for i in range(done, size):
+            k = keys[i]
+            out = W @ k + (0 if b is None else b)
+            v = out + torch.randn(out.shape, generator=gen) * out.norm() / out.numel() ** 0.5
+            kb, ks = to_bytes(k)
+            vb, vs = to_bytes(v)
+            store.add_edit(base.id, NewEdit(
+                request=EditRequest("{} is a", f"Subject {i}", f"object {i}"), target_true=None, layer=layer,
+                module=arch.down_proj_name(model, layer), key=kb, key_shape=ks, value=vb, value_shape=vs,
+                hparams={}, hparams_fingerprint="0" * 64, covariance_id=cov.id, metrics={},
+            ))
+        done = size
+        for mode in ("joint", "sequential"):
+            clock = time.perf_counter()
+            try:
+                compiler.build(store, "bench", mode, out=str(home / f"{mode}-{size}"), device="cpu")
+                seconds = time.perf_counter() - clock
+                print(f"{size:>6} {mode:>10} {seconds:>10.2f} {seconds / baseline:>6.2f}", flush=True)
+            except Exception as exc:  # noqa: BLE001 - a refused compile is a result too
+                print(f"{size:>6} {mode:>10} refused: {str(exc)[:90]}", flush=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def service_cov(stats_file, text):  # type: ignore[no-untyped-def]
+    from factstore.domain import Covariance
+
+    spec = stats_file.spec
+    return Covariance(0, spec.layer, spec.module, text.name, text.sha256, stats_file.tokens, spec.dtype, str(stats_file.path), stats_file.sha256)
+
+
+def real_keys(model, tok, texts, layer: int, n: int):  # type: ignore[no-untyped-def]
+    """n down-projection inputs at distinct token positions of ordinary text."""
+    import torch
+
+    from factstore.rome.covariance import _layer_inputs
+    from factstore.rome.prompts import pad_right
+
+    found = []
+    for lo in range(0, len(texts), 8):
+        ids, mask = pad_right([tok(t, truncation=True, max_length=128)["input_ids"] for t in texts[lo : lo + 8]])
+        with torch.no_grad():
+            keys = _layer_inputs(model, layer, ids, mask)[mask.bool()]
+        found.append(keys[::7])  # spread over positions
+        if sum(len(k) for k in found) >= n:
+            break
+    return torch.cat(found)[:n]
+
+
+if __name__ == "__main__":
+    main()
