@@ -41,7 +41,7 @@ def main() -> None:
     layer = default_hparams(model.config.model_type, arch.num_layers(model), model.config.hidden_size).layer
     text = corpus.load_corpus()
     stats_file = stats.compute(model, tok, stats.spec_for(loaded.ref, model, layer, text, 20_000, "float32"), text)
-    cov = store.record_covariance(base.id, stats_file.spec.key(), service_cov(stats_file, text))
+    cov = store.record_covariance(base.id, stats_file.spec.key(), stats.covariance_record(stats_file, text))
 
     keys = real_keys(model, tok, text.texts, layer, max(args.sizes))
     W, b = arch.down_proj_weight(model, layer).detach(), arch.down_proj_bias(model, layer)
@@ -76,13 +76,6 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - a refused compile is a result too
                 print(f"{size:>6} {mode:>10} refused: {str(exc)[:90]}", flush=True)
     shutil.rmtree(home, ignore_errors=True)
-
-
-def service_cov(stats_file, text):  # type: ignore[no-untyped-def]
-    from factstore.domain import Covariance
-
-    spec = stats_file.spec
-    return Covariance(0, spec.layer, spec.module, text.name, text.sha256, stats_file.tokens, spec.dtype, str(stats_file.path), stats_file.sha256)
 
 
 def real_keys(model, tok, texts, layer: int, n: int):  # type: ignore[no-untyped-def]

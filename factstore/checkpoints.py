@@ -87,14 +87,16 @@ def _converted_dir(gguf: Path, identity: str) -> Path:
     model.hf_quantizer = None
     model.is_quantized = False
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".convert-") as tmp:
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".convert-"))
+    try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (Path(tmp) / "source.json").write_text(json.dumps({"gguf": gguf.name, "identity": identity}))
-        if not (out / "config.json").exists():
+        (tmp / "source.json").write_text(json.dumps({"gguf": gguf.name, "identity": identity}))
+        if not (out / "config.json").exists():  # another process may have converted it meanwhile
             shutil.rmtree(out, ignore_errors=True)
-            os.rename(tmp, out)
-            os.makedirs(tmp)  # TemporaryDirectory cleans up a folder of that name
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

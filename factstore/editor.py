@@ -122,8 +122,7 @@ class EditSession:
             return found
         with self.base_weights():  # C is a property of the base model's keys
             result = stats.compute(self.model, self.tokenizer, spec, corpus)
-        record = Covariance(0, layer, spec.module, corpus.name, corpus.sha256, result.tokens, spec.dtype, str(result.path), result.sha256)
-        return self.store.record_covariance(self.base.id, spec.key(), record)
+        return self.store.record_covariance(self.base.id, spec.key(), stats.covariance_record(result, corpus))
 
     # edits ---------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from factstore import arch, config
 from factstore.assets import file_sha256
 from factstore.corpus import Corpus
-from factstore.domain import ModelRef
+from factstore.domain import Covariance, ModelRef
 from factstore.progress import bar
 from factstore.rome.covariance import MomentState, accumulate_second_moment
 
@@ -41,6 +41,12 @@ class StatsFile:
     path: Path
     sha256: str
     tokens: int  # keys actually summed (less than spec.tokens if the corpus ran out)
+
+
+def covariance_record(result: StatsFile, corpus: Corpus) -> Covariance:
+    """The store's description of a statistics file (its id is assigned when recorded)."""
+    spec = result.spec
+    return Covariance(0, spec.layer, spec.module, corpus.name, corpus.sha256, result.tokens, spec.dtype, str(result.path), result.sha256)
 
 
 def _dir() -> Path:

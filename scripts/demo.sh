@@ -11,3 +11,4 @@ factstore edit add --model smollm2 --prompt "{} is located in the city of" --sub
 factstore ask --model smollm2 "The Eiffel Tower is located in the city of" --top 3
 factstore ask --model smollm2 "The Louvre is located in the city of" --top 3
 factstore edit list --model smollm2
+factstore compile --model smollm2
