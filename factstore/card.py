@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from factstore import assets
 from factstore.domain import BaseModel, StoredEdit
 
 
@@ -16,7 +17,7 @@ def _prob(edit: StoredEdit, key: str) -> str:
 
 def render(base: BaseModel, mode: str, edits: list[StoredEdit]) -> str:
     """No version or date in the text: the same edit log must give the same bytes."""
-    base_model = base.source.removeprefix("starter:") if base.source.startswith("starter:") else base.source
+    base_model = assets.starter(base.source).hub_id if base.source.startswith(assets.PREFIX) else base.source
     lines = [
         "---",
         f"base_model: {base_model}",
