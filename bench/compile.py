@@ -40,11 +40,11 @@ def main() -> None:
     model, tok = loaded.model, loaded.tokenizer
     layer = default_hparams(model.config.model_type, arch.num_layers(model), model.config.hidden_size).layer
     text = corpus.load_corpus()
-    stats_file = stats.compute(model, tok, stats.spec_for(loaded.ref, model, layer, text, 20_000, "float32"), text)
+    stats_file = stats.compute(model, tok, stats.spec_for(loaded.ref.revision, model, layer, text, 20_000, "float32"), text)
     cov = store.record_covariance(base.id, stats_file.spec.key(), stats.covariance_record(stats_file, text))
 
     keys = real_keys(model, tok, text.texts, layer, max(args.sizes))
-    W, b = arch.down_proj_weight(model, layer).detach(), arch.down_proj_bias(model, layer)
+    W, b = arch.down_proj_weight(model, layer), arch.down_proj_bias(model, layer)
     gen = torch.Generator().manual_seed(0)
 
     clock = time.perf_counter()

@@ -126,12 +126,13 @@ def weight_out_in(module: nn.Module, fan_in_fan_out: bool) -> torch.Tensor:
 
 
 def down_proj_weight(model: nn.Module, layer: int) -> torch.Tensor:
-    """(d_model, d_ff) view of a layer's down-projection weight."""
-    return weight_out_in(down_proj(model, layer), model_spec(model).fan_in_fan_out)
+    """(d_model, d_ff) detached view of a layer's down-projection weight (write through rome.edit.add_delta)."""
+    return weight_out_in(down_proj(model, layer), model_spec(model).fan_in_fan_out).detach()
 
 
 def down_proj_bias(model: nn.Module, layer: int) -> torch.Tensor | None:
-    return getattr(down_proj(model, layer), "bias", None)
+    bias = getattr(down_proj(model, layer), "bias", None)
+    return None if bias is None else bias.detach()
 
 
 def context_length(model: nn.Module) -> int:

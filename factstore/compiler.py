@@ -56,17 +56,20 @@ def apply_joint(model: nn.Module, edits: Sequence[StoredEdit], covariance: Covar
         by_layer[edit.layer].append(edit)
     for layer, group in sorted(by_layer.items()):
         keys, values = zip(*(edit_vectors(e) for e in group))
-        W = arch.down_proj_weight(model, layer).detach()
-        b = arch.down_proj_bias(model, layer)
+        W, b = arch.down_proj_weight(model, layer), arch.down_proj_bias(model, layer)
         K = torch.stack(keys, dim=1).to(W.device)  # (d_ff, n)
         V = torch.stack(values, dim=1).to(W.device)  # (d_model, n)
         C = covariance(group[-1].covariance_id).to(W.device)
-        add_delta(model, layer, joint_delta(W, None if b is None else b.detach(), K, V, C, ridge))
+        add_delta(model, layer, joint_delta(W, b, K, V, C, ridge))
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise CompileError(f"unknown compile mode {mode!r}; use one of {', '.join(MODES)}")
 
 
 def apply_edits(model: nn.Module, edits: Sequence[StoredEdit], covariance: CovarianceLoader, mode: str = DEFAULT_MODE) -> None:
-    if mode not in MODES:
-        raise CompileError(f"unknown compile mode {mode!r}; use one of {', '.join(MODES)}")
+    check_mode(mode)
     if mode == "sequential":
         apply_sequential(model, edits, covariance)
     else:
@@ -78,9 +81,8 @@ def constraint_errors(model: nn.Module, edits: Sequence[StoredEdit]) -> dict[int
     errors = {}
     for edit in edits:
         key, value = edit_vectors(edit)
-        W = arch.down_proj_weight(model, edit.layer).detach()
-        b = arch.down_proj_bias(model, edit.layer)
-        err = constraint_error(W, None if b is None else b.detach(), key.unsqueeze(1).to(W.device), value.unsqueeze(1).to(W.device))
+        W, b = arch.down_proj_weight(model, edit.layer), arch.down_proj_bias(model, edit.layer)
+        err = constraint_error(W, b, key.unsqueeze(1).to(W.device), value.unsqueeze(1).to(W.device))
         errors[edit.id] = float(err[0])
     return errors
 
@@ -124,8 +126,7 @@ def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, d
 
     from factstore import card, checkpoints, config, layout, stats
 
-    if mode not in MODES:
-        raise CompileError(f"unknown compile mode {mode!r}; use one of {', '.join(MODES)}")
+    check_mode(mode)  # before the model is loaded
     base = store.base_model(alias)
     edits = store.edits(base.id, "active")
     log_sha = layout.edit_log_sha256(base.revision, mode, _log_entries(edits))

@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -92,7 +92,7 @@ class EditSession:
     def hparams(self, layer: int | None = None) -> ROMEHyperParams:
         hp = self.defaults
         if self.stats_tokens:
-            hp = ROMEHyperParams.from_json({**hp.to_json(), "stats_tokens": self.stats_tokens})
+            hp = replace(hp, stats_tokens=self.stats_tokens)
         if layer is not None:
             return hp.with_layer(layer)
         if self.base.recommended_layer is not None:
@@ -116,7 +116,7 @@ class EditSession:
             if recorded is not None and Path(recorded.path).exists():
                 return recorded
         corpus = load_corpus(self.corpus_name or DEFAULT_CORPUS)
-        spec = stats.StatsSpec(self.base.revision, layer, arch.down_proj_name(self.model, layer), corpus.sha256, hp.stats_tokens, hp.stats_dtype)
+        spec = stats.spec_for(self.base.revision, self.model, layer, corpus, hp.stats_tokens, hp.stats_dtype)
         found = self.store.covariance(spec.key())
         if found is not None and Path(found.path).exists():
             return found

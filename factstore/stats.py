@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from factstore import arch, config
 from factstore.assets import file_sha256
 from factstore.corpus import Corpus
-from factstore.domain import Covariance, ModelRef
+from factstore.domain import Covariance
 from factstore.progress import bar
 from factstore.rome.covariance import MomentState, accumulate_second_moment
 
@@ -72,8 +72,9 @@ def _load_partial(path: Path) -> MomentState | None:
     return MomentState(total=total, tokens=int(meta["tokens"]), next_text=int(meta["next_text"]))
 
 
-def spec_for(ref: ModelRef, model: torch.nn.Module, layer: int, corpus: Corpus, tokens: int, dtype: str) -> StatsSpec:
-    return StatsSpec(ref.revision, layer, arch.down_proj_name(model, layer), corpus.sha256, tokens, dtype)
+def spec_for(identity: str, model: torch.nn.Module, layer: int, corpus: Corpus, tokens: int, dtype: str) -> StatsSpec:
+    """What C is keyed by: exact model revision, layer and module, corpus hash, token budget, dtype."""
+    return StatsSpec(identity, layer, arch.down_proj_name(model, layer), corpus.sha256, tokens, dtype)
 
 
 def cached(spec: StatsSpec) -> StatsFile | None:

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -103,17 +103,9 @@ class Store:
                 raise UnknownModel(f"no model with alias {alias!r} ({hint}); register one with `factstore model add ALIAS SOURCE`")
             return _base(row)
 
-    def base_model_by_id(self, base_id: int) -> BaseModel:
-        with self._tx() as s:
-            return _base(s.get_one(BaseModelRow, base_id))
-
     def list_base_models(self) -> list[BaseModel]:
         with self._tx() as s:
             return [_base(r) for r in s.scalars(select(BaseModelRow).order_by(BaseModelRow.id))]
-
-    def set_recommended_layer(self, base_id: int, layer: int) -> None:
-        with self._tx() as s:
-            s.execute(update(BaseModelRow).where(BaseModelRow.id == base_id).values(recommended_layer=layer))
 
     # context templates and statistics ------------------------------------------------------
 
@@ -222,12 +214,16 @@ class Store:
         with self._tx() as s:
             return [_edit(r) for r in s.scalars(query)]
 
+    @staticmethod
+    def _edit_row(s: Session, edit_id: int, for_update: bool = False) -> EditRow:
+        row = s.get(EditRow, edit_id, with_for_update=for_update)
+        if row is None:
+            raise UnknownEdit(f"no edit with id {edit_id}; list edits with `factstore edit list --model ALIAS --status all`")
+        return row
+
     def edit(self, edit_id: int) -> StoredEdit:
         with self._tx() as s:
-            row = s.get(EditRow, edit_id)
-            if row is None:
-                raise UnknownEdit(f"no edit with id {edit_id}; list edits with `factstore edit list --model ALIAS --status all`")
-            return _edit(row)
+            return _edit(self._edit_row(s, edit_id))
 
     def edits_by_request(self, base_id: int, sha: str) -> list[StoredEdit]:
         with self._tx() as s:
@@ -236,9 +232,7 @@ class Store:
 
     def retract_edit(self, edit_id: int) -> StoredEdit:
         with self._tx() as s:
-            row = s.get(EditRow, edit_id, with_for_update=True)
-            if row is None:
-                raise UnknownEdit(f"no edit with id {edit_id}; list edits with `factstore edit list --model ALIAS --status all`")
+            row = self._edit_row(s, edit_id, for_update=True)
             if row.status != "active":
                 raise EditStateError(f"edit {edit_id} is already {row.status}; only active edits can be retracted")
             row.status = "retracted"

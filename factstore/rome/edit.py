@@ -49,10 +49,9 @@ def add_delta(model: nn.Module, layer: int, delta: torch.Tensor) -> None:
 
 def rank_one_for(model: nn.Module, layer: int, key: torch.Tensor, value: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     """The (out, in) rank-one delta that makes the current layer map key to value."""
-    W = arch.down_proj_weight(model, layer).detach()
-    b = arch.down_proj_bias(model, layer)
+    W, b = arch.down_proj_weight(model, layer), arch.down_proj_bias(model, layer)
     device = W.device
-    return rank_one_delta(W, None if b is None else b.detach(), key.to(device), value.to(device), C.to(device))
+    return rank_one_delta(W, b, key.to(device), value.to(device), C.to(device))
 
 
 def apply_edit(model: nn.Module, layer: int, key: torch.Tensor, value: torch.Tensor, C: torch.Tensor) -> None:
