@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli import ask, db, edits, models, releases, stats
+from cli import ask, db, edits, hub, models, releases, stats
 from cli.errors import report
 
 app = typer.Typer(
@@ -23,6 +23,8 @@ app.add_typer(edits.app, name="edit")
 app.add_typer(releases.app, name="releases")
 app.command(name="ask")(ask.ask)
 app.command(name="compile")(releases.compile_)
+app.command(name="publish")(hub.publish)
+app.command(name="pull")(hub.pull)
 
 
 def main() -> None:

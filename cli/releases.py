@@ -42,5 +42,5 @@ def list_(model: ModelOpt, json_out: JsonOpt = False) -> None:
     if json_out:
         emit_json([r.to_json() for r in releases])
     else:
-        table(f"releases of {model}", ["version", "mode", "edits", "status", "hub", "path"],
-              [(f"v{r.version}", r.mode, len(r.edit_ids), r.status, r.hub_repo or "", r.path) for r in releases])
+        table(f"releases of {model}", ["version", "mode", "edits", "status", "hub", "tag", "commit", "path"],
+              [(f"v{r.version}", r.mode, len(r.edit_ids), r.status, r.hub_repo or "", r.tag or "", (r.hub_commit or "")[:12], r.path) for r in releases])

@@ -89,7 +89,7 @@ def constraint_errors(model: nn.Module, edits: Sequence[StoredEdit]) -> dict[int
 
 # building a release folder --------------------------------------------------------------
 
-def _log_entries(edits: Sequence[StoredEdit]) -> list[dict]:
+def log_entries(edits: Sequence[StoredEdit]) -> list[dict]:
     return [{"id": e.id, "seq": e.seq, "layer": e.layer, "key_sha256": e.key_sha256, "value_sha256": e.value_sha256} for e in edits]
 
 
@@ -129,7 +129,7 @@ def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, d
     check_mode(mode)  # before the model is loaded
     base = store.base_model(alias)
     edits = store.edits(base.id, "active")
-    log_sha = layout.edit_log_sha256(base.revision, mode, _log_entries(edits))
+    log_sha = layout.edit_log_sha256(base.revision, mode, log_entries(edits))
     latest = store.latest_release(base.id)
     if out is None and latest and latest.edit_log_sha256 == log_sha and Path(latest.path, layout.MANIFEST).exists():
         return latest, False
@@ -153,7 +153,8 @@ def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, d
         layout.write_weights(loaded.model, tmp)
         layout.write_model_config(loaded.model, loaded.tokenizer, tmp)
         (tmp / "README.md").write_text(card.render(base, mode, edits))
-        manifest_sha = layout.write_manifest(tmp, _manifest(base, mode, edits, log_sha))
+        layout.write_edit_vectors(tmp, [edit_vectors(e) for e in edits])
+        manifest_sha = layout.write_manifest(tmp, _manifest(store, base, mode, edits, log_sha))
         if final.exists():
             final.rmdir()
         tmp.rename(final)
@@ -164,17 +165,29 @@ def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, d
     return release, True
 
 
-def _manifest(base, mode: str, edits: Sequence[StoredEdit], log_sha: str) -> dict:  # type: ignore[no-untyped-def]
+def _covariance_entry(store, cov_id: int | None) -> dict | None:  # type: ignore[no-untyped-def]
+    """How an edit's C was computed, so an importer can recompute (and compare) it."""
+    if cov_id is None:
+        return None
+    c = store.covariance_by_id(cov_id)
+    return {"layer": c.layer, "corpus": c.corpus, "corpus_sha256": c.corpus_sha256, "tokens": c.tokens, "dtype": c.dtype, "sha256": c.sha256}
+
+
+def _manifest(store, base, mode: str, edits: Sequence[StoredEdit], log_sha: str) -> dict:  # type: ignore[no-untyped-def]
+    """Everything a teammate needs to continue the lineage: base identity, templates, the log."""
     return {
         "base": {"source": base.source, "revision": base.revision, "model_type": base.model_type, "license": base.license},
         "mode": mode,
         "joint_ridge": JOINT_RIDGE if mode == "joint" else None,
         "edit_log_sha256": log_sha,
+        "context_templates": store.all_context_templates(base.id),
         "edits": [
             {
                 "seq": e.seq, "prompt": e.prompt, "subject": e.subject, "target_new": e.target_new,
                 "target_true": e.target_true, "relation_id": e.relation_id, "layer": e.layer, "module": e.module,
-                "key_sha256": e.key_sha256, "value_sha256": e.value_sha256, "hparams_fingerprint": e.hparams_fingerprint,
+                "key_sha256": e.key_sha256, "key_shape": list(e.key_shape), "value_sha256": e.value_sha256,
+                "value_shape": list(e.value_shape), "hparams": e.hparams, "hparams_fingerprint": e.hparams_fingerprint,
+                "covariance": _covariance_entry(store, e.covariance_id), "note": e.note,
                 "metrics": {k: v for k, v in e.metrics.items() if k.startswith("prob_")},
             }
             for e in edits

@@ -61,3 +61,31 @@ class StatisticsError(FactStoreError):
 
 class CompileError(FactStoreError):
     pass
+
+
+class HubError(FactStoreError):
+    """The Hub answered with an error that has no more specific class."""
+
+
+class HubUnreachable(HubError):
+    """No answer from the Hub endpoint (network down, wrong --endpoint)."""
+
+
+class HubAuthError(HubError):
+    """Missing, invalid or insufficient token."""
+
+
+class HubNotFound(HubError):
+    """Unknown repository, or a private one the token cannot read, or an unknown version."""
+
+
+class PublishConflict(HubError):
+    """Someone else published to the repository since our last release."""
+
+
+class ReleaseVerificationError(FactStoreError):
+    """A pulled file does not match the release manifest."""
+
+
+class ImportConflict(FactStoreError):
+    """A release's edit log does not continue the local one."""

@@ -21,6 +21,7 @@ from factstore.assets import file_sha256
 
 BASE_SHARD_BYTES = 1 << 30  # at most 1 GiB per base shard
 MANIFEST = "factstore.json"
+EDIT_VECTORS = "factstore-edits.safetensors"  # every edit's k* and v*, so a pulled release can be imported
 INDEX = "model.safetensors.index.json"
 _LOAD_TIME_KEYS = ("local_files_only", "is_local", "name_or_path", "_commit_hash")
 
@@ -63,6 +64,22 @@ def write_weights(model: nn.Module, folder: Path) -> None:
     total = sum(state[n].numel() * state[n].element_size() for n in weight_map)
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def write_edit_vectors(folder: Path, vectors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Edit i's key and value (float32) as `edit.{i:05d}.key` / `.value`, in log order."""
+    tensors = {}
+    for i, (key, value) in enumerate(vectors):
+        tensors[f"edit.{i:05d}.key"] = key.to(torch.float32).contiguous()
+        tensors[f"edit.{i:05d}.value"] = value.to(torch.float32).contiguous()
+    save_file(tensors, str(folder / EDIT_VECTORS), metadata={"format": "pt"})
+
+
+def read_edit_vectors(folder: Path, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / EDIT_VECTORS)) if count else {}
+    return [(tensors[f"edit.{i:05d}.key"], tensors[f"edit.{i:05d}.value"]) for i in range(count)]
 
 
 def file_hashes(folder: Path) -> dict[str, str]:

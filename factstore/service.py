@@ -132,3 +132,28 @@ def compile_release(store: Store, alias: str, mode: str | None = None, out: str 
 
 def list_releases(store: Store, alias: str):  # type: ignore[no-untyped-def]
     return store.releases(store.base_model(alias).id)
+
+
+def publish_release(store: Store, alias: str, repo: str, private: bool = False, mode: str | None = None, endpoint: str | None = None, device: str | None = None):  # type: ignore[no-untyped-def]
+    """Compile if the log changed, upload as one commit on main, tag vN; see factstore.releases."""
+    from factstore import releases
+
+    return releases.publish(store, alias, repo, private=private, mode=mode, endpoint=endpoint, device=device)
+
+
+def pull_release(
+    repo: str, version: str | None = None, out: str | None = None, endpoint: str | None = None,
+    import_into: Store | None = None, alias: str | None = None, device: str | None = None,
+):  # type: ignore[no-untyped-def]
+    """Download and verify one version; with import_into, continue its lineage in that store under ALIAS."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from factstore import releases
+
+    pulled = releases.pull(repo, version, out, endpoint)
+    if import_into is None:
+        return pulled
+    alias = alias or repo.split("/")[-1]
+    imported = releases.import_release(import_into, Path(pulled.path), alias, repo, pulled.commit, pulled.version, device)
+    return replace(pulled, imported=imported)

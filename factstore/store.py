@@ -258,15 +258,49 @@ class Store:
         with self._tx() as s:
             return (s.scalar(select(func.max(ReleaseRow.version)).where(ReleaseRow.base_model_id == base_id)) or 0) + 1
 
-    def record_release(self, base_id: int, version: int, mode: str, edit_log_sha256: str, manifest_sha256: str, path: str, edit_ids: list[int]) -> Release:
-        """The release row and its frozen contents, in one transaction."""
+    def record_release(
+        self, base_id: int, version: int, mode: str, edit_log_sha256: str, manifest_sha256: str, path: str,
+        edit_ids: list[int], published: tuple[str, str, str] | None = None,
+    ) -> Release:
+        """The release row and its frozen contents, in one transaction.
+
+        published=(repo, commit, tag) records a release pulled from the Hub as already published.
+        """
+        repo, commit, tag = published or (None, None, None)
         with self._tx() as s:
             row = ReleaseRow(
                 base_model_id=base_id, version=version, mode=mode, edit_log_sha256=edit_log_sha256,
-                manifest_sha256=manifest_sha256, path=path, status="built",
+                manifest_sha256=manifest_sha256, path=path, status="published" if published else "built",
+                hub_repo=repo, hub_commit=commit, tag=tag,
             )
             s.add(row)
             s.flush()
             s.add_all(ReleaseEdit(release_id=row.id, position=i, edit_id=e) for i, e in enumerate(edit_ids))
             s.flush()
             return _release(row, edit_ids)
+
+    def _release_row(self, s: Session, release_id: int) -> ReleaseRow:
+        return s.get_one(ReleaseRow, release_id)
+
+    def record_hub_commit(self, release_id: int, repo: str, commit: str) -> Release:
+        """The upload landed as COMMIT; the release stays `built` until its tag exists."""
+        with self._tx() as s:
+            row = self._release_row(s, release_id)
+            row.hub_repo, row.hub_commit = repo, commit
+            return _release(row, self._release_edit_ids(s, row.id))
+
+    def mark_published(self, release_id: int, tag: str) -> Release:
+        with self._tx() as s:
+            row = self._release_row(s, release_id)
+            row.tag, row.status = tag, "published"
+            return _release(row, self._release_edit_ids(s, row.id))
+
+    def published_release(self, base_id: int, repo: str) -> Release | None:
+        """The newest release of a base model published to REPO: the parent of the next one."""
+        found = [r for r in self.releases(base_id) if r.hub_repo == repo and r.status == "published"]
+        return found[-1] if found else None
+
+    def all_context_templates(self, base_id: int) -> list[dict]:
+        with self._tx() as s:
+            rows = s.scalars(select(ContextTemplateRow).where(ContextTemplateRow.base_model_id == base_id).order_by(ContextTemplateRow.id))
+            return [{"fingerprint": r.fingerprint, "seed": r.seed, "templates": dict(r.templates)} for r in rows]

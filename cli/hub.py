@@ -1,0 +1,60 @@
+"""factstore publish / pull: versions of an edited model on the Hugging Face Hub."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.options import DeviceOpt, JsonOpt, ModelOpt
+from cli.output import emit_json
+
+EndpointOpt = Annotated[str | None, typer.Option("--endpoint", help="Hub URL; default: HF_ENDPOINT or https://huggingface.co.")]
+
+
+def publish(
+    model: ModelOpt,
+    repo: Annotated[str, typer.Option("--repo", help="Hub repository NS/NAME; one repository per edited lineage.")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+    mode: Annotated[str | None, typer.Option("--mode", help="Compile mode if a compile is needed: joint or sequential.")] = None,
+    endpoint: EndpointOpt = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Publish the current edit log as the next version (compiling if it changed): one commit on main, tag vN.
+
+    The token comes from HF_TOKEN or `hf auth login`.
+    """
+    from factstore import service
+
+    result = service.publish_release(service.open_store(), model, repo, private, mode, endpoint, device)
+    if json_out:
+        emit_json(result.to_json())
+    elif result.already:
+        print(f"v{result.version} is already published: {repo}@{result.tag} ({result.commit[:12]})")
+    else:
+        print(f"published v{result.version} to {repo}: tag {result.tag}, commit {result.commit[:12]}")
+
+
+def pull(
+    repo: Annotated[str, typer.Argument(help="Hub repository NS/NAME.")],
+    version: Annotated[str | None, typer.Option("--version", help="A tag (vN) or commit SHA; default: the newest vN.")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Folder to write; default: FACTSTORE_HOME/pulled/NS/NAME/COMMIT.")] = None,
+    import_edits: Annotated[bool, typer.Option("--import-edits", help="Add the release's base model and edit log to the local store.")] = False,
+    alias: Annotated[str | None, typer.Option("--alias", help="Local alias for --import-edits; default: the repository name.")] = None,
+    endpoint: EndpointOpt = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Download one version, check every file against the release manifest, optionally import its edits."""
+    from factstore import service
+
+    store = service.open_store() if import_edits else None
+    result = service.pull_release(repo, version, out, endpoint, store, alias, device)
+    if json_out:
+        emit_json(result.to_json())
+        return
+    print(f"pulled {repo}@{result.version or result.commit[:12]} (commit {result.commit[:12]}), verified -> {result.path}")
+    if result.imported:
+        i = result.imported
+        print(f"imported into {i['alias']}: {i['edits_added']} new edits ({i['edits_total']} in the release), release v{i['release']}")

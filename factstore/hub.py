@@ -1,0 +1,139 @@
+"""The Hugging Face Hub, through huggingface_hub: repos, one commit per release, tags, downloads.
+
+Every call goes through `_translated`, which turns the client's exceptions into one-line
+FactStoreErrors that say what to do next. Tokens come from the argument, `HF_TOKEN` or the
+huggingface_hub login (the library resolves them); they are never stored or printed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    LocalTokenNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from factstore.errors import HubAuthError, HubError, HubNotFound, HubUnreachable, PublishConflict, ReleaseVerificationError
+
+TOKEN_HINT = "set HF_TOKEN or run `hf auth login`"
+VERSION_TAG = re.compile(r"v(\d+)")
+
+
+def tag_for(version: int) -> str:
+    return f"v{version}"
+
+
+@contextmanager
+def _translated(endpoint: str, repo: str, what: str) -> Iterator[None]:
+    try:
+        yield
+    except (RevisionNotFoundError, EntryNotFoundError) as exc:
+        raise HubNotFound(f"{repo}: {what} failed, not found ({_first_line(exc)}); `factstore pull {repo}` without --version takes the newest release") from None
+    except RepositoryNotFoundError:
+        raise HubNotFound(f"repository {repo} not found at {endpoint}, or it is private and the token cannot read it; check the name, {TOKEN_HINT}") from None
+    except LocalTokenNotFoundError:
+        raise HubAuthError(f"{what} needs a Hub token; {TOKEN_HINT}") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 401:
+            raise HubAuthError(f"the Hub at {endpoint} refused the token for {what}; {TOKEN_HINT} with a valid token") from None
+        if status == 403:
+            raise HubAuthError(f"the token may not {what} on {repo}; use a token with write access to its namespace") from None
+        if status in (409, 412):
+            raise PublishConflict(f"{repo} changed while we published ({_first_line(exc)}); pull the latest release with `factstore pull {repo} --import-edits` and publish again") from None
+        raise HubError(f"{what} on {repo} failed: {_first_line(exc)}") from None
+    except (httpx2.TransportError, OfflineModeIsEnabled) as exc:
+        raise HubUnreachable(f"cannot reach the Hub at {endpoint} ({type(exc).__name__}: {exc}); check the network or --endpoint, then rerun (finished steps are kept)") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Hub:
+    """One endpoint and token. endpoint=None means HF_ENDPOINT or huggingface.co."""
+
+    def __init__(self, endpoint: str | None = None, token: str | None = None) -> None:
+        self.api = HfApi(endpoint=endpoint, token=token)
+        self.endpoint = self.api.endpoint
+        self._token = token
+
+    def ensure_repo(self, repo: str, private: bool) -> None:
+        with _translated(self.endpoint, repo, "create the repository"):
+            self.api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
+
+    def branch_head(self, repo: str, branch: str = "main") -> str:
+        with _translated(self.endpoint, repo, "read the repository"):
+            refs = self.api.list_repo_refs(repo, repo_type="model")
+        for ref in refs.branches:
+            if ref.name == branch:
+                return ref.target_commit
+        raise HubNotFound(f"{repo} has no branch {branch!r}")
+
+    def tags(self, repo: str) -> dict[str, str]:
+        """tag name -> commit SHA."""
+        with _translated(self.endpoint, repo, "read the repository's tags"):
+            refs = self.api.list_repo_refs(repo, repo_type="model")
+        return {t.name: t.target_commit for t in refs.tags}
+
+    def latest_version_tag(self, repo: str) -> str | None:
+        versions = [int(m.group(1)) for t in self.tags(repo) if (m := VERSION_TAG.fullmatch(t))]
+        return tag_for(max(versions)) if versions else None
+
+    def upload(self, repo: str, folder: Path, parent: str, message: str, description: str = "") -> str:
+        """One commit on main holding the folder; refused by the Hub unless main is still at PARENT."""
+        with _translated(self.endpoint, repo, "upload the release"):
+            info = self.api.upload_folder(
+                repo_id=repo, folder_path=folder, repo_type="model", revision="main", parent_commit=parent,
+                commit_message=message, commit_description=description,
+            )
+        return info.oid
+
+    def tag(self, repo: str, tag: str, commit: str, message: str) -> None:
+        """Create TAG at COMMIT; an existing tag at the same commit is success (a resumed publish)."""
+        try:
+            with _translated(self.endpoint, repo, "tag the release"):
+                self.api.create_tag(repo, tag=tag, revision=commit, tag_message=message, repo_type="model")
+        except PublishConflict:
+            if self.tags(repo).get(tag) != commit:
+                raise PublishConflict(f"{repo} already has a tag {tag} on another commit: someone published that version first; pull it with `factstore pull {repo} --import-edits` and publish again") from None
+
+    def manifest_sha256(self, repo: str, commit: str) -> str | None:
+        """sha256 of the release manifest at COMMIT, or None when that commit holds none."""
+        import hashlib
+
+        from factstore.layout import MANIFEST
+
+        try:
+            with _translated(self.endpoint, repo, "read the release manifest"):
+                path = hf_hub_download(repo, MANIFEST, revision=commit, repo_type="model", endpoint=self.endpoint, token=self._token)
+        except HubNotFound:
+            return None
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    def resolve(self, repo: str, version: str) -> str:
+        """A tag, branch or commit SHA -> the commit SHA it names."""
+        with _translated(self.endpoint, repo, f"resolve version {version}"):
+            info = self.api.model_info(repo, revision=version)
+        assert info.sha is not None
+        return info.sha
+
+    def download(self, repo: str, commit: str) -> Path:
+        """The files of one commit, through the huggingface_hub cache (unchanged files are not fetched again)."""
+        try:
+            with _translated(self.endpoint, repo, f"download {commit[:12]}"):
+                path = snapshot_download(repo, revision=commit, repo_type="model", endpoint=self.endpoint, token=self._token)
+        except OSError as exc:  # huggingface_hub's own size check on a download
+            raise ReleaseVerificationError(f"{repo}@{commit[:12]}: {_first_line(exc)}; nothing was written") from None
+        return Path(path)

@@ -1,0 +1,278 @@
+"""Publishing releases to a Hub and pulling them back, against the Hub-compatible server in
+hub_server.py, through the unmodified huggingface_hub client. Every test runs twice: with
+HF_HUB_DISABLE_XET=1 (LFS uploads) and with Xet available and the server answering
+`uploadMode: regular` for every file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from factstore import compiler, layout, service
+from factstore.domain import EditRequest
+from factstore.errors import HubAuthError, HubNotFound, HubUnreachable, PublishConflict, ReleaseVerificationError
+from hub_server import HubServer
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "alice/tiny-edits"
+PROMPT = "{} is located in the city of"
+FACTS = [("The Eiffel Tower", "Rome"), ("The Louvre", "Berlin"), ("Big Ben", "Paris")]
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture(params=["lfs", "xet-regular"])
+def hub(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A fresh local Hub; the client points at it with a clean cache and alice's token in HF_TOKEN."""
+    from huggingface_hub import constants
+
+    lfs = request.param == "lfs"
+    cache = tmp_path / "hf-home" / "hub"
+    # huggingface_hub reads these at import; the environment carries them to subprocesses
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", lfs)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1" if lfs else "0")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("HF_TOKEN", "tok-alice")
+    with HubServer({"tok-alice": "alice", "tok-bob": "bob"}, lfs=lfs) as server:
+        yield server
+
+
+def _add(store, alias: str, facts: list[tuple[str, str]]) -> None:  # type: ignore[no-untyped-def]
+    session = service.open_session(store, alias, device="cpu")
+    for subject, target in facts:
+        session.add(EditRequest(PROMPT, subject, target))
+
+
+def _fresh_store(tmp_path: Path, name: str):  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / name}.db"
+    service.upgrade_database(url)
+    return service.open_store(url)
+
+
+def _constraint_errors(folder: str | Path, store, alias: str = "tiny") -> list[float]:  # type: ignore[no-untyped-def]
+    """||W k* - v*|| / ||v*|| of every active edit of ALIAS on the model loaded from FOLDER with plain transformers."""
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    edits = service.list_edits(store, alias)
+    errors = compiler.constraint_errors(model, edits)
+    return [errors[e.id] for e in edits]
+
+
+def _downloads(server: HubServer, start: int) -> set[str]:
+    return {path.split("/resolve/", 1)[1].split("/", 1)[1] for method, path in server.state.log[start:] if method == "GET" and "/resolve/" in path}
+
+
+def test_v1_v2_round_trip_only_changed_bytes_travel(tiny_store, hub: HubServer, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    _add(tiny_store, "tiny", FACTS[:2])
+    v1 = service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    assert (v1.version, v1.tag, v1.already) == (1, "v1", False) and len(v1.commit) == 40
+    v1_bytes = hub.state.upload_bytes
+    again = service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    assert again.already and again.commit == v1.commit and hub.state.upload_bytes == v1_bytes
+
+    _add(tiny_store, "tiny", FACTS[2:])
+    v2 = service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    v2_bytes = hub.state.upload_bytes - v1_bytes
+    repo = hub.state.repos[NAME]
+    assert (v2.version, v2.tag) == (2, "v2") and repo.commits[v2.commit].parent == v1.commit
+    assert repo.tags == {"v1": v1.commit, "v2": v2.commit} and repo.branches["main"] == v2.commit
+    # one more edit changes one MLP shard, the card, the manifest and the edit vectors
+    assert v2_bytes < v1_bytes / 10, (v1_bytes, v2_bytes)
+
+    start = len(hub.state.log)
+    p1 = service.pull_release(NAME, "v1", str(tmp_path / "v1"), endpoint=hub.url)
+    assert (p1.version, p1.commit, p1.verified) == ("v1", v1.commit, True)
+    assert "base-00001-of-00001.safetensors" in _downloads(hub, start)
+    start = len(hub.state.log)
+    p2 = service.pull_release(NAME, None, str(tmp_path / "v2"), endpoint=hub.url)  # default: the newest version
+    assert (p2.version, p2.commit) == ("v2", v2.commit)
+    fetched = _downloads(hub, start)
+    assert "base-00001-of-00001.safetensors" not in fetched and "factstore.json" in fetched
+
+    releases = {r.version: r for r in service.list_releases(tiny_store, "tiny")}
+    assert {v: (r.status, r.tag, r.hub_commit) for v, r in releases.items()} == {1: ("published", "v1", v1.commit), 2: ("published", "v2", v2.commit)}
+    local = Path(releases[2].path)
+    assert all((tmp_path / "v2" / f).read_bytes() == (local / f).read_bytes() for f in layout.file_hashes(local))
+    # the pulled models, loaded with plain transformers, hold their edits (W k* = v*) and only theirs
+    on_v1, on_v2 = _constraint_errors(p1.path, tiny_store), _constraint_errors(p2.path, tiny_store)
+    assert max(on_v1[:2]) <= 1e-3 and on_v1[2] > 1e-2 and max(on_v2) <= 1e-3, (on_v1, on_v2)
+
+
+@SQLITE_ONLY
+def test_two_concurrent_publishers_one_wins(tiny_store, hub: HubServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _add(tiny_store, "tiny", FACTS[:1])
+    service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    bob = _fresh_store(tmp_path, "bob")
+    service.pull_release(NAME, "v1", endpoint=hub.url, import_into=bob, alias="team")
+    _add(tiny_store, "tiny", FACTS[1:2])
+    _add(bob, "team", FACTS[2:3])
+    # compile first: transformers' model loading is not thread-safe; publishing is what races here
+    service.compile_release(tiny_store, "tiny")
+    service.compile_release(bob, "team")
+
+    hub.state.hold = threading.Event()  # both reach the commit call before either lands
+    outcomes: dict[str, object] = {}
+
+    def publish(who: str, store, alias: str) -> None:  # type: ignore[no-untyped-def]
+        try:
+            outcomes[who] = service.publish_release(store, alias, NAME, endpoint=hub.url)
+        except Exception as exc:  # noqa: BLE001 - the outcome is what the test checks
+            outcomes[who] = exc
+
+    threads = [threading.Thread(target=publish, args=a) for a in (("alice", tiny_store, "tiny"), ("bob", bob, "team"))]
+    for t in threads:
+        t.start()
+    while sum(1 for m, p in hub.state.log if m == "POST" and "/commit/" in p) < 2 and all(t.is_alive() for t in threads):
+        threading.Event().wait(0.05)
+    hub.state.hold.set()
+    for t in threads:
+        t.join(60)
+    conflicts = [o for o in outcomes.values() if isinstance(o, PublishConflict)]
+    winners = [o for o in outcomes.values() if not isinstance(o, Exception)]
+    assert len(conflicts) == 1 and len(winners) == 1, outcomes
+    repo = hub.state.repos[NAME]
+    assert repo.tags["v2"] == repo.branches["main"] == winners[0].commit  # type: ignore[attr-defined]
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize(
+    ("route", "when", "times"),
+    [
+        ("/tag/", "before", 1),  # the commit landed, the tag did not
+        ("/commit/", "before", 20),  # the network stays down through huggingface_hub's retries
+        ("/commit/", "after", 1),  # the commit landed but its answer was lost
+    ],
+)
+def test_interrupted_publish_is_finished_by_a_rerun(tiny_store, hub: HubServer, route: str, when: str, times: int) -> None:  # type: ignore[no-untyped-def]
+    _add(tiny_store, "tiny", FACTS[:1])
+    service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    _add(tiny_store, "tiny", FACTS[1:2])
+    hub.state.drop.extend([("POST", route, when)] * times)
+    try:
+        service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    except HubUnreachable:
+        broken = service.list_releases(tiny_store, "tiny")[-1]
+        assert broken.version == 2 and broken.status == "built" and "v2" not in hub.state.repos[NAME].tags
+    hub.state.drop.clear()  # the network is back
+    done = service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    repo = hub.state.repos[NAME]
+    assert done.version == 2 and repo.tags["v2"] == repo.branches["main"] == done.commit
+    assert len(repo.commits) == 3  # the repo's first commit, v1, v2: nothing committed twice
+    assert service.list_releases(tiny_store, "tiny")[-1].status == "published"
+
+
+@SQLITE_ONLY
+def test_tampered_file_is_detected_and_nothing_is_written(tiny_store, hub: HubServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _add(tiny_store, "tiny", FACTS[:1])
+    release = service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    layer_file = next(f for f in hub.state.repos[NAME].resolve("v1").files if f.startswith("mlp-down"))
+    entry = hub.state.repos[NAME].resolve("v1").files[layer_file]
+    original = hub.state.blobs[entry.sha256]
+    hub.state.tamper(NAME, "v1", layer_file, original[:-8] + bytes(8))  # same size, last weights zeroed
+    out = tmp_path / "pulled"
+    with pytest.raises(ReleaseVerificationError, match=layer_file):
+        service.pull_release(NAME, release.commit, str(out), endpoint=hub.url)
+    assert not out.exists()
+
+
+@SQLITE_ONLY
+def test_private_repo_tokens_and_failures_are_one_line_errors(tiny_store, hub: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _add(tiny_store, "tiny", FACTS[:1])
+    service.publish_release(tiny_store, "tiny", NAME, private=True, endpoint=hub.url)
+    assert hub.state.repos[NAME].private
+    with pytest.raises(HubNotFound, match="not found"):
+        service.pull_release("alice/no-such-repo", endpoint=hub.url)
+    with pytest.raises(HubNotFound, match="v9"):
+        service.pull_release(NAME, "v9", endpoint=hub.url)
+    with pytest.raises(HubUnreachable, match="cannot reach"):
+        service.pull_release(NAME, endpoint="http://127.0.0.1:9")
+    monkeypatch.setenv("HF_TOKEN", "tok-bob")  # a valid token without write access to alice/
+    _add(tiny_store, "tiny", FACTS[1:2])
+    with pytest.raises(HubAuthError, match="write access"):
+        service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    monkeypatch.setenv("HF_TOKEN", "not-a-token")
+    with pytest.raises(HubAuthError, match="refused the token"):
+        service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(HubNotFound, match="private"):
+        service.pull_release(NAME, "v1", endpoint=hub.url)
+    assert all(r.status == "published" or r.hub_commit is None for r in service.list_releases(tiny_store, "tiny"))
+
+
+@SQLITE_ONLY
+def test_import_edits_then_edit_and_publish_v3(tiny_store, hub: HubServer, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    _add(tiny_store, "tiny", FACTS[:1])
+    service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    _add(tiny_store, "tiny", FACTS[1:2])
+    v2 = service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+
+    bob = _fresh_store(tmp_path, "bob")
+    pulled = service.pull_release(NAME, "v2", endpoint=hub.url, import_into=bob, alias="team")
+    assert pulled.imported == {"alias": "team", "base_revision": tiny_store.base_model("tiny").revision, "edits_added": 2, "edits_total": 2, "release": 2}
+    theirs = service.list_edits(tiny_store, "tiny")
+    mine = service.list_edits(bob, "team")
+    assert [(e.key_sha256, e.value_sha256, e.subject) for e in mine] == [(e.key_sha256, e.value_sha256, e.subject) for e in theirs]
+    assert service.publish_release(bob, "team", NAME, endpoint=hub.url).already  # the imported v2 is the same release
+
+    _add(bob, "team", FACTS[2:])
+    v3 = service.publish_release(bob, "team", NAME, endpoint=hub.url)
+    assert v3.version == 3 and hub.state.repos[NAME].commits[v3.commit].parent == v2.commit
+    p3 = service.pull_release(NAME, "v3", str(tmp_path / "v3"), endpoint=hub.url)
+    manifest = json.loads((Path(p3.path) / layout.MANIFEST).read_text())
+    assert [e["subject"] for e in manifest["edits"]] == [s for s, _ in FACTS]
+    assert max(_constraint_errors(p3.path, bob, "team")) <= 1e-3
+
+
+@SQLITE_ONLY
+def test_cli_publish_and_pull_json(tiny_store, hub: HubServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _add(tiny_store, "tiny", FACTS[:1])
+
+    def cli(*args: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "cli.main", *args, "--endpoint", hub.url, "--json"], cwd=REPO,
+                              capture_output=True, text=True, env=os.environ.copy())
+        assert done.returncode == 0, done.stderr
+        assert "tok-alice" not in done.stdout + done.stderr
+        return json.loads(done.stdout)
+
+    published = cli("publish", "--model", "tiny", "--repo", NAME)
+    assert {k: published[k] for k in ("repo", "version", "tag")} == {"repo": NAME, "version": 1, "tag": "v1"}
+    pulled = cli("pull", NAME, "--version", "v1", "--out", str(tmp_path / "out"))
+    assert pulled["commit"] == published["commit"] and pulled["verified"] and pulled["version"] == "v1"
+    assert Path(pulled["path"], layout.MANIFEST).exists()
+    listed = subprocess.run([sys.executable, "-m", "cli.main", "releases", "list", "--model", "tiny", "--json"], cwd=REPO,
+                            capture_output=True, text=True, env=os.environ.copy())
+    assert json.loads(listed.stdout)[0]["hub_commit"] == published["commit"]
+    bad = subprocess.run([sys.executable, "-m", "cli.main", "pull", NAME, "--version", "v7", "--endpoint", hub.url], cwd=REPO,
+                         capture_output=True, text=True, env=os.environ.copy())
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "v7" in bad.stderr
+
+
+@pytest.mark.skipif(not (os.environ.get("FACTSTORE_LIVE_HUB") == "1" and os.environ.get("HF_TOKEN")), reason="live Hub test: set FACTSTORE_LIVE_HUB=1 and HF_TOKEN")
+@SQLITE_ONLY
+def test_live_hub_round_trip(tiny_store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    api = HfApi()
+    repo = f"{api.whoami()['name']}/factstore-live-test-{os.getpid()}"
+    try:
+        _add(tiny_store, "tiny", FACTS[:1])
+        published = service.publish_release(tiny_store, "tiny", repo, private=True)
+        pulled = service.pull_release(repo, published.tag, str(tmp_path / "live"))
+        assert pulled.commit == published.commit and pulled.verified
+        AutoModelForCausalLM.from_pretrained(pulled.path)
+    finally:
+        api.delete_repo(repo, missing_ok=True)
