@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli.options import DeviceOpt, JsonOpt, LayerOpt, ModelOpt
+from cli.options import DeviceOpt, JsonOpt, LayerOpt, ModelOpt, parse_layer
 from cli.output import emit_json, prob, table
 
 app = typer.Typer(help="Fact edits: add, import, list, show, retract.", no_args_is_help=True)
@@ -29,7 +29,7 @@ def add(
     from factstore.domain import EditRequest
 
     request = EditRequest(prompt=prompt, subject=subject, target_new=target, relation_id=relation)
-    outcome = service.add_edit(service.open_store(), model, request, layer, note, device)
+    outcome = service.add_edit(service.open_store(), model, request, parse_layer(layer), note, device)
     if json_out:
         emit_json(outcome.to_json())
         return
@@ -54,7 +54,7 @@ def import_(
     from factstore.progress import bar
 
     with bar("importing edits", None) as progress:
-        result = service.import_edits(service.open_store(), model, file, limit, layer, device, on_progress=lambda i, n: progress(i))
+        result = service.import_edits(service.open_store(), model, file, limit, parse_layer(layer), device, on_progress=lambda i, n: progress(i))
     emit_json(result) if json_out else print(f"{result['added']} edits added, {result['skipped']} already stored, of {result['records']} records")
 
 

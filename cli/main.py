@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli import ask, db, edits, hub, models, releases, stats
+from cli import ask, db, edits, evaluate, hub, models, releases, stats, trace
 from cli.errors import report
 
 app = typer.Typer(
@@ -25,6 +25,8 @@ app.command(name="ask")(ask.ask)
 app.command(name="compile")(releases.compile_)
 app.command(name="publish")(hub.publish)
 app.command(name="pull")(hub.pull)
+app.command(name="trace")(trace.trace)
+app.command(name="eval")(evaluate.eval_)
 
 
 def main() -> None:

@@ -8,7 +8,20 @@ import typer
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Alias of a registered base model (see `factstore model list`).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-LayerOpt = Annotated[int | None, typer.Option("--layer", help="Layer to edit; default: the model's recommended layer.")]
+LayerOpt = Annotated[
+    str | None,
+    typer.Option("--layer", help="Layer to edit, or `auto` for the layer causal tracing recommended; default: the measured layer for this model, else the traced one."),
+]
+
+
+def parse_layer(value: str | None) -> int | str | None:
+    """--layer N | auto | (absent)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter(f"--layer takes a layer number or `auto`, not {value!r}") from None
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto (accelerate device_map); default: cuda if available.")]
 CorpusOpt = Annotated[str, typer.Option("--corpus", help="Text for the key statistics: starter:wiki-vital or a .txt/.json/.jsonl file.")]
 TokensOpt = Annotated[int | None, typer.Option("--tokens", help="Tokens of text for the key statistics (default per model).")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli.options import CorpusOpt, DeviceOpt, JsonOpt, LayerOpt, ModelOpt, TokensOpt
+from cli.options import CorpusOpt, DeviceOpt, JsonOpt, LayerOpt, ModelOpt, TokensOpt, parse_layer
 from cli.output import emit_json
 
 app = typer.Typer(help="Key second-moment statistics (computed on first need otherwise).", no_args_is_help=True)
@@ -22,5 +22,5 @@ def compute(
     """Compute (or find cached) C for a model's edit layer; resumes after an interruption."""
     from factstore import service
 
-    result = service.compute_stats(service.open_store(), model, layer, corpus, tokens, device)
+    result = service.compute_stats(service.open_store(), model, parse_layer(layer), corpus, tokens, device)
     emit_json(result) if json_out else print(f"layer {result['layer']}: {result['tokens']} tokens -> {result['path']}")

@@ -14,9 +14,9 @@ import torch
 from factstore import arch, checkpoints, compiler, stats
 from factstore.corpus import DEFAULT_CORPUS, load_corpus
 from factstore.domain import BaseModel, Covariance, EditRequest, NewEdit, StoredEdit
-from factstore.errors import CompileError
+from factstore.errors import CompileError, InvalidEditRequest
 from factstore.rome.edit import EditResult, apply_edit, compute_edit, validate_request
-from factstore.rome.hparams import ROMEHyperParams, default_hparams
+from factstore.rome.hparams import ROMEHyperParams, default_hparams, has_measured_layer
 from factstore.rome.keys import ContextTemplates, sample_contexts
 from factstore.rome.scoring import greedy_continuation
 from factstore.store import Store
@@ -89,14 +89,22 @@ class EditSession:
 
     # settings, templates, statistics -------------------------------------------------------
 
-    def hparams(self, layer: int | None = None) -> ROMEHyperParams:
+    def hparams(self, layer: int | str | None = None) -> ROMEHyperParams:
+        """Settings for an edit. layer: a number, "auto" (the traced layer), or None: the
+        measured default for this model size, else the traced layer, else the 20 % rule."""
         hp = self.defaults
         if self.stats_tokens:
             hp = replace(hp, stats_tokens=self.stats_tokens)
+        traced = self.base.recommended_layer
+        if layer == "auto":
+            if traced is None:
+                raise InvalidEditRequest(f"no traced layer for {self.base.alias}; run `factstore trace --model {self.base.alias} --dataset FILE` first, or give --layer N")
+            return hp.with_layer(traced)
         if layer is not None:
-            return hp.with_layer(layer)
-        if self.base.recommended_layer is not None:
-            return hp.with_layer(self.base.recommended_layer)
+            return hp.with_layer(int(layer))
+        cfg = self.model.config
+        if traced is not None and not has_measured_layer(cfg.model_type, arch.num_layers(self.model), cfg.hidden_size):
+            return hp.with_layer(traced)
         return hp
 
     def templates(self, hp: ROMEHyperParams) -> ContextTemplates:
@@ -126,10 +134,10 @@ class EditSession:
 
     # edits ---------------------------------------------------------------------------------
 
-    def validate(self, request: EditRequest, layer: int | None = None) -> None:
+    def validate(self, request: EditRequest, layer: int | str | None = None) -> None:
         validate_request(self.model, self.tokenizer, request, self.hparams(layer).layer)
 
-    def add(self, request: EditRequest, layer: int | None = None, note: str | None = None, requested_by: str | None = None) -> EditOutcome:
+    def add(self, request: EditRequest, layer: int | str | None = None, note: str | None = None, requested_by: str | None = None) -> EditOutcome:
         """Compute k*, v* on the head model, then write the edit in one short transaction."""
         hp = self.hparams(layer)
         validate_request(self.model, self.tokenizer, request, hp.layer)

@@ -89,3 +89,7 @@ class ReleaseVerificationError(FactStoreError):
 
 class ImportConflict(FactStoreError):
     """A release's edit log does not continue the local one."""
+
+
+class UnknownRelease(FactStoreError):
+    pass

@@ -56,7 +56,7 @@ def open_session(store: Store, alias: str, **kwargs) -> "EditSession":
     return EditSession(store, alias, **kwargs)
 
 
-def compute_stats(store: Store, alias: str, layer: int | None = None, corpus: str | None = None, tokens: int | None = None, device: str | None = None) -> dict:
+def compute_stats(store: Store, alias: str, layer: int | str | None = None, corpus: str | None = None, tokens: int | None = None, device: str | None = None) -> dict:
     from factstore.corpus import DEFAULT_CORPUS
 
     session = open_session(store, alias, device=device, corpus=corpus or DEFAULT_CORPUS, stats_tokens=tokens)
@@ -65,7 +65,7 @@ def compute_stats(store: Store, alias: str, layer: int | None = None, corpus: st
     return {"id": cov.id, "layer": cov.layer, "module": cov.module, "corpus": cov.corpus, "tokens": cov.tokens, "dtype": cov.dtype, "path": cov.path, "sha256": cov.sha256}
 
 
-def add_edit(store: Store, alias: str, request: EditRequest, layer: int | None = None, note: str | None = None, device: str | None = None) -> "EditOutcome":
+def add_edit(store: Store, alias: str, request: EditRequest, layer: int | str | None = None, note: str | None = None, device: str | None = None) -> "EditOutcome":
     session = open_session(store, alias, device=device)
     return session.add(request, layer=layer, note=note, requested_by=_user())
 
@@ -75,7 +75,7 @@ def import_edits(
     alias: str,
     path: str,
     limit: int | None = None,
-    layer: int | None = None,
+    layer: int | str | None = None,
     device: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
@@ -157,3 +157,45 @@ def pull_release(
     alias = alias or repo.split("/")[-1]
     imported = releases.import_release(import_into, Path(pulled.path), alias, repo, pulled.commit, pulled.version, device)
     return replace(pulled, imported=imported)
+
+
+def trace_fact(store: Store, alias: str, prompt: str, subject: str, target: str | None = None, out: str | None = None, device: str | None = None, **settings) -> dict:  # type: ignore[no-untyped-def]
+    """Causal-tracing maps of one fact (PNGs + JSON); settings: samples, noise, window, seed."""
+    from factstore import trace, tracing
+
+    return tracing.trace_fact(store, alias, prompt, subject, target, trace.TraceSettings(**settings), out, device)
+
+
+def trace_dataset(store: Store, alias: str, path: str, n: int = 50, out: str | None = None, device: str | None = None,
+                  on_progress: Callable[[int, int], None] | None = None, **settings) -> dict:  # type: ignore[no-untyped-def]
+    """Average maps over N known facts; stores the MLP peak layer as the model's recommended layer."""
+    from factstore import trace, tracing
+
+    return tracing.trace_dataset(store, alias, path, n, trace.TraceSettings(**settings), out, device, on_progress)
+
+
+def evaluate_model(
+    store: Store, alias: str, dataset: str, n: int | None = 100, mode: str = "single", release: int | None = None,
+    fluency: bool = True, every: int | None = None, out: str | None = None, device: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """CounterFact scores: `single` (each record edited alone on the base), `lifelong` (all
+    registered in a temporary store, scored on the compiled model) or a built release."""
+    from pathlib import Path
+
+    from factstore import evaluation
+    from factstore.evaluate import FluencySettings
+
+    records = evaluation.read_records(dataset, n)
+    settings = FluencySettings() if fluency else None
+    if release is not None:
+        return evaluation.release(store, alias, release, records, settings, device)
+    if mode == "single":
+        return evaluation.single(store, alias, records, settings, device, on_progress)
+    if mode != "lifelong":
+        raise InvalidEditRequest(f"unknown evaluation mode {mode!r}; use single or lifelong")
+    result = evaluation.lifelong(store, alias, records, settings, every, device, on_progress)
+    if result["curve"]:
+        folder = Path(out).expanduser() if out else config.home() / "evals" / alias
+        result["png"] = evaluation.plot_curve(result["curve"], folder / f"lifelong-{len(records)}.png", f"{alias}: {len(records)} edits registered one after another (head model)")
+    return result

@@ -304,3 +304,10 @@ class Store:
         with self._tx() as s:
             rows = s.scalars(select(ContextTemplateRow).where(ContextTemplateRow.base_model_id == base_id).order_by(ContextTemplateRow.id))
             return [{"fingerprint": r.fingerprint, "seed": r.seed, "templates": dict(r.templates)} for r in rows]
+
+    def set_recommended_layer(self, base_id: int, layer: int) -> BaseModel:
+        """Store the edit layer that causal tracing recommends for a base model."""
+        with self._tx() as s:
+            row = s.get_one(BaseModelRow, base_id)
+            row.recommended_layer = layer
+            return _base(row)

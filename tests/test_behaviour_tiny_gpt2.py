@@ -39,7 +39,12 @@ def trained(tiny_gpt2_dir: Path, gpt2_tokenizer):  # type: ignore[no-untyped-def
     # Settings for this model, chosen by measurement: it has only seen bare sentences, so
     # ROME's sampled context prefixes would put every prompt out of distribution.
     # Layers 1 and 2 both edit 9-10 of 10 facts with every bystander kept; 2 was the better.
-    hp = replace(default_hparams("gpt2", model.config.n_layer, model.config.n_embd), layer=2, context_lengths=(), value_context_lengths=())
+    # A delta clamp of 8 x ||v0|| (ROME: 4): the trained weights differ slightly from one CPU to
+    # another, and on some the clamp at 4 held 3 of 10 edits short of their target.
+    hp = replace(
+        default_hparams("gpt2", model.config.n_layer, model.config.n_embd),
+        layer=2, context_lengths=(), value_context_lengths=(), clamp_norm_factor=8.0,
+    )
     C = accumulate_second_moment(model, gpt2_tokenizer, corpus, hp.layer, 100_000).moment().float()
     return model, facts, hp, C
 

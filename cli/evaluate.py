@@ -1,0 +1,51 @@
+"""factstore eval: CounterFact scores for single edits, lifelong logs and releases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.options import DeviceOpt, JsonOpt, ModelOpt
+from cli.output import emit_json, table
+
+COLUMNS = ("n", "ES", "PS", "NS", "S", "EM", "PM", "NM", "GE")
+
+
+def _row(name: str, scores: dict) -> list:
+    return [name] + [("" if scores.get(k) is None else (scores[k] if k == "n" else f"{scores[k]:.1f}")) for k in COLUMNS]
+
+
+def eval_(
+    model: ModelOpt,
+    dataset: Annotated[str, typer.Option("--dataset", help="CounterFact records (ROME's JSON format).")],
+    n: Annotated[int, typer.Option("--n", help="How many records, from the start of the file.")] = 100,
+    mode: Annotated[str, typer.Option("--mode", help="single: each record edited alone on the base model; lifelong: all registered one after another.")] = "single",
+    release: Annotated[str | None, typer.Option("--release", help="Score a built release (vN) on the edits it contains instead.")] = None,
+    every: Annotated[int | None, typer.Option("--every", help="lifelong: score the head model every K edits and plot the curve.")] = None,
+    no_fluency: Annotated[bool, typer.Option("--no-fluency", help="Skip sampling generations for GE (the slowest part).")] = False,
+    out: Annotated[str | None, typer.Option("--out", help="Folder for the lifelong curve PNG.")] = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Efficacy, paraphrase, neighbourhood (and their harmonic mean S) and fluency, as in ROME's CounterFact."""
+    from factstore import service
+    from factstore.progress import bar
+
+    version = int(release.lstrip("v")) if release else None
+    with bar(f"evaluating {mode if version is None else 'release'}", n) as progress:
+        result = service.evaluate_model(service.open_store(), model, dataset, n, mode, version, not no_fluency, every, out, device,
+                                        on_progress=lambda i, total: progress(i))
+    if json_out:
+        emit_json(result)
+        return
+    rows = []
+    if "unedited" in result:
+        rows.append(_row("unedited", result["unedited"]))
+    for name, scores in result.get("modes", {}).items():
+        rows.append(_row(f"compiled: {name}", scores))
+    if "modes" not in result:
+        rows.append(_row("edited" if version is None else f"release v{version}", result))
+    table(f"CounterFact scores of {model} ({result['mode']})", ["", *COLUMNS], rows)
+    if result.get("png"):
+        print(f"curve: {result['png']}")

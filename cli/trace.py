@@ -1,0 +1,50 @@
+"""factstore trace: causal tracing of where a model recalls a fact."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.options import DeviceOpt, JsonOpt, ModelOpt
+from cli.output import emit_json
+
+
+def trace(
+    model: ModelOpt,
+    prompt: Annotated[str | None, typer.Option("--prompt", help='Prompt with "{}" for the subject, e.g. "{} is located in the city of".')] = None,
+    subject: Annotated[str | None, typer.Option("--subject", help="The subject put into the prompt.")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Answer to trace; default: the model's own top token.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Known facts (JSON: subject, prompt, attribute) to average over; stores the recommended layer.")] = None,
+    n: Annotated[int, typer.Option("--n", help="With --dataset: how many facts the model knows to trace.")] = 50,
+    samples: Annotated[int, typer.Option("--samples", help="Corrupted runs per fact.")] = 10,
+    noise: Annotated[float | None, typer.Option("--noise", help="Noise std as a multiple of the subject embeddings' std.")] = 3.0,
+    window: Annotated[int, typer.Option("--window", help="Layers restored together for the MLP and attention maps.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the noise.")] = 0,
+    out: Annotated[str | None, typer.Option("--out", help="Folder for the PNGs and JSON; default under FACTSTORE_HOME/traces.")] = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Heatmaps of where a fact lives (one fact), or the average over known facts (--dataset)."""
+    from factstore import service
+    from factstore.progress import bar
+
+    settings = {"samples": samples, "window": window, "seed": seed, "noise_factor": noise}
+    store = service.open_store()
+    if dataset:
+        with bar("tracing known facts", n) as progress:
+            result = service.trace_dataset(store, model, dataset, n, out, device, on_progress=lambda i, total: progress(i), **settings)
+        if not json_out:
+            print(f"MLP effect at the last subject token peaks at layer {result['peak_mlp_layer']} over {result['n']} facts "
+                  f"({result['scanned']} scanned); stored as the recommended layer of {model}")
+    else:
+        if not (prompt and subject):
+            raise typer.BadParameter("give --prompt and --subject for one fact, or --dataset FILE")
+        result = service.trace_fact(store, model, prompt, subject, target, out, device, **settings)
+        if not json_out:
+            print(f"P(answer): clean {result['clean_prob']:.3f}, corrupted {result['corrupted_prob']:.3f}; MLP peak at layer {result['peak_mlp_layer']}")
+    if json_out:
+        emit_json(result)
+    else:
+        for path in [*result["png"], result["json"]]:
+            print(f"  {path}")

@@ -1,0 +1,155 @@
+"""CounterFact metrics (ROME's definitions) for a model and edit records.
+
+Per prompt, the mean per-token NLL of " " + target_new and of " " + target_true (every
+target token counts). ES: share of rewrite prompts where P(new) > P(true), EM: mean of
+P(new) - P(true), with P = exp(-mean NLL). PS/PM: the same on paraphrase prompts.
+NS: share of neighbourhood prompts where P(true) > P(new) still, NM: mean P(true) - P(new).
+S: harmonic mean of ES, PS, NS. GE: generation fluency, the mean over sampled continuations
+of the weighted n-gram entropy (2/3 bigram + 4/3 trigram, averaged), in bits.
+
+Tensors in, numbers out: no files, no store.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from factstore.domain import EditRequest
+from factstore.rome.scoring import target_logprobs
+
+METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "GE")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One CounterFact case: the rewrite and the prompts it is judged on."""
+
+    request: EditRequest  # target_true is set
+    paraphrases: tuple[str, ...] = ()
+    neighbours: tuple[str, ...] = ()
+    generations: tuple[str, ...] = ()
+
+    @classmethod
+    def from_counterfact(cls, row: dict) -> "Record":
+        rw = row["requested_rewrite"]
+        request = EditRequest(rw["prompt"], rw["subject"], rw["target_new"]["str"], rw["target_true"]["str"], rw.get("relation_id"))
+        return cls(request, tuple(row.get("paraphrase_prompts", ())), tuple(row.get("neighborhood_prompts", ())), tuple(row.get("generation_prompts", ())))
+
+
+@dataclass
+class RecordScores:
+    """Per-prompt comparisons for one record: True where the judged preference holds."""
+
+    efficacy: list[bool] = field(default_factory=list)
+    paraphrase: list[bool] = field(default_factory=list)
+    neighbourhood: list[bool] = field(default_factory=list)
+    efficacy_margin: list[float] = field(default_factory=list)  # P(new) - P(true)
+    paraphrase_margin: list[float] = field(default_factory=list)
+    neighbourhood_margin: list[float] = field(default_factory=list)  # P(true) - P(new)
+    fluency: list[float] = field(default_factory=list)
+
+
+def _pairs(model: nn.Module, tok: PreTrainedTokenizerBase, prompts: Sequence[str], new: str, true: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """P(new), P(true) per prompt (geometric mean over target tokens), in one batched pass each."""
+    if not prompts:
+        return torch.empty(0), torch.empty(0)
+    p_new = target_logprobs(model, tok, list(prompts), [new] * len(prompts)).exp()
+    p_true = target_logprobs(model, tok, list(prompts), [true] * len(prompts)).exp()
+    return p_new, p_true
+
+
+def score_record(model: nn.Module, tok: PreTrainedTokenizerBase, record: Record, fluency: "FluencySettings | None" = None) -> RecordScores:
+    req = record.request
+    assert req.target_true, "a record needs the true object to be scored"
+    out = RecordScores()
+    new, true = _pairs(model, tok, [req.prompt.replace("{}", req.subject, 1)], req.target_new, req.target_true)
+    out.efficacy, out.efficacy_margin = (new > true).tolist(), (new - true).tolist()
+    new, true = _pairs(model, tok, record.paraphrases, req.target_new, req.target_true)
+    out.paraphrase, out.paraphrase_margin = (new > true).tolist(), (new - true).tolist()
+    new, true = _pairs(model, tok, record.neighbours, req.target_new, req.target_true)
+    out.neighbourhood, out.neighbourhood_margin = (true > new).tolist(), (true - new).tolist()
+    if fluency is not None and record.generations:
+        out.fluency = generation_entropies(model, tok, record.generations[: fluency.prompts], fluency)
+    return out
+
+
+def _pct(values: list[bool]) -> float | None:
+    return 100.0 * sum(values) / len(values) if values else None
+
+
+def _mean(values: list[float], scale: float = 1.0) -> float | None:
+    return scale * sum(values) / len(values) if values else None
+
+
+def harmonic_mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    if len(present) != len(values):
+        return None
+    if any(v == 0 for v in present):
+        return 0.0
+    return len(present) / sum(1.0 / v for v in present)
+
+
+def aggregate(scores: Sequence[RecordScores]) -> dict[str, float | None]:
+    """Scores in percent (ES, PS, NS, S; EM, PM, NM as percentage points), GE in bits; None where
+    no prompt of that kind was scored. Each record weighs the same: its prompts are averaged first."""
+
+    def per_record(attr: str, fn) -> list:  # type: ignore[no-untyped-def]
+        return [fn(getattr(s, attr)) for s in scores if getattr(s, attr)]
+
+    es = _mean(per_record("efficacy", _pct))
+    ps = _mean(per_record("paraphrase", _pct))
+    ns = _mean(per_record("neighbourhood", _pct))
+    return {
+        "n": len(scores), "ES": es, "PS": ps, "NS": ns, "S": harmonic_mean([es, ps, ns]),
+        "EM": _mean(per_record("efficacy_margin", _mean), 100), "PM": _mean(per_record("paraphrase_margin", _mean), 100),
+        "NM": _mean(per_record("neighbourhood_margin", _mean), 100), "GE": _mean(per_record("fluency", _mean)),
+    }
+
+
+# fluency -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FluencySettings:
+    prompts: int = 2  # generation prompts per record (CounterFact has 10; sampling dominates the cost)
+    new_tokens: int = 50  # ROME samples 100
+    top_k: int = 5
+    seed: int = 0
+
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def ngram_entropy(text: str, n: int) -> float:
+    """Shannon entropy (bits) of the text's word n-gram distribution."""
+    words = _WORD.findall(text.lower())
+    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    total = sum(grams.values())
+    return -sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0
+
+
+def weighted_entropy(text: str) -> float:
+    """ROME's fluency measure: mean of 2/3 x bigram and 4/3 x trigram entropy."""
+    return (2 / 3 * ngram_entropy(text, 2) + 4 / 3 * ngram_entropy(text, 3)) / 2
+
+
+@torch.no_grad()
+def generation_entropies(model: nn.Module, tok: PreTrainedTokenizerBase, prompts: Sequence[str], settings: FluencySettings) -> list[float]:
+    """Top-k sampled continuations (seeded) of each prompt, scored by weighted n-gram entropy."""
+    device = next(model.parameters()).device
+    torch.manual_seed(settings.seed)  # generate() samples from torch's global generator
+    out = []
+    for prompt in prompts:
+        ids = tok(prompt, return_tensors="pt").to(device)
+        gen = model.generate(**ids, do_sample=True, top_k=settings.top_k, max_new_tokens=settings.new_tokens, pad_token_id=tok.eos_token_id)
+        out.append(weighted_entropy(tok.decode(gen[0], skip_special_tokens=True)))
+    return out

@@ -1,0 +1,85 @@
+"""Causal-tracing figures (PNG heatmaps) and their numbers (JSON), written to a folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from factstore.trace import CATEGORIES, TraceResult
+
+TITLES = {"hidden": "single restored layer (residual stream)", "mlp": "restored MLP outputs", "attn": "restored attention outputs"}
+COLOURS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _heatmap(grid: torch.Tensor, rows: list[str], kind: str, title: str, colour_label: str, path: Path, window: int) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(3.2 + 0.12 * grid.shape[1], 1.0 + 0.32 * len(rows)), dpi=150)
+    image = ax.pcolor(grid.numpy(), cmap=COLOURS[kind], vmin=float(torch.nan_to_num(grid).min()))
+    ax.invert_yaxis()
+    ax.set_yticks([0.5 + i for i in range(len(rows))])
+    ax.set_yticklabels(rows)
+    step = max(1, grid.shape[1] // 10)
+    ax.set_xticks([0.5 + i for i in range(0, grid.shape[1], step)])
+    ax.set_xticklabels(list(range(0, grid.shape[1], step)))
+    suffix = f" (window {window})" if kind != "hidden" else ""
+    ax.set_xlabel(f"layer{suffix}")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax).set_label(colour_label)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _token_labels(result: TraceResult) -> list[str]:
+    first, last = result.subject
+    return [repr(t)[1:-1] + ("*" if first <= i <= last else "") for i, t in enumerate(result.tokens)]
+
+
+def write_fact(result: TraceResult, folder: Path, stem: str = "trace") -> dict:
+    """Three heatmaps and a JSON of every number for one fact; returns the paths and headline numbers."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pngs = []
+    for kind, grid in result.scores.items():
+        path = folder / f"{stem}-{kind}.png"
+        title = (
+            f"{TITLES[kind]}\nP({result.answer.strip()!r}): clean {result.clean_prob:.3f}, corrupted {result.corrupted_prob:.3f}"
+            "  (* = subject)"
+        )
+        _heatmap(grid, _token_labels(result), kind, title, f"P({result.answer.strip()})", path, result.settings.window)
+        pngs.append(str(path))
+    json_path = folder / f"{stem}.json"
+    json_path.write_text(json.dumps(result.to_json(), indent=1) + "\n")
+    return {
+        "png": pngs, "json": str(json_path), "peak_mlp_layer": result.peak_mlp_layer if "mlp" in result.scores else None,
+        "clean_prob": result.clean_prob, "corrupted_prob": result.corrupted_prob,
+    }
+
+
+def write_average(averaged: dict[str, torch.Tensor], facts: list[dict], peak: int, folder: Path, window: int, stem: str = "trace-average") -> dict:
+    """The paper's summary figure: average indirect effect per token category and layer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pngs = []
+    for kind, grid in averaged.items():
+        path = folder / f"{stem}-{kind}.png"
+        title = f"average indirect effect, {TITLES[kind]}\nover {len(facts)} known facts; MLP peak at layer {peak}"
+        _heatmap(grid, list(CATEGORIES), kind, title, "P(answer) restored - corrupted", path, window)
+        pngs.append(str(path))
+    json_path = folder / f"{stem}.json"
+    data = {
+        "categories": list(CATEGORIES), "peak_mlp_layer": peak, "n": len(facts), "facts": facts,
+        "average_indirect_effect": {k: [[None if math.isnan(x) else x for x in row] for row in v.tolist()] for k, v in averaged.items()},
+    }
+    json_path.write_text(json.dumps(data, indent=1) + "\n")
+    return {"png": pngs, "json": str(json_path), "peak_mlp_layer": peak, "n": len(facts)}

@@ -1,0 +1,142 @@
+"""CounterFact metrics: hand-computed cases, editing the trained tiny GPT-2, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from torch import nn
+from transformers import PreTrainedTokenizerFast
+
+from factstore import evaluate, evaluation, service
+from factstore.domain import EditRequest
+from factstore.evaluate import Record
+from factstore.rome.hparams import default_hparams
+from tiny_models import RELATIONS, Recipe, make_facts
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ["[UNK]", "x", "y", "z", "is", "in", "at", "near", "Paris", "Rome", "New", "York"]
+
+
+class Bigram(nn.Module):
+    """A language model whose next-token distribution depends only on the current token."""
+
+    def __init__(self, rows: dict[str, dict[str, float]]) -> None:
+        super().__init__()
+        probs = torch.full((len(WORDS), len(WORDS)), 1e-6)
+        for word, row in rows.items():
+            for nxt, p in row.items():
+                probs[WORDS.index(word), WORDS.index(nxt)] = p
+        self.logp = nn.Parameter(torch.log(probs / probs.sum(1, keepdim=True)), requires_grad=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.logp[input_ids])
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[UNK]")
+
+
+def test_metrics_on_a_model_with_known_probabilities(word_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    model = Bigram({
+        "in": {"Paris": 0.6, "Rome": 0.3, "New": 0.1},  # rewrite prompt: still prefers the true object
+        "at": {"Paris": 0.2, "Rome": 0.5, "New": 0.3},  # paraphrase 1: prefers the new one
+        "near": {"Paris": 0.7, "Rome": 0.1, "New": 0.2},  # neighbours: keep the true object
+        "New": {"York": 0.5, "Paris": 0.5},
+    })
+    record = Record(EditRequest("{} is in", "x", "Rome", "Paris"), paraphrases=("y is in", "y is at"), neighbours=("z is near",))
+    scores = evaluate.score_record(model, word_tokenizer, record)
+    assert scores.efficacy == [False] and scores.paraphrase == [False, True] and scores.neighbourhood == [True]
+    assert scores.efficacy_margin[0] == pytest.approx(0.3 - 0.6, abs=1e-5)
+    assert scores.neighbourhood_margin[0] == pytest.approx(0.7 - 0.1, abs=1e-5)
+    # a two-token object: P = geometric mean over its tokens, P(New York | in) = sqrt(0.1 * 0.5)
+    multi = evaluate.score_record(model, word_tokenizer, Record(EditRequest("{} is in", "x", "New York", "Paris")))
+    assert multi.efficacy_margin[0] == pytest.approx(math.sqrt(0.1 * 0.5) - 0.6, abs=1e-5)
+
+    flipped = Record(EditRequest("{} is at", "x", "Rome", "Paris"), neighbours=("z is at",))
+    totals = evaluate.aggregate([scores, evaluate.score_record(model, word_tokenizer, flipped)])
+    assert totals["n"] == 2 and totals["ES"] == 50.0 and totals["PS"] == 50.0 and totals["NS"] == 50.0
+    assert totals["S"] == pytest.approx(50.0) and totals["EM"] == pytest.approx(100 * ((0.3 - 0.6) + (0.5 - 0.2)) / 2, abs=1e-3)
+    assert totals["GE"] is None  # no generations were sampled
+    assert evaluate.harmonic_mean([100.0, 50.0, 0.0]) == 0.0
+    assert evaluate.harmonic_mean([100.0, 50.0, 50.0]) == pytest.approx(3 / (1 / 100 + 2 / 50))
+
+
+def test_ngram_entropy_by_hand() -> None:
+    # bigrams of "a b a b": (a,b) twice, (b,a) once
+    assert evaluate.ngram_entropy("a b a b", 2) == pytest.approx(-(2 / 3) * math.log2(2 / 3) - (1 / 3) * math.log2(1 / 3))
+    assert evaluate.ngram_entropy("the the the the", 2) == 0.0
+    repetitive, varied = "the cat sat " * 10, "the quick brown fox jumps over a lazy dog while birds sing"
+    assert evaluate.weighted_entropy(varied) > evaluate.weighted_entropy(repetitive)
+
+
+def _tiny_records(n: int, model_dir: Path) -> list[Record]:
+    """City facts the trained tiny GPT-2 knows, as CounterFact records: the new object rotates,
+    a held-out paraphrase, neighbours that share the true city."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+    templates, held_out, objects = RELATIONS["city"]
+    facts = [f for f in make_facts(Recipe()) if f.relation == "city"]
+
+    def knows(subject: str, target: str) -> bool:
+        with torch.no_grad():
+            top = int(model(**tok(templates[0].format(subject), return_tensors="pt")).logits[0, -1].argmax())
+        return top == tok(" " + target)["input_ids"][0]
+
+    records = []
+    for fact in [f for f in facts if knows(f.subject, f.target)][:n]:
+        others = [o.strip() for o in objects if o.strip() != fact.target]
+        new = others[len(records) % len(others)]
+        neighbours = tuple(templates[0].format(o.subject) for o in facts if o.target == fact.target and o.subject != fact.subject)[:5]
+        records.append(Record(EditRequest(templates[0], fact.subject, new, fact.target), (held_out.format(fact.subject),), neighbours))
+    assert len(records) == n
+    return records
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_single_edits_raise_efficacy_on_the_trained_tiny_gpt2(db_url: str, tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    service.upgrade_database(db_url)
+    store = service.open_store()
+    service.add_model(store, "facts", str(tiny_gpt2_dir))
+    # the tiny model has only seen its fact sentences: its key statistics come from them, and
+    # no context prefixes, a looser delta clamp (settings as in tests/test_behaviour_tiny_gpt2.py)
+    corpus = tmp_path / "facts.json"
+    corpus.write_text(json.dumps([t.format(f.subject) + " " + f.target + "." for f in make_facts(Recipe()) for t in RELATIONS[f.relation][0]]))
+    service.compute_stats(store, "facts", layer=2, corpus=str(corpus), tokens=100_000, device="cpu")
+    hp = replace(default_hparams("gpt2", 4, 128), layer=2, context_lengths=(), value_context_lengths=(), clamp_norm_factor=8.0)
+    result = evaluation.single(store, "facts", _tiny_records(10, tiny_gpt2_dir), hparams=hp)
+    assert result["unedited"]["ES"] <= 10 and result["ES"] >= 90
+    assert result["unedited"]["NS"] >= 90 and result["NS"] >= 70
+    assert set(evaluate.METRICS) <= result.keys()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cli_eval_json_single_and_lifelong(tiny_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = REPO / "tests" / "data" / "counterfact_8.json"
+
+    def cli(*args: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "cli.main", "eval", "--model", "tiny", "--dataset", str(data), *args, "--json"],
+                              cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    single = cli("--n", "2")
+    assert single["n"] == 2 and {"ES", "PS", "NS", "S", "EM", "PM", "NM", "GE"} <= single.keys()
+    assert all(0 <= single[k] <= 100 for k in ("ES", "PS", "NS")) and single["GE"] > 0
+    lifelong = cli("--n", "3", "--mode", "lifelong", "--every", "1", "--no-fluency", "--out", str(tmp_path))
+    assert [c["edits"] for c in lifelong["curve"]] == [1, 2, 3] and set(lifelong["modes"]) == {"joint", "sequential"}
+    assert Path(lifelong["png"]).exists() and lifelong["GE"] is None
+    assert service.list_edits(tiny_store, "tiny") == []  # lifelong edits live in a temporary store
