@@ -15,7 +15,28 @@ def _prob(edit: StoredEdit, key: str) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
-def render(base: BaseModel, mode: str, edits: list[StoredEdit]) -> str:
+def _scores_lines(scores: dict | None) -> list[str]:
+    if not scores or not scores.get("n"):
+        return []
+
+    def pct(key: str) -> str:
+        return "n/a" if scores.get(key) is None else f"{scores[key]:.1f}"
+
+    return [
+        "## Scores of this release on its own edits",
+        "",
+        "| edits judged | efficacy (ES) | paraphrase (PS) | neighbourhood (NS) | S |",
+        "|---|---|---|---|---|",
+        f"| {scores['n']} | {pct('ES')} | {pct('PS')} | {pct('NS')} | {pct('S')} |",
+        "",
+        "ES: the edit prompt prefers the new object over the old one. PS: the same behind three held-out",
+        "sampled prefixes. NS: the edit prompt with other subjects of the log keeps what the unedited model",
+        "answered there. CounterFact-style definitions (ROME); computed at compile time.",
+        "",
+    ]
+
+
+def render(base: BaseModel, mode: str, edits: list[StoredEdit], scores: dict | None = None) -> str:
     """No version or date in the text: the same edit log must give the same bytes."""
     base_model = assets.starter(base.source).hub_id if base.source.startswith(assets.PREFIX) else base.source
     lines = [
@@ -47,5 +68,5 @@ def render(base: BaseModel, mode: str, edits: list[StoredEdit]) -> str:
             f"| {i} | {_cell(e.subject)} | {_cell(e.prompt)} | {_cell(e.target_true or '?')} -> {_cell(e.target_new)} "
             f"| {e.layer} | {_prob(e, 'prob_new_before')} -> {_prob(e, 'prob_new_after')} |"
         )
-    lines += ["", "The exact edit log (keys and values with sha256) is in `factstore.json`.", ""]
+    lines += ["", *_scores_lines(scores), "The exact edit log (keys and values with sha256) is in `factstore.json`.", ""]
     return "\n".join(lines)

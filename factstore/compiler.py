@@ -124,7 +124,7 @@ def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, d
     import shutil
     from pathlib import Path
 
-    from factstore import card, checkpoints, config, layout, stats
+    from factstore import card, checkpoints, config, evaluate, layout, stats
 
     check_mode(mode)  # before the model is loaded
     base = store.base_model(alias)
@@ -135,9 +135,11 @@ def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, d
         return latest, False
 
     loaded = checkpoints.load(base.source, expected=base.revision, device=device)
+    records = evaluate.release_records(loaded.model, loaded.tokenizer, [_request(e) for e in edits])  # on the unedited model
     apply_edits(loaded.model, edits, stats.MatrixCache(store), mode)
     if check:
         verify(loaded.model, loaded.tokenizer, edits, mode)
+    scores = evaluate.aggregate([evaluate.score_record(loaded.model, loaded.tokenizer, r) for r in records])
 
     version = store.next_release_version(base.id)
     final = Path(out).expanduser().resolve() if out else config.releases_dir() / alias / f"v{version}"
@@ -152,9 +154,9 @@ def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, d
     try:
         layout.write_weights(loaded.model, tmp)
         layout.write_model_config(loaded.model, loaded.tokenizer, tmp)
-        (tmp / "README.md").write_text(card.render(base, mode, edits))
+        (tmp / "README.md").write_text(card.render(base, mode, edits, scores))
         layout.write_edit_vectors(tmp, [edit_vectors(e) for e in edits])
-        manifest_sha = layout.write_manifest(tmp, _manifest(store, base, mode, edits, log_sha))
+        manifest_sha = layout.write_manifest(tmp, {**_manifest(store, base, mode, edits, log_sha), "scores": scores})
         if final.exists():
             final.rmdir()
         tmp.rename(final)
@@ -163,6 +165,12 @@ def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, d
         raise
     release = store.record_release(base.id, version, mode, log_sha, manifest_sha, str(final), [e.id for e in edits])
     return release, True
+
+
+def _request(edit: StoredEdit):  # type: ignore[no-untyped-def]
+    from factstore.domain import EditRequest
+
+    return EditRequest(edit.prompt, edit.subject, edit.target_new, edit.target_true, edit.relation_id)
 
 
 def _covariance_entry(store, cov_id: int | None) -> dict | None:  # type: ignore[no-untyped-def]

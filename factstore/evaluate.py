@@ -36,6 +36,8 @@ class Record:
     paraphrases: tuple[str, ...] = ()
     neighbours: tuple[str, ...] = ()
     generations: tuple[str, ...] = ()
+    # when given, neighbour i is judged against its own expected answer instead of target_true
+    neighbour_answers: tuple[str, ...] = ()
 
     @classmethod
     def from_counterfact(cls, row: dict) -> "Record":
@@ -74,7 +76,12 @@ def score_record(model: nn.Module, tok: PreTrainedTokenizerBase, record: Record,
     out.efficacy, out.efficacy_margin = (new > true).tolist(), (new - true).tolist()
     new, true = _pairs(model, tok, record.paraphrases, req.target_new, req.target_true)
     out.paraphrase, out.paraphrase_margin = (new > true).tolist(), (new - true).tolist()
-    new, true = _pairs(model, tok, record.neighbours, req.target_new, req.target_true)
+    if record.neighbour_answers:
+        prompts = list(record.neighbours)
+        new = target_logprobs(model, tok, prompts, [req.target_new] * len(prompts)).exp()
+        true = target_logprobs(model, tok, prompts, list(record.neighbour_answers)).exp()
+    else:
+        new, true = _pairs(model, tok, record.neighbours, req.target_new, req.target_true)
     out.neighbourhood, out.neighbourhood_margin = (true > new).tolist(), (true - new).tolist()
     if fluency is not None and record.generations:
         out.fluency = generation_entropies(model, tok, record.generations[: fluency.prompts], fluency)
@@ -113,6 +120,42 @@ def aggregate(scores: Sequence[RecordScores]) -> dict[str, float | None]:
         "EM": _mean(per_record("efficacy_margin", _mean), 100), "PM": _mean(per_record("paraphrase_margin", _mean), 100),
         "NM": _mean(per_record("neighbourhood_margin", _mean), 100), "GE": _mean(per_record("fluency", _mean)),
     }
+
+
+# a release's own edits -----------------------------------------------------------------------
+
+RELEASE_PREFIX_SEED = 1_000_003  # not the key templates' seed: these prefixes are held out
+RELEASE_PREFIXES = ((10, 3),)  # three prefixes of ~10 tokens
+RELEASE_NEIGHBOURS = 3
+
+
+@torch.no_grad()
+def release_records(model: nn.Module, tok: PreTrainedTokenizerBase, requests: Sequence[EditRequest]) -> list[Record]:
+    """Records built from a release's own edit requests, on the *unedited* model.
+
+    Paraphrases: each prompt behind three sampled prefixes it was not edited with.
+    Neighbours: the prompt with up to three other subjects of the log, each judged against
+    what the unedited model answers there (its top next token).
+    """
+    from factstore.rome.keys import sample_context_templates
+
+    prefixes = [p for p in sample_context_templates(model, tok, RELEASE_PREFIX_SEED, RELEASE_PREFIXES) if p != "{}"]
+    subjects = list(dict.fromkeys(r.subject for r in requests))
+    records = []
+    for req in requests:
+        if not req.target_true:
+            continue
+        others = [s for s in subjects if s != req.subject][:RELEASE_NEIGHBOURS]
+        judged = [(n, a) for n in (req.prompt.replace("{}", s, 1) for s in others) if (a := _top_word(model, tok, n))]
+        paraphrases = tuple(p.replace("{}", req.text, 1) for p in prefixes)
+        records.append(Record(req, paraphrases, tuple(n for n, _ in judged), neighbour_answers=tuple(a for _, a in judged)))
+    return records
+
+
+def _top_word(model: nn.Module, tok: PreTrainedTokenizerBase, text: str) -> str:
+    """The model's next token after TEXT, stripped ("" when it is only whitespace)."""
+    ids = tok(text, return_tensors="pt").to(next(model.parameters()).device)
+    return tok.decode([int(model(**ids).logits[0, -1].argmax())]).strip()
 
 
 # fluency -------------------------------------------------------------------------------------

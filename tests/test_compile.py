@@ -48,6 +48,10 @@ def test_same_log_same_bytes_in_and_across_processes(edited, tmp_path: Path) -> 
     assert _files(Path(release.path)) == _files(out)
     manifest = json.loads((out / layout.MANIFEST).read_text())
     assert manifest["files"] == layout.file_hashes(out) and [e["subject"] for e in manifest["edits"]] == SUBJECTS
+    # the release scores its own edits; the card shows them
+    judged = sum(1 for e in manifest["edits"] if e["target_true"])
+    assert manifest["scores"]["n"] == judged > 0 and 0 <= manifest["scores"]["ES"] <= 100
+    assert "Scores of this release on its own edits" in (out / "README.md").read_text()
 
 
 def test_sequential_mode_reproduces_the_head_model_and_loads_with_transformers(edited) -> None:  # type: ignore[no-untyped-def]
@@ -77,7 +81,7 @@ def test_every_edit_holds_after_a_joint_compile_and_retraction_drops_exactly_one
     assert max(constraint_errors(model, remaining).values()) <= 1e-3
     assert constraint_errors(model, [retracted])[retracted.id] > 1e-2
     changed = {n for n, h in layout.file_hashes(Path(first.path)).items() if layout.file_hashes(Path(second.path)).get(n) != h}
-    assert changed == {f"mlp-down-{retracted.layer:03d}.safetensors", "README.md"}
+    assert changed == {f"mlp-down-{retracted.layer:03d}.safetensors", "README.md", layout.EDIT_VECTORS}
     for edit in remaining:
         store.retract_edit(edit.id)
     empty, _ = service.compile_release(store, "tiny", "joint")
