@@ -21,6 +21,7 @@ def trace(
     noise: Annotated[float | None, typer.Option("--noise", help="Noise std as a multiple of the subject embeddings' std.")] = 3.0,
     window: Annotated[int, typer.Option("--window", help="Layers restored together for the MLP and attention maps.")] = 10,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the noise.")] = 0,
+    kinds: Annotated[str, typer.Option("--kinds", help="Maps to compute, comma-separated: hidden, mlp, attn (each costs the same).")] = "hidden,mlp,attn",
     out: Annotated[str | None, typer.Option("--out", help="Folder for the PNGs and JSON; default under FACTSTORE_HOME/traces.")] = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
@@ -29,7 +30,10 @@ def trace(
     from factstore import service
     from factstore.progress import bar
 
-    settings = {"samples": samples, "window": window, "seed": seed, "noise_factor": noise}
+    chosen = tuple(k.strip() for k in kinds.split(",") if k.strip())
+    if not chosen or not set(chosen) <= {"hidden", "mlp", "attn"} or (dataset and "mlp" not in chosen):
+        raise typer.BadParameter("--kinds takes hidden, mlp and/or attn (with --dataset, mlp is needed for the recommended layer)")
+    settings = {"samples": samples, "window": window, "seed": seed, "noise_factor": noise, "kinds": chosen}
     store = service.open_store()
     if dataset:
         with bar("tracing known facts", n) as progress:
