@@ -133,10 +133,10 @@ def test_cli_eval_json_single_and_lifelong(tiny_store, tmp_path: Path) -> None: 
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
-    single = cli("--n", "2")
-    assert single["n"] == 2 and {"ES", "PS", "NS", "S", "EM", "PM", "NM", "GE"} <= single.keys()
+    single = cli("--n", "1")
+    assert single["n"] == 1 and {"ES", "PS", "NS", "S", "EM", "PM", "NM", "GE"} <= single.keys()
     assert all(0 <= single[k] <= 100 for k in ("ES", "PS", "NS")) and single["GE"] > 0
-    lifelong = cli("--n", "3", "--mode", "lifelong", "--every", "1", "--no-fluency", "--out", str(tmp_path))
-    assert [c["edits"] for c in lifelong["curve"]] == [1, 2, 3] and set(lifelong["modes"]) == {"joint", "sequential"}
+    lifelong = cli("--n", "2", "--mode", "lifelong", "--every", "1", "--no-fluency", "--out", str(tmp_path))
+    assert [c["edits"] for c in lifelong["curve"]] == [1, 2] and set(lifelong["modes"]) == {"joint", "sequential"}
     assert Path(lifelong["png"]).exists() and lifelong["GE"] is None
     assert service.list_edits(tiny_store, "tiny") == []  # lifelong edits live in a temporary store
