@@ -120,7 +120,6 @@ def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, d
 
     check=False skips the per-edit verification (benchmarks measure how edits fare instead).
     """
-    import os
     import shutil
     from pathlib import Path
 
@@ -147,22 +146,12 @@ def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, d
         if out:
             raise CompileError(f"{final} exists and is not empty; choose another --out")
         shutil.rmtree(final)  # left by a compile killed after its rename and before its row
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with layout.staged_folder(final) as tmp:
         layout.write_weights(loaded.model, tmp)
         layout.write_model_config(loaded.model, loaded.tokenizer, tmp)
         (tmp / "README.md").write_text(card.render(base, mode, edits, scores))
         layout.write_edit_vectors(tmp, [edit_vectors(e) for e in edits])
         manifest_sha = layout.write_manifest(tmp, {**_manifest(store, base, mode, edits, log_sha), "scores": scores})
-        if final.exists():
-            final.rmdir()
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     release = store.record_release(base.id, version, mode, log_sha, manifest_sha, str(final), [e.id for e in edits])
     return release, True
 

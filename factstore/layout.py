@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -117,3 +121,21 @@ def edit_log_sha256(base_revision: str, mode: str, edits: list[dict]) -> str:
 
 def finite(model: nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """A temporary sibling of FINAL to write into, renamed to FINAL when the block succeeds and
+    removed when it fails, so a crash never leaves a half-written folder. FINAL must be absent or empty."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            final.rmdir()
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

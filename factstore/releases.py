@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,20 +156,10 @@ def _copy_verified(snapshot: Path, manifest: dict, target: Path) -> None:
             verify_folder(target)
             return  # the same release is already there
         raise FactStoreError(f"{target} exists and is not empty; choose another --out")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with layout.staged_folder(target) as tmp:
         for name in [*manifest["files"], layout.MANIFEST]:
             shutil.copyfile(snapshot / name, tmp / name)
         verify_folder(tmp)
-        if target.exists():
-            target.rmdir()
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # import --------------------------------------------------------------------------------------
