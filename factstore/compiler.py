@@ -134,7 +134,7 @@ def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, d
         return latest, False
 
     loaded = checkpoints.load(base.source, expected=base.revision, device=device)
-    records = evaluate.release_records(loaded.model, loaded.tokenizer, [_request(e) for e in edits])  # on the unedited model
+    records = evaluate.release_records(loaded.model, loaded.tokenizer, [e.request() for e in edits])  # on the unedited model
     apply_edits(loaded.model, edits, stats.MatrixCache(store), mode)
     if check:
         verify(loaded.model, loaded.tokenizer, edits, mode)
@@ -154,12 +154,6 @@ def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, d
         manifest_sha = layout.write_manifest(tmp, {**_manifest(store, base, mode, edits, log_sha), "scores": scores})
     release = store.record_release(base.id, version, mode, log_sha, manifest_sha, str(final), [e.id for e in edits])
     return release, True
-
-
-def _request(edit: StoredEdit):  # type: ignore[no-untyped-def]
-    from factstore.domain import EditRequest
-
-    return EditRequest(edit.prompt, edit.subject, edit.target_new, edit.target_true, edit.relation_id)
 
 
 def _covariance_entry(store, cov_id: int | None) -> dict | None:  # type: ignore[no-untyped-def]

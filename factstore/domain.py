@@ -104,6 +104,10 @@ class StoredEdit:
     metrics: dict
     created_at: str
 
+    def request(self) -> EditRequest:
+        """The request this edit was computed for."""
+        return EditRequest(self.prompt, self.subject, self.target_new, self.target_true, self.relation_id)
+
     def summary(self) -> dict:
         """What `edit list --json` shows."""
         return {

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from factstore.domain import EditRequest
-from factstore.rome.scoring import target_logprobs
+from factstore.rome.scoring import next_token_id, target_logprobs
 
 METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "GE")
 
@@ -154,8 +154,7 @@ def release_records(model: nn.Module, tok: PreTrainedTokenizerBase, requests: Se
 
 def _top_word(model: nn.Module, tok: PreTrainedTokenizerBase, text: str) -> str:
     """The model's next token after TEXT, stripped ("" when it is only whitespace)."""
-    ids = tok(text, return_tensors="pt").to(next(model.parameters()).device)
-    return tok.decode([int(model(**ids).logits[0, -1].argmax())]).strip()
+    return tok.decode([next_token_id(model, tok, text)]).strip()
 
 
 # fluency -------------------------------------------------------------------------------------

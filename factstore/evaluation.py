@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from factstore import evaluate
-from factstore.domain import EditRequest
 from factstore.errors import ImportFileError, UnknownRelease
 from factstore.evaluate import FluencySettings, Record
 from factstore.store import Store
@@ -124,7 +123,7 @@ def release(store: Store, alias: str, version: int, records: list[Record] | None
         e = store.edit(edit_id)
         if not e.target_true:
             continue  # nothing to compare the new object with
-        judged.append(by_fact.get((e.subject, e.target_new)) or Record(EditRequest(e.prompt, e.subject, e.target_new, e.target_true, e.relation_id)))
+        judged.append(by_fact.get((e.subject, e.target_new)) or Record(e.request()))
     model = AutoModelForCausalLM.from_pretrained(rel.path).eval()
     if device:
         model.to(device)

@@ -56,6 +56,13 @@ def _translated(endpoint: str, repo: str, what: str) -> Iterator[None]:
         raise HubUnreachable(f"cannot reach the Hub at {endpoint} ({type(exc).__name__}: {exc}); check the network or --endpoint, then rerun (finished steps are kept)") from None
 
 
+def branch_commit(repo: str, branches: dict[str, str], branch: str = "main") -> str:
+    """The commit BRANCH points at, from Hub.refs()[0]."""
+    if branch not in branches:
+        raise HubNotFound(f"{repo} has no branch {branch!r}")
+    return branches[branch]
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -73,19 +80,18 @@ class Hub:
         with _translated(self.endpoint, repo, "create the repository"):
             self.api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
 
-    def branch_head(self, repo: str, branch: str = "main") -> str:
-        with _translated(self.endpoint, repo, "read the repository"):
+    def refs(self, repo: str) -> tuple[dict[str, str], dict[str, str]]:
+        """(branch name -> commit SHA, tag name -> commit SHA), from one request."""
+        with _translated(self.endpoint, repo, "read the repository's branches and tags"):
             refs = self.api.list_repo_refs(repo, repo_type="model")
-        for ref in refs.branches:
-            if ref.name == branch:
-                return ref.target_commit
-        raise HubNotFound(f"{repo} has no branch {branch!r}")
+        return {b.name: b.target_commit for b in refs.branches}, {t.name: t.target_commit for t in refs.tags}
+
+    def branchbranch_commit(self, repo: str, branch: str = "main") -> str:
+        return branch_commit(repo, self.refs(repo)[0], branch)
 
     def tags(self, repo: str) -> dict[str, str]:
         """tag name -> commit SHA."""
-        with _translated(self.endpoint, repo, "read the repository's tags"):
-            refs = self.api.list_repo_refs(repo, repo_type="model")
-        return {t.name: t.target_commit for t in refs.tags}
+        return self.refs(repo)[1]
 
     def latest_version_tag(self, repo: str) -> str | None:
         versions = [int(m.group(1)) for t in self.tags(repo) if (m := VERSION_TAG.fullmatch(t))]

@@ -18,7 +18,7 @@ from factstore import config, layout
 from factstore.assets import file_sha256
 from factstore.domain import EditRequest, NewEdit, Release
 from factstore.errors import FactStoreError, ImportConflict, PublishConflict, ReleaseVerificationError
-from factstore.hub import VERSION_TAG, Hub, tag_for
+from factstore.hub import VERSION_TAG, Hub, branch_commit, tag_for
 from factstore.store import Store
 
 
@@ -75,9 +75,9 @@ def publish(
 
 def _upload(store: Store, hub: Hub, release: Release, repo: str, private: bool) -> Release:
     hub.ensure_repo(repo, private)
-    head = hub.branch_head(repo)
+    branches, tags = hub.refs(repo)
+    head = branch_commit(repo, branches)
     parent = store.published_release(release.base_model_id, repo)
-    tags = hub.tags(repo)
     tag = tag_for(release.version)
     if tag in tags:
         raise PublishConflict(f"{repo} already has {tag}: someone published that version first; pull it with `factstore pull {repo} --import-edits`, then publish again")
@@ -110,20 +110,28 @@ def read_manifest(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _mismatched(folder: Path, manifest: dict) -> list[str]:
+    """Names of the manifest's files that are missing from FOLDER or differ from their sha256."""
+    return [name for name, sha in sorted(manifest["files"].items()) if not (folder / name).is_file() or file_sha256(folder / name) != sha]
+
+
+def _mismatch_error(bad: list[str]) -> ReleaseVerificationError:
+    return ReleaseVerificationError(f"{', '.join(bad)} do not match the release manifest; the download is corrupted or was tampered with; nothing was written")
+
+
 def verify_folder(folder: Path) -> dict:
     """Check every file the manifest names against its sha256; return the manifest."""
     manifest = read_manifest(folder)
-    bad = [name for name, sha in sorted(manifest["files"].items()) if not (folder / name).is_file() or file_sha256(folder / name) != sha]
-    if bad:
-        raise ReleaseVerificationError(f"{', '.join(bad)} do not match the release manifest; the download is corrupted or was tampered with; nothing was written")
+    if bad := _mismatched(folder, manifest):
+        raise _mismatch_error(bad)
     return manifest
 
 
-def _forget_cached(snapshot: Path, manifest: dict) -> None:
+def _forget_cached(snapshot: Path, names: list[str]) -> None:
     """Drop cached files that failed verification, so a retry downloads them again."""
-    for name, sha in manifest["files"].items():
+    for name in names:
         path = snapshot / name
-        if path.exists() and file_sha256(path) != sha:
+        if path.exists():
             blob = path.resolve()
             path.unlink()
             blob.unlink(missing_ok=True)
@@ -137,20 +145,15 @@ def pull(
     version = version or hub.latest_version_tag(repo) or "main"
     commit = hub.resolve(repo, version)
     snapshot = hub.download(repo, commit)
-    try:
-        manifest = verify_folder(snapshot)
-    except ReleaseVerificationError:
-        if (snapshot / layout.MANIFEST).exists():
-            _forget_cached(snapshot, read_manifest(snapshot))
-        raise
     target = Path(out).expanduser().resolve() if out else config.home() / "pulled" / repo / commit
-    _copy_verified(snapshot, manifest, target)
+    _copy_verified(snapshot, read_manifest(snapshot), target)
     tags = sorted(t for t, sha in hub.tags(repo).items() if sha == commit and VERSION_TAG.fullmatch(t))
     return Pulled(repo, str(target), version if version in tags else (tags[-1] if tags else None), commit, verified=True)
 
 
 def _copy_verified(snapshot: Path, manifest: dict, target: Path) -> None:
-    """Copy the manifest's files to TARGET through a temporary folder renamed into place."""
+    """Copy the manifest's files to TARGET through a temporary folder renamed into place, hashing
+    each file once, in the copy: on a mismatch no folder is left and the cached files are dropped."""
     if target.exists() and any(target.iterdir()):
         if (target / layout.MANIFEST).exists() and file_sha256(target / layout.MANIFEST) == file_sha256(snapshot / layout.MANIFEST):
             verify_folder(target)
@@ -158,8 +161,11 @@ def _copy_verified(snapshot: Path, manifest: dict, target: Path) -> None:
         raise FactStoreError(f"{target} exists and is not empty; choose another --out")
     with layout.staged_folder(target) as tmp:
         for name in [*manifest["files"], layout.MANIFEST]:
-            shutil.copyfile(snapshot / name, tmp / name)
-        verify_folder(tmp)
+            if (snapshot / name).is_file():
+                shutil.copyfile(snapshot / name, tmp / name)
+        if bad := _mismatched(tmp, manifest):
+            _forget_cached(snapshot, bad)
+            raise _mismatch_error(bad)
 
 
 # import --------------------------------------------------------------------------------------

@@ -35,13 +35,6 @@ def trace_fact(
     return trace_report.write_fact(result, _out_dir(alias, prompt.replace("{}", subject), out))
 
 
-def _top_token(model, tokenizer, text: str) -> int:  # type: ignore[no-untyped-def]
-    import torch
-
-    with torch.no_grad():
-        return int(model(**tokenizer(text, return_tensors="pt").to(model.device)).logits[0, -1].argmax())
-
-
 def read_known_facts(path: str) -> list[dict]:
     """Records with subject, prompt (filled or with "{}") and attribute, as in ROME's known_1000.json."""
     try:
@@ -67,6 +60,7 @@ def trace_dataset(
     base model's recommended edit layer."""
     from factstore.errors import InvalidEditRequest
     from factstore.rome.prompts import target_ids
+    from factstore.rome.scoring import next_token_id
 
     base = store.base_model(alias)
     loaded = checkpoints.load(base.source, expected=base.revision, device=device)
@@ -78,7 +72,7 @@ def trace_dataset(
         if len(traced) == n:
             break
         scanned += 1
-        if _top_token(model, tok, fact["template"].replace("{}", fact["subject"], 1)) != target_ids(tok, fact["attribute"])[0]:
+        if next_token_id(model, tok, fact["template"].replace("{}", fact["subject"], 1)) != target_ids(tok, fact["attribute"])[0]:
             continue  # the paper traces facts the model knows
         try:
             result = trace.trace(model, tok, fact["template"], fact["subject"], fact["attribute"], settings, noise_std=std)

@@ -41,6 +41,13 @@ def target_probs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: li
 
 
 @torch.no_grad()
+def next_token_id(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+    """The model's most likely next token after TEXT."""
+    ids = torch.tensor([tokenizer(text)["input_ids"]], device=next(model.parameters()).device)
+    return int(model(input_ids=ids).logits[0, -1].argmax())
+
+
+@torch.no_grad()
 def greedy_continuation(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, max_new_tokens: int = 5) -> str:
     device = next(model.parameters()).device
     ids = torch.tensor([tokenizer(text)["input_ids"]], device=device)
