@@ -86,7 +86,8 @@ class Hub:
             refs = self.api.list_repo_refs(repo, repo_type="model")
         return {b.name: b.target_commit for b in refs.branches}, {t.name: t.target_commit for t in refs.tags}
 
-    def branchbranch_commit(self, repo: str, branch: str = "main") -> str:
+    def branch_head(self, repo: str, branch: str = "main") -> str:
+        """The commit BRANCH points at now."""
         return branch_commit(repo, self.refs(repo)[0], branch)
 
     def tags(self, repo: str) -> dict[str, str]:
