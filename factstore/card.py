@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from factstore import assets
 from factstore.domain import BaseModel, StoredEdit
+from factstore.evaluate import RELEASE_SAMPLE
 
 
 def _cell(text: object) -> str:
@@ -31,7 +32,8 @@ def _scores_lines(scores: dict | None) -> list[str]:
         "",
         "ES: the edit prompt prefers the new object over the old one. PS: the same behind three held-out",
         "sampled prefixes. NS: the edit prompt with other subjects of the log keeps what the unedited model",
-        "answered there. CounterFact-style definitions (ROME); computed at compile time.",
+        f"answered there (PS and NS on up to {RELEASE_SAMPLE} edits spread evenly over the log). CounterFact-style",
+        "definitions (ROME); computed at compile time.",
         "",
     ]
 

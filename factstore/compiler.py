@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -11,8 +13,9 @@ from torch import nn
 from factstore import arch
 from factstore.domain import StoredEdit
 from factstore.errors import CompileError
-from factstore.rome.edit import add_delta, apply_edit
-from factstore.rome.update import constraint_error, joint_delta
+from factstore.evaluate import RELEASE_PREFIX_SEED, RELEASE_PREFIXES, release_prefixes, release_records
+from factstore.rome.edit import add_delta
+from factstore.rome.update import constraint_error, joint_delta, rank_one_delta_given
 from factstore.vectors import from_bytes
 
 MODES = ("joint", "sequential")
@@ -37,15 +40,34 @@ def apply_sequential(model: nn.Module, edits: Sequence[StoredEdit], covariance: 
     """Each edit's rank-one update in seq order: reproduces the model the edits were computed on.
 
     Each constraint holds right after its own update; later updates of the same layer move
-    earlier keys' outputs (that drift is what joint mode avoids).
+    earlier keys' outputs (that drift is what joint mode avoids). C^-1 k does not depend on
+    the weights, so it is solved up front for all keys that share a C.
     """
-    for edit in sorted(edits, key=lambda e: e.seq):
+    ordered = sorted(edits, key=lambda e: e.seq)
+    for edit in ordered:
         _check_module(model, edit)
+    solved = _solved_keys(model, ordered, covariance)
+    for edit in ordered:
         key, value = edit_vectors(edit)
-        apply_edit(model, edit.layer, key, value, covariance(edit.covariance_id))
+        W, b = arch.down_proj_weight(model, edit.layer), arch.down_proj_bias(model, edit.layer)
+        add_delta(model, edit.layer, rank_one_delta_given(W, b, key.to(W.device), value.to(W.device), solved[edit.id].to(W.device)))
         err = constraint_errors(model, [edit])[edit.id]
         if not err <= CONSTRAINT_TOLERANCE:
             raise CompileError(f"edit {edit.id} does not hold after its own update (constraint error {err:.2g}); nothing was written")
+
+
+def _solved_keys(model: nn.Module, edits: Sequence[StoredEdit], covariance: CovarianceLoader) -> dict[int, torch.Tensor]:
+    """edit id -> C^-1 k (in,) float64, one solve per C with every key as a column."""
+    by_cov: dict[int | None, list[StoredEdit]] = defaultdict(list)
+    for edit in edits:
+        by_cov[edit.covariance_id].append(edit)
+    solved = {}
+    for cov_id, group in by_cov.items():
+        device = arch.down_proj_weight(model, group[0].layer).device
+        K = torch.stack([edit_vectors(e)[0] for e in group], dim=1).to(device, torch.float64)  # (in, n)
+        U = torch.linalg.solve(covariance(cov_id).to(device, torch.float64), K)
+        solved.update({e.id: U[:, i] for i, e in enumerate(group)})
+    return solved
 
 
 def apply_joint(model: nn.Module, edits: Sequence[StoredEdit], covariance: CovarianceLoader, ridge: float = JOINT_RIDGE) -> None:
@@ -93,10 +115,11 @@ def log_entries(edits: Sequence[StoredEdit]) -> list[dict]:
     return [{"id": e.id, "seq": e.seq, "layer": e.layer, "key_sha256": e.key_sha256, "value_sha256": e.value_sha256} for e in edits]
 
 
-def verify(model: nn.Module, tokenizer, edits: Sequence[StoredEdit], mode: str) -> None:  # type: ignore[no-untyped-def]
-    """Refuse a compiled model on which an edit's constraint (joint) or preference fails, or weights are not finite."""
+def verify(model: nn.Module, edits: Sequence[StoredEdit], mode: str, prefers_new: dict[int, bool]) -> None:
+    """Refuse a compiled model on which an edit's constraint (joint) or preference fails, or
+    weights are not finite. prefers_new: edit id -> its prompt prefers the new target on the
+    compiled model (the release's efficacy scores), for the edits that have an old target."""
     from factstore.layout import finite
-    from factstore.rome.scoring import target_logprobs
 
     if not finite(model):
         raise CompileError("the compiled weights are not finite; nothing was written")
@@ -104,12 +127,8 @@ def verify(model: nn.Module, tokenizer, edits: Sequence[StoredEdit], mode: str) 
     bad = {i: f"constraint error {err:.2g}" for i, err in errors.items() if not err <= CONSTRAINT_TOLERANCE}
     # An edit that took when it was registered (new target preferred on the head model) must
     # still take on the compiled one; one that never took cannot be held against the compile.
-    judged = [e for e in edits if e.target_true and e.metrics.get("prob_new_after", 0) > e.metrics.get("prob_true_after", 1)]
-    if judged:
-        texts = [e.prompt.replace("{}", e.subject) for e in judged]
-        new = target_logprobs(model, tokenizer, texts, [e.target_new for e in judged])
-        old = target_logprobs(model, tokenizer, texts, [e.target_true or "" for e in judged])
-        bad.update({e.id: "prompt prefers the old target" for e, n, o in zip(judged, new, old) if not n > o and e.id not in bad})
+    took = [e for e in edits if e.target_true and e.metrics.get("prob_new_after", 0) > e.metrics.get("prob_true_after", 1)]
+    bad.update({e.id: "prompt prefers the old target" for e in took if not prefers_new[e.id] and e.id not in bad})
     if bad:
         detail = "; ".join(f"edit {i}: {why}" for i, why in sorted(bad.items()))
         raise CompileError(f"compile refused, these edits do not hold on the compiled model: {detail}. Retract them or use --mode sequential; nothing was written")
@@ -134,11 +153,13 @@ def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, d
         return latest, False
 
     loaded = checkpoints.load(base.source, expected=base.revision, device=device)
-    records = evaluate.release_records(loaded.model, loaded.tokenizer, [e.request() for e in edits])  # on the unedited model
+    judged = [e for e in edits if e.target_true]  # scored: an edit needs its old target to be judged
+    records = _release_records(store, base, loaded.model, loaded.tokenizer, judged)  # on the unedited model
     apply_edits(loaded.model, edits, stats.MatrixCache(store), mode)
+    after = evaluate.score_records(loaded.model, loaded.tokenizer, records)  # one record per judged edit
     if check:
-        verify(loaded.model, loaded.tokenizer, edits, mode)
-    scores = evaluate.aggregate([evaluate.score_record(loaded.model, loaded.tokenizer, r) for r in records])
+        verify(loaded.model, edits, mode, {e.id: s.efficacy[0] for e, s in zip(judged, after)})
+    scores = evaluate.aggregate(after)
 
     version = store.next_release_version(base.id)
     final = Path(out).expanduser().resolve() if out else config.releases_dir() / alias / f"v{version}"
@@ -147,13 +168,39 @@ def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, d
             raise CompileError(f"{final} exists and is not empty; choose another --out")
         shutil.rmtree(final)  # left by a compile killed after its rename and before its row
     with layout.staged_folder(final) as tmp:
-        layout.write_weights(loaded.model, tmp)
+        known = layout.write_weights(loaded.model, tmp, layout.edited_files({e.layer for e in edits}), _stable_files(base.revision))
         layout.write_model_config(loaded.model, loaded.tokenizer, tmp)
         (tmp / "README.md").write_text(card.render(base, mode, edits, scores))
         layout.write_edit_vectors(tmp, [edit_vectors(e) for e in edits])
-        manifest_sha = layout.write_manifest(tmp, {**_manifest(store, base, mode, edits, log_sha), "scores": scores})
+        manifest_sha = layout.write_manifest(tmp, {**_manifest(store, base, mode, edits, log_sha), "scores": scores}, known)
     release = store.record_release(base.id, version, mode, log_sha, manifest_sha, str(final), [e.id for e in edits])
     return release, True
+
+
+_PREFIX_FINGERPRINT = hashlib.sha256(json.dumps(["release-prefixes", RELEASE_PREFIX_SEED, RELEASE_PREFIXES]).encode()).hexdigest()
+
+
+def _release_records(store, base, model, tokenizer, edits: Sequence[StoredEdit]) -> list:  # type: ignore[no-untyped-def]
+    """The records a release is scored on (EDITS all have an old target); their held-out prefixes are sampled once per base
+    model and kept with the context templates (so they travel in the manifest too)."""
+    requests = [e.request() for e in edits]
+    if not requests:
+        return []
+    stored = store.context_templates(base.id, _PREFIX_FINGERPRINT)
+    if stored is None:
+        prefixes = release_prefixes(model, tokenizer)
+        stored = store.save_context_templates(base.id, _PREFIX_FINGERPRINT, RELEASE_PREFIX_SEED, {"prefixes": prefixes})
+    return release_records(model, tokenizer, requests, stored["prefixes"])
+
+
+def _stable_files(revision: str):  # type: ignore[no-untyped-def]
+    """The per-base cache of unedited weight files (keyed by weights identity and serialiser)."""
+    import safetensors
+
+    from factstore import config, layout
+
+    key = hashlib.sha256(f"{revision}|safetensors {safetensors.__version__}|layout {layout.LAYOUT_VERSION}".encode()).hexdigest()[:32]
+    return layout.StableFiles(config.cache_dir() / "release-files" / key)
 
 
 def _covariance_entry(store, cov_id: int | None) -> dict | None:  # type: ignore[no-untyped-def]

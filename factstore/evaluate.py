@@ -23,7 +23,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from factstore.domain import EditRequest
-from factstore.rome.scoring import next_token_id, target_logprobs
+from factstore.rome.scoring import next_token_ids, target_logprobs
 
 METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "GE")
 
@@ -59,33 +59,43 @@ class RecordScores:
     fluency: list[float] = field(default_factory=list)
 
 
-def _pairs(model: nn.Module, tok: PreTrainedTokenizerBase, prompts: Sequence[str], new: str, true: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """P(new), P(true) per prompt (geometric mean over target tokens), in one batched pass each."""
-    if not prompts:
-        return torch.empty(0), torch.empty(0)
-    p_new = target_logprobs(model, tok, list(prompts), [new] * len(prompts)).exp()
-    p_true = target_logprobs(model, tok, list(prompts), [true] * len(prompts)).exp()
-    return p_new, p_true
+def _queries(record: Record) -> list[tuple[str, str, str]]:
+    """(kind, text, target) pairs whose probabilities the record's scores compare: for each
+    prompt, the new object then the object it is judged against."""
+    req = record.request
+    assert req.target_true, "a record needs the true object to be scored"
+    out = [("efficacy", req.prompt.replace("{}", req.subject, 1), t) for t in (req.target_new, req.target_true)]
+    out += [("paraphrase", p, t) for p in record.paraphrases for t in (req.target_new, req.target_true)]
+    answers = record.neighbour_answers or (req.target_true,) * len(record.neighbours)
+    out += [("neighbourhood", p, t) for p, a in zip(record.neighbours, answers) for t in (req.target_new, a)]
+    return out
+
+
+def score_records(
+    model: nn.Module, tok: PreTrainedTokenizerBase, records: Sequence[Record], fluency: "FluencySettings | None" = None,
+) -> list[RecordScores]:
+    """Scores of many records from one batched pass over all their (prompt, target) pairs."""
+    queries = [_queries(r) for r in records]
+    flat = [q for qs in queries for q in qs]
+    probs = target_logprobs(model, tok, [t for _, t, _ in flat], [o for _, _, o in flat]).exp().tolist() if flat else []
+    out, at = [], 0
+    for record, qs in zip(records, queries):
+        scores = RecordScores()
+        for i in range(0, len(qs), 2):
+            kind, new, other = qs[i][0], probs[at + i], probs[at + i + 1]
+            # efficacy and paraphrase: the new object should win; neighbourhood: it should not
+            margin = other - new if kind == "neighbourhood" else new - other
+            getattr(scores, kind).append(margin > 0)
+            getattr(scores, f"{kind}_margin").append(margin)
+        at += len(qs)
+        if fluency is not None and record.generations:
+            scores.fluency = generation_entropies(model, tok, record.generations[: fluency.prompts], fluency)
+        out.append(scores)
+    return out
 
 
 def score_record(model: nn.Module, tok: PreTrainedTokenizerBase, record: Record, fluency: "FluencySettings | None" = None) -> RecordScores:
-    req = record.request
-    assert req.target_true, "a record needs the true object to be scored"
-    out = RecordScores()
-    new, true = _pairs(model, tok, [req.prompt.replace("{}", req.subject, 1)], req.target_new, req.target_true)
-    out.efficacy, out.efficacy_margin = (new > true).tolist(), (new - true).tolist()
-    new, true = _pairs(model, tok, record.paraphrases, req.target_new, req.target_true)
-    out.paraphrase, out.paraphrase_margin = (new > true).tolist(), (new - true).tolist()
-    if record.neighbour_answers:
-        prompts = list(record.neighbours)
-        new = target_logprobs(model, tok, prompts, [req.target_new] * len(prompts)).exp()
-        true = target_logprobs(model, tok, prompts, list(record.neighbour_answers)).exp()
-    else:
-        new, true = _pairs(model, tok, record.neighbours, req.target_new, req.target_true)
-    out.neighbourhood, out.neighbourhood_margin = (true > new).tolist(), (true - new).tolist()
-    if fluency is not None and record.generations:
-        out.fluency = generation_entropies(model, tok, record.generations[: fluency.prompts], fluency)
-    return out
+    return score_records(model, tok, [record], fluency)[0]
 
 
 def _pct(values: list[bool]) -> float | None:
@@ -127,34 +137,39 @@ def aggregate(scores: Sequence[RecordScores]) -> dict[str, float | None]:
 RELEASE_PREFIX_SEED = 1_000_003  # not the key templates' seed: these prefixes are held out
 RELEASE_PREFIXES = ((10, 3),)  # three prefixes of ~10 tokens
 RELEASE_NEIGHBOURS = 3
+RELEASE_SAMPLE = 100  # edits judged on paraphrases and neighbours too (all are judged on efficacy)
 
 
-@torch.no_grad()
-def release_records(model: nn.Module, tok: PreTrainedTokenizerBase, requests: Sequence[EditRequest]) -> list[Record]:
-    """Records built from a release's own edit requests, on the *unedited* model.
-
-    Paraphrases: each prompt behind three sampled prefixes it was not edited with.
-    Neighbours: the prompt with up to three other subjects of the log, each judged against
-    what the unedited model answers there (its top next token).
-    """
+def release_prefixes(model: nn.Module, tok: PreTrainedTokenizerBase) -> list[str]:
+    """Held-out context prefixes ("<text>. {}") for a release's paraphrase prompts, sampled on
+    the unedited model; the compiler stores them, so they are sampled once per base model."""
     from factstore.rome.keys import sample_context_templates
 
-    prefixes = [p for p in sample_context_templates(model, tok, RELEASE_PREFIX_SEED, RELEASE_PREFIXES) if p != "{}"]
+    return [p for p in sample_context_templates(model, tok, RELEASE_PREFIX_SEED, RELEASE_PREFIXES) if p != "{}"]
+
+
+def release_records(model: nn.Module, tok: PreTrainedTokenizerBase, requests: Sequence[EditRequest], prefixes: Sequence[str]) -> list[Record]:
+    """Records built from a release's own edit requests, on the *unedited* model: one per
+    request that has an old target, each judged on efficacy; up to RELEASE_SAMPLE of them,
+    spread evenly over the log, also on
+
+    paraphrases: the prompt behind the held-out prefixes (from release_prefixes);
+    neighbours: the prompt with up to three other subjects of the log, each judged against
+    what the unedited model answers there (its top next token, one batched pass for all).
+    """
     subjects = list(dict.fromkeys(r.subject for r in requests))
+    judged = [r for r in requests if r.target_true]
+    sample = {i * len(judged) // RELEASE_SAMPLE for i in range(RELEASE_SAMPLE)} if len(judged) > RELEASE_SAMPLE else set(range(len(judged)))
+    neighbours = [[r.prompt.replace("{}", s, 1) for s in subjects if s != r.subject][:RELEASE_NEIGHBOURS] if i in sample else []
+                  for i, r in enumerate(judged)]
+    flat = [n for ns in neighbours for n in ns]
+    answers = iter([tok.decode([i]).strip() for i in next_token_ids(model, tok, flat)] if flat else [])
     records = []
-    for req in requests:
-        if not req.target_true:
-            continue
-        others = [s for s in subjects if s != req.subject][:RELEASE_NEIGHBOURS]
-        judged = [(n, a) for n in (req.prompt.replace("{}", s, 1) for s in others) if (a := _top_word(model, tok, n))]
-        paraphrases = tuple(p.replace("{}", req.text, 1) for p in prefixes)
-        records.append(Record(req, paraphrases, tuple(n for n, _ in judged), neighbour_answers=tuple(a for _, a in judged)))
+    for i, (req, ns) in enumerate(zip(judged, neighbours)):
+        pairs = [(n, a) for n, a in zip(ns, answers) if a]  # a whitespace answer judges nothing
+        paraphrases = tuple(p.replace("{}", req.text, 1) for p in prefixes) if i in sample else ()
+        records.append(Record(req, paraphrases, tuple(n for n, _ in pairs), neighbour_answers=tuple(a for _, a in pairs)))
     return records
-
-
-def _top_word(model: nn.Module, tok: PreTrainedTokenizerBase, text: str) -> str:
-    """The model's next token after TEXT, stripped ("" when it is only whitespace)."""
-    return tok.decode([next_token_id(model, tok, text)]).strip()
 
 
 # fluency -------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def read_records(path: str, n: int | None = None) -> list[Record]:
 
 
 def _score_all(model, tok, records: list[Record], fluency: FluencySettings | None) -> list[evaluate.RecordScores]:  # type: ignore[no-untyped-def]
-    return [evaluate.score_record(model, tok, r, fluency) for r in records]
+    return evaluate.score_records(model, tok, records, fluency)
 
 
 def single(

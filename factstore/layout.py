@@ -23,6 +23,7 @@ from torch import nn
 from factstore import __version__, arch
 from factstore.assets import file_sha256
 
+LAYOUT_VERSION = 1  # bump when shard_plan or the file format changes: cached stable files are keyed by it
 BASE_SHARD_BYTES = 1 << 30  # at most 1 GiB per base shard
 MANIFEST = "factstore.json"
 EDIT_VECTORS = "factstore-edits.safetensors"  # every edit's k* and v*, so a pulled release can be imported
@@ -59,15 +60,88 @@ def shard_plan(model: nn.Module) -> dict[str, list[str]]:
     return plan
 
 
-def write_weights(model: nn.Module, folder: Path) -> None:
+def edited_files(layers: set[int]) -> set[str]:
+    """The weight files an edit log of these layers changes."""
+    return {f"mlp-down-{layer:03d}.safetensors" for layer in layers}
+
+
+def write_weights(model: nn.Module, folder: Path, fresh: set[str] | None = None, stable: "StableFiles | None" = None) -> dict[str, str]:
+    """Write the weight files and the index. With STABLE, every file not in FRESH (the files
+    whose tensors edits changed) is placed from that per-base cache instead of serialised
+    again. Returns file name -> sha256 for the files placed from the cache."""
     state = model.state_dict()
-    weight_map = {}
-    for filename, names in sorted(shard_plan(model).items()):
-        save_file({n: state[n].detach().to("cpu").contiguous() for n in names}, str(folder / filename), metadata={"format": "pt"})
-        weight_map.update({n: filename for n in names})
+    plan = shard_plan(model)
+    known = stable.place(state, {f: n for f, n in plan.items() if f not in (fresh or set())}, folder) if stable else {}
+    for filename, names in sorted(plan.items()):
+        if filename not in known:
+            _save(state, names, folder / filename)
+    weight_map = {n: filename for filename, names in plan.items() for n in names}
     total = sum(state[n].numel() * state[n].element_size() for n in weight_map)
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    return known
+
+
+def _save(state: dict[str, torch.Tensor], names: list[str], path: Path) -> None:
+    save_file({n: state[n].detach().to("cpu").contiguous() for n in names}, str(path), metadata={"format": "pt"})
+
+
+class StableFiles:
+    """Weight files that no edit touches, serialised and hashed once per base model.
+
+    Releases get them as hard links (a copy across file systems), so a compile writes and
+    hashes only the down-projections its edits changed. Cached files are read-only and are
+    rewritten when their size or mtime no longer matches what was recorded.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.index_file = folder / "files.json"
+
+    def _index(self) -> dict[str, dict]:
+        try:
+            return json.loads(self.index_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def place(self, state: dict[str, torch.Tensor], plan: dict[str, list[str]], target: Path) -> dict[str, str]:
+        """Link (or copy) each planned file into TARGET, writing it into the cache first if
+        needed; returns file name -> sha256."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        index, changed = self._index(), False
+        for name, names in sorted(plan.items()):
+            path = self.folder / name
+            entry = index.get(name)
+            if entry is None or not path.exists() or _stamp(path) != (entry["size"], entry["mtime_ns"]):
+                index[name], changed = self._write(state, names, path), True
+            _link_or_copy(path, target / name)
+        if changed:
+            tmp = self.index_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(index, indent=2, sort_keys=True))
+            tmp.replace(self.index_file)
+        return {name: index[name]["sha256"] for name in plan}
+
+    @staticmethod
+    def _write(state: dict[str, torch.Tensor], names: list[str], path: Path) -> dict:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        _save(state, names, tmp)
+        tmp.chmod(0o444)
+        sha = file_sha256(tmp)
+        tmp.replace(path)  # another compile may have written the same bytes meanwhile
+        size, mtime = _stamp(path)
+        return {"sha256": sha, "size": size, "mtime_ns": mtime}
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(source, target)
 
 
 def write_edit_vectors(folder: Path, vectors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -86,13 +160,15 @@ def read_edit_vectors(folder: Path, count: int) -> list[tuple[torch.Tensor, torc
     return [(tensors[f"edit.{i:05d}.key"], tensors[f"edit.{i:05d}.value"]) for i in range(count)]
 
 
-def file_hashes(folder: Path) -> dict[str, str]:
-    return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+def file_hashes(folder: Path, known: dict[str, str] | None = None) -> dict[str, str]:
+    """sha256 of every file in FOLDER but the manifest; KNOWN ones are not read again."""
+    known = known or {}
+    return {p.name: known.get(p.name) or file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
 
 
-def write_manifest(folder: Path, data: dict) -> str:
+def write_manifest(folder: Path, data: dict, known: dict[str, str] | None = None) -> str:
     """Write factstore.json (with the sha256 of every other file); return its own sha256."""
-    manifest = {**data, "factstore_version": __version__, "files": file_hashes(folder)}
+    manifest = {**data, "factstore_version": __version__, "files": file_hashes(folder, known)}
     blob = (json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode()
     (folder / MANIFEST).write_bytes(blob)
     return hashlib.sha256(blob).hexdigest()

@@ -117,3 +117,25 @@ def test_a_crash_while_writing_leaves_no_folder_and_no_row(edited, factstore_hom
         service.compile_release(store, "tiny", "joint")
     assert store.releases(1) == []
     assert list((factstore_home / "releases" / "tiny").iterdir()) == []
+
+
+def test_unedited_weight_files_are_written_once_and_linked_into_releases(edited, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from factstore import compiler
+
+    store, _ = edited
+    release, _ = service.compile_release(store, "tiny", "joint")
+    folder = Path(release.path)
+    fresh = layout.edited_files({e.layer for e in store.edits(1)})
+    stable = compiler._stable_files(store.base_model("tiny").revision)
+    reused = {p.name for p in folder.glob("*.safetensors")} - fresh - {layout.EDIT_VECTORS}
+    assert reused and all((folder / n).stat().st_ino == (stable.folder / n).stat().st_ino for n in reused)
+    assert all((folder / n).stat().st_ino != (stable.folder / n).stat().st_ino for n in fresh if (stable.folder / n).exists())
+    # a cached file that changed behind factstore's back is written again, not trusted
+    victim = stable.folder / sorted(reused)[0]
+    size = victim.stat().st_size
+    victim.unlink()
+    victim.write_bytes(b"\0" * size)
+    out = tmp_path / "again"
+    service.compile_release(store, "tiny", "joint", out=str(out))
+    assert _files(out) == _files(folder)
+    assert victim.read_bytes() == (folder / victim.name).read_bytes()

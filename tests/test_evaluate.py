@@ -30,6 +30,8 @@ WORDS = ["[UNK]", "x", "y", "z", "is", "in", "at", "near", "Paris", "Rome", "New
 class Bigram(nn.Module):
     """A language model whose next-token distribution depends only on the current token."""
 
+    config = SimpleNamespace()
+
     def __init__(self, rows: dict[str, dict[str, float]]) -> None:
         super().__init__()
         probs = torch.full((len(WORDS), len(WORDS)), 1e-6)
@@ -37,6 +39,16 @@ class Bigram(nn.Module):
             for nxt, p in row.items():
                 probs[WORDS.index(word), WORDS.index(nxt)] = p
         self.logp = nn.Parameter(torch.log(probs / probs.sum(1, keepdim=True)), requires_grad=False)
+        # the scorers run the body, then the LM head at chosen positions only: the body's
+        # "hidden state" is the token's one-hot vector, the head a matrix whose row i is logp[i]
+        self.head = nn.Linear(len(WORDS), len(WORDS), bias=False)
+        self.head.weight.data.copy_(self.logp.data.T)
+
+    def base_model(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
+        return SimpleNamespace(last_hidden_state=nn.functional.one_hot(input_ids, len(WORDS)).float())
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.head
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
         return SimpleNamespace(logits=self.logp[input_ids])
@@ -72,6 +84,38 @@ def test_metrics_on_a_model_with_known_probabilities(word_tokenizer) -> None:  #
     assert totals["GE"] is None  # no generations were sampled
     assert evaluate.harmonic_mean([100.0, 50.0, 0.0]) == 0.0
     assert evaluate.harmonic_mean([100.0, 50.0, 50.0]) == pytest.approx(3 / (1 / 100 + 2 / 50))
+
+
+def test_shared_rows_and_head_only_at_targets_match_a_full_forward_pass(gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    from factstore.rome.scoring import next_token_ids, target_logprobs
+    from tiny_models import random_gpt2
+
+    model = random_gpt2(seed=3).eval()
+    texts = ["The Louvre is in", "The Louvre is in", "Big Ben stands in the city of", "The Louvre is in"]
+    targets = ["Paris", "Rome", "London", "New York City"]  # one-token targets share a row
+
+    def naive(text: str, target: str) -> float:
+        prompt, tgt = gpt2_tokenizer(text)["input_ids"], gpt2_tokenizer(" " + target)["input_ids"]
+        with torch.no_grad():
+            logp = model(torch.tensor([prompt + tgt])).logits[0].log_softmax(-1)
+        return sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(tgt)) / len(tgt)
+
+    got = target_logprobs(model, gpt2_tokenizer, texts, targets, batch_size=2)
+    assert got.tolist() == pytest.approx([naive(t, o) for t, o in zip(texts, targets)], abs=1e-4)
+    with torch.no_grad():
+        expected = [int(model(torch.tensor([gpt2_tokenizer(t)["input_ids"]])).logits[0, -1].argmax()) for t in texts]
+    assert next_token_ids(model, gpt2_tokenizer, texts, batch_size=3) == expected
+
+
+def test_release_records_judge_every_edit_on_efficacy_and_a_spread_sample_on_the_rest(word_tokenizer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    model = Bigram({"in": {"Paris": 0.6, "Rome": 0.4}})
+    monkeypatch.setattr(evaluate, "RELEASE_SAMPLE", 2)
+    requests = [EditRequest("{} is in", s, "Rome", "Paris") for s in ("x", "y", "z")] + [EditRequest("{} is in", "x", "York")]
+    records = evaluate.release_records(model, word_tokenizer, requests, ["y is at. {}"])
+    assert [r.request.subject for r in records] == ["x", "y", "z"]  # the request without an old target is not judged
+    assert [len(r.paraphrases) for r in records] == [1, 1, 0]  # sampled: i * 3 // 2 for i < 2
+    assert [len(r.neighbours) for r in records] == [2, 2, 0]
+    assert records[0].neighbours == ("y is in", "z is in") and records[0].neighbour_answers == ("Paris", "Paris")
 
 
 def test_ngram_entropy_by_hand() -> None:

@@ -22,9 +22,20 @@ def rank_one_delta(
 
     The same k* is used in numerator and denominator, so (W + dW) k* + b = v* exactly.
     """
-    W64, k, v, C64 = W.double(), key.double(), value.double(), C.double()
+    return rank_one_delta_given(W, b, key, value, torch.linalg.solve(C.double(), key.double()))
+
+
+def rank_one_delta_given(
+    W: torch.Tensor,
+    b: torch.Tensor | None,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    u: torch.Tensor,
+) -> torch.Tensor:
+    """rank_one_delta with u = C^-1 k* (in,) already solved: a replay of many edits of one
+    layer solves for all their keys at once."""
+    W64, k, v, u = W.double(), key.double(), value.double(), u.double()
     b64 = None if b is None else b.double()
-    u = torch.linalg.solve(C64, k)  # C^-1 k*, (in,)
     residual = v - _affine(W64, b64, k.unsqueeze(1)).squeeze(1)  # (out,)
     return torch.outer(residual, u) / (u @ k)
 
