@@ -57,7 +57,7 @@ def main() -> None:
     plain.save_pretrained(home / "plain")
     baseline = time.perf_counter() - clock
     print(f"load + save_pretrained: {baseline:.2f} s")
-    print(f"{'edits':>6} {'mode':>10} {'compile s':>10} {'ratio':>6}")
+    print(f"{'edits':>6} {'mode':>10} {'compile s':>10} {'ratio':>6} {'load':>6} {'apply':>6} {'score':>6} {'write':>6}")
     done = 0
     for size in sorted(args.sizes):
         for i in range(done, size):
@@ -74,32 +74,41 @@ def main() -> None:
             ))
         done = size
         for mode in ("joint", "sequential"):
-            clock = time.perf_counter()
+            clock, laps = time.perf_counter(), {}
             try:
-                compiler.build(store, "bench", mode, out=str(home / f"{mode}-{size}"), device="cpu")
+                compiler.build(store, "bench", mode, out=str(home / f"{mode}-{size}"), device="cpu", timings=laps)
                 seconds = time.perf_counter() - clock
-                print(f"{size:>6} {mode:>10} {seconds:>10.2f} {seconds / baseline:>6.2f}", flush=True)
+                phases = " ".join(f"{laps.get(p, 0.0):>6.2f}" for p in ("load", "apply", "score", "write"))
+                print(f"{size:>6} {mode:>10} {seconds:>10.2f} {seconds / baseline:>6.2f} {phases}", flush=True)
             except Exception as exc:  # noqa: BLE001 - a refused compile is a result too
                 print(f"{size:>6} {mode:>10} refused: {str(exc)[:90]}", flush=True)
     shutil.rmtree(home, ignore_errors=True)
 
 
-def real_keys(model, tok, texts, layer: int, n: int):  # type: ignore[no-untyped-def]
-    """n down-projection inputs at distinct token positions of ordinary text."""
+def real_keys(model, tok, texts, layer: int, n: int, max_cosine: float = 0.9):  # type: ignore[no-untyped-def]
+    """n down-projection inputs at distinct token positions of ordinary text, no two closer
+    than MAX_COSINE (real edits have distinct subjects; near-copies of one key with different
+    values are a contradiction no compile can satisfy)."""
     import torch
 
     from factstore.rome.covariance import _layer_inputs
     from factstore.rome.prompts import pad_right
 
-    found = []
+    keys_found: list[torch.Tensor] = []
+    directions: list[torch.Tensor] = []
     for lo in range(0, len(texts), 8):
         ids, mask = pad_right([tok(t, truncation=True, max_length=128)["input_ids"] for t in texts[lo : lo + 8]])
         with torch.no_grad():
             keys = _layer_inputs(model, layer, ids, mask)[mask.bool()]
-        found.append(keys[::7])  # spread over positions
-        if sum(len(k) for k in found) >= n:
-            break
-    return torch.cat(found)[:n]
+        for k in keys[::7]:  # spread over positions
+            unit = k / k.norm()
+            if directions and float((torch.stack(directions) @ unit).max()) >= max_cosine:
+                continue
+            keys_found.append(k)
+            directions.append(unit)
+            if len(keys_found) == n:
+                return torch.stack(keys_found)
+    raise SystemExit(f"the corpus gave only {len(keys_found)} distinct keys; ask for fewer edits")
 
 
 if __name__ == "__main__":

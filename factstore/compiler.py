@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -134,15 +137,27 @@ def verify(model: nn.Module, edits: Sequence[StoredEdit], mode: str, prefers_new
         raise CompileError(f"compile refused, these edits do not hold on the compiled model: {detail}. Retract them or use --mode sequential; nothing was written")
 
 
-def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, device: str | None = None, check: bool = True):  # type: ignore[no-untyped-def]
+class _Laps:
+    """Seconds per phase of a compile, written into a caller's dict."""
+
+    def __init__(self, into: dict[str, float] | None) -> None:
+        self.into = into if into is not None else {}
+        self.start = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.into[phase] = self.into.get(phase, 0.0) + now - self.start
+        self.start = now
+
+
+def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, device: str | None = None,  # type: ignore[no-untyped-def]
+          check: bool = True, timings: dict[str, float] | None = None):
     """Compile the active edit log of ALIAS into a release folder. Returns (Release, created).
 
-    check=False skips the per-edit verification (benchmarks measure how edits fare instead).
+    check=False skips refusing edits that do not hold (benchmarks measure how edits fare
+    instead); timings, when given, receives seconds per phase (load, apply, score, write).
     """
-    import shutil
-    from pathlib import Path
-
-    from factstore import card, checkpoints, config, evaluate, layout, stats
+    from factstore import checkpoints, layout
 
     check_mode(mode)  # before the model is loaded
     base = store.base_model(alias)
@@ -151,30 +166,57 @@ def build(store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, d
     latest = store.latest_release(base.id)
     if out is None and latest and latest.edit_log_sha256 == log_sha and Path(latest.path, layout.MANIFEST).exists():
         return latest, False
-
+    lap = _Laps(timings)
     loaded = checkpoints.load(base.source, expected=base.revision, device=device)
-    judged = [e for e in edits if e.target_true]  # scored: an edit needs its old target to be judged
-    records = _release_records(store, base, loaded.model, loaded.tokenizer, judged)  # on the unedited model
-    apply_edits(loaded.model, edits, stats.MatrixCache(store), mode)
-    after = evaluate.score_records(loaded.model, loaded.tokenizer, records)  # one record per judged edit
-    if check:
-        verify(loaded.model, edits, mode, {e.id: s.efficacy[0] for e, s in zip(judged, after)})
-    scores = evaluate.aggregate(after)
-
+    lap("load")
+    scores = _compile_in_memory(store, base, loaded, edits, mode, check, lap)
     version = store.next_release_version(base.id)
+    final = _release_folder(alias, version, out)
+    manifest_sha = _write_release(store, base, loaded, edits, mode, log_sha, scores, final)
+    release = store.record_release(base.id, version, mode, log_sha, manifest_sha, str(final), [e.id for e in edits])
+    lap("write")
+    return release, True
+
+
+def _compile_in_memory(store, base, loaded, edits: Sequence[StoredEdit], mode: str, check: bool, lap: _Laps) -> dict:  # type: ignore[no-untyped-def]
+    """Apply the log to the loaded base model, score the release on its own edits, and refuse
+    it (check) when an edit does not hold. Returns the release's scores."""
+    from factstore import evaluate, stats
+
+    model, tok = loaded.model, loaded.tokenizer
+    judged = [e for e in edits if e.target_true]  # an edit needs its old target to be judged
+    records = _release_records(store, base, model, tok, judged)  # on the unedited model
+    lap("score")
+    apply_edits(model, edits, stats.MatrixCache(store), mode)
+    lap("apply")
+    after = evaluate.score_records(model, tok, records)  # one record per judged edit
+    if check:
+        verify(model, edits, mode, {e.id: s.efficacy[0] for e, s in zip(judged, after)})
+    lap("score")
+    return evaluate.aggregate(after)
+
+
+def _release_folder(alias: str, version: int, out: str | None) -> Path:
+    from factstore import config
+
     final = Path(out).expanduser().resolve() if out else config.releases_dir() / alias / f"v{version}"
     if final.exists() and any(final.iterdir()):
         if out:
             raise CompileError(f"{final} exists and is not empty; choose another --out")
         shutil.rmtree(final)  # left by a compile killed after its rename and before its row
+    return final
+
+
+def _write_release(store, base, loaded, edits: Sequence[StoredEdit], mode: str, log_sha: str, scores: dict, final: Path) -> str:  # type: ignore[no-untyped-def]
+    """Write the release folder through a staged folder renamed into place; returns the manifest's sha256."""
+    from factstore import card, layout
+
     with layout.staged_folder(final) as tmp:
         known = layout.write_weights(loaded.model, tmp, layout.edited_files({e.layer for e in edits}), _stable_files(base.revision))
         layout.write_model_config(loaded.model, loaded.tokenizer, tmp)
         (tmp / "README.md").write_text(card.render(base, mode, edits, scores))
         layout.write_edit_vectors(tmp, [edit_vectors(e) for e in edits])
-        manifest_sha = layout.write_manifest(tmp, {**_manifest(store, base, mode, edits, log_sha), "scores": scores}, known)
-    release = store.record_release(base.id, version, mode, log_sha, manifest_sha, str(final), [e.id for e in edits])
-    return release, True
+        return layout.write_manifest(tmp, {**_manifest(store, base, mode, edits, log_sha), "scores": scores}, known)
 
 
 _PREFIX_FINGERPRINT = hashlib.sha256(json.dumps(["release-prefixes", RELEASE_PREFIX_SEED, RELEASE_PREFIXES]).encode()).hexdigest()
