@@ -24,11 +24,13 @@ def compile_(
     """Replay the active edits onto the base checkpoint and write a release folder."""
     from factstore import service
 
-    release, created = service.compile_release(service.open_store(), model, mode, out, device)
+    seconds: dict[str, float] = {}
+    release, created = service.compile_release(service.open_store(), model, mode, out, device, timings=seconds)
     if json_out:
-        emit_json({**release.to_json(), "created": created})
+        emit_json({**release.to_json(), "created": created, "seconds": {k: round(v, 3) for k, v in seconds.items()}})
     elif created:
-        print(f"release v{release.version} ({release.mode}, {len(release.edit_ids)} edits) -> {release.path}")
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+        print(f"release v{release.version} ({release.mode}, {len(release.edit_ids)} edits) -> {release.path} ({phases})")
     else:
         print(f"edit log unchanged since v{release.version}: reusing {release.path}")
 

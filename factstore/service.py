@@ -123,11 +123,13 @@ def _user() -> str | None:
         return None
 
 
-def compile_release(store: Store, alias: str, mode: str | None = None, out: str | None = None, device: str | None = None):  # type: ignore[no-untyped-def]
-    """Build (or reuse, when the log is unchanged) a release folder. Returns (Release, created)."""
+def compile_release(store: Store, alias: str, mode: str | None = None, out: str | None = None, device: str | None = None,  # type: ignore[no-untyped-def]
+                    timings: dict[str, float] | None = None):
+    """Build (or reuse, when the log is unchanged) a release folder. Returns (Release, created);
+    timings, when given, receives seconds per phase."""
     from factstore import compiler
 
-    return compiler.build(store, alias, mode or compiler.DEFAULT_MODE, out, device)
+    return compiler.build(store, alias, mode or compiler.DEFAULT_MODE, out, device, timings=timings)
 
 
 def list_releases(store: Store, alias: str):  # type: ignore[no-untyped-def]

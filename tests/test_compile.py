@@ -44,7 +44,8 @@ def test_same_log_same_bytes_in_and_across_processes(edited, tmp_path: Path) -> 
     done = subprocess.run([sys.executable, "-m", "cli.main", "compile", "--model", "tiny", "--out", str(out), "--json"],
                           cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["version"] == 2
+    reported = json.loads(done.stdout)
+    assert reported["version"] == 2 and set(reported["seconds"]) == {"load", "score", "apply", "write"}
     assert _files(Path(release.path)) == _files(out)
     manifest = json.loads((out / layout.MANIFEST).read_text())
     assert manifest["files"] == layout.file_hashes(out) and [e["subject"] for e in manifest["edits"]] == SUBJECTS
@@ -139,3 +140,19 @@ def test_unedited_weight_files_are_written_once_and_linked_into_releases(edited,
     service.compile_release(store, "tiny", "joint", out=str(out))
     assert _files(out) == _files(folder)
     assert victim.read_bytes() == (folder / victim.name).read_bytes()
+
+
+def test_stable_files_are_copied_where_links_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from factstore.assets import file_sha256
+
+    def no_links(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+        raise OSError("cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    state = {"a": torch.arange(6, dtype=torch.float32), "b": torch.ones(2, 3)}
+    stable, target = layout.StableFiles(tmp_path / "cache"), tmp_path / "release"
+    target.mkdir()
+    hashes = stable.place(state, {"base-00001-of-00001.safetensors": ["a", "b"]}, target)
+    copied = target / "base-00001-of-00001.safetensors"
+    assert hashes == {copied.name: file_sha256(copied)} and copied.stat().st_ino != (stable.folder / copied.name).stat().st_ino
+    assert stable.place(state, {copied.name: ["a", "b"]}, tmp_path) == hashes  # second time: from the index
