@@ -1,6 +1,6 @@
 """CounterFact results and the averaged causal trace, printed as markdown tables.
 
-    python bench/results.py [--n 100] [--lifelong 100] [--trace 50] [--tiny 10] [--samples 10] [--kinds mlp]
+    python bench/results.py [--n 100] [--lifelong 100] [--trace 50] [--tiny 10] [--samples 10] [--kinds mlp] [--no-fluency]
 
 Runs in a temporary FACTSTORE_HOME (starter assets come from the usual cache):
 - SmolLM2-135M, ROME's single-edit protocol on the first N records of
@@ -44,7 +44,8 @@ def smollm2(args: argparse.Namespace) -> None:
     if args.n:
         clock = time.perf_counter()
         with bar("single edits", args.n) as progress:
-            single = service.evaluate_model(store, "smollm2", data, args.n, "single", device="cpu", on_progress=lambda i, n: progress(i))
+            single = service.evaluate_model(store, "smollm2", data, args.n, "single", fluency=not args.no_fluency, device="cpu",
+                                            on_progress=lambda i, n: progress(i))
         print(f"\nSmolLM2-135M, single-edit protocol, layer {single['layer']} ({time.perf_counter() - clock:.0f} s)\n\n{header()}")
         print(row("unedited", single["unedited"]))
         print(row("ROME (factstore)", single), flush=True)
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--tiny", type=int, default=10)
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--kinds", default="hidden,mlp,attn")
+    parser.add_argument("--no-fluency", action="store_true", help="single-edit protocol without GE (sampling 2 x 50 tokens before and after each edit)")
     parser.add_argument("--out", default=None, help="folder for the figures (default: the temporary FACTSTORE_HOME)")
     args = parser.parse_args()
     os.environ["FACTSTORE_HOME"] = tempfile.mkdtemp(prefix="factstore-results-")
