@@ -103,13 +103,13 @@ def test_listing_does_not_import_torch(tiny: str) -> None:
 
 
 def test_concurrent_edit_adds_lose_and_duplicate_nothing(tiny: str) -> None:
-    subjects = ["The Eiffel Tower", "The Louvre", "Big Ben", "The Colosseum", "The Kremlin"]
+    subjects = ["The Eiffel Tower", "The Louvre", "Big Ben"]  # three writers race for seq; each process loads torch
     procs = [start("edit", "add", "--model", tiny, "--prompt", "{} is located in the city of", "--subject", s, "--target", "Rome", "--json") for s in subjects]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outputs]
     edits = cli_json("edit", "list", "--model", tiny)
     assert sorted(e["subject"] for e in edits) == sorted(subjects)
-    assert sorted(e["seq"] for e in edits) == [1, 2, 3, 4, 5]
+    assert sorted(e["seq"] for e in edits) == [1, 2, 3]
 
 
 def _wait_for(predicate, timeout: float = 300) -> None:  # type: ignore[no-untyped-def]
