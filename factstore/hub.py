@@ -63,6 +63,12 @@ def branch_commit(repo: str, branches: dict[str, str], branch: str = "main") -> 
     return branches[branch]
 
 
+def latest_version_tag(tags: dict[str, str]) -> str | None:
+    """The highest vN among a repository's tags (from Hub.tags())."""
+    versions = [int(m.group(1)) for t in tags if (m := VERSION_TAG.fullmatch(t))]
+    return tag_for(max(versions)) if versions else None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -94,9 +100,6 @@ class Hub:
         """tag name -> commit SHA."""
         return self.refs(repo)[1]
 
-    def latest_version_tag(self, repo: str) -> str | None:
-        versions = [int(m.group(1)) for t in self.tags(repo) if (m := VERSION_TAG.fullmatch(t))]
-        return tag_for(max(versions)) if versions else None
 
     def upload(self, repo: str, folder: Path, parent: str, message: str, description: str = "") -> str:
         """One commit on main holding the folder; refused by the Hub unless main is still at PARENT."""

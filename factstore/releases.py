@@ -18,7 +18,7 @@ from factstore import config, layout
 from factstore.assets import file_sha256
 from factstore.domain import EditRequest, NewEdit, Release
 from factstore.errors import FactStoreError, ImportConflict, PublishConflict, ReleaseVerificationError
-from factstore.hub import VERSION_TAG, Hub, branch_commit, tag_for
+from factstore.hub import VERSION_TAG, Hub, branch_commit, latest_version_tag, tag_for
 from factstore.store import Store
 
 
@@ -142,13 +142,14 @@ def pull(
 ) -> Pulled:
     """Download one version (tag or commit SHA; default the newest vN tag), verify it, copy it to OUT."""
     hub = Hub(endpoint, token)
-    version = version or hub.latest_version_tag(repo) or "main"
+    tags = hub.tags(repo)  # read once: picks the newest version, then names the pulled commit
+    version = version or latest_version_tag(tags) or "main"
     commit = hub.resolve(repo, version)
     snapshot = hub.download(repo, commit)
     target = Path(out).expanduser().resolve() if out else config.home() / "pulled" / repo / commit
     _copy_verified(snapshot, read_manifest(snapshot), target)
-    tags = sorted(t for t, sha in hub.tags(repo).items() if sha == commit and VERSION_TAG.fullmatch(t))
-    return Pulled(repo, str(target), version if version in tags else (tags[-1] if tags else None), commit, verified=True)
+    named = sorted(t for t, sha in tags.items() if sha == commit and VERSION_TAG.fullmatch(t))
+    return Pulled(repo, str(target), version if version in named else (named[-1] if named else None), commit, verified=True)
 
 
 def _copy_verified(snapshot: Path, manifest: dict, target: Path) -> None:
