@@ -53,8 +53,10 @@ def apply_sequential(model: nn.Module, edits: Sequence[StoredEdit], covariance: 
     for edit in ordered:
         key, value = edit_vectors(edit)
         W, b = arch.down_proj_weight(model, edit.layer), arch.down_proj_bias(model, edit.layer)
-        add_delta(model, edit.layer, rank_one_delta_given(W, b, key.to(W.device), value.to(W.device), solved[edit.id].to(W.device)))
-        err = constraint_errors(model, [edit])[edit.id]
+        key, value = key.to(W.device), value.to(W.device)
+        add_delta(model, edit.layer, rank_one_delta_given(W, b, key, value, solved[edit.id].to(W.device)))
+        W = arch.down_proj_weight(model, edit.layer)  # after the update
+        err = float(constraint_error(W, b, key.unsqueeze(1), value.unsqueeze(1))[0])
         if not err <= CONSTRAINT_TOLERANCE:
             raise CompileError(f"edit {edit.id} does not hold after its own update (constraint error {err:.2g}); nothing was written")
 
