@@ -32,20 +32,22 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from factstore import arch, checkpoints, compiler, corpus, service, stats
+    from factstore import api, arch
+    from factstore.datasets import read_requests
     from factstore.domain import EditRequest, NewEdit
-    from factstore.importer import read_requests
+    from factstore.release import build
     from factstore.rome.hparams import default_hparams
-    from factstore.vectors import to_bytes
+    from factstore.weights import checkpoints, corpus, stats
+    from factstore.weights.vectors import to_bytes
 
-    store = service.open_store()
-    base, _ = service.add_model(store, "bench", args.model)
+    store = api.open_store()
+    base, _ = api.add_model(store, "bench", args.model)
     loaded = checkpoints.load(base.source, expected=base.revision, device="cpu")
     model, tok = loaded.model, loaded.tokenizer
     layer = default_hparams(model.config.model_type, arch.num_layers(model), model.config.hidden_size).layer
     text = corpus.load_corpus()
     stats_file = stats.compute(model, tok, stats.spec_for(loaded.ref.revision, model, layer, text, 20_000, "float32"), text)
-    cov = store.record_covariance(base.id, stats_file.spec.key(), stats.covariance_record(stats_file, text))
+    cov = store.create_covariance(base.id, stats_file.spec.key(), stats.covariance_record(stats_file, text))
 
     texts = read_requests(args.data)
     keys = real_keys(model, tok, text.texts, layer, max(args.sizes))
@@ -67,7 +69,7 @@ def main() -> None:
             kb, ks = to_bytes(k)
             vb, vs = to_bytes(v)
             text = texts[i % len(texts)]
-            store.add_edit(base.id, NewEdit(
+            store.create_edit(base.id, NewEdit(
                 request=EditRequest(text.prompt, text.subject, text.target_new), target_true=text.target_true, layer=layer,
                 module=arch.down_proj_name(model, layer), key=kb, key_shape=ks, value=vb, value_shape=vs,
                 hparams={}, hparams_fingerprint="0" * 64, covariance_id=cov.id, metrics={},
@@ -76,11 +78,11 @@ def main() -> None:
         for mode in ("joint", "sequential"):
             clock, laps = time.perf_counter(), {}
             try:
-                compiler.build(store, "bench", mode, out=str(home / f"{mode}-{size}"), device="cpu", timings=laps)
+                build.build(store, "bench", mode, out=str(home / f"{mode}-{size}"), device="cpu", timings=laps)
                 seconds = time.perf_counter() - clock
                 phases = " ".join(f"{laps.get(p, 0.0):>6.2f}" for p in ("load", "apply", "score", "write"))
                 print(f"{size:>6} {mode:>10} {seconds:>10.2f} {seconds / baseline:>6.2f} {phases}", flush=True)
-            except Exception as exc:  # noqa: BLE001 - a refused compile is a result too
+            except Exception as exc:
                 print(f"{size:>6} {mode:>10} refused: {str(exc)[:90]}", flush=True)
     shutil.rmtree(home, ignore_errors=True)
 

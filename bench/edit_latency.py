@@ -20,11 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from factstore import assets, checkpoints, config, corpus  # noqa: E402
-from factstore.domain import EditRequest  # noqa: E402
-from factstore.rome.covariance import accumulate_second_moment  # noqa: E402
-from factstore.rome.edit import compute_edit, contexts_for  # noqa: E402
-from factstore.rome.hparams import default_hparams  # noqa: E402
+from factstore import config
+from factstore.domain import EditRequest
+from factstore.rome.covariance import accumulate_second_moment
+from factstore.rome.edit import compute_edit, contexts_for
+from factstore.rome.hparams import default_hparams
+from factstore.weights import assets, checkpoints, corpus
 
 REQUESTS = [
     EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome"),
@@ -41,6 +42,7 @@ def _load(name: str, device: str):  # type: ignore[no-untyped-def]
         cfg = loaded.model.config
         return loaded.model, loaded.tokenizer, default_hparams(cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size), REQUESTS
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from tiny_models import RELATIONS, Recipe, make_facts, trained_tiny_gpt2
 
     tok = AutoTokenizer.from_pretrained(assets.gpt2_tokenizer_dir())

@@ -14,12 +14,12 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from factstore import checkpoints, corpus
-from factstore.importer import read_requests
+from factstore.datasets import read_requests
 from factstore.rome.covariance import accumulate_second_moment
 from factstore.rome.edit import apply_edit, compute_edit, contexts_for, weights_restored
 from factstore.rome.hparams import default_hparams
 from factstore.rome.scoring import target_logprobs
+from factstore.weights import checkpoints, corpus
 
 
 def _prefers(model, tok, prompts: list[str], a: str, b: str) -> list[bool]:  # type: ignore[no-untyped-def]

@@ -29,27 +29,27 @@ def main() -> None:
     })
     os.environ.setdefault("FACTSTORE_CACHE", str(Path.home() / ".factstore" / "cache"))
     sys.path.insert(0, str(HERE / "tests"))
+    from factstore import api
+    from factstore.domain import EditRequest
+    from factstore.editing.session import EditSession
     from hub_server import HubServer
 
-    from factstore import service
-    from factstore.domain import EditRequest
-
-    store = service.open_store()
-    service.add_model(store, "m", args.model)
-    session = service.open_session(store, "m", device="cpu")
+    store = api.open_store()
+    api.add_model(store, "m", args.model)
+    session = EditSession(store, "m", device="cpu")
     facts = [("The Eiffel Tower", "Rome"), ("The Colosseum", "Paris")]
     rows = []
     with HubServer({"bench-token": "bench"}, lfs=True) as hub:
         for version, (subject, target) in enumerate(facts, start=1):
             session.add(EditRequest("{} is located in the city of", subject, target))
-            release, _ = service.compile_release(store, "m")
+            release, _ = api.compile_release(store, "m")
             size = sum(p.stat().st_size for p in Path(release.path).iterdir())
             before, clock = hub.state.upload_bytes, time.perf_counter()
-            service.publish_release(store, "m", "bench/edited", endpoint=hub.url)
+            api.publish_release(store, "m", "bench/edited", endpoint=hub.url)
             publish_s, sent = time.perf_counter() - clock, hub.state.upload_bytes - before
             clock = time.perf_counter()
             start = len(hub.state.log)
-            service.pull_release("bench/edited", f"v{version}", str(home / f"pulled-v{version}"), endpoint=hub.url)
+            api.pull_release("bench/edited", f"v{version}", str(home / f"pulled-v{version}"), endpoint=hub.url)
             fetched = sum(1 for m, p in hub.state.log[start:] if m == "GET" and "/resolve/" in p)
             rows.append((f"v{version}", size, sent, publish_s, fetched, time.perf_counter() - clock))
     print("| version | release size | bytes uploaded | publish s | files downloaded by pull | pull s |")

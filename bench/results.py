@@ -35,25 +35,22 @@ def header() -> str:
 
 
 def smollm2(args: argparse.Namespace) -> None:
-    from factstore import service
-    from factstore.progress import bar
+    from factstore import api
+    from factstore.cli.progress import BARS
 
-    store = service.open_store()
-    service.add_model(store, "smollm2", "starter:smollm2-135m")
+    store = api.open_store()
+    api.add_model(store, "smollm2", "starter:smollm2-135m")
     data = str(DATA / "counterfact_500.json")
     if args.n:
         clock = time.perf_counter()
-        with bar("single edits", args.n) as progress:
-            single = service.evaluate_model(store, "smollm2", data, args.n, "single", fluency=not args.no_fluency, device="cpu",
-                                            on_progress=lambda i, n: progress(i))
+        single = api.evaluate_model(store, "smollm2", data, args.n, mode="single", fluency=not args.no_fluency, device="cpu", progress=BARS)
         print(f"\nSmolLM2-135M, single-edit protocol, layer {single['layer']} ({time.perf_counter() - clock:.0f} s)\n\n{header()}")
         print(row("unedited", single["unedited"]))
         print(row("ROME (factstore)", single), flush=True)
     if args.lifelong:
         clock = time.perf_counter()
-        with bar("lifelong", args.lifelong) as progress:
-            life = service.evaluate_model(store, "smollm2", data, args.lifelong, "lifelong", fluency=False, every=max(1, args.lifelong // 5),
-                                          out=args.out, device="cpu", on_progress=lambda i, n: progress(i))
+        life = api.evaluate_model(store, "smollm2", data, args.lifelong, mode="lifelong", fluency=False, every=max(1, args.lifelong // 5),
+                                  out=args.out, device="cpu", progress=BARS)
         print(f"\nSmolLM2-135M, lifelong: {args.lifelong} edits registered in order ({time.perf_counter() - clock:.0f} s)\n\n{header()}")
         print(row("unedited", life["unedited"]))
         for mode, scores in life["modes"].items():
@@ -63,9 +60,8 @@ def smollm2(args: argparse.Namespace) -> None:
         print(f"plot: {life.get('png')}", flush=True)
     if args.trace:
         clock = time.perf_counter()
-        with bar("tracing", args.trace) as progress:
-            traced = service.trace_dataset(store, "smollm2", str(DATA / "known_1000.json"), args.trace, out=args.out, device="cpu",
-                                           on_progress=lambda i, n: progress(i), samples=args.samples, kinds=tuple(args.kinds.split(",")))
+        traced = api.trace_dataset(store, "smollm2", str(DATA / "known_1000.json"), args.trace, out=args.out, device="cpu",
+                                   samples=args.samples, kinds=tuple(args.kinds.split(",")), progress=BARS)
         print(f"\nSmolLM2 causal trace over {traced['n']} known facts ({traced['scanned']} scanned, samples {args.samples}, "
               f"{time.perf_counter() - clock:.0f} s): MLP peak at layer {traced['peak_mlp_layer']}")
         print("\n".join(f"  {p}" for p in traced["png"]), flush=True)
@@ -75,20 +71,22 @@ def tiny(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_evaluate import _tiny_records  # the same records the test suite uses
     from transformers import AutoTokenizer
 
-    from factstore import assets, evaluation, service
+    from factstore import api
     from factstore.rome.hparams import default_hparams
-    from test_evaluate import _tiny_records  # the same records the test suite uses
+    from factstore.studies import evaluation
+    from factstore.weights import assets
     from tiny_models import RELATIONS, Recipe, make_facts, trained_tiny_gpt2
 
     cache = Path(os.environ.get("FACTSTORE_TEST_CACHE") or Path.home() / ".cache" / "factstore-test")
     folder = trained_tiny_gpt2(cache, AutoTokenizer.from_pretrained(assets.gpt2_tokenizer_dir()))
-    store = service.open_store()
-    service.add_model(store, "tiny", str(folder))
+    store = api.open_store()
+    api.add_model(store, "tiny", str(folder))
     corpus = Path(tempfile.mkdtemp()) / "facts.json"
     corpus.write_text(json.dumps([t.format(f.subject) + " " + f.target + "." for f in make_facts(Recipe()) for t in RELATIONS[f.relation][0]]))
-    service.compute_stats(store, "tiny", layer=2, corpus=str(corpus), tokens=100_000, device="cpu")
+    api.compute_stats(store, "tiny", layer=2, corpus=str(corpus), tokens=100_000, device="cpu")
     hp = replace(default_hparams("gpt2", 4, 128), layer=2, context_lengths=(), value_context_lengths=(), clamp_norm_factor=8.0)
     result = evaluation.single(store, "tiny", _tiny_records(args.tiny, folder), hparams=hp)
     print(f"\ntrained tiny GPT-2 (tests/tiny_models.py), city facts it knows, single-edit protocol\n\n{header()}")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from cli.options import JsonOpt
-from cli.output import emit_json
+from factstore import api
+
+from .options import JsonOpt
+from .output import emit_json
 
 app = typer.Typer(help="Database schema: upgrade and inspect.", no_args_is_help=True)
 
@@ -13,16 +15,12 @@ app = typer.Typer(help="Database schema: upgrade and inspect.", no_args_is_help=
 @app.command()
 def upgrade(json_out: JsonOpt = False) -> None:
     """Migrate the database (FACTSTORE_DATABASE_URL or the embedded SQLite file) to the latest schema."""
-    from factstore.service import upgrade_database
-
-    result = upgrade_database()
+    result = api.upgrade_database()
     emit_json(result) if json_out else print(f"database at {result['current']} (was {result['previous'] or 'empty'})")
 
 
 @app.command()
 def current(json_out: JsonOpt = False) -> None:
     """Show the database's schema revision and the latest one."""
-    from factstore.service import database_status
-
-    result = database_status()
+    result = api.database_status()
     emit_json(result) if json_out else print(f"current {result['current'] or 'none'}, head {result['head']}")

@@ -6,10 +6,15 @@ from typing import Annotated
 
 import typer
 
-from cli.options import DeviceOpt, JsonOpt, LayerOpt, ModelOpt, parse_layer
-from cli.output import emit_json, prob, table
+from factstore import api
+
+from .options import DeviceOpt, JsonOpt, LayerOpt, ModelOpt, parse_layer
+from .output import emit_json, prob, table
+from .progress import BARS
 
 app = typer.Typer(help="Fact edits: add, import, list, show, retract.", no_args_is_help=True)
+
+EditIdArg = Annotated[int, typer.Argument(min=1, max=2**31 - 1, help="Edit id.")]
 
 
 @app.command("add")
@@ -25,11 +30,10 @@ def add(
     json_out: JsonOpt = False,
 ) -> None:
     """Compute and register one fact edit on the head model."""
-    from factstore import service
-    from factstore.domain import EditRequest
-
-    request = EditRequest(prompt=prompt, subject=subject, target_new=target, relation_id=relation)
-    outcome = service.add_edit(service.open_store(), model, request, parse_layer(layer), note, device)
+    outcome = api.add_edit(
+        api.open_store(), model, prompt=prompt, subject=subject, target=target, relation=relation,
+        layer=parse_layer(layer), note=note, device=device, progress=BARS,
+    )
     if json_out:
         emit_json(outcome.to_json())
         return
@@ -44,17 +48,13 @@ def add(
 def import_(
     model: ModelOpt,
     file: Annotated[str, typer.Argument(help="CounterFact-format JSON, or CSV with columns prompt, subject, target.")],
-    limit: Annotated[int | None, typer.Option(help="Import only the first N records.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Import only the first N records.")] = None,
     layer: LayerOpt = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Validate every record, then compute and commit one edit at a time (a rerun resumes)."""
-    from factstore import service
-    from factstore.progress import bar
-
-    with bar("importing edits", None) as progress:
-        result = service.import_edits(service.open_store(), model, file, limit, parse_layer(layer), device, on_progress=lambda i, n: progress(i))
+    result = api.import_edits(api.open_store(), model, file, limit, layer=parse_layer(layer), device=device, progress=BARS)
     emit_json(result) if json_out else print(f"{result['added']} edits added, {result['skipped']} already stored, of {result['records']} records")
 
 
@@ -65,9 +65,7 @@ def list_(
     json_out: JsonOpt = False,
 ) -> None:
     """List a model's edits in replay order."""
-    from factstore import service
-
-    edits = service.list_edits(service.open_store(), model, status)
+    edits = api.list_edits(api.open_store(), model, status)
     if json_out:
         emit_json([e.summary() for e in edits])
     else:
@@ -76,11 +74,9 @@ def list_(
 
 
 @app.command("show")
-def show(edit_id: Annotated[int, typer.Argument(help="Edit id.")], json_out: JsonOpt = False) -> None:
+def show(edit_id: EditIdArg, json_out: JsonOpt = False) -> None:
     """Everything recorded about one edit."""
-    from factstore import service
-
-    details = service.open_store().edit(edit_id).details()
+    details = api.get_edit(api.open_store(), edit_id).details()
     if json_out:
         emit_json(details)
     else:
@@ -88,9 +84,7 @@ def show(edit_id: Annotated[int, typer.Argument(help="Edit id.")], json_out: Jso
 
 
 @app.command("retract")
-def retract(edit_id: Annotated[int, typer.Argument(help="Edit id.")], json_out: JsonOpt = False) -> None:
+def retract(edit_id: EditIdArg, json_out: JsonOpt = False) -> None:
     """Mark an active edit retracted; the next compile rebuilds without it."""
-    from factstore import service
-
-    edit = service.open_store().retract_edit(edit_id)
+    edit = api.retract_edit(api.open_store(), edit_id)
     emit_json(edit.summary()) if json_out else print(f"edit {edit.id} retracted ({edit.subject} -> {edit.target_new})")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 
-from factstore import config
-from factstore.errors import FactStoreError
+from factstore.api import FactStoreError, debug_enabled
 
 # (exception type, exit code, how to print it); the first match wins. FactStoreError messages
 # already say what to do next; anything else is a bug and says how to see the traceback.
@@ -19,10 +18,11 @@ TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
 
 def report(exc: BaseException) -> int:
     """Print a failure on one line of stderr and return the exit code."""
-    if config.debug():
+    if debug_enabled():
         traceback.print_exception(exc)
     for kind, code, template in TABLE:
         if isinstance(exc, kind):
-            print(template.format(exc=exc, name=exc.__class__.__name__), file=sys.stderr)
+            message = template.format(exc=exc, name=exc.__class__.__name__)
+            print(" ".join(message.split()), file=sys.stderr)  # one line, whatever the exception's text holds
             return code
     raise exc

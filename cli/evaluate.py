@@ -6,8 +6,11 @@ from typing import Annotated
 
 import typer
 
-from cli.options import DeviceOpt, JsonOpt, ModelOpt
-from cli.output import emit_json, table
+from factstore import api
+
+from .options import DeviceOpt, JsonOpt, ModelOpt, parse_version
+from .output import emit_json, table
+from .progress import BARS
 
 COLUMNS = ("n", "ES", "PS", "NS", "S", "EM", "PM", "NM", "GE")
 
@@ -19,23 +22,21 @@ def _row(name: str, scores: dict) -> list:
 def eval_(
     model: ModelOpt,
     dataset: Annotated[str, typer.Option("--dataset", help="CounterFact records (ROME's JSON format).")],
-    n: Annotated[int, typer.Option("--n", help="How many records, from the start of the file.")] = 100,
+    n: Annotated[int, typer.Option("--n", min=1, help="How many records, from the start of the file.")] = 100,
     mode: Annotated[str, typer.Option("--mode", help="single: each record edited alone on the base model; lifelong: all registered one after another.")] = "single",
     release: Annotated[str | None, typer.Option("--release", help="Score a built release (vN) on the edits it contains instead.")] = None,
-    every: Annotated[int | None, typer.Option("--every", help="lifelong: score the head model every K edits and plot the curve.")] = None,
+    every: Annotated[int | None, typer.Option("--every", min=1, help="lifelong: score the head model every K edits and plot the curve.")] = None,
     no_fluency: Annotated[bool, typer.Option("--no-fluency", help="Skip sampling generations for GE (the slowest part).")] = False,
     out: Annotated[str | None, typer.Option("--out", help="Folder for the lifelong curve PNG.")] = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Efficacy, paraphrase, neighbourhood (and their harmonic mean S) and fluency, as in ROME's CounterFact."""
-    from factstore import service
-    from factstore.progress import bar
-
-    version = int(release.lstrip("v")) if release else None
-    with bar(f"evaluating {mode if version is None else 'release'}", n) as progress:
-        result = service.evaluate_model(service.open_store(), model, dataset, n, mode, version, not no_fluency, every, out, device,
-                                        on_progress=lambda i, total: progress(i))
+    version = parse_version(release)
+    result = api.evaluate_model(
+        api.open_store(), model, dataset, n, mode=mode, release=version, fluency=not no_fluency, every=every, out=out,
+        device=device, progress=BARS,
+    )
     if json_out:
         emit_json(result)
         return

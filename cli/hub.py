@@ -6,8 +6,11 @@ from typing import Annotated
 
 import typer
 
-from cli.options import DeviceOpt, JsonOpt, ModelOpt
-from cli.output import emit_json
+from factstore import api
+
+from .options import DeviceOpt, JsonOpt, ModelOpt
+from .output import emit_json
+from .progress import BARS
 
 EndpointOpt = Annotated[str | None, typer.Option("--endpoint", help="Hub URL; default: HF_ENDPOINT or https://huggingface.co.")]
 
@@ -25,9 +28,7 @@ def publish(
 
     The token comes from HF_TOKEN or `hf auth login`.
     """
-    from factstore import service
-
-    result = service.publish_release(service.open_store(), model, repo, private, mode, endpoint, device)
+    result = api.publish_release(api.open_store(), model, repo, private=private, mode=mode, endpoint=endpoint, device=device, progress=BARS)
     if json_out:
         emit_json(result.to_json())
     elif result.already:
@@ -47,10 +48,8 @@ def pull(
     json_out: JsonOpt = False,
 ) -> None:
     """Download one version, check every file against the release manifest, optionally import its edits."""
-    from factstore import service
-
-    store = service.open_store() if import_edits else None
-    result = service.pull_release(repo, version, out, endpoint, store, alias, device)
+    store = api.open_store() if import_edits else None
+    result = api.pull_release(repo, version, out, endpoint=endpoint, import_into=store, alias=alias, device=device, progress=BARS)
     if json_out:
         emit_json(result.to_json())
         return

@@ -6,8 +6,8 @@ import sys
 
 import typer
 
-from cli import ask, db, edits, evaluate, hub, models, releases, stats, trace
-from cli.errors import report
+from . import ask, db, edits, evaluate, hub, models, releases, stats, trace
+from .errors import report
 
 app = typer.Typer(
     name="factstore",
@@ -34,7 +34,7 @@ def main() -> None:
         app()
     except SystemExit:
         raise
-    except BaseException as exc:  # noqa: BLE001 - every failure gets one readable line
+    except BaseException as exc:
         sys.exit(report(exc))
 
 

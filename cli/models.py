@@ -6,13 +6,16 @@ from typing import Annotated
 
 import typer
 
-from cli.options import JsonOpt
-from cli.output import emit_json, table
+from factstore import api
+
+from .options import JsonOpt
+from .output import emit_json, table
+from .progress import BARS
 
 app = typer.Typer(help="Base models pinned to exact weights.", no_args_is_help=True)
 
 
-def _row(m) -> dict:  # type: ignore[no-untyped-def]
+def _row(m: api.BaseModel) -> dict:
     return {"id": m.id, "alias": m.alias, "source": m.source, "revision": m.revision, "model_type": m.model_type, "recommended_layer": m.recommended_layer}
 
 
@@ -24,9 +27,7 @@ def add(
     json_out: JsonOpt = False,
 ) -> None:
     """Register SOURCE under ALIAS, pinned to its exact weights."""
-    from factstore import service
-
-    model, created = service.add_model(service.open_store(), alias, source, revision)
+    model, created = api.add_model(api.open_store(), alias, source, revision, progress=BARS)
     if json_out:
         emit_json({**_row(model), "created": created})
     else:
@@ -36,9 +37,7 @@ def add(
 @app.command("list")
 def list_(json_out: JsonOpt = False) -> None:
     """List registered base models."""
-    from factstore import service
-
-    models = service.open_store().list_base_models()
+    models = api.list_models(api.open_store())
     if json_out:
         emit_json([_row(m) for m in models])
     else:

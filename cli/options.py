@@ -22,6 +22,18 @@ def parse_layer(value: str | None) -> int | str | None:
         return int(value)
     except ValueError:
         raise typer.BadParameter(f"--layer takes a layer number or `auto`, not {value!r}") from None
+
+
+def parse_version(value: str | None) -> int | None:
+    """--release vN | N | (absent)."""
+    if value is None:
+        return None
+    digits = value.removeprefix("v")
+    if not digits.isdigit() or not 0 < int(digits) < 2**31:
+        raise typer.BadParameter(f"--release takes a version such as v2, not {value!r}")
+    return int(digits)
+
+
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto (accelerate device_map); default: cuda if available.")]
 CorpusOpt = Annotated[str, typer.Option("--corpus", help="Text for the key statistics: starter:wiki-vital or a .txt/.json/.jsonl file.")]
 TokensOpt = Annotated[int | None, typer.Option("--tokens", help="Tokens of text for the key statistics (default per model).")]

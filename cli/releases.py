@@ -6,8 +6,11 @@ from typing import Annotated
 
 import typer
 
-from cli.options import DeviceOpt, JsonOpt, ModelOpt
-from cli.output import emit_json, table
+from factstore import api
+
+from .options import DeviceOpt, JsonOpt, ModelOpt
+from .output import emit_json, table
+from .progress import BARS
 
 app = typer.Typer(help="Compiled releases of a model's edit log.", no_args_is_help=True)
 
@@ -22,10 +25,8 @@ def compile_(
     json_out: JsonOpt = False,
 ) -> None:
     """Replay the active edits onto the base checkpoint and write a release folder."""
-    from factstore import service
-
     seconds: dict[str, float] = {}
-    release, created = service.compile_release(service.open_store(), model, mode, out, device, timings=seconds)
+    release, created = api.compile_release(api.open_store(), model, mode, out, device=device, timings=seconds, progress=BARS)
     if json_out:
         emit_json({**release.to_json(), "created": created, "seconds": {k: round(v, 3) for k, v in seconds.items()}})
     elif created:
@@ -38,9 +39,7 @@ def compile_(
 @app.command("list")
 def list_(model: ModelOpt, json_out: JsonOpt = False) -> None:
     """A model's releases, their contents and published state."""
-    from factstore import service
-
-    releases = service.list_releases(service.open_store(), model)
+    releases = api.list_releases(api.open_store(), model)
     if json_out:
         emit_json([r.to_json() for r in releases])
     else:

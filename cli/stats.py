@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from cli.options import CorpusOpt, DeviceOpt, JsonOpt, LayerOpt, ModelOpt, TokensOpt, parse_layer
-from cli.output import emit_json
+from factstore import api
+
+from .options import CorpusOpt, DeviceOpt, JsonOpt, LayerOpt, ModelOpt, TokensOpt, parse_layer
+from .output import emit_json
+from .progress import BARS
 
 app = typer.Typer(help="Key second-moment statistics (computed on first need otherwise).", no_args_is_help=True)
 
@@ -20,7 +23,5 @@ def compute(
     json_out: JsonOpt = False,
 ) -> None:
     """Compute (or find cached) C for a model's edit layer; resumes after an interruption."""
-    from factstore import service
-
-    result = service.compute_stats(service.open_store(), model, parse_layer(layer), corpus, tokens, device)
+    result = api.compute_stats(api.open_store(), model, parse_layer(layer), corpus=corpus, tokens=tokens, device=device, progress=BARS)
     emit_json(result) if json_out else print(f"layer {result['layer']}: {result['tokens']} tokens -> {result['path']}")

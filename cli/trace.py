@@ -6,8 +6,11 @@ from typing import Annotated
 
 import typer
 
-from cli.options import DeviceOpt, JsonOpt, ModelOpt
-from cli.output import emit_json
+from factstore import api
+
+from .options import DeviceOpt, JsonOpt, ModelOpt
+from .output import emit_json
+from .progress import BARS
 
 
 def trace(
@@ -16,10 +19,10 @@ def trace(
     subject: Annotated[str | None, typer.Option("--subject", help="The subject put into the prompt.")] = None,
     target: Annotated[str | None, typer.Option("--target", help="Answer to trace; default: the model's own top token.")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Known facts (JSON: subject, prompt, attribute) to average over; stores the recommended layer.")] = None,
-    n: Annotated[int, typer.Option("--n", help="With --dataset: how many facts the model knows to trace.")] = 50,
-    samples: Annotated[int, typer.Option("--samples", help="Corrupted runs per fact.")] = 10,
-    noise: Annotated[float | None, typer.Option("--noise", help="Noise std as a multiple of the subject embeddings' std.")] = 3.0,
-    window: Annotated[int, typer.Option("--window", help="Layers restored together for the MLP and attention maps.")] = 10,
+    n: Annotated[int, typer.Option("--n", min=1, help="With --dataset: how many facts the model knows to trace.")] = 50,
+    samples: Annotated[int, typer.Option("--samples", min=1, max=1000, help="Corrupted runs per fact.")] = 10,
+    noise: Annotated[float, typer.Option("--noise", min=0.0, help="Noise std as a multiple of the subject embeddings' std.")] = 3.0,
+    window: Annotated[int, typer.Option("--window", min=1, help="Layers restored together for the MLP and attention maps.")] = 10,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the noise.")] = 0,
     kinds: Annotated[str, typer.Option("--kinds", help="Maps to compute, comma-separated: hidden, mlp, attn (each costs the same).")] = "hidden,mlp,attn",
     out: Annotated[str | None, typer.Option("--out", help="Folder for the PNGs and JSON; default under FACTSTORE_HOME/traces.")] = None,
@@ -27,24 +30,20 @@ def trace(
     json_out: JsonOpt = False,
 ) -> None:
     """Heatmaps of where a fact lives (one fact), or the average over known facts (--dataset)."""
-    from factstore import service
-    from factstore.progress import bar
-
     chosen = tuple(k.strip() for k in kinds.split(",") if k.strip())
-    if not chosen or not set(chosen) <= {"hidden", "mlp", "attn"} or (dataset and "mlp" not in chosen):
-        raise typer.BadParameter("--kinds takes hidden, mlp and/or attn (with --dataset, mlp is needed for the recommended layer)")
-    settings = {"samples": samples, "window": window, "seed": seed, "noise_factor": noise, "kinds": chosen}
-    store = service.open_store()
+    store = api.open_store()
     if dataset:
-        with bar("tracing known facts", n) as progress:
-            result = service.trace_dataset(store, model, dataset, n, out, device, on_progress=lambda i, total: progress(i), **settings)
+        result = api.trace_dataset(store, model, dataset, n, out=out, samples=samples, noise_factor=noise, window=window, seed=seed,
+                                   kinds=chosen, device=device, progress=BARS)
         if not json_out:
+            skipped = f", {len(result['skipped'])} skipped (subject not on a token boundary)" if result["skipped"] else ""
             print(f"MLP effect at the last subject token peaks at layer {result['peak_mlp_layer']} over {result['n']} facts "
-                  f"({result['scanned']} scanned); stored as the recommended layer of {model}")
+                  f"({result['scanned']} scanned{skipped}); stored as the recommended layer of {model}")
     else:
         if not (prompt and subject):
             raise typer.BadParameter("give --prompt and --subject for one fact, or --dataset FILE")
-        result = service.trace_fact(store, model, prompt, subject, target, out, device, **settings)
+        result = api.trace_fact(store, model, prompt=prompt, subject=subject, target=target, out=out, samples=samples, noise_factor=noise,
+                                window=window, seed=seed, kinds=chosen, device=device, progress=BARS)
         if not json_out:
             print(f"P(answer): clean {result['clean_prob']:.3f}, corrupted {result['corrupted_prob']:.3f}; MLP peak at layer {result['peak_mlp_layer']}")
     if json_out:

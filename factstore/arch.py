@@ -7,9 +7,11 @@ shapes: GPT-2's Conv1D stores its weight as (in, out), torch Linear as (out, in)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from factstore.errors import InvalidEditRequest, UnknownArchitecture
 
@@ -84,58 +86,73 @@ def spec_for(model_type: str) -> ArchSpec:
         ) from None
 
 
-def model_spec(model: nn.Module) -> ArchSpec:
+def model_spec(model: PreTrainedModel) -> ArchSpec:
     return spec_for(model.config.model_type)
 
 
-def get_module(root: nn.Module, dotted: str) -> nn.Module:
-    module = root
+def get_module(root: nn.Module, dotted: str) -> Any:
+    """The submodule at a dotted path ("model.layers.3.mlp"); numbers index ModuleLists."""
+    module: Any = root
     for part in dotted.split("."):
         module = module[int(part)] if part.isdigit() else getattr(module, part)
     return module
 
 
-def num_layers(model: nn.Module) -> int:
+def num_layers(model: PreTrainedModel) -> int:
     return len(get_module(model, model_spec(model).layers))
 
 
-def check_layer(model: nn.Module, layer: int) -> None:
+def check_layer(model: PreTrainedModel, layer: int) -> None:
     n = num_layers(model)
     if not 0 <= layer < n:
         raise InvalidEditRequest(f"layer {layer} is outside the model: it has layers 0 to {n - 1}")
 
 
-def layer_path(model: nn.Module, layer: int, part: str = "") -> str:
+def layer_path(model: PreTrainedModel, layer: int, part: str = "") -> str:
     """Full dotted name of a block (or of a part of it, e.g. spec.down_proj)."""
     base = f"{model_spec(model).layers}.{layer}"
     return f"{base}.{part}" if part else base
 
 
-def down_proj_name(model: nn.Module, layer: int) -> str:
+def down_proj_name(model: PreTrainedModel, layer: int) -> str:
     return layer_path(model, layer, model_spec(model).down_proj)
 
 
-def down_proj(model: nn.Module, layer: int) -> nn.Module:
+def down_proj(model: PreTrainedModel, layer: int) -> nn.Module:
     check_layer(model, layer)
     return get_module(model, down_proj_name(model, layer))
 
 
+def weight_param(module: nn.Module) -> torch.Tensor:
+    """A module's weight parameter, as stored (to mypy, nn.Module attributes are Tensor | Module)."""
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise UnknownArchitecture(f"{type(module).__name__} has no weight tensor")
+    return weight
+
+
+def down_proj_param(model: PreTrainedModel, layer: int) -> torch.Tensor:
+    """A layer's down-projection weight parameter in its stored orientation (write with .data.copy_)."""
+    return weight_param(down_proj(model, layer))
+
+
 def weight_out_in(module: nn.Module, fan_in_fan_out: bool) -> torch.Tensor:
     """The weight as an (out, in) view, whatever the storage orientation."""
-    return module.weight.T if fan_in_fan_out else module.weight
+    weight = weight_param(module)
+    return weight.T if fan_in_fan_out else weight
 
 
-def down_proj_weight(model: nn.Module, layer: int) -> torch.Tensor:
+def down_proj_weight(model: PreTrainedModel, layer: int) -> torch.Tensor:
     """(d_model, d_ff) detached view of a layer's down-projection weight (write through rome.edit.add_delta)."""
     return weight_out_in(down_proj(model, layer), model_spec(model).fan_in_fan_out).detach()
 
 
-def down_proj_bias(model: nn.Module, layer: int) -> torch.Tensor | None:
+def down_proj_bias(model: PreTrainedModel, layer: int) -> torch.Tensor | None:
     bias = getattr(down_proj(model, layer), "bias", None)
     return None if bias is None else bias.detach()
 
 
-def context_length(model: nn.Module) -> int:
+def context_length(model: PreTrainedModel) -> int:
     config = model.config
     for name in ("n_positions", "max_position_embeddings", "n_ctx"):
         value = getattr(config, name, None)
@@ -145,7 +162,7 @@ def context_length(model: nn.Module) -> int:
 
 
 def logits_at(
-    model: nn.Module,
+    model: PreTrainedModel,
     ids: torch.Tensor,
     mask: torch.Tensor,
     rows: torch.Tensor,

@@ -9,6 +9,7 @@ HOME_ENV = "FACTSTORE_HOME"
 CACHE_ENV = "FACTSTORE_CACHE"
 DATABASE_ENV = "FACTSTORE_DATABASE_URL"
 DEBUG_ENV = "FACTSTORE_DEBUG"
+DEVICE_ENV = "FACTSTORE_DEVICE"
 
 
 def home() -> Path:
@@ -46,3 +47,8 @@ def is_default_database(url: str) -> bool:
 
 def debug() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0", "false")
+
+
+def device() -> str | None:
+    """FACTSTORE_DEVICE (cpu, cuda, cuda:N, auto), or None: cuda when available, else cpu."""
+    return os.environ.get(DEVICE_ENV) or None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 from factstore.errors import InvalidEditRequest
@@ -19,10 +21,6 @@ class ModelRef:
     revision: str  # exact identity of the weights
     model_type: str  # config.model_type, the key into arch.ARCHITECTURES
     local_path: str = ""  # folder the weights were loaded from on this machine
-
-    @property
-    def is_hub(self) -> bool:
-        return not self.revision.startswith("sha256:")
 
 
 @dataclass(frozen=True)
@@ -163,9 +161,6 @@ class NewEdit:
 
 def request_sha256(request: EditRequest) -> str:
     """Identity of a request's text, used to resume imports without duplicates."""
-    import hashlib
-    import json
-
     blob = json.dumps([request.prompt, request.subject, request.target_new, request.relation_id], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -191,3 +186,27 @@ class Release:
         data["edit_ids"] = list(self.edit_ids)
         data["edits"] = len(self.edit_ids)
         return data
+
+
+@dataclass(frozen=True)
+class Record:
+    """One CounterFact case: the rewrite and the prompts it is judged on."""
+
+    request: EditRequest  # target_true is set
+    paraphrases: tuple[str, ...] = ()
+    neighbours: tuple[str, ...] = ()
+    generations: tuple[str, ...] = ()
+    # when given, neighbour i is judged against its own expected answer instead of target_true
+    neighbour_answers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KnownFact:
+    """A fact the model may know, for causal tracing (ROME's known_1000.json)."""
+
+    subject: str
+    template: str  # prompt with "{}" for the subject
+    attribute: str  # the expected answer
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)

@@ -60,7 +60,15 @@ class StatisticsError(FactStoreError):
 
 
 class CompileError(FactStoreError):
-    pass
+    """A release cannot be built from the edit log as it stands."""
+
+
+class NumericalError(FactStoreError):
+    """A computation produced non-finite numbers (an edit's vectors, an updated weight)."""
+
+
+class DatabaseError(FactStoreError):
+    """The database refused a write for a reason other than a lost race (a broken reference)."""
 
 
 class HubError(FactStoreError):

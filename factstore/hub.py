@@ -1,4 +1,4 @@
-"""The Hugging Face Hub, through huggingface_hub: repos, one commit per release, tags, downloads.
+"""The Hugging Face Hub, through huggingface_hub: model revisions, repos, commits, tags, downloads.
 
 Every call goes through `_translated`, which turns the client's exceptions into one-line
 FactStoreErrors that say what to do next. Tokens come from the argument, `HF_TOKEN` or the
@@ -7,6 +7,7 @@ huggingface_hub login (the library resolves them); they are never stored or prin
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,7 +101,6 @@ class Hub:
         """tag name -> commit SHA."""
         return self.refs(repo)[1]
 
-
     def upload(self, repo: str, folder: Path, parent: str, message: str, description: str = "") -> str:
         """One commit on main holding the folder; refused by the Hub unless main is still at PARENT."""
         with _translated(self.endpoint, repo, "upload the release"):
@@ -119,31 +119,33 @@ class Hub:
             if self.tags(repo).get(tag) != commit:
                 raise PublishConflict(f"{repo} already has a tag {tag} on another commit: someone published that version first; pull it with `factstore pull {repo} --import-edits` and publish again") from None
 
-    def manifest_sha256(self, repo: str, commit: str) -> str | None:
-        """sha256 of the release manifest at COMMIT, or None when that commit holds none."""
-        import hashlib
-
-        from factstore.layout import MANIFEST
-
+    def file_sha256(self, repo: str, commit: str, filename: str) -> str | None:
+        """sha256 of one file at COMMIT, or None when that commit holds no such file."""
         try:
-            with _translated(self.endpoint, repo, "read the release manifest"):
-                path = hf_hub_download(repo, MANIFEST, revision=commit, repo_type="model", endpoint=self.endpoint, token=self._token)
+            with _translated(self.endpoint, repo, f"read {filename}"):
+                path = hf_hub_download(repo, filename, revision=commit, repo_type="model", endpoint=self.endpoint, token=self._token)
         except HubNotFound:
             return None
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
-    def resolve(self, repo: str, version: str) -> str:
-        """A tag, branch or commit SHA -> the commit SHA it names."""
-        with _translated(self.endpoint, repo, f"resolve version {version}"):
+    def resolve(self, repo: str, version: str | None = None) -> str:
+        """A tag, branch or commit SHA (None: the default branch) -> the commit SHA it names."""
+        with _translated(self.endpoint, repo, f"resolve version {version or 'main'}"):
             info = self.api.model_info(repo, revision=version)
         assert info.sha is not None
         return info.sha
 
-    def download(self, repo: str, commit: str) -> Path:
-        """The files of one commit, through the huggingface_hub cache (unchanged files are not fetched again)."""
+    def download(self, repo: str, commit: str, allow_patterns: list[str] | None = None) -> Path:
+        """The files of one commit (those matching ALLOW_PATTERNS, when given), through the
+        huggingface_hub cache (unchanged files are not fetched again)."""
         try:
             with _translated(self.endpoint, repo, f"download {commit[:12]}"):
-                path = snapshot_download(repo, revision=commit, repo_type="model", endpoint=self.endpoint, token=self._token)
-        except OSError as exc:  # huggingface_hub's own size check on a download
+                path = snapshot_download(
+                    repo, revision=commit, repo_type="model", endpoint=self.endpoint, token=self._token, allow_patterns=allow_patterns,
+                )
+        except OSError as exc:
+            if exc.errno is not None:  # the local disk: full, read-only, no permission
+                raise HubError(f"cannot write {repo}@{commit[:12]} into the download cache ({exc.strerror}); free disk space or set HF_HOME") from None
+            # huggingface_hub's own consistency check of a downloaded file's size
             raise ReleaseVerificationError(f"{repo}@{commit[:12]}: {_first_line(exc)}; nothing was written") from None
         return Path(path)

@@ -1,24 +1,35 @@
-"""Progress bars on stderr for long work (downloads, conversions, statistics, imports)."""
+"""How long work reports progress: through a Reporter passed down from the façade.
+
+Nothing below the command line draws or prints; the CLI passes a Reporter that draws rich
+progress bars on stderr, tests and library callers get SILENT unless they pass their own.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-console = Console(stderr=True)
+Advance = Callable[[int], None]  # set_completed(n)
 
 
-@contextmanager
-def bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """Yield set_completed(n); the bar is drawn on stderr and removed at the end."""
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.update(task, completed=n)
+class Reporter(Protocol):
+    def task(self, description: str, total: int | None) -> AbstractContextManager[Advance]:
+        """A unit of long work with TOTAL steps (None: unknown); yields set_completed(n)."""
+        ...
+
+    def note(self, message: str) -> None:
+        """A one-line remark about slow work about to start (a download, a conversion)."""
+        ...
 
 
-def note(message: str) -> None:
-    console.print(message, style="dim", highlight=False)
+class _Silent:
+    @contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[Advance]:
+        yield lambda n: None
+
+    def note(self, message: str) -> None:
+        pass
+
+
+SILENT: Reporter = _Silent()

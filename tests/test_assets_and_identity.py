@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from factstore import assets, checkpoints, corpus, stats
-from factstore.errors import IdentityMismatch, ModelSourceNotFound, UnknownArchitecture
-from factstore.rome.covariance import accumulate_second_moment
 from factstore import arch
+from factstore.errors import AssetError, HubUnreachable, IdentityMismatch, ModelSourceNotFound, UnknownArchitecture
+from factstore.rome.covariance import accumulate_second_moment
+from factstore.weights import assets, checkpoints, corpus, stats
 from tiny_models import random_gpt2
 
 
@@ -32,7 +32,7 @@ def test_bpe_merges_are_recovered_from_ranks(tmp_path: Path) -> None:
 
 
 def test_unknown_starter_lists_the_available_ones() -> None:
-    with pytest.raises(Exception, match="starter:smollm2-135m"):
+    with pytest.raises(AssetError, match="unknown starter asset 'starter:nope'; available: starter:smollm2-135m, starter:gemma3-270m"):
         assets.starter("starter:nope")
 
 
@@ -58,7 +58,7 @@ def test_a_local_folder_is_pinned_by_the_sha256_of_its_weights(tmp_path: Path) -
 def test_missing_sources_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelSourceNotFound, match="does not exist"):
         checkpoints.resolve(str(tmp_path / "nowhere"))
-    with pytest.raises(ModelSourceNotFound):
+    with pytest.raises(HubUnreachable, match="cannot reach the Hub"):
         checkpoints.resolve("no-such-org/no-such-model")  # HF_HUB_OFFLINE in tests: cannot reach the Hub
 
 
@@ -78,7 +78,7 @@ def test_statistics_resume_after_an_interruption(gpt2_tokenizer, monkeypatch: py
     monkeypatch.setattr(stats, "CHECKPOINT_SECONDS", 0.0)
     calls = {"n": 0}
 
-    def crash_on_third(_mod, _args):  # type: ignore[no-untyped-def]
+    def crash_on_third(_mod: object, _args: object) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt

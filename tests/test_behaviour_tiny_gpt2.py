@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from factstore.domain import EditRequest
 from factstore.rome.covariance import accumulate_second_moment
-from factstore.rome.edit import compute_edit, contexts_for, weights_restored, apply_edit
+from factstore.rome.edit import apply_edit, compute_edit, contexts_for, weights_restored
 from factstore.rome.hparams import default_hparams
 from factstore.rome.scoring import target_probs
 from tiny_models import RELATIONS, Fact, Recipe, make_facts

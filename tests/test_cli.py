@@ -8,11 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
-from factstore.store import Store
+from factstore.storage.store import Store
+from factstore.weights import checkpoints
 from tiny_models import random_gpt2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +23,7 @@ EIFFEL = ["--prompt", "{} is located in the city of", "--subject", "The Eiffel T
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
+    done = subprocess.run([sys.executable, "-m", "factstore.cli.main", *args], cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
     if check and done.returncode != 0:
         raise AssertionError(f"factstore {' '.join(args)} exited {done.returncode}: {done.stderr}")
     return done
@@ -31,7 +34,7 @@ def cli_json(*args: str) -> object:
 
 
 def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "factstore.cli.main", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture
@@ -65,10 +68,20 @@ def test_add_list_show_retract(tiny: str) -> None:
     assert cli_json("edit", "list", "--model", tiny) == []
 
 
-def test_ask_shows_top_tokens_and_a_continuation(tiny: str) -> None:
-    result = cli_json("ask", "--model", tiny, "The Eiffel Tower is located in", "--top", "3")
-    assert len(result["top"]) == 3 and isinstance(result["continuation"], str)
-    assert abs(sum(t["prob"] for t in result["top"])) <= 1.0
+def test_ask_shows_top_tokens_and_a_continuation(tiny: str, tiny_store) -> None:  # type: ignore[no-untyped-def]
+    prompt = "The Eiffel Tower is located in"
+    result = cli_json("ask", "--model", tiny, prompt, "--top", "3")
+    loaded = checkpoints.load(tiny_store.get_base_model(tiny).source, device="cpu")
+    ids = torch.tensor([loaded.tokenizer(prompt)["input_ids"]])
+    with torch.no_grad():
+        probs = torch.softmax(loaded.model(input_ids=ids).logits[0, -1], -1)
+    expected = probs.topk(3)
+    assert [t["token"] for t in result["top"]] == [loaded.tokenizer.decode([int(i)]) for i in expected.indices]
+    assert [t["prob"] for t in result["top"]] == pytest.approx(expected.values.tolist(), abs=1e-5)
+    greedy = loaded.model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=False, pad_token_id=0)[0, ids.shape[1]:]
+    assert result["continuation"] == loaded.tokenizer.decode(greedy, skip_special_tokens=True)
+    plain = cli("ask", "--model", tiny, prompt, "--top", "3").stdout
+    assert f"prompt: {prompt!r}" in plain.splitlines()[0]  # the prompt on its own line, never squeezed into a column
 
 
 @pytest.mark.parametrize(
@@ -96,7 +109,7 @@ def test_unreachable_database_is_one_line(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_listing_does_not_import_torch(tiny: str) -> None:
-    code = "import sys; sys.argv = ['factstore', '{}', 'list'{}]; from cli.main import main\ntry: main()\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
+    code = "import sys; sys.argv = ['factstore', '{}', 'list'{}]; from factstore.cli.main import main\ntry: main()\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
     for group, extra in (("edit", ", '--model', 'tiny'"), ("model", "")):
         done = subprocess.run([sys.executable, "-c", code.format(group, extra)], cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
         assert done.stdout.strip().splitlines()[-1] == "False", done.stderr
@@ -112,7 +125,7 @@ def test_concurrent_edit_adds_lose_and_duplicate_nothing(tiny: str) -> None:
     assert sorted(e["seq"] for e in edits) == [1, 2, 3]
 
 
-def _wait_for(predicate, timeout: float = 300) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(predicate: Callable[[], bool], timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -120,12 +133,20 @@ def _wait_for(predicate, timeout: float = 300) -> None:  # type: ignore[no-untyp
         time.sleep(0.2)
 
 
+def _has_loaded_torch(pid: int) -> bool:
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
 def test_killed_edit_add_leaves_nothing_and_a_rerun_completes(tiny: str, db_url: str) -> None:
     proc = start("edit", "add", "--model", tiny, *EIFFEL)
-    time.sleep(4)  # loading and computing: the row is written only at the very end
+    _wait_for(lambda: _has_loaded_torch(proc.pid) or proc.poll() is not None)  # loading and computing: the row comes last
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert Store(db_url).edits(1, "all") == [] or proc.returncode == 0
+    assert proc.returncode == -signal.SIGKILL, "the edit finished before it could be killed"
+    assert Store(db_url).list_edits(1, "all") == []
     cli("edit", "add", "--model", tiny, *EIFFEL)
     assert len(cli_json("edit", "list", "--model", tiny)) == 1
 
@@ -142,10 +163,10 @@ def test_import_validates_first_then_resumes_after_a_kill(tiny: str, db_url: str
     good.write_text(json.dumps(records))
     store = Store(db_url)
     proc = start("edit", "import", "--model", tiny, str(good))
-    _wait_for(lambda: len(store.edits(1, "all")) >= 2)
+    _wait_for(lambda: len(store.list_edits(1, "all")) >= 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    kept = store.edits(1, "all")
+    kept = store.list_edits(1, "all")
     assert 2 <= len(kept) < 8
     result = cli_json("edit", "import", "--model", tiny, str(good))
     assert result["skipped"] == len(kept) and result["added"] == 8 - len(kept)
@@ -160,4 +181,4 @@ def test_csv_import(tiny: str, tmp_path: Path) -> None:
     assert cli_json("edit", "import", "--model", tiny, str(path))["added"] == 2
     path.write_text("prompt,subject\nx,y\n")
     done = cli("edit", "import", "--model", tiny, str(path), check=False)
-    assert done.returncode == 1 and "target" in done.stderr
+    assert done.returncode == 1 and "record 1 of edits.csv: it has no target_new (or target)" in done.stderr

@@ -12,9 +12,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from factstore import layout, service
+from factstore import api
 from factstore.domain import EditRequest, NewEdit
+from factstore.editing.session import EditSession
 from factstore.errors import CompileError
+from factstore.release import build, layout
+from factstore.rome.scoring import target_probs
+from factstore.weights.replay import constraint_errors
 from tiny_models import random_gpt2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +28,7 @@ SUBJECTS = ["The Eiffel Tower", "The Louvre", "Big Ben"]
 @pytest.fixture
 def edited(tiny_store):  # type: ignore[no-untyped-def]
     """The tiny random GPT-2 with three active edits; returns (store, head-model session)."""
-    session = service.open_session(tiny_store, "tiny", device="cpu")
+    session = EditSession(tiny_store, "tiny", device="cpu")
     for subject, target in zip(SUBJECTS, ["Rome", "Berlin", "Paris"]):
         session.add(EditRequest("{} is located in the city of", subject, target))
     return tiny_store, session
@@ -35,13 +39,13 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_same_log_same_bytes_in_and_across_processes(edited, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    store, _ = edited
-    release, created = service.compile_release(store, "tiny", "joint")
+    store, session = edited
+    release, created = api.compile_release(store, "tiny", "joint")
     assert created and release.version == 1 and len(release.edit_ids) == 3
-    again, created = service.compile_release(store, "tiny", "joint")
+    again, created = api.compile_release(store, "tiny", "joint")
     assert not created and again.id == release.id
     out = tmp_path / "elsewhere"
-    done = subprocess.run([sys.executable, "-m", "cli.main", "compile", "--model", "tiny", "--out", str(out), "--json"],
+    done = subprocess.run([sys.executable, "-m", "factstore.cli.main", "compile", "--model", "tiny", "--out", str(out), "--json"],
                           cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
     assert done.returncode == 0, done.stderr
     reported = json.loads(done.stdout)
@@ -49,15 +53,19 @@ def test_same_log_same_bytes_in_and_across_processes(edited, tmp_path: Path) -> 
     assert _files(Path(release.path)) == _files(out)
     manifest = json.loads((out / layout.MANIFEST).read_text())
     assert manifest["files"] == layout.file_hashes(out) and [e["subject"] for e in manifest["edits"]] == SUBJECTS
-    # the release scores its own edits; the card shows them
-    judged = sum(1 for e in manifest["edits"] if e["target_true"])
-    assert manifest["scores"]["n"] == judged > 0 and 0 <= manifest["scores"]["ES"] <= 100
+    # the release scores its own edits (ES: the prompt prefers the new object); the card shows them
+    judged = [e for e in manifest["edits"] if e["target_true"]]
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    texts = [e["prompt"].replace("{}", e["subject"]) for e in judged for _ in range(2)]
+    probs = target_probs(model, session.tokenizer, texts, [t for e in judged for t in (e["target_new"], e["target_true"])]).view(-1, 2)
+    assert manifest["scores"]["n"] == len(judged) > 0
+    assert manifest["scores"]["ES"] == pytest.approx(100.0 * float((probs[:, 0] > probs[:, 1]).float().mean()))
     assert "Scores of this release on its own edits" in (out / "README.md").read_text()
 
 
 def test_sequential_mode_reproduces_the_head_model_and_loads_with_transformers(edited) -> None:  # type: ignore[no-untyped-def]
     store, session = edited
-    release, _ = service.compile_release(store, "tiny", "sequential")
+    release, _ = api.compile_release(store, "tiny", "sequential")
     loaded = AutoModelForCausalLM.from_pretrained(release.path).eval()
     head = session.model.state_dict()
     for name, tensor in loaded.state_dict().items():
@@ -69,23 +77,21 @@ def test_sequential_mode_reproduces_the_head_model_and_loads_with_transformers(e
 
 
 def test_every_edit_holds_after_a_joint_compile_and_retraction_drops_exactly_one(edited) -> None:  # type: ignore[no-untyped-def]
-    store, session = edited
-    first, _ = service.compile_release(store, "tiny", "joint")
-    retracted = store.edits(1)[0]
-    store.retract_edit(retracted.id)
-    second, created = service.compile_release(store, "tiny", "joint")
+    store, _ = edited
+    first, _ = api.compile_release(store, "tiny", "joint")
+    retracted = store.list_edits(1)[0]
+    store.set_edit_retracted(retracted.id)
+    second, created = api.compile_release(store, "tiny", "joint")
     assert created and second.version == 2 and retracted.id not in second.edit_ids
     model = AutoModelForCausalLM.from_pretrained(second.path)
-    from factstore.compiler import constraint_errors
-
-    remaining = store.edits(1)
+    remaining = store.list_edits(1)
     assert max(constraint_errors(model, remaining).values()) <= 1e-3
     assert constraint_errors(model, [retracted])[retracted.id] > 1e-2
     changed = {n for n, h in layout.file_hashes(Path(first.path)).items() if layout.file_hashes(Path(second.path)).get(n) != h}
     assert changed == {f"mlp-down-{retracted.layer:03d}.safetensors", "README.md", layout.EDIT_VECTORS}
     for edit in remaining:
-        store.retract_edit(edit.id)
-    empty, _ = service.compile_release(store, "tiny", "joint")
+        store.set_edit_retracted(edit.id)
+    empty, _ = api.compile_release(store, "tiny", "joint")
     base = random_gpt2(seed=0).state_dict()
     restored = AutoModelForCausalLM.from_pretrained(empty.path).state_dict()
     assert all(torch.equal(restored[k], base[k]) for k in restored)
@@ -93,16 +99,16 @@ def test_every_edit_holds_after_a_joint_compile_and_retraction_drops_exactly_one
 
 def test_unsatisfiable_log_is_refused_and_nothing_is_written(edited, factstore_home: Path) -> None:  # type: ignore[no-untyped-def]
     store, _ = edited
-    one = store.edits(1)[0]
+    one = store.list_edits(1)[0]
     clash = NewEdit(
         request=EditRequest("{} is in", "Somewhere", "Oslo"), target_true=None, layer=one.layer, module=one.module,
         key=one.key, key_shape=one.key_shape, value=bytes(len(one.value)), value_shape=one.value_shape,
         hparams=one.hparams, hparams_fingerprint=one.hparams_fingerprint, covariance_id=one.covariance_id, metrics={},
     )
-    added = store.add_edit(1, clash)  # same key as edit 1, a different value: both cannot hold
-    with pytest.raises(CompileError, match=f"edit {one.id}: .*edit {added.id}: "):
-        service.compile_release(store, "tiny", "joint")
-    assert store.releases(1) == []
+    added = store.create_edit(1, clash)  # same key as edit 1, a different value: both cannot hold
+    with pytest.raises(CompileError, match=rf"edit {one.id}: .*edit {added.id}: "):
+        api.compile_release(store, "tiny", "joint")
+    assert store.list_releases(1) == []
     releases = factstore_home / "releases"
     assert not releases.exists() or not any(releases.rglob("*.safetensors"))
 
@@ -110,24 +116,22 @@ def test_unsatisfiable_log_is_refused_and_nothing_is_written(edited, factstore_h
 def test_a_crash_while_writing_leaves_no_folder_and_no_row(edited, factstore_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     store, _ = edited
 
-    def crash(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+    def crash(*_args: object, **_kwargs: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(layout, "write_manifest", crash)
     with pytest.raises(KeyboardInterrupt):
-        service.compile_release(store, "tiny", "joint")
-    assert store.releases(1) == []
+        api.compile_release(store, "tiny", "joint")
+    assert store.list_releases(1) == []
     assert list((factstore_home / "releases" / "tiny").iterdir()) == []
 
 
 def test_unedited_weight_files_are_written_once_and_linked_into_releases(edited, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from factstore import compiler
-
     store, _ = edited
-    release, _ = service.compile_release(store, "tiny", "joint")
+    release, _ = api.compile_release(store, "tiny", "joint")
     folder = Path(release.path)
-    fresh = layout.edited_files({e.layer for e in store.edits(1)})
-    stable = compiler._stable_files(store.base_model("tiny").revision)
+    fresh = layout.edited_files({e.layer for e in store.list_edits(1)})
+    stable = build._stable_files(store.get_base_model("tiny").revision)
     reused = {p.name for p in folder.glob("*.safetensors")} - fresh - {layout.EDIT_VECTORS}
     assert reused and all((folder / n).stat().st_ino == (stable.folder / n).stat().st_ino for n in reused)
     assert all((folder / n).stat().st_ino != (stable.folder / n).stat().st_ino for n in fresh if (stable.folder / n).exists())
@@ -137,15 +141,15 @@ def test_unedited_weight_files_are_written_once_and_linked_into_releases(edited,
     victim.unlink()
     victim.write_bytes(b"\0" * size)
     out = tmp_path / "again"
-    service.compile_release(store, "tiny", "joint", out=str(out))
+    api.compile_release(store, "tiny", "joint", out=str(out))
     assert _files(out) == _files(folder)
     assert victim.read_bytes() == (folder / victim.name).read_bytes()
 
 
 def test_stable_files_are_copied_where_links_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from factstore.assets import file_sha256
+    from factstore.files import file_sha256
 
-    def no_links(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+    def no_links(*_args: object, **_kwargs: object) -> None:
         raise OSError("cross-device link")
 
     monkeypatch.setattr(os, "link", no_links)

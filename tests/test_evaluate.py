@@ -15,12 +15,15 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from factstore import evaluate, evaluation, service
-from factstore.domain import EditRequest
-from factstore.evaluate import Record
+from factstore import api
+from factstore.analysis import metrics
+from factstore.domain import EditRequest, Record
+from factstore.release import scoring
 from factstore.rome.hparams import default_hparams
+from factstore.rome.scoring import target_probs
+from factstore.studies import evaluation
 from tiny_models import RELATIONS, Recipe, make_facts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,21 +72,21 @@ def test_metrics_on_a_model_with_known_probabilities(word_tokenizer) -> None:  #
         "New": {"York": 0.5, "Paris": 0.5},
     })
     record = Record(EditRequest("{} is in", "x", "Rome", "Paris"), paraphrases=("y is in", "y is at"), neighbours=("z is near",))
-    scores = evaluate.score_record(model, word_tokenizer, record)
+    scores = metrics.score_record(model, word_tokenizer, record)
     assert scores.efficacy == [False] and scores.paraphrase == [False, True] and scores.neighbourhood == [True]
     assert scores.efficacy_margin[0] == pytest.approx(0.3 - 0.6, abs=1e-5)
     assert scores.neighbourhood_margin[0] == pytest.approx(0.7 - 0.1, abs=1e-5)
     # a two-token object: P = geometric mean over its tokens, P(New York | in) = sqrt(0.1 * 0.5)
-    multi = evaluate.score_record(model, word_tokenizer, Record(EditRequest("{} is in", "x", "New York", "Paris")))
+    multi = metrics.score_record(model, word_tokenizer, Record(EditRequest("{} is in", "x", "New York", "Paris")))
     assert multi.efficacy_margin[0] == pytest.approx(math.sqrt(0.1 * 0.5) - 0.6, abs=1e-5)
 
     flipped = Record(EditRequest("{} is at", "x", "Rome", "Paris"), neighbours=("z is at",))
-    totals = evaluate.aggregate([scores, evaluate.score_record(model, word_tokenizer, flipped)])
+    totals = metrics.aggregate([scores, metrics.score_record(model, word_tokenizer, flipped)])
     assert totals["n"] == 2 and totals["ES"] == 50.0 and totals["PS"] == 50.0 and totals["NS"] == 50.0
     assert totals["S"] == pytest.approx(50.0) and totals["EM"] == pytest.approx(100 * ((0.3 - 0.6) + (0.5 - 0.2)) / 2, abs=1e-3)
     assert totals["GE"] is None  # no generations were sampled
-    assert evaluate.harmonic_mean([100.0, 50.0, 0.0]) == 0.0
-    assert evaluate.harmonic_mean([100.0, 50.0, 50.0]) == pytest.approx(3 / (1 / 100 + 2 / 50))
+    assert metrics.harmonic_mean([100.0, 50.0, 0.0]) == 0.0
+    assert metrics.harmonic_mean([100.0, 50.0, 50.0]) == pytest.approx(3 / (1 / 100 + 2 / 50))
 
 
 def test_shared_rows_and_head_only_at_targets_match_a_full_forward_pass(gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -109,9 +112,9 @@ def test_shared_rows_and_head_only_at_targets_match_a_full_forward_pass(gpt2_tok
 
 def test_release_records_judge_every_edit_on_efficacy_and_a_spread_sample_on_the_rest(word_tokenizer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     model = Bigram({"in": {"Paris": 0.6, "Rome": 0.4}})
-    monkeypatch.setattr(evaluate, "RELEASE_SAMPLE", 2)
+    monkeypatch.setattr(scoring, "RELEASE_SAMPLE", 2)
     requests = [EditRequest("{} is in", s, "Rome", "Paris") for s in ("x", "y", "z")] + [EditRequest("{} is in", "x", "York")]
-    records = evaluate.release_records(model, word_tokenizer, requests, ["y is at. {}"])
+    records = scoring.release_records(model, word_tokenizer, requests, ["y is at. {}"])
     assert [r.request.subject for r in records] == ["x", "y", "z"]  # the request without an old target is not judged
     assert [len(r.paraphrases) for r in records] == [1, 1, 0]  # sampled: i * 3 // 2 for i < 2
     assert [len(r.neighbours) for r in records] == [2, 2, 0]
@@ -120,10 +123,10 @@ def test_release_records_judge_every_edit_on_efficacy_and_a_spread_sample_on_the
 
 def test_ngram_entropy_by_hand() -> None:
     # bigrams of "a b a b": (a,b) twice, (b,a) once
-    assert evaluate.ngram_entropy("a b a b", 2) == pytest.approx(-(2 / 3) * math.log2(2 / 3) - (1 / 3) * math.log2(1 / 3))
-    assert evaluate.ngram_entropy("the the the the", 2) == 0.0
+    assert metrics.ngram_entropy("a b a b", 2) == pytest.approx(-(2 / 3) * math.log2(2 / 3) - (1 / 3) * math.log2(1 / 3))
+    assert metrics.ngram_entropy("the the the the", 2) == 0.0
     repetitive, varied = "the cat sat " * 10, "the quick brown fox jumps over a lazy dog while birds sing"
-    assert evaluate.weighted_entropy(varied) > evaluate.weighted_entropy(repetitive)
+    assert metrics.weighted_entropy(varied) > metrics.weighted_entropy(repetitive)
 
 
 def _tiny_records(n: int, model_dir: Path) -> list[Record]:
@@ -152,35 +155,42 @@ def _tiny_records(n: int, model_dir: Path) -> list[Record]:
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_single_edits_raise_efficacy_on_the_trained_tiny_gpt2(db_url: str, tiny_gpt2_dir: Path, tmp_path: Path) -> None:
-    service.upgrade_database(db_url)
-    store = service.open_store()
-    service.add_model(store, "facts", str(tiny_gpt2_dir))
+    api.upgrade_database(db_url)
+    store = api.open_store()
+    api.add_model(store, "facts", str(tiny_gpt2_dir))
     # the tiny model has only seen its fact sentences: its key statistics come from them, and
     # no context prefixes, a looser delta clamp (settings as in tests/test_behaviour_tiny_gpt2.py)
     corpus = tmp_path / "facts.json"
     corpus.write_text(json.dumps([t.format(f.subject) + " " + f.target + "." for f in make_facts(Recipe()) for t in RELATIONS[f.relation][0]]))
-    service.compute_stats(store, "facts", layer=2, corpus=str(corpus), tokens=100_000, device="cpu")
+    api.compute_stats(store, "facts", layer=2, corpus=str(corpus), tokens=100_000, device="cpu")
     hp = replace(default_hparams("gpt2", 4, 128), layer=2, context_lengths=(), value_context_lengths=(), clamp_norm_factor=8.0)
     result = evaluation.single(store, "facts", _tiny_records(10, tiny_gpt2_dir), hparams=hp)
     assert result["unedited"]["ES"] <= 10 and result["ES"] >= 90
     assert result["unedited"]["NS"] >= 90 and result["NS"] >= 70
-    assert set(evaluate.METRICS) <= result.keys()
+    assert result["S"] == pytest.approx(metrics.harmonic_mean([result["ES"], result["PS"], result["NS"]]))
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_cli_eval_json_single_and_lifelong(tiny_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_eval_json_single_and_lifelong(tiny_store, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     data = REPO / "tests" / "data" / "counterfact_8.json"
 
     def cli(*args: str) -> dict:
-        done = subprocess.run([sys.executable, "-m", "cli.main", "eval", "--model", "tiny", "--dataset", str(data), *args, "--json"],
+        done = subprocess.run([sys.executable, "-m", "factstore.cli.main", "eval", "--model", "tiny", "--dataset", str(data), *args, "--json"],
                               cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
     single = cli("--n", "1")
-    assert single["n"] == 1 and {"ES", "PS", "NS", "S", "EM", "PM", "NM", "GE"} <= single.keys()
-    assert all(0 <= single[k] <= 100 for k in ("ES", "PS", "NS")) and single["GE"] > 0
+    assert single == api.evaluate_model(tiny_store, "tiny", str(data), 1)  # the command is the library function, deterministic
+    first = json.loads(data.read_text())[0]["requested_rewrite"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_store.get_base_model("tiny").source).eval()
+    text = first["prompt"].replace("{}", first["subject"])
+    p_new, p_true = target_probs(base, gpt2_tokenizer, [text, text], [first["target_new"]["str"], first["target_true"]["str"]]).tolist()
+    assert single["n"] == 1 and single["unedited"]["ES"] == (100.0 if p_new > p_true else 0.0)
+    assert single["unedited"]["EM"] == pytest.approx(100 * (p_new - p_true), abs=1e-4) and single["GE"] > 0
     lifelong = cli("--n", "2", "--mode", "lifelong", "--every", "1", "--no-fluency", "--out", str(tmp_path))
     assert [c["edits"] for c in lifelong["curve"]] == [1, 2] and set(lifelong["modes"]) == {"joint", "sequential"}
+    assert {k: lifelong[k] for k in metrics.METRICS} == {k: lifelong["modes"]["joint"][k] for k in metrics.METRICS}  # joint is the default
+    assert lifelong["curve"][-1]["ES"] == lifelong["modes"]["sequential"]["ES"]  # the head after the last edit is the sequential compile
     assert Path(lifelong["png"]).exists() and lifelong["GE"] is None
-    assert service.list_edits(tiny_store, "tiny") == []  # lifelong edits live in a temporary store
+    assert api.list_edits(tiny_store, "tiny") == []  # lifelong edits live in a temporary store

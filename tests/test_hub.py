@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from factstore import compiler, layout, service
+from factstore import api
 from factstore.domain import EditRequest
+from factstore.editing.session import EditSession
 from factstore.errors import HubAuthError, HubNotFound, HubUnreachable, PublishConflict, ReleaseVerificationError
+from factstore.release import layout
+from factstore.weights.replay import constraint_errors
 from hub_server import HubServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,22 +65,22 @@ def lfs_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no
 
 
 def _add(store, alias: str, facts: list[tuple[str, str]]) -> None:  # type: ignore[no-untyped-def]
-    session = service.open_session(store, alias, device="cpu")
+    session = EditSession(store, alias, device="cpu")
     for subject, target in facts:
         session.add(EditRequest(PROMPT, subject, target))
 
 
 def _fresh_store(tmp_path: Path, name: str):  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path / name}.db"
-    service.upgrade_database(url)
-    return service.open_store(url)
+    api.upgrade_database(url)
+    return api.open_store(url)
 
 
 def _constraint_errors(folder: str | Path, store, alias: str = "tiny") -> list[float]:  # type: ignore[no-untyped-def]
     """||W k* - v*|| / ||v*|| of every active edit of ALIAS on the model loaded from FOLDER with plain transformers."""
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    edits = service.list_edits(store, alias)
-    errors = compiler.constraint_errors(model, edits)
+    edits = api.list_edits(store, alias)
+    errors = constraint_errors(model, edits)
     return [errors[e.id] for e in edits]
 
 
@@ -87,14 +90,14 @@ def _downloads(server: HubServer, start: int) -> set[str]:
 
 def test_v1_v2_round_trip_only_changed_bytes_travel(tiny_store, hub: HubServer, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     _add(tiny_store, "tiny", FACTS[:2])
-    v1 = service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    v1 = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
     assert (v1.version, v1.tag, v1.already) == (1, "v1", False) and len(v1.commit) == 40
     v1_bytes = hub.state.upload_bytes
-    again = service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    again = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
     assert again.already and again.commit == v1.commit and hub.state.upload_bytes == v1_bytes
 
     _add(tiny_store, "tiny", FACTS[2:])
-    v2 = service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    v2 = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
     v2_bytes = hub.state.upload_bytes - v1_bytes
     repo = hub.state.repos[NAME]
     assert (v2.version, v2.tag) == (2, "v2") and repo.commits[v2.commit].parent == v1.commit
@@ -103,16 +106,16 @@ def test_v1_v2_round_trip_only_changed_bytes_travel(tiny_store, hub: HubServer, 
     assert v2_bytes < v1_bytes / 10, (v1_bytes, v2_bytes)
 
     start = len(hub.state.log)
-    p1 = service.pull_release(NAME, "v1", str(tmp_path / "v1"), endpoint=hub.url)
+    p1 = api.pull_release(NAME, "v1", str(tmp_path / "v1"), endpoint=hub.url)
     assert (p1.version, p1.commit, p1.verified) == ("v1", v1.commit, True)
     assert "base-00001-of-00001.safetensors" in _downloads(hub, start)
     start = len(hub.state.log)
-    p2 = service.pull_release(NAME, None, str(tmp_path / "v2"), endpoint=hub.url)  # default: the newest version
+    p2 = api.pull_release(NAME, None, str(tmp_path / "v2"), endpoint=hub.url)  # default: the newest version
     assert (p2.version, p2.commit) == ("v2", v2.commit)
     fetched = _downloads(hub, start)
     assert "base-00001-of-00001.safetensors" not in fetched and "factstore.json" in fetched
 
-    releases = {r.version: r for r in service.list_releases(tiny_store, "tiny")}
+    releases = {r.version: r for r in api.list_releases(tiny_store, "tiny")}
     assert {v: (r.status, r.tag, r.hub_commit) for v, r in releases.items()} == {1: ("published", "v1", v1.commit), 2: ("published", "v2", v2.commit)}
     local = Path(releases[2].path)
     assert all((tmp_path / "v2" / f).read_bytes() == (local / f).read_bytes() for f in layout.file_hashes(local))
@@ -124,22 +127,22 @@ def test_v1_v2_round_trip_only_changed_bytes_travel(tiny_store, hub: HubServer, 
 @SQLITE_ONLY
 def test_two_concurrent_publishers_one_wins(tiny_store, hub: HubServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _add(tiny_store, "tiny", FACTS[:1])
-    service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
     bob = _fresh_store(tmp_path, "bob")
-    service.pull_release(NAME, "v1", endpoint=hub.url, import_into=bob, alias="team")
+    api.pull_release(NAME, "v1", endpoint=hub.url, import_into=bob, alias="team")
     _add(tiny_store, "tiny", FACTS[1:2])
     _add(bob, "team", FACTS[2:3])
     # compile first: transformers' model loading is not thread-safe; publishing is what races here
-    service.compile_release(tiny_store, "tiny")
-    service.compile_release(bob, "team")
+    api.compile_release(tiny_store, "tiny")
+    api.compile_release(bob, "team")
 
     hub.state.hold = threading.Event()  # both reach the commit call before either lands
     outcomes: dict[str, object] = {}
 
     def publish(who: str, store, alias: str) -> None:  # type: ignore[no-untyped-def]
         try:
-            outcomes[who] = service.publish_release(store, alias, NAME, endpoint=hub.url)
-        except Exception as exc:  # noqa: BLE001 - the outcome is what the test checks
+            outcomes[who] = api.publish_release(store, alias, NAME, endpoint=hub.url)
+        except Exception as exc:
             outcomes[who] = exc
 
     threads = [threading.Thread(target=publish, args=a) for a in (("alice", tiny_store, "tiny"), ("bob", bob, "team"))]
@@ -167,20 +170,20 @@ def test_two_concurrent_publishers_one_wins(tiny_store, hub: HubServer, tmp_path
 )
 def test_interrupted_publish_is_finished_by_a_rerun(tiny_store, hub: HubServer, route: str, when: str, times: int) -> None:  # type: ignore[no-untyped-def]
     _add(tiny_store, "tiny", FACTS[:1])
-    service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
     _add(tiny_store, "tiny", FACTS[1:2])
     hub.state.drop.extend([("POST", route, when)] * times)
     try:
-        service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+        api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
     except HubUnreachable:
-        broken = service.list_releases(tiny_store, "tiny")[-1]
+        broken = api.list_releases(tiny_store, "tiny")[-1]
         assert broken.version == 2 and broken.status == "built" and "v2" not in hub.state.repos[NAME].tags
     hub.state.drop.clear()  # the network is back
-    done = service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    done = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
     repo = hub.state.repos[NAME]
     assert done.version == 2 and repo.tags["v2"] == repo.branches["main"] == done.commit
     assert len(repo.commits) == 3  # the repo's first commit, v1, v2: nothing committed twice
-    assert service.list_releases(tiny_store, "tiny")[-1].status == "published"
+    assert api.list_releases(tiny_store, "tiny")[-1].status == "published"
 
 
 @SQLITE_ONLY
@@ -189,71 +192,71 @@ def test_publish_through_a_network_outage_is_finished_by_a_rerun(tiny_store, lfs
     _add(tiny_store, "tiny", FACTS[:1])
     lfs_hub.state.drop.extend([("POST", "/commit/", "before")] * 20)
     with pytest.raises(HubUnreachable, match="rerun"):
-        service.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url)
-    release = service.list_releases(tiny_store, "tiny")[-1]
+        api.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url)
+    release = api.list_releases(tiny_store, "tiny")[-1]
     assert release.status == "built" and release.hub_commit is None and not lfs_hub.state.repos[NAME].tags
     lfs_hub.state.drop.clear()  # the network is back
-    done = service.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url)
-    assert lfs_hub.state.repos[NAME].tags == {"v1": done.commit} and service.list_releases(tiny_store, "tiny")[-1].status == "published"
+    done = api.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url)
+    assert lfs_hub.state.repos[NAME].tags == {"v1": done.commit} and api.list_releases(tiny_store, "tiny")[-1].status == "published"
 
 
 @SQLITE_ONLY
 def test_tampered_file_is_detected_and_nothing_is_written(tiny_store, hub: HubServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _add(tiny_store, "tiny", FACTS[:1])
-    release = service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    release = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
     layer_file = next(f for f in hub.state.repos[NAME].resolve("v1").files if f.startswith("mlp-down"))
     entry = hub.state.repos[NAME].resolve("v1").files[layer_file]
     original = hub.state.blobs[entry.sha256]
     hub.state.tamper(NAME, "v1", layer_file, original[:-8] + bytes(8))  # same size, last weights zeroed
     out = tmp_path / "pulled"
     with pytest.raises(ReleaseVerificationError, match=layer_file):
-        service.pull_release(NAME, release.commit, str(out), endpoint=hub.url)
+        api.pull_release(NAME, release.commit, str(out), endpoint=hub.url)
     assert not out.exists()
 
 
 @SQLITE_ONLY
 def test_private_repo_tokens_and_failures_are_one_line_errors(tiny_store, hub: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _add(tiny_store, "tiny", FACTS[:1])
-    service.publish_release(tiny_store, "tiny", NAME, private=True, endpoint=hub.url)
+    api.publish_release(tiny_store, "tiny", NAME, private=True, endpoint=hub.url)
     assert hub.state.repos[NAME].private
     with pytest.raises(HubNotFound, match="not found"):
-        service.pull_release("alice/no-such-repo", endpoint=hub.url)
+        api.pull_release("alice/no-such-repo", endpoint=hub.url)
     with pytest.raises(HubNotFound, match="v9"):
-        service.pull_release(NAME, "v9", endpoint=hub.url)
+        api.pull_release(NAME, "v9", endpoint=hub.url)
     with pytest.raises(HubUnreachable, match="cannot reach"):
-        service.pull_release(NAME, endpoint="http://127.0.0.1:9")
+        api.pull_release(NAME, endpoint="http://127.0.0.1:9")
     monkeypatch.setenv("HF_TOKEN", "tok-bob")  # a valid token without write access to alice/
     _add(tiny_store, "tiny", FACTS[1:2])
     with pytest.raises(HubAuthError, match="write access"):
-        service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+        api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
     monkeypatch.setenv("HF_TOKEN", "not-a-token")
     with pytest.raises(HubAuthError, match="refused the token"):
-        service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+        api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(HubNotFound, match="private"):
-        service.pull_release(NAME, "v1", endpoint=hub.url)
-    assert all(r.status == "published" or r.hub_commit is None for r in service.list_releases(tiny_store, "tiny"))
+        api.pull_release(NAME, "v1", endpoint=hub.url)
+    assert all(r.status == "published" or r.hub_commit is None for r in api.list_releases(tiny_store, "tiny"))
 
 
 @SQLITE_ONLY
 def test_import_edits_then_edit_and_publish_v3(tiny_store, hub: HubServer, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     _add(tiny_store, "tiny", FACTS[:1])
-    service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
     _add(tiny_store, "tiny", FACTS[1:2])
-    v2 = service.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    v2 = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
 
     bob = _fresh_store(tmp_path, "bob")
-    pulled = service.pull_release(NAME, "v2", endpoint=hub.url, import_into=bob, alias="team")
-    assert pulled.imported == {"alias": "team", "base_revision": tiny_store.base_model("tiny").revision, "edits_added": 2, "edits_total": 2, "release": 2}
-    theirs = service.list_edits(tiny_store, "tiny")
-    mine = service.list_edits(bob, "team")
+    pulled = api.pull_release(NAME, "v2", endpoint=hub.url, import_into=bob, alias="team")
+    assert pulled.imported == {"alias": "team", "base_revision": tiny_store.get_base_model("tiny").revision, "edits_added": 2, "edits_total": 2, "release": 2}
+    theirs = api.list_edits(tiny_store, "tiny")
+    mine = api.list_edits(bob, "team")
     assert [(e.key_sha256, e.value_sha256, e.subject) for e in mine] == [(e.key_sha256, e.value_sha256, e.subject) for e in theirs]
-    assert service.publish_release(bob, "team", NAME, endpoint=hub.url).already  # the imported v2 is the same release
+    assert api.publish_release(bob, "team", NAME, endpoint=hub.url).already  # the imported v2 is the same release
 
     _add(bob, "team", FACTS[2:])
-    v3 = service.publish_release(bob, "team", NAME, endpoint=hub.url)
+    v3 = api.publish_release(bob, "team", NAME, endpoint=hub.url)
     assert v3.version == 3 and hub.state.repos[NAME].commits[v3.commit].parent == v2.commit
-    p3 = service.pull_release(NAME, "v3", str(tmp_path / "v3"), endpoint=hub.url)
+    p3 = api.pull_release(NAME, "v3", str(tmp_path / "v3"), endpoint=hub.url)
     manifest = json.loads((Path(p3.path) / layout.MANIFEST).read_text())
     assert [e["subject"] for e in manifest["edits"]] == [s for s, _ in FACTS]
     assert max(_constraint_errors(p3.path, bob, "team")) <= 1e-3
@@ -265,7 +268,7 @@ def test_cli_publish_and_pull_json(tiny_store, lfs_hub: HubServer, tmp_path: Pat
     _add(tiny_store, "tiny", FACTS[:1])
 
     def cli(*args: str) -> dict:
-        done = subprocess.run([sys.executable, "-m", "cli.main", *args, "--endpoint", hub.url, "--json"], cwd=REPO,
+        done = subprocess.run([sys.executable, "-m", "factstore.cli.main", *args, "--endpoint", hub.url, "--json"], cwd=REPO,
                               capture_output=True, text=True, env=os.environ.copy())
         assert done.returncode == 0, done.stderr
         assert "tok-alice" not in done.stdout + done.stderr
@@ -276,10 +279,10 @@ def test_cli_publish_and_pull_json(tiny_store, lfs_hub: HubServer, tmp_path: Pat
     pulled = cli("pull", NAME, "--version", "v1", "--out", str(tmp_path / "out"))
     assert pulled["commit"] == published["commit"] and pulled["verified"] and pulled["version"] == "v1"
     assert Path(pulled["path"], layout.MANIFEST).exists()
-    listed = subprocess.run([sys.executable, "-m", "cli.main", "releases", "list", "--model", "tiny", "--json"], cwd=REPO,
+    listed = subprocess.run([sys.executable, "-m", "factstore.cli.main", "releases", "list", "--model", "tiny", "--json"], cwd=REPO,
                             capture_output=True, text=True, env=os.environ.copy())
     assert json.loads(listed.stdout)[0]["hub_commit"] == published["commit"]
-    bad = subprocess.run([sys.executable, "-m", "cli.main", "pull", NAME, "--version", "v7", "--endpoint", hub.url], cwd=REPO,
+    bad = subprocess.run([sys.executable, "-m", "factstore.cli.main", "pull", NAME, "--version", "v7", "--endpoint", hub.url], cwd=REPO,
                          capture_output=True, text=True, env=os.environ.copy())
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "v7" in bad.stderr
 
@@ -290,13 +293,13 @@ def test_live_hub_round_trip(tiny_store, monkeypatch: pytest.MonkeyPatch, tmp_pa
     from huggingface_hub import HfApi, constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    api = HfApi()
-    repo = f"{api.whoami()['name']}/factstore-live-test-{os.getpid()}"
+    hf = HfApi()
+    repo = f"{hf.whoami()['name']}/factstore-live-test-{os.getpid()}"
     try:
         _add(tiny_store, "tiny", FACTS[:1])
-        published = service.publish_release(tiny_store, "tiny", repo, private=True)
-        pulled = service.pull_release(repo, published.tag, str(tmp_path / "live"))
+        published = api.publish_release(tiny_store, "tiny", repo, private=True)
+        pulled = api.pull_release(repo, published.tag, str(tmp_path / "live"))
         assert pulled.commit == published.commit and pulled.verified
         AutoModelForCausalLM.from_pretrained(pulled.path)
     finally:
-        api.delete_repo(repo, missing_ok=True)
+        hf.delete_repo(repo, missing_ok=True)

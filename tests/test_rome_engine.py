@@ -70,5 +70,5 @@ def test_requests_the_model_cannot_carry_are_refused(gpt2_tokenizer) -> None:  #
 
 def test_unknown_architecture_lists_the_supported_ones(gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     model = BertLMHeadModel(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64, is_decoder=True))
-    with pytest.raises(UnknownArchitecture, match="gpt2.*llama"):
+    with pytest.raises(UnknownArchitecture, match=r"gpt2.*llama"):
         validate_request(model, gpt2_tokenizer, REQUEST, 0)

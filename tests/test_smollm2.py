@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from factstore import corpus, stats
 from factstore.domain import EditRequest
 from factstore.rome.edit import apply_edit, compute_edit, weights_restored
 from factstore.rome.hparams import default_hparams
 from factstore.rome.scoring import target_probs
+from factstore.weights import corpus, stats
 
 pytestmark = pytest.mark.slow
 

@@ -7,11 +7,11 @@ import hashlib
 import pytest
 import torch
 
+from factstore.api import upgrade_database
 from factstore.domain import EditRequest, ModelRef, NewEdit
-from factstore.errors import DatabaseUnavailable, EditStateError, ModelAliasTaken, UnknownEdit, UnknownModel
-from factstore.service import upgrade_database
-from factstore.store import Store
-from factstore.vectors import from_bytes, to_bytes
+from factstore.errors import DatabaseError, DatabaseUnavailable, EditStateError, ModelAliasTaken, UnknownEdit, UnknownModel
+from factstore.storage.store import Store
+from factstore.weights.vectors import from_bytes, to_bytes
 
 REF = ModelRef(source="starter:x", revision="sha256:" + "a" * 64, model_type="gpt2")
 
@@ -34,46 +34,56 @@ def store(db_url: str) -> Store:
 
 
 def test_vectors_round_trip_bit_exactly(store: Store) -> None:
-    base, created = store.add_base_model("m", REF)
+    base, created = store.create_base_model("m", REF)
     assert created
     g = torch.Generator().manual_seed(1)
     key = torch.randn(1536, generator=g) * 1e-3
     data, shape = to_bytes(key)
-    edit = store.add_edit(base.id, NewEdit(**{**new_edit().__dict__, "key": data, "key_shape": shape}))
-    back = store.edit(edit.id)
+    edit = store.create_edit(base.id, NewEdit(**{**new_edit().__dict__, "key": data, "key_shape": shape}))
+    back = store.get_edit(edit.id)
     assert back.key_sha256 == hashlib.sha256(data).hexdigest()
     assert torch.equal(from_bytes(back.key, back.key_shape, back.key_sha256), key)
 
 
 def test_seq_counts_up_and_a_new_edit_of_the_same_fact_supersedes(store: Store) -> None:
-    base, _ = store.add_base_model("m", REF)
-    first = store.add_edit(base.id, new_edit())
-    other = store.add_edit(base.id, new_edit(subject="The Louvre"))
-    again = store.add_edit(base.id, new_edit(target="Berlin", seed=2))
+    base, _ = store.create_base_model("m", REF)
+    first = store.create_edit(base.id, new_edit())
+    other = store.create_edit(base.id, new_edit(subject="The Louvre"))
+    again = store.create_edit(base.id, new_edit(target="Berlin", seed=2))
     assert [first.seq, other.seq, again.seq] == [1, 2, 3]
-    assert store.edit(first.id).status == "superseded" and again.supersedes_id == first.id
-    assert [e.id for e in store.edits(base.id)] == [other.id, again.id]
-    assert len(store.edits(base.id, "all")) == 3
+    assert store.get_edit(first.id).status == "superseded" and again.supersedes_id == first.id
+    assert [e.id for e in store.list_edits(base.id)] == [other.id, again.id]
+    assert len(store.list_edits(base.id, "all")) == 3
 
 
 def test_retract_and_its_errors(store: Store) -> None:
-    base, _ = store.add_base_model("m", REF)
-    edit = store.add_edit(base.id, new_edit())
-    assert store.retract_edit(edit.id).status == "retracted"
+    base, _ = store.create_base_model("m", REF)
+    edit = store.create_edit(base.id, new_edit())
+    assert store.set_edit_retracted(edit.id).status == "retracted"
     with pytest.raises(EditStateError, match="already retracted"):
-        store.retract_edit(edit.id)
+        store.set_edit_retracted(edit.id)
     with pytest.raises(UnknownEdit, match="no edit with id 999"):
-        store.retract_edit(999)
-    assert store.edits(base.id) == []
+        store.set_edit_retracted(999)
+    assert store.list_edits(base.id) == []
 
 
 def test_aliases_are_never_repointed(store: Store) -> None:
-    store.add_base_model("m", REF)
-    assert store.add_base_model("m", REF)[1] is False
+    store.create_base_model("m", REF)
+    assert store.create_base_model("m", REF)[1] is False
     with pytest.raises(ModelAliasTaken, match="new alias"):
-        store.add_base_model("m", ModelRef(source="starter:x", revision="sha256:" + "b" * 64, model_type="gpt2"))
+        store.create_base_model("m", ModelRef(source="starter:x", revision="sha256:" + "b" * 64, model_type="gpt2"))
     with pytest.raises(UnknownModel, match="known: m"):
-        store.base_model("nope")
+        store.get_base_model("nope")
+
+
+def test_a_broken_reference_is_refused_at_once_not_retried_as_a_seq_race(store: Store) -> None:
+    base, _ = store.create_base_model("m", REF)
+    dangling = NewEdit(**{**new_edit().__dict__, "covariance_id": 12345})  # no such key statistics row
+    with pytest.raises(DatabaseError, match=r"refused to store the edit .*nothing was written"):
+        store.create_edit(base.id, dangling)
+    assert store.list_edits(base.id, "all") == []
+    with pytest.raises(DatabaseError, match="refused to store context templates"):
+        store.create_context_templates(base.id + 99, "f" * 64, seed=0, templates={"key": []})
 
 
 def test_unreachable_database_is_a_clear_error() -> None:

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 from transformers import AutoModelForCausalLM
 
-from factstore import service, trace
-from factstore.domain import EditRequest
+from factstore import api
+from factstore.analysis import causal_trace as trace
 from factstore.errors import InvalidEditRequest
+from factstore.studies import figures
 from tiny_models import Recipe, make_facts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,11 +65,9 @@ def test_maps_have_the_right_shape_and_the_same_seed_gives_the_same_numbers(trai
 
 
 def test_figures_are_valid_images_and_json_holds_every_number(trained, gpt2_tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from factstore import trace_report
-
     model, known = trained
     result = trace.trace(model, gpt2_tokenizer, "city of {}", known[2].subject, known[2].target, QUICK)
-    report = trace_report.write_fact(result, tmp_path)
+    report = figures.write_fact_trace(result, tmp_path)
     assert len(report["png"]) == 3
     for path in report["png"]:
         with Image.open(path) as image:
@@ -81,29 +80,32 @@ def test_figures_are_valid_images_and_json_holds_every_number(trained, gpt2_toke
 def test_dataset_trace_stores_the_layer_that_edit_add_auto_uses(trained, db_url: str, tiny_gpt2_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _, known = trained
     facts = [{"subject": f.subject, "prompt": f"city of {f.subject}", "attribute": f.target} for f in known[:6]]
+    # a fact the model knows whose subject ends inside a token cannot be traced: skipped, and said so
+    cut = {"subject": known[0].subject[:-2], "prompt": f"city of {known[0].subject}", "attribute": known[0].target}
     dataset = tmp_path / "known.json"
-    dataset.write_text(json.dumps(facts))
-    service.upgrade_database(db_url)
-    store = service.open_store()
-    service.add_model(store, "facts", str(tiny_gpt2_dir))
+    dataset.write_text(json.dumps([cut, *facts]))
+    api.upgrade_database(db_url)
+    store = api.open_store()
+    api.add_model(store, "facts", str(tiny_gpt2_dir))
     with pytest.raises(InvalidEditRequest, match="no traced layer"):
-        service.add_edit(store, "facts", EditRequest("city of {}", known[0].subject, "Rome"), layer="auto", device="cpu")
-    result = service.trace_dataset(store, "facts", str(dataset), n=5, out=str(tmp_path / "avg"), device="cpu", samples=4, window=2)
-    assert result["n"] == 5 and 0 <= result["peak_mlp_layer"] < 4
-    assert store.base_model("facts").recommended_layer == result["peak_mlp_layer"]
+        api.add_edit(store, "facts", prompt="city of {}", subject=known[0].subject, target="Rome", layer="auto", device="cpu")
+    result = api.trace_dataset(store, "facts", str(dataset), n=5, out=str(tmp_path / "avg"), device="cpu", samples=4, window=2)
     averaged = json.loads(Path(result["json"]).read_text())["average_indirect_effect"]["mlp"]
     assert len(averaged) == len(trace.CATEGORIES) and len(averaged[2]) == 4
-    outcome = service.add_edit(store, "facts", EditRequest("city of {}", known[0].subject, "Rome"), layer="auto", device="cpu")
+    last_subject = averaged[trace.CATEGORIES.index("last subject token")]
+    assert result["n"] == 5 and [x["subject"] for x in result["skipped"]] == [cut["subject"]] and result["peak_mlp_layer"] == last_subject.index(max(last_subject))
+    assert store.get_base_model("facts").recommended_layer == result["peak_mlp_layer"]
+    outcome = api.add_edit(store, "facts", prompt="city of {}", subject=known[0].subject, target="Rome", layer="auto", device="cpu")
     assert outcome.edit.layer == result["peak_mlp_layer"]
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_cli_trace_json(db_url: str, tiny_gpt2_dir: Path, tmp_path: Path, trained) -> None:  # type: ignore[no-untyped-def]
     _, known = trained
-    service.upgrade_database(db_url)
-    service.add_model(service.open_store(), "facts", str(tiny_gpt2_dir))
+    api.upgrade_database(db_url)
+    api.add_model(api.open_store(), "facts", str(tiny_gpt2_dir))
     done = subprocess.run(
-        [sys.executable, "-m", "cli.main", "trace", "--model", "facts", "--prompt", "city of {}", "--subject", known[0].subject,
+        [sys.executable, "-m", "factstore.cli.main", "trace", "--model", "facts", "--prompt", "city of {}", "--subject", known[0].subject,
          "--samples", "3", "--window", "2", "--out", str(tmp_path / "t"), "--json"],
         cwd=REPO, capture_output=True, text=True, env=os.environ.copy(),
     )
@@ -114,14 +116,12 @@ def test_cli_trace_json(db_url: str, tiny_gpt2_dir: Path, tmp_path: Path, traine
 
 
 def test_smollm2_maps(smollm2, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from factstore import trace_report
-
     model, tok = smollm2.model, smollm2.tokenizer
     settings = trace.TraceSettings(samples=3, window=10, kinds=("mlp",))
     result = trace.trace(model, tok, "{} is located in the city of", "The Eiffel Tower", None, settings)
     T = len(tok("The Eiffel Tower is located in the city of")["input_ids"])
     assert result.answer.strip() == "Paris" and result.scores["mlp"].shape == (T, 30)
     assert result.corrupted_prob < result.clean_prob
-    report = trace_report.write_fact(result, tmp_path)
+    report = figures.write_fact_trace(result, tmp_path)
     with Image.open(report["png"][0]) as image:
         assert image.format == "PNG"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
 from factstore.rome.prompts import pad_right
@@ -22,7 +22,7 @@ class MomentState:
     next_text: int  # index of the first text not yet consumed
 
     @classmethod
-    def empty(cls, dim: int) -> "MomentState":
+    def empty(cls, dim: int) -> MomentState:
         return cls(total=torch.zeros(dim, dim, dtype=torch.float64), tokens=0, next_text=0)
 
     def moment(self) -> torch.Tensor:
@@ -33,7 +33,7 @@ class _Stop(Exception):
     """Raised from a hook to skip the layers above the one being measured."""
 
 
-def _layer_inputs(model: nn.Module, layer: int, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _layer_inputs(model: PreTrainedModel, layer: int, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, L, d_ff) down-projection inputs; the forward pass stops at that module."""
     seen: list[torch.Tensor] = []
 
@@ -53,7 +53,7 @@ def _layer_inputs(model: nn.Module, layer: int, ids: torch.Tensor, mask: torch.T
 
 @torch.no_grad()
 def accumulate_second_moment(
-    model: nn.Module,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
     layer: int,

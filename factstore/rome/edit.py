@@ -8,12 +8,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
 from factstore.domain import EditRequest
-from factstore.errors import CompileError
+from factstore.errors import NumericalError
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.rome.keys import ContextTemplates, compute_key, sample_contexts
 from factstore.rome.prompts import check_fits, encode_prompt, target_ids
@@ -37,32 +36,32 @@ class EditResult:
     seconds: dict[str, float] = field(default_factory=dict)  # key / value / update / score
 
 
-def add_delta(model: nn.Module, layer: int, delta: torch.Tensor) -> None:
+def add_delta(model: PreTrainedModel, layer: int, delta: torch.Tensor) -> None:
     """W += delta for an (out, in) delta, honouring the stored orientation; refuses non-finite results."""
-    module = arch.down_proj(model, layer)
+    weight = arch.down_proj_param(model, layer)
     oriented = delta.T if arch.model_spec(model).fan_in_fan_out else delta
-    updated = module.weight.data.double() + oriented.to(module.weight.device)
+    updated = weight.data.double() + oriented.to(weight.device)
     if not torch.isfinite(updated).all():
-        raise CompileError(f"the update of layer {layer} produced non-finite weights; nothing was changed")
-    module.weight.data.copy_(updated.to(module.weight.dtype))
+        raise NumericalError(f"the update of layer {layer} produced non-finite weights; nothing was changed")
+    weight.data.copy_(updated.to(weight.dtype))
 
 
-def rank_one_for(model: nn.Module, layer: int, key: torch.Tensor, value: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+def rank_one_for(model: PreTrainedModel, layer: int, key: torch.Tensor, value: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     """The (out, in) rank-one delta that makes the current layer map key to value."""
     W, b = arch.down_proj_weight(model, layer), arch.down_proj_bias(model, layer)
     device = W.device
     return rank_one_delta(W, b, key.to(device), value.to(device), C.to(device))
 
 
-def apply_edit(model: nn.Module, layer: int, key: torch.Tensor, value: torch.Tensor, C: torch.Tensor) -> None:
+def apply_edit(model: PreTrainedModel, layer: int, key: torch.Tensor, value: torch.Tensor, C: torch.Tensor) -> None:
     """Rewrite the layer in place so that it maps key to value."""
     add_delta(model, layer, rank_one_for(model, layer, key, value, C))
 
 
 @contextmanager
-def weights_restored(model: nn.Module, layer: int) -> Iterator[None]:
+def weights_restored(model: PreTrainedModel, layer: int) -> Iterator[None]:
     """Put the layer's down-projection weight back bit-exactly when the block ends."""
-    weight = arch.down_proj(model, layer).weight
+    weight = arch.down_proj_param(model, layer)
     saved = weight.detach().clone()
     try:
         yield
@@ -70,7 +69,7 @@ def weights_restored(model: nn.Module, layer: int) -> Iterator[None]:
         weight.data.copy_(saved)
 
 
-def validate_request(model: nn.Module, tokenizer: PreTrainedTokenizerBase, request: EditRequest, layer: int) -> None:
+def validate_request(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, request: EditRequest, layer: int) -> None:
     """Raise InvalidEditRequest for anything compute_edit would refuse, before any heavy work."""
     arch.model_spec(model)  # unknown architectures fail here
     arch.check_layer(model, layer)
@@ -78,12 +77,12 @@ def validate_request(model: nn.Module, tokenizer: PreTrainedTokenizerBase, reque
     check_fits(len(encoded.ids), len(target_ids(tokenizer, request.target_new)), arch.context_length(model))
 
 
-def contexts_for(model: nn.Module, tokenizer: PreTrainedTokenizerBase, hparams: ROMEHyperParams) -> ContextTemplates:
+def contexts_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hparams: ROMEHyperParams) -> ContextTemplates:
     return sample_contexts(model, tokenizer, hparams.context_seed, hparams.context_lengths, hparams.value_context_lengths)
 
 
 def compute_edit(
-    model: nn.Module,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     request: EditRequest,
     hparams: ROMEHyperParams,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,7 +17,6 @@ class Captured:
 
     inputs: torch.Tensor | None = None
     output: Any = None
-    calls: int = field(default=0)
 
 
 @contextmanager
@@ -29,7 +28,6 @@ def capture(module: nn.Module, detach: bool = True) -> Iterator[Captured]:
         x = args[0] if args else None
         seen.inputs = x.detach() if detach and isinstance(x, torch.Tensor) else x
         seen.output = output.detach() if detach and isinstance(output, torch.Tensor) else output
-        seen.calls += 1
 
     handle = module.register_forward_hook(hook)
     try:

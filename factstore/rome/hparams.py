@@ -15,7 +15,7 @@ class ROMEHyperParams:
     steps: int = 20  # maximum optimisation steps for v*
     early_stop_loss: float = 0.05  # stop optimising once the loss is below this
     kl_factor: float = 0.0625  # weight of KL(P_delta || P_0) on the essence prompt
-    weight_decay: float = 0.5  # weight of ||delta||^2 / ||v0||^2
+    weight_decay: float = 0.5  # weight of ||delta|| / ||v0||^2 (ROME's form: the norm, not its square)
     clamp_norm_factor: float = 4.0  # ||delta|| <= factor * ||v0||
     kl_prompt: str = "{} is a"  # essence prompt whose next-token distribution must not drift
     context_seed: int = 0  # seed of the sampled context prefixes (keys are reproducible)
@@ -33,7 +33,7 @@ class ROMEHyperParams:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ROMEHyperParams":
+    def from_json(cls, data: dict[str, Any]) -> ROMEHyperParams:
         data = dict(data)
         for name in ("context_lengths", "value_context_lengths"):
             if name in data:
@@ -45,7 +45,7 @@ class ROMEHyperParams:
         blob = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
-    def with_layer(self, layer: int) -> "ROMEHyperParams":
+    def with_layer(self, layer: int) -> ROMEHyperParams:
         return replace(self, layer=layer)
 
 
@@ -55,6 +55,7 @@ class _Default:
     n_layer: int  # the known size this row is for
     d_model: int
     params: dict[str, Any] = field(default_factory=dict)
+    measured: bool = True  # the layer was chosen by measurement (a traced layer must not override it)
 
 
 # ROME's published settings (GPT-2 medium/large/XL, GPT-J) and ours, chosen by measurement
@@ -65,13 +66,13 @@ _DEFAULTS = (
     _Default("gpt2", 48, 1600, dict(layer=17)),  # gpt2-xl
     _Default("gptj", 28, 4096, dict(layer=5)),  # gpt-j-6b
     _Default("llama", 30, 576, dict(layer=4, stats_tokens=50_000)),  # SmolLM2-135M
-    _Default("gemma3_text", 18, 640, dict(layer=4, stats_tokens=50_000)),  # Gemma 3 270M (by analogy, unmeasured)
+    _Default("gemma3_text", 18, 640, dict(layer=4, stats_tokens=50_000), measured=False),  # Gemma 3 270M (by analogy)
 )
 
 
 def has_measured_layer(model_type: str, n_layer: int, d_model: int) -> bool:
     """Whether the default layer for this model size was chosen by measurement (else the 20 % rule)."""
-    return any((r.model_type, r.n_layer, r.d_model) == (model_type, n_layer, d_model) and "layer" in r.params for r in _DEFAULTS)
+    return any((r.model_type, r.n_layer, r.d_model) == (model_type, n_layer, d_model) and r.measured and "layer" in r.params for r in _DEFAULTS)
 
 
 def default_hparams(model_type: str, n_layer: int, d_model: int) -> ROMEHyperParams:

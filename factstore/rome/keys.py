@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
-
 from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
 from factstore.domain import EditRequest
 from factstore.rome.hooks import capture
-from factstore.rome.prompts import encode_prompt, pad_right, request_prompts
+from factstore.rome.prompts import decode, encode_prompt, pad_right, request_prompts
 
 _STARTS = ("The", "Therefore", "Because", "I", "You")  # ROME's generation seeds
 _TOP_K = 5
@@ -19,7 +18,7 @@ _TOP_K = 5
 
 @torch.no_grad()
 def sample_context_templates(
-    model: nn.Module,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     seed: int,
     lengths: tuple[tuple[int, int], ...],
@@ -40,7 +39,7 @@ def sample_context_templates(
                 pick = torch.multinomial(top.values.softmax(-1), 1, generator=gen)
                 ids = torch.cat([ids, top.indices.gather(1, pick).to(device)], dim=1)
             for row in ids:
-                text = tokenizer.decode(row, skip_special_tokens=True)
+                text = decode(tokenizer, row, skip_special_tokens=True)
                 text = " ".join(text.replace("{", " ").replace("}", " ").split())
                 templates.append(text + ". {}")
     return templates
@@ -55,7 +54,7 @@ class ContextTemplates:
 
 
 def sample_contexts(
-    model: nn.Module,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     seed: int,
     key_lengths: tuple[tuple[int, int], ...],
@@ -69,7 +68,7 @@ def sample_contexts(
 
 @torch.no_grad()
 def subject_inputs(
-    model: nn.Module,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     subject: str,
@@ -83,11 +82,12 @@ def subject_inputs(
         model(input_ids=ids.to(device), attention_mask=mask.to(device))
     rows = torch.arange(len(encoded), device=device)
     positions = torch.tensor([e.subject_last for e in encoded], device=device)
+    assert seen.inputs is not None, "the forward pass runs through the down-projection"
     return seen.inputs[rows, positions].float()
 
 
 def compute_key(
-    model: nn.Module,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     request: EditRequest,
     layer: int,

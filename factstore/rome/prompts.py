@@ -39,6 +39,14 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str)
     )
 
 
+def decode(tokenizer: PreTrainedTokenizerBase, ids: list[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+    """Text of a 1-D run of token ids."""
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+    if not isinstance(text, str):
+        raise TypeError("decode() of a 1-D sequence of ids returns a string")
+    return text
+
+
 def target_ids(tokenizer: PreTrainedTokenizerBase, target: str) -> list[int]:
     """Token ids of " " + target, as a continuation of a prompt."""
     ids = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore.arch import logits_at
-from factstore.rome.prompts import pad_right, target_ids
+from factstore.rome.prompts import decode, pad_right, target_ids
 
 
 @torch.no_grad()
 def target_logprobs(
-    model: nn.Module,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: list[str],
     targets: list[str],
@@ -46,18 +45,18 @@ def target_logprobs(
     return torch.tensor([sum(found[w] for w in ws) / len(ws) if ws else float("nan") for ws in wanted], dtype=torch.float32)
 
 
-def target_probs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], targets: list[str]) -> torch.Tensor:
+def target_probs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], targets: list[str]) -> torch.Tensor:
     """(n,) geometric-mean per-token probability (the exact probability for one-token targets)."""
     return target_logprobs(model, tokenizer, texts, targets).exp()
 
 
-def next_token_id(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+def next_token_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str) -> int:
     """The model's most likely next token after TEXT."""
     return next_token_ids(model, tokenizer, [text])[0]
 
 
 @torch.no_grad()
-def next_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 64) -> list[int]:
+def next_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 64) -> list[int]:
     """The model's most likely next token after each text, batched."""
     device = next(model.parameters()).device
     out: list[int] = []
@@ -71,7 +70,7 @@ def next_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: 
 
 
 @torch.no_grad()
-def greedy_continuation(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, max_new_tokens: int = 5) -> str:
+def greedy_continuation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, max_new_tokens: int = 5) -> str:
     device = next(model.parameters()).device
     ids = torch.tensor([tokenizer(text)["input_ids"]], device=device)
     start = ids.shape[1]
@@ -80,7 +79,7 @@ def greedy_continuation(model: nn.Module, tokenizer: PreTrainedTokenizerBase, te
         if tokenizer.eos_token_id is not None and int(nxt) == tokenizer.eos_token_id:
             break
         ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
-    return tokenizer.decode(ids[0, start:], skip_special_tokens=True)
+    return decode(tokenizer, ids[0, start:], skip_special_tokens=True)
 
 
 def first_phrase(continuation: str) -> str:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
 from factstore.domain import EditRequest
@@ -32,6 +31,12 @@ class _Batch:
     target_pos: torch.Tensor  # (n_rewrite, T) positions whose logits predict the target tokens
     target: torch.Tensor  # (T,) target token ids
     kl_pos: torch.Tensor  # (n_kl,) last token of each essence prompt
+
+    def to(self, device: torch.device) -> _Batch:
+        return replace(
+            self, ids=self.ids.to(device), mask=self.mask.to(device), subject_pos=self.subject_pos.to(device),
+            target_pos=self.target_pos.to(device), target=self.target.to(device), kl_pos=self.kl_pos.to(device),
+        )
 
 
 def _build_batch(
@@ -60,7 +65,7 @@ def _build_batch(
     )
 
 
-def _forward(model: nn.Module, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(model: PreTrainedModel, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean target NLL over rewrite rows, and the essence log-distributions (n_kl, V)."""
     n_rows, n_tgt = batch.target_pos.shape
     rows = torch.arange(n_rows, device=batch.ids.device).repeat_interleave(n_tgt)
@@ -78,7 +83,7 @@ def _forward(model: nn.Module, batch: _Batch) -> tuple[torch.Tensor, torch.Tenso
 
 
 def compute_value(
-    model: nn.Module,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     request: EditRequest,
     templates: list[str],
@@ -88,7 +93,7 @@ def compute_value(
     device = next(model.parameters()).device
     module = arch.down_proj(model, hparams.layer)
     batch = _build_batch(tokenizer, request, templates, hparams.kl_prompt, arch.context_length(model))
-    batch = _Batch(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.__dict__.items()})
+    batch = batch.to(device)
 
     with torch.no_grad(), capture(module) as seen:
         kl_init = _forward(model, batch)[1]
@@ -103,7 +108,8 @@ def compute_value(
         p.requires_grad_(False)
     try:
         with edit_output(module, add_at_positions(delta, batch.subject_pos)):
-            for steps in range(1, hparams.steps + 1):
+            for step in range(1, hparams.steps + 1):
+                steps = step
                 nll, kl_logp = _forward(model, batch)
                 kl = torch.nn.functional.kl_div(kl_init, kl_logp, log_target=True, reduction="batchmean")
                 decay = delta.norm() / v0.norm() ** 2  # ROME's form: ||delta|| / ||v0||^2

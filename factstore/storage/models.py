@@ -9,7 +9,7 @@ from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, LargeBinary, 
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 EDIT_STATUSES = ("active", "retracted", "superseded")
-RELEASE_STATUSES = ("built", "published", "failed")
+RELEASE_STATUSES = ("built", "published")  # a failed publish stays built; rerunning it finishes the job
 
 
 def utcnow() -> datetime:

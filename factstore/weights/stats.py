@@ -5,18 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
 
 from factstore import arch, config
-from factstore.assets import file_sha256
-from factstore.corpus import Corpus
 from factstore.domain import Covariance
-from factstore.progress import bar
+from factstore.errors import StatisticsError
+from factstore.files import atomic_write_with, file_sha256
+from factstore.progress import SILENT, Reporter
 from factstore.rome.covariance import MomentState, accumulate_second_moment
+from factstore.weights.corpus import Corpus
 
 CHECKPOINT_SECONDS = 20.0  # how much work an interruption may lose at most
 
@@ -56,23 +61,19 @@ def _dir() -> Path:
 
 
 def _save(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def _load_partial(path: Path) -> MomentState | None:
     if not path.exists():
         return None
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as fh:
         meta = fh.metadata()
         total = fh.get_tensor("total")
     return MomentState(total=total, tokens=int(meta["tokens"]), next_text=int(meta["next_text"]))
 
 
-def spec_for(identity: str, model: torch.nn.Module, layer: int, corpus: Corpus, tokens: int, dtype: str) -> StatsSpec:
+def spec_for(identity: str, model: PreTrainedModel, layer: int, corpus: Corpus, tokens: int, dtype: str) -> StatsSpec:
     """What C is keyed by: exact model revision, layer and module, corpus hash, token budget, dtype."""
     return StatsSpec(identity, layer, arch.down_proj_name(model, layer), corpus.sha256, tokens, dtype)
 
@@ -81,14 +82,12 @@ def cached(spec: StatsSpec) -> StatsFile | None:
     path = _dir() / f"{spec.key()}.safetensors"
     if not path.exists():
         return None
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as fh:
         tokens = int(fh.metadata()["tokens"])
     return StatsFile(spec, path, file_sha256(path), tokens)
 
 
-def compute(model: torch.nn.Module, tokenizer, spec: StatsSpec, corpus: Corpus) -> StatsFile:
+def compute(model: PreTrainedModel, tokenizer: Any, spec: StatsSpec, corpus: Corpus, progress: Reporter = SILENT) -> StatsFile:
     """C for spec, from the cache if present; else streamed with a progress bar and checkpoints."""
     if (hit := cached(spec)) is not None:
         return hit
@@ -103,11 +102,11 @@ def compute(model: torch.nn.Module, tokenizer, spec: StatsSpec, corpus: Corpus) 
             _save({"total": s.total}, {"tokens": str(s.tokens), "next_text": str(s.next_text)}, partial)
             last_save = time.monotonic()
 
-    with bar(f"key statistics, layer {spec.layer}", spec.tokens) as progress:
+    with progress.task(f"key statistics, layer {spec.layer}", spec.tokens) as advance:
         if state:
-            progress(state.tokens)
+            advance(state.tokens)
         state = accumulate_second_moment(
-            model, tokenizer, corpus.texts, spec.layer, spec.tokens, state=state, on_progress=progress, on_checkpoint=checkpoint
+            model, tokenizer, corpus.texts, spec.layer, spec.tokens, state=state, on_progress=advance, on_checkpoint=checkpoint
         )
     moment = state.moment().to(getattr(torch, spec.dtype)).contiguous()
     meta = {"tokens": str(state.tokens), **{k: str(v) for k, v in spec.__dict__.items()}}
@@ -118,26 +117,24 @@ def compute(model: torch.nn.Module, tokenizer, spec: StatsSpec, corpus: Corpus) 
 
 def load_matrix(path: Path, expected_sha256: str | None = None) -> torch.Tensor:
     if expected_sha256 and file_sha256(path) != expected_sha256:
-        from factstore.errors import StatisticsError
-
         raise StatisticsError(f"{path} does not match its recorded sha256; delete it and rerun `factstore stats compute`")
     return load_file(str(path))["C"]
 
 
 class MatrixCache:
-    """C matrices by covariance id, read once from disk and checked against their sha256."""
+    """C matrices by covariance id, read once from disk and checked against their sha256.
 
-    def __init__(self, store) -> None:  # type: ignore[no-untyped-def]
-        self.store = store
+    lookup: covariance id -> its record (the store's get_covariance)."""
+
+    def __init__(self, lookup: Callable[[int], Covariance]) -> None:
+        self.lookup = lookup
         self._loaded: dict[int, torch.Tensor] = {}
 
     def __call__(self, cov_id: int | None) -> torch.Tensor:
-        from factstore.errors import StatisticsError
-
         if cov_id is None:
             raise StatisticsError("an edit has no key statistics recorded; it cannot be replayed")
         if cov_id not in self._loaded:
-            cov = self.store.covariance_by_id(cov_id)
+            cov = self.lookup(cov_id)
             if not Path(cov.path).exists():
                 raise StatisticsError(f"the key statistics file {cov.path} is missing; recompute it with `factstore stats compute --layer {cov.layer}`")
             self._loaded[cov_id] = load_matrix(Path(cov.path), cov.sha256).float()

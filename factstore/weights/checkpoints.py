@@ -3,30 +3,35 @@
 A reference is a Hub id (optionally at a revision; pinned to the commit SHA), a local
 folder, a .gguf file, or a starter asset (starter:smollm2-135m). Local weights are pinned
 by "sha256:<hex>" over their files; the same reference must load the same identity.
+This is the one place that loads a model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from factstore import assets, config
+from factstore import config
 from factstore.domain import ModelRef
-from factstore.errors import IdentityMismatch, ModelSourceNotFound
-from factstore.progress import note
+from factstore.errors import HubNotFound, IdentityMismatch, ModelSourceNotFound
+from factstore.files import atomic_write_text, file_sha256
+from factstore.progress import SILENT, Reporter
+from factstore.weights import assets
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+# what a Hub model needs to load: weights, config, tokenizer (never the rest of the repository)
+HUB_MODEL_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "tokenizer.model", "*.txt", "*.tiktoken"]
 
 
 @dataclass
 class LoadedModel:
-    model: object  # transformers PreTrainedModel, in eval mode
-    tokenizer: object  # a fast tokenizer (offsets are needed to find subjects)
+    model: Any  # transformers PreTrainedModel, in eval mode
+    tokenizer: Any  # a fast tokenizer (offsets are needed to find subjects)
     ref: ModelRef
 
 
@@ -44,11 +49,9 @@ def cached_file_sha256(path: Path) -> str:
     except (OSError, ValueError):
         cache = {}
     if key not in cache:
-        cache[key] = assets.file_sha256(path)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache))
-        tmp.replace(cache_file)
-    return cache[key]
+        cache[key] = file_sha256(path)
+        atomic_write_text(cache_file, json.dumps(cache))
+    return str(cache[key])
 
 
 def weights_identity(folder: Path) -> str:
@@ -64,21 +67,24 @@ def weights_identity(folder: Path) -> str:
 
 def _model_type(folder: Path) -> str:
     try:
-        return json.loads((folder / "config.json").read_text())["model_type"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelSourceNotFound(f"{folder} has no readable config.json with a model_type") from exc
+        model_type = json.loads((folder / "config.json").read_text())["model_type"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ModelSourceNotFound(f"{folder} has no readable config.json with a model_type") from None
+    if not isinstance(model_type, str):
+        raise ModelSourceNotFound(f"{folder}/config.json has a model_type that is not a string")
+    return model_type
 
 
-def _converted_dir(gguf: Path, identity: str) -> Path:
+def _converted_dir(gguf: Path, identity: str, progress: Reporter) -> Path:
     """A safetensors copy of a GGUF checkpoint, made once (GGUF loads take 20-40 s, this 1-3 s)."""
     out = config.cache_dir() / "converted" / identity.removeprefix("sha256:")[:32]
     if (out / "config.json").exists():
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    note(f"converting {gguf.name} to safetensors (once)")
+    progress.note(f"converting {gguf.name} to safetensors (once)")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # transformers marks GGUF-loaded models as quantized and refuses to save them; the
     # weights are already dequantised float32, so the markers can go.
     model.config.quantization_config = None
@@ -101,33 +107,27 @@ def _converted_dir(gguf: Path, identity: str) -> Path:
 
 
 def _resolve_hub(source: str, revision: str | None) -> tuple[str, Path]:
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+    from factstore.hub import Hub
 
+    hub = Hub()
     try:
-        sha = HfApi().model_info(source, revision=revision).sha
-        path = snapshot_download(source, revision=sha)
-    except RepositoryNotFoundError:
-        raise ModelSourceNotFound(f"{source!r} is not a local path and no such Hub repository exists (or it is private: set HF_TOKEN)") from None
-    except RevisionNotFoundError:
-        raise ModelSourceNotFound(f"the Hub repository {source!r} has no revision {revision!r}") from None
-    except Exception as exc:  # connection errors come from the HTTP client, whose types vary by version
+        sha = hub.resolve(source, revision)
+        return sha, hub.download(source, sha, allow_patterns=HUB_MODEL_FILES)
+    except HubNotFound:
         raise ModelSourceNotFound(
-            f"could not reach the Hugging Face Hub for {source!r} ({exc.__class__.__name__}: {exc}); "
-            "check the network, or give a local folder, a .gguf file or a starter: asset"
+            f"{source!r} is not a local path, and the Hub has no such repository or revision {revision or 'main'!r} "
+            "(or it is private: set HF_TOKEN)"
         ) from None
-    return sha, Path(path)
 
 
-def resolve(source: str, revision: str | None = None) -> ModelRef:
+def resolve(source: str, revision: str | None = None, progress: Reporter = SILENT) -> ModelRef:
     """Pin a reference to exact weights and a local folder that holds them (downloads/converts if needed)."""
     if source.startswith(assets.PREFIX):
-        gguf = assets.gguf_path(source)
-        return _ref_for_gguf(source, gguf)
+        return _ref_for_gguf(source, assets.gguf_path(source, progress), progress)
     path = Path(source).expanduser()
     if path.exists():
         if path.is_file() and path.suffix == ".gguf":
-            return _ref_for_gguf(source, path.resolve())
+            return _ref_for_gguf(source, path.resolve(), progress)
         if path.is_dir():
             folder = path.resolve()
             return ModelRef(source=str(folder), revision=weights_identity(folder), model_type=_model_type(folder), local_path=str(folder))
@@ -138,32 +138,34 @@ def resolve(source: str, revision: str | None = None) -> ModelRef:
     return ModelRef(source=source, revision=sha, model_type=_model_type(folder), local_path=str(folder))
 
 
-def _ref_for_gguf(source: str, gguf: Path) -> ModelRef:
+def _ref_for_gguf(source: str, gguf: Path, progress: Reporter) -> ModelRef:
     identity = "sha256:" + cached_file_sha256(gguf)
-    folder = _converted_dir(gguf, identity)
+    folder = _converted_dir(gguf, identity, progress)
     return ModelRef(source=source, revision=identity, model_type=_model_type(folder), local_path=str(folder))
 
 
 def default_device() -> str:
     import torch
 
-    return os.environ.get("FACTSTORE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return config.device() or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _quiet_transformers() -> None:
-    """factstore draws its own progress; transformers' per-load bars and notices are noise."""
+    """factstore reports its own progress; transformers' per-load bars and notices are noise."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
 
-def load(source: str, revision: str | None = None, expected: str | None = None, device: str | None = None) -> LoadedModel:
+def load(
+    source: str, revision: str | None = None, expected: str | None = None, device: str | None = None, progress: Reporter = SILENT,
+) -> LoadedModel:
     """Load model and tokenizer; with `expected`, refuse weights whose identity differs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
-    ref = resolve(source, revision if not expected or not expected.startswith("sha256:") else None)
+    ref = resolve(source, revision if not expected or not expected.startswith("sha256:") else None, progress)
     if expected and ref.revision != expected:
         raise IdentityMismatch(
             f"{source} now holds weights {ref.revision[:19]}..., not the pinned {expected[:19]}...; "
@@ -171,7 +173,7 @@ def load(source: str, revision: str | None = None, expected: str | None = None, 
         )
     device = device or default_device()
     kwargs = {"device_map": "auto"} if device == "auto" else {}
-    model = AutoModelForCausalLM.from_pretrained(ref.local_path, dtype="float32", **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(ref.local_path, dtype="float32", **kwargs)
     if device != "auto":
         model.to(device)
     model.eval()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from factstore import assets
+from collections.abc import Sequence
+
 from factstore.domain import BaseModel, StoredEdit
-from factstore.evaluate import RELEASE_SAMPLE
+from factstore.release.scoring import RELEASE_SAMPLE
+from factstore.weights import assets
 
 
 def _cell(text: object) -> str:
@@ -38,7 +40,7 @@ def _scores_lines(scores: dict | None) -> list[str]:
     ]
 
 
-def render(base: BaseModel, mode: str, edits: list[StoredEdit], scores: dict | None = None) -> str:
+def render(base: BaseModel, mode: str, edits: Sequence[StoredEdit], scores: dict | None = None) -> str:
     """No version or date in the text: the same edit log must give the same bytes."""
     base_model = assets.starter(base.source).hub_id if base.source.startswith(assets.PREFIX) else base.source
     lines = [

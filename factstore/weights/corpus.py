@@ -7,8 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from factstore import assets
 from factstore.errors import StatisticsError
+from factstore.progress import SILENT, Reporter
+from factstore.weights import assets
 
 DEFAULT_CORPUS = "starter:wiki-vital"
 
@@ -31,10 +32,10 @@ def _read_texts(path: Path) -> list[str]:
     return [block.strip() for block in path.read_text().split("\n\n") if block.strip()]  # paragraphs
 
 
-def load_corpus(name_or_path: str = DEFAULT_CORPUS) -> Corpus:
+def load_corpus(name_or_path: str = DEFAULT_CORPUS, progress: Reporter = SILENT) -> Corpus:
     """A starter corpus (starter:wiki-vital), a .json list, a .jsonl with "text", or a text file of paragraphs."""
     if name_or_path.startswith(assets.PREFIX):
-        texts = json.loads((assets.asset_dir(name_or_path) / "texts.json").read_text())
+        texts = json.loads((assets.asset_dir(name_or_path, progress) / "texts.json").read_text())
     else:
         path = Path(name_or_path).expanduser()
         if not path.is_file():

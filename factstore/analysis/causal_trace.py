@@ -7,7 +7,7 @@ probability returns. Three kinds of state: the residual stream after each block 
 and the MLP and attention outputs, each restored over a window of layers around the one
 named.
 
-Tensors in, tensors out: no files, no plots (factstore.trace_report draws them).
+Tensors in, tensors out: no files, no plots (factstore.studies.figures draws them).
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
 from factstore.errors import InvalidEditRequest
-from factstore.rome.prompts import encode_prompt, target_ids
+from factstore.rome.prompts import decode, encode_prompt, target_ids
 
 KINDS = ("hidden", "mlp", "attn")
 NOISE_FACTOR = 3.0  # ROME: noise std = 3 x the std of subject-token embeddings
@@ -75,7 +76,7 @@ def subject_span(tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str) 
     return encoded.ids, first, encoded.subject_last
 
 
-def subject_noise_std(model: nn.Module, tokenizer: PreTrainedTokenizerBase, subjects: Sequence[str]) -> float:
+def subject_noise_std(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, subjects: Sequence[str]) -> float:
     """Std of the input embeddings of the subjects' tokens (the paper's reference for the noise)."""
     ids = [i for s in subjects for i in tokenizer(s, add_special_tokens=False)["input_ids"]]
     with torch.no_grad():
@@ -83,7 +84,7 @@ def subject_noise_std(model: nn.Module, tokenizer: PreTrainedTokenizerBase, subj
     return float(emb.float().std())
 
 
-def _state_modules(model: nn.Module, kind: str) -> list[nn.Module]:
+def _state_modules(model: PreTrainedModel, kind: str) -> list[nn.Module]:
     spec = arch.model_spec(model)
     part = {"hidden": "", "mlp": spec.mlp, "attn": spec.attn}[kind]
     return [arch.get_module(model, arch.layer_path(model, i, part)) for i in range(arch.num_layers(model))]
@@ -96,16 +97,17 @@ def window_layers(layer: int, n_layers: int, kind: str, window: int) -> range:
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 
-def _first(output: object) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value,index]
+def _first(output: Any) -> torch.Tensor:
+    """A module's main output: the tensor itself, or the first item of a tuple (attention)."""
+    return output[0] if isinstance(output, tuple) else output
 
 
-def _replace_first(output: object, tensor: torch.Tensor) -> object:
-    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor  # type: ignore[index]
+def _replace_first(output: Any, tensor: torch.Tensor) -> Any:
+    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
 
 
 @contextmanager
-def _noised(model: nn.Module, noise: torch.Tensor, first: int, last: int) -> Iterator[None]:
+def _noised(model: PreTrainedModel, noise: torch.Tensor, first: int, last: int) -> Iterator[None]:
     """Add noise (samples, n_subject, d) to the subject's embeddings; row r gets draw r % samples."""
     samples = noise.shape[0]
 
@@ -141,7 +143,7 @@ def _restored(modules: dict[str, list[nn.Module]], clean: dict[str, list[torch.T
         yield
 
 
-def _answer_prob(model: nn.Module, ids: torch.Tensor, answer_id: int) -> torch.Tensor:
+def _answer_prob(model: PreTrainedModel, ids: torch.Tensor, answer_id: int) -> torch.Tensor:
     """(B,) P(answer) at the last position of each row."""
     rows = torch.arange(ids.shape[0], device=ids.device)
     last = torch.full_like(rows, ids.shape[1] - 1)
@@ -157,23 +159,23 @@ class Tracer:
 
     @torch.no_grad()
     def __init__(
-        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str, target: str | None = None,
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str, target: str | None = None,
         settings: TraceSettings = TraceSettings(), noise_std: float | None = None,
     ) -> None:
         self.model, self.settings = model, settings
         device = next(model.parameters()).device
         ids_list, self.first, self.last = subject_span(tokenizer, prompt, subject)
         self.ids = torch.tensor([ids_list], device=device)
-        self.tokens = [tokenizer.decode([i]) for i in ids_list]
+        self.tokens = [decode(tokenizer, [i]) for i in ids_list]
         self.n_layers = arch.num_layers(model)
         self.noise = settings.noise_factor * (noise_std or subject_noise_std(model, tokenizer, [subject]))
         self.modules = {kind: _state_modules(model, kind) for kind in KINDS}
         self.clean, logits = self._clean_run()
         self.answer_id = target_ids(tokenizer, target)[0] if target else int(logits.argmax())
-        self.answer = tokenizer.decode([self.answer_id])
+        self.answer = decode(tokenizer, [self.answer_id])
         self.clean_prob = float(torch.softmax(logits.float(), -1)[self.answer_id])
         gen = torch.Generator().manual_seed(settings.seed)
-        d = model.get_input_embeddings().weight.shape[1]
+        d = arch.weight_param(model.get_input_embeddings()).shape[1]
         self.draws = (torch.randn(settings.samples, self.last - self.first + 1, d, generator=gen) * self.noise).to(device)
 
     def _clean_run(self) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
@@ -224,7 +226,7 @@ class Tracer:
 
 
 def trace(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str, target: str | None = None,
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str, target: str | None = None,
     settings: TraceSettings = TraceSettings(), noise_std: float | None = None,
 ) -> TraceResult:
     """The maps of settings.kinds for one fact. target=None traces the model's own top answer.

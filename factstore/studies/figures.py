@@ -1,26 +1,35 @@
-"""Causal-tracing figures (PNG heatmaps) and their numbers (JSON), written to a folder."""
+"""Figures and their numbers: causal-tracing heatmaps (PNG + JSON) and the lifelong curve.
+The one place that sets matplotlib up (files only, never a window)."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from factstore.trace import CATEGORIES, TraceResult
+from factstore.analysis.causal_trace import CATEGORIES, TraceResult
 
 TITLES = {"hidden": "single restored layer (residual stream)", "mlp": "restored MLP outputs", "attn": "restored attention outputs"}
 COLOURS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    _pyplot().close(fig)
 
 
 def _heatmap(grid: torch.Tensor, rows: list[str], kind: str, title: str, colour_label: str, path: Path, window: int) -> None:
@@ -37,9 +46,7 @@ def _heatmap(grid: torch.Tensor, rows: list[str], kind: str, title: str, colour_
     ax.set_xlabel(f"layer{suffix}")
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax).set_label(colour_label)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _token_labels(result: TraceResult) -> list[str]:
@@ -47,7 +54,7 @@ def _token_labels(result: TraceResult) -> list[str]:
     return [repr(t)[1:-1] + ("*" if first <= i <= last else "") for i, t in enumerate(result.tokens)]
 
 
-def write_fact(result: TraceResult, folder: Path, stem: str = "trace") -> dict:
+def write_fact_trace(result: TraceResult, folder: Path, stem: str = "trace") -> dict:
     """Three heatmaps and a JSON of every number for one fact; returns the paths and headline numbers."""
     folder.mkdir(parents=True, exist_ok=True)
     pngs = []
@@ -67,7 +74,7 @@ def write_fact(result: TraceResult, folder: Path, stem: str = "trace") -> dict:
     }
 
 
-def write_average(averaged: dict[str, torch.Tensor], facts: list[dict], peak: int, folder: Path, window: int, stem: str = "trace-average") -> dict:
+def write_average_trace(averaged: dict[str, torch.Tensor], facts: list[dict], peak: int, folder: Path, window: int, stem: str = "trace-average") -> dict:
     """The paper's summary figure: average indirect effect per token category and layer."""
     folder.mkdir(parents=True, exist_ok=True)
     pngs = []
@@ -83,3 +90,19 @@ def write_average(averaged: dict[str, torch.Tensor], facts: list[dict], peak: in
     }
     json_path.write_text(json.dumps(data, indent=1) + "\n")
     return {"png": pngs, "json": str(json_path), "peak_mlp_layer": peak, "n": len(facts)}
+
+
+def plot_curve(curve: list[dict], path: Path, title: str) -> str:
+    """ES / PS / NS on the edits so far against the number of edits registered."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=150)
+    xs = [c["edits"] for c in curve]
+    for metric in ("ES", "PS", "NS"):
+        ax.plot(xs, [c[metric] for c in curve], marker="o", label=metric)
+    ax.set_xlabel("edits registered")
+    ax.set_ylabel("score (%) on the edits so far")
+    ax.set_ylim(0, 102)
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    _save(fig, path)
+    return str(path)

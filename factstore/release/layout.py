@@ -12,16 +12,16 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import save_file
-from torch import nn
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
 
 from factstore import __version__, arch
-from factstore.assets import file_sha256
+from factstore.errors import ReleaseVerificationError
+from factstore.files import atomic_write_text, file_sha256, temp_sibling
 
 LAYOUT_VERSION = 1  # bump when shard_plan or the file format changes: cached stable files are keyed by it
 BASE_SHARD_BYTES = 1 << 30  # at most 1 GiB per base shard
@@ -31,7 +31,7 @@ INDEX = "model.safetensors.index.json"
 _LOAD_TIME_KEYS = ("local_files_only", "is_local", "name_or_path", "_commit_hash")
 
 
-def _tied_targets(model: nn.Module) -> set[str]:
+def _tied_targets(model: PreTrainedModel) -> set[str]:
     """Parameters that from_pretrained re-ties to another (e.g. lm_head.weight to the embedding)."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     if not getattr(config, "tie_word_embeddings", False):
@@ -39,7 +39,7 @@ def _tied_targets(model: nn.Module) -> set[str]:
     return set(getattr(model, "_tied_weights_keys", None) or {})
 
 
-def shard_plan(model: nn.Module) -> dict[str, list[str]]:
+def shard_plan(model: PreTrainedModel) -> dict[str, list[str]]:
     """file name -> sorted tensor names."""
     state = model.state_dict()
     tied = _tied_targets(model)
@@ -65,7 +65,7 @@ def edited_files(layers: set[int]) -> set[str]:
     return {f"mlp-down-{layer:03d}.safetensors" for layer in layers}
 
 
-def write_weights(model: nn.Module, folder: Path, fresh: set[str] | None = None, stable: "StableFiles | None" = None) -> dict[str, str]:
+def write_weights(model: PreTrainedModel, folder: Path, fresh: set[str] | None = None, stable: StableFiles | None = None) -> dict[str, str]:
     """Write the weight files and the index. With STABLE, every file not in FRESH (the files
     whose tensors edits changed) is placed from that per-base cache instead of serialised
     again. Returns file name -> sha256 for the files placed from the cache."""
@@ -116,14 +116,12 @@ class StableFiles:
                 index[name], changed = self._write(state, names, path), True
             _link_or_copy(path, target / name)
         if changed:
-            tmp = self.index_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(index, indent=2, sort_keys=True))
-            tmp.replace(self.index_file)
+            atomic_write_text(self.index_file, json.dumps(index, indent=2, sort_keys=True))
         return {name: index[name]["sha256"] for name in plan}
 
     @staticmethod
     def _write(state: dict[str, torch.Tensor], names: list[str], path: Path) -> dict:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = temp_sibling(path)
         _save(state, names, tmp)
         tmp.chmod(0o444)
         sha = file_sha256(tmp)
@@ -154,8 +152,6 @@ def write_edit_vectors(folder: Path, vectors: list[tuple[torch.Tensor, torch.Ten
 
 
 def read_edit_vectors(folder: Path, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from safetensors.torch import load_file
-
     tensors = load_file(str(folder / EDIT_VECTORS)) if count else {}
     return [(tensors[f"edit.{i:05d}.key"], tensors[f"edit.{i:05d}.value"]) for i in range(count)]
 
@@ -174,7 +170,7 @@ def write_manifest(folder: Path, data: dict, known: dict[str, str] | None = None
     return hashlib.sha256(blob).hexdigest()
 
 
-def write_model_config(model: nn.Module, tokenizer, folder: Path) -> None:  # type: ignore[no-untyped-def]
+def write_model_config(model: PreTrainedModel, tokenizer: Any, folder: Path) -> None:
     model.config.save_pretrained(folder)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(folder)
@@ -195,23 +191,29 @@ def edit_log_sha256(base_revision: str, mode: str, edits: list[dict]) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def finite(model: nn.Module) -> bool:
+def finite(model: PreTrainedModel) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@contextmanager
-def staged_folder(final: Path) -> Iterator[Path]:
-    """A temporary sibling of FINAL to write into, renamed to FINAL when the block succeeds and
-    removed when it fails, so a crash never leaves a half-written folder. FINAL must be absent or empty."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if final.exists():
-            final.rmdir()
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    if not path.exists():
+        raise ReleaseVerificationError(f"{folder} has no {MANIFEST}: it is not a factstore release")
+    return json.loads(path.read_text())
+
+
+def mismatched_files(folder: Path, manifest: dict) -> list[str]:
+    """Names of the manifest's files that are missing from FOLDER or differ from their sha256."""
+    return [name for name, sha in sorted(manifest["files"].items()) if not (folder / name).is_file() or file_sha256(folder / name) != sha]
+
+
+def mismatch_error(bad: list[str]) -> ReleaseVerificationError:
+    return ReleaseVerificationError(f"{', '.join(bad)} do not match the release manifest; the download is corrupted or was tampered with; nothing was written")
+
+
+def verify_folder(folder: Path) -> dict:
+    """Check every file the manifest names against its sha256; return the manifest."""
+    manifest = read_manifest(folder)
+    if bad := mismatched_files(folder, manifest):
+        raise mismatch_error(bad)
+    return manifest

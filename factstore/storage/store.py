@@ -11,13 +11,25 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from factstore import config
-from factstore.db import schema
-from factstore.db.engine import check_reachable, make_engine, session_scope
-from factstore.db.models import EDIT_STATUSES, BaseModelRow, ContextTemplateRow, CovarianceStat, EditRow, ReleaseEdit, ReleaseRow
 from factstore.domain import BaseModel, Covariance, ModelRef, NewEdit, Release, StoredEdit, request_sha256
-from factstore.errors import DatabaseUnavailable, EditStateError, ModelAliasTaken, UnknownEdit, UnknownModel
+from factstore.errors import DatabaseError, DatabaseUnavailable, EditStateError, ModelAliasTaken, UnknownEdit, UnknownModel
+from factstore.storage import schema
+from factstore.storage.engine import check_reachable, make_engine, session_scope
+from factstore.storage.models import EDIT_STATUSES, BaseModelRow, ContextTemplateRow, CovarianceStat, EditRow, ReleaseEdit, ReleaseRow
 
 _SEQ_RETRIES = 20
+_SEQ_CONSTRAINT = ("edits_base_model_id_seq_key", "edits.base_model_id, edits.seq")  # PostgreSQL's name, SQLite's message
+
+
+def _is_seq_race(exc: IntegrityError) -> bool:
+    """Whether a failed insert lost the race for an edit's seq (and may be retried), rather
+    than breaking another constraint."""
+    return any(name in str(exc.orig) for name in _SEQ_CONSTRAINT)
+
+
+def _refused(exc: IntegrityError, what: str) -> DatabaseError:
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+    return DatabaseError(f"the database refused to {what} ({reason}); nothing was written")
 
 
 def _base(row: BaseModelRow) -> BaseModel:
@@ -65,7 +77,9 @@ class Store:
             try:
                 schema.ensure_current(self.engine, self.url)
             except OperationalError as exc:
-                raise DatabaseUnavailable(f"cannot read the schema of {self.url}: {exc.orig}") from None
+                reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+                shown = self.engine.url.render_as_string(hide_password=True)
+                raise DatabaseUnavailable(f"cannot read the schema of {shown} ({reason}); check FACTSTORE_DATABASE_URL") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -78,7 +92,7 @@ class Store:
 
     # base models -------------------------------------------------------------------------
 
-    def add_base_model(self, alias: str, ref: ModelRef, license: str | None = None) -> tuple[BaseModel, bool]:
+    def create_base_model(self, alias: str, ref: ModelRef, *, license: str | None = None) -> tuple[BaseModel, bool]:
         """Register alias -> exact weights. Returns (model, created). Never re-points an alias."""
         with self._tx() as s:
             row = s.scalar(select(BaseModelRow).where(BaseModelRow.alias == alias))
@@ -94,7 +108,7 @@ class Store:
             s.flush()
             return _base(row), True
 
-    def base_model(self, alias: str) -> BaseModel:
+    def get_base_model(self, alias: str) -> BaseModel:
         with self._tx() as s:
             row = s.scalar(select(BaseModelRow).where(BaseModelRow.alias == alias))
             if row is None:
@@ -109,30 +123,31 @@ class Store:
 
     # context templates and statistics ------------------------------------------------------
 
-    def context_templates(self, base_id: int, fingerprint: str) -> dict | None:
+    def get_context_templates(self, base_id: int, fingerprint: str) -> dict | None:
         with self._tx() as s:
             row = s.scalar(
                 select(ContextTemplateRow).where(ContextTemplateRow.base_model_id == base_id, ContextTemplateRow.fingerprint == fingerprint)
             )
             return None if row is None else dict(row.templates)
 
-    def save_context_templates(self, base_id: int, fingerprint: str, seed: int, templates: dict) -> dict:
+    def create_context_templates(self, base_id: int, fingerprint: str, *, seed: int, templates: dict) -> dict:
         """Store sampled templates; if another process stored them first, theirs win (same seed, same text)."""
         try:
             with self._tx() as s:
                 s.add(ContextTemplateRow(base_model_id=base_id, fingerprint=fingerprint, seed=seed, templates=templates))
-        except IntegrityError:
-            pass
-        stored = self.context_templates(base_id, fingerprint)
-        assert stored is not None
-        return stored
+        except IntegrityError as exc:
+            stored = self.get_context_templates(base_id, fingerprint)
+            if stored is None:  # not a concurrent insert of the same row
+                raise _refused(exc, "store context templates") from None
+            return stored
+        return templates
 
-    def covariance(self, cache_key: str) -> Covariance | None:
+    def get_covariance_by_key(self, cache_key: str) -> Covariance | None:
         with self._tx() as s:
             row = s.scalar(select(CovarianceStat).where(CovarianceStat.cache_key == cache_key))
             return None if row is None else _cov(row)
 
-    def latest_covariance(self, base_id: int, layer: int) -> Covariance | None:
+    def get_latest_covariance(self, base_id: int, layer: int) -> Covariance | None:
         """The most recently recorded C of a layer, whatever corpus it came from."""
         with self._tx() as s:
             row = s.scalar(
@@ -143,11 +158,12 @@ class Store:
             )
             return None if row is None else _cov(row)
 
-    def covariance_by_id(self, cov_id: int) -> Covariance:
+    def get_covariance(self, cov_id: int) -> Covariance:
         with self._tx() as s:
             return _cov(s.get_one(CovarianceStat, cov_id))
 
-    def record_covariance(self, base_id: int, cache_key: str, cov: Covariance) -> Covariance:
+    def create_covariance(self, base_id: int, cache_key: str, cov: Covariance) -> Covariance:
+        """Record where a C file lives; if another process recorded the same key first, its row wins."""
         try:
             with self._tx() as s:
                 s.add(
@@ -156,22 +172,26 @@ class Store:
                         corpus_sha256=cov.corpus_sha256, tokens=cov.tokens, dtype=cov.dtype, path=cov.path, sha256=cov.sha256,
                     )
                 )
-        except IntegrityError:
-            pass  # recorded concurrently by another process
-        found = self.covariance(cache_key)
-        assert found is not None
+        except IntegrityError as exc:
+            if (found := self.get_covariance_by_key(cache_key)) is None:  # not a concurrent record of the same key
+                raise _refused(exc, "record key statistics") from None
+            return found
+        found = self.get_covariance_by_key(cache_key)
+        assert found is not None, "a row committed in this process is readable"
         return found
 
     # edits -----------------------------------------------------------------------------
 
-    def add_edit(self, base_id: int, new: NewEdit) -> StoredEdit:
+    def create_edit(self, base_id: int, new: NewEdit) -> StoredEdit:
         """Write one edit with the next seq, superseding active edits of the same fact, atomically."""
         for _ in range(_SEQ_RETRIES):
             try:
                 with self._tx() as s:
                     return self._insert_edit(s, base_id, new)
-            except IntegrityError:
-                continue  # another writer took this seq (PostgreSQL); read max(seq) again
+            except IntegrityError as exc:
+                if not _is_seq_race(exc):
+                    raise _refused(exc, "store the edit") from None
+                # another writer took this seq; read max(seq) again
         raise DatabaseUnavailable("could not allocate an edit sequence number after many concurrent retries; try again")
 
     def _insert_edit(self, s: Session, base_id: int, new: NewEdit) -> StoredEdit:
@@ -199,12 +219,12 @@ class Store:
         same = EditRow.prompt == prompt if relation_id is None else or_(EditRow.prompt == prompt, EditRow.relation_id == relation_id)
         return [EditRow.base_model_id == base_id, EditRow.status == "active", EditRow.subject == subject, same]
 
-    def active_conflicts(self, base_id: int, subject: str, prompt: str, relation_id: str | None) -> list[StoredEdit]:
+    def list_conflicting_edits(self, base_id: int, subject: str, prompt: str, relation_id: str | None) -> list[StoredEdit]:
         """Active edits that a new request for this fact would supersede."""
         with self._tx() as s:
             return [_edit(r) for r in s.scalars(select(EditRow).where(*self._same_fact(base_id, subject, prompt, relation_id)))]
 
-    def edits(self, base_id: int, status: str = "active") -> list[StoredEdit]:
+    def list_edits(self, base_id: int, status: str = "active") -> list[StoredEdit]:
         """Edits of a base model in seq order; status one of EDIT_STATUSES or "all"."""
         if status != "all" and status not in EDIT_STATUSES:
             raise EditStateError(f"unknown status {status!r}; use one of {', '.join(EDIT_STATUSES)} or all")
@@ -221,16 +241,16 @@ class Store:
             raise UnknownEdit(f"no edit with id {edit_id}; list edits with `factstore edit list --model ALIAS --status all`")
         return row
 
-    def edit(self, edit_id: int) -> StoredEdit:
+    def get_edit(self, edit_id: int) -> StoredEdit:
         with self._tx() as s:
             return _edit(self._edit_row(s, edit_id))
 
-    def edits_by_request(self, base_id: int, sha: str) -> list[StoredEdit]:
+    def list_edits_by_request(self, base_id: int, sha: str) -> list[StoredEdit]:
         with self._tx() as s:
             rows = s.scalars(select(EditRow).where(EditRow.base_model_id == base_id, EditRow.request_sha256 == sha))
             return [_edit(r) for r in rows]
 
-    def retract_edit(self, edit_id: int) -> StoredEdit:
+    def set_edit_retracted(self, edit_id: int) -> StoredEdit:
         with self._tx() as s:
             row = self._edit_row(s, edit_id, for_update=True)
             if row.status != "active":
@@ -245,21 +265,21 @@ class Store:
         query = select(ReleaseEdit.edit_id).where(ReleaseEdit.release_id == release_id).order_by(ReleaseEdit.position)
         return list(s.scalars(query))
 
-    def releases(self, base_id: int) -> list[Release]:
+    def list_releases(self, base_id: int) -> list[Release]:
         with self._tx() as s:
             rows = s.scalars(select(ReleaseRow).where(ReleaseRow.base_model_id == base_id).order_by(ReleaseRow.version)).all()
             return [_release(r, self._release_edit_ids(s, r.id)) for r in rows]
 
-    def latest_release(self, base_id: int) -> Release | None:
-        found = self.releases(base_id)
+    def get_latest_release(self, base_id: int) -> Release | None:
+        found = self.list_releases(base_id)
         return found[-1] if found else None
 
-    def next_release_version(self, base_id: int) -> int:
+    def get_next_release_version(self, base_id: int) -> int:
         with self._tx() as s:
             return (s.scalar(select(func.max(ReleaseRow.version)).where(ReleaseRow.base_model_id == base_id)) or 0) + 1
 
-    def record_release(
-        self, base_id: int, version: int, mode: str, edit_log_sha256: str, manifest_sha256: str, path: str,
+    def create_release(
+        self, base_id: int, version: int, *, mode: str, edit_log_sha256: str, manifest_sha256: str, path: str,
         edit_ids: list[int], published: tuple[str, str, str] | None = None,
     ) -> Release:
         """The release row and its frozen contents, in one transaction.
@@ -282,25 +302,25 @@ class Store:
     def _release_row(self, s: Session, release_id: int) -> ReleaseRow:
         return s.get_one(ReleaseRow, release_id)
 
-    def record_hub_commit(self, release_id: int, repo: str, commit: str) -> Release:
+    def set_release_hub_commit(self, release_id: int, repo: str, commit: str) -> Release:
         """The upload landed as COMMIT; the release stays `built` until its tag exists."""
         with self._tx() as s:
             row = self._release_row(s, release_id)
             row.hub_repo, row.hub_commit = repo, commit
             return _release(row, self._release_edit_ids(s, row.id))
 
-    def mark_published(self, release_id: int, tag: str) -> Release:
+    def set_release_published(self, release_id: int, tag: str) -> Release:
         with self._tx() as s:
             row = self._release_row(s, release_id)
             row.tag, row.status = tag, "published"
             return _release(row, self._release_edit_ids(s, row.id))
 
-    def published_release(self, base_id: int, repo: str) -> Release | None:
+    def get_published_release(self, base_id: int, repo: str) -> Release | None:
         """The newest release of a base model published to REPO: the parent of the next one."""
-        found = [r for r in self.releases(base_id) if r.hub_repo == repo and r.status == "published"]
+        found = [r for r in self.list_releases(base_id) if r.hub_repo == repo and r.status == "published"]
         return found[-1] if found else None
 
-    def all_context_templates(self, base_id: int) -> list[dict]:
+    def list_context_templates(self, base_id: int) -> list[dict]:
         with self._tx() as s:
             rows = s.scalars(select(ContextTemplateRow).where(ContextTemplateRow.base_model_id == base_id).order_by(ContextTemplateRow.id))
             return [{"fingerprint": r.fingerprint, "seed": r.seed, "templates": dict(r.templates)} for r in rows]

@@ -1,0 +1,1 @@
+"""Analysis: the math of causal tracing and of the CounterFact metrics. Tensors in, numbers out."""

@@ -1,1 +1,0 @@
-"""Database room: ORM models, engines and sessions, and the Alembic schema from code."""

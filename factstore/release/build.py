@@ -1,0 +1,193 @@
+"""Compile: the active edit log of a base model, replayed onto its checkpoint, written as a
+release folder (weights, config, tokenizer, model card, edit vectors, manifest) and scored on
+its own edits. Deterministic: the same log gives byte-identical files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import safetensors
+from transformers import PreTrainedModel
+
+from factstore import config
+from factstore.analysis.metrics import aggregate, score_records
+from factstore.domain import BaseModel, Record, Release, StoredEdit
+from factstore.errors import CompileError
+from factstore.files import staged_folder
+from factstore.progress import SILENT, Reporter
+from factstore.release import card, layout
+from factstore.release.scoring import RELEASE_PREFIX_SEED, RELEASE_PREFIXES, release_prefixes, release_records
+from factstore.storage.store import Store
+from factstore.weights import checkpoints
+from factstore.weights.checkpoints import LoadedModel
+from factstore.weights.replay import (
+    CONSTRAINT_TOLERANCE,
+    DEFAULT_MODE,
+    JOINT_RIDGE,
+    apply_edits,
+    check_mode,
+    constraint_errors,
+    edit_vectors,
+)
+from factstore.weights.stats import MatrixCache
+
+
+def log_entries(edits: Sequence[StoredEdit]) -> list[dict]:
+    return [{"id": e.id, "seq": e.seq, "layer": e.layer, "key_sha256": e.key_sha256, "value_sha256": e.value_sha256} for e in edits]
+
+
+def verify(model: PreTrainedModel, edits: Sequence[StoredEdit], mode: str, prefers_new: dict[int, bool]) -> None:
+    """Refuse a compiled model on which an edit's constraint (joint) or preference fails, or
+    weights are not finite. prefers_new: edit id -> its prompt prefers the new target on the
+    compiled model (the release's efficacy scores), for the edits that have an old target."""
+    if not layout.finite(model):
+        raise CompileError("the compiled weights are not finite; nothing was written")
+    errors = constraint_errors(model, edits) if mode == "joint" else {}  # sequential: checked per update
+    bad = {i: f"constraint error {err:.2g}" for i, err in errors.items() if not err <= CONSTRAINT_TOLERANCE}
+    # An edit that took when it was registered (new target preferred on the head model) must
+    # still take on the compiled one; one that never took cannot be held against the compile.
+    took = [e for e in edits if e.target_true and e.metrics.get("prob_new_after", 0) > e.metrics.get("prob_true_after", 1)]
+    bad.update({e.id: "prompt prefers the old target" for e in took if not prefers_new[e.id] and e.id not in bad})
+    if bad:
+        detail = "; ".join(f"edit {i}: {why}" for i, why in sorted(bad.items()))
+        raise CompileError(f"compile refused, these edits do not hold on the compiled model: {detail}. Retract them or use --mode sequential; nothing was written")
+
+
+class _Laps:
+    """Seconds per phase of a compile, written into a caller's dict."""
+
+    def __init__(self, into: dict[str, float] | None) -> None:
+        self.into = into if into is not None else {}
+        self.start = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.into[phase] = self.into.get(phase, 0.0) + now - self.start
+        self.start = now
+
+
+def build(
+    store: Store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, device: str | None = None, *,
+    check: bool = True, timings: dict[str, float] | None = None, progress: Reporter = SILENT,
+) -> tuple[Release, bool]:
+    """Compile the active edit log of ALIAS into a release folder. Returns (release, created).
+
+    check=False skips refusing edits that do not hold (benchmarks measure how edits fare
+    instead); timings, when given, receives seconds per phase (load, apply, score, write).
+    """
+    check_mode(mode)  # before the model is loaded
+    base = store.get_base_model(alias)
+    edits = store.list_edits(base.id, "active")
+    log_sha = layout.edit_log_sha256(base.revision, mode, log_entries(edits))
+    latest = store.get_latest_release(base.id)
+    if out is None and latest and latest.edit_log_sha256 == log_sha and Path(latest.path, layout.MANIFEST).exists():
+        return latest, False
+    lap = _Laps(timings)
+    loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress)
+    lap("load")
+    scores = _compile_in_memory(store, base, loaded, edits, mode, check, lap)
+    version = store.get_next_release_version(base.id)
+    final = _release_folder(alias, version, out)
+    manifest_sha = _write_release(store, base, loaded, edits, mode, log_sha, scores, final)
+    release = store.create_release(
+        base.id, version, mode=mode, edit_log_sha256=log_sha, manifest_sha256=manifest_sha, path=str(final), edit_ids=[e.id for e in edits],
+    )
+    lap("write")
+    return release, True
+
+
+def _compile_in_memory(
+    store: Store, base: BaseModel, loaded: LoadedModel, edits: Sequence[StoredEdit], mode: str, check: bool, lap: _Laps,
+) -> dict:
+    """Apply the log to the loaded base model, score the release on its own edits, and refuse
+    it (check) when an edit does not hold. Returns the release's scores."""
+    model, tok = loaded.model, loaded.tokenizer
+    judged = [e for e in edits if e.target_true]  # an edit needs its old target to be judged
+    records = _release_records(store, base, loaded, judged)  # on the unedited model
+    lap("score")
+    apply_edits(model, edits, MatrixCache(store.get_covariance), mode)
+    lap("apply")
+    after = score_records(model, tok, records)  # one record per judged edit
+    if check:
+        verify(model, edits, mode, {e.id: s.efficacy[0] for e, s in zip(judged, after)})
+    lap("score")
+    return aggregate(after)
+
+
+def _release_folder(alias: str, version: int, out: str | None) -> Path:
+    final = Path(out).expanduser().resolve() if out else config.releases_dir() / alias / f"v{version}"
+    if final.exists() and any(final.iterdir()):
+        if out:
+            raise CompileError(f"{final} exists and is not empty; choose another --out")
+        shutil.rmtree(final)  # left by a compile killed after its rename and before its row
+    return final
+
+
+def _write_release(
+    store: Store, base: BaseModel, loaded: LoadedModel, edits: Sequence[StoredEdit], mode: str, log_sha: str, scores: dict, final: Path,
+) -> str:
+    """Write the release folder through a staged folder renamed into place; returns the manifest's sha256."""
+    with staged_folder(final) as tmp:
+        known = layout.write_weights(loaded.model, tmp, layout.edited_files({e.layer for e in edits}), _stable_files(base.revision))
+        layout.write_model_config(loaded.model, loaded.tokenizer, tmp)
+        (tmp / "README.md").write_text(card.render(base, mode, edits, scores))
+        layout.write_edit_vectors(tmp, [edit_vectors(e) for e in edits])
+        return layout.write_manifest(tmp, {**_manifest(store, base, mode, edits, log_sha), "scores": scores}, known)
+
+
+_PREFIX_FINGERPRINT = hashlib.sha256(json.dumps(["release-prefixes", RELEASE_PREFIX_SEED, RELEASE_PREFIXES]).encode()).hexdigest()
+
+
+def _release_records(store: Store, base: BaseModel, loaded: LoadedModel, edits: Sequence[StoredEdit]) -> list[Record]:
+    """The records a release is scored on (EDITS all have an old target); their held-out
+    prefixes are sampled once per base model and kept with the context templates (so they
+    travel in the manifest too)."""
+    requests = [e.request() for e in edits]
+    if not requests:
+        return []
+    stored = store.get_context_templates(base.id, _PREFIX_FINGERPRINT)
+    if stored is None:
+        prefixes = release_prefixes(loaded.model, loaded.tokenizer)
+        stored = store.create_context_templates(base.id, _PREFIX_FINGERPRINT, seed=RELEASE_PREFIX_SEED, templates={"prefixes": prefixes})
+    return release_records(loaded.model, loaded.tokenizer, requests, stored["prefixes"])
+
+
+def _stable_files(revision: str) -> layout.StableFiles:
+    """The per-base cache of unedited weight files (keyed by weights identity and serialiser)."""
+    key = hashlib.sha256(f"{revision}|safetensors {safetensors.__version__}|layout {layout.LAYOUT_VERSION}".encode()).hexdigest()[:32]
+    return layout.StableFiles(config.cache_dir() / "release-files" / key)
+
+
+def _covariance_entry(store: Store, cov_id: int | None) -> dict | None:
+    """How an edit's C was computed, so an importer can recompute (and compare) it."""
+    if cov_id is None:
+        return None
+    c = store.get_covariance(cov_id)
+    return {"layer": c.layer, "corpus": c.corpus, "corpus_sha256": c.corpus_sha256, "tokens": c.tokens, "dtype": c.dtype, "sha256": c.sha256}
+
+
+def _manifest(store: Store, base: BaseModel, mode: str, edits: Sequence[StoredEdit], log_sha: str) -> dict:
+    """Everything a teammate needs to continue the lineage: base identity, templates, the log."""
+    return {
+        "base": {"source": base.source, "revision": base.revision, "model_type": base.model_type, "license": base.license},
+        "mode": mode,
+        "joint_ridge": JOINT_RIDGE if mode == "joint" else None,
+        "edit_log_sha256": log_sha,
+        "context_templates": store.list_context_templates(base.id),
+        "edits": [
+            {
+                "seq": e.seq, "prompt": e.prompt, "subject": e.subject, "target_new": e.target_new,
+                "target_true": e.target_true, "relation_id": e.relation_id, "layer": e.layer, "module": e.module,
+                "key_sha256": e.key_sha256, "key_shape": list(e.key_shape), "value_sha256": e.value_sha256,
+                "value_shape": list(e.value_shape), "hparams": e.hparams, "hparams_fingerprint": e.hparams_fingerprint,
+                "covariance": _covariance_entry(store, e.covariance_id), "note": e.note,
+                "metrics": {k: v for k, v in e.metrics.items() if k.startswith("prob_")},
+            }
+            for e in edits
+        ],
+    }

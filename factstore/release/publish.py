@@ -1,0 +1,79 @@
+"""Publish releases to the Hub as versions of one repository.
+
+Publishing is three steps, each recorded, so a rerun after any failure finishes the job:
+upload (one commit on main whose parent is the previous release's commit; the commit SHA is
+stored on the release row), tag `vN`, mark the row `published`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from factstore.domain import Release
+from factstore.errors import PublishConflict
+from factstore.hub import Hub, branch_commit, tag_for
+from factstore.progress import SILENT, Reporter
+from factstore.release import build, layout
+from factstore.storage.store import Store
+from factstore.weights.replay import DEFAULT_MODE
+
+
+@dataclass(frozen=True)
+class Published:
+    repo: str
+    version: int
+    tag: str
+    commit: str
+    already: bool  # nothing to do: this release was published before
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def publish(
+    store: Store, alias: str, repo: str, private: bool = False, mode: str | None = None,
+    endpoint: str | None = None, token: str | None = None, device: str | None = None, progress: Reporter = SILENT,
+) -> Published:
+    """Publish the current edit log of ALIAS to REPO as the next version (compiling if it changed)."""
+    release, _ = build.build(store, alias, mode or DEFAULT_MODE, device=device, progress=progress)
+    if release.hub_repo not in (None, repo):
+        raise PublishConflict(f"v{release.version} is already published to {release.hub_repo}; one repository holds one lineage")
+    tag = tag_for(release.version)
+    if release.status == "published":
+        assert release.hub_commit is not None
+        return Published(repo, release.version, tag, release.hub_commit, already=True)
+    hub = Hub(endpoint, token)
+    if release.hub_commit is None:  # not uploaded yet (or the upload failed before the commit landed)
+        release = _upload(store, hub, release, repo, private)
+    assert release.hub_commit is not None
+    hub.tag(repo, tag, release.hub_commit, f"factstore release {tag}: {len(release.edit_ids)} edits")
+    store.set_release_published(release.id, tag)
+    return Published(repo, release.version, tag, release.hub_commit, already=False)
+
+
+def _upload(store: Store, hub: Hub, release: Release, repo: str, private: bool) -> Release:
+    hub.ensure_repo(repo, private)
+    branches, tags = hub.refs(repo)
+    head = branch_commit(repo, branches)
+    parent = store.get_published_release(release.base_model_id, repo)
+    tag = tag_for(release.version)
+    if tag in tags:
+        raise PublishConflict(f"{repo} already has {tag}: someone published that version first; pull it with `factstore pull {repo} --import-edits`, then publish again")
+    if hub.file_sha256(repo, head, layout.MANIFEST) == release.manifest_sha256:
+        return store.set_release_hub_commit(release.id, repo, head)  # an earlier try landed; its answer was lost
+    if parent is not None and head != parent.hub_commit:
+        raise PublishConflict(f"{repo} has moved on since v{parent.version} (main is at {head[:12]}); pull the latest with `factstore pull {repo} --import-edits`, then publish again")
+    if parent is None and any(t.startswith("v") for t in tags):
+        raise PublishConflict(f"{repo} already holds releases of a lineage this store does not know; pull one with `factstore pull {repo} --import-edits` first")
+    n = len(release.edit_ids)
+    try:
+        commit = hub.upload(repo, Path(release.path), head, f"factstore release {tag}", f"{n} edits, {release.mode} compile")
+    except PublishConflict:
+        # huggingface_hub retries a commit whose answer was lost; the retry then finds main
+        # moved, by our own commit: adopt it rather than report a conflict
+        landed = hub.branch_head(repo)
+        if hub.file_sha256(repo, landed, layout.MANIFEST) != release.manifest_sha256:
+            raise
+        commit = landed
+    return store.set_release_hub_commit(release.id, repo, commit)

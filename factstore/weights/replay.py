@@ -1,0 +1,111 @@
+"""Replay an edit log onto a model: the log of (key, value, layer) is a set of constraints.
+
+The head model of an edit session and a release's weights are both built here, so they
+cannot drift apart."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from factstore import arch
+from factstore.domain import StoredEdit
+from factstore.errors import CompileError
+from factstore.rome.edit import add_delta
+from factstore.rome.update import constraint_error, joint_delta, rank_one_delta_given
+from factstore.weights.vectors import from_bytes
+
+MODES = ("joint", "sequential")
+DEFAULT_MODE = "joint"
+JOINT_RIDGE = 1e-6  # lambda relative to the mean diagonal of K^T C^-1 K
+CONSTRAINT_TOLERANCE = 1e-3  # ||W k - v|| / ||v|| allowed after compiling
+
+CovarianceLoader = Callable[[int | None], torch.Tensor]
+
+
+def edit_vectors(edit: StoredEdit) -> tuple[torch.Tensor, torch.Tensor]:
+    return from_bytes(edit.key, edit.key_shape, edit.key_sha256), from_bytes(edit.value, edit.value_shape, edit.value_sha256)
+
+
+def _check_module(model: PreTrainedModel, edit: StoredEdit) -> None:
+    expected = arch.down_proj_name(model, edit.layer)
+    if edit.module != expected:
+        raise CompileError(f"edit {edit.id} rewrites {edit.module}, but this model's layer {edit.layer} is {expected}")
+
+
+def apply_sequential(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader) -> None:
+    """Each edit's rank-one update in seq order: reproduces the model the edits were computed on.
+
+    Each constraint holds right after its own update; later updates of the same layer move
+    earlier keys' outputs (that drift is what joint mode avoids). C^-1 k does not depend on
+    the weights, so it is solved up front for all keys that share a C.
+    """
+    ordered = sorted(edits, key=lambda e: e.seq)
+    for edit in ordered:
+        _check_module(model, edit)
+    solved = _solved_keys(model, ordered, covariance)
+    for edit in ordered:
+        key, value = edit_vectors(edit)
+        W, b = arch.down_proj_weight(model, edit.layer), arch.down_proj_bias(model, edit.layer)
+        key, value = key.to(W.device), value.to(W.device)
+        add_delta(model, edit.layer, rank_one_delta_given(W, b, key, value, solved[edit.id].to(W.device)))
+        W = arch.down_proj_weight(model, edit.layer)  # after the update
+        err = float(constraint_error(W, b, key.unsqueeze(1), value.unsqueeze(1))[0])
+        if not err <= CONSTRAINT_TOLERANCE:
+            raise CompileError(f"edit {edit.id} does not hold after its own update (constraint error {err:.2g}); nothing was written")
+
+
+def _solved_keys(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader) -> dict[int, torch.Tensor]:
+    """edit id -> C^-1 k (in,) float64, one solve per C with every key as a column."""
+    by_cov: dict[int | None, list[StoredEdit]] = defaultdict(list)
+    for edit in edits:
+        by_cov[edit.covariance_id].append(edit)
+    solved: dict[int, torch.Tensor] = {}
+    for cov_id, group in by_cov.items():
+        device = arch.down_proj_weight(model, group[0].layer).device
+        K = torch.stack([edit_vectors(e)[0] for e in group], dim=1).to(device, torch.float64)  # (in, n)
+        U = torch.linalg.solve(covariance(cov_id).to(device, torch.float64), K)
+        solved.update({e.id: U[:, i] for i, e in enumerate(group)})
+    return solved
+
+
+def apply_joint(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader, ridge: float = JOINT_RIDGE) -> None:
+    """All edits of a layer solved at once in float64: order-independent, none erases another."""
+    by_layer: dict[int, list[StoredEdit]] = defaultdict(list)
+    for edit in sorted(edits, key=lambda e: e.seq):
+        _check_module(model, edit)
+        by_layer[edit.layer].append(edit)
+    for layer, group in sorted(by_layer.items()):
+        keys, values = zip(*(edit_vectors(e) for e in group))
+        W, b = arch.down_proj_weight(model, layer), arch.down_proj_bias(model, layer)
+        K = torch.stack(keys, dim=1).to(W.device)  # (d_ff, n)
+        V = torch.stack(values, dim=1).to(W.device)  # (d_model, n)
+        C = covariance(group[-1].covariance_id).to(W.device)
+        add_delta(model, layer, joint_delta(W, b, K, V, C, ridge))
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise CompileError(f"unknown compile mode {mode!r}; use one of {', '.join(MODES)}")
+
+
+def apply_edits(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader, mode: str = DEFAULT_MODE) -> None:
+    check_mode(mode)
+    if mode == "sequential":
+        apply_sequential(model, edits, covariance)
+    else:
+        apply_joint(model, edits, covariance)
+
+
+def constraint_errors(model: PreTrainedModel, edits: Sequence[StoredEdit]) -> dict[int, float]:
+    """edit id -> ||W k + b - v|| / ||v|| on the model as it is now."""
+    errors: dict[int, float] = {}
+    for edit in edits:
+        key, value = edit_vectors(edit)
+        W, b = arch.down_proj_weight(model, edit.layer), arch.down_proj_bias(model, edit.layer)
+        err = constraint_error(W, b, key.unsqueeze(1).to(W.device), value.unsqueeze(1).to(W.device))
+        errors[edit.id] = float(err[0])
+    return errors
