@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from factstore import config
-from factstore.domain import BaseModel, EditRequest, Release, StoredEdit
+from factstore.domain import BaseModel, EditRequest, Release, StoredEdit, check_alias
 from factstore.errors import FactStoreError, InvalidEditRequest
 from factstore.progress import SILENT, Reporter
 from factstore.storage import schema
@@ -184,13 +184,15 @@ def pull_release(
     """Download and verify one version; with import_into, continue its lineage in that store under ALIAS."""
     from dataclasses import replace
 
-    from factstore.release import pull
+    from factstore.release import lineage, pull
 
+    alias = alias or repo.split("/")[-1]
+    if import_into is not None:
+        check_alias(alias)  # before anything is downloaded
     pulled = pull.pull(repo, version, out, endpoint)
     if import_into is None:
         return pulled
-    alias = alias or repo.split("/")[-1]
-    imported = pull.import_release(import_into, Path(pulled.path), alias, repo, pulled.commit, pulled.version, device, progress)
+    imported = lineage.import_release(import_into, Path(pulled.path), alias, repo, pulled.commit, pulled.version, device, progress)
     return replace(pulled, imported=imported)
 
 

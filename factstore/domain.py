@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from factstore.errors import InvalidEditRequest
+
+ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_alias(alias: str) -> str:
+    """A model alias names folders under FACTSTORE_HOME: a plain name, refused otherwise."""
+    if not ALIAS.fullmatch(alias) or ".." in alias:
+        raise InvalidEditRequest(f"alias {alias!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return alias
 
 
 @dataclass(frozen=True)
@@ -210,3 +221,15 @@ class KnownFact:
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ImportedRelease:
+    """A pulled release to record with the edits imported from it, in the same transaction."""
+
+    mode: str
+    version: int | None  # from its vN tag; None: the next free version
+    manifest_sha256: str
+    path: str
+    published: tuple[str, str, str] | None  # (repo, commit, tag) when pulled from the Hub
+    log_sha256: Callable[[list[StoredEdit]], str]  # identity of the active log once the edits are in

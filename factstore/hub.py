@@ -12,9 +12,10 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx2
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import HfApi, hf_hub_download, scan_cache_dir, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -28,6 +29,15 @@ from factstore.errors import HubAuthError, HubError, HubNotFound, HubUnreachable
 
 TOKEN_HINT = "set HF_TOKEN or run `hf auth login`"
 VERSION_TAG = re.compile(r"v(\d+)")
+
+
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def check_repo_id(repo: str) -> None:
+    """A Hub repository id NAMESPACE/NAME (it also names local folders: no '..', no other separators)."""
+    if not REPO_ID.fullmatch(repo) or ".." in repo:
+        raise HubError(f"{repo!r} is not a Hub repository id: give NAMESPACE/NAME (letters, digits, '.', '_', '-')")
 
 
 def tag_for(version: int) -> str:
@@ -75,13 +85,29 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-class Hub:
-    """One endpoint and token. endpoint=None means HF_ENDPOINT or huggingface.co."""
+def trusted(endpoint: str | None) -> bool:
+    """Whether a token may be sent to ENDPOINT: the default Hub, any https endpoint, or plain
+    http on this machine (a local test server); never plain http to another host."""
+    if endpoint is None:
+        return True
+    url = urlsplit(endpoint)
+    return url.scheme == "https" or (url.scheme == "http" and url.hostname in ("127.0.0.1", "localhost", "::1"))
 
-    def __init__(self, endpoint: str | None = None, token: str | None = None) -> None:
-        self.api = HfApi(endpoint=endpoint, token=token)
+
+class Hub:
+    """One endpoint and token. endpoint=None means HF_ENDPOINT or huggingface.co.
+
+    token: a token, None (HF_TOKEN or the huggingface_hub login, sent only to a trusted
+    endpoint) or False (anonymous). The token is never stored or printed."""
+
+    def __init__(self, endpoint: str | None = None, token: str | bool | None = None) -> None:
+        self._token: str | bool | None = token if trusted(endpoint) else False
+        self.api = HfApi(endpoint=endpoint, token=self._token)
         self.endpoint = self.api.endpoint
-        self._token = token
+
+    def anonymous(self) -> Hub:
+        """The same endpoint without a token (reads of public repositories need none)."""
+        return Hub(self.endpoint, token=False)
 
     def ensure_repo(self, repo: str, private: bool) -> None:
         with _translated(self.endpoint, repo, "create the repository"):
@@ -130,10 +156,20 @@ class Hub:
 
     def resolve(self, repo: str, version: str | None = None) -> str:
         """A tag, branch or commit SHA (None: the default branch) -> the commit SHA it names."""
+        return self.revision(repo, version)[0]
+
+    def revision(self, repo: str, version: str | None = None) -> tuple[str, set[str]]:
+        """(commit SHA, the names of every file at that commit) of a tag, branch or commit SHA."""
         with _translated(self.endpoint, repo, f"resolve version {version or 'main'}"):
             info = self.api.model_info(repo, revision=version)
-        assert info.sha is not None
-        return info.sha
+        if info.sha is None or not re.fullmatch(r"[0-9a-f]{40}", info.sha):
+            raise HubError(f"{repo}: the Hub named no commit for {version or 'main'}")
+        return info.sha, {s.rfilename for s in info.siblings or []}
+
+    def download_file(self, repo: str, commit: str, filename: str) -> Path:
+        """One file of one commit, through the huggingface_hub cache."""
+        with _translated(self.endpoint, repo, f"download {filename}"):
+            return Path(hf_hub_download(repo, filename, revision=commit, repo_type="model", endpoint=self.endpoint, token=self._token))
 
     def download(self, repo: str, commit: str, allow_patterns: list[str] | None = None) -> Path:
         """The files of one commit (those matching ALLOW_PATTERNS, when given), through the
@@ -149,3 +185,12 @@ class Hub:
             # huggingface_hub's own consistency check of a downloaded file's size
             raise ReleaseVerificationError(f"{repo}@{commit[:12]}: {_first_line(exc)}; nothing was written") from None
         return Path(path)
+
+
+def forget_snapshot(snapshot: Path) -> None:
+    """Drop one cached commit through huggingface_hub's cache API (so a retry downloads its files
+    again); blobs other cached commits still use are kept. SNAPSHOT is what download returned."""
+    cache_dir, commit = snapshot.parents[2], snapshot.name
+    cached = scan_cache_dir(cache_dir)
+    if any(r.commit_hash == commit for repo in cached.repos for r in repo.revisions):
+        cached.delete_revisions(commit).execute()

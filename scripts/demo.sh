@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+source scripts/python.sh
+factstore() { "$(dirname "$PY")/factstore" "$@"; }
 factstore db upgrade
 factstore model add smollm2 starter:smollm2-135m
 factstore ask --model smollm2 "The Eiffel Tower is located in the city of" --top 3

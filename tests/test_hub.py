@@ -129,6 +129,7 @@ def test_two_concurrent_publishers_one_wins(tiny_store, hub: HubServer, tmp_path
     _add(tiny_store, "tiny", FACTS[:1])
     api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
     bob = _fresh_store(tmp_path, "bob")
+    api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)  # the base is a local folder: bob registers it
     api.pull_release(NAME, "v1", endpoint=hub.url, import_into=bob, alias="team")
     _add(tiny_store, "tiny", FACTS[1:2])
     _add(bob, "team", FACTS[2:3])
@@ -246,8 +247,13 @@ def test_import_edits_then_edit_and_publish_v3(tiny_store, hub: HubServer, tmp_p
     v2 = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
 
     bob = _fresh_store(tmp_path, "bob")
+    with pytest.raises(ReleaseVerificationError, match="neither a Hub id nor a starter asset"):  # never a local path a release names
+        api.pull_release(NAME, "v2", endpoint=hub.url, import_into=bob, alias="team")
+    assert api.list_models(bob) == []
+    api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
     pulled = api.pull_release(NAME, "v2", endpoint=hub.url, import_into=bob, alias="team")
-    assert pulled.imported == {"alias": "team", "base_revision": tiny_store.get_base_model("tiny").revision, "edits_added": 2, "edits_total": 2, "release": 2}
+    assert pulled.imported == {"alias": "team", "base_revision": tiny_store.get_base_model("tiny").revision, "edits_added": 2,
+                               "edits_total": 2, "release": 2, "rebuilt_identical": True}
     theirs = api.list_edits(tiny_store, "tiny")
     mine = api.list_edits(bob, "team")
     assert [(e.key_sha256, e.value_sha256, e.subject) for e in mine] == [(e.key_sha256, e.value_sha256, e.subject) for e in theirs]

@@ -140,7 +140,7 @@ class EditSession:
             return found
         with self.base_weights():  # C is a property of the base model's keys
             result = stats.compute(self.model, self.tokenizer, spec, corpus, self.progress)
-        return self.store.create_covariance(self.base.id, spec.key(), stats.covariance_record(result, corpus))
+        return self.store.create_covariance(self.base.id, spec.key(), record=stats.covariance_record(result, corpus))
 
     # edits ---------------------------------------------------------------------------------
 
@@ -151,7 +151,8 @@ class EditSession:
         """Compute k*, v* on the head model, then write the edit in one short transaction."""
         hp = self.hparams(layer)
         validate_request(self.model, self.tokenizer, request, hp.layer)
-        conflicts = {e.id for e in self.store.list_conflicting_edits(self.base.id, request.subject, request.prompt, request.relation_id)}
+        same_fact = self.store.list_conflicting_edits(self.base.id, subject=request.subject, prompt=request.prompt, relation_id=request.relation_id)
+        conflicts = {e.id for e in same_fact}
         if conflicts & {e.id for e in self.applied}:  # compute the correction on a head without the fact it replaces
             self.rebuild([e for e in self.applied if e.id not in conflicts])
         cov = self.covariance(hp.layer, hp)

@@ -23,7 +23,7 @@ from factstore.progress import SILENT, Reporter
 from factstore.release import card, layout
 from factstore.release.scoring import RELEASE_PREFIX_SEED, RELEASE_PREFIXES, release_prefixes, release_records
 from factstore.storage.store import Store
-from factstore.weights import checkpoints
+from factstore.weights import assets, checkpoints
 from factstore.weights.checkpoints import LoadedModel
 from factstore.weights.replay import (
     CONSTRAINT_TOLERANCE,
@@ -168,7 +168,8 @@ def _covariance_entry(store: Store, cov_id: int | None) -> dict | None:
     if cov_id is None:
         return None
     c = store.get_covariance(cov_id)
-    return {"layer": c.layer, "corpus": c.corpus, "corpus_sha256": c.corpus_sha256, "tokens": c.tokens, "dtype": c.dtype, "sha256": c.sha256}
+    corpus = c.corpus if c.corpus.startswith(assets.PREFIX) else Path(c.corpus).name  # never a local path in published files
+    return {"layer": c.layer, "corpus": corpus, "corpus_sha256": c.corpus_sha256, "tokens": c.tokens, "dtype": c.dtype, "sha256": c.sha256}
 
 
 def _manifest(store: Store, base: BaseModel, mode: str, edits: Sequence[StoredEdit], log_sha: str) -> dict:

@@ -21,11 +21,12 @@ from transformers import PreTrainedModel
 
 from factstore import __version__, arch
 from factstore.errors import ReleaseVerificationError
-from factstore.files import atomic_write_text, file_sha256, temp_sibling
+from factstore.files import atomic_path, atomic_write_text, file_sha256
+from factstore.release.manifest import MANIFEST, Manifest
+from factstore.release.manifest import read as read_manifest
 
 LAYOUT_VERSION = 1  # bump when shard_plan or the file format changes: cached stable files are keyed by it
 BASE_SHARD_BYTES = 1 << 30  # at most 1 GiB per base shard
-MANIFEST = "factstore.json"
 EDIT_VECTORS = "factstore-edits.safetensors"  # every edit's k* and v*, so a pulled release can be imported
 INDEX = "model.safetensors.index.json"
 _LOAD_TIME_KEYS = ("local_files_only", "is_local", "name_or_path", "_commit_hash")
@@ -121,11 +122,10 @@ class StableFiles:
 
     @staticmethod
     def _write(state: dict[str, torch.Tensor], names: list[str], path: Path) -> dict:
-        tmp = temp_sibling(path)
-        _save(state, names, tmp)
-        tmp.chmod(0o444)
-        sha = file_sha256(tmp)
-        tmp.replace(path)  # another compile may have written the same bytes meanwhile
+        with atomic_path(path) as tmp:  # another compile may write the same bytes meanwhile
+            _save(state, names, tmp)
+            tmp.chmod(0o444)
+            sha = file_sha256(tmp)
         size, mtime = _stamp(path)
         return {"sha256": sha, "size": size, "mtime_ns": mtime}
 
@@ -195,25 +195,21 @@ def finite(model: PreTrainedModel) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def read_manifest(folder: Path) -> dict:
-    path = folder / MANIFEST
-    if not path.exists():
-        raise ReleaseVerificationError(f"{folder} has no {MANIFEST}: it is not a factstore release")
-    return json.loads(path.read_text())
-
-
-def mismatched_files(folder: Path, manifest: dict) -> list[str]:
-    """Names of the manifest's files that are missing from FOLDER or differ from their sha256."""
-    return [name for name, sha in sorted(manifest["files"].items()) if not (folder / name).is_file() or file_sha256(folder / name) != sha]
+def mismatched_files(folder: Path, files: dict[str, str]) -> list[str]:
+    """Names among FILES (name -> sha256) that are missing from FOLDER, are not regular files
+    there, or differ from their sha256."""
+    return [name for name, sha in sorted(files.items())
+            if (folder / name).is_symlink() or not (folder / name).is_file() or file_sha256(folder / name) != sha]
 
 
 def mismatch_error(bad: list[str]) -> ReleaseVerificationError:
-    return ReleaseVerificationError(f"{', '.join(bad)} do not match the release manifest; the download is corrupted or was tampered with; nothing was written")
+    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    return ReleaseVerificationError(f"{shown} do not match the release manifest; the files are corrupted or were tampered with; nothing was written")
 
 
-def verify_folder(folder: Path) -> dict:
+def verify_folder(folder: Path) -> Manifest:
     """Check every file the manifest names against its sha256; return the manifest."""
     manifest = read_manifest(folder)
-    if bad := mismatched_files(folder, manifest):
+    if bad := mismatched_files(folder, manifest.files):
         raise mismatch_error(bad)
     return manifest

@@ -61,7 +61,7 @@ def _upload(store: Store, hub: Hub, release: Release, repo: str, private: bool) 
     if tag in tags:
         raise PublishConflict(f"{repo} already has {tag}: someone published that version first; pull it with `factstore pull {repo} --import-edits`, then publish again")
     if hub.file_sha256(repo, head, layout.MANIFEST) == release.manifest_sha256:
-        return store.set_release_hub_commit(release.id, repo, head)  # an earlier try landed; its answer was lost
+        return store.set_release_hub_commit(release.id, repo=repo, commit=head)  # an earlier try landed; its answer was lost
     if parent is not None and head != parent.hub_commit:
         raise PublishConflict(f"{repo} has moved on since v{parent.version} (main is at {head[:12]}); pull the latest with `factstore pull {repo} --import-edits`, then publish again")
     if parent is None and any(t.startswith("v") for t in tags):
@@ -76,4 +76,4 @@ def _upload(store: Store, hub: Hub, release: Release, repo: str, private: bool) 
         if hub.file_sha256(repo, landed, layout.MANIFEST) != release.manifest_sha256:
             raise
         commit = landed
-    return store.set_release_hub_commit(release.id, repo, commit)
+    return store.set_release_hub_commit(release.id, repo=repo, commit=commit)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from factstore import config
-from factstore.domain import BaseModel, Covariance, ModelRef, NewEdit, Release, StoredEdit, request_sha256
-from factstore.errors import DatabaseError, DatabaseUnavailable, EditStateError, ModelAliasTaken, UnknownEdit, UnknownModel
+from factstore.domain import BaseModel, Covariance, ImportedRelease, ModelRef, NewEdit, Release, StoredEdit, check_alias, request_sha256
+from factstore.errors import DatabaseError, DatabaseUnavailable, EditStateError, ImportConflict, ModelAliasTaken, UnknownEdit, UnknownModel
 from factstore.storage import schema
 from factstore.storage.engine import check_reachable, make_engine, session_scope
 from factstore.storage.models import EDIT_STATUSES, BaseModelRow, ContextTemplateRow, CovarianceStat, EditRow, ReleaseEdit, ReleaseRow
@@ -94,19 +95,25 @@ class Store:
 
     def create_base_model(self, alias: str, ref: ModelRef, *, license: str | None = None) -> tuple[BaseModel, bool]:
         """Register alias -> exact weights. Returns (model, created). Never re-points an alias."""
+        check_alias(alias)
         with self._tx() as s:
-            row = s.scalar(select(BaseModelRow).where(BaseModelRow.alias == alias))
-            if row is not None:
-                if row.revision != ref.revision:
-                    raise ModelAliasTaken(
-                        f"alias {alias!r} is pinned to {row.source} at {row.revision}; the weights you gave are "
-                        f"{ref.revision}. Register them under a new alias"
-                    )
-                return _base(row), False
-            row = BaseModelRow(alias=alias, source=ref.source, revision=ref.revision, model_type=ref.model_type, license=license)
-            s.add(row)
-            s.flush()
-            return _base(row), True
+            row, created = self._base_row(s, alias, ref, license)
+            return _base(row), created
+
+    @staticmethod
+    def _base_row(s: Session, alias: str, ref: ModelRef, license: str | None) -> tuple[BaseModelRow, bool]:
+        row = s.scalar(select(BaseModelRow).where(BaseModelRow.alias == alias))
+        if row is not None:
+            if row.revision != ref.revision:
+                raise ModelAliasTaken(
+                    f"alias {alias!r} is pinned to {row.source} at {row.revision}; the weights you gave are "
+                    f"{ref.revision}. Register them under a new alias"
+                )
+            return row, False
+        row = BaseModelRow(alias=alias, source=ref.source, revision=ref.revision, model_type=ref.model_type, license=license)
+        s.add(row)
+        s.flush()
+        return row, True
 
     def get_base_model(self, alias: str) -> BaseModel:
         with self._tx() as s:
@@ -162,14 +169,14 @@ class Store:
         with self._tx() as s:
             return _cov(s.get_one(CovarianceStat, cov_id))
 
-    def create_covariance(self, base_id: int, cache_key: str, cov: Covariance) -> Covariance:
+    def create_covariance(self, base_id: int, cache_key: str, *, record: Covariance) -> Covariance:
         """Record where a C file lives; if another process recorded the same key first, its row wins."""
         try:
             with self._tx() as s:
                 s.add(
                     CovarianceStat(
-                        base_model_id=base_id, cache_key=cache_key, layer=cov.layer, module=cov.module, corpus=cov.corpus,
-                        corpus_sha256=cov.corpus_sha256, tokens=cov.tokens, dtype=cov.dtype, path=cov.path, sha256=cov.sha256,
+                        base_model_id=base_id, cache_key=cache_key, layer=record.layer, module=record.module, corpus=record.corpus,
+                        corpus_sha256=record.corpus_sha256, tokens=record.tokens, dtype=record.dtype, path=record.path, sha256=record.sha256,
                     )
                 )
         except IntegrityError as exc:
@@ -219,7 +226,7 @@ class Store:
         same = EditRow.prompt == prompt if relation_id is None else or_(EditRow.prompt == prompt, EditRow.relation_id == relation_id)
         return [EditRow.base_model_id == base_id, EditRow.status == "active", EditRow.subject == subject, same]
 
-    def list_conflicting_edits(self, base_id: int, subject: str, prompt: str, relation_id: str | None) -> list[StoredEdit]:
+    def list_conflicting_edits(self, base_id: int, *, subject: str, prompt: str, relation_id: str | None) -> list[StoredEdit]:
         """Active edits that a new request for this fact would supersede."""
         with self._tx() as s:
             return [_edit(r) for r in s.scalars(select(EditRow).where(*self._same_fact(base_id, subject, prompt, relation_id)))]
@@ -302,7 +309,7 @@ class Store:
     def _release_row(self, s: Session, release_id: int) -> ReleaseRow:
         return s.get_one(ReleaseRow, release_id)
 
-    def set_release_hub_commit(self, release_id: int, repo: str, commit: str) -> Release:
+    def set_release_hub_commit(self, release_id: int, *, repo: str, commit: str) -> Release:
         """The upload landed as COMMIT; the release stays `built` until its tag exists."""
         with self._tx() as s:
             row = self._release_row(s, release_id)
@@ -331,3 +338,64 @@ class Store:
             row = s.get_one(BaseModelRow, base_id)
             row.recommended_layer = layer
             return _base(row)
+
+    # importing a pulled lineage --------------------------------------------------------------
+
+    def import_lineage(
+        self, alias: str, ref: ModelRef, *, license: str | None, prefix: list[tuple[str, str]], templates: list[dict],
+        covariances: dict[str, Covariance], edits: list[tuple[NewEdit, str | None]], release: ImportedRelease,
+    ) -> tuple[BaseModel, list[StoredEdit], Release]:
+        """A pulled release's lineage in one transaction: all of it or nothing.
+
+        prefix: (key, value sha256) of the active edits ALIAS must hold now; covariances: cache
+        key -> C record; edits: each new edit with the cache key of its C (or None)."""
+        check_alias(alias)
+        with self._tx() as s:
+            row, _ = self._base_row(s, alias, ref, license)
+            base_id = row.id
+            s.execute(select(BaseModelRow.id).where(BaseModelRow.id == base_id).with_for_update())  # one importer or writer at a time
+            active = s.scalars(select(EditRow).where(EditRow.base_model_id == base_id, EditRow.status == "active").order_by(EditRow.seq)).all()
+            if [(e.key_sha256, e.value_sha256) for e in active] != prefix:
+                raise ImportConflict(f"the active edits of {alias} are not a prefix of this release's edit log; import under a fresh --alias")
+            for t in templates:
+                exists = s.scalar(select(ContextTemplateRow.id).where(ContextTemplateRow.base_model_id == base_id, ContextTemplateRow.fingerprint == t["fingerprint"]))
+                if exists is None:
+                    s.add(ContextTemplateRow(base_model_id=base_id, fingerprint=t["fingerprint"], seed=t["seed"], templates=t["templates"]))
+            cov_ids = {key: self._covariance_row(s, base_id, key, record).id for key, record in covariances.items()}
+            added = [self._insert_edit(s, base_id, replace(new, covariance_id=cov_ids[key] if key else None)) for new, key in edits]
+            stored = self._imported_release(s, base_id, alias, release)
+            return _base(row), added, stored
+
+    @staticmethod
+    def _covariance_row(s: Session, base_id: int, cache_key: str, record: Covariance) -> CovarianceStat:
+        row = s.scalar(select(CovarianceStat).where(CovarianceStat.cache_key == cache_key))
+        if row is None:
+            row = CovarianceStat(
+                base_model_id=base_id, cache_key=cache_key, layer=record.layer, module=record.module, corpus=record.corpus,
+                corpus_sha256=record.corpus_sha256, tokens=record.tokens, dtype=record.dtype, path=record.path, sha256=record.sha256,
+            )
+            s.add(row)
+            s.flush()
+        return row
+
+    def _imported_release(self, s: Session, base_id: int, alias: str, release: ImportedRelease) -> Release:
+        active = s.scalars(select(EditRow).where(EditRow.base_model_id == base_id, EditRow.status == "active").order_by(EditRow.seq)).all()
+        log_sha = release.log_sha256([_edit(r) for r in active])
+        rows = s.scalars(select(ReleaseRow).where(ReleaseRow.base_model_id == base_id)).all()
+        for r in rows:
+            if r.edit_log_sha256 == log_sha and (release.published is None or r.hub_commit == release.published[1]):
+                return _release(r, self._release_edit_ids(s, r.id))  # this store already has that release
+        version = release.version or max((r.version for r in rows), default=0) + 1
+        if any(r.version == version for r in rows):
+            raise ImportConflict(f"this store already has a different v{version} of {alias}; import under a fresh --alias")
+        repo, commit, tag = release.published or (None, None, None)
+        row = ReleaseRow(
+            base_model_id=base_id, version=version, mode=release.mode, edit_log_sha256=log_sha, manifest_sha256=release.manifest_sha256,
+            path=release.path, status="published" if release.published else "built", hub_repo=repo, hub_commit=commit, tag=tag,
+        )
+        s.add(row)
+        s.flush()
+        edit_ids = [e.id for e in active]
+        s.add_all(ReleaseEdit(release_id=row.id, position=i, edit_id=e) for i, e in enumerate(edit_ids))
+        s.flush()
+        return _release(row, edit_ids)

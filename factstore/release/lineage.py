@@ -1,0 +1,246 @@
+"""Importing a pulled release's lineage: its base model, context templates and edit log, so a
+teammate continues it. The release is untrusted: every entry is checked against the schema and
+the model before anything is stored, the weights must equal a local compile of the imported log,
+and the store is written in one transaction (all or nothing)."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import torch
+
+from factstore import arch
+from factstore.domain import Covariance, EditRequest, ImportedRelease, ModelRef, NewEdit, StoredEdit, check_alias
+from factstore.errors import FactStoreError, ImportConflict, ReleaseVerificationError
+from factstore.files import file_sha256
+from factstore.hub import REPO_ID, VERSION_TAG
+from factstore.progress import SILENT, Reporter
+from factstore.release import layout
+from factstore.release.build import log_entries
+from factstore.release.manifest import INT32, MANIFEST, CovarianceInfo, EditEntry, Manifest
+from factstore.rome.hparams import ROMEHyperParams
+from factstore.storage.store import Store
+from factstore.weights import assets, checkpoints, stats
+from factstore.weights.checkpoints import LoadedModel
+from factstore.weights.corpus import load_corpus
+from factstore.weights.replay import MODES, apply_edits
+from factstore.weights.stats import MatrixCache
+from factstore.weights.vectors import to_bytes
+
+MAX_STATS_TOKENS = 10_000_000  # key statistics a release may ask an importer to compute
+
+
+def import_release(
+    store: Store, folder: Path, alias: str, repo: str | None = None, commit: str | None = None, tag: str | None = None,
+    device: str | None = None, progress: Reporter = SILENT,
+) -> dict:
+    """Continue a pulled release's lineage locally under ALIAS.
+
+    The local active log of ALIAS must be a prefix of the release's (a fresh alias is the
+    empty prefix); the rest of the release's edits are appended in order with their stored
+    k* and v*. The release itself is recorded (published, when REPO, COMMIT and TAG are given),
+    so the next compile is the next version and the next publish builds on its commit.
+    """
+    check_alias(alias)
+    manifest = layout.verify_folder(folder)
+    version = _version(tag)
+    if manifest.mode not in MODES:
+        raise ReleaseVerificationError(f"the release's compile mode {manifest.mode!r} is not one of {', '.join(MODES)}; nothing was imported")
+    ref = _base_ref(store, alias, manifest, progress)
+    local = store.list_edits(store.get_base_model(alias).id, "active") if _registered(store, alias) else []
+    prefix = [(e.key_sha256, e.value_sha256) for e in local]
+    if prefix != [(x.key_sha256, x.value_sha256) for x in manifest.edits[: len(local)]]:
+        raise ImportConflict(f"the active edits of {alias} are not a prefix of this release's edit log; import under a fresh --alias")
+    loaded = checkpoints.load(ref.source, expected=ref.revision, device=device, progress=progress)
+    vectors = _read_vectors(folder, len(manifest.edits))
+    entries = list(zip(manifest.edits, vectors))[len(local):]
+    new = [(_checked_edit(loaded, i, entry, key, value), _cov_key(ref, loaded, entry.covariance))
+           for i, (entry, (key, value)) in enumerate(entries, start=len(local) + 1)]
+    covariances = _covariances(loaded, ref, [entry for entry, _ in entries], progress)
+    _check_rebuild(store, loaded, manifest, local, new, covariances)
+    published = (repo, commit, tag) if repo and commit and tag else None
+    record = ImportedRelease(
+        mode=manifest.mode, version=version, manifest_sha256=file_sha256(folder / MANIFEST), path=str(folder), published=published,
+        log_sha256=lambda edits: layout.edit_log_sha256(ref.revision, manifest.mode, log_entries(edits)),
+    )
+    templates = [t.model_dump() for t in manifest.context_templates]
+    base, added, release = store.import_lineage(
+        alias, ref, license=manifest.base.license, prefix=prefix, templates=templates,
+        covariances={k: c for k, (c, _) in covariances.items()}, edits=new, release=record,
+    )
+    return {"alias": alias, "base_revision": base.revision, "edits_added": len(added), "edits_total": len(manifest.edits),
+            "release": release.version, "rebuilt_identical": True}
+
+
+def _registered(store: Store, alias: str) -> bool:
+    return any(m.alias == alias for m in store.list_base_models())
+
+
+def _version(tag: str | None) -> int | None:
+    if tag is None:
+        return None
+    match = VERSION_TAG.fullmatch(tag)
+    if match is None or not 0 < int(match.group(1)) <= INT32:
+        raise ReleaseVerificationError(f"the release's tag {tag[:40]!r} is not a version v1 to v{INT32}; nothing was imported")
+    return int(match.group(1))
+
+
+def _base_ref(store: Store, alias: str, manifest: Manifest, progress: Reporter) -> ModelRef:
+    """The base model's exact weights. An alias already registered must hold the same revision;
+    otherwise the manifest's source must be a Hub id or a starter asset: a release never makes
+    factstore read a local path it names."""
+    base = manifest.base
+    if _registered(store, alias):
+        mine = store.get_base_model(alias)
+        if mine.revision != base.revision:
+            raise ImportConflict(f"alias {alias} is {mine.source}@{mine.revision[:19]}, the release is built on {base.revision[:19]}; import under another --alias")
+        return ModelRef(source=mine.source, revision=mine.revision, model_type=mine.model_type)
+    is_starter = base.source.startswith(assets.PREFIX) and base.source.removeprefix(assets.PREFIX) in assets.STARTERS
+    if not is_starter and not (REPO_ID.fullmatch(base.source) and ".." not in base.source):
+        raise ReleaseVerificationError(
+            f"the release is built on a model that is neither a Hub id nor a starter asset; register the same weights "
+            f"(revision {base.revision[:19]}...) with `factstore model add ALIAS SOURCE`, then pull again with --alias ALIAS"
+        )
+    ref = checkpoints.resolve(base.source, base.revision if not base.revision.startswith("sha256:") else None, progress)
+    if ref.revision != base.revision:
+        raise ReleaseVerificationError(f"{base.source} resolves to weights {ref.revision[:19]}..., not the release's {base.revision[:19]}...; nothing was imported")
+    return ref
+
+
+def _read_vectors(folder: Path, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    try:
+        return layout.read_edit_vectors(folder, count)
+    except (KeyError, OSError, ValueError, RuntimeError) as exc:
+        raise ReleaseVerificationError(f"{layout.EDIT_VECTORS} does not hold the {count} edits' vectors ({type(exc).__name__}); nothing was imported") from None
+
+
+def _checked_edit(loaded: LoadedModel, position: int, entry: EditEntry, key: torch.Tensor, value: torch.Tensor) -> NewEdit:
+    """The edit as the store takes it, after checking everything the manifest says against the
+    model: layer, module, shapes, finite vectors matching their sha256, settings, the request."""
+    model = loaded.model
+    where = f"edit {position} of the release"
+    if not 0 <= entry.layer < arch.num_layers(model):
+        raise ReleaseVerificationError(f"{where}: layer {entry.layer} is outside the model (layers 0 to {arch.num_layers(model) - 1}); nothing was imported")
+    expected_module = arch.down_proj_name(model, entry.layer)
+    if entry.module != expected_module:
+        raise ReleaseVerificationError(f"{where}: it rewrites {entry.module[:80]!r}, but this model's layer {entry.layer} is {expected_module}; nothing was imported")
+    d_model, d_ff = arch.down_proj_weight(model, entry.layer).shape
+    for name, tensor, shape, want in (("key", key, entry.key_shape, d_ff), ("value", value, entry.value_shape, d_model)):
+        if tensor.dtype != torch.float32 or list(tensor.shape) != shape or shape != [want]:
+            raise ReleaseVerificationError(f"{where}: its {name} has shape {list(tensor.shape)}, the model needs [{want}]; nothing was imported")
+        if not torch.isfinite(tensor).all():
+            raise ReleaseVerificationError(f"{where}: its {name} is not finite; nothing was imported")
+    key_bytes, key_shape = to_bytes(key)
+    value_bytes, value_shape = to_bytes(value)
+    if hashlib.sha256(key_bytes).hexdigest() != entry.key_sha256 or hashlib.sha256(value_bytes).hexdigest() != entry.value_sha256:
+        raise ReleaseVerificationError(f"{where}: its vectors do not match their sha256 in the manifest; nothing was imported")
+    hp = _hparams(where, entry)
+    if entry.covariance is not None and entry.covariance.layer != entry.layer:
+        raise ReleaseVerificationError(f"{where}: its key statistics are of layer {entry.covariance.layer}, not {entry.layer}; nothing was imported")
+    try:
+        request = EditRequest(entry.prompt, entry.subject, entry.target_new, entry.target_true, entry.relation_id)
+    except FactStoreError as exc:
+        raise ReleaseVerificationError(f"{where}: {exc}; nothing was imported") from None
+    return NewEdit(
+        request=request, target_true=request.target_true, layer=entry.layer, module=entry.module, key=key_bytes, key_shape=key_shape,
+        value=value_bytes, value_shape=value_shape, hparams=hp.to_json(), hparams_fingerprint=hp.fingerprint(), covariance_id=None,
+        metrics=dict(entry.metrics), requested_by="import", note=entry.note,
+    )
+
+
+def _hparams(where: str, entry: EditEntry) -> ROMEHyperParams:
+    try:
+        hp = ROMEHyperParams.from_json(entry.hparams)
+    except (TypeError, ValueError):
+        raise ReleaseVerificationError(f"{where}: its hyperparameters are not factstore's; nothing was imported") from None
+    if hp.layer != entry.layer or hp.fingerprint() != entry.hparams_fingerprint:
+        raise ReleaseVerificationError(f"{where}: its hyperparameters do not match their layer or fingerprint; nothing was imported")
+    return hp
+
+
+def _cov_key(ref: ModelRef, loaded: LoadedModel, info: CovarianceInfo | None) -> str | None:
+    if info is None:
+        return None
+    spec = stats.StatsSpec(ref.revision, info.layer, arch.down_proj_name(loaded.model, info.layer), info.corpus_sha256, info.tokens, info.dtype)
+    return spec.key()
+
+
+def _covariances(
+    loaded: LoadedModel, ref: ModelRef, entries: list[EditEntry], progress: Reporter,
+) -> dict[str, tuple[Covariance, torch.Tensor]]:
+    """cache key -> (C record, matrix) for every distinct C the new edits used, computed (or found
+    in the cache) on the unedited base model the way the release recorded it. Only a starter
+    corpus can be named: a release never makes factstore read a local file."""
+    out: dict[str, tuple[Covariance, torch.Tensor]] = {}
+    for entry in entries:
+        info = entry.covariance
+        key = _cov_key(ref, loaded, info)
+        if info is None or key is None or key in out:
+            continue
+        module = arch.down_proj_name(loaded.model, info.layer)
+        hit = stats.cached(stats.StatsSpec(ref.revision, info.layer, module, info.corpus_sha256, info.tokens, info.dtype))
+        if hit is not None:  # this machine has computed that C already (it is keyed by all of its spec)
+            record = Covariance(0, info.layer, module, info.corpus, info.corpus_sha256, hit.tokens, info.dtype, str(hit.path), hit.sha256)
+            out[key] = (record, stats.load_matrix(hit.path, hit.sha256).float())
+            continue
+        if not (info.corpus.startswith(assets.PREFIX) and assets.STARTERS.get(info.corpus.removeprefix(assets.PREFIX), None) is not None
+                and assets.starter(info.corpus).kind == "corpus"):
+            raise ReleaseVerificationError(
+                f"the release's key statistics come from {info.corpus[:60]!r}, which is not a starter corpus, and this machine does not have them; "
+                "nothing was imported"
+            )
+        if info.tokens > MAX_STATS_TOKENS:
+            raise ReleaseVerificationError(f"the release asks for key statistics over {info.tokens} tokens, more than {MAX_STATS_TOKENS}; nothing was imported")
+        corpus = load_corpus(info.corpus, progress)
+        if corpus.sha256 != info.corpus_sha256:
+            raise ReleaseVerificationError(f"the release's corpus {info.corpus} differs from this machine's (sha256 {corpus.sha256[:12]}...); nothing was imported")
+        spec = stats.spec_for(ref.revision, loaded.model, info.layer, corpus, info.tokens, info.dtype)
+        result = stats.compute(loaded.model, loaded.tokenizer, spec, corpus, progress)
+        out[key] = (stats.covariance_record(result, corpus), stats.load_matrix(result.path, result.sha256).float())
+    return out
+
+
+def _check_rebuild(
+    store: Store, loaded: LoadedModel, manifest: Manifest, local: list[StoredEdit], new: list[tuple[NewEdit, str | None]],
+    covariances: dict[str, tuple[Covariance, torch.Tensor]],
+) -> None:
+    """The pulled weights must be a compile of the imported log on the pinned base: replay the log
+    here and compare the weight files byte for byte (compiles are deterministic)."""
+    synthetic = {key: -i for i, key in enumerate(covariances, start=1)}  # ids the store has not given out
+    matrices = {synthetic[key]: matrix for key, (_, matrix) in covariances.items()}
+    in_store = MatrixCache(store.get_covariance)
+
+    def matrix(cov_id: int | None) -> torch.Tensor:
+        return matrices[cov_id] if cov_id is not None and cov_id < 0 else in_store(cov_id)
+
+    replayed = list(local) + [
+        _as_stored(edit, -i, len(local) + i, synthetic[key] if key else None) for i, (edit, key) in enumerate(new, start=1)
+    ]
+    model = loaded.model
+    saved = {layer: arch.down_proj_param(model, layer).detach().clone() for layer in {e.layer for e in replayed}}
+    try:
+        apply_edits(model, replayed, matrix, manifest.mode)
+        with tempfile.TemporaryDirectory(prefix="factstore-rebuild-") as tmp:
+            layout.write_weights(model, Path(tmp))
+            differ = sorted(p.name for p in Path(tmp).iterdir() if manifest.files.get(p.name) != file_sha256(p))
+    finally:
+        for layer, weight in saved.items():
+            arch.down_proj_param(model, layer).data.copy_(weight)
+    if differ:
+        raise ReleaseVerificationError(
+            f"the release's weights are not a compile of its own edit log on {manifest.base.revision[:19]}... "
+            f"({', '.join(differ[:3])} differ); nothing was imported"
+        )
+
+
+def _as_stored(edit: NewEdit, edit_id: int, seq: int, cov_id: int | None) -> StoredEdit:
+    req = edit.request
+    return StoredEdit(
+        id=edit_id, base_model_id=0, seq=seq, prompt=req.prompt, subject=req.subject, target_new=req.target_new, target_true=edit.target_true,
+        relation_id=req.relation_id, layer=edit.layer, module=edit.module, key=edit.key, key_shape=edit.key_shape,
+        key_sha256=hashlib.sha256(edit.key).hexdigest(), value=edit.value, value_shape=edit.value_shape,
+        value_sha256=hashlib.sha256(edit.value).hexdigest(), hparams=edit.hparams, hparams_fingerprint=edit.hparams_fingerprint,
+        covariance_id=cov_id, status="active", supersedes_id=None, requested_by=None, note=None, metrics={}, created_at="",
+    )
