@@ -1,0 +1,248 @@
+"""Hostile repositories: the suite's Hub serves repositories crafted to escape `pull` or poison
+`pull --import-edits`. Each attack is refused with one clear line, nothing outside --out and the
+cache changes, and the store is left as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from huggingface_hub import scan_cache_dir
+from safetensors.torch import load_file, save_file
+
+from factstore import api
+from factstore.editing.session import EditSession
+from factstore.domain import EditRequest
+from factstore.errors import HubError, ReleaseVerificationError
+from factstore.release import layout, pull
+from hub_server import Entry, HubServer, Repo
+from test_hub import _serve
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD = "alice/good"
+PROMPT = "{} is located in the city of"
+SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the store is not the subject here
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[HubServer]:
+    yield from _serve("lfs", monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def release(tiny_store, hub: HubServer, tmp_path: Path) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+    """The files of a genuine one-edit release, published as GOOD."""
+    EditSession(tiny_store, "tiny", device="cpu").add(EditRequest(PROMPT, "The Eiffel Tower", "Rome"))
+    api.publish_release(tiny_store, "tiny", GOOD, endpoint=hub.url)
+    folder = Path(api.list_releases(tiny_store, "tiny")[-1].path)
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Callable[[], str]:
+    """A tree of the user's files next to everything; returns a hash of it (names, modes, bytes, links)."""
+    root = tmp_path / "user"
+    (root / "v1").mkdir(parents=True)
+    (root / "secret.txt").write_text("do not touch")
+    (root / "secret.txt").chmod(0o600)
+    (root / "v1" / "NOTES.txt").write_text("mine")
+    os.symlink(root / "secret.txt", root / "link")
+    os.mkfifo(root / "fifo")
+
+    def digest() -> str:
+        h = hashlib.sha256()
+        for path in sorted(root.rglob("*")):
+            st = path.lstat()
+            h.update(f"{path.relative_to(root)}|{st.st_mode}".encode())
+            if path.is_file() and not path.is_symlink():
+                h.update(path.read_bytes())
+            if path.is_symlink():
+                h.update(os.readlink(path).encode())
+        return h.hexdigest()
+
+    return digest
+
+
+def craft(server: HubServer, repo_id: str, files: dict[str, bytes], tag: str = "v1") -> None:
+    """A repository holding exactly FILES (names taken as given) at one commit tagged TAG."""
+    state = server.state
+    with state.lock:
+        repo = Repo(repo_id, private=False)
+        entries = {}
+        for name, data in files.items():
+            sha = hashlib.sha256(data).hexdigest()
+            state.blobs[sha] = data
+            entries[name] = Entry(sha, len(data), lfs=False)
+        commit = state.new_commit(repo, None, entries, "crafted")
+        repo.branches["main"] = commit.sha
+        repo.tags[tag] = commit.sha
+        state.repos[repo_id] = repo
+
+
+def rehash(files: dict[str, bytes], edit: Callable[[dict], None]) -> dict[str, bytes]:
+    """FILES with the manifest changed by EDIT and every file hash made consistent again, so the
+    attack reaches the checks behind the hash check."""
+    manifest = json.loads(files[layout.MANIFEST])
+    edit(manifest)
+    manifest["files"] = {n: hashlib.sha256(d).hexdigest() for n, d in files.items() if n != layout.MANIFEST and n in manifest["files"]}
+    return {**files, layout.MANIFEST: json.dumps(manifest).encode()}
+
+
+def pull_refused(server: HubServer, repo_id: str, out: Path, message: str, store=None, alias: str = "team") -> None:  # type: ignore[no-untyped-def]
+    kwargs = {"import_into": store, "alias": alias} if store is not None else {}
+    with pytest.raises((ReleaseVerificationError, HubError), match=message) as caught:
+        api.pull_release(repo_id, "v1", str(out), endpoint=server.url, **kwargs)
+    assert "\n" not in str(caught.value)
+
+
+def _bob(tmp_path: Path):  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'bob.db'}"
+    api.upgrade_database(url)
+    return api.open_store(url)
+
+
+def _manifest_with(files: dict[str, bytes], extra: dict[str, bytes]) -> dict[str, bytes]:
+    manifest = json.loads(files[layout.MANIFEST])
+    manifest["files"].update({n: hashlib.sha256(d).hexdigest() for n, d in extra.items()})
+    return {**files, layout.MANIFEST: json.dumps(manifest).encode()}
+
+
+@SQLITE
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("../user/v1/extra.py", "malformed at files"),
+        ("/tmp/absolute", "malformed at files"),
+        (".hidden", "malformed at files"),
+        ("sub/dir.txt", "malformed at files"),
+        ("not-in-the-repo.txt", "names files the repository does not hold"),
+    ],
+)
+def test_file_names_that_are_not_plain_names_in_the_repository_are_refused(
+    release: dict[str, bytes], hub: HubServer, tmp_path: Path, sentinel: Callable[[], str], name: str, message: str,
+) -> None:
+    before = sentinel()
+    craft(hub, "eve/names", _manifest_with(release, {name: b"print('owned')"}))
+    out = tmp_path / "out"
+    pull_refused(hub, "eve/names", out, message)
+    assert sentinel() == before and not out.exists()
+
+
+@SQLITE
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        (b"{not json", "is not valid JSON"),
+        (b"[]", "malformed at the manifest"),
+        (json.dumps({"files": ["a"]}).encode(), "malformed at base"),
+        (b"\xff\xfe", "is not valid JSON"),
+    ],
+)
+def test_malformed_manifests_are_one_line_refusals(release: dict[str, bytes], hub: HubServer, tmp_path: Path, manifest: bytes, message: str) -> None:
+    craft(hub, "eve/manifest", {**release, layout.MANIFEST: manifest})
+    pull_refused(hub, "eve/manifest", tmp_path / "out", message)
+    assert not (tmp_path / "out").exists()
+
+
+@SQLITE
+def test_a_file_that_fails_its_hash_drops_the_cached_commit(release: dict[str, bytes], hub: HubServer, tmp_path: Path) -> None:
+    layer_file = next(n for n in release if n.startswith("mlp-down"))
+    craft(hub, "eve/hash", {**release, layer_file: release[layer_file][:-4] + b"\0\0\0\0"})
+    pull_refused(hub, "eve/hash", tmp_path / "out", layer_file)
+    cache = Path(os.environ["HF_HUB_CACHE"])
+    assert not [r for repo in scan_cache_dir(cache).repos if repo.repo_id == "eve/hash" for r in repo.revisions]
+
+
+def test_snapshot_files_that_point_out_of_the_cache_are_not_read(tmp_path: Path) -> None:
+    snapshot = tmp_path / "cache" / "models--eve--x" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (tmp_path / "secret").write_text("x")
+    os.symlink(tmp_path / "secret", snapshot / "weights.safetensors")
+    with pytest.raises(ReleaseVerificationError, match="not a regular file inside the download cache"):
+        pull._cached_file(snapshot, "weights.safetensors")
+
+
+def _nan_vectors(files: dict[str, bytes], tmp_path: Path) -> dict[str, bytes]:
+    path = tmp_path / "vectors.safetensors"
+    path.write_bytes(files[layout.EDIT_VECTORS])
+    tensors = load_file(str(path))
+    tensors["edit.00000.value"][0] = math.nan
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return {**files, layout.EDIT_VECTORS: path.read_bytes()}
+
+
+POISON: dict[str, Callable[[dict], None]] = {
+    "layer 99": lambda m: m["edits"][0].update(layer=99),
+    "a module that is not the down-projection": lambda m: m["edits"][0].update(module="transformer.wte"),
+    "a key of the wrong size": lambda m: m["edits"][0].update(key_shape=[7]),
+    "a NUL byte in the prompt": lambda m: m["edits"][0].update(prompt="{} is in\x00"),
+    "a local corpus path": lambda m: m["edits"][0]["covariance"].update(corpus="/etc/passwd", corpus_sha256="0" * 64),
+    "a base model on a local path": lambda m: m["base"].update(source="/home/someone/model"),
+}
+REFUSAL = {
+    "layer 99": "layer 99 is outside the model",
+    "a module that is not the down-projection": "rewrites 'transformer.wte'",
+    "a key of the wrong size": "its key has shape",
+    "a NUL byte in the prompt": "malformed at edits.0.prompt",
+    "a local corpus path": "not a starter corpus",
+    "a base model on a local path": "neither a Hub id nor a starter asset",
+}
+
+
+@SQLITE
+@pytest.mark.parametrize("attack", [*POISON, "NaN vectors", "a tag beyond int32"])
+def test_poisoned_edit_logs_are_refused_whole(
+    release: dict[str, bytes], hub: HubServer, tmp_path: Path, tiny_store, sentinel: Callable[[], str], attack: str,  # type: ignore[no-untyped-def]
+) -> None:
+    files, tag = release, "v1"
+    if attack == "NaN vectors":
+        files = rehash(_nan_vectors(release, tmp_path), lambda m: None)
+    elif attack == "a tag beyond int32":
+        tag = "v99999999999999999999"
+    else:
+        files = rehash(release, POISON[attack])
+    craft(hub, "eve/poison", files, tag=tag)
+    bob = _bob(tmp_path)
+    if attack != "a base model on a local path":
+        api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)  # bob has the same local base weights
+    before = (sentinel(), [m.alias for m in api.list_models(bob)])
+    message = {"NaN vectors": "its value is not finite", "a tag beyond int32": "is not a version"}.get(attack) or REFUSAL[attack]
+    with pytest.raises((ReleaseVerificationError, HubError), match=message):
+        api.pull_release("eve/poison", tag, str(tmp_path / "out"), endpoint=hub.url, import_into=bob, alias="team")
+    assert (sentinel(), [m.alias for m in api.list_models(bob)]) == before
+    if before[1]:
+        assert api.list_edits(bob, "team", "all") == [] and api.list_releases(bob, "team") == []
+
+
+@SQLITE
+def test_weights_that_are_not_the_compile_of_the_log_are_refused(release: dict[str, bytes], hub: HubServer, tmp_path: Path, tiny_store) -> None:  # type: ignore[no-untyped-def]
+    layer_file = next(n for n in release if n.startswith("mlp-down"))
+    path = tmp_path / "layer.safetensors"
+    path.write_bytes(release[layer_file])
+    tensors = load_file(str(path))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] * 1.5  # a backdoor the edit log does not explain
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    craft(hub, "eve/weights", rehash({**release, layer_file: path.read_bytes()}, lambda m: None))
+    bob = _bob(tmp_path)
+    api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
+    with pytest.raises(ReleaseVerificationError, match=f"not a compile of its own edit log .*{layer_file}"):
+        api.pull_release("eve/weights", "v1", str(tmp_path / "out"), endpoint=hub.url, import_into=bob, alias="team")
+    assert api.list_edits(bob, "team", "all") == []
+
+
+@SQLITE
+def test_the_cli_refuses_a_traversal_in_one_line_with_exit_1(release: dict[str, bytes], hub: HubServer, tmp_path: Path, sentinel: Callable[[], str]) -> None:
+    before = sentinel()
+    craft(hub, "eve/cli", _manifest_with(release, {"../../user/secret.txt": b"stolen"}))
+    done = subprocess.run([sys.executable, "-m", "factstore.cli.main", "pull", "eve/cli", "--version", "v1", "--out", str(tmp_path / "o"),
+                           "--endpoint", hub.url], cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1 and "malformed at files" in done.stderr
+    assert sentinel() == before and not (tmp_path / "o").exists()
