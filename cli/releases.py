@@ -28,10 +28,12 @@ def compile_(
     seconds: dict[str, float] = {}
     release, created = api.compile_release(api.open_store(), model, mode, out, device=device, timings=seconds, progress=BARS)
     if json_out:
-        emit_json({**release.to_json(), "created": created, "seconds": {k: round(v, 3) for k, v in seconds.items()}})
+        emit_json({**release.to_json(), "created": created, "folder": out or release.path, "seconds": {k: round(v, 3) for k, v in seconds.items()}})
     elif created:
         phases = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
         print(f"release v{release.version} ({release.mode}, {len(release.edit_ids)} edits) -> {release.path} ({phases})")
+    elif out:
+        print(f"edit log unchanged since v{release.version}: built it again into {out}")
     else:
         print(f"edit log unchanged since v{release.version}: reusing {release.path}")
 

@@ -127,12 +127,13 @@ class Hub:
         """tag name -> commit SHA."""
         return self.refs(repo)[1]
 
-    def upload(self, repo: str, folder: Path, parent: str, message: str, description: str = "") -> str:
-        """One commit on main holding the folder; refused by the Hub unless main is still at PARENT."""
+    def upload(self, repo: str, folder: Path, files: list[str], parent: str, message: str, description: str = "") -> str:
+        """One commit on main holding exactly FILES (plain names) of FOLDER; refused by the Hub
+        unless main is still at PARENT."""
         with _translated(self.endpoint, repo, "upload the release"):
             info = self.api.upload_folder(
                 repo_id=repo, folder_path=folder, repo_type="model", revision="main", parent_commit=parent,
-                commit_message=message, commit_description=description,
+                commit_message=message, commit_description=description, allow_patterns=files,
             )
         return info.oid
 

@@ -49,7 +49,8 @@ def test_same_log_same_bytes_in_and_across_processes(edited, tmp_path: Path) -> 
                           cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
     assert done.returncode == 0, done.stderr
     reported = json.loads(done.stdout)
-    assert reported["version"] == 2 and set(reported["seconds"]) == {"load", "score", "apply", "write"}
+    assert reported["version"] == 1 and reported["created"] is False  # the same log is the same release: no new version
+    assert set(reported["seconds"]) == {"load", "score", "apply", "write"} and len(api.list_releases(store, "tiny")) == 1
     assert _files(Path(release.path)) == _files(out)
     manifest = json.loads((out / layout.MANIFEST).read_text())
     assert manifest["files"] == layout.file_hashes(out) and [e["subject"] for e in manifest["edits"]] == SUBJECTS
@@ -126,15 +127,15 @@ def test_a_crash_while_writing_leaves_no_folder_and_no_row(edited, factstore_hom
     assert list((factstore_home / "releases" / "tiny").iterdir()) == []
 
 
-def test_unedited_weight_files_are_written_once_and_linked_into_releases(edited, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_unedited_weight_files_are_written_once_and_copied_into_releases(edited, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store, _ = edited
     release, _ = api.compile_release(store, "tiny", "joint")
     folder = Path(release.path)
     fresh = layout.edited_files({e.layer for e in store.list_edits(1)})
     stable = build._stable_files(store.get_base_model("tiny").revision)
     reused = {p.name for p in folder.glob("*.safetensors")} - fresh - {layout.EDIT_VECTORS}
-    assert reused and all((folder / n).stat().st_ino == (stable.folder / n).stat().st_ino for n in reused)
-    assert all((folder / n).stat().st_ino != (stable.folder / n).stat().st_ino for n in fresh if (stable.folder / n).exists())
+    assert reused and all((folder / n).read_bytes() == (stable.folder / n).read_bytes() for n in reused)
+    assert all((folder / n).stat().st_ino != (stable.folder / n).stat().st_ino for n in reused)  # never a shared inode
     # a cached file that changed behind factstore's back is written again, not trusted
     victim = stable.folder / sorted(reused)[0]
     size = victim.stat().st_size
@@ -146,13 +147,31 @@ def test_unedited_weight_files_are_written_once_and_linked_into_releases(edited,
     assert victim.read_bytes() == (folder / victim.name).read_bytes()
 
 
-def test_stable_files_are_copied_where_links_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_into_one_release_changes_no_other_and_is_caught_on_reuse(edited, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, _ = edited
+    release, _ = api.compile_release(store, "tiny", "joint")
+    other = tmp_path / "other"
+    api.compile_release(store, "tiny", "joint", out=str(other))  # the same release built again elsewhere
+    base_file = next(Path(release.path).glob("base-*.safetensors"))
+    stable = build._stable_files(store.get_base_model("tiny").revision).folder / base_file.name
+    cached, elsewhere = stable.read_bytes(), (other / base_file.name).read_bytes()
+    with open(base_file, "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"garbage")
+    assert stable.read_bytes() == cached and (other / base_file.name).read_bytes() == elsewhere
+    with pytest.raises(CompileError, match=rf"release v1 at .* was changed after it was built .*{base_file.name}"):
+        api.compile_release(store, "tiny", "joint")  # the log is unchanged: reuse checks the folder first
+
+
+def test_stable_files_are_copied_where_reflinks_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
     from factstore.files import file_sha256
 
-    def no_links(*_args: object, **_kwargs: object) -> None:
-        raise OSError("cross-device link")
+    def no_reflinks(*_args: object, **_kwargs: object) -> None:
+        raise OSError("Operation not supported")
 
-    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(fcntl, "ioctl", no_reflinks)
     state = {"a": torch.arange(6, dtype=torch.float32), "b": torch.ones(2, 3)}
     stable, target = layout.StableFiles(tmp_path / "cache"), tmp_path / "release"
     target.mkdir()

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from huggingface_hub import scan_cache_dir
 from safetensors.torch import load_file, save_file
+from test_hub import _serve
 
 from factstore import api
-from factstore.editing.session import EditSession
 from factstore.domain import EditRequest
+from factstore.editing.session import EditSession
 from factstore.errors import HubError, ReleaseVerificationError
 from factstore.release import layout, pull
 from hub_server import Entry, HubServer, Repo
-from test_hub import _serve
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = "alice/good"

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 from factstore import api
 from factstore.domain import EditRequest
 from factstore.editing.session import EditSession
-from factstore.errors import HubAuthError, HubNotFound, HubUnreachable, PublishConflict, ReleaseVerificationError
+from factstore.errors import CompileError, HubAuthError, HubNotFound, HubUnreachable, PublishConflict, ReleaseVerificationError
 from factstore.release import layout
 from factstore.weights.replay import constraint_errors
 from hub_server import HubServer
@@ -199,6 +199,26 @@ def test_publish_through_a_network_outage_is_finished_by_a_rerun(tiny_store, lfs
     lfs_hub.state.drop.clear()  # the network is back
     done = api.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url)
     assert lfs_hub.state.repos[NAME].tags == {"v1": done.commit} and api.list_releases(tiny_store, "tiny")[-1].status == "published"
+
+
+@SQLITE_ONLY
+def test_publish_sends_exactly_the_manifest_files_of_an_intact_folder(tiny_store, hub: HubServer) -> None:  # type: ignore[no-untyped-def]
+    _add(tiny_store, "tiny", FACTS[:1])
+    release, _ = api.compile_release(tiny_store, "tiny")
+    folder = Path(release.path)
+    (folder / ".env").write_text("OPENAI_API_KEY=sk-secret\n")  # left there by a user
+    (folder / "notes.txt").write_text("private")
+    done = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    published = set(hub.state.repos[NAME].commits[done.commit].files) - {".gitattributes"}
+    assert published == set(layout.read_manifest(folder).files) | {layout.MANIFEST}
+
+    _add(tiny_store, "tiny", FACTS[1:2])
+    v2, _ = api.compile_release(tiny_store, "tiny")
+    card = Path(v2.path) / "README.md"
+    card.write_text(card.read_text() + "changed by hand")
+    with pytest.raises(CompileError, match="was changed after it was built"):
+        api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    assert set(hub.state.repos[NAME].tags) == {"v1"}
 
 
 @SQLITE_ONLY

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,11 +16,12 @@ from transformers import PreTrainedModel
 
 from factstore import config
 from factstore.analysis.metrics import aggregate, score_records
-from factstore.domain import BaseModel, Record, Release, StoredEdit
-from factstore.errors import CompileError
-from factstore.files import staged_folder
+from factstore.domain import BaseModel, Record, Release, StoredEdit, check_alias
+from factstore.errors import CompileError, ReleaseVerificationError
+from factstore.files import file_sha256, staged_folder
 from factstore.progress import SILENT, Reporter
 from factstore.release import card, layout
+from factstore.release.manifest import Manifest
 from factstore.release.scoring import RELEASE_PREFIX_SEED, RELEASE_PREFIXES, release_prefixes, release_records
 from factstore.storage.store import Store
 from factstore.weights import assets, checkpoints
@@ -77,7 +78,8 @@ def build(
 ) -> tuple[Release, bool]:
     """Compile the active edit log of ALIAS into a release folder. Returns (release, created).
 
-    check=False skips refusing edits that do not hold (benchmarks measure how edits fare
+    An unchanged log reuses its release (checked against its manifest); with OUT it is built
+    again into OUT, as the same version (no new release is recorded). check=False skips refusing edits that do not hold (benchmarks measure how edits fare
     instead); timings, when given, receives seconds per phase (load, apply, score, write).
     """
     check_mode(mode)  # before the model is loaded
@@ -85,20 +87,40 @@ def build(
     edits = store.list_edits(base.id, "active")
     log_sha = layout.edit_log_sha256(base.revision, mode, log_entries(edits))
     latest = store.get_latest_release(base.id)
-    if out is None and latest and latest.edit_log_sha256 == log_sha and Path(latest.path, layout.MANIFEST).exists():
-        return latest, False
+    unchanged = latest if latest and latest.edit_log_sha256 == log_sha else None
+    if unchanged and out is None and Path(unchanged.path, layout.MANIFEST).exists():
+        checked_folder(unchanged)
+        return unchanged, False
+    target = _out_folder(out) if out else None  # checked before the model is loaded
     lap = _Laps(timings)
     loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress)
     lap("load")
     scores = _compile_in_memory(store, base, loaded, edits, mode, check, lap)
+    if unchanged and target:
+        _write_release(store, base, loaded, edits, mode, log_sha, scores, target)
+        lap("write")
+        return unchanged, False
     version = store.get_next_release_version(base.id)
-    final = _release_folder(alias, version, out)
+    final = target or _release_folder(alias, version)
     manifest_sha = _write_release(store, base, loaded, edits, mode, log_sha, scores, final)
     release = store.create_release(
         base.id, version, mode=mode, edit_log_sha256=log_sha, manifest_sha256=manifest_sha, path=str(final), edit_ids=[e.id for e in edits],
     )
     lap("write")
     return release, True
+
+
+def checked_folder(release: Release) -> Manifest:
+    """A built release's folder, checked against its manifest (and the manifest against the
+    store) before it is reused or published: release folders are plain files a user can change."""
+    folder = Path(release.path)
+    try:
+        manifest = layout.verify_folder(folder)
+    except ReleaseVerificationError as exc:
+        raise CompileError(f"release v{release.version} at {folder} was changed after it was built ({exc}); move the folder away and compile again") from None
+    if file_sha256(folder / layout.MANIFEST) != release.manifest_sha256:
+        raise CompileError(f"the manifest of release v{release.version} at {folder} was changed after it was built; move the folder away and compile again")
+    return manifest
 
 
 def _compile_in_memory(
@@ -119,12 +141,21 @@ def _compile_in_memory(
     return aggregate(after)
 
 
-def _release_folder(alias: str, version: int, out: str | None) -> Path:
-    final = Path(out).expanduser().resolve() if out else config.releases_dir() / alias / f"v{version}"
-    if final.exists() and any(final.iterdir()):
-        if out:
-            raise CompileError(f"{final} exists and is not empty; choose another --out")
-        shutil.rmtree(final)  # left by a compile killed after its rename and before its row
+def _out_folder(out: str) -> Path:
+    """--out: a folder that does not exist yet, or an empty one; anything else is refused."""
+    final = Path(out).expanduser().resolve()
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise CompileError(f"{final} exists and is not an empty folder; choose another --out")
+    return final
+
+
+def _release_folder(alias: str, version: int) -> Path:
+    """FACTSTORE_HOME/releases/ALIAS/vN. A folder already there (a compile killed after its rename
+    and before its row, or another store sharing FACTSTORE_HOME) is moved aside, never emptied."""
+    final = config.releases_dir() / check_alias(alias) / f"v{version}"
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        aside = final.with_name(f"{final.name}.moved-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        final.rename(aside)
     return final
 
 

@@ -8,9 +8,9 @@ gives byte-identical folders.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -90,8 +90,9 @@ def _save(state: dict[str, torch.Tensor], names: list[str], path: Path) -> None:
 class StableFiles:
     """Weight files that no edit touches, serialised and hashed once per base model.
 
-    Releases get them as hard links (a copy across file systems), so a compile writes and
-    hashes only the down-projections its edits changed. Cached files are read-only and are
+    Releases get them as reflinks where the file system has them, else as copies (never hard
+    links: a release file is its own inode), so a compile serialises and hashes only the
+    down-projections its edits changed. Cached files are read-only and are
     rewritten when their size or mtime no longer matches what was recorded.
     """
 
@@ -115,7 +116,7 @@ class StableFiles:
             entry = index.get(name)
             if entry is None or not path.exists() or _stamp(path) != (entry["size"], entry["mtime_ns"]):
                 index[name], changed = self._write(state, names, path), True
-            _link_or_copy(path, target / name)
+            _clone_or_copy(path, target / name)
         if changed:
             atomic_write_text(self.index_file, json.dumps(index, indent=2, sort_keys=True))
         return {name: index[name]["sha256"] for name in plan}
@@ -135,11 +136,19 @@ def _stamp(path: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:  # another file system, or links not allowed
-        shutil.copyfile(source, target)
+FICLONE = 0x40049409  # Linux ioctl: the new file shares the source's blocks copy-on-write (btrfs, XFS)
+
+
+def _clone_or_copy(source: Path, target: Path) -> None:
+    """TARGET as its own file with SOURCE's bytes: a reflink where the file system offers one, a
+    copy elsewhere. Never a hard link: a write into one release must not change another."""
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+            return
+        except OSError:  # no reflinks here (ext4, tmpfs, another file system)
+            pass
+    shutil.copyfile(source, target)
 
 
 def write_edit_vectors(folder: Path, vectors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

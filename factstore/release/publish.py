@@ -15,6 +15,7 @@ from factstore.errors import PublishConflict
 from factstore.hub import Hub, branch_commit, tag_for
 from factstore.progress import SILENT, Reporter
 from factstore.release import build, layout
+from factstore.release.build import checked_folder
 from factstore.storage.store import Store
 from factstore.weights.replay import DEFAULT_MODE
 
@@ -67,8 +68,9 @@ def _upload(store: Store, hub: Hub, release: Release, repo: str, private: bool) 
     if parent is None and any(t.startswith("v") for t in tags):
         raise PublishConflict(f"{repo} already holds releases of a lineage this store does not know; pull one with `factstore pull {repo} --import-edits` first")
     n = len(release.edit_ids)
+    files = [*checked_folder(release).files, layout.MANIFEST]
     try:
-        commit = hub.upload(repo, Path(release.path), head, f"factstore release {tag}", f"{n} edits, {release.mode} compile")
+        commit = hub.upload(repo, Path(release.path), files, head, f"factstore release {tag}", f"{n} edits, {release.mode} compile")
     except PublishConflict:
         # huggingface_hub retries a commit whose answer was lost; the retry then finds main
         # moved, by our own commit: adopt it rather than report a conflict
