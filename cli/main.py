@@ -31,11 +31,12 @@ app.command(name="eval")(evaluate.eval_)
 
 def main() -> None:
     try:
-        app()
+        code = app(standalone_mode=False)  # usage errors come back as exceptions: one line, exit 1
     except SystemExit:
         raise
-    except BaseException as exc:
+    except BaseException as exc:  # every failure gets one readable line
         sys.exit(report(exc))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

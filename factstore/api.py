@@ -108,9 +108,11 @@ def add_edit(
     layer: int | str | None = None, note: str | None = None, device: str | None = None, progress: Reporter = SILENT,
 ) -> EditOutcome:
     """Compute one edit on the head model and register it."""
+    from factstore.editing.models import check_size, tokenizer_for
     from factstore.editing.session import EditSession
 
     request = EditRequest(prompt=prompt, subject=subject, target_new=target, relation_id=relation)
+    check_size(tokenizer_for(store, alias), request)  # before the model is loaded
     session = EditSession(store, alias, device=device, progress=progress)
     return session.add(request, layer=layer, note=note, requested_by=_user())
 
@@ -140,8 +142,12 @@ def retract_edit(store: Store, edit_id: int) -> StoredEdit:
 
 def ask_model(store: Store, alias: str, prompt: str, top: int = 5, *, device: str | None = None, progress: Reporter = SILENT) -> dict:
     """Top next tokens and the greedy continuation on the head model."""
+    from factstore.editing.models import check_prompt_size, tokenizer_for
     from factstore.editing.session import EditSession, ask
 
+    if not 1 <= top <= 100:
+        raise InvalidEditRequest(f"top must be between 1 and 100, not {top}")
+    check_prompt_size(tokenizer_for(store, alias), prompt)
     session = EditSession(store, alias, device=device, progress=progress)
     result = ask(session.model, session.tokenizer, prompt, top)
     result["edits_applied"] = len(session.applied)
@@ -205,9 +211,11 @@ def trace_fact(
     device: str | None = None, progress: Reporter = SILENT,
 ) -> dict:
     """Causal-tracing maps of one fact (PNGs + JSON)."""
+    from factstore.editing.models import check_size, tokenizer_for
     from factstore.studies import tracing
 
     settings = _trace_settings(samples, noise_factor, window, seed, kinds)
+    check_size(tokenizer_for(store, alias), EditRequest(prompt, subject, target or "x"))
     return tracing.trace_fact(store, alias, prompt, subject, target, settings=settings, out=out, device=device, progress=progress)
 
 

@@ -10,6 +10,8 @@ CACHE_ENV = "FACTSTORE_CACHE"
 DATABASE_ENV = "FACTSTORE_DATABASE_URL"
 DEBUG_ENV = "FACTSTORE_DEBUG"
 DEVICE_ENV = "FACTSTORE_DEVICE"
+MAX_PROMPT_TOKENS_ENV = "FACTSTORE_MAX_PROMPT_TOKENS"
+MAX_TARGET_TOKENS_ENV = "FACTSTORE_MAX_TARGET_TOKENS"
 
 
 def home() -> Path:
@@ -52,3 +54,19 @@ def debug() -> bool:
 def device() -> str | None:
     """FACTSTORE_DEVICE (cpu, cuda, cuda:N, auto), or None: cuda when available, else cpu."""
     return os.environ.get(DEVICE_ENV) or None
+
+
+def _positive(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else default
+
+
+def max_prompt_tokens() -> int:
+    """Longest prompt (and subject) of an edit, `ask` or `trace`, in tokens: a fact is short, and a
+    long prompt costs memory and time in every optimisation step."""
+    return _positive(MAX_PROMPT_TOKENS_ENV, 256)
+
+
+def max_target_tokens() -> int:
+    """Longest new object of an edit, in tokens."""
+    return _positive(MAX_TARGET_TOKENS_ENV, 64)

@@ -51,6 +51,12 @@ class EditRequest:
         self.validate()
 
     def validate(self) -> None:
+        for name, value, limit in (("prompt", self.prompt, 4096), ("subject", self.subject, 1024), ("target", self.target_new, 1024),
+                                   ("old target", self.target_true or "", 1024), ("relation id", self.relation_id or "", 64)):
+            if "\x00" in value:
+                raise InvalidEditRequest(f"the {name} contains a NUL byte; remove it")
+            if len(value) > limit:
+                raise InvalidEditRequest(f"the {name} is {len(value)} characters long; the limit is {limit}")
         if self.prompt.count("{}") != 1:
             raise InvalidEditRequest(
                 f"the prompt must contain '{{}}' exactly once where the subject goes, "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from factstore.datasets import read_requests
 from factstore.domain import request_sha256
+from factstore.editing.models import check_size, tokenizer_for
 from factstore.editing.session import EditSession
 from factstore.errors import InvalidEditRequest
 from factstore.progress import SILENT, Reporter
@@ -20,6 +21,12 @@ def import_edits(
     """Add the first LIMIT requests of PATH to ALIAS's log; a rerun skips the ones already stored."""
     requests = read_requests(path, limit)
     base = store.get_base_model(alias)
+    tokenizer = tokenizer_for(store, alias)
+    for i, request in enumerate(requests, start=1):  # sizes first: no model is loaded for a file that cannot go in
+        try:
+            check_size(tokenizer, request)
+        except InvalidEditRequest as exc:
+            raise InvalidEditRequest(f"record {i}: {exc}; nothing was imported") from None
     session = EditSession(store, alias, device=device, progress=progress)
     for i, request in enumerate(requests, start=1):
         try:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from factstore.domain import BaseModel
+from typing import Any
+
+from factstore import config
+from factstore.domain import BaseModel, EditRequest, check_alias
 from factstore.progress import SILENT, Reporter
+from factstore.rome.prompts import check_token_limits
 from factstore.storage.store import Store
 from factstore.weights import assets, checkpoints
 
@@ -12,6 +16,22 @@ def register_model(
     store: Store, alias: str, source: str, revision: str | None = None, *, progress: Reporter = SILENT,
 ) -> tuple[BaseModel, bool]:
     """Pin SOURCE (Hub id, folder, .gguf, starter:NAME) to exact weights under ALIAS. Returns (model, created)."""
+    check_alias(alias)  # before anything is downloaded
     ref = checkpoints.resolve(source, revision, progress)
     license = assets.starter(source).license if source.startswith(assets.PREFIX) else None
     return store.create_base_model(alias, ref, license=license)
+
+
+def tokenizer_for(store: Store, alias: str) -> Any:
+    """The tokenizer of a registered model, without loading its weights."""
+    base = store.get_base_model(alias)
+    return checkpoints.load_tokenizer(base.source, base.revision)
+
+
+def check_size(tokenizer: Any, request: EditRequest) -> None:
+    """Refuse requests longer than the caps (FACTSTORE_MAX_PROMPT_TOKENS / _TARGET_TOKENS)."""
+    check_token_limits(tokenizer, request.text, request.target_new, config.max_prompt_tokens(), config.max_target_tokens())
+
+
+def check_prompt_size(tokenizer: Any, prompt: str) -> None:
+    check_token_limits(tokenizer, prompt, None, config.max_prompt_tokens(), config.max_target_tokens())

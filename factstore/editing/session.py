@@ -110,6 +110,7 @@ class EditSession:
                 raise InvalidEditRequest(f"no traced layer for {self.base.alias}; run `factstore trace --model {self.base.alias} --dataset FILE` first, or give --layer N")
             return hp.with_layer(traced)
         if layer is not None:
+            arch.check_layer(self.model, int(layer))  # before any statistics are computed for it
             return hp.with_layer(int(layer))
         cfg = self.model.config
         if traced is not None and not has_measured_layer(cfg.model_type, arch.num_layers(self.model), cfg.hidden_size):
@@ -188,6 +189,8 @@ def ask(model: PreTrainedModel, tokenizer: Any, prompt: str, top: int = 5, max_n
     """The model's top next tokens with probabilities, and its greedy continuation."""
     device = next(model.parameters()).device
     ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
+    if ids.shape[1] == 0 or ids.shape[1] + max_new_tokens > arch.context_length(model):
+        raise InvalidEditRequest(f"the prompt is {ids.shape[1]} tokens; give 1 to {arch.context_length(model) - max_new_tokens} for this model")
     probs = torch.softmax(model(input_ids=ids).logits[0, -1].float(), -1)
     values, indices = probs.topk(top)
     return {

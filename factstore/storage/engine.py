@@ -13,6 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from factstore.errors import DatabaseUnavailable
 
 BUSY_TIMEOUT_MS = 60_000
+READ_ONLY = "factstore_read_only"
+
+
+def readonly(engine: Engine) -> Engine:
+    """The same engine (and pool) for transactions that only read."""
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 def _sqlite_pragmas(engine: Engine) -> None:
@@ -27,9 +33,11 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(conn: Any) -> None:
-        # Take the write lock at the start: concurrent writers queue on busy_timeout
-        # instead of failing later with "database is locked" on lock upgrade.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writer takes the write lock at the start: concurrent writers queue on busy_timeout
+        # instead of failing later with "database is locked" on lock upgrade. A reader (an
+        # engine made by readonly()) starts a plain deferred transaction: in WAL mode it reads
+        # a snapshot and never queues behind a writer.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:

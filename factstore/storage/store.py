@@ -8,14 +8,14 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from factstore import config
 from factstore.domain import BaseModel, Covariance, ImportedRelease, ModelRef, NewEdit, Release, StoredEdit, check_alias, request_sha256
 from factstore.errors import DatabaseError, DatabaseUnavailable, EditStateError, ImportConflict, ModelAliasTaken, UnknownEdit, UnknownModel
 from factstore.storage import schema
-from factstore.storage.engine import check_reachable, make_engine, session_scope
+from factstore.storage.engine import check_reachable, make_engine, readonly, session_scope
 from factstore.storage.models import EDIT_STATUSES, BaseModelRow, ContextTemplateRow, CovarianceStat, EditRow, ReleaseEdit, ReleaseRow
 
 _SEQ_RETRIES = 20
@@ -28,9 +28,12 @@ def _is_seq_race(exc: IntegrityError) -> bool:
     return any(name in str(exc.orig) for name in _SEQ_CONSTRAINT)
 
 
+def _first_line(exc: DBAPIError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig is not None and str(exc.orig).strip() else type(exc).__name__
+
+
 def _refused(exc: IntegrityError, what: str) -> DatabaseError:
-    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-    return DatabaseError(f"the database refused to {what} ({reason}); nothing was written")
+    return DatabaseError(f"the database refused to {what} ({_first_line(exc)}); nothing was written")
 
 
 def _base(row: BaseModelRow) -> BaseModel:
@@ -82,11 +85,20 @@ class Store:
                 shown = self.engine.url.render_as_string(hide_password=True)
                 raise DatabaseUnavailable(f"cannot read the schema of {shown} ({reason}); check FACTSTORE_DATABASE_URL") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(readonly(self.engine), expire_on_commit=False)
 
     @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        with session_scope(self._sessions) as session:
-            yield session
+    def _tx(self, write: bool = True) -> Iterator[Session]:
+        """One transaction (write=False: one that only reads, and never waits for a writer on SQLite).
+        Database failures become one-line errors with the password masked."""
+        shown = self.engine.url.render_as_string(hide_password=True)
+        try:
+            with session_scope(self._sessions if write else self._read_sessions) as session:
+                yield session
+        except OperationalError as exc:
+            raise DatabaseUnavailable(f"the database {shown} failed ({_first_line(exc)}); check that it is running and writable, then retry") from None
+        except DataError as exc:
+            raise DatabaseError(f"the database {shown} refused a value ({_first_line(exc)}); nothing was written") from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -116,7 +128,7 @@ class Store:
         return row, True
 
     def get_base_model(self, alias: str) -> BaseModel:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             row = s.scalar(select(BaseModelRow).where(BaseModelRow.alias == alias))
             if row is None:
                 known = s.scalars(select(BaseModelRow.alias).order_by(BaseModelRow.alias)).all()
@@ -125,13 +137,13 @@ class Store:
             return _base(row)
 
     def list_base_models(self) -> list[BaseModel]:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             return [_base(r) for r in s.scalars(select(BaseModelRow).order_by(BaseModelRow.id))]
 
     # context templates and statistics ------------------------------------------------------
 
     def get_context_templates(self, base_id: int, fingerprint: str) -> dict | None:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             row = s.scalar(
                 select(ContextTemplateRow).where(ContextTemplateRow.base_model_id == base_id, ContextTemplateRow.fingerprint == fingerprint)
             )
@@ -150,13 +162,13 @@ class Store:
         return templates
 
     def get_covariance_by_key(self, cache_key: str) -> Covariance | None:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             row = s.scalar(select(CovarianceStat).where(CovarianceStat.cache_key == cache_key))
             return None if row is None else _cov(row)
 
     def get_latest_covariance(self, base_id: int, layer: int) -> Covariance | None:
         """The most recently recorded C of a layer, whatever corpus it came from."""
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             row = s.scalar(
                 select(CovarianceStat)
                 .where(CovarianceStat.base_model_id == base_id, CovarianceStat.layer == layer)
@@ -166,7 +178,7 @@ class Store:
             return None if row is None else _cov(row)
 
     def get_covariance(self, cov_id: int) -> Covariance:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             return _cov(s.get_one(CovarianceStat, cov_id))
 
     def create_covariance(self, base_id: int, cache_key: str, *, record: Covariance) -> Covariance:
@@ -228,7 +240,7 @@ class Store:
 
     def list_conflicting_edits(self, base_id: int, *, subject: str, prompt: str, relation_id: str | None) -> list[StoredEdit]:
         """Active edits that a new request for this fact would supersede."""
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             return [_edit(r) for r in s.scalars(select(EditRow).where(*self._same_fact(base_id, subject, prompt, relation_id)))]
 
     def list_edits(self, base_id: int, status: str = "active") -> list[StoredEdit]:
@@ -238,7 +250,7 @@ class Store:
         query = select(EditRow).where(EditRow.base_model_id == base_id).order_by(EditRow.seq)
         if status != "all":
             query = query.where(EditRow.status == status)
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             return [_edit(r) for r in s.scalars(query)]
 
     @staticmethod
@@ -249,11 +261,11 @@ class Store:
         return row
 
     def get_edit(self, edit_id: int) -> StoredEdit:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             return _edit(self._edit_row(s, edit_id))
 
     def list_edits_by_request(self, base_id: int, sha: str) -> list[StoredEdit]:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             rows = s.scalars(select(EditRow).where(EditRow.base_model_id == base_id, EditRow.request_sha256 == sha))
             return [_edit(r) for r in rows]
 
@@ -273,7 +285,7 @@ class Store:
         return list(s.scalars(query))
 
     def list_releases(self, base_id: int) -> list[Release]:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             rows = s.scalars(select(ReleaseRow).where(ReleaseRow.base_model_id == base_id).order_by(ReleaseRow.version)).all()
             return [_release(r, self._release_edit_ids(s, r.id)) for r in rows]
 
@@ -282,7 +294,7 @@ class Store:
         return found[-1] if found else None
 
     def get_next_release_version(self, base_id: int) -> int:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             return (s.scalar(select(func.max(ReleaseRow.version)).where(ReleaseRow.base_model_id == base_id)) or 0) + 1
 
     def create_release(
@@ -328,7 +340,7 @@ class Store:
         return found[-1] if found else None
 
     def list_context_templates(self, base_id: int) -> list[dict]:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             rows = s.scalars(select(ContextTemplateRow).where(ContextTemplateRow.base_model_id == base_id).order_by(ContextTemplateRow.id))
             return [{"fingerprint": r.fingerprint, "seed": r.seed, "templates": dict(r.templates)} for r in rows]
 

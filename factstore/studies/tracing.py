@@ -11,6 +11,7 @@ from factstore.analysis import causal_trace
 from factstore.analysis.causal_trace import TraceSettings
 from factstore.datasets import read_known_facts
 from factstore.domain import EditRequest
+from factstore.editing.models import check_size
 from factstore.errors import InvalidEditRequest
 from factstore.progress import SILENT, Reporter
 from factstore.rome.edit import validate_request
@@ -46,7 +47,7 @@ def trace_dataset(
 ) -> dict:
     """Average the maps over the first N facts the model knows; store the MLP peak layer as the
     base model's recommended edit layer. Facts whose subject cannot be traced (it does not
-    end on a token boundary) are skipped, counted and named in the result."""
+    end on a token boundary, or it is longer than the prompt cap) are skipped, counted and named in the result."""
     base = store.get_base_model(alias)
     facts = read_known_facts(path)
     loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress)
@@ -61,13 +62,13 @@ def trace_dataset(
             if len(traced) == n:
                 break
             scanned += 1
-            text = fact.template.replace("{}", fact.subject, 1)
-            if next_token_id(model, tok, text) != target_ids(tok, fact.attribute)[0]:
-                continue  # the paper traces facts the model knows
             try:
+                check_size(tok, EditRequest(fact.template, fact.subject, fact.attribute))
+                if next_token_id(model, tok, fact.template.replace("{}", fact.subject, 1)) != target_ids(tok, fact.attribute)[0]:
+                    continue  # the paper traces facts the model knows
                 result = causal_trace.trace(model, tok, fact.template, fact.subject, fact.attribute, settings, noise_std=std)
             except InvalidEditRequest as exc:
-                skipped.append({"subject": fact.subject, "reason": str(exc)})
+                skipped.append({"subject": fact.subject[:200], "reason": str(exc)})
                 continue
             summaries.append(causal_trace.summarise(result))
             traced.append({**fact.to_json(), "clean_prob": result.clean_prob, "corrupted_prob": result.corrupted_prob})

@@ -158,6 +158,18 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def load_tokenizer(source: str, expected: str) -> Any:
+    """The tokenizer of pinned weights alone (fast: no weights are read), for checks that must
+    come before a model is loaded."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    ref = resolve(source, None if expected.startswith("sha256:") else expected)
+    if ref.revision != expected:
+        raise IdentityMismatch(f"{source} now holds weights {ref.revision[:19]}..., not the pinned {expected[:19]}...; register the new weights under a new alias")
+    return AutoTokenizer.from_pretrained(ref.local_path)
+
+
 def load(
     source: str, revision: str | None = None, expected: str | None = None, device: str | None = None, progress: Reporter = SILENT,
 ) -> LoadedModel:
