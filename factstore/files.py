@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -28,6 +29,37 @@ def file_sha256(path: Path) -> str:
 def temp_sibling(path: Path) -> Path:
     """A name beside PATH that no other process or thread writing PATH will pick."""
     return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+
+
+# what temp_sibling and staged_folder name their work: the pid says whose it is
+_TEMP_FILE = re.compile(r"\..+\.(?P<pid>\d+)-\d+\.tmp")
+_TEMP_DIR = re.compile(r"\.tmp-.+-(?P<pid>\d+)-\d+")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def sweep_leftovers(folder: Path) -> list[Path]:
+    """Remove what killed factstore processes left in FOLDER: temporary files and staged folders
+    named as this module names them, whose process is gone. Nothing else is touched."""
+    removed = []
+    for path in folder.iterdir() if folder.is_dir() else ():
+        match = (_TEMP_DIR if path.is_dir() and not path.is_symlink() else _TEMP_FILE).fullmatch(path.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 @contextmanager
@@ -65,6 +97,7 @@ def staged_folder(final: Path) -> Iterator[Path]:
     removed when it fails, so a crash never leaves a half-written folder. FINAL must be absent
     or an empty folder."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(final.parent)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{threading.get_ident()}"
     shutil.rmtree(tmp, ignore_errors=True)  # our own name: a leftover of this pid, never someone else's
     tmp.mkdir()

@@ -79,20 +79,28 @@ def build(
     """Compile the active edit log of ALIAS into a release folder. Returns (release, created).
 
     An unchanged log reuses its release (checked against its manifest); with OUT it is built
-    again into OUT, as the same version (no new release is recorded). check=False skips refusing edits that do not hold (benchmarks measure how edits fare
-    instead); timings, when given, receives seconds per phase (load, apply, score, write).
+    again into OUT, as the same version (no new release is recorded). check=False skips
+    refusing edits that do not hold (benchmarks measure how edits fare instead); timings,
+    when given, receives seconds per phase (load, apply, score, write).
     """
     check_mode(mode)  # before the model is loaded
     base = store.get_base_model(alias)
+    target = _out_folder(out) if out else None
+    with store.model_lock(base.id):  # two compiles of one model run one after the other; the second may reuse
+        return _build(store, base, mode, target, device, check, _Laps(timings), progress)
+
+
+def _build(
+    store: Store, base: BaseModel, mode: str, target: Path | None, device: str | None, check: bool, lap: _Laps, progress: Reporter,
+) -> tuple[Release, bool]:
     edits = store.list_edits(base.id, "active")
     log_sha = layout.edit_log_sha256(base.revision, mode, log_entries(edits))
     latest = store.get_latest_release(base.id)
     unchanged = latest if latest and latest.edit_log_sha256 == log_sha else None
-    if unchanged and out is None and Path(unchanged.path, layout.MANIFEST).exists():
+    if unchanged and target is None and Path(unchanged.path, layout.MANIFEST).exists():
         checked_folder(unchanged)
         return unchanged, False
-    target = _out_folder(out) if out else None  # checked before the model is loaded
-    lap = _Laps(timings)
+    lap.start = time.perf_counter()  # waiting for the lock is not compile time
     loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress)
     lap("load")
     scores = _compile_in_memory(store, base, loaded, edits, mode, check, lap)
@@ -101,7 +109,7 @@ def build(
         lap("write")
         return unchanged, False
     version = store.get_next_release_version(base.id)
-    final = target or _release_folder(alias, version)
+    final = target or _release_folder(base.alias, version)
     manifest_sha = _write_release(store, base, loaded, edits, mode, log_sha, scores, final)
     release = store.create_release(
         base.id, version, mode=mode, edit_log_sha256=log_sha, manifest_sha256=manifest_sha, path=str(final), edit_ids=[e.id for e in edits],
@@ -203,10 +211,15 @@ def _covariance_entry(store: Store, cov_id: int | None) -> dict | None:
     return {"layer": c.layer, "corpus": corpus, "corpus_sha256": c.corpus_sha256, "tokens": c.tokens, "dtype": c.dtype, "sha256": c.sha256}
 
 
+def _published_source(base: BaseModel) -> str:
+    return base.source if base.source.startswith(assets.PREFIX) or card.public_source(base) else "local"
+
+
 def _manifest(store: Store, base: BaseModel, mode: str, edits: Sequence[StoredEdit], log_sha: str) -> dict:
     """Everything a teammate needs to continue the lineage: base identity, templates, the log."""
     return {
-        "base": {"source": base.source, "revision": base.revision, "model_type": base.model_type, "license": base.license},
+        # a local path is never published: the source is the Hub id or starter asset, else "local"
+        "base": {"source": _published_source(base), "revision": base.revision, "model_type": base.model_type, "license": base.license},
         "mode": mode,
         "joint_ridge": JOINT_RIDGE if mode == "joint" else None,
         "edit_log_sha256": log_sha,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from factstore.domain import BaseModel, StoredEdit
+from factstore.hub import REPO_ID
 from factstore.release.scoring import RELEASE_SAMPLE
 from factstore.weights import assets
 
@@ -40,12 +41,21 @@ def _scores_lines(scores: dict | None) -> list[str]:
     ]
 
 
+def public_source(base: BaseModel) -> str | None:
+    """What a published file may say the base model is: its Hub id (a starter asset's original),
+    never a local path."""
+    if base.source.startswith(assets.PREFIX):
+        return assets.starter(base.source).hub_id or None
+    return base.source if REPO_ID.fullmatch(base.source) else None
+
+
 def render(base: BaseModel, mode: str, edits: Sequence[StoredEdit], scores: dict | None = None) -> str:
     """No version or date in the text: the same edit log must give the same bytes."""
-    base_model = assets.starter(base.source).hub_id if base.source.startswith(assets.PREFIX) else base.source
+    base_model = public_source(base)
+    shown = f"`{base_model}`" if base_model else "a local model"
     lines = [
         "---",
-        f"base_model: {base_model}",
+        *([f"base_model: {base_model}"] if base_model else []),
         "base_model_relation: finetune",
         "library_name: transformers",
         "pipeline_tag: text-generation",
@@ -58,7 +68,7 @@ def render(base: BaseModel, mode: str, edits: Sequence[StoredEdit], scores: dict
         "",
         f"# {base.alias}, edited with factstore",
         "",
-        f"This model is `{base.source}` at revision `{base.revision}` with {len(edits)} fact edit(s) applied by",
+        f"This model is {shown} at revision `{base.revision}` with {len(edits)} fact edit(s) applied by",
         f"ROME (rank-one updates of MLP down-projections), compiled in `{mode}` mode.",
         "",
         "> **Warning:** edited facts may be counterfactual on purpose (for research or testing).",

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 
 from factstore import __version__, arch
 from factstore.errors import ReleaseVerificationError
-from factstore.files import atomic_path, atomic_write_text, file_sha256
+from factstore.files import atomic_path, atomic_write_text, file_sha256, sweep_leftovers
 from factstore.release.manifest import MANIFEST, Manifest
 from factstore.release.manifest import read as read_manifest
 
@@ -110,6 +110,7 @@ class StableFiles:
         """Link (or copy) each planned file into TARGET, writing it into the cache first if
         needed; returns file name -> sha256."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        sweep_leftovers(self.folder)  # a full disk or a kill can leave half-written files behind
         index, changed = self._index(), False
         for name, names in sorted(plan.items()):
             path = self.folder / name

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -102,6 +104,34 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextmanager
+    def model_lock(self, base_id: int) -> Iterator[None]:
+        """Hold a base model exclusively for long work (a compile) without holding a transaction:
+        an advisory lock on PostgreSQL, a file lock beside the database file on SQLite. Other
+        processes asking for the same model wait; edits and reads go on meanwhile."""
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.connect() as conn:
+                key = 0x66616374_0000_0000 + base_id  # "fact" in the high bits, a namespace of our own
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+            return
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            yield
+            return
+        path = Path(database).resolve()
+        with open(path.with_name(f".{path.name}.model-{base_id}.lock"), "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     # base models -------------------------------------------------------------------------
 
