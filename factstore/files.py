@@ -26,6 +26,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def usable_folder(path: str | Path, empty: bool = True) -> Path:
+    """PATH as an absolute folder that does not exist yet (or is empty, with EMPTY; else any
+    folder); anything else (a file, a name the file system refuses) is one clear error."""
+    from factstore.errors import FactStoreError
+
+    try:
+        final = Path(path).expanduser().resolve()
+        if final.exists() and (not final.is_dir() or (empty and any(final.iterdir()))):
+            raise FactStoreError(f"{final} exists and is not an empty folder; choose another output folder")
+    except OSError as exc:
+        raise FactStoreError(f"cannot use {str(path)[:80]!r} as an output folder ({exc.strerror}); choose another") from None
+    return final
+
+
 def temp_sibling(path: Path) -> Path:
     """A name beside PATH that no other process or thread writing PATH will pick."""
     return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")

@@ -19,6 +19,7 @@ from huggingface_hub import HfApi, hf_hub_download, scan_cache_dir, snapshot_dow
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
+    HFValidationError,
     LocalTokenNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
@@ -52,6 +53,8 @@ def _translated(endpoint: str, repo: str, what: str) -> Iterator[None]:
         raise HubNotFound(f"{repo}: {what} failed, not found ({_first_line(exc)}); `factstore pull {repo}` without --version takes the newest release") from None
     except RepositoryNotFoundError:
         raise HubNotFound(f"repository {repo} not found at {endpoint}, or it is private and the token cannot read it; check the name, {TOKEN_HINT}") from None
+    except HFValidationError as exc:
+        raise HubError(f"{what} on {repo[:100]!r} refused: {_first_line(exc)}") from None
     except LocalTokenNotFoundError:
         raise HubAuthError(f"{what} needs a Hub token; {TOKEN_HINT}") from None
     except HfHubHTTPError as exc:

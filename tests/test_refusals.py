@@ -17,11 +17,20 @@ from hypothesis import strategies as st
 
 from factstore import api
 from factstore.cli.main import main
+from factstore.errors import FactStoreError
 from factstore.files import staged_folder
 from factstore.hub import Hub
+from factstore.release import layout
 
 REPO = Path(__file__).resolve().parents[1]
 SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def _keep_cwd():  # type: ignore[no-untyped-def]
+    here = os.getcwd()
+    yield
+    os.chdir(here)
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -78,19 +87,22 @@ def test_compile_out_pointing_at_a_file_and_a_bad_database_are_one_line(tiny_sto
     target.write_text("keep me")
     code, err = run("compile", "--model", "tiny", "--out", str(target))
     assert code == 1 and "is not an empty folder" in err and target.read_text() == "keep me"
+    code, err = run("compile", "--model", "tiny", "--out", str(tmp_path / ("a" * 300)))  # found by the property test below
+    assert code == 1 and "File name too long" in err and len(err.strip().splitlines()) == 1
     monkeypatch.setenv("FACTSTORE_DATABASE_URL", "postgresql+psycopg://alice:s3cret-pw@127.0.0.1:1/none")
     code, err = run("edit", "list", "--model", "tiny")
     assert code == 1 and len(err.strip().splitlines()) == 1 and "s3cret-pw" not in err and "***" in err
 
 
 @SQLITE
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     command=st.sampled_from(["edit add", "edit import", "model add", "ask", "compile", "pull"]),
     words=st.lists(st.one_of(st.text(max_size=30), st.sampled_from(["..", "../x", "/", "\x00", "{}", "-1", "0", "v99999999999", "a" * 300])),
                    min_size=1, max_size=4),
 )
-def test_no_argument_makes_the_cli_crash_or_change_the_store_when_it_refuses(tiny_store, command: str, words: list[str]) -> None:  # type: ignore[no-untyped-def]
+def test_no_argument_makes_the_cli_crash_or_change_the_store_when_it_refuses(tiny_store, tmp_path: Path, command: str, words: list[str]) -> None:  # type: ignore[no-untyped-def]
+    os.chdir(tmp_path)  # relative --out names land in the test's folder, never in the checkout (restored by the fixture below)
     first, second, third = [*words, "p", "T", "1"][:3]
     argv = {
         "edit add": ["edit", "add", "--model", first, "--prompt", second, "--subject", "S", "--target", third],
@@ -107,7 +119,6 @@ def test_no_argument_makes_the_cli_crash_or_change_the_store_when_it_refuses(tin
         assert len(err.strip().splitlines()) == 1 and snapshot(tiny_store) == before, (argv, err)
 
 
-@SQLITE
 def test_two_compiles_of_one_model_at_once_give_one_release(tiny_store) -> None:  # type: ignore[no-untyped-def]
     from factstore.domain import EditRequest
     from factstore.editing.session import EditSession
@@ -154,3 +165,23 @@ def test_published_files_name_no_local_path(tiny_store, tmp_path: Path) -> None:
         text = (Path(release.path) / name).read_text()
         assert local not in text and "/tmp/" not in text, name
     assert json.loads((Path(release.path) / "factstore.json").read_text())["base"]["source"] == "local"
+
+
+@SQLITE
+def test_a_release_folder_in_the_way_is_moved_aside_not_deleted(tiny_store, factstore_home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from factstore.domain import EditRequest
+    from factstore.editing.session import EditSession
+
+    mine = factstore_home / "releases" / "tiny" / "v1"  # another store sharing FACTSTORE_HOME, or a user's notes
+    mine.mkdir(parents=True)
+    (mine / "NOTES.txt").write_text("mine")
+    EditSession(tiny_store, "tiny", device="cpu").add(EditRequest("{} is located in the city of", "The Louvre", "Rome"))
+    release, _ = api.compile_release(tiny_store, "tiny")
+    assert Path(release.path) == mine and (mine / layout.MANIFEST).exists()
+    aside = [p for p in mine.parent.iterdir() if p.name.startswith("v1.moved-")]
+    assert len(aside) == 1 and (aside[0] / "NOTES.txt").read_text() == "mine"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep")
+    with pytest.raises(FactStoreError, match="is not an empty folder"):
+        api.pull_release("alice/x", "v1", str(a_file))  # refused before anything is downloaded
+    assert a_file.read_text() == "keep"

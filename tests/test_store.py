@@ -89,3 +89,24 @@ def test_a_broken_reference_is_refused_at_once_not_retried_as_a_seq_race(store: 
 def test_unreachable_database_is_a_clear_error() -> None:
     with pytest.raises(DatabaseUnavailable, match="cannot reach"):
         Store("postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+def test_sqlite_reads_do_not_queue_behind_a_writer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade_database(url)
+    store = Store(url)
+    store.create_base_model("m", REF)
+    writer = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock (SQLite waits up to 60 s for it)
+    try:
+        seen: list[list[str]] = []
+        reader = threading.Thread(target=lambda: seen.append([m.alias for m in store.list_base_models()]), daemon=True)
+        reader.start()
+        reader.join(timeout=20)
+        assert seen == [["m"]], "a read queued behind the writer"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

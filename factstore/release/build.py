@@ -18,7 +18,7 @@ from factstore import config
 from factstore.analysis.metrics import aggregate, score_records
 from factstore.domain import BaseModel, Record, Release, StoredEdit, check_alias
 from factstore.errors import CompileError, ReleaseVerificationError
-from factstore.files import file_sha256, staged_folder
+from factstore.files import file_sha256, staged_folder, usable_folder
 from factstore.progress import SILENT, Reporter
 from factstore.release import card, layout
 from factstore.release.manifest import Manifest
@@ -85,7 +85,7 @@ def build(
     """
     check_mode(mode)  # before the model is loaded
     base = store.get_base_model(alias)
-    target = _out_folder(out) if out else None
+    target = usable_folder(out) if out else None
     with store.model_lock(base.id):  # two compiles of one model run one after the other; the second may reuse
         return _build(store, base, mode, target, device, check, _Laps(timings), progress)
 
@@ -147,14 +147,6 @@ def _compile_in_memory(
         verify(model, edits, mode, {e.id: s.efficacy[0] for e, s in zip(judged, after)})
     lap("score")
     return aggregate(after)
-
-
-def _out_folder(out: str) -> Path:
-    """--out: a folder that does not exist yet, or an empty one; anything else is refused."""
-    final = Path(out).expanduser().resolve()
-    if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise CompileError(f"{final} exists and is not an empty folder; choose another --out")
-    return final
 
 
 def _release_folder(alias: str, version: int) -> Path:

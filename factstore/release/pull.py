@@ -8,7 +8,7 @@ from pathlib import Path
 
 from factstore import config
 from factstore.errors import FactStoreError, HubAuthError, HubNotFound, ReleaseVerificationError
-from factstore.files import file_sha256, staged_folder
+from factstore.files import file_sha256, staged_folder, usable_folder
 from factstore.hub import VERSION_TAG, Hub, check_repo_id, forget_snapshot, latest_version_tag
 from factstore.release import layout
 from factstore.release import manifest as manifest_schema
@@ -37,7 +37,7 @@ def pull(
     file is fetched, every file it names must be a plain name listed in the repository at that
     commit, and only those files are downloaded, read (inside the cache) and copied."""
     check_repo_id(repo)
-    target = Path(out).expanduser().resolve() if out else config.home() / "pulled" / repo / "pending"
+    target = usable_folder(out, empty=False) if out else config.home() / "pulled" / repo / "pending"  # the same release may be there
     hub = _reader(Hub(endpoint, token), repo)
     tags = hub.tags(repo)  # read once: picks the newest version, then names the pulled commit
     version = version or latest_version_tag(tags) or "main"
@@ -80,8 +80,6 @@ def _copy_verified(snapshot: Path, manifest: manifest_schema.Manifest, target: P
     """Copy the manifest's files to TARGET through a temporary folder renamed into place, hashing
     each file once, in the copy: on a mismatch no folder is left and the cached commit is dropped."""
     source_manifest = _cached_file(snapshot, MANIFEST)
-    if target.exists() and not target.is_dir():
-        raise FactStoreError(f"{target} exists and is not a folder; choose another --out")
     if target.exists() and any(target.iterdir()):
         if (target / MANIFEST).is_file() and file_sha256(target / MANIFEST) == file_sha256(source_manifest):
             layout.verify_folder(target)

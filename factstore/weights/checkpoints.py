@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from factstore.progress import SILENT, Reporter
 from factstore.weights import assets
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+HUB_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")  # "gpt2" or "org/name"
 # what a Hub model needs to load: weights, config, tokenizer (never the rest of the repository)
 HUB_MODEL_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "tokenizer.model", "*.txt", "*.tiktoken"]
 
@@ -134,6 +136,8 @@ def resolve(source: str, revision: str | None = None, progress: Reporter = SILEN
         raise ModelSourceNotFound(f"{source} is a file but not a .gguf checkpoint; give a model folder or a .gguf file")
     if source.startswith((".", "/", "~")) or source.endswith(".gguf") or source.count("/") > 1:
         raise ModelSourceNotFound(f"no model at {source}: the path does not exist")
+    if not HUB_MODEL_ID.fullmatch(source) or ".." in source:
+        raise ModelSourceNotFound(f"{source[:80]!r} is not a model folder, a .gguf file, a starter: asset or a Hub id (NAMESPACE/NAME)")
     sha, folder = _resolve_hub(source, revision)
     return ModelRef(source=source, revision=sha, model_type=_model_type(folder), local_path=str(folder))
 

@@ -40,7 +40,10 @@ def load_corpus(name_or_path: str = DEFAULT_CORPUS, progress: Reporter = SILENT)
         path = Path(name_or_path).expanduser()
         if not path.is_file():
             raise StatisticsError(f"no corpus at {name_or_path}: give {DEFAULT_CORPUS} or a .txt/.json/.jsonl file")
-        texts = _read_texts(path)
+        try:
+            texts = _read_texts(path)
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise StatisticsError(f"cannot read the corpus {path} ({type(exc).__name__}): give UTF-8 text, a JSON list of strings or JSON lines with \"text\"") from None
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise StatisticsError(f"the corpus {name_or_path} holds no text")
