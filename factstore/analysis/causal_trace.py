@@ -12,7 +12,7 @@ Tensors in, tensors out: no files, no plots (factstore.studies.figures draws the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,7 +128,7 @@ def _noised(model: PreTrainedModel, noise: torch.Tensor, first: int, last: int) 
 def _restored(modules: dict[str, list[nn.Module]], clean: dict[str, list[torch.Tensor]], plan: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
     """plan: (kind, layer) -> (rows, positions); put the clean state back at output[rows, positions]."""
 
-    def make(state: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor):  # type: ignore[no-untyped-def]
+    def make(state: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> Callable[[nn.Module, tuple, Any], Any]:
         def hook(_mod: nn.Module, _args: tuple, output: object) -> object:
             hidden = _first(output).clone()
             hidden[rows, positions] = state[positions].to(hidden.dtype)
@@ -185,7 +185,7 @@ class Tracer:
         with ExitStack() as stack:
             for kind, mods in self.modules.items():
                 for layer, module in enumerate(mods):
-                    def keep(_m, _a, out, kind=kind, layer=layer):  # type: ignore[no-untyped-def]
+                    def keep(_m: nn.Module, _a: tuple, out: Any, kind: str = kind, layer: int = layer) -> None:
                         clean[kind][layer] = _first(out)[0].detach().clone()
 
                     stack.callback(module.register_forward_hook(keep).remove)
