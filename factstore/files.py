@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from factstore.errors import FactStoreError
+
 _BLOCK = 1 << 22
 
 
@@ -29,8 +31,6 @@ def file_sha256(path: Path) -> str:
 def usable_folder(path: str | Path, empty: bool = True) -> Path:
     """PATH as an absolute folder that does not exist yet (or is empty, with EMPTY; else any
     folder); anything else (a file, a name the file system refuses) is one clear error."""
-    from factstore.errors import FactStoreError
-
     try:
         final = Path(path).expanduser().resolve()
         if final.exists() and (not final.is_dir() or (empty and any(final.iterdir()))):

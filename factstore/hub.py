@@ -152,11 +152,9 @@ class Hub:
     def file_sha256(self, repo: str, commit: str, filename: str) -> str | None:
         """sha256 of one file at COMMIT, or None when that commit holds no such file."""
         try:
-            with _translated(self.endpoint, repo, f"read {filename}"):
-                path = hf_hub_download(repo, filename, revision=commit, repo_type="model", endpoint=self.endpoint, token=self._token)
+            return hashlib.sha256(self.download_file(repo, commit, filename).read_bytes()).hexdigest()
         except HubNotFound:
             return None
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
     def resolve(self, repo: str, version: str | None = None) -> str:
         """A tag, branch or commit SHA (None: the default branch) -> the commit SHA it names."""

@@ -183,13 +183,12 @@ class Store:
         """Store sampled templates; if another process stored them first, theirs win (same seed, same text)."""
         try:
             with self._tx() as s:
-                s.add(ContextTemplateRow(base_model_id=base_id, fingerprint=fingerprint, seed=seed, templates=templates))
-        except IntegrityError as exc:
+                return dict(self._template_row(s, base_id, fingerprint, seed, templates).templates)
+        except IntegrityError as exc:  # inserted by another process between our read and our write
             stored = self.get_context_templates(base_id, fingerprint)
             if stored is None:  # not a concurrent insert of the same row
                 raise _refused(exc, "store context templates") from None
             return stored
-        return templates
 
     def get_covariance_by_key(self, cache_key: str) -> Covariance | None:
         with self._tx(write=False) as s:
@@ -215,19 +214,11 @@ class Store:
         """Record where a C file lives; if another process recorded the same key first, its row wins."""
         try:
             with self._tx() as s:
-                s.add(
-                    CovarianceStat(
-                        base_model_id=base_id, cache_key=cache_key, layer=record.layer, module=record.module, corpus=record.corpus,
-                        corpus_sha256=record.corpus_sha256, tokens=record.tokens, dtype=record.dtype, path=record.path, sha256=record.sha256,
-                    )
-                )
-        except IntegrityError as exc:
+                return _cov(self._covariance_row(s, base_id, cache_key, record))
+        except IntegrityError as exc:  # inserted by another process between our read and our write
             if (found := self.get_covariance_by_key(cache_key)) is None:  # not a concurrent record of the same key
                 raise _refused(exc, "record key statistics") from None
             return found
-        found = self.get_covariance_by_key(cache_key)
-        assert found is not None, "a row committed in this process is readable"
-        return found
 
     # edits -----------------------------------------------------------------------------
 
@@ -400,13 +391,22 @@ class Store:
             if [(e.key_sha256, e.value_sha256) for e in active] != prefix:
                 raise ImportConflict(f"the active edits of {alias} are not a prefix of this release's edit log; import under a fresh --alias")
             for t in templates:
-                exists = s.scalar(select(ContextTemplateRow.id).where(ContextTemplateRow.base_model_id == base_id, ContextTemplateRow.fingerprint == t["fingerprint"]))
-                if exists is None:
-                    s.add(ContextTemplateRow(base_model_id=base_id, fingerprint=t["fingerprint"], seed=t["seed"], templates=t["templates"]))
+                self._template_row(s, base_id, t["fingerprint"], t["seed"], t["templates"])
             cov_ids = {key: self._covariance_row(s, base_id, key, record).id for key, record in covariances.items()}
             added = [self._insert_edit(s, base_id, replace(new, covariance_id=cov_ids[key] if key else None)) for new, key in edits]
             stored = self._imported_release(s, base_id, alias, release)
             return _base(row), added, stored
+
+    @staticmethod
+    def _template_row(s: Session, base_id: int, fingerprint: str, seed: int, templates: dict) -> ContextTemplateRow:
+        """The stored templates of that fingerprint, added when there are none (same seed, same text)."""
+        where = (ContextTemplateRow.base_model_id == base_id, ContextTemplateRow.fingerprint == fingerprint)
+        row = s.scalar(select(ContextTemplateRow).where(*where))
+        if row is None:
+            row = ContextTemplateRow(base_model_id=base_id, fingerprint=fingerprint, seed=seed, templates=templates)
+            s.add(row)
+            s.flush()
+        return row
 
     @staticmethod
     def _covariance_row(s: Session, base_id: int, cache_key: str, record: Covariance) -> CovarianceStat:

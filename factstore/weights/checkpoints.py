@@ -162,24 +162,8 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_tokenizer(source: str, expected: str) -> Any:
-    """The tokenizer of pinned weights alone (fast: no weights are read), for checks that must
-    come before a model is loaded."""
-    from transformers import AutoTokenizer
-
-    _quiet_transformers()
-    ref = resolve(source, None if expected.startswith("sha256:") else expected)
-    if ref.revision != expected:
-        raise IdentityMismatch(f"{source} now holds weights {ref.revision[:19]}..., not the pinned {expected[:19]}...; register the new weights under a new alias")
-    return AutoTokenizer.from_pretrained(ref.local_path)
-
-
-def load(
-    source: str, revision: str | None = None, expected: str | None = None, device: str | None = None, progress: Reporter = SILENT,
-) -> LoadedModel:
-    """Load model and tokenizer; with `expected`, refuse weights whose identity differs."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _pinned(source: str, revision: str | None, expected: str | None, progress: Reporter) -> ModelRef:
+    """The reference resolved; with `expected`, refused when its weights are not those."""
     _quiet_transformers()
     ref = resolve(source, revision if not expected or not expected.startswith("sha256:") else None, progress)
     if expected and ref.revision != expected:
@@ -187,13 +171,35 @@ def load(
             f"{source} now holds weights {ref.revision[:19]}..., not the pinned {expected[:19]}...; "
             "register the new weights under a new alias with `factstore model add`"
         )
+    return ref
+
+
+def _fast_tokenizer(ref: ModelRef) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ref.local_path)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelSourceNotFound(f"{ref.source} has no fast tokenizer (tokenizer.json); factstore needs character offsets")
+    return tokenizer
+
+
+def load_tokenizer(source: str, expected: str) -> Any:
+    """The tokenizer of pinned weights alone (fast: no weights are read), for checks that must
+    come before a model is loaded."""
+    return _fast_tokenizer(_pinned(source, expected, expected, SILENT))
+
+
+def load(
+    source: str, revision: str | None = None, expected: str | None = None, device: str | None = None, progress: Reporter = SILENT,
+) -> LoadedModel:
+    """Load model and tokenizer; with `expected`, refuse weights whose identity differs."""
+    from transformers import AutoModelForCausalLM
+
+    ref = _pinned(source, revision, expected, progress)
     device = device or default_device()
     kwargs = {"device_map": "auto"} if device == "auto" else {}
     model: Any = AutoModelForCausalLM.from_pretrained(ref.local_path, dtype="float32", **kwargs)
     if device != "auto":
         model.to(device)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(ref.local_path)
-    if not getattr(tokenizer, "is_fast", False):
-        raise ModelSourceNotFound(f"{source} has no fast tokenizer (tokenizer.json); factstore needs character offsets")
-    return LoadedModel(model=model, tokenizer=tokenizer, ref=ref)
+    return LoadedModel(model=model, tokenizer=_fast_tokenizer(ref), ref=ref)
