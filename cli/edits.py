@@ -27,9 +27,15 @@ def add(
     relation: Annotated[str | None, typer.Option("--relation", help="Relation id (e.g. P276); same subject+relation supersedes.")] = None,
     note: Annotated[str | None, typer.Option(help="Free text kept with the edit.")] = None,
     device: DeviceOpt = None,
+    queue: Annotated[bool, typer.Option("--queue", help="Only submit (checked with the tokenizer); a worker computes it. Prints the id.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Compute and register one fact edit on the head model."""
+    """Compute and register one fact edit on the head model (with --queue: submit it for a worker)."""
+    if queue:
+        entry, _ = api.submit_edit(api.open_store(), model, prompt=prompt, subject=subject, target=target, relation=relation,
+                                   layer=parse_layer(layer), note=note)
+        emit_json(entry.to_json()) if json_out else print(entry.id)
+        return
     outcome = api.add_edit(
         api.open_store(), model, prompt=prompt, subject=subject, target=target, relation=relation,
         layer=parse_layer(layer), note=note, device=device, progress=BARS,
@@ -61,22 +67,24 @@ def import_(
 @app.command("list")
 def list_(
     model: ModelOpt,
-    status: Annotated[str, typer.Option(help="active, retracted, superseded or all.")] = "active",
+    status: Annotated[str, typer.Option(help="active, retracted, superseded, pending, computing, failed or all (the queue too).")] = "active",
     json_out: JsonOpt = False,
 ) -> None:
-    """List a model's edits in replay order."""
-    edits = api.list_edits(api.open_store(), model, status)
+    """List a model's edits in replay order, then the requests still queued or failed."""
+    edits = api.list_log(api.open_store(), model, status)
     if json_out:
-        emit_json([e.summary() for e in edits])
+        emit_json([e.to_json() for e in edits])
     else:
-        table(f"edits of {model} ({status})", ["id", "seq", "status", "layer", "subject", "prompt", "old -> new"],
-              [(e.id, e.seq, e.status, e.layer, e.subject, e.prompt, f"{e.target_true} -> {e.target_new}") for e in edits])
+        table(f"edits of {model} ({status})", ["id", "seq", "status", "layer", "subject", "prompt", "old -> new", "error"],
+              [(e.id, e.seq, e.status, e.layer, e.subject, e.prompt, f"{e.target_true} -> {e.target_new}", e.error) for e in edits])
 
 
 @app.command("show")
 def show(edit_id: EditIdArg, json_out: JsonOpt = False) -> None:
-    """Everything recorded about one edit."""
-    details = api.get_edit(api.open_store(), edit_id).details()
+    """Everything recorded about one edit (or request)."""
+    store = api.open_store()
+    entry = api.get_entry(store, edit_id)
+    details = api.get_edit(store, edit_id).details() if entry.seq is not None else entry.to_json()
     if json_out:
         emit_json(details)
     else:

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from . import ask, db, edits, evaluate, hub, models, releases, stats, trace
+from . import ask, db, edits, evaluate, hub, models, releases, service, stats, trace
 from .errors import report
 
 app = typer.Typer(
@@ -27,6 +27,9 @@ app.command(name="publish")(hub.publish)
 app.command(name="pull")(hub.pull)
 app.command(name="trace")(trace.trace)
 app.command(name="eval")(evaluate.eval_)
+app.command(name="serve")(service.serve)
+app.command(name="worker")(service.worker)
+app.add_typer(service.token_app, name="token")
 
 
 def main() -> None:

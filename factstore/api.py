@@ -9,25 +9,31 @@ from __future__ import annotations
 
 import getpass
 from pathlib import Path
+from threading import Event
 from typing import TYPE_CHECKING
 
 from factstore import config
-from factstore.domain import BaseModel, EditRequest, Release, StoredEdit, check_alias
+from factstore.domain import ApiTokenInfo, BaseModel, EditEntry, EditRequest, Job, Release, StoredEdit, check_alias
 from factstore.errors import FactStoreError, InvalidEditRequest
 from factstore.progress import SILENT, Reporter
 from factstore.storage import schema
 from factstore.storage.engine import check_reachable, make_engine
+from factstore.storage.models import EDIT_STATUSES as _EDIT_STATUSES
+from factstore.storage.queue import idempotency_sha256 as idempotency_hash
 from factstore.storage.store import Store
 
 if TYPE_CHECKING:
     from factstore.analysis.causal_trace import TraceSettings
-    from factstore.editing.session import EditOutcome
+    from factstore.editing.requests import ModelChecks
+    from factstore.editing.session import EditOutcome, EditSession
     from factstore.release.publish import Published
     from factstore.release.pull import Pulled
+    from factstore.worker.loop import WorkerStats
 
-__all__ = ["SILENT", "FactStoreError", "Reporter", "Store", "debug_enabled"]
+__all__ = ["EDIT_STATUSES", "SILENT", "FactStoreError", "Reporter", "Store", "debug_enabled", "idempotency_hash"]
 
 EVAL_MODES = ("single", "lifelong")
+EDIT_STATUSES = _EDIT_STATUSES
 
 
 def debug_enabled() -> bool:
@@ -103,18 +109,31 @@ def _user() -> str | None:
         return None
 
 
+def submit_edit(
+    store: Store, alias: str, *, prompt: str, subject: str, target: str, relation: str | None = None,
+    layer: int | str | None = None, note: str | None = None, requested_by: str | None = None, idempotency: str | None = None,
+    checks: ModelChecks | None = None,
+) -> tuple[EditEntry, bool]:
+    """Check a request with the model's tokenizer only and store it pending for a worker.
+    Returns (entry, created); an IDEMPOTENCY hash already stored returns that entry."""
+    from factstore.editing.requests import ModelChecks, submit
+
+    request = EditRequest(prompt=prompt, subject=subject, target_new=target, relation_id=relation)
+    checks = checks or ModelChecks.load(store, alias)
+    return submit(store, checks, request, layer=layer, note=note, requested_by=requested_by or _user(), idempotency=idempotency)
+
+
 def add_edit(
     store: Store, alias: str, *, prompt: str, subject: str, target: str, relation: str | None = None,
     layer: int | str | None = None, note: str | None = None, device: str | None = None, progress: Reporter = SILENT,
 ) -> EditOutcome:
-    """Compute one edit on the head model and register it."""
-    from factstore.editing.models import check_size, tokenizer_for
+    """Submit one edit and compute it in this process on the head model (or wait for the worker
+    that holds the model to compute it)."""
     from factstore.editing.session import EditSession
 
-    request = EditRequest(prompt=prompt, subject=subject, target_new=target, relation_id=relation)
-    check_size(tokenizer_for(store, alias), request)  # before the model is loaded
+    entry, _ = submit_edit(store, alias, prompt=prompt, subject=subject, target=target, relation=relation, layer=layer, note=note)
     session = EditSession(store, alias, device=device, progress=progress)
-    return session.add(request, layer=layer, note=note, requested_by=_user())
+    return session.run(entry.id)
 
 
 def import_edits(
@@ -128,11 +147,22 @@ def import_edits(
 
 
 def list_edits(store: Store, alias: str, status: str = "active") -> list[StoredEdit]:
+    """Computed edits (active, retracted, superseded or all of them) with their vectors, in seq order."""
     return store.list_edits(store.get_base_model(alias).id, status)
+
+
+def list_log(store: Store, alias: str, status: str = "all", *, limit: int | None = None, offset: int = 0) -> list[EditEntry]:
+    """A model's log in every state (pending, computing, failed too): what people look at."""
+    return store.list_entries(store.get_base_model(alias).id, status, limit=limit, offset=offset)
 
 
 def get_edit(store: Store, edit_id: int) -> StoredEdit:
     return store.get_edit(edit_id)
+
+
+def get_entry(store: Store, edit_id: int) -> EditEntry:
+    """One edit or request in any state."""
+    return store.get_entry(edit_id)
 
 
 def retract_edit(store: Store, edit_id: int) -> StoredEdit:
@@ -260,3 +290,109 @@ def evaluate_model(
     if mode == "single":
         return evaluation.single(store, alias, records, settings, device=device, progress=progress)
     return evaluation.lifelong(store, alias, records, settings, every=every, out=out, device=device, progress=progress)
+
+
+# the service: workers, jobs, tokens ---------------------------------------------------------
+
+
+def run_worker(
+    store: Store, *, models: list[str] | None = None, batch: int = 8, device: str | None = None, poll: float = 1.0,
+    stop: Event | None = None, max_idle_turns: int | None = None, progress: Reporter = SILENT,
+) -> WorkerStats:
+    """Compute the queue (of MODELS, default all) until STOP is set, which lets the current
+    edit finish; with max_idle_turns, also until the queue stayed empty that many polls."""
+    from factstore.worker.loop import Worker, WorkerSettings
+
+    if not 1 <= batch <= 1000:
+        raise InvalidEditRequest(f"batch must be between 1 and 1000, not {batch}")
+    worker = Worker(store, WorkerSettings(models=list(models or []), batch=batch, device=device, poll=poll), progress)
+    if stop is not None:
+        worker.stopping = stop
+    return worker.run(max_idle_turns=max_idle_turns)
+
+
+def submit_job(store: Store, alias: str, kind: str, params: dict, *, requested_by: str | None = None,
+               idempotency: str | None = None) -> tuple[Job, bool]:
+    """Queue a compile or a trace for a worker. Returns (job, created)."""
+    from factstore.editing.models import check_size, tokenizer_for
+    from factstore.worker.jobs import check_params
+
+    base = store.get_base_model(alias)
+    checked = check_params(kind, params)
+    if kind == "trace":
+        check_size(tokenizer_for(store, alias), EditRequest(checked["prompt"], checked["subject"], checked["target"] or "x"))
+    return store.create_job(base.id, kind, checked, requested_by=requested_by, idempotency=idempotency)
+
+
+def get_job(store: Store, job_id: int) -> Job:
+    return store.get_job(job_id)
+
+
+def list_jobs(store: Store, alias: str, kind: str | None = None) -> list[Job]:
+    return store.list_jobs(store.get_base_model(alias).id, kind)
+
+
+def create_token(store: Store, name: str, scope: str) -> tuple[ApiTokenInfo, str]:
+    """A new API token; the secret is returned once and only its sha256 is stored."""
+    from factstore.auth import create_token as create
+
+    return create(store, name, scope)
+
+
+def list_tokens(store: Store) -> list[ApiTokenInfo]:
+    return store.list_tokens()
+
+
+def revoke_token(store: Store, name: str) -> ApiTokenInfo:
+    return store.set_token_revoked(name)
+
+
+def authenticate(store: Store, token: str | None, scope: str) -> ApiTokenInfo:
+    """The token's record if it may do what SCOPE allows; TokenError (401) or ScopeError (403)."""
+    from factstore.auth import authenticate as check
+
+    return check(store, token, scope)
+
+
+def model_checks(store: Store, alias: str) -> ModelChecks:
+    """A model's tokenizer and shape (no weights), to check submissions against."""
+    from factstore.editing.requests import ModelChecks
+
+    return ModelChecks.load(store, alias)
+
+
+def open_head(store: Store, alias: str, *, device: str | None = None) -> EditSession:
+    """The head model (base + active edits) kept in memory; `sync()` it before each use."""
+    from factstore.editing.session import EditSession
+
+    return EditSession(store, alias, device=device)
+
+
+def ask_head(head: EditSession, prompt: str, top: int = 5) -> dict:
+    """Top next tokens and the greedy continuation on a head from open_head."""
+    from factstore.editing.models import check_prompt_size
+    from factstore.editing.session import ask
+
+    if not 1 <= top <= 100:
+        raise InvalidEditRequest(f"top must be between 1 and 100, not {top}")
+    check_prompt_size(head.tokenizer, prompt)
+    head.sync()
+    result = ask(head.model, head.tokenizer, prompt, top)
+    result["edits_applied"] = len(head.applied)
+    return result
+
+
+def release_scores(release: Release) -> dict:
+    """A release's scores from its manifest, when its folder is on this machine (else empty)."""
+    from factstore.release import manifest
+
+    try:
+        return dict(manifest.read(Path(release.path)).scores)
+    except (FactStoreError, OSError):
+        return {}
+
+
+def service_state(store: Store) -> dict:
+    """What /readyz reports: schema revision against head, and the live workers."""
+    return {"schema_current": schema.current_revision(store.engine), "schema_head": schema.head_revision(),
+            "workers": store.list_live_workers(3 * config.lease_seconds())}

@@ -102,8 +102,16 @@ def num_layers(model: PreTrainedModel) -> int:
     return len(get_module(model, model_spec(model).layers))
 
 
+def config_num_layers(config: Any) -> int:
+    """The number of blocks, read off a config (no weights needed)."""
+    return int(config.get_text_config().num_hidden_layers)
+
+
 def check_layer(model: PreTrainedModel, layer: int) -> None:
-    n = num_layers(model)
+    check_layer_count(num_layers(model), layer)
+
+
+def check_layer_count(n: int, layer: int) -> None:
     if not 0 <= layer < n:
         raise InvalidEditRequest(f"layer {layer} is outside the model: it has layers 0 to {n - 1}")
 
@@ -153,7 +161,11 @@ def down_proj_bias(model: PreTrainedModel, layer: int) -> torch.Tensor | None:
 
 
 def context_length(model: PreTrainedModel) -> int:
-    config = model.config
+    return config_context_length(model.config)
+
+
+def config_context_length(config: Any) -> int:
+    """The longest sequence a model takes, read off its config (no weights needed)."""
     for name in ("n_positions", "max_position_embeddings", "n_ctx"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:

@@ -70,3 +70,12 @@ def max_prompt_tokens() -> int:
 def max_target_tokens() -> int:
     """Longest new object of an edit, in tokens."""
     return _positive(MAX_TARGET_TOKENS_ENV, 64)
+
+
+LEASE_SECONDS_ENV = "FACTSTORE_LEASE_SECONDS"
+
+
+def lease_seconds() -> int:
+    """How long a worker's hold on a model lasts without a heartbeat: a killed worker's edits
+    are taken over after at most this long (heartbeats renew it every third of it)."""
+    return _positive(LEASE_SECONDS_ENV, 30)

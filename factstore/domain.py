@@ -144,6 +144,76 @@ class StoredEdit:
 
 
 @dataclass(frozen=True)
+class EditEntry:
+    """One row of a model's edit log in any state, as people and the HTTP API see it.
+
+    A `pending` or `computing` request has no seq or layer yet; a `failed` one has its error.
+    """
+
+    id: int
+    model: str  # the base model's alias
+    seq: int | None
+    status: str
+    prompt: str
+    subject: str
+    target_new: str
+    target_true: str | None
+    relation_id: str | None
+    requested_layer: str | None
+    layer: int | None
+    requested_by: str | None
+    note: str | None
+    error: str | None
+    supersedes_id: int | None
+    metrics: dict
+    created_at: str
+    updated_at: str | None
+
+    def to_json(self) -> dict:
+        m = self.metrics
+        return {
+            "id": self.id, "model": self.model, "seq": self.seq, "status": self.status, "subject": self.subject,
+            "prompt": self.prompt, "target": self.target_new, "target_true": self.target_true, "relation": self.relation_id,
+            "layer": self.layer, "requested_layer": self.requested_layer, "prob_new_before": m.get("prob_new_before"),
+            "prob_new_after": m.get("prob_new_after"), "prob_true_before": m.get("prob_true_before"),
+            "prob_true_after": m.get("prob_true_after"), "requested_by": self.requested_by, "note": self.note,
+            "error": self.error, "supersedes": self.supersedes_id, "created_at": self.created_at, "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class Job:
+    """A compile or trace asked for over HTTP and done by a worker."""
+
+    id: int
+    kind: str
+    model: str
+    params: dict
+    status: str
+    result: dict | None
+    error: str | None
+    requested_by: str | None
+    files: tuple[str, ...]
+    created_at: str
+    updated_at: str | None
+
+    def to_json(self) -> dict:
+        data = dict(self.__dict__)
+        data["files"] = list(self.files)
+        return data
+
+
+@dataclass(frozen=True)
+class ApiTokenInfo:
+    """A stored API token, without the secret."""
+
+    name: str
+    scope: str
+    created_at: str
+    revoked: bool
+
+
+@dataclass(frozen=True)
 class Covariance:
     id: int
     layer: int

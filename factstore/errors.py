@@ -101,3 +101,27 @@ class ImportConflict(FactStoreError):
 
 class UnknownRelease(FactStoreError):
     pass
+
+
+class UnknownJob(FactStoreError):
+    pass
+
+
+class LeaseLost(FactStoreError):
+    """Another worker took over a model (this one's lease expired): its result is dropped."""
+
+
+class TokenError(FactStoreError):
+    """No token, an unknown token or a revoked one (HTTP 401)."""
+
+
+class ScopeError(FactStoreError):
+    """A valid token whose scope does not allow the operation (HTTP 403)."""
+
+
+class UnknownToken(FactStoreError):
+    pass
+
+
+class EditFailed(FactStoreError):
+    """A request was computed and failed (its reason is stored with it)."""

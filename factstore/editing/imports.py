@@ -36,7 +36,7 @@ def import_edits(
     added, skipped = [], 0
     with progress.task("importing edits", len(requests)) as advance:
         for i, request in enumerate(requests, start=1):
-            if store.list_edits_by_request(base.id, request_sha256(request)):
+            if set(store.list_request_statuses(base.id, request_sha256(request))) - {"failed"}:
                 skipped += 1
             else:
                 outcome = session.add(request, layer=layer, requested_by=requested_by, note=f"imported from {Path(path).name}")

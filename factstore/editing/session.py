@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -14,14 +15,17 @@ import torch
 from transformers import PreTrainedModel
 
 from factstore import arch
-from factstore.domain import BaseModel, Covariance, EditRequest, NewEdit, StoredEdit
-from factstore.errors import InvalidEditRequest, NumericalError
+from factstore.domain import BaseModel, Covariance, EditEntry, EditRequest, NewEdit, StoredEdit
+from factstore.editing.lease import Holder
+from factstore.editing.requests import layer_spec, parse_layer_spec
+from factstore.errors import EditFailed, EditStateError, FactStoreError, InvalidEditRequest, LeaseLost, NumericalError
 from factstore.progress import SILENT, Reporter
-from factstore.rome.edit import apply_edit, compute_edit, validate_request
+from factstore.rome.edit import compute_edit, validate_request
 from factstore.rome.hparams import ROMEHyperParams, default_hparams, has_measured_layer
 from factstore.rome.keys import ContextTemplates, sample_contexts
 from factstore.rome.prompts import decode
 from factstore.rome.scoring import greedy_continuation
+from factstore.storage.models import QUEUED_STATUSES
 from factstore.storage.store import Store
 from factstore.weights import checkpoints, stats
 from factstore.weights.corpus import DEFAULT_CORPUS, load_corpus
@@ -148,8 +152,62 @@ class EditSession:
     def validate(self, request: EditRequest, layer: int | str | None = None) -> None:
         validate_request(self.model, self.tokenizer, request, self.hparams(layer).layer)
 
+    def sync(self) -> bool:
+        """Rebuild the head when the model's active log is no longer what it holds (another
+        process retracted, imported or computed edits). Returns whether it rebuilt."""
+        if self.store.list_active_ids(self.base.id) == [e.id for e in self.applied]:
+            return False
+        self.rebuild(self.store.list_edits(self.base.id, "active"))
+        return True
+
     def add(self, request: EditRequest, layer: int | str | None = None, note: str | None = None, requested_by: str | None = None) -> EditOutcome:
-        """Compute k*, v* on the head model, then write the edit in one short transaction."""
+        """Submit one request and compute it here (or, when a worker holds the model, wait for it)."""
+        self.validate(request, layer)
+        entry, _ = self.store.create_request(self.base.id, request, requested_layer=layer_spec(layer), note=note, requested_by=requested_by)
+        return self.run(entry.id)
+
+    def run(self, edit_id: int, poll: float = 0.2) -> EditOutcome:
+        """Compute a submitted request in this process while holding the model's lease; if a
+        worker holds the model, it computes the request and this waits for the result."""
+        holder = Holder(self.store, "cli")
+        while True:
+            with holder.model(self.base.id) as held:
+                claimed = self.store.claim_requests(self.base.id, holder.id, 1, only=edit_id) if held else []
+                if claimed:
+                    self.sync()
+                    return self.process(claimed[0], holder.id)
+            entry = self.store.get_entry(edit_id)
+            if entry.status == "failed":
+                raise EditFailed(f"edit {edit_id} failed: {entry.error}")
+            if entry.status == "active":
+                self.sync()
+                return EditOutcome(self.store.get_edit(edit_id), [self.store.get_edit(entry.supersedes_id)] if entry.supersedes_id else [])
+            if entry.status not in QUEUED_STATUSES:
+                raise EditStateError(f"edit {edit_id} is {entry.status}")
+            time.sleep(poll)
+
+    def process(self, entry: EditEntry, holder: str) -> EditOutcome:
+        """Compute a request HOLDER has claimed and make it the next active edit. A failure is
+        stored on the request (one line) and raised; LeaseLost means another worker took the
+        model and will compute it."""
+        request = EditRequest(entry.prompt, entry.subject, entry.target_new, entry.target_true, entry.relation_id)
+        try:
+            new, conflicts = self._compute(request, parse_layer_spec(entry.requested_layer), entry.note, entry.requested_by)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, FactStoreError) else f"{type(exc).__name__}: {exc}"
+            self.store.fail_request(entry.id, holder, reason)
+            raise
+        stored = self.store.complete_request(entry.id, holder, new)
+        superseded = [self.store.get_edit(i) for i in conflicts]
+        self._remember({stored.layer})
+        apply_sequential(self.model, [stored], self.matrix)  # the same update a replay of the log makes
+        self.applied = [e for e in self.applied if e.id not in conflicts] + [stored]
+        return EditOutcome(stored, superseded)
+
+    def _compute(self, request: EditRequest, layer: int | str | None, note: str | None, requested_by: str | None) -> tuple[NewEdit, set[int]]:
+        """k*, v* on the head model (without the active edits of the same fact, which it replaces)."""
         hp = self.hparams(layer)
         validate_request(self.model, self.tokenizer, request, hp.layer)
         same_fact = self.store.list_conflicting_edits(self.base.id, subject=request.subject, prompt=request.prompt, relation_id=request.relation_id)
@@ -157,8 +215,7 @@ class EditSession:
         if conflicts & {e.id for e in self.applied}:  # compute the correction on a head without the fact it replaces
             self.rebuild([e for e in self.applied if e.id not in conflicts])
         cov = self.covariance(hp.layer, hp)
-        C = self.matrix(cov.id)
-        result = compute_edit(self.model, self.tokenizer, request, hp, C, self.templates(hp))
+        result = compute_edit(self.model, self.tokenizer, request, hp, self.matrix(cov.id), self.templates(hp))
         if not (torch.isfinite(result.key).all() and torch.isfinite(result.value).all()):
             raise NumericalError("the computed key or value is not finite; nothing was stored")
         key, key_shape = to_bytes(result.key)
@@ -168,20 +225,12 @@ class EditSession:
             "prob_new_after": result.prob_new_after, "prob_true_after": result.prob_true_after,
             "loss": result.loss, "seconds": result.seconds,
         }
-        stored = self.store.create_edit(
-            self.base.id,
-            NewEdit(
-                request=request, target_true=result.target_true, layer=result.layer, module=result.module, key=key,
-                key_shape=key_shape, value=value, value_shape=value_shape, hparams=hp.to_json(),
-                hparams_fingerprint=hp.fingerprint(), covariance_id=cov.id, metrics=metrics,
-                requested_by=requested_by, note=note,
-            ),
+        new = NewEdit(
+            request=request, target_true=result.target_true, layer=result.layer, module=result.module, key=key,
+            key_shape=key_shape, value=value, value_shape=value_shape, hparams=hp.to_json(),
+            hparams_fingerprint=hp.fingerprint(), covariance_id=cov.id, metrics=metrics, requested_by=requested_by, note=note,
         )
-        superseded = [self.store.get_edit(i) for i in conflicts]
-        self._remember({hp.layer})
-        apply_edit(self.model, hp.layer, result.key, result.value, C)
-        self.applied = [e for e in self.applied if e.id not in conflicts] + [stored]
-        return EditOutcome(stored, superseded)
+        return new, conflicts
 
 
 @torch.no_grad()

@@ -8,7 +8,12 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-EDIT_STATUSES = ("active", "retracted", "superseded")
+EDIT_STATUSES = ("pending", "computing", "failed", "active", "retracted", "superseded")
+QUEUED_STATUSES = ("pending", "computing")  # a request not yet computed: no seq, key or value
+COMPUTED_STATUSES = ("active", "retracted", "superseded")  # seq, key and value set: replayable
+JOB_KINDS = ("compile", "trace")
+JOB_STATUSES = ("pending", "running", "done", "failed")
+TOKEN_SCOPES = ("read", "write", "admin")  # each scope allows what the ones before it allow
 RELEASE_STATUSES = ("built", "published")  # a failed publish stays built; rerunning it finishes the job
 
 
@@ -69,7 +74,11 @@ class ContextTemplateRow(Base):
 
 
 class EditRow(Base):
-    """One requested fact edit with everything needed to replay it without gradient work."""
+    """One requested fact edit with everything needed to replay it without gradient work.
+
+    A request starts `pending` (no seq, key or value), is `computing` while a worker holding the
+    model's lease works on it, and ends `active` (seq, key and value set) or `failed` (error set).
+    """
 
     __tablename__ = "edits"
     __table_args__ = (
@@ -80,33 +89,104 @@ class EditRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
-    seq: Mapped[int] = mapped_column(Integer)  # replay order, unique per base model
+    seq: Mapped[int | None] = mapped_column(Integer)  # replay order, unique per base model; set when computed
     prompt: Mapped[str] = mapped_column(Text)
     subject: Mapped[str] = mapped_column(Text)
     target_new: Mapped[str] = mapped_column(Text)
     target_true: Mapped[str | None] = mapped_column(Text)
     relation_id: Mapped[str | None] = mapped_column(String(64))
     request_sha256: Mapped[str] = mapped_column(String(64))  # of (prompt, subject, target_new, relation)
-    layer: Mapped[int] = mapped_column(Integer)
-    module: Mapped[str] = mapped_column(String(200))
-    key: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian
-    key_shape: Mapped[list[int]] = mapped_column(JSON)
-    key_sha256: Mapped[str] = mapped_column(String(64))
-    value: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian
-    value_shape: Mapped[list[int]] = mapped_column(JSON)
-    value_sha256: Mapped[str] = mapped_column(String(64))
-    hparams: Mapped[dict[str, Any]] = mapped_column(JSON)
-    hparams_fingerprint: Mapped[str] = mapped_column(String(64))
+    requested_layer: Mapped[str | None] = mapped_column(String(16))  # what was asked: a number, "auto", or None (the default)
+    layer: Mapped[int | None] = mapped_column(Integer)
+    module: Mapped[str | None] = mapped_column(String(200))
+    key: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 little-endian
+    key_shape: Mapped[list[int] | None] = mapped_column(JSON)
+    key_sha256: Mapped[str | None] = mapped_column(String(64))
+    value: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 little-endian
+    value_shape: Mapped[list[int] | None] = mapped_column(JSON)
+    value_sha256: Mapped[str | None] = mapped_column(String(64))
+    hparams: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    hparams_fingerprint: Mapped[str | None] = mapped_column(String(64))
     covariance_id: Mapped[int | None] = mapped_column(ForeignKey("covariance_stats.id"))
     status: Mapped[str] = mapped_column(String(16), default="active")
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("edits.id"))
     requested_by: Mapped[str | None] = mapped_column(String(200))
     note: Mapped[str | None] = mapped_column(Text)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)  # why a failed request failed, one line
+    claimed_by: Mapped[str | None] = mapped_column(String(200))  # the worker computing it
+    idempotency_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)  # of (token name, Idempotency-Key)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     base_model: Mapped[BaseModelRow] = relationship()
     covariance: Mapped[CovarianceStat | None] = relationship()
+
+
+class ApiToken(Base):
+    """An HTTP API token: only its sha256 is kept (the token itself is shown once)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WorkerRow(Base):
+    """A worker process, alive while its heartbeat is recent."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid:random
+    models: Mapped[list[str]] = mapped_column(JSON)  # aliases it serves; empty: all
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ModelLease(Base):
+    """Which worker computes on a model's head, until when. One holder per model at a time."""
+
+    __tablename__ = "model_leases"
+
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class JobRow(Base):
+    """Long work asked for over HTTP (a compile, a trace), done by a worker."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    requested_by: Mapped[str | None] = mapped_column(String(200))
+    idempotency_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobFile(Base):
+    """A file a job produced (a trace's PNG), kept in the database so any server can send it."""
+
+    __tablename__ = "job_files"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    media_type: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class ReleaseRow(Base):

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from sqlalchemy import func, or_, select, text
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from factstore import config
-from factstore.domain import BaseModel, Covariance, ImportedRelease, ModelRef, NewEdit, Release, StoredEdit, check_alias, request_sha256
-from factstore.errors import DatabaseError, DatabaseUnavailable, EditStateError, ImportConflict, ModelAliasTaken, UnknownEdit, UnknownModel
-from factstore.storage import schema
-from factstore.storage.engine import check_reachable, make_engine, readonly, session_scope
-from factstore.storage.models import EDIT_STATUSES, BaseModelRow, ContextTemplateRow, CovarianceStat, EditRow, ReleaseEdit, ReleaseRow
+from factstore.domain import BaseModel, Covariance, ImportedRelease, ModelRef, NewEdit, Release, StoredEdit, check_alias
+from factstore.errors import DatabaseUnavailable, EditStateError, ImportConflict, ModelAliasTaken, UnknownEdit, UnknownModel
+from factstore.storage import convert
+from factstore.storage.base import refused
+from factstore.storage.models import COMPUTED_STATUSES, BaseModelRow, ContextTemplateRow, CovarianceStat, EditRow, ReleaseEdit, ReleaseRow
+from factstore.storage.queue import QueueVerbs, fill_computed, new_request_row, same_fact
+from factstore.storage.tokens import TokenVerbs
 
 _SEQ_RETRIES = 20
 _SEQ_CONSTRAINT = ("edits_base_model_id_seq_key", "edits.base_model_id, edits.seq")  # PostgreSQL's name, SQLite's message
@@ -30,80 +30,8 @@ def _is_seq_race(exc: IntegrityError) -> bool:
     return any(name in str(exc.orig) for name in _SEQ_CONSTRAINT)
 
 
-def _first_line(exc: DBAPIError) -> str:
-    return str(exc.orig).strip().splitlines()[0] if exc.orig is not None and str(exc.orig).strip() else type(exc).__name__
-
-
-def _refused(exc: IntegrityError, what: str) -> DatabaseError:
-    return DatabaseError(f"the database refused to {what} ({_first_line(exc)}); nothing was written")
-
-
-def _base(row: BaseModelRow) -> BaseModel:
-    return BaseModel(
-        id=row.id, alias=row.alias, source=row.source, revision=row.revision, model_type=row.model_type,
-        license=row.license, recommended_layer=row.recommended_layer, created_at=row.created_at.isoformat(),
-    )
-
-
-def _edit(row: EditRow) -> StoredEdit:
-    return StoredEdit(
-        id=row.id, base_model_id=row.base_model_id, seq=row.seq, prompt=row.prompt, subject=row.subject,
-        target_new=row.target_new, target_true=row.target_true, relation_id=row.relation_id, layer=row.layer,
-        module=row.module, key=bytes(row.key), key_shape=tuple(row.key_shape), key_sha256=row.key_sha256,
-        value=bytes(row.value), value_shape=tuple(row.value_shape), value_sha256=row.value_sha256,
-        hparams=dict(row.hparams), hparams_fingerprint=row.hparams_fingerprint, covariance_id=row.covariance_id,
-        status=row.status, supersedes_id=row.supersedes_id, requested_by=row.requested_by, note=row.note,
-        metrics=dict(row.metrics or {}), created_at=row.created_at.isoformat(),
-    )
-
-
-def _cov(row: CovarianceStat) -> Covariance:
-    return Covariance(
-        id=row.id, layer=row.layer, module=row.module, corpus=row.corpus, corpus_sha256=row.corpus_sha256,
-        tokens=row.tokens, dtype=row.dtype, path=row.path, sha256=row.sha256,
-    )
-
-
-def _release(row: ReleaseRow, edit_ids: list[int]) -> Release:
-    return Release(
-        id=row.id, base_model_id=row.base_model_id, version=row.version, mode=row.mode, edit_log_sha256=row.edit_log_sha256,
-        manifest_sha256=row.manifest_sha256, path=row.path, hub_repo=row.hub_repo, hub_commit=row.hub_commit, tag=row.tag,
-        status=row.status, edit_ids=tuple(edit_ids), created_at=row.created_at.isoformat(),
-    )
-
-
-class Store:
+class Store(QueueVerbs, TokenVerbs):
     """The fact store on one database URL (FACTSTORE_DATABASE_URL or the embedded SQLite file)."""
-
-    def __init__(self, url: str | None = None, migrate: bool = True) -> None:
-        self.url = url or config.database_url()
-        self.engine = make_engine(self.url)
-        check_reachable(self.engine)
-        if migrate:
-            try:
-                schema.ensure_current(self.engine, self.url)
-            except OperationalError as exc:
-                reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-                shown = self.engine.url.render_as_string(hide_password=True)
-                raise DatabaseUnavailable(f"cannot read the schema of {shown} ({reason}); check FACTSTORE_DATABASE_URL") from None
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._read_sessions = sessionmaker(readonly(self.engine), expire_on_commit=False)
-
-    @contextmanager
-    def _tx(self, write: bool = True) -> Iterator[Session]:
-        """One transaction (write=False: one that only reads, and never waits for a writer on SQLite).
-        Database failures become one-line errors with the password masked."""
-        shown = self.engine.url.render_as_string(hide_password=True)
-        try:
-            with session_scope(self._sessions if write else self._read_sessions) as session:
-                yield session
-        except OperationalError as exc:
-            raise DatabaseUnavailable(f"the database {shown} failed ({_first_line(exc)}); check that it is running and writable, then retry") from None
-        except DataError as exc:
-            raise DatabaseError(f"the database {shown} refused a value ({_first_line(exc)}); nothing was written") from None
-
-    def close(self) -> None:
-        self.engine.dispose()
 
     @contextmanager
     def model_lock(self, base_id: int) -> Iterator[None]:
@@ -140,7 +68,7 @@ class Store:
         check_alias(alias)
         with self._tx() as s:
             row, created = self._base_row(s, alias, ref, license)
-            return _base(row), created
+            return convert.base(row), created
 
     @staticmethod
     def _base_row(s: Session, alias: str, ref: ModelRef, license: str | None) -> tuple[BaseModelRow, bool]:
@@ -164,11 +92,11 @@ class Store:
                 known = s.scalars(select(BaseModelRow.alias).order_by(BaseModelRow.alias)).all()
                 hint = f"known: {', '.join(known)}" if known else "none is registered yet"
                 raise UnknownModel(f"no model with alias {alias!r} ({hint}); register one with `factstore model add ALIAS SOURCE`")
-            return _base(row)
+            return convert.base(row)
 
     def list_base_models(self) -> list[BaseModel]:
         with self._tx(write=False) as s:
-            return [_base(r) for r in s.scalars(select(BaseModelRow).order_by(BaseModelRow.id))]
+            return [convert.base(r) for r in s.scalars(select(BaseModelRow).order_by(BaseModelRow.id))]
 
     # context templates and statistics ------------------------------------------------------
 
@@ -187,13 +115,13 @@ class Store:
         except IntegrityError as exc:  # inserted by another process between our read and our write
             stored = self.get_context_templates(base_id, fingerprint)
             if stored is None:  # not a concurrent insert of the same row
-                raise _refused(exc, "store context templates") from None
+                raise refused(exc, "store context templates") from None
             return stored
 
     def get_covariance_by_key(self, cache_key: str) -> Covariance | None:
         with self._tx(write=False) as s:
             row = s.scalar(select(CovarianceStat).where(CovarianceStat.cache_key == cache_key))
-            return None if row is None else _cov(row)
+            return None if row is None else convert.covariance(row)
 
     def get_latest_covariance(self, base_id: int, layer: int) -> Covariance | None:
         """The most recently recorded C of a layer, whatever corpus it came from."""
@@ -204,20 +132,20 @@ class Store:
                 .order_by(CovarianceStat.id.desc())
                 .limit(1)
             )
-            return None if row is None else _cov(row)
+            return None if row is None else convert.covariance(row)
 
     def get_covariance(self, cov_id: int) -> Covariance:
         with self._tx(write=False) as s:
-            return _cov(s.get_one(CovarianceStat, cov_id))
+            return convert.covariance(s.get_one(CovarianceStat, cov_id))
 
     def create_covariance(self, base_id: int, cache_key: str, *, record: Covariance) -> Covariance:
         """Record where a C file lives; if another process recorded the same key first, its row wins."""
         try:
             with self._tx() as s:
-                return _cov(self._covariance_row(s, base_id, cache_key, record))
+                return convert.covariance(self._covariance_row(s, base_id, cache_key, record))
         except IntegrityError as exc:  # inserted by another process between our read and our write
             if (found := self.get_covariance_by_key(cache_key)) is None:  # not a concurrent record of the same key
-                raise _refused(exc, "record key statistics") from None
+                raise refused(exc, "record key statistics") from None
             return found
 
     # edits -----------------------------------------------------------------------------
@@ -230,49 +158,31 @@ class Store:
                     return self._insert_edit(s, base_id, new)
             except IntegrityError as exc:
                 if not _is_seq_race(exc):
-                    raise _refused(exc, "store the edit") from None
+                    raise refused(exc, "store the edit") from None
                 # another writer took this seq; read max(seq) again
         raise DatabaseUnavailable("could not allocate an edit sequence number after many concurrent retries; try again")
 
-    def _insert_edit(self, s: Session, base_id: int, new: NewEdit) -> StoredEdit:
-        s.execute(select(BaseModelRow.id).where(BaseModelRow.id == base_id).with_for_update())  # serialise writers per base
-        seq = (s.scalar(select(func.max(EditRow.seq)).where(EditRow.base_model_id == base_id)) or 0) + 1
-        req = new.request
-        older = s.scalars(select(EditRow).where(*self._same_fact(base_id, req.subject, req.prompt, req.relation_id))).all()
-        for row in older:
-            row.status = "superseded"
-        row = EditRow(
-            base_model_id=base_id, seq=seq, prompt=req.prompt, subject=req.subject, target_new=req.target_new,
-            target_true=new.target_true, relation_id=req.relation_id, request_sha256=request_sha256(req), layer=new.layer,
-            module=new.module, key=new.key, key_shape=list(new.key_shape), key_sha256=hashlib.sha256(new.key).hexdigest(),
-            value=new.value, value_shape=list(new.value_shape), value_sha256=hashlib.sha256(new.value).hexdigest(),
-            hparams=new.hparams, hparams_fingerprint=new.hparams_fingerprint, covariance_id=new.covariance_id,
-            status="active", supersedes_id=older[-1].id if older else None, requested_by=new.requested_by, note=new.note,
-            metrics=new.metrics,
-        )
-        s.add(row)
-        s.flush()
-        return _edit(row)
-
     @staticmethod
-    def _same_fact(base_id: int, subject: str, prompt: str, relation_id: str | None) -> list:
-        same = EditRow.prompt == prompt if relation_id is None else or_(EditRow.prompt == prompt, EditRow.relation_id == relation_id)
-        return [EditRow.base_model_id == base_id, EditRow.status == "active", EditRow.subject == subject, same]
+    def _insert_edit(s: Session, base_id: int, new: NewEdit) -> StoredEdit:
+        row = new_request_row(base_id, new.request, requested_by=new.requested_by, note=new.note)
+        s.add(row)
+        fill_computed(s, row, new)
+        return convert.edit(row)
 
     def list_conflicting_edits(self, base_id: int, *, subject: str, prompt: str, relation_id: str | None) -> list[StoredEdit]:
         """Active edits that a new request for this fact would supersede."""
         with self._tx(write=False) as s:
-            return [_edit(r) for r in s.scalars(select(EditRow).where(*self._same_fact(base_id, subject, prompt, relation_id)))]
+            return [convert.edit(r) for r in s.scalars(select(EditRow).where(*same_fact(base_id, subject, prompt, relation_id)))]
 
     def list_edits(self, base_id: int, status: str = "active") -> list[StoredEdit]:
-        """Edits of a base model in seq order; status one of EDIT_STATUSES or "all"."""
-        if status != "all" and status not in EDIT_STATUSES:
-            raise EditStateError(f"unknown status {status!r}; use one of {', '.join(EDIT_STATUSES)} or all")
-        query = select(EditRow).where(EditRow.base_model_id == base_id).order_by(EditRow.seq)
-        if status != "all":
-            query = query.where(EditRow.status == status)
+        """Computed edits of a base model in seq order; status one of COMPUTED_STATUSES or "all" (all of them).
+        Requests not computed (or failed) are in list_entries."""
+        if status != "all" and status not in COMPUTED_STATUSES:
+            raise EditStateError(f"unknown status {status!r}; use one of {', '.join(COMPUTED_STATUSES)} or all")
+        chosen = COMPUTED_STATUSES if status == "all" else (status,)
+        query = select(EditRow).where(EditRow.base_model_id == base_id, EditRow.status.in_(chosen)).order_by(EditRow.seq)
         with self._tx(write=False) as s:
-            return [_edit(r) for r in s.scalars(query)]
+            return [convert.edit(r) for r in s.scalars(query)]
 
     @staticmethod
     def _edit_row(s: Session, edit_id: int, for_update: bool = False) -> EditRow:
@@ -283,12 +193,15 @@ class Store:
 
     def get_edit(self, edit_id: int) -> StoredEdit:
         with self._tx(write=False) as s:
-            return _edit(self._edit_row(s, edit_id))
+            row = self._edit_row(s, edit_id)
+            if row.status not in COMPUTED_STATUSES:
+                raise EditStateError(f"edit {edit_id} is {row.status}: it has no key and value yet")
+            return convert.edit(row)
 
-    def list_edits_by_request(self, base_id: int, sha: str) -> list[StoredEdit]:
+    def list_request_statuses(self, base_id: int, sha: str) -> list[str]:
+        """Statuses of the rows made for one request text (an import skips those not failed)."""
         with self._tx(write=False) as s:
-            rows = s.scalars(select(EditRow).where(EditRow.base_model_id == base_id, EditRow.request_sha256 == sha))
-            return [_edit(r) for r in rows]
+            return list(s.scalars(select(EditRow.status).where(EditRow.base_model_id == base_id, EditRow.request_sha256 == sha)))
 
     def set_edit_retracted(self, edit_id: int) -> StoredEdit:
         with self._tx() as s:
@@ -297,7 +210,7 @@ class Store:
                 raise EditStateError(f"edit {edit_id} is already {row.status}; only active edits can be retracted")
             row.status = "retracted"
             s.flush()
-            return _edit(row)
+            return convert.edit(row)
 
     # releases ---------------------------------------------------------------------------
 
@@ -308,7 +221,7 @@ class Store:
     def list_releases(self, base_id: int) -> list[Release]:
         with self._tx(write=False) as s:
             rows = s.scalars(select(ReleaseRow).where(ReleaseRow.base_model_id == base_id).order_by(ReleaseRow.version)).all()
-            return [_release(r, self._release_edit_ids(s, r.id)) for r in rows]
+            return [convert.release(r, self._release_edit_ids(s, r.id)) for r in rows]
 
     def get_latest_release(self, base_id: int) -> Release | None:
         found = self.list_releases(base_id)
@@ -337,7 +250,7 @@ class Store:
             s.flush()
             s.add_all(ReleaseEdit(release_id=row.id, position=i, edit_id=e) for i, e in enumerate(edit_ids))
             s.flush()
-            return _release(row, edit_ids)
+            return convert.release(row, edit_ids)
 
     def _release_row(self, s: Session, release_id: int) -> ReleaseRow:
         return s.get_one(ReleaseRow, release_id)
@@ -347,13 +260,13 @@ class Store:
         with self._tx() as s:
             row = self._release_row(s, release_id)
             row.hub_repo, row.hub_commit = repo, commit
-            return _release(row, self._release_edit_ids(s, row.id))
+            return convert.release(row, self._release_edit_ids(s, row.id))
 
     def set_release_published(self, release_id: int, tag: str) -> Release:
         with self._tx() as s:
             row = self._release_row(s, release_id)
             row.tag, row.status = tag, "published"
-            return _release(row, self._release_edit_ids(s, row.id))
+            return convert.release(row, self._release_edit_ids(s, row.id))
 
     def get_published_release(self, base_id: int, repo: str) -> Release | None:
         """The newest release of a base model published to REPO: the parent of the next one."""
@@ -370,7 +283,7 @@ class Store:
         with self._tx() as s:
             row = s.get_one(BaseModelRow, base_id)
             row.recommended_layer = layer
-            return _base(row)
+            return convert.base(row)
 
     # importing a pulled lineage --------------------------------------------------------------
 
@@ -395,7 +308,7 @@ class Store:
             cov_ids = {key: self._covariance_row(s, base_id, key, record).id for key, record in covariances.items()}
             added = [self._insert_edit(s, base_id, replace(new, covariance_id=cov_ids[key] if key else None)) for new, key in edits]
             stored = self._imported_release(s, base_id, alias, release)
-            return _base(row), added, stored
+            return convert.base(row), added, stored
 
     @staticmethod
     def _template_row(s: Session, base_id: int, fingerprint: str, seed: int, templates: dict) -> ContextTemplateRow:
@@ -422,11 +335,11 @@ class Store:
 
     def _imported_release(self, s: Session, base_id: int, alias: str, release: ImportedRelease) -> Release:
         active = s.scalars(select(EditRow).where(EditRow.base_model_id == base_id, EditRow.status == "active").order_by(EditRow.seq)).all()
-        log_sha = release.log_sha256([_edit(r) for r in active])
+        log_sha = release.log_sha256([convert.edit(r) for r in active])
         rows = s.scalars(select(ReleaseRow).where(ReleaseRow.base_model_id == base_id)).all()
         for r in rows:
             if r.edit_log_sha256 == log_sha and (release.published is None or r.hub_commit == release.published[1]):
-                return _release(r, self._release_edit_ids(s, r.id))  # this store already has that release
+                return convert.release(r, self._release_edit_ids(s, r.id))  # this store already has that release
         version = release.version or max((r.version for r in rows), default=0) + 1
         if any(r.version == version for r in rows):
             raise ImportConflict(f"this store already has a different v{version} of {alias}; import under a fresh --alias")
@@ -440,4 +353,4 @@ class Store:
         edit_ids = [e.id for e in active]
         s.add_all(ReleaseEdit(release_id=row.id, position=i, edit_id=e) for i, e in enumerate(edit_ids))
         s.flush()
-        return _release(row, edit_ids)
+        return convert.release(row, edit_ids)

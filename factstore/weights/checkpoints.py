@@ -189,6 +189,13 @@ def load_tokenizer(source: str, expected: str) -> Any:
     return _fast_tokenizer(_pinned(source, expected, expected, SILENT))
 
 
+def load_config(source: str, expected: str) -> Any:
+    """The config of pinned weights alone (no weights are read)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(_pinned(source, expected, expected, SILENT).local_path)
+
+
 def load(
     source: str, revision: str | None = None, expected: str | None = None, device: str | None = None, progress: Reporter = SILENT,
 ) -> LoadedModel:

@@ -1,0 +1,64 @@
+"""A process's identity towards the edit queue, and the heartbeat that keeps its leases."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from factstore import config
+from factstore.errors import FactStoreError
+from factstore.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Holder:
+    """Holds model leases for one process (a worker, or a CLI command computing in-process).
+
+    A daemon thread renews every lease it holds each third of the lease time; if the process is
+    killed the leases expire and another process takes the models over."""
+
+    def __init__(self, store: Store, role: str, seconds: float | None = None) -> None:
+        self.store = store
+        self.id = f"{role}:{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.seconds = float(seconds or config.lease_seconds())
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                self.store.renew_leases(self.id, self.seconds)
+            except FactStoreError as exc:  # the database is away: the leases may lapse; completing then fails safely
+                log.warning("heartbeat failed: %s", exc)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._beat, name=f"heartbeat {self.id}", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    @contextmanager
+    def model(self, base_id: int) -> Iterator[bool]:
+        """Try to hold one model for the block (yields whether it is held); given up after it."""
+        held = self.store.acquire_lease(base_id, self.id, self.seconds)
+        if not held:
+            yield False
+            return
+        self.start()
+        try:
+            yield True
+        finally:
+            self.stop()
+            self.store.release_lease(base_id, self.id)

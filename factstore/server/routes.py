@@ -1,0 +1,157 @@
+"""/api/v1: thin handlers over factstore.api. Handlers are plain `def`: FastAPI runs them in its
+thread pool, so database calls and model work never block the event loop."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from factstore import api
+from factstore.domain import ApiTokenInfo
+from factstore.errors import InvalidEditRequest
+from factstore.server.schemas import AskIn, AskOut, CompileIn, EditIn, EditOut, ErrorOut, HealthOut, JobOut, ModelOut, ReleaseOut, TraceIn
+from factstore.server.service import Service
+
+ALIAS = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+AliasPath = Annotated[str, Path(pattern=ALIAS, description="A registered model's alias.")]
+IdPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200, min_length=1)]
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 403, 404, 409, 422, 503)}
+
+router = APIRouter(prefix="/api/v1", responses=ERRORS)
+
+
+def service(request: Request) -> Service:
+    found: Service = request.app.state.service
+    return found
+
+
+def bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def reader(request: Request, svc: Annotated[Service, Depends(service)]) -> ApiTokenInfo | None:
+    return svc.reader(bearer(request), request.client.host if request.client else None)
+
+
+def writer(request: Request, svc: Annotated[Service, Depends(service)]) -> ApiTokenInfo:
+    return svc.writer(bearer(request))
+
+
+Svc = Annotated[Service, Depends(service)]
+Reader = Annotated[ApiTokenInfo | None, Depends(reader)]
+Writer = Annotated[ApiTokenInfo, Depends(writer)]
+
+
+def _idempotency(who: ApiTokenInfo, key: str | None) -> str | None:
+    return api.idempotency_hash(who.name, key) if key else None
+
+
+@router.get("/models", response_model=list[ModelOut])
+def list_models(svc: Svc, _who: Reader) -> list[dict]:
+    return [svc.model_json(m) for m in api.list_models(svc.store)]
+
+
+@router.get("/models/{alias}", response_model=ModelOut)
+def get_model(alias: AliasPath, svc: Svc, _who: Reader) -> dict:
+    return svc.model_json(svc.store.get_base_model(alias))
+
+
+@router.post("/models/{alias}/edits", status_code=202, response_model=EditOut)
+def submit_edit(alias: AliasPath, body: EditIn, svc: Svc, who: Writer, response: Response, key: IdempotencyKey = None) -> dict:
+    """Check the request with the model's tokenizer and queue it; a worker computes it."""
+    entry, created = api.submit_edit(
+        svc.store, alias, prompt=body.prompt, subject=body.subject, target=body.target, relation=body.relation,
+        layer=body.layer, note=body.note, requested_by=who.name, idempotency=_idempotency(who, key), checks=svc.checks(alias),
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return entry.to_json()
+
+
+@router.get("/models/{alias}/edits", response_model=list[EditOut])
+def list_edits(
+    alias: AliasPath, svc: Svc, _who: Reader,
+    status: Annotated[str, Query(pattern="^(" + "|".join((*api.EDIT_STATUSES, "all")) + ")$")] = "all",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> list[dict]:
+    return [e.to_json() for e in api.list_log(svc.store, alias, status, limit=limit, offset=offset)]
+
+
+@router.get("/edits/{edit_id}", response_model=EditOut)
+def get_edit(edit_id: IdPath, svc: Svc, _who: Reader) -> dict:
+    return api.get_entry(svc.store, edit_id).to_json()
+
+
+@router.post("/edits/{edit_id}/retract", response_model=EditOut)
+def retract_edit(edit_id: IdPath, svc: Svc, _who: Writer) -> dict:
+    api.retract_edit(svc.store, edit_id)
+    return api.get_entry(svc.store, edit_id).to_json()
+
+
+@router.post("/models/{alias}/ask", response_model=AskOut)
+def ask(alias: AliasPath, body: AskIn, svc: Svc, _who: Reader) -> dict:
+    return svc.ask(alias, body.prompt, body.top)
+
+
+@router.get("/models/{alias}/releases", response_model=list[ReleaseOut])
+def list_releases(alias: AliasPath, svc: Svc, _who: Reader) -> list[dict]:
+    return [svc.release_json(r) for r in api.list_releases(svc.store, alias)]
+
+
+@router.post("/models/{alias}/releases", status_code=202, response_model=JobOut)
+def compile_release(alias: AliasPath, svc: Svc, who: Writer, response: Response, body: CompileIn | None = None,
+                    key: IdempotencyKey = None) -> dict:
+    """Compile the active log into a release, as a job a worker runs."""
+    job, created = api.submit_job(svc.store, alias, "compile", {"mode": body.mode if body else None},
+                                  requested_by=who.name, idempotency=_idempotency(who, key))
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job.to_json()
+
+
+@router.post("/models/{alias}/traces", status_code=202, response_model=JobOut)
+def trace(alias: AliasPath, body: TraceIn, svc: Svc, who: Writer, response: Response, key: IdempotencyKey = None) -> dict:
+    """Causal tracing of one fact, as a job; its heatmaps come back as the job's files."""
+    if body.edit_id is not None and api.get_entry(svc.store, body.edit_id).model != alias:
+        raise InvalidEditRequest(f"edit {body.edit_id} is not an edit of {alias}")
+    job, created = api.submit_job(svc.store, alias, "trace", body.model_dump(), requested_by=who.name, idempotency=_idempotency(who, key))
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job.to_json()
+
+
+@router.get("/models/{alias}/jobs", response_model=list[JobOut])
+def list_jobs(alias: AliasPath, svc: Svc, _who: Reader) -> list[dict]:
+    return [j.to_json() for j in api.list_jobs(svc.store, alias)]
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: IdPath, svc: Svc, _who: Reader) -> dict:
+    return api.get_job(svc.store, job_id).to_json()
+
+
+@router.get("/jobs/{job_id}/files/{name}", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+def get_job_file(job_id: IdPath, name: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")], svc: Svc, _who: Reader) -> Response:
+    media_type, data = svc.store.get_job_file(job_id, name)
+    return Response(data, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
+
+
+health = APIRouter()
+
+
+@health.get("/healthz", response_model=HealthOut)
+def healthz() -> dict:
+    """The process answers."""
+    return {"status": "ok"}
+
+
+@health.get("/readyz", response_model=HealthOut, responses={503: {"model": HealthOut}})
+def readyz(svc: Svc) -> JSONResponse:
+    """Database reachable, schema at head, at least one live worker."""
+    ready, report = svc.readiness()
+    return JSONResponse(report, status_code=200 if ready else 503)

@@ -1,0 +1,134 @@
+"""Request and response bodies of the HTTP API (they make /openapi.json). Extra fields are refused."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Prompt = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+Note = Annotated[str, StringConstraints(max_length=4096)]
+Relation = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Layer = Annotated[int, Field(ge=0, le=10_000)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EditIn(_Strict):
+    prompt: Prompt = Field(description="Template with {} where the subject goes.", examples=["{} is located in the city of"])
+    subject: Text = Field(examples=["The Eiffel Tower"])
+    target: Text = Field(examples=["Rome"])
+    layer: Layer | None = None
+    relation: Relation | None = None
+    note: Note | None = None
+
+
+class AskIn(_Strict):
+    prompt: Prompt
+    top: Annotated[int, Field(ge=1, le=100)] = 5
+
+
+class CompileIn(_Strict):
+    mode: Annotated[str, StringConstraints(pattern=r"^(joint|sequential)$")] | None = None
+
+
+class TraceIn(_Strict):
+    prompt: Prompt
+    subject: Text
+    target: Text | None = None
+    edit_id: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
+    samples: Annotated[int, Field(ge=1, le=50)] = 10
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: Any = None
+
+
+class ModelOut(BaseModel):
+    alias: str
+    source: str
+    revision: str
+    model_type: str
+    license: str | None
+    recommended_layer: int | None
+    created_at: str
+    edits: dict[str, int] = {}
+
+
+class EditOut(BaseModel):
+    id: int
+    model: str
+    seq: int | None
+    status: str
+    subject: str
+    prompt: str
+    target: str
+    target_true: str | None
+    relation: str | None
+    layer: int | None
+    requested_layer: str | None
+    prob_new_before: float | None
+    prob_new_after: float | None
+    prob_true_before: float | None
+    prob_true_after: float | None
+    requested_by: str | None
+    note: str | None
+    error: str | None
+    supersedes: int | None
+    created_at: str
+    updated_at: str | None
+
+
+class TokenProb(BaseModel):
+    token: str
+    prob: float
+
+
+class AskOut(BaseModel):
+    prompt: str
+    top: list[TokenProb]
+    continuation: str
+    edits_applied: int
+
+
+class ReleaseOut(BaseModel):
+    version: int
+    mode: str
+    status: str
+    edits: int
+    edit_ids: list[int]
+    edit_log_sha256: str
+    manifest_sha256: str
+    hub_repo: str | None
+    hub_commit: str | None
+    tag: str | None
+    hub_url: str | None
+    scores: dict[str, float | int | None]
+    created_at: str
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    model: str
+    params: dict[str, Any]
+    status: str
+    result: dict[str, Any] | None
+    error: str | None
+    requested_by: str | None
+    files: list[str]
+    created_at: str
+    updated_at: str | None
+
+
+class HealthOut(BaseModel):
+    status: str
+    database: str | None = None
+    schema_current: str | None = None
+    schema_head: str | None = None
+    workers: int | None = None
+    detail: str | None = None

@@ -1,0 +1,71 @@
+"""Rows to the torch-free value types of factstore.domain (no queries here)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from factstore.domain import BaseModel, Covariance, EditEntry, Job, Release, StoredEdit
+from factstore.storage.models import BaseModelRow, CovarianceStat, EditRow, JobRow, ReleaseRow
+
+
+def aware(moment: datetime) -> datetime:
+    """SQLite gives back naive datetimes for what was stored as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else aware(moment).isoformat()
+
+
+def base(row: BaseModelRow) -> BaseModel:
+    return BaseModel(
+        id=row.id, alias=row.alias, source=row.source, revision=row.revision, model_type=row.model_type,
+        license=row.license, recommended_layer=row.recommended_layer, created_at=row.created_at.isoformat(),
+    )
+
+
+def edit(row: EditRow) -> StoredEdit:
+    """A computed edit (active, retracted or superseded): every replay field is set."""
+    assert row.seq is not None and row.layer is not None and row.module is not None and row.key is not None, f"edit {row.id} is {row.status}"
+    assert row.value is not None and row.key_shape is not None and row.value_shape is not None and row.hparams is not None
+    assert row.key_sha256 is not None and row.value_sha256 is not None and row.hparams_fingerprint is not None
+    return StoredEdit(
+        id=row.id, base_model_id=row.base_model_id, seq=row.seq, prompt=row.prompt, subject=row.subject,
+        target_new=row.target_new, target_true=row.target_true, relation_id=row.relation_id, layer=row.layer,
+        module=row.module, key=bytes(row.key), key_shape=tuple(row.key_shape), key_sha256=row.key_sha256,
+        value=bytes(row.value), value_shape=tuple(row.value_shape), value_sha256=row.value_sha256,
+        hparams=dict(row.hparams), hparams_fingerprint=row.hparams_fingerprint, covariance_id=row.covariance_id,
+        status=row.status, supersedes_id=row.supersedes_id, requested_by=row.requested_by, note=row.note,
+        metrics=dict(row.metrics or {}), created_at=row.created_at.isoformat(),
+    )
+
+
+def entry(row: EditRow, alias: str) -> EditEntry:
+    return EditEntry(
+        id=row.id, model=alias, seq=row.seq, status=row.status, prompt=row.prompt, subject=row.subject, target_new=row.target_new,
+        target_true=row.target_true, relation_id=row.relation_id, requested_layer=row.requested_layer, layer=row.layer,
+        requested_by=row.requested_by, note=row.note, error=row.error, supersedes_id=row.supersedes_id,
+        metrics=dict(row.metrics or {}), created_at=iso(row.created_at) or "", updated_at=iso(row.updated_at),
+    )
+
+
+def covariance(row: CovarianceStat) -> Covariance:
+    return Covariance(
+        id=row.id, layer=row.layer, module=row.module, corpus=row.corpus, corpus_sha256=row.corpus_sha256,
+        tokens=row.tokens, dtype=row.dtype, path=row.path, sha256=row.sha256,
+    )
+
+
+def release(row: ReleaseRow, edit_ids: list[int]) -> Release:
+    return Release(
+        id=row.id, base_model_id=row.base_model_id, version=row.version, mode=row.mode, edit_log_sha256=row.edit_log_sha256,
+        manifest_sha256=row.manifest_sha256, path=row.path, hub_repo=row.hub_repo, hub_commit=row.hub_commit, tag=row.tag,
+        status=row.status, edit_ids=tuple(edit_ids), created_at=row.created_at.isoformat(),
+    )
+
+
+def job(row: JobRow, alias: str, files: list[str]) -> Job:
+    return Job(
+        id=row.id, kind=row.kind, model=alias, params=dict(row.params), status=row.status, result=row.result, error=row.error,
+        requested_by=row.requested_by, files=tuple(files), created_at=iso(row.created_at) or "", updated_at=iso(row.updated_at),
+    )

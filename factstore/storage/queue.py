@@ -1,0 +1,326 @@
+"""The edit queue: requests, per-model leases, workers and jobs.
+
+A request is a `pending` edit row. A worker computes on a model's head only while it holds that
+model's lease (a row with an expiry it renews by heartbeat); it claims pending rows (`SELECT ...
+FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers with BEGIN IMMEDIATE) and
+writes each result in one short transaction that checks the lease again, so a worker that lost
+its lease (killed, paused past the expiry) can never commit: its claimed rows go back to
+`pending` when the next worker takes the model, and each edit is computed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from factstore.domain import EditEntry, EditRequest, Job, NewEdit, StoredEdit, request_sha256
+from factstore.errors import EditStateError, LeaseLost, UnknownEdit, UnknownJob
+from factstore.storage import convert
+from factstore.storage.base import StoreBase, refused
+from factstore.storage.models import EDIT_STATUSES, JOB_STATUSES, BaseModelRow, EditRow, JobFile, JobRow, ModelLease, WorkerRow
+
+ERROR_CHARS = 1000  # a failed request keeps the first line of its error, at most this long
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def one_line(text: str) -> str:
+    line = " ".join(str(text).split())
+    return line[:ERROR_CHARS]
+
+
+def idempotency_sha256(who: str, key: str) -> str:
+    """Idempotency keys are scoped to the token that sent them."""
+    return hashlib.sha256(f"{who}\x00{key}".encode()).hexdigest()
+
+
+def same_fact(base_id: int, subject: str, prompt: str, relation_id: str | None) -> list:
+    """Conditions for the active edits a new edit of this fact supersedes."""
+    same = EditRow.prompt == prompt if relation_id is None else or_(EditRow.prompt == prompt, EditRow.relation_id == relation_id)
+    return [EditRow.base_model_id == base_id, EditRow.status == "active", EditRow.subject == subject, same]
+
+
+def new_request_row(base_id: int, request: EditRequest, *, requested_by: str | None, note: str | None,
+                    requested_layer: str | None = None, idempotency: str | None = None) -> EditRow:
+    return EditRow(
+        base_model_id=base_id, prompt=request.prompt, subject=request.subject, target_new=request.target_new,
+        target_true=request.target_true, relation_id=request.relation_id, request_sha256=request_sha256(request),
+        requested_layer=requested_layer, status="pending", requested_by=requested_by, note=note, metrics={},
+        idempotency_sha256=idempotency,
+    )
+
+
+def fill_computed(s: Session, row: EditRow, new: NewEdit) -> None:
+    """Make ROW the model's next active edit: next seq, older edits of the fact superseded."""
+    base_id = row.base_model_id
+    s.execute(select(BaseModelRow.id).where(BaseModelRow.id == base_id).with_for_update())  # serialise writers per base
+    seq = (s.scalar(select(func.max(EditRow.seq)).where(EditRow.base_model_id == base_id)) or 0) + 1
+    req = new.request
+    older = [r for r in s.scalars(select(EditRow).where(*same_fact(base_id, req.subject, req.prompt, req.relation_id))) if r.id != row.id]
+    for old in older:
+        old.status = "superseded"
+    row.seq, row.target_true, row.layer, row.module = seq, new.target_true, new.layer, new.module
+    row.key, row.key_shape, row.key_sha256 = new.key, list(new.key_shape), hashlib.sha256(new.key).hexdigest()
+    row.value, row.value_shape, row.value_sha256 = new.value, list(new.value_shape), hashlib.sha256(new.value).hexdigest()
+    row.hparams, row.hparams_fingerprint, row.covariance_id = new.hparams, new.hparams_fingerprint, new.covariance_id
+    row.metrics, row.status, row.error, row.updated_at = new.metrics, "active", None, now()
+    row.supersedes_id = older[-1].id if older else None
+    s.flush()
+
+
+class QueueVerbs(StoreBase):
+    # requests ------------------------------------------------------------------------------
+
+    def create_request(
+        self, base_id: int, request: EditRequest, *, requested_layer: str | None = None, note: str | None = None,
+        requested_by: str | None = None, idempotency: str | None = None,
+    ) -> tuple[EditEntry, bool]:
+        """Store a pending request. With an idempotency hash already stored, return that row
+        instead (created=False)."""
+        try:
+            with self._tx() as s:
+                if idempotency is not None and (found := s.scalar(select(EditRow).where(EditRow.idempotency_sha256 == idempotency))):
+                    return self._entry(s, found), False
+                row = new_request_row(base_id, request, requested_by=requested_by, note=note, requested_layer=requested_layer,
+                                      idempotency=idempotency)
+                s.add(row)
+                s.flush()
+                return self._entry(s, row), True
+        except IntegrityError as exc:  # the same key sent twice at once: the other insert won
+            if idempotency is None:
+                raise refused(exc, "store the request") from None
+            with self._tx(write=False) as s:
+                found = s.scalar(select(EditRow).where(EditRow.idempotency_sha256 == idempotency))
+                if found is None:
+                    raise refused(exc, "store the request") from None
+                return self._entry(s, found), False
+
+    @staticmethod
+    def _entry(s: Session, row: EditRow) -> EditEntry:
+        alias = s.scalar(select(BaseModelRow.alias).where(BaseModelRow.id == row.base_model_id)) or "?"
+        return convert.entry(row, alias)
+
+    def get_entry(self, edit_id: int) -> EditEntry:
+        with self._tx(write=False) as s:
+            row = s.get(EditRow, edit_id)
+            if row is None:
+                raise UnknownEdit(f"no edit with id {edit_id}")
+            return self._entry(s, row)
+
+    def list_entries(self, base_id: int, status: str = "all", *, limit: int | None = None, offset: int = 0) -> list[EditEntry]:
+        """A model's log in every state: computed edits in seq order, then requests in arrival order."""
+        if status != "all" and status not in EDIT_STATUSES:
+            raise EditStateError(f"unknown status {status!r}; use one of {', '.join(EDIT_STATUSES)} or all")
+        query = select(EditRow).where(EditRow.base_model_id == base_id)
+        if status != "all":
+            query = query.where(EditRow.status == status)
+        query = query.order_by(EditRow.seq.is_(None), EditRow.seq, EditRow.id).offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._tx(write=False) as s:
+            alias = s.scalar(select(BaseModelRow.alias).where(BaseModelRow.id == base_id)) or "?"
+            return [convert.entry(r, alias) for r in s.scalars(query)]
+
+    def count_entries(self, base_id: int) -> dict[str, int]:
+        with self._tx(write=False) as s:
+            rows = s.execute(select(EditRow.status, func.count()).where(EditRow.base_model_id == base_id).group_by(EditRow.status))
+            return {status: int(n) for status, n in rows}
+
+    def list_active_ids(self, base_id: int) -> list[int]:
+        """The model's log as a worker compares it with its head: active edit ids in seq order."""
+        with self._tx(write=False) as s:
+            return list(s.scalars(select(EditRow.id).where(EditRow.base_model_id == base_id, EditRow.status == "active").order_by(EditRow.seq)))
+
+    def list_pending_models(self) -> list[int]:
+        """Base models with requests waiting."""
+        with self._tx(write=False) as s:
+            return list(s.scalars(select(EditRow.base_model_id).where(EditRow.status == "pending").distinct()))
+
+    # leases -----------------------------------------------------------------------------
+
+    def acquire_lease(self, base_id: int, holder: str, seconds: float) -> bool:
+        """Take or renew the model's lease. Taking it over from an expired holder puts that
+        holder's claimed requests back to pending."""
+        try:
+            with self._tx() as s:
+                s.execute(select(BaseModelRow.id).where(BaseModelRow.id == base_id).with_for_update())
+                lease = s.get(ModelLease, base_id, with_for_update=True)
+                moment = now()
+                if lease is not None and lease.holder != holder and convert.aware(lease.expires_at) > moment:
+                    return False
+                if lease is None:
+                    s.add(ModelLease(base_model_id=base_id, holder=holder, expires_at=moment + timedelta(seconds=seconds)))
+                else:
+                    lease.holder, lease.expires_at = holder, moment + timedelta(seconds=seconds)
+                s.execute(
+                    update(EditRow)
+                    .where(EditRow.base_model_id == base_id, EditRow.status == "computing", EditRow.claimed_by != holder)
+                    .values(status="pending", claimed_by=None, updated_at=moment)
+                )
+                return True
+        except IntegrityError:  # two first-ever takers inserted at once: the other one has it
+            return False
+
+    def renew_leases(self, holder: str, seconds: float) -> list[int]:
+        """Extend every lease HOLDER still has (and its heartbeat); returns those model ids."""
+        with self._tx() as s:
+            moment = now()
+            s.execute(update(WorkerRow).where(WorkerRow.id == holder).values(heartbeat_at=moment))
+            held = list(s.scalars(select(ModelLease.base_model_id).where(ModelLease.holder == holder)))
+            s.execute(update(ModelLease).where(ModelLease.holder == holder).values(expires_at=moment + timedelta(seconds=seconds)))
+            return held
+
+    def release_lease(self, base_id: int, holder: str) -> None:
+        """Give the model up; requests it claimed but did not compute go back to pending."""
+        with self._tx() as s:
+            s.execute(
+                update(EditRow).where(EditRow.base_model_id == base_id, EditRow.status == "computing", EditRow.claimed_by == holder)
+                .values(status="pending", claimed_by=None, updated_at=now())
+            )
+            s.execute(delete(ModelLease).where(ModelLease.base_model_id == base_id, ModelLease.holder == holder))
+
+    @staticmethod
+    def _check_lease(s: Session, base_id: int, holder: str) -> None:
+        lease = s.get(ModelLease, base_id, with_for_update=True)
+        if lease is None or lease.holder != holder:
+            raise LeaseLost(f"this worker no longer holds model {base_id}; its result is dropped and the request recomputed")
+
+    # claiming and finishing -------------------------------------------------------------------
+
+    def claim_requests(self, base_id: int, holder: str, limit: int, only: int | None = None) -> list[EditEntry]:
+        """Mark up to LIMIT pending requests of the model (or just ONLY) computing by HOLDER,
+        oldest first. Needs the model's lease."""
+        with self._tx() as s:
+            self._check_lease(s, base_id, holder)
+            query = select(EditRow).where(EditRow.base_model_id == base_id, EditRow.status == "pending")
+            if only is not None:
+                query = query.where(EditRow.id == only)
+            rows = s.scalars(query.order_by(EditRow.id).limit(limit).with_for_update(skip_locked=True)).all()
+            for row in rows:
+                row.status, row.claimed_by, row.updated_at = "computing", holder, now()
+            s.flush()
+            return [self._entry(s, r) for r in rows]
+
+    def complete_request(self, edit_id: int, holder: str, new: NewEdit) -> StoredEdit:
+        """A computed request becomes the model's next active edit, if HOLDER still holds the model."""
+        with self._tx() as s:
+            row = s.get(EditRow, edit_id, with_for_update=True)
+            if row is None:
+                raise UnknownEdit(f"no edit with id {edit_id}")
+            self._check_lease(s, row.base_model_id, holder)
+            if row.status != "computing" or row.claimed_by != holder:
+                raise LeaseLost(f"edit {edit_id} is {row.status}, no longer claimed by this worker; its result is dropped")
+            fill_computed(s, row, new)
+            return convert.edit(row)
+
+    def fail_request(self, edit_id: int, holder: str, error: str) -> EditEntry:
+        with self._tx() as s:
+            row = s.get(EditRow, edit_id, with_for_update=True)
+            if row is None:
+                raise UnknownEdit(f"no edit with id {edit_id}")
+            if row.status != "computing" or row.claimed_by != holder:
+                raise LeaseLost(f"edit {edit_id} is {row.status}, no longer claimed by this worker")
+            row.status, row.error, row.updated_at = "failed", one_line(error), now()
+            s.flush()
+            return self._entry(s, row)
+
+    # workers ------------------------------------------------------------------------------
+
+    def register_worker(self, worker_id: str, models: list[str]) -> None:
+        with self._tx() as s:
+            s.merge(WorkerRow(id=worker_id, models=models, started_at=now(), heartbeat_at=now(), stopped_at=None))
+
+    def stop_worker(self, worker_id: str) -> None:
+        """A clean exit: its leases are given up and its claimed requests go back to pending."""
+        with self._tx() as s:
+            held = list(s.scalars(select(ModelLease.base_model_id).where(ModelLease.holder == worker_id)))
+            s.execute(update(EditRow).where(EditRow.status == "computing", EditRow.claimed_by == worker_id)
+                      .values(status="pending", claimed_by=None, updated_at=now()))
+            s.execute(update(JobRow).where(JobRow.status == "running", JobRow.claimed_by == worker_id)
+                      .values(status="pending", claimed_by=None, updated_at=now()))
+            if held:
+                s.execute(delete(ModelLease).where(ModelLease.holder == worker_id))
+            s.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(stopped_at=now()))
+
+    def list_live_workers(self, within_seconds: float) -> list[dict]:
+        """Workers whose heartbeat is at most WITHIN_SECONDS old and that have not stopped."""
+        since = now() - timedelta(seconds=within_seconds)
+        with self._tx(write=False) as s:
+            rows = s.scalars(select(WorkerRow).where(WorkerRow.stopped_at.is_(None)).order_by(WorkerRow.started_at)).all()
+            return [{"id": r.id, "models": list(r.models), "heartbeat_at": convert.iso(r.heartbeat_at)}
+                    for r in rows if convert.aware(r.heartbeat_at) >= since]
+
+    # jobs ---------------------------------------------------------------------------------
+
+    def create_job(self, base_id: int, kind: str, params: dict, *, requested_by: str | None, idempotency: str | None = None) -> tuple[Job, bool]:
+        with self._tx() as s:
+            if idempotency is not None and (found := s.scalar(select(JobRow).where(JobRow.idempotency_sha256 == idempotency))):
+                return self._job(s, found), False
+            row = JobRow(kind=kind, base_model_id=base_id, params=params, status="pending", requested_by=requested_by,
+                         idempotency_sha256=idempotency)
+            s.add(row)
+            s.flush()
+            return self._job(s, row), True
+
+    @staticmethod
+    def _job(s: Session, row: JobRow) -> Job:
+        alias = s.scalar(select(BaseModelRow.alias).where(BaseModelRow.id == row.base_model_id)) or "?"
+        files = list(s.scalars(select(JobFile.name).where(JobFile.job_id == row.id).order_by(JobFile.name)))
+        return convert.job(row, alias, files)
+
+    def get_job(self, job_id: int) -> Job:
+        with self._tx(write=False) as s:
+            row = s.get(JobRow, job_id)
+            if row is None:
+                raise UnknownJob(f"no job with id {job_id}")
+            return self._job(s, row)
+
+    def list_jobs(self, base_id: int, kind: str | None = None, limit: int = 50) -> list[Job]:
+        query = select(JobRow).where(JobRow.base_model_id == base_id)
+        if kind is not None:
+            query = query.where(JobRow.kind == kind)
+        with self._tx(write=False) as s:
+            return [self._job(s, r) for r in s.scalars(query.order_by(JobRow.id.desc()).limit(limit))]
+
+    def claim_job(self, holder: str, base_ids: list[int] | None, stale_after: float) -> Job | None:
+        """The oldest pending job (or one whose worker's heartbeat is older than STALE_AFTER) of BASE_IDS (None: any)."""
+        live = select(WorkerRow.id).where(WorkerRow.stopped_at.is_(None), WorkerRow.heartbeat_at >= now() - timedelta(seconds=stale_after))
+        orphaned = (JobRow.status == "running") & JobRow.claimed_by.not_in(live)
+        query = select(JobRow).where(or_(JobRow.status == "pending", orphaned))
+        if base_ids is not None:
+            query = query.where(JobRow.base_model_id.in_(base_ids))
+        with self._tx() as s:
+            row = s.scalar(query.order_by(JobRow.id).limit(1).with_for_update(skip_locked=True))
+            if row is None:
+                return None
+            row.status, row.claimed_by, row.updated_at = "running", holder, now()
+            s.flush()
+            return self._job(s, row)
+
+    def finish_job(self, job_id: int, holder: str, *, result: dict | None = None, error: str | None = None,
+                   files: dict[str, tuple[str, bytes]] | None = None) -> Job:
+        """Record a job's result (and FILES: name -> (media type, bytes)) or its error."""
+        assert "done" in JOB_STATUSES and "failed" in JOB_STATUSES
+        with self._tx() as s:
+            row = s.get(JobRow, job_id, with_for_update=True)
+            if row is None or row.claimed_by != holder or row.status != "running":
+                raise LeaseLost(f"job {job_id} is no longer this worker's")
+            row.status = "failed" if error is not None else "done"
+            row.result, row.error, row.updated_at = result, None if error is None else one_line(error), now()
+            for name, (media_type, data) in (files or {}).items():
+                s.add(JobFile(job_id=job_id, name=name, media_type=media_type, data=data))
+            s.flush()
+            return self._job(s, row)
+
+    def get_job_file(self, job_id: int, name: str) -> tuple[str, bytes]:
+        with self._tx(write=False) as s:
+            row = s.get(JobFile, (job_id, name))
+            if row is None:
+                raise UnknownJob(f"job {job_id} has no file {name!r}")
+            return row.media_type, bytes(row.data)

@@ -1,0 +1,1 @@
+"""Edit workers: long-running processes that keep models' heads warm and compute the queue."""

@@ -1,0 +1,144 @@
+"""The worker loop: take a model's lease, claim its pending requests, compute them on the warm
+head, one short transaction per result; then jobs. Several workers share one database: each
+model is computed on by one of them at a time, different models in parallel."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from factstore.editing.lease import Holder
+from factstore.editing.session import EditSession
+from factstore.errors import FactStoreError, LeaseLost
+from factstore.progress import SILENT, Reporter
+from factstore.storage.store import Store
+from factstore.worker import jobs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerSettings:
+    models: list[str] = field(default_factory=list)  # aliases to serve; empty: every model
+    batch: int = 8  # requests claimed per turn on a model
+    device: str | None = None
+    poll: float = 1.0  # seconds between looks at an empty queue
+    lease_seconds: float | None = None  # default: FACTSTORE_LEASE_SECONDS
+    jobs: bool = True  # also run compile and trace jobs
+
+
+@dataclass
+class WorkerStats:
+    computed: int = 0
+    failed: int = 0
+    dropped: int = 0  # results dropped because another worker took the model over
+    jobs: int = 0
+    rebuilds: int = 0
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Worker:
+    def __init__(self, store: Store, settings: WorkerSettings | None = None, progress: Reporter = SILENT) -> None:
+        self.store = store
+        self.settings = settings or WorkerSettings()
+        self.progress = progress
+        self.holder = Holder(store, "worker", self.settings.lease_seconds)
+        self.stopping = threading.Event()  # set by SIGTERM: finish the current edit, then exit
+        self.stats = WorkerStats()
+        self._sessions: dict[int, EditSession] = {}  # warm heads by base model id
+        for alias in self.settings.models:
+            store.get_base_model(alias)  # an unknown alias is refused at start
+
+    @property
+    def id(self) -> str:
+        return self.holder.id
+
+    def _served(self) -> dict[int, str]:
+        """Base model id -> alias of the models this worker computes."""
+        wanted = set(self.settings.models)
+        return {m.id: m.alias for m in self.store.list_base_models() if not wanted or m.alias in wanted}
+
+    def run(self, max_idle_turns: int | None = None) -> WorkerStats:
+        """Work until stopped (or, with max_idle_turns, until the queue stayed empty that many turns)."""
+        self.store.register_worker(self.id, self.settings.models)
+        self.holder.start()
+        idle = 0
+        try:
+            while not self.stopping.is_set():
+                try:
+                    busy = self.turn()
+                except FactStoreError as exc:  # the database went away: wait and retry
+                    log.warning("worker turn failed: %s", exc)
+                    busy = False
+                idle = 0 if busy else idle + 1
+                if max_idle_turns is not None and idle >= max_idle_turns:
+                    break
+                if not busy:
+                    self.stopping.wait(self.settings.poll)
+        finally:
+            self.holder.stop()
+            try:
+                self.store.stop_worker(self.id)
+            except FactStoreError as exc:  # leases expire by themselves
+                log.warning("could not record the worker's exit: %s", exc)
+        return self.stats
+
+    def turn(self) -> bool:
+        """One pass over the models with pending requests, then one job. Returns whether it did work."""
+        served = self._served()
+        busy = False
+        for base_id in self.store.list_pending_models():
+            if base_id in served and not self.stopping.is_set():
+                busy = self._model_turn(base_id, served[base_id]) or busy
+        if self.settings.jobs and not self.stopping.is_set():
+            job = self.store.claim_job(self.id, list(served), stale_after=3 * self.holder.seconds)
+            if job is not None:
+                jobs.run(self.store, job, self.id, self.settings.device, self.progress)
+                self.stats.jobs += 1
+                busy = True
+        return busy
+
+    def _model_turn(self, base_id: int, alias: str) -> bool:
+        if not self.store.acquire_lease(base_id, self.id, self.holder.seconds):
+            return False  # another worker computes this model now
+        try:
+            claimed = self.store.claim_requests(base_id, self.id, self.settings.batch)
+            if not claimed:
+                return False
+            try:
+                session = self._session(base_id, alias)
+            except Exception as exc:  # the model cannot be loaded: every claimed request fails with the reason
+                reason = str(exc) if isinstance(exc, FactStoreError) else f"{type(exc).__name__}: {exc}"
+                for entry in claimed:
+                    self.store.fail_request(entry.id, self.id, f"the model could not be loaded: {reason}")
+                self.stats.failed += len(claimed)
+                return True
+            for entry in claimed:
+                if self.stopping.is_set():
+                    break  # the rest go back to pending when the lease is released
+                try:
+                    session.process(entry, self.id)
+                    self.stats.computed += 1
+                except LeaseLost:
+                    self.stats.dropped += 1
+                    self._sessions.pop(base_id, None)  # its head may hold what the new holder replaces
+                    break
+                except Exception as exc:  # stored on the request as its one-line reason
+                    log.info("edit %s failed: %s", entry.id, exc)
+                    self.stats.failed += 1
+                    session.sync()  # a failure midway may have left the head rebuilt without a superseded fact
+            return True
+        finally:
+            self.store.release_lease(base_id, self.id)
+
+    def _session(self, base_id: int, alias: str) -> EditSession:
+        """The warm head of a model, brought up to date with the log."""
+        session = self._sessions.get(base_id)
+        if session is None:
+            session = self._sessions[base_id] = EditSession(self.store, alias, device=self.settings.device, progress=self.progress)
+        elif session.sync():
+            self.stats.rebuilds += 1
+        return session
