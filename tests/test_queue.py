@@ -1,0 +1,162 @@
+"""The edit queue on SQLite and PostgreSQL: migration 0002 over a 0001 store, submissions checked
+without weights, leases that let one worker compute a model at a time, failures that do not block,
+heads rebuilt when another process changes the log."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import text
+
+from factstore import api
+from factstore.domain import EditRequest
+from factstore.errors import EditStateError, InvalidEditRequest, LeaseLost
+from factstore.storage import schema
+from factstore.storage.engine import make_engine
+from factstore.storage.store import Store
+from factstore.worker.loop import Worker, WorkerSettings
+from test_store import REF, new_edit
+
+FACTS = [("The Eiffel Tower", "Rome"), ("The Louvre", "Berlin"), ("Big Ben", "Madrid"), ("The Colosseum", "Oslo")]
+PROMPT = "{} is located in the city of"
+
+
+def _submit(store: Store, subject: str, target: str, **kw: object) -> int:
+    entry, created = api.submit_edit(store, "tiny", prompt=PROMPT, subject=subject, target=target, **kw)  # type: ignore[arg-type]
+    assert created and entry.status == "pending" and entry.seq is None
+    return entry.id
+
+
+def _drain(store: Store, **settings: object) -> Worker:
+    worker = Worker(store, WorkerSettings(poll=0.05, **settings))  # type: ignore[arg-type]
+    worker.run(max_idle_turns=1)
+    return worker
+
+
+def test_upgrade_from_0001_keeps_every_edit(db_url: str) -> None:
+    engine = make_engine(db_url)
+    schema.upgrade(engine, "0001")
+    now = datetime.now(timezone.utc)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO base_models (alias, source, revision, model_type, created_at) VALUES ('m', 's', 'r', 'gpt2', :t)"), {"t": now})
+        conn.execute(text(
+            "INSERT INTO edits (base_model_id, seq, prompt, subject, target_new, request_sha256, layer, module, key, key_shape, key_sha256,"
+            " value, value_shape, value_sha256, hparams, hparams_fingerprint, status, metrics, created_at) VALUES"
+            " (1, 1, '{} is in', 'X', 'Rome', 'h', 1, 'mod', :k, '[2]', 'ks', :v, '[2]', 'vs', '{}', 'f', 'active', '{}', :t)"
+        ), {"k": b"\x00" * 8, "v": b"\x01" * 8, "t": now})
+    schema.upgrade(engine)
+    store = Store(db_url)
+    [edit] = store.list_edits(1, "active")
+    assert (edit.id, edit.seq, edit.key, edit.value, edit.status) == (1, 1, b"\x00" * 8, b"\x01" * 8, "active")
+    pending, _ = store.create_request(1, EditRequest("{} is in", "Y", "Oslo"))
+    assert [e.status for e in store.list_entries(1)] == ["active", "pending"]
+    schema.downgrade(engine, "0001")  # a request never computed cannot live in the old schema; edits do
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id FROM edits")).scalars().all() == [1]
+    engine.dispose()
+    store.close()
+
+
+def test_a_submission_is_checked_without_loading_weights(tiny_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from factstore.weights import checkpoints
+
+    def no_weights(*_a: object, **_k: object) -> None:
+        raise AssertionError("a submission loaded the model's weights")
+
+    monkeypatch.setattr(checkpoints, "load", no_weights)
+    edit_id = _submit(tiny_store, "The Eiffel Tower", "Rome", note="from a test")
+    refusals = [
+        ({"prompt": "no braces here", "subject": "X", "target": "Y"}, "exactly once"),
+        ({"prompt": PROMPT, "subject": "The Eiffel Tower", "target": "Rome", "layer": 3}, "layers 0 to 2"),
+        ({"prompt": "{}s are located in", "subject": "The Eiffel Tower", "target": "Rome"}, "token boundary"),
+        ({"prompt": "{} " + "word " * 400, "subject": "X", "target": "Y"}, "limit is 256"),
+        ({"prompt": PROMPT, "subject": "X", "target": "Y", "layer": "auto"}, "no traced layer"),
+    ]
+    for kwargs, message in refusals:
+        with pytest.raises(InvalidEditRequest, match=message):
+            api.submit_edit(tiny_store, "tiny", **kwargs)  # type: ignore[arg-type]
+    assert [e.id for e in api.list_log(tiny_store, "tiny")] == [edit_id]
+    assert api.get_entry(tiny_store, edit_id).note == "from a test"
+    with pytest.raises(EditStateError, match="no key and value yet"):
+        api.get_edit(tiny_store, edit_id)
+
+
+def test_only_the_lease_holder_completes_and_a_takeover_requeues(tiny_store: Store) -> None:
+    base = tiny_store.get_base_model("tiny")
+    edit_id = _submit(tiny_store, "The Eiffel Tower", "Rome")
+    assert tiny_store.acquire_lease(base.id, "a", 0.3)
+    assert not tiny_store.acquire_lease(base.id, "b", 30)  # held by a
+    [claimed] = tiny_store.claim_requests(base.id, "a", 8)
+    assert claimed.id == edit_id and tiny_store.get_entry(edit_id).status == "computing"
+    with pytest.raises(LeaseLost):
+        tiny_store.claim_requests(base.id, "b", 8)
+    time.sleep(0.4)  # a stops renewing (killed): its lease expires
+    assert tiny_store.acquire_lease(base.id, "b", 30)
+    assert tiny_store.get_entry(edit_id).status == "pending"  # back in the queue, computed by b later
+    request = EditRequest(PROMPT, "The Eiffel Tower", "Rome")
+    with pytest.raises(LeaseLost):
+        tiny_store.complete_request(edit_id, "a", new_edit(subject=request.subject))
+    [again] = tiny_store.claim_requests(base.id, "b", 8)
+    done = tiny_store.complete_request(again.id, "b", new_edit(subject=request.subject, prompt=PROMPT))
+    assert done.status == "active" and done.seq == 1
+    tiny_store.release_lease(base.id, "b")
+    assert tiny_store.acquire_lease(base.id, "c", 30)
+
+
+def test_the_worker_computes_in_order_and_a_failure_does_not_block(tiny_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from factstore.editing.session import EditSession
+
+    real = EditSession._compute
+
+    def flaky(self: EditSession, request: EditRequest, *args: object) -> object:
+        if request.subject == "The Louvre":
+            raise RuntimeError("simulated failure\nwith a second line")
+        return real(self, request, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(EditSession, "_compute", flaky)
+    ids = [_submit(tiny_store, s, t) for s, t in FACTS[:3]]
+    worker = _drain(tiny_store, batch=2)
+    entries = {e.id: e for e in api.list_log(tiny_store, "tiny")}
+    assert [entries[i].status for i in ids] == ["active", "failed", "active"]
+    assert entries[ids[1]].error == "RuntimeError: simulated failure with a second line" and entries[ids[1]].seq is None
+    assert [entries[ids[0]].seq, entries[ids[2]].seq] == [1, 2]
+    assert (worker.stats.computed, worker.stats.failed) == (2, 1)
+    assert tiny_store.list_live_workers(60) == []  # a worker that stopped is not live
+
+    # another process retracts an edit: the warm head is rebuilt before the next request
+    api.retract_edit(tiny_store, ids[0])
+    newer = _submit(tiny_store, *FACTS[3])
+    worker.stopping.clear()
+    worker.run(max_idle_turns=1)
+    assert worker.stats.rebuilds == 1
+    head = worker._sessions[tiny_store.get_base_model("tiny").id]
+    assert [e.id for e in head.applied] == [ids[2], newer] == tiny_store.list_active_ids(1)
+
+
+def test_the_same_fact_again_supersedes_through_the_queue(tiny_store: Store) -> None:
+    first = _submit(tiny_store, "The Eiffel Tower", "Rome")
+    _drain(tiny_store)
+    second = _submit(tiny_store, "The Eiffel Tower", "Berlin")
+    _drain(tiny_store)
+    assert api.get_entry(tiny_store, first).status == "superseded"
+    assert api.get_entry(tiny_store, second).supersedes_id == first
+
+
+def test_edit_add_waits_for_the_worker_that_holds_the_model(tiny_store: Store) -> None:
+    """In-process `edit add` and a worker never compute one model at once: the CLI path waits
+    while another holder has the model, and a request the holder computed is returned as is."""
+    import threading
+
+    base = tiny_store.get_base_model("tiny")
+    assert tiny_store.acquire_lease(base.id, "other-worker", 30)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.setdefault("out", api.add_edit(tiny_store, "tiny", prompt=PROMPT, subject="Big Ben", target="Oslo")))
+    thread.start()
+    time.sleep(1.0)
+    assert thread.is_alive()  # waiting, not computing
+    [entry] = api.list_log(tiny_store, "tiny", "pending")
+    tiny_store.release_lease(base.id, "other-worker")
+    thread.join(timeout=120)
+    assert result["out"].edit.id == entry.id and result["out"].edit.status == "active"

@@ -1,0 +1,180 @@
+"""The HTTP API in-process (Starlette's test client) on SQLite and PostgreSQL: the contract,
+tokens and scopes, idempotent retries, bad input on every endpoint, and the web form."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from factstore import api
+from factstore.server.app import create_app
+from factstore.server.service import ServerSettings
+from factstore.storage.store import Store
+
+EIFFEL = {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower", "target": "Rome"}
+
+
+@pytest.fixture
+def tokens(tiny_store: Store) -> dict[str, str]:
+    return {scope: api.create_token(tiny_store, f"{scope}-user", scope)[1] for scope in ("read", "write", "admin")}
+
+
+@pytest.fixture
+def client(tiny_store: Store, tokens: dict[str, str]) -> Iterator[TestClient]:
+    with TestClient(create_app(ServerSettings(database_url=tiny_store.url, worker=True))) as test_client:
+        yield test_client
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def wait_done(client: TestClient, edit_id: int, seconds: float = 120) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/v1/edits/{edit_id}").json()
+        if body["status"] not in ("pending", "computing"):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"edit {edit_id} still {body['status']} after {seconds} s")
+
+
+def test_submit_compute_ask_retract(client: TestClient, tokens: dict[str, str]) -> None:
+    [model] = client.get("/api/v1/models").json()
+    assert model["alias"] == "tiny" and model["revision"].startswith("sha256:")
+    assert client.get("/api/v1/models/tiny").json()["edits"] == {}
+    posted = client.post("/api/v1/models/tiny/edits", json={**EIFFEL, "note": "seen on a map"}, headers=auth(tokens["write"]))
+    assert posted.status_code == 202
+    body = posted.json()
+    assert body["status"] == "pending" and body["requested_by"] == "write-user" and body["seq"] is None
+    done = wait_done(client, body["id"])
+    assert done["status"] == "active" and done["seq"] == 1 and done["layer"] == 1 and done["prob_new_after"] > done["prob_new_before"]
+    assert [e["id"] for e in client.get("/api/v1/models/tiny/edits?status=active").json()] == [body["id"]]
+    assert client.get("/api/v1/models/tiny/edits?status=pending").json() == []
+    asked = client.post("/api/v1/models/tiny/ask", json={"prompt": "The Eiffel Tower is located in the city of", "top": 3}).json()
+    assert len(asked["top"]) == 3 and asked["edits_applied"] == 1 and isinstance(asked["continuation"], str)
+    assert client.post(f"/api/v1/edits/{body['id']}/retract", headers=auth(tokens["write"])).json()["status"] == "retracted"
+    again = client.post(f"/api/v1/edits/{body['id']}/retract", headers=auth(tokens["write"]))
+    assert again.status_code == 409 and again.json()["error"] == "conflict"
+    assert client.post("/api/v1/models/tiny/ask", json={"prompt": "The Eiffel Tower is"}).json()["edits_applied"] == 0
+    assert client.get("/readyz").json() == {"status": "ready", "database": "reachable", "schema_current": "0002",
+                                            "schema_head": "0002", "workers": 1, "detail": None}
+    assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_tokens_and_scopes(client: TestClient, tiny_store: Store, tokens: dict[str, str]) -> None:
+    none = client.post("/api/v1/models/tiny/edits", json=EIFFEL)
+    assert none.status_code == 401 and none.headers["www-authenticate"] == "Bearer" and none.json()["error"] == "unauthorized"
+    wrong = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth("fst_" + "x" * 43))
+    assert wrong.status_code == 401 and "fst_" not in wrong.text
+    reader = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth(tokens["read"]))
+    assert reader.status_code == 403 and reader.json() == {"error": "forbidden", "detail": "token 'read-user' has scope read; this needs write"}
+    assert client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth(tokens["admin"])).status_code == 202
+    api.revoke_token(tiny_store, "admin-user")
+    assert client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth(tokens["admin"])).status_code == 401
+    assert [(t.name, t.revoked) for t in api.list_tokens(tiny_store)] == [("read-user", False), ("write-user", False), ("admin-user", True)]
+    assert len(api.list_log(tiny_store, "tiny", "all")) == 1  # only the admin's accepted request was stored
+
+
+def test_reads_can_require_a_token(tiny_store: Store, tokens: dict[str, str]) -> None:
+    settings = ServerSettings(database_url=tiny_store.url, worker=False, require_token=True)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/api/v1/models").status_code == 401
+        assert client.get("/api/v1/models", headers=auth(tokens["read"])).status_code == 200
+        assert client.get("/", headers=auth(tokens["read"])).status_code == 200
+    with TestClient(create_app(ServerSettings(database_url=tiny_store.url, worker=False)), client=("203.0.113.9", 5000)) as remote:
+        assert remote.get("/api/v1/models").status_code == 401  # reads are open to loopback clients only
+    with TestClient(create_app(ServerSettings(database_url=tiny_store.url, worker=False, public_reads=True)), client=("203.0.113.9", 5000)) as remote:
+        assert remote.get("/api/v1/models").status_code == 200
+
+
+def test_a_retried_post_with_the_same_idempotency_key_returns_the_first_result(client: TestClient, tiny_store: Store, tokens: dict[str, str]) -> None:
+    headers = {**auth(tokens["write"]), "Idempotency-Key": "req-42"}
+    first = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=headers)
+    second = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=headers)
+    assert first.json()["id"] == second.json()["id"] and second.headers["idempotent-replayed"] == "true"
+    other_token = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers={**auth(tokens["admin"]), "Idempotency-Key": "req-42"})
+    assert other_token.json()["id"] != first.json()["id"]  # keys are scoped to the token that sent them
+    job = client.post("/api/v1/models/tiny/releases", json={}, headers=headers | {"Idempotency-Key": "compile-1"}).json()
+    assert client.post("/api/v1/models/tiny/releases", json={}, headers=headers | {"Idempotency-Key": "compile-1"}).json()["id"] == job["id"]
+    assert len(api.list_log(tiny_store, "tiny", "all")) == 2
+
+
+BAD_REQUESTS = [
+    ("post", "/api/v1/models/tiny/edits", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422),
+    ("post", "/api/v1/models/tiny/edits", {"json": {"prompt": "{} is in"}}, 422),  # missing fields
+    ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "colour": "red"}}, 422),  # an extra field
+    ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "layer": "three"}}, 422),
+    ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "prompt": "the city of"}}, 422),  # no {}
+    ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "layer": 7}}, 422),  # the tiny model has 3 layers
+    ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "prompt": "{} " + "x" * 4000}}, 422),  # over the token cap
+    ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "prompt": "{} " + "x" * 1_000_000}}, 413),  # a 1 MB prompt
+    ("post", "/api/v1/models/nope/edits", {"json": EIFFEL}, 404),
+    ("post", "/api/v1/models/..%2F..%2Fetc/edits", {"json": EIFFEL}, 404),
+    ("get", "/api/v1/models/nope", {}, 404),
+    ("get", "/api/v1/edits/99999", {}, 404),
+    ("get", "/api/v1/edits/0", {}, 422),
+    ("get", "/api/v1/edits/99999999999999999999", {}, 422),
+    ("post", "/api/v1/edits/99999/retract", {}, 404),
+    ("get", "/api/v1/models/tiny/edits?limit=0", {}, 422),
+    ("get", "/api/v1/models/tiny/edits?status=gone", {}, 422),
+    ("post", "/api/v1/models/tiny/ask", {"json": {"prompt": "x", "top": 1000}}, 422),
+    ("post", "/api/v1/models/tiny/ask", {"json": {"prompt": ""}}, 422),
+    ("post", "/api/v1/models/tiny/releases", {"json": {"mode": "fast"}}, 422),
+    ("post", "/api/v1/models/tiny/traces", {"json": {"prompt": "{} is", "subject": "X", "samples": 500}}, 422),
+    ("get", "/api/v1/jobs/99999", {}, 404),
+    ("get", "/api/v1/jobs/1/files/..%2Fsecret", {}, 404),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status"), BAD_REQUESTS, ids=[f"{m} {p[:40]} {s}" for m, p, _, s in BAD_REQUESTS])
+def test_bad_input_is_a_json_4xx_and_stores_nothing(
+    client: TestClient, tiny_store: Store, tokens: dict[str, str], method: str, path: str, kwargs: dict, status: int,
+) -> None:
+    response = client.request(method.upper(), path, headers={**auth(tokens["write"]), **kwargs.pop("headers", {})}, **kwargs)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "detail"} and body["error"]
+    assert "Traceback" not in response.text and "x" * 100 not in response.text  # the input is not echoed back
+    assert api.list_log(tiny_store, "tiny", "all") == [] and api.list_jobs(tiny_store, "tiny") == []
+
+
+def test_the_web_form_submits_and_the_pages_render(client: TestClient, tokens: dict[str, str]) -> None:
+    page = client.get("/models/tiny")
+    assert page.status_code == 200 and "Submit a correction" in page.text
+    refused = client.post("/models/tiny/edits", data={**EIFFEL, "token": "wrong"})
+    assert refused.status_code == 401 and "unknown or revoked" in refused.text and 'value="The Eiffel Tower"' in refused.text
+    posted = client.post("/models/tiny/edits", data={**EIFFEL, "token": tokens["write"]}, follow_redirects=False)
+    assert posted.status_code == 303
+    edit_id = int(posted.headers["location"].rsplit("/", 1)[1])
+    wait_done(client, edit_id)
+    edit_page = client.get(f"/edits/{edit_id}")
+    assert edit_page.status_code == 200 and "P(new)" in edit_page.text and "active" in edit_page.text
+    assert "The Eiffel Tower" in client.get("/models/tiny").text
+    assert "tiny" in client.get("/").text
+    hostile = client.post("/models/tiny/edits", data={**EIFFEL, "subject": "<script>alert(1)</script>", "token": tokens["write"]})
+    assert "<script>alert(1)</script>" not in hostile.text  # escaped wherever it is shown
+
+
+def test_compile_and_trace_run_as_jobs(client: TestClient, tokens: dict[str, str]) -> None:
+    edit_id = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth(tokens["write"])).json()["id"]
+    wait_done(client, edit_id)
+    job = client.post("/api/v1/models/tiny/releases", headers=auth(tokens["write"])).json()
+    trace = client.post("/api/v1/models/tiny/traces", json={**{k: EIFFEL[k] for k in ("prompt", "subject")}, "edit_id": edit_id, "samples": 2},
+                        headers=auth(tokens["write"])).json()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and {client.get(f"/api/v1/jobs/{j['id']}").json()["status"] for j in (job, trace)} - {"done", "failed"}:
+        time.sleep(0.2)
+    done = client.get(f"/api/v1/jobs/{job['id']}").json()
+    assert done["status"] == "done" and done["result"]["version"] == 1 and done["result"]["path"] is None
+    [release] = client.get("/api/v1/models/tiny/releases").json()
+    assert release["version"] == 1 and release["edit_ids"] == [edit_id] and release["status"] == "built" and release["hub_url"] is None
+    assert release["scores"] and all(isinstance(v, (int, float)) or v is None for v in release["scores"].values())
+    traced = client.get(f"/api/v1/jobs/{trace['id']}").json()
+    assert traced["status"] == "done" and len(traced["files"]) == 3
+    png = client.get(f"/api/v1/jobs/{trace['id']}/files/{traced['files'][0]}")
+    assert png.headers["content-type"] == "image/png" and png.content.startswith(b"\x89PNG")
+    assert f"/api/v1/jobs/{trace['id']}/files/" in client.get(f"/edits/{edit_id}").text
