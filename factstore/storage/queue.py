@@ -21,7 +21,7 @@ from factstore.domain import EditEntry, EditRequest, Job, NewEdit, StoredEdit, r
 from factstore.errors import EditStateError, LeaseLost, UnknownEdit, UnknownJob
 from factstore.storage import convert
 from factstore.storage.base import StoreBase, refused
-from factstore.storage.models import EDIT_STATUSES, JOB_STATUSES, BaseModelRow, EditRow, JobFile, JobRow, ModelLease, WorkerRow
+from factstore.storage.models import EDIT_STATUSES, JOB_STATUSES, QUEUED_STATUSES, BaseModelRow, EditRow, JobFile, JobRow, ModelLease, WorkerRow
 
 ERROR_CHARS = 1000  # a failed request keeps the first line of its error, at most this long
 
@@ -137,10 +137,11 @@ class QueueVerbs(StoreBase):
         with self._tx(write=False) as s:
             return list(s.scalars(select(EditRow.id).where(EditRow.base_model_id == base_id, EditRow.status == "active").order_by(EditRow.seq)))
 
-    def list_pending_models(self) -> list[int]:
-        """Base models with requests waiting."""
+    def list_queued_models(self) -> list[int]:
+        """Base models with requests pending, or computing (perhaps by a worker that died: whoever
+        takes the model's lease after it expired puts those back in the queue)."""
         with self._tx(write=False) as s:
-            return list(s.scalars(select(EditRow.base_model_id).where(EditRow.status == "pending").distinct()))
+            return list(s.scalars(select(EditRow.base_model_id).where(EditRow.status.in_(QUEUED_STATUSES)).distinct()))
 
     # leases -----------------------------------------------------------------------------
 

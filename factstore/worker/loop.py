@@ -87,10 +87,10 @@ class Worker:
         return self.stats
 
     def turn(self) -> bool:
-        """One pass over the models with pending requests, then one job. Returns whether it did work."""
+        """One pass over the models with queued requests, then one job. Returns whether it did work."""
         served = self._served()
         busy = False
-        for base_id in self.store.list_pending_models():
+        for base_id in self.store.list_queued_models():
             if base_id in served and not self.stopping.is_set():
                 busy = self._model_turn(base_id, served[base_id]) or busy
         if self.settings.jobs and not self.stopping.is_set():

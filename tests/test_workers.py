@@ -1,0 +1,109 @@
+"""Worker processes on SQLite and PostgreSQL: SIGKILL mid-batch loses nothing and computes each
+edit once, SIGTERM finishes the current edit and exits, two workers share two models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from factstore import api
+from factstore.storage.store import Store
+from factstore.worker.loop import Worker, WorkerSettings
+from tiny_models import random_gpt2
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "{} is located in the city of"
+LEASE = "2"  # seconds: a killed worker's model is taken over this fast
+
+
+def start_worker(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "FACTSTORE_LEASE_SECONDS": LEASE}
+    return subprocess.Popen([sys.executable, "-m", "factstore.cli.main", "worker", "--poll", "0.1", "--json", *args], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 120, what: str = "condition") -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def statuses(store: Store, alias: str = "tiny") -> list[str]:
+    return [e.status for e in api.list_log(store, alias, "all")]
+
+
+def submit(store: Store, alias: str, n: int, offset: int = 0) -> list[int]:
+    checks = api.model_checks(store, alias)
+    return [api.submit_edit(store, alias, prompt=PROMPT, subject=f"Tower {i}", target="Rome", checks=checks)[0].id
+            for i in range(offset, offset + n)]
+
+
+def test_a_worker_killed_mid_batch_loses_nothing(tiny_store: Store) -> None:
+    ids = submit(tiny_store, "tiny", 8)
+    worker = start_worker("--batch", "8")
+    try:
+        wait_for(lambda: "active" in statuses(tiny_store) and "computing" in statuses(tiny_store), what="a batch half done")
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    assert "computing" in statuses(tiny_store) or "pending" in statuses(tiny_store)
+    taker = Worker(tiny_store, WorkerSettings(poll=0.05, lease_seconds=2))
+    taker.store.register_worker(taker.id, [])
+
+    def taken_over() -> bool:
+        taker.turn()  # nothing until the killed worker's lease expires, then the rest of its batch
+        return set(statuses(tiny_store)) == {"active"}
+
+    wait_for(taken_over, what="the takeover to finish")
+    log = api.list_log(tiny_store, "tiny", "all")
+    assert sorted(e.id for e in log) == ids  # nothing lost, nothing added
+    assert sorted(e.seq for e in log if e.seq is not None) == list(range(1, 9))  # each computed exactly once
+    assert [e.id for e in sorted(log, key=lambda e: e.seq or 0)] == ids  # in submission order
+
+
+def test_sigterm_finishes_the_current_edit_and_exits(tiny_store: Store) -> None:
+    submit(tiny_store, "tiny", 6)
+    worker = start_worker("--batch", "6")
+    wait_for(lambda: "computing" in statuses(tiny_store), what="a claimed batch")
+    wait_for(lambda: "active" in statuses(tiny_store), what="the first edit")
+    worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    stats = json.loads(out)
+    final = statuses(tiny_store)
+    assert "computing" not in final and "failed" not in final  # the unstarted rest went back to the queue
+    assert final.count("active") == stats["computed"] >= 1 and final.count("pending") == 6 - stats["computed"]
+    assert tiny_store.list_live_workers(60) == []
+
+
+def test_two_workers_share_two_models(tiny_store: Store, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "second-model"
+    random_gpt2(seed=1).save_pretrained(folder)
+    gpt2_tokenizer.save_pretrained(folder)
+    corpus = tmp_path / "corpus2.json"
+    corpus.write_text(json.dumps([f"Line {i}: the bridge crosses the wide river near the market." for i in range(200)]))
+    api.add_model(tiny_store, "second", str(folder))
+    api.compute_stats(tiny_store, "second", corpus=str(corpus), tokens=2000, device="cpu")
+    first_ids, second_ids = submit(tiny_store, "tiny", 6), submit(tiny_store, "second", 6)
+    workers = [start_worker("--batch", "2"), start_worker("--batch", "2")]
+    try:
+        wait_for(lambda: set(statuses(tiny_store)) | set(statuses(tiny_store, "second")) == {"active"}, what="both models' queues")
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        results = [json.loads(w.communicate(timeout=60)[0]) for w in workers]
+    for alias, ids in (("tiny", first_ids), ("second", second_ids)):
+        log = sorted(api.list_log(tiny_store, alias, "active"), key=lambda e: e.seq or 0)
+        assert [e.id for e in log] == ids and [e.seq for e in log] == list(range(1, 7))  # composed in submission order
+    assert sum(r["computed"] for r in results) == 12 and sum(r["dropped"] for r in results) == 0
