@@ -354,6 +354,15 @@ def authenticate(store: Store, token: str | None, scope: str) -> ApiTokenInfo:
     return check(store, token, scope)
 
 
+def load_heavy_modules() -> None:
+    """Import torch, transformers and the rooms that use them now, in this thread: a long-running
+    process (the server) must not have two threads race through transformers' lazy imports."""
+    from importlib import import_module
+
+    for name in ("factstore.editing.requests", "factstore.editing.session", "factstore.worker.loop"):
+        import_module(name)
+
+
 def model_checks(store: Store, alias: str) -> ModelChecks:
     """A model's tokenizer and shape (no weights), to check submissions against."""
     from factstore.editing.requests import ModelChecks

@@ -17,7 +17,7 @@ from factstore.storage import schema
 from factstore.storage.engine import make_engine
 from factstore.storage.store import Store
 from factstore.worker.loop import Worker, WorkerSettings
-from test_store import REF, new_edit
+from test_store import new_edit
 
 FACTS = [("The Eiffel Tower", "Rome"), ("The Louvre", "Berlin"), ("Big Ben", "Madrid"), ("The Colosseum", "Oslo")]
 PROMPT = "{} is located in the city of"
@@ -50,7 +50,7 @@ def test_upgrade_from_0001_keeps_every_edit(db_url: str) -> None:
     store = Store(db_url)
     [edit] = store.list_edits(1, "active")
     assert (edit.id, edit.seq, edit.key, edit.value, edit.status) == (1, 1, b"\x00" * 8, b"\x01" * 8, "active")
-    pending, _ = store.create_request(1, EditRequest("{} is in", "Y", "Oslo"))
+    store.create_request(1, EditRequest("{} is in", "Y", "Oslo"))
     assert [e.status for e in store.list_entries(1)] == ["active", "pending"]
     schema.downgrade(engine, "0001")  # a request never computed cannot live in the old schema; edits do
     with engine.connect() as conn:

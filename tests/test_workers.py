@@ -12,8 +12,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from factstore import api
 from factstore.storage.store import Store
 from factstore.worker.loop import Worker, WorkerSettings

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from factstore import api
 from factstore.server import errors
 from factstore.server.routes import health, router
 from factstore.server.service import ServerSettings, Service
@@ -48,6 +49,7 @@ def create_app(settings: ServerSettings | None = None, service: Service | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc: Service = app.state.service
+        api.load_heavy_modules()  # before the worker thread and the request threads import them at once
         svc.start()
         try:
             yield

@@ -102,8 +102,12 @@ class Worker:
         return busy
 
     def _model_turn(self, base_id: int, alias: str) -> bool:
+        """One batch of a model's queue. The lease is kept while the model has work, so its warm
+        head stays current (handing a model to another worker costs that worker a rebuild); it is
+        given up once the model's queue is empty, on a failure, and when the worker stops."""
         if not self.store.acquire_lease(base_id, self.id, self.holder.seconds):
             return False  # another worker computes this model now
+        keep = False
         try:
             claimed = self.store.claim_requests(base_id, self.id, self.settings.batch)
             if not claimed:
@@ -130,9 +134,12 @@ class Worker:
                     log.info("edit %s failed: %s", entry.id, exc)
                     self.stats.failed += 1
                     session.sync()  # a failure midway may have left the head rebuilt without a superseded fact
+            else:
+                keep = not self.stopping.is_set()
             return True
         finally:
-            self.store.release_lease(base_id, self.id)
+            if not keep:
+                self.store.release_lease(base_id, self.id)
 
     def _session(self, base_id: int, alias: str) -> EditSession:
         """The warm head of a model, brought up to date with the log."""
