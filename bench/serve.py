@@ -46,11 +46,11 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def submissions(env: dict[str, str], clients: int, per_client: int) -> dict:
-    from service_process import serve, stop
-    from tiny_models import random_gpt2
     from transformers import AutoTokenizer
 
     from factstore.weights import assets
+    from service_process import serve, stop
+    from tiny_models import random_gpt2
 
     home = Path(env["FACTSTORE_HOME"])
     folder = home / "tiny-model"

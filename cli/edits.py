@@ -67,7 +67,7 @@ def import_(
 @app.command("list")
 def list_(
     model: ModelOpt,
-    status: Annotated[str, typer.Option(help="active, retracted, superseded, pending, computing, failed or all (the queue too).")] = "active",
+    status: Annotated[str, typer.Option(help="current (active edits and queued or failed requests), active, pending, computing, failed, retracted, superseded or all.")] = "current",
     json_out: JsonOpt = False,
 ) -> None:
     """List a model's edits in replay order, then the requests still queued or failed."""

@@ -36,6 +36,8 @@ def worker(
     batch: Annotated[int, typer.Option(min=1, max=1000, help="Requests claimed per turn on a model.")] = 8,
     device: DeviceOpt = None,
     poll: Annotated[float, typer.Option(min=0.05, max=60, help="Seconds between looks at an empty queue.")] = 1.0,
+    threads: Annotated[int | None, typer.Option(min=1, max=1024, help="CPU threads for torch; with several workers on one machine, split its cores.")] = None,
+    until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit once the queue is empty (for a batch run) instead of waiting for more.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Compute queued edits until SIGTERM or Ctrl-C (the edit being computed is finished first)."""
@@ -46,7 +48,8 @@ def worker(
 
     signal.signal(signal.SIGTERM, finish)
     signal.signal(signal.SIGINT, finish)
-    stats = api.run_worker(api.open_store(), models=model, batch=batch, device=device, poll=poll, stop=stop, progress=BARS)
+    stats = api.run_worker(api.open_store(), models=model, batch=batch, device=device, poll=poll, threads=threads, stop=stop,
+                           max_idle_turns=1 if until_idle else None, progress=BARS)
     emit_json(stats.to_json()) if json_out else print(f"worker stopped: {stats.computed} computed, {stats.failed} failed, {stats.jobs} jobs")
 
 

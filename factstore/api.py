@@ -152,7 +152,8 @@ def list_edits(store: Store, alias: str, status: str = "active") -> list[StoredE
 
 
 def list_log(store: Store, alias: str, status: str = "all", *, limit: int | None = None, offset: int = 0) -> list[EditEntry]:
-    """A model's log in every state (pending, computing, failed too): what people look at."""
+    """A model's log as people look at it: STATUS one state, "current" (active edits and the
+    queue: pending, computing, failed) or "all"."""
     return store.list_entries(store.get_base_model(alias).id, status, limit=limit, offset=offset)
 
 
@@ -297,7 +298,7 @@ def evaluate_model(
 
 def run_worker(
     store: Store, *, models: list[str] | None = None, batch: int = 8, device: str | None = None, poll: float = 1.0,
-    stop: Event | None = None, max_idle_turns: int | None = None, progress: Reporter = SILENT,
+    threads: int | None = None, stop: Event | None = None, max_idle_turns: int | None = None, progress: Reporter = SILENT,
 ) -> WorkerStats:
     """Compute the queue (of MODELS, default all) until STOP is set, which lets the current
     edit finish; with max_idle_turns, also until the queue stayed empty that many polls."""
@@ -305,7 +306,8 @@ def run_worker(
 
     if not 1 <= batch <= 1000:
         raise InvalidEditRequest(f"batch must be between 1 and 1000, not {batch}")
-    worker = Worker(store, WorkerSettings(models=list(models or []), batch=batch, device=device, poll=poll), progress)
+    settings = WorkerSettings(models=list(models or []), batch=batch, device=device, poll=poll, threads=threads)
+    worker = Worker(store, settings, progress)
     if stop is not None:
         worker.stopping = stop
     return worker.run(max_idle_turns=max_idle_turns)

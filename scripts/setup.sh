@@ -7,3 +7,14 @@ cd "$(dirname "$0")/.."
 source scripts/python.sh
 "$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0
 "$PY" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# The browser test drives Debian's chromium (Playwright's own browser download cannot work here).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="$(command -v sudo || true)"
+  if [ "$(id -u)" = 0 ] || [ -n "$SUDO" ]; then
+    $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q chromium >/dev/null 2>&1; } \
+      || echo "warning: could not install chromium; the browser test will be skipped" >&2
+  else
+    echo "warning: chromium is missing and apt-get needs root; the browser test will be skipped" >&2
+  fi
+fi

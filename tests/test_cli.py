@@ -182,3 +182,22 @@ def test_csv_import(tiny: str, tmp_path: Path) -> None:
     path.write_text("prompt,subject\nx,y\n")
     done = cli("edit", "import", "--model", tiny, str(path), check=False)
     assert done.returncode == 1 and "record 1 of edits.csv: it has no target_new (or target)" in done.stderr
+
+
+def test_tokens_and_the_queue_from_the_command_line(tiny: str) -> None:
+    created = cli_json("token", "create", "--name", "ci-bot", "--scope", "write")
+    assert created["name"] == "ci-bot" and created["scope"] == "write" and created["token"].startswith("fst_")
+    listed = cli("token", "list", "--json").stdout
+    assert "ci-bot" in listed and created["token"] not in listed  # the secret is shown once, never again
+    assert "exists already" in cli("token", "create", "--name", "ci-bot", check=False).stderr
+    assert cli_json("token", "revoke", "ci-bot")["revoked"] is True
+    queued = cli("edit", "add", "--model", tiny, *EIFFEL, "--queue")
+    edit_id = int(queued.stdout.strip())
+    [pending] = cli_json("edit", "list", "--model", tiny)  # the default view shows the queue too
+    assert (pending["id"], pending["status"], pending["seq"]) == (edit_id, "pending", None)
+    assert cli_json("edit", "show", str(edit_id))["status"] == "pending"
+    assert cli_json("worker", "--until-idle", "--poll", "0.1")["computed"] == 1
+    assert cli_json("edit", "show", str(edit_id))["status"] == "active"
+    refused = cli("edit", "add", "--model", tiny, "--prompt", "no braces", "--subject", "X", "--target", "Y", "--queue", check=False)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "exactly once" in refused.stderr
+    assert [(e["id"], e["seq"]) for e in cli_json("edit", "list", "--model", tiny, "--status", "all")] == [(edit_id, 1)]

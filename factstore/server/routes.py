@@ -76,7 +76,7 @@ def submit_edit(alias: AliasPath, body: EditIn, svc: Svc, who: Writer, response:
 @router.get("/models/{alias}/edits", response_model=list[EditOut])
 def list_edits(
     alias: AliasPath, svc: Svc, _who: Reader,
-    status: Annotated[str, Query(pattern="^(" + "|".join((*api.EDIT_STATUSES, "all")) + ")$")] = "all",
+    status: Annotated[str, Query(pattern="^(" + "|".join((*api.EDIT_STATUSES, "current", "all")) + ")$")] = "all",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> list[dict]:
     return [e.to_json() for e in api.list_log(svc.store, alias, status, limit=limit, offset=offset)]

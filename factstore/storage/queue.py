@@ -23,6 +23,7 @@ from factstore.storage import convert
 from factstore.storage.base import StoreBase, refused
 from factstore.storage.models import EDIT_STATUSES, JOB_STATUSES, QUEUED_STATUSES, BaseModelRow, EditRow, JobFile, JobRow, ModelLease, WorkerRow
 
+CURRENT_STATUSES = ("active", "pending", "computing", "failed")  # what a model's log shows by default
 ERROR_CHARS = 1000  # a failed request keeps the first line of its error, at most this long
 
 
@@ -114,11 +115,14 @@ class QueueVerbs(StoreBase):
             return self._entry(s, row)
 
     def list_entries(self, base_id: int, status: str = "all", *, limit: int | None = None, offset: int = 0) -> list[EditEntry]:
-        """A model's log in every state: computed edits in seq order, then requests in arrival order."""
-        if status != "all" and status not in EDIT_STATUSES:
-            raise EditStateError(f"unknown status {status!r}; use one of {', '.join(EDIT_STATUSES)} or all")
+        """A model's log: computed edits in seq order, then requests in arrival order. STATUS is one
+        of EDIT_STATUSES, "current" (active edits and the queue: pending, computing, failed) or "all"."""
+        if status not in (*EDIT_STATUSES, "current", "all"):
+            raise EditStateError(f"unknown status {status!r}; use one of {', '.join(EDIT_STATUSES)}, current or all")
         query = select(EditRow).where(EditRow.base_model_id == base_id)
-        if status != "all":
+        if status == "current":
+            query = query.where(EditRow.status.in_(CURRENT_STATUSES))
+        elif status != "all":
             query = query.where(EditRow.status == status)
         query = query.order_by(EditRow.seq.is_(None), EditRow.seq, EditRow.id).offset(offset)
         if limit is not None:

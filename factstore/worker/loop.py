@@ -8,6 +8,8 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+import torch
+
 from factstore.editing.lease import Holder
 from factstore.editing.session import EditSession
 from factstore.errors import FactStoreError, LeaseLost
@@ -26,6 +28,7 @@ class WorkerSettings:
     poll: float = 1.0  # seconds between looks at an empty queue
     lease_seconds: float | None = None  # default: FACTSTORE_LEASE_SECONDS
     jobs: bool = True  # also run compile and trace jobs
+    threads: int | None = None  # torch threads; several workers on one machine should split its cores
 
 
 @dataclass
@@ -63,6 +66,8 @@ class Worker:
 
     def run(self, max_idle_turns: int | None = None) -> WorkerStats:
         """Work until stopped (or, with max_idle_turns, until the queue stayed empty that many turns)."""
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
         self.store.register_worker(self.id, self.settings.models)
         self.holder.start()
         idle = 0
