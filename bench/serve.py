@@ -105,11 +105,16 @@ def end_to_end(env: dict[str, str], edits: int) -> dict:
             "--target", TARGETS[(i + 3) % 10], env=env)
     worker = subprocess.Popen([sys.executable, "-m", "factstore.cli.main", "worker", "--poll", "0.2", "--json"], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    from factstore import api
+
+    os.environ.update(env)
+    store = api.open_store()  # polled in this process: a CLI call per poll would load the 2 cores being measured
     while True:
-        listed = json.loads(cli("edit", "list", "--model", "smollm2", "--status", "all", "--json", env=env).stdout)
-        if sum(e["status"] == "active" for e in listed) >= 2 * edits or any(e["status"] == "failed" for e in listed):
+        listed = api.list_log(store, "smollm2", "all")
+        if sum(e.status == "active" for e in listed) >= 2 * edits or any(e.status == "failed" for e in listed):
             break
         time.sleep(0.5)
+    store.close()
     queued = time.perf_counter() - clock
     worker.terminate()
     worker.wait()

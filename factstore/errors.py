@@ -125,3 +125,7 @@ class UnknownToken(FactStoreError):
 
 class EditFailed(FactStoreError):
     """A request was computed and failed (its reason is stored with it)."""
+
+
+class HeadChanged(FactStoreError):
+    """The log changed while an edit was computed on the old head: it is computed again."""

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from factstore import api
 from factstore.domain import EditRequest
-from factstore.errors import EditStateError, InvalidEditRequest, LeaseLost
+from factstore.errors import EditStateError, HeadChanged, InvalidEditRequest, LeaseLost
 from factstore.storage import schema
 from factstore.storage.engine import make_engine
 from factstore.storage.store import Store
@@ -97,12 +98,38 @@ def test_only_the_lease_holder_completes_and_a_takeover_requeues(tiny_store: Sto
     assert tiny_store.get_entry(edit_id).status == "pending"  # back in the queue, computed by b later
     request = EditRequest(PROMPT, "The Eiffel Tower", "Rome")
     with pytest.raises(LeaseLost):
-        tiny_store.complete_request(edit_id, "a", new_edit(subject=request.subject))
+        tiny_store.complete_request(edit_id, "a", new_edit(subject=request.subject), computed_on=[])
     [again] = tiny_store.claim_requests(base.id, "b", 8)
-    done = tiny_store.complete_request(again.id, "b", new_edit(subject=request.subject, prompt=PROMPT))
+    done = tiny_store.complete_request(again.id, "b", new_edit(subject=request.subject, prompt=PROMPT), computed_on=[])
     assert done.status == "active" and done.seq == 1
     tiny_store.release_lease(base.id, "b")
     assert tiny_store.acquire_lease(base.id, "c", 30)
+
+
+def test_a_result_computed_on_a_stale_head_goes_back_to_the_queue(tiny_store: Store) -> None:
+    base = tiny_store.get_base_model("tiny")
+    edit_id = _submit(tiny_store, "The Eiffel Tower", "Rome")
+    assert tiny_store.acquire_lease(base.id, "w", 30)
+    tiny_store.claim_requests(base.id, "w", 1)
+    other = tiny_store.create_edit(base.id, new_edit(subject="Big Ben", prompt=PROMPT))  # an import lands meanwhile
+    with pytest.raises(HeadChanged):
+        tiny_store.complete_request(edit_id, "w", new_edit(prompt=PROMPT), computed_on=[])
+    assert tiny_store.get_entry(edit_id).status == "pending"
+    [again] = tiny_store.claim_requests(base.id, "w", 1)
+    assert tiny_store.complete_request(again.id, "w", new_edit(prompt=PROMPT), computed_on=[other.id]).seq == 2
+
+
+def test_a_request_whose_workers_keep_dying_fails_after_three_attempts(tiny_store: Store) -> None:
+    base = tiny_store.get_base_model("tiny")
+    edit_id = _submit(tiny_store, "The Eiffel Tower", "Rome")
+    for attempt in range(3):
+        assert tiny_store.acquire_lease(base.id, f"doomed-{attempt}", 0.05)  # takes over (and requeues) the last one's claim
+        assert [e.id for e in tiny_store.claim_requests(base.id, f"doomed-{attempt}", 1)] == [edit_id]
+        time.sleep(0.1)  # killed: the lease lapses
+    assert tiny_store.acquire_lease(base.id, "survivor", 30)
+    assert tiny_store.claim_requests(base.id, "survivor", 1) == []
+    entry = tiny_store.get_entry(edit_id)
+    assert entry.status == "failed" and "gave up after 3 attempts" in (entry.error or "")
 
 
 def test_the_worker_computes_in_order_and_a_failure_does_not_block(tiny_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,3 +187,14 @@ def test_edit_add_waits_for_the_worker_that_holds_the_model(tiny_store: Store) -
     tiny_store.release_lease(base.id, "other-worker")
     thread.join(timeout=120)
     assert result["out"].edit.id == entry.id and result["out"].edit.status == "active"
+
+
+def test_a_rerun_import_finishes_requests_an_interrupted_run_left_queued(tiny_store: Store, tmp_path: Path) -> None:
+    rows = "".join(f'"{PROMPT}",{subject},{target}\n' for subject, target in FACTS[:3])
+    (tmp_path / "facts.csv").write_text("prompt,subject,target\n" + rows)
+    left = _submit(tiny_store, *FACTS[1])  # what a killed import had stored but not computed
+    result = api.import_edits(tiny_store, "tiny", str(tmp_path / "facts.csv"))
+    assert (result["added"], result["skipped"]) == (3, 0) and left in result["ids"]
+    log = api.list_log(tiny_store, "tiny", "all")
+    assert len(log) == 3 and {e.status for e in log} == {"active"}
+    assert api.import_edits(tiny_store, "tiny", str(tmp_path / "facts.csv"))["skipped"] == 3

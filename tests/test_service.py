@@ -14,6 +14,7 @@ from factstore.server.app import create_app
 from factstore.server.service import ServerSettings
 from factstore.storage.store import Store
 
+LOCAL = ("127.0.0.1", 50000)  # a loopback peer: reads are open to it
 EIFFEL = {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower", "target": "Rome"}
 
 
@@ -24,7 +25,7 @@ def tokens(tiny_store: Store) -> dict[str, str]:
 
 @pytest.fixture
 def client(tiny_store: Store, tokens: dict[str, str]) -> Iterator[TestClient]:
-    with TestClient(create_app(ServerSettings(database_url=tiny_store.url, worker=True))) as test_client:
+    with TestClient(create_app(ServerSettings(database_url=tiny_store.url, worker=True)), client=LOCAL) as test_client:
         yield test_client
 
 
@@ -81,7 +82,7 @@ def test_tokens_and_scopes(client: TestClient, tiny_store: Store, tokens: dict[s
 
 def test_reads_can_require_a_token(tiny_store: Store, tokens: dict[str, str]) -> None:
     settings = ServerSettings(database_url=tiny_store.url, worker=False, require_token=True)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), client=LOCAL) as client:
         assert client.get("/api/v1/models").status_code == 401
         assert client.get("/api/v1/models", headers=auth(tokens["read"])).status_code == 200
         assert client.get("/", headers=auth(tokens["read"])).status_code == 200
@@ -98,8 +99,11 @@ def test_a_retried_post_with_the_same_idempotency_key_returns_the_first_result(c
     assert first.json()["id"] == second.json()["id"] and second.headers["idempotent-replayed"] == "true"
     other_token = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers={**auth(tokens["admin"]), "Idempotency-Key": "req-42"})
     assert other_token.json()["id"] != first.json()["id"]  # keys are scoped to the token that sent them
+    other_endpoint = client.post("/api/v1/models/tiny/releases", json={}, headers=headers)
+    assert other_endpoint.json()["kind"] == "compile"  # and to the endpoint
     job = client.post("/api/v1/models/tiny/releases", json={}, headers=headers | {"Idempotency-Key": "compile-1"}).json()
     assert client.post("/api/v1/models/tiny/releases", json={}, headers=headers | {"Idempotency-Key": "compile-1"}).json()["id"] == job["id"]
+    assert len(api.list_jobs(tiny_store, "tiny")) == 2
     assert len(api.list_log(tiny_store, "tiny", "all")) == 2
 
 
@@ -139,7 +143,24 @@ def test_bad_input_is_a_json_4xx_and_stores_nothing(client: TestClient, tiny_sto
         body = response.json()
         assert set(body) == {"error", "detail"} and body["error"], where
         assert "Traceback" not in response.text and "x" * 100 not in response.text, where  # the input is not echoed back
+    chunked = client.post("/api/v1/models/tiny/edits", content=(b"x" * 8192 for _ in range(20)),
+                          headers={**auth(tokens["write"]), "content-type": "application/json"})  # no Content-Length
+    assert chunked.status_code == 413 and chunked.json()["error"] == "payload too large"
     assert api.list_log(tiny_store, "tiny", "all") == [] and api.list_jobs(tiny_store, "tiny") == []
+
+
+def test_a_form_refusal_shows_no_log_to_a_client_that_may_not_read(tiny_store: Store, tokens: dict[str, str]) -> None:
+    settings = ServerSettings(database_url=tiny_store.url, worker=False)
+    with TestClient(create_app(settings), client=("203.0.113.9", 5000)) as remote:
+        refused = remote.post("/models/tiny/edits", data={**EIFFEL, "token": "wrong"})
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+
+
+def test_a_loopback_server_refuses_other_host_names(tiny_store: Store) -> None:
+    settings = ServerSettings(database_url=tiny_store.url, worker=False, allowed_hosts=["127.0.0.1", "localhost"])
+    with TestClient(create_app(settings), base_url="http://127.0.0.1", client=LOCAL) as client:
+        assert client.get("/api/v1/models").status_code == 200
+        assert client.get("/api/v1/models", headers={"Host": "attacker.example"}).status_code == 400  # DNS rebinding
 
 
 def test_the_web_form_submits_and_the_pages_render(client: TestClient, tokens: dict[str, str]) -> None:

@@ -36,7 +36,11 @@ def import_edits(
     added, skipped = [], 0
     with progress.task("importing edits", len(requests)) as advance:
         for i, request in enumerate(requests, start=1):
-            if set(store.list_request_statuses(base.id, request_sha256(request))) - {"failed"}:
+            rows = store.list_request_rows(base.id, request_sha256(request))
+            queued = [edit_id for edit_id, status in rows if status in ("pending", "computing")]
+            if queued:  # submitted by an interrupted run: compute it now (or wait for the worker that is)
+                added.append(session.run(queued[0]).edit.id)
+            elif any(status in ("active", "retracted", "superseded") for _, status in rows):
                 skipped += 1
             else:
                 outcome = session.add(request, layer=layer, requested_by=requested_by, note=f"imported from {Path(path).name}")

@@ -34,11 +34,11 @@ class Holder:
         while not self._stop.wait(self.seconds / 3):
             try:
                 self.store.renew_leases(self.id, self.seconds)
-            except FactStoreError as exc:  # the database is away: the leases may lapse; completing then fails safely
-                log.warning("heartbeat failed: %s", exc)
+            except Exception as exc:  # the database is away (or its driver failed): the leases may lapse; completing then fails safely
+                log.warning("heartbeat failed: %s", exc if isinstance(exc, FactStoreError) else type(exc).__name__)
 
     def start(self) -> None:
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
             self._thread = threading.Thread(target=self._beat, name=f"heartbeat {self.id}", daemon=True)
             self._thread.start()

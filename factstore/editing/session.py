@@ -18,7 +18,16 @@ from factstore import arch
 from factstore.domain import BaseModel, Covariance, EditEntry, EditRequest, NewEdit, StoredEdit
 from factstore.editing.lease import Holder
 from factstore.editing.requests import layer_spec, parse_layer_spec
-from factstore.errors import EditFailed, EditStateError, FactStoreError, InvalidEditRequest, LeaseLost, NumericalError
+from factstore.errors import (
+    DatabaseUnavailable,
+    EditFailed,
+    EditStateError,
+    FactStoreError,
+    HeadChanged,
+    InvalidEditRequest,
+    LeaseLost,
+    NumericalError,
+)
 from factstore.progress import SILENT, Reporter
 from factstore.rome.edit import compute_edit, validate_request
 from factstore.rome.hparams import ROMEHyperParams, default_hparams, has_measured_layer
@@ -174,8 +183,10 @@ class EditSession:
             with holder.model(self.base.id) as held:
                 claimed = self.store.claim_requests(self.base.id, holder.id, 1, only=edit_id) if held else []
                 if claimed:
-                    self.sync()
-                    return self.process(claimed[0], holder.id)
+                    try:
+                        return self.process(claimed[0], holder.id)
+                    except HeadChanged:
+                        continue  # computed again on the new head
             entry = self.store.get_entry(edit_id)
             if entry.status == "failed":
                 raise EditFailed(f"edit {edit_id} failed: {entry.error}")
@@ -187,19 +198,28 @@ class EditSession:
             time.sleep(poll)
 
     def process(self, entry: EditEntry, holder: str) -> EditOutcome:
-        """Compute a request HOLDER has claimed and make it the next active edit. A failure is
-        stored on the request (one line) and raised; LeaseLost means another worker took the
-        model and will compute it."""
+        """Compute a request HOLDER has claimed and make it the next active edit.
+
+        A failure of the request or the model is stored on it (one line) and raised. LeaseLost
+        (another worker took the model), HeadChanged (the log changed meanwhile: the request is
+        back in the queue) and DatabaseUnavailable (it stays claimed until the lease is taken
+        again) are raised without failing the request."""
+        self.sync()  # another process may have changed the log since the last edit
         request = EditRequest(entry.prompt, entry.subject, entry.target_new, entry.target_true, entry.relation_id)
         try:
             new, conflicts = self._compute(request, parse_layer_spec(entry.requested_layer), entry.note, entry.requested_by)
-        except LeaseLost:
+        except (LeaseLost, DatabaseUnavailable):
             raise
         except Exception as exc:
             reason = str(exc) if isinstance(exc, FactStoreError) else f"{type(exc).__name__}: {exc}"
             self.store.fail_request(entry.id, holder, reason)
             raise
-        stored = self.store.complete_request(entry.id, holder, new)
+        computed_on = [e.id for e in self.applied if e.id not in conflicts]
+        try:
+            stored = self.store.complete_request(entry.id, holder, new, computed_on=computed_on)
+        except HeadChanged:
+            self.sync()
+            raise
         superseded = [self.store.get_edit(i) for i in conflicts]
         self._remember({stored.layer})
         apply_sequential(self.model, [stored], self.matrix)  # the same update a replay of the log makes

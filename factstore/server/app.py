@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from factstore import api
@@ -17,7 +18,8 @@ from factstore.server.web import pages
 
 
 class BodyLimit:
-    """Refuse request bodies over a byte cap with 413 before they are read into memory."""
+    """Refuse request bodies over a byte cap with 413: by Content-Length at once, and a chunked
+    body by counting it while it is read (bodies are small, so it is read here before the app)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -28,19 +30,28 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await errors.body("payload too large", f"request bodies are limited to {self.max_bytes} bytes", 413)(scope, receive, send)
+            await self._refuse(scope, receive, send)
             return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+        messages: list[Message] = []
+        size, more = 0, True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise errors.BodyTooLarge(self.max_bytes)
-            return message
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            more = bool(message.get("more_body"))
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
 
-        await self.app(scope, counted, send)
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await errors.body("payload too large", f"request bodies are limited to {self.max_bytes} bytes", 413)(scope, receive, send)
 
 
 def create_app(settings: ServerSettings | None = None, service: Service | None = None) -> FastAPI:
@@ -66,6 +77,8 @@ def create_app(settings: ServerSettings | None = None, service: Service | None =
     app.include_router(health)
     app.include_router(pages)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.allowed_hosts:  # a browser page on another site cannot reach a loopback server through DNS rebinding
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
     return app
 
 
@@ -77,6 +90,8 @@ def serve(
     On SQLite (or with worker=True) one worker computes edits in this process."""
     import uvicorn
 
+    loopback = host in ("127.0.0.1", "localhost")
     settings = ServerSettings(require_token=require_token, public_reads=public_reads, worker=worker,
-                              worker_models=list(worker_models or []), device=device)
+                              worker_models=list(worker_models or []), device=device,
+                              allowed_hosts=["127.0.0.1", "localhost"] if loopback else None)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", **uvicorn_options)

@@ -77,17 +77,8 @@ def install(app: FastAPI) -> None:
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return body(str(exc.detail).lower() if exc.detail else "error", None, exc.status_code, getattr(exc, "headers", None))
 
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(_request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return body("payload too large", str(exc), 413)
-
     @app.exception_handler(Exception)
     async def internal(_request: Request, exc: Exception) -> JSONResponse:
         log.error("internal error: %s: %s", type(exc).__name__, exc)
         return body("internal error", f"{type(exc).__name__}; see the server log", 500)
 
-
-class BodyTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request bodies are limited to {limit} bytes")
-        self.limit = limit

@@ -47,8 +47,8 @@ Reader = Annotated[ApiTokenInfo | None, Depends(reader)]
 Writer = Annotated[ApiTokenInfo, Depends(writer)]
 
 
-def _idempotency(who: ApiTokenInfo, key: str | None) -> str | None:
-    return api.idempotency_hash(who.name, key) if key else None
+def _idempotency(who: ApiTokenInfo, where: str, key: str | None) -> str | None:
+    return api.idempotency_hash(who.name, where, key) if key else None
 
 
 @router.get("/models", response_model=list[ModelOut])
@@ -66,7 +66,7 @@ def submit_edit(alias: AliasPath, body: EditIn, svc: Svc, who: Writer, response:
     """Check the request with the model's tokenizer and queue it; a worker computes it."""
     entry, created = api.submit_edit(
         svc.store, alias, prompt=body.prompt, subject=body.subject, target=body.target, relation=body.relation,
-        layer=body.layer, note=body.note, requested_by=who.name, idempotency=_idempotency(who, key), checks=svc.checks(alias),
+        layer=body.layer, note=body.note, requested_by=who.name, idempotency=_idempotency(who, f"{alias}/edits", key), checks=svc.checks(alias),
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -108,7 +108,7 @@ def compile_release(alias: AliasPath, svc: Svc, who: Writer, response: Response,
                     key: IdempotencyKey = None) -> dict:
     """Compile the active log into a release, as a job a worker runs."""
     job, created = api.submit_job(svc.store, alias, "compile", {"mode": body.mode if body else None},
-                                  requested_by=who.name, idempotency=_idempotency(who, key))
+                                  requested_by=who.name, idempotency=_idempotency(who, f"{alias}/releases", key))
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return job.to_json()
@@ -119,7 +119,8 @@ def trace(alias: AliasPath, body: TraceIn, svc: Svc, who: Writer, response: Resp
     """Causal tracing of one fact, as a job; its heatmaps come back as the job's files."""
     if body.edit_id is not None and api.get_entry(svc.store, body.edit_id).model != alias:
         raise InvalidEditRequest(f"edit {body.edit_id} is not an edit of {alias}")
-    job, created = api.submit_job(svc.store, alias, "trace", body.model_dump(), requested_by=who.name, idempotency=_idempotency(who, key))
+    job, created = api.submit_job(svc.store, alias, "trace", body.model_dump(), requested_by=who.name,
+                                  idempotency=_idempotency(who, f"{alias}/traces", key))
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return job.to_json()

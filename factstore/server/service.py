@@ -30,6 +30,7 @@ class ServerSettings:
     worker_models: list[str] = field(default_factory=list)
     device: str | None = None
     max_body_bytes: int = 64 * 1024
+    allowed_hosts: list[str] | None = None  # Host headers accepted; None: any (serve on loopback sets the loopback names)
 
 
 class Service:
@@ -134,8 +135,8 @@ class Service:
 
 
 def _is_loopback(host: str | None) -> bool:
-    if host in ("testclient", "localhost"):  # Starlette's in-process test client
-        return True
+    """Whether the peer address is loopback. Behind a proxy on the same host every client looks
+    like loopback: serve with --require-token there."""
     try:
         return host is not None and ip_address(host).is_loopback
     except ValueError:

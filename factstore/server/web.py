@@ -36,7 +36,8 @@ def _model_page(request: Request, svc: Service, alias: str, error: str | None = 
     model = svc.model_json(svc.store.get_base_model(alias))
     edits = [e.to_json() for e in api.list_log(svc.store, alias, limit=1000)]
     releases = [svc.release_json(r) for r in api.list_releases(svc.store, alias)]
-    context = {"model": model, "edits": edits, "releases": releases, "error": error, "form": form or {}}
+    busy = any(e["status"] in ("pending", "computing") for e in edits)
+    context = {"model": model, "edits": edits, "releases": releases, "error": error, "form": form or {}, "busy": busy}
     return templates.TemplateResponse(request, "model.html", context, status_code=status)
 
 
@@ -47,7 +48,7 @@ def model_page(request: Request, alias: AliasPath, svc: Svc, _who: Reader) -> Re
 
 @pages.post("/models/{alias}/edits", response_class=HTMLResponse)
 def submit_form(
-    request: Request, alias: AliasPath, svc: Svc, prompt: FormText, subject: FormText, target: FormText,
+    request: Request, alias: AliasPath, svc: Svc, _who: Reader, prompt: FormText, subject: FormText, target: FormText,
     token: Annotated[str, Form(max_length=200)],
 ) -> Response:
     """The form's submission: on success to the edit's page; on a refusal, the form again with the reason."""
@@ -72,7 +73,7 @@ def edit_page(request: Request, edit_id: IdPath, svc: Svc, _who: Reader) -> Resp
 
 
 @pages.post("/edits/{edit_id}/trace")
-def trace_form(edit_id: IdPath, svc: Svc, token: Annotated[str, Form(max_length=200)]) -> Response:
+def trace_form(edit_id: IdPath, svc: Svc, _who: Reader, token: Annotated[str, Form(max_length=200)]) -> Response:
     who = svc.writer(token)
     entry = api.get_entry(svc.store, edit_id)
     params = {"prompt": entry.prompt, "subject": entry.subject, "target": entry.target_true, "edit_id": edit_id}

@@ -115,7 +115,8 @@ class EditRow(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)  # why a failed request failed, one line
     claimed_by: Mapped[str | None] = mapped_column(String(200))  # the worker computing it
-    idempotency_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)  # of (token name, Idempotency-Key)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far: a request that keeps killing workers fails
+    idempotency_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)  # of (token name, endpoint, Idempotency-Key)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -172,6 +173,7 @@ class JobRow(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     claimed_by: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     requested_by: Mapped[str | None] = mapped_column(String(200))
     idempotency_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

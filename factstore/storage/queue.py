@@ -18,13 +18,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from factstore.domain import EditEntry, EditRequest, Job, NewEdit, StoredEdit, request_sha256
-from factstore.errors import EditStateError, LeaseLost, UnknownEdit, UnknownJob
+from factstore.errors import EditStateError, HeadChanged, LeaseLost, UnknownEdit, UnknownJob
 from factstore.storage import convert
 from factstore.storage.base import StoreBase, refused
 from factstore.storage.models import EDIT_STATUSES, JOB_STATUSES, QUEUED_STATUSES, BaseModelRow, EditRow, JobFile, JobRow, ModelLease, WorkerRow
 
 CURRENT_STATUSES = ("active", "pending", "computing", "failed")  # what a model's log shows by default
-ERROR_CHARS = 1000  # a failed request keeps the first line of its error, at most this long
+ERROR_CHARS = 1000
+MAX_ATTEMPTS = 3  # claims before a request (or job) whose workers keep dying is failed instead  # a failed request keeps the first line of its error, at most this long
 
 
 def now() -> datetime:
@@ -36,9 +37,9 @@ def one_line(text: str) -> str:
     return line[:ERROR_CHARS]
 
 
-def idempotency_sha256(who: str, key: str) -> str:
-    """Idempotency keys are scoped to the token that sent them."""
-    return hashlib.sha256(f"{who}\x00{key}".encode()).hexdigest()
+def idempotency_sha256(who: str, where: str, key: str) -> str:
+    """Idempotency keys are scoped to the token that sent them and the endpoint (WHERE) they were sent to."""
+    return hashlib.sha256(f"{who}\x00{where}\x00{key}".encode()).hexdigest()
 
 
 def same_fact(base_id: int, subject: str, prompt: str, relation_id: str | None) -> list:
@@ -53,7 +54,7 @@ def new_request_row(base_id: int, request: EditRequest, *, requested_by: str | N
         base_model_id=base_id, prompt=request.prompt, subject=request.subject, target_new=request.target_new,
         target_true=request.target_true, relation_id=request.relation_id, request_sha256=request_sha256(request),
         requested_layer=requested_layer, status="pending", requested_by=requested_by, note=note, metrics={},
-        idempotency_sha256=idempotency,
+        idempotency_sha256=idempotency, attempts=0,
     )
 
 
@@ -150,8 +151,9 @@ class QueueVerbs(StoreBase):
     # leases -----------------------------------------------------------------------------
 
     def acquire_lease(self, base_id: int, holder: str, seconds: float) -> bool:
-        """Take or renew the model's lease. Taking it over from an expired holder puts that
-        holder's claimed requests back to pending."""
+        """Take or renew the model's lease. Requests of the model left `computing` go back to
+        pending: an expired holder's, and this holder's own from a turn a database failure broke
+        (a holder computes nothing while it asks for the lease)."""
         try:
             with self._tx() as s:
                 s.execute(select(BaseModelRow.id).where(BaseModelRow.id == base_id).with_for_update())
@@ -165,7 +167,7 @@ class QueueVerbs(StoreBase):
                     lease.holder, lease.expires_at = holder, moment + timedelta(seconds=seconds)
                 s.execute(
                     update(EditRow)
-                    .where(EditRow.base_model_id == base_id, EditRow.status == "computing", EditRow.claimed_by != holder)
+                    .where(EditRow.base_model_id == base_id, EditRow.status == "computing")
                     .values(status="pending", claimed_by=None, updated_at=moment)
                 )
                 return True
@@ -207,22 +209,44 @@ class QueueVerbs(StoreBase):
             if only is not None:
                 query = query.where(EditRow.id == only)
             rows = s.scalars(query.order_by(EditRow.id).limit(limit).with_for_update(skip_locked=True)).all()
+            claimed = []
             for row in rows:
-                row.status, row.claimed_by, row.updated_at = "computing", holder, now()
+                if row.attempts >= MAX_ATTEMPTS:  # every worker that took it stopped before finishing (killed, out of memory)
+                    row.status, row.updated_at = "failed", now()
+                    row.error = f"gave up after {row.attempts} attempts: each worker computing it stopped before finishing"
+                    continue
+                row.status, row.claimed_by, row.updated_at, row.attempts = "computing", holder, now(), row.attempts + 1
+                claimed.append(row)
             s.flush()
-            return [self._entry(s, r) for r in rows]
+            return [self._entry(s, r) for r in claimed]
 
-    def complete_request(self, edit_id: int, holder: str, new: NewEdit) -> StoredEdit:
-        """A computed request becomes the model's next active edit, if HOLDER still holds the model."""
+    def complete_request(self, edit_id: int, holder: str, new: NewEdit, *, computed_on: list[int]) -> StoredEdit:
+        """A computed request becomes the model's next active edit, if HOLDER still holds the model
+        and the log is still the one it was computed on (COMPUTED_ON: the active edit ids of the
+        head, in seq order, without the ones it supersedes). If the log changed meanwhile (a
+        retraction, an import), the request goes back to pending and HeadChanged is raised."""
+        stale = False
         with self._tx() as s:
-            row = s.get(EditRow, edit_id, with_for_update=True)
-            if row is None:
+            base_id = s.scalar(select(EditRow.base_model_id).where(EditRow.id == edit_id))
+            if base_id is None:
                 raise UnknownEdit(f"no edit with id {edit_id}")
-            self._check_lease(s, row.base_model_id, holder)
+            # lock order, everywhere: base model, lease, edit rows
+            s.execute(select(BaseModelRow.id).where(BaseModelRow.id == base_id).with_for_update())
+            self._check_lease(s, base_id, holder)
+            row = s.get_one(EditRow, edit_id, with_for_update=True)
             if row.status != "computing" or row.claimed_by != holder:
                 raise LeaseLost(f"edit {edit_id} is {row.status}, no longer claimed by this worker; its result is dropped")
-            fill_computed(s, row, new)
-            return convert.edit(row)
+            req = new.request
+            replaced = {r.id for r in s.scalars(select(EditRow).where(*same_fact(base_id, req.subject, req.prompt, req.relation_id)))}
+            active = s.scalars(select(EditRow.id).where(EditRow.base_model_id == base_id, EditRow.status == "active").order_by(EditRow.seq))
+            if [i for i in active if i not in replaced] != computed_on:  # committed below, then raised
+                row.status, row.claimed_by, row.updated_at, row.attempts = "pending", None, now(), max(row.attempts - 1, 0)
+                stale = True
+            else:
+                fill_computed(s, row, new)
+                return convert.edit(row)
+        assert stale
+        raise HeadChanged(f"the log of model {base_id} changed while edit {edit_id} was computed; it goes back to the queue")
 
     def fail_request(self, edit_id: int, holder: str, error: str) -> EditEntry:
         with self._tx() as s:
@@ -264,14 +288,21 @@ class QueueVerbs(StoreBase):
     # jobs ---------------------------------------------------------------------------------
 
     def create_job(self, base_id: int, kind: str, params: dict, *, requested_by: str | None, idempotency: str | None = None) -> tuple[Job, bool]:
-        with self._tx() as s:
-            if idempotency is not None and (found := s.scalar(select(JobRow).where(JobRow.idempotency_sha256 == idempotency))):
+        try:
+            with self._tx() as s:
+                if idempotency is not None and (found := s.scalar(select(JobRow).where(JobRow.idempotency_sha256 == idempotency))):
+                    return self._job(s, found), False
+                row = JobRow(kind=kind, base_model_id=base_id, params=params, status="pending", requested_by=requested_by,
+                             idempotency_sha256=idempotency, attempts=0)
+                s.add(row)
+                s.flush()
+                return self._job(s, row), True
+        except IntegrityError as exc:  # the same key sent twice at once: the other insert won
+            with self._tx(write=False) as s:
+                found = s.scalar(select(JobRow).where(JobRow.idempotency_sha256 == idempotency)) if idempotency else None
+                if found is None:
+                    raise refused(exc, "store the job") from None
                 return self._job(s, found), False
-            row = JobRow(kind=kind, base_model_id=base_id, params=params, status="pending", requested_by=requested_by,
-                         idempotency_sha256=idempotency)
-            s.add(row)
-            s.flush()
-            return self._job(s, row), True
 
     @staticmethod
     def _job(s: Session, row: JobRow) -> Job:
@@ -301,12 +332,15 @@ class QueueVerbs(StoreBase):
         if base_ids is not None:
             query = query.where(JobRow.base_model_id.in_(base_ids))
         with self._tx() as s:
-            row = s.scalar(query.order_by(JobRow.id).limit(1).with_for_update(skip_locked=True))
-            if row is None:
-                return None
-            row.status, row.claimed_by, row.updated_at = "running", holder, now()
-            s.flush()
-            return self._job(s, row)
+            while (row := s.scalar(query.order_by(JobRow.id).limit(1).with_for_update(skip_locked=True))) is not None:
+                if row.attempts < MAX_ATTEMPTS:
+                    row.status, row.claimed_by, row.updated_at, row.attempts = "running", holder, now(), row.attempts + 1
+                    s.flush()
+                    return self._job(s, row)
+                row.status, row.updated_at = "failed", now()
+                row.error = f"gave up after {row.attempts} attempts: each worker running it stopped before finishing"
+                s.flush()
+            return None
 
     def finish_job(self, job_id: int, holder: str, *, result: dict | None = None, error: str | None = None,
                    files: dict[str, tuple[str, bytes]] | None = None) -> Job:

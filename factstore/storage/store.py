@@ -198,10 +198,13 @@ class Store(QueueVerbs, TokenVerbs):
                 raise EditStateError(f"edit {edit_id} is {row.status}: it has no key and value yet")
             return convert.edit(row)
 
-    def list_request_statuses(self, base_id: int, sha: str) -> list[str]:
-        """Statuses of the rows made for one request text (an import skips those not failed)."""
+    def list_request_rows(self, base_id: int, sha: str) -> list[tuple[int, str]]:
+        """(id, status) of the rows made for one request text, oldest first (a rerun import skips
+        stored edits and finishes requests an interrupted run left queued)."""
         with self._tx(write=False) as s:
-            return list(s.scalars(select(EditRow.status).where(EditRow.base_model_id == base_id, EditRow.request_sha256 == sha)))
+            rows = s.execute(select(EditRow.id, EditRow.status).where(EditRow.base_model_id == base_id, EditRow.request_sha256 == sha)
+                             .order_by(EditRow.id))
+            return [(int(i), str(status)) for i, status in rows]
 
     def set_edit_retracted(self, edit_id: int) -> StoredEdit:
         with self._tx() as s:

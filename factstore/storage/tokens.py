@@ -33,7 +33,7 @@ class TokenVerbs(StoreBase):
                 s.flush()
                 return _info(row)
         except IntegrityError:
-            raise InvalidEditRequest(f"a token named {name!r} exists already; revoke it or choose another name") from None
+            raise InvalidEditRequest(f"a token named {name!r} exists already (names stay taken after a revoke); choose another name") from None
 
     def list_tokens(self) -> list[ApiTokenInfo]:
         with self._tx(write=False) as s:

@@ -12,7 +12,7 @@ import torch
 
 from factstore.editing.lease import Holder
 from factstore.editing.session import EditSession
-from factstore.errors import FactStoreError, LeaseLost
+from factstore.errors import DatabaseUnavailable, FactStoreError, HeadChanged, LeaseLost
 from factstore.progress import SILENT, Reporter
 from factstore.storage.store import Store
 from factstore.worker import jobs
@@ -29,6 +29,7 @@ class WorkerSettings:
     lease_seconds: float | None = None  # default: FACTSTORE_LEASE_SECONDS
     jobs: bool = True  # also run compile and trace jobs
     threads: int | None = None  # torch threads; several workers on one machine should split its cores
+    heads: int = 2  # models kept loaded (warm heads); more cost memory, fewer cost reloads
 
 
 @dataclass
@@ -36,6 +37,7 @@ class WorkerStats:
     computed: int = 0
     failed: int = 0
     dropped: int = 0  # results dropped because another worker took the model over
+    recomputed: int = 0  # results sent back to the queue because the log changed while computing
     jobs: int = 0
     rebuilds: int = 0
 
@@ -51,7 +53,8 @@ class Worker:
         self.holder = Holder(store, "worker", self.settings.lease_seconds)
         self.stopping = threading.Event()  # set by SIGTERM: finish the current edit, then exit
         self.stats = WorkerStats()
-        self._sessions: dict[int, EditSession] = {}  # warm heads by base model id
+        self._sessions: dict[int, EditSession] = {}  # warm heads by base model id, least recently used first
+        self._held: set[int] = set()  # models whose lease this worker keeps between turns
         for alias in self.settings.models:
             store.get_base_model(alias)  # an unknown alias is refused at start
 
@@ -92,12 +95,24 @@ class Worker:
         return self.stats
 
     def turn(self) -> bool:
-        """One pass over the models with queued requests, then one job. Returns whether it did work."""
+        """One batch on a model, then one job. Returns whether it did work.
+
+        A worker stays on the model it holds while that model has requests (its head is warm
+        there) and takes one new model at a time, so several workers spread over the models;
+        it gives a model up as soon as its queue is empty."""
         served = self._served()
+        queued = [b for b in self.store.list_queued_models() if b in served]
+        for base_id in sorted(self._held - set(queued)):
+            self._release(base_id)
         busy = False
-        for base_id in self.store.list_queued_models():
-            if base_id in served and not self.stopping.is_set():
-                busy = self._model_turn(base_id, served[base_id]) or busy
+        held = [b for b in queued if b in self._held]
+        for base_id in held or queued:
+            if self.stopping.is_set():
+                break
+            if self._model_turn(base_id, served[base_id]):
+                busy = True
+                if not held:
+                    break  # one newly taken model per turn: leave the others to other workers
         if self.settings.jobs and not self.stopping.is_set():
             job = self.store.claim_job(self.id, list(served), stale_after=3 * self.holder.seconds)
             if job is not None:
@@ -106,12 +121,17 @@ class Worker:
                 busy = True
         return busy
 
+    def _release(self, base_id: int) -> None:
+        self._held.discard(base_id)
+        self.store.release_lease(base_id, self.id)
+
     def _model_turn(self, base_id: int, alias: str) -> bool:
-        """One batch of a model's queue. The lease is kept while the model has work, so its warm
-        head stays current (handing a model to another worker costs that worker a rebuild); it is
-        given up once the model's queue is empty, on a failure, and when the worker stops."""
+        """One batch of a model's queue. The lease is kept after a full batch (the model likely
+        has more, and its head is warm here); given up on a failure or when the worker stops."""
         if not self.store.acquire_lease(base_id, self.id, self.holder.seconds):
+            self._held.discard(base_id)
             return False  # another worker computes this model now
+        self._held.add(base_id)
         keep = False
         try:
             claimed = self.store.claim_requests(base_id, self.id, self.settings.batch)
@@ -120,6 +140,8 @@ class Worker:
             try:
                 session = self._session(base_id, alias)
             except Exception as exc:  # the model cannot be loaded: every claimed request fails with the reason
+                if isinstance(exc, DatabaseUnavailable):
+                    raise
                 reason = str(exc) if isinstance(exc, FactStoreError) else f"{type(exc).__name__}: {exc}"
                 for entry in claimed:
                     self.store.fail_request(entry.id, self.id, f"the model could not be loaded: {reason}")
@@ -131,10 +153,14 @@ class Worker:
                 try:
                     session.process(entry, self.id)
                     self.stats.computed += 1
+                except HeadChanged:
+                    self.stats.recomputed += 1  # back in the queue; the head is synced for the next one
                 except LeaseLost:
                     self.stats.dropped += 1
                     self._sessions.pop(base_id, None)  # its head may hold what the new holder replaces
                     break
+                except DatabaseUnavailable:
+                    raise  # the claimed requests stay computing until the lease is taken again, then go back to pending
                 except Exception as exc:  # stored on the request as its one-line reason
                     log.info("edit %s failed: %s", entry.id, exc)
                     self.stats.failed += 1
@@ -144,13 +170,20 @@ class Worker:
             return True
         finally:
             if not keep:
-                self.store.release_lease(base_id, self.id)
+                try:
+                    self._release(base_id)
+                except FactStoreError as exc:  # the database is away: the lease expires by itself
+                    log.warning("could not release model %s: %s", base_id, exc)
 
     def _session(self, base_id: int, alias: str) -> EditSession:
-        """The warm head of a model, brought up to date with the log."""
-        session = self._sessions.get(base_id)
+        """The warm head of a model, brought up to date with the log. At most `heads` stay
+        loaded; the least recently used is dropped first."""
+        session = self._sessions.pop(base_id, None)
         if session is None:
-            session = self._sessions[base_id] = EditSession(self.store, alias, device=self.settings.device, progress=self.progress)
+            while len(self._sessions) >= self.settings.heads:
+                self._sessions.pop(next(iter(self._sessions)))
+            session = EditSession(self.store, alias, device=self.settings.device, progress=self.progress)
         elif session.sync():
             self.stats.rebuilds += 1
+        self._sessions[base_id] = session  # most recently used last
         return session

@@ -32,6 +32,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column('requested_layer', sa.String(length=16), nullable=True))
         batch.add_column(sa.Column('error', sa.Text(), nullable=True))
         batch.add_column(sa.Column('claimed_by', sa.String(length=200), nullable=True))
+        batch.add_column(sa.Column('attempts', sa.Integer(), nullable=False, server_default='0'))
         batch.add_column(sa.Column('idempotency_sha256', sa.String(length=64), nullable=True))
         batch.add_column(sa.Column('updated_at', sa.DateTime(timezone=True), nullable=True))
         batch.create_unique_constraint('edits_idempotency_sha256_key', ['idempotency_sha256'])
@@ -70,6 +71,7 @@ def upgrade() -> None:
     sa.Column('result', sa.JSON(), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('claimed_by', sa.String(length=200), nullable=True),
+    sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('requested_by', sa.String(length=200), nullable=True),
     sa.Column('idempotency_sha256', sa.String(length=64), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
@@ -100,7 +102,7 @@ def downgrade() -> None:
     op.execute("DELETE FROM edits WHERE seq IS NULL OR key IS NULL OR value IS NULL")
     with op.batch_alter_table('edits') as batch:
         batch.drop_constraint('edits_idempotency_sha256_key', type_='unique')
-        for name in ('updated_at', 'idempotency_sha256', 'claimed_by', 'error', 'requested_layer'):
+        for name in ('updated_at', 'idempotency_sha256', 'attempts', 'claimed_by', 'error', 'requested_layer'):
             batch.drop_column(name)
         for name in COMPUTED:
             batch.alter_column(name, existing_type=TYPES[name], nullable=False)
