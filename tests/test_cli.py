@@ -184,6 +184,7 @@ def test_csv_import(tiny: str, tmp_path: Path) -> None:
     assert done.returncode == 1 and "record 1 of edits.csv: it has no target_new (or target)" in done.stderr
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the command line's side; both databases are in test_queue
 def test_tokens_and_the_queue_from_the_command_line(tiny: str) -> None:
     created = cli_json("token", "create", "--name", "ci-bot", "--scope", "write")
     assert created["name"] == "ci-bot" and created["scope"] == "write" and created["token"].startswith("fst_")

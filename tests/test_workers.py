@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from factstore import api
 from factstore.storage.store import Store
 from factstore.worker.loop import Worker, WorkerSettings
@@ -85,6 +87,7 @@ def test_sigterm_finishes_the_current_edit_and_exits(tiny_store: Store) -> None:
     assert tiny_store.list_live_workers(60) == []
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # where several workers on several machines meet
 def test_two_workers_share_two_models(tiny_store: Store, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / "second-model"
     random_gpt2(seed=1).save_pretrained(folder)
