@@ -42,6 +42,7 @@ def main() -> None:
     os.environ["FACTSTORE_HOME"] = home
     os.environ.setdefault("FACTSTORE_CACHE", str(Path.home() / ".cache" / "factstore-test"))
     from playwright.sync_api import expect, sync_playwright
+
     from service_process import serve, stop
 
     cli("model", "add", "smollm2", "starter:smollm2-135m")
