@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,6 +23,15 @@ def refused(exc: IntegrityError, what: str) -> DatabaseError:
     return DatabaseError(f"the database refused to {what} ({first_line(exc)}); nothing was written")
 
 
+_WRITERS: dict[str, threading.RLock] = {}  # SQLite file URL -> the lock its writers in this process queue on
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_lock(url: str) -> threading.RLock:
+    with _WRITERS_LOCK:
+        return _WRITERS.setdefault(url, threading.RLock())
+
+
 class StoreBase:
     """The fact store on one database URL (FACTSTORE_DATABASE_URL or the embedded SQLite file)."""
 
@@ -38,6 +48,9 @@ class StoreBase:
                 raise DatabaseUnavailable(f"cannot read the schema of {shown} ({reason}); check FACTSTORE_DATABASE_URL") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(readonly(self.engine), expire_on_commit=False)
+        # SQLite takes one writer at a time; threads of one process (the server's) queue here in
+        # order instead of in SQLite's busy handler, which sleeps in growing steps (p99 781 ms -> see docs/benchmarks.md)
+        self._writer: AbstractContextManager[object] = _writer_lock(self.url) if self.engine.dialect.name == "sqlite" else nullcontext()
 
     @property
     def dialect(self) -> str:
@@ -49,7 +62,7 @@ class StoreBase:
         Database failures become one-line errors with the password masked."""
         shown = self.engine.url.render_as_string(hide_password=True)
         try:
-            with session_scope(self._sessions if write else self._read_sessions) as session:
+            with self._writer if write else nullcontext(), session_scope(self._sessions if write else self._read_sessions) as session:
                 yield session
         except OperationalError as exc:
             raise DatabaseUnavailable(f"the database {shown} failed ({first_line(exc)}); check that it is running and writable, then retry") from None
