@@ -198,3 +198,17 @@ def test_a_rerun_import_finishes_requests_an_interrupted_run_left_queued(tiny_st
     log = api.list_log(tiny_store, "tiny", "all")
     assert len(log) == 3 and {e.status for e in log} == {"active"}
     assert api.import_edits(tiny_store, "tiny", str(tmp_path / "facts.csv"))["skipped"] == 3
+
+
+def test_an_interrupted_edit_add_withdraws_its_request(tiny_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from factstore.editing.session import EditSession
+
+    def interrupted(*_a: object, **_k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EditSession, "_compute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        api.add_edit(tiny_store, "tiny", prompt=PROMPT, subject="Big Ben", target="Oslo")
+    [entry] = api.list_log(tiny_store, "tiny", "all")
+    assert entry.status == "failed" and "interrupted" in (entry.error or "")
+    assert _drain(tiny_store).stats.computed == 0  # no worker computes it later

@@ -177,7 +177,15 @@ class EditSession:
 
     def run(self, edit_id: int, poll: float = 0.2) -> EditOutcome:
         """Compute a submitted request in this process while holding the model's lease; if a
-        worker holds the model, it computes the request and this waits for the result."""
+        worker holds the model, it computes the request and this waits for the result. Ctrl-C
+        withdraws the request (it fails rather than being computed later by a worker)."""
+        try:
+            return self._run(edit_id, poll)
+        except KeyboardInterrupt:
+            self.store.withdraw_request(edit_id, "withdrawn: the command that submitted it was interrupted")
+            raise
+
+    def _run(self, edit_id: int, poll: float) -> EditOutcome:
         holder = Holder(self.store, "cli")
         while True:
             with holder.model(self.base.id) as held:

@@ -248,6 +248,14 @@ class QueueVerbs(StoreBase):
         assert stale
         raise HeadChanged(f"the log of model {base_id} changed while edit {edit_id} was computed; it goes back to the queue")
 
+    def withdraw_request(self, edit_id: int, reason: str) -> None:
+        """A request its submitter gave up on (an interrupted `edit add`) fails instead of being
+        computed later by a worker; a computed edit is left as it is."""
+        with self._tx() as s:
+            row = s.get(EditRow, edit_id, with_for_update=True)
+            if row is not None and row.status in QUEUED_STATUSES:
+                row.status, row.error, row.claimed_by, row.updated_at = "failed", one_line(reason), None, now()
+
     def fail_request(self, edit_id: int, holder: str, error: str) -> EditEntry:
         with self._tx() as s:
             row = s.get(EditRow, edit_id, with_for_update=True)
