@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -11,7 +12,22 @@ from pathlib import Path
 
 import httpx
 
+from factstore import api
+from factstore.storage.store import Store
+from tiny_models import random_gpt2
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def add_random_gpt2(store: Store, alias: str, where: Path, tokenizer, seed: int, line: str) -> None:  # type: ignore[no-untyped-def]
+    """Register a random tiny GPT-2 under ALIAS, with key statistics from 200 variants of LINE."""
+    folder = where / f"{alias}-model"
+    random_gpt2(seed=seed).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    corpus = where / f"{alias}-corpus.json"
+    corpus.write_text(json.dumps([f"{line} ({i})" for i in range(200)]))
+    api.add_model(store, alias, str(folder))
+    api.compute_stats(store, alias, corpus=str(corpus), tokens=2000, device="cpu")
 
 
 def free_port() -> int:

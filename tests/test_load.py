@@ -3,7 +3,6 @@ submissions from 20 concurrent clients; the database stopped and started under a
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -17,22 +16,11 @@ import pytest
 
 from factstore import api
 from factstore.storage.store import Store
-from service_process import free_port, serve, start, stop
-from tiny_models import random_gpt2
+from service_process import add_random_gpt2, free_port, serve, start, stop
 
 PROMPT = "{} is located in the city of"
 PG_URL = os.environ.get("FACTSTORE_TEST_DATABASE_URL")
 needs_postgres = pytest.mark.skipif(not PG_URL, reason="FACTSTORE_TEST_DATABASE_URL is not set")
-
-
-def _second_model(store: Store, tmp_path: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
-    folder = tmp_path / "second-model"
-    random_gpt2(seed=1).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    corpus = tmp_path / "corpus2.json"
-    corpus.write_text(json.dumps([f"Line {i}: the bridge crosses the wide river near the market." for i in range(200)]))
-    api.add_model(store, "second", str(folder))
-    api.compute_stats(store, "second", corpus=str(corpus), tokens=2000, device="cpu")
 
 
 def _wait(condition, seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -47,7 +35,7 @@ def _wait(condition, seconds: float, what: str) -> None:  # type: ignore[no-unty
 @needs_postgres
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_200_submissions_from_20_clients_two_workers(tiny_store: Store, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
-    _second_model(tiny_store, tmp_path, gpt2_tokenizer)
+    add_random_gpt2(tiny_store, "second", tmp_path, gpt2_tokenizer, seed=1, line="Line: the bridge crosses the wide river near the market.")
     token = api.create_token(tiny_store, "load", "write")[1]
     server, url = serve("--no-worker", log=tmp_path / "serve.log")
     # two workers on a 2-core machine: one core each (2x2 threads fighting made this 3x slower)
@@ -109,13 +97,7 @@ def test_the_database_stopped_and_started_under_a_running_service(tmp_path: Path
         monkeypatch.setenv("FACTSTORE_DATABASE_URL", url)
         api.upgrade_database(url)
         store = api.open_store(url)
-        folder = tmp_path / "tiny-model"
-        random_gpt2(seed=0).save_pretrained(folder)
-        gpt2_tokenizer.save_pretrained(folder)
-        corpus = tmp_path / "corpus.json"
-        corpus.write_text(json.dumps([f"Paragraph {i}: the river runs through the old town." for i in range(200)]))
-        api.add_model(store, "tiny", str(folder))
-        api.compute_stats(store, "tiny", corpus=str(corpus), tokens=2000, device="cpu")
+        add_random_gpt2(store, "tiny", tmp_path, gpt2_tokenizer, seed=0, line="Paragraph: the river runs through the old town.")
         token = api.create_token(store, "ops", "write")[1]
         store.close()
         server, base = serve("--worker", env={"FACTSTORE_DATABASE_URL": url, "FACTSTORE_LEASE_SECONDS": "3"}, log=tmp_path / "serve.log")

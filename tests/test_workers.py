@@ -17,7 +17,7 @@ import pytest
 from factstore import api
 from factstore.storage.store import Store
 from factstore.worker.loop import Worker, WorkerSettings
-from tiny_models import random_gpt2
+from service_process import add_random_gpt2
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "{} is located in the city of"
@@ -89,13 +89,7 @@ def test_sigterm_finishes_the_current_edit_and_exits(tiny_store: Store) -> None:
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # where several workers on several machines meet
 def test_two_workers_share_two_models(tiny_store: Store, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
-    folder = tmp_path / "second-model"
-    random_gpt2(seed=1).save_pretrained(folder)
-    gpt2_tokenizer.save_pretrained(folder)
-    corpus = tmp_path / "corpus2.json"
-    corpus.write_text(json.dumps([f"Line {i}: the bridge crosses the wide river near the market." for i in range(200)]))
-    api.add_model(tiny_store, "second", str(folder))
-    api.compute_stats(tiny_store, "second", corpus=str(corpus), tokens=2000, device="cpu")
+    add_random_gpt2(tiny_store, "second", tmp_path, gpt2_tokenizer, seed=1, line="Line: the bridge crosses the wide river near the market.")
     first_ids, second_ids = submit(tiny_store, "tiny", 6), submit(tiny_store, "second", 6)
     workers = [start_worker("--batch", "2"), start_worker("--batch", "2")]
     try:
