@@ -57,10 +57,11 @@ def import_(
     limit: Annotated[int | None, typer.Option(min=1, help="Import only the first N records.")] = None,
     layer: LayerOpt = None,
     device: DeviceOpt = None,
+    batch: Annotated[int, typer.Option(min=1, max=256, help="Requests computed together in one optimisation (faster per edit; each on the head before its batch).")] = 1,
     json_out: JsonOpt = False,
 ) -> None:
-    """Validate every record, then compute and commit one edit at a time (a rerun resumes)."""
-    result = api.import_edits(api.open_store(), model, file, limit, layer=parse_layer(layer), device=device, progress=BARS)
+    """Validate every record, then compute and commit one edit (or one batch) at a time (a rerun resumes)."""
+    result = api.import_edits(api.open_store(), model, file, limit, layer=parse_layer(layer), device=device, batch=batch, progress=BARS)
     emit_json(result) if json_out else print(f"{result['added']} edits added, {result['skipped']} already stored, of {result['records']} records")
 
 

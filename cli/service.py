@@ -33,7 +33,7 @@ def serve(
 
 def worker(
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Serve only this model (repeatable); default: every model.")] = None,
-    batch: Annotated[int, typer.Option(min=1, max=1000, help="Requests claimed per turn on a model.")] = 8,
+    batch: Annotated[int, typer.Option(min=1, max=256, help="Requests claimed per turn on a model, computed together in one optimisation where they can be.")] = 8,
     device: DeviceOpt = None,
     poll: Annotated[float, typer.Option(min=0.05, max=60, help="Seconds between looks at an empty queue.")] = 1.0,
     threads: Annotated[int | None, typer.Option(min=1, max=1024, help="CPU threads for torch; with several workers on one machine, split its cores.")] = None,

@@ -73,11 +73,14 @@ def database_status(url: str | None = None) -> dict:
 # models ------------------------------------------------------------------------------------
 
 
-def add_model(store: Store, alias: str, source: str, revision: str | None = None, *, progress: Reporter = SILENT) -> tuple[BaseModel, bool]:
-    """Pin SOURCE (Hub id, folder, .gguf, starter:NAME) to exact weights under ALIAS. Returns (model, created)."""
+def add_model(
+    store: Store, alias: str, source: str, revision: str | None = None, *, dtype: str | None = None, progress: Reporter = SILENT,
+) -> tuple[BaseModel, bool]:
+    """Pin SOURCE (Hub id, folder, .gguf, starter:NAME) to exact weights under ALIAS, edited in
+    DTYPE (default: the checkpoint's own). Returns (model, created)."""
     from factstore.editing.models import register_model
 
-    return register_model(store, alias, source, revision, progress=progress)
+    return register_model(store, alias, source, revision, dtype=dtype, progress=progress)
 
 
 def list_models(store: Store) -> list[BaseModel]:
@@ -138,12 +141,13 @@ def add_edit(
 
 def import_edits(
     store: Store, alias: str, path: str, limit: int | None = None, *, layer: int | str | None = None,
-    device: str | None = None, progress: Reporter = SILENT,
+    device: str | None = None, batch: int = 1, progress: Reporter = SILENT,
 ) -> dict:
-    """Validate every record, then compute and commit one edit at a time; a rerun skips stored ones."""
+    """Validate every record, then compute and commit one edit (or BATCH together) at a time; a
+    rerun skips stored ones."""
     from factstore.editing import imports
 
-    return imports.import_edits(store, alias, path, limit, layer=layer, device=device, requested_by=_user(), progress=progress)
+    return imports.import_edits(store, alias, path, limit, layer=layer, device=device, requested_by=_user(), batch=batch, progress=progress)
 
 
 def list_edits(store: Store, alias: str, status: str = "active") -> list[StoredEdit]:

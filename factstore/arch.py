@@ -6,7 +6,7 @@ shapes: GPT-2's Conv1D stores its weight as (in, out), torch Linear as (out, in)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -19,60 +19,48 @@ from factstore.errors import InvalidEditRequest, UnknownArchitecture
 @dataclass(frozen=True)
 class ArchSpec:
     layers: str  # dotted path of the ModuleList of transformer blocks
-    down_proj: str  # MLP down-projection, relative to a block
-    mlp: str  # whole MLP, relative to a block
+    down_proj: str  # MLP down-projection (the matrix ROME rewrites), relative to a block
+    mlp: str  # the module whose output is the MLP's contribution, relative to a block
     attn: str  # attention, relative to a block
     embedding: str  # token embedding
-    final_norm: str
-    head: str  # LM head
-    fan_in_fan_out: bool  # True where the weight is stored (in, out)
+    final: tuple[str, ...]  # modules applied, in order, between the last block and the LM head
+    fan_in_fan_out: bool = False  # True where the weight is stored (in, out) (GPT-2's Conv1D)
 
 
-_LLAMA_LIKE = ArchSpec(
-    layers="model.layers",
-    down_proj="mlp.down_proj",
-    mlp="mlp",
-    attn="self_attn",
-    embedding="model.embed_tokens",
-    final_norm="model.norm",
-    head="lm_head",
-    fan_in_fan_out=False,
-)
+def _decoder(prefix: str, final: str = "norm") -> ArchSpec:
+    """The layout most decoder families share: PREFIX.layers[i].mlp.down_proj, .self_attn."""
+    return ArchSpec(f"{prefix}.layers", "mlp.down_proj", "mlp", "self_attn", f"{prefix}.embed_tokens", (f"{prefix}.{final}",))
 
+
+_LLAMA_LIKE = _decoder("model")
+_GPT2_LIKE = ArchSpec("transformer.h", "mlp.c_proj", "mlp", "attn", "transformer.wte", ("transformer.ln_f",), fan_in_fan_out=True)
+_BLOOM_LIKE = ArchSpec("transformer.h", "mlp.dense_4h_to_h", "mlp", "self_attention", "transformer.word_embeddings", ("transformer.ln_f",))
+
+# Families whose MLP output projection is a plain Linear or Conv1D (a mixture of experts has
+# no single matrix to rewrite, and is not listed). Every row is exercised by tests/test_architectures.py.
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "gpt2": ArchSpec(
-        layers="transformer.h",
-        down_proj="mlp.c_proj",
-        mlp="mlp",
-        attn="attn",
-        embedding="transformer.wte",
-        final_norm="transformer.ln_f",
-        head="lm_head",
-        fan_in_fan_out=True,
+    "gpt2": _GPT2_LIKE,
+    "gpt_bigcode": replace(_GPT2_LIKE, fan_in_fan_out=False),  # GPT-2's names, torch Linear weights
+    "gptj": ArchSpec("transformer.h", "mlp.fc_out", "mlp", "attn", "transformer.wte", ("transformer.ln_f",)),
+    "codegen": ArchSpec("transformer.h", "mlp.fc_out", "mlp", "attn", "transformer.wte", ("transformer.ln_f",)),
+    "gpt_neox": ArchSpec("gpt_neox.layers", "mlp.dense_4h_to_h", "mlp", "attention", "gpt_neox.embed_in", ("gpt_neox.final_layer_norm",)),
+    "falcon": _BLOOM_LIKE,
+    "bloom": _BLOOM_LIKE,
+    # OPT's MLP is fc1/fc2 on the block itself: fc2's output is the MLP's contribution
+    "opt": ArchSpec(
+        "model.decoder.layers", "fc2", "fc2", "self_attn", "model.decoder.embed_tokens",
+        ("model.decoder.final_layer_norm", "model.decoder.project_out"),
     ),
-    "gptj": ArchSpec(
-        layers="transformer.h",
-        down_proj="mlp.fc_out",
-        mlp="mlp",
-        attn="attn",
-        embedding="transformer.wte",
-        final_norm="transformer.ln_f",
-        head="lm_head",
-        fan_in_fan_out=False,
-    ),
-    "gpt_neox": ArchSpec(
-        layers="gpt_neox.layers",
-        down_proj="mlp.dense_4h_to_h",
-        mlp="mlp",
-        attn="attention",
-        embedding="gpt_neox.embed_in",
-        final_norm="gpt_neox.final_layer_norm",
-        head="embed_out",
-        fan_in_fan_out=False,
-    ),
-    "llama": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,  # Gemma3ForCausalLM (text-only checkpoints such as gemma-3-270m)
+    "phi": ArchSpec("model.layers", "mlp.fc2", "mlp", "self_attn", "model.embed_tokens", ("model.final_layernorm",)),
+    "persimmon": ArchSpec("model.layers", "mlp.dense_4h_to_h", "mlp", "self_attn", "model.embed_tokens", ("model.final_layernorm",)),
+    "starcoder2": replace(_LLAMA_LIKE, down_proj="mlp.c_proj"),
+    **{
+        name: _LLAMA_LIKE
+        for name in (
+            "llama", "mistral", "ministral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2",
+            "olmo3", "granite", "stablelm", "cohere", "glm", "glm4", "helium", "smollm3", "exaone4", "nemotron",
+        )
+    },
 }
 
 
@@ -173,6 +161,54 @@ def config_context_length(config: Any) -> int:
     return 2048
 
 
+def blocks(model: PreTrainedModel) -> nn.ModuleList:
+    """The transformer blocks, in order."""
+    found = get_module(model, model_spec(model).layers)
+    if not isinstance(found, nn.ModuleList):
+        raise UnknownArchitecture(f"{model_spec(model).layers} of {type(model).__name__} is not a list of blocks")
+    return found
+
+
+def final_modules(model: PreTrainedModel) -> list[nn.Module]:
+    """What runs between the last block and the LM head (final norm; OPT's optional projection)."""
+    found = []
+    for path in model_spec(model).final:
+        module = get_module(model, path) if _has_path(model, path) else None
+        if module is not None:
+            found.append(module)
+    return found
+
+
+def _has_path(root: nn.Module, dotted: str) -> bool:
+    try:
+        get_module(root, dotted)
+    except (AttributeError, IndexError):
+        return False
+    return True
+
+
+def by_token(states: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, L, d) view of a module's input or output for sequences of LENGTH tokens: OPT's MLP
+    works on (B * L, d), every other family on (B, L, d)."""
+    return states.view(-1, length, states.shape[-1])
+
+
+def input_device(model: PreTrainedModel) -> torch.device:
+    """Where token ids must go: the input embedding's device (with a device map, not necessarily
+    the first parameter's)."""
+    return weight_param(model.get_input_embeddings()).device
+
+
+def head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """(n, V) logits from (n, d) final hidden states (after the final norm)."""
+    head = model.get_output_embeddings()
+    logits = head(hidden.to(weight_param(head).device))
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:  # Gemma squashes logits; keep parity with the model's own forward
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 def logits_at(
     model: PreTrainedModel,
     ids: torch.Tensor,
@@ -185,9 +221,5 @@ def logits_at(
     Running the LM head on a few positions instead of every one is most of the cost saved
     when optimising v* on models with large vocabularies (SmolLM2: 49k tokens).
     """
-    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, d), final norm applied
-    logits = model.get_output_embeddings()(hidden[rows, positions])
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:  # Gemma squashes logits; keep parity with the model's own forward
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, L, d), final norm applied
+    return head_logits(model, hidden[rows.to(hidden.device), positions.to(hidden.device)])

@@ -20,6 +20,14 @@ def check_alias(alias: str) -> str:
     return alias
 
 
+DTYPES = ("float32", "bfloat16", "float16")  # what a base model may be loaded and edited in
+
+
+def weights_identity(revision: str, dtype: str) -> str:
+    """revision for float32 (every model registered before dtypes were chosen), else revision+dtype."""
+    return revision if dtype == "float32" else f"{revision}+{dtype}"
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A model pinned to exact weights.
@@ -32,6 +40,11 @@ class ModelRef:
     revision: str  # exact identity of the weights
     model_type: str  # config.model_type, the key into arch.ARCHITECTURES
     local_path: str = ""  # folder the weights were loaded from on this machine
+    dtype: str = "float32"  # what the weights are loaded and edited in (one of DTYPES)
+
+    @property
+    def identity(self) -> str:
+        return weights_identity(self.revision, self.dtype)
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,12 @@ class BaseModel:
     license: str | None
     recommended_layer: int | None
     created_at: str
+    dtype: str = "float32"
+
+    @property
+    def identity(self) -> str:
+        """The weights and the dtype they are edited in: what key statistics and releases are built on."""
+        return weights_identity(self.revision, self.dtype)
 
 
 @dataclass(frozen=True)

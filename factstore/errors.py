@@ -19,6 +19,10 @@ class ModelSourceNotFound(FactStoreError):
     pass
 
 
+class InvalidArgument(FactStoreError):
+    """A setting (a dtype, a device) that factstore does not know."""
+
+
 class IdentityMismatch(FactStoreError):
     """The weights found for a reference are not the ones pinned for it."""
 

@@ -133,16 +133,16 @@ def test_a_request_whose_workers_keep_dying_fails_after_three_attempts(tiny_stor
 
 
 def test_the_worker_computes_in_order_and_a_failure_does_not_block(tiny_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    from factstore.editing.session import EditSession
+    from factstore.editing import session
 
-    real = EditSession._compute
+    real = session.compute_edits
 
-    def flaky(self: EditSession, request: EditRequest, *args: object) -> object:
-        if request.subject == "The Louvre":
+    def flaky(model: object, tokenizer: object, requests: list[EditRequest], *args: object) -> object:
+        if any(r.subject == "The Louvre" for r in requests):  # fails the batch that holds it, then it alone
             raise RuntimeError("simulated failure\nwith a second line")
-        return real(self, request, *args)  # type: ignore[arg-type]
+        return real(model, tokenizer, requests, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(EditSession, "_compute", flaky)
+    monkeypatch.setattr(session, "compute_edits", flaky)
     ids = [_submit(tiny_store, s, t) for s, t in FACTS[:3]]
     worker = _drain(tiny_store, batch=2)
     entries = {e.id: e for e in api.list_log(tiny_store, "tiny")}

@@ -72,3 +72,55 @@ def test_unknown_architecture_lists_the_supported_ones(gpt2_tokenizer) -> None: 
     model = BertLMHeadModel(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64, is_decoder=True))
     with pytest.raises(UnknownArchitecture, match=r"gpt2.*llama"):
         validate_request(model, gpt2_tokenizer, REQUEST, 0)
+
+
+def _city_requests(n: int) -> list[EditRequest]:
+    from tiny_models import RELATIONS, Recipe, make_facts
+
+    facts = [f for f in make_facts(Recipe()) if f.relation == "city"][:n]
+    return [EditRequest(RELATIONS["city"][0][0], f.subject, "Tokyo" if f.target.strip() != "Tokyo" else "Paris") for f in facts]
+
+
+@pytest.mark.parametrize("make", [random_gpt2, random_llama], ids=["gpt2", "llama"])
+def test_running_only_the_blocks_above_the_edit_gives_the_same_value(make, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    model = make(seed=0)
+    templates = ["{}", "Hello there. {}", "The weather is fine today. {}"]
+    for request in (REQUEST, EditRequest("The mother tongue of {} is", "Vladimir Putin", "French Canadian")):
+        whole = compute_value(model, gpt2_tokenizer, request, templates, HP, truncate=False)
+        upper = compute_value(model, gpt2_tokenizer, request, templates, HP, truncate=True)
+        assert torch.allclose(whole.value, upper.value, atol=1e-5, rtol=0) and whole.steps == upper.steps == HP.steps
+
+
+def test_a_batch_gives_each_request_its_own_result(tiny_gpt2_dir, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Requests leave the batch at different steps (early stop); each v* equals its run alone."""
+    from transformers import AutoModelForCausalLM
+
+    from factstore.rome.values import compute_values
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    requests = _city_requests(6)
+    hp = ROMEHyperParams(layer=2, steps=15, early_stop_loss=0.5, context_lengths=(), value_context_lengths=())
+    alone = [compute_value(model, gpt2_tokenizer, r, ["{}"], hp) for r in requests]
+    together = compute_values(model, gpt2_tokenizer, requests, ["{}"], hp)
+    assert len({a.steps for a in alone}) >= 3  # the batch shrinks several times
+    for a, b in zip(alone, together):
+        assert a.steps == b.steps and abs(a.loss - b.loss) < 1e-4
+        assert torch.allclose(a.value, b.value, rtol=1e-5, atol=1e-5)
+        assert torch.equal(a.v0, b.v0) or torch.allclose(a.v0, b.v0, atol=1e-6)
+
+
+def test_a_batch_of_edits_scores_each_request_alone(tiny_gpt2_dir, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM
+
+    from factstore.rome.edit import compute_edits
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    requests = _city_requests(3)
+    hp = ROMEHyperParams(layer=2, context_lengths=(), value_context_lengths=())
+    C = torch.eye(model.config.n_embd * 4)
+    together = compute_edits(model, gpt2_tokenizer, requests, hp, C)
+    for request, batched in zip(requests, together):
+        single = compute_edit(model, gpt2_tokenizer, request, hp, C)
+        assert single.target_true == batched.target_true
+        assert abs(single.prob_new_after - batched.prob_new_after) < 1e-4 and batched.prob_new_after > batched.prob_new_before
+        assert torch.allclose(single.key, batched.key, atol=1e-5) and torch.allclose(single.value, batched.value, rtol=1e-4, atol=1e-5)

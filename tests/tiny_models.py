@@ -6,6 +6,7 @@ on disk under a hash of its recipe, so it is trained once per machine (about a m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -98,6 +99,35 @@ def random_llama(seed: int = 0, hidden: int = 64, layers: int = 3, vocab: int = 
         num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=128,
     )
     return LlamaForCausalLM(config).eval()
+
+
+# Settings every family's config understands under one of these names; a family ignores the
+# names it lacks. Sizes are tiny; the vocabulary is GPT-2's, so the real tokenizer drives them.
+_TINY = dict(
+    hidden_size=64, n_embd=64, d_model=64, num_hidden_layers=3, n_layer=3, num_layers=3, num_attention_heads=4, n_head=4,
+    num_key_value_heads=2, intermediate_size=96, n_inner=96, ffn_dim=96, word_embed_proj_dim=64, head_dim=16, vocab_size=50257,
+    max_position_embeddings=256, n_positions=256, pad_token_id=0, bos_token_id=0, eos_token_id=0, sliding_window=64,
+    rotary_dim=8, ffn_hidden_size=96,
+)
+
+
+def random_decoder(model_type: str, seed: int = 0, square: bool = False, dtype: torch.dtype = torch.float32):  # type: ignore[no-untyped-def]
+    """A random 3-layer model of any decoder family. square: MLP width equal to the model width,
+    so a transposed down-projection would still fit and only its outputs tell."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(model_type)
+    settings = dict(_TINY, **({"intermediate_size": 64, "n_inner": 64, "ffn_dim": 64, "ffn_hidden_size": 64} if square else {}))
+    for name, value in settings.items():
+        if hasattr(config, name):
+            with contextlib.suppress(AttributeError):  # a derived property (Falcon's head_dim)
+                setattr(config, name, value)
+    if getattr(config, "layer_types", None):  # derived from the default depth when the config was made
+        config.layer_types = config.layer_types[: _TINY["num_hidden_layers"]]
+    if model_type in ("gpt_neox", "persimmon", "phi", "stablelm"):
+        config.partial_rotary_factor = 0.5
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 
 def _examples(facts: list[Fact], tokenizer) -> list[tuple[list[int], int]]:

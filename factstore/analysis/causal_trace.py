@@ -80,7 +80,7 @@ def subject_noise_std(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     """Std of the input embeddings of the subjects' tokens (the paper's reference for the noise)."""
     ids = [i for s in subjects for i in tokenizer(s, add_special_tokens=False)["input_ids"]]
     with torch.no_grad():
-        emb = model.get_input_embeddings()(torch.tensor(ids, device=next(model.parameters()).device))
+        emb = model.get_input_embeddings()(torch.tensor(ids, device=arch.input_device(model)))
     return float(emb.float().std())
 
 
@@ -131,7 +131,8 @@ def _restored(modules: dict[str, list[nn.Module]], clean: dict[str, list[torch.T
     def make(state: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> Callable[[nn.Module, tuple, Any], Any]:
         def hook(_mod: nn.Module, _args: tuple, output: object) -> object:
             hidden = _first(output).clone()
-            hidden[rows, positions] = state[positions].to(hidden.dtype)
+            shaped = arch.by_token(hidden, state.shape[0])  # (B, T, d), also for OPT's (B * T, d)
+            shaped[rows, positions] = state[positions].to(hidden.dtype)
             return _replace_first(output, hidden)
 
         return hook
@@ -163,7 +164,7 @@ class Tracer:
         settings: TraceSettings = TraceSettings(), noise_std: float | None = None,
     ) -> None:
         self.model, self.settings = model, settings
-        device = next(model.parameters()).device
+        device = arch.input_device(model)
         ids_list, self.first, self.last = subject_span(tokenizer, prompt, subject)
         self.ids = torch.tensor([ids_list], device=device)
         self.tokens = [decode(tokenizer, [i]) for i in ids_list]
@@ -186,7 +187,7 @@ class Tracer:
             for kind, mods in self.modules.items():
                 for layer, module in enumerate(mods):
                     def keep(_m: nn.Module, _a: tuple, out: Any, kind: str = kind, layer: int = layer) -> None:
-                        clean[kind][layer] = _first(out)[0].detach().clone()
+                        clean[kind][layer] = arch.by_token(_first(out), T)[0].detach().clone()
 
                     stack.callback(module.register_forward_hook(keep).remove)
             device = self.ids.device

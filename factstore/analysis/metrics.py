@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from factstore import arch
 from factstore.domain import Record
 from factstore.rome.prompts import decode
 from factstore.rome.scoring import target_logprobs
@@ -144,7 +145,7 @@ def weighted_entropy(text: str) -> float:
 @torch.no_grad()
 def generation_entropies(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: Sequence[str], settings: FluencySettings) -> list[float]:
     """Top-k sampled continuations (seeded) of each prompt, scored by weighted n-gram entropy."""
-    device = next(model.parameters()).device
+    device = arch.input_device(model)
     torch.manual_seed(settings.seed)  # generate() samples from torch's global generator
     out = []
     for prompt in prompts:

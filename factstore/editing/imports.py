@@ -1,5 +1,5 @@
 """Importing a file of edit requests: every record validated before any is computed, then one
-edit computed and committed at a time, so an interrupted import resumes where it stopped."""
+edit (or one batch) computed and committed at a time, so an interrupted import resumes where it stopped."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from factstore.datasets import read_requests
 from factstore.domain import request_sha256
 from factstore.editing.models import check_size, tokenizer_for
+from factstore.editing.requests import layer_spec
 from factstore.editing.session import EditSession
 from factstore.errors import InvalidEditRequest
 from factstore.progress import SILENT, Reporter
@@ -16,9 +17,10 @@ from factstore.storage.store import Store
 
 def import_edits(
     store: Store, alias: str, path: str, limit: int | None = None, *, layer: int | str | None = None,
-    device: str | None = None, requested_by: str | None = None, progress: Reporter = SILENT,
+    device: str | None = None, requested_by: str | None = None, batch: int = 1, progress: Reporter = SILENT,
 ) -> dict:
-    """Add the first LIMIT requests of PATH to ALIAS's log; a rerun skips the ones already stored."""
+    """Add the first LIMIT requests of PATH to ALIAS's log; a rerun skips the ones already stored.
+    BATCH requests are computed together in one optimisation (all on the head before them)."""
     requests = read_requests(path, limit)
     base = store.get_base_model(alias)
     tokenizer = tokenizer_for(store, alias)
@@ -33,17 +35,23 @@ def import_edits(
             session.validate(request, layer)
         except InvalidEditRequest as exc:
             raise InvalidEditRequest(f"record {i}: {exc}; nothing was imported") from None
-    added, skipped = [], 0
+    added: list[int] = []
+    skipped = 0
+    chunk: list[int] = []  # submitted, computed together once BATCH are gathered
+    note = f"imported from {Path(path).name}"
     with progress.task("importing edits", len(requests)) as advance:
         for i, request in enumerate(requests, start=1):
             rows = store.list_request_rows(base.id, request_sha256(request))
             queued = [edit_id for edit_id, status in rows if status in ("pending", "computing")]
             if queued:  # submitted by an interrupted run: compute it now (or wait for the worker that is)
-                added.append(session.run(queued[0]).edit.id)
+                chunk.append(queued[0])
             elif any(status in ("active", "retracted", "superseded") for _, status in rows):
                 skipped += 1
             else:
-                outcome = session.add(request, layer=layer, requested_by=requested_by, note=f"imported from {Path(path).name}")
-                added.append(outcome.edit.id)
+                entry, _ = store.create_request(base.id, request, requested_layer=layer_spec(layer), note=note, requested_by=requested_by)
+                chunk.append(entry.id)
+            if len(chunk) >= batch or (i == len(requests) and chunk):
+                added.extend(o.edit.id for o in session.run_many(chunk))
+                chunk = []
             advance(i)
     return {"records": len(requests), "added": len(added), "skipped": skipped, "ids": added}

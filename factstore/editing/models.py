@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from factstore import config
@@ -13,11 +15,15 @@ from factstore.weights import assets, checkpoints
 
 
 def register_model(
-    store: Store, alias: str, source: str, revision: str | None = None, *, progress: Reporter = SILENT,
+    store: Store, alias: str, source: str, revision: str | None = None, *, dtype: str | None = None, progress: Reporter = SILENT,
 ) -> tuple[BaseModel, bool]:
-    """Pin SOURCE (Hub id, folder, .gguf, starter:NAME) to exact weights under ALIAS. Returns (model, created)."""
+    """Pin SOURCE (Hub id, folder, .gguf, starter:NAME) to exact weights under ALIAS, loaded and
+    edited in DTYPE (None or "auto": the dtype its config declares). Returns (model, created)."""
     check_alias(alias)  # before anything is downloaded
+    if dtype not in (None, "auto"):
+        checkpoints.check_dtype(dtype)
     ref = checkpoints.resolve(source, revision, progress)
+    ref = replace(ref, dtype=checkpoints.checkpoint_dtype(Path(ref.local_path)) if dtype in (None, "auto") else dtype)
     license = assets.starter(source).license if source.startswith(assets.PREFIX) else None
     return store.create_base_model(alias, ref, license=license)
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from factstore.errors import (
     NumericalError,
 )
 from factstore.progress import SILENT, Reporter
-from factstore.rome.edit import compute_edit, validate_request
+from factstore.rome.edit import EditResult, compute_edits, validate_request
 from factstore.rome.hparams import ROMEHyperParams, default_hparams, has_measured_layer
 from factstore.rome.keys import ContextTemplates, sample_contexts
 from factstore.rome.prompts import decode
@@ -69,7 +69,7 @@ class EditSession:
         self.store = store
         self.progress = progress
         self.base: BaseModel = store.get_base_model(alias)
-        loaded = checkpoints.load(self.base.source, expected=self.base.revision, device=device, progress=progress)
+        loaded = checkpoints.load(self.base.source, expected=self.base.revision, device=device, progress=progress, dtype=self.base.dtype)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         arch.model_spec(self.model)
         cfg = self.model.config
@@ -148,7 +148,7 @@ class EditSession:
             if recorded is not None and Path(recorded.path).exists():
                 return recorded
         corpus = load_corpus(self.corpus_name or DEFAULT_CORPUS, self.progress)
-        spec = stats.spec_for(self.base.revision, self.model, layer, corpus, hp.stats_tokens, hp.stats_dtype)
+        spec = stats.spec_for(self.base.identity, self.model, layer, corpus, hp.stats_tokens, hp.stats_dtype)
         found = self.store.get_covariance_by_key(spec.key())
         if found is not None and Path(found.path).exists():
             return found
@@ -213,7 +213,7 @@ class EditSession:
         back in the queue) and DatabaseUnavailable (it stays claimed until the lease is taken
         again) are raised without failing the request."""
         self.sync()  # another process may have changed the log since the last edit
-        request = EditRequest(entry.prompt, entry.subject, entry.target_new, entry.target_true, entry.relation_id)
+        request = _request(entry)
         try:
             new, conflicts = self._compute(request, parse_layer_spec(entry.requested_layer), entry.note, entry.requested_by)
         except (LeaseLost, DatabaseUnavailable):
@@ -234,6 +234,96 @@ class EditSession:
         self.applied = [e for e in self.applied if e.id not in conflicts] + [stored]
         return EditOutcome(stored, superseded)
 
+    def run_many(self, edit_ids: list[int]) -> list[EditOutcome]:
+        """Compute submitted requests here, batched (see process_many), while holding the model's
+        lease; whatever cannot be batched, or is held by a worker, goes through run() one by one."""
+        holder = Holder(self.store, "cli")
+        outcomes: dict[int, EditOutcome] = {}
+        try:
+            with holder.model(self.base.id) as held:
+                claimed = self.store.claim_requests(self.base.id, holder.id, len(edit_ids), only=edit_ids) if held else []
+                done, rest = self.process_many(claimed, holder.id) if claimed else ([], [])
+                outcomes.update((o.edit.id, o) for o in done)
+                for entry in rest:
+                    with suppress(HeadChanged):  # back in the queue: computed again below
+                        outcomes[entry.id] = self.process(entry, holder.id)
+        except KeyboardInterrupt:
+            for edit_id in set(edit_ids) - outcomes.keys():
+                self.store.withdraw_request(edit_id, "withdrawn: the command that submitted it was interrupted")
+            raise
+        for edit_id in edit_ids:
+            if edit_id not in outcomes:
+                outcomes[edit_id] = self.run(edit_id)
+        return [outcomes[i] for i in edit_ids]
+
+    def process_many(self, entries: list[EditEntry], holder: str) -> tuple[list[EditOutcome], list[EditEntry]]:
+        """Compute claimed requests of one layer in one batch on the head, then make them active
+        in order, each with the rank-one update a replay of the log makes. Returns the outcomes
+        and the claimed entries left to process one at a time: a request that replaces an
+        active fact (or another in the batch), one for another layer, the rest of a batch whose
+        log changed meanwhile, or every one of them when the batch computation fails (so that a
+        bad request fails alone)."""
+        self.sync()
+        batch, rest = self._batchable(entries)
+        if len(batch) < 2:
+            return [], entries
+        requests = [_request(e) for e in batch]
+        try:
+            hp = self.hparams(parse_layer_spec(batch[0].requested_layer))
+            cov = self.covariance(hp.layer, hp)
+            results = compute_edits(self.model, self.tokenizer, requests, hp, self.matrix(cov.id), self.templates(hp))
+        except (LeaseLost, DatabaseUnavailable):
+            raise
+        except Exception:  # one at a time instead: each failure is then stored on its own request
+            return [], entries
+        outcomes: list[EditOutcome] = []
+        for i, (entry, result) in enumerate(zip(batch, results)):
+            new = self._new_edit(requests[i], result, hp, cov, entry, batch=len(batch))
+            try:
+                stored = self.store.complete_request(entry.id, holder, new, computed_on=[e.id for e in self.applied])
+            except HeadChanged:
+                self.sync()
+                return outcomes, batch[i + 1 :] + rest  # this one is back in the queue; the rest are recomputed on the new head
+            self._remember({stored.layer})
+            apply_sequential(self.model, [stored], self.matrix)
+            self.applied.append(stored)
+            outcomes.append(EditOutcome(stored))
+        return outcomes, rest
+
+    def _batchable(self, entries: list[EditEntry]) -> tuple[list[EditEntry], list[EditEntry]]:
+        """The entries that can share one optimisation (the first one's layer, no fact replaced), and the rest."""
+        batch: list[EditEntry] = []
+        rest: list[EditEntry] = []
+        facts: set[tuple[str, str, str | None]] = set()
+        for entry in entries:
+            fact = (entry.subject, entry.prompt, entry.relation_id)
+            if (batch and entry.requested_layer != batch[0].requested_layer) or fact in facts or self.store.list_conflicting_edits(
+                self.base.id, subject=entry.subject, prompt=entry.prompt, relation_id=entry.relation_id
+            ):
+                rest.append(entry)
+                continue
+            facts.add(fact)
+            batch.append(entry)
+        return batch, rest
+
+    def _new_edit(self, request: EditRequest, result: EditResult, hp: ROMEHyperParams, cov: Covariance, entry: EditEntry | None = None,
+                  *, note: str | None = None, requested_by: str | None = None, batch: int = 1) -> NewEdit:
+        if not (torch.isfinite(result.key).all() and torch.isfinite(result.value).all()):
+            raise NumericalError("the computed key or value is not finite; nothing was stored")
+        key, key_shape = to_bytes(result.key)
+        value, value_shape = to_bytes(result.value)
+        metrics = {
+            "prob_new_before": result.prob_new_before, "prob_true_before": result.prob_true_before,
+            "prob_new_after": result.prob_new_after, "prob_true_after": result.prob_true_after,
+            "loss": result.loss, "seconds": result.seconds, "batch": batch,
+        }
+        return NewEdit(
+            request=request, target_true=result.target_true, layer=result.layer, module=result.module, key=key,
+            key_shape=key_shape, value=value, value_shape=value_shape, hparams=hp.to_json(),
+            hparams_fingerprint=hp.fingerprint(), covariance_id=cov.id, metrics=metrics,
+            requested_by=entry.requested_by if entry else requested_by, note=entry.note if entry else note,
+        )
+
     def _compute(self, request: EditRequest, layer: int | str | None, note: str | None, requested_by: str | None) -> tuple[NewEdit, set[int]]:
         """k*, v* on the head model (without the active edits of the same fact, which it replaces)."""
         hp = self.hparams(layer)
@@ -243,28 +333,18 @@ class EditSession:
         if conflicts & {e.id for e in self.applied}:  # compute the correction on a head without the fact it replaces
             self.rebuild([e for e in self.applied if e.id not in conflicts])
         cov = self.covariance(hp.layer, hp)
-        result = compute_edit(self.model, self.tokenizer, request, hp, self.matrix(cov.id), self.templates(hp))
-        if not (torch.isfinite(result.key).all() and torch.isfinite(result.value).all()):
-            raise NumericalError("the computed key or value is not finite; nothing was stored")
-        key, key_shape = to_bytes(result.key)
-        value, value_shape = to_bytes(result.value)
-        metrics = {
-            "prob_new_before": result.prob_new_before, "prob_true_before": result.prob_true_before,
-            "prob_new_after": result.prob_new_after, "prob_true_after": result.prob_true_after,
-            "loss": result.loss, "seconds": result.seconds,
-        }
-        new = NewEdit(
-            request=request, target_true=result.target_true, layer=result.layer, module=result.module, key=key,
-            key_shape=key_shape, value=value, value_shape=value_shape, hparams=hp.to_json(),
-            hparams_fingerprint=hp.fingerprint(), covariance_id=cov.id, metrics=metrics, requested_by=requested_by, note=note,
-        )
-        return new, conflicts
+        result = compute_edits(self.model, self.tokenizer, [request], hp, self.matrix(cov.id), self.templates(hp))[0]
+        return self._new_edit(request, result, hp, cov, note=note, requested_by=requested_by), conflicts
+
+
+def _request(entry: EditEntry) -> EditRequest:
+    return EditRequest(entry.prompt, entry.subject, entry.target_new, entry.target_true, entry.relation_id)
 
 
 @torch.no_grad()
 def ask(model: PreTrainedModel, tokenizer: Any, prompt: str, top: int = 5, max_new_tokens: int = 12) -> dict:
     """The model's top next tokens with probabilities, and its greedy continuation."""
-    device = next(model.parameters()).device
+    device = arch.input_device(model)
     ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
     if ids.shape[1] == 0 or ids.shape[1] + max_new_tokens > arch.context_length(model):
         raise InvalidEditRequest(f"the prompt is {ids.shape[1]} tokens; give 1 to {arch.context_length(model) - max_new_tokens} for this model")

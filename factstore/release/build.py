@@ -94,14 +94,14 @@ def _build(
     store: Store, base: BaseModel, mode: str, target: Path | None, device: str | None, check: bool, lap: _Laps, progress: Reporter,
 ) -> tuple[Release, bool]:
     edits = store.list_edits(base.id, "active")
-    log_sha = layout.edit_log_sha256(base.revision, mode, log_entries(edits))
+    log_sha = layout.edit_log_sha256(base.identity, mode, log_entries(edits))
     latest = store.get_latest_release(base.id)
     unchanged = latest if latest and latest.edit_log_sha256 == log_sha else None
     if unchanged and target is None and Path(unchanged.path, layout.MANIFEST).exists():
         checked_folder(unchanged)
         return unchanged, False
     lap.start = time.perf_counter()  # waiting for the lock is not compile time
-    loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress)
+    loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress, dtype=base.dtype)
     lap("load")
     scores = _compile_in_memory(store, base, loaded, edits, mode, check, lap)
     if unchanged and target:
@@ -164,7 +164,7 @@ def _write_release(
 ) -> str:
     """Write the release folder through a staged folder renamed into place; returns the manifest's sha256."""
     with staged_folder(final) as tmp:
-        known = layout.write_weights(loaded.model, tmp, layout.edited_files({e.layer for e in edits}), _stable_files(base.revision))
+        known = layout.write_weights(loaded.model, tmp, layout.edited_files({e.layer for e in edits}), _stable_files(base.identity))
         layout.write_model_config(loaded.model, loaded.tokenizer, tmp)
         (tmp / "README.md").write_text(card.render(base, mode, edits, scores))
         layout.write_edit_vectors(tmp, [edit_vectors(e) for e in edits])
@@ -211,7 +211,7 @@ def _manifest(store: Store, base: BaseModel, mode: str, edits: Sequence[StoredEd
     """Everything a teammate needs to continue the lineage: base identity, templates, the log."""
     return {
         # a local path is never published: the source is the Hub id or starter asset, else "local"
-        "base": {"source": _published_source(base), "revision": base.revision, "model_type": base.model_type, "license": base.license},
+        "base": {"source": _published_source(base), "revision": base.revision, "model_type": base.model_type, "license": base.license, "dtype": base.dtype},
         "mode": mode,
         "joint_ridge": JOINT_RIDGE if mode == "joint" else None,
         "edit_log_sha256": log_sha,

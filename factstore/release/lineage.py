@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -53,7 +54,7 @@ def import_release(
     prefix = [(e.key_sha256, e.value_sha256) for e in local]
     if prefix != [(x.key_sha256, x.value_sha256) for x in manifest.edits[: len(local)]]:
         raise ImportConflict(f"the active edits of {alias} are not a prefix of this release's edit log; import under a fresh --alias")
-    loaded = checkpoints.load(ref.source, expected=ref.revision, device=device, progress=progress)
+    loaded = checkpoints.load(ref.source, expected=ref.revision, device=device, progress=progress, dtype=ref.dtype)
     vectors = _read_vectors(folder, len(manifest.edits))
     entries = list(zip(manifest.edits, vectors))[len(local):]
     new = [(_checked_edit(loaded, i, entry, key, value), _cov_key(ref, loaded, entry.covariance))
@@ -63,7 +64,7 @@ def import_release(
     published = (repo, commit, tag) if repo and commit and tag else None
     record = ImportedRelease(
         mode=manifest.mode, version=version, manifest_sha256=file_sha256(folder / MANIFEST), path=str(folder), published=published,
-        log_sha256=lambda edits: layout.edit_log_sha256(ref.revision, manifest.mode, log_entries(edits)),
+        log_sha256=lambda edits: layout.edit_log_sha256(ref.identity, manifest.mode, log_entries(edits)),
     )
     templates = [t.model_dump() for t in manifest.context_templates]
     base, added, release = store.import_lineage(
@@ -94,9 +95,12 @@ def _base_ref(store: Store, alias: str, manifest: Manifest, progress: Reporter) 
     base = manifest.base
     if _registered(store, alias):
         mine = store.get_base_model(alias)
-        if mine.revision != base.revision:
-            raise ImportConflict(f"alias {alias} is {mine.source}@{mine.revision[:19]}, the release is built on {base.revision[:19]}; import under another --alias")
-        return ModelRef(source=mine.source, revision=mine.revision, model_type=mine.model_type)
+        if (mine.revision, mine.dtype) != (base.revision, base.dtype):
+            raise ImportConflict(
+                f"alias {alias} is {mine.source}@{mine.revision[:19]} in {mine.dtype}, the release is built on {base.revision[:19]} "
+                f"in {base.dtype}; import under another --alias"
+            )
+        return ModelRef(source=mine.source, revision=mine.revision, model_type=mine.model_type, dtype=mine.dtype)
     is_starter = base.source.startswith(assets.PREFIX) and base.source.removeprefix(assets.PREFIX) in assets.STARTERS
     if not is_starter and not (REPO_ID.fullmatch(base.source) and ".." not in base.source):
         raise ReleaseVerificationError(
@@ -106,7 +110,7 @@ def _base_ref(store: Store, alias: str, manifest: Manifest, progress: Reporter) 
     ref = checkpoints.resolve(base.source, base.revision if not base.revision.startswith("sha256:") else None, progress)
     if ref.revision != base.revision:
         raise ReleaseVerificationError(f"{base.source} resolves to weights {ref.revision[:19]}..., not the release's {base.revision[:19]}...; nothing was imported")
-    return ref
+    return replace(ref, dtype=base.dtype)
 
 
 def _read_vectors(folder: Path, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -163,7 +167,7 @@ def _hparams(where: str, entry: EditEntry) -> ROMEHyperParams:
 def _cov_key(ref: ModelRef, loaded: LoadedModel, info: CovarianceInfo | None) -> str | None:
     if info is None:
         return None
-    spec = stats.StatsSpec(ref.revision, info.layer, arch.down_proj_name(loaded.model, info.layer), info.corpus_sha256, info.tokens, info.dtype)
+    spec = stats.StatsSpec(ref.identity, info.layer, arch.down_proj_name(loaded.model, info.layer), info.corpus_sha256, info.tokens, info.dtype)
     return spec.key()
 
 
@@ -180,7 +184,7 @@ def _covariances(
         if info is None or key is None or key in out:
             continue
         module = arch.down_proj_name(loaded.model, info.layer)
-        hit = stats.cached(stats.StatsSpec(ref.revision, info.layer, module, info.corpus_sha256, info.tokens, info.dtype))
+        hit = stats.cached(stats.StatsSpec(ref.identity, info.layer, module, info.corpus_sha256, info.tokens, info.dtype))
         if hit is not None:  # this machine has computed that C already (it is keyed by all of its spec)
             record = Covariance(0, info.layer, module, info.corpus, info.corpus_sha256, hit.tokens, info.dtype, str(hit.path), hit.sha256)
             out[key] = (record, stats.load_matrix(hit.path, hit.sha256).float())
@@ -196,7 +200,7 @@ def _covariances(
         corpus = load_corpus(info.corpus, progress)
         if corpus.sha256 != info.corpus_sha256:
             raise ReleaseVerificationError(f"the release's corpus {info.corpus} differs from this machine's (sha256 {corpus.sha256[:12]}...); nothing was imported")
-        spec = stats.spec_for(ref.revision, loaded.model, info.layer, corpus, info.tokens, info.dtype)
+        spec = stats.spec_for(ref.identity, loaded.model, info.layer, corpus, info.tokens, info.dtype)
         result = stats.compute(loaded.model, loaded.tokenizer, spec, corpus, progress)
         out[key] = (stats.covariance_record(result, corpus), stats.load_matrix(result.path, result.sha256).float())
     return out

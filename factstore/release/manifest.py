@@ -41,6 +41,7 @@ class BaseInfo(_Strict):
     revision: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{40}|sha256:[0-9a-f]{64})$")]
     model_type: Short
     license: Tiny | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # releases before dtypes were chosen: float32
 
 
 class CovarianceInfo(_Strict):

@@ -43,12 +43,12 @@ def _layer_inputs(model: PreTrainedModel, layer: int, ids: torch.Tensor, mask: t
 
     handle = arch.down_proj(model, layer).register_forward_pre_hook(hook)
     try:
-        model(input_ids=ids, attention_mask=mask)
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
     except _Stop:
         pass
     finally:
         handle.remove()
-    return seen[0]
+    return arch.by_token(seen[0], ids.shape[1])
 
 
 @torch.no_grad()
@@ -69,7 +69,7 @@ def accumulate_second_moment(
     Deterministic: the same texts and budget give the same sums, resumed or not, because
     checkpoints fall on batch boundaries and the last batch is cut at exactly the budget.
     """
-    device = next(model.parameters()).device
+    device = arch.input_device(model)
     max_length = min(max_length, arch.context_length(model))
     dim = arch.down_proj_weight(model, layer).shape[1]
     state = state or MomentState.empty(dim)
@@ -79,7 +79,7 @@ def accumulate_second_moment(
         rows = [r for r in rows if r] or [[0]]
         ids, mask = pad_right(rows)
         keys = _layer_inputs(model, layer, ids.to(device), mask.to(device))
-        keys = keys[mask.to(device).bool()].double()[: token_budget - state.tokens]  # (n, d_ff)
+        keys = keys[mask.to(keys.device).bool()].double()[: token_budget - state.tokens]  # (n, d_ff), on the layer's device
         state.total += (keys.T @ keys).cpu()
         state.tokens += keys.shape[0]
         state.next_text += len(chunk)

@@ -14,11 +14,11 @@ from factstore import arch
 from factstore.domain import EditRequest
 from factstore.errors import NumericalError
 from factstore.rome.hparams import ROMEHyperParams
-from factstore.rome.keys import ContextTemplates, compute_key, sample_contexts
+from factstore.rome.keys import ContextTemplates, compute_keys, sample_contexts
 from factstore.rome.prompts import check_fits, encode_prompt, target_ids
 from factstore.rome.scoring import first_phrase, greedy_continuation, target_probs
 from factstore.rome.update import rank_one_delta
-from factstore.rome.values import compute_value
+from factstore.rome.values import compute_values
 
 
 @dataclass(frozen=True)
@@ -90,38 +90,65 @@ def compute_edit(
     templates: ContextTemplates | None = None,
 ) -> EditResult:
     """k*, v* and before/after probabilities for one request; the model is left unchanged."""
+    return compute_edits(model, tokenizer, [request], hparams, C, templates)[0]
+
+
+def compute_edits(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: list[EditRequest],
+    hparams: ROMEHyperParams,
+    C: torch.Tensor,
+    templates: ContextTemplates | None = None,
+    truncate: bool = True,
+) -> list[EditResult]:
+    """k*, v* and before/after probabilities for requests of one layer, all computed on the
+    model as it is (keys and values in one batch each); the model is left unchanged.
+
+    Each request's "after" is measured with its own update alone. Seconds are the batch's
+    per phase divided by its size."""
     layer = hparams.layer
-    validate_request(model, tokenizer, request, layer)
+    for request in requests:
+        validate_request(model, tokenizer, request, layer)
     templates = templates or contexts_for(model, tokenizer, hparams)
     clock = time.perf_counter()
-    target_true = request.target_true or first_phrase(greedy_continuation(model, tokenizer, request.text))
-    targets = [request.target_new, target_true or request.target_new]
-    before = target_probs(model, tokenizer, [request.text] * 2, targets)
+    texts = [r.text for r in requests]
+    truths = [r.target_true or first_phrase(greedy_continuation(model, tokenizer, r.text)) for r in requests]
+    targets = [t for r, truth in zip(requests, truths) for t in (r.target_new, truth or r.target_new)]
+    before = target_probs(model, tokenizer, [t for t in texts for _ in (0, 1)], targets).view(-1, 2)
     seconds = {"score": time.perf_counter() - clock}
 
     clock = time.perf_counter()
-    key = compute_key(model, tokenizer, request, layer, templates.key)
+    keys = compute_keys(model, tokenizer, requests, layer, templates.key)
     seconds["key"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    value = compute_value(model, tokenizer, request, templates.value, hparams)
+    values = compute_values(model, tokenizer, requests, templates.value, hparams, truncate)
     seconds["value"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    with weights_restored(model, layer):
-        apply_edit(model, layer, key, value.value, C)
-        seconds["update"] = time.perf_counter() - clock
-        after = target_probs(model, tokenizer, [request.text] * 2, targets)
-    return EditResult(
-        key=key.cpu(),
-        value=value.value.cpu(),
-        layer=layer,
-        module=arch.down_proj_name(model, layer),
-        target_true=target_true,
-        prob_new_before=float(before[0]),
-        prob_true_before=float(before[1]),
-        prob_new_after=float(after[0]),
-        prob_true_after=float(after[1]),
-        loss=value.loss,
-        seconds=seconds,
-    )
-
+    results = []
+    for i, (request, key, value) in enumerate(zip(requests, keys, values)):
+        clock = time.perf_counter()
+        with weights_restored(model, layer):
+            apply_edit(model, layer, key, value.value, C)
+            seconds["update"] = seconds.get("update", 0.0) + time.perf_counter() - clock
+            after = target_probs(model, tokenizer, [request.text] * 2, targets[2 * i : 2 * i + 2])
+        seconds["score"] += time.perf_counter() - clock
+        results.append((key, value, after))
+    seconds["score"] -= seconds["update"]
+    per_edit = {name: s / len(requests) for name, s in seconds.items()}
+    return [
+        EditResult(
+            key=key.cpu(),
+            value=value.value.cpu(),
+            layer=layer,
+            module=arch.down_proj_name(model, layer),
+            target_true=truth,
+            prob_new_before=float(before[i, 0]),
+            prob_true_before=float(before[i, 1]),
+            prob_new_after=float(after[0]),
+            prob_true_after=float(after[1]),
+            loss=value.loss,
+            seconds=dict(per_edit),
+        )
+        for i, ((key, value, after), truth) in enumerate(zip(results, truths))
+    ]

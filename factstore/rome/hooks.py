@@ -50,13 +50,17 @@ def edit_output(module: nn.Module, fn: Callable[[Any], Any]) -> Iterator[None]:
         handle.remove()
 
 
-def add_at_positions(delta: torch.Tensor, positions: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """An output editor that adds delta (d,) at output[i, positions[i], :] for each row i."""
+def add_per_row(deltas: torch.Tensor, owner: torch.Tensor, positions: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An output editor that adds deltas[owner[i]] (d,) at output[i, positions[i], :]; rows whose
+    owner is negative are left as they are."""
 
     def fn(output: torch.Tensor) -> torch.Tensor:
-        rows = torch.arange(output.shape[0], device=output.device)
+        keep = (owner >= 0).to(output.device)
+        rows = torch.arange(len(owner), device=output.device)[keep]
         out = output.clone()
-        out[rows, positions] = out[rows, positions] + delta.to(out.dtype)
+        shaped = out.view(len(owner), -1, out.shape[-1])  # (R, L, d), also for OPT's (R * L, d)
+        at = positions.to(output.device)[keep]
+        shaped[rows, at] = shaped[rows, at] + deltas.to(output.device, output.dtype)[owner.to(output.device)[keep]]
         return out
 
     return fn

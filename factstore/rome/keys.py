@@ -24,7 +24,7 @@ def sample_context_templates(
     lengths: tuple[tuple[int, int], ...],
 ) -> list[str]:
     """["{}"] + sampled prefixes "<text>. {}", top-k sampled with a private seeded generator."""
-    device = next(model.parameters()).device
+    device = arch.input_device(model)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     templates = ["{}"]
     for n_tokens, count in lengths:
@@ -70,20 +70,39 @@ def sample_contexts(
 def subject_inputs(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    subject: str,
+    prompts: list[tuple[str, str]],
     layer: int,
+    batch_size: int = 64,
 ) -> torch.Tensor:
-    """(len(prompts), d_ff) down-projection inputs at the subject's last token of each prompt."""
-    device = next(model.parameters()).device
-    encoded = [encode_prompt(tokenizer, p, subject) for p in prompts]
-    ids, mask = pad_right([e.ids for e in encoded])
-    with capture(arch.down_proj(model, layer)) as seen:
-        model(input_ids=ids.to(device), attention_mask=mask.to(device))
-    rows = torch.arange(len(encoded), device=device)
-    positions = torch.tensor([e.subject_last for e in encoded], device=device)
-    assert seen.inputs is not None, "the forward pass runs through the down-projection"
-    return seen.inputs[rows, positions].float()
+    """(len(prompts), d_ff) float32 down-projection inputs at the subject's last token of each
+    (prompt, subject) pair, batched."""
+    device = arch.input_device(model)
+    encoded = [encode_prompt(tokenizer, p, subject) for p, subject in prompts]
+    found: list[torch.Tensor] = []
+    for lo in range(0, len(encoded), batch_size):
+        chunk = encoded[lo : lo + batch_size]
+        ids, mask = pad_right([e.ids for e in chunk])
+        with capture(arch.down_proj(model, layer)) as seen:
+            model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        assert seen.inputs is not None, "the forward pass runs through the down-projection"
+        inputs = arch.by_token(seen.inputs, ids.shape[1])  # (B, L, d_ff)
+        rows = torch.arange(len(chunk), device=inputs.device)
+        positions = torch.tensor([e.subject_last for e in chunk], device=inputs.device)
+        found.append(inputs[rows, positions].float())
+    return torch.cat(found)
+
+
+def compute_keys(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: list[EditRequest],
+    layer: int,
+    templates: list[str],
+) -> torch.Tensor:
+    """(n, d_ff) float32: k* of each request, the mean subject key over every context template."""
+    prompts = [(p, r.subject) for r in requests for p in request_prompts(r, templates)]
+    keys = subject_inputs(model, tokenizer, prompts, layer)  # (n * len(templates), d_ff)
+    return keys.view(len(requests), len(templates), -1).mean(1)
 
 
 def compute_key(
@@ -93,6 +112,5 @@ def compute_key(
     layer: int,
     templates: list[str],
 ) -> torch.Tensor:
-    """k* (d_ff,) float32: the mean subject key over every context template."""
-    prompts = request_prompts(request, templates)
-    return subject_inputs(model, tokenizer, prompts, request.subject, layer).mean(0)
+    """k* (d_ff,) float32 of one request."""
+    return compute_keys(model, tokenizer, [request], layer, templates)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from factstore import arch
 from factstore.arch import logits_at
 from factstore.rome.prompts import decode, pad_right, target_ids
 
@@ -22,7 +23,7 @@ def target_logprobs(
     Queries that feed the model the same tokens share one row (a prompt with several one-token
     targets is run once), and the LM head runs only where a target token is predicted.
     """
-    device = next(model.parameters()).device
+    device = arch.input_device(model)
     rows: dict[tuple[int, ...], int] = {}  # tokens fed -> row number
     wanted: list[list[tuple[int, int, int]]] = []  # per query: (row, position, target token)
     for text, target in zip(texts, targets):
@@ -58,7 +59,7 @@ def next_token_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
 @torch.no_grad()
 def next_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 64) -> list[int]:
     """The model's most likely next token after each text, batched."""
-    device = next(model.parameters()).device
+    device = arch.input_device(model)
     out: list[int] = []
     for lo in range(0, len(texts), batch_size):
         rows = [list(tokenizer(t)["input_ids"]) for t in texts[lo : lo + batch_size]]
@@ -71,7 +72,7 @@ def next_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
 
 @torch.no_grad()
 def greedy_continuation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, max_new_tokens: int = 5) -> str:
-    device = next(model.parameters()).device
+    device = arch.input_device(model)
     ids = torch.tensor([tokenizer(text)["input_ids"]], device=device)
     start = ids.shape[1]
     for _ in range(max_new_tokens):

@@ -1,7 +1,13 @@
-"""The value v*: the down-projection output that makes the model say the new target."""
+"""The value v*: the down-projection output that makes the model say the new target.
+
+Several requests of one layer are optimised together, as MEMIT computes its z vectors: each
+request has its own delta and its own rows in one padded batch, and its own loss, so its
+result equals a run on its own (Adam is elementwise; only padding changes float rounding).
+A request leaves the batch when its loss is below the early-stop threshold."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import torch
@@ -9,9 +15,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
 from factstore.domain import EditRequest
-from factstore.rome.hooks import add_at_positions, capture, edit_output
+from factstore.rome.hooks import add_per_row, capture, edit_output
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.rome.prompts import check_fits, encode_prompt, pad_right, request_prompts, target_ids
+from factstore.rome.stack import UpperStack, recording
+
+RECAPTURE_FRACTION = 0.75  # re-record the upper stack once the active rows fall below this share
 
 
 @dataclass(frozen=True)
@@ -23,63 +32,238 @@ class ValueResult:
 
 
 @dataclass(frozen=True)
+class _Rows:
+    """One request's rows: rewrite prompts (each followed by the target but its last token), then one essence prompt."""
+
+    rows: list[list[int]]
+    subject_pos: list[int]
+    target: list[int]
+    target_starts: list[int]  # per rewrite row: position whose logits predict the first target token
+
+
+@dataclass(frozen=True)
 class _Batch:
-    ids: torch.Tensor  # (B, L) right-padded
-    mask: torch.Tensor  # (B, L)
-    subject_pos: torch.Tensor  # (B,) subject's last token per row
-    n_rewrite: int  # rows [0, n_rewrite) are rewrite prompts, the rest essence prompts
-    target_pos: torch.Tensor  # (n_rewrite, T) positions whose logits predict the target tokens
-    target: torch.Tensor  # (T,) target token ids
-    kl_pos: torch.Tensor  # (n_kl,) last token of each essence prompt
+    ids: torch.Tensor  # (R, L) right-padded
+    mask: torch.Tensor  # (R, L)
+    owner: torch.Tensor  # (R,) index (into the active requests) of the request each row belongs to
+    subject_pos: torch.Tensor  # (R,) subject's last token per row
+    nll_rows: torch.Tensor  # (E,) one entry per (rewrite row, target token)
+    nll_pos: torch.Tensor  # (E,)
+    nll_token: torch.Tensor  # (E,)
+    nll_owner: torch.Tensor  # (E,)
+    kl_rows: torch.Tensor  # (A,) the essence row of each active request
+    kl_pos: torch.Tensor  # (A,) its last token
+    v0_rows: torch.Tensor  # (A,) the bare-prompt row ("{}" template) of each active request
 
     def to(self, device: torch.device) -> _Batch:
-        return replace(
-            self, ids=self.ids.to(device), mask=self.mask.to(device), subject_pos=self.subject_pos.to(device),
-            target_pos=self.target_pos.to(device), target=self.target.to(device), kl_pos=self.kl_pos.to(device),
-        )
+        return replace(self, **{name: getattr(self, name).to(device) for name in self.__dataclass_fields__})
 
 
-def _build_batch(
-    tokenizer: PreTrainedTokenizerBase,
-    request: EditRequest,
-    templates: list[str],
-    kl_prompt: str,
-    max_len: int,
-) -> _Batch:
+def _encode(tokenizer: PreTrainedTokenizerBase, request: EditRequest, templates: list[str], kl_prompt: str, max_len: int) -> _Rows:
     tgt = target_ids(tokenizer, request.target_new)
     rewrite = [encode_prompt(tokenizer, p, request.subject) for p in request_prompts(request, templates)]
-    essence = [encode_prompt(tokenizer, kl_prompt, request.subject)]
+    essence = encode_prompt(tokenizer, kl_prompt, request.subject)
     for enc in rewrite:
         check_fits(len(enc.ids), len(tgt), max_len)
-    rows = [e.ids + tgt[:-1] for e in rewrite] + [e.ids for e in essence]
+    return _Rows(
+        rows=[e.ids + tgt[:-1] for e in rewrite] + [essence.ids],
+        subject_pos=[e.subject_last for e in rewrite] + [essence.subject_last],
+        target=tgt,
+        target_starts=[len(e.ids) - 1 for e in rewrite],
+    )
+
+
+def _assemble(parts: list[_Rows]) -> _Batch:
+    rows: list[list[int]] = []
+    owner: list[int] = []
+    subject_pos: list[int] = []
+    nll: list[tuple[int, int, int, int]] = []  # (row, position, token, owner)
+    kl_rows: list[int] = []
+    kl_pos: list[int] = []
+    v0_rows: list[int] = []
+    for a, part in enumerate(parts):
+        base = len(rows)
+        v0_rows.append(base)
+        for r, start in enumerate(part.target_starts):
+            nll.extend((base + r, start + j, tok, a) for j, tok in enumerate(part.target))
+        kl_rows.append(base + len(part.rows) - 1)
+        kl_pos.append(len(part.rows[-1]) - 1)
+        rows.extend(part.rows)
+        subject_pos.extend(part.subject_pos)
+        owner.extend([a] * len(part.rows))
     ids, mask = pad_right(rows)
-    offsets = torch.arange(len(tgt))
+    n_row, n_pos, n_tok, n_own = (torch.tensor(c) for c in zip(*nll))
     return _Batch(
-        ids=ids,
-        mask=mask,
-        subject_pos=torch.tensor([e.subject_last for e in rewrite + essence]),
-        n_rewrite=len(rewrite),
-        target_pos=torch.stack([len(e.ids) - 1 + offsets for e in rewrite]),
-        target=torch.tensor(tgt),
-        kl_pos=torch.tensor([len(e.ids) - 1 for e in essence]),
+        ids=ids, mask=mask, owner=torch.tensor(owner), subject_pos=torch.tensor(subject_pos),
+        nll_rows=n_row, nll_pos=n_pos, nll_token=n_tok, nll_owner=n_own,
+        kl_rows=torch.tensor(kl_rows), kl_pos=torch.tensor(kl_pos), v0_rows=torch.tensor(v0_rows),
     )
 
 
-def _forward(model: PreTrainedModel, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean target NLL over rewrite rows, and the essence log-distributions (n_kl, V)."""
-    n_rows, n_tgt = batch.target_pos.shape
-    rows = torch.arange(n_rows, device=batch.ids.device).repeat_interleave(n_tgt)
-    kl_rows = torch.arange(n_rows, batch.ids.shape[0], device=batch.ids.device)
-    logits = arch.logits_at(
-        model,
-        batch.ids,
-        batch.mask,
-        torch.cat([rows, kl_rows]),
-        torch.cat([batch.target_pos.reshape(-1), batch.kl_pos]),
-    )
+def _log_probs(model: PreTrainedModel, batch: _Batch, stack: UpperStack | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target log-probabilities (E,) and the essence log-distributions (A, V), float32."""
+    rows = torch.cat([batch.nll_rows, batch.kl_rows])
+    positions = torch.cat([batch.nll_pos, batch.kl_pos])
+    if stack is None:
+        logits = arch.logits_at(model, batch.ids, batch.mask, rows, positions)
+    else:
+        logits = stack.logits_at(rows, positions)
     logp = torch.log_softmax(logits.float(), dim=-1)
-    nll = -logp[torch.arange(rows.numel(), device=logp.device), batch.target.repeat(n_rows)].mean()
-    return nll, logp[rows.numel() :]
+    n = batch.nll_rows.numel()
+    token_logp = logp[:n].gather(1, batch.nll_token.to(logp.device).unsqueeze(1)).squeeze(1)
+    return token_logp, logp[n:]
+
+
+def _per_request(values: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+    """(n,) mean of values (E,) over the entries of each request."""
+    owner = owner.to(values.device)
+    sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, owner, values)
+    counts = torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, owner, torch.ones_like(values))
+    return sums / counts
+
+
+def compute_values(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: list[EditRequest],
+    templates: list[str],
+    hparams: ROMEHyperParams,
+    truncate: bool = True,
+) -> list[ValueResult]:
+    """Optimise one delta per request added to the layer's MLP output at its subject; v* = v0 + delta.
+
+    truncate: run only the blocks from the edit layer up in each step (the states below do not
+    depend on delta); False runs the whole model every step (the reference the tests compare to).
+    """
+    module = arch.down_proj(model, hparams.layer)
+    device = arch.input_device(model)
+    parts = [_encode(tokenizer, r, templates, hparams.kl_prompt, arch.context_length(model)) for r in requests]
+    results: dict[int, ValueResult] = {}
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        run = _Run(model, module, parts, hparams, device, truncate)
+        while run.active:
+            run.segment(results)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return [results[i] for i in range(len(requests))]
+
+
+class _Run:
+    """The optimisation state of a batch: per-request delta, reference distribution and v0."""
+
+    def __init__(
+        self, model: PreTrainedModel, module: torch.nn.Module, parts: list[_Rows], hp: ROMEHyperParams,
+        device: torch.device, truncate: bool,
+    ) -> None:
+        self.model, self.module, self.parts, self.hp = model, module, parts, hp
+        self.device, self.truncate = device, truncate
+        self.active = list(range(len(parts)))
+        self.step = 0
+        self.loss: dict[int, float] = {}
+        batch, stack, kl_init, outputs = self._record()
+        outputs = arch.by_token(outputs, batch.ids.shape[1])  # (R, L, d)
+        v0 = outputs[batch.v0_rows.to(outputs.device), batch.subject_pos[batch.v0_rows].to(outputs.device)].float()  # (n, d)
+        self.v0 = [v0[i].detach() for i in range(len(parts))]
+        self.kl_init = [kl_init[i] for i in range(len(parts))]  # (V,) log-probabilities with delta = 0
+        self.delta = [torch.zeros_like(v, requires_grad=True) for v in self.v0]
+        self.opt = torch.optim.Adam(self.delta, lr=hp.lr)
+        self._pending: tuple[_Batch, UpperStack | None] | None = (batch, stack)
+
+    def _record(self) -> tuple[_Batch, UpperStack | None, torch.Tensor, torch.Tensor]:
+        """One pass without delta over the active requests: their batch, the upper stack, the
+        essence distributions (A, V) and the layer's outputs."""
+        batch = _assemble([self.parts[i] for i in self.active]).to(self.device)
+        context = recording(self.model, self.hp.layer) if self.truncate else nullcontext(None)
+        with torch.no_grad(), capture(self.module) as seen, context as stack:
+            _, kl_logp = _log_probs(self.model, batch, None)
+        return batch, stack, kl_logp, seen.output
+
+    def segment(self, results: dict[int, ValueResult]) -> None:
+        """Steps on the current batch until the optimisation ends or enough requests left it."""
+        if self._pending is not None:
+            batch, stack = self._pending
+            self._pending = None
+        else:
+            batch, stack, _, _ = self._record()
+        rows = batch.ids.shape[0]
+        while self.active:
+            if self.step >= self.hp.steps:
+                for i in self.active:
+                    results[i] = self._result(i)
+                self.active = []
+                return
+            self.step += 1
+            losses = self._losses(batch, stack)
+            values = losses.tolist()
+            done = {j for j, v in enumerate(values) if v < self.hp.early_stop_loss}
+            for j, i in enumerate(self.active):
+                self.loss[i] = values[j]
+            for j in sorted(done):
+                results[self.active[j]] = self._result(self.active[j])
+            keep = [j for j in range(len(self.active)) if j not in done]
+            if keep:
+                self.opt.zero_grad(set_to_none=True)
+                losses[keep].sum().backward()
+                self.opt.step()
+                self._clamp([self.active[j] for j in keep])
+            if done:
+                self.active = [self.active[j] for j in keep]
+                kept_rows = sum(len(self.parts[i].rows) for i in self.active)
+                if kept_rows < RECAPTURE_FRACTION * rows:
+                    return  # re-record a smaller batch
+                batch = _drop(batch, keep)
+
+    def _losses(self, batch: _Batch, stack: UpperStack | None) -> torch.Tensor:
+        """(A,) loss of each active request: target NLL + KL on the essence prompt + norm penalty."""
+        deltas = torch.stack([self.delta[i] for i in self.active])  # (A, d)
+        with edit_output(self.module, add_per_row(deltas, batch.owner, batch.subject_pos)):
+            token_logp, kl_logp = _log_probs(self.model, batch, stack)
+        n = len(self.active)
+        nll = _per_request(-token_logp, batch.nll_owner, n)
+        kl_init = torch.stack([self.kl_init[i] for i in self.active]).to(kl_logp.device)
+        kl = (kl_logp.exp() * (kl_logp - kl_init)).sum(-1)  # KL(P_delta || P_0) per essence row
+        v0_norm = torch.stack([self.v0[i].norm() for i in self.active]).to(nll.device)
+        decay = deltas.norm(dim=1).to(nll.device) / v0_norm**2  # ROME's form: ||delta|| / ||v0||^2
+        return nll + self.hp.kl_factor * kl + self.hp.weight_decay * decay
+
+    @torch.no_grad()
+    def _clamp(self, requests: list[int]) -> None:
+        """Project each delta back into its ball ||delta|| <= clamp_norm_factor * ||v0||."""
+        for i in requests:
+            max_norm = self.hp.clamp_norm_factor * self.v0[i].norm()
+            if self.delta[i].norm() > max_norm:
+                self.delta[i].mul_(max_norm / self.delta[i].norm())
+
+    def _result(self, i: int) -> ValueResult:
+        return ValueResult(value=(self.v0[i] + self.delta[i]).detach(), v0=self.v0[i], loss=self.loss[i], steps=self.step)
+
+
+def _drop(batch: _Batch, keep: list[int]) -> _Batch:
+    """The same batch with only the entries of the kept requests counted (rows stay: no re-record).
+
+    Rows of requests that left still run, with their delta fixed, but no longer add to any loss."""
+    remap = torch.full((len(batch.kl_rows),), -1, dtype=torch.long)
+    remap[torch.tensor(keep)] = torch.arange(len(keep))
+
+    def moved(owners: torch.Tensor) -> torch.Tensor:
+        owners = owners.cpu()
+        return torch.where(owners >= 0, remap[owners.clamp(min=0)], -1)
+
+    owner, nll_owner = moved(batch.owner), moved(batch.nll_owner)
+    kept_entries = (nll_owner >= 0).nonzero().squeeze(1)
+    kept = torch.tensor(keep)
+    device = batch.ids.device
+    return replace(
+        batch,
+        owner=owner.to(device),
+        nll_rows=batch.nll_rows[kept_entries.to(device)], nll_pos=batch.nll_pos[kept_entries.to(device)],
+        nll_token=batch.nll_token[kept_entries.to(device)], nll_owner=nll_owner[kept_entries].to(device),
+        kl_rows=batch.kl_rows[kept.to(device)], kl_pos=batch.kl_pos[kept.to(device)], v0_rows=batch.v0_rows[kept.to(device)],
+    )
 
 
 def compute_value(
@@ -88,42 +272,7 @@ def compute_value(
     request: EditRequest,
     templates: list[str],
     hparams: ROMEHyperParams,
+    truncate: bool = True,
 ) -> ValueResult:
-    """Optimise delta added to the layer's MLP output at the subject; v* = v0 + delta."""
-    device = next(model.parameters()).device
-    module = arch.down_proj(model, hparams.layer)
-    batch = _build_batch(tokenizer, request, templates, hparams.kl_prompt, arch.context_length(model))
-    batch = batch.to(device)
-
-    with torch.no_grad(), capture(module) as seen:
-        kl_init = _forward(model, batch)[1]
-    v0 = seen.output[0, batch.subject_pos[0]].float()
-
-    delta = torch.zeros_like(v0, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=hparams.lr)
-    max_norm = hparams.clamp_norm_factor * v0.norm()
-    loss_value, steps = float("inf"), 0
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        with edit_output(module, add_at_positions(delta, batch.subject_pos)):
-            for step in range(1, hparams.steps + 1):
-                steps = step
-                nll, kl_logp = _forward(model, batch)
-                kl = torch.nn.functional.kl_div(kl_init, kl_logp, log_target=True, reduction="batchmean")
-                decay = delta.norm() / v0.norm() ** 2  # ROME's form: ||delta|| / ||v0||^2
-                loss = nll + hparams.kl_factor * kl + hparams.weight_decay * decay
-                loss_value = loss.item()
-                if loss_value < hparams.early_stop_loss:
-                    break
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                with torch.no_grad():  # project back into the ball ||delta|| <= max_norm
-                    if delta.norm() > max_norm:
-                        delta.mul_(max_norm / delta.norm())
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-    return ValueResult(value=(v0 + delta).detach(), v0=v0.detach(), loss=loss_value, steps=steps)
+    """v* for one request."""
+    return compute_values(model, tokenizer, [request], templates, hparams, truncate)[0]

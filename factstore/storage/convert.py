@@ -20,7 +20,7 @@ def iso(moment: datetime | None) -> str | None:
 def base(row: BaseModelRow) -> BaseModel:
     return BaseModel(
         id=row.id, alias=row.alias, source=row.source, revision=row.revision, model_type=row.model_type,
-        license=row.license, recommended_layer=row.recommended_layer, created_at=row.created_at.isoformat(),
+        license=row.license, recommended_layer=row.recommended_layer, created_at=row.created_at.isoformat(), dtype=row.dtype,
     )
 
 

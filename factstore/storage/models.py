@@ -38,6 +38,7 @@ class BaseModelRow(Base):
     license: Mapped[str | None] = mapped_column(String(64))
     recommended_layer: Mapped[int | None] = mapped_column(Integer)  # from causal tracing, when run
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    dtype: Mapped[str] = mapped_column(String(16), server_default="float32")  # loaded and edited in; part of the identity
 
 
 class CovarianceStat(Base):

@@ -200,14 +200,14 @@ class QueueVerbs(StoreBase):
 
     # claiming and finishing -------------------------------------------------------------------
 
-    def claim_requests(self, base_id: int, holder: str, limit: int, only: int | None = None) -> list[EditEntry]:
-        """Mark up to LIMIT pending requests of the model (or just ONLY) computing by HOLDER,
-        oldest first. Needs the model's lease."""
+    def claim_requests(self, base_id: int, holder: str, limit: int, only: int | list[int] | None = None) -> list[EditEntry]:
+        """Mark up to LIMIT pending requests of the model (or only those of the ids ONLY) computing
+        by HOLDER, oldest first. Needs the model's lease."""
         with self._tx() as s:
             self._check_lease(s, base_id, holder)
             query = select(EditRow).where(EditRow.base_model_id == base_id, EditRow.status == "pending")
             if only is not None:
-                query = query.where(EditRow.id == only)
+                query = query.where(EditRow.id.in_([only] if isinstance(only, int) else only))
             rows = s.scalars(query.order_by(EditRow.id).limit(limit).with_for_update(skip_locked=True)).all()
             claimed = []
             for row in rows:

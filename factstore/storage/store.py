@@ -74,13 +74,13 @@ class Store(QueueVerbs, TokenVerbs):
     def _base_row(s: Session, alias: str, ref: ModelRef, license: str | None) -> tuple[BaseModelRow, bool]:
         row = s.scalar(select(BaseModelRow).where(BaseModelRow.alias == alias))
         if row is not None:
-            if row.revision != ref.revision:
+            if (row.revision, row.dtype) != (ref.revision, ref.dtype):
                 raise ModelAliasTaken(
-                    f"alias {alias!r} is pinned to {row.source} at {row.revision}; the weights you gave are "
-                    f"{ref.revision}. Register them under a new alias"
+                    f"alias {alias!r} is pinned to {row.source} at {row.revision} in {row.dtype}; the weights you gave are "
+                    f"{ref.revision} in {ref.dtype}. Register them under a new alias"
                 )
             return row, False
-        row = BaseModelRow(alias=alias, source=ref.source, revision=ref.revision, model_type=ref.model_type, license=license)
+        row = BaseModelRow(alias=alias, source=ref.source, revision=ref.revision, model_type=ref.model_type, license=license, dtype=ref.dtype)
         s.add(row)
         s.flush()
         return row, True

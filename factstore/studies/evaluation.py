@@ -114,5 +114,5 @@ def release(
         e = store.get_edit(edit_id)
         if e.target_true:  # else there is nothing to compare the new object with
             judged.append(by_fact.get((e.subject, e.target_new)) or Record(e.request()))
-    loaded = checkpoints.load(rel.path, device=device, progress=progress)
+    loaded = checkpoints.load(rel.path, device=device, progress=progress, dtype="auto")
     return {**aggregate(score_records(loaded.model, loaded.tokenizer, judged, fluency)), "mode": "release", "release": version}

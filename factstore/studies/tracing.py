@@ -35,7 +35,7 @@ def trace_fact(
 ) -> dict:
     """The maps of one fact on the base model (not the edited head), as PNGs and JSON."""
     base = store.get_base_model(alias)
-    loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress)
+    loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress, dtype=base.dtype)
     validate_request(loaded.model, loaded.tokenizer, EditRequest(prompt, subject, target or "x"), 0)
     result = causal_trace.trace(loaded.model, loaded.tokenizer, prompt, subject, target, settings)
     return figures.write_fact_trace(result, _out_dir(alias, prompt.replace("{}", subject), out))
@@ -50,7 +50,7 @@ def trace_dataset(
     end on a token boundary, or it is longer than the prompt cap) are skipped, counted and named in the result."""
     base = store.get_base_model(alias)
     facts = read_known_facts(path)
-    loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress)
+    loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress, dtype=base.dtype)
     model, tok = loaded.model, loaded.tokenizer
     std = causal_trace.subject_noise_std(model, tok, [f.subject for f in facts])
     summaries: list[dict] = []

@@ -13,13 +13,13 @@ import json
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from factstore import config
-from factstore.domain import ModelRef
-from factstore.errors import HubNotFound, IdentityMismatch, ModelSourceNotFound
+from factstore.domain import DTYPES, ModelRef
+from factstore.errors import HubNotFound, IdentityMismatch, InvalidArgument, ModelSourceNotFound
 from factstore.files import atomic_write_text, file_sha256
 from factstore.progress import SILENT, Reporter
 from factstore.weights import assets
@@ -75,6 +75,23 @@ def _model_type(folder: Path) -> str:
     if not isinstance(model_type, str):
         raise ModelSourceNotFound(f"{folder}/config.json has a model_type that is not a string")
     return model_type
+
+
+def checkpoint_dtype(folder: Path) -> str:
+    """The dtype a checkpoint's config declares, as one of DTYPES (float32 when it declares none,
+    or one factstore does not edit in)."""
+    try:
+        data = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return "float32"
+    declared = data.get("dtype") or data.get("torch_dtype") if isinstance(data, dict) else None
+    return declared if declared in DTYPES else "float32"
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise InvalidArgument(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return dtype
 
 
 def _converted_dir(gguf: Path, identity: str, progress: Reporter) -> Path:
@@ -198,15 +215,20 @@ def load_config(source: str, expected: str) -> Any:
 
 def load(
     source: str, revision: str | None = None, expected: str | None = None, device: str | None = None, progress: Reporter = SILENT,
+    dtype: str = "float32",
 ) -> LoadedModel:
-    """Load model and tokenizer; with `expected`, refuse weights whose identity differs."""
+    """Load model and tokenizer in DTYPE ("auto": what the checkpoint declares); with `expected`,
+    refuse weights whose identity differs. device "auto" spreads the model over the GPUs (and
+    the CPU when they are full) with accelerate's device map."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     ref = _pinned(source, revision, expected, progress)
+    dtype = checkpoint_dtype(Path(ref.local_path)) if dtype == "auto" else check_dtype(dtype)
     device = device or default_device()
     kwargs = {"device_map": "auto"} if device == "auto" else {}
-    model: Any = AutoModelForCausalLM.from_pretrained(ref.local_path, dtype="float32", **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(ref.local_path, dtype=getattr(torch, dtype), **kwargs)
     if device != "auto":
         model.to(device)
     model.eval()
-    return LoadedModel(model=model, tokenizer=_fast_tokenizer(ref), ref=ref)
+    return LoadedModel(model=model, tokenizer=_fast_tokenizer(ref), ref=replace(ref, dtype=dtype))

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class WorkerSettings:
     models: list[str] = field(default_factory=list)  # aliases to serve; empty: every model
-    batch: int = 8  # requests claimed per turn on a model
+    batch: int = 8  # requests claimed per turn on a model, computed in one optimisation where they can be
     device: str | None = None
     poll: float = 1.0  # seconds between looks at an empty queue
     lease_seconds: float | None = None  # default: FACTSTORE_LEASE_SECONDS
@@ -147,6 +147,13 @@ class Worker:
                     self.store.fail_request(entry.id, self.id, f"the model could not be loaded: {reason}")
                 self.stats.failed += len(claimed)
                 return True
+            try:
+                done, claimed = session.process_many(claimed, self.id)  # one optimisation for what can share it
+            except LeaseLost:
+                self.stats.dropped += len(claimed)
+                self._sessions.pop(base_id, None)
+                return True
+            self.stats.computed += len(done)
             for entry in claimed:
                 if self.stopping.is_set():
                     break  # the rest go back to pending when the lease is released

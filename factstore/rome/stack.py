@@ -1,0 +1,84 @@
+"""Running a model from one block up.
+
+In the v* optimisation only the edited layer's output changes between steps, so everything
+below that block is the same in every step: one full pass records the input of the edited
+block and the arguments every block above it receives (attention masks, rotary or ALiBi
+position tensors; per block, since some families give sliding-window layers their own), and
+each step then runs only those blocks, the final modules and the LM head."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from factstore import arch
+
+
+@dataclass
+class _Call:
+    args: tuple  # positional arguments; args[0] is the hidden state when given positionally
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class UpperStack:
+    """Blocks first.. of a model with what they received on one recorded pass."""
+
+    model: PreTrainedModel
+    first: int
+    calls: list[_Call] = field(default_factory=list)
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        """(B, L, d) input of the first block on the recorded pass."""
+        call = self.calls[0]
+        return call.args[0] if call.args else call.kwargs["hidden_states"]
+
+    def final_hidden(self) -> torch.Tensor:
+        """(B, L, d) hidden states after the last block and the final modules."""
+        blocks = arch.blocks(self.model)
+        h = self.hidden
+        for block, call in zip(blocks[self.first :], self.calls):
+            if call.args:
+                out = block(h, *call.args[1:], **call.kwargs)
+            else:
+                out = block(**{**call.kwargs, "hidden_states": h})
+            h = out[0] if isinstance(out, tuple) else out
+        for module in arch.final_modules(self.model):
+            h = module(h)
+        return h
+
+    def logits_at(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(n, V) logits at (rows[i], positions[i]), as arch.logits_at gives for the whole model."""
+        h = self.final_hidden()
+        return arch.head_logits(self.model, h[rows.to(h.device), positions.to(h.device)])
+
+
+@contextmanager
+def recording(model: PreTrainedModel, first: int) -> Iterator[UpperStack]:
+    """Record, on the forward passes inside the block, what blocks first.. receive (the last
+    pass wins). Run the model with use_cache=False: a cache object would be mutated."""
+    stack = UpperStack(model, first)
+    blocks = arch.blocks(model)
+    calls: list[_Call | None] = [None] * (len(blocks) - first)
+
+    def hook_for(i: int) -> Any:
+        def hook(_mod: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            calls[i] = _Call(tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args), dict(kwargs))
+            if i == len(calls) - 1:
+                stack.calls = [c for c in calls if c is not None]
+
+        return hook
+
+    handles = [block.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, block in enumerate(blocks[first:])]
+    try:
+        yield stack
+    finally:
+        for handle in handles:
+            handle.remove()
