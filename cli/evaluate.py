@@ -29,13 +29,14 @@ def eval_(
     no_fluency: Annotated[bool, typer.Option("--no-fluency", help="Skip sampling generations for GE (the slowest part).")] = False,
     out: Annotated[str | None, typer.Option("--out", help="Folder for the lifelong curve PNG.")] = None,
     device: DeviceOpt = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=256, help="single: compute this many edits in one optimisation (each still scored alone).")] = 1,
     json_out: JsonOpt = False,
 ) -> None:
     """Efficacy, paraphrase, neighbourhood (and their harmonic mean S) and fluency, as in ROME's CounterFact."""
     version = parse_version(release)
     result = api.evaluate_model(
         api.open_store(), model, dataset, n, mode=mode, release=version, fluency=not no_fluency, every=every, out=out,
-        device=device, progress=BARS,
+        device=device, batch=batch, progress=BARS,
     )
     if json_out:
         emit_json(result)

@@ -278,10 +278,12 @@ def _trace_settings(samples: int, noise_factor: float, window: int, seed: int, k
 
 def evaluate_model(
     store: Store, alias: str, dataset: str, n: int | None = 100, *, mode: str = "single", release: int | None = None,
-    fluency: bool = True, every: int | None = None, out: str | None = None, device: str | None = None, progress: Reporter = SILENT,
+    fluency: bool = True, every: int | None = None, out: str | None = None, device: str | None = None, batch: int = 1,
+    progress: Reporter = SILENT,
 ) -> dict:
     """CounterFact scores: `single` (each record edited alone on the base), `lifelong` (all
-    registered in a temporary store, scored on the compiled model) or a built release."""
+    registered in a temporary store, scored on the compiled model) or a built release. batch:
+    single mode computes that many edits in one optimisation."""
     from factstore.analysis.metrics import FluencySettings
     from factstore.datasets import read_records
     from factstore.studies import evaluation
@@ -293,7 +295,7 @@ def evaluate_model(
     if release is not None:
         return evaluation.release(store, alias, release, records, settings, device=device, progress=progress)
     if mode == "single":
-        return evaluation.single(store, alias, records, settings, device=device, progress=progress)
+        return evaluation.single(store, alias, records, settings, device=device, batch=batch, progress=progress)
     return evaluation.lifelong(store, alias, records, settings, every=every, out=out, device=device, progress=progress)
 
 

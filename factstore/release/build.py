@@ -27,13 +27,13 @@ from factstore.storage.store import Store
 from factstore.weights import assets, checkpoints
 from factstore.weights.checkpoints import LoadedModel
 from factstore.weights.replay import (
-    CONSTRAINT_TOLERANCE,
     DEFAULT_MODE,
     JOINT_RIDGE,
     apply_edits,
     check_mode,
     constraint_errors,
     edit_vectors,
+    tolerance,
 )
 from factstore.weights.stats import MatrixCache
 
@@ -49,7 +49,8 @@ def verify(model: PreTrainedModel, edits: Sequence[StoredEdit], mode: str, prefe
     if not layout.finite(model):
         raise CompileError("the compiled weights are not finite; nothing was written")
     errors = constraint_errors(model, edits) if mode == "joint" else {}  # sequential: checked per update
-    bad = {i: f"constraint error {err:.2g}" for i, err in errors.items() if not err <= CONSTRAINT_TOLERANCE}
+    layers = {e.id: e.layer for e in edits}
+    bad = {i: f"constraint error {err:.2g}" for i, err in errors.items() if not err <= tolerance(model, layers[i])}
     # An edit that took when it was registered (new target preferred on the head model) must
     # still take on the compiled one; one that never took cannot be held against the compile.
     took = [e for e in edits if e.target_true and e.metrics.get("prob_new_after", 0) > e.metrics.get("prob_true_after", 1)]

@@ -16,7 +16,7 @@ from factstore.editing.models import register_model
 from factstore.editing.session import EditSession
 from factstore.errors import UnknownRelease
 from factstore.progress import SILENT, Reporter
-from factstore.rome.edit import apply_edit, compute_edit, weights_restored
+from factstore.rome.edit import apply_edit, compute_edits, weights_restored
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.storage import schema
 from factstore.storage.engine import make_engine
@@ -28,10 +28,11 @@ from factstore.weights.replay import DEFAULT_MODE, apply_edits
 
 def single(
     store: Store, alias: str, records: list[Record], fluency: FluencySettings | None = None, *, device: str | None = None,
-    hparams: ROMEHyperParams | None = None, progress: Reporter = SILENT,
+    hparams: ROMEHyperParams | None = None, batch: int = 1, progress: Reporter = SILENT,
 ) -> dict:
     """ROME's protocol: each record edited on the clean base model, scored, undone.
-    hparams: settings to use instead of the model's defaults."""
+    hparams: settings to use instead of the model's defaults; batch: records whose edits are
+    computed together in one optimisation (each still applied and scored alone)."""
     session = EditSession(store, alias, device=device, progress=progress)
     model, tok = session.model, session.tokenizer
     hp = hparams or session.hparams()
@@ -40,12 +41,14 @@ def single(
     after = []
     with session.base_weights(), progress.task("evaluating single edits", len(records)) as advance:
         before = score_records(model, tok, records, fluency)
-        for i, record in enumerate(records, start=1):
-            with weights_restored(model, hp.layer):
-                result = compute_edit(model, tok, record.request, hp, C, templates)
-                apply_edit(model, hp.layer, result.key, result.value, C)
-                after.append(score_record(model, tok, record, fluency))
-            advance(i)
+        for lo in range(0, len(records), batch):
+            chunk = records[lo : lo + batch]
+            results = compute_edits(model, tok, [r.request for r in chunk], hp, C, templates)
+            for i, (record, result) in enumerate(zip(chunk, results), start=lo + 1):
+                with weights_restored(model, hp.layer):
+                    apply_edit(model, hp.layer, result.key, result.value, C)
+                    after.append(score_record(model, tok, record, fluency))
+                advance(i)
     return {**aggregate(after), "mode": "single", "layer": hp.layer, "unedited": aggregate(before)}
 
 
@@ -71,7 +74,7 @@ def lifelong(
     with tempfile.TemporaryDirectory(prefix="factstore-eval-") as tmp:
         scratch = _scratch_store(Path(tmp))
         try:
-            register_model(scratch, alias, base.source, base.revision, progress=progress)
+            register_model(scratch, alias, base.source, base.revision, dtype=base.dtype, progress=progress)
             session = EditSession(scratch, alias, device=device, progress=progress)
             model, tok = session.model, session.tokenizer
             unedited = aggregate(score_records(model, tok, records, fluency))

@@ -21,7 +21,13 @@ from factstore.weights.vectors import from_bytes
 MODES = ("joint", "sequential")
 DEFAULT_MODE = "joint"
 JOINT_RIDGE = 1e-6  # lambda relative to the mean diagonal of K^T C^-1 K
-CONSTRAINT_TOLERANCE = 1e-3  # ||W k - v|| / ||v|| allowed after compiling
+CONSTRAINT_TOLERANCE = 1e-3  # ||W k - v|| / ||v|| allowed after compiling, in float32
+
+
+def tolerance(model: PreTrainedModel, layer: int) -> float:
+    """The constraint error allowed for a layer: bfloat16 and float16 weights round every entry
+    of the update (unit roundoff 2^-8, 2^-11), so they get two of their machine epsilons."""
+    return max(CONSTRAINT_TOLERANCE, 2 * torch.finfo(arch.down_proj_param(model, layer).dtype).eps)
 
 CovarianceLoader = Callable[[int | None], torch.Tensor]
 
@@ -54,7 +60,7 @@ def apply_sequential(model: PreTrainedModel, edits: Sequence[StoredEdit], covari
         add_delta(model, edit.layer, rank_one_delta_given(W, b, key, value, solved[edit.id].to(W.device)))
         W = arch.down_proj_weight(model, edit.layer)  # after the update
         err = float(constraint_error(W, b, key.unsqueeze(1), value.unsqueeze(1))[0])
-        if not err <= CONSTRAINT_TOLERANCE:
+        if not err <= tolerance(model, edit.layer):
             raise CompileError(f"edit {edit.id} does not hold after its own update (constraint error {err:.2g}); nothing was written")
 
 
