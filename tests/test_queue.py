@@ -9,9 +9,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+import torch
 from sqlalchemy import text
 
-from factstore import api
+from factstore import api, arch
 from factstore.domain import EditRequest
 from factstore.errors import EditStateError, HeadChanged, InvalidEditRequest, LeaseLost
 from factstore.storage import schema
@@ -212,3 +213,22 @@ def test_an_interrupted_edit_add_withdraws_its_request(tiny_store: Store, monkey
     [entry] = api.list_log(tiny_store, "tiny", "all")
     assert entry.status == "failed" and "interrupted" in (entry.error or "")
     assert _drain(tiny_store).stats.computed == 0  # no worker computes it later
+
+
+def test_a_worker_computes_a_batch_together_and_applies_it_in_order(tiny_store: Store) -> None:
+    """Four requests in one optimisation; a correction of one of them in the same batch is
+    computed after it, alone, and supersedes it."""
+    from factstore.editing.session import EditSession
+
+    ids = [_submit(tiny_store, s, t) for s, t in FACTS]
+    again = _submit(tiny_store, FACTS[0][0], "Vienna")
+    worker = _drain(tiny_store, batch=5)
+    assert (worker.stats.computed, worker.stats.failed) == (5, 0)
+    entries = {e.id: e for e in api.list_log(tiny_store, "tiny")}
+    assert [entries[i].status for i in ids] == ["superseded", "active", "active", "active"] and entries[again].status == "active"
+    edits = api.list_edits(tiny_store, "tiny")
+    assert [e.id for e in edits] == ids[1:] + [again] and [e.seq for e in edits] == [2, 3, 4, 5]
+    assert [e.metrics["batch"] for e in edits] == [4, 4, 4, 1]
+    head = worker._sessions[tiny_store.get_base_model("tiny").id].model
+    replayed = EditSession(tiny_store, "tiny", device="cpu").model  # a fresh replay of the log
+    assert torch.equal(arch.down_proj_weight(head, 2), arch.down_proj_weight(replayed, 2))

@@ -165,10 +165,20 @@ def _ref_for_gguf(source: str, gguf: Path, progress: Reporter) -> ModelRef:
     return ModelRef(source=source, revision=identity, model_type=_model_type(folder), local_path=str(folder))
 
 
+DEVICE = re.compile(r"cpu|cuda(:[0-9]{1,2})?|mps|auto")
+
+
+def check_device(device: str) -> str:
+    if not DEVICE.fullmatch(device):
+        raise InvalidArgument(f"unknown device {device[:40]!r}; use cpu, cuda, cuda:N, mps or auto (accelerate's device map)")
+    return device
+
+
 def default_device() -> str:
+    """FACTSTORE_DEVICE, else cuda when one is available, else cpu. The one place a device is chosen."""
     import torch
 
-    return config.device() or ("cuda" if torch.cuda.is_available() else "cpu")
+    return check_device(config.device() or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _quiet_transformers() -> None:
@@ -225,7 +235,7 @@ def load(
 
     ref = _pinned(source, revision, expected, progress)
     dtype = checkpoint_dtype(Path(ref.local_path)) if dtype == "auto" else check_dtype(dtype)
-    device = device or default_device()
+    device = check_device(device) if device else default_device()
     kwargs = {"device_map": "auto"} if device == "auto" else {}
     model: Any = AutoModelForCausalLM.from_pretrained(ref.local_path, dtype=getattr(torch, dtype), **kwargs)
     if device != "auto":
