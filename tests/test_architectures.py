@@ -17,6 +17,7 @@ from factstore.errors import UnknownArchitecture
 from factstore.rome.edit import apply_edit, compute_edit
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.rome.stack import recording
+from factstore.rome.values import compute_value
 from tiny_models import random_decoder
 
 FAMILIES = sorted(arch.ARCHITECTURES)
@@ -44,6 +45,11 @@ def test_the_update_holds_in_every_family(family: str, gpt2_tokenizer, tmp_path:
         model(input_ids=ids, attention_mask=mask, use_cache=False)
         upper = stack.logits_at(rows, positions)
     assert torch.allclose(whole, upper, atol=1e-5, rtol=0)
+
+    # the v* optimisation gives the same value whatever part of the model its steps run
+    whole = compute_value(model, gpt2_tokenizer, REQUEST, ["{}", "A short prefix. {}"], HP, loop="whole")
+    for loop in ("upper", "suffix"):
+        assert torch.allclose(compute_value(model, gpt2_tokenizer, REQUEST, ["{}", "A short prefix. {}"], HP, loop=loop).value, whole.value, atol=1e-4)
 
     d_ff = arch.down_proj_weight(model, 1).shape[1]
     C = torch.eye(d_ff) + 0.1 * torch.ones(d_ff, d_ff)

@@ -82,13 +82,14 @@ def _city_requests(n: int) -> list[EditRequest]:
 
 
 @pytest.mark.parametrize("make", [random_gpt2, random_llama], ids=["gpt2", "llama"])
-def test_running_only_the_blocks_above_the_edit_gives_the_same_value(make, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_running_only_what_delta_changes_gives_the_same_value(make, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     model = make(seed=0)
     templates = ["{}", "Hello there. {}", "The weather is fine today. {}"]
     for request in (REQUEST, EditRequest("The mother tongue of {} is", "Vladimir Putin", "French Canadian")):
-        whole = compute_value(model, gpt2_tokenizer, request, templates, HP, truncate=False)
-        upper = compute_value(model, gpt2_tokenizer, request, templates, HP, truncate=True)
-        assert torch.allclose(whole.value, upper.value, atol=1e-5, rtol=0) and whole.steps == upper.steps == HP.steps
+        whole = compute_value(model, gpt2_tokenizer, request, templates, HP, loop="whole")
+        for loop in ("upper", "suffix"):
+            fast = compute_value(model, gpt2_tokenizer, request, templates, HP, loop=loop)
+            assert torch.allclose(whole.value, fast.value, atol=1e-5, rtol=0) and whole.steps == fast.steps == HP.steps
 
 
 def test_a_batch_gives_each_request_its_own_result(tiny_gpt2_dir, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]

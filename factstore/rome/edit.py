@@ -100,13 +100,13 @@ def compute_edits(
     hparams: ROMEHyperParams,
     C: torch.Tensor,
     templates: ContextTemplates | None = None,
-    truncate: bool = True,
+    loop: str = "suffix",
 ) -> list[EditResult]:
     """k*, v* and before/after probabilities for requests of one layer, all computed on the
     model as it is (keys and values in one batch each); the model is left unchanged.
 
     Each request's "after" is measured with its own update alone. Seconds are the batch's
-    per phase divided by its size."""
+    per phase divided by its size. loop: how much of the model each v* step runs (values.LOOPS)."""
     layer = hparams.layer
     for request in requests:
         validate_request(model, tokenizer, request, layer)
@@ -122,7 +122,7 @@ def compute_edits(
     keys = compute_keys(model, tokenizer, requests, layer, templates.key)
     seconds["key"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    values = compute_values(model, tokenizer, requests, templates.value, hparams, truncate)
+    values = compute_values(model, tokenizer, requests, templates.value, hparams, loop)
     seconds["value"] = time.perf_counter() - clock
 
     results = []

@@ -60,6 +60,24 @@ class UpperStack:
         return arch.head_logits(self.model, h[rows.to(h.device), positions.to(h.device)])
 
 
+@dataclass
+class SuffixStack(UpperStack):
+    """An upper stack over the positions from the subject's last token on: the earlier
+    positions do not depend on delta, so every block's keys and values for them are computed
+    once (CACHE, PREFIX long) and each step runs only the rest of each row."""
+
+    cache: Any = None  # transformers Cache holding the prefix; each step appends to it, so it is cut back first
+    prefix: int = 0
+
+    def final_hidden(self) -> torch.Tensor:
+        for i, layer in enumerate(self.cache.layers):  # the blocks a step runs appended their positions
+            grown = self.cache.get_seq_length(i) - self.prefix
+            if grown > 0:
+                layer.crop(-grown)
+                layer.keys, layer.values = layer.keys.detach(), layer.values.detach()  # no link to the last step's graph
+        return super().final_hidden()
+
+
 @contextmanager
 def recording(model: PreTrainedModel, first: int) -> Iterator[UpperStack]:
     """Record, on the forward passes inside the block, what blocks first.. receive (the last

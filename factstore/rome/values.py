@@ -3,7 +3,14 @@
 Several requests of one layer are optimised together, as MEMIT computes its z vectors: each
 request has its own delta and its own rows in one padded batch, and its own loss, so its
 result equals a run on its own (Adam is elementwise; only padding changes float rounding).
-A request leaves the batch when its loss is below the early-stop threshold."""
+A request leaves the batch when its loss is below the early-stop threshold.
+
+Each step runs as little of the model as delta can change (LOOPS): "whole" runs the model;
+"upper" only the blocks from the edit layer up (the states below are the same every step);
+"suffix" also only the positions from the subject's last token on (rows are left-padded so
+that those tokens line up, and every block's keys and values of the positions before come
+from a cache filled once). "suffix" checks itself against the model on the first pass and
+falls back to "upper" for a family whose cache or padding does not reproduce it."""
 
 from __future__ import annotations
 
@@ -18,9 +25,11 @@ from factstore.domain import EditRequest
 from factstore.rome.hooks import add_per_row, capture, edit_output
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.rome.prompts import check_fits, encode_prompt, pad_right, request_prompts, target_ids
-from factstore.rome.stack import UpperStack, recording
+from factstore.rome.stack import SuffixStack, UpperStack, recording
 
 RECAPTURE_FRACTION = 0.75  # re-record the upper stack once the active rows fall below this share
+LOOPS = ("whole", "upper", "suffix")
+SELF_CHECK_TOLERANCE = 1e-3  # max |logit difference| / max |logit| between the suffix loop and the model
 
 
 @dataclass(frozen=True)
@@ -54,9 +63,16 @@ class _Batch:
     kl_rows: torch.Tensor  # (A,) the essence row of each active request
     kl_pos: torch.Tensor  # (A,) its last token
     v0_rows: torch.Tensor  # (A,) the bare-prompt row ("{}" template) of each active request
+    position_ids: torch.Tensor | None = None  # (R, L) for left-padded rows; None: right-padded, 0..L-1
+    split: int = 0  # aligned batches: the column every row's subject ends in
 
     def to(self, device: torch.device) -> _Batch:
-        return replace(self, **{name: getattr(self, name).to(device) for name in self.__dataclass_fields__})
+        return replace(self, **{n: getattr(self, n).to(device) for n in self.__dataclass_fields__ if isinstance(getattr(self, n), torch.Tensor)})
+
+    def suffix(self) -> _Batch:
+        """Positions relative to the split: what the suffix loop's columns are."""
+        s = self.split
+        return replace(self, subject_pos=self.subject_pos - s, nll_pos=self.nll_pos - s, kl_pos=self.kl_pos - s)
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, request: EditRequest, templates: list[str], kl_prompt: str, max_len: int) -> _Rows:
@@ -73,7 +89,8 @@ def _encode(tokenizer: PreTrainedTokenizerBase, request: EditRequest, templates:
     )
 
 
-def _assemble(parts: list[_Rows]) -> _Batch:
+def _assemble(parts: list[_Rows], align: bool = False) -> _Batch:
+    """One padded batch; align: left-pad each row so that every subject ends in the same column."""
     rows: list[list[int]] = []
     owner: list[int] = []
     subject_pos: list[int] = []
@@ -91,12 +108,18 @@ def _assemble(parts: list[_Rows]) -> _Batch:
         rows.extend(part.rows)
         subject_pos.extend(part.subject_pos)
         owner.extend([a] * len(part.rows))
-    ids, mask = pad_right(rows)
+    split = max(subject_pos) if align else 0
+    shift = [split - p if align else 0 for p in subject_pos]  # left padding per row
+    ids, mask = pad_right([[0] * k + r for k, r in zip(shift, rows)])
+    for r, k in enumerate(shift):
+        mask[r, :k] = 0
     n_row, n_pos, n_tok, n_own = (torch.tensor(c) for c in zip(*nll))
+    offset = torch.tensor(shift)
     return _Batch(
-        ids=ids, mask=mask, owner=torch.tensor(owner), subject_pos=torch.tensor(subject_pos),
-        nll_rows=n_row, nll_pos=n_pos, nll_token=n_tok, nll_owner=n_own,
-        kl_rows=torch.tensor(kl_rows), kl_pos=torch.tensor(kl_pos), v0_rows=torch.tensor(v0_rows),
+        ids=ids, mask=mask, owner=torch.tensor(owner), subject_pos=torch.tensor(subject_pos) + offset,
+        nll_rows=n_row, nll_pos=n_pos + offset[n_row], nll_token=n_tok, nll_owner=n_own,
+        kl_rows=torch.tensor(kl_rows), kl_pos=torch.tensor(kl_pos) + offset[torch.tensor(kl_rows)], v0_rows=torch.tensor(v0_rows),
+        position_ids=(mask.cumsum(1) - 1).clamp(min=0) if align else None, split=split,
     )
 
 
@@ -128,13 +151,12 @@ def compute_values(
     requests: list[EditRequest],
     templates: list[str],
     hparams: ROMEHyperParams,
-    truncate: bool = True,
+    loop: str = "suffix",
 ) -> list[ValueResult]:
     """Optimise one delta per request added to the layer's MLP output at its subject; v* = v0 + delta.
-
-    truncate: run only the blocks from the edit layer up in each step (the states below do not
-    depend on delta); False runs the whole model every step (the reference the tests compare to).
-    """
+    loop: how much of the model each step runs (LOOPS; "whole" is the reference the tests compare to)."""
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {LOOPS}")
     module = arch.down_proj(model, hparams.layer)
     device = arch.input_device(model)
     parts = [_encode(tokenizer, r, templates, hparams.kl_prompt, arch.context_length(model)) for r in requests]
@@ -143,7 +165,7 @@ def compute_values(
     for p in frozen:
         p.requires_grad_(False)
     try:
-        run = _Run(model, module, parts, hparams, device, truncate)
+        run = _Run(model, module, parts, hparams, device, loop)
         while run.active:
             run.segment(results)
     finally:
@@ -157,16 +179,17 @@ class _Run:
 
     def __init__(
         self, model: PreTrainedModel, module: torch.nn.Module, parts: list[_Rows], hp: ROMEHyperParams,
-        device: torch.device, truncate: bool,
+        device: torch.device, loop: str,
     ) -> None:
         self.model, self.module, self.parts, self.hp = model, module, parts, hp
-        self.device, self.truncate = device, truncate
+        self.device, self.loop = device, loop
         self.active = list(range(len(parts)))
         self.step = 0
         self.loss: dict[int, float] = {}
         batch, stack, kl_init, outputs = self._record()
         outputs = arch.by_token(outputs, batch.ids.shape[1])  # (R, L, d)
-        v0 = outputs[batch.v0_rows.to(outputs.device), batch.subject_pos[batch.v0_rows].to(outputs.device)].float()  # (n, d)
+        at = batch.subject_pos[batch.v0_rows] + batch.split  # in the recorded pass's columns
+        v0 = outputs[batch.v0_rows.to(outputs.device), at.to(outputs.device)].float()  # (n, d)
         self.v0 = [v0[i].detach() for i in range(len(parts))]
         self.kl_init = [kl_init[i] for i in range(len(parts))]  # (V,) log-probabilities with delta = 0
         self.delta = [torch.zeros_like(v, requires_grad=True) for v in self.v0]
@@ -174,13 +197,48 @@ class _Run:
         self._pending: tuple[_Batch, UpperStack | None] | None = (batch, stack)
 
     def _record(self) -> tuple[_Batch, UpperStack | None, torch.Tensor, torch.Tensor]:
-        """One pass without delta over the active requests: their batch, the upper stack, the
-        essence distributions (A, V) and the layer's outputs."""
+        """One pass without delta over the active requests: their batch (in the step loop's
+        coordinates), the stack the steps run, the essence distributions (A, V) and the layer's
+        outputs (in the batch's own coordinates)."""
+        if self.loop == "suffix":
+            found = self._record_suffix()
+            if found is not None:
+                return found
+            self.loop = "upper"  # this family's cache does not reproduce the model: run every position
         batch = _assemble([self.parts[i] for i in self.active]).to(self.device)
-        context = recording(self.model, self.hp.layer) if self.truncate else nullcontext(None)
+        context = recording(self.model, self.hp.layer) if self.loop == "upper" else nullcontext(None)
         with torch.no_grad(), capture(self.module) as seen, context as stack:
             _, kl_logp = _log_probs(self.model, batch, None)
         return batch, stack, kl_logp, seen.output
+
+    @torch.no_grad()
+    def _record_suffix(self) -> tuple[_Batch, UpperStack | None, torch.Tensor, torch.Tensor] | None:
+        """The suffix loop's pass: the whole aligned batch once, filling the cache; its positions
+        from the split on once more, recording the blocks above the edit; the essence logits
+        through that record must equal the model's (else None)."""
+        batch = _assemble([self.parts[i] for i in self.active], align=True).to(self.device)
+        s = batch.split
+        model = self.model
+        try:
+            with capture(self.module) as seen:
+                out = model.base_model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.position_ids, use_cache=True)
+            hidden, cache = out.last_hidden_state, out.cache
+            kl_logits = arch.head_logits(model, hidden[batch.kl_rows.to(hidden.device), batch.kl_pos.to(hidden.device)])
+            cache.crop(s - cache.get_seq_length())
+            assert batch.position_ids is not None
+            with recording(model, self.hp.layer) as upper:
+                model.base_model(
+                    input_ids=batch.ids[:, s:], attention_mask=batch.mask, position_ids=batch.position_ids[:, s:], cache=cache, use_cache=True,
+                )
+            stack = SuffixStack(model, self.hp.layer, upper.calls, cache=cache, prefix=s)
+            steps = batch.suffix()
+            again = stack.logits_at(steps.kl_rows, steps.kl_pos)
+        except (TypeError, ValueError, AttributeError, RuntimeError, IndexError):
+            return None  # a family whose forward takes no cache or position ids this way
+        error = (again - kl_logits).abs().max() / kl_logits.abs().max().clamp(min=1e-6)
+        if not bool(torch.isfinite(again).all()) or float(error) > SELF_CHECK_TOLERANCE:
+            return None
+        return steps, stack, torch.log_softmax(kl_logits.float(), dim=-1), seen.output
 
     def segment(self, results: dict[int, ValueResult]) -> None:
         """Steps on the current batch until the optimisation ends or enough requests left it."""
@@ -272,7 +330,7 @@ def compute_value(
     request: EditRequest,
     templates: list[str],
     hparams: ROMEHyperParams,
-    truncate: bool = True,
+    loop: str = "suffix",
 ) -> ValueResult:
     """v* for one request."""
-    return compute_values(model, tokenizer, [request], templates, hparams, truncate)[0]
+    return compute_values(model, tokenizer, [request], templates, hparams, loop)[0]
