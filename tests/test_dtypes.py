@@ -55,7 +55,7 @@ def test_a_low_precision_model_stays_in_its_dtype(family: str, dtype: str, pinne
     weights = [p for p in Path(first.path).glob("*.safetensors") if p.name != layout.EDIT_VECTORS]
     for path in weights:
         with safe_open(str(path), "pt") as f:
-            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16" if dtype == "bfloat16" else "F16"}, path.name
+            assert {f.get_slice(k).get_dtype() for k in f} == {"BF16" if dtype == "bfloat16" else "F16"}, path.name
     manifest = json.loads((Path(first.path) / layout.MANIFEST).read_text())
     assert manifest["base"]["dtype"] == dtype
     loaded = AutoModelForCausalLM.from_pretrained(first.path, dtype="auto")
@@ -69,7 +69,7 @@ def test_the_dtype_is_part_of_the_identity(db_url: str, tmp_path: Path, gpt2_tok
     store, folder, _ = _store(db_url, tmp_path, gpt2_tokenizer, "gpt2", torch.float32)
     base, created = api.add_model(store, "m", str(folder))
     assert created and base.dtype == "float32" and base.identity == base.revision  # float32 identities are unchanged
-    with pytest.raises(ModelAliasTaken, match="in float32.*in bfloat16"):
+    with pytest.raises(ModelAliasTaken, match=r"in float32.*in bfloat16"):
         api.add_model(store, "m", str(folder), dtype="bfloat16")
     with pytest.raises(InvalidArgument, match="unknown dtype 'float8'; use one of float32, bfloat16, float16"):
         api.add_model(store, "m2", str(folder), dtype="float8")

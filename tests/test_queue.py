@@ -227,7 +227,7 @@ def test_a_worker_computes_a_batch_together_and_applies_it_in_order(tiny_store: 
     entries = {e.id: e for e in api.list_log(tiny_store, "tiny")}
     assert [entries[i].status for i in ids] == ["superseded", "active", "active", "active"] and entries[again].status == "active"
     edits = api.list_edits(tiny_store, "tiny")
-    assert [e.id for e in edits] == ids[1:] + [again] and [e.seq for e in edits] == [2, 3, 4, 5]
+    assert [e.id for e in edits] == [*ids[1:], again] and [e.seq for e in edits] == [2, 3, 4, 5]
     assert [e.metrics["batch"] for e in edits] == [4, 4, 4, 1]
     head = worker._sessions[tiny_store.get_base_model("tiny").id].model
     replayed = EditSession(tiny_store, "tiny", device="cpu").model  # a fresh replay of the log

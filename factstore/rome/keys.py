@@ -78,9 +78,10 @@ def subject_inputs(
     (prompt, subject) pair, batched."""
     device = arch.input_device(model)
     encoded = [encode_prompt(tokenizer, p, subject) for p, subject in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))  # similar lengths share a batch: less padding
     found: list[torch.Tensor] = []
-    for lo in range(0, len(encoded), batch_size):
-        chunk = encoded[lo : lo + batch_size]
+    for lo in range(0, len(order), batch_size):
+        chunk = [encoded[i] for i in order[lo : lo + batch_size]]
         ids, mask = pad_right([e.ids for e in chunk])
         with capture(arch.down_proj(model, layer)) as seen:
             model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
@@ -89,7 +90,8 @@ def subject_inputs(
         rows = torch.arange(len(chunk), device=inputs.device)
         positions = torch.tensor([e.subject_last for e in chunk], device=inputs.device)
         found.append(inputs[rows, positions].float())
-    return torch.cat(found)
+    keys = torch.cat(found)
+    return keys[torch.tensor(order, device=keys.device).argsort()]  # back to the order of PROMPTS
 
 
 def compute_keys(

@@ -1,0 +1,111 @@
+"""Peak memory of the commands that load a model, against what they must hold.
+
+    python bench/memory.py                                     # SmolLM2 float32 and bfloat16, Gemma 3 270M
+    python bench/memory.py --models smollm2:float32 --device cuda
+
+Each command runs as its own `factstore` process; its peak resident set (ru_maxrss of the child)
+is divided by the model's bytes in the dtype it is edited in plus C (float32, d_ff^2): the
+issue's target is <= 1.5x. "over idle" subtracts the peak of a process that only imports
+torch, transformers and factstore (the interpreter and libraries, the same for any model size).
+On a GPU the table adds peak CUDA memory of an edit, measured in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]
+SOURCES = {"smollm2": "starter:smollm2-135m", "gemma3": "starter:gemma3-270m"}
+FACT = ["--prompt", "{} is located in the city of", "--subject", "The Eiffel Tower", "--target", "Rome"]
+STATS_TOKENS = 5000  # C has the same size whatever its token count
+
+
+def peak_rss(argv: list[str]) -> int:
+    """Peak RSS in bytes of one child process running ARGV (which must succeed)."""
+    probe = (
+        "import resource, subprocess, sys\n"
+        "done = subprocess.run(sys.argv[1:])\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if done.returncode == 0 else -done.returncode)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True)
+    kib = int(out.stdout.strip().splitlines()[-1])
+    if kib <= 0:
+        raise SystemExit(f"{' '.join(argv[:4])} failed: {out.stderr[-2000:]}")
+    return kib * 1024
+
+
+def factstore(*args: str) -> list[str]:
+    return [sys.executable, "-m", "factstore.cli.main", *args]
+
+
+def measure(name: str, dtype: str, device: str, hub_url: str) -> dict:
+    alias = f"{name}-{dtype}"
+    subprocess.run(factstore("model", "add", alias, SOURCES[name], "--dtype", dtype), check=True, capture_output=True)
+    subprocess.run(factstore("stats", "compute", "--model", alias, "--tokens", str(STATS_TOKENS), "--device", device), check=True, capture_output=True)
+    row = {"model": alias, "edit add": peak_rss(factstore("edit", "add", "--model", alias, *FACT, "--device", device))}
+    row["compile"] = peak_rss(factstore("compile", "--model", alias, "--device", device))
+    subprocess.run(factstore("publish", "--model", alias, "--repo", f"bench/{alias}", "--endpoint", hub_url), check=True, capture_output=True)
+    out = Path(os.environ["FACTSTORE_HOME"]) / "pulled" / alias
+    row["pull"] = peak_rss(factstore("pull", f"bench/{alias}", "--out", str(out), "--endpoint", hub_url))
+    row["pull --import-edits"] = peak_rss(factstore(
+        "pull", f"bench/{alias}", "--out", str(out) + "-import", "--import-edits", "--alias", alias + "-copy", "--endpoint", hub_url, "--device", device,
+    ))
+    row["model bytes"] = _model_bytes(alias, dtype)
+    return row
+
+
+def _model_bytes(alias: str, dtype: str) -> int:
+    """Parameters x bytes per element in DTYPE, plus C (float32, d_ff x d_ff) of the edit layer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from factstore import api, arch
+    from factstore.weights import checkpoints
+
+    base = api.open_store().get_base_model(alias)
+    config = AutoConfig.from_pretrained(checkpoints.resolve(base.source).local_path)
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    n = sum(p.numel() for p in model.parameters())  # tied weights counted once
+    d_ff = arch.down_proj_weight(model, 0).shape[1]
+    return n * torch.finfo(getattr(torch, dtype)).bits // 8 + d_ff * d_ff * 4
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["smollm2:float32", "smollm2:bfloat16", "gemma3:float32"])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="factstore-memory-"))
+    os.environ.update({
+        "FACTSTORE_HOME": str(home), "HF_HOME": str(home / "hf"), "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
+        "HF_TOKEN": "bench-token", "NO_PROXY": "127.0.0.1,localhost", "HF_HUB_DISABLE_TELEMETRY": "1",
+    })
+    os.environ.setdefault("FACTSTORE_CACHE", str(Path.home() / ".factstore" / "cache"))
+    sys.path.insert(0, str(HERE / "tests"))
+    from hub_server import HubServer
+
+    idle = peak_rss([sys.executable, "-c", "import torch, transformers, factstore.api, factstore.weights.checkpoints"])
+    rows = []
+    with HubServer({"bench-token": "bench"}, lfs=True) as hub:
+        for spec in args.models:
+            name, dtype = spec.split(":")
+            rows.append(measure(name, dtype, args.device, hub.url))
+    print(f"idle process (imports only): {idle / 2**20:.0f} MiB")
+    commands = ["edit add", "compile", "pull", "pull --import-edits"]
+    print("| model | model + C | " + " | ".join(f"{c}: peak (ratio; over idle)" for c in commands) + " |")
+    print("|---|---|" + "---|" * len(commands))
+    for r in rows:
+        size = r["model bytes"]
+        cells = [f"{r[c] / 2**20:.0f} MiB ({r[c] / size:.2f}x; {(r[c] - idle) / size:.2f}x)" for c in commands]
+        print(f"| {r['model']} | {size / 2**20:.0f} MiB | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
