@@ -34,6 +34,6 @@ def parse_version(value: str | None) -> int | None:
     return int(digits)
 
 
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto (accelerate device_map); default: cuda if available.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N, mps or auto (default: the GPU when the model fits on one, accelerate's device map over several or when it does not, else the CPU).")]
 CorpusOpt = Annotated[str, typer.Option("--corpus", help="Text for the key statistics: starter:wiki-vital or a .txt/.json/.jsonl file.")]
 TokensOpt = Annotated[int | None, typer.Option("--tokens", help="Tokens of text for the key statistics (default per model).")]

@@ -52,7 +52,7 @@ def debug() -> bool:
 
 
 def device() -> str | None:
-    """FACTSTORE_DEVICE (cpu, cuda, cuda:N, auto), or None: cuda when available, else cpu."""
+    """FACTSTORE_DEVICE (cpu, cuda, cuda:N, mps, auto), or None: auto (the GPU when there is one, see checkpoints._placement)."""
     return os.environ.get(DEVICE_ENV) or None
 
 

@@ -43,7 +43,7 @@ def test_a_cpu_run_never_touches_cuda(tiny_store: Store, tmp_path: Path, monkeyp
 
 def test_no_device_is_named_outside_the_one_place_that_chooses_it() -> None:
     """Tensors are created on the device of the module they meet; only the default is chosen by name."""
-    allowed = {("weights/checkpoints.py", "default_device")}
+    allowed = {("weights/checkpoints.py", "_placement")}
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text())

@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
+from factstore.rome.hooks import layer_inputs
 from factstore.rome.prompts import pad_right
 
 
@@ -27,28 +27,6 @@ class MomentState:
 
     def moment(self) -> torch.Tensor:
         return self.total / max(self.tokens, 1)
-
-
-class _Stop(Exception):
-    """Raised from a hook to skip the layers above the one being measured."""
-
-
-def _layer_inputs(model: PreTrainedModel, layer: int, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, L, d_ff) down-projection inputs; the forward pass stops at that module."""
-    seen: list[torch.Tensor] = []
-
-    def hook(_mod: nn.Module, args: tuple) -> None:
-        seen.append(args[0].detach())
-        raise _Stop
-
-    handle = arch.down_proj(model, layer).register_forward_pre_hook(hook)
-    try:
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return arch.by_token(seen[0], ids.shape[1])
 
 
 @torch.no_grad()
@@ -78,7 +56,7 @@ def accumulate_second_moment(
         rows = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in chunk]
         rows = [r for r in rows if r] or [[0]]
         ids, mask = pad_right(rows)
-        keys = _layer_inputs(model, layer, ids.to(device), mask.to(device))
+        keys = layer_inputs(model, layer, ids.to(device), mask.to(device))
         keys = keys[mask.to(keys.device).bool()].double()[: token_budget - state.tokens]  # (n, d_ff), on the layer's device
         state.total += (keys.T @ keys).cpu()
         state.tokens += keys.shape[0]

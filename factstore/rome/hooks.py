@@ -9,6 +9,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
+
+from factstore import arch
 
 
 @dataclass
@@ -64,3 +67,26 @@ def add_per_row(deltas: torch.Tensor, owner: torch.Tensor, positions: torch.Tens
         return out
 
     return fn
+
+
+class _Stop(Exception):
+    """Raised from a hook to skip the layers above the one being measured."""
+
+
+def layer_inputs(model: PreTrainedModel, layer: int, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, d_ff) down-projection inputs of a layer; the forward pass stops at that module (no
+    block above it runs, and no logits are made)."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_mod: nn.Module, args: tuple) -> None:
+        seen.append(args[0].detach())
+        raise _Stop
+
+    handle = arch.down_proj(model, layer).register_forward_pre_hook(hook)
+    try:
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return arch.by_token(seen[0], ids.shape[1])

@@ -9,7 +9,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
 from factstore.domain import EditRequest
-from factstore.rome.hooks import capture
+from factstore.rome.hooks import layer_inputs
 from factstore.rome.prompts import decode, encode_prompt, pad_right, request_prompts
 
 _STARTS = ("The", "Therefore", "Because", "I", "You")  # ROME's generation seeds
@@ -83,10 +83,7 @@ def subject_inputs(
     for lo in range(0, len(order), batch_size):
         chunk = [encoded[i] for i in order[lo : lo + batch_size]]
         ids, mask = pad_right([e.ids for e in chunk])
-        with capture(arch.down_proj(model, layer)) as seen:
-            model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-        assert seen.inputs is not None, "the forward pass runs through the down-projection"
-        inputs = arch.by_token(seen.inputs, ids.shape[1])  # (B, L, d_ff)
+        inputs = layer_inputs(model, layer, ids.to(device), mask.to(device))  # (B, L, d_ff)
         rows = torch.arange(len(chunk), device=inputs.device)
         positions = torch.tensor([e.subject_last for e in chunk], device=inputs.device)
         found.append(inputs[rows, positions].float())

@@ -175,10 +175,33 @@ def check_device(device: str) -> str:
 
 
 def default_device() -> str:
-    """FACTSTORE_DEVICE, else cuda when one is available, else cpu. The one place a device is chosen."""
+    """FACTSTORE_DEVICE, else auto."""
+    return check_device(config.device() or "auto")
+
+
+def _placement(device: str, folder: Path, dtype: str) -> tuple[str, dict[str, Any]]:
+    """Where to load: (device for .to(), from_pretrained keyword arguments). "auto" is the CPU
+    without a GPU, the GPU when there is one and the model fits in 90 % of it, else accelerate's
+    device map over every GPU (and the CPU when they are full). The one place a device is chosen."""
     import torch
 
-    return check_device(config.device() or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device != "auto":
+        return device, {}
+    if not torch.cuda.is_available():
+        return "cpu", {}
+    if torch.cuda.device_count() == 1 and _loaded_bytes(folder, dtype) < 0.9 * torch.cuda.get_device_properties(0).total_memory:
+        return "cuda", {}
+    return "auto", {"device_map": "auto"}
+
+
+def _loaded_bytes(folder: Path, dtype: str) -> int:
+    """About how many bytes the weights take once loaded in DTYPE (file sizes scaled from the
+    checkpoint's own dtype)."""
+    import torch
+
+    on_disk = sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    stored = torch.finfo(getattr(torch, checkpoint_dtype(folder))).bits
+    return on_disk * torch.finfo(getattr(torch, dtype)).bits // stored
 
 
 def _quiet_transformers() -> None:
@@ -228,15 +251,13 @@ def load(
     dtype: str = "float32",
 ) -> LoadedModel:
     """Load model and tokenizer in DTYPE ("auto": what the checkpoint declares); with `expected`,
-    refuse weights whose identity differs. device "auto" spreads the model over the GPUs (and
-    the CPU when they are full) with accelerate's device map."""
+    refuse weights whose identity differs. Device: see _placement (default FACTSTORE_DEVICE, else auto)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     ref = _pinned(source, revision, expected, progress)
     dtype = checkpoint_dtype(Path(ref.local_path)) if dtype == "auto" else check_dtype(dtype)
-    device = check_device(device) if device else default_device()
-    kwargs = {"device_map": "auto"} if device == "auto" else {}
+    device, kwargs = _placement(check_device(device) if device else default_device(), Path(ref.local_path), dtype)
     model: Any = AutoModelForCausalLM.from_pretrained(ref.local_path, dtype=getattr(torch, dtype), **kwargs)
     if device != "auto":
         model.to(device)
