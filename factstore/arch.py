@@ -203,6 +203,11 @@ def head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
     """(n, V) logits from (n, d) final hidden states (after the final norm)."""
     head = model.get_output_embeddings()
     logits = head(hidden.to(weight_param(head).device))
+    # what families do to logits after the head, as their own forward does
+    if scale := getattr(model.config, "logit_scale", None):  # Cohere multiplies
+        logits = logits * scale
+    if scaling := getattr(model.config, "logits_scaling", None):  # Granite divides
+        logits = logits / scaling
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:  # Gemma squashes logits; keep parity with the model's own forward
         logits = torch.tanh(logits / cap) * cap

@@ -35,6 +35,7 @@ def test_the_update_holds_in_every_family(family: str, gpt2_tokenizer, tmp_path:
     for part in (spec.mlp, spec.attn):
         assert isinstance(arch.get_module(model, arch.layer_path(model, 1, part)), torch.nn.Module)
 
+    # the head at chosen positions gives the model's own logits (scaled, soft-capped as it does);
     # the truncated forward the v* optimisation uses equals the whole model, padding included
     ids = torch.randint(0, 50000, (2, 12), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
@@ -42,6 +43,7 @@ def test_the_update_holds_in_every_family(family: str, gpt2_tokenizer, tmp_path:
     rows, positions = torch.tensor([0, 1, 0]), torch.tensor([11, 8, 3])
     with torch.no_grad(), recording(model, 1) as stack:
         whole = arch.logits_at(model, ids, mask, rows, positions)
+        assert torch.allclose(whole, model(input_ids=ids, attention_mask=mask).logits[rows, positions], atol=1e-5)
         model(input_ids=ids, attention_mask=mask, use_cache=False)
         upper = stack.logits_at(rows, positions)
     assert torch.allclose(whole, upper, atol=1e-5, rtol=0)

@@ -122,6 +122,8 @@ def random_decoder(model_type: str, seed: int = 0, square: bool = False, dtype: 
         if hasattr(config, name):
             with contextlib.suppress(AttributeError):  # a derived property (Falcon's head_dim)
                 setattr(config, name, value)
+    if model_type == "granite":
+        config.logits_scaling = 8.0  # real Granite checkpoints divide their logits (by 8 to 16)
     if getattr(config, "layer_types", None):  # derived from the default depth when the config was made
         config.layer_types = config.layer_types[: _TINY["num_hidden_layers"]]
     if model_type in ("gpt_neox", "persimmon", "phi", "stablelm"):
