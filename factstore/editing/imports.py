@@ -43,7 +43,9 @@ def import_edits(
         for i, request in enumerate(requests, start=1):
             rows = store.list_request_rows(base.id, request_sha256(request))
             queued = [edit_id for edit_id, status in rows if status in ("pending", "computing")]
-            if queued:  # submitted by an interrupted run: compute it now (or wait for the worker that is)
+            if queued and queued[0] in chunk:  # the same record twice in one batch
+                skipped += 1
+            elif queued:  # submitted by an interrupted run: compute it now (or wait for the worker that is)
                 chunk.append(queued[0])
             elif any(status in ("active", "retracted", "superseded") for _, status in rows):
                 skipped += 1

@@ -23,7 +23,10 @@ def register_model(
     if dtype not in (None, "auto"):
         checkpoints.check_dtype(dtype)
     ref = checkpoints.resolve(source, revision, progress)
-    ref = replace(ref, dtype=checkpoints.checkpoint_dtype(Path(ref.local_path)) if dtype in (None, "auto") else dtype)
+    if dtype in (None, "auto"):  # the checkpoint's own; re-adding an alias keeps what it holds (float32 for aliases older than dtypes)
+        known = {m.alias: m for m in store.list_base_models()}.get(alias)
+        dtype = known.dtype if known is not None and known.revision == ref.revision else checkpoints.checkpoint_dtype(Path(ref.local_path))
+    ref = replace(ref, dtype=dtype)
     license = assets.starter(source).license if source.startswith(assets.PREFIX) else None
     return store.create_base_model(alias, ref, license=license)
 

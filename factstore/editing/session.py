@@ -247,13 +247,13 @@ class EditSession:
                 for entry in rest:
                     with suppress(HeadChanged):  # back in the queue: computed again below
                         outcomes[entry.id] = self.process(entry, holder.id)
+            for edit_id in edit_ids:
+                if edit_id not in outcomes:
+                    outcomes[edit_id] = self._run(edit_id, 0.2)
         except KeyboardInterrupt:
             for edit_id in set(edit_ids) - outcomes.keys():
                 self.store.withdraw_request(edit_id, "withdrawn: the command that submitted it was interrupted")
             raise
-        for edit_id in edit_ids:
-            if edit_id not in outcomes:
-                outcomes[edit_id] = self.run(edit_id)
         return [outcomes[i] for i in edit_ids]
 
     def process_many(self, entries: list[EditEntry], holder: str) -> tuple[list[EditOutcome], list[EditEntry]]:
@@ -278,12 +278,16 @@ class EditSession:
             return [], entries
         outcomes: list[EditOutcome] = []
         for i, (entry, result) in enumerate(zip(batch, results)):
-            new = self._new_edit(requests[i], result, hp, cov, entry, batch=len(batch))
             try:
+                new = self._new_edit(requests[i], result, hp, cov, entry, batch=len(batch))
                 stored = self.store.complete_request(entry.id, holder, new, computed_on=[e.id for e in self.applied])
             except HeadChanged:
                 self.sync()
                 return outcomes, batch[i + 1 :] + rest  # this one is back in the queue; the rest are recomputed on the new head
+            except (LeaseLost, DatabaseUnavailable):
+                raise
+            except Exception:  # a non-finite result, say: this one and the rest go one at a time (a failure is stored on its request)
+                return outcomes, batch[i:] + rest
             self._remember({stored.layer})
             apply_sequential(self.model, [stored], self.matrix)
             self.applied.append(stored)
@@ -291,20 +295,22 @@ class EditSession:
         return outcomes, rest
 
     def _batchable(self, entries: list[EditEntry]) -> tuple[list[EditEntry], list[EditEntry]]:
-        """The entries that can share one optimisation (the first one's layer, no fact replaced), and the rest."""
+        """The leading entries that can share one optimisation, and the rest (in claim order, so
+        edits still become active in submission order). A batch ends at the first entry for
+        another requested layer, one that replaces an active fact, or one of the same fact as an
+        entry before it (same subject, and same prompt or relation: what supersession matches)."""
         batch: list[EditEntry] = []
-        rest: list[EditEntry] = []
-        facts: set[tuple[str, str, str | None]] = set()
         for entry in entries:
-            fact = (entry.subject, entry.prompt, entry.relation_id)
-            if (batch and entry.requested_layer != batch[0].requested_layer) or fact in facts or self.store.list_conflicting_edits(
+            same_fact_in_batch = any(
+                e.subject == entry.subject and (e.prompt == entry.prompt or (entry.relation_id is not None and e.relation_id == entry.relation_id))
+                for e in batch
+            )
+            if (batch and entry.requested_layer != batch[0].requested_layer) or same_fact_in_batch or self.store.list_conflicting_edits(
                 self.base.id, subject=entry.subject, prompt=entry.prompt, relation_id=entry.relation_id
             ):
-                rest.append(entry)
-                continue
-            facts.add(fact)
+                break
             batch.append(entry)
-        return batch, rest
+        return batch, entries[len(batch) :]
 
     def _new_edit(self, request: EditRequest, result: EditResult, hp: ROMEHyperParams, cov: Covariance, entry: EditEntry | None = None,
                   *, note: str | None = None, requested_by: str | None = None, batch: int = 1) -> NewEdit:

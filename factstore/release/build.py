@@ -212,7 +212,8 @@ def _manifest(store: Store, base: BaseModel, mode: str, edits: Sequence[StoredEd
     """Everything a teammate needs to continue the lineage: base identity, templates, the log."""
     return {
         # a local path is never published: the source is the Hub id or starter asset, else "local"
-        "base": {"source": _published_source(base), "revision": base.revision, "model_type": base.model_type, "license": base.license, "dtype": base.dtype},
+        "base": {"source": _published_source(base), "revision": base.revision, "model_type": base.model_type, "license": base.license,
+                 **({"dtype": base.dtype} if base.dtype != "float32" else {})},  # float32 releases stay readable by older factstore
         "mode": mode,
         "joint_ridge": JOINT_RIDGE if mode == "joint" else None,
         "edit_log_sha256": log_sha,

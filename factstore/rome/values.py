@@ -29,7 +29,7 @@ from factstore.rome.stack import SuffixStack, UpperStack, recording
 
 RECAPTURE_FRACTION = 0.75  # re-record the upper stack once the active rows fall below this share
 LOOPS = ("whole", "upper", "suffix")
-SELF_CHECK_TOLERANCE = 1e-3  # max |logit difference| / max |logit| between the suffix loop and the model
+SELF_CHECK_TOLERANCE = 1e-3  # max |logit difference| / max |logit| between the suffix loop and the model (float32)
 
 
 @dataclass(frozen=True)
@@ -215,15 +215,15 @@ class _Run:
     def _record_suffix(self) -> tuple[_Batch, UpperStack | None, torch.Tensor, torch.Tensor] | None:
         """The suffix loop's pass: the whole aligned batch once, filling the cache; its positions
         from the split on once more, recording the blocks above the edit; the essence logits
-        through that record must equal the model's (else None)."""
+        through that record must equal the model's on each essence prompt alone, unpadded (else
+        None): that checks the cache and the left padding (position ids) of this family."""
         batch = _assemble([self.parts[i] for i in self.active], align=True).to(self.device)
         s = batch.split
         model = self.model
         try:
             with capture(self.module) as seen:
                 out = model.base_model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.position_ids, use_cache=True)
-            hidden, cache = out.last_hidden_state, out.cache
-            kl_logits = arch.head_logits(model, hidden[batch.kl_rows.to(hidden.device), batch.kl_pos.to(hidden.device)])
+            cache = out.cache
             cache.crop(s - cache.get_seq_length())
             assert batch.position_ids is not None
             with recording(model, self.hp.layer) as upper:
@@ -235,10 +235,16 @@ class _Run:
             again = stack.logits_at(steps.kl_rows, steps.kl_pos)
         except (TypeError, ValueError, AttributeError, RuntimeError, IndexError):
             return None  # a family whose forward takes no cache or position ids this way
-        error = (again - kl_logits).abs().max() / kl_logits.abs().max().clamp(min=1e-6)
-        if not bool(torch.isfinite(again).all()) or float(error) > SELF_CHECK_TOLERANCE:
+        # the reference: each essence prompt alone, unpadded on the left (as the other loops see it)
+        essence = [self.parts[i].rows[-1] for i in self.active]
+        ids, mask = pad_right(essence)
+        last = torch.tensor([len(r) - 1 for r in essence])
+        reference = arch.logits_at(model, ids.to(self.device), mask.to(self.device), torch.arange(len(essence)), last)
+        error = (again - reference.to(again.device)).abs().max() / reference.abs().max().clamp(min=1e-6)
+        weight_dtype = arch.down_proj_param(model, self.hp.layer).dtype
+        if not bool(torch.isfinite(again).all()) or float(error) > max(SELF_CHECK_TOLERANCE, 4 * torch.finfo(weight_dtype).eps):
             return None
-        return steps, stack, torch.log_softmax(kl_logits.float(), dim=-1), seen.output
+        return steps, stack, torch.log_softmax(reference.float(), dim=-1), seen.output
 
     def segment(self, results: dict[int, ValueResult]) -> None:
         """Steps on the current batch until the optimisation ends or enough requests left it."""
@@ -297,7 +303,7 @@ class _Run:
                 self.delta[i].mul_(max_norm / self.delta[i].norm())
 
     def _result(self, i: int) -> ValueResult:
-        return ValueResult(value=(self.v0[i] + self.delta[i]).detach(), v0=self.v0[i], loss=self.loss[i], steps=self.step)
+        return ValueResult(value=(self.v0[i] + self.delta[i]).detach(), v0=self.v0[i], loss=self.loss.get(i, float("inf")), steps=self.step)
 
 
 def _drop(batch: _Batch, keep: list[int]) -> _Batch:

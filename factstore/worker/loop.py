@@ -15,6 +15,7 @@ from factstore.editing.session import EditSession
 from factstore.errors import DatabaseUnavailable, FactStoreError, HeadChanged, LeaseLost
 from factstore.progress import SILENT, Reporter
 from factstore.storage.store import Store
+from factstore.weights import checkpoints
 from factstore.worker import jobs
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class Worker:
         self._held: set[int] = set()  # models whose lease this worker keeps between turns
         for alias in self.settings.models:
             store.get_base_model(alias)  # an unknown alias is refused at start
+        if self.settings.device:
+            checkpoints.check_device(self.settings.device)  # as is an unknown device
 
     @property
     def id(self) -> str:
