@@ -38,8 +38,8 @@ from factstore.storage.models import QUEUED_STATUSES
 from factstore.storage.store import Store
 from factstore.weights import checkpoints, stats
 from factstore.weights.corpus import DEFAULT_CORPUS, load_corpus
-from factstore.weights.replay import apply_sequential
-from factstore.weights.vectors import to_bytes
+from factstore.weights.replay import apply_sequential, apply_update, solve_key
+from factstore.weights.vectors import from_bytes, to_bytes
 
 
 @dataclass(frozen=True)
@@ -222,17 +222,42 @@ class EditSession:
             reason = str(exc) if isinstance(exc, FactStoreError) else f"{type(exc).__name__}: {exc}"
             self.store.fail_request(entry.id, holder, reason)
             raise
+        try:
+            saved = self._apply_checked(new)
+        except FactStoreError as exc:  # computed on this head, it does not hold on it: the request's own failure
+            self.store.fail_request(entry.id, holder, str(exc))
+            raise
         computed_on = [e.id for e in self.applied if e.id not in conflicts]
         try:
             stored = self.store.complete_request(entry.id, holder, new, computed_on=computed_on)
         except HeadChanged:
+            self._put_back(new.layer, saved)
             self.sync()
             raise
+        except BaseException:
+            self._put_back(new.layer, saved)
+            raise
         superseded = [self.store.get_edit(i) for i in conflicts]
-        self._remember({stored.layer})
-        apply_sequential(self.model, [stored], self.matrix)  # the same update a replay of the log makes
         self.applied = [e for e in self.applied if e.id not in conflicts] + [stored]
         return EditOutcome(stored, superseded)
+
+    def _apply_checked(self, new: NewEdit) -> torch.Tensor:
+        """Apply a computed edit's update to the head (the step a replay of the log makes), and
+        check it holds, before it is stored: a stored edit always replays. Returns the layer's
+        weight from before, to put back if the store refuses the edit."""
+        self._remember({new.layer})
+        weight = arch.down_proj_param(self.model, new.layer)
+        saved = weight.detach().clone()
+        key, value = from_bytes(new.key, new.key_shape), from_bytes(new.value, new.value_shape)
+        try:
+            apply_update(self.model, new.layer, key, value, solve_key(self.model, new.layer, key, self.matrix(new.covariance_id)), "the edit")
+        except BaseException:
+            weight.data.copy_(saved)
+            raise
+        return saved
+
+    def _put_back(self, layer: int, saved: torch.Tensor) -> None:
+        arch.down_proj_param(self.model, layer).data.copy_(saved)
 
     def run_many(self, edit_ids: list[int]) -> list[EditOutcome]:
         """Compute submitted requests here, batched (see process_many), while holding the model's
@@ -280,16 +305,20 @@ class EditSession:
         for i, (entry, result) in enumerate(zip(batch, results)):
             try:
                 new = self._new_edit(requests[i], result, hp, cov, entry, batch=len(batch))
+                saved = self._apply_checked(new)
+            except Exception:
+                # not finite, or it does not hold on the head its batch-mates changed (keys close to
+                # theirs): this one and the rest are computed again one at a time, on the head as it is
+                return outcomes, batch[i:] + rest
+            try:
                 stored = self.store.complete_request(entry.id, holder, new, computed_on=[e.id for e in self.applied])
             except HeadChanged:
+                self._put_back(new.layer, saved)
                 self.sync()
                 return outcomes, batch[i + 1 :] + rest  # this one is back in the queue; the rest are recomputed on the new head
-            except (LeaseLost, DatabaseUnavailable):
+            except BaseException:
+                self._put_back(new.layer, saved)
                 raise
-            except Exception:  # a non-finite result, say: this one and the rest go one at a time (a failure is stored on its request)
-                return outcomes, batch[i:] + rest
-            self._remember({stored.layer})
-            apply_sequential(self.model, [stored], self.matrix)
             self.applied.append(stored)
             outcomes.append(EditOutcome(stored))
         return outcomes, rest

@@ -55,13 +55,25 @@ def apply_sequential(model: PreTrainedModel, edits: Sequence[StoredEdit], covari
     solved = _solved_keys(model, ordered, covariance)
     for edit in ordered:
         key, value = edit_vectors(edit)
-        W, b = arch.down_proj_weight(model, edit.layer), arch.down_proj_bias(model, edit.layer)
-        key, value = key.to(W.device), value.to(W.device)
-        add_delta(model, edit.layer, rank_one_delta_given(W, b, key, value, solved[edit.id].to(W.device)))
-        W = arch.down_proj_weight(model, edit.layer)  # after the update
-        err = float(constraint_error(W, b, key.unsqueeze(1), value.unsqueeze(1))[0])
-        if not err <= tolerance(model, edit.layer):
-            raise CompileError(f"edit {edit.id} does not hold after its own update (constraint error {err:.2g}); nothing was written")
+        apply_update(model, edit.layer, key, value, solved[edit.id], f"edit {edit.id}")
+
+
+def apply_update(model: PreTrainedModel, layer: int, key: torch.Tensor, value: torch.Tensor, solved: torch.Tensor, label: str) -> None:
+    """One rank-one update with C^-1 k already solved (in,), then its constraint checked: the
+    step every replay makes, so a head that applies an edit before storing it equals a replay."""
+    W, b = arch.down_proj_weight(model, layer), arch.down_proj_bias(model, layer)
+    key, value = key.to(W.device), value.to(W.device)
+    add_delta(model, layer, rank_one_delta_given(W, b, key, value, solved.to(W.device)))
+    W = arch.down_proj_weight(model, layer)  # after the update
+    err = float(constraint_error(W, b, key.unsqueeze(1), value.unsqueeze(1))[0])
+    if not err <= tolerance(model, layer):
+        raise CompileError(f"{label} does not hold after its own update (constraint error {err:.2g}); nothing was written")
+
+
+def solve_key(model: PreTrainedModel, layer: int, key: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """C^-1 k (in,) float64, solved as _solved_keys solves a column (so the result is the same)."""
+    device = arch.down_proj_weight(model, layer).device
+    return torch.linalg.solve(C.to(device, torch.float64), key.unsqueeze(1).to(device, torch.float64))[:, 0]
 
 
 def _solved_keys(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader) -> dict[int, torch.Tensor]:
