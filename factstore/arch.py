@@ -196,7 +196,9 @@ def by_token(states: torch.Tensor, length: int) -> torch.Tensor:
 def input_device(model: PreTrainedModel) -> torch.device:
     """Where token ids must go: the input embedding's device (with a device map, not necessarily
     the first parameter's)."""
-    return weight_param(model.get_input_embeddings()).device
+    embed = getattr(model, "get_input_embeddings", None)
+    found = embed() if callable(embed) else None
+    return weight_param(found).device if isinstance(found, nn.Module) else next(model.parameters()).device
 
 
 def head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:

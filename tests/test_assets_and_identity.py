@@ -63,7 +63,7 @@ def test_missing_sources_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_unknown_architecture_is_named() -> None:
-    with pytest.raises(UnknownArchitecture, match="supported model types: bloom, codegen, cohere, .*, gpt2, .*, llama, .*, starcoder2$"):
+    with pytest.raises(UnknownArchitecture, match=r"supported model types: bloom, codegen, cohere, .*, gpt2, .*, llama, .*, starcoder2$"):
         arch.spec_for("bert")
 
 

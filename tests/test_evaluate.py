@@ -47,7 +47,7 @@ class Bigram(nn.Module):
         self.head = nn.Linear(len(WORDS), len(WORDS), bias=False)
         self.head.weight.data.copy_(self.logp.data.T)
 
-    def base_model(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
+    def base_model(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, use_cache: bool = False) -> SimpleNamespace:
         return SimpleNamespace(last_hidden_state=nn.functional.one_hot(input_ids, len(WORDS)).float())
 
     def get_output_embeddings(self) -> nn.Module:

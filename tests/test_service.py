@@ -61,8 +61,8 @@ def test_submit_compute_ask_retract(client: TestClient, tokens: dict[str, str]) 
     again = client.post(f"/api/v1/edits/{body['id']}/retract", headers=auth(tokens["write"]))
     assert again.status_code == 409 and again.json()["error"] == "conflict"
     assert client.post("/api/v1/models/tiny/ask", json={"prompt": "The Eiffel Tower is"}).json()["edits_applied"] == 0
-    assert client.get("/readyz").json() == {"status": "ready", "database": "reachable", "schema_current": "0002",
-                                            "schema_head": "0002", "workers": 1, "detail": None}
+    assert client.get("/readyz").json() == {"status": "ready", "database": "reachable", "schema_current": "0003",
+                                            "schema_head": "0003", "workers": 1, "detail": None}
     assert client.get("/healthz").json()["status"] == "ok"
 
 
