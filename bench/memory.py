@@ -16,10 +16,8 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parents[1]
 SOURCES = {"smollm2": "starter:smollm2-135m", "gemma3": "starter:gemma3-270m", "smollm2-bf16-file": "SAVED"}
 FACT = ["--prompt", "{} is located in the city of", "--subject", "The Eiffel Tower", "--target", "Rome"]
 SECOND = ["--prompt", "{} is located in the city of", "--subject", "The Colosseum", "--target", "Oslo"]
@@ -101,13 +99,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["smollm2:float32", "smollm2:bfloat16", "smollm2-bf16-file:bfloat16", "gemma3:float32"])
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="factstore-memory-"))
-    os.environ.update({
-        "FACTSTORE_HOME": str(home), "HF_HOME": str(home / "hf"), "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
-        "HF_TOKEN": "bench-token", "NO_PROXY": "127.0.0.1,localhost", "HF_HUB_DISABLE_TELEMETRY": "1",
-    })
-    os.environ.setdefault("FACTSTORE_CACHE", str(Path.home() / ".factstore" / "cache"))
-    sys.path.insert(0, str(HERE / "tests"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from isolated import hub_bench_home
+
+    hub_bench_home("factstore-memory-")
     from hub_server import HubServer
 
     idle = peak_rss([sys.executable, "-c", "import factstore.api as api; api.load_heavy_modules()"])

@@ -9,26 +9,19 @@ unmodified huggingface_hub client, LFS uploads (HF_HUB_DISABLE_XET=1). Prints a 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-HERE = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="starter:smollm2-135m")
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="factstore-publish-"))
-    os.environ.update({
-        "FACTSTORE_HOME": str(home), "HF_HOME": str(home / "hf"), "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
-        "HF_TOKEN": "bench-token", "NO_PROXY": "127.0.0.1,localhost", "HF_HUB_DISABLE_TELEMETRY": "1",
-    })
-    os.environ.setdefault("FACTSTORE_CACHE", str(Path.home() / ".factstore" / "cache"))
-    sys.path.insert(0, str(HERE / "tests"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from isolated import hub_bench_home
+
+    home = hub_bench_home("factstore-publish-")
     from factstore import api
     from factstore.domain import EditRequest
     from factstore.editing.session import EditSession
