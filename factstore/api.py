@@ -8,13 +8,14 @@ imported inside the functions that use them.
 from __future__ import annotations
 
 import getpass
+from collections.abc import Sequence
 from pathlib import Path
 from threading import Event
 from typing import TYPE_CHECKING
 
 from factstore import config
 from factstore.domain import ApiTokenInfo, BaseModel, EditEntry, EditRequest, Job, Release, StoredEdit, check_alias
-from factstore.errors import FactStoreError, InvalidEditRequest
+from factstore.errors import FactStoreError, InvalidArgument, InvalidEditRequest
 from factstore.progress import SILENT, Reporter
 from factstore.storage import schema
 from factstore.storage.engine import check_reachable, make_engine
@@ -279,24 +280,31 @@ def _trace_settings(samples: int, noise_factor: float, window: int, seed: int, k
 def evaluate_model(
     store: Store, alias: str, dataset: str, n: int | None = 100, *, mode: str = "single", release: int | None = None,
     fluency: bool = True, every: int | None = None, out: str | None = None, device: str | None = None, batch: int = 1,
-    progress: Reporter = SILENT,
+    compile_modes: Sequence[str] | None = None, retract: int = 0, heldout_tokens: int = 20_000, fluency_sample: int = 50,
+    run_dir: str | None = None, progress: Reporter = SILENT,
 ) -> dict:
     """CounterFact scores: `single` (each record edited alone on the base), `lifelong` (all
-    registered in a temporary store, scored on the compiled model) or a built release. batch:
-    single mode computes that many edits in one optimisation."""
+    registered one after another in a resumable run folder, the log compiled in each of
+    COMPILE_MODES and scored, then RETRACT edits retracted at random) or a built release.
+    batch: edits computed in one optimisation."""
     from factstore.analysis.metrics import FluencySettings
     from factstore.datasets import read_records
-    from factstore.studies import evaluation
+    from factstore.studies import evaluation, lifelong
+    from factstore.weights.replay import MODES
 
     if mode not in EVAL_MODES:
         raise InvalidEditRequest(f"unknown evaluation mode {mode!r}; use {' or '.join(EVAL_MODES)}")
+    if retract < 0 or heldout_tokens < 0 or fluency_sample < 0:
+        raise InvalidArgument("--retract, --heldout-tokens and --fluency-sample take a number >= 0")
     records = read_records(dataset, n)
     settings = FluencySettings() if fluency else None
     if release is not None:
         return evaluation.release(store, alias, release, records, settings, device=device, progress=progress)
     if mode == "single":
         return evaluation.single(store, alias, records, settings, device=device, batch=batch, progress=progress)
-    return evaluation.lifelong(store, alias, records, settings, every=every, out=out, device=device, progress=progress)
+    plan = lifelong.LifelongSettings(every=every, batch=batch, modes=tuple(compile_modes or MODES), fluency_sample=fluency_sample,
+                                     heldout_tokens=heldout_tokens, retract=retract)
+    return lifelong.lifelong(store, alias, records, settings, settings=plan, folder=run_dir, out=out, device=device, progress=progress)
 
 
 # the service: workers, jobs, tokens ---------------------------------------------------------

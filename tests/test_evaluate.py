@@ -188,9 +188,11 @@ def test_cli_eval_json_single_and_lifelong(tiny_store, tmp_path: Path, gpt2_toke
     p_new, p_true = target_probs(base, gpt2_tokenizer, [text, text], [first["target_new"]["str"], first["target_true"]["str"]]).tolist()
     assert single["n"] == 1 and single["unedited"]["ES"] == (100.0 if p_new > p_true else 0.0)
     assert single["unedited"]["EM"] == pytest.approx(100 * (p_new - p_true), abs=1e-4) and single["GE"] > 0
-    lifelong = cli("--n", "2", "--mode", "lifelong", "--every", "1", "--no-fluency", "--out", str(tmp_path))
+    run = tmp_path / "run"
+    lifelong = cli("--n", "2", "--mode", "lifelong", "--every", "1", "--no-fluency", "--heldout-tokens", "300", "--run-dir", str(run))
     assert [c["edits"] for c in lifelong["curve"]] == [1, 2] and set(lifelong["modes"]) == {"joint", "sequential"}
     assert {k: lifelong[k] for k in metrics.METRICS} == {k: lifelong["modes"]["joint"][k] for k in metrics.METRICS}  # joint is the default
-    assert lifelong["curve"][-1]["ES"] == lifelong["modes"]["sequential"]["ES"]  # the head after the last edit is the sequential compile
-    assert Path(lifelong["png"]).exists() and lifelong["GE"] is None
-    assert api.list_edits(tiny_store, "tiny") == []  # lifelong edits live in a temporary store
+    assert lifelong["curve"][-1]["sequential"]["ES"] == lifelong["modes"]["sequential"]["ES"]
+    assert Path(lifelong["png"]).parent == run and Path(lifelong["png"]).exists() and lifelong["GE"] is None
+    assert lifelong["unedited"]["perplexity"] > 1 and lifelong["modes"]["joint"]["perplexity"] > 1
+    assert api.list_edits(tiny_store, "tiny") == []  # lifelong edits live in the run's own store

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from factstore.datasets import read_requests
-from factstore.domain import request_sha256
+from factstore.domain import EditRequest, request_sha256
 from factstore.editing.models import check_size, tokenizer_for
 from factstore.editing.requests import layer_spec
 from factstore.editing.session import EditSession
@@ -22,7 +22,6 @@ def import_edits(
     """Add the first LIMIT requests of PATH to ALIAS's log; a rerun skips the ones already stored.
     BATCH requests are computed together in one optimisation (all on the head before them)."""
     requests = read_requests(path, limit)
-    base = store.get_base_model(alias)
     tokenizer = tokenizer_for(store, alias)
     for i, request in enumerate(requests, start=1):  # sizes first: no model is loaded for a file that cannot go in
         try:
@@ -35,10 +34,23 @@ def import_edits(
             session.validate(request, layer)
         except InvalidEditRequest as exc:
             raise InvalidEditRequest(f"record {i}: {exc}; nothing was imported") from None
+    added, skipped = add_requests(
+        session, requests, layer=layer, batch=batch, note=f"imported from {Path(path).name}", requested_by=requested_by, progress=progress,
+    )
+    return {"records": len(requests), "added": len(added), "skipped": skipped, "ids": added}
+
+
+def add_requests(
+    session: EditSession, requests: list[EditRequest], *, layer: int | str | None = None, batch: int = 1, note: str | None = None,
+    requested_by: str | None = None, progress: Reporter = SILENT,
+) -> tuple[list[int], int]:
+    """Register validated REQUESTS on SESSION's model in order, BATCH at a time; requests
+    already stored are skipped and ones an interrupted run left queued are computed now.
+    Returns the ids of the edits made and how many requests were skipped."""
+    store, base = session.store, session.base
     added: list[int] = []
     skipped = 0
     chunk: list[int] = []  # submitted, computed together once BATCH are gathered
-    note = f"imported from {Path(path).name}"
     with progress.task("importing edits", len(requests)) as advance:
         for i, request in enumerate(requests, start=1):
             rows = store.list_request_rows(base.id, request_sha256(request))
@@ -56,4 +68,4 @@ def import_edits(
                 added.extend(o.edit.id for o in session.run_many(chunk))
                 chunk = []
             advance(i)
-    return {"records": len(requests), "added": len(added), "skipped": skipped, "ids": added}
+    return added, skipped

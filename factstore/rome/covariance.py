@@ -12,6 +12,8 @@ from factstore import arch
 from factstore.rome.hooks import layer_inputs
 from factstore.rome.prompts import pad_right
 
+TEXT_TOKENS = 256  # each text is cut to this many tokens (held-out perplexity rows are cut alike)
+
 
 @dataclass
 class MomentState:
@@ -38,7 +40,7 @@ def accumulate_second_moment(
     token_budget: int,
     state: MomentState | None = None,
     batch_size: int = 8,
-    max_length: int = 256,
+    max_length: int = TEXT_TOKENS,
     on_progress: Callable[[int], None] | None = None,
     on_checkpoint: Callable[[MomentState], None] | None = None,
 ) -> MomentState:

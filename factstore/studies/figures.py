@@ -92,13 +92,16 @@ def write_average_trace(averaged: dict[str, torch.Tensor], facts: list[dict], pe
     return {"png": pngs, "json": str(json_path), "peak_mlp_layer": peak, "n": len(facts)}
 
 
-def plot_curve(curve: list[dict], path: Path, title: str) -> str:
-    """ES / PS / NS on the edits so far against the number of edits registered."""
+def plot_curve(curve: list[dict], path: Path, title: str, baseline: list[float | None] | None = None) -> str:
+    """ES / PS / NS on the edits so far against the number of edits registered; baseline: the
+    unedited model's NS on the same records at each point (dashed)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=150)
     xs = [c["edits"] for c in curve]
     for metric in ("ES", "PS", "NS"):
         ax.plot(xs, [c[metric] for c in curve], marker="o", label=metric)
+    if baseline:
+        ax.plot(xs, baseline, linestyle="--", color="grey", label="NS unedited")
     ax.set_xlabel("edits registered")
     ax.set_ylabel("score (%) on the edits so far")
     ax.set_ylim(0, 102)

@@ -6,9 +6,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from factstore.errors import StatisticsError
 from factstore.progress import SILENT, Reporter
+from factstore.rome.covariance import TEXT_TOKENS
 from factstore.weights import assets
 
 DEFAULT_CORPUS = "starter:wiki-vital"
@@ -49,3 +51,37 @@ def load_corpus(name_or_path: str = DEFAULT_CORPUS, progress: Reporter = SILENT)
         raise StatisticsError(f"the corpus {name_or_path} holds no text")
     blob = json.dumps(texts, ensure_ascii=False, separators=(",", ":")).encode()
     return Corpus(name=name_or_path, sha256=hashlib.sha256(blob).hexdigest(), texts=texts)
+
+
+
+def rows(tokenizer: Any, texts: list[str], max_length: int = TEXT_TOKENS) -> list[list[int]]:
+    return [list(tokenizer(t, truncation=True, max_length=max_length)["input_ids"]) for t in texts]
+
+
+def texts_covering(corpus: Corpus, tokenizer: Any, tokens: int, max_length: int = TEXT_TOKENS) -> int:
+    """How many texts from the front of CORPUS the key statistics read to sum TOKENS keys."""
+    seen = 0
+    for i, text in enumerate(corpus.texts):
+        if seen >= tokens:
+            return i
+        seen += len(rows(tokenizer, [text], max_length)[0])
+    return len(corpus.texts)
+
+
+def held_out(corpus: Corpus, tokenizer: Any, tokens: int, used_tokens: int, max_length: int = TEXT_TOKENS) -> list[list[int]]:
+    """Token rows of about TOKENS tokens from the end of CORPUS, none of them among the texts
+    that key statistics of USED_TOKENS read from its front: text the statistics never saw."""
+    first_free = texts_covering(corpus, tokenizer, used_tokens, max_length)
+    out: list[list[int]] = []
+    total = 0
+    for i in range(len(corpus.texts) - 1, first_free - 1, -1):
+        if total >= tokens:
+            break
+        row = rows(tokenizer, [corpus.texts[i]], max_length)[0]
+        out.append(row)
+        total += len(row)
+    if total < tokens:
+        raise StatisticsError(
+            f"{corpus.name} has only {total} tokens beyond the {used_tokens} the key statistics read; give fewer held-out tokens"
+        )
+    return out[::-1]

@@ -1,0 +1,333 @@
+"""The lifelong protocol: records registered one after another in a store of their own, then
+the log compiled each way and scored.
+
+The run lives in a folder (a SQLite store and state.json): the edits are registered through
+the import path (batches computed on the head as it is, resumable), and every score is kept
+as soon as it is computed, so an interrupted run continues where it stopped and a rerun with
+another compile mode computes only that mode. Scores at a point of the curve are of the log's
+first I edits compiled in a mode; the end point adds fluency on a sample and the perplexity of
+held-out text the key statistics never read (damage that does not depend on the edited facts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from transformers import PreTrainedModel
+
+from factstore import arch, config
+from factstore.analysis.metrics import FluencySettings, RecordScores, aggregate, score_records
+from factstore.analysis.perplexity import perplexity
+from factstore.domain import Record, StoredEdit, request_sha256
+from factstore.editing.imports import add_requests
+from factstore.editing.models import register_model
+from factstore.editing.session import EditSession
+from factstore.errors import InvalidArgument, InvalidEditRequest
+from factstore.files import atomic_write_text
+from factstore.progress import SILENT, Reporter
+from factstore.rome.covariance import TEXT_TOKENS
+from factstore.storage import schema
+from factstore.storage.engine import make_engine
+from factstore.storage.store import Store
+from factstore.studies.figures import plot_curve
+from factstore.weights import corpus as corpora
+from factstore.weights.replay import DEFAULT_MODE, MODES, apply_edits, check_mode
+
+
+@dataclass(frozen=True)
+class LifelongSettings:
+    every: int | None = None  # a curve point every EVERY edits (None: the end point only)
+    batch: int = 8  # requests computed together on the head
+    modes: tuple[str, ...] = MODES
+    fluency_sample: int = 50  # records whose generations are scored for GE at the end point
+    heldout_tokens: int = 20_000  # perplexity check; 0 skips it
+    retract: int = 0  # edits retracted at random after the modes are scored (then the default mode is rebuilt)
+    seed: int = 0
+
+
+# the run folder -------------------------------------------------------------------------------
+
+
+def records_sha256(records: Sequence[Record]) -> str:
+    blob = json.dumps([asdict(r) for r in records], ensure_ascii=False, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def default_folder(alias: str, records: Sequence[Record]) -> Path:
+    return config.home() / "evals" / alias / f"lifelong-{len(records)}-{records_sha256(records)[:12]}"
+
+
+class _State:
+    """state.json of a run: every score once computed, written atomically."""
+
+    def __init__(self, path: Path, header: dict) -> None:
+        self.path = path
+        self.data: dict = json.loads(path.read_text()) if path.exists() else {**header, "points": {}, "seconds": {}}
+        for key, want in header.items():
+            if self.data.get(key) != want:
+                raise InvalidArgument(f"{path.parent} holds a run with another {key} ({self.data.get(key)!r}); give another --run-dir")
+
+    def save(self) -> None:
+        atomic_write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True))
+
+    def add_seconds(self, phase: str, seconds: float) -> None:
+        self.data["seconds"][phase] = round(self.data["seconds"].get(phase, 0.0) + seconds, 1)
+
+
+def _open_store(folder: Path, source: Store, alias: str, progress: Reporter) -> Store:
+    """The run's own SQLite store in FOLDER, with ALIAS registered as in SOURCE."""
+    url = f"sqlite:///{folder / 'lifelong.db'}"
+    engine = make_engine(url)
+    try:
+        schema.upgrade(engine)
+    finally:
+        engine.dispose()
+    store = Store(url)
+    base = source.get_base_model(alias)
+    register_model(store, alias, base.source, base.revision, dtype=base.dtype, progress=progress)
+    return store
+
+
+# scoring --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _weights_restored(model: PreTrainedModel) -> Iterator[None]:
+    """Every down-projection as it is now, put back on exit (a compile mode may touch any layer)."""
+    saved = [arch.down_proj_param(model, layer).detach().clone() for layer in range(arch.num_layers(model))]
+    try:
+        yield
+    finally:
+        for layer, weight in enumerate(saved):
+            arch.down_proj_param(model, layer).data.copy_(weight)
+
+
+def _with_generations(record: Record) -> Record:
+    """A record without generation prompts is sampled from its own rewrite and paraphrase prompts."""
+    if record.generations:
+        return record
+    req = record.request
+    return replace(record, generations=(req.prompt.replace("{}", req.subject, 1), *record.paraphrases))
+
+
+def _compact(scores: Sequence[RecordScores]) -> list[list]:
+    """Per-record ES, PS, NS shares (for subsets: retracted vs kept, each curve point's own records)."""
+    def pct(v: list[bool]) -> float | None:
+        return sum(v) / len(v) if v else None
+    return [[pct(s.efficacy), pct(s.paraphrase), pct(s.neighbourhood)] for s in scores]
+
+
+def subset_means(compact: Sequence[list], which: Sequence[int]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for col, name in enumerate(("ES", "PS", "NS")):
+        vals = [compact[i][col] for i in which if compact[i][col] is not None]
+        out[name] = 100.0 * sum(vals) / len(vals) if vals else None
+    return out
+
+
+def _score(model: PreTrainedModel, tok: object, records: Sequence[Record], fluency: FluencySettings | None, sample: int,
+           heldout: list[list[int]] | None) -> dict:
+    scores = score_records(model, tok, records[sample:], None)  # type: ignore[arg-type]
+    if sample:
+        scores = score_records(model, tok, [_with_generations(r) for r in records[:sample]], fluency) + scores  # type: ignore[arg-type]
+    result = {**aggregate(scores), "records": _compact(scores)}
+    if heldout:
+        result["perplexity"] = perplexity(model, heldout)
+    return result
+
+
+# the run --------------------------------------------------------------------------------------
+
+
+def _record_index(records: Sequence[Record]) -> dict[str, int]:
+    index: dict[str, int] = {}
+    for i, record in enumerate(records):
+        index.setdefault(request_sha256(record.request), i)
+    return index
+
+
+def _points(n: int, every: int | None) -> list[int]:
+    return sorted({*(range(every, n, every) if every else ()), n})
+
+
+def lifelong(
+    store: Store, alias: str, records: list[Record], fluency: FluencySettings | None = None, *,
+    settings: LifelongSettings = LifelongSettings(), folder: str | Path | None = None, out: str | None = None,
+    device: str | None = None, progress: Reporter = SILENT,
+) -> dict:
+    """Register RECORDS one after another in the run folder's store (resumable), score the log
+    compiled in each of settings.modes at every curve point, then retract settings.retract
+    edits at random and score the default mode's rebuild. Returns the table, curve and paths."""
+    for mode in settings.modes:
+        check_mode(mode)
+    run = Path(folder).expanduser() if folder else default_folder(alias, records)
+    run.mkdir(parents=True, exist_ok=True)
+    base = store.get_base_model(alias)
+    state = _State(run / "state.json", {"alias": alias, "identity": base.identity, "records_sha256": records_sha256(records)})
+    scratch = _open_store(run, store, alias, progress)
+    try:
+        session = EditSession(scratch, alias, device=device, progress=progress)
+        _register(session, records, settings, state, progress)
+        heldout = _heldout(session, scratch, settings)
+        log = _log(scratch, session.base.id, state)
+        index = _record_index(records)
+        _score_modes(session, records, log, index, fluency, settings, heldout, state, progress)
+        if settings.retract:
+            _retraction(session, records, log, index, settings, state, progress)
+    finally:
+        scratch.close()
+    return _result(state.data, records, settings, run, out)
+
+
+def _register(session: EditSession, records: list[Record], settings: LifelongSettings, state: _State, progress: Reporter) -> None:
+    if state.data.get("registered") == len(records):
+        return
+    if "unedited" not in state.data:  # before any edit: the head is the base model
+        with session.base_weights():
+            clock = time.perf_counter()
+            state.data["unedited"] = _score(session.model, session.tokenizer, records, None, 0, None)
+            state.add_seconds("score unedited", time.perf_counter() - clock)
+        state.save()
+    requests = [r.request for r in records]
+    for i, request in enumerate(requests, start=1):
+        try:
+            session.validate(request)
+        except InvalidEditRequest as exc:
+            raise InvalidEditRequest(f"record {i}: {exc}") from None
+    clock = time.perf_counter()
+    step = settings.every or len(records)
+    for lo in range(0, len(records), step):  # seconds recorded per slice: an interrupted run keeps what it spent
+        add_requests(session, requests[lo : lo + step], batch=settings.batch, note="lifelong evaluation", progress=progress)
+        state.add_seconds("register", time.perf_counter() - clock)
+        state.save()
+        clock = time.perf_counter()
+    state.data["registered"] = len(records)
+    state.save()
+
+
+def _log(store: Store, base_id: int, state: _State) -> list[StoredEdit]:
+    """The run's full log: active edits and the ones the retraction step retracted."""
+    retracted = set(state.data.get("retraction", {}).get("edit_ids", []))
+    edits = store.list_edits(base_id, "all")
+    return [e for e in edits if e.status == "active" or (e.status == "retracted" and e.id in retracted)]
+
+
+def _heldout(session: EditSession, store: Store, settings: LifelongSettings) -> list[list[int]] | None:
+    if not settings.heldout_tokens:
+        return None
+    covs = [store.get_covariance(e.covariance_id) for e in store.list_edits(session.base.id, "all") if e.covariance_id]
+    names = {c.corpus for c in covs} or {corpora.DEFAULT_CORPUS}
+    if len(names) != 1:
+        raise InvalidArgument(f"the run's edits use key statistics from several corpora ({', '.join(sorted(names))})")
+    corpus = corpora.load_corpus(names.pop())
+    used = max((c.tokens for c in covs), default=0)
+    width = min(TEXT_TOKENS, arch.context_length(session.model))  # as the statistics cut their texts
+    return corpora.held_out(corpus, session.tokenizer, settings.heldout_tokens, used, width)
+
+
+def _point_key(mode: str, i: int) -> str:
+    return f"{mode}@{i}"
+
+
+def _score_modes(
+    session: EditSession, records: list[Record], log: list[StoredEdit], index: dict[str, int], fluency: FluencySettings | None,
+    settings: LifelongSettings, heldout: list[list[int]] | None, state: _State, progress: Reporter,
+) -> None:
+    n = len(records)
+    if "unedited_perplexity" not in state.data and heldout:
+        with session.base_weights():
+            state.data["unedited_perplexity"] = perplexity(session.model, heldout)
+        state.save()
+    todo = [(mode, i) for mode in settings.modes for i in _points(n, settings.every) if _point_key(mode, i) not in state.data["points"]]
+    with progress.task("scoring compiled logs", len(todo)) as advance:
+        for done, (mode, i) in enumerate(todo, start=1):
+            clock = time.perf_counter()
+            edits = [e for e in log if index.get(request_sha256(e.request()), n) < i]
+            end = i == n
+            with _weights_restored(session.model), session.base_weights():
+                apply_edits(session.model, edits, session.matrix, mode)
+                scores = _score(session.model, session.tokenizer, records[:i], fluency if end else None,
+                                min(settings.fluency_sample, i) if end and fluency else 0, heldout if end else None)
+            seconds = time.perf_counter() - clock
+            state.data["points"][_point_key(mode, i)] = {**scores, "edits": len(edits), "seconds": round(seconds, 1)}
+            state.add_seconds(f"score {mode}", seconds)
+            state.save()
+            advance(done)
+
+
+def _retraction(
+    session: EditSession, records: list[Record], log: list[StoredEdit], index: dict[str, int], settings: LifelongSettings,
+    state: _State, progress: Reporter,
+) -> None:
+    """Retract settings.retract edits of the log at random (seeded), rebuild the default mode without
+    them: the retracted facts should fall back to the unedited model's scores, the rest keep theirs."""
+    done = state.data.get("retraction")
+    if done and "after" in done:
+        return
+    if not done:
+        chosen = sorted(random.Random(settings.seed).sample([e.id for e in log], min(settings.retract, len(log))))
+        state.data["retraction"] = done = {"edit_ids": chosen, "mode": DEFAULT_MODE}
+        state.save()
+    for edit_id in done["edit_ids"]:
+        if session.store.get_edit(edit_id).status == "active":
+            session.store.set_edit_retracted(edit_id)
+    kept = session.store.list_edits(session.base.id, "active")
+    clock = time.perf_counter()
+    with _weights_restored(session.model), session.base_weights():
+        apply_edits(session.model, kept, session.matrix, done["mode"])
+        scores = score_records(session.model, session.tokenizer, records, None)
+    state.add_seconds("retraction", time.perf_counter() - clock)
+    gone = {e.id for e in log} - {e.id for e in kept}
+    rec_of = {e.id: index[request_sha256(e.request())] for e in log}
+    done["after"] = _compact(scores)
+    done["retracted_records"] = sorted(rec_of[i] for i in gone)
+    done["kept_records"] = sorted(rec_of[e.id] for e in kept)
+    state.save()
+
+
+def _result(data: dict, records: list[Record], settings: LifelongSettings, run: Path, out: str | None) -> dict:
+    n = len(records)
+    points = data["points"]
+
+    def strip(p: dict) -> dict:
+        return {k: v for k, v in p.items() if k != "records"}
+
+    modes = {m: strip(points[_point_key(m, n)]) for m in settings.modes if _point_key(m, n) in points}
+    for scores in modes.values():
+        if data.get("unedited_perplexity") and scores.get("perplexity"):
+            scores["perplexity_change_pct"] = 100 * (scores["perplexity"] / data["unedited_perplexity"] - 1)
+    unedited = {**strip(data["unedited"]), "perplexity": data.get("unedited_perplexity")}
+    curve = []
+    for i in _points(n, settings.every):
+        row: dict = {"edits": i, "unedited": subset_means(data["unedited"]["records"], range(i))}
+        row.update({m: strip(points[_point_key(m, i)]) for m in settings.modes if _point_key(m, i) in points})
+        curve.append(row)
+    default = DEFAULT_MODE if DEFAULT_MODE in modes else next(iter(modes), None)
+    result: dict = {**(modes.get(default) or {}), "mode": "lifelong", "compile_mode": default, "modes": modes, "unedited": unedited,
+                    "curve": curve, "run_dir": str(run), "seconds": data["seconds"]}
+    if (r := data.get("retraction")) and "after" in r:
+        gone, kept = r["retracted_records"], r["kept_records"]
+        full = points.get(_point_key(r["mode"], n), {}).get("records")
+        result["retraction"] = {
+            "mode": r["mode"], "retracted": len(gone), "kept": len(kept),
+            "retracted_unedited": subset_means(data["unedited"]["records"], gone),
+            "retracted_before": subset_means(full, gone) if full else None,
+            "retracted_after": subset_means(r["after"], gone),
+            "kept_before": subset_means(full, kept) if full else None,
+            "kept_after": subset_means(r["after"], kept),
+        }
+    if len(curve) > 1:
+        folder = Path(out).expanduser() if out else run
+        title = f"{data['alias']}: {n} edits registered one after another"
+        drawn = [c for c in curve if default in c]
+        result["png"] = plot_curve([{"edits": c["edits"], **c[default]} for c in drawn], folder / f"lifelong-{n}.png",
+                                   f"{title} ({default} compile)", [c["unedited"]["NS"] for c in drawn])
+    return result
+

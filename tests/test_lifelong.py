@@ -1,0 +1,91 @@
+"""The lifelong protocol: a resumable run folder, scores per compile mode and curve point, the
+held-out perplexity check and retraction at random."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from factstore import api
+from factstore.analysis.perplexity import perplexity
+from factstore.datasets import read_records
+from factstore.editing.session import EditSession
+from factstore.studies import lifelong
+from factstore.weights import corpus as corpora
+from factstore.weights import replay
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data" / "counterfact_8.json"
+
+
+def test_held_out_text_is_never_read_by_the_statistics(gpt2_tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    texts = [f"Text number {i} has a few words in it." for i in range(50)]
+    (tmp_path / "c.json").write_text(__import__("json").dumps(texts))
+    corpus = corpora.load_corpus(str(tmp_path / "c.json"))
+    used = corpora.texts_covering(corpus, gpt2_tokenizer, 100)
+    rows = corpora.held_out(corpus, gpt2_tokenizer, 60, used_tokens=100)
+    first_held = len(texts) - len(rows)
+    assert first_held >= used and sum(map(len, rows)) >= 60
+    assert rows == corpora.rows(gpt2_tokenizer, texts[first_held:])  # the last texts, in order
+    with pytest.raises(api.FactStoreError, match="held-out"):
+        corpora.held_out(corpus, gpt2_tokenizer, 10_000, used_tokens=100)
+
+
+def test_perplexity_is_exp_mean_nll() -> None:
+    import torch
+    from torch import nn
+
+    class Uniform(nn.Module):  # every next token equally likely: perplexity is the vocabulary size
+        config = type("C", (), {"model_type": "x"})()
+
+        def get_input_embeddings(self) -> nn.Module:
+            return nn.Embedding(7, 2)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, use_cache: bool) -> object:
+            return type("O", (), {"logits": torch.zeros(*input_ids.shape, 7)})()
+
+    assert perplexity(Uniform(), [[1, 2, 3], [4, 5], [6, 1, 2, 3, 4]]) == pytest.approx(7.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(tiny_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    records = read_records(str(DATA), 4)
+    run = tmp_path / "run"
+    calls = {"slices": 0}
+    real_add = lifelong.add_requests
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["slices"] += 1
+        if calls["slices"] == 2:
+            raise KeyboardInterrupt  # as Ctrl-C in the second slice of 2 records
+        return real_add(*args, **kwargs)
+
+    monkeypatch.setattr(lifelong, "add_requests", interrupted)
+    plan = lifelong.LifelongSettings(every=2, batch=2, modes=("sequential",), heldout_tokens=300)
+    with pytest.raises(KeyboardInterrupt):
+        lifelong.lifelong(tiny_store, "tiny", records, settings=plan, folder=run)
+    monkeypatch.setattr(lifelong, "add_requests", real_add)
+
+    computed: list[int] = []
+    real_run_many = EditSession.run_many
+    monkeypatch.setattr(EditSession, "run_many", lambda self, ids: computed.extend(ids) or real_run_many(self, ids))
+    first = lifelong.lifelong(tiny_store, "tiny", records, settings=plan, folder=run)
+    assert len(computed) == 2  # only the interrupted slice's two records were computed again
+    assert [c["edits"] for c in first["curve"]] == [2, 4] and set(first["modes"]) == {"sequential"}
+    assert first["modes"]["sequential"]["edits"] == 4 and first["unedited"]["perplexity"] > 1
+
+    applied: list[str] = []
+    real_apply = lifelong.apply_edits
+    monkeypatch.setattr(lifelong, "apply_edits", lambda m, e, c, mode: applied.append(mode) or real_apply(m, e, c, mode))
+    computed.clear()
+    both = lifelong.lifelong(tiny_store, "tiny", records, settings=lifelong.LifelongSettings(
+        every=2, batch=2, modes=("sequential", "joint"), heldout_tokens=300, retract=2, seed=1), folder=run)
+    assert computed == [] and applied == ["joint", "joint", "joint"]  # two joint points, then the retraction rebuild
+    assert both["modes"]["sequential"] == first["modes"]["sequential"]  # kept, not recomputed
+    r = both["retraction"]
+    assert r["retracted"] == 2 and r["kept"] == 2
+    assert api.list_edits(tiny_store, "tiny") == []  # the user's own store is untouched
+    with pytest.raises(api.FactStoreError, match="another"):
+        lifelong.lifelong(tiny_store, "tiny", records[:3], settings=plan, folder=run)  # the folder holds another run
+    assert set(replay.MODES) >= {"sequential", "joint"}
