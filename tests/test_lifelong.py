@@ -77,7 +77,7 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(tiny_store, tmp
 
     applied: list[str] = []
     real_apply = lifelong.apply_edits
-    monkeypatch.setattr(lifelong, "apply_edits", lambda m, e, c, mode: applied.append(mode) or real_apply(m, e, c, mode))
+    monkeypatch.setattr(lifelong, "apply_edits", lambda m, e, c, mode, inputs=None: applied.append(mode) or real_apply(m, e, c, mode, inputs))
     computed.clear()
     both = lifelong.lifelong(tiny_store, "tiny", records, settings=lifelong.LifelongSettings(
         every=2, batch=2, modes=("sequential", "joint"), heldout_tokens=300, retract=2, seed=1), folder=run)

@@ -11,6 +11,7 @@ from factstore.errors import InvalidEditRequest, UnknownArchitecture
 from factstore.rome.edit import compute_edit, contexts_for, validate_request
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.rome.keys import compute_key
+from factstore.rome.prompts import encode_prompt
 from factstore.rome.values import compute_value
 from tiny_models import random_gpt2, random_llama
 
@@ -64,6 +65,9 @@ def test_requests_the_model_cannot_carry_are_refused(gpt2_tokenizer) -> None:  #
         validate_request(model, gpt2_tokenizer, REQUEST, 7)
     with pytest.raises(InvalidEditRequest, match="token boundary"):
         validate_request(model, gpt2_tokenizer, EditRequest("{}on is a city in", "The city of Lond", "England"), 1)
+    # a token that runs on into punctuation only (GPT-2 merges "),") still ends the subject (CounterFact has such records)
+    found = encode_prompt(gpt2_tokenizer, "{}, who plays the position", "Brandon Jenkins (football player)")
+    assert gpt2_tokenizer.decode(found.ids[found.subject_last]) == "),"
     with pytest.raises(InvalidEditRequest, match="longer than the model's context"):
         validate_request(model, gpt2_tokenizer, EditRequest("{} is" + " very" * 200 + " far from", "Paris", "Rome"), 1)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -131,8 +129,7 @@ class EditSession:
         return hp
 
     def templates(self, hp: ROMEHyperParams) -> ContextTemplates:
-        spec = json.dumps([hp.context_seed, hp.context_lengths, hp.value_context_lengths])
-        fingerprint = hashlib.sha256(spec.encode()).hexdigest()
+        fingerprint = hp.templates_fingerprint()
         stored = self.store.get_context_templates(self.base.id, fingerprint)
         if stored is None:
             with self.base_weights():

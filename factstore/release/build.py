@@ -10,8 +10,10 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import safetensors
+import torch
 from transformers import PreTrainedModel
 
 from factstore import config
@@ -23,18 +25,24 @@ from factstore.progress import SILENT, Reporter
 from factstore.release import card, layout
 from factstore.release.manifest import Manifest
 from factstore.release.scoring import RELEASE_PREFIX_SEED, RELEASE_PREFIXES, release_prefixes, release_records
+from factstore.rome.hparams import ROMEHyperParams
 from factstore.storage.store import Store
 from factstore.weights import assets, checkpoints
 from factstore.weights.checkpoints import LoadedModel
+from factstore.weights.corpus import DEFAULT_CORPUS
 from factstore.weights.replay import (
     DEFAULT_MODE,
+    EXACT_MODES,
     JOINT_RIDGE,
+    NULL_SPACE_THRESHOLD,
     apply_edits,
     check_mode,
     constraint_errors,
     edit_vectors,
     tolerance,
+    touched_layers,
 )
+from factstore.weights.spread import LOWER_RIDGE, SPREAD_LAYERS, LayerInputs
 from factstore.weights.stats import MatrixCache
 
 
@@ -48,7 +56,7 @@ def verify(model: PreTrainedModel, edits: Sequence[StoredEdit], mode: str, prefe
     compiled model (the release's efficacy scores), for the edits that have an old target."""
     if not layout.finite(model):
         raise CompileError("the compiled weights are not finite; nothing was written")
-    errors = constraint_errors(model, edits) if mode == "joint" else {}  # sequential: checked per update
+    errors = constraint_errors(model, edits) if mode in EXACT_MODES else {}  # sequential, spread: checked as they go
     layers = {e.id: e.layer for e in edits}
     bad = {i: f"constraint error {err:.2g}" for i, err in errors.items() if not err <= tolerance(model, layers[i])}
     # An edit that took when it was registered (new target preferred on the head model) must
@@ -141,7 +149,8 @@ def _compile_in_memory(
     judged = [e for e in edits if e.target_true]  # an edit needs its old target to be judged
     records = _release_records(store, base, loaded, judged)  # on the unedited model
     lap("score")
-    apply_edits(model, edits, MatrixCache(store.get_covariance), mode)
+    inputs = spread_inputs(store, base, model, tok) if mode == "spread" else None
+    apply_edits(model, edits, MatrixCache(store.get_covariance), mode, inputs)
     lap("apply")
     after = score_records(model, tok, records)  # one record per judged edit
     if check:
@@ -165,7 +174,7 @@ def _write_release(
 ) -> str:
     """Write the release folder through a staged folder renamed into place; returns the manifest's sha256."""
     with staged_folder(final) as tmp:
-        known = layout.write_weights(loaded.model, tmp, layout.edited_files({e.layer for e in edits}), _stable_files(base.identity))
+        known = layout.write_weights(loaded.model, tmp, layout.edited_files(touched_layers(edits, mode)), _stable_files(base.identity))
         layout.write_model_config(loaded.model, loaded.tokenizer, tmp)
         (tmp / "README.md").write_text(card.render(base, mode, edits, scores))
         layout.write_edit_vectors(tmp, [edit_vectors(e) for e in edits])
@@ -215,7 +224,9 @@ def _manifest(store: Store, base: BaseModel, mode: str, edits: Sequence[StoredEd
         "base": {"source": _published_source(base), "revision": base.revision, "model_type": base.model_type, "license": base.license,
                  **({"dtype": base.dtype} if base.dtype != "float32" else {})},  # float32 releases stay readable by older factstore
         "mode": mode,
-        "joint_ridge": JOINT_RIDGE if mode == "joint" else None,
+        "joint_ridge": JOINT_RIDGE if mode in EXACT_MODES else None,
+        **({"null_space_threshold": NULL_SPACE_THRESHOLD} if mode == "null-space" else {}),
+        **({"spread_layers": SPREAD_LAYERS, "spread_lower_ridge": LOWER_RIDGE} if mode == "spread" else {}),
         "edit_log_sha256": log_sha,
         "context_templates": store.list_context_templates(base.id),
         "edits": [
@@ -230,3 +241,27 @@ def _manifest(store: Store, base: BaseModel, mode: str, edits: Sequence[StoredEd
             for e in edits
         ],
     }
+
+
+def spread_inputs(store: Store, base: BaseModel, model: PreTrainedModel, tokenizer: Any) -> LayerInputs:
+    """What the spread mode reads besides the log: each edit's key context templates (stored per
+    base model) and C of the layers below its own, of the same corpus and size (recorded, on disk)."""
+    matrices = MatrixCache(store.get_covariance)
+
+    def templates(edit: StoredEdit) -> list[str]:
+        stored = store.get_context_templates(base.id, ROMEHyperParams.from_json(edit.hparams).templates_fingerprint())
+        if stored is None:
+            raise CompileError(f"the context templates of edit {edit.id} are missing from the store; nothing was written")
+        return list(stored["key"])
+
+    def covariance(edit: StoredEdit, layer: int) -> torch.Tensor:
+        own = store.get_covariance(edit.covariance_id) if edit.covariance_id is not None else None
+        found = store.find_covariance(base.id, own, layer) if own is not None else None
+        if found is not None and Path(found.path).exists():
+            return matrices(found.id)
+        tokens = own.tokens if own else ROMEHyperParams.from_json(edit.hparams).stats_tokens
+        corpus = "" if own is None or own.corpus == DEFAULT_CORPUS else f" --corpus {own.corpus}"
+        raise CompileError(f"the spread mode needs key statistics of layer {layer}: run `factstore stats compute --model {base.alias} "
+                           f"--layer {layer} --tokens {tokens}{corpus}`; nothing was written")
+
+    return LayerInputs(tokenizer=tokenizer, templates=templates, covariance=covariance)

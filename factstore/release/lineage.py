@@ -49,6 +49,9 @@ def import_release(
     version = _version(tag)
     if manifest.mode not in MODES:
         raise ReleaseVerificationError(f"the release's compile mode {manifest.mode!r} is not one of {', '.join(MODES)}; nothing was imported")
+    if manifest.mode == "spread":  # its compile runs forward passes, whose last bits differ between machines
+        raise ReleaseVerificationError("a spread-mode release cannot be rebuilt byte for byte on another machine, so its edits cannot be "
+                                       "imported; pull it without --import-edits, or ask for a joint release; nothing was imported")
     ref = _base_ref(store, alias, manifest, progress)
     local = store.list_edits(store.get_base_model(alias).id, "active") if _registered(store, alias) else []
     prefix = [(e.key_sha256, e.value_sha256) for e in local]

@@ -90,3 +90,32 @@ def layer_inputs(model: PreTrainedModel, layer: int, ids: torch.Tensor, mask: to
     finally:
         handle.remove()
     return arch.by_token(seen[0], ids.shape[1])
+
+
+def inputs_and_block_output(
+    model: PreTrainedModel, key_layers: list[int], out_layer: int, ids: torch.Tensor, mask: torch.Tensor,
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """Down-projection inputs of KEY_LAYERS ({layer: (B, L, d_ff)}) and the residual stream leaving
+    block OUT_LAYER ((B, L, d)), from one forward pass that stops after that block."""
+    seen: dict[int, torch.Tensor] = {}
+    hidden: list[torch.Tensor] = []
+
+    def key_hook(layer: int) -> Callable[[nn.Module, tuple], None]:
+        def hook(_mod: nn.Module, args: tuple) -> None:
+            seen[layer] = arch.by_token(args[0].detach(), ids.shape[1])
+        return hook
+
+    def out_hook(_mod: nn.Module, _args: tuple, output: Any) -> None:
+        hidden.append((output[0] if isinstance(output, tuple) else output).detach())
+        raise _Stop
+
+    handles = [arch.down_proj(model, layer).register_forward_pre_hook(key_hook(layer)) for layer in key_layers]
+    handles.append(arch.blocks(model)[out_layer].register_forward_hook(out_hook))
+    try:
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen, hidden[0]

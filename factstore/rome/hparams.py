@@ -45,6 +45,11 @@ class ROMEHyperParams:
         blob = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
+    def templates_fingerprint(self) -> str:
+        """sha256 of what the context templates are sampled from (stored per base model under it)."""
+        spec = json.dumps([self.context_seed, self.context_lengths, self.value_context_lengths])
+        return hashlib.sha256(spec.encode()).hexdigest()
+
     def with_layer(self, layer: int) -> ROMEHyperParams:
         return replace(self, layer=layer)
 

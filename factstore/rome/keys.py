@@ -9,7 +9,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
 from factstore.domain import EditRequest
-from factstore.rome.hooks import layer_inputs
+from factstore.rome.hooks import inputs_and_block_output, layer_inputs
 from factstore.rome.prompts import decode, encode_prompt, pad_right, request_prompts
 
 _STARTS = ("The", "Therefore", "Because", "I", "You")  # ROME's generation seeds
@@ -113,3 +113,38 @@ def compute_key(
 ) -> torch.Tensor:
     """k* (d_ff,) float32 of one request."""
     return compute_keys(model, tokenizer, [request], layer, templates)[0]
+
+
+@torch.no_grad()
+def subject_states(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_sets: list[list[tuple[str, str]]],
+    key_layer: int,
+    out_layer: int,
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each set of (prompt, subject) pairs, the mean over its prompts, at the subject's last
+    token, of KEY_LAYER's down-projection input and of the residual stream after block OUT_LAYER:
+    (n, d_ff) and (n, d) float32 (what a compile spread over layers measures)."""
+    device = arch.input_device(model)
+    encoded = [(i, encode_prompt(tokenizer, p, subject)) for i, pairs in enumerate(prompt_sets) for p, subject in pairs]
+    encoded.sort(key=lambda item: len(item[1].ids))  # similar lengths share a batch
+    keys: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+    for lo in range(0, len(encoded), batch_size):
+        chunk = encoded[lo : lo + batch_size]
+        ids, mask = pad_right([e.ids for _, e in chunk])
+        found, out = inputs_and_block_output(model, [key_layer], out_layer, ids.to(device), mask.to(device))
+        rows = torch.arange(len(chunk))
+        at = torch.tensor([e.subject_last for _, e in chunk])
+        k = found[key_layer][rows.to(found[key_layer].device), at.to(found[key_layer].device)].double().cpu()
+        h = out[rows.to(out.device), at.to(out.device)].double().cpu()
+        owner = torch.tensor([i for i, _ in chunk])
+        keys = torch.zeros(len(prompt_sets), k.shape[1], dtype=torch.float64) if keys is None else keys
+        hidden = torch.zeros(len(prompt_sets), h.shape[1], dtype=torch.float64) if hidden is None else hidden
+        keys.index_add_(0, owner, k)
+        hidden.index_add_(0, owner, h)
+    assert keys is not None and hidden is not None, "no prompts"
+    counts = torch.tensor([len(pairs) for pairs in prompt_sets], dtype=torch.float64).unsqueeze(1)
+    return (keys / counts).float(), (hidden / counts).float()

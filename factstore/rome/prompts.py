@@ -30,8 +30,8 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str)
     enc = tokenizer(text, return_offsets_mapping=True)
     for i, (lo, hi) in enumerate(enc["offset_mapping"]):
         if lo < end <= hi and hi > lo:
-            if hi != end and text[end:hi].strip():
-                break  # the subject's last token runs on into the next word
+            if any(ch.isalnum() for ch in text[end:hi]):
+                break  # the subject's last token runs on into the next word (a token such as "),"" is still the subject's)
             return EncodedPrompt(ids=list(enc["input_ids"]), subject_last=i)
     raise InvalidEditRequest(
         f"the subject {subject!r} does not end on a token boundary in {text!r}; "

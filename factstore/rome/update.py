@@ -53,14 +53,40 @@ def joint_delta(
     keys (in, n) and values (out, n) as columns. lam = ridge * mean diagonal of K^T C^-1 K,
     so the regulariser is scale-free; order of the columns does not matter.
     """
-    W64, K, V, C64 = W.double(), keys.double(), values.double(), C.double()
+    W64, K, V = W.double(), keys.double(), values.double()
     b64 = None if b is None else b.double()
-    CinvK = torch.linalg.solve(C64, K)  # (in, n)
-    gram = K.T @ CinvK  # (n, n), symmetric positive definite
+    return residual_delta(V - _affine(W64, b64, K), K, torch.linalg.solve(C.double(), K), ridge)
+
+
+def residual_delta(residual: torch.Tensor, keys: torch.Tensor, metric_keys: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
+    """dW (out, in) with dW K = R for keys K (in, n) and wanted changes R (out, n), of least norm
+    in the metric M given as M K (in, n): dW = R (K^T M K + lam I)^-1 (M K)^T, lam = ridge * mean
+    diagonal of K^T M K. M = C^-1 is ROME's (disturb little what C's keys see); M = P, the
+    projector onto C's null space, is AlphaEdit's (rows of dW only where C's keys have no energy)."""
+    K, MK = keys.double(), metric_keys.double()
+    gram = K.T @ MK  # (n, n), symmetric positive (semi)definite
     lam = ridge * gram.diagonal().mean()
     gram = gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    residual = V - _affine(W64, b64, K)  # (out, n)
-    return residual @ torch.linalg.solve(gram, CinvK.T)  # (out, n) @ (n, in)
+    return residual.double() @ torch.linalg.solve(gram, MK.T)  # (out, n) @ (n, in)
+
+
+def null_space(C: torch.Tensor, rel_threshold: float) -> torch.Tensor:
+    """(in, r) orthonormal basis of the eigenvectors of C whose eigenvalue is at most
+    REL_THRESHOLD x the largest: directions the preserved keys (C's corpus) barely use."""
+    vals, vecs = torch.linalg.eigh(C.double())  # ascending
+    return vecs[:, vals <= rel_threshold * vals[-1]]
+
+
+def null_space_delta(
+    W: torch.Tensor, b: torch.Tensor | None, keys: torch.Tensor, values: torch.Tensor, basis: torch.Tensor, ridge: float = 1e-6,
+) -> torch.Tensor:
+    """joint_delta with C^-1 replaced by P = U U^T for the null-space basis U (in, r): the update
+    is zero on C's principal directions, so preserved keys keep their outputs; all constraints
+    hold only if the keys' projections P k are independent (at most r edits)."""
+    W64, K, V = W.double(), keys.double(), values.double()
+    b64 = None if b is None else b.double()
+    U = basis.double()
+    return residual_delta(V - _affine(W64, b64, K), K, U @ (U.T @ K), ridge)
 
 
 def constraint_error(W: torch.Tensor, b: torch.Tensor | None, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -134,6 +134,18 @@ class Store(QueueVerbs, TokenVerbs):
             )
             return None if row is None else convert.covariance(row)
 
+    def find_covariance(self, base_id: int, like: Covariance, layer: int) -> Covariance | None:
+        """The newest C of LAYER from the same corpus, token count and dtype as LIKE (another layer's)."""
+        with self._tx(write=False) as s:
+            row = s.scalar(
+                select(CovarianceStat)
+                .where(CovarianceStat.base_model_id == base_id, CovarianceStat.layer == layer, CovarianceStat.corpus_sha256 == like.corpus_sha256,
+                       CovarianceStat.tokens == like.tokens, CovarianceStat.dtype == like.dtype)
+                .order_by(CovarianceStat.id.desc())
+                .limit(1)
+            )
+            return None if row is None else convert.covariance(row)
+
     def get_covariance(self, cov_id: int) -> Covariance:
         with self._tx(write=False) as s:
             return convert.covariance(s.get_one(CovarianceStat, cov_id))

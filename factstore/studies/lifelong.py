@@ -32,13 +32,16 @@ from factstore.editing.session import EditSession
 from factstore.errors import InvalidArgument, InvalidEditRequest
 from factstore.files import atomic_write_text
 from factstore.progress import SILENT, Reporter
+from factstore.release.build import spread_inputs
 from factstore.rome.covariance import TEXT_TOKENS
+from factstore.rome.hparams import ROMEHyperParams
 from factstore.storage import schema
 from factstore.storage.engine import make_engine
 from factstore.storage.store import Store
 from factstore.studies.figures import plot_curve
 from factstore.weights import corpus as corpora
-from factstore.weights.replay import DEFAULT_MODE, MODES, apply_edits, check_mode
+from factstore.weights.replay import DEFAULT_MODE, MODES, apply_edits, check_mode, constraint_errors, tolerance
+from factstore.weights.spread import LayerInputs, spread_layers
 
 
 @dataclass(frozen=True)
@@ -251,15 +254,27 @@ def _score_modes(
             clock = time.perf_counter()
             edits = [e for e in log if index.get(request_sha256(e.request()), n) < i]
             end = i == n
+            inputs = _spread_inputs(session, edits) if mode == "spread" else None
             with _weights_restored(session.model), session.base_weights():
-                apply_edits(session.model, edits, session.matrix, mode)
+                apply_edits(session.model, edits, session.matrix, mode, inputs)
+                errors = constraint_errors(session.model, edits) if mode != "spread" else {}  # spread checks its own targets
                 scores = _score(session.model, session.tokenizer, records[:i], fluency if end else None,
                                 min(settings.fluency_sample, i) if end and fluency else 0, heldout if end else None)
             seconds = time.perf_counter() - clock
-            state.data["points"][_point_key(mode, i)] = {**scores, "edits": len(edits), "seconds": round(seconds, 1)}
+            held = sum(err <= tolerance(session.model, e.layer) for e, err in zip(edits, errors.values())) if errors else None
+            state.data["points"][_point_key(mode, i)] = {**scores, "edits": len(edits), "seconds": round(seconds, 1), "constraints_held": held,
+                                                         "max_constraint_error": max(errors.values(), default=None)}
             state.add_seconds(f"score {mode}", seconds)
             state.save()
             advance(done)
+
+
+def _spread_inputs(session: EditSession, edits: list[StoredEdit]) -> LayerInputs:
+    """The spread mode's inputs, with C computed first for every layer it touches."""
+    for layer, hp in {e.layer: ROMEHyperParams.from_json(e.hparams) for e in edits}.items():
+        for below in spread_layers(layer):
+            session.covariance(below, hp.with_layer(below))
+    return spread_inputs(session.store, session.base, session.model, session.tokenizer)
 
 
 def _retraction(
@@ -309,7 +324,7 @@ def _result(data: dict, records: list[Record], settings: LifelongSettings, run: 
         row: dict = {"edits": i, "unedited": subset_means(data["unedited"]["records"], range(i))}
         row.update({m: strip(points[_point_key(m, i)]) for m in settings.modes if _point_key(m, i) in points})
         curve.append(row)
-    default = DEFAULT_MODE if DEFAULT_MODE in modes else next(iter(modes), None)
+    default = DEFAULT_MODE if DEFAULT_MODE in modes else next(iter(modes), "")
     result: dict = {**(modes.get(default) or {}), "mode": "lifelong", "compile_mode": default, "modes": modes, "unedited": unedited,
                     "curve": curve, "run_dir": str(run), "seconds": data["seconds"]}
     if (r := data.get("retraction")) and "after" in r:

@@ -15,12 +15,15 @@ from factstore import arch
 from factstore.domain import StoredEdit
 from factstore.errors import CompileError
 from factstore.rome.edit import add_delta
-from factstore.rome.update import constraint_error, joint_delta, rank_one_delta_given
+from factstore.rome.update import constraint_error, joint_delta, null_space, null_space_delta, rank_one_delta_given
+from factstore.weights.spread import LayerInputs, apply_spread, spread_layers
 from factstore.weights.vectors import from_bytes
 
-MODES = ("joint", "sequential")
+MODES = ("joint", "sequential", "spread", "null-space")
 DEFAULT_MODE = "joint"
+EXACT_MODES = ("joint", "null-space")  # every constraint of the log holds on the compiled weights at once
 JOINT_RIDGE = 1e-6  # lambda relative to the mean diagonal of K^T C^-1 K
+NULL_SPACE_THRESHOLD = 1e-2  # eigenvalues of C up to this share of the largest span the null space
 CONSTRAINT_TOLERANCE = 1e-3  # ||W k - v|| / ||v|| allowed after compiling, in float32
 
 
@@ -90,19 +93,38 @@ def _solved_keys(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance
     return solved
 
 
-def apply_joint(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader, ridge: float = JOINT_RIDGE) -> None:
-    """All edits of a layer solved at once in float64: order-independent, none erases another."""
+def _by_layer(model: PreTrainedModel, edits: Sequence[StoredEdit]) -> dict[int, list[StoredEdit]]:
     by_layer: dict[int, list[StoredEdit]] = defaultdict(list)
     for edit in sorted(edits, key=lambda e: e.seq):
         _check_module(model, edit)
         by_layer[edit.layer].append(edit)
-    for layer, group in sorted(by_layer.items()):
+    return dict(sorted(by_layer.items()))
+
+
+def apply_joint(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader, ridge: float = JOINT_RIDGE,
+                null_space_threshold: float | None = None) -> None:
+    """All edits of a layer solved at once in float64: order-independent, none erases another.
+    With null_space_threshold (AlphaEdit), the update is confined to C's null space."""
+    for layer, group in _by_layer(model, edits).items():
         keys, values = zip(*(edit_vectors(e) for e in group))
         W, b = arch.down_proj_weight(model, layer), arch.down_proj_bias(model, layer)
         K = torch.stack(keys, dim=1).to(W.device)  # (d_ff, n)
         V = torch.stack(values, dim=1).to(W.device)  # (d_model, n)
         C = covariance(group[-1].covariance_id).to(W.device)
-        add_delta(model, layer, joint_delta(W, b, K, V, C, ridge))
+        if null_space_threshold is None:
+            add_delta(model, layer, joint_delta(W, b, K, V, C, ridge))
+        else:
+            basis = null_space(C, null_space_threshold)
+            if basis.shape[1] < len(group):
+                raise CompileError(f"null-space compile: layer {layer} has {len(group)} edits but C's null space only "
+                                   f"{basis.shape[1]} dimensions; use --mode joint or spread; nothing was written")
+            add_delta(model, layer, null_space_delta(W, b, K, V, basis, ridge))
+
+
+def touched_layers(edits: Sequence[StoredEdit], mode: str) -> set[int]:
+    """The layers whose down-projection a compile of EDITS in MODE changes."""
+    own = {e.layer for e in edits}
+    return {below for layer in own for below in spread_layers(layer)} if mode == "spread" else own
 
 
 def check_mode(mode: str) -> None:
@@ -110,12 +132,21 @@ def check_mode(mode: str) -> None:
         raise CompileError(f"unknown compile mode {mode!r}; use one of {', '.join(MODES)}")
 
 
-def apply_edits(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader, mode: str = DEFAULT_MODE) -> None:
+def apply_edits(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader, mode: str = DEFAULT_MODE,
+                inputs: LayerInputs | None = None) -> None:
+    """Write the log onto MODEL's weights in MODE. spread needs INPUTS (the tokenizer, the edits'
+    context templates and C of the layers below); it and sequential check each edit as they go,
+    the exact modes are checked with constraint_errors after."""
     check_mode(mode)
     if mode == "sequential":
         apply_sequential(model, edits, covariance)
+    elif mode == "spread":
+        if inputs is None:
+            raise CompileError("the spread mode needs the tokenizer, context templates and key statistics of the layers below")
+        _by_layer(model, edits)  # every edit's module checked first
+        apply_spread(model, edits, covariance, edit_vectors, inputs, lambda layer: tolerance(model, layer))
     else:
-        apply_joint(model, edits, covariance)
+        apply_joint(model, edits, covariance, null_space_threshold=NULL_SPACE_THRESHOLD if mode == "null-space" else None)
 
 
 def constraint_errors(model: PreTrainedModel, edits: Sequence[StoredEdit]) -> dict[int, float]:

@@ -1,0 +1,88 @@
+"""Compile mode `spread`: MEMIT's distribution of each edit over the edit layer and the ones below.
+
+A stored edit asks layer L's down-projection to emit v* for k*, i.e. to move the residual
+stream leaving block L by r = v* - W0 k* - b at the subject's last token (averaged over the
+key's context prompts). Spread mode measures that stream on the base model (H0), sets the
+target Z = H0 + r, and walks up the layers L-4..L: at each, it measures the stream and the
+layer's keys on the model as updated so far, and asks the layer for its share of what is
+left, (Z - H) / (layers left), in the least-squares form of the joint solve with C of that
+layer. The lower layers take their share softly (ridge, as MEMIT), so that no matrix carries
+every constraint at full size; the edit layer takes exactly what is left, so every edit's
+target holds at the end, and is checked by a last measurement before anything is written.
+Forward passes only: no gradients; deterministic for a given machine and thread count.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from factstore import arch
+from factstore.domain import StoredEdit
+from factstore.errors import CompileError
+from factstore.rome.edit import add_delta
+from factstore.rome.keys import subject_states
+from factstore.rome.prompts import request_prompts
+from factstore.rome.update import residual_delta
+
+SPREAD_LAYERS = 5  # the edit layer and the four below it (MEMIT's L-4..L)
+LOWER_RIDGE = 1.0  # lambda / mean diagonal of K^T C^-1 K below the edit layer (MEMIT's lambda C is about this size)
+TOP_RIDGE = 1e-6  # the edit layer solves exactly what is left (as the joint mode)
+
+
+@dataclass(frozen=True)
+class LayerInputs:
+    """What a compile over several layers needs beyond the stored vectors."""
+
+    tokenizer: Any
+    templates: Callable[[StoredEdit], list[str]]  # the context templates an edit's k* was averaged over
+    covariance: Callable[[StoredEdit, int], torch.Tensor]  # C of a layer, of the corpus and size the edit's C has
+
+
+def spread_layers(layer: int) -> list[int]:
+    return list(range(max(0, layer - SPREAD_LAYERS + 1), layer + 1))
+
+
+def _prompt_sets(edits: Sequence[StoredEdit], inputs: LayerInputs) -> list[list[tuple[str, str]]]:
+    return [[(p, e.subject) for p in request_prompts(e.request(), inputs.templates(e))] for e in edits]
+
+
+def _stored(edits: Sequence[StoredEdit], vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    keys, values = zip(*(vectors(e) for e in edits))
+    return torch.stack(keys).double(), torch.stack(values).double()  # (n, d_ff), (n, d)
+
+
+def apply_spread(
+    model: PreTrainedModel, edits: Sequence[StoredEdit], own_covariance: Callable[[int | None], torch.Tensor],
+    vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]], inputs: LayerInputs, tolerance: Callable[[int], float],
+) -> None:
+    """Spread each edit layer's edits over spread_layers(L), lowest layer first; refuse if an
+    edit's target is not met at the end (CompileError; the caller writes nothing)."""
+    by_layer: dict[int, list[StoredEdit]] = defaultdict(list)
+    for edit in sorted(edits, key=lambda e: e.seq):
+        by_layer[edit.layer].append(edit)
+    for top, group in sorted(by_layer.items()):
+        prompts = _prompt_sets(group, inputs)
+        K, V = _stored(group, vectors)
+        W0, b = arch.down_proj_weight(model, top).double().cpu(), arch.down_proj_bias(model, top)
+        wanted = V - K @ W0.T - (0 if b is None else b.double().cpu())  # (n, d): the shift each edit asks at block L
+        _, H0 = subject_states(model, inputs.tokenizer, prompts, top, top)
+        Z = H0.double() + wanted
+        layers = spread_layers(top)
+        for j, layer in enumerate(layers):
+            keys, H = subject_states(model, inputs.tokenizer, prompts, layer, top)
+            share = (Z - H.double()) / (len(layers) - j)  # (n, d)
+            C = own_covariance(group[-1].covariance_id) if layer == top else inputs.covariance(group[-1], layer)
+            Kl = keys.double().T  # (d_ff, n)
+            ridge = TOP_RIDGE if layer == top else LOWER_RIDGE
+            add_delta(model, layer, residual_delta(share.T, Kl, torch.linalg.solve(C.double(), Kl), ridge))
+        _, H = subject_states(model, inputs.tokenizer, prompts, top, top)
+        errors = (H.double() - Z).norm(dim=1) / V.norm(dim=1)
+        bad = [f"edit {e.id} ({err:.2g})" for e, err in zip(group, errors.tolist()) if not err <= tolerance(top)]
+        if bad:
+            raise CompileError(f"spread compile: these edits miss their target at layer {top}: {', '.join(bad[:10])}; nothing was written")
