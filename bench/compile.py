@@ -93,7 +93,7 @@ def real_keys(model, tok, texts, layer: int, n: int, max_cosine: float = 0.9):  
     values are a contradiction no compile can satisfy)."""
     import torch
 
-    from factstore.rome.covariance import _layer_inputs
+    from factstore.rome.hooks import layer_inputs
     from factstore.rome.prompts import pad_right
 
     keys_found: list[torch.Tensor] = []
@@ -101,7 +101,7 @@ def real_keys(model, tok, texts, layer: int, n: int, max_cosine: float = 0.9):  
     for lo in range(0, len(texts), 8):
         ids, mask = pad_right([tok(t, truncation=True, max_length=128)["input_ids"] for t in texts[lo : lo + 8]])
         with torch.no_grad():
-            keys = _layer_inputs(model, layer, ids, mask)[mask.bool()]
+            keys = layer_inputs(model, layer, ids, mask)[mask.bool()]
         for k in keys[::7]:  # spread over positions
             unit = k / k.norm()
             if directions and float((torch.stack(directions) @ unit).max()) >= max_cosine:

@@ -49,7 +49,7 @@ def smollm2_rows(args: argparse.Namespace) -> list[dict]:
     model, tok = loaded.model, loaded.tokenizer
     cfg = model.config
     hp = default_hparams(cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size)
-    C = accumulate_second_moment(model, tok, corpus.load_corpus().texts, hp.layer, STATS_TOKENS).moment().float()
+    C = accumulate_second_moment(model, tok, corpus.load_corpus().texts, hp.layer, STATS_TOKENS).moment(hp.layer).float()
     templates = contexts_for(model, tok, hp)
     requests = [r.request for r in read_records(str(args.data), max([*args.batches, args.repeats]))]
     rows = []

@@ -43,7 +43,7 @@ def main() -> None:
     print(f"{'layer':>5} {'ES':>6} {'PS':>6} {'NS':>6}   (n={args.n}, 20k-token statistics)")
     for layer in args.layers:
         hp = replace(base, layer=layer)
-        C = accumulate_second_moment(model, tok, texts, layer, 20_000).moment().float()
+        C = accumulate_second_moment(model, tok, texts, layer, 20_000).moment(layer).float()
         templates = contexts_for(model, tok, hp)
         es, ps, ns = [], [], []
         for record, request in zip(records, requests):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from factstore import api
@@ -13,15 +15,51 @@ from .progress import BARS
 app = typer.Typer(help="Key second-moment statistics (computed on first need otherwise).", no_args_is_help=True)
 
 
+def _layers(text: str | None) -> list[int] | None:
+    """"0-4" or "1,3,5" -> layer numbers."""
+    if text is None:
+        return None
+    try:
+        if "-" in text:
+            lo, hi = (int(x) for x in text.split("-"))
+            return list(range(lo, hi + 1))
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"--layers takes A-B or A,B,C, not {text[:20]!r}") from None
+
+
 @app.command("compute")
 def compute(
     model: ModelOpt,
     layer: LayerOpt = None,
+    layers: Annotated[str | None, typer.Option("--layers", help="Several layers from one pass over the corpus: A-B or A,B,C.")] = None,
     corpus: CorpusOpt = "starter:wiki-vital",
     tokens: TokensOpt = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="I/N: only shard I of N of the corpus (partial sums); then `stats merge`.")] = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Compute (or find cached) C for a model's edit layer; resumes after an interruption."""
-    result = api.compute_stats(api.open_store(), model, parse_layer(layer), corpus=corpus, tokens=tokens, device=device, progress=BARS)
+    result = api.compute_stats(api.open_store(), model, parse_layer(layer), layers=_layers(layers), corpus=corpus, tokens=tokens, shard=shard,
+                               device=device, progress=BARS)
+    if json_out:
+        emit_json(result)
+    elif "shard" in result:
+        print(f"layer {result['layer']}, shard {result['shard']}: {result['tokens']} tokens -> {result['path']}")
+    else:
+        for row in result.get("layers", [result]):
+            print(f"layer {row['layer']}: {row['tokens']} tokens -> {row['path']}")
+
+
+@app.command("merge")
+def merge(
+    model: ModelOpt,
+    layer: Annotated[int, typer.Option("--layer", min=0, help="The layer whose shards to merge.")],
+    corpus: CorpusOpt = "starter:wiki-vital",
+    tokens: TokensOpt = None,
+    shards_from: Annotated[list[str] | None, typer.Option("--from", help="Another folder holding shard files (repeat).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Combine the shards of `stats compute --shard I/N` into C, equal to a single pass."""
+    result = api.merge_stats(api.open_store(), model, layer, corpus=corpus, tokens=tokens, folders=shards_from or [], progress=BARS)
     emit_json(result) if json_out else print(f"layer {result['layer']}: {result['tokens']} tokens -> {result['path']}")

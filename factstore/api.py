@@ -89,18 +89,57 @@ def list_models(store: Store) -> list[BaseModel]:
 
 
 def compute_stats(
-    store: Store, alias: str, layer: int | str | None = None, *, corpus: str | None = None, tokens: int | None = None,
-    device: str | None = None, progress: Reporter = SILENT,
+    store: Store, alias: str, layer: int | str | None = None, *, layers: Sequence[int] | None = None, corpus: str | None = None,
+    tokens: int | None = None, shard: str | None = None, device: str | None = None, progress: Reporter = SILENT,
 ) -> dict:
-    """C for a model's edit layer (computed once, cached, resumable)."""
+    """C for a model's edit layer, or for LAYERS from one pass (computed once, cached, resumable).
+    SHARD "I/N": only the float64 partial sum of that shard of the corpus, for `merge_stats`."""
     from factstore.editing.session import EditSession
+    from factstore.weights import stats
     from factstore.weights.corpus import DEFAULT_CORPUS
 
+    split = stats.parse_shard(shard) if shard is not None else None  # before the model is loaded
     session = EditSession(store, alias, device=device, corpus=corpus or DEFAULT_CORPUS, stats_tokens=tokens, progress=progress)
     hp = session.hparams(layer)
-    cov = session.covariance(hp.layer, hp)
-    return {"id": cov.id, "layer": cov.layer, "module": cov.module, "corpus": cov.corpus, "tokens": cov.tokens,
-            "dtype": cov.dtype, "path": cov.path, "sha256": cov.sha256}
+    if split is not None:
+        if layers:
+            raise InvalidArgument("--shard computes one layer; give --layer")
+        text = session.stats_corpus()
+        with session.base_weights():
+            part = stats.compute_shard(session.model, session.tokenizer, session.stats_spec(hp.layer, hp, text), text, *split, progress)
+        return {"layer": hp.layer, "shard": f"{split[0]}/{split[1]}", "tokens": part.tokens, "path": str(part.path), "sha256": part.sha256}
+    covs = session.covariances(list(layers) if layers else [hp.layer], hp)
+    rows = [{"id": c.id, "layer": c.layer, "module": c.module, "corpus": c.corpus, "tokens": c.tokens, "dtype": c.dtype, "path": c.path,
+             "sha256": c.sha256} for c in covs]
+    return rows[0] if not layers else {"layers": rows}
+
+
+def merge_stats(
+    store: Store, alias: str, layer: int, *, corpus: str | None = None, tokens: int | None = None, folders: Sequence[str] = (),
+    progress: Reporter = SILENT,
+) -> dict:
+    """C of LAYER from the shard files `compute_stats(shard=...)` wrote (here, or in FOLDERS),
+    equal to a single pass; recorded like a computed C. Reads the model's config and tokenizer only."""
+    from factstore import arch
+    from factstore.rome.covariance import TEXT_TOKENS, plan
+    from factstore.rome.hparams import default_hparams
+    from factstore.weights import checkpoints, stats
+    from factstore.weights.corpus import DEFAULT_CORPUS, load_corpus
+
+    base = store.get_base_model(alias)
+    cfg = checkpoints.load_config(base.source, base.revision)
+    n_layers = arch.config_num_layers(cfg)
+    if not 0 <= layer < n_layers:
+        raise InvalidArgument(f"layer {layer} is outside {alias}'s layers 0 to {n_layers - 1}")
+    tokenizer = checkpoints.load_tokenizer(base.source, base.revision)
+    text = load_corpus(corpus or DEFAULT_CORPUS, progress)
+    hp = default_hparams(cfg.model_type, n_layers, cfg.get_text_config().hidden_size)
+    spec = stats.StatsSpec(base.identity, layer, arch.config_down_proj_name(cfg, layer), text.sha256, tokens or hp.stats_tokens, hp.stats_dtype)
+    expected = sum(b.keys for b in plan(tokenizer, text.texts, spec.tokens, min(TEXT_TOKENS, arch.config_context_length(cfg))))
+    result = stats.merge_shards(spec, expected, [Path(f).expanduser() for f in folders])
+    cov = store.create_covariance(base.id, spec.key(), record=stats.covariance_record(result, text))
+    return {"id": cov.id, "layer": cov.layer, "module": cov.module, "corpus": cov.corpus, "tokens": cov.tokens, "dtype": cov.dtype,
+            "path": cov.path, "sha256": cov.sha256}
 
 
 # edits -------------------------------------------------------------------------------------

@@ -110,6 +110,12 @@ def layer_path(model: PreTrainedModel, layer: int, part: str = "") -> str:
     return f"{base}.{part}" if part else base
 
 
+def config_down_proj_name(config: Any, layer: int) -> str:
+    """A layer's down-projection name, read off a config (no weights needed)."""
+    spec = spec_for(config.model_type)
+    return f"{spec.layers}.{layer}.{spec.down_proj}"
+
+
 def down_proj_name(model: PreTrainedModel, layer: int) -> str:
     return layer_path(model, layer, model_spec(model).down_proj)
 

@@ -45,7 +45,7 @@ def trained(tiny_gpt2_dir: Path, gpt2_tokenizer):  # type: ignore[no-untyped-def
         default_hparams("gpt2", model.config.n_layer, model.config.n_embd),
         layer=2, context_lengths=(), value_context_lengths=(), clamp_norm_factor=8.0,
     )
-    C = accumulate_second_moment(model, gpt2_tokenizer, corpus, hp.layer, 100_000).moment().float()
+    C = accumulate_second_moment(model, gpt2_tokenizer, corpus, hp.layer, 100_000).moment(hp.layer).float()
     return model, facts, hp, C
 
 

@@ -35,7 +35,7 @@ from factstore.rome.scoring import greedy_continuation
 from factstore.storage.models import QUEUED_STATUSES
 from factstore.storage.store import Store
 from factstore.weights import checkpoints, stats
-from factstore.weights.corpus import DEFAULT_CORPUS, load_corpus
+from factstore.weights.corpus import DEFAULT_CORPUS, Corpus, load_corpus
 from factstore.weights.replay import apply_sequential, apply_update, solve_key
 from factstore.weights.vectors import from_bytes, to_bytes
 
@@ -140,18 +140,38 @@ class EditSession:
 
     def covariance(self, layer: int, hp: ROMEHyperParams) -> Covariance:
         """The C record for a layer, computing it (with progress, resumable) on first need."""
+        return self.covariances([layer], hp)[0]
+
+    def covariances(self, layers: list[int], hp: ROMEHyperParams) -> list[Covariance]:
+        """C records for LAYERS; the missing ones are computed together, in one pass over the corpus."""
+        found: dict[int, Covariance] = {}
         if self.corpus_name is None and self.stats_tokens is None:
-            recorded = self.store.get_latest_covariance(self.base.id, layer)
-            if recorded is not None and Path(recorded.path).exists():
-                return recorded
-        corpus = load_corpus(self.corpus_name or DEFAULT_CORPUS, self.progress)
-        spec = stats.spec_for(self.base.identity, self.model, layer, corpus, hp.stats_tokens, hp.stats_dtype)
-        found = self.store.get_covariance_by_key(spec.key())
-        if found is not None and Path(found.path).exists():
-            return found
-        with self.base_weights():  # C is a property of the base model's keys
-            result = stats.compute(self.model, self.tokenizer, spec, corpus, self.progress)
-        return self.store.create_covariance(self.base.id, spec.key(), record=stats.covariance_record(result, corpus))
+            for layer in layers:
+                recorded = self.store.get_latest_covariance(self.base.id, layer)
+                if recorded is not None and Path(recorded.path).exists():
+                    found[layer] = recorded
+        missing = [layer for layer in layers if layer not in found]
+        if missing:
+            corpus = self.stats_corpus()
+            specs = {layer: self.stats_spec(layer, hp, corpus) for layer in missing}
+            for layer, spec in list(specs.items()):
+                known = self.store.get_covariance_by_key(spec.key())
+                if known is not None and Path(known.path).exists():
+                    found[layer] = known
+                    del specs[layer]
+            if specs:
+                with self.base_weights():  # C is a property of the base model's keys
+                    results = stats.compute_many(self.model, self.tokenizer, list(specs.values()), corpus, self.progress)
+                for result in results:
+                    found[result.spec.layer] = self.store.create_covariance(self.base.id, result.spec.key(), record=stats.covariance_record(result, corpus))
+        return [found[layer] for layer in layers]
+
+    def stats_corpus(self) -> Corpus:
+        return load_corpus(self.corpus_name or DEFAULT_CORPUS, self.progress)
+
+    def stats_spec(self, layer: int, hp: ROMEHyperParams, corpus: Corpus) -> stats.StatsSpec:
+        arch.check_layer(self.model, layer)
+        return stats.spec_for(self.base.identity, self.model, layer, corpus, hp.stats_tokens, hp.stats_dtype)
 
     # edits ---------------------------------------------------------------------------------
 

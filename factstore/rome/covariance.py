@@ -1,4 +1,11 @@
-"""Streaming second moment C = E[k k^T] of down-projection inputs over ordinary text."""
+"""Streaming second moments C = E[k k^T] of down-projection inputs over ordinary text.
+
+The corpus is read in fixed batches of consecutive texts (batch b = texts[b*B:(b+1)*B]); a
+plan lists the batches a token budget needs and how many keys each gives (the last one cut at
+exactly the budget). A single pass runs the whole plan; shard I of N runs every N-th batch
+from the I-th. Each batch's keys are computed the same way in both (same rows, same padding),
+so the shards' float64 sums add up to the single pass's sum up to the order of additions.
+"""
 
 from __future__ import annotations
 
@@ -9,62 +16,92 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
-from factstore.rome.hooks import layer_inputs
+from factstore.rome.hooks import layers_inputs
 from factstore.rome.prompts import pad_right
 
 TEXT_TOKENS = 256  # each text is cut to this many tokens (held-out perplexity rows are cut alike)
+BATCH_TEXTS = 8  # texts per forward pass
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    index: int  # batch b holds texts[b * BATCH_TEXTS : (b + 1) * BATCH_TEXTS]
+    keys: int  # keys it contributes (all its tokens, or fewer for the batch that reaches the budget)
 
 
 @dataclass
 class MomentState:
-    """Running sums; everything needed to resume after an interruption."""
+    """Running sums for one or more layers; everything needed to resume after an interruption."""
 
-    total: torch.Tensor  # (d_ff, d_ff) float64 sum of k k^T
-    tokens: int  # keys summed so far
-    next_text: int  # index of the first text not yet consumed
+    totals: dict[int, torch.Tensor]  # layer -> (d_ff, d_ff) float64 sum of k k^T
+    tokens: int  # keys summed so far (per layer)
+    done: int  # batches of the plan already summed
 
     @classmethod
-    def empty(cls, dim: int) -> MomentState:
-        return cls(total=torch.zeros(dim, dim, dtype=torch.float64), tokens=0, next_text=0)
+    def empty(cls, dims: dict[int, int]) -> MomentState:
+        return cls(totals={layer: torch.zeros(d, d, dtype=torch.float64) for layer, d in dims.items()}, tokens=0, done=0)
 
-    def moment(self) -> torch.Tensor:
-        return self.total / max(self.tokens, 1)
+    def moment(self, layer: int) -> torch.Tensor:
+        return self.totals[layer] / max(self.tokens, 1)
+
+
+def _rows(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    rows = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    return [r for r in rows if r] or [[0]]
+
+
+def text_width(model: PreTrainedModel) -> int:
+    return min(TEXT_TOKENS, arch.context_length(model))
+
+
+def plan(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], token_budget: int, max_length: int) -> list[PlannedBatch]:
+    """The batches that sum TOKEN_BUDGET keys (fewer if the texts run out), from tokenising only."""
+    out: list[PlannedBatch] = []
+    total = 0
+    for index in range((len(texts) + BATCH_TEXTS - 1) // BATCH_TEXTS):
+        if total >= token_budget:
+            break
+        n = sum(map(len, _rows(tokenizer, texts[index * BATCH_TEXTS : (index + 1) * BATCH_TEXTS], max_length)))
+        keep = min(n, token_budget - total)
+        out.append(PlannedBatch(index, keep))
+        total += keep
+    return out
 
 
 @torch.no_grad()
-def accumulate_second_moment(
+def accumulate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
-    layer: int,
-    token_budget: int,
+    layers: Sequence[int],
+    batches: Sequence[PlannedBatch],
     state: MomentState | None = None,
-    batch_size: int = 8,
-    max_length: int = TEXT_TOKENS,
     on_progress: Callable[[int], None] | None = None,
     on_checkpoint: Callable[[MomentState], None] | None = None,
 ) -> MomentState:
-    """Add keys from texts[state.next_text:] until token_budget keys are summed.
-
-    Deterministic: the same texts and budget give the same sums, resumed or not, because
-    checkpoints fall on batch boundaries and the last batch is cut at exactly the budget.
-    """
+    """Add the keys of batches[state.done:] for every layer in LAYERS, one forward pass per batch
+    that stops at the highest of them. Checkpoints fall on batch boundaries."""
     device = arch.input_device(model)
-    max_length = min(max_length, arch.context_length(model))
-    dim = arch.down_proj_weight(model, layer).shape[1]
-    state = state or MomentState.empty(dim)
-    while state.tokens < token_budget and state.next_text < len(texts):
-        chunk = [t for t in texts[state.next_text : state.next_text + batch_size]]
-        rows = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in chunk]
-        rows = [r for r in rows if r] or [[0]]
+    width = text_width(model)
+    state = state or MomentState.empty({layer: arch.down_proj_weight(model, layer).shape[1] for layer in layers})
+    for planned in batches[state.done :]:
+        rows = _rows(tokenizer, texts[planned.index * BATCH_TEXTS : (planned.index + 1) * BATCH_TEXTS], width)
         ids, mask = pad_right(rows)
-        keys = layer_inputs(model, layer, ids.to(device), mask.to(device))
-        keys = keys[mask.to(keys.device).bool()].double()[: token_budget - state.tokens]  # (n, d_ff), on the layer's device
-        state.total += (keys.T @ keys).cpu()
-        state.tokens += keys.shape[0]
-        state.next_text += len(chunk)
+        found = layers_inputs(model, list(layers), ids.to(device), mask.to(device))
+        for layer in layers:
+            keys = found[layer][mask.to(found[layer].device).bool()].double()[: planned.keys]  # (n, d_ff), row-major over the batch
+            state.totals[layer] += (keys.T @ keys).cpu()
+        state.tokens += planned.keys
+        state.done += 1
         if on_progress:
             on_progress(state.tokens)
         if on_checkpoint:
             on_checkpoint(state)
     return state
+
+
+def accumulate_second_moment(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], layer: int, token_budget: int,
+) -> MomentState:
+    """One layer's sums over the first TOKEN_BUDGET keys of TEXTS in a single pass (no checkpoints)."""
+    return accumulate(model, tokenizer, texts, [layer], plan(tokenizer, texts, token_budget, text_width(model)))

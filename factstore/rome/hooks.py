@@ -73,23 +73,33 @@ class _Stop(Exception):
     """Raised from a hook to skip the layers above the one being measured."""
 
 
-def layer_inputs(model: PreTrainedModel, layer: int, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, L, d_ff) down-projection inputs of a layer; the forward pass stops at that module (no
-    block above it runs, and no logits are made)."""
-    seen: list[torch.Tensor] = []
+def layers_inputs(model: PreTrainedModel, layers: list[int], ids: torch.Tensor, mask: torch.Tensor) -> dict[int, torch.Tensor]:
+    """{layer: (B, L, d_ff)} down-projection inputs of LAYERS from one forward pass that stops at
+    the highest of them (no block above it runs, and no logits are made)."""
+    seen: dict[int, torch.Tensor] = {}
+    last = max(layers)
 
-    def hook(_mod: nn.Module, args: tuple) -> None:
-        seen.append(args[0].detach())
-        raise _Stop
+    def hook_for(layer: int) -> Callable[[nn.Module, tuple], None]:
+        def hook(_mod: nn.Module, args: tuple) -> None:
+            seen[layer] = arch.by_token(args[0].detach(), ids.shape[1])
+            if layer == last:
+                raise _Stop
+        return hook
 
-    handle = arch.down_proj(model, layer).register_forward_pre_hook(hook)
+    handles = [arch.down_proj(model, layer).register_forward_pre_hook(hook_for(layer)) for layer in set(layers)]
     try:
         model(input_ids=ids, attention_mask=mask, use_cache=False)
     except _Stop:
         pass
     finally:
-        handle.remove()
-    return arch.by_token(seen[0], ids.shape[1])
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def layer_inputs(model: PreTrainedModel, layer: int, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, d_ff) down-projection inputs of one layer (see layers_inputs)."""
+    return layers_inputs(model, [layer], ids, mask)[layer]
 
 
 def inputs_and_block_output(

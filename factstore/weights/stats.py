@@ -20,7 +20,7 @@ from factstore.domain import Covariance
 from factstore.errors import StatisticsError
 from factstore.files import atomic_write_with, file_sha256
 from factstore.progress import SILENT, Reporter
-from factstore.rome.covariance import MomentState, accumulate_second_moment
+from factstore.rome.covariance import MomentState, PlannedBatch, accumulate, plan, text_width
 from factstore.weights.corpus import Corpus
 
 CHECKPOINT_SECONDS = 20.0  # how much work an interruption may lose at most
@@ -64,13 +64,16 @@ def _save(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) ->
     atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def _load_partial(path: Path) -> MomentState | None:
+def _partial_state(path: Path, layers: list[int]) -> MomentState | None:
+    """A checkpoint of the same work, or None (also for one written by an older factstore)."""
     if not path.exists():
         return None
     with safe_open(str(path), "pt") as fh:
         meta = fh.metadata()
-        total = fh.get_tensor("total")
-    return MomentState(total=total, tokens=int(meta["tokens"]), next_text=int(meta["next_text"]))
+        if "done" not in meta or sorted(fh.keys()) != sorted(f"total.{layer}" for layer in layers):
+            return None
+        totals = {layer: fh.get_tensor(f"total.{layer}") for layer in layers}
+    return MomentState(totals=totals, tokens=int(meta["tokens"]), done=int(meta["done"]))
 
 
 def spec_for(identity: str, model: PreTrainedModel, layer: int, corpus: Corpus, tokens: int, dtype: str) -> StatsSpec:
@@ -78,8 +81,12 @@ def spec_for(identity: str, model: PreTrainedModel, layer: int, corpus: Corpus, 
     return StatsSpec(identity, layer, arch.down_proj_name(model, layer), corpus.sha256, tokens, dtype)
 
 
+def _final_path(spec: StatsSpec) -> Path:
+    return _dir() / f"{spec.key()}.safetensors"
+
+
 def cached(spec: StatsSpec) -> StatsFile | None:
-    path = _dir() / f"{spec.key()}.safetensors"
+    path = _final_path(spec)
     if not path.exists():
         return None
     with safe_open(str(path), "pt") as fh:
@@ -87,32 +94,130 @@ def cached(spec: StatsSpec) -> StatsFile | None:
     return StatsFile(spec, path, file_sha256(path), tokens)
 
 
-def compute(model: PreTrainedModel, tokenizer: Any, spec: StatsSpec, corpus: Corpus, progress: Reporter = SILENT) -> StatsFile:
-    """C for spec, from the cache if present; else streamed with a progress bar and checkpoints."""
-    if (hit := cached(spec)) is not None:
-        return hit
-    final = _dir() / f"{spec.key()}.safetensors"
-    partial = final.with_suffix(".partial")
-    state = _load_partial(partial)
+def _check_together(specs: list[StatsSpec]) -> None:
+    first = specs[0]
+    if any((s.identity, s.corpus_sha256, s.tokens, s.dtype) != (first.identity, first.corpus_sha256, first.tokens, first.dtype) for s in specs):
+        raise StatisticsError("statistics computed in one pass must share the model, corpus, token count and dtype")
+
+
+def _run(model: PreTrainedModel, tokenizer: Any, specs: list[StatsSpec], corpus: Corpus, batches: list[PlannedBatch], partial: Path,
+         label: str, progress: Reporter) -> MomentState:
+    """Sum the keys of BATCHES for every spec's layer, checkpointing to PARTIAL (resumed from it)."""
+    layers = [s.layer for s in specs]
+    state = _partial_state(partial, layers)
     last_save = time.monotonic()
 
-    def checkpoint(s: MomentState) -> None:
+    def checkpoint(st: MomentState) -> None:
         nonlocal last_save
         if time.monotonic() - last_save >= CHECKPOINT_SECONDS:
-            _save({"total": s.total}, {"tokens": str(s.tokens), "next_text": str(s.next_text)}, partial)
+            tensors = {f"total.{layer}": total for layer, total in st.totals.items()}
+            _save(tensors, {"tokens": str(st.tokens), "done": str(st.done)}, partial)
             last_save = time.monotonic()
 
-    with progress.task(f"key statistics, layer {spec.layer}", spec.tokens) as advance:
+    with progress.task(label, sum(b.keys for b in batches)) as advance:
         if state:
             advance(state.tokens)
-        state = accumulate_second_moment(
-            model, tokenizer, corpus.texts, spec.layer, spec.tokens, state=state, on_progress=advance, on_checkpoint=checkpoint
-        )
-    moment = state.moment().to(getattr(torch, spec.dtype)).contiguous()
-    meta = {"tokens": str(state.tokens), **{k: str(v) for k, v in spec.__dict__.items()}}
+        return accumulate(model, tokenizer, corpus.texts, layers, batches, state=state, on_progress=advance, on_checkpoint=checkpoint)
+
+
+def _work_key(specs: list[StatsSpec]) -> str:
+    return hashlib.sha256("|".join(sorted(s.key() for s in specs)).encode()).hexdigest()
+
+
+def _write_final(spec: StatsSpec, total: torch.Tensor, tokens: int) -> StatsFile:
+    moment = (total / max(tokens, 1)).to(getattr(torch, spec.dtype)).contiguous()
+    meta = {**{k: str(v) for k, v in spec.__dict__.items()}, "tokens": str(tokens)}  # keys summed (the budget when the corpus sufficed)
+    final = _final_path(spec)
     _save({"C": moment}, meta, final)
+    return StatsFile(spec, final, file_sha256(final), tokens)
+
+
+def compute_many(model: PreTrainedModel, tokenizer: Any, specs: list[StatsSpec], corpus: Corpus, progress: Reporter = SILENT) -> list[StatsFile]:
+    """C for several layers of one model, corpus and size: cached ones read, the rest from one
+    pass over the corpus whose forward passes stop at the highest layer needed (checkpointed)."""
+    _check_together(specs)
+    todo = [s for s in specs if cached(s) is None]
+    if todo:
+        batches = plan(tokenizer, corpus.texts, todo[0].tokens, text_width(model))
+        partial = _dir() / f"{_work_key(todo)}.partial"
+        layers = ", ".join(str(s.layer) for s in todo)
+        state = _run(model, tokenizer, todo, corpus, batches, partial, f"key statistics, layer {layers}", progress)
+        for spec in todo:
+            _write_final(spec, state.totals[spec.layer], state.tokens)
+        partial.unlink(missing_ok=True)
+    return [hit for s in specs if (hit := cached(s)) is not None]
+
+
+def compute(model: PreTrainedModel, tokenizer: Any, spec: StatsSpec, corpus: Corpus, progress: Reporter = SILENT) -> StatsFile:
+    """C for spec, from the cache if present; else streamed with a progress bar and checkpoints."""
+    return compute_many(model, tokenizer, [spec], corpus, progress)[0]
+
+
+# shards: several machines compute one C ---------------------------------------------------------
+
+
+def _shard_path(spec: StatsSpec, shard: int, of: int) -> Path:
+    return _dir() / f"{spec.key()}.shard-{shard}-of-{of}.safetensors"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"I/N" -> (I, N) with 0 <= I < N <= 4096."""
+    try:
+        shard, of = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise StatisticsError(f"--shard takes I/N, such as 0/4 (shards 0 to N-1), not {text[:20]!r}") from None
+    if not (0 <= shard < of <= 4096):
+        raise StatisticsError(f"--shard {shard}/{of}: the shard must be 0 to {of - 1} and N at most 4096")
+    return shard, of
+
+
+def compute_shard(model: PreTrainedModel, tokenizer: Any, spec: StatsSpec, corpus: Corpus, shard: int, of: int,
+                  progress: Reporter = SILENT) -> StatsFile:
+    """The float64 partial sum of shard SHARD of OF (every OF-th batch of the single pass's plan,
+    from the SHARD-th), written beside the cache for `merge`; resumable like a full pass."""
+    path = _shard_path(spec, shard, of)
+    if path.exists():
+        with safe_open(str(path), "pt") as fh:
+            return StatsFile(spec, path, file_sha256(path), int(fh.metadata()["tokens"]))
+    batches = plan(tokenizer, corpus.texts, spec.tokens, text_width(model))[shard::of]
+    partial = path.with_suffix(".partial")
+    state = _run(model, tokenizer, [spec], corpus, batches, partial, f"key statistics, layer {spec.layer}, shard {shard}/{of}", progress)
+    meta = {"tokens": str(state.tokens), "shard": str(shard), "of": str(of), "batches": str(len(batches)),
+            **{f"spec.{k}": str(v) for k, v in spec.__dict__.items()}}
+    _save({"total": state.totals[spec.layer]}, meta, path)
     partial.unlink(missing_ok=True)
-    return StatsFile(spec, final, file_sha256(final), state.tokens)
+    return StatsFile(spec, path, file_sha256(path), state.tokens)
+
+
+def merge_shards(spec: StatsSpec, expected_tokens: int, folders: list[Path] | None = None) -> StatsFile:
+    """C from the shard files of SPEC (in the cache, or FOLDERS): all N of one split must be
+    there, each for this spec; their sums are added in shard order. EXPECTED_TOKENS: what the
+    single pass would sum (the shards must add up to it)."""
+    if (hit := cached(spec)) is not None:
+        return hit
+    found: dict[int, dict[int, Path]] = {}
+    for folder in [_dir(), *(folders or [])]:
+        for path in Path(folder).glob(f"{spec.key()}.shard-*-of-*.safetensors"):
+            shard, of = (int(x) for x in path.name.split(".shard-")[1].removesuffix(".safetensors").split("-of-"))
+            found.setdefault(of, {}).setdefault(shard, path)
+    complete = [of for of, shards in found.items() if sorted(shards) == list(range(of))]
+    if not complete:
+        have = ", ".join(f"{len(v)} of {of}" for of, v in sorted(found.items())) or "none"
+        raise StatisticsError(f"not every shard of layer {spec.layer} is here (found {have}); run `factstore stats compute --shard I/N` for the rest")
+    of = min(complete)
+    total: torch.Tensor | None = None
+    tokens = 0
+    for shard in range(of):
+        with safe_open(str(found[of][shard]), "pt") as fh:
+            meta = fh.metadata()
+            if any(meta.get(f"spec.{k}") != str(v) for k, v in spec.__dict__.items()) or meta.get("of") != str(of):
+                raise StatisticsError(f"{found[of][shard].name} was computed for other settings; delete it and compute that shard again")
+            part = fh.get_tensor("total").double()
+        total = part if total is None else total + part
+        tokens += int(meta["tokens"])
+    if total is None or tokens != expected_tokens:
+        raise StatisticsError(f"the shards of layer {spec.layer} hold {tokens} keys, a single pass sums {expected_tokens}; compute them again")
+    return _write_final(spec, total, tokens)
 
 
 def load_matrix(path: Path, expected_sha256: str | None = None) -> torch.Tensor:

@@ -1,0 +1,96 @@
+"""Key statistics: several layers from one pass, shards that merge into a single pass's C."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from factstore import api, arch
+from factstore.errors import StatisticsError
+from factstore.weights import corpus, stats
+from tiny_models import random_gpt2
+
+TEXTS = [f"Sentence number {i} talks about the city of Paris and the river {'and the sea ' * (i % 5)}." for i in range(90)]
+
+
+def _spec(model, text: corpus.Corpus, layer: int, tokens: int = 900) -> stats.StatsSpec:  # type: ignore[no-untyped-def]
+    return stats.StatsSpec("sha256:test", layer, arch.down_proj_name(model, layer), text.sha256, tokens, "float64")
+
+
+def _matrix(found: stats.StatsFile) -> torch.Tensor:
+    return stats.load_matrix(found.path, found.sha256)
+
+
+def test_shards_merge_into_the_single_pass(gpt2_tokenizer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = random_gpt2(seed=0)
+    text = corpus.Corpus("test", "c" * 64, TEXTS)
+    spec = _spec(model, text, 1)
+    monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "single"))
+    single = stats.compute(model, gpt2_tokenizer, spec, text)
+    monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "sharded"))
+    parts = [stats.compute_shard(model, gpt2_tokenizer, spec, text, i, 3) for i in range(3)]
+    assert sum(p.tokens for p in parts) == single.tokens == 900 and all(p.tokens > 0 for p in parts)
+    with pytest.raises(StatisticsError, match="hold 900 keys, a single pass sums 901"):
+        stats.merge_shards(spec, 901)
+    merged = stats.merge_shards(spec, 900)
+    assert merged.tokens == 900
+    assert torch.allclose(_matrix(merged), _matrix(single), rtol=1e-12, atol=0)
+
+
+def test_merge_refuses_a_missing_or_foreign_shard(gpt2_tokenizer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "cache"))
+    model = random_gpt2(seed=0)
+    text = corpus.Corpus("test", "c" * 64, TEXTS)
+    spec, other = _spec(model, text, 1), _spec(model, text, 1, tokens=800)
+    stats.compute_shard(model, gpt2_tokenizer, spec, text, 0, 2)
+    with pytest.raises(StatisticsError, match=r"not every shard of layer 1 is here \(found 1 of 2\)"):
+        stats.merge_shards(spec, 900)
+    elsewhere = tmp_path / "other-machine"
+    elsewhere.mkdir()
+    foreign = stats.compute_shard(model, gpt2_tokenizer, other, text, 1, 2)  # another token budget's shard, renamed as ours
+    foreign.path.rename(elsewhere / f"{spec.key()}.shard-1-of-2.safetensors")
+    with pytest.raises(StatisticsError, match="computed for other settings"):
+        stats.merge_shards(spec, 900, [elsewhere])
+    assert stats.cached(spec) is None
+
+
+def test_several_layers_from_one_pass_stop_at_the_highest(gpt2_tokenizer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "one-by-one"))
+    model = random_gpt2(seed=0)  # 3 blocks
+    text = corpus.Corpus("test", "c" * 64, TEXTS)
+    alone = [_matrix(stats.compute(model, gpt2_tokenizer, _spec(model, text, layer), text)) for layer in (0, 1)]
+    monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "together"))
+    ran: list[int] = []
+    handles = [block.register_forward_hook(lambda *_a, i=i: ran.append(i)) for i, block in enumerate(arch.blocks(model))]
+    together = stats.compute_many(model, gpt2_tokenizer, [_spec(model, text, 0), _spec(model, text, 1)], text)
+    for handle in handles:
+        handle.remove()
+    assert set(ran) == {0}  # block 1's MLP input is the last thing needed: block 1 never finishes, block 2 never runs
+    assert all(torch.equal(_matrix(t), a) for t, a in zip(together, alone))
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cli_shards_and_merge_print_path_and_sha256(tiny_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from factstore.cli.main import app
+
+    corpus_path = tiny_store.get_covariance(1).corpus
+    runner = CliRunner()
+
+    def cli(*args: str) -> dict:
+        done = runner.invoke(app, ["stats", *args, "--model", "tiny", "--layer", "0", "--corpus", corpus_path, "--tokens", "1500", "--json"])
+        assert done.exit_code == 0, done.output
+        return json.loads(done.stdout)
+
+    parts = [cli("compute", "--shard", f"{i}/2") for i in range(2)]
+    merged = cli("merge")
+    single = api.compute_stats(tiny_store, "tiny", 0, corpus=corpus_path, tokens=1500, device="cpu")
+    assert single["id"] == merged["id"] and single["sha256"] == merged["sha256"]  # recorded: the next edit uses it
+    for row in [*parts, merged]:
+        assert stats.file_sha256(Path(row["path"])) == row["sha256"]
+    bad = runner.invoke(app, ["stats", "compute", "--model", "tiny", "--shard", "2/2"])
+    assert isinstance(bad.exception, StatisticsError) and "the shard must be 0 to 1" in str(bad.exception)  # the entry point prints it in one line
