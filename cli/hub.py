@@ -19,8 +19,9 @@ def publish(
     model: ModelOpt,
     repo: Annotated[str, typer.Option("--repo", help="Hub repository NS/NAME; one repository per edited lineage.")],
     private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
-    mode: Annotated[str | None, typer.Option("--mode", help="Compile mode if a compile is needed: joint or sequential.")] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="Compile mode if a compile is needed: joint, sequential, spread or null-space.")] = None,
     endpoint: EndpointOpt = None,
+    with_stats: Annotated[bool, typer.Option("--with-stats", help="Also upload the key statistics the edits used (once per repository), so `pull --import-edits` need not compute them.")] = False,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -28,7 +29,8 @@ def publish(
 
     The token comes from HF_TOKEN or `hf auth login`.
     """
-    result = api.publish_release(api.open_store(), model, repo, private=private, mode=mode, endpoint=endpoint, device=device, progress=BARS)
+    result = api.publish_release(api.open_store(), model, repo, private=private, mode=mode, endpoint=endpoint, with_stats=with_stats, device=device,
+                                 progress=BARS)
     if json_out:
         emit_json(result.to_json())
     elif result.already:

@@ -14,7 +14,7 @@ from .progress import BARS
 
 app = typer.Typer(help="Compiled releases of a model's edit log.", no_args_is_help=True)
 
-ModeOpt = Annotated[str, typer.Option("--mode", help="joint (all edits of a layer solved at once) or sequential (replay in order).")]
+ModeOpt = Annotated[str, typer.Option("--mode", help="joint (all edits of a layer solved at once), sequential (replay in order), spread (over layers L-4..L, MEMIT) or null-space (joint within C's null space, AlphaEdit).")]
 
 
 def compile_(

@@ -63,3 +63,22 @@ def merge(
     """Combine the shards of `stats compute --shard I/N` into C, equal to a single pass."""
     result = api.merge_stats(api.open_store(), model, layer, corpus=corpus, tokens=tokens, folders=shards_from or [], progress=BARS)
     emit_json(result) if json_out else print(f"layer {result['layer']}: {result['tokens']} tokens -> {result['path']}")
+
+
+EndpointOpt = Annotated[str | None, typer.Option("--endpoint", help="Hub URL; default: HF_ENDPOINT or https://huggingface.co.")]
+RepoArg = Annotated[str, typer.Argument(help="Hub repository NS/NAME holding statistics alone (not releases).")]
+
+
+@app.command("push")
+def push(repo: RepoArg, model: ModelOpt, endpoint: EndpointOpt = None, private: Annotated[bool, typer.Option("--private")] = False,
+         json_out: JsonOpt = False) -> None:
+    """Upload every C computed for a model (each file once) and an index, for teammates to pull."""
+    result = api.push_stats(api.open_store(), model, repo, endpoint=endpoint, private=private)
+    emit_json(result) if json_out else print(f"{repo}: {result['uploaded']} new files, {result['files']} in all (commit {result['commit'][:12]})")
+
+
+@app.command("pull")
+def pull(repo: RepoArg, model: ModelOpt, endpoint: EndpointOpt = None, json_out: JsonOpt = False) -> None:
+    """Take the C files a statistics repository holds for this model's exact weights (checked)."""
+    result = api.pull_stats(api.open_store(), model, repo, endpoint=endpoint)
+    emit_json(result) if json_out else print(f"{repo}: layers {result['layers'] or 'none'} recorded; {result['skipped']} files for other models")

@@ -142,6 +142,20 @@ def merge_stats(
             "path": cov.path, "sha256": cov.sha256}
 
 
+def push_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = None, private: bool = False) -> dict:
+    """Share every C recorded for ALIAS through REPO (a repository of statistics alone)."""
+    from factstore.release import stats_repo
+
+    return stats_repo.push_stats(store, alias, repo, endpoint=endpoint, private=private)
+
+
+def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = None) -> dict:
+    """Take the C files REPO holds for ALIAS's exact weights (checked), so edits need not compute them."""
+    from factstore.release import stats_repo
+
+    return stats_repo.pull_stats(store, alias, repo, endpoint=endpoint)
+
+
 # edits -------------------------------------------------------------------------------------
 
 
@@ -250,12 +264,14 @@ def list_releases(store: Store, alias: str) -> list[Release]:
 
 def publish_release(
     store: Store, alias: str, repo: str, *, private: bool = False, mode: str | None = None, endpoint: str | None = None,
-    device: str | None = None, progress: Reporter = SILENT,
+    with_stats: bool = False, device: str | None = None, progress: Reporter = SILENT,
 ) -> Published:
-    """Compile if the log changed, upload as one commit on main, tag vN."""
+    """Compile if the log changed, upload as one commit on main, tag vN; WITH_STATS also uploads the
+    C files the release's edits used (stats/SHA256.safetensors, each once per repository)."""
     from factstore.release import publish
 
-    return publish.publish(store, alias, repo, private=private, mode=mode, endpoint=endpoint, device=device, progress=progress)
+    return publish.publish(store, alias, repo, private=private, mode=mode, endpoint=endpoint, with_stats=with_stats, device=device,
+                           progress=progress)
 
 
 def pull_release(
@@ -273,7 +289,8 @@ def pull_release(
     pulled = pull.pull(repo, version, out, endpoint)
     if import_into is None:
         return pulled
-    imported = lineage.import_release(import_into, Path(pulled.path), alias, repo, pulled.commit, pulled.version, device, progress)
+    shipped = pull.shipped_stats(repo, pulled.commit, endpoint)  # the release's own C files, if it ships them
+    imported = lineage.import_release(import_into, Path(pulled.path), alias, repo, pulled.commit, pulled.version, device, progress, shipped)
     return replace(pulled, imported=imported)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx2
-from huggingface_hub import HfApi, hf_hub_download, scan_cache_dir, snapshot_download
+from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download, scan_cache_dir, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -130,13 +130,17 @@ class Hub:
         """tag name -> commit SHA."""
         return self.refs(repo)[1]
 
-    def upload(self, repo: str, folder: Path, files: list[str], parent: str, message: str, description: str = "") -> str:
-        """One commit on main holding exactly FILES (plain names) of FOLDER; refused by the Hub
-        unless main is still at PARENT."""
+    def upload(self, repo: str, folder: Path, files: list[str], parent: str, message: str, description: str = "",
+               extra: dict[str, Path] | None = None) -> str:
+        """One commit on main holding exactly FILES (plain names) of FOLDER, and EXTRA (path in the
+        repository -> local file); refused by the Hub unless main is still at PARENT. Files the
+        repository already holds with the same content are not sent again."""
+        ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
+        ops += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local)) for name, local in sorted((extra or {}).items())]
         with _translated(self.endpoint, repo, "upload the release"):
-            info = self.api.upload_folder(
-                repo_id=repo, folder_path=folder, repo_type="model", revision="main", parent_commit=parent,
-                commit_message=message, commit_description=description, allow_patterns=files,
+            info = self.api.create_commit(
+                repo_id=repo, operations=ops, repo_type="model", revision="main", parent_commit=parent,
+                commit_message=message, commit_description=description,
             )
         return info.oid
 

@@ -166,7 +166,7 @@ def test_snapshot_files_that_point_out_of_the_cache_are_not_read(tmp_path: Path)
     (tmp_path / "secret").write_text("x")
     os.symlink(tmp_path / "secret", snapshot / "weights.safetensors")
     with pytest.raises(ReleaseVerificationError, match="not a regular file inside the download cache"):
-        pull._cached_file(snapshot, "weights.safetensors")
+        pull.cached_file(snapshot, "weights.safetensors")
 
 
 def _nan_vectors(files: dict[str, bytes], tmp_path: Path) -> dict[str, bytes]:

@@ -329,3 +329,84 @@ def test_live_hub_round_trip(tiny_store, monkeypatch: pytest.MonkeyPatch, tmp_pa
         AutoModelForCausalLM.from_pretrained(pulled.path)
     finally:
         hf.delete_repo(repo, missing_ok=True)
+
+
+def _no_corpus_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any pass over a corpus for key statistics fails the test."""
+    from factstore.weights import stats
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("key statistics were computed")
+
+    monkeypatch.setattr(stats, "accumulate", refuse)
+
+
+@SQLITE_ONLY
+def test_publish_with_stats_ships_each_c_once_and_the_puller_computes_none(  # type: ignore[no-untyped-def]
+    tiny_store, lfs_hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from factstore.hub import Hub
+    from factstore.weights import stats
+
+    sent: list[dict] = []
+    real_upload = Hub.upload
+    monkeypatch.setattr(Hub, "upload", lambda self, *a, **k: sent.append(dict(a[6] if len(a) > 6 else k.get("extra") or {})) or real_upload(self, *a, **k))
+    _add(tiny_store, "tiny", FACTS[:1])
+    api.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url, with_stats=True)
+    _add(tiny_store, "tiny", FACTS[1:2])
+    v2 = api.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url, with_stats=True)
+    cov = tiny_store.get_covariance(api.list_edits(tiny_store, "tiny")[0].covariance_id)
+    assert [list(s) for s in sent] == [[stats.shipped_name(cov.sha256)], []]  # v2 uses the same C: nothing sent for it
+    assert stats.shipped_name(cov.sha256) in lfs_hub.state.repos[NAME].commits[v2.commit].files
+
+    monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "bob-cache"))  # bob's machine has no statistics
+    bob = _fresh_store(tmp_path, "bob")
+    api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
+    _no_corpus_pass(monkeypatch)
+    pulled = api.pull_release(NAME, "v2", endpoint=lfs_hub.url, import_into=bob, alias="team")
+    assert pulled.imported and pulled.imported["edits_added"] == 2
+    _add(bob, "team", FACTS[2:])  # the next edit uses the shipped C
+    assert [e.covariance_id for e in api.list_edits(bob, "team")] == [1, 1, 1]
+    assert bob.get_covariance(1).sha256 == cov.sha256
+
+
+@SQLITE_ONLY
+def test_a_tampered_shipped_c_is_refused(tiny_store, lfs_hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from factstore.weights import stats
+
+    _add(tiny_store, "tiny", FACTS[:1])
+    api.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url, with_stats=True)
+    cov = tiny_store.get_covariance(api.list_edits(tiny_store, "tiny")[0].covariance_id)
+    data = bytearray(Path(cov.path).read_bytes())
+    data[-4] ^= 0x01  # one bit of the last entry of C
+    lfs_hub.state.tamper(NAME, "v1", stats.shipped_name(cov.sha256), bytes(data))
+    monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "bob-cache"))
+    bob = _fresh_store(tmp_path, "bob")
+    api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
+    with pytest.raises(ReleaseVerificationError, match="do not match the sha256 recorded for them"):
+        api.pull_release(NAME, "v1", endpoint=lfs_hub.url, import_into=bob, alias="team")
+    assert api.list_edits(bob, "team") == [] and bob.list_covariances(1) == []
+
+
+@SQLITE_ONLY
+def test_stats_push_and_pull_through_a_repository_of_their_own(  # type: ignore[no-untyped-def]
+    tiny_store, lfs_hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stats_repo = "alice/tiny-stats"
+    first = api.push_stats(tiny_store, "tiny", stats_repo, endpoint=lfs_hub.url)
+    assert first["uploaded"] == 1 and first["files"] == 1
+    assert api.push_stats(tiny_store, "tiny", stats_repo, endpoint=lfs_hub.url)["uploaded"] == 0  # stored once
+    _add(tiny_store, "tiny", FACTS[:1])
+    api.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url)
+    with pytest.raises(PublishConflict, match="holds factstore releases"):
+        api.push_stats(tiny_store, "tiny", NAME, endpoint=lfs_hub.url)
+
+    monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "bob-cache"))
+    bob = _fresh_store(tmp_path, "bob")
+    api.add_model(bob, "mine", tiny_store.get_base_model("tiny").source)
+    _no_corpus_pass(monkeypatch)
+    got = api.pull_stats(bob, "mine", stats_repo, endpoint=lfs_hub.url)
+    layer = tiny_store.get_covariance(1).layer
+    assert got["layers"] == [layer] and got["skipped"] == 0
+    _add(bob, "mine", FACTS[:1])  # no statistics computed: the pulled C is the layer's
+    assert bob.get_covariance(api.list_edits(bob, "mine")[0].covariance_id).sha256 == tiny_store.get_covariance(1).sha256

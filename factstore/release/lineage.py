@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 
 from factstore import arch
 from factstore.domain import Covariance, EditRequest, ImportedRelease, ModelRef, NewEdit, StoredEdit, check_alias
-from factstore.errors import FactStoreError, ImportConflict, ReleaseVerificationError
+from factstore.errors import FactStoreError, ImportConflict, ReleaseVerificationError, StatisticsError
 from factstore.files import file_sha256
 from factstore.hub import REPO_ID, VERSION_TAG
 from factstore.progress import SILENT, Reporter
@@ -30,18 +31,20 @@ from factstore.weights.replay import MODES, apply_edits
 from factstore.weights.stats import MatrixCache
 from factstore.weights.vectors import to_bytes
 
+ShippedStats = Callable[[str], Path | None]  # sha256 of a C -> the file the release shipped for it, if any
 MAX_STATS_TOKENS = 10_000_000  # key statistics a release may ask an importer to compute
 
 
 def import_release(
     store: Store, folder: Path, alias: str, repo: str | None = None, commit: str | None = None, tag: str | None = None,
-    device: str | None = None, progress: Reporter = SILENT,
+    device: str | None = None, progress: Reporter = SILENT, shipped: ShippedStats | None = None,
 ) -> dict:
     """Continue a pulled release's lineage locally under ALIAS.
 
     The local active log of ALIAS must be a prefix of the release's (a fresh alias is the
     empty prefix); the rest of the release's edits are appended in order with their stored
-    k* and v*. The release itself is recorded (published, when REPO, COMMIT and TAG are given),
+    k* and v*; their key statistics come from this machine's cache, from SHIPPED (the release's
+    own C files, checked), or are computed. The release itself is recorded (published, when REPO, COMMIT and TAG are given),
     so the next compile is the next version and the next publish builds on its commit.
     """
     check_alias(alias)
@@ -62,7 +65,7 @@ def import_release(
     entries = list(zip(manifest.edits, vectors))[len(local):]
     new = [(_checked_edit(loaded, i, entry, key, value), _cov_key(ref, loaded, entry.covariance))
            for i, (entry, (key, value)) in enumerate(entries, start=len(local) + 1)]
-    covariances = _covariances(loaded, ref, [entry for entry, _ in entries], progress)
+    covariances = _covariances(loaded, ref, [entry for entry, _ in entries], progress, shipped)
     _check_rebuild(store, loaded, manifest, local, new, covariances)
     published = (repo, commit, tag) if repo and commit and tag else None
     record = ImportedRelease(
@@ -175,11 +178,12 @@ def _cov_key(ref: ModelRef, loaded: LoadedModel, info: CovarianceInfo | None) ->
 
 
 def _covariances(
-    loaded: LoadedModel, ref: ModelRef, entries: list[EditEntry], progress: Reporter,
+    loaded: LoadedModel, ref: ModelRef, entries: list[EditEntry], progress: Reporter, shipped: ShippedStats | None = None,
 ) -> dict[str, tuple[Covariance, torch.Tensor]]:
     """cache key -> (C record, matrix) for every distinct C the new edits used, computed (or found
-    in the cache) on the unedited base model the way the release recorded it. Only a starter
-    corpus can be named: a release never makes factstore read a local file."""
+    in the cache, or shipped with the release and checked) on the unedited base model the way the
+    release recorded it. Only a starter corpus can be named: a release never makes factstore read
+    a local file."""
     out: dict[str, tuple[Covariance, torch.Tensor]] = {}
     for entry in entries:
         info = entry.covariance
@@ -188,7 +192,13 @@ def _covariances(
             continue
         module = arch.down_proj_name(loaded.model, info.layer)
         hit = stats.cached(stats.StatsSpec(ref.identity, info.layer, module, info.corpus_sha256, info.tokens, info.dtype))
-        if hit is not None:  # this machine has computed that C already (it is keyed by all of its spec)
+        if hit is None and shipped is not None and (source := shipped(info.sha256)) is not None:  # shipped with the release
+            spec = stats.StatsSpec(ref.identity, info.layer, module, info.corpus_sha256, info.tokens, info.dtype)
+            try:
+                hit = stats.install_shipped(source, info.sha256, spec, arch.down_proj_weight(loaded.model, info.layer).shape[1])
+            except StatisticsError as exc:
+                raise ReleaseVerificationError(f"{exc}; nothing was imported") from None
+        if hit is not None:  # this machine has C already (it is keyed by all of its spec), or the release shipped it
             record = Covariance(0, info.layer, module, info.corpus, info.corpus_sha256, hit.tokens, info.dtype, str(hit.path), hit.sha256)
             out[key] = (record, stats.load_matrix(hit.path, hit.sha256).float())
             continue

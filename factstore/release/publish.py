@@ -7,16 +7,19 @@ stored on the release row), tag `vN`, mark the row `published`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from factstore.domain import Release
-from factstore.errors import PublishConflict
+from factstore.errors import PublishConflict, StatisticsError
+from factstore.files import file_sha256
 from factstore.hub import Hub, branch_commit, tag_for
 from factstore.progress import SILENT, Reporter
 from factstore.release import build, layout
 from factstore.release.build import checked_folder
 from factstore.storage.store import Store
+from factstore.weights import stats
 from factstore.weights.replay import DEFAULT_MODE
 
 
@@ -34,7 +37,7 @@ class Published:
 
 def publish(
     store: Store, alias: str, repo: str, private: bool = False, mode: str | None = None,
-    endpoint: str | None = None, token: str | None = None, device: str | None = None, progress: Reporter = SILENT,
+    endpoint: str | None = None, token: str | None = None, with_stats: bool = False, device: str | None = None, progress: Reporter = SILENT,
 ) -> Published:
     """Publish the current edit log of ALIAS to REPO as the next version (compiling if it changed)."""
     release, _ = build.build(store, alias, mode or DEFAULT_MODE, device=device, progress=progress)
@@ -46,14 +49,14 @@ def publish(
         return Published(repo, release.version, tag, release.hub_commit, already=True)
     hub = Hub(endpoint, token)
     if release.hub_commit is None:  # not uploaded yet (or the upload failed before the commit landed)
-        release = _upload(store, hub, release, repo, private)
+        release = _upload(store, hub, release, repo, private, with_stats)
     assert release.hub_commit is not None
     hub.tag(repo, tag, release.hub_commit, f"factstore release {tag}: {len(release.edit_ids)} edits")
     store.set_release_published(release.id, tag)
     return Published(repo, release.version, tag, release.hub_commit, already=False)
 
 
-def _upload(store: Store, hub: Hub, release: Release, repo: str, private: bool) -> Release:
+def _upload(store: Store, hub: Hub, release: Release, repo: str, private: bool, with_stats: bool = False) -> Release:
     hub.ensure_repo(repo, private)
     branches, tags = hub.refs(repo)
     head = branch_commit(repo, branches)
@@ -69,8 +72,9 @@ def _upload(store: Store, hub: Hub, release: Release, repo: str, private: bool) 
         raise PublishConflict(f"{repo} already holds releases of a lineage this store does not know; pull one with `factstore pull {repo} --import-edits` first")
     n = len(release.edit_ids)
     files = [*checked_folder(release).files, layout.MANIFEST]
+    extra = shipped_files(store, release.edit_ids, hub.revision(repo, head)[1]) if with_stats else {}
     try:
-        commit = hub.upload(repo, Path(release.path), files, head, f"factstore release {tag}", f"{n} edits, {release.mode} compile")
+        commit = hub.upload(repo, Path(release.path), files, head, f"factstore release {tag}", f"{n} edits, {release.mode} compile", extra)
     except PublishConflict:
         # huggingface_hub retries a commit whose answer was lost; the retry then finds main
         # moved, by our own commit: adopt it rather than report a conflict
@@ -79,3 +83,18 @@ def _upload(store: Store, hub: Hub, release: Release, repo: str, private: bool) 
             raise
         commit = landed
     return store.set_release_hub_commit(release.id, repo=repo, commit=commit)
+
+
+def shipped_files(store: Store, edit_ids: Sequence[int], present: set[str]) -> dict[str, Path]:
+    """Path in the repository -> local file of each C the edits used that the repository does not
+    hold yet (content-addressed: a C is uploaded once per repository, whatever the version)."""
+    out: dict[str, Path] = {}
+    for cov_id in sorted({c for i in edit_ids if (c := store.get_edit(i).covariance_id) is not None}):
+        cov = store.get_covariance(cov_id)
+        name = stats.shipped_name(cov.sha256)
+        if name in present or name in out:
+            continue
+        if not Path(cov.path).is_file() or file_sha256(Path(cov.path)) != cov.sha256:
+            raise StatisticsError(f"the key statistics file {cov.path} is missing or changed; recompute it with `factstore stats compute --layer {cov.layer}`")
+        out[name] = Path(cov.path)
+    return out

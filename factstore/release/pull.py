@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from factstore.hub import VERSION_TAG, Hub, check_repo_id, forget_snapshot, late
 from factstore.release import layout
 from factstore.release import manifest as manifest_schema
 from factstore.release.manifest import MANIFEST
+from factstore.weights import stats
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ def pull(
     commit, and only those files are downloaded, read (inside the cache) and copied."""
     check_repo_id(repo)
     target = usable_folder(out, empty=False) if out else config.home() / "pulled" / repo / "pending"  # the same release may be there
-    hub = _reader(Hub(endpoint, token), repo)
+    hub = reader(Hub(endpoint, token), repo)
     tags = hub.tags(repo)  # read once: picks the newest version, then names the pulled commit
     version = version or latest_version_tag(tags) or "main"
     commit, listed = hub.revision(repo, version)
@@ -56,7 +59,7 @@ def pull(
     return Pulled(repo, str(target), version if version in named else (named[-1] if named else None), commit, verified=True)
 
 
-def _reader(hub: Hub, repo: str) -> Hub:
+def reader(hub: Hub, repo: str) -> Hub:
     """Read anonymously when the repository is public; send the token only when it is needed."""
     anonymous = hub.anonymous()
     try:
@@ -66,7 +69,7 @@ def _reader(hub: Hub, repo: str) -> Hub:
         return hub
 
 
-def _cached_file(snapshot: Path, name: str) -> Path:
+def cached_file(snapshot: Path, name: str) -> Path:
     """The cached file behind SNAPSHOT/NAME, refused unless it is a regular file inside this
     repository's cache folder (huggingface_hub links snapshot files to ../../blobs)."""
     cache_root = snapshot.parents[1].resolve()
@@ -79,7 +82,7 @@ def _cached_file(snapshot: Path, name: str) -> Path:
 def _copy_verified(snapshot: Path, manifest: manifest_schema.Manifest, target: Path) -> None:
     """Copy the manifest's files to TARGET through a temporary folder renamed into place, hashing
     each file once, in the copy: on a mismatch no folder is left and the cached commit is dropped."""
-    source_manifest = _cached_file(snapshot, MANIFEST)
+    source_manifest = cached_file(snapshot, MANIFEST)
     if target.exists() and any(target.iterdir()):
         if (target / MANIFEST).is_file() and file_sha256(target / MANIFEST) == file_sha256(source_manifest):
             layout.verify_folder(target)
@@ -87,7 +90,22 @@ def _copy_verified(snapshot: Path, manifest: manifest_schema.Manifest, target: P
         raise FactStoreError(f"{target} exists and is not empty; choose another --out")
     with staged_folder(target) as tmp:
         for name in [*manifest.files, MANIFEST]:
-            shutil.copyfile(_cached_file(snapshot, name), tmp / name)
+            shutil.copyfile(cached_file(snapshot, name), tmp / name)
         if bad := layout.mismatched_files(tmp, manifest.files):
             forget_snapshot(snapshot)
             raise layout.mismatch_error(bad)
+
+
+def shipped_stats(repo: str, commit: str, endpoint: str | None = None, token: str | None = None) -> Callable[[str], Path | None]:
+    """For --import-edits: sha256 of a C -> the file the release commit ships for it (stats/SHA.safetensors),
+    downloaded only when asked for; None when the commit holds no such file. The caller checks it."""
+    hub = reader(Hub(endpoint, token), repo)
+    _, listed = hub.revision(repo, commit)
+
+    def fetch(sha256: str) -> Path | None:
+        name = stats.shipped_name(sha256)
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256) or name not in listed:
+            return None
+        return cached_file(hub.download_file(repo, commit, name).parents[1], name)
+
+    return fetch

@@ -32,7 +32,7 @@ class AskIn(_Strict):
 
 
 class CompileIn(_Strict):
-    mode: Annotated[str, StringConstraints(pattern=r"^(joint|sequential)$")] | None = None
+    mode: Annotated[str, StringConstraints(pattern=r"^(joint|sequential|spread|null-space)$")] | None = None
 
 
 class TraceIn(_Strict):

@@ -146,6 +146,11 @@ class Store(QueueVerbs, TokenVerbs):
             )
             return None if row is None else convert.covariance(row)
 
+    def list_covariances(self, base_id: int) -> list[Covariance]:
+        with self._tx(write=False) as s:
+            rows = s.scalars(select(CovarianceStat).where(CovarianceStat.base_model_id == base_id).order_by(CovarianceStat.id))
+            return [convert.covariance(r) for r in rows]
+
     def get_covariance(self, cov_id: int) -> Covariance:
         with self._tx(write=False) as s:
             return convert.covariance(s.get_one(CovarianceStat, cov_id))

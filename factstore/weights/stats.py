@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from factstore.rome.covariance import MomentState, PlannedBatch, accumulate, pla
 from factstore.weights.corpus import Corpus
 
 CHECKPOINT_SECONDS = 20.0  # how much work an interruption may lose at most
+SHIPPED_DIR = "stats"  # folder of C files in a Hub repository
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,40 @@ def merge_shards(spec: StatsSpec, expected_tokens: int, folders: list[Path] | No
     if total is None or tokens != expected_tokens:
         raise StatisticsError(f"the shards of layer {spec.layer} hold {tokens} keys, a single pass sums {expected_tokens}; compute them again")
     return _write_final(spec, total, tokens)
+
+
+def shipped_name(sha256: str) -> str:
+    """Where a C file lives in a Hub repository: content-addressed, so each is stored once."""
+    return f"{SHIPPED_DIR}/{sha256}.safetensors"
+
+
+def install_shipped(source: Path, expected_sha256: str, spec: StatsSpec, dim: int) -> StatsFile:
+    """A C file from a release or a statistics repository (untrusted), checked, then copied into
+    the cache under SPEC: its sha256 must be the one recorded, its metadata SPEC, its one tensor
+    a finite symmetric (DIM, DIM) matrix of SPEC's dtype. A C already cached for SPEC is kept."""
+    if (hit := cached(spec)) is not None:
+        return hit
+    if file_sha256(source) != expected_sha256:
+        raise StatisticsError(f"the shipped key statistics of layer {spec.layer} do not match the sha256 recorded for them; refused")
+    try:
+        with safe_open(str(source), "pt") as fh:
+            meta, names = fh.metadata() or {}, list(fh.keys())
+            C = fh.get_tensor("C") if names == ["C"] else None
+    except Exception as exc:  # a file that is not safetensors at all
+        raise StatisticsError(f"the shipped key statistics of layer {spec.layer} cannot be read ({type(exc).__name__}); refused") from None
+    wrong = [k for k, v in spec.__dict__.items() if meta.get(k) != str(v)]
+    if wrong:
+        raise StatisticsError(f"the shipped key statistics of layer {spec.layer} were computed for other settings ({', '.join(wrong)}); refused")
+    if C is None or tuple(C.shape) != (dim, dim) or str(C.dtype).removeprefix("torch.") != spec.dtype or not bool(torch.isfinite(C).all()) \
+            or not torch.allclose(C, C.T, rtol=1e-5, atol=0):
+        raise StatisticsError(f"the shipped key statistics of layer {spec.layer} are not a finite symmetric {dim}x{dim} {spec.dtype} matrix; refused")
+    final = _final_path(spec)
+
+    def copy(tmp: Path) -> None:
+        shutil.copyfile(source, tmp)
+
+    atomic_write_with(final, copy)
+    return StatsFile(spec, final, expected_sha256, int(meta["tokens"]))
 
 
 def load_matrix(path: Path, expected_sha256: str | None = None) -> torch.Tensor:
