@@ -80,8 +80,10 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(tiny_store, tmp
     monkeypatch.setattr(lifelong, "apply_edits", lambda m, e, c, mode, inputs=None: applied.append(mode) or real_apply(m, e, c, mode, inputs))
     computed.clear()
     both = lifelong.lifelong(tiny_store, "tiny", records, settings=lifelong.LifelongSettings(
-        every=2, batch=2, modes=("sequential", "joint"), heldout_tokens=300, retract=2, seed=1), folder=run)
-    assert computed == [] and applied == ["joint", "joint", "joint"]  # two joint points, then the retraction rebuild
+        every=2, batch=2, modes=("sequential", "joint", "null-space"), heldout_tokens=300, retract=2, seed=1), folder=run)
+    # two joint points (the default mode draws the curve), null-space at the end only, then the retraction's joint rebuild
+    assert computed == [] and applied == ["joint", "joint", "null-space", "joint"]
+    assert "null-space" not in both["curve"][0] and both["curve"][1]["null-space"]["edits"] == 4
     assert both["modes"]["sequential"] == first["modes"]["sequential"]  # kept, not recomputed
     r = both["retraction"]
     assert r["retracted"] == 2 and r["kept"] == 2

@@ -43,6 +43,8 @@ from factstore.weights import corpus as corpora
 from factstore.weights.replay import DEFAULT_MODE, MODES, apply_edits, check_mode, constraint_errors, tolerance
 from factstore.weights.spread import LayerInputs, spread_layers
 
+CURVE_MODES = (DEFAULT_MODE, "sequential")  # scored at every curve point (sequential = the head while editing); others at the end
+
 
 @dataclass(frozen=True)
 class LifelongSettings:
@@ -248,7 +250,8 @@ def _score_modes(
         with session.base_weights():
             state.data["unedited_perplexity"] = perplexity(session.model, heldout)
         state.save()
-    todo = [(mode, i) for mode in settings.modes for i in _points(n, settings.every) if _point_key(mode, i) not in state.data["points"]]
+    todo = [(mode, i) for mode in settings.modes for i in _points(n, settings.every if mode in CURVE_MODES else None)
+            if _point_key(mode, i) not in state.data["points"]]
     with progress.task("scoring compiled logs", len(todo)) as advance:
         for done, (mode, i) in enumerate(todo, start=1):
             clock = time.perf_counter()
