@@ -63,6 +63,9 @@ def eval_(
 
 def _lifelong_extras(result: dict) -> None:
     """Perplexity, curve and retraction of a lifelong run, under its table."""
+    for name, scores in result["modes"].items():
+        if "refused" in scores:
+            print(f"{name}: refused: {scores['refused']}")
     ppl = [(name, s["perplexity"]) for name, s in [("unedited", result["unedited"]), *result["modes"].items()] if s.get("perplexity")]
     if ppl:
         print("held-out perplexity: " + ", ".join(f"{name} {value:.2f}" for name, value in ppl))

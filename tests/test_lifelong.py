@@ -84,6 +84,10 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(tiny_store, tmp
     # two joint points (the default mode draws the curve), null-space at the end only, then the retraction's joint rebuild
     assert computed == [] and applied == ["joint", "joint", "null-space", "joint"]
     assert "null-space" not in both["curve"][0] and both["curve"][1]["null-space"]["edits"] == 4
+    monkeypatch.setattr(replay, "NULL_SPACE_THRESHOLD", 0.0)  # no null space: the mode refuses this log, and the run says so
+    refused = lifelong.lifelong(tiny_store, "tiny", records, settings=lifelong.LifelongSettings(
+        every=2, batch=2, modes=("null-space",), heldout_tokens=300), folder=tmp_path / "run2")
+    assert "null space only 0 dimensions" in refused["modes"]["null-space"]["refused"]
     assert both["modes"]["sequential"] == first["modes"]["sequential"]  # kept, not recomputed
     r = both["retraction"]
     assert r["retracted"] == 2 and r["kept"] == 2

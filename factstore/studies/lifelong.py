@@ -29,7 +29,7 @@ from factstore.domain import Record, StoredEdit, request_sha256
 from factstore.editing.imports import add_requests
 from factstore.editing.models import register_model
 from factstore.editing.session import EditSession
-from factstore.errors import InvalidArgument, InvalidEditRequest
+from factstore.errors import CompileError, InvalidArgument, InvalidEditRequest
 from factstore.files import atomic_write_text
 from factstore.progress import SILENT, Reporter
 from factstore.release.build import spread_inputs
@@ -259,7 +259,13 @@ def _score_modes(
             end = i == n
             inputs = _spread_inputs(session, edits) if mode == "spread" else None
             with _weights_restored(session.model), session.base_weights():
-                apply_edits(session.model, edits, session.matrix, mode, inputs)
+                try:
+                    apply_edits(session.model, edits, session.matrix, mode, inputs)
+                except CompileError as exc:  # the mode cannot compile this log (a finding, not a crash)
+                    state.data["points"][_point_key(mode, i)] = {"refused": str(exc), "edits": len(edits)}
+                    state.save()
+                    advance(done)
+                    continue
                 errors = constraint_errors(session.model, edits) if mode != "spread" else {}  # spread checks its own targets
                 scores = _score(session.model, session.tokenizer, records[:i], fluency if end else None,
                                 min(settings.fluency_sample, i) if end and fluency else 0, heldout if end else None)
@@ -319,13 +325,13 @@ def _result(data: dict, records: list[Record], settings: LifelongSettings, run: 
 
     modes = {m: strip(points[_point_key(m, n)]) for m in settings.modes if _point_key(m, n) in points}
     for scores in modes.values():
-        if data.get("unedited_perplexity") and scores.get("perplexity"):
+        if data.get("unedited_perplexity") and scores.get("perplexity") and "refused" not in scores:
             scores["perplexity_change_pct"] = 100 * (scores["perplexity"] / data["unedited_perplexity"] - 1)
     unedited = {**strip(data["unedited"]), "perplexity": data.get("unedited_perplexity")}
     curve = []
     for i in _points(n, settings.every):
         row: dict = {"edits": i, "unedited": subset_means(data["unedited"]["records"], range(i))}
-        row.update({m: strip(points[_point_key(m, i)]) for m in settings.modes if _point_key(m, i) in points})
+        row.update({m: strip(points[_point_key(m, i)]) for m in settings.modes if _point_key(m, i) in points and "refused" not in points[_point_key(m, i)]})
         curve.append(row)
     default = DEFAULT_MODE if DEFAULT_MODE in modes else next(iter(modes), "")
     result: dict = {**(modes.get(default) or {}), "mode": "lifelong", "compile_mode": default, "modes": modes, "unedited": unedited,
