@@ -386,6 +386,7 @@ def test_a_tampered_shipped_c_is_refused(tiny_store, lfs_hub: HubServer, tmp_pat
     with pytest.raises(ReleaseVerificationError, match="do not match the sha256 recorded for them"):
         api.pull_release(NAME, "v1", endpoint=lfs_hub.url, import_into=bob, alias="team")
     assert api.list_edits(bob, "team") == [] and bob.list_covariances(1) == []
+    assert not list((tmp_path / "bob-cache" / "stats").rglob("*.safetensors"))  # nothing left that a later edit could take for its own
 
 
 @SQLITE_ONLY

@@ -92,6 +92,11 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(tiny_store, tmp
     r = both["retraction"]
     assert r["retracted"] == 2 and r["kept"] == 2
     assert api.list_edits(tiny_store, "tiny") == []  # the user's own store is untouched
-    with pytest.raises(api.FactStoreError, match="another"):
+    with pytest.raises(api.FactStoreError, match="another records_sha256"):
         lifelong.lifelong(tiny_store, "tiny", records[:3], settings=plan, folder=run)  # the folder holds another run
+    with pytest.raises(api.FactStoreError, match="another batch"):
+        lifelong.lifelong(tiny_store, "tiny", records, settings=lifelong.LifelongSettings(every=2, batch=3, heldout_tokens=300), folder=run)
+    with pytest.raises(api.FactStoreError, match="retracted 2 edits"):
+        lifelong.lifelong(tiny_store, "tiny", records, settings=lifelong.LifelongSettings(
+            every=2, batch=2, modes=("joint",), heldout_tokens=300, retract=3, seed=1), folder=run)
     assert set(replay.MODES) >= {"sequential", "joint"}

@@ -54,6 +54,10 @@ def test_merge_refuses_a_missing_or_foreign_shard(gpt2_tokenizer, monkeypatch: p
     foreign.path.rename(elsewhere / f"{spec.key()}.shard-1-of-2.safetensors")
     with pytest.raises(StatisticsError, match="computed for other settings"):
         stats.merge_shards(spec, 900, [elsewhere])
+    copy = elsewhere / f"{spec.key()}.shard-1-of-2.safetensors"  # shard 0 renamed as shard 1
+    copy.write_bytes(stats._shard_path(spec, 0, 2).read_bytes())
+    with pytest.raises(StatisticsError, match="computed for other settings"):
+        stats.merge_shards(spec, 900, [elsewhere])
     assert stats.cached(spec) is None
 
 

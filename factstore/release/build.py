@@ -16,7 +16,7 @@ import safetensors
 import torch
 from transformers import PreTrainedModel
 
-from factstore import config
+from factstore import arch, config
 from factstore.analysis.metrics import aggregate, score_records
 from factstore.domain import BaseModel, Record, Release, StoredEdit, check_alias
 from factstore.errors import CompileError, ReleaseVerificationError
@@ -27,7 +27,7 @@ from factstore.release.manifest import Manifest
 from factstore.release.scoring import RELEASE_PREFIX_SEED, RELEASE_PREFIXES, release_prefixes, release_records
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.storage.store import Store
-from factstore.weights import assets, checkpoints
+from factstore.weights import assets, checkpoints, stats
 from factstore.weights.checkpoints import LoadedModel
 from factstore.weights.corpus import DEFAULT_CORPUS
 from factstore.weights.replay import (
@@ -255,10 +255,13 @@ def spread_inputs(store: Store, base: BaseModel, model: PreTrainedModel, tokeniz
         return list(stored["key"])
 
     def covariance(edit: StoredEdit, layer: int) -> torch.Tensor:
+        """The C of LAYER whose spec is the edit's own C's with the layer changed (one file, not "the newest")."""
         own = store.get_covariance(edit.covariance_id) if edit.covariance_id is not None else None
-        found = store.find_covariance(base.id, own, layer) if own is not None else None
-        if found is not None and Path(found.path).exists():
-            return matrices(found.id)
+        if own is not None:
+            spec = stats.StatsSpec(base.identity, layer, arch.down_proj_name(model, layer), own.corpus_sha256, own.tokens, own.dtype)
+            found = store.get_covariance_by_key(spec.key())
+            if found is not None and Path(found.path).exists():
+                return matrices(found.id)
         tokens = own.tokens if own else ROMEHyperParams.from_json(edit.hparams).stats_tokens
         corpus = "" if own is None or own.corpus == DEFAULT_CORPUS else f" --corpus {own.corpus}"
         raise CompileError(f"the spread mode needs key statistics of layer {layer}: run `factstore stats compute --model {base.alias} "

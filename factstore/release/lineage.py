@@ -27,7 +27,7 @@ from factstore.storage.store import Store
 from factstore.weights import assets, checkpoints, stats
 from factstore.weights.checkpoints import LoadedModel
 from factstore.weights.corpus import load_corpus
-from factstore.weights.replay import MODES, apply_edits
+from factstore.weights.replay import MODES, NULL_SPACE_THRESHOLD, apply_edits
 from factstore.weights.stats import MatrixCache
 from factstore.weights.vectors import to_bytes
 
@@ -52,6 +52,9 @@ def import_release(
     version = _version(tag)
     if manifest.mode not in MODES:
         raise ReleaseVerificationError(f"the release's compile mode {manifest.mode!r} is not one of {', '.join(MODES)}; nothing was imported")
+    if manifest.mode == "null-space" and manifest.null_space_threshold != NULL_SPACE_THRESHOLD:
+        raise ReleaseVerificationError(f"the release's null space threshold {manifest.null_space_threshold} is not this factstore's "
+                                       f"{NULL_SPACE_THRESHOLD}; nothing was imported")
     if manifest.mode == "spread":  # its compile runs forward passes, whose last bits differ between machines
         raise ReleaseVerificationError("a spread-mode release cannot be rebuilt byte for byte on another machine, so its edits cannot be "
                                        "imported; pull it without --import-edits, or ask for a joint release; nothing was imported")
@@ -192,7 +195,8 @@ def _covariances(
             continue
         module = arch.down_proj_name(loaded.model, info.layer)
         hit = stats.cached(stats.StatsSpec(ref.identity, info.layer, module, info.corpus_sha256, info.tokens, info.dtype))
-        if hit is None and shipped is not None and (source := shipped(info.sha256)) is not None:  # shipped with the release
+        stale = hit is not None and hit.sha256 != info.sha256  # this machine's C differs (another machine's rounding, a merge)
+        if (hit is None or stale) and shipped is not None and (source := shipped(info.sha256)) is not None:  # shipped with the release
             spec = stats.StatsSpec(ref.identity, info.layer, module, info.corpus_sha256, info.tokens, info.dtype)
             try:
                 hit = stats.install_shipped(source, info.sha256, spec, arch.down_proj_weight(loaded.model, info.layer).shape[1])

@@ -9,6 +9,7 @@ enters the cache and the store, where the next edit finds it instead of computin
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
@@ -35,7 +36,7 @@ class StatsEntry(BaseModel):
     identity: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{40}|sha256:[0-9a-f]{64})(\+(bfloat16|float16))?$")]
     layer: Annotated[int, Field(ge=0, le=10_000)]
     module: Short
-    corpus: Short
+    corpus: Annotated[str, StringConstraints(pattern=r"^(starter:[a-z0-9-]{1,64}|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")]  # a name, never a path
     corpus_sha256: Sha256
     tokens: Annotated[int, Field(ge=1, le=100_000_000)]
     dtype: Literal["float32", "float64"]
@@ -47,7 +48,7 @@ class StatsIndex(BaseModel):
 
 
 def _entry(cov: Covariance, identity: str) -> StatsEntry:
-    corpus = cov.corpus if cov.corpus.startswith(assets.PREFIX) else Path(cov.corpus).name  # never a local path
+    corpus = cov.corpus if cov.corpus.startswith(assets.PREFIX) else "c-" + re.sub(r"[^A-Za-z0-9._-]", "_", Path(cov.corpus).name)[:120]
     return StatsEntry(sha256=cov.sha256, identity=identity, layer=cov.layer, module=cov.module, corpus=corpus,
                       corpus_sha256=cov.corpus_sha256, tokens=cov.tokens, dtype=cov.dtype)  # type: ignore[arg-type]
 
@@ -112,11 +113,14 @@ def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = No
         if not entry.layer < len(shapes) or entry.module != arch.config_down_proj_name(cfg, entry.layer):
             raise ReleaseVerificationError(f"{repo}: {name} is said to be of {entry.module}, which {alias} does not have as layer {entry.layer}; refused")
         spec = stats.StatsSpec(base.identity, entry.layer, entry.module, entry.corpus_sha256, entry.tokens, entry.dtype)
+        if store.get_covariance_by_key(spec.key()) is not None:  # this store has that C already (its own wins)
+            other += 1
+            continue
         source = cached_file(hub.download_file(repo, commit, name).parents[1], name)
         found = stats.install_shipped(source, entry.sha256, spec, shapes[entry.layer])
         record = Covariance(0, entry.layer, entry.module, entry.corpus, entry.corpus_sha256, found.tokens, entry.dtype, str(found.path), found.sha256)
         taken.append(store.create_covariance(base.id, spec.key(), record=record).layer)
-    return {"repo": repo, "commit": commit, "layers": sorted(taken), "skipped": other}
+    return {"repo": repo, "commit": commit, "layers": sorted(taken), "skipped": other}  # skipped: other models', or already here
 
 
 def _input_dims(cfg: object) -> list[int]:

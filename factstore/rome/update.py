@@ -73,7 +73,7 @@ def residual_delta(residual: torch.Tensor, keys: torch.Tensor, metric_keys: torc
 def null_space(C: torch.Tensor, rel_threshold: float) -> torch.Tensor:
     """(in, r) orthonormal basis of the eigenvectors of C whose eigenvalue is at most
     REL_THRESHOLD x the largest: directions the preserved keys (C's corpus) barely use."""
-    vals, vecs = torch.linalg.eigh(C.double())  # ascending
+    vals, vecs = torch.linalg.eigh(C.double().cpu())  # ascending; on the CPU in float64 whatever the model's device
     return vecs[:, vals <= rel_threshold * vals[-1]]
 
 
@@ -85,7 +85,7 @@ def null_space_delta(
     hold only if the keys' projections P k are independent (at most r edits)."""
     W64, K, V = W.double(), keys.double(), values.double()
     b64 = None if b is None else b.double()
-    U = basis.double()
+    U = basis.to(K.device, torch.float64)
     return residual_delta(V - _affine(W64, b64, K), K, U @ (U.T @ K), ridge)
 
 

@@ -134,18 +134,6 @@ class Store(QueueVerbs, TokenVerbs):
             )
             return None if row is None else convert.covariance(row)
 
-    def find_covariance(self, base_id: int, like: Covariance, layer: int) -> Covariance | None:
-        """The newest C of LAYER from the same corpus, token count and dtype as LIKE (another layer's)."""
-        with self._tx(write=False) as s:
-            row = s.scalar(
-                select(CovarianceStat)
-                .where(CovarianceStat.base_model_id == base_id, CovarianceStat.layer == layer, CovarianceStat.corpus_sha256 == like.corpus_sha256,
-                       CovarianceStat.tokens == like.tokens, CovarianceStat.dtype == like.dtype)
-                .order_by(CovarianceStat.id.desc())
-                .limit(1)
-            )
-            return None if row is None else convert.covariance(row)
-
     def list_covariances(self, base_id: int) -> list[Covariance]:
         with self._tx(write=False) as s:
             rows = s.scalars(select(CovarianceStat).where(CovarianceStat.base_model_id == base_id).order_by(CovarianceStat.id))

@@ -76,6 +76,7 @@ class _State:
         self.path = path
         self.data: dict = json.loads(path.read_text()) if path.exists() else {**header, "points": {}, "seconds": {}}
         for key, want in header.items():
+            self.data.setdefault(key, want)  # a setting an older state did not record is taken as this run's
             if self.data.get(key) != want:
                 raise InvalidArgument(f"{path.parent} holds a run with another {key} ({self.data.get(key)!r}); give another --run-dir")
 
@@ -175,7 +176,10 @@ def lifelong(
     run = Path(folder).expanduser() if folder else default_folder(alias, records)
     run.mkdir(parents=True, exist_ok=True)
     base = store.get_base_model(alias)
-    state = _State(run / "state.json", {"alias": alias, "identity": base.identity, "records_sha256": records_sha256(records)})
+    header = {"alias": alias, "identity": base.identity, "records_sha256": records_sha256(records), "batch": settings.batch,
+              "heldout_tokens": settings.heldout_tokens, "fluency": fluency is not None and settings.fluency_sample > 0,
+              "fluency_sample": settings.fluency_sample}  # what the kept scores depend on (compile modes may vary)
+    state = _State(run / "state.json", header)
     scratch = _open_store(run, store, alias, progress)
     try:
         session = EditSession(scratch, alias, device=device, progress=progress)
@@ -218,10 +222,16 @@ def _register(session: EditSession, records: list[Record], settings: LifelongSet
 
 
 def _log(store: Store, base_id: int, state: _State) -> list[StoredEdit]:
-    """The run's full log: active edits and the ones the retraction step retracted."""
+    """The run's full log: active edits and the ones the retraction step retracted; the same
+    log the kept scores were computed on (else the run's store was changed behind its back)."""
     retracted = set(state.data.get("retraction", {}).get("edit_ids", []))
     edits = store.list_edits(base_id, "all")
-    return [e for e in edits if e.status == "active" or (e.status == "retracted" and e.id in retracted)]
+    log = [e for e in edits if e.status == "active" or (e.status == "retracted" and e.id in retracted)]
+    digest = hashlib.sha256(json.dumps([[e.key_sha256, e.value_sha256] for e in log]).encode()).hexdigest()
+    if state.data.setdefault("log_sha256", digest) != digest:
+        raise InvalidArgument(f"the edit log in {state.path.parent} is not the one its kept scores were computed on; give another --run-dir")
+    state.save()
+    return log
 
 
 def _heldout(session: EditSession, store: Store, settings: LifelongSettings) -> list[list[int]] | None:
@@ -293,11 +303,13 @@ def _retraction(
     """Retract settings.retract edits of the log at random (seeded), rebuild the default mode without
     them: the retracted facts should fall back to the unedited model's scores, the rest keep theirs."""
     done = state.data.get("retraction")
+    if done and (done.get("n"), done.get("seed")) not in ((settings.retract, settings.seed), (None, None)):
+        raise InvalidArgument(f"{state.path.parent} retracted {done.get('n')} edits (seed {done.get('seed')}) already; give another --run-dir")
     if done and "after" in done:
         return
     if not done:
         chosen = sorted(random.Random(settings.seed).sample([e.id for e in log], min(settings.retract, len(log))))
-        state.data["retraction"] = done = {"edit_ids": chosen, "mode": DEFAULT_MODE}
+        state.data["retraction"] = done = {"edit_ids": chosen, "mode": DEFAULT_MODE, "n": settings.retract, "seed": settings.seed}
         state.save()
     for edit_id in done["edit_ids"]:
         if session.store.get_edit(edit_id).status == "active":

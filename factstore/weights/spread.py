@@ -66,6 +66,7 @@ def apply_spread(
     by_layer: dict[int, list[StoredEdit]] = defaultdict(list)
     for edit in sorted(edits, key=lambda e: e.seq):
         by_layer[edit.layer].append(edit)
+    targets: dict[int, tuple[list[list[tuple[str, str]]], torch.Tensor, torch.Tensor]] = {}  # layer -> (prompts, Z, V)
     for top, group in sorted(by_layer.items()):
         prompts = _prompt_sets(group, inputs)
         K, V = _stored(group, vectors)
@@ -81,8 +82,12 @@ def apply_spread(
             Kl = keys.double().T  # (d_ff, n)
             ridge = TOP_RIDGE if layer == top else LOWER_RIDGE
             add_delta(model, layer, residual_delta(share.T, Kl, torch.linalg.solve(C.double(), Kl), ridge))
+        targets[top] = (prompts, Z, V)
+    bad = []  # measured on the final weights: a later group's layers may move an earlier group's stream
+    for top, group in sorted(by_layer.items()):
+        prompts, Z, V = targets[top]
         _, H = subject_states(model, inputs.tokenizer, prompts, top, top)
         errors = (H.double() - Z).norm(dim=1) / V.norm(dim=1)
-        bad = [f"edit {e.id} ({err:.2g})" for e, err in zip(group, errors.tolist()) if not err <= tolerance(top)]
-        if bad:
-            raise CompileError(f"spread compile: these edits miss their target at layer {top}: {', '.join(bad[:10])}; nothing was written")
+        bad += [f"edit {e.id} ({err:.2g})" for e, err in zip(group, errors.tolist()) if not err <= tolerance(top)]
+    if bad:
+        raise CompileError(f"spread compile: these edits miss their target: {', '.join(bad[:10])}; nothing was written")

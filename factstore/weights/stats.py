@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -200,8 +201,9 @@ def merge_shards(spec: StatsSpec, expected_tokens: int, folders: list[Path] | No
     found: dict[int, dict[int, Path]] = {}
     for folder in [_dir(), *(folders or [])]:
         for path in Path(folder).glob(f"{spec.key()}.shard-*-of-*.safetensors"):
-            shard, of = (int(x) for x in path.name.split(".shard-")[1].removesuffix(".safetensors").split("-of-"))
-            found.setdefault(of, {}).setdefault(shard, path)
+            named = re.fullmatch(rf"{spec.key()}\.shard-(\d{{1,4}})-of-(\d{{1,4}})\.safetensors", path.name)
+            if named and int(named.group(1)) < int(named.group(2)) and path.is_file():
+                found.setdefault(int(named.group(2)), {}).setdefault(int(named.group(1)), path)
     complete = [of for of, shards in found.items() if sorted(shards) == list(range(of))]
     if not complete:
         have = ", ".join(f"{len(v)} of {of}" for of, v in sorted(found.items())) or "none"
@@ -212,9 +214,12 @@ def merge_shards(spec: StatsSpec, expected_tokens: int, folders: list[Path] | No
     for shard in range(of):
         with safe_open(str(found[of][shard]), "pt") as fh:
             meta = fh.metadata()
-            if any(meta.get(f"spec.{k}") != str(v) for k, v in spec.__dict__.items()) or meta.get("of") != str(of):
+            if any(meta.get(f"spec.{k}") != str(v) for k, v in spec.__dict__.items()) or (meta.get("shard"), meta.get("of")) != (str(shard), str(of)):
                 raise StatisticsError(f"{found[of][shard].name} was computed for other settings; delete it and compute that shard again")
-            part = fh.get_tensor("total").double()
+            part = fh.get_tensor("total")
+        if part.dtype != torch.float64 or part.dim() != 2 or part.shape[0] != part.shape[1] or not bool(torch.isfinite(part).all()) \
+                or (total is not None and part.shape != total.shape):
+            raise StatisticsError(f"{found[of][shard].name} does not hold a finite square float64 sum; delete it and compute that shard again")
         total = part if total is None else total + part
         tokens += int(meta["tokens"])
     if total is None or tokens != expected_tokens:
@@ -228,32 +233,42 @@ def shipped_name(sha256: str) -> str:
 
 
 def install_shipped(source: Path, expected_sha256: str, spec: StatsSpec, dim: int) -> StatsFile:
-    """A C file from a release or a statistics repository (untrusted), checked, then copied into
-    the cache under SPEC: its sha256 must be the one recorded, its metadata SPEC, its one tensor
-    a finite symmetric (DIM, DIM) matrix of SPEC's dtype. A C already cached for SPEC is kept."""
-    if (hit := cached(spec)) is not None:
-        return hit
-    if file_sha256(source) != expected_sha256:
-        raise StatisticsError(f"the shipped key statistics of layer {spec.layer} do not match the sha256 recorded for them; refused")
+    """A C file from a release or a statistics repository (untrusted), copied into the cache's
+    shipped/ folder under its sha256 (never under a spec key: a refused import leaves nothing a
+    later computation could mistake for its own), and checked there: the sha256 recorded for it,
+    SPEC in its metadata, one finite, symmetric, positive definite (DIM, DIM) matrix of SPEC's dtype."""
+    folder = _dir() / "shipped"
+    folder.mkdir(exist_ok=True)
+    final = folder / f"{expected_sha256}.safetensors"
+
+    def checked_copy(tmp: Path) -> None:
+        shutil.copyfile(source, tmp)
+        _check_shipped(tmp, expected_sha256, spec, dim)  # the bytes that stay are the bytes checked
+
+    if not final.exists() or file_sha256(final) != expected_sha256:
+        atomic_write_with(final, checked_copy)
+    with safe_open(str(final), "pt") as fh:
+        tokens = int(fh.metadata()["tokens"])
+    return StatsFile(spec, final, expected_sha256, tokens)
+
+
+def _check_shipped(path: Path, expected_sha256: str, spec: StatsSpec, dim: int) -> None:
+    what = f"the shipped key statistics of layer {spec.layer}"
+    if file_sha256(path) != expected_sha256:
+        raise StatisticsError(f"{what} do not match the sha256 recorded for them; refused")
     try:
-        with safe_open(str(source), "pt") as fh:
+        with safe_open(str(path), "pt") as fh:
             meta, names = fh.metadata() or {}, list(fh.keys())
-            C = fh.get_tensor("C") if names == ["C"] else None
+            shape = fh.get_slice("C").get_shape() if names == ["C"] else None
+            C = fh.get_tensor("C") if shape == [dim, dim] else None  # the size is checked before anything is loaded
     except Exception as exc:  # a file that is not safetensors at all
-        raise StatisticsError(f"the shipped key statistics of layer {spec.layer} cannot be read ({type(exc).__name__}); refused") from None
+        raise StatisticsError(f"{what} cannot be read ({type(exc).__name__}); refused") from None
     wrong = [k for k, v in spec.__dict__.items() if meta.get(k) != str(v)]
     if wrong:
-        raise StatisticsError(f"the shipped key statistics of layer {spec.layer} were computed for other settings ({', '.join(wrong)}); refused")
-    if C is None or tuple(C.shape) != (dim, dim) or str(C.dtype).removeprefix("torch.") != spec.dtype or not bool(torch.isfinite(C).all()) \
-            or not torch.allclose(C, C.T, rtol=1e-5, atol=0):
-        raise StatisticsError(f"the shipped key statistics of layer {spec.layer} are not a finite symmetric {dim}x{dim} {spec.dtype} matrix; refused")
-    final = _final_path(spec)
-
-    def copy(tmp: Path) -> None:
-        shutil.copyfile(source, tmp)
-
-    atomic_write_with(final, copy)
-    return StatsFile(spec, final, expected_sha256, int(meta["tokens"]))
+        raise StatisticsError(f"{what} were computed for other settings ({', '.join(wrong)}); refused")
+    if C is None or str(C.dtype).removeprefix("torch.") != spec.dtype or not bool(torch.isfinite(C).all()) \
+            or not torch.allclose(C, C.T, rtol=1e-5, atol=0) or int(torch.linalg.cholesky_ex(C.double()).info) != 0:
+        raise StatisticsError(f"{what} are not a finite, symmetric, positive definite {dim}x{dim} {spec.dtype} matrix; refused")
 
 
 def load_matrix(path: Path, expected_sha256: str | None = None) -> torch.Tensor:
