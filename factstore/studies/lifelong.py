@@ -43,7 +43,7 @@ from factstore.weights import corpus as corpora
 from factstore.weights.replay import DEFAULT_MODE, MODES, apply_edits, check_mode, constraint_errors, tolerance
 from factstore.weights.spread import LayerInputs, spread_layers
 
-CURVE_MODES = (DEFAULT_MODE, "sequential")  # scored at every curve point (sequential = the head while editing); others at the end
+CURVE_MODES = (DEFAULT_MODE,)  # scored at every curve point; the other modes at the end
 
 
 @dataclass(frozen=True)
