@@ -25,6 +25,7 @@ from factstore.errors import (
     InvalidEditRequest,
     LeaseLost,
     NumericalError,
+    StatisticsError,
 )
 from factstore.progress import SILENT, Reporter
 from factstore.rome.edit import EditResult, compute_edits, validate_request
@@ -164,6 +165,23 @@ class EditSession:
                     results = stats.compute_many(self.model, self.tokenizer, list(specs.values()), corpus, self.progress)
                 for result in results:
                     found[result.spec.layer] = self.store.create_covariance(self.base.id, result.spec.key(), record=stats.covariance_record(result, corpus))
+        return [found[layer] for layer in layers]
+
+    def covariances_like(self, own: Covariance, layers: list[int]) -> list[Covariance]:
+        """C of LAYERS with OWN's corpus, token count and dtype (the spread mode's layers below an
+        edit's), the missing ones from one pass."""
+        specs = {layer: stats.StatsSpec(self.base.identity, layer, arch.down_proj_name(self.model, layer), own.corpus_sha256, own.tokens, own.dtype)
+                 for layer in layers}
+        found = {layer: c for layer, spec in specs.items() if (c := self.store.get_covariance_by_key(spec.key())) and Path(c.path).exists()}
+        missing = [spec for layer, spec in specs.items() if layer not in found]
+        if missing:
+            corpus = load_corpus(own.corpus, self.progress)
+            if corpus.sha256 != own.corpus_sha256:
+                raise StatisticsError(f"the corpus {own.corpus} changed since its key statistics were computed; give the spread mode's layers C by hand")
+            with self.base_weights():
+                results = stats.compute_many(self.model, self.tokenizer, missing, corpus, self.progress)
+            for result in results:
+                found[result.spec.layer] = self.store.create_covariance(self.base.id, result.spec.key(), record=stats.covariance_record(result, corpus))
         return [found[layer] for layer in layers]
 
     def stats_corpus(self) -> Corpus:

@@ -34,7 +34,6 @@ from factstore.files import atomic_write_text
 from factstore.progress import SILENT, Reporter
 from factstore.release.build import spread_inputs
 from factstore.rome.covariance import TEXT_TOKENS
-from factstore.rome.hparams import ROMEHyperParams
 from factstore.storage import schema
 from factstore.storage.engine import make_engine
 from factstore.storage.store import Store
@@ -290,9 +289,9 @@ def _score_modes(
 
 def _spread_inputs(session: EditSession, edits: list[StoredEdit]) -> LayerInputs:
     """The spread mode's inputs, with C computed first for every layer it touches."""
-    for layer, hp in {e.layer: ROMEHyperParams.from_json(e.hparams) for e in edits}.items():
-        for below in spread_layers(layer):
-            session.covariance(below, hp.with_layer(below))
+    owners = {(e.layer, e.covariance_id): e for e in edits if e.covariance_id is not None}
+    for (layer, cov_id) in owners:
+        session.covariances_like(session.store.get_covariance(cov_id), spread_layers(layer)[:-1])
     return spread_inputs(session.store, session.base, session.model, session.tokenizer)
 
 
