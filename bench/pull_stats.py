@@ -3,10 +3,11 @@ without key statistics shipped in the release.
 
     python bench/pull_stats.py [--model starter:smollm2-135m]
 
-Alice registers the model, edits one fact and publishes twice to the suite's Hub-compatible
-server on 127.0.0.1 (tests/hub_server.py; LFS uploads): once plainly, once `--with-stats`, to two
-repositories. Bob, on a machine with the model but with no key statistics (an empty statistics
-cache), pulls each with `--import-edits` and then adds one edit. Prints a table; run it with
+Alice registers the model, edits one fact and publishes `--with-stats` to the suite's
+Hub-compatible server on 127.0.0.1 (tests/hub_server.py; LFS uploads). Bob, on a machine with the
+model but no key statistics (an empty statistics cache), pulls it with `--import-edits` twice,
+into fresh stores: once ignoring the shipped C (as for a release published without
+--with-stats: he computes C), once using it; each time he then adds one edit. Prints a table; run it with
 nothing else heavy on the machine.
 """
 
@@ -39,22 +40,27 @@ def main() -> None:
     EditSession(alice, "m", device="cpu").add(EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome"))
     shared_stats = Path(os.environ["FACTSTORE_CACHE"]) / "stats"
     rows = []
+    from factstore.release import pull as pull_module
+
+    real_fetcher = pull_module.shipped_stats
+    repo = "bench/edited"
     with HubServer({"bench-token": "bench"}, lfs=True) as hub:
-        for repo, with_stats in (("bench/plain", False), ("bench/with-stats", True)):
-            api.publish_release(alice, "m", repo, endpoint=hub.url, with_stats=with_stats)
-        for repo, with_stats in (("bench/plain", False), ("bench/with-stats", True)):
+        api.publish_release(alice, "m", repo, endpoint=hub.url, with_stats=True)
+        for with_stats in (False, True):
+            # without: the release's C files are ignored, as for a release published without --with-stats
+            pull_module.shipped_stats = real_fetcher if with_stats else (lambda *_a, **_k: (lambda _sha: None))  # type: ignore[assignment]
             # bob: the same model assets, an empty statistics cache, a store of his own
             bob_cache = Path(tempfile.mkdtemp(prefix="factstore-bob-cache-"))
             for entry in Path(os.environ["FACTSTORE_CACHE"]).iterdir():
                 if entry.name not in ("stats", "release-files"):
                     (bob_cache / entry.name).symlink_to(entry)
             os.environ["FACTSTORE_CACHE"] = str(bob_cache)
-            url = f"sqlite:///{home / (repo.split('/')[1] + '-bob.db')}"
+            url = f"sqlite:///{home / f'bob-{with_stats}.db'}"
             api.upgrade_database(url)
             bob = api.open_store(url)
             api.add_model(bob, "team", args.model)
             clock = time.perf_counter()
-            api.pull_release(repo, "v1", str(home / f"{repo.split('/')[1]}-pulled"), endpoint=hub.url, import_into=bob, alias="team")
+            api.pull_release(repo, "v1", str(home / f"pulled-{with_stats}"), endpoint=hub.url, import_into=bob, alias="team")
             pull_s = time.perf_counter() - clock
             clock = time.perf_counter()
             EditSession(bob, "team", device="cpu").add(EditRequest("{} is located in the city of", "The Colosseum", "Paris"))

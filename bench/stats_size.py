@@ -82,7 +82,8 @@ def main() -> None:
     run_store = api.open_store(f"sqlite:///{folder / 'lifelong.db'}")
     session = EditSession(run_store, alias, device="cpu", progress=BARS)
     model, tok = session.model, session.tokenizer
-    log = run_store.list_edits(session.base.id, "active")[: args.edits]
+    # the run's first edits in order (a lifelong run with --retract has retracted some since: they count here)
+    log = [e for e in run_store.list_edits(session.base.id, "all") if e.status in ("active", "retracted")][: args.edits]
     hp = session.hparams()
     layer = hp.layer
 
