@@ -73,20 +73,17 @@ class _Stop(Exception):
     """Raised from a hook to skip the layers above the one being measured."""
 
 
-def layers_inputs(model: PreTrainedModel, layers: list[int], ids: torch.Tensor, mask: torch.Tensor) -> dict[int, torch.Tensor]:
-    """{layer: (B, L, d_ff)} down-projection inputs of LAYERS from one forward pass that stops at
-    the highest of them (no block above it runs, and no logits are made)."""
-    seen: dict[int, torch.Tensor] = {}
-    last = max(layers)
+def _record_input(seen: dict[int, torch.Tensor], layer: int, length: int, stop: bool) -> Callable[[nn.Module, tuple], None]:
+    """A forward pre-hook keeping a down-projection's input as (B, L, d_ff); STOP ends the pass there."""
+    def hook(_mod: nn.Module, args: tuple) -> None:
+        seen[layer] = arch.by_token(args[0].detach(), length)
+        if stop:
+            raise _Stop
+    return hook
 
-    def hook_for(layer: int) -> Callable[[nn.Module, tuple], None]:
-        def hook(_mod: nn.Module, args: tuple) -> None:
-            seen[layer] = arch.by_token(args[0].detach(), ids.shape[1])
-            if layer == last:
-                raise _Stop
-        return hook
 
-    handles = [arch.down_proj(model, layer).register_forward_pre_hook(hook_for(layer)) for layer in set(layers)]
+def _run_until_stop(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, handles: list[Any]) -> None:
+    """One forward pass that a hook may end early with _Stop; HANDLES are removed whatever happens."""
     try:
         model(input_ids=ids, attention_mask=mask, use_cache=False)
     except _Stop:
@@ -94,6 +91,16 @@ def layers_inputs(model: PreTrainedModel, layers: list[int], ids: torch.Tensor, 
     finally:
         for handle in handles:
             handle.remove()
+
+
+def layers_inputs(model: PreTrainedModel, layers: list[int], ids: torch.Tensor, mask: torch.Tensor) -> dict[int, torch.Tensor]:
+    """{layer: (B, L, d_ff)} down-projection inputs of LAYERS from one forward pass that stops at
+    the highest of them (no block above it runs, and no logits are made)."""
+    seen: dict[int, torch.Tensor] = {}
+    last = max(layers)
+    handles = [arch.down_proj(model, layer).register_forward_pre_hook(_record_input(seen, layer, ids.shape[1], layer == last))
+               for layer in set(layers)]
+    _run_until_stop(model, ids, mask, handles)
     return seen
 
 
@@ -110,22 +117,11 @@ def inputs_and_block_output(
     seen: dict[int, torch.Tensor] = {}
     hidden: list[torch.Tensor] = []
 
-    def key_hook(layer: int) -> Callable[[nn.Module, tuple], None]:
-        def hook(_mod: nn.Module, args: tuple) -> None:
-            seen[layer] = arch.by_token(args[0].detach(), ids.shape[1])
-        return hook
-
     def out_hook(_mod: nn.Module, _args: tuple, output: Any) -> None:
         hidden.append((output[0] if isinstance(output, tuple) else output).detach())
         raise _Stop
 
-    handles = [arch.down_proj(model, layer).register_forward_pre_hook(key_hook(layer)) for layer in key_layers]
+    handles = [arch.down_proj(model, layer).register_forward_pre_hook(_record_input(seen, layer, ids.shape[1], False)) for layer in key_layers]
     handles.append(arch.blocks(model)[out_layer].register_forward_hook(out_hook))
-    try:
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    _run_until_stop(model, ids, mask, handles)
     return seen, hidden[0]
