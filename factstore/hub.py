@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download, scan_cache_dir, snapshot_download
+from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download, hf_hub_url, scan_cache_dir, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -153,10 +153,10 @@ class Hub:
             if self.tags(repo).get(tag) != commit:
                 raise PublishConflict(f"{repo} already has a tag {tag} on another commit: someone published that version first; pull it with `factstore pull {repo} --import-edits` and publish again") from None
 
-    def file_sha256(self, repo: str, commit: str, filename: str) -> str | None:
+    def file_sha256(self, repo: str, commit: str, filename: str, max_bytes: int | None = None) -> str | None:
         """sha256 of one file at COMMIT, or None when that commit holds no such file."""
         try:
-            return hashlib.sha256(self.download_file(repo, commit, filename).read_bytes()).hexdigest()
+            return hashlib.sha256(self.download_file(repo, commit, filename, max_bytes).read_bytes()).hexdigest()
         except HubNotFound:
             return None
 
@@ -172,9 +172,18 @@ class Hub:
             raise HubError(f"{repo}: the Hub named no commit for {version or 'main'}")
         return info.sha, {s.rfilename for s in info.siblings or []}
 
-    def download_file(self, repo: str, commit: str, filename: str) -> Path:
-        """One file of one commit, through the huggingface_hub cache."""
+    def download_file(self, repo: str, commit: str, filename: str, max_bytes: int | None = None) -> Path:
+        """One file of one commit, through the huggingface_hub cache. With MAX_BYTES, a file the
+        Hub says is larger is refused before a byte of it is fetched (a repository is untrusted:
+        a huge file where a small one belongs would fill the disk before any later check ran)."""
         with _translated(self.endpoint, repo, f"download {filename}"):
+            if max_bytes is not None:
+                url = hf_hub_url(repo, filename, revision=commit, repo_type="model", endpoint=self.endpoint)
+                size = self.api.get_hf_file_metadata(url=url).size
+                if size is not None and size > max_bytes:
+                    raise ReleaseVerificationError(
+                        f"{repo}@{commit[:12]}: {filename} is {size:,} bytes, more than the {max_bytes:,} it can be; refused before downloading it"
+                    )
             return Path(hf_hub_download(repo, filename, revision=commit, repo_type="model", endpoint=self.endpoint, token=self._token))
 
     def download(self, repo: str, commit: str, allow_patterns: list[str] | None = None) -> Path:

@@ -246,3 +246,42 @@ def test_the_cli_refuses_a_traversal_in_one_line_with_exit_1(release: dict[str, 
                            "--endpoint", hub.url], cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1 and "malformed at files" in done.stderr
     assert sentinel() == before and not (tmp_path / "o").exists()
+
+
+def _gets(server: HubServer, name: str) -> list[str]:
+    return [path for method, path in server.state.log if method == "GET" and path.endswith("/" + name)]
+
+
+@SQLITE
+def test_files_larger_than_they_can_be_are_refused_before_a_byte_is_fetched(  # type: ignore[no-untyped-def]
+    release: dict[str, bytes], hub: HubServer, tmp_path: Path, tiny_store,
+) -> None:
+    from factstore.release.manifest import MAX_MANIFEST_BYTES
+    from factstore.release.stats_repo import INDEX, StatsEntry, StatsIndex
+    from factstore.weights import stats
+
+    craft(hub, "eve/big-manifest", {**release, layout.MANIFEST: release[layout.MANIFEST] + b" " * MAX_MANIFEST_BYTES})  # still valid JSON
+    pull_refused(hub, "eve/big-manifest", tmp_path / "out", f"{layout.MANIFEST} is .* bytes, more than .* refused before downloading it")
+    assert _gets(hub, layout.MANIFEST) == [] and not (tmp_path / "out").exists()
+
+    # a C file larger than its matrix: from a statistics repository, and shipped with a release
+    cov = tiny_store.list_covariances(1)[0]
+    dim = stats.load_matrix(Path(cov.path)).shape[0]
+    big = b"\0" * (stats.max_file_bytes(dim, cov.dtype) + 1)
+    sha = hashlib.sha256(big).hexdigest()
+    entry = StatsEntry(sha256=sha, identity=tiny_store.get_base_model("tiny").identity, layer=cov.layer, module=cov.module,
+                       corpus="c-corpus.json", corpus_sha256=cov.corpus_sha256, tokens=cov.tokens, dtype=cov.dtype)  # type: ignore[arg-type]
+    craft(hub, "eve/big-stats", {INDEX: StatsIndex(files=[entry]).model_dump_json().encode(), stats.shipped_name(sha): big})
+    bob = _bob(tmp_path)
+    api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
+    with pytest.raises(ReleaseVerificationError, match="refused before downloading it"):
+        api.pull_stats(bob, "team", "eve/big-stats", endpoint=hub.url)
+
+    def ship_big(manifest: dict) -> None:
+        for edit in manifest["edits"]:
+            edit["covariance"]["sha256"] = sha
+
+    craft(hub, "eve/big-shipped", rehash({**release, stats.shipped_name(sha): big}, ship_big))
+    with pytest.raises(ReleaseVerificationError, match="refused before downloading it"):
+        api.pull_release("eve/big-shipped", "v1", str(tmp_path / "out2"), endpoint=hub.url, import_into=bob, alias="team")
+    assert _gets(hub, stats.shipped_name(sha)) == [] and bob.list_covariances(1) == [] and api.list_edits(bob, "team", "all") == []

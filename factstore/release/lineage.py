@@ -31,7 +31,7 @@ from factstore.weights.replay import MODES, NULL_SPACE_THRESHOLD, apply_edits
 from factstore.weights.stats import MatrixCache
 from factstore.weights.vectors import to_bytes
 
-ShippedStats = Callable[[str], Path | None]  # sha256 of a C -> the file the release shipped for it, if any
+ShippedStats = Callable[[str, int], Path | None]  # (sha256 of a C, its largest size) -> the file the release shipped for it, if any
 MAX_STATS_TOKENS = 10_000_000  # key statistics a release may ask an importer to compute
 
 
@@ -196,10 +196,11 @@ def _covariances(
         module = arch.down_proj_name(loaded.model, info.layer)
         hit = stats.cached(stats.StatsSpec(ref.identity, info.layer, module, info.corpus_sha256, info.tokens, info.dtype))
         stale = hit is not None and hit.sha256 != info.sha256  # this machine's C differs (another machine's rounding, a merge)
-        if (hit is None or stale) and shipped is not None and (source := shipped(info.sha256)) is not None:  # shipped with the release
+        dim = arch.down_proj_weight(loaded.model, info.layer).shape[1]
+        if (hit is None or stale) and shipped is not None and (source := shipped(info.sha256, stats.max_file_bytes(dim, info.dtype))) is not None:
             spec = stats.StatsSpec(ref.identity, info.layer, module, info.corpus_sha256, info.tokens, info.dtype)
-            try:
-                hit = stats.install_shipped(source, info.sha256, spec, arch.down_proj_weight(loaded.model, info.layer).shape[1])
+            try:  # shipped with the release
+                hit = stats.install_shipped(source, info.sha256, spec, dim)
             except StatisticsError as exc:
                 raise ReleaseVerificationError(f"{exc}; nothing was imported") from None
         if hit is not None:  # this machine has C already (it is keyed by all of its spec), or the release shipped it

@@ -18,6 +18,7 @@ from factstore.hub import Hub, branch_commit, tag_for
 from factstore.progress import SILENT, Reporter
 from factstore.release import build, layout
 from factstore.release.build import checked_folder
+from factstore.release.manifest import MAX_MANIFEST_BYTES
 from factstore.storage.store import Store
 from factstore.weights import stats
 from factstore.weights.replay import DEFAULT_MODE
@@ -64,7 +65,7 @@ def _upload(store: Store, hub: Hub, release: Release, repo: str, private: bool, 
     tag = tag_for(release.version)
     if tag in tags:
         raise PublishConflict(f"{repo} already has {tag}: someone published that version first; pull it with `factstore pull {repo} --import-edits`, then publish again")
-    if hub.file_sha256(repo, head, layout.MANIFEST) == release.manifest_sha256:
+    if hub.file_sha256(repo, head, layout.MANIFEST, MAX_MANIFEST_BYTES) == release.manifest_sha256:
         return store.set_release_hub_commit(release.id, repo=repo, commit=head)  # an earlier try landed; its answer was lost
     if parent is not None and head != parent.hub_commit:
         raise PublishConflict(f"{repo} has moved on since v{parent.version} (main is at {head[:12]}); pull the latest with `factstore pull {repo} --import-edits`, then publish again")
@@ -79,7 +80,7 @@ def _upload(store: Store, hub: Hub, release: Release, repo: str, private: bool, 
         # huggingface_hub retries a commit whose answer was lost; the retry then finds main
         # moved, by our own commit: adopt it rather than report a conflict
         landed = hub.branch_head(repo)
-        if hub.file_sha256(repo, landed, layout.MANIFEST) != release.manifest_sha256:
+        if hub.file_sha256(repo, landed, layout.MANIFEST, MAX_MANIFEST_BYTES) != release.manifest_sha256:
             raise
         commit = landed
     return store.set_release_hub_commit(release.id, repo=repo, commit=commit)

@@ -49,7 +49,8 @@ def pull(
         target = target.with_name(commit)
     if MANIFEST not in listed:
         raise ReleaseVerificationError(f"{repo}@{commit[:12]} has no {MANIFEST}: it is not a factstore release")
-    manifest = manifest_schema.read(hub.download_file(repo, commit, MANIFEST).parent, f"{repo}@{commit[:12]}")
+    manifest_file = hub.download_file(repo, commit, MANIFEST, manifest_schema.MAX_MANIFEST_BYTES)
+    manifest = manifest_schema.read(manifest_file.parent, f"{repo}@{commit[:12]}")
     unlisted = sorted(set(manifest.files) - listed)
     if unlisted:
         raise ReleaseVerificationError(f"{repo}@{commit[:12]}: the manifest names files the repository does not hold ({', '.join(unlisted[:5])}); nothing was written")
@@ -96,16 +97,17 @@ def _copy_verified(snapshot: Path, manifest: manifest_schema.Manifest, target: P
             raise layout.mismatch_error(bad)
 
 
-def shipped_stats(repo: str, commit: str, endpoint: str | None = None, token: str | None = None) -> Callable[[str], Path | None]:
-    """For --import-edits: sha256 of a C -> the file the release commit ships for it (stats/SHA.safetensors),
-    downloaded only when asked for; None when the commit holds no such file. The caller checks it."""
+def shipped_stats(repo: str, commit: str, endpoint: str | None = None, token: str | None = None) -> Callable[[str, int], Path | None]:
+    """For --import-edits: (sha256 of a C, the most bytes its file can be) -> the file the release
+    commit ships for it (stats/SHA.safetensors), downloaded only when asked for and not larger;
+    None when the commit holds no such file. The caller checks its content."""
     hub = reader(Hub(endpoint, token), repo)
     _, listed = hub.revision(repo, commit)
 
-    def fetch(sha256: str) -> Path | None:
+    def fetch(sha256: str, max_bytes: int) -> Path | None:
         name = stats.shipped_name(sha256)
         if not re.fullmatch(r"[0-9a-f]{64}", sha256) or name not in listed:
             return None
-        return cached_file(hub.download_file(repo, commit, name).parents[1], name)
+        return cached_file(hub.download_file(repo, commit, name, max_bytes).parents[1], name)
 
     return fetch

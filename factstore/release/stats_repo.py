@@ -54,8 +54,8 @@ def _entry(cov: Covariance, identity: str) -> StatsEntry:
 
 
 def _read_index(hub: Hub, repo: str, commit: str) -> StatsIndex:
-    path = hub.download_file(repo, commit, INDEX)
-    if path.stat().st_size > MAX_INDEX_BYTES:
+    path = hub.download_file(repo, commit, INDEX, MAX_INDEX_BYTES)
+    if path.stat().st_size > MAX_INDEX_BYTES:  # the Hub said otherwise
         raise ReleaseVerificationError(f"{repo}: {INDEX} is larger than {MAX_INDEX_BYTES} bytes; refused")
     try:
         return StatsIndex.model_validate(json.loads(path.read_bytes()))
@@ -116,7 +116,7 @@ def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = No
         if store.get_covariance_by_key(spec.key()) is not None:  # this store has that C already (its own wins)
             other += 1
             continue
-        source = cached_file(hub.download_file(repo, commit, name).parents[1], name)
+        source = cached_file(hub.download_file(repo, commit, name, stats.max_file_bytes(shapes[entry.layer], entry.dtype)).parents[1], name)
         found = stats.install_shipped(source, entry.sha256, spec, shapes[entry.layer])
         record = Covariance(0, entry.layer, entry.module, entry.corpus, entry.corpus_sha256, found.tokens, entry.dtype, str(found.path), found.sha256)
         taken.append(store.create_covariance(base.id, spec.key(), record=record).layer)

@@ -232,6 +232,14 @@ def shipped_name(sha256: str) -> str:
     return f"{SHIPPED_DIR}/{sha256}.safetensors"
 
 
+HEADER_BYTES = 64 << 10  # a C file's safetensors header and metadata (the spec) are well under this
+
+
+def max_file_bytes(dim: int, dtype: str) -> int:
+    """The most bytes a C file of one (DIM, DIM) matrix of DTYPE can hold: a larger file is not one."""
+    return dim * dim * torch.empty((), dtype=getattr(torch, dtype)).element_size() + HEADER_BYTES
+
+
 def install_shipped(source: Path, expected_sha256: str, spec: StatsSpec, dim: int) -> StatsFile:
     """A C file from a release or a statistics repository (untrusted), copied into the cache's
     shipped/ folder under its sha256 (never under a spec key: a refused import leaves nothing a
