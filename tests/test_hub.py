@@ -311,6 +311,9 @@ def test_cli_publish_and_pull_json(tiny_store, lfs_hub: HubServer, tmp_path: Pat
     bad = subprocess.run([sys.executable, "-m", "factstore.cli.main", "pull", NAME, "--version", "v7", "--endpoint", hub.url], cwd=REPO,
                          capture_output=True, text=True, env=os.environ.copy())
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "v7" in bad.stderr
+    again = subprocess.run([sys.executable, "-m", "factstore.cli.main", "publish", "--model", "tiny", "--repo", NAME, "--with-stats", "--endpoint", hub.url],
+                           cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
+    assert again.returncode == 0 and "already published" in again.stdout and "stats push" in again.stdout  # says why no statistics went
 
 
 @pytest.mark.skipif(not (os.environ.get("FACTSTORE_LIVE_HUB") == "1" and os.environ.get("HF_TOKEN")), reason="live Hub test: set FACTSTORE_LIVE_HUB=1 and HF_TOKEN")
