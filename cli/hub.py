@@ -35,8 +35,9 @@ def publish(
         emit_json(result.to_json())
     elif result.already:
         print(f"v{result.version} is already published: {repo}@{result.tag} ({result.commit[:12]})")
-        if with_stats:  # a published version never changes; its statistics can go to a repository of their own
-            print(f"its key statistics were not added to it; share them with `factstore stats push REPO --model {model}` (a repository without releases)")
+        if with_stats:  # a published version never changes; statistics can go to a repository of their own
+            print(f"nothing was sent: a published version never changes; share key statistics with `factstore stats push REPO --model {model}` "
+                  "(a repository without releases)")
     else:
         print(f"published v{result.version} to {repo}: tag {result.tag}, commit {result.commit[:12]}")
 

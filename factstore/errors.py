@@ -99,6 +99,10 @@ class ReleaseVerificationError(FactStoreError):
     """A pulled file does not match the release manifest."""
 
 
+class HubFileTooLarge(ReleaseVerificationError):
+    """A repository file is larger than what belongs there can be (or the Hub did not say its size)."""
+
+
 class ImportConflict(FactStoreError):
     """A release's edit log does not continue the local one."""
 

@@ -26,7 +26,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from factstore.errors import HubAuthError, HubError, HubNotFound, HubUnreachable, PublishConflict, ReleaseVerificationError
+from factstore.errors import HubAuthError, HubError, HubFileTooLarge, HubNotFound, HubUnreachable, PublishConflict, ReleaseVerificationError
 
 TOKEN_HINT = "set HF_TOKEN or run `hf auth login`"
 VERSION_TAG = re.compile(r"v(\d+)")
@@ -153,11 +153,12 @@ class Hub:
             if self.tags(repo).get(tag) != commit:
                 raise PublishConflict(f"{repo} already has a tag {tag} on another commit: someone published that version first; pull it with `factstore pull {repo} --import-edits` and publish again") from None
 
-    def file_sha256(self, repo: str, commit: str, filename: str, max_bytes: int | None = None) -> str | None:
-        """sha256 of one file at COMMIT, or None when that commit holds no such file."""
+    def file_sha256(self, repo: str, commit: str, filename: str, max_bytes: int) -> str | None:
+        """sha256 of one file at COMMIT, or None when that commit holds no such file or one larger
+        than MAX_BYTES (not the file asked about, and not worth fetching)."""
         try:
             return hashlib.sha256(self.download_file(repo, commit, filename, max_bytes).read_bytes()).hexdigest()
-        except HubNotFound:
+        except (HubNotFound, HubFileTooLarge):
             return None
 
     def resolve(self, repo: str, version: str | None = None) -> str:
@@ -172,6 +173,20 @@ class Hub:
             raise HubError(f"{repo}: the Hub named no commit for {version or 'main'}")
         return info.sha, {s.rfilename for s in info.siblings or []}
 
+    def file_sizes(self, repo: str, commit: str) -> dict[str, int | None]:
+        """Name -> size in bytes, as the Hub lists it, of every file at COMMIT (None: not given)."""
+        with _translated(self.endpoint, repo, f"list the files of {commit[:12]}"):
+            info = self.api.model_info(repo, revision=commit, files_metadata=True)
+        return {s.rfilename: s.size for s in info.siblings or []}
+
+    def cached_blob(self, repo: str, sha256: str) -> bool:
+        """Whether the download cache holds an LFS file of REPO with this sha256 (a pull fetches it
+        no more)."""
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        return (Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model") / "blobs" / sha256).is_file()
+
     def download_file(self, repo: str, commit: str, filename: str, max_bytes: int | None = None) -> Path:
         """One file of one commit, through the huggingface_hub cache. With MAX_BYTES, a file the
         Hub says is larger is refused before a byte of it is fetched (a repository is untrusted:
@@ -180,8 +195,10 @@ class Hub:
             if max_bytes is not None:
                 url = hf_hub_url(repo, filename, revision=commit, repo_type="model", endpoint=self.endpoint)
                 size = self.api.get_hf_file_metadata(url=url).size
-                if size is not None and size > max_bytes:
-                    raise ReleaseVerificationError(
+                if size is None:
+                    raise HubFileTooLarge(f"{repo}@{commit[:12]}: the Hub did not say how large {filename} is; refused before downloading it")
+                if size > max_bytes:
+                    raise HubFileTooLarge(
                         f"{repo}@{commit[:12]}: {filename} is {size:,} bytes, more than the {max_bytes:,} it can be; refused before downloading it"
                     )
             return Path(hf_hub_download(repo, filename, revision=commit, repo_type="model", endpoint=self.endpoint, token=self._token))

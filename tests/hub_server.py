@@ -228,7 +228,13 @@ class Handler(BaseHTTPRequestHandler):
         commit = found.resolve(rev)
         if commit is None:
             raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
-        siblings = [{"rfilename": p} for p in sorted(commit.files)]
+        siblings: list[dict] = [{"rfilename": p} for p in sorted(commit.files)]
+        if query.get("blobs", ["false"])[0].lower() == "true":  # files_metadata=True: sizes, as the Hub gives them
+            for sibling in siblings:
+                entry = commit.files[sibling["rfilename"]]
+                sibling.update(blobId=entry.oid(self.hub.blobs), size=entry.size)
+                if entry.lfs:
+                    sibling["lfs"] = {"sha256": entry.sha256, "size": entry.size, "pointerSize": 134}
         self._json({"id": repo, "modelId": repo, "sha": commit.sha, "private": found.private, "siblings": siblings, "tags": []})
 
     def refs(self, query: dict, repo: str) -> None:

@@ -70,8 +70,9 @@ def sentinel(tmp_path: Path) -> Callable[[], str]:
     return digest
 
 
-def craft(server: HubServer, repo_id: str, files: dict[str, bytes], tag: str = "v1") -> None:
-    """A repository holding exactly FILES (names taken as given) at one commit tagged TAG."""
+def craft(server: HubServer, repo_id: str, files: dict[str, bytes], tag: str = "v1", lfs: bool = False) -> None:
+    """A repository holding exactly FILES (names taken as given) at one commit tagged TAG (as LFS
+    files, whose size the Hub gives in X-Linked-Size, with LFS)."""
     state = server.state
     with state.lock:
         repo = Repo(repo_id, private=False)
@@ -79,7 +80,7 @@ def craft(server: HubServer, repo_id: str, files: dict[str, bytes], tag: str = "
         for name, data in files.items():
             sha = hashlib.sha256(data).hexdigest()
             state.blobs[sha] = data
-            entries[name] = Entry(sha, len(data), lfs=False)
+            entries[name] = Entry(sha, len(data), lfs=lfs)
         commit = state.new_commit(repo, None, entries, "crafted")
         repo.branches["main"] = commit.sha
         repo.tags[tag] = commit.sha
@@ -271,7 +272,7 @@ def test_files_larger_than_they_can_be_are_refused_before_a_byte_is_fetched(  # 
     sha = hashlib.sha256(big).hexdigest()
     entry = StatsEntry(sha256=sha, identity=tiny_store.get_base_model("tiny").identity, layer=cov.layer, module=cov.module,
                        corpus="c-corpus.json", corpus_sha256=cov.corpus_sha256, tokens=cov.tokens, dtype=cov.dtype)  # type: ignore[arg-type]
-    craft(hub, "eve/big-stats", {INDEX: StatsIndex(files=[entry]).model_dump_json().encode(), stats.shipped_name(sha): big})
+    craft(hub, "eve/big-stats", {INDEX: StatsIndex(files=[entry]).model_dump_json().encode(), stats.shipped_name(sha): big}, lfs=True)
     bob = _bob(tmp_path)
     api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
     with pytest.raises(ReleaseVerificationError, match="refused before downloading it"):
@@ -285,3 +286,19 @@ def test_files_larger_than_they_can_be_are_refused_before_a_byte_is_fetched(  # 
     with pytest.raises(ReleaseVerificationError, match="refused before downloading it"):
         api.pull_release("eve/big-shipped", "v1", str(tmp_path / "out2"), endpoint=hub.url, import_into=bob, alias="team")
     assert _gets(hub, stats.shipped_name(sha)) == [] and bob.list_covariances(1) == [] and api.list_edits(bob, "team", "all") == []
+
+
+@SQLITE
+def test_a_release_that_would_not_fit_on_the_disk_is_refused_before_download(  # type: ignore[no-untyped-def]
+    release: dict[str, bytes], hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from collections import namedtuple
+
+    need = sum(len(data) for name, data in release.items() if name != layout.MANIFEST)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(pull.shutil, "disk_usage", lambda _p: usage(10 * need, 9 * need, 2 * need - 1))  # the cache and --out share it
+    craft(hub, "eve/fat", release)
+    pull_refused(hub, "eve/fat", tmp_path / "out", r"needs .* GB free; free space, or set HF_HOME or --out elsewhere")
+    assert not [p for m, p in hub.state.log if m == "GET" and "/resolve/" in p and not p.endswith(layout.MANIFEST)]  # nothing fetched
+    monkeypatch.setattr(pull.shutil, "disk_usage", lambda _p: usage(10 * need, 8 * need, 2 * need))
+    assert api.pull_release("eve/fat", "v1", str(tmp_path / "out"), endpoint=hub.url).verified

@@ -182,9 +182,12 @@ def test_edit_add_waits_for_the_worker_that_holds_the_model(tiny_store: Store) -
     result: dict = {}
     thread = threading.Thread(target=lambda: result.setdefault("out", api.add_edit(tiny_store, "tiny", prompt=PROMPT, subject="Big Ben", target="Oslo")))
     thread.start()
+    deadline = time.monotonic() + 120  # the request is stored once the tokenizer has checked it (slow on a loaded machine)
+    while not (pending := api.list_log(tiny_store, "tiny", "pending")) and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [entry] = pending
     time.sleep(1.0)
-    assert thread.is_alive()  # waiting, not computing
-    [entry] = api.list_log(tiny_store, "tiny", "pending")
+    assert thread.is_alive() and api.get_entry(tiny_store, entry.id).status == "pending"  # waiting, not computing
     tiny_store.release_lease(base.id, "other-worker")
     thread.join(timeout=120)
     assert result["out"].edit.id == entry.id and result["out"].edit.status == "active"

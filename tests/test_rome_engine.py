@@ -110,9 +110,11 @@ def _batch_pool() -> list[EditRequest]:
     )
 
 
-# float64: a batch is the same arithmetic as one request alone, summed in another order. In float32
-# Adam turns that rounding (1e-7) into steps of the learning rate where a gradient is near zero, so
-# batched and single v* differ by ~1e-3 there; in float64 they agree to the last bits.
+# The model in float64: a batch is the same arithmetic as one request alone, summed in another
+# order. With a float32 model Adam turns that rounding (1e-7) into steps of the learning rate where a
+# gradient is near zero, so batched and single v* differ by ~1e-3 there. A float64 model's passes
+# agree to ~1e-16, so the float32 values the optimisation keeps (v0, delta, log-probabilities)
+# come out the same to the last bit.
 def test_a_batch_gives_each_request_its_own_result(tiny_gpt2_dir, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     """Requests leave the batch at different steps (early stop); each v* equals its run alone."""
     from transformers import AutoModelForCausalLM

@@ -74,6 +74,8 @@ def test_several_layers_from_one_pass_stop_at_the_highest(gpt2_tokenizer, monkey
         handle.remove()
     assert set(ran) == {0}  # block 1's MLP input is the last thing needed: block 1 never finishes, block 2 never runs
     assert all(torch.equal(_matrix(t), a) for t, a in zip(together, alone))
+    with pytest.raises(StatisticsError, match="a layer given twice"):  # it would be summed twice
+        stats.compute_many(model, gpt2_tokenizer, [_spec(model, text, 0), _spec(model, text, 0)], text)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -94,6 +96,8 @@ def test_cli_shards_and_merge_print_path_and_sha256(tiny_store, tmp_path: Path) 
     merged = cli("merge")
     single = api.compute_stats(tiny_store, "tiny", 0, corpus=corpus_path, tokens=1500, device="cpu")
     assert single["id"] == merged["id"] and single["sha256"] == merged["sha256"]  # recorded: the next edit uses it
+    twice = api.compute_stats(tiny_store, "tiny", layers=[1, 1], corpus=corpus_path, tokens=1500, device="cpu")["layers"]
+    assert twice[0] == twice[1] and twice[0]["layer"] == 1  # a layer asked for twice is computed (and summed) once
     for row in [*parts, merged]:
         assert stats.file_sha256(Path(row["path"])) == row["sha256"]
     bad = runner.invoke(app, ["stats", "compute", "--model", "tiny", "--shard", "2/2"])

@@ -39,18 +39,21 @@ def wait_for(condition: Callable[[], bool], seconds: float = 120, what: str = "c
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def step_until(process: subprocess.Popen, condition: Callable[[], bool], missed: Callable[[], bool], what: str) -> None:
-    """Run PROCESS a few milliseconds at a time, looking at the store while it is stopped, until
-    CONDITION holds (the process is left stopped). A window of a few transactions, such as the
-    completions at the end of a batch, is then caught however fast the machine; MISSED says it
-    went past it."""
+def step_until(process: subprocess.Popen, look: Callable[[], set[str]], wanted: set[str], past: set[str], what: str) -> None:
+    """Run PROCESS a few milliseconds at a time, looking at the store (LOOK) while it is stopped,
+    until what it sees includes WANTED (the process is left stopped). A window of a few
+    transactions, such as the completions at the end of a batch, is then caught however fast the
+    machine; seeing PAST means it ran past the window."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        process.send_signal(signal.SIGSTOP)
-        if condition():
+        assert process.poll() is None, f"the worker exited ({process.returncode}): {process.stderr.read() if process.stderr else ''}"
+        os.kill(process.pid, signal.SIGSTOP)
+        os.waitpid(process.pid, os.WUNTRACED)  # stopped for sure before the store is read
+        seen = look()
+        if wanted <= seen:
             return
-        assert not missed(), f"ran past {what}"
-        process.send_signal(signal.SIGCONT)
+        assert seen != past, f"ran past {what}"
+        os.kill(process.pid, signal.SIGCONT)
         time.sleep(0.003)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -70,8 +73,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(tiny_store: Store) -> None:
     worker = start_worker("--batch", "8")
     try:
         wait_for(lambda: "computing" in statuses(tiny_store), what="a claimed batch")
-        step_until(worker, lambda: {"active", "computing"} <= set(statuses(tiny_store)),
-                   missed=lambda: set(statuses(tiny_store)) == {"active"}, what="a batch half done")
+        step_until(worker, lambda: set(statuses(tiny_store)), wanted={"active", "computing"}, past={"active"}, what="a batch half done")
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -154,35 +154,41 @@ class EditSession:
         missing = [layer for layer in layers if layer not in found]
         if missing:
             corpus = self.stats_corpus()
-            specs = {layer: self.stats_spec(layer, hp, corpus) for layer in missing}
-            for layer, spec in list(specs.items()):
-                known = self.store.get_covariance_by_key(spec.key())
-                if known is not None and Path(known.path).exists():
-                    found[layer] = known
-                    del specs[layer]
-            if specs:
-                with self.base_weights():  # C is a property of the base model's keys
-                    results = stats.compute_many(self.model, self.tokenizer, list(specs.values()), corpus, self.progress)
-                for result in results:
-                    found[result.spec.layer] = self.store.create_covariance(self.base.id, result.spec.key(), record=stats.covariance_record(result, corpus))
+            found.update(self._recorded_or_computed([self.stats_spec(layer, hp, corpus) for layer in missing], lambda: corpus))
         return [found[layer] for layer in layers]
 
     def covariances_like(self, own: Covariance, layers: list[int]) -> list[Covariance]:
         """C of LAYERS with OWN's corpus, token count and dtype (the spread mode's layers below an
         edit's), the missing ones from one pass."""
-        specs = {layer: stats.StatsSpec(self.base.identity, layer, arch.down_proj_name(self.model, layer), own.corpus_sha256, own.tokens, own.dtype)
-                 for layer in layers}
-        found = {layer: c for layer, spec in specs.items() if (c := self.store.get_covariance_by_key(spec.key())) and Path(c.path).exists()}
-        missing = [spec for layer, spec in specs.items() if layer not in found]
-        if missing:
-            corpus = load_corpus(own.corpus, self.progress)
-            if corpus.sha256 != own.corpus_sha256:
+
+        def corpus() -> Corpus:
+            text = load_corpus(own.corpus, self.progress)
+            if text.sha256 != own.corpus_sha256:
                 raise StatisticsError(f"the corpus {own.corpus} changed since its key statistics were computed; give the spread mode's layers C by hand")
-            with self.base_weights():
-                results = stats.compute_many(self.model, self.tokenizer, missing, corpus, self.progress)
-            for result in results:
-                found[result.spec.layer] = self.store.create_covariance(self.base.id, result.spec.key(), record=stats.covariance_record(result, corpus))
+            return text
+
+        specs = [stats.StatsSpec(self.base.identity, layer, arch.down_proj_name(self.model, layer), own.corpus_sha256, own.tokens, own.dtype)
+                 for layer in layers]
+        found = self._recorded_or_computed(specs, corpus)
         return [found[layer] for layer in layers]
+
+    def _recorded_or_computed(self, specs: list[stats.StatsSpec], corpus: Callable[[], Corpus]) -> dict[int, Covariance]:
+        """Layer -> the C record of each spec: the store's when its file is there, else computed
+        in one pass over CORPUS (read only then) on the base weights and recorded."""
+        specs = list({spec.layer: spec for spec in specs}.values())  # a layer asked for twice is summed once
+        found: dict[int, Covariance] = {}
+        for spec in specs:
+            known = self.store.get_covariance_by_key(spec.key())
+            if known is not None and Path(known.path).exists():
+                found[spec.layer] = known
+        missing = [spec for spec in specs if spec.layer not in found]
+        if missing:
+            text = corpus()
+            with self.base_weights():  # C is a property of the base model's keys
+                results = stats.compute_many(self.model, self.tokenizer, missing, text, self.progress)
+            for result in results:
+                found[result.spec.layer] = self.store.create_covariance(self.base.id, result.spec.key(), record=stats.covariance_record(result, text))
+        return found
 
     def stats_corpus(self) -> Corpus:
         return load_corpus(self.corpus_name or DEFAULT_CORPUS, self.progress)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factstore import config
-from factstore.errors import FactStoreError, HubAuthError, HubNotFound, ReleaseVerificationError
+from factstore.errors import FactStoreError, HubAuthError, HubError, HubNotFound, ReleaseVerificationError
 from factstore.files import file_sha256, staged_folder, usable_folder
 from factstore.hub import VERSION_TAG, Hub, check_repo_id, forget_snapshot, latest_version_tag
 from factstore.release import layout
@@ -54,10 +54,36 @@ def pull(
     unlisted = sorted(set(manifest.files) - listed)
     if unlisted:
         raise ReleaseVerificationError(f"{repo}@{commit[:12]}: the manifest names files the repository does not hold ({', '.join(unlisted[:5])}); nothing was written")
+    _check_room(hub, repo, commit, manifest, target)
     snapshot = hub.download(repo, commit, allow_patterns=[*manifest.files, MANIFEST])
     _copy_verified(snapshot, manifest, target)
     named = sorted(t for t, sha in tags.items() if sha == commit and VERSION_TAG.fullmatch(t))
     return Pulled(repo, str(target), version if version in named else (named[-1] if named else None), commit, verified=True)
+
+
+def _check_room(hub: Hub, repo: str, commit: str, manifest: manifest_schema.Manifest, target: Path) -> None:
+    """Refuse before downloading when the release's files, as the Hub lists their sizes, would not
+    fit: in the download cache (less the files it holds already) and again in TARGET, on whichever
+    disks those are. A repository is untrusted: its files could be any size."""
+    from huggingface_hub import constants
+
+    origin = f"{repo}@{commit[:12]}"
+    sizes = hub.file_sizes(repo, commit)
+    if unknown := sorted(n for n in manifest.files if sizes.get(n) is None):
+        raise ReleaseVerificationError(f"{origin}: the Hub did not say how large {unknown[0]} is; refused before downloading it")
+    total = sum(sizes[n] or 0 for n in manifest.files)
+    fetched = sum(sizes[n] or 0 for n, sha in manifest.files.items() if not hub.cached_blob(repo, sha))
+    need: dict[int, tuple[int, Path]] = {}  # device -> (bytes, a folder on it)
+    copied = 0 if (target / MANIFEST).is_file() else total  # a folder holding a release is kept as it is, or refused
+    for folder, n in ((Path(constants.HF_HUB_CACHE), fetched), (target, copied)):
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        device = existing.stat().st_dev
+        need[device] = (need.get(device, (0, existing))[0] + n, existing)
+    for n, folder in need.values():
+        free = shutil.disk_usage(folder).free
+        if n > free:
+            raise HubError(f"{origin} needs {n / 1e9:.2f} GB on the disk of {folder}, which has {free / 1e9:.2f} GB free; "
+                           "free space, or set HF_HOME or --out elsewhere; nothing was downloaded")
 
 
 def reader(hub: Hub, repo: str) -> Hub:

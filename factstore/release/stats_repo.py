@@ -55,7 +55,7 @@ def _entry(cov: Covariance, identity: str) -> StatsEntry:
 
 def _read_index(hub: Hub, repo: str, commit: str) -> StatsIndex:
     path = hub.download_file(repo, commit, INDEX, MAX_INDEX_BYTES)
-    if path.stat().st_size > MAX_INDEX_BYTES:  # the Hub said otherwise
+    if path.stat().st_size > MAX_INDEX_BYTES:  # more than the Hub said it was
         raise ReleaseVerificationError(f"{repo}: {INDEX} is larger than {MAX_INDEX_BYTES} bytes; refused")
     try:
         return StatsIndex.model_validate(json.loads(path.read_bytes()))

@@ -101,6 +101,8 @@ def _check_together(specs: list[StatsSpec]) -> None:
     first = specs[0]
     if any((s.identity, s.corpus_sha256, s.tokens, s.dtype) != (first.identity, first.corpus_sha256, first.tokens, first.dtype) for s in specs):
         raise StatisticsError("statistics computed in one pass must share the model, corpus, token count and dtype")
+    if len({s.layer for s in specs}) != len(specs):
+        raise StatisticsError("statistics computed in one pass must be of different layers (a layer given twice would be summed twice)")
 
 
 def _run(model: PreTrainedModel, tokenizer: Any, specs: list[StatsSpec], corpus: Corpus, batches: list[PlannedBatch], partial: Path,
