@@ -48,7 +48,7 @@ def main() -> None:
         api.publish_release(alice, "m", repo, endpoint=hub.url, with_stats=True)
         for with_stats in (False, True):
             # without: the release's C files are ignored, as for a release published without --with-stats
-            pull_module.shipped_stats = real_fetcher if with_stats else (lambda *_a, **_k: (lambda _sha: None))  # type: ignore[assignment]
+            pull_module.shipped_stats = real_fetcher if with_stats else (lambda *_a, **_k: (lambda _sha, _max_bytes: None))
             # bob: the same model assets, an empty statistics cache, a store of his own
             bob_cache = Path(tempfile.mkdtemp(prefix="factstore-bob-cache-"))
             for entry in Path(os.environ["FACTSTORE_CACHE"]).iterdir():

@@ -179,14 +179,6 @@ class Hub:
             info = self.api.model_info(repo, revision=commit, files_metadata=True)
         return {s.rfilename: s.size for s in info.siblings or []}
 
-    def cached_blob(self, repo: str, sha256: str) -> bool:
-        """Whether the download cache holds an LFS file of REPO with this sha256 (a pull fetches it
-        no more)."""
-        from huggingface_hub import constants
-        from huggingface_hub.file_download import repo_folder_name
-
-        return (Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model") / "blobs" / sha256).is_file()
-
     def download_file(self, repo: str, commit: str, filename: str, max_bytes: int | None = None) -> Path:
         """One file of one commit, through the huggingface_hub cache. With MAX_BYTES, a file the
         Hub says is larger is refused before a byte of it is fetched (a repository is untrusted:
@@ -217,6 +209,15 @@ class Hub:
             # huggingface_hub's own consistency check of a downloaded file's size
             raise ReleaseVerificationError(f"{repo}@{commit[:12]}: {_first_line(exc)}; nothing was written") from None
         return Path(path)
+
+
+def cached_blob(repo: str, sha256: str) -> bool:
+    """Whether the huggingface_hub download cache holds an LFS file of REPO with this sha256 (a
+    download fetches it no more)."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    return (Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model") / "blobs" / sha256).is_file()
 
 
 def forget_snapshot(snapshot: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from factstore import config
 from factstore.errors import FactStoreError, HubAuthError, HubError, HubNotFound, ReleaseVerificationError
 from factstore.files import file_sha256, staged_folder, usable_folder
-from factstore.hub import VERSION_TAG, Hub, check_repo_id, forget_snapshot, latest_version_tag
+from factstore.hub import VERSION_TAG, Hub, cached_blob, check_repo_id, forget_snapshot, latest_version_tag
 from factstore.release import layout
 from factstore.release import manifest as manifest_schema
 from factstore.release.manifest import MANIFEST
@@ -72,7 +72,7 @@ def _check_room(hub: Hub, repo: str, commit: str, manifest: manifest_schema.Mani
     if unknown := sorted(n for n in manifest.files if sizes.get(n) is None):
         raise ReleaseVerificationError(f"{origin}: the Hub did not say how large {unknown[0]} is; refused before downloading it")
     total = sum(sizes[n] or 0 for n in manifest.files)
-    fetched = sum(sizes[n] or 0 for n, sha in manifest.files.items() if not hub.cached_blob(repo, sha))
+    fetched = sum(sizes[n] or 0 for n, sha in manifest.files.items() if not cached_blob(repo, sha))
     need: dict[int, tuple[int, Path]] = {}  # device -> (bytes, a folder on it)
     copied = 0 if (target / MANIFEST).is_file() else total  # a folder holding a release is kept as it is, or refused
     for folder, n in ((Path(constants.HF_HUB_CACHE), fetched), (target, copied)):

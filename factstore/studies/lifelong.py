@@ -289,8 +289,7 @@ def _score_modes(
 
 def _spread_inputs(session: EditSession, edits: list[StoredEdit]) -> LayerInputs:
     """The spread mode's inputs, with C computed first for every layer it touches."""
-    owners = {(e.layer, e.covariance_id): e for e in edits if e.covariance_id is not None}
-    for (layer, cov_id) in owners:
+    for layer, cov_id in sorted({(e.layer, e.covariance_id) for e in edits if e.covariance_id is not None}):
         session.covariances_like(session.store.get_covariance(cov_id), spread_layers(layer)[:-1])
     return spread_inputs(session.store, session.base, session.model, session.tokenizer)
 
