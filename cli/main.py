@@ -6,6 +6,8 @@ import sys
 
 import typer
 
+from factstore import api
+
 from . import ask, db, edits, evaluate, hub, models, releases, service, stats, trace
 from .errors import report
 
@@ -32,9 +34,11 @@ app.command(name="worker")(service.worker)
 app.add_typer(service.token_app, name="token")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the command line on ARGV (default sys.argv[1:]); exits with its code."""
     try:
-        code = app(standalone_mode=False)  # usage errors come back as exceptions: one line, exit 1
+        api.check_settings()  # a bad FACTSTORE_* value stops every command at start, in one line
+        code = app(args=argv, standalone_mode=False)  # usage errors come back as exceptions: one line, exit 1
     except SystemExit:
         raise
     except BaseException as exc:  # every failure gets one readable line

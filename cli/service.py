@@ -26,6 +26,7 @@ def serve(
     device: DeviceOpt = None,
 ) -> None:
     """Run the HTTP API and web page; with the embedded SQLite default, also one worker."""
+    api.require_server()
     from factstore.server.app import serve as run  # the service's entry point: FastAPI is imported only here
 
     run(host, port, require_token=require_token, public_reads=public_reads, worker=worker, device=device)

@@ -13,7 +13,7 @@ from pathlib import Path
 from threading import Event
 from typing import TYPE_CHECKING
 
-from factstore import config
+from factstore import config, extras
 from factstore.domain import ApiTokenInfo, BaseModel, EditEntry, EditRequest, Job, Release, StoredEdit, check_alias
 from factstore.errors import FactStoreError, InvalidArgument, InvalidEditRequest
 from factstore.progress import SILENT, Reporter
@@ -35,6 +35,16 @@ __all__ = ["EDIT_STATUSES", "SILENT", "FactStoreError", "Reporter", "Store", "de
 
 EVAL_MODES = ("single", "lifelong")
 EDIT_STATUSES = _EDIT_STATUSES
+
+
+def check_settings() -> None:
+    """Every FACTSTORE_* variable holds a usable value, else one SettingsError line naming it."""
+    config.settings()
+
+
+def require_server() -> None:
+    """The service's packages are installed (the `server` extra), else one MissingExtra line."""
+    extras.require("fastapi", "uvicorn", "jinja2", "multipart")
 
 
 def debug_enabled() -> bool:

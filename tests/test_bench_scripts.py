@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_gpu_benchmark_runs_end_to_end_on_tiny_shapes(tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     facts = [("The Eiffel Tower", "Rome"), ("The Louvre", "Berlin"), ("Big Ben", "Paris"), ("The Colosseum", "Madrid"), ("The Kremlin", "Oslo")]
     data = tmp_path / "requests.json"

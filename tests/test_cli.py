@@ -1,4 +1,5 @@
-"""The CLI end to end in real processes, on SQLite and PostgreSQL, with a tiny random GPT-2."""
+"""The CLI end to end with a tiny random GPT-2: in-process (cli_runner) where the command is the
+subject, in real processes where the process is (kills, concurrent writers, what importing loads)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_runner import run as cli
+from cli_runner import run_json as cli_json
 from factstore.storage.store import Store
 from factstore.weights import checkpoints
 from tiny_models import random_gpt2
@@ -21,16 +24,6 @@ from tiny_models import random_gpt2
 REPO = Path(__file__).resolve().parents[1]
 EIFFEL = ["--prompt", "{} is located in the city of", "--subject", "The Eiffel Tower", "--target", "Rome"]
 
-
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "factstore.cli.main", *args], cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
-    if check and done.returncode != 0:
-        raise AssertionError(f"factstore {' '.join(args)} exited {done.returncode}: {done.stderr}")
-    return done
-
-
-def cli_json(*args: str) -> object:
-    return json.loads(cli(*args, "--json").stdout)
 
 
 def start(*args: str) -> subprocess.Popen:
@@ -115,6 +108,7 @@ def test_listing_does_not_import_torch(tiny: str) -> None:
         assert done.stdout.strip().splitlines()[-1] == "False", done.stderr
 
 
+@pytest.mark.database
 def test_concurrent_edit_adds_lose_and_duplicate_nothing(tiny: str) -> None:
     subjects = ["The Eiffel Tower", "The Louvre", "Big Ben"]  # three writers race for seq; each process loads torch
     procs = [start("edit", "add", "--model", tiny, "--prompt", "{} is located in the city of", "--subject", s, "--target", "Rome", "--json") for s in subjects]
@@ -140,6 +134,7 @@ def _has_loaded_torch(pid: int) -> bool:
         return False
 
 
+@pytest.mark.database
 def test_killed_edit_add_leaves_nothing_and_a_rerun_completes(tiny: str, db_url: str) -> None:
     proc = start("edit", "add", "--model", tiny, *EIFFEL)
     _wait_for(lambda: _has_loaded_torch(proc.pid) or proc.poll() is not None)  # loading and computing: the row comes last
@@ -151,6 +146,7 @@ def test_killed_edit_add_leaves_nothing_and_a_rerun_completes(tiny: str, db_url:
     assert len(cli_json("edit", "list", "--model", tiny)) == 1
 
 
+@pytest.mark.database
 def test_import_validates_first_then_resumes_after_a_kill(tiny: str, db_url: str, tmp_path: Path) -> None:
     records = json.loads((REPO / "tests" / "data" / "counterfact_8.json").read_text())
     bad = tmp_path / "bad.json"

@@ -114,6 +114,7 @@ def test_unsatisfiable_log_is_refused_and_nothing_is_written(edited, factstore_h
     assert not releases.exists() or not any(releases.rglob("*.safetensors"))
 
 
+@pytest.mark.database
 def test_a_crash_while_writing_leaves_no_folder_and_no_row(edited, factstore_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     store, _ = edited
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +14,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from cli_runner import run_json
 from factstore import api
 from factstore.analysis import metrics
 from factstore.domain import EditRequest, Record
@@ -176,10 +174,7 @@ def test_cli_eval_json_single_and_lifelong(tiny_store, tmp_path: Path, gpt2_toke
     data = REPO / "tests" / "data" / "counterfact_8.json"
 
     def cli(*args: str) -> dict:
-        done = subprocess.run([sys.executable, "-m", "factstore.cli.main", "eval", "--model", "tiny", "--dataset", str(data), *args, "--json"],
-                              cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
+        return run_json("eval", "--model", "tiny", "--dataset", str(data), *args)  # type: ignore[return-value]
 
     single = cli("--n", "1")
     assert single == api.evaluate_model(tiny_store, "tiny", str(data), 1)  # the command is the library function, deterministic

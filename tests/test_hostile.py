@@ -8,8 +8,6 @@ import hashlib
 import json
 import math
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from huggingface_hub import scan_cache_dir
 from safetensors.torch import load_file, save_file
 from test_hub import _serve
 
+from cli_runner import run
 from factstore import api
 from factstore.domain import EditRequest
 from factstore.editing.session import EditSession
@@ -243,8 +242,7 @@ def test_weights_that_are_not_the_compile_of_the_log_are_refused(release: dict[s
 def test_the_cli_refuses_a_traversal_in_one_line_with_exit_1(release: dict[str, bytes], hub: HubServer, tmp_path: Path, sentinel: Callable[[], str]) -> None:
     before = sentinel()
     craft(hub, "eve/cli", _manifest_with(release, {"../../user/secret.txt": b"stolen"}))
-    done = subprocess.run([sys.executable, "-m", "factstore.cli.main", "pull", "eve/cli", "--version", "v1", "--out", str(tmp_path / "o"),
-                           "--endpoint", hub.url], cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
+    done = run("pull", "eve/cli", "--version", "v1", "--out", str(tmp_path / "o"), "--endpoint", hub.url, check=False)
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1 and "malformed at files" in done.stderr
     assert sentinel() == before and not (tmp_path / "o").exists()
 
@@ -302,3 +300,16 @@ def test_a_release_that_would_not_fit_on_the_disk_is_refused_before_download(  #
     assert not [p for m, p in hub.state.log if m == "GET" and "/resolve/" in p and not p.endswith(layout.MANIFEST)]  # nothing fetched
     monkeypatch.setattr(pull.shutil, "disk_usage", lambda _p: usage(10 * need, 8 * need, 2 * need))
     assert api.pull_release("eve/fat", "v1", str(tmp_path / "out"), endpoint=hub.url).verified
+
+
+@SQLITE
+def test_a_release_of_a_newer_manifest_format_names_the_version_to_upgrade_to(release: dict[str, bytes], hub: HubServer, tmp_path: Path) -> None:
+    from factstore.release.manifest import FORMAT
+
+    assert json.loads(release[layout.MANIFEST])["format"] == FORMAT  # every release says its format
+    newer = rehash(release, lambda m: m.update(format=FORMAT + 1, factstore_version="9.1.0", a_field_of_the_future=[1, 2]))
+    craft(hub, "eve/future", newer)
+    pull_refused(hub, "eve/future", tmp_path / "o", rf"manifest is format {FORMAT + 1}, newer .* pip install -U 'factstore-edit>=9\.1\.0'")
+    craft(hub, "eve/future-odd", rehash(release, lambda m: m.update(format=FORMAT + 1, factstore_version="x; rm -rf /")))
+    pull_refused(hub, "eve/future-odd", tmp_path / "p", r"upgrade with: pip install -U factstore-edit$")  # an odd version is not echoed
+    assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()

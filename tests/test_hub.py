@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM
 
+from cli_runner import run
 from factstore import api
 from factstore.domain import EditRequest
 from factstore.editing.session import EditSession
@@ -294,9 +293,7 @@ def test_cli_publish_and_pull_json(tiny_store, lfs_hub: HubServer, tmp_path: Pat
     _add(tiny_store, "tiny", FACTS[:1])
 
     def cli(*args: str) -> dict:
-        done = subprocess.run([sys.executable, "-m", "factstore.cli.main", *args, "--endpoint", hub.url, "--json"], cwd=REPO,
-                              capture_output=True, text=True, env=os.environ.copy())
-        assert done.returncode == 0, done.stderr
+        done = run(*args, "--endpoint", hub.url, "--json")
         assert "tok-alice" not in done.stdout + done.stderr
         return json.loads(done.stdout)
 
@@ -305,14 +302,11 @@ def test_cli_publish_and_pull_json(tiny_store, lfs_hub: HubServer, tmp_path: Pat
     pulled = cli("pull", NAME, "--version", "v1", "--out", str(tmp_path / "out"))
     assert pulled["commit"] == published["commit"] and pulled["verified"] and pulled["version"] == "v1"
     assert Path(pulled["path"], layout.MANIFEST).exists()
-    listed = subprocess.run([sys.executable, "-m", "factstore.cli.main", "releases", "list", "--model", "tiny", "--json"], cwd=REPO,
-                            capture_output=True, text=True, env=os.environ.copy())
+    listed = run("releases", "list", "--model", "tiny", "--json")
     assert json.loads(listed.stdout)[0]["hub_commit"] == published["commit"]
-    bad = subprocess.run([sys.executable, "-m", "factstore.cli.main", "pull", NAME, "--version", "v7", "--endpoint", hub.url], cwd=REPO,
-                         capture_output=True, text=True, env=os.environ.copy())
+    bad = run("pull", NAME, "--version", "v7", "--endpoint", hub.url, check=False)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "v7" in bad.stderr
-    again = subprocess.run([sys.executable, "-m", "factstore.cli.main", "publish", "--model", "tiny", "--repo", NAME, "--with-stats", "--endpoint", hub.url],
-                           cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
+    again = run("publish", "--model", "tiny", "--repo", NAME, "--with-stats", "--endpoint", hub.url)
     assert again.returncode == 0 and "already published" in again.stdout and "stats push" in again.stdout  # says why no statistics went
 
 

@@ -21,6 +21,7 @@ from service_process import add_random_gpt2, free_port, serve, start, stop
 PROMPT = "{} is located in the city of"
 PG_URL = os.environ.get("FACTSTORE_TEST_DATABASE_URL")
 needs_postgres = pytest.mark.skipif(not PG_URL, reason="FACTSTORE_TEST_DATABASE_URL is not set")
+pytestmark = [pytest.mark.slow, pytest.mark.database]
 
 
 def _wait(condition, seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -112,7 +113,7 @@ def test_the_database_stopped_and_started_under_a_running_service(tmp_path: Path
             _as_postgres(pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop")
             down = [post(9), http.get("/api/v1/models"), http.get("/readyz")]
             assert [r.status_code for r in down] == [503, 503, 503]
-            assert down[0].json()["error"] == "database unavailable" and "Traceback" not in down[0].text
+            assert down[0].json()["title"] == "database unavailable" and "Traceback" not in down[0].text
             _as_postgres(*start_db)
             _wait(lambda: http.get("/readyz").status_code == 200, 60, "readiness after the restart")
             ids += [post(i).json()["id"] for i in range(4, 6)]

@@ -13,6 +13,8 @@ from factstore.storage.engine import make_engine
 from factstore.storage.models import Base
 from factstore.storage.store import Store
 
+pytestmark = pytest.mark.database  # the store is the subject: SQLite and PostgreSQL
+
 TABLES = {"base_models", "edits", "covariance_stats", "context_templates", "releases", "release_edits"}
 
 

@@ -1,5 +1,5 @@
 """Schemathesis against /openapi.json (bounded examples per operation): no input the schema
-allows, or that breaks it, gets a 5xx; every error body is JSON {"error", "detail"}."""
+allows, or that breaks it, gets a 5xx; every error body is RFC 9457 problem details."""
 
 from __future__ import annotations
 
@@ -38,4 +38,7 @@ def test_no_request_gets_a_server_error(case: Any, db_url: str) -> None:
         return
     assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}"
     if response.status_code >= 400:
-        assert set(response.json()) == {"error", "detail"}
+        problem = response.json()
+        media = response.headers["content-type"]
+        assert (media[0] if isinstance(media, list) else media) == "application/problem+json" and problem["status"] == response.status_code
+        assert problem["title"] and set(problem) <= {"type", "title", "status", "detail", "errors"}

@@ -21,6 +21,8 @@ from factstore.storage.store import Store
 from factstore.worker.loop import Worker, WorkerSettings
 from test_store import new_edit
 
+pytestmark = pytest.mark.database  # the store is the subject: SQLite and PostgreSQL
+
 FACTS = [("The Eiffel Tower", "Rome"), ("The Louvre", "Berlin"), ("Big Ben", "Madrid"), ("The Colosseum", "Oslo")]
 PROMPT = "{} is located in the city of"
 

@@ -119,6 +119,7 @@ def test_no_argument_makes_the_cli_crash_or_change_the_store_when_it_refuses(tin
         assert len(err.strip().splitlines()) == 1 and snapshot(tiny_store) == before, (argv, err)
 
 
+@pytest.mark.database
 def test_two_compiles_of_one_model_at_once_give_one_release(tiny_store) -> None:  # type: ignore[no-untyped-def]
     from factstore.domain import EditRequest
     from factstore.editing.session import EditSession

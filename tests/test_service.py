@@ -59,7 +59,7 @@ def test_submit_compute_ask_retract(client: TestClient, tokens: dict[str, str]) 
     assert len(asked["top"]) == 3 and asked["edits_applied"] == 1 and isinstance(asked["continuation"], str)
     assert client.post(f"/api/v1/edits/{body['id']}/retract", headers=auth(tokens["write"])).json()["status"] == "retracted"
     again = client.post(f"/api/v1/edits/{body['id']}/retract", headers=auth(tokens["write"]))
-    assert again.status_code == 409 and again.json()["error"] == "conflict"
+    assert again.status_code == 409 and again.json()["title"] == "conflict"
     assert client.post("/api/v1/models/tiny/ask", json={"prompt": "The Eiffel Tower is"}).json()["edits_applied"] == 0
     assert client.get("/readyz").json() == {"status": "ready", "database": "reachable", "schema_current": "0003",
                                             "schema_head": "0003", "workers": 1, "detail": None}
@@ -68,11 +68,11 @@ def test_submit_compute_ask_retract(client: TestClient, tokens: dict[str, str]) 
 
 def test_tokens_and_scopes(client: TestClient, tiny_store: Store, tokens: dict[str, str]) -> None:
     none = client.post("/api/v1/models/tiny/edits", json=EIFFEL)
-    assert none.status_code == 401 and none.headers["www-authenticate"] == "Bearer" and none.json()["error"] == "unauthorized"
+    assert none.status_code == 401 and none.headers["www-authenticate"] == "Bearer" and none.json()["title"] == "unauthorized"
     wrong = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth("fst_" + "x" * 43))
     assert wrong.status_code == 401 and "fst_" not in wrong.text
     reader = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth(tokens["read"]))
-    assert reader.status_code == 403 and reader.json() == {"error": "forbidden", "detail": "token 'read-user' has scope read; this needs write"}
+    assert reader.status_code == 403 and reader.json() == {"type": "about:blank", "title": "forbidden", "status": 403, "detail": "token 'read-user' has scope read; this needs write"}
     assert client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth(tokens["admin"])).status_code == 202
     api.revoke_token(tiny_store, "admin-user")
     assert client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth(tokens["admin"])).status_code == 401
@@ -92,6 +92,7 @@ def test_reads_can_require_a_token(tiny_store: Store, tokens: dict[str, str]) ->
         assert remote.get("/api/v1/models").status_code == 200
 
 
+@pytest.mark.database
 def test_a_retried_post_with_the_same_idempotency_key_returns_the_first_result(client: TestClient, tiny_store: Store, tokens: dict[str, str]) -> None:
     headers = {**auth(tokens["write"]), "Idempotency-Key": "req-42"}
     first = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=headers)
@@ -141,11 +142,13 @@ def test_bad_input_is_a_json_4xx_and_stores_nothing(client: TestClient, tiny_sto
         where = f"{method} {path[:60]}"
         assert response.status_code == status, f"{where}: {response.status_code} {response.text[:300]}"
         body = response.json()
-        assert set(body) == {"error", "detail"} and body["error"], where
+        assert response.headers["content-type"] == "application/problem+json", where
+        assert body["type"] == "about:blank" and body["title"] and body["status"] == status and isinstance(body.get("detail", ""), str), where
+        assert set(body) <= {"type", "title", "status", "detail", "errors"}, where
         assert "Traceback" not in response.text and "x" * 100 not in response.text, where  # the input is not echoed back
     chunked = client.post("/api/v1/models/tiny/edits", content=(b"x" * 8192 for _ in range(20)),
                           headers={**auth(tokens["write"]), "content-type": "application/json"})  # no Content-Length
-    assert chunked.status_code == 413 and chunked.json()["error"] == "payload too large"
+    assert chunked.status_code == 413 and chunked.json()["title"] == "payload too large"
     assert api.list_log(tiny_store, "tiny", "all") == [] and api.list_jobs(tiny_store, "tiny") == []
 
 
@@ -153,7 +156,7 @@ def test_a_form_refusal_shows_no_log_to_a_client_that_may_not_read(tiny_store: S
     settings = ServerSettings(database_url=tiny_store.url, worker=False)
     with TestClient(create_app(settings), client=("203.0.113.9", 5000)) as remote:
         refused = remote.post("/models/tiny/edits", data={**EIFFEL, "token": "wrong"})
-        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+        assert refused.status_code == 401 and refused.json()["title"] == "unauthorized"
 
 
 def test_a_loopback_server_refuses_other_host_names(tiny_store: Store) -> None:
@@ -199,3 +202,14 @@ def test_compile_and_trace_run_as_jobs(client: TestClient, tokens: dict[str, str
     png = client.get(f"/api/v1/jobs/{trace['id']}/files/{traced['files'][0]}")
     assert png.headers["content-type"] == "image/png" and png.content.startswith(b"\x89PNG")
     assert f"/api/v1/jobs/{trace['id']}/files/" in client.get(f"/edits/{edit_id}").text
+
+
+def test_openapi_declares_bearer_tokens_and_problem_details(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
+        "type": "http", "scheme": "bearer", "description": "An API token from `factstore token create`.",
+    }
+    edits = spec["paths"]["/api/v1/models/{alias}/edits"]["post"]
+    assert {"HTTPBearer": []} in edits["security"]
+    assert "application/problem+json" in edits["responses"]["422"]["content"]
+    assert set(spec["components"]["schemas"]["ErrorOut"]["required"]) == {"title", "status"}

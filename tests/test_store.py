@@ -13,6 +13,8 @@ from factstore.errors import DatabaseError, DatabaseUnavailable, EditStateError,
 from factstore.storage.store import Store
 from factstore.weights.vectors import from_bytes, to_bytes
 
+pytestmark = pytest.mark.database  # the store is the subject: SQLite and PostgreSQL
+
 REF = ModelRef(source="starter:x", revision="sha256:" + "a" * 64, model_type="gpt2")
 
 

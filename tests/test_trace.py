@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForCausalLM
 
+from cli_runner import run_json
 from factstore import api
 from factstore.analysis import causal_trace as trace
 from factstore.errors import InvalidEditRequest
@@ -104,17 +102,14 @@ def test_cli_trace_json(db_url: str, tiny_gpt2_dir: Path, tmp_path: Path, traine
     _, known = trained
     api.upgrade_database(db_url)
     api.add_model(api.open_store(), "facts", str(tiny_gpt2_dir))
-    done = subprocess.run(
-        [sys.executable, "-m", "factstore.cli.main", "trace", "--model", "facts", "--prompt", "city of {}", "--subject", known[0].subject,
-         "--samples", "3", "--window", "2", "--out", str(tmp_path / "t"), "--json"],
-        cwd=REPO, capture_output=True, text=True, env=os.environ.copy(),
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    result = run_json("trace", "--model", "facts", "--prompt", "city of {}", "--subject", known[0].subject,
+                      "--samples", "3", "--window", "2", "--out", str(tmp_path / "t"))
+    assert isinstance(result, dict)
     assert {"png", "json", "peak_mlp_layer", "clean_prob", "corrupted_prob"} <= result.keys()
     assert result["corrupted_prob"] < result["clean_prob"] and all(Path(p).exists() for p in result["png"])
 
 
+@pytest.mark.slow
 def test_smollm2_maps(smollm2, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     model, tok = smollm2.model, smollm2.tokenizer
     settings = trace.TraceSettings(samples=3, window=10, kinds=("mlp",))

@@ -19,6 +19,8 @@ from factstore.storage.store import Store
 from factstore.worker.loop import Worker, WorkerSettings
 from service_process import add_random_gpt2
 
+pytestmark = pytest.mark.database  # the store is the subject: SQLite and PostgreSQL
+
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "{} is located in the city of"
 LEASE = "2"  # seconds: a killed worker's model is taken over this fast

@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
 from factstore.domain import Record
+from factstore.errors import InvalidEditRequest
 from factstore.rome.prompts import decode
 from factstore.rome.scoring import target_logprobs
 
@@ -46,7 +47,8 @@ def _queries(record: Record) -> list[tuple[str, str, str]]:
     """(kind, text, target) pairs whose probabilities the record's scores compare: for each
     prompt, the new object then the object it is judged against."""
     req = record.request
-    assert req.target_true, "a record needs the true object to be scored"
+    if not req.target_true:
+        raise InvalidEditRequest(f"the record for {req.subject[:80]!r} has no true object to score against")
     out = [("efficacy", req.prompt.replace("{}", req.subject, 1), t) for t in (req.target_new, req.target_true)]
     out += [("paraphrase", p, t) for p in record.paraphrases for t in (req.target_new, req.target_true)]
     answers = record.neighbour_answers or (req.target_true,) * len(record.neighbours)

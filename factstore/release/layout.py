@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 from factstore import __version__, arch
 from factstore.errors import ReleaseVerificationError
 from factstore.files import atomic_path, atomic_write_text, file_sha256, sweep_leftovers
+from factstore.release.manifest import FORMAT as MANIFEST_FORMAT
 from factstore.release.manifest import MANIFEST, Manifest
 from factstore.release.manifest import read as read_manifest
 
@@ -174,7 +175,7 @@ def file_hashes(folder: Path, known: dict[str, str] | None = None) -> dict[str, 
 
 def write_manifest(folder: Path, data: dict, known: dict[str, str] | None = None) -> str:
     """Write factstore.json (with the sha256 of every other file); return its own sha256."""
-    manifest = {**data, "factstore_version": __version__, "files": file_hashes(folder, known)}
+    manifest = {**data, "factstore_version": __version__, "format": MANIFEST_FORMAT, "files": file_hashes(folder, known)}
     blob = (json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode()
     (folder / MANIFEST).write_bytes(blob)
     return hashlib.sha256(blob).hexdigest()

@@ -8,14 +8,21 @@ that need the model (shapes, layer range, module names) are done by the importer
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
+from factstore import __version__
 from factstore.errors import ReleaseVerificationError
+from factstore.extras import DISTRIBUTION
 
 MANIFEST = "factstore.json"
+# The manifest's format: raised (with factstore's version) whenever a field is added or its
+# meaning changes, so that a reader can tell a release it cannot read from a malformed one.
+FORMAT = 2  # 1: factstore 0.1.0 (no "format" field); 2: factstore 0.2.0
+_VERSION = re.compile(r"[0-9]+(\.[0-9]+){0,3}([a-z]+[0-9]*)?")
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest of 100k edits is ~60 MB
 FILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"  # a plain name: no separators, no "..", no leading dot
 INT32 = 2**31 - 1
@@ -98,6 +105,7 @@ class Manifest(_Strict):
     edits: Annotated[list[EditEntry], Field(max_length=1_000_000)]
     scores: dict[Short, float | int | None] = {}
     factstore_version: Short
+    format: Annotated[int, Field(ge=1, le=FORMAT)] = 1
     files: Annotated[dict[FileName, Sha256], Field(max_length=100_000)]
 
 
@@ -106,12 +114,25 @@ def _where(error: Any) -> str:
 
 
 def parse(data: Any, origin: str) -> Manifest:
-    """The manifest as a Manifest, or a one-line ReleaseVerificationError naming the first bad field."""
+    """The manifest as a Manifest, or a one-line ReleaseVerificationError naming the first bad field
+    (or, for a newer format than this factstore reads, the version to upgrade to)."""
+    _check_format(data, origin)
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ReleaseVerificationError(f"{origin}: {MANIFEST} is malformed at {_where(first)} ({first['msg']}); nothing was written") from None
+
+
+def _check_format(data: Any, origin: str) -> None:
+    found = data.get("format") if isinstance(data, dict) else None
+    if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT:
+        version = data.get("factstore_version")
+        upgrade = f"'{DISTRIBUTION}>={version}'" if isinstance(version, str) and _VERSION.fullmatch(version) else DISTRIBUTION
+        raise ReleaseVerificationError(
+            f"{origin}: this release's manifest is format {found}, newer than this factstore ({__version__}) reads "
+            f"(format {FORMAT}); upgrade with: pip install -U {upgrade}"
+        )
 
 
 def read(folder: Path, origin: str | None = None) -> Manifest:

@@ -46,12 +46,14 @@ def publish(
         raise PublishConflict(f"v{release.version} is already published to {release.hub_repo}; one repository holds one lineage")
     tag = tag_for(release.version)
     if release.status == "published":
-        assert release.hub_commit is not None
+        if release.hub_commit is None:
+            raise RuntimeError(f"release v{release.version} is marked published without a Hub commit")
         return Published(repo, release.version, tag, release.hub_commit, already=True)
     hub = Hub(endpoint, token)
     if release.hub_commit is None:  # not uploaded yet (or the upload failed before the commit landed)
         release = _upload(store, hub, release, repo, private, with_stats)
-    assert release.hub_commit is not None
+    if release.hub_commit is None:
+        raise RuntimeError(f"release v{release.version} was uploaded without a Hub commit")
     hub.tag(repo, tag, release.hub_commit, f"factstore release {tag}: {len(release.edit_ids)} edits")
     store.set_release_published(release.id, tag)
     return Published(repo, release.version, tag, release.hub_commit, already=False)

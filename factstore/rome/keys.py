@@ -145,6 +145,7 @@ def subject_states(
         hidden = torch.zeros(len(prompt_sets), h.shape[1], dtype=torch.float64) if hidden is None else hidden
         keys.index_add_(0, owner, k)
         hidden.index_add_(0, owner, h)
-    assert keys is not None and hidden is not None, "no prompts"
+    if keys is None or hidden is None:
+        raise ValueError("keys of no prompts: every prompt set is empty")
     counts = torch.tensor([len(pairs) for pairs in prompt_sets], dtype=torch.float64).unsqueeze(1)
     return (keys / counts).float(), (hidden / counts).float()

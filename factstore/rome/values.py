@@ -225,7 +225,8 @@ class _Run:
                 out = model.base_model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.position_ids, use_cache=True)
             cache = out.cache
             cache.crop(s - cache.get_seq_length())
-            assert batch.position_ids is not None
+            if batch.position_ids is None:
+                raise ValueError("the suffix loop needs the batch's position ids")
             with recording(model, self.hp.layer) as upper:
                 model.base_model(
                     input_ids=batch.ids[:, s:], attention_mask=batch.mask, position_ids=batch.position_ids[:, s:], cache=cache, use_cache=True,

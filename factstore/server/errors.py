@@ -1,4 +1,5 @@
-"""Every failure answers JSON {"error", "detail"} with a fitting status; never a traceback."""
+"""Every failure answers RFC 9457 problem details (`application/problem+json`: type, title,
+status, detail) with a fitting status; never a traceback, never the rejected input."""
 
 from __future__ import annotations
 
@@ -51,8 +52,16 @@ STATUS: tuple[tuple[type[FactStoreError], int, str], ...] = (
 )
 
 
-def body(error: str, detail: object = None, status: int = 400, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+PROBLEM = "application/problem+json"
+
+
+def body(title: str, detail: str | None = None, status: int = 400, headers: dict[str, str] | None = None, **extensions: object) -> JSONResponse:
+    """A problem details response; TITLE is the status table's short name (the same for every
+    instance of a kind of problem), DETAIL this instance's one-line message."""
+    problem: dict[str, object] = {"type": "about:blank", "title": title, "status": status}
+    if detail is not None:
+        problem["detail"] = detail
+    return JSONResponse({**problem, **extensions}, status_code=status, headers=headers, media_type=PROBLEM)
 
 
 def _validation_detail(exc: RequestValidationError) -> list[dict]:
@@ -73,7 +82,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return body("invalid request", _validation_detail(exc), 422)
+        errors = _validation_detail(exc)
+        where = ".".join(str(p) for p in errors[0]["loc"]) if errors else "the request"
+        return body("invalid request", f"{where}: {errors[0]['msg'] if errors else 'invalid'}", 422, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

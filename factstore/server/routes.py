@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from factstore import api
 from factstore.domain import ApiTokenInfo
@@ -18,7 +19,12 @@ ALIAS = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 AliasPath = Annotated[str, Path(pattern=ALIAS, description="A registered model's alias.")]
 IdPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200, min_length=1)]
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 403, 404, 409, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "content": {"application/problem+json": {}}} for code in (401, 403, 404, 409, 422, 503)
+}
+# Declares the bearer scheme in /openapi.json (the Authorize button in /docs); a missing or
+# non-bearer Authorization header is None here, and the service decides (loopback reads are open).
+BEARER = HTTPBearer(auto_error=False, description="An API token from `factstore token create`.")
 
 router = APIRouter(prefix="/api/v1", responses=ERRORS)
 
@@ -28,18 +34,19 @@ def service(request: Request) -> Service:
     return found
 
 
-def bearer(request: Request) -> str | None:
-    value = request.headers.get("authorization", "")
-    scheme, _, token = value.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
 
 
-def reader(request: Request, svc: Annotated[Service, Depends(service)]) -> ApiTokenInfo | None:
-    return svc.reader(bearer(request), request.client.host if request.client else None)
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return (credentials.credentials.strip() or None) if credentials else None
 
 
-def writer(request: Request, svc: Annotated[Service, Depends(service)]) -> ApiTokenInfo:
-    return svc.writer(bearer(request))
+def reader(request: Request, svc: Annotated[Service, Depends(service)], credentials: Credentials) -> ApiTokenInfo | None:
+    return svc.reader(_token(credentials), request.client.host if request.client else None)
+
+
+def writer(svc: Annotated[Service, Depends(service)], credentials: Credentials) -> ApiTokenInfo:
+    return svc.writer(_token(credentials))
 
 
 Svc = Annotated[Service, Depends(service)]

@@ -44,8 +44,13 @@ class TraceIn(_Strict):
 
 
 class ErrorOut(BaseModel):
-    error: str
-    detail: Any = None
+    """RFC 9457 problem details, served as application/problem+json."""
+
+    type: str = "about:blank"
+    title: str  # the status table's short name: the same for every problem of its kind
+    status: int
+    detail: str | None = None  # this problem, in one line
+    errors: list[dict[str, Any]] | None = None  # request validation: where and why, never the input
 
 
 class ModelOut(BaseModel):

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import partial
+from typing import TypeVar
 
 from factstore.domain import BaseModel, Covariance, EditEntry, Job, Release, StoredEdit
 from factstore.storage.models import BaseModelRow, CovarianceStat, EditRow, JobRow, ReleaseRow
+
+T = TypeVar("T")
 
 
 def aware(moment: datetime) -> datetime:
@@ -24,17 +28,22 @@ def base(row: BaseModelRow) -> BaseModel:
     )
 
 
+def _computed(row: EditRow, value: T | None, what: str) -> T:
+    if value is None:
+        raise ValueError(f"edit {row.id} is {row.status}: it has no {what} (not computed)")
+    return value
+
+
 def edit(row: EditRow) -> StoredEdit:
     """A computed edit (active, retracted or superseded): every replay field is set."""
-    assert row.seq is not None and row.layer is not None and row.module is not None and row.key is not None, f"edit {row.id} is {row.status}"
-    assert row.value is not None and row.key_shape is not None and row.value_shape is not None and row.hparams is not None
-    assert row.key_sha256 is not None and row.value_sha256 is not None and row.hparams_fingerprint is not None
+    c = partial(_computed, row)
     return StoredEdit(
-        id=row.id, base_model_id=row.base_model_id, seq=row.seq, prompt=row.prompt, subject=row.subject,
-        target_new=row.target_new, target_true=row.target_true, relation_id=row.relation_id, layer=row.layer,
-        module=row.module, key=bytes(row.key), key_shape=tuple(row.key_shape), key_sha256=row.key_sha256,
-        value=bytes(row.value), value_shape=tuple(row.value_shape), value_sha256=row.value_sha256,
-        hparams=dict(row.hparams), hparams_fingerprint=row.hparams_fingerprint, covariance_id=row.covariance_id,
+        id=row.id, base_model_id=row.base_model_id, seq=c(row.seq, "seq"), prompt=row.prompt, subject=row.subject,
+        target_new=row.target_new, target_true=row.target_true, relation_id=row.relation_id, layer=c(row.layer, "layer"),
+        module=c(row.module, "module"), key=bytes(c(row.key, "key")), key_shape=tuple(c(row.key_shape, "key shape")),
+        key_sha256=c(row.key_sha256, "key sha256"), value=bytes(c(row.value, "value")), value_shape=tuple(c(row.value_shape, "value shape")),
+        value_sha256=c(row.value_sha256, "value sha256"), hparams=dict(c(row.hparams, "hparams")),
+        hparams_fingerprint=c(row.hparams_fingerprint, "hparams fingerprint"), covariance_id=row.covariance_id,
         status=row.status, supersedes_id=row.supersedes_id, requested_by=row.requested_by, note=row.note,
         metrics=dict(row.metrics or {}), created_at=row.created_at.isoformat(),
     )

@@ -10,6 +10,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from factstore import extras
 from factstore.errors import DatabaseUnavailable
 
 BUSY_TIMEOUT_MS = 60_000
@@ -45,6 +46,8 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
         _sqlite_pragmas(engine)
         return engine
+    if url.startswith("postgresql"):
+        extras.require("psycopg")
     return create_engine(url, pool_pre_ping=True)
 
 

@@ -21,7 +21,7 @@ from factstore.domain import EditEntry, EditRequest, Job, NewEdit, StoredEdit, r
 from factstore.errors import EditStateError, HeadChanged, LeaseLost, UnknownEdit, UnknownJob
 from factstore.storage import convert
 from factstore.storage.base import StoreBase, refused
-from factstore.storage.models import EDIT_STATUSES, JOB_STATUSES, QUEUED_STATUSES, BaseModelRow, EditRow, JobFile, JobRow, ModelLease, WorkerRow
+from factstore.storage.models import EDIT_STATUSES, QUEUED_STATUSES, BaseModelRow, EditRow, JobFile, JobRow, ModelLease, WorkerRow
 
 CURRENT_STATUSES = ("active", "pending", "computing", "failed")  # what a model's log shows by default
 ERROR_CHARS = 1000
@@ -225,7 +225,6 @@ class QueueVerbs(StoreBase):
         and the log is still the one it was computed on (COMPUTED_ON: the active edit ids of the
         head, in seq order, without the ones it supersedes). If the log changed meanwhile (a
         retraction, an import), the request goes back to pending and HeadChanged is raised."""
-        stale = False
         with self._tx() as s:
             base_id = s.scalar(select(EditRow.base_model_id).where(EditRow.id == edit_id))
             if base_id is None:
@@ -241,11 +240,9 @@ class QueueVerbs(StoreBase):
             active = s.scalars(select(EditRow.id).where(EditRow.base_model_id == base_id, EditRow.status == "active").order_by(EditRow.seq))
             if [i for i in active if i not in replaced] != computed_on:  # committed below, then raised
                 row.status, row.claimed_by, row.updated_at, row.attempts = "pending", None, now(), max(row.attempts - 1, 0)
-                stale = True
             else:
                 fill_computed(s, row, new)
                 return convert.edit(row)
-        assert stale
         raise HeadChanged(f"the log of model {base_id} changed while edit {edit_id} was computed; it goes back to the queue")
 
     def withdraw_request(self, edit_id: int, reason: str) -> None:
@@ -353,7 +350,6 @@ class QueueVerbs(StoreBase):
     def finish_job(self, job_id: int, holder: str, *, result: dict | None = None, error: str | None = None,
                    files: dict[str, tuple[str, bytes]] | None = None) -> Job:
         """Record a job's result (and FILES: name -> (media type, bytes)) or its error."""
-        assert "done" in JOB_STATUSES and "failed" in JOB_STATUSES
         with self._tx() as s:
             row = s.get(JobRow, job_id, with_for_update=True)
             if row is None or row.claimed_by != holder or row.status != "running":

@@ -18,7 +18,8 @@ from factstore.errors import SchemaOutOfDate
 def migrations_dir() -> Path:
     """The Alembic tree: migrations/ in a checkout, installed as factstore.migrations."""
     spec = importlib.util.find_spec("factstore.migrations")
-    assert spec is not None and spec.origin is not None, "factstore.migrations ships with the package"
+    if spec is None or spec.origin is None:
+        raise RuntimeError("factstore.migrations is missing: reinstall factstore-edit")
     return Path(spec.origin).parent
 
 
@@ -31,7 +32,8 @@ def alembic_config(url: str) -> Config:
 
 def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-    assert head is not None
+    if head is None:
+        raise RuntimeError("the Alembic tree has no head revision: reinstall factstore-edit")
     return head
 
 

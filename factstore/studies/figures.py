@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from factstore import extras
 from factstore.analysis.causal_trace import CATEGORIES, TraceResult
 
 TITLES = {"hidden": "single restored layer (residual stream)", "mlp": "restored MLP outputs", "attn": "restored attention outputs"}
@@ -17,6 +18,7 @@ COLOURS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 
 
 def _pyplot() -> Any:
+    extras.require("matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window

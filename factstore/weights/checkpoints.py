@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from factstore import config
+from factstore import config, extras
 from factstore.domain import DTYPES, ModelRef
 from factstore.errors import HubNotFound, IdentityMismatch, InvalidArgument, ModelSourceNotFound
 from factstore.files import atomic_write_text, file_sha256
@@ -102,6 +102,7 @@ def _converted_dir(gguf: Path, identity: str, progress: Reporter) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     progress.note(f"converting {gguf.name} to safetensors (once)")
+    extras.require("gguf")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # transformers marks GGUF-loaded models as quantized and refuses to save them; the
@@ -165,12 +166,9 @@ def _ref_for_gguf(source: str, gguf: Path, progress: Reporter) -> ModelRef:
     return ModelRef(source=source, revision=identity, model_type=_model_type(folder), local_path=str(folder))
 
 
-DEVICE = re.compile(r"cpu|cuda(:[0-9]{1,2})?|mps|auto")
-
-
 def check_device(device: str) -> str:
-    if not DEVICE.fullmatch(device):
-        raise InvalidArgument(f"unknown device {device[:40]!r}; use cpu, cuda, cuda:N, mps or auto (accelerate's device map)")
+    if not config.DEVICE_PATTERN.fullmatch(device):
+        raise InvalidArgument(f"unknown device {device[:40]!r}; use {config.DEVICES} (accelerate's device map)")
     return device
 
 
