@@ -24,7 +24,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 100, 1000])
     parser.add_argument("--model", default="starter:smollm2-135m")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact_500.json"))
+    parser.add_argument(
+        "--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact_500.json")
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="factstore-bench-"))
     os.environ["FACTSTORE_HOME"] = str(home)
@@ -46,7 +48,9 @@ def main() -> None:
     model, tok = loaded.model, loaded.tokenizer
     layer = default_hparams(model.config.model_type, arch.num_layers(model), model.config.hidden_size).layer
     text = corpus.load_corpus()
-    stats_file = stats.compute(model, tok, stats.spec_for(loaded.ref.revision, model, layer, text, 20_000, "float32"), text)
+    stats_file = stats.compute(
+        model, tok, stats.spec_for(loaded.ref.revision, model, layer, text, 20_000, "float32"), text
+    )
     cov = store.create_covariance(base.id, stats_file.spec.key(), record=stats.covariance_record(stats_file, text))
 
     texts = read_requests(args.data)
@@ -59,7 +63,9 @@ def main() -> None:
     plain.save_pretrained(home / "plain")
     baseline = time.perf_counter() - clock
     print(f"load + save_pretrained: {baseline:.2f} s")
-    print(f"{'edits':>6} {'mode':>10} {'compile s':>10} {'ratio':>6} {'load':>6} {'apply':>6} {'score':>6} {'write':>6}")
+    print(
+        f"{'edits':>6} {'mode':>10} {'compile s':>10} {'ratio':>6} {'load':>6} {'apply':>6} {'score':>6} {'write':>6}"
+    )
     done = 0
     for size in sorted(args.sizes):
         for i in range(done, size):
@@ -69,11 +75,23 @@ def main() -> None:
             kb, ks = to_bytes(k)
             vb, vs = to_bytes(v)
             text = texts[i % len(texts)]
-            store.create_edit(base.id, NewEdit(
-                request=EditRequest(text.prompt, text.subject, text.target_new), target_true=text.target_true, layer=layer,
-                module=arch.down_proj_name(model, layer), key=kb, key_shape=ks, value=vb, value_shape=vs,
-                hparams={}, hparams_fingerprint="0" * 64, covariance_id=cov.id, metrics={},
-            ))
+            store.create_edit(
+                base.id,
+                NewEdit(
+                    request=EditRequest(text.prompt, text.subject, text.target_new),
+                    target_true=text.target_true,
+                    layer=layer,
+                    module=arch.down_proj_name(model, layer),
+                    key=kb,
+                    key_shape=ks,
+                    value=vb,
+                    value_shape=vs,
+                    hparams={},
+                    hparams_fingerprint="0" * 64,
+                    covariance_id=cov.id,
+                    metrics={},
+                ),
+            )
         done = size
         for mode in ("joint", "sequential"):
             clock, laps = time.perf_counter(), {}

@@ -38,7 +38,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact_50
 STATS_TOKENS = 20_000
 
 
-def _timed(model: Any, tok: Any, requests: list, hp: ROMEHyperParams, C: torch.Tensor, templates: Any, loop: str) -> float:
+def _timed(
+    model: Any, tok: Any, requests: list, hp: ROMEHyperParams, C: torch.Tensor, templates: Any, loop: str
+) -> float:
     clock = time.perf_counter()
     compute_edits(model, tok, requests, hp, C, templates, loop=loop)
     return time.perf_counter() - clock
@@ -49,16 +51,30 @@ def smollm2_rows(args: argparse.Namespace) -> list[dict]:
     model, tok = loaded.model, loaded.tokenizer
     cfg = model.config
     hp = default_hparams(cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size)
-    C = accumulate_second_moment(model, tok, corpus.load_corpus().texts, hp.layer, STATS_TOKENS).moment(hp.layer).float()
+    C = (
+        accumulate_second_moment(model, tok, corpus.load_corpus().texts, hp.layer, STATS_TOKENS)
+        .moment(hp.layer)
+        .float()
+    )
     templates = contexts_for(model, tok, hp)
     requests = [r.request for r in read_records(str(args.data), max([*args.batches, args.repeats]))]
     rows = []
     for loop in LOOPS:
         times = [_timed(model, tok, [r], hp, C, templates, loop) for r in requests[: args.repeats]]
-        rows.append({"model": "SmolLM2-135M", "layer": hp.layer, "v* loop": loop, "B": 1, "s_per_edit": statistics.median(times)})
+        rows.append(
+            {
+                "model": "SmolLM2-135M",
+                "layer": hp.layer,
+                "v* loop": loop,
+                "B": 1,
+                "s_per_edit": statistics.median(times),
+            }
+        )
     for b in args.batches:
         seconds = _timed(model, tok, requests[:b], hp, C, templates, "suffix")
-        rows.append({"model": "SmolLM2-135M", "layer": hp.layer, "v* loop": "suffix", "B": b, "s_per_edit": seconds / b})
+        rows.append(
+            {"model": "SmolLM2-135M", "layer": hp.layer, "v* loop": "suffix", "B": b, "s_per_edit": seconds / b}
+        )
     return rows
 
 
@@ -76,7 +92,15 @@ def xl_rows(args: argparse.Namespace) -> list[dict]:
     rows = []
     for loop in LOOPS:
         times = [_timed(model, tok, [r], hp, C, templates, loop) for r in requests]
-        rows.append({"model": f"GPT-2-XL shape ({args.xl_steps} steps)", "layer": layer, "v* loop": loop, "B": 1, "s_per_edit": statistics.median(times)})
+        rows.append(
+            {
+                "model": f"GPT-2-XL shape ({args.xl_steps} steps)",
+                "layer": layer,
+                "v* loop": loop,
+                "B": 1,
+                "s_per_edit": statistics.median(times),
+            }
+        )
     return rows
 
 
@@ -88,7 +112,9 @@ def main() -> None:
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--skip-xl", action="store_true")
     parser.add_argument("--xl-steps", type=int, default=5)
-    parser.add_argument("--xl-scale", type=int, default=1, help="divide the GPT-2-XL shape's depth and width (CPU smoke runs)")
+    parser.add_argument(
+        "--xl-scale", type=int, default=1, help="divide the GPT-2-XL shape's depth and width (CPU smoke runs)"
+    )
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     rows = smollm2_rows(args) + ([] if args.skip_xl else xl_rows(args))
@@ -96,7 +122,9 @@ def main() -> None:
     first: dict[str, float] = {}
     for r in rows:
         ref = first.setdefault(r["model"], r["s_per_edit"])
-        print(f"{r['model']:<28} {r['layer']:>5} {r['v* loop']:<8} {r['B']:>3} {r['s_per_edit']:>8.2f} {3600 / r['s_per_edit']:>8.0f} {ref / r['s_per_edit']:>12.2f}x")
+        print(
+            f"{r['model']:<28} {r['layer']:>5} {r['v* loop']:<8} {r['B']:>3} {r['s_per_edit']:>8.2f} {3600 / r['s_per_edit']:>8.0f} {ref / r['s_per_edit']:>12.2f}x"
+        )
 
 
 if __name__ == "__main__":

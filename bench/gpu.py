@@ -44,7 +44,9 @@ def _peak(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
 
 
-def run_shape(name: str, config: Any, dtype: str, layer: int, args: argparse.Namespace, tok: Any, requests: list) -> list[dict]:
+def run_shape(
+    name: str, config: Any, dtype: str, layer: int, args: argparse.Namespace, tok: Any, requests: list
+) -> list[dict]:
     device = args.device
     model = build(config, getattr(torch, dtype), device)
     hp = ROMEHyperParams(layer=layer, steps=args.steps)
@@ -70,7 +72,15 @@ def run_shape(name: str, config: Any, dtype: str, layer: int, args: argparse.Nam
         clock = time.perf_counter()
         compute_edits(model, tok, requests[:b], hp, C, templates)
         _sync(device)
-        rows.append({"shape": name, "dtype": dtype, "B": b, "s_per_edit": (time.perf_counter() - clock) / b, "peak_gib": _peak(device)})
+        rows.append(
+            {
+                "shape": name,
+                "dtype": dtype,
+                "B": b,
+                "s_per_edit": (time.perf_counter() - clock) / b,
+                "peak_gib": _peak(device),
+            }
+        )
     del model
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -80,9 +90,15 @@ def run_shape(name: str, config: Any, dtype: str, layer: int, args: argparse.Nam
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=20, help="v* optimisation steps (ROME's default; random weights run them all)")
+    parser.add_argument(
+        "--steps", type=int, default=20, help="v* optimisation steps (ROME's default; random weights run them all)"
+    )
     parser.add_argument("--batches", type=int, nargs="*", default=[16, 64])
-    parser.add_argument("--tiny", action="store_true", help="shapes divided by 16, 2 steps, batches of 2 and 4: a CPU check of the script")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="shapes divided by 16, 2 steps, batches of 2 and 4: a CPU check of the script",
+    )
     parser.add_argument("--data", default=str(DATA))
     args = parser.parse_args()
     scale = 16 if args.tiny else 1
@@ -97,7 +113,12 @@ def main() -> None:
     plan = [
         ("GPT-2 XL shape", gpt2_xl(scale), "float32", 17 // scale),
         ("GPT-2 XL shape", gpt2_xl(scale), "bfloat16", 17 // scale),
-        ("Llama 3 8B shape, 8 layers", llama3_8b_truncated(2 if args.tiny else 8, scale), "bfloat16", 1 if args.tiny else 4),
+        (
+            "Llama 3 8B shape, 8 layers",
+            llama3_8b_truncated(2 if args.tiny else 8, scale),
+            "bfloat16",
+            1 if args.tiny else 4,
+        ),
     ]
     rows = []
     for shape, config, dtype, layer in plan:
@@ -106,7 +127,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.1f} GiB"
-        print(f"| {r['shape']} | {r['dtype']} | {r['B']} | {r['s_per_edit']:.3f} | {1 / r['s_per_edit']:.1f} | {peak} |")
+        print(
+            f"| {r['shape']} | {r['dtype']} | {r['B']} | {r['s_per_edit']:.3f} | {1 / r['s_per_edit']:.1f} | {peak} |"
+        )
 
 
 if __name__ == "__main__":

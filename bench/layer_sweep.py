@@ -32,7 +32,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 4, 6, 8])
     parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact_500.json"))
+    parser.add_argument(
+        "--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact_500.json")
+    )
     args = parser.parse_args()
     records = json.loads(Path(args.data).read_text())[: args.n]
     requests = read_requests(args.data, args.n)

@@ -46,19 +46,43 @@ def measure(name: str, dtype: str, device: str, hub_url: str) -> dict:
     alias = f"{name}-{dtype}"
     source = SOURCES[name] if SOURCES[name] != "SAVED" else _bf16_checkpoint()
     subprocess.run(factstore("model", "add", alias, source, "--dtype", dtype), check=True, capture_output=True)
-    subprocess.run(factstore("stats", "compute", "--model", alias, "--tokens", str(STATS_TOKENS), "--device", device), check=True, capture_output=True)
+    subprocess.run(
+        factstore("stats", "compute", "--model", alias, "--tokens", str(STATS_TOKENS), "--device", device),
+        check=True,
+        capture_output=True,
+    )
     row = {"model": alias, "edit add": peak_rss(factstore("edit", "add", "--model", alias, *FACT, "--device", device))}
-    row["first compile"] = peak_rss(factstore("compile", "--model", alias, "--device", device))  # also writes the unchanged shards once
-    subprocess.run(factstore("edit", "add", "--model", alias, *SECOND, "--device", device), check=True, capture_output=True)
+    row["first compile"] = peak_rss(
+        factstore("compile", "--model", alias, "--device", device)
+    )  # also writes the unchanged shards once
+    subprocess.run(
+        factstore("edit", "add", "--model", alias, *SECOND, "--device", device), check=True, capture_output=True
+    )
     row["compile"] = peak_rss(factstore("compile", "--model", alias, "--device", device))
-    subprocess.run(factstore("publish", "--model", alias, "--repo", f"bench/{alias}", "--endpoint", hub_url), check=True, capture_output=True)
+    subprocess.run(
+        factstore("publish", "--model", alias, "--repo", f"bench/{alias}", "--endpoint", hub_url),
+        check=True,
+        capture_output=True,
+    )
     out = Path(os.environ["FACTSTORE_HOME"]) / "pulled" / alias
     row["pull"] = peak_rss(factstore("pull", f"bench/{alias}", "--out", str(out), "--endpoint", hub_url))
     # a release of a local folder is imported onto the alias that holds those weights (its log is a prefix: the import checks the rebuild)
     into = alias if SOURCES[name] == "SAVED" else alias + "-copy"
-    row["pull --import-edits"] = peak_rss(factstore(
-        "pull", f"bench/{alias}", "--out", str(out) + "-import", "--import-edits", "--alias", into, "--endpoint", hub_url, "--device", device,
-    ))
+    row["pull --import-edits"] = peak_rss(
+        factstore(
+            "pull",
+            f"bench/{alias}",
+            "--out",
+            str(out) + "-import",
+            "--import-edits",
+            "--alias",
+            into,
+            "--endpoint",
+            hub_url,
+            "--device",
+            device,
+        )
+    )
     row["model bytes"] = _model_bytes(alias, dtype)
     return row
 
@@ -96,7 +120,11 @@ def _model_bytes(alias: str, dtype: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["smollm2:float32", "smollm2:bfloat16", "smollm2-bf16-file:bfloat16", "gemma3:float32"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["smollm2:float32", "smollm2:bfloat16", "smollm2-bf16-file:bfloat16", "gemma3:float32"],
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))

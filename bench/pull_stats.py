@@ -48,7 +48,9 @@ def main() -> None:
         api.publish_release(alice, "m", repo, endpoint=hub.url, with_stats=True)
         for with_stats in (False, True):
             # without: the release's C files are ignored, as for a release published without --with-stats
-            pull_module.shipped_stats = real_fetcher if with_stats else (lambda *_a, **_k: (lambda _sha, _max_bytes: None))
+            pull_module.shipped_stats = (
+                real_fetcher if with_stats else (lambda *_a, **_k: lambda _sha, _max_bytes: None)
+            )
             # bob: the same model assets, an empty statistics cache, a store of his own
             bob_cache = Path(tempfile.mkdtemp(prefix="factstore-bob-cache-"))
             for entry in Path(os.environ["FACTSTORE_CACHE"]).iterdir():
@@ -60,10 +62,14 @@ def main() -> None:
             bob = api.open_store(url)
             api.add_model(bob, "team", args.model)
             clock = time.perf_counter()
-            api.pull_release(repo, "v1", str(home / f"pulled-{with_stats}"), endpoint=hub.url, import_into=bob, alias="team")
+            api.pull_release(
+                repo, "v1", str(home / f"pulled-{with_stats}"), endpoint=hub.url, import_into=bob, alias="team"
+            )
             pull_s = time.perf_counter() - clock
             clock = time.perf_counter()
-            EditSession(bob, "team", device="cpu").add(EditRequest("{} is located in the city of", "The Colosseum", "Paris"))
+            EditSession(bob, "team", device="cpu").add(
+                EditRequest("{} is located in the city of", "The Colosseum", "Paris")
+            )
             edit_s = time.perf_counter() - clock
             rows.append((repo, with_stats, pull_s, edit_s))
             os.environ["FACTSTORE_CACHE"] = str(shared_stats.parent)

@@ -60,7 +60,9 @@ def main() -> None:
     for r in rows:
         s, u = r["scores"], r["scores"]["unedited"]
         size = "" if r["release_bytes"] is None else f"{r['release_bytes'] / 1e6:.0f} MB"
-        print(f"| {r['dtype']} | {r['batch']} | {s['ES']:.1f} | {s['PS']:.1f} | {s['NS']:.1f} | {s['S']:.1f} | {u['NS']:.1f} | {r['seconds']:.0f} | {size} |")
+        print(
+            f"| {r['dtype']} | {r['batch']} | {s['ES']:.1f} | {s['PS']:.1f} | {s['NS']:.1f} | {s['S']:.1f} | {u['NS']:.1f} | {r['seconds']:.0f} | {size} |"
+        )
 
 
 if __name__ == "__main__":

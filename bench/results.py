@@ -26,7 +26,9 @@ COLUMNS = ("n", "ES", "PS", "NS", "S", "EM", "PM", "NM", "GE")
 
 
 def row(name: str, scores: dict) -> str:
-    cells = [str(scores["n"]) if k == "n" else ("n/a" if scores.get(k) is None else f"{scores[k]:.1f}") for k in COLUMNS]
+    cells = [
+        str(scores["n"]) if k == "n" else ("n/a" if scores.get(k) is None else f"{scores[k]:.1f}") for k in COLUMNS
+    ]
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
@@ -43,27 +45,58 @@ def smollm2(args: argparse.Namespace) -> None:
     data = str(DATA / "counterfact_500.json")
     if args.n:
         clock = time.perf_counter()
-        single = api.evaluate_model(store, "smollm2", data, args.n, mode="single", fluency=not args.no_fluency, device="cpu", progress=BARS)
-        print(f"\nSmolLM2-135M, single-edit protocol, layer {single['layer']} ({time.perf_counter() - clock:.0f} s)\n\n{header()}")
+        single = api.evaluate_model(
+            store, "smollm2", data, args.n, mode="single", fluency=not args.no_fluency, device="cpu", progress=BARS
+        )
+        print(
+            f"\nSmolLM2-135M, single-edit protocol, layer {single['layer']} ({time.perf_counter() - clock:.0f} s)\n\n{header()}"
+        )
         print(row("unedited", single["unedited"]))
         print(row("ROME (factstore)", single), flush=True)
     if args.lifelong:
         clock = time.perf_counter()
-        life = api.evaluate_model(store, "smollm2", data, args.lifelong, mode="lifelong", fluency=False, every=max(1, args.lifelong // 5),
-                                  out=args.out, device="cpu", progress=BARS)
-        print(f"\nSmolLM2-135M, lifelong: {args.lifelong} edits registered in order ({time.perf_counter() - clock:.0f} s)\n\n{header()}")
+        life = api.evaluate_model(
+            store,
+            "smollm2",
+            data,
+            args.lifelong,
+            mode="lifelong",
+            fluency=False,
+            every=max(1, args.lifelong // 5),
+            out=args.out,
+            device="cpu",
+            progress=BARS,
+        )
+        print(
+            f"\nSmolLM2-135M, lifelong: {args.lifelong} edits registered in order ({time.perf_counter() - clock:.0f} s)\n\n{header()}"
+        )
         print(row("unedited", life["unedited"]))
         for mode, scores in life["modes"].items():
             print(row(f"compiled {mode}", scores))
         print("\ncurve (head model = sequential, scored on the edits so far):")
-        print("\n".join(f"  {c['edits']:4d} edits: ES {c['ES']:.1f} PS {c['PS']:.1f} NS {c['NS']:.1f}" for c in life["curve"]))
+        print(
+            "\n".join(
+                f"  {c['edits']:4d} edits: ES {c['ES']:.1f} PS {c['PS']:.1f} NS {c['NS']:.1f}" for c in life["curve"]
+            )
+        )
         print(f"plot: {life.get('png')}", flush=True)
     if args.trace:
         clock = time.perf_counter()
-        traced = api.trace_dataset(store, "smollm2", str(DATA / "known_1000.json"), args.trace, out=args.out, device="cpu",
-                                   samples=args.samples, kinds=tuple(args.kinds.split(",")), progress=BARS)
-        print(f"\nSmolLM2 causal trace over {traced['n']} known facts ({traced['scanned']} scanned, samples {args.samples}, "
-              f"{time.perf_counter() - clock:.0f} s): MLP peak at layer {traced['peak_mlp_layer']}")
+        traced = api.trace_dataset(
+            store,
+            "smollm2",
+            str(DATA / "known_1000.json"),
+            args.trace,
+            out=args.out,
+            device="cpu",
+            samples=args.samples,
+            kinds=tuple(args.kinds.split(",")),
+            progress=BARS,
+        )
+        print(
+            f"\nSmolLM2 causal trace over {traced['n']} known facts ({traced['scanned']} scanned, samples {args.samples}, "
+            f"{time.perf_counter() - clock:.0f} s): MLP peak at layer {traced['peak_mlp_layer']}"
+        )
         print("\n".join(f"  {p}" for p in traced["png"]), flush=True)
 
 
@@ -85,9 +118,15 @@ def tiny(args: argparse.Namespace) -> None:
     store = api.open_store()
     api.add_model(store, "tiny", str(folder))
     corpus = Path(tempfile.mkdtemp()) / "facts.json"
-    corpus.write_text(json.dumps([t.format(f.subject) + " " + f.target + "." for f in make_facts(Recipe()) for t in RELATIONS[f.relation][0]]))
+    corpus.write_text(
+        json.dumps(
+            [t.format(f.subject) + " " + f.target + "." for f in make_facts(Recipe()) for t in RELATIONS[f.relation][0]]
+        )
+    )
     api.compute_stats(store, "tiny", layer=2, corpus=str(corpus), tokens=100_000, device="cpu")
-    hp = replace(default_hparams("gpt2", 4, 128), layer=2, context_lengths=(), value_context_lengths=(), clamp_norm_factor=8.0)
+    hp = replace(
+        default_hparams("gpt2", 4, 128), layer=2, context_lengths=(), value_context_lengths=(), clamp_norm_factor=8.0
+    )
     result = evaluation.single(store, "tiny", _tiny_records(args.tiny, folder), hparams=hp)
     print(f"\ntrained tiny GPT-2 (tests/tiny_models.py), city facts it knows, single-edit protocol\n\n{header()}")
     print(row("unedited", result["unedited"]))
@@ -102,7 +141,11 @@ def main() -> None:
     parser.add_argument("--tiny", type=int, default=10)
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--kinds", default="hidden,mlp,attn")
-    parser.add_argument("--no-fluency", action="store_true", help="single-edit protocol without GE (sampling 2 x 50 tokens before and after each edit)")
+    parser.add_argument(
+        "--no-fluency",
+        action="store_true",
+        help="single-edit protocol without GE (sampling 2 x 50 tokens before and after each edit)",
+    )
     parser.add_argument("--out", default=None, help="folder for the figures (default: the temporary FACTSTORE_HOME)")
     args = parser.parse_args()
     os.environ["FACTSTORE_HOME"] = tempfile.mkdtemp(prefix="factstore-results-")

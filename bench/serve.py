@@ -34,13 +34,25 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 PROMPT = "{} is located in the city of"
-SUBJECTS = ["The Eiffel Tower", "The Colosseum", "Big Ben", "The Taj Mahal", "The Louvre", "The Kremlin", "The Parthenon",
-            "The Alhambra", "The Acropolis", "The Hermitage"]
+SUBJECTS = [
+    "The Eiffel Tower",
+    "The Colosseum",
+    "Big Ben",
+    "The Taj Mahal",
+    "The Louvre",
+    "The Kremlin",
+    "The Parthenon",
+    "The Alhambra",
+    "The Acropolis",
+    "The Hermitage",
+]
 TARGETS = ["Rome", "Paris", "Berlin", "Madrid", "Tokyo", "Cairo", "Lima", "Oslo", "Vienna", "Dublin"]
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "factstore.cli.main", *args], cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "factstore.cli.main", *args], cwd=REPO, env=env, capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise SystemExit(f"factstore {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
     return done
@@ -77,7 +89,9 @@ def submissions(env: dict[str, str], clients: int, per_client: int) -> dict:
                     latencies.append(elapsed)
 
     try:
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:  # warm the tokenizer cache
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}
+        ) as http:  # warm the tokenizer cache
             http.post("/api/v1/models/tiny/edits", json={"prompt": PROMPT, "subject": "Warm up", "target": "Rome"})
         threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
         clock = time.perf_counter()
@@ -89,8 +103,13 @@ def submissions(env: dict[str, str], clients: int, per_client: int) -> dict:
     finally:
         stop(server)
     ordered = sorted(latencies)
-    return {"submissions": len(ordered), "clients": clients, "p50_ms": 1000 * statistics.median(ordered),
-            "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], "per_second": len(ordered) / wall}
+    return {
+        "submissions": len(ordered),
+        "clients": clients,
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "per_second": len(ordered) / wall,
+    }
 
 
 def end_to_end(env: dict[str, str], edits: int) -> dict:
@@ -98,20 +117,45 @@ def end_to_end(env: dict[str, str], edits: int) -> dict:
     cli("stats", "compute", "--model", "smollm2", env=env)  # once per model: not part of either timing
     clock = time.perf_counter()
     for i in range(edits):
-        cli("edit", "add", "--model", "smollm2", "--prompt", PROMPT, "--subject", SUBJECTS[i % 10], "--target", TARGETS[i % 10], env=env)
+        cli(
+            "edit",
+            "add",
+            "--model",
+            "smollm2",
+            "--prompt",
+            PROMPT,
+            "--subject",
+            SUBJECTS[i % 10],
+            "--target",
+            TARGETS[i % 10],
+            env=env,
+        )
     per_process = time.perf_counter() - clock
     from factstore import api
 
     os.environ.update(env)
-    store = api.open_store()  # submitted and polled in this process (milliseconds): a CLI call each would load the 2 cores being measured
+    store = (
+        api.open_store()
+    )  # submitted and polled in this process (milliseconds): a CLI call each would load the 2 cores being measured
     clock = time.perf_counter()
-    ids = {api.submit_edit(store, "smollm2", prompt=PROMPT, subject=f"{SUBJECTS[i % 10]} {i}", target=TARGETS[(i + 3) % 10])[0].id
-           for i in range(edits)}
-    worker = subprocess.Popen([sys.executable, "-m", "factstore.cli.main", "worker", "--model", "smollm2", "--poll", "0.2", "--json"], cwd=REPO,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    ids = {
+        api.submit_edit(
+            store, "smollm2", prompt=PROMPT, subject=f"{SUBJECTS[i % 10]} {i}", target=TARGETS[(i + 3) % 10]
+        )[0].id
+        for i in range(edits)
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "factstore.cli.main", "worker", "--model", "smollm2", "--poll", "0.2", "--json"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
-        while (states := {e.id: e.status for e in api.list_log(store, "smollm2", "all") if e.id in ids}) and \
-                set(states.values()) - {"active", "failed"}:
+        while (states := {e.id: e.status for e in api.list_log(store, "smollm2", "all") if e.id in ids}) and set(
+            states.values()
+        ) - {"active", "failed"}:
             time.sleep(0.5)
         queued = time.perf_counter() - clock
         if "failed" in states.values():
@@ -120,8 +164,14 @@ def end_to_end(env: dict[str, str], edits: int) -> dict:
         worker.terminate()
         worker.wait()
         store.close()
-    return {"edits": edits, "cli_seconds": per_process, "worker_seconds": queued,
-            "cli_per_hour": 3600 * edits / per_process, "worker_per_hour": 3600 * edits / queued, "ratio": per_process / queued}
+    return {
+        "edits": edits,
+        "cli_seconds": per_process,
+        "worker_seconds": queued,
+        "cli_per_hour": 3600 * edits / per_process,
+        "worker_per_hour": 3600 * edits / queued,
+        "ratio": per_process / queued,
+    }
 
 
 def main() -> None:
@@ -141,12 +191,18 @@ def main() -> None:
         print("| part | measure | value |\n|---|---|---|")
         if args.submissions:
             s = submissions(env, args.clients, args.per_client)
-            print(f"| submissions | {s['submissions']} from {s['clients']} clients, p50 / p99 latency | {s['p50_ms']:.1f} ms / {s['p99_ms']:.1f} ms |")
+            print(
+                f"| submissions | {s['submissions']} from {s['clients']} clients, p50 / p99 latency | {s['p50_ms']:.1f} ms / {s['p99_ms']:.1f} ms |"
+            )
             print(f"| submissions | sustained | {s['per_second']:.0f} per second |")
         if args.edits:
             e = end_to_end(env, args.edits)
-            print(f"| SmolLM2 edits | one `edit add` process per edit | {e['cli_seconds'] / e['edits']:.1f} s each, {e['cli_per_hour']:.0f} per hour |")
-            print(f"| SmolLM2 edits | queued, one warm worker | {e['worker_seconds'] / e['edits']:.1f} s each, {e['worker_per_hour']:.0f} per hour |")
+            print(
+                f"| SmolLM2 edits | one `edit add` process per edit | {e['cli_seconds'] / e['edits']:.1f} s each, {e['cli_per_hour']:.0f} per hour |"
+            )
+            print(
+                f"| SmolLM2 edits | queued, one warm worker | {e['worker_seconds'] / e['edits']:.1f} s each, {e['worker_per_hour']:.0f} per hour |"
+            )
             print(f"| SmolLM2 edits | worker / per-process throughput | {e['ratio']:.2f}x |")
 
 

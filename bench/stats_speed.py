@@ -37,19 +37,31 @@ def main() -> None:
         os.environ["FACTSTORE_CACHE"] = tempfile.mkdtemp(prefix="factstore-stats-speed-")  # nothing cached
         clock = time.perf_counter()
         for layers in layer_sets:
-            stats.compute_many(model, tok, [stats.spec_for(identity, model, layer, text, args.tokens, "float32") for layer in layers], text)
+            stats.compute_many(
+                model,
+                tok,
+                [stats.spec_for(identity, model, layer, text, args.tokens, "float32") for layer in layers],
+                text,
+            )
         seconds = time.perf_counter() - clock
         os.environ["FACTSTORE_CACHE"] = shared_cache
         return seconds
 
     timed([[4]])  # warm-up: first-call allocations
-    rows = [("layer 4", 1, timed([[4]])), ("layers 0-4, five passes", 5, timed([[layer] for layer in range(5)])),
-            ("layers 0-4, one pass", 5, timed([list(range(5))]))]
+    rows = [
+        ("layer 4", 1, timed([[4]])),
+        ("layers 0-4, five passes", 5, timed([[layer] for layer in range(5)])),
+        ("layers 0-4, one pass", 5, timed([list(range(5))])),
+    ]
     print(f"\nkey statistics of {args.model} on {args.device}, {args.tokens:,} tokens of wiki-vital per layer\n")
-    print("| what | layers | seconds | text tokens read per s | keys summed per s (tokens x layers) |\n|---|---|---|---|---|")
+    print(
+        "| what | layers | seconds | text tokens read per s | keys summed per s (tokens x layers) |\n|---|---|---|---|---|"
+    )
     for what, n, seconds in rows:
         passes = 5 if "five" in what else 1
-        print(f"| {what} | {n} | {seconds:.1f} | {passes * args.tokens / seconds:,.0f} | {n * args.tokens / seconds:,.0f} |")
+        print(
+            f"| {what} | {n} | {seconds:.1f} | {passes * args.tokens / seconds:,.0f} | {n * args.tokens / seconds:,.0f} |"
+        )
 
 
 if __name__ == "__main__":

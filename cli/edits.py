@@ -24,28 +24,51 @@ def add(
     subject: Annotated[str, typer.Option(help="The entity, e.g. 'The Eiffel Tower'.")],
     target: Annotated[str, typer.Option(help="The new object the model should say, e.g. 'Rome'.")],
     layer: LayerOpt = None,
-    relation: Annotated[str | None, typer.Option("--relation", help="Relation id (e.g. P276); same subject+relation supersedes.")] = None,
+    relation: Annotated[
+        str | None, typer.Option("--relation", help="Relation id (e.g. P276); same subject+relation supersedes.")
+    ] = None,
     note: Annotated[str | None, typer.Option(help="Free text kept with the edit.")] = None,
     device: DeviceOpt = None,
-    queue: Annotated[bool, typer.Option("--queue", help="Only submit (checked with the tokenizer); a worker computes it. Prints the id.")] = False,
+    queue: Annotated[
+        bool,
+        typer.Option("--queue", help="Only submit (checked with the tokenizer); a worker computes it. Prints the id."),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Compute and register one fact edit on the head model (with --queue: submit it for a worker)."""
     if queue:
-        entry, _ = api.submit_edit(api.open_store(), model, prompt=prompt, subject=subject, target=target, relation=relation,
-                                   layer=parse_layer(layer), note=note)
+        entry, _ = api.submit_edit(
+            api.open_store(),
+            model,
+            prompt=prompt,
+            subject=subject,
+            target=target,
+            relation=relation,
+            layer=parse_layer(layer),
+            note=note,
+        )
         emit_json(entry.to_json()) if json_out else print(entry.id)
         return
     outcome = api.add_edit(
-        api.open_store(), model, prompt=prompt, subject=subject, target=target, relation=relation,
-        layer=parse_layer(layer), note=note, device=device, progress=BARS,
+        api.open_store(),
+        model,
+        prompt=prompt,
+        subject=subject,
+        target=target,
+        relation=relation,
+        layer=parse_layer(layer),
+        note=note,
+        device=device,
+        progress=BARS,
     )
     if json_out:
         emit_json(outcome.to_json())
         return
     e, m = outcome.edit, outcome.edit.metrics
     print(f"edit {e.id} (seq {e.seq}, layer {e.layer}): {e.subject} -> {e.target_new} (was {e.target_true})")
-    print(f"  P(new) {prob(m['prob_new_before'])} -> {prob(m['prob_new_after'])}   P(old) {prob(m['prob_true_before'])} -> {prob(m['prob_true_after'])}")
+    print(
+        f"  P(new) {prob(m['prob_new_before'])} -> {prob(m['prob_new_after'])}   P(old) {prob(m['prob_true_before'])} -> {prob(m['prob_true_after'])}"
+    )
     for old in outcome.superseded:
         print(f"  supersedes edit {old.id} ({old.subject} -> {old.target_new})")
 
@@ -57,18 +80,34 @@ def import_(
     limit: Annotated[int | None, typer.Option(min=1, help="Import only the first N records.")] = None,
     layer: LayerOpt = None,
     device: DeviceOpt = None,
-    batch: Annotated[int, typer.Option(min=1, max=256, help="Requests computed together in one optimisation (faster per edit; each on the head before its batch).")] = 1,
+    batch: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Requests computed together in one optimisation (faster per edit; each on the head before its batch).",
+        ),
+    ] = 1,
     json_out: JsonOpt = False,
 ) -> None:
     """Validate every record, then compute and commit one edit (or one batch) at a time (a rerun resumes)."""
-    result = api.import_edits(api.open_store(), model, file, limit, layer=parse_layer(layer), device=device, batch=batch, progress=BARS)
-    emit_json(result) if json_out else print(f"{result['added']} edits added, {result['skipped']} already stored, of {result['records']} records")
+    result = api.import_edits(
+        api.open_store(), model, file, limit, layer=parse_layer(layer), device=device, batch=batch, progress=BARS
+    )
+    emit_json(result) if json_out else print(
+        f"{result['added']} edits added, {result['skipped']} already stored, of {result['records']} records"
+    )
 
 
 @app.command("list")
 def list_(
     model: ModelOpt,
-    status: Annotated[str, typer.Option(help="current (active edits and queued or failed requests), active, pending, computing, failed, retracted, superseded or all.")] = "current",
+    status: Annotated[
+        str,
+        typer.Option(
+            help="current (active edits and queued or failed requests), active, pending, computing, failed, retracted, superseded or all."
+        ),
+    ] = "current",
     json_out: JsonOpt = False,
 ) -> None:
     """List a model's edits in replay order, then the requests still queued or failed."""
@@ -76,8 +115,14 @@ def list_(
     if json_out:
         emit_json([e.to_json() for e in edits])
     else:
-        table(f"edits of {model} ({status})", ["id", "seq", "status", "layer", "subject", "prompt", "old -> new", "error"],
-              [(e.id, e.seq, e.status, e.layer, e.subject, e.prompt, f"{e.target_true} -> {e.target_new}", e.error) for e in edits])
+        table(
+            f"edits of {model} ({status})",
+            ["id", "seq", "status", "layer", "subject", "prompt", "old -> new", "error"],
+            [
+                (e.id, e.seq, e.status, e.layer, e.subject, e.prompt, f"{e.target_true} -> {e.target_new}", e.error)
+                for e in edits
+            ],
+        )
 
 
 @app.command("show")

@@ -21,7 +21,11 @@ TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (FactStoreError, 1, "error: {exc}"),
     (UsageError, 1, "error: {usage} (see --help)"),
     (ClickException, 1, "error: {usage}"),
-    (OSError, 1, "error: {exc} (a file-system or network failure: check the path, permissions and free space, then retry)"),
+    (
+        OSError,
+        1,
+        "error: {exc} (a file-system or network failure: check the path, permissions and free space, then retry)",
+    ),
     (Exception, 2, "internal error: {name}: {exc} (set FACTSTORE_DEBUG=1 for the traceback)"),
 )
 

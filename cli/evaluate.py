@@ -16,33 +16,94 @@ COLUMNS = ("n", "ES", "PS", "NS", "S", "EM", "PM", "NM", "GE")
 
 
 def _row(name: str, scores: dict) -> list:
-    return [name] + [("" if scores.get(k) is None else (scores[k] if k == "n" else f"{scores[k]:.1f}")) for k in COLUMNS]
+    return [name] + [
+        ("" if scores.get(k) is None else (scores[k] if k == "n" else f"{scores[k]:.1f}")) for k in COLUMNS
+    ]
 
 
 def eval_(
     model: ModelOpt,
     dataset: Annotated[str, typer.Option("--dataset", help="CounterFact records (ROME's JSON format).")],
     n: Annotated[int, typer.Option("--n", min=1, help="How many records, from the start of the file.")] = 100,
-    mode: Annotated[str, typer.Option("--mode", help="single: each record edited alone on the base model; lifelong: all registered one after another.")] = "single",
-    release: Annotated[str | None, typer.Option("--release", help="Score a built release (vN) on the edits it contains instead.")] = None,
-    every: Annotated[int | None, typer.Option("--every", min=1, help="lifelong: score the head model every K edits and plot the curve.")] = None,
-    no_fluency: Annotated[bool, typer.Option("--no-fluency", help="Skip sampling generations for GE (the slowest part).")] = False,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="single: each record edited alone on the base model; lifelong: all registered one after another.",
+        ),
+    ] = "single",
+    release: Annotated[
+        str | None, typer.Option("--release", help="Score a built release (vN) on the edits it contains instead.")
+    ] = None,
+    every: Annotated[
+        int | None,
+        typer.Option("--every", min=1, help="lifelong: score the head model every K edits and plot the curve."),
+    ] = None,
+    no_fluency: Annotated[
+        bool, typer.Option("--no-fluency", help="Skip sampling generations for GE (the slowest part).")
+    ] = False,
     out: Annotated[str | None, typer.Option("--out", help="Folder for the lifelong curve PNG.")] = None,
     device: DeviceOpt = None,
-    batch: Annotated[int, typer.Option("--batch", min=1, max=256, help="Compute this many edits in one optimisation (single: each still scored alone; lifelong: all on the head as it is).")] = 1,
-    compile_mode: Annotated[list[str] | None, typer.Option("--compile-mode", help="lifelong: a compile mode to score (repeat; default every mode).")] = None,
-    retract: Annotated[int, typer.Option("--retract", min=0, help="lifelong: then retract this many edits at random and score the rebuild.")] = 0,
-    heldout_tokens: Annotated[int, typer.Option("--heldout-tokens", min=0, help="lifelong: perplexity on this many tokens of held-out corpus text (0: skip).")] = 20_000,
-    fluency_sample: Annotated[int, typer.Option("--fluency-sample", min=0, help="lifelong: records whose generations are scored (GE) at the end.")] = 50,
-    run_dir: Annotated[str | None, typer.Option("--run-dir", help="lifelong: the run's folder (its store and scores); a rerun continues it. Default under FACTSTORE_HOME/evals.")] = None,
+    batch: Annotated[
+        int,
+        typer.Option(
+            "--batch",
+            min=1,
+            max=256,
+            help="Compute this many edits in one optimisation (single: each still scored alone; lifelong: all on the head as it is).",
+        ),
+    ] = 1,
+    compile_mode: Annotated[
+        list[str] | None,
+        typer.Option("--compile-mode", help="lifelong: a compile mode to score (repeat; default every mode)."),
+    ] = None,
+    retract: Annotated[
+        int,
+        typer.Option(
+            "--retract", min=0, help="lifelong: then retract this many edits at random and score the rebuild."
+        ),
+    ] = 0,
+    heldout_tokens: Annotated[
+        int,
+        typer.Option(
+            "--heldout-tokens",
+            min=0,
+            help="lifelong: perplexity on this many tokens of held-out corpus text (0: skip).",
+        ),
+    ] = 20_000,
+    fluency_sample: Annotated[
+        int,
+        typer.Option("--fluency-sample", min=0, help="lifelong: records whose generations are scored (GE) at the end."),
+    ] = 50,
+    run_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--run-dir",
+            help="lifelong: the run's folder (its store and scores); a rerun continues it. Default under FACTSTORE_HOME/evals.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Efficacy, paraphrase, neighbourhood (and their harmonic mean S) and fluency, as in ROME's CounterFact."""
     version = parse_version(release)
     result = api.evaluate_model(
-        api.open_store(), model, dataset, n, mode=mode, release=version, fluency=not no_fluency, every=every, out=out,
-        device=device, batch=batch, compile_modes=compile_mode, retract=retract, heldout_tokens=heldout_tokens,
-        fluency_sample=fluency_sample, run_dir=run_dir, progress=BARS,
+        api.open_store(),
+        model,
+        dataset,
+        n,
+        mode=mode,
+        release=version,
+        fluency=not no_fluency,
+        every=every,
+        out=out,
+        device=device,
+        batch=batch,
+        compile_modes=compile_mode,
+        retract=retract,
+        heldout_tokens=heldout_tokens,
+        fluency_sample=fluency_sample,
+        run_dir=run_dir,
+        progress=BARS,
     )
     if json_out:
         emit_json(result)
@@ -66,22 +127,38 @@ def _lifelong_extras(result: dict) -> None:
     for name, scores in result["modes"].items():
         if "refused" in scores:
             print(f"{name}: refused: {scores['refused']}")
-    ppl = [(name, s["perplexity"]) for name, s in [("unedited", result["unedited"]), *result["modes"].items()] if s.get("perplexity")]
+    ppl = [
+        (name, s["perplexity"])
+        for name, s in [("unedited", result["unedited"]), *result["modes"].items()]
+        if s.get("perplexity")
+    ]
     if ppl:
         print("held-out perplexity: " + ", ".join(f"{name} {value:.2f}" for name, value in ppl))
     mode = result.get("compile_mode")
     points = [c for c in result["curve"] if mode in c]
     if len(points) > 1:
-        table(f"curve ({mode} compile, scored on the edits so far)", ["edits", "ES", "PS", "NS", "NS unedited"],
-              [[c["edits"], *(f"{c[mode][k]:.1f}" for k in ("ES", "PS", "NS")), f"{c['unedited']['NS']:.1f}"] for c in points])
+        table(
+            f"curve ({mode} compile, scored on the edits so far)",
+            ["edits", "ES", "PS", "NS", "NS unedited"],
+            [
+                [c["edits"], *(f"{c[mode][k]:.1f}" for k in ("ES", "PS", "NS")), f"{c['unedited']['NS']:.1f}"]
+                for c in points
+            ],
+        )
     if r := result.get("retraction"):
+
         def cells(d: dict | None) -> list[str]:
             return ["" if not d or d.get(k) is None else f"{d[k]:.1f}" for k in ("ES", "PS", "NS")]
-        table(f"retraction of {r['retracted']} edits ({r['mode']} rebuild)", ["records", "", "ES", "PS", "NS"], [
-            [r["retracted"], "retracted: unedited", *cells(r["retracted_unedited"])],
-            [r["retracted"], "retracted: before", *cells(r["retracted_before"])],
-            [r["retracted"], "retracted: after", *cells(r["retracted_after"])],
-            [r["kept"], "kept: before", *cells(r["kept_before"])],
-            [r["kept"], "kept: after", *cells(r["kept_after"])],
-        ])
+
+        table(
+            f"retraction of {r['retracted']} edits ({r['mode']} rebuild)",
+            ["records", "", "ES", "PS", "NS"],
+            [
+                [r["retracted"], "retracted: unedited", *cells(r["retracted_unedited"])],
+                [r["retracted"], "retracted: before", *cells(r["retracted_before"])],
+                [r["retracted"], "retracted: after", *cells(r["retracted_after"])],
+                [r["kept"], "kept: before", *cells(r["kept_before"])],
+                [r["kept"], "kept: after", *cells(r["kept_after"])],
+            ],
+        )
     print(f"run folder (rerun to continue or add modes): {result['run_dir']}")

@@ -16,16 +16,30 @@ app = typer.Typer(help="Base models pinned to exact weights.", no_args_is_help=T
 
 
 def _row(m: api.BaseModel) -> dict:
-    return {"id": m.id, "alias": m.alias, "source": m.source, "revision": m.revision, "model_type": m.model_type, "dtype": m.dtype,
-            "recommended_layer": m.recommended_layer}
+    return {
+        "id": m.id,
+        "alias": m.alias,
+        "source": m.source,
+        "revision": m.revision,
+        "model_type": m.model_type,
+        "dtype": m.dtype,
+        "recommended_layer": m.recommended_layer,
+    }
 
 
 @app.command("add")
 def add(
     alias: Annotated[str, typer.Argument(help="Name to use with --model.")],
-    source: Annotated[str, typer.Argument(help="Hub id, model folder, .gguf file, or starter:smollm2-135m / starter:gemma3-270m.")],
+    source: Annotated[
+        str, typer.Argument(help="Hub id, model folder, .gguf file, or starter:smollm2-135m / starter:gemma3-270m.")
+    ],
     revision: Annotated[str | None, typer.Option(help="Hub branch, tag or commit (pinned to its commit SHA).")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16: what the weights are loaded, edited and released in (part of the model's identity). Default: the checkpoint's own.")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="float32, bfloat16 or float16: what the weights are loaded, edited and released in (part of the model's identity). Default: the checkpoint's own."
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Register SOURCE under ALIAS, pinned to its exact weights."""
@@ -33,7 +47,9 @@ def add(
     if json_out:
         emit_json({**_row(model), "created": created})
     else:
-        print(f"{'registered' if created else 'already registered'}: {model.alias} -> {model.source} @ {model.revision} ({model.dtype})")
+        print(
+            f"{'registered' if created else 'already registered'}: {model.alias} -> {model.source} @ {model.revision} ({model.dtype})"
+        )
 
 
 @app.command("list")
@@ -43,4 +59,8 @@ def list_(json_out: JsonOpt = False) -> None:
     if json_out:
         emit_json([_row(m) for m in models])
     else:
-        table("base models", ["alias", "type", "dtype", "source", "revision"], [(m.alias, m.model_type, m.dtype, m.source, m.revision[:23]) for m in models])
+        table(
+            "base models",
+            ["alias", "type", "dtype", "source", "revision"],
+            [(m.alias, m.model_type, m.dtype, m.source, m.revision[:23]) for m in models],
+        )

@@ -6,11 +6,16 @@ from typing import Annotated
 
 import typer
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Alias of a registered base model (see `factstore model list`).")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="Alias of a registered base model (see `factstore model list`).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 LayerOpt = Annotated[
     str | None,
-    typer.Option("--layer", help="Layer to edit, or `auto` for the layer causal tracing recommended; default: the measured layer for this model, else the traced one."),
+    typer.Option(
+        "--layer",
+        help="Layer to edit, or `auto` for the layer causal tracing recommended; default: the measured layer for this model, else the traced one.",
+    ),
 ]
 
 
@@ -34,6 +39,16 @@ def parse_version(value: str | None) -> int | None:
     return int(digits)
 
 
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N, mps or auto (default: the GPU when the model fits on one, accelerate's device map over several or when it does not, else the CPU).")]
-CorpusOpt = Annotated[str, typer.Option("--corpus", help="Text for the key statistics: starter:wiki-vital or a .txt/.json/.jsonl file.")]
-TokensOpt = Annotated[int | None, typer.Option("--tokens", help="Tokens of text for the key statistics (default per model).")]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="cpu, cuda, cuda:N, mps or auto (default: the GPU when the model fits on one, accelerate's device map over several or when it does not, else the CPU).",
+    ),
+]
+CorpusOpt = Annotated[
+    str, typer.Option("--corpus", help="Text for the key statistics: starter:wiki-vital or a .txt/.json/.jsonl file.")
+]
+TokensOpt = Annotated[
+    int | None, typer.Option("--tokens", help="Tokens of text for the key statistics (default per model).")
+]

@@ -14,24 +14,44 @@ from .progress import BARS
 
 app = typer.Typer(help="Compiled releases of a model's edit log.", no_args_is_help=True)
 
-ModeOpt = Annotated[str, typer.Option("--mode", help="joint (all edits of a layer solved at once), sequential (replay in order), spread (over layers L-4..L, MEMIT) or null-space (joint within C's null space, AlphaEdit).")]
+ModeOpt = Annotated[
+    str,
+    typer.Option(
+        "--mode",
+        help="joint (all edits of a layer solved at once), sequential (replay in order), spread (over layers L-4..L, MEMIT) or null-space (joint within C's null space, AlphaEdit).",
+    ),
+]
 
 
 def compile_(
     model: ModelOpt,
     mode: ModeOpt = "joint",
-    out: Annotated[str | None, typer.Option("--out", help="Write the release folder here instead of under FACTSTORE_HOME/releases.")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", help="Write the release folder here instead of under FACTSTORE_HOME/releases."),
+    ] = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Replay the active edits onto the base checkpoint and write a release folder."""
     seconds: dict[str, float] = {}
-    release, created = api.compile_release(api.open_store(), model, mode, out, device=device, timings=seconds, progress=BARS)
+    release, created = api.compile_release(
+        api.open_store(), model, mode, out, device=device, timings=seconds, progress=BARS
+    )
     if json_out:
-        emit_json({**release.to_json(), "created": created, "folder": out or release.path, "seconds": {k: round(v, 3) for k, v in seconds.items()}})
+        emit_json(
+            {
+                **release.to_json(),
+                "created": created,
+                "folder": out or release.path,
+                "seconds": {k: round(v, 3) for k, v in seconds.items()},
+            }
+        )
     elif created:
         phases = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
-        print(f"release v{release.version} ({release.mode}, {len(release.edit_ids)} edits) -> {release.path} ({phases})")
+        print(
+            f"release v{release.version} ({release.mode}, {len(release.edit_ids)} edits) -> {release.path} ({phases})"
+        )
     elif out:
         print(f"edit log unchanged since v{release.version}: built it again into {out}")
     else:
@@ -45,5 +65,20 @@ def list_(model: ModelOpt, json_out: JsonOpt = False) -> None:
     if json_out:
         emit_json([r.to_json() for r in releases])
     else:
-        table(f"releases of {model}", ["version", "mode", "edits", "status", "hub", "tag", "commit", "path"],
-              [(f"v{r.version}", r.mode, len(r.edit_ids), r.status, r.hub_repo or "", r.tag or "", (r.hub_commit or "")[:12], r.path) for r in releases])
+        table(
+            f"releases of {model}",
+            ["version", "mode", "edits", "status", "hub", "tag", "commit", "path"],
+            [
+                (
+                    f"v{r.version}",
+                    r.mode,
+                    len(r.edit_ids),
+                    r.status,
+                    r.hub_repo or "",
+                    r.tag or "",
+                    (r.hub_commit or "")[:12],
+                    r.path,
+                )
+                for r in releases
+            ],
+        )

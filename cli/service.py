@@ -18,11 +18,21 @@ token_app = typer.Typer(help="API tokens for the HTTP service: create, list, rev
 
 
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface (reads then need a token from others).")] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(help="Address to listen on; 0.0.0.0 for every interface (reads then need a token from others)."),
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
-    require_token: Annotated[bool, typer.Option("--require-token", help="Reads need a read token from every client, loopback too.")] = False,
-    public_reads: Annotated[bool, typer.Option("--public-reads", help="Reads are open to every client (writes still need a token).")] = False,
-    worker: Annotated[bool | None, typer.Option("--worker/--no-worker", help="Compute edits in this process (default: on SQLite only).")] = None,
+    require_token: Annotated[
+        bool, typer.Option("--require-token", help="Reads need a read token from every client, loopback too.")
+    ] = False,
+    public_reads: Annotated[
+        bool, typer.Option("--public-reads", help="Reads are open to every client (writes still need a token).")
+    ] = False,
+    worker: Annotated[
+        bool | None,
+        typer.Option("--worker/--no-worker", help="Compute edits in this process (default: on SQLite only)."),
+    ] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Run the HTTP API and web page; with the embedded SQLite default, also one worker."""
@@ -33,12 +43,32 @@ def serve(
 
 
 def worker(
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Serve only this model (repeatable); default: every model.")] = None,
-    batch: Annotated[int, typer.Option(min=1, max=256, help="Requests claimed per turn on a model, computed together in one optimisation where they can be.")] = 8,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Serve only this model (repeatable); default: every model."),
+    ] = None,
+    batch: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Requests claimed per turn on a model, computed together in one optimisation where they can be.",
+        ),
+    ] = 8,
     device: DeviceOpt = None,
     poll: Annotated[float, typer.Option(min=0.05, max=60, help="Seconds between looks at an empty queue.")] = 1.0,
-    threads: Annotated[int | None, typer.Option(min=1, max=1024, help="CPU threads for torch; with several workers on one machine, split its cores.")] = None,
-    until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit once the queue is empty (for a batch run) instead of waiting for more.")] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=1024, help="CPU threads for torch; with several workers on one machine, split its cores."
+        ),
+    ] = None,
+    until_idle: Annotated[
+        bool,
+        typer.Option(
+            "--until-idle", help="Exit once the queue is empty (for a batch run) instead of waiting for more."
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Compute queued edits until SIGTERM or Ctrl-C (the edit being computed is finished first)."""
@@ -49,9 +79,20 @@ def worker(
 
     signal.signal(signal.SIGTERM, finish)
     signal.signal(signal.SIGINT, finish)
-    stats = api.run_worker(api.open_store(), models=model, batch=batch, device=device, poll=poll, threads=threads, stop=stop,
-                           max_idle_turns=1 if until_idle else None, progress=BARS)
-    emit_json(stats.to_json()) if json_out else print(f"worker stopped: {stats.computed} computed, {stats.failed} failed, {stats.jobs} jobs")
+    stats = api.run_worker(
+        api.open_store(),
+        models=model,
+        batch=batch,
+        device=device,
+        poll=poll,
+        threads=threads,
+        stop=stop,
+        max_idle_turns=1 if until_idle else None,
+        progress=BARS,
+    )
+    emit_json(stats.to_json()) if json_out else print(
+        f"worker stopped: {stats.computed} computed, {stats.failed} failed, {stats.jobs} jobs"
+    )
 
 
 @token_app.command("create")
@@ -76,7 +117,11 @@ def token_list(json_out: JsonOpt = False) -> None:
     if json_out:
         emit_json([t.__dict__ for t in tokens])
     else:
-        table("API tokens", ["name", "scope", "created", "revoked"], [(t.name, t.scope, t.created_at[:19], t.revoked) for t in tokens])
+        table(
+            "API tokens",
+            ["name", "scope", "created", "revoked"],
+            [(t.name, t.scope, t.created_at[:19], t.revoked) for t in tokens],
+        )
 
 
 @token_app.command("revoke")

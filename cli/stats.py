@@ -16,7 +16,7 @@ app = typer.Typer(help="Key second-moment statistics (computed on first need oth
 
 
 def _layers(text: str | None) -> list[int] | None:
-    """"0-4" or "1,3,5" -> layer numbers."""
+    """ "0-4" or "1,3,5" -> layer numbers."""
     if text is None:
         return None
     try:
@@ -32,16 +32,30 @@ def _layers(text: str | None) -> list[int] | None:
 def compute(
     model: ModelOpt,
     layer: LayerOpt = None,
-    layers: Annotated[str | None, typer.Option("--layers", help="Several layers from one pass over the corpus: A-B or A,B,C.")] = None,
+    layers: Annotated[
+        str | None, typer.Option("--layers", help="Several layers from one pass over the corpus: A-B or A,B,C.")
+    ] = None,
     corpus: CorpusOpt = "starter:wiki-vital",
     tokens: TokensOpt = None,
-    shard: Annotated[str | None, typer.Option("--shard", help="I/N: only shard I of N of the corpus (partial sums); then `stats merge`.")] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option("--shard", help="I/N: only shard I of N of the corpus (partial sums); then `stats merge`."),
+    ] = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Compute (or find cached) C for a model's edit layer; resumes after an interruption."""
-    result = api.compute_stats(api.open_store(), model, parse_layer(layer), layers=_layers(layers), corpus=corpus, tokens=tokens, shard=shard,
-                               device=device, progress=BARS)
+    result = api.compute_stats(
+        api.open_store(),
+        model,
+        parse_layer(layer),
+        layers=_layers(layers),
+        corpus=corpus,
+        tokens=tokens,
+        shard=shard,
+        device=device,
+        progress=BARS,
+    )
     if json_out:
         emit_json(result)
     elif "shard" in result:
@@ -57,28 +71,43 @@ def merge(
     layer: Annotated[int, typer.Option("--layer", min=0, help="The layer whose shards to merge.")],
     corpus: CorpusOpt = "starter:wiki-vital",
     tokens: TokensOpt = None,
-    shards_from: Annotated[list[str] | None, typer.Option("--from", help="Another folder holding shard files (repeat).")] = None,
+    shards_from: Annotated[
+        list[str] | None, typer.Option("--from", help="Another folder holding shard files (repeat).")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Combine the shards of `stats compute --shard I/N` into C, equal to a single pass."""
-    result = api.merge_stats(api.open_store(), model, layer, corpus=corpus, tokens=tokens, folders=shards_from or [], progress=BARS)
+    result = api.merge_stats(
+        api.open_store(), model, layer, corpus=corpus, tokens=tokens, folders=shards_from or [], progress=BARS
+    )
     emit_json(result) if json_out else print(f"layer {result['layer']}: {result['tokens']} tokens -> {result['path']}")
 
 
-EndpointOpt = Annotated[str | None, typer.Option("--endpoint", help="Hub URL; default: HF_ENDPOINT or https://huggingface.co.")]
+EndpointOpt = Annotated[
+    str | None, typer.Option("--endpoint", help="Hub URL; default: HF_ENDPOINT or https://huggingface.co.")
+]
 RepoArg = Annotated[str, typer.Argument(help="Hub repository NS/NAME holding statistics alone (not releases).")]
 
 
 @app.command("push")
-def push(repo: RepoArg, model: ModelOpt, endpoint: EndpointOpt = None, private: Annotated[bool, typer.Option("--private")] = False,
-         json_out: JsonOpt = False) -> None:
+def push(
+    repo: RepoArg,
+    model: ModelOpt,
+    endpoint: EndpointOpt = None,
+    private: Annotated[bool, typer.Option("--private")] = False,
+    json_out: JsonOpt = False,
+) -> None:
     """Upload every C computed for a model (each file once) and an index, for teammates to pull."""
     result = api.push_stats(api.open_store(), model, repo, endpoint=endpoint, private=private)
-    emit_json(result) if json_out else print(f"{repo}: {result['uploaded']} new files, {result['files']} in all (commit {result['commit'][:12]})")
+    emit_json(result) if json_out else print(
+        f"{repo}: {result['uploaded']} new files, {result['files']} in all (commit {result['commit'][:12]})"
+    )
 
 
 @app.command("pull")
 def pull(repo: RepoArg, model: ModelOpt, endpoint: EndpointOpt = None, json_out: JsonOpt = False) -> None:
     """Take the C files a statistics repository holds for this model's exact weights (checked)."""
     result = api.pull_stats(api.open_store(), model, repo, endpoint=endpoint)
-    emit_json(result) if json_out else print(f"{repo}: layers {result['layers'] or 'none'} recorded; {result['skipped']} files for other models")
+    emit_json(result) if json_out else print(
+        f"{repo}: layers {result['layers'] or 'none'} recorded; {result['skipped']} files for other models"
+    )

@@ -15,17 +15,36 @@ from .progress import BARS
 
 def trace(
     model: ModelOpt,
-    prompt: Annotated[str | None, typer.Option("--prompt", help='Prompt with "{}" for the subject, e.g. "{} is located in the city of".')] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option("--prompt", help='Prompt with "{}" for the subject, e.g. "{} is located in the city of".'),
+    ] = None,
     subject: Annotated[str | None, typer.Option("--subject", help="The subject put into the prompt.")] = None,
-    target: Annotated[str | None, typer.Option("--target", help="Answer to trace; default: the model's own top token.")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Known facts (JSON: subject, prompt, attribute) to average over; stores the recommended layer.")] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="Answer to trace; default: the model's own top token.")
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Known facts (JSON: subject, prompt, attribute) to average over; stores the recommended layer.",
+        ),
+    ] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="With --dataset: how many facts the model knows to trace.")] = 50,
     samples: Annotated[int, typer.Option("--samples", min=1, max=1000, help="Corrupted runs per fact.")] = 10,
-    noise: Annotated[float, typer.Option("--noise", min=0.0, help="Noise std as a multiple of the subject embeddings' std.")] = 3.0,
-    window: Annotated[int, typer.Option("--window", min=1, help="Layers restored together for the MLP and attention maps.")] = 10,
+    noise: Annotated[
+        float, typer.Option("--noise", min=0.0, help="Noise std as a multiple of the subject embeddings' std.")
+    ] = 3.0,
+    window: Annotated[
+        int, typer.Option("--window", min=1, help="Layers restored together for the MLP and attention maps.")
+    ] = 10,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the noise.")] = 0,
-    kinds: Annotated[str, typer.Option("--kinds", help="Maps to compute, comma-separated: hidden, mlp, attn (each costs the same).")] = "hidden,mlp,attn",
-    out: Annotated[str | None, typer.Option("--out", help="Folder for the PNGs and JSON; default under FACTSTORE_HOME/traces.")] = None,
+    kinds: Annotated[
+        str, typer.Option("--kinds", help="Maps to compute, comma-separated: hidden, mlp, attn (each costs the same).")
+    ] = "hidden,mlp,attn",
+    out: Annotated[
+        str | None, typer.Option("--out", help="Folder for the PNGs and JSON; default under FACTSTORE_HOME/traces.")
+    ] = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -33,19 +52,50 @@ def trace(
     chosen = tuple(k.strip() for k in kinds.split(",") if k.strip())
     store = api.open_store()
     if dataset:
-        result = api.trace_dataset(store, model, dataset, n, out=out, samples=samples, noise_factor=noise, window=window, seed=seed,
-                                   kinds=chosen, device=device, progress=BARS)
+        result = api.trace_dataset(
+            store,
+            model,
+            dataset,
+            n,
+            out=out,
+            samples=samples,
+            noise_factor=noise,
+            window=window,
+            seed=seed,
+            kinds=chosen,
+            device=device,
+            progress=BARS,
+        )
         if not json_out:
-            skipped = f", {len(result['skipped'])} skipped (subject not on a token boundary)" if result["skipped"] else ""
-            print(f"MLP effect at the last subject token peaks at layer {result['peak_mlp_layer']} over {result['n']} facts "
-                  f"({result['scanned']} scanned{skipped}); stored as the recommended layer of {model}")
+            skipped = (
+                f", {len(result['skipped'])} skipped (subject not on a token boundary)" if result["skipped"] else ""
+            )
+            print(
+                f"MLP effect at the last subject token peaks at layer {result['peak_mlp_layer']} over {result['n']} facts "
+                f"({result['scanned']} scanned{skipped}); stored as the recommended layer of {model}"
+            )
     else:
         if not (prompt and subject):
             raise typer.BadParameter("give --prompt and --subject for one fact, or --dataset FILE")
-        result = api.trace_fact(store, model, prompt=prompt, subject=subject, target=target, out=out, samples=samples, noise_factor=noise,
-                                window=window, seed=seed, kinds=chosen, device=device, progress=BARS)
+        result = api.trace_fact(
+            store,
+            model,
+            prompt=prompt,
+            subject=subject,
+            target=target,
+            out=out,
+            samples=samples,
+            noise_factor=noise,
+            window=window,
+            seed=seed,
+            kinds=chosen,
+            device=device,
+            progress=BARS,
+        )
         if not json_out:
-            print(f"P(answer): clean {result['clean_prob']:.3f}, corrupted {result['corrupted_prob']:.3f}; MLP peak at layer {result['peak_mlp_layer']}")
+            print(
+                f"P(answer): clean {result['clean_prob']:.3f}, corrupted {result['corrupted_prob']:.3f}; MLP peak at layer {result['peak_mlp_layer']}"
+            )
     if json_out:
         emit_json(result)
     else:

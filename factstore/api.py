@@ -85,7 +85,13 @@ def database_status(url: str | None = None) -> dict:
 
 
 def add_model(
-    store: Store, alias: str, source: str, revision: str | None = None, *, dtype: str | None = None, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    source: str,
+    revision: str | None = None,
+    *,
+    dtype: str | None = None,
+    progress: Reporter = SILENT,
 ) -> tuple[BaseModel, bool]:
     """Pin SOURCE (Hub id, folder, .gguf, starter:NAME) to exact weights under ALIAS, edited in
     DTYPE (default: the checkpoint's own). Returns (model, created)."""
@@ -99,8 +105,16 @@ def list_models(store: Store) -> list[BaseModel]:
 
 
 def compute_stats(
-    store: Store, alias: str, layer: int | str | None = None, *, layers: Sequence[int] | None = None, corpus: str | None = None,
-    tokens: int | None = None, shard: str | None = None, device: str | None = None, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    layer: int | str | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    corpus: str | None = None,
+    tokens: int | None = None,
+    shard: str | None = None,
+    device: str | None = None,
+    progress: Reporter = SILENT,
 ) -> dict:
     """C for a model's edit layer, or for LAYERS from one pass (computed once, cached, resumable).
     SHARD "I/N": only the float64 partial sum of that shard of the corpus, for `merge_stats`."""
@@ -109,23 +123,50 @@ def compute_stats(
     from factstore.weights.corpus import DEFAULT_CORPUS
 
     split = stats.parse_shard(shard) if shard is not None else None  # before the model is loaded
-    session = EditSession(store, alias, device=device, corpus=corpus or DEFAULT_CORPUS, stats_tokens=tokens, progress=progress)
+    session = EditSession(
+        store, alias, device=device, corpus=corpus or DEFAULT_CORPUS, stats_tokens=tokens, progress=progress
+    )
     hp = session.hparams(layer)
     if split is not None:
         if layers:
             raise InvalidArgument("--shard computes one layer; give --layer")
         text = session.stats_corpus()
         with session.base_weights():
-            part = stats.compute_shard(session.model, session.tokenizer, session.stats_spec(hp.layer, hp, text), text, *split, progress)
-        return {"layer": hp.layer, "shard": f"{split[0]}/{split[1]}", "tokens": part.tokens, "path": str(part.path), "sha256": part.sha256}
+            part = stats.compute_shard(
+                session.model, session.tokenizer, session.stats_spec(hp.layer, hp, text), text, *split, progress
+            )
+        return {
+            "layer": hp.layer,
+            "shard": f"{split[0]}/{split[1]}",
+            "tokens": part.tokens,
+            "path": str(part.path),
+            "sha256": part.sha256,
+        }
     covs = session.covariances(list(layers) if layers else [hp.layer], hp)
-    rows = [{"id": c.id, "layer": c.layer, "module": c.module, "corpus": c.corpus, "tokens": c.tokens, "dtype": c.dtype, "path": c.path,
-             "sha256": c.sha256} for c in covs]
+    rows = [
+        {
+            "id": c.id,
+            "layer": c.layer,
+            "module": c.module,
+            "corpus": c.corpus,
+            "tokens": c.tokens,
+            "dtype": c.dtype,
+            "path": c.path,
+            "sha256": c.sha256,
+        }
+        for c in covs
+    ]
     return rows[0] if not layers else {"layers": rows}
 
 
 def merge_stats(
-    store: Store, alias: str, layer: int, *, corpus: str | None = None, tokens: int | None = None, folders: Sequence[str] = (),
+    store: Store,
+    alias: str,
+    layer: int,
+    *,
+    corpus: str | None = None,
+    tokens: int | None = None,
+    folders: Sequence[str] = (),
     progress: Reporter = SILENT,
 ) -> dict:
     """C of LAYER from the shard files `compute_stats(shard=...)` wrote (here, or in FOLDERS),
@@ -144,12 +185,29 @@ def merge_stats(
     tokenizer = checkpoints.load_tokenizer(base.source, base.revision)
     text = load_corpus(corpus or DEFAULT_CORPUS, progress)
     hp = default_hparams(cfg.model_type, n_layers, cfg.get_text_config().hidden_size)
-    spec = stats.StatsSpec(base.identity, layer, arch.config_down_proj_name(cfg, layer), text.sha256, tokens or hp.stats_tokens, hp.stats_dtype)
-    expected = sum(b.keys for b in plan(tokenizer, text.texts, spec.tokens, min(TEXT_TOKENS, arch.config_context_length(cfg))))
+    spec = stats.StatsSpec(
+        base.identity,
+        layer,
+        arch.config_down_proj_name(cfg, layer),
+        text.sha256,
+        tokens or hp.stats_tokens,
+        hp.stats_dtype,
+    )
+    expected = sum(
+        b.keys for b in plan(tokenizer, text.texts, spec.tokens, min(TEXT_TOKENS, arch.config_context_length(cfg)))
+    )
     result = stats.merge_shards(spec, expected, [Path(f).expanduser() for f in folders])
     cov = store.create_covariance(base.id, spec.key(), record=stats.covariance_record(result, text))
-    return {"id": cov.id, "layer": cov.layer, "module": cov.module, "corpus": cov.corpus, "tokens": cov.tokens, "dtype": cov.dtype,
-            "path": cov.path, "sha256": cov.sha256}
+    return {
+        "id": cov.id,
+        "layer": cov.layer,
+        "module": cov.module,
+        "corpus": cov.corpus,
+        "tokens": cov.tokens,
+        "dtype": cov.dtype,
+        "path": cov.path,
+        "sha256": cov.sha256,
+    }
 
 
 def push_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = None, private: bool = False) -> dict:
@@ -177,8 +235,17 @@ def _user() -> str | None:
 
 
 def submit_edit(
-    store: Store, alias: str, *, prompt: str, subject: str, target: str, relation: str | None = None,
-    layer: int | str | None = None, note: str | None = None, requested_by: str | None = None, idempotency: str | None = None,
+    store: Store,
+    alias: str,
+    *,
+    prompt: str,
+    subject: str,
+    target: str,
+    relation: str | None = None,
+    layer: int | str | None = None,
+    note: str | None = None,
+    requested_by: str | None = None,
+    idempotency: str | None = None,
     checks: ModelChecks | None = None,
 ) -> tuple[EditEntry, bool]:
     """Check a request with the model's tokenizer only and store it pending for a worker.
@@ -187,31 +254,53 @@ def submit_edit(
 
     request = EditRequest(prompt=prompt, subject=subject, target_new=target, relation_id=relation)
     checks = checks or ModelChecks.load(store, alias)
-    return submit(store, checks, request, layer=layer, note=note, requested_by=requested_by or _user(), idempotency=idempotency)
+    return submit(
+        store, checks, request, layer=layer, note=note, requested_by=requested_by or _user(), idempotency=idempotency
+    )
 
 
 def add_edit(
-    store: Store, alias: str, *, prompt: str, subject: str, target: str, relation: str | None = None,
-    layer: int | str | None = None, note: str | None = None, device: str | None = None, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    *,
+    prompt: str,
+    subject: str,
+    target: str,
+    relation: str | None = None,
+    layer: int | str | None = None,
+    note: str | None = None,
+    device: str | None = None,
+    progress: Reporter = SILENT,
 ) -> EditOutcome:
     """Submit one edit and compute it in this process on the head model (or wait for the worker
     that holds the model to compute it)."""
     from factstore.editing.session import EditSession
 
-    entry, _ = submit_edit(store, alias, prompt=prompt, subject=subject, target=target, relation=relation, layer=layer, note=note)
+    entry, _ = submit_edit(
+        store, alias, prompt=prompt, subject=subject, target=target, relation=relation, layer=layer, note=note
+    )
     session = EditSession(store, alias, device=device, progress=progress)
     return session.run(entry.id)
 
 
 def import_edits(
-    store: Store, alias: str, path: str, limit: int | None = None, *, layer: int | str | None = None,
-    device: str | None = None, batch: int = 1, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    path: str,
+    limit: int | None = None,
+    *,
+    layer: int | str | None = None,
+    device: str | None = None,
+    batch: int = 1,
+    progress: Reporter = SILENT,
 ) -> dict:
     """Validate every record, then compute and commit one edit (or BATCH together) at a time; a
     rerun skips stored ones."""
     from factstore.editing import imports
 
-    return imports.import_edits(store, alias, path, limit, layer=layer, device=device, requested_by=_user(), batch=batch, progress=progress)
+    return imports.import_edits(
+        store, alias, path, limit, layer=layer, device=device, requested_by=_user(), batch=batch, progress=progress
+    )
 
 
 def list_edits(store: Store, alias: str, status: str = "active") -> list[StoredEdit]:
@@ -219,7 +308,9 @@ def list_edits(store: Store, alias: str, status: str = "active") -> list[StoredE
     return store.list_edits(store.get_base_model(alias).id, status)
 
 
-def list_log(store: Store, alias: str, status: str = "all", *, limit: int | None = None, offset: int = 0) -> list[EditEntry]:
+def list_log(
+    store: Store, alias: str, status: str = "all", *, limit: int | None = None, offset: int = 0
+) -> list[EditEntry]:
     """A model's log as people look at it: STATUS one state, "current" (active edits and the
     queue: pending, computing, failed) or "all"."""
     return store.list_entries(store.get_base_model(alias).id, status, limit=limit, offset=offset)
@@ -239,7 +330,9 @@ def retract_edit(store: Store, edit_id: int) -> StoredEdit:
     return store.set_edit_retracted(edit_id)
 
 
-def ask_model(store: Store, alias: str, prompt: str, top: int = 5, *, device: str | None = None, progress: Reporter = SILENT) -> dict:
+def ask_model(
+    store: Store, alias: str, prompt: str, top: int = 5, *, device: str | None = None, progress: Reporter = SILENT
+) -> dict:
     """Top next tokens and the greedy continuation on the head model."""
     from factstore.editing.models import check_prompt_size, tokenizer_for
     from factstore.editing.session import EditSession, ask
@@ -257,8 +350,14 @@ def ask_model(store: Store, alias: str, prompt: str, top: int = 5, *, device: st
 
 
 def compile_release(
-    store: Store, alias: str, mode: str | None = None, out: str | None = None, *, device: str | None = None,
-    timings: dict[str, float] | None = None, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    mode: str | None = None,
+    out: str | None = None,
+    *,
+    device: str | None = None,
+    timings: dict[str, float] | None = None,
+    progress: Reporter = SILENT,
 ) -> tuple[Release, bool]:
     """Build (or reuse, when the log is unchanged) a release folder. Returns (release, created);
     timings, when given, receives seconds per phase."""
@@ -273,20 +372,44 @@ def list_releases(store: Store, alias: str) -> list[Release]:
 
 
 def publish_release(
-    store: Store, alias: str, repo: str, *, private: bool = False, mode: str | None = None, endpoint: str | None = None,
-    with_stats: bool = False, device: str | None = None, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    repo: str,
+    *,
+    private: bool = False,
+    mode: str | None = None,
+    endpoint: str | None = None,
+    with_stats: bool = False,
+    device: str | None = None,
+    progress: Reporter = SILENT,
 ) -> Published:
     """Compile if the log changed, upload as one commit on main, tag vN; WITH_STATS also uploads the
     C files the release's edits used (stats/SHA256.safetensors, each once per repository)."""
     from factstore.release import publish
 
-    return publish.publish(store, alias, repo, private=private, mode=mode, endpoint=endpoint, with_stats=with_stats, device=device,
-                           progress=progress)
+    return publish.publish(
+        store,
+        alias,
+        repo,
+        private=private,
+        mode=mode,
+        endpoint=endpoint,
+        with_stats=with_stats,
+        device=device,
+        progress=progress,
+    )
 
 
 def pull_release(
-    repo: str, version: str | None = None, out: str | None = None, *, endpoint: str | None = None,
-    import_into: Store | None = None, alias: str | None = None, device: str | None = None, progress: Reporter = SILENT,
+    repo: str,
+    version: str | None = None,
+    out: str | None = None,
+    *,
+    endpoint: str | None = None,
+    import_into: Store | None = None,
+    alias: str | None = None,
+    device: str | None = None,
+    progress: Reporter = SILENT,
 ) -> Pulled:
     """Download and verify one version; with import_into, continue its lineage in that store under ALIAS."""
     from dataclasses import replace
@@ -300,7 +423,9 @@ def pull_release(
     if import_into is None:
         return pulled
     shipped = pull.shipped_stats(repo, pulled.commit, endpoint)  # the release's own C files, if it ships them
-    imported = lineage.import_release(import_into, Path(pulled.path), alias, repo, pulled.commit, pulled.version, device, progress, shipped)
+    imported = lineage.import_release(
+        import_into, Path(pulled.path), alias, repo, pulled.commit, pulled.version, device, progress, shipped
+    )
     return replace(pulled, imported=imported)
 
 
@@ -308,9 +433,20 @@ def pull_release(
 
 
 def trace_fact(
-    store: Store, alias: str, *, prompt: str, subject: str, target: str | None = None, out: str | None = None,
-    samples: int = 10, noise_factor: float = 3.0, window: int = 10, seed: int = 0, kinds: tuple[str, ...] | None = None,
-    device: str | None = None, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    *,
+    prompt: str,
+    subject: str,
+    target: str | None = None,
+    out: str | None = None,
+    samples: int = 10,
+    noise_factor: float = 3.0,
+    window: int = 10,
+    seed: int = 0,
+    kinds: tuple[str, ...] | None = None,
+    device: str | None = None,
+    progress: Reporter = SILENT,
 ) -> dict:
     """Causal-tracing maps of one fact (PNGs + JSON)."""
     from factstore.editing.models import check_size, tokenizer_for
@@ -318,12 +454,25 @@ def trace_fact(
 
     settings = _trace_settings(samples, noise_factor, window, seed, kinds)
     check_size(tokenizer_for(store, alias), EditRequest(prompt, subject, target or "x"))
-    return tracing.trace_fact(store, alias, prompt, subject, target, settings=settings, out=out, device=device, progress=progress)
+    return tracing.trace_fact(
+        store, alias, prompt, subject, target, settings=settings, out=out, device=device, progress=progress
+    )
 
 
 def trace_dataset(
-    store: Store, alias: str, path: str, n: int = 50, *, out: str | None = None, samples: int = 10, noise_factor: float = 3.0,
-    window: int = 10, seed: int = 0, kinds: tuple[str, ...] | None = None, device: str | None = None, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    path: str,
+    n: int = 50,
+    *,
+    out: str | None = None,
+    samples: int = 10,
+    noise_factor: float = 3.0,
+    window: int = 10,
+    seed: int = 0,
+    kinds: tuple[str, ...] | None = None,
+    device: str | None = None,
+    progress: Reporter = SILENT,
 ) -> dict:
     """Average maps over N known facts; stores the MLP peak layer as the model's recommended layer."""
     from factstore.studies import tracing
@@ -334,7 +483,9 @@ def trace_dataset(
     return tracing.trace_dataset(store, alias, path, n, settings=settings, out=out, device=device, progress=progress)
 
 
-def _trace_settings(samples: int, noise_factor: float, window: int, seed: int, kinds: tuple[str, ...] | None) -> TraceSettings:
+def _trace_settings(
+    samples: int, noise_factor: float, window: int, seed: int, kinds: tuple[str, ...] | None
+) -> TraceSettings:
     from factstore.analysis.causal_trace import KINDS, TraceSettings
 
     chosen = kinds or KINDS
@@ -344,10 +495,24 @@ def _trace_settings(samples: int, noise_factor: float, window: int, seed: int, k
 
 
 def evaluate_model(
-    store: Store, alias: str, dataset: str, n: int | None = 100, *, mode: str = "single", release: int | None = None,
-    fluency: bool = True, every: int | None = None, out: str | None = None, device: str | None = None, batch: int = 1,
-    compile_modes: Sequence[str] | None = None, retract: int = 0, heldout_tokens: int = 20_000, fluency_sample: int = 50,
-    run_dir: str | None = None, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    dataset: str,
+    n: int | None = 100,
+    *,
+    mode: str = "single",
+    release: int | None = None,
+    fluency: bool = True,
+    every: int | None = None,
+    out: str | None = None,
+    device: str | None = None,
+    batch: int = 1,
+    compile_modes: Sequence[str] | None = None,
+    retract: int = 0,
+    heldout_tokens: int = 20_000,
+    fluency_sample: int = 50,
+    run_dir: str | None = None,
+    progress: Reporter = SILENT,
 ) -> dict:
     """CounterFact scores: `single` (each record edited alone on the base), `lifelong` (all
     registered one after another in a resumable run folder, the log compiled in each of
@@ -368,17 +533,33 @@ def evaluate_model(
         return evaluation.release(store, alias, release, records, settings, device=device, progress=progress)
     if mode == "single":
         return evaluation.single(store, alias, records, settings, device=device, batch=batch, progress=progress)
-    plan = lifelong.LifelongSettings(every=every, batch=batch, modes=tuple(compile_modes or MODES), fluency_sample=fluency_sample,
-                                     heldout_tokens=heldout_tokens, retract=retract)
-    return lifelong.lifelong(store, alias, records, settings, settings=plan, folder=run_dir, out=out, device=device, progress=progress)
+    plan = lifelong.LifelongSettings(
+        every=every,
+        batch=batch,
+        modes=tuple(compile_modes or MODES),
+        fluency_sample=fluency_sample,
+        heldout_tokens=heldout_tokens,
+        retract=retract,
+    )
+    return lifelong.lifelong(
+        store, alias, records, settings, settings=plan, folder=run_dir, out=out, device=device, progress=progress
+    )
 
 
 # the service: workers, jobs, tokens ---------------------------------------------------------
 
 
 def run_worker(
-    store: Store, *, models: list[str] | None = None, batch: int = 8, device: str | None = None, poll: float = 1.0,
-    threads: int | None = None, stop: Event | None = None, max_idle_turns: int | None = None, progress: Reporter = SILENT,
+    store: Store,
+    *,
+    models: list[str] | None = None,
+    batch: int = 8,
+    device: str | None = None,
+    poll: float = 1.0,
+    threads: int | None = None,
+    stop: Event | None = None,
+    max_idle_turns: int | None = None,
+    progress: Reporter = SILENT,
 ) -> WorkerStats:
     """Compute the queue (of MODELS, default all) until STOP is set, which lets the current
     edit finish; with max_idle_turns, also until the queue stayed empty that many polls."""
@@ -393,8 +574,15 @@ def run_worker(
     return worker.run(max_idle_turns=max_idle_turns)
 
 
-def submit_job(store: Store, alias: str, kind: str, params: dict, *, requested_by: str | None = None,
-               idempotency: str | None = None) -> tuple[Job, bool]:
+def submit_job(
+    store: Store,
+    alias: str,
+    kind: str,
+    params: dict,
+    *,
+    requested_by: str | None = None,
+    idempotency: str | None = None,
+) -> tuple[Job, bool]:
     """Queue a compile or a trace for a worker. Returns (job, created)."""
     from factstore.editing.models import check_size, tokenizer_for
     from factstore.worker.jobs import check_params
@@ -402,7 +590,9 @@ def submit_job(store: Store, alias: str, kind: str, params: dict, *, requested_b
     base = store.get_base_model(alias)
     checked = check_params(kind, params)
     if kind == "trace":
-        check_size(tokenizer_for(store, alias), EditRequest(checked["prompt"], checked["subject"], checked["target"] or "x"))
+        check_size(
+            tokenizer_for(store, alias), EditRequest(checked["prompt"], checked["subject"], checked["target"] or "x")
+        )
     return store.create_job(base.id, kind, checked, requested_by=requested_by, idempotency=idempotency)
 
 
@@ -485,5 +675,8 @@ def release_scores(release: Release) -> dict:
 
 def service_state(store: Store) -> dict:
     """What /readyz reports: schema revision against head, and the live workers."""
-    return {"schema_current": schema.current_revision(store.engine), "schema_head": schema.head_revision(),
-            "workers": store.list_live_workers(3 * config.lease_seconds())}
+    return {
+        "schema_current": schema.current_revision(store.engine),
+        "schema_head": schema.head_revision(),
+        "workers": store.list_live_workers(3 * config.lease_seconds()),
+    }

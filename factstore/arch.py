@@ -29,12 +29,18 @@ class ArchSpec:
 
 def _decoder(prefix: str, final: str = "norm") -> ArchSpec:
     """The layout most decoder families share: PREFIX.layers[i].mlp.down_proj, .self_attn."""
-    return ArchSpec(f"{prefix}.layers", "mlp.down_proj", "mlp", "self_attn", f"{prefix}.embed_tokens", (f"{prefix}.{final}",))
+    return ArchSpec(
+        f"{prefix}.layers", "mlp.down_proj", "mlp", "self_attn", f"{prefix}.embed_tokens", (f"{prefix}.{final}",)
+    )
 
 
 _LLAMA_LIKE = _decoder("model")
-_GPT2_LIKE = ArchSpec("transformer.h", "mlp.c_proj", "mlp", "attn", "transformer.wte", ("transformer.ln_f",), fan_in_fan_out=True)
-_BLOOM_LIKE = ArchSpec("transformer.h", "mlp.dense_4h_to_h", "mlp", "self_attention", "transformer.word_embeddings", ("transformer.ln_f",))
+_GPT2_LIKE = ArchSpec(
+    "transformer.h", "mlp.c_proj", "mlp", "attn", "transformer.wte", ("transformer.ln_f",), fan_in_fan_out=True
+)
+_BLOOM_LIKE = ArchSpec(
+    "transformer.h", "mlp.dense_4h_to_h", "mlp", "self_attention", "transformer.word_embeddings", ("transformer.ln_f",)
+)
 
 # Families whose MLP output projection is a plain Linear or Conv1D (a mixture of experts has
 # no single matrix to rewrite, and is not listed). Every row is exercised by tests/test_architectures.py.
@@ -43,22 +49,49 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt_bigcode": replace(_GPT2_LIKE, fan_in_fan_out=False),  # GPT-2's names, torch Linear weights
     "gptj": ArchSpec("transformer.h", "mlp.fc_out", "mlp", "attn", "transformer.wte", ("transformer.ln_f",)),
     "codegen": ArchSpec("transformer.h", "mlp.fc_out", "mlp", "attn", "transformer.wte", ("transformer.ln_f",)),
-    "gpt_neox": ArchSpec("gpt_neox.layers", "mlp.dense_4h_to_h", "mlp", "attention", "gpt_neox.embed_in", ("gpt_neox.final_layer_norm",)),
+    "gpt_neox": ArchSpec(
+        "gpt_neox.layers", "mlp.dense_4h_to_h", "mlp", "attention", "gpt_neox.embed_in", ("gpt_neox.final_layer_norm",)
+    ),
     "falcon": _BLOOM_LIKE,
     "bloom": _BLOOM_LIKE,
     # OPT's MLP is fc1/fc2 on the block itself: fc2's output is the MLP's contribution
     "opt": ArchSpec(
-        "model.decoder.layers", "fc2", "fc2", "self_attn", "model.decoder.embed_tokens",
+        "model.decoder.layers",
+        "fc2",
+        "fc2",
+        "self_attn",
+        "model.decoder.embed_tokens",
         ("model.decoder.final_layer_norm", "model.decoder.project_out"),
     ),
     "phi": ArchSpec("model.layers", "mlp.fc2", "mlp", "self_attn", "model.embed_tokens", ("model.final_layernorm",)),
-    "persimmon": ArchSpec("model.layers", "mlp.dense_4h_to_h", "mlp", "self_attn", "model.embed_tokens", ("model.final_layernorm",)),
+    "persimmon": ArchSpec(
+        "model.layers", "mlp.dense_4h_to_h", "mlp", "self_attn", "model.embed_tokens", ("model.final_layernorm",)
+    ),
     "starcoder2": replace(_LLAMA_LIKE, down_proj="mlp.c_proj"),
     **{
         name: _LLAMA_LIKE
         for name in (
-            "llama", "mistral", "ministral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2",
-            "olmo3", "granite", "stablelm", "cohere", "glm", "glm4", "helium", "smollm3", "exaone4", "nemotron",
+            "llama",
+            "mistral",
+            "ministral",
+            "qwen2",
+            "qwen3",
+            "phi3",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "olmo",
+            "olmo2",
+            "olmo3",
+            "granite",
+            "stablelm",
+            "cohere",
+            "glm",
+            "glm4",
+            "helium",
+            "smollm3",
+            "exaone4",
+            "nemotron",
         )
     },
 }
@@ -234,5 +267,7 @@ def logits_at(
     Running the LM head on a few positions instead of every one is most of the cost saved
     when optimising v* on models with large vocabularies (SmolLM2: 49k tokens).
     """
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, L, d), final norm applied
+    hidden = model.base_model(
+        input_ids=ids, attention_mask=mask, use_cache=False
+    ).last_hidden_state  # (B, L, d), final norm applied
     return head_logits(model, hidden[rows.to(hidden.device), positions.to(hidden.device)])

@@ -38,7 +38,9 @@ def authenticate(store: Store, token: str | None, scope: str) -> ApiTokenInfo:
     """Never echoes the token: errors name neither the value nor how much of it matched."""
     check_scope(scope)
     if not token:
-        raise TokenError("this needs an API token: send `Authorization: Bearer TOKEN` (create one with `factstore token create`)")
+        raise TokenError(
+            "this needs an API token: send `Authorization: Bearer TOKEN` (create one with `factstore token create`)"
+        )
     found = store.find_token(token) if len(token) <= MAX_TOKEN_CHARS else None
     if found is None:
         raise TokenError("the API token is unknown or revoked")

@@ -46,14 +46,26 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, extra="ignore", frozen=True)
 
-    home: Path | None = Field(None, description="Folder of the default database, releases and the cache (default ~/.factstore).")
-    cache: Path | None = Field(None, description="Downloads, converted checkpoints and key statistics (default FACTSTORE_HOME/cache).")
-    database_url: str | None = Field(None, description="SQLAlchemy URL of the store (default: SQLite file under FACTSTORE_HOME).")
+    home: Path | None = Field(
+        None, description="Folder of the default database, releases and the cache (default ~/.factstore)."
+    )
+    cache: Path | None = Field(
+        None, description="Downloads, converted checkpoints and key statistics (default FACTSTORE_HOME/cache)."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the store (default: SQLite file under FACTSTORE_HOME)."
+    )
     debug: bool = Field(False, description="Print tracebacks with errors (1/true/yes/on or 0/false/no/off).")
-    device: Annotated[str | None, AfterValidator(_device)] = Field(None, description=f"Default device: {DEVICES} (default auto).")
-    max_prompt_tokens: int = Field(256, ge=1, le=1_000_000, description="Longest prompt (and subject) of an edit, ask or trace, in tokens.")
+    device: Annotated[str | None, AfterValidator(_device)] = Field(
+        None, description=f"Default device: {DEVICES} (default auto)."
+    )
+    max_prompt_tokens: int = Field(
+        256, ge=1, le=1_000_000, description="Longest prompt (and subject) of an edit, ask or trace, in tokens."
+    )
     max_target_tokens: int = Field(64, ge=1, le=1_000_000, description="Longest new object of an edit, in tokens.")
-    lease_seconds: int = Field(30, ge=1, le=86_400, description="How long a worker's hold on a model lasts without a heartbeat.")
+    lease_seconds: int = Field(
+        30, ge=1, le=86_400, description="How long a worker's hold on a model lasts without a heartbeat."
+    )
 
 
 def _accepts(field: str, error_type: str, message: str) -> str:
@@ -77,8 +89,6 @@ def settings() -> Settings:
         what = _accepts(field, error["type"], str(error["msg"]))
         shown = os.environ.get(name, "")[:40]
         raise SettingsError(f"{name}={shown!r} is not valid: {what}") from None
-
-
 
 
 def home() -> Path:

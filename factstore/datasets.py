@@ -77,8 +77,10 @@ def _request(row: dict[str, Any]) -> EditRequest:
     if target is None:
         raise ImportFileError("it has no target_new (or target)")
     return EditRequest(
-        prompt=_string(rw["prompt"], "prompt"), subject=_string(rw["subject"], "subject"),
-        target_new=_string(target, "target_new"), target_true=_optional(rw, "target_true"),
+        prompt=_string(rw["prompt"], "prompt"),
+        subject=_string(rw["subject"], "subject"),
+        target_new=_string(target, "target_new"),
+        target_true=_optional(rw, "target_true"),
         relation_id=_optional(rw, "relation_id"),
     )
 
@@ -87,7 +89,12 @@ def _record(row: dict[str, Any]) -> Record:
     request = _request(row)
     if not request.target_true:
         raise ImportFileError("it has no target_true, which scoring compares the new object with")
-    return Record(request, _strings(row, "paraphrase_prompts"), _strings(row, "neighborhood_prompts"), _strings(row, "generation_prompts"))
+    return Record(
+        request,
+        _strings(row, "paraphrase_prompts"),
+        _strings(row, "neighborhood_prompts"),
+        _strings(row, "generation_prompts"),
+    )
 
 
 def _known_fact(row: dict[str, Any]) -> KnownFact:

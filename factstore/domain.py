@@ -16,7 +16,9 @@ ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 def check_alias(alias: str) -> str:
     """A model alias names folders under FACTSTORE_HOME: a plain name, refused otherwise."""
     if not ALIAS.fullmatch(alias) or ".." in alias:
-        raise InvalidEditRequest(f"alias {alias!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise InvalidEditRequest(
+            f"alias {alias!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     return alias
 
 
@@ -64,8 +66,13 @@ class EditRequest:
         self.validate()
 
     def validate(self) -> None:
-        for name, value, limit in (("prompt", self.prompt, 4096), ("subject", self.subject, 1024), ("target", self.target_new, 1024),
-                                   ("old target", self.target_true or "", 1024), ("relation id", self.relation_id or "", 64)):
+        for name, value, limit in (
+            ("prompt", self.prompt, 4096),
+            ("subject", self.subject, 1024),
+            ("target", self.target_new, 1024),
+            ("old target", self.target_true or "", 1024),
+            ("relation id", self.relation_id or "", 64),
+        ):
             if "\x00" in value:
                 raise InvalidEditRequest(f"the {name} contains a NUL byte; remove it")
             if len(value) > limit:
@@ -191,12 +198,27 @@ class EditEntry:
     def to_json(self) -> dict:
         m = self.metrics
         return {
-            "id": self.id, "model": self.model, "seq": self.seq, "status": self.status, "subject": self.subject,
-            "prompt": self.prompt, "target": self.target_new, "target_true": self.target_true, "relation": self.relation_id,
-            "layer": self.layer, "requested_layer": self.requested_layer, "prob_new_before": m.get("prob_new_before"),
-            "prob_new_after": m.get("prob_new_after"), "prob_true_before": m.get("prob_true_before"),
-            "prob_true_after": m.get("prob_true_after"), "requested_by": self.requested_by, "note": self.note,
-            "error": self.error, "supersedes": self.supersedes_id, "created_at": self.created_at, "updated_at": self.updated_at,
+            "id": self.id,
+            "model": self.model,
+            "seq": self.seq,
+            "status": self.status,
+            "subject": self.subject,
+            "prompt": self.prompt,
+            "target": self.target_new,
+            "target_true": self.target_true,
+            "relation": self.relation_id,
+            "layer": self.layer,
+            "requested_layer": self.requested_layer,
+            "prob_new_before": m.get("prob_new_before"),
+            "prob_new_after": m.get("prob_new_after"),
+            "prob_true_before": m.get("prob_true_before"),
+            "prob_true_after": m.get("prob_true_after"),
+            "requested_by": self.requested_by,
+            "note": self.note,
+            "error": self.error,
+            "supersedes": self.supersedes_id,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
         }
 
 

@@ -36,7 +36,9 @@ def usable_folder(path: str | Path, empty: bool = True) -> Path:
         if final.exists() and (not final.is_dir() or (empty and any(final.iterdir()))):
             raise FactStoreError(f"{final} exists and is not an empty folder; choose another output folder")
     except OSError as exc:
-        raise FactStoreError(f"cannot use {str(path)[:80]!r} as an output folder ({exc.strerror}); choose another") from None
+        raise FactStoreError(
+            f"cannot use {str(path)[:80]!r} as an output folder ({exc.strerror}); choose another"
+        ) from None
     return final
 
 

@@ -26,7 +26,15 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from factstore.errors import HubAuthError, HubError, HubFileTooLarge, HubNotFound, HubUnreachable, PublishConflict, ReleaseVerificationError
+from factstore.errors import (
+    HubAuthError,
+    HubError,
+    HubFileTooLarge,
+    HubNotFound,
+    HubUnreachable,
+    PublishConflict,
+    ReleaseVerificationError,
+)
 
 TOKEN_HINT = "set HF_TOKEN or run `hf auth login`"
 VERSION_TAG = re.compile(r"v(\d+)")
@@ -50,9 +58,13 @@ def _translated(endpoint: str, repo: str, what: str) -> Iterator[None]:
     try:
         yield
     except (RevisionNotFoundError, EntryNotFoundError) as exc:
-        raise HubNotFound(f"{repo}: {what} failed, not found ({_first_line(exc)}); `factstore pull {repo}` without --version takes the newest release") from None
+        raise HubNotFound(
+            f"{repo}: {what} failed, not found ({_first_line(exc)}); `factstore pull {repo}` without --version takes the newest release"
+        ) from None
     except RepositoryNotFoundError:
-        raise HubNotFound(f"repository {repo} not found at {endpoint}, or it is private and the token cannot read it; check the name, {TOKEN_HINT}") from None
+        raise HubNotFound(
+            f"repository {repo} not found at {endpoint}, or it is private and the token cannot read it; check the name, {TOKEN_HINT}"
+        ) from None
     except HFValidationError as exc:
         raise HubError(f"{what} on {repo[:100]!r} refused: {_first_line(exc)}") from None
     except LocalTokenNotFoundError:
@@ -60,14 +72,22 @@ def _translated(endpoint: str, repo: str, what: str) -> Iterator[None]:
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status == 401:
-            raise HubAuthError(f"the Hub at {endpoint} refused the token for {what}; {TOKEN_HINT} with a valid token") from None
+            raise HubAuthError(
+                f"the Hub at {endpoint} refused the token for {what}; {TOKEN_HINT} with a valid token"
+            ) from None
         if status == 403:
-            raise HubAuthError(f"the token may not {what} on {repo}; use a token with write access to its namespace") from None
+            raise HubAuthError(
+                f"the token may not {what} on {repo}; use a token with write access to its namespace"
+            ) from None
         if status in (409, 412):
-            raise PublishConflict(f"{repo} changed while we published ({_first_line(exc)}); pull the latest release with `factstore pull {repo} --import-edits` and publish again") from None
+            raise PublishConflict(
+                f"{repo} changed while we published ({_first_line(exc)}); pull the latest release with `factstore pull {repo} --import-edits` and publish again"
+            ) from None
         raise HubError(f"{what} on {repo} failed: {_first_line(exc)}") from None
     except (httpx2.TransportError, OfflineModeIsEnabled) as exc:
-        raise HubUnreachable(f"cannot reach the Hub at {endpoint} ({type(exc).__name__}: {exc}); check the network or --endpoint, then rerun (finished steps are kept)") from None
+        raise HubUnreachable(
+            f"cannot reach the Hub at {endpoint} ({type(exc).__name__}: {exc}); check the network or --endpoint, then rerun (finished steps are kept)"
+        ) from None
 
 
 def branch_commit(repo: str, branches: dict[str, str], branch: str = "main") -> str:
@@ -130,17 +150,33 @@ class Hub:
         """tag name -> commit SHA."""
         return self.refs(repo)[1]
 
-    def upload(self, repo: str, folder: Path, files: list[str], parent: str, message: str, description: str = "",
-               extra: dict[str, Path] | None = None) -> str:
+    def upload(
+        self,
+        repo: str,
+        folder: Path,
+        files: list[str],
+        parent: str,
+        message: str,
+        description: str = "",
+        extra: dict[str, Path] | None = None,
+    ) -> str:
         """One commit on main holding exactly FILES (plain names) of FOLDER, and EXTRA (path in the
         repository -> local file); refused by the Hub unless main is still at PARENT. Files the
         repository already holds with the same content are not sent again."""
         ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
-        ops += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local)) for name, local in sorted((extra or {}).items())]
+        ops += [
+            CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local))
+            for name, local in sorted((extra or {}).items())
+        ]
         with _translated(self.endpoint, repo, "upload the release"):
             info = self.api.create_commit(
-                repo_id=repo, operations=ops, repo_type="model", revision="main", parent_commit=parent,
-                commit_message=message, commit_description=description,
+                repo_id=repo,
+                operations=ops,
+                repo_type="model",
+                revision="main",
+                parent_commit=parent,
+                commit_message=message,
+                commit_description=description,
             )
         return info.oid
 
@@ -151,7 +187,9 @@ class Hub:
                 self.api.create_tag(repo, tag=tag, revision=commit, tag_message=message, repo_type="model")
         except PublishConflict:
             if self.tags(repo).get(tag) != commit:
-                raise PublishConflict(f"{repo} already has a tag {tag} on another commit: someone published that version first; pull it with `factstore pull {repo} --import-edits` and publish again") from None
+                raise PublishConflict(
+                    f"{repo} already has a tag {tag} on another commit: someone published that version first; pull it with `factstore pull {repo} --import-edits` and publish again"
+                ) from None
 
     def file_sha256(self, repo: str, commit: str, filename: str, max_bytes: int) -> str | None:
         """sha256 of one file at COMMIT, or None when that commit holds no such file or one larger
@@ -188,12 +226,18 @@ class Hub:
                 url = hf_hub_url(repo, filename, revision=commit, repo_type="model", endpoint=self.endpoint)
                 size = self.api.get_hf_file_metadata(url=url).size
                 if size is None:
-                    raise HubFileTooLarge(f"{repo}@{commit[:12]}: the Hub did not say how large {filename} is; refused before downloading it")
+                    raise HubFileTooLarge(
+                        f"{repo}@{commit[:12]}: the Hub did not say how large {filename} is; refused before downloading it"
+                    )
                 if size > max_bytes:
                     raise HubFileTooLarge(
                         f"{repo}@{commit[:12]}: {filename} is {size:,} bytes, more than the {max_bytes:,} it can be; refused before downloading it"
                     )
-            return Path(hf_hub_download(repo, filename, revision=commit, repo_type="model", endpoint=self.endpoint, token=self._token))
+            return Path(
+                hf_hub_download(
+                    repo, filename, revision=commit, repo_type="model", endpoint=self.endpoint, token=self._token
+                )
+            )
 
     def download(self, repo: str, commit: str, allow_patterns: list[str] | None = None) -> Path:
         """The files of one commit (those matching ALLOW_PATTERNS, when given), through the
@@ -201,11 +245,18 @@ class Hub:
         try:
             with _translated(self.endpoint, repo, f"download {commit[:12]}"):
                 path = snapshot_download(
-                    repo, revision=commit, repo_type="model", endpoint=self.endpoint, token=self._token, allow_patterns=allow_patterns,
+                    repo,
+                    revision=commit,
+                    repo_type="model",
+                    endpoint=self.endpoint,
+                    token=self._token,
+                    allow_patterns=allow_patterns,
                 )
         except OSError as exc:
             if exc.errno is not None:  # the local disk: full, read-only, no permission
-                raise HubError(f"cannot write {repo}@{commit[:12]} into the download cache ({exc.strerror}); free disk space or set HF_HOME") from None
+                raise HubError(
+                    f"cannot write {repo}@{commit[:12]} into the download cache ({exc.strerror}); free disk space or set HF_HOME"
+                ) from None
             # huggingface_hub's own consistency check of a downloaded file's size
             raise ReleaseVerificationError(f"{repo}@{commit[:12]}: {_first_line(exc)}; nothing was written") from None
         return Path(path)
@@ -217,7 +268,9 @@ def cached_blob(repo: str, sha256: str) -> bool:
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
-    return (Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model") / "blobs" / sha256).is_file()
+    return (
+        Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model") / "blobs" / sha256
+    ).is_file()
 
 
 def forget_snapshot(snapshot: Path) -> None:

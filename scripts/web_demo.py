@@ -52,8 +52,10 @@ def main() -> None:
     server, url = serve(log=Path(home) / "serve.log")
     try:
         http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
-        ids = [http.post("/api/v1/models/smollm2/edits", json={"prompt": PROMPT, "subject": s, "target": t}).json()["id"]
-               for s, t in (("The Eiffel Tower", "Rome"), ("The Space Needle", "Paris"))]
+        ids = [
+            http.post("/api/v1/models/smollm2/edits", json={"prompt": PROMPT, "subject": s, "target": t}).json()["id"]
+            for s, t in (("The Eiffel Tower", "Rome"), ("The Space Needle", "Paris"))
+        ]
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 820})
@@ -72,9 +74,13 @@ def main() -> None:
             page.screenshot(path=args.out, full_page=True)
             browser.close()
         for e in http.get("/api/v1/models/smollm2/edits").json():
-            print(f"edit {e['id']} seq {e['seq']} {e['status']}: {e['subject']} -> {e['target']} (was {e['target_true']}), "
-                  f"P(new) {e['prob_new_before']:.4f} -> {e['prob_new_after']:.4f}, by {e['requested_by']}")
-        asked = http.post("/api/v1/models/smollm2/ask", json={"prompt": "The Eiffel Tower is located in the city of", "top": 3}).json()
+            print(
+                f"edit {e['id']} seq {e['seq']} {e['status']}: {e['subject']} -> {e['target']} (was {e['target_true']}), "
+                f"P(new) {e['prob_new_before']:.4f} -> {e['prob_new_after']:.4f}, by {e['requested_by']}"
+            )
+        asked = http.post(
+            "/api/v1/models/smollm2/ask", json={"prompt": "The Eiffel Tower is located in the city of", "top": 3}
+        ).json()
         print("ask:", json.dumps(asked))
         print("screenshot:", args.out)
     finally:

@@ -175,7 +175,9 @@ def tiny_template(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer) -> I
     random_gpt2(seed=0).save_pretrained(folder)
     gpt2_tokenizer.save_pretrained(folder)
     corpus = root / "corpus.json"
-    corpus.write_text(json.dumps([f"Paragraph {i}: the river runs through the old town and the fields." for i in range(200)]))
+    corpus.write_text(
+        json.dumps([f"Paragraph {i}: the river runs through the old town and the fields." for i in range(200)])
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FACTSTORE_HOME", str(root / "home"))
         mp.setenv("FACTSTORE_CACHE", str(TEST_CACHE))
@@ -204,7 +206,10 @@ def tiny_store(db_url: str, tiny_template: Path):  # type: ignore[no-untyped-def
 
     if db_url.startswith("sqlite"):
         # the backup API copies a consistent database whatever the template's WAL holds
-        source, copy = sqlite3.connect(tiny_template / "template.db"), sqlite3.connect(db_url.removeprefix("sqlite:///"))
+        source, copy = (
+            sqlite3.connect(tiny_template / "template.db"),
+            sqlite3.connect(db_url.removeprefix("sqlite:///")),
+        )
         try:
             source.backup(copy)
         finally:

@@ -76,7 +76,9 @@ class HubState:
         self._counter = itertools.count(1)
 
     def new_commit(self, repo: Repo, parent: str | None, files: dict[str, Entry], message: str) -> Commit:
-        seed = f"{repo.repo_id}|{parent}|{message}|{next(self._counter)}|" + json.dumps({p: e.sha256 for p, e in sorted(files.items())})
+        seed = f"{repo.repo_id}|{parent}|{message}|{next(self._counter)}|" + json.dumps(
+            {p: e.sha256 for p, e in sorted(files.items())}
+        )
         commit = Commit(hashlib.sha1(seed.encode()).hexdigest(), parent, files, message)
         repo.commits[commit.sha] = commit
         return commit
@@ -212,7 +214,9 @@ class Handler(BaseHTTPRequestHandler):
             attributes = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
             sha = hashlib.sha256(attributes).hexdigest()
             self.hub.blobs[sha] = attributes
-            first = self.hub.new_commit(repo, None, {".gitattributes": Entry(sha, len(attributes), False)}, "initial commit")
+            first = self.hub.new_commit(
+                repo, None, {".gitattributes": Entry(sha, len(attributes), False)}, "initial commit"
+            )
             repo.branches["main"] = first.sha
             self.hub.repos[repo_id] = repo
         self._json({"url": url, "name": repo_id, "id": repo_id})
@@ -235,7 +239,9 @@ class Handler(BaseHTTPRequestHandler):
                 sibling.update(blobId=entry.oid(self.hub.blobs), size=entry.size)
                 if entry.lfs:
                     sibling["lfs"] = {"sha256": entry.sha256, "size": entry.size, "pointerSize": 134}
-        self._json({"id": repo, "modelId": repo, "sha": commit.sha, "private": found.private, "siblings": siblings, "tags": []})
+        self._json(
+            {"id": repo, "modelId": repo, "sha": commit.sha, "private": found.private, "siblings": siblings, "tags": []}
+        )
 
     def refs(self, query: dict, repo: str) -> None:
         found = self._repo(repo)
@@ -264,7 +270,11 @@ class Handler(BaseHTTPRequestHandler):
         head = found.resolve(rev)
         files = []
         for f in body["files"]:
-            if not isinstance(f.get("path"), str) or not isinstance(f.get("size"), int) or not isinstance(f.get("sample"), str):
+            if (
+                not isinstance(f.get("path"), str)
+                or not isinstance(f.get("size"), int)
+                or not isinstance(f.get("sample"), str)
+            ):
                 raise HubError(400, "each file needs path, size and a base64 sample")
             lfs = self.hub.lfs and f["size"] >= LFS_THRESHOLD
             info: dict = {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False}
@@ -284,7 +294,10 @@ class Handler(BaseHTTPRequestHandler):
             item: dict = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
             if obj["oid"] not in self.hub.blobs:  # already stored: no actions, the client skips it
                 base = f"{self.server.url}/lfs-store/{repo}/{obj['oid']}"
-                item["actions"] = {"upload": {"href": base, "header": {}}, "verify": {"href": base + "/verify", "header": {}}}
+                item["actions"] = {
+                    "upload": {"href": base, "header": {}},
+                    "verify": {"href": base + "/verify", "header": {}},
+                }
             objects.append(item)
         self._json({"transfer": "basic", "objects": objects})
 
@@ -340,7 +353,9 @@ class Handler(BaseHTTPRequestHandler):
                     raise HubError(400, f"unsupported commit operation {key}")
             commit = self.hub.new_commit(found, head_sha, files, header.get("summary", ""))
             found.branches[rev] = commit.sha
-        self._json({"commitUrl": f"{self.server.url}/{repo}/commit/{commit.sha}", "commitOid": commit.sha, "success": True})
+        self._json(
+            {"commitUrl": f"{self.server.url}/{repo}/commit/{commit.sha}", "commitOid": commit.sha, "success": True}
+        )
 
     def tag(self, query: dict, repo: str, rev: str) -> None:
         found = self._repo(repo, write=True)
@@ -408,4 +423,3 @@ class HubServer(ThreadingHTTPServer):
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
         self.server_close()
-

@@ -39,9 +39,13 @@ def free_port() -> int:
 def start(*args: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "factstore.cli.main", *args]
     if log is None:
-        return subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
     with open(log, "w") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def serve(*args: str, env: dict[str, str] | None = None, log: Path | None = None) -> tuple[subprocess.Popen, str]:
@@ -52,7 +56,9 @@ def serve(*args: str, env: dict[str, str] | None = None, log: Path | None = None
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"serve exited with {process.returncode}" + (f": {log.read_text()[-2000:]}" if log else ""))
+            raise AssertionError(
+                f"serve exited with {process.returncode}" + (f": {log.read_text()[-2000:]}" if log else "")
+            )
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return process, url

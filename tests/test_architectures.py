@@ -51,7 +51,11 @@ def test_the_update_holds_in_every_family(family: str, gpt2_tokenizer, tmp_path:
     # the v* optimisation gives the same value whatever part of the model its steps run
     whole = compute_value(model, gpt2_tokenizer, REQUEST, ["{}", "A short prefix. {}"], HP, loop="whole")
     for loop in ("upper", "suffix"):
-        assert torch.allclose(compute_value(model, gpt2_tokenizer, REQUEST, ["{}", "A short prefix. {}"], HP, loop=loop).value, whole.value, atol=1e-4)
+        assert torch.allclose(
+            compute_value(model, gpt2_tokenizer, REQUEST, ["{}", "A short prefix. {}"], HP, loop=loop).value,
+            whole.value,
+            atol=1e-4,
+        )
 
     d_ff = arch.down_proj_weight(model, 1).shape[1]
     C = torch.eye(d_ff) + 0.1 * torch.ones(d_ff, d_ff)
@@ -85,7 +89,9 @@ def test_a_compiled_release_of_every_layout_loads(family: str, db_url: str, gpt2
     store = api.open_store(db_url)
     api.add_model(store, "m", str(folder))
     api.compute_stats(store, "m", layer=1, corpus=str(corpus), tokens=1000, device="cpu")
-    outcome = api.add_edit(store, "m", prompt=REQUEST.prompt, subject=REQUEST.subject, target=REQUEST.target_new, layer=1, device="cpu")
+    outcome = api.add_edit(
+        store, "m", prompt=REQUEST.prompt, subject=REQUEST.subject, target=REQUEST.target_new, layer=1, device="cpu"
+    )
     release, _ = api.compile_release(store, "m", device="cpu")
     loaded = AutoModelForCausalLM.from_pretrained(release.path).eval()
     edit = outcome.edit
@@ -96,5 +102,7 @@ def test_a_compiled_release_of_every_layout_loads(family: str, db_url: str, gpt2
 
 def test_a_family_without_a_single_mlp_matrix_is_refused_by_name() -> None:
     model = random_decoder("qwen3_moe", seed=0)
-    with pytest.raises(UnknownArchitecture, match=r"'qwen3_moe' is not supported; supported model types: .*falcon.*gpt2.*qwen3"):
+    with pytest.raises(
+        UnknownArchitecture, match=r"'qwen3_moe' is not supported; supported model types: .*falcon.*gpt2.*qwen3"
+    ):
         arch.model_spec(model)

@@ -32,7 +32,9 @@ def test_bpe_merges_are_recovered_from_ranks(tmp_path: Path) -> None:
 
 
 def test_unknown_starter_lists_the_available_ones() -> None:
-    with pytest.raises(AssetError, match="unknown starter asset 'starter:nope'; available: starter:smollm2-135m, starter:gemma3-270m"):
+    with pytest.raises(
+        AssetError, match="unknown starter asset 'starter:nope'; available: starter:smollm2-135m, starter:gemma3-270m"
+    ):
         assets.starter("starter:nope")
 
 
@@ -63,11 +65,16 @@ def test_missing_sources_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_unknown_architecture_is_named() -> None:
-    with pytest.raises(UnknownArchitecture, match=r"supported model types: bloom, codegen, cohere, .*, gpt2, .*, llama, .*, starcoder2$"):
+    with pytest.raises(
+        UnknownArchitecture,
+        match=r"supported model types: bloom, codegen, cohere, .*, gpt2, .*, llama, .*, starcoder2$",
+    ):
         arch.spec_for("bert")
 
 
-def test_statistics_resume_after_an_interruption(gpt2_tokenizer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_statistics_resume_after_an_interruption(
+    gpt2_tokenizer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "cache"))
     model = random_gpt2(seed=0)
     texts = [f"Sentence number {i} talks about the city of Paris and the river." for i in range(64)]

@@ -43,7 +43,10 @@ def trained(tiny_gpt2_dir: Path, gpt2_tokenizer):  # type: ignore[no-untyped-def
     # another, and on some the clamp at 4 held 3 of 10 edits short of their target.
     hp = replace(
         default_hparams("gpt2", model.config.n_layer, model.config.n_embd),
-        layer=2, context_lengths=(), value_context_lengths=(), clamp_norm_factor=8.0,
+        layer=2,
+        context_lengths=(),
+        value_context_lengths=(),
+        clamp_norm_factor=8.0,
     )
     C = accumulate_second_moment(model, gpt2_tokenizer, corpus, hp.layer, 100_000).moment(hp.layer).float()
     return model, facts, hp, C
@@ -59,7 +62,11 @@ def test_edits_take_generalise_and_spare_other_subjects(trained, gpt2_tokenizer)
     model, facts, hp, C = trained
     edits = [f for f in facts if f.relation == "city" and _knows(model, gpt2_tokenizer, f, paraphrase=False)][:N_EDITS]
     assert len(edits) == N_EDITS
-    bystanders = [f for f in facts if f not in edits and f.relation == "city" and _knows(model, gpt2_tokenizer, f, paraphrase=False)][:10]
+    bystanders = [
+        f
+        for f in facts
+        if f not in edits and f.relation == "city" and _knows(model, gpt2_tokenizer, f, paraphrase=False)
+    ][:10]
     templates = contexts_for(model, gpt2_tokenizer, hp)
     objects = RELATIONS["city"][2]
     efficacy = paraphrase = paraphrase_top = spared = 0
@@ -77,7 +84,9 @@ def test_edits_take_generalise_and_spare_other_subjects(trained, gpt2_tokenizer)
             p_new, p_old = target_probs(model, gpt2_tokenizer, [held_out] * 2, [new, fact.target])
             paraphrase += bool(p_new > p_old)
             spared += sum(_knows(model, gpt2_tokenizer, b, paraphrase=False) for b in bystanders)
-    print(f"efficacy {efficacy}/{N_EDITS}, paraphrase P(new)>P(old) {paraphrase}/{N_EDITS} (top-1 {paraphrase_top}), bystanders kept {spared}/{N_EDITS * len(bystanders)}")
+    print(
+        f"efficacy {efficacy}/{N_EDITS}, paraphrase P(new)>P(old) {paraphrase}/{N_EDITS} (top-1 {paraphrase_top}), bystanders kept {spared}/{N_EDITS * len(bystanders)}"
+    )
     # Measured on this recipe: efficacy 10/10, held-out paraphrase prefers the new object 4/10
     # (the unedited model answers that template for only ~20 % of its own facts), bystanders
     # kept 100/100. The bounds leave one edit of margin each.

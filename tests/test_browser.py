@@ -16,10 +16,14 @@ from service_process import serve, stop
 CHROMIUM = os.environ.get("FACTSTORE_TEST_CHROMIUM", "/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"{CHROMIUM} is missing: apt-get install -y chromium (scripts/setup.sh does)")
+pytestmark = pytest.mark.skipif(
+    not shutil.which(CHROMIUM), reason=f"{CHROMIUM} is missing: apt-get install -y chromium (scripts/setup.sh does)"
+)
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # one browser run: the pages do not depend on the database
+@pytest.mark.parametrize(
+    "db_url", ["sqlite"], indirect=True
+)  # one browser run: the pages do not depend on the database
 def test_submit_through_the_form_and_watch_it_compute(tiny_store: Store, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -37,7 +41,9 @@ def test_submit_through_the_form_and_watch_it_compute(tiny_store: Store, tmp_pat
             page.fill("#token", token)
             page.get_by_role("button", name="Submit").click()
             expect(page.locator("h1")).to_contain_text("Edit 1")
-            expect(page.locator("#status")).to_have_text("active", timeout=120_000)  # pending -> computing -> active, live
+            expect(page.locator("#status")).to_have_text(
+                "active", timeout=120_000
+            )  # pending -> computing -> active, live
             expect(page.locator("#p-new")).to_contain_text("→")
             page.get_by_role("link", name="← tiny").click()
             row = page.locator("#log tbody tr").first

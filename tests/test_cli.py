@@ -25,9 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 EIFFEL = ["--prompt", "{} is located in the city of", "--subject", "The Eiffel Tower", "--target", "Rome"]
 
 
-
 def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "factstore.cli.main", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "factstore.cli.main", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture
@@ -48,10 +53,21 @@ def test_setup_commands(db_url: str, tmp_path: Path, gpt2_tokenizer) -> None:  #
 
 def test_add_list_show_retract(tiny: str) -> None:
     added = cli_json("edit", "add", "--model", tiny, *EIFFEL)
-    assert {"id", "seq", "layer", "status", "prob_new_before", "prob_new_after", "prob_true_before", "prob_true_after"} <= added.keys()
+    assert {
+        "id",
+        "seq",
+        "layer",
+        "status",
+        "prob_new_before",
+        "prob_new_after",
+        "prob_true_before",
+        "prob_true_after",
+    } <= added.keys()
     assert added["seq"] == 1 and added["status"] == "active" and added["layer"] == 1
     listed = cli_json("edit", "list", "--model", tiny)
-    assert [(e["id"], e["subject"], e["target"], e["status"]) for e in listed] == [(added["id"], "The Eiffel Tower", "Rome", "active")]
+    assert [(e["id"], e["subject"], e["target"], e["status"]) for e in listed] == [
+        (added["id"], "The Eiffel Tower", "Rome", "active")
+    ]
     shown = cli_json("edit", "show", str(added["id"]))
     assert shown["key_shape"] == [256] and shown["value_shape"] == [64] and len(shown["key_sha256"]) == 64
     again = cli_json("edit", "add", "--model", tiny, *EIFFEL[:-1], "Berlin")
@@ -71,7 +87,9 @@ def test_ask_shows_top_tokens_and_a_continuation(tiny: str, tiny_store) -> None:
     expected = probs.topk(3)
     assert [t["token"] for t in result["top"]] == [loaded.tokenizer.decode([int(i)]) for i in expected.indices]
     assert [t["prob"] for t in result["top"]] == pytest.approx(expected.values.tolist(), abs=1e-5)
-    greedy = loaded.model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=False, pad_token_id=0)[0, ids.shape[1]:]
+    greedy = loaded.model.generate(ids, max_new_tokens=12, do_sample=False, use_cache=False, pad_token_id=0)[
+        0, ids.shape[1] :
+    ]
     assert result["continuation"] == loaded.tokenizer.decode(greedy, skip_special_tokens=True)
     plain = cli("ask", "--model", tiny, prompt, "--top", "3").stdout
     assert f"prompt: {prompt!r}" in plain.splitlines()[0]  # the prompt on its own line, never squeezed into a column
@@ -104,14 +122,35 @@ def test_unreachable_database_is_one_line(monkeypatch: pytest.MonkeyPatch) -> No
 def test_listing_does_not_import_torch(tiny: str) -> None:
     code = "import sys; sys.argv = ['factstore', '{}', 'list'{}]; from factstore.cli.main import main\ntry: main()\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
     for group, extra in (("edit", ", '--model', 'tiny'"), ("model", "")):
-        done = subprocess.run([sys.executable, "-c", code.format(group, extra)], cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
+        done = subprocess.run(
+            [sys.executable, "-c", code.format(group, extra)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+        )
         assert done.stdout.strip().splitlines()[-1] == "False", done.stderr
 
 
 @pytest.mark.database
 def test_concurrent_edit_adds_lose_and_duplicate_nothing(tiny: str) -> None:
     subjects = ["The Eiffel Tower", "The Louvre", "Big Ben"]  # three writers race for seq; each process loads torch
-    procs = [start("edit", "add", "--model", tiny, "--prompt", "{} is located in the city of", "--subject", s, "--target", "Rome", "--json") for s in subjects]
+    procs = [
+        start(
+            "edit",
+            "add",
+            "--model",
+            tiny,
+            "--prompt",
+            "{} is located in the city of",
+            "--subject",
+            s,
+            "--target",
+            "Rome",
+            "--json",
+        )
+        for s in subjects
+    ]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outputs]
     edits = cli_json("edit", "list", "--model", tiny)
@@ -137,7 +176,9 @@ def _has_loaded_torch(pid: int) -> bool:
 @pytest.mark.database
 def test_killed_edit_add_leaves_nothing_and_a_rerun_completes(tiny: str, db_url: str) -> None:
     proc = start("edit", "add", "--model", tiny, *EIFFEL)
-    _wait_for(lambda: _has_loaded_torch(proc.pid) or proc.poll() is not None)  # loading and computing: the row comes last
+    _wait_for(
+        lambda: _has_loaded_torch(proc.pid) or proc.poll() is not None
+    )  # loading and computing: the row comes last
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the edit finished before it could be killed"
@@ -150,7 +191,14 @@ def test_killed_edit_add_leaves_nothing_and_a_rerun_completes(tiny: str, db_url:
 def test_import_validates_first_then_resumes_after_a_kill(tiny: str, db_url: str, tmp_path: Path) -> None:
     records = json.loads((REPO / "tests" / "data" / "counterfact_8.json").read_text())
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([records[0], {"requested_rewrite": {"prompt": "no placeholder", "subject": "X", "target_new": {"str": "Y"}}}]))
+    bad.write_text(
+        json.dumps(
+            [
+                records[0],
+                {"requested_rewrite": {"prompt": "no placeholder", "subject": "X", "target_new": {"str": "Y"}}},
+            ]
+        )
+    )
     done = cli("edit", "import", "--model", tiny, str(bad), check=False)
     assert done.returncode == 1 and "record 2" in done.stderr
     assert cli_json("edit", "list", "--model", tiny, "--status", "all") == []
@@ -173,14 +221,18 @@ def test_import_validates_first_then_resumes_after_a_kill(tiny: str, db_url: str
 
 def test_csv_import(tiny: str, tmp_path: Path) -> None:
     path = tmp_path / "edits.csv"
-    path.write_text("prompt,subject,target\n{} is located in the city of,The Louvre,Berlin\n{} is located in the city of,Big Ben,Paris\n")
+    path.write_text(
+        "prompt,subject,target\n{} is located in the city of,The Louvre,Berlin\n{} is located in the city of,Big Ben,Paris\n"
+    )
     assert cli_json("edit", "import", "--model", tiny, str(path))["added"] == 2
     path.write_text("prompt,subject\nx,y\n")
     done = cli("edit", "import", "--model", tiny, str(path), check=False)
     assert done.returncode == 1 and "record 1 of edits.csv: it has no target_new (or target)" in done.stderr
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the command line's side; both databases are in test_queue
+@pytest.mark.parametrize(
+    "db_url", ["sqlite"], indirect=True
+)  # the command line's side; both databases are in test_queue
 def test_tokens_and_the_queue_from_the_command_line(tiny: str) -> None:
     created = cli_json("token", "create", "--name", "ci-bot", "--scope", "write")
     assert created["name"] == "ci-bot" and created["scope"] == "write" and created["token"].startswith("fst_")
@@ -195,6 +247,19 @@ def test_tokens_and_the_queue_from_the_command_line(tiny: str) -> None:
     assert cli_json("edit", "show", str(edit_id))["status"] == "pending"
     assert cli_json("worker", "--until-idle", "--poll", "0.1")["computed"] == 1
     assert cli_json("edit", "show", str(edit_id))["status"] == "active"
-    refused = cli("edit", "add", "--model", tiny, "--prompt", "no braces", "--subject", "X", "--target", "Y", "--queue", check=False)
+    refused = cli(
+        "edit",
+        "add",
+        "--model",
+        tiny,
+        "--prompt",
+        "no braces",
+        "--subject",
+        "X",
+        "--target",
+        "Y",
+        "--queue",
+        check=False,
+    )
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "exactly once" in refused.stderr
     assert [(e["id"], e["seq"]) for e in cli_json("edit", "list", "--model", tiny, "--status", "all")] == [(edit_id, 1)]

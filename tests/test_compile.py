@@ -45,12 +45,19 @@ def test_same_log_same_bytes_in_and_across_processes(edited, tmp_path: Path) -> 
     again, created = api.compile_release(store, "tiny", "joint")
     assert not created and again.id == release.id
     out = tmp_path / "elsewhere"
-    done = subprocess.run([sys.executable, "-m", "factstore.cli.main", "compile", "--model", "tiny", "--out", str(out), "--json"],
-                          cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
+    done = subprocess.run(
+        [sys.executable, "-m", "factstore.cli.main", "compile", "--model", "tiny", "--out", str(out), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
     assert done.returncode == 0, done.stderr
     reported = json.loads(done.stdout)
     assert reported["version"] == 1 and reported["created"] is False  # the same log is the same release: no new version
-    assert set(reported["seconds"]) == {"load", "score", "apply", "write"} and len(api.list_releases(store, "tiny")) == 1
+    assert (
+        set(reported["seconds"]) == {"load", "score", "apply", "write"} and len(api.list_releases(store, "tiny")) == 1
+    )
     assert _files(Path(release.path)) == _files(out)
     manifest = json.loads((out / layout.MANIFEST).read_text())
     assert manifest["files"] == layout.file_hashes(out) and [e["subject"] for e in manifest["edits"]] == SUBJECTS
@@ -58,7 +65,9 @@ def test_same_log_same_bytes_in_and_across_processes(edited, tmp_path: Path) -> 
     judged = [e for e in manifest["edits"] if e["target_true"]]
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     texts = [e["prompt"].replace("{}", e["subject"]) for e in judged for _ in range(2)]
-    probs = target_probs(model, session.tokenizer, texts, [t for e in judged for t in (e["target_new"], e["target_true"])]).view(-1, 2)
+    probs = target_probs(
+        model, session.tokenizer, texts, [t for e in judged for t in (e["target_new"], e["target_true"])]
+    ).view(-1, 2)
     assert manifest["scores"]["n"] == len(judged) > 0
     assert manifest["scores"]["ES"] == pytest.approx(100.0 * float((probs[:, 0] > probs[:, 1]).float().mean()))
     assert "Scores of this release on its own edits" in (out / "README.md").read_text()
@@ -88,7 +97,9 @@ def test_every_edit_holds_after_a_joint_compile_and_retraction_drops_exactly_one
     remaining = store.list_edits(1)
     assert max(constraint_errors(model, remaining).values()) <= 1e-3
     assert constraint_errors(model, [retracted])[retracted.id] > 1e-2
-    changed = {n for n, h in layout.file_hashes(Path(first.path)).items() if layout.file_hashes(Path(second.path)).get(n) != h}
+    changed = {
+        n for n, h in layout.file_hashes(Path(first.path)).items() if layout.file_hashes(Path(second.path)).get(n) != h
+    }
     assert changed == {f"mlp-down-{retracted.layer:03d}.safetensors", "README.md", layout.EDIT_VECTORS}
     for edit in remaining:
         store.set_edit_retracted(edit.id)
@@ -102,9 +113,18 @@ def test_unsatisfiable_log_is_refused_and_nothing_is_written(edited, factstore_h
     store, _ = edited
     one = store.list_edits(1)[0]
     clash = NewEdit(
-        request=EditRequest("{} is in", "Somewhere", "Oslo"), target_true=None, layer=one.layer, module=one.module,
-        key=one.key, key_shape=one.key_shape, value=bytes(len(one.value)), value_shape=one.value_shape,
-        hparams=one.hparams, hparams_fingerprint=one.hparams_fingerprint, covariance_id=one.covariance_id, metrics={},
+        request=EditRequest("{} is in", "Somewhere", "Oslo"),
+        target_true=None,
+        layer=one.layer,
+        module=one.module,
+        key=one.key,
+        key_shape=one.key_shape,
+        value=bytes(len(one.value)),
+        value_shape=one.value_shape,
+        hparams=one.hparams,
+        hparams_fingerprint=one.hparams_fingerprint,
+        covariance_id=one.covariance_id,
+        metrics={},
     )
     added = store.create_edit(1, clash)  # same key as edit 1, a different value: both cannot hold
     with pytest.raises(CompileError, match=rf"edit {one.id}: .*edit {added.id}: "):
@@ -115,7 +135,9 @@ def test_unsatisfiable_log_is_refused_and_nothing_is_written(edited, factstore_h
 
 
 @pytest.mark.database
-def test_a_crash_while_writing_leaves_no_folder_and_no_row(edited, factstore_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_crash_while_writing_leaves_no_folder_and_no_row(
+    edited, factstore_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     store, _ = edited
 
     def crash(*_args: object, **_kwargs: object) -> None:
@@ -178,5 +200,8 @@ def test_stable_files_are_copied_where_reflinks_are_refused(tmp_path: Path, monk
     target.mkdir()
     hashes = stable.place(state, {"base-00001-of-00001.safetensors": ["a", "b"]}, target)
     copied = target / "base-00001-of-00001.safetensors"
-    assert hashes == {copied.name: file_sha256(copied)} and copied.stat().st_ino != (stable.folder / copied.name).stat().st_ino
+    assert (
+        hashes == {copied.name: file_sha256(copied)}
+        and copied.stat().st_ino != (stable.folder / copied.name).stat().st_ino
+    )
     assert stable.place(state, {copied.name: ["a", "b"]}, tmp_path) == hashes  # second time: from the index

@@ -58,11 +58,15 @@ def test_null_space_compile_holds_every_edit_and_leaves_cs_principal_keys_alone(
     assert manifest["mode"] == "null-space" and manifest["null_space_threshold"] == replay.NULL_SPACE_THRESHOLD
 
 
-def test_null_space_compile_refuses_more_edits_than_the_null_space_holds(edited, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_null_space_compile_refuses_more_edits_than_the_null_space_holds(
+    edited, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     store, _ = edited
     C = MatrixCache(store.get_covariance)(store.list_edits(1)[0].covariance_id)
     vals = torch.linalg.eigvalsh(C.double())
-    monkeypatch.setattr(replay, "NULL_SPACE_THRESHOLD", float((vals[2] + vals[3]) / 2 / vals[-1]))  # a null space of 3 dimensions for 4 edits
+    monkeypatch.setattr(
+        replay, "NULL_SPACE_THRESHOLD", float((vals[2] + vals[3]) / 2 / vals[-1])
+    )  # a null space of 3 dimensions for 4 edits
     assert null_space(C, replay.NULL_SPACE_THRESHOLD).shape[1] == 3
     with pytest.raises(CompileError, match="4 edits but C's null space only 3 dimensions"):
         api.compile_release(store, "tiny", "null-space")
@@ -75,7 +79,10 @@ def test_spread_compile_needs_c_below_then_spreads_meets_targets_and_is_determin
     top = edits[0].layer
     layers = spread.spread_layers(top)
     assert layers[-1] == top and len(layers) == min(top + 1, spread.SPREAD_LAYERS) and len(layers) >= 2
-    with pytest.raises(CompileError, match=rf"key statistics of layer {layers[0]}: run `factstore stats compute --model tiny --layer {layers[0]} --tokens 2000 --corpus "):
+    with pytest.raises(
+        CompileError,
+        match=rf"key statistics of layer {layers[0]}: run `factstore stats compute --model tiny --layer {layers[0]} --tokens 2000 --corpus ",
+    ):
         api.compile_release(store, "tiny", "spread")
     corpus = store.get_covariance(edits[0].covariance_id).corpus
     for layer in layers[:-1]:

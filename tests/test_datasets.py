@@ -20,8 +20,13 @@ def test_counterfact_records_and_requests_read_alike() -> None:
     requests = read_requests(COUNTERFACT, 3)
     first = json.loads(COUNTERFACT.read_text())[0]
     assert [r.request for r in records] == requests
-    assert requests[0].subject == first["requested_rewrite"]["subject"] and requests[0].target_new == first["requested_rewrite"]["target_new"]["str"]
-    assert records[0].paraphrases == tuple(first["paraphrase_prompts"]) and records[0].neighbours == tuple(first["neighborhood_prompts"])
+    assert (
+        requests[0].subject == first["requested_rewrite"]["subject"]
+        and requests[0].target_new == first["requested_rewrite"]["target_new"]["str"]
+    )
+    assert records[0].paraphrases == tuple(first["paraphrase_prompts"]) and records[0].neighbours == tuple(
+        first["neighborhood_prompts"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -34,7 +39,10 @@ def test_counterfact_records_and_requests_read_alike() -> None:
         (b"[]", "holds no records"),
         (b'[{"prompt": "{} is in", "subject": "X", "target": 7}]', "record 1 of f.json: target_new must be a string"),
         (b'[{"prompt": "{} is in", "subject": "X"}]', "record 1 of f.json: it has no target_new (or target)"),
-        (b'[{"prompt": "{} is in", "subject": "X", "target": "Y"}, {"prompt": "no slot", "subject": "X", "target": "Y"}]', "record 2 of f.json: the prompt must contain"),
+        (
+            b'[{"prompt": "{} is in", "subject": "X", "target": "Y"}, {"prompt": "no slot", "subject": "X", "target": "Y"}]',
+            "record 2 of f.json: the prompt must contain",
+        ),
     ],
 )
 def test_malformed_request_files_are_one_line_errors(tmp_path: Path, content: bytes, message: str) -> None:
@@ -59,11 +67,19 @@ def test_limits_below_one_are_refused_and_a_csv_needs_its_columns(tmp_path: Path
 
 def test_records_need_their_true_object_and_known_facts_their_subject(tmp_path: Path) -> None:
     path = tmp_path / "r.json"
-    path.write_text(json.dumps([{"requested_rewrite": {"prompt": "{} is in", "subject": "X", "target_new": {"str": "Y"}}}]))
+    path.write_text(
+        json.dumps([{"requested_rewrite": {"prompt": "{} is in", "subject": "X", "target_new": {"str": "Y"}}}])
+    )
     with pytest.raises(ImportFileError, match=r"record 1 of r\.json: it has no target_true"):
         read_records(path)
-    path.write_text(json.dumps([{"subject": "Big Ben", "prompt": "Big Ben is in", "attribute": "London"},
-                                {"subject": "Louvre", "prompt": "The museum is in", "attribute": "Paris"}]))
+    path.write_text(
+        json.dumps(
+            [
+                {"subject": "Big Ben", "prompt": "Big Ben is in", "attribute": "London"},
+                {"subject": "Louvre", "prompt": "The museum is in", "attribute": "Paris"},
+            ]
+        )
+    )
     assert read_known_facts(path, 1)[0].template == "{} is in"
     with pytest.raises(ImportFileError, match=r"record 2 of r\.json: the prompt does not contain the subject 'Louvre'"):
         read_known_facts(path)

@@ -21,7 +21,15 @@ def _cuda_forbidden(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("CUDA was touched on a run told to use the CPU")
 
     monkeypatch.delenv("FACTSTORE_DEVICE", raising=False)
-    for name in ("is_available", "device_count", "current_device", "synchronize", "set_device", "init", "max_memory_allocated"):
+    for name in (
+        "is_available",
+        "device_count",
+        "current_device",
+        "synchronize",
+        "set_device",
+        "init",
+        "max_memory_allocated",
+    ):
         monkeypatch.setattr(torch.cuda, name, touched)
     monkeypatch.setattr(torch.Tensor, "cuda", touched)
     monkeypatch.setattr(torch.nn.Module, "cuda", touched)
@@ -31,10 +39,19 @@ def test_a_cpu_run_never_touches_cuda(tiny_store: Store, tmp_path: Path, monkeyp
     import json
 
     _cuda_forbidden(monkeypatch)
-    api.add_edit(tiny_store, "tiny", prompt="{} is located in the city of", subject="The Eiffel Tower", target="Rome", device="cpu")
+    api.add_edit(
+        tiny_store,
+        "tiny",
+        prompt="{} is located in the city of",
+        subject="The Eiffel Tower",
+        target="Rome",
+        device="cpu",
+    )
     records = tmp_path / "edits.json"
     facts = [("The Louvre", "Berlin"), ("Big Ben", "Paris"), ("The Colosseum", "Madrid")]
-    records.write_text(json.dumps([{"prompt": "{} is located in the city of", "subject": s, "target": t} for s, t in facts]))
+    records.write_text(
+        json.dumps([{"prompt": "{} is located in the city of", "subject": s, "target": t} for s, t in facts])
+    )
     assert api.import_edits(tiny_store, "tiny", str(records), device="cpu", batch=3)["added"] == 3
     release, _ = api.compile_release(tiny_store, "tiny", device="cpu")
     assert Path(release.path).is_dir()
@@ -50,7 +67,11 @@ def test_no_device_is_named_outside_the_one_place_that_chooses_it() -> None:
         functions = {n: fn.name for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef) for n in ast.walk(fn)}
         for node in ast.walk(tree):
             named = isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("cuda")
-            called = isinstance(node, ast.Attribute) and node.attr == "cuda" and not (isinstance(node.value, ast.Name) and node.value.id == "torch")
+            called = (
+                isinstance(node, ast.Attribute)
+                and node.attr == "cuda"
+                and not (isinstance(node.value, ast.Name) and node.value.id == "torch")
+            )
             if (named or called) and (str(path.relative_to(PACKAGE)), functions.get(node)) not in allowed:
                 found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert found == []

@@ -26,14 +26,20 @@ def _store(db_url: str, tmp_path: Path, gpt2_tokenizer, family: str, saved: torc
     random_decoder(family, seed=0, dtype=saved).save_pretrained(folder)
     gpt2_tokenizer.save_pretrained(folder)
     corpus = tmp_path / "corpus.json"
-    corpus.write_text(json.dumps([f"Paragraph {i}: the river runs through the old town and the fields." for i in range(100)]))
+    corpus.write_text(
+        json.dumps([f"Paragraph {i}: the river runs through the old town and the fields." for i in range(100)])
+    )
     api.upgrade_database(db_url)
     return api.open_store(db_url), folder, corpus
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-@pytest.mark.parametrize(("dtype", "pinned"), [("bfloat16", False), ("float16", True)], ids=["bf16-declared", "fp16-pinned"])
-def test_a_low_precision_model_stays_in_its_dtype(family: str, dtype: str, pinned: bool, db_url: str, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("dtype", "pinned"), [("bfloat16", False), ("float16", True)], ids=["bf16-declared", "fp16-pinned"]
+)
+def test_a_low_precision_model_stays_in_its_dtype(
+    family: str, dtype: str, pinned: bool, db_url: str, tmp_path: Path, gpt2_tokenizer
+) -> None:  # type: ignore[no-untyped-def]
     torch_dtype = getattr(torch, dtype)
     # bfloat16: the checkpoint declares it; float16: a float32 checkpoint pinned with --dtype
     store, folder, corpus = _store(db_url, tmp_path, gpt2_tokenizer, family, torch.float32 if pinned else torch_dtype)
@@ -45,9 +51,13 @@ def test_a_low_precision_model_stays_in_its_dtype(family: str, dtype: str, pinne
         session.add(api.EditRequest("{} is located in the city of", subject, target), layer=1)
     assert {p.dtype for p in session.model.parameters()} == {torch_dtype}  # nothing upcast, the edited layer included
     edits = api.list_edits(store, "m")
-    assert constraint_errors(session.model, edits)[edits[-1].id] <= tolerance(session.model, 1) < 0.02  # (each held after its own update)
+    assert (
+        constraint_errors(session.model, edits)[edits[-1].id] <= tolerance(session.model, 1) < 0.02
+    )  # (each held after its own update)
 
-    first, _ = api.compile_release(store, "m", "joint", device="cpu")  # refused if an edit's constraint failed after rounding
+    first, _ = api.compile_release(
+        store, "m", "joint", device="cpu"
+    )  # refused if an edit's constraint failed after rounding
     again, _ = api.compile_release(store, "m", "joint", out=str(tmp_path / "again"), device="cpu")
     files = sorted(p.name for p in Path(first.path).iterdir())
     assert files == sorted(p.name for p in Path(again.path).iterdir())
@@ -63,7 +73,9 @@ def test_a_low_precision_model_stays_in_its_dtype(family: str, dtype: str, pinne
     assert loaded.dtype == torch_dtype and max(constraint_errors(loaded, edits).values()) <= tolerance(loaded, 1)
     sequential, _ = api.compile_release(store, "m", "sequential", device="cpu")
     loaded = AutoModelForCausalLM.from_pretrained(sequential.path, dtype="auto")
-    assert torch.equal(arch.down_proj_weight(loaded, 1), arch.down_proj_weight(session.model, 1))  # the sequential release is the head
+    assert torch.equal(
+        arch.down_proj_weight(loaded, 1), arch.down_proj_weight(session.model, 1)
+    )  # the sequential release is the head
 
 
 def test_the_dtype_is_part_of_the_identity(db_url: str, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]

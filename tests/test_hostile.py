@@ -91,7 +91,9 @@ def rehash(files: dict[str, bytes], edit: Callable[[dict], None]) -> dict[str, b
     attack reaches the checks behind the hash check."""
     manifest = json.loads(files[layout.MANIFEST])
     edit(manifest)
-    manifest["files"] = {n: hashlib.sha256(d).hexdigest() for n, d in files.items() if n != layout.MANIFEST and n in manifest["files"]}
+    manifest["files"] = {
+        n: hashlib.sha256(d).hexdigest() for n, d in files.items() if n != layout.MANIFEST and n in manifest["files"]
+    }
     return {**files, layout.MANIFEST: json.dumps(manifest).encode()}
 
 
@@ -126,7 +128,12 @@ def _manifest_with(files: dict[str, bytes], extra: dict[str, bytes]) -> dict[str
     ],
 )
 def test_file_names_that_are_not_plain_names_in_the_repository_are_refused(
-    release: dict[str, bytes], hub: HubServer, tmp_path: Path, sentinel: Callable[[], str], name: str, message: str,
+    release: dict[str, bytes],
+    hub: HubServer,
+    tmp_path: Path,
+    sentinel: Callable[[], str],
+    name: str,
+    message: str,
 ) -> None:
     before = sentinel()
     craft(hub, "eve/names", _manifest_with(release, {name: b"print('owned')"}))
@@ -145,14 +152,18 @@ def test_file_names_that_are_not_plain_names_in_the_repository_are_refused(
         (b"\xff\xfe", "is not valid JSON"),
     ],
 )
-def test_malformed_manifests_are_one_line_refusals(release: dict[str, bytes], hub: HubServer, tmp_path: Path, manifest: bytes, message: str) -> None:
+def test_malformed_manifests_are_one_line_refusals(
+    release: dict[str, bytes], hub: HubServer, tmp_path: Path, manifest: bytes, message: str
+) -> None:
     craft(hub, "eve/manifest", {**release, layout.MANIFEST: manifest})
     pull_refused(hub, "eve/manifest", tmp_path / "out", message)
     assert not (tmp_path / "out").exists()
 
 
 @SQLITE
-def test_a_file_that_fails_its_hash_drops_the_cached_commit(release: dict[str, bytes], hub: HubServer, tmp_path: Path) -> None:
+def test_a_file_that_fails_its_hash_drops_the_cached_commit(
+    release: dict[str, bytes], hub: HubServer, tmp_path: Path
+) -> None:
     layer_file = next(n for n in release if n.startswith("mlp-down"))
     craft(hub, "eve/hash", {**release, layer_file: release[layer_file][:-4] + b"\0\0\0\0"})
     pull_refused(hub, "eve/hash", tmp_path / "out", layer_file)
@@ -199,7 +210,12 @@ REFUSAL = {
 @SQLITE
 @pytest.mark.parametrize("attack", [*POISON, "NaN vectors", "a tag beyond int32"])
 def test_poisoned_edit_logs_are_refused_whole(
-    release: dict[str, bytes], hub: HubServer, tmp_path: Path, tiny_store, sentinel: Callable[[], str], attack: str,  # type: ignore[no-untyped-def]
+    release: dict[str, bytes],
+    hub: HubServer,
+    tmp_path: Path,
+    tiny_store,
+    sentinel: Callable[[], str],
+    attack: str,  # type: ignore[no-untyped-def]
 ) -> None:
     files, tag = release, "v1"
     if attack == "NaN vectors":
@@ -213,7 +229,9 @@ def test_poisoned_edit_logs_are_refused_whole(
     if attack != "a base model on a local path":
         api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)  # bob has the same local base weights
     before = (sentinel(), [m.alias for m in api.list_models(bob)])
-    message = {"NaN vectors": "its value is not finite", "a tag beyond int32": "is not a version"}.get(attack) or REFUSAL[attack]
+    message = {"NaN vectors": "its value is not finite", "a tag beyond int32": "is not a version"}.get(
+        attack
+    ) or REFUSAL[attack]
     with pytest.raises((ReleaseVerificationError, HubError), match=message):
         api.pull_release("eve/poison", tag, str(tmp_path / "out"), endpoint=hub.url, import_into=bob, alias="team")
     assert (sentinel(), [m.alias for m in api.list_models(bob)]) == before
@@ -222,7 +240,9 @@ def test_poisoned_edit_logs_are_refused_whole(
 
 
 @SQLITE
-def test_weights_that_are_not_the_compile_of_the_log_are_refused(release: dict[str, bytes], hub: HubServer, tmp_path: Path, tiny_store) -> None:  # type: ignore[no-untyped-def]
+def test_weights_that_are_not_the_compile_of_the_log_are_refused(
+    release: dict[str, bytes], hub: HubServer, tmp_path: Path, tiny_store
+) -> None:  # type: ignore[no-untyped-def]
     layer_file = next(n for n in release if n.startswith("mlp-down"))
     path = tmp_path / "layer.safetensors"
     path.write_bytes(release[layer_file])
@@ -239,7 +259,9 @@ def test_weights_that_are_not_the_compile_of_the_log_are_refused(release: dict[s
 
 
 @SQLITE
-def test_the_cli_refuses_a_traversal_in_one_line_with_exit_1(release: dict[str, bytes], hub: HubServer, tmp_path: Path, sentinel: Callable[[], str]) -> None:
+def test_the_cli_refuses_a_traversal_in_one_line_with_exit_1(
+    release: dict[str, bytes], hub: HubServer, tmp_path: Path, sentinel: Callable[[], str]
+) -> None:
     before = sentinel()
     craft(hub, "eve/cli", _manifest_with(release, {"../../user/secret.txt": b"stolen"}))
     done = run("pull", "eve/cli", "--version", "v1", "--out", str(tmp_path / "o"), "--endpoint", hub.url, check=False)
@@ -253,14 +275,24 @@ def _gets(server: HubServer, name: str) -> list[str]:
 
 @SQLITE
 def test_files_larger_than_they_can_be_are_refused_before_a_byte_is_fetched(  # type: ignore[no-untyped-def]
-    release: dict[str, bytes], hub: HubServer, tmp_path: Path, tiny_store,
+    release: dict[str, bytes],
+    hub: HubServer,
+    tmp_path: Path,
+    tiny_store,
 ) -> None:
     from factstore.release.manifest import MAX_MANIFEST_BYTES
     from factstore.release.stats_repo import INDEX, StatsEntry, StatsIndex
     from factstore.weights import stats
 
-    craft(hub, "eve/big-manifest", {**release, layout.MANIFEST: release[layout.MANIFEST] + b" " * MAX_MANIFEST_BYTES})  # still valid JSON
-    pull_refused(hub, "eve/big-manifest", tmp_path / "out", f"{layout.MANIFEST} is .* bytes, more than .* refused before downloading it")
+    craft(
+        hub, "eve/big-manifest", {**release, layout.MANIFEST: release[layout.MANIFEST] + b" " * MAX_MANIFEST_BYTES}
+    )  # still valid JSON
+    pull_refused(
+        hub,
+        "eve/big-manifest",
+        tmp_path / "out",
+        f"{layout.MANIFEST} is .* bytes, more than .* refused before downloading it",
+    )
     assert _gets(hub, layout.MANIFEST) == [] and not (tmp_path / "out").exists()
 
     # a C file larger than its matrix: from a statistics repository, and shipped with a release
@@ -268,9 +300,22 @@ def test_files_larger_than_they_can_be_are_refused_before_a_byte_is_fetched(  # 
     dim = stats.load_matrix(Path(cov.path)).shape[0]
     big = b"\0" * (stats.max_file_bytes(dim, cov.dtype) + 1)
     sha = hashlib.sha256(big).hexdigest()
-    entry = StatsEntry(sha256=sha, identity=tiny_store.get_base_model("tiny").identity, layer=cov.layer, module=cov.module,
-                       corpus="c-corpus.json", corpus_sha256=cov.corpus_sha256, tokens=cov.tokens, dtype=cov.dtype)  # type: ignore[arg-type]
-    craft(hub, "eve/big-stats", {INDEX: StatsIndex(files=[entry]).model_dump_json().encode(), stats.shipped_name(sha): big}, lfs=True)
+    entry = StatsEntry(
+        sha256=sha,
+        identity=tiny_store.get_base_model("tiny").identity,
+        layer=cov.layer,
+        module=cov.module,
+        corpus="c-corpus.json",
+        corpus_sha256=cov.corpus_sha256,
+        tokens=cov.tokens,
+        dtype=cov.dtype,
+    )  # type: ignore[arg-type]
+    craft(
+        hub,
+        "eve/big-stats",
+        {INDEX: StatsIndex(files=[entry]).model_dump_json().encode(), stats.shipped_name(sha): big},
+        lfs=True,
+    )
     bob = _bob(tmp_path)
     api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
     with pytest.raises(ReleaseVerificationError, match="refused before downloading it"):
@@ -282,34 +327,60 @@ def test_files_larger_than_they_can_be_are_refused_before_a_byte_is_fetched(  # 
 
     craft(hub, "eve/big-shipped", rehash({**release, stats.shipped_name(sha): big}, ship_big))
     with pytest.raises(ReleaseVerificationError, match="refused before downloading it"):
-        api.pull_release("eve/big-shipped", "v1", str(tmp_path / "out2"), endpoint=hub.url, import_into=bob, alias="team")
-    assert _gets(hub, stats.shipped_name(sha)) == [] and bob.list_covariances(1) == [] and api.list_edits(bob, "team", "all") == []
+        api.pull_release(
+            "eve/big-shipped", "v1", str(tmp_path / "out2"), endpoint=hub.url, import_into=bob, alias="team"
+        )
+    assert (
+        _gets(hub, stats.shipped_name(sha)) == []
+        and bob.list_covariances(1) == []
+        and api.list_edits(bob, "team", "all") == []
+    )
 
 
 @SQLITE
 def test_a_release_that_would_not_fit_on_the_disk_is_refused_before_download(  # type: ignore[no-untyped-def]
-    release: dict[str, bytes], hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    release: dict[str, bytes],
+    hub: HubServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from collections import namedtuple
 
     need = sum(len(data) for name, data in release.items() if name != layout.MANIFEST)
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(pull.shutil, "disk_usage", lambda _p: usage(10 * need, 9 * need, 2 * need - 1))  # the cache and --out share it
+    monkeypatch.setattr(
+        pull.shutil, "disk_usage", lambda _p: usage(10 * need, 9 * need, 2 * need - 1)
+    )  # the cache and --out share it
     craft(hub, "eve/fat", release)
     pull_refused(hub, "eve/fat", tmp_path / "out", r"needs .* GB free; free space, or set HF_HOME or --out elsewhere")
-    assert not [p for m, p in hub.state.log if m == "GET" and "/resolve/" in p and not p.endswith(layout.MANIFEST)]  # nothing fetched
+    assert not [
+        p for m, p in hub.state.log if m == "GET" and "/resolve/" in p and not p.endswith(layout.MANIFEST)
+    ]  # nothing fetched
     monkeypatch.setattr(pull.shutil, "disk_usage", lambda _p: usage(10 * need, 8 * need, 2 * need))
     assert api.pull_release("eve/fat", "v1", str(tmp_path / "out"), endpoint=hub.url).verified
 
 
 @SQLITE
-def test_a_release_of_a_newer_manifest_format_names_the_version_to_upgrade_to(release: dict[str, bytes], hub: HubServer, tmp_path: Path) -> None:
+def test_a_release_of_a_newer_manifest_format_names_the_version_to_upgrade_to(
+    release: dict[str, bytes], hub: HubServer, tmp_path: Path
+) -> None:
     from factstore.release.manifest import FORMAT
 
     assert json.loads(release[layout.MANIFEST])["format"] == FORMAT  # every release says its format
-    newer = rehash(release, lambda m: m.update(format=FORMAT + 1, factstore_version="9.1.0", a_field_of_the_future=[1, 2]))
+    newer = rehash(
+        release, lambda m: m.update(format=FORMAT + 1, factstore_version="9.1.0", a_field_of_the_future=[1, 2])
+    )
     craft(hub, "eve/future", newer)
-    pull_refused(hub, "eve/future", tmp_path / "o", rf"manifest is format {FORMAT + 1}, newer .* pip install -U 'factstore-edit>=9\.1\.0'")
-    craft(hub, "eve/future-odd", rehash(release, lambda m: m.update(format=FORMAT + 1, factstore_version="x; rm -rf /")))
-    pull_refused(hub, "eve/future-odd", tmp_path / "p", r"upgrade with: pip install -U factstore-edit$")  # an odd version is not echoed
+    pull_refused(
+        hub,
+        "eve/future",
+        tmp_path / "o",
+        rf"manifest is format {FORMAT + 1}, newer .* pip install -U 'factstore-edit>=9\.1\.0'",
+    )
+    craft(
+        hub, "eve/future-odd", rehash(release, lambda m: m.update(format=FORMAT + 1, factstore_version="x; rm -rf /"))
+    )
+    pull_refused(
+        hub, "eve/future-odd", tmp_path / "p", r"upgrade with: pip install -U factstore-edit$"
+    )  # an odd version is not echoed
     assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()

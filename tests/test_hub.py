@@ -18,7 +18,14 @@ from cli_runner import run
 from factstore import api
 from factstore.domain import EditRequest
 from factstore.editing.session import EditSession
-from factstore.errors import CompileError, HubAuthError, HubNotFound, HubUnreachable, PublishConflict, ReleaseVerificationError
+from factstore.errors import (
+    CompileError,
+    HubAuthError,
+    HubNotFound,
+    HubUnreachable,
+    PublishConflict,
+    ReleaseVerificationError,
+)
 from factstore.release import layout
 from factstore.weights.replay import constraint_errors
 from hub_server import HubServer
@@ -84,7 +91,11 @@ def _constraint_errors(folder: str | Path, store, alias: str = "tiny") -> list[f
 
 
 def _downloads(server: HubServer, start: int) -> set[str]:
-    return {path.split("/resolve/", 1)[1].split("/", 1)[1] for method, path in server.state.log[start:] if method == "GET" and "/resolve/" in path}
+    return {
+        path.split("/resolve/", 1)[1].split("/", 1)[1]
+        for method, path in server.state.log[start:]
+        if method == "GET" and "/resolve/" in path
+    }
 
 
 def test_v1_v2_round_trip_only_changed_bytes_travel(tiny_store, hub: HubServer, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -115,7 +126,10 @@ def test_v1_v2_round_trip_only_changed_bytes_travel(tiny_store, hub: HubServer, 
     assert "base-00001-of-00001.safetensors" not in fetched and "factstore.json" in fetched
 
     releases = {r.version: r for r in api.list_releases(tiny_store, "tiny")}
-    assert {v: (r.status, r.tag, r.hub_commit) for v, r in releases.items()} == {1: ("published", "v1", v1.commit), 2: ("published", "v2", v2.commit)}
+    assert {v: (r.status, r.tag, r.hub_commit) for v, r in releases.items()} == {
+        1: ("published", "v1", v1.commit),
+        2: ("published", "v2", v2.commit),
+    }
     local = Path(releases[2].path)
     assert all((tmp_path / "v2" / f).read_bytes() == (local / f).read_bytes() for f in layout.file_hashes(local))
     # the pulled models, loaded with plain transformers, hold their edits (W k* = v*) and only theirs
@@ -148,7 +162,9 @@ def test_two_concurrent_publishers_one_wins(tiny_store, hub: HubServer, tmp_path
     threads = [threading.Thread(target=publish, args=a) for a in (("alice", tiny_store, "tiny"), ("bob", bob, "team"))]
     for t in threads:
         t.start()
-    while sum(1 for m, p in hub.state.log if m == "POST" and "/commit/" in p) < 2 and all(t.is_alive() for t in threads):
+    while sum(1 for m, p in hub.state.log if m == "POST" and "/commit/" in p) < 2 and all(
+        t.is_alive() for t in threads
+    ):
         threading.Event().wait(0.05)
     hub.state.hold.set()
     for t in threads:
@@ -168,7 +184,9 @@ def test_two_concurrent_publishers_one_wins(tiny_store, hub: HubServer, tmp_path
         ("/commit/", "after", 1),  # the commit landed but its answer was lost
     ],
 )
-def test_interrupted_publish_is_finished_by_a_rerun(tiny_store, hub: HubServer, route: str, when: str, times: int) -> None:  # type: ignore[no-untyped-def]
+def test_interrupted_publish_is_finished_by_a_rerun(
+    tiny_store, hub: HubServer, route: str, when: str, times: int
+) -> None:  # type: ignore[no-untyped-def]
     _add(tiny_store, "tiny", FACTS[:1])
     api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
     _add(tiny_store, "tiny", FACTS[1:2])
@@ -197,7 +215,10 @@ def test_publish_through_a_network_outage_is_finished_by_a_rerun(tiny_store, lfs
     assert release.status == "built" and release.hub_commit is None and not lfs_hub.state.repos[NAME].tags
     lfs_hub.state.drop.clear()  # the network is back
     done = api.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url)
-    assert lfs_hub.state.repos[NAME].tags == {"v1": done.commit} and api.list_releases(tiny_store, "tiny")[-1].status == "published"
+    assert (
+        lfs_hub.state.repos[NAME].tags == {"v1": done.commit}
+        and api.list_releases(tiny_store, "tiny")[-1].status == "published"
+    )
 
 
 @SQLITE_ONLY
@@ -235,7 +256,9 @@ def test_tampered_file_is_detected_and_nothing_is_written(tiny_store, hub: HubSe
 
 
 @SQLITE_ONLY
-def test_private_repo_tokens_and_failures_are_one_line_errors(tiny_store, hub: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_private_repo_tokens_and_failures_are_one_line_errors(
+    tiny_store, hub: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     _add(tiny_store, "tiny", FACTS[:1])
     api.publish_release(tiny_store, "tiny", NAME, private=True, endpoint=hub.url)
     assert hub.state.repos[NAME].private
@@ -266,16 +289,26 @@ def test_import_edits_then_edit_and_publish_v3(tiny_store, hub: HubServer, tmp_p
     v2 = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
 
     bob = _fresh_store(tmp_path, "bob")
-    with pytest.raises(ReleaseVerificationError, match="neither a Hub id nor a starter asset"):  # never a local path a release names
+    with pytest.raises(
+        ReleaseVerificationError, match="neither a Hub id nor a starter asset"
+    ):  # never a local path a release names
         api.pull_release(NAME, "v2", endpoint=hub.url, import_into=bob, alias="team")
     assert api.list_models(bob) == []
     api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
     pulled = api.pull_release(NAME, "v2", endpoint=hub.url, import_into=bob, alias="team")
-    assert pulled.imported == {"alias": "team", "base_revision": tiny_store.get_base_model("tiny").revision, "edits_added": 2,
-                               "edits_total": 2, "release": 2, "rebuilt_identical": True}
+    assert pulled.imported == {
+        "alias": "team",
+        "base_revision": tiny_store.get_base_model("tiny").revision,
+        "edits_added": 2,
+        "edits_total": 2,
+        "release": 2,
+        "rebuilt_identical": True,
+    }
     theirs = api.list_edits(tiny_store, "tiny")
     mine = api.list_edits(bob, "team")
-    assert [(e.key_sha256, e.value_sha256, e.subject) for e in mine] == [(e.key_sha256, e.value_sha256, e.subject) for e in theirs]
+    assert [(e.key_sha256, e.value_sha256, e.subject) for e in mine] == [
+        (e.key_sha256, e.value_sha256, e.subject) for e in theirs
+    ]
     assert api.publish_release(bob, "team", NAME, endpoint=hub.url).already  # the imported v2 is the same release
 
     _add(bob, "team", FACTS[2:])
@@ -307,10 +340,15 @@ def test_cli_publish_and_pull_json(tiny_store, lfs_hub: HubServer, tmp_path: Pat
     bad = run("pull", NAME, "--version", "v7", "--endpoint", hub.url, check=False)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "v7" in bad.stderr
     again = run("publish", "--model", "tiny", "--repo", NAME, "--with-stats", "--endpoint", hub.url)
-    assert again.returncode == 0 and "already published" in again.stdout and "stats push" in again.stdout  # says why no statistics went
+    assert (
+        again.returncode == 0 and "already published" in again.stdout and "stats push" in again.stdout
+    )  # says why no statistics went
 
 
-@pytest.mark.skipif(not (os.environ.get("FACTSTORE_LIVE_HUB") == "1" and os.environ.get("HF_TOKEN")), reason="live Hub test: set FACTSTORE_LIVE_HUB=1 and HF_TOKEN")
+@pytest.mark.skipif(
+    not (os.environ.get("FACTSTORE_LIVE_HUB") == "1" and os.environ.get("HF_TOKEN")),
+    reason="live Hub test: set FACTSTORE_LIVE_HUB=1 and HF_TOKEN",
+)
 @SQLITE_ONLY
 def test_live_hub_round_trip(tiny_store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from huggingface_hub import HfApi, constants
@@ -340,14 +378,23 @@ def _no_corpus_pass(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @SQLITE_ONLY
 def test_publish_with_stats_ships_each_c_once_and_the_puller_computes_none(  # type: ignore[no-untyped-def]
-    tiny_store, lfs_hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tiny_store,
+    lfs_hub: HubServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from factstore.hub import Hub
     from factstore.weights import stats
 
     sent: list[dict] = []
     real_upload = Hub.upload
-    monkeypatch.setattr(Hub, "upload", lambda self, *a, **k: sent.append(dict(a[6] if len(a) > 6 else k.get("extra") or {})) or real_upload(self, *a, **k))
+    monkeypatch.setattr(
+        Hub,
+        "upload",
+        lambda self, *a, **k: (
+            sent.append(dict(a[6] if len(a) > 6 else k.get("extra") or {})) or real_upload(self, *a, **k)
+        ),
+    )
     _add(tiny_store, "tiny", FACTS[:1])
     api.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url, with_stats=True)
     _add(tiny_store, "tiny", FACTS[1:2])
@@ -368,7 +415,9 @@ def test_publish_with_stats_ships_each_c_once_and_the_puller_computes_none(  # t
 
 
 @SQLITE_ONLY
-def test_a_tampered_shipped_c_is_refused(tiny_store, lfs_hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_tampered_shipped_c_is_refused(
+    tiny_store, lfs_hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     from factstore.weights import stats
 
     _add(tiny_store, "tiny", FACTS[:1])
@@ -383,12 +432,17 @@ def test_a_tampered_shipped_c_is_refused(tiny_store, lfs_hub: HubServer, tmp_pat
     with pytest.raises(ReleaseVerificationError, match="do not match the sha256 recorded for them"):
         api.pull_release(NAME, "v1", endpoint=lfs_hub.url, import_into=bob, alias="team")
     assert api.list_edits(bob, "team") == [] and bob.list_covariances(1) == []
-    assert not list((tmp_path / "bob-cache" / "stats").rglob("*.safetensors"))  # nothing left that a later edit could take for its own
+    assert not list(
+        (tmp_path / "bob-cache" / "stats").rglob("*.safetensors")
+    )  # nothing left that a later edit could take for its own
 
 
 @SQLITE_ONLY
 def test_stats_push_and_pull_through_a_repository_of_their_own(  # type: ignore[no-untyped-def]
-    tiny_store, lfs_hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tiny_store,
+    lfs_hub: HubServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stats_repo = "alice/tiny-stats"
     first = api.push_stats(tiny_store, "tiny", stats_repo, endpoint=lfs_hub.url)
@@ -407,4 +461,6 @@ def test_stats_push_and_pull_through_a_repository_of_their_own(  # type: ignore[
     layer = tiny_store.get_covariance(1).layer
     assert got["layers"] == [layer] and got["skipped"] == 0
     _add(bob, "mine", FACTS[:1])  # no statistics computed: the pulled C is the layer's
-    assert bob.get_covariance(api.list_edits(bob, "mine")[0].covariance_id).sha256 == tiny_store.get_covariance(1).sha256
+    assert (
+        bob.get_covariance(api.list_edits(bob, "mine")[0].covariance_id).sha256 == tiny_store.get_covariance(1).sha256
+    )

@@ -57,7 +57,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return [*path[path.index(nxt):], nxt]
+                return [*path[path.index(nxt) :], nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         state[node] = 2
@@ -108,5 +108,9 @@ def test_only_the_command_line_prints_or_draws_progress() -> None:
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno} print")
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                offenders += [f"{path.relative_to(REPO)}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in ("rich", "tqdm")]
+                offenders += [
+                    f"{path.relative_to(REPO)}:{node.lineno} imports {n}"
+                    for n in names
+                    if n.split(".")[0] in ("rich", "tqdm")
+                ]
     assert offenders == []

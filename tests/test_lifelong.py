@@ -49,7 +49,9 @@ def test_perplexity_is_exp_mean_nll() -> None:
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(tiny_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(
+    tiny_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     records = read_records(str(DATA), 4)
     run = tmp_path / "run"
     calls = {"slices": 0}
@@ -77,16 +79,34 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(tiny_store, tmp
 
     applied: list[str] = []
     real_apply = lifelong.apply_edits
-    monkeypatch.setattr(lifelong, "apply_edits", lambda m, e, c, mode, inputs=None: applied.append(mode) or real_apply(m, e, c, mode, inputs))
+    monkeypatch.setattr(
+        lifelong,
+        "apply_edits",
+        lambda m, e, c, mode, inputs=None: applied.append(mode) or real_apply(m, e, c, mode, inputs),
+    )
     computed.clear()
-    both = lifelong.lifelong(tiny_store, "tiny", records, settings=lifelong.LifelongSettings(
-        every=2, batch=2, modes=("sequential", "joint", "null-space"), heldout_tokens=300, retract=2, seed=1), folder=run)
+    both = lifelong.lifelong(
+        tiny_store,
+        "tiny",
+        records,
+        settings=lifelong.LifelongSettings(
+            every=2, batch=2, modes=("sequential", "joint", "null-space"), heldout_tokens=300, retract=2, seed=1
+        ),
+        folder=run,
+    )
     # two joint points (the default mode draws the curve), null-space at the end only, then the retraction's joint rebuild
     assert computed == [] and applied == ["joint", "joint", "null-space", "joint"]
     assert "null-space" not in both["curve"][0] and both["curve"][1]["null-space"]["edits"] == 4
-    monkeypatch.setattr(replay, "NULL_SPACE_THRESHOLD", 0.0)  # no null space: the mode refuses this log, and the run says so
-    refused = lifelong.lifelong(tiny_store, "tiny", records, settings=lifelong.LifelongSettings(
-        every=2, batch=2, modes=("null-space",), heldout_tokens=300), folder=tmp_path / "run2")
+    monkeypatch.setattr(
+        replay, "NULL_SPACE_THRESHOLD", 0.0
+    )  # no null space: the mode refuses this log, and the run says so
+    refused = lifelong.lifelong(
+        tiny_store,
+        "tiny",
+        records,
+        settings=lifelong.LifelongSettings(every=2, batch=2, modes=("null-space",), heldout_tokens=300),
+        folder=tmp_path / "run2",
+    )
     assert "null space only 0 dimensions" in refused["modes"]["null-space"]["refused"]
     assert both["modes"]["sequential"] == first["modes"]["sequential"]  # kept, not recomputed
     r = both["retraction"]
@@ -95,8 +115,21 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(tiny_store, tmp
     with pytest.raises(api.FactStoreError, match="another records_sha256"):
         lifelong.lifelong(tiny_store, "tiny", records[:3], settings=plan, folder=run)  # the folder holds another run
     with pytest.raises(api.FactStoreError, match="another batch"):
-        lifelong.lifelong(tiny_store, "tiny", records, settings=lifelong.LifelongSettings(every=2, batch=3, heldout_tokens=300), folder=run)
+        lifelong.lifelong(
+            tiny_store,
+            "tiny",
+            records,
+            settings=lifelong.LifelongSettings(every=2, batch=3, heldout_tokens=300),
+            folder=run,
+        )
     with pytest.raises(api.FactStoreError, match="retracted 2 edits"):
-        lifelong.lifelong(tiny_store, "tiny", records, settings=lifelong.LifelongSettings(
-            every=2, batch=2, modes=("joint",), heldout_tokens=300, retract=3, seed=1), folder=run)
+        lifelong.lifelong(
+            tiny_store,
+            "tiny",
+            records,
+            settings=lifelong.LifelongSettings(
+                every=2, batch=2, modes=("joint",), heldout_tokens=300, retract=3, seed=1
+            ),
+            folder=run,
+        )
     assert set(replay.MODES) >= {"sequential", "joint"}

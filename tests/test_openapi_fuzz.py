@@ -33,12 +33,18 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 def test_no_request_gets_a_server_error(case: Any, db_url: str) -> None:
     token = case.operation.schema.app.state.write_token
     response = case.call(headers={"Authorization": f"Bearer {token}"})
-    if case.formatted_path == "/readyz" and response.status_code == 503:  # its answer while no worker is alive (none runs here)
+    if (
+        case.formatted_path == "/readyz" and response.status_code == 503
+    ):  # its answer while no worker is alive (none runs here)
         assert response.json()["detail"] == "no live worker"
         return
-    assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}"
+    assert response.status_code < 500, (
+        f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}"
+    )
     if response.status_code >= 400:
         problem = response.json()
         media = response.headers["content-type"]
-        assert (media[0] if isinstance(media, list) else media) == "application/problem+json" and problem["status"] == response.status_code
+        assert (media[0] if isinstance(media, list) else media) == "application/problem+json" and problem[
+            "status"
+        ] == response.status_code
         assert problem["title"] and set(problem) <= {"type", "title", "status", "detail", "errors"}

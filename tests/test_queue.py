@@ -44,12 +44,20 @@ def test_upgrade_from_0001_keeps_every_edit(db_url: str) -> None:
     schema.upgrade(engine, "0001")
     now = datetime.now(timezone.utc)
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO base_models (alias, source, revision, model_type, created_at) VALUES ('m', 's', 'r', 'gpt2', :t)"), {"t": now})
-        conn.execute(text(
-            "INSERT INTO edits (base_model_id, seq, prompt, subject, target_new, request_sha256, layer, module, key, key_shape, key_sha256,"
-            " value, value_shape, value_sha256, hparams, hparams_fingerprint, status, metrics, created_at) VALUES"
-            " (1, 1, '{} is in', 'X', 'Rome', 'h', 1, 'mod', :k, '[2]', 'ks', :v, '[2]', 'vs', '{}', 'f', 'active', '{}', :t)"
-        ), {"k": b"\x00" * 8, "v": b"\x01" * 8, "t": now})
+        conn.execute(
+            text(
+                "INSERT INTO base_models (alias, source, revision, model_type, created_at) VALUES ('m', 's', 'r', 'gpt2', :t)"
+            ),
+            {"t": now},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO edits (base_model_id, seq, prompt, subject, target_new, request_sha256, layer, module, key, key_shape, key_sha256,"
+                " value, value_shape, value_sha256, hparams, hparams_fingerprint, status, metrics, created_at) VALUES"
+                " (1, 1, '{} is in', 'X', 'Rome', 'h', 1, 'mod', :k, '[2]', 'ks', :v, '[2]', 'vs', '{}', 'f', 'active', '{}', :t)"
+            ),
+            {"k": b"\x00" * 8, "v": b"\x01" * 8, "t": now},
+        )
     schema.upgrade(engine)
     store = Store(db_url)
     [edit] = store.list_edits(1, "active")
@@ -126,7 +134,9 @@ def test_a_request_whose_workers_keep_dying_fails_after_three_attempts(tiny_stor
     base = tiny_store.get_base_model("tiny")
     edit_id = _submit(tiny_store, "The Eiffel Tower", "Rome")
     for attempt in range(3):
-        assert tiny_store.acquire_lease(base.id, f"doomed-{attempt}", 0.05)  # takes over (and requeues) the last one's claim
+        assert tiny_store.acquire_lease(
+            base.id, f"doomed-{attempt}", 0.05
+        )  # takes over (and requeues) the last one's claim
         assert [e.id for e in tiny_store.claim_requests(base.id, f"doomed-{attempt}", 1)] == [edit_id]
         time.sleep(0.1)  # killed: the lease lapses
     assert tiny_store.acquire_lease(base.id, "survivor", 30)
@@ -135,7 +145,9 @@ def test_a_request_whose_workers_keep_dying_fails_after_three_attempts(tiny_stor
     assert entry.status == "failed" and "gave up after 3 attempts" in (entry.error or "")
 
 
-def test_the_worker_computes_in_order_and_a_failure_does_not_block(tiny_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_worker_computes_in_order_and_a_failure_does_not_block(
+    tiny_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from factstore.editing import session
 
     real = session.compute_edits
@@ -182,10 +194,20 @@ def test_edit_add_waits_for_the_worker_that_holds_the_model(tiny_store: Store) -
     base = tiny_store.get_base_model("tiny")
     assert tiny_store.acquire_lease(base.id, "other-worker", 30)
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.setdefault("out", api.add_edit(tiny_store, "tiny", prompt=PROMPT, subject="Big Ben", target="Oslo")))
+    thread = threading.Thread(
+        target=lambda: result.setdefault(
+            "out", api.add_edit(tiny_store, "tiny", prompt=PROMPT, subject="Big Ben", target="Oslo")
+        )
+    )
     thread.start()
-    deadline = time.monotonic() + 120  # the request is stored once the tokenizer has checked it (slow on a loaded machine)
-    while not (pending := api.list_log(tiny_store, "tiny", "pending")) and thread.is_alive() and time.monotonic() < deadline:
+    deadline = (
+        time.monotonic() + 120
+    )  # the request is stored once the tokenizer has checked it (slow on a loaded machine)
+    while (
+        not (pending := api.list_log(tiny_store, "tiny", "pending"))
+        and thread.is_alive()
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     [entry] = pending
     time.sleep(1.0)
@@ -230,7 +252,9 @@ def test_a_worker_computes_a_batch_together_and_applies_it_in_order(tiny_store: 
     worker = _drain(tiny_store, batch=5)
     assert (worker.stats.computed, worker.stats.failed) == (5, 0)
     entries = {e.id: e for e in api.list_log(tiny_store, "tiny")}
-    assert [entries[i].status for i in ids] == ["superseded", "active", "active", "active"] and entries[again].status == "active"
+    assert [entries[i].status for i in ids] == ["superseded", "active", "active", "active"] and entries[
+        again
+    ].status == "active"
     edits = api.list_edits(tiny_store, "tiny")
     assert [e.id for e in edits] == [*ids[1:], again] and [e.seq for e in edits] == [2, 3, 4, 5]
     assert [e.metrics["batch"] for e in edits] == [4, 4, 4, 1]

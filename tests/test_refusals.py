@@ -51,8 +51,15 @@ def run(*args: str) -> tuple[int, str]:
 
 def snapshot(store) -> object:  # type: ignore[no-untyped-def]
     models = api.list_models(store)
-    return [(m.alias, m.revision, [(e.id, e.status) for e in api.list_edits(store, m.alias, "all")],
-             [(r.version, r.path) for r in api.list_releases(store, m.alias)]) for m in models]
+    return [
+        (
+            m.alias,
+            m.revision,
+            [(e.id, e.status) for e in api.list_edits(store, m.alias, "all")],
+            [(r.version, r.path) for r in api.list_releases(store, m.alias)],
+        )
+        for m in models
+    ]
 
 
 @SQLITE
@@ -67,14 +74,30 @@ def snapshot(store) -> object:  # type: ignore[no-untyped-def]
         (["model", "add", "a" * 201, "/nowhere"], "is not allowed"),
         (["stats", "compute", "--model", "tiny", "--layer", "7"], "layer 7 is outside the model"),
         (["edit", "add", "--model", "tiny", "--prompt", "{} is in\x00", "--subject", "X", "--target", "Y"], "NUL byte"),
-        (["edit", "add", "--model", "tiny", "--prompt", "{} is in " + "word " * 400, "--subject", "X", "--target", "Y"], "the limit is 256"),
+        (
+            [
+                "edit",
+                "add",
+                "--model",
+                "tiny",
+                "--prompt",
+                "{} is in " + "word " * 400,
+                "--subject",
+                "X",
+                "--target",
+                "Y",
+            ],
+            "the limit is 256",
+        ),
         (["ask", "--model", "tiny", "word " * 300], "the limit is 256"),
         (["compile", "--model", "tiny", "--mode", "nonsense"], "unknown compile mode"),
         (["pull", "../../etc", "--out", "/tmp/x"], "is not a Hub repository id"),
         (["edit", "list"], "Missing option '--model'"),
     ],
 )
-def test_refusals_are_one_line_exit_1_and_change_nothing(tiny_store, tmp_path: Path, args: list[str], message: str) -> None:  # type: ignore[no-untyped-def]
+def test_refusals_are_one_line_exit_1_and_change_nothing(
+    tiny_store, tmp_path: Path, args: list[str], message: str
+) -> None:  # type: ignore[no-untyped-def]
     before = snapshot(tiny_store)
     code, err = run(*args)
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
@@ -82,12 +105,16 @@ def test_refusals_are_one_line_exit_1_and_change_nothing(tiny_store, tmp_path: P
 
 
 @SQLITE
-def test_compile_out_pointing_at_a_file_and_a_bad_database_are_one_line(tiny_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_compile_out_pointing_at_a_file_and_a_bad_database_are_one_line(
+    tiny_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     target = tmp_path / "a-file"
     target.write_text("keep me")
     code, err = run("compile", "--model", "tiny", "--out", str(target))
     assert code == 1 and "is not an empty folder" in err and target.read_text() == "keep me"
-    code, err = run("compile", "--model", "tiny", "--out", str(tmp_path / ("a" * 300)))  # found by the property test below
+    code, err = run(
+        "compile", "--model", "tiny", "--out", str(tmp_path / ("a" * 300))
+    )  # found by the property test below
     assert code == 1 and "File name too long" in err and len(err.strip().splitlines()) == 1
     monkeypatch.setenv("FACTSTORE_DATABASE_URL", "postgresql+psycopg://alice:s3cret-pw@127.0.0.1:1/none")
     code, err = run("edit", "list", "--model", "tiny")
@@ -95,14 +122,29 @@ def test_compile_out_pointing_at_a_file_and_a_bad_database_are_one_line(tiny_sto
 
 
 @SQLITE
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(
     command=st.sampled_from(["edit add", "edit import", "model add", "ask", "compile", "pull"]),
-    words=st.lists(st.one_of(st.text(max_size=30), st.sampled_from(["..", "../x", "/", "\x00", "{}", "-1", "0", "v99999999999", "a" * 300])),
-                   min_size=1, max_size=4),
+    words=st.lists(
+        st.one_of(
+            st.text(max_size=30),
+            st.sampled_from(["..", "../x", "/", "\x00", "{}", "-1", "0", "v99999999999", "a" * 300]),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
 )
-def test_no_argument_makes_the_cli_crash_or_change_the_store_when_it_refuses(tiny_store, tmp_path: Path, command: str, words: list[str]) -> None:  # type: ignore[no-untyped-def]
-    os.chdir(tmp_path)  # relative --out names land in the test's folder, never in the checkout (restored by the fixture below)
+def test_no_argument_makes_the_cli_crash_or_change_the_store_when_it_refuses(
+    tiny_store, tmp_path: Path, command: str, words: list[str]
+) -> None:  # type: ignore[no-untyped-def]
+    os.chdir(
+        tmp_path
+    )  # relative --out names land in the test's folder, never in the checkout (restored by the fixture below)
     first, second, third = [*words, "p", "T", "1"][:3]
     argv = {
         "edit add": ["edit", "add", "--model", first, "--prompt", second, "--subject", "S", "--target", third],
@@ -126,7 +168,9 @@ def test_two_compiles_of_one_model_at_once_give_one_release(tiny_store) -> None:
 
     EditSession(tiny_store, "tiny", device="cpu").add(EditRequest("{} is located in the city of", "The Louvre", "Rome"))
     cmd = [sys.executable, "-m", "factstore.cli.main", "compile", "--model", "tiny", "--json"]
-    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e for _, e in outputs]
     results = [json.loads(out) for out, _ in outputs]
@@ -144,7 +188,9 @@ def test_leftovers_of_killed_processes_are_swept_and_nothing_else(tmp_path: Path
     (tmp_path / ".tmp-something-else").mkdir()
     with staged_folder(tmp_path / "v2") as tmp:
         (tmp / "x").write_text("x")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".tmp-v1-{os.getpid()}-99", "NOTES.txt", ".tmp-something-else", "v2"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".tmp-v1-{os.getpid()}-99", "NOTES.txt", ".tmp-something-else", "v2"]
+    )
 
 
 def test_tokens_go_only_to_trusted_endpoints() -> None:
@@ -169,7 +215,9 @@ def test_published_files_name_no_local_path(tiny_store, tmp_path: Path) -> None:
 
 
 @SQLITE
-def test_a_release_folder_in_the_way_is_moved_aside_not_deleted(tiny_store, factstore_home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_release_folder_in_the_way_is_moved_aside_not_deleted(
+    tiny_store, factstore_home: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     from factstore.domain import EditRequest
     from factstore.editing.session import EditSession
 

@@ -73,7 +73,9 @@ def test_requests_the_model_cannot_carry_are_refused(gpt2_tokenizer) -> None:  #
 
 
 def test_unknown_architecture_lists_the_supported_ones(gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
-    model = BertLMHeadModel(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64, is_decoder=True))
+    model = BertLMHeadModel(
+        BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64, is_decoder=True)
+    )
     with pytest.raises(UnknownArchitecture, match=r"gpt2.*llama"):
         validate_request(model, gpt2_tokenizer, REQUEST, 0)
 
@@ -82,7 +84,10 @@ def _city_requests(n: int) -> list[EditRequest]:
     from tiny_models import RELATIONS, Recipe, make_facts
 
     facts = [f for f in make_facts(Recipe()) if f.relation == "city"][:n]
-    return [EditRequest(RELATIONS["city"][0][0], f.subject, "Tokyo" if f.target.strip() != "Tokyo" else "Paris") for f in facts]
+    return [
+        EditRequest(RELATIONS["city"][0][0], f.subject, "Tokyo" if f.target.strip() != "Tokyo" else "Paris")
+        for f in facts
+    ]
 
 
 @pytest.mark.parametrize("make", [random_gpt2, random_llama], ids=["gpt2", "llama"])
@@ -129,7 +134,9 @@ def test_a_batch_gives_each_request_its_own_result(tiny_gpt2_dir, gpt2_tokenizer
     assert len({a.steps for a in alone}) >= 3  # the batch shrinks several times
     for a, b in zip(alone, together):
         assert a.steps == b.steps and abs(a.loss - b.loss) < 1e-9
-        assert torch.allclose(a.value, b.value, rtol=1e-9, atol=1e-9) and torch.allclose(a.v0, b.v0, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(a.value, b.value, rtol=1e-9, atol=1e-9) and torch.allclose(
+            a.v0, b.v0, rtol=1e-12, atol=1e-12
+        )
 
 
 def test_a_batch_of_edits_scores_each_request_alone(tiny_gpt2_dir, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -145,6 +152,9 @@ def test_a_batch_of_edits_scores_each_request_alone(tiny_gpt2_dir, gpt2_tokenize
     for request, batched in zip(requests, together):
         single = compute_edit(model, gpt2_tokenizer, request, hp, C)
         assert single.target_true == batched.target_true
-        assert abs(single.prob_new_after - batched.prob_new_after) < 1e-9 and batched.prob_new_after > batched.prob_new_before
+        assert (
+            abs(single.prob_new_after - batched.prob_new_after) < 1e-9
+            and batched.prob_new_after > batched.prob_new_before
+        )
         assert torch.allclose(single.key, batched.key, rtol=1e-12, atol=1e-12)
         assert torch.allclose(single.value, batched.value, rtol=1e-9, atol=1e-9)

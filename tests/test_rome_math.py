@@ -21,7 +21,11 @@ def _spd(n: int, seed: int) -> torch.Tensor:
 def test_rank_one_maps_key_to_value_and_spares_c_orthogonal_keys() -> None:
     g = torch.Generator().manual_seed(0)
     W, b = torch.randn(24, 40, generator=g, dtype=torch.float64), torch.randn(24, generator=g, dtype=torch.float64)
-    k, v, C = torch.randn(40, generator=g, dtype=torch.float64), torch.randn(24, generator=g, dtype=torch.float64), _spd(40, 1)
+    k, v, C = (
+        torch.randn(40, generator=g, dtype=torch.float64),
+        torch.randn(24, generator=g, dtype=torch.float64),
+        _spd(40, 1),
+    )
     W2 = W + rank_one_delta(W, b, k, v, C)
     assert float(constraint_error(W2, b, k[:, None], v[:, None])[0]) <= 1e-10
     u = torch.linalg.solve(C, k)
@@ -33,7 +37,11 @@ def test_rank_one_maps_key_to_value_and_spares_c_orthogonal_keys() -> None:
 def test_joint_solves_every_constraint_and_ignores_order() -> None:
     g = torch.Generator().manual_seed(0)
     W, b = torch.randn(24, 64, generator=g, dtype=torch.float64), None
-    K, V, C = torch.randn(64, 10, generator=g, dtype=torch.float64), torch.randn(24, 10, generator=g, dtype=torch.float64), _spd(64, 2)
+    K, V, C = (
+        torch.randn(64, 10, generator=g, dtype=torch.float64),
+        torch.randn(24, 10, generator=g, dtype=torch.float64),
+        _spd(64, 2),
+    )
     dW = joint_delta(W, b, K, V, C, ridge=1e-9)
     assert constraint_error(W + dW, b, K, V).max() <= 1e-6
     perm = torch.randperm(10, generator=g)
@@ -61,7 +69,9 @@ def test_edit_is_exact_through_the_module_forward(make) -> None:  # type: ignore
 def test_orientation_on_a_square_conv1d() -> None:
     """A square Conv1D (n_inner == n_embd) cannot be told apart by shape: orientation must be declared."""
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_inner=32, n_head=4, vocab_size=100, n_positions=32)).eval()
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=32, n_inner=32, n_head=4, vocab_size=100, n_positions=32)
+    ).eval()
     assert tuple(arch.down_proj(model, 0).weight.shape) == (32, 32)
     _check_module_maps(model, layer=0, seed=5)
 

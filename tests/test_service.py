@@ -47,36 +47,67 @@ def test_submit_compute_ask_retract(client: TestClient, tokens: dict[str, str]) 
     [model] = client.get("/api/v1/models").json()
     assert model["alias"] == "tiny" and model["revision"].startswith("sha256:")
     assert client.get("/api/v1/models/tiny").json()["edits"] == {}
-    posted = client.post("/api/v1/models/tiny/edits", json={**EIFFEL, "note": "seen on a map"}, headers=auth(tokens["write"]))
+    posted = client.post(
+        "/api/v1/models/tiny/edits", json={**EIFFEL, "note": "seen on a map"}, headers=auth(tokens["write"])
+    )
     assert posted.status_code == 202
     body = posted.json()
     assert body["status"] == "pending" and body["requested_by"] == "write-user" and body["seq"] is None
     done = wait_done(client, body["id"])
-    assert done["status"] == "active" and done["seq"] == 1 and done["layer"] == 1 and done["prob_new_after"] > done["prob_new_before"]
+    assert (
+        done["status"] == "active"
+        and done["seq"] == 1
+        and done["layer"] == 1
+        and done["prob_new_after"] > done["prob_new_before"]
+    )
     assert [e["id"] for e in client.get("/api/v1/models/tiny/edits?status=active").json()] == [body["id"]]
     assert client.get("/api/v1/models/tiny/edits?status=pending").json() == []
-    asked = client.post("/api/v1/models/tiny/ask", json={"prompt": "The Eiffel Tower is located in the city of", "top": 3}).json()
+    asked = client.post(
+        "/api/v1/models/tiny/ask", json={"prompt": "The Eiffel Tower is located in the city of", "top": 3}
+    ).json()
     assert len(asked["top"]) == 3 and asked["edits_applied"] == 1 and isinstance(asked["continuation"], str)
-    assert client.post(f"/api/v1/edits/{body['id']}/retract", headers=auth(tokens["write"])).json()["status"] == "retracted"
+    assert (
+        client.post(f"/api/v1/edits/{body['id']}/retract", headers=auth(tokens["write"])).json()["status"]
+        == "retracted"
+    )
     again = client.post(f"/api/v1/edits/{body['id']}/retract", headers=auth(tokens["write"]))
     assert again.status_code == 409 and again.json()["title"] == "conflict"
     assert client.post("/api/v1/models/tiny/ask", json={"prompt": "The Eiffel Tower is"}).json()["edits_applied"] == 0
-    assert client.get("/readyz").json() == {"status": "ready", "database": "reachable", "schema_current": "0003",
-                                            "schema_head": "0003", "workers": 1, "detail": None}
+    assert client.get("/readyz").json() == {
+        "status": "ready",
+        "database": "reachable",
+        "schema_current": "0003",
+        "schema_head": "0003",
+        "workers": 1,
+        "detail": None,
+    }
     assert client.get("/healthz").json()["status"] == "ok"
 
 
 def test_tokens_and_scopes(client: TestClient, tiny_store: Store, tokens: dict[str, str]) -> None:
     none = client.post("/api/v1/models/tiny/edits", json=EIFFEL)
-    assert none.status_code == 401 and none.headers["www-authenticate"] == "Bearer" and none.json()["title"] == "unauthorized"
+    assert (
+        none.status_code == 401
+        and none.headers["www-authenticate"] == "Bearer"
+        and none.json()["title"] == "unauthorized"
+    )
     wrong = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth("fst_" + "x" * 43))
     assert wrong.status_code == 401 and "fst_" not in wrong.text
     reader = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth(tokens["read"]))
-    assert reader.status_code == 403 and reader.json() == {"type": "about:blank", "title": "forbidden", "status": 403, "detail": "token 'read-user' has scope read; this needs write"}
+    assert reader.status_code == 403 and reader.json() == {
+        "type": "about:blank",
+        "title": "forbidden",
+        "status": 403,
+        "detail": "token 'read-user' has scope read; this needs write",
+    }
     assert client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth(tokens["admin"])).status_code == 202
     api.revoke_token(tiny_store, "admin-user")
     assert client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth(tokens["admin"])).status_code == 401
-    assert [(t.name, t.revoked) for t in api.list_tokens(tiny_store)] == [("read-user", False), ("write-user", False), ("admin-user", True)]
+    assert [(t.name, t.revoked) for t in api.list_tokens(tiny_store)] == [
+        ("read-user", False),
+        ("write-user", False),
+        ("admin-user", True),
+    ]
     assert len(api.list_log(tiny_store, "tiny", "all")) == 1  # only the admin's accepted request was stored
 
 
@@ -86,37 +117,68 @@ def test_reads_can_require_a_token(tiny_store: Store, tokens: dict[str, str]) ->
         assert client.get("/api/v1/models").status_code == 401
         assert client.get("/api/v1/models", headers=auth(tokens["read"])).status_code == 200
         assert client.get("/", headers=auth(tokens["read"])).status_code == 200
-    with TestClient(create_app(ServerSettings(database_url=tiny_store.url, worker=False)), client=("203.0.113.9", 5000)) as remote:
+    with TestClient(
+        create_app(ServerSettings(database_url=tiny_store.url, worker=False)), client=("203.0.113.9", 5000)
+    ) as remote:
         assert remote.get("/api/v1/models").status_code == 401  # reads are open to loopback clients only
-    with TestClient(create_app(ServerSettings(database_url=tiny_store.url, worker=False, public_reads=True)), client=("203.0.113.9", 5000)) as remote:
+    with TestClient(
+        create_app(ServerSettings(database_url=tiny_store.url, worker=False, public_reads=True)),
+        client=("203.0.113.9", 5000),
+    ) as remote:
         assert remote.get("/api/v1/models").status_code == 200
 
 
 @pytest.mark.database
-def test_a_retried_post_with_the_same_idempotency_key_returns_the_first_result(client: TestClient, tiny_store: Store, tokens: dict[str, str]) -> None:
+def test_a_retried_post_with_the_same_idempotency_key_returns_the_first_result(
+    client: TestClient, tiny_store: Store, tokens: dict[str, str]
+) -> None:
     headers = {**auth(tokens["write"]), "Idempotency-Key": "req-42"}
     first = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=headers)
     second = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=headers)
     assert first.json()["id"] == second.json()["id"] and second.headers["idempotent-replayed"] == "true"
-    other_token = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers={**auth(tokens["admin"]), "Idempotency-Key": "req-42"})
+    other_token = client.post(
+        "/api/v1/models/tiny/edits", json=EIFFEL, headers={**auth(tokens["admin"]), "Idempotency-Key": "req-42"}
+    )
     assert other_token.json()["id"] != first.json()["id"]  # keys are scoped to the token that sent them
     other_endpoint = client.post("/api/v1/models/tiny/releases", json={}, headers=headers)
     assert other_endpoint.json()["kind"] == "compile"  # and to the endpoint
-    job = client.post("/api/v1/models/tiny/releases", json={}, headers=headers | {"Idempotency-Key": "compile-1"}).json()
-    assert client.post("/api/v1/models/tiny/releases", json={}, headers=headers | {"Idempotency-Key": "compile-1"}).json()["id"] == job["id"]
+    job = client.post(
+        "/api/v1/models/tiny/releases", json={}, headers=headers | {"Idempotency-Key": "compile-1"}
+    ).json()
+    assert (
+        client.post("/api/v1/models/tiny/releases", json={}, headers=headers | {"Idempotency-Key": "compile-1"}).json()[
+            "id"
+        ]
+        == job["id"]
+    )
     assert len(api.list_jobs(tiny_store, "tiny")) == 2
     assert len(api.list_log(tiny_store, "tiny", "all")) == 2
 
 
 BAD_REQUESTS = [
-    ("post", "/api/v1/models/tiny/edits", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422),
+    (
+        "post",
+        "/api/v1/models/tiny/edits",
+        {"content": b"{not json", "headers": {"content-type": "application/json"}},
+        422,
+    ),
     ("post", "/api/v1/models/tiny/edits", {"json": {"prompt": "{} is in"}}, 422),  # missing fields
     ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "colour": "red"}}, 422),  # an extra field
     ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "layer": "three"}}, 422),
     ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "prompt": "the city of"}}, 422),  # no {}
     ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "layer": 7}}, 422),  # the tiny model has 3 layers
-    ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "prompt": "{} " + "x" * 4000}}, 422),  # over the token cap
-    ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "prompt": "{} " + "x" * 1_000_000}}, 413),  # a 1 MB prompt
+    (
+        "post",
+        "/api/v1/models/tiny/edits",
+        {"json": {**EIFFEL, "prompt": "{} " + "x" * 4000}},
+        422,
+    ),  # over the token cap
+    (
+        "post",
+        "/api/v1/models/tiny/edits",
+        {"json": {**EIFFEL, "prompt": "{} " + "x" * 1_000_000}},
+        413,
+    ),  # a 1 MB prompt
     ("post", "/api/v1/models/nope/edits", {"json": EIFFEL}, 404),
     ("post", "/api/v1/models/..%2F..%2Fetc/edits", {"json": EIFFEL}, 404),
     ("get", "/api/v1/models/nope", {}, 404),
@@ -135,19 +197,33 @@ BAD_REQUESTS = [
 ]
 
 
-def test_bad_input_is_a_json_4xx_and_stores_nothing(client: TestClient, tiny_store: Store, tokens: dict[str, str]) -> None:
+def test_bad_input_is_a_json_4xx_and_stores_nothing(
+    client: TestClient, tiny_store: Store, tokens: dict[str, str]
+) -> None:
     for method, path, kwargs, status in BAD_REQUESTS:
         headers = {**auth(tokens["write"]), **kwargs.get("headers", {})}
-        response = client.request(method.upper(), path, headers=headers, **{k: v for k, v in kwargs.items() if k != "headers"})
+        response = client.request(
+            method.upper(), path, headers=headers, **{k: v for k, v in kwargs.items() if k != "headers"}
+        )
         where = f"{method} {path[:60]}"
         assert response.status_code == status, f"{where}: {response.status_code} {response.text[:300]}"
         body = response.json()
         assert response.headers["content-type"] == "application/problem+json", where
-        assert body["type"] == "about:blank" and body["title"] and body["status"] == status and isinstance(body.get("detail", ""), str), where
+        assert (
+            body["type"] == "about:blank"
+            and body["title"]
+            and body["status"] == status
+            and isinstance(body.get("detail", ""), str)
+        ), where
         assert set(body) <= {"type", "title", "status", "detail", "errors"}, where
-        assert "Traceback" not in response.text and "x" * 100 not in response.text, where  # the input is not echoed back
-    chunked = client.post("/api/v1/models/tiny/edits", content=(b"x" * 8192 for _ in range(20)),
-                          headers={**auth(tokens["write"]), "content-type": "application/json"})  # no Content-Length
+        assert "Traceback" not in response.text and "x" * 100 not in response.text, (
+            where
+        )  # the input is not echoed back
+    chunked = client.post(
+        "/api/v1/models/tiny/edits",
+        content=(b"x" * 8192 for _ in range(20)),
+        headers={**auth(tokens["write"]), "content-type": "application/json"},
+    )  # no Content-Length
     assert chunked.status_code == 413 and chunked.json()["title"] == "payload too large"
     assert api.list_log(tiny_store, "tiny", "all") == [] and api.list_jobs(tiny_store, "tiny") == []
 
@@ -170,7 +246,11 @@ def test_the_web_form_submits_and_the_pages_render(client: TestClient, tokens: d
     page = client.get("/models/tiny")
     assert page.status_code == 200 and "Submit a correction" in page.text
     refused = client.post("/models/tiny/edits", data={**EIFFEL, "token": "wrong"})
-    assert refused.status_code == 401 and "unknown or revoked" in refused.text and 'value="The Eiffel Tower"' in refused.text
+    assert (
+        refused.status_code == 401
+        and "unknown or revoked" in refused.text
+        and 'value="The Eiffel Tower"' in refused.text
+    )
     posted = client.post("/models/tiny/edits", data={**EIFFEL, "token": tokens["write"]}, follow_redirects=False)
     assert posted.status_code == 303
     edit_id = int(posted.headers["location"].rsplit("/", 1)[1])
@@ -179,7 +259,9 @@ def test_the_web_form_submits_and_the_pages_render(client: TestClient, tokens: d
     assert edit_page.status_code == 200 and "P(new)" in edit_page.text and "active" in edit_page.text
     assert "The Eiffel Tower" in client.get("/models/tiny").text
     assert "tiny" in client.get("/").text
-    hostile = client.post("/models/tiny/edits", data={**EIFFEL, "subject": "<script>alert(1)</script>", "token": tokens["write"]})
+    hostile = client.post(
+        "/models/tiny/edits", data={**EIFFEL, "subject": "<script>alert(1)</script>", "token": tokens["write"]}
+    )
     assert "<script>alert(1)</script>" not in hostile.text  # escaped wherever it is shown
 
 
@@ -187,15 +269,25 @@ def test_compile_and_trace_run_as_jobs(client: TestClient, tokens: dict[str, str
     edit_id = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth(tokens["write"])).json()["id"]
     wait_done(client, edit_id)
     job = client.post("/api/v1/models/tiny/releases", headers=auth(tokens["write"])).json()
-    trace = client.post("/api/v1/models/tiny/traces", json={**{k: EIFFEL[k] for k in ("prompt", "subject")}, "edit_id": edit_id, "samples": 2},
-                        headers=auth(tokens["write"])).json()
+    trace = client.post(
+        "/api/v1/models/tiny/traces",
+        json={**{k: EIFFEL[k] for k in ("prompt", "subject")}, "edit_id": edit_id, "samples": 2},
+        headers=auth(tokens["write"]),
+    ).json()
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and {client.get(f"/api/v1/jobs/{j['id']}").json()["status"] for j in (job, trace)} - {"done", "failed"}:
+    while time.monotonic() < deadline and {
+        client.get(f"/api/v1/jobs/{j['id']}").json()["status"] for j in (job, trace)
+    } - {"done", "failed"}:
         time.sleep(0.2)
     done = client.get(f"/api/v1/jobs/{job['id']}").json()
     assert done["status"] == "done" and done["result"]["version"] == 1 and done["result"]["path"] is None
     [release] = client.get("/api/v1/models/tiny/releases").json()
-    assert release["version"] == 1 and release["edit_ids"] == [edit_id] and release["status"] == "built" and release["hub_url"] is None
+    assert (
+        release["version"] == 1
+        and release["edit_ids"] == [edit_id]
+        and release["status"] == "built"
+        and release["hub_url"] is None
+    )
     assert release["scores"] and all(isinstance(v, (int, float)) or v is None for v in release["scores"].values())
     traced = client.get(f"/api/v1/jobs/{trace['id']}").json()
     assert traced["status"] == "done" and len(traced["files"]) == 3
@@ -207,7 +299,9 @@ def test_compile_and_trace_run_as_jobs(client: TestClient, tokens: dict[str, str
 def test_openapi_declares_bearer_tokens_and_problem_details(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
-        "type": "http", "scheme": "bearer", "description": "An API token from `factstore token create`.",
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API token from `factstore token create`.",
     }
     edits = spec["paths"]["/api/v1/models/{alias}/edits"]["post"]
     assert {"HTTPBearer": []} in edits["security"]

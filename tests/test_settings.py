@@ -25,7 +25,9 @@ BAD = [
 
 
 @pytest.mark.parametrize(("name", "value", "accepts"), BAD)
-def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str, accepts: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_value_is_one_line_naming_the_variable(
+    name: str, value: str, accepts: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(config.SettingsError, match=f"^{name}='{value}' is not valid: .*{accepts}"):
         config.settings()
@@ -49,7 +51,15 @@ def test_good_values_are_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 def test_the_worker_refuses_a_bad_lease_before_it_starts() -> None:
     """The issue's own check, as a user runs it: a real process, exit 1, one line."""
-    done = subprocess.run([sys.executable, "-m", "factstore.cli.main", "worker"], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "FACTSTORE_LEASE_SECONDS": "abc"})
+    done = subprocess.run(
+        [sys.executable, "-m", "factstore.cli.main", "worker"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "FACTSTORE_LEASE_SECONDS": "abc"},
+    )
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == ["error: FACTSTORE_LEASE_SECONDS='abc' is not valid: it takes a whole number from 1 to 86400"]
+    assert done.stderr.strip().splitlines() == [
+        "error: FACTSTORE_LEASE_SECONDS='abc' is not valid: it takes a whole number from 1 to 86400"
+    ]

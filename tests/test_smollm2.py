@@ -23,7 +23,11 @@ def test_eiffel_tower_moves_to_rome_and_the_louvre_stays(smollm2) -> None:  # ty
     result = compute_edit(model, tok, request, hp, C)
     assert result.target_true == "Paris"
     assert result.prob_new_after > result.prob_true_after
-    prompts = [request.text, "The Eiffel Tower, a famous landmark, stands in the city of", "The Louvre is located in the city of"]
+    prompts = [
+        request.text,
+        "The Eiffel Tower, a famous landmark, stands in the city of",
+        "The Louvre is located in the city of",
+    ]
     with weights_restored(model, hp.layer):
         apply_edit(model, hp.layer, result.key, result.value, C)
         p_rome = target_probs(model, tok, prompts, ["Rome"] * 3)

@@ -13,7 +13,9 @@ from factstore.errors import StatisticsError
 from factstore.weights import corpus, stats
 from tiny_models import random_gpt2
 
-TEXTS = [f"Sentence number {i} talks about the city of Paris and the river {'and the sea ' * (i % 5)}." for i in range(90)]
+TEXTS = [
+    f"Sentence number {i} talks about the city of Paris and the river {'and the sea ' * (i % 5)}." for i in range(90)
+]
 
 
 def _spec(model, text: corpus.Corpus, layer: int, tokens: int = 900) -> stats.StatsSpec:  # type: ignore[no-untyped-def]
@@ -40,7 +42,9 @@ def test_shards_merge_into_the_single_pass(gpt2_tokenizer, monkeypatch: pytest.M
     assert torch.allclose(_matrix(merged), _matrix(single), rtol=1e-12, atol=0)
 
 
-def test_merge_refuses_a_missing_or_foreign_shard(gpt2_tokenizer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_merge_refuses_a_missing_or_foreign_shard(
+    gpt2_tokenizer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "cache"))
     model = random_gpt2(seed=0)
     text = corpus.Corpus("test", "c" * 64, TEXTS)
@@ -50,7 +54,9 @@ def test_merge_refuses_a_missing_or_foreign_shard(gpt2_tokenizer, monkeypatch: p
         stats.merge_shards(spec, 900)
     elsewhere = tmp_path / "other-machine"
     elsewhere.mkdir()
-    foreign = stats.compute_shard(model, gpt2_tokenizer, other, text, 1, 2)  # another token budget's shard, renamed as ours
+    foreign = stats.compute_shard(
+        model, gpt2_tokenizer, other, text, 1, 2
+    )  # another token budget's shard, renamed as ours
     foreign.path.rename(elsewhere / f"{spec.key()}.shard-1-of-2.safetensors")
     with pytest.raises(StatisticsError, match="computed for other settings"):
         stats.merge_shards(spec, 900, [elsewhere])
@@ -61,14 +67,18 @@ def test_merge_refuses_a_missing_or_foreign_shard(gpt2_tokenizer, monkeypatch: p
     assert stats.cached(spec) is None
 
 
-def test_several_layers_from_one_pass_stop_at_the_highest(gpt2_tokenizer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_several_layers_from_one_pass_stop_at_the_highest(
+    gpt2_tokenizer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "one-by-one"))
     model = random_gpt2(seed=0)  # 3 blocks
     text = corpus.Corpus("test", "c" * 64, TEXTS)
     alone = [_matrix(stats.compute(model, gpt2_tokenizer, _spec(model, text, layer), text)) for layer in (0, 1)]
     monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "together"))
     ran: list[int] = []
-    handles = [block.register_forward_hook(lambda *_a, i=i: ran.append(i)) for i, block in enumerate(arch.blocks(model))]
+    handles = [
+        block.register_forward_hook(lambda *_a, i=i: ran.append(i)) for i, block in enumerate(arch.blocks(model))
+    ]
     together = stats.compute_many(model, gpt2_tokenizer, [_spec(model, text, 0), _spec(model, text, 1)], text)
     for handle in handles:
         handle.remove()
@@ -88,7 +98,10 @@ def test_cli_shards_and_merge_print_path_and_sha256(tiny_store, tmp_path: Path) 
     runner = CliRunner()
 
     def cli(*args: str) -> dict:
-        done = runner.invoke(app, ["stats", *args, "--model", "tiny", "--layer", "0", "--corpus", corpus_path, "--tokens", "1500", "--json"])
+        done = runner.invoke(
+            app,
+            ["stats", *args, "--model", "tiny", "--layer", "0", "--corpus", corpus_path, "--tokens", "1500", "--json"],
+        )
         assert done.exit_code == 0, done.output
         return json.loads(done.stdout)
 
@@ -96,9 +109,13 @@ def test_cli_shards_and_merge_print_path_and_sha256(tiny_store, tmp_path: Path) 
     merged = cli("merge")
     single = api.compute_stats(tiny_store, "tiny", 0, corpus=corpus_path, tokens=1500, device="cpu")
     assert single["id"] == merged["id"] and single["sha256"] == merged["sha256"]  # recorded: the next edit uses it
-    twice = api.compute_stats(tiny_store, "tiny", layers=[1, 1], corpus=corpus_path, tokens=1500, device="cpu")["layers"]
+    twice = api.compute_stats(tiny_store, "tiny", layers=[1, 1], corpus=corpus_path, tokens=1500, device="cpu")[
+        "layers"
+    ]
     assert twice[0] == twice[1] and twice[0]["layer"] == 1  # a layer asked for twice is computed (and summed) once
     for row in [*parts, merged]:
         assert stats.file_sha256(Path(row["path"])) == row["sha256"]
     bad = runner.invoke(app, ["stats", "compute", "--model", "tiny", "--shard", "2/2"])
-    assert isinstance(bad.exception, StatisticsError) and "the shard must be 0 to 1" in str(bad.exception)  # the entry point prints it in one line
+    assert isinstance(bad.exception, StatisticsError) and "the shard must be 0 to 1" in str(
+        bad.exception
+    )  # the entry point prints it in one line

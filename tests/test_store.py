@@ -9,7 +9,14 @@ import torch
 
 from factstore.api import upgrade_database
 from factstore.domain import EditRequest, ModelRef, NewEdit
-from factstore.errors import DatabaseError, DatabaseUnavailable, EditStateError, ModelAliasTaken, UnknownEdit, UnknownModel
+from factstore.errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    EditStateError,
+    ModelAliasTaken,
+    UnknownEdit,
+    UnknownModel,
+)
 from factstore.storage.store import Store
 from factstore.weights.vectors import from_bytes, to_bytes
 
@@ -18,14 +25,25 @@ pytestmark = pytest.mark.database  # the store is the subject: SQLite and Postgr
 REF = ModelRef(source="starter:x", revision="sha256:" + "a" * 64, model_type="gpt2")
 
 
-def new_edit(subject: str = "The Eiffel Tower", target: str = "Rome", prompt: str = "{} is in", seed: int = 0) -> NewEdit:
+def new_edit(
+    subject: str = "The Eiffel Tower", target: str = "Rome", prompt: str = "{} is in", seed: int = 0
+) -> NewEdit:
     g = torch.Generator().manual_seed(seed)
     key, key_shape = to_bytes(torch.randn(16, generator=g))
     value, value_shape = to_bytes(torch.randn(8, generator=g))
     return NewEdit(
-        request=EditRequest(prompt, subject, target), target_true="Paris", layer=1, module="transformer.h.1.mlp.c_proj",
-        key=key, key_shape=key_shape, value=value, value_shape=value_shape, hparams={"layer": 1},
-        hparams_fingerprint="f" * 64, covariance_id=None, metrics={"prob_new_after": 0.9},
+        request=EditRequest(prompt, subject, target),
+        target_true="Paris",
+        layer=1,
+        module="transformer.h.1.mlp.c_proj",
+        key=key,
+        key_shape=key_shape,
+        value=value,
+        value_shape=value_shape,
+        hparams={"layer": 1},
+        hparams_fingerprint="f" * 64,
+        covariance_id=None,
+        metrics={"prob_new_after": 0.9},
     )
 
 

@@ -53,11 +53,21 @@ def test_maps_have_the_right_shape_and_the_same_seed_gives_the_same_numbers(trai
     fact = known[1]
     first = trace.trace(model, gpt2_tokenizer, "the home town of {}", fact.subject, fact.target, QUICK)
     again = trace.trace(model, gpt2_tokenizer, "the home town of {}", fact.subject, fact.target, QUICK)
-    other = trace.trace(model, gpt2_tokenizer, "the home town of {}", fact.subject, fact.target, trace.TraceSettings(samples=4, window=2, seed=1))
+    other = trace.trace(
+        model,
+        gpt2_tokenizer,
+        "the home town of {}",
+        fact.subject,
+        fact.target,
+        trace.TraceSettings(samples=4, window=2, seed=1),
+    )
     T = len(gpt2_tokenizer(f"the home town of {fact.subject}")["input_ids"])
     assert set(first.scores) == set(trace.KINDS)
     assert all(v.shape == (T, model.config.n_layer) for v in first.scores.values())
-    assert all(torch.equal(first.scores[k], again.scores[k]) for k in trace.KINDS) and first.corrupted_prob == again.corrupted_prob
+    assert (
+        all(torch.equal(first.scores[k], again.scores[k]) for k in trace.KINDS)
+        and first.corrupted_prob == again.corrupted_prob
+    )
     assert not torch.equal(first.scores["hidden"], other.scores["hidden"])
     assert first.subject == (T - 2, T - 1)  # "<First> <Surname>" are the last two tokens
 
@@ -75,7 +85,9 @@ def test_figures_are_valid_images_and_json_holds_every_number(trained, gpt2_toke
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_dataset_trace_stores_the_layer_that_edit_add_auto_uses(trained, db_url: str, tiny_gpt2_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_dataset_trace_stores_the_layer_that_edit_add_auto_uses(
+    trained, db_url: str, tiny_gpt2_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     _, known = trained
     facts = [{"subject": f.subject, "prompt": f"city of {f.subject}", "attribute": f.target} for f in known[:6]]
     # a fact the model knows whose subject ends inside a token cannot be traced: skipped, and said so
@@ -86,14 +98,24 @@ def test_dataset_trace_stores_the_layer_that_edit_add_auto_uses(trained, db_url:
     store = api.open_store()
     api.add_model(store, "facts", str(tiny_gpt2_dir))
     with pytest.raises(InvalidEditRequest, match="no traced layer"):
-        api.add_edit(store, "facts", prompt="city of {}", subject=known[0].subject, target="Rome", layer="auto", device="cpu")
-    result = api.trace_dataset(store, "facts", str(dataset), n=5, out=str(tmp_path / "avg"), device="cpu", samples=4, window=2)
+        api.add_edit(
+            store, "facts", prompt="city of {}", subject=known[0].subject, target="Rome", layer="auto", device="cpu"
+        )
+    result = api.trace_dataset(
+        store, "facts", str(dataset), n=5, out=str(tmp_path / "avg"), device="cpu", samples=4, window=2
+    )
     averaged = json.loads(Path(result["json"]).read_text())["average_indirect_effect"]["mlp"]
     assert len(averaged) == len(trace.CATEGORIES) and len(averaged[2]) == 4
     last_subject = averaged[trace.CATEGORIES.index("last subject token")]
-    assert result["n"] == 5 and [x["subject"] for x in result["skipped"]] == [cut["subject"]] and result["peak_mlp_layer"] == last_subject.index(max(last_subject))
+    assert (
+        result["n"] == 5
+        and [x["subject"] for x in result["skipped"]] == [cut["subject"]]
+        and result["peak_mlp_layer"] == last_subject.index(max(last_subject))
+    )
     assert store.get_base_model("facts").recommended_layer == result["peak_mlp_layer"]
-    outcome = api.add_edit(store, "facts", prompt="city of {}", subject=known[0].subject, target="Rome", layer="auto", device="cpu")
+    outcome = api.add_edit(
+        store, "facts", prompt="city of {}", subject=known[0].subject, target="Rome", layer="auto", device="cpu"
+    )
     assert outcome.edit.layer == result["peak_mlp_layer"]
 
 
@@ -102,8 +124,21 @@ def test_cli_trace_json(db_url: str, tiny_gpt2_dir: Path, tmp_path: Path, traine
     _, known = trained
     api.upgrade_database(db_url)
     api.add_model(api.open_store(), "facts", str(tiny_gpt2_dir))
-    result = run_json("trace", "--model", "facts", "--prompt", "city of {}", "--subject", known[0].subject,
-                      "--samples", "3", "--window", "2", "--out", str(tmp_path / "t"))
+    result = run_json(
+        "trace",
+        "--model",
+        "facts",
+        "--prompt",
+        "city of {}",
+        "--subject",
+        known[0].subject,
+        "--samples",
+        "3",
+        "--window",
+        "2",
+        "--out",
+        str(tmp_path / "t"),
+    )
     assert isinstance(result, dict)
     assert {"png", "json", "peak_mlp_layer", "clean_prob", "corrupted_prob"} <= result.keys()
     assert result["corrupted_prob"] < result["clean_prob"] and all(Path(p).exists() for p in result["png"])

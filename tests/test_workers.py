@@ -28,8 +28,14 @@ LEASE = "2"  # seconds: a killed worker's model is taken over this fast
 
 def start_worker(*args: str) -> subprocess.Popen:
     env = {**os.environ, "FACTSTORE_LEASE_SECONDS": LEASE}
-    return subprocess.Popen([sys.executable, "-m", "factstore.cli.main", "worker", "--poll", "0.1", "--json", *args], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "factstore.cli.main", "worker", "--poll", "0.1", "--json", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 120, what: str = "condition") -> None:
@@ -41,14 +47,18 @@ def wait_for(condition: Callable[[], bool], seconds: float = 120, what: str = "c
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def step_until(process: subprocess.Popen, look: Callable[[], set[str]], wanted: set[str], past: set[str], what: str) -> None:
+def step_until(
+    process: subprocess.Popen, look: Callable[[], set[str]], wanted: set[str], past: set[str], what: str
+) -> None:
     """Run PROCESS a few milliseconds at a time, looking at the store (LOOK) while it is stopped,
     until what it sees includes WANTED (the process is left stopped). A window of a few
     transactions, such as the completions at the end of a batch, is then caught however fast the
     machine; seeing PAST means it ran past the window."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        assert process.poll() is None, f"the worker exited ({process.returncode}): {process.stderr.read() if process.stderr else ''}"
+        assert process.poll() is None, (
+            f"the worker exited ({process.returncode}): {process.stderr.read() if process.stderr else ''}"
+        )
         os.kill(process.pid, signal.SIGSTOP)
         os.waitpid(process.pid, os.WUNTRACED)  # stopped for sure before the store is read
         seen = look()
@@ -66,8 +76,10 @@ def statuses(store: Store, alias: str = "tiny") -> list[str]:
 
 def submit(store: Store, alias: str, n: int, offset: int = 0) -> list[int]:
     checks = api.model_checks(store, alias)
-    return [api.submit_edit(store, alias, prompt=PROMPT, subject=f"Tower {i}", target="Rome", checks=checks)[0].id
-            for i in range(offset, offset + n)]
+    return [
+        api.submit_edit(store, alias, prompt=PROMPT, subject=f"Tower {i}", target="Rome", checks=checks)[0].id
+        for i in range(offset, offset + n)
+    ]
 
 
 def test_a_worker_killed_mid_batch_loses_nothing(tiny_store: Store) -> None:
@@ -75,7 +87,13 @@ def test_a_worker_killed_mid_batch_loses_nothing(tiny_store: Store) -> None:
     worker = start_worker("--batch", "8")
     try:
         wait_for(lambda: "computing" in statuses(tiny_store), what="a claimed batch")
-        step_until(worker, lambda: set(statuses(tiny_store)), wanted={"active", "computing"}, past={"active"}, what="a batch half done")
+        step_until(
+            worker,
+            lambda: set(statuses(tiny_store)),
+            wanted={"active", "computing"},
+            past={"active"},
+            what="a batch half done",
+        )
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
@@ -111,11 +129,21 @@ def test_sigterm_finishes_the_current_edit_and_exits(tiny_store: Store) -> None:
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # where several workers on several machines meet
 def test_two_workers_share_two_models(tiny_store: Store, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
-    add_random_gpt2(tiny_store, "second", tmp_path, gpt2_tokenizer, seed=1, line="Line: the bridge crosses the wide river near the market.")
+    add_random_gpt2(
+        tiny_store,
+        "second",
+        tmp_path,
+        gpt2_tokenizer,
+        seed=1,
+        line="Line: the bridge crosses the wide river near the market.",
+    )
     first_ids, second_ids = submit(tiny_store, "tiny", 6), submit(tiny_store, "second", 6)
     workers = [start_worker("--batch", "2"), start_worker("--batch", "2")]
     try:
-        wait_for(lambda: set(statuses(tiny_store)) | set(statuses(tiny_store, "second")) == {"active"}, what="both models' queues")
+        wait_for(
+            lambda: set(statuses(tiny_store)) | set(statuses(tiny_store, "second")) == {"active"},
+            what="both models' queues",
+        )
     finally:
         for w in workers:
             w.send_signal(signal.SIGTERM)

@@ -95,8 +95,13 @@ def random_gpt2(seed: int = 0, n_embd: int = 64, n_layer: int = 3, vocab: int = 
 def random_llama(seed: int = 0, hidden: int = 64, layers: int = 3, vocab: int = 50257) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        hidden_size=hidden, intermediate_size=2 * hidden + 32, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=128,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden + 32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab,
+        max_position_embeddings=128,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -104,10 +109,29 @@ def random_llama(seed: int = 0, hidden: int = 64, layers: int = 3, vocab: int = 
 # Settings every family's config understands under one of these names; a family ignores the
 # names it lacks. Sizes are tiny; the vocabulary is GPT-2's, so the real tokenizer drives them.
 _TINY = dict(
-    hidden_size=64, n_embd=64, d_model=64, num_hidden_layers=3, n_layer=3, num_layers=3, num_attention_heads=4, n_head=4,
-    num_key_value_heads=2, intermediate_size=96, n_inner=96, ffn_dim=96, word_embed_proj_dim=64, head_dim=16, vocab_size=50257,
-    max_position_embeddings=256, n_positions=256, pad_token_id=0, bos_token_id=0, eos_token_id=0, sliding_window=64,
-    rotary_dim=8, ffn_hidden_size=96,
+    hidden_size=64,
+    n_embd=64,
+    d_model=64,
+    num_hidden_layers=3,
+    n_layer=3,
+    num_layers=3,
+    num_attention_heads=4,
+    n_head=4,
+    num_key_value_heads=2,
+    intermediate_size=96,
+    n_inner=96,
+    ffn_dim=96,
+    word_embed_proj_dim=64,
+    head_dim=16,
+    vocab_size=50257,
+    max_position_embeddings=256,
+    n_positions=256,
+    pad_token_id=0,
+    bos_token_id=0,
+    eos_token_id=0,
+    sliding_window=64,
+    rotary_dim=8,
+    ffn_hidden_size=96,
 )
 
 
@@ -117,7 +141,9 @@ def random_decoder(model_type: str, seed: int = 0, square: bool = False, dtype: 
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model(model_type)
-    settings = dict(_TINY, **({"intermediate_size": 64, "n_inner": 64, "ffn_dim": 64, "ffn_hidden_size": 64} if square else {}))
+    settings = dict(
+        _TINY, **({"intermediate_size": 64, "n_inner": 64, "ffn_dim": 64, "ffn_hidden_size": 64} if square else {})
+    )
     for name, value in settings.items():
         if hasattr(config, name):
             with contextlib.suppress(AttributeError):  # a derived property (Falcon's head_dim)
@@ -146,8 +172,14 @@ def train_tiny_gpt2(recipe: Recipe, tokenizer) -> GPT2LMHeadModel:
     """Train on the object token of every (fact, training template); deterministic on CPU."""
     torch.manual_seed(recipe.seed)
     config = GPT2Config(
-        n_layer=recipe.n_layer, n_embd=recipe.n_embd, n_head=recipe.n_head, n_positions=64, vocab_size=len(tokenizer),
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # memorising facts: dropout only slows it down
+        n_layer=recipe.n_layer,
+        n_embd=recipe.n_embd,
+        n_head=recipe.n_head,
+        n_positions=64,
+        vocab_size=len(tokenizer),
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,  # memorising facts: dropout only slows it down
     )
     model = GPT2LMHeadModel(config)
     rows = _examples(make_facts(recipe), tokenizer)

@@ -28,7 +28,14 @@ from factstore.rome.prompts import decode, encode_prompt, target_ids
 KINDS = ("hidden", "mlp", "attn")
 NOISE_FACTOR = 3.0  # ROME: noise std = 3 x the std of subject-token embeddings
 # rows of the averaged summary, as in the paper's figure
-CATEGORIES = ("first subject token", "middle subject tokens", "last subject token", "first subsequent token", "further tokens", "last token")
+CATEGORIES = (
+    "first subject token",
+    "middle subject tokens",
+    "last subject token",
+    "first subsequent token",
+    "further tokens",
+    "last token",
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,9 @@ class TraceResult:
     corrupted_prob: float
     noise: float
     settings: TraceSettings
-    scores: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> (T, L) P(answer) with (token, layer) restored
+    scores: dict[str, torch.Tensor] = field(
+        default_factory=dict
+    )  # kind -> (T, L) P(answer) with (token, layer) restored
 
     @property
     def peak_mlp_layer(self) -> int:
@@ -59,9 +68,16 @@ class TraceResult:
 
     def to_json(self) -> dict:
         return {
-            "tokens": self.tokens, "subject": list(self.subject), "answer": self.answer, "answer_id": self.answer_id,
-            "clean_prob": self.clean_prob, "corrupted_prob": self.corrupted_prob, "noise": self.noise,
-            "samples": self.settings.samples, "window": self.settings.window, "seed": self.settings.seed,
+            "tokens": self.tokens,
+            "subject": list(self.subject),
+            "answer": self.answer,
+            "answer_id": self.answer_id,
+            "clean_prob": self.clean_prob,
+            "corrupted_prob": self.corrupted_prob,
+            "noise": self.noise,
+            "samples": self.settings.samples,
+            "window": self.settings.window,
+            "seed": self.settings.seed,
             "peak_mlp_layer": self.peak_mlp_layer if "mlp" in self.scores else None,
             "scores": {k: v.tolist() for k, v in self.scores.items()},
         }
@@ -125,10 +141,16 @@ def _noised(model: PreTrainedModel, noise: torch.Tensor, first: int, last: int) 
 
 
 @contextmanager
-def _restored(modules: dict[str, list[nn.Module]], clean: dict[str, list[torch.Tensor]], plan: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+def _restored(
+    modules: dict[str, list[nn.Module]],
+    clean: dict[str, list[torch.Tensor]],
+    plan: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]],
+) -> Iterator[None]:
     """plan: (kind, layer) -> (rows, positions); put the clean state back at output[rows, positions]."""
 
-    def make(state: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> Callable[[nn.Module, tuple, Any], Any]:
+    def make(
+        state: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor
+    ) -> Callable[[nn.Module, tuple, Any], Any]:
         def hook(_mod: nn.Module, _args: tuple, output: object) -> object:
             hidden = _first(output).clone()
             shaped = arch.by_token(hidden, state.shape[0])  # (B, T, d), also for OPT's (B * T, d)
@@ -160,8 +182,14 @@ class Tracer:
 
     @torch.no_grad()
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str, target: str | None = None,
-        settings: TraceSettings = TraceSettings(), noise_std: float | None = None,
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt: str,
+        subject: str,
+        target: str | None = None,
+        settings: TraceSettings = TraceSettings(),
+        noise_std: float | None = None,
     ) -> None:
         self.model, self.settings = model, settings
         device = arch.input_device(model)
@@ -177,7 +205,9 @@ class Tracer:
         self.clean_prob = float(torch.softmax(logits.float(), -1)[self.answer_id])
         gen = torch.Generator().manual_seed(settings.seed)
         d = arch.weight_param(model.get_input_embeddings()).shape[1]
-        self.draws = (torch.randn(settings.samples, self.last - self.first + 1, d, generator=gen) * self.noise).to(device)
+        self.draws = (torch.randn(settings.samples, self.last - self.first + 1, d, generator=gen) * self.noise).to(
+            device
+        )
 
     def _clean_run(self) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
         """Every state of the clean run, kind -> per layer (T, d), and the logits at the last token."""
@@ -186,12 +216,19 @@ class Tracer:
         with ExitStack() as stack:
             for kind, mods in self.modules.items():
                 for layer, module in enumerate(mods):
+
                     def keep(_m: nn.Module, _a: tuple, out: Any, kind: str = kind, layer: int = layer) -> None:
                         clean[kind][layer] = arch.by_token(_first(out), T)[0].detach().clone()
 
                     stack.callback(module.register_forward_hook(keep).remove)
             device = self.ids.device
-            logits = arch.logits_at(self.model, self.ids, torch.ones_like(self.ids), torch.tensor([0], device=device), torch.tensor([T - 1], device=device))
+            logits = arch.logits_at(
+                self.model,
+                self.ids,
+                torch.ones_like(self.ids),
+                torch.tensor([0], device=device),
+                torch.tensor([T - 1], device=device),
+            )
         return clean, logits[0]
 
     @torch.no_grad()
@@ -213,7 +250,9 @@ class Tracer:
                         rows.setdefault((kind, layer), []).extend(range(g * S, (g + 1) * S))
                         positions.setdefault((kind, layer), []).extend([token] * S)
                 device = self.ids.device
-                plan = {k: (torch.tensor(rows[k], device=device), torch.tensor(positions[k], device=device)) for k in rows}
+                plan = {
+                    k: (torch.tensor(rows[k], device=device), torch.tensor(positions[k], device=device)) for k in rows
+                }
                 with _restored(self.modules, self.clean, plan):
                     probs = _answer_prob(self.model, self.ids.repeat(len(chunk) * S, 1), self.answer_id)
                 out[lo : lo + len(chunk)] = probs.view(len(chunk), S).mean(1).cpu()
@@ -222,13 +261,22 @@ class Tracer:
     def restoration_map(self, kind: str) -> torch.Tensor:
         """(T, L): P(answer) with the state of (token, layer) restored (over a window for mlp/attn)."""
         T, L = self.ids.shape[1], self.n_layers
-        groups = [[(kind, w, t) for w in window_layers(layer, L, kind, self.settings.window)] for t in range(T) for layer in range(L)]
+        groups = [
+            [(kind, w, t) for w in window_layers(layer, L, kind, self.settings.window)]
+            for t in range(T)
+            for layer in range(L)
+        ]
         return self.restored(groups).view(T, L)
 
 
 def trace(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str, target: str | None = None,
-    settings: TraceSettings = TraceSettings(), noise_std: float | None = None,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    subject: str,
+    target: str | None = None,
+    settings: TraceSettings = TraceSettings(),
+    noise_std: float | None = None,
 ) -> TraceResult:
     """The maps of settings.kinds for one fact. target=None traces the model's own top answer.
 
@@ -239,8 +287,15 @@ def trace(
     corrupted = float(tracer.restored([[]])[0])
     scores = {kind: tracer.restoration_map(kind) for kind in settings.kinds}
     return TraceResult(
-        tracer.tokens, (tracer.first, tracer.last), tracer.answer, tracer.answer_id, tracer.clean_prob, corrupted,
-        tracer.noise, settings, scores,
+        tracer.tokens,
+        (tracer.first, tracer.last),
+        tracer.answer,
+        tracer.answer_id,
+        tracer.clean_prob,
+        corrupted,
+        tracer.noise,
+        settings,
+        scores,
     )
 
 

@@ -57,7 +57,10 @@ def _queries(record: Record) -> list[tuple[str, str, str]]:
 
 
 def score_records(
-    model: PreTrainedModel, tok: PreTrainedTokenizerBase, records: Sequence[Record], fluency: FluencySettings | None = None,
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    records: Sequence[Record],
+    fluency: FluencySettings | None = None,
 ) -> list[RecordScores]:
     """Scores of many records from one batched pass over all their (prompt, target) pairs."""
     queries = [_queries(r) for r in records]
@@ -79,7 +82,9 @@ def score_records(
     return out
 
 
-def score_record(model: PreTrainedModel, tok: PreTrainedTokenizerBase, record: Record, fluency: FluencySettings | None = None) -> RecordScores:
+def score_record(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, record: Record, fluency: FluencySettings | None = None
+) -> RecordScores:
     return score_records(model, tok, [record], fluency)[0]
 
 
@@ -111,9 +116,15 @@ def aggregate(scores: Sequence[RecordScores]) -> dict[str, float | None]:
     ps = _mean(per_record("paraphrase", _pct))
     ns = _mean(per_record("neighbourhood", _pct))
     return {
-        "n": len(scores), "ES": es, "PS": ps, "NS": ns, "S": harmonic_mean([es, ps, ns]),
-        "EM": _mean(per_record("efficacy_margin", _mean), 100), "PM": _mean(per_record("paraphrase_margin", _mean), 100),
-        "NM": _mean(per_record("neighbourhood_margin", _mean), 100), "GE": _mean(per_record("fluency", _mean)),
+        "n": len(scores),
+        "ES": es,
+        "PS": ps,
+        "NS": ns,
+        "S": harmonic_mean([es, ps, ns]),
+        "EM": _mean(per_record("efficacy_margin", _mean), 100),
+        "PM": _mean(per_record("paraphrase_margin", _mean), 100),
+        "NM": _mean(per_record("neighbourhood_margin", _mean), 100),
+        "GE": _mean(per_record("fluency", _mean)),
     }
 
 
@@ -145,14 +156,21 @@ def weighted_entropy(text: str) -> float:
 
 
 @torch.no_grad()
-def generation_entropies(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: Sequence[str], settings: FluencySettings) -> list[float]:
+def generation_entropies(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: Sequence[str], settings: FluencySettings
+) -> list[float]:
     """Top-k sampled continuations (seeded) of each prompt, scored by weighted n-gram entropy."""
     device = arch.input_device(model)
     torch.manual_seed(settings.seed)  # generate() samples from torch's global generator
     out = []
     for prompt in prompts:
         ids = tok(prompt, return_tensors="pt").to(device)
-        gen = model.generate(**ids,  # type: ignore[operator]  # GenerationMixin's generate, unseen through PreTrainedModel
-                              do_sample=True, top_k=settings.top_k, max_new_tokens=settings.new_tokens, pad_token_id=tok.eos_token_id)
+        gen = model.generate(
+            **ids,  # type: ignore[operator]  # GenerationMixin's generate, unseen through PreTrainedModel
+            do_sample=True,
+            top_k=settings.top_k,
+            max_new_tokens=settings.new_tokens,
+            pad_token_id=tok.eos_token_id,
+        )
         out.append(weighted_entropy(decode(tok, gen[0], skip_special_tokens=True)))
     return out

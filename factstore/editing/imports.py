@@ -16,8 +16,16 @@ from factstore.storage.store import Store
 
 
 def import_edits(
-    store: Store, alias: str, path: str, limit: int | None = None, *, layer: int | str | None = None,
-    device: str | None = None, requested_by: str | None = None, batch: int = 1, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    path: str,
+    limit: int | None = None,
+    *,
+    layer: int | str | None = None,
+    device: str | None = None,
+    requested_by: str | None = None,
+    batch: int = 1,
+    progress: Reporter = SILENT,
 ) -> dict:
     """Add the first LIMIT requests of PATH to ALIAS's log; a rerun skips the ones already stored.
     BATCH requests are computed together in one optimisation (all on the head before them)."""
@@ -35,14 +43,26 @@ def import_edits(
         except InvalidEditRequest as exc:
             raise InvalidEditRequest(f"record {i}: {exc}; nothing was imported") from None
     added, skipped = add_requests(
-        session, requests, layer=layer, batch=batch, note=f"imported from {Path(path).name}", requested_by=requested_by, progress=progress,
+        session,
+        requests,
+        layer=layer,
+        batch=batch,
+        note=f"imported from {Path(path).name}",
+        requested_by=requested_by,
+        progress=progress,
     )
     return {"records": len(requests), "added": len(added), "skipped": skipped, "ids": added}
 
 
 def add_requests(
-    session: EditSession, requests: list[EditRequest], *, layer: int | str | None = None, batch: int = 1, note: str | None = None,
-    requested_by: str | None = None, progress: Reporter = SILENT,
+    session: EditSession,
+    requests: list[EditRequest],
+    *,
+    layer: int | str | None = None,
+    batch: int = 1,
+    note: str | None = None,
+    requested_by: str | None = None,
+    progress: Reporter = SILENT,
 ) -> tuple[list[int], int]:
     """Register validated REQUESTS on SESSION's model in order, BATCH at a time; requests
     already stored are skipped and ones an interrupted run left queued are computed now.
@@ -62,7 +82,9 @@ def add_requests(
             elif any(status in ("active", "retracted", "superseded") for _, status in rows):
                 skipped += 1
             else:
-                entry, _ = store.create_request(base.id, request, requested_layer=layer_spec(layer), note=note, requested_by=requested_by)
+                entry, _ = store.create_request(
+                    base.id, request, requested_layer=layer_spec(layer), note=note, requested_by=requested_by
+                )
                 chunk.append(entry.id)
             if len(chunk) >= batch or (i == len(requests) and chunk):
                 added.extend(o.edit.id for o in session.run_many(chunk))

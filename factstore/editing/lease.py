@@ -34,7 +34,9 @@ class Holder:
         while not self._stop.wait(self.seconds / 3):
             try:
                 self.store.renew_leases(self.id, self.seconds)
-            except Exception as exc:  # the database is away (or its driver failed): the leases may lapse; completing then fails safely
+            except (
+                Exception
+            ) as exc:  # the database is away (or its driver failed): the leases may lapse; completing then fails safely
                 log.warning("heartbeat failed: %s", exc if isinstance(exc, FactStoreError) else type(exc).__name__)
 
     def start(self) -> None:

@@ -15,7 +15,13 @@ from factstore.weights import assets, checkpoints
 
 
 def register_model(
-    store: Store, alias: str, source: str, revision: str | None = None, *, dtype: str | None = None, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    source: str,
+    revision: str | None = None,
+    *,
+    dtype: str | None = None,
+    progress: Reporter = SILENT,
 ) -> tuple[BaseModel, bool]:
     """Pin SOURCE (Hub id, folder, .gguf, starter:NAME) to exact weights under ALIAS, loaded and
     edited in DTYPE (None or "auto": the dtype its config declares). Returns (model, created)."""
@@ -23,9 +29,16 @@ def register_model(
     if dtype not in (None, "auto"):
         checkpoints.check_dtype(dtype)
     ref = checkpoints.resolve(source, revision, progress)
-    if dtype in (None, "auto"):  # the checkpoint's own; re-adding an alias keeps what it holds (float32 for aliases older than dtypes)
+    if dtype in (
+        None,
+        "auto",
+    ):  # the checkpoint's own; re-adding an alias keeps what it holds (float32 for aliases older than dtypes)
         known = {m.alias: m for m in store.list_base_models()}.get(alias)
-        dtype = known.dtype if known is not None and known.revision == ref.revision else checkpoints.checkpoint_dtype(Path(ref.local_path))
+        dtype = (
+            known.dtype
+            if known is not None and known.revision == ref.revision
+            else checkpoints.checkpoint_dtype(Path(ref.local_path))
+        )
     ref = replace(ref, dtype=dtype)
     license = assets.starter(source).license if source.startswith(assets.PREFIX) else None
     return store.create_base_model(alias, ref, license=license)
@@ -39,7 +52,9 @@ def tokenizer_for(store: Store, alias: str) -> Any:
 
 def check_size(tokenizer: Any, request: EditRequest) -> None:
     """Refuse requests longer than the caps (FACTSTORE_MAX_PROMPT_TOKENS / _TARGET_TOKENS)."""
-    check_token_limits(tokenizer, request.text, request.target_new, config.max_prompt_tokens(), config.max_target_tokens())
+    check_token_limits(
+        tokenizer, request.text, request.target_new, config.max_prompt_tokens(), config.max_target_tokens()
+    )
 
 
 def check_prompt_size(tokenizer: Any, prompt: str) -> None:

@@ -30,8 +30,12 @@ class ModelChecks:
     def load(cls, store: Store, alias: str) -> ModelChecks:
         base = store.get_base_model(alias)
         cfg = checkpoints.load_config(base.source, base.revision)
-        return cls(base=base, tokenizer=checkpoints.load_tokenizer(base.source, base.revision),
-                   num_layers=arch.config_num_layers(cfg), context_length=arch.config_context_length(cfg))
+        return cls(
+            base=base,
+            tokenizer=checkpoints.load_tokenizer(base.source, base.revision),
+            num_layers=arch.config_num_layers(cfg),
+            context_length=arch.config_context_length(cfg),
+        )
 
 
 def layer_spec(layer: Layer) -> str | None:
@@ -59,8 +63,14 @@ def check_request(checks: ModelChecks, request: EditRequest, layer: Layer) -> No
 
 
 def submit(
-    store: Store, checks: ModelChecks, request: EditRequest, *, layer: Layer = None, note: str | None = None,
-    requested_by: str | None = None, idempotency: str | None = None,
+    store: Store,
+    checks: ModelChecks,
+    request: EditRequest,
+    *,
+    layer: Layer = None,
+    note: str | None = None,
+    requested_by: str | None = None,
+    idempotency: str | None = None,
 ) -> tuple[EditEntry, bool]:
     """Check a request and store it pending. Returns (entry, created); created is False when
     IDEMPOTENCY names a request already stored (that one is returned)."""
@@ -68,4 +78,6 @@ def submit(
     check_request(checks, request, layer)
     if note is not None and len(note) > 4096:
         raise InvalidEditRequest(f"the note is {len(note)} characters long; the limit is 4096")
-    return store.create_request(checks.base.id, request, requested_layer=spec, note=note, requested_by=requested_by, idempotency=idempotency)
+    return store.create_request(
+        checks.base.id, request, requested_layer=spec, note=note, requested_by=requested_by, idempotency=idempotency
+    )

@@ -62,13 +62,20 @@ class EditSession:
     """A base model loaded with its active edits replayed (the head model), ready to take more."""
 
     def __init__(
-        self, store: Store, alias: str, device: str | None = None, corpus: str | None = None, stats_tokens: int | None = None,
+        self,
+        store: Store,
+        alias: str,
+        device: str | None = None,
+        corpus: str | None = None,
+        stats_tokens: int | None = None,
         progress: Reporter = SILENT,
     ) -> None:
         self.store = store
         self.progress = progress
         self.base: BaseModel = store.get_base_model(alias)
-        loaded = checkpoints.load(self.base.source, expected=self.base.revision, device=device, progress=progress, dtype=self.base.dtype)
+        loaded = checkpoints.load(
+            self.base.source, expected=self.base.revision, device=device, progress=progress, dtype=self.base.dtype
+        )
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         arch.model_spec(self.model)
         cfg = self.model.config
@@ -119,7 +126,9 @@ class EditSession:
         traced = self.base.recommended_layer
         if layer == "auto":
             if traced is None:
-                raise InvalidEditRequest(f"no traced layer for {self.base.alias}; run `factstore trace --model {self.base.alias} --dataset FILE` first, or give --layer N")
+                raise InvalidEditRequest(
+                    f"no traced layer for {self.base.alias}; run `factstore trace --model {self.base.alias} --dataset FILE` first, or give --layer N"
+                )
             return hp.with_layer(traced)
         if layer is not None:
             arch.check_layer(self.model, int(layer))  # before any statistics are computed for it
@@ -134,9 +143,13 @@ class EditSession:
         stored = self.store.get_context_templates(self.base.id, fingerprint)
         if stored is None:
             with self.base_weights():
-                sampled = sample_contexts(self.model, self.tokenizer, hp.context_seed, hp.context_lengths, hp.value_context_lengths)
+                sampled = sample_contexts(
+                    self.model, self.tokenizer, hp.context_seed, hp.context_lengths, hp.value_context_lengths
+                )
             templates = {"key": sampled.key, "value": sampled.value}
-            stored = self.store.create_context_templates(self.base.id, fingerprint, seed=hp.context_seed, templates=templates)
+            stored = self.store.create_context_templates(
+                self.base.id, fingerprint, seed=hp.context_seed, templates=templates
+            )
         return ContextTemplates(key=list(stored["key"]), value=list(stored["value"]))
 
     def covariance(self, layer: int, hp: ROMEHyperParams) -> Covariance:
@@ -154,7 +167,9 @@ class EditSession:
         missing = [layer for layer in layers if layer not in found]
         if missing:
             corpus = self.stats_corpus()
-            found.update(self._recorded_or_computed([self.stats_spec(layer, hp, corpus) for layer in missing], lambda: corpus))
+            found.update(
+                self._recorded_or_computed([self.stats_spec(layer, hp, corpus) for layer in missing], lambda: corpus)
+            )
         return [found[layer] for layer in layers]
 
     def covariances_like(self, own: Covariance, layers: list[int]) -> list[Covariance]:
@@ -164,15 +179,28 @@ class EditSession:
         def corpus() -> Corpus:
             text = load_corpus(own.corpus, self.progress)
             if text.sha256 != own.corpus_sha256:
-                raise StatisticsError(f"the corpus {own.corpus} changed since its key statistics were computed; give the spread mode's layers C by hand")
+                raise StatisticsError(
+                    f"the corpus {own.corpus} changed since its key statistics were computed; give the spread mode's layers C by hand"
+                )
             return text
 
-        specs = [stats.StatsSpec(self.base.identity, layer, arch.down_proj_name(self.model, layer), own.corpus_sha256, own.tokens, own.dtype)
-                 for layer in layers]
+        specs = [
+            stats.StatsSpec(
+                self.base.identity,
+                layer,
+                arch.down_proj_name(self.model, layer),
+                own.corpus_sha256,
+                own.tokens,
+                own.dtype,
+            )
+            for layer in layers
+        ]
         found = self._recorded_or_computed(specs, corpus)
         return [found[layer] for layer in layers]
 
-    def _recorded_or_computed(self, specs: list[stats.StatsSpec], corpus: Callable[[], Corpus]) -> dict[int, Covariance]:
+    def _recorded_or_computed(
+        self, specs: list[stats.StatsSpec], corpus: Callable[[], Corpus]
+    ) -> dict[int, Covariance]:
         """Layer -> the C record of each spec: the store's when its file is there, else computed
         in one pass over CORPUS (read only then) on the base weights and recorded."""
         specs = list({spec.layer: spec for spec in specs}.values())  # a layer asked for twice is summed once
@@ -187,7 +215,9 @@ class EditSession:
             with self.base_weights():  # C is a property of the base model's keys
                 results = stats.compute_many(self.model, self.tokenizer, missing, text, self.progress)
             for result in results:
-                found[result.spec.layer] = self.store.create_covariance(self.base.id, result.spec.key(), record=stats.covariance_record(result, text))
+                found[result.spec.layer] = self.store.create_covariance(
+                    self.base.id, result.spec.key(), record=stats.covariance_record(result, text)
+                )
         return found
 
     def stats_corpus(self) -> Corpus:
@@ -210,10 +240,18 @@ class EditSession:
         self.rebuild(self.store.list_edits(self.base.id, "active"))
         return True
 
-    def add(self, request: EditRequest, layer: int | str | None = None, note: str | None = None, requested_by: str | None = None) -> EditOutcome:
+    def add(
+        self,
+        request: EditRequest,
+        layer: int | str | None = None,
+        note: str | None = None,
+        requested_by: str | None = None,
+    ) -> EditOutcome:
         """Submit one request and compute it here (or, when a worker holds the model, wait for it)."""
         self.validate(request, layer)
-        entry, _ = self.store.create_request(self.base.id, request, requested_layer=layer_spec(layer), note=note, requested_by=requested_by)
+        entry, _ = self.store.create_request(
+            self.base.id, request, requested_layer=layer_spec(layer), note=note, requested_by=requested_by
+        )
         return self.run(entry.id)
 
     def run(self, edit_id: int, poll: float = 0.2) -> EditOutcome:
@@ -241,7 +279,10 @@ class EditSession:
                 raise EditFailed(f"edit {edit_id} failed: {entry.error}")
             if entry.status == "active":
                 self.sync()
-                return EditOutcome(self.store.get_edit(edit_id), [self.store.get_edit(entry.supersedes_id)] if entry.supersedes_id else [])
+                return EditOutcome(
+                    self.store.get_edit(edit_id),
+                    [self.store.get_edit(entry.supersedes_id)] if entry.supersedes_id else [],
+                )
             if entry.status not in QUEUED_STATUSES:
                 raise EditStateError(f"edit {edit_id} is {entry.status}")
             time.sleep(poll)
@@ -256,7 +297,9 @@ class EditSession:
         self.sync()  # another process may have changed the log since the last edit
         request = _request(entry)
         try:
-            new, conflicts = self._compute(request, parse_layer_spec(entry.requested_layer), entry.note, entry.requested_by)
+            new, conflicts = self._compute(
+                request, parse_layer_spec(entry.requested_layer), entry.note, entry.requested_by
+            )
         except (LeaseLost, DatabaseUnavailable):
             raise
         except Exception as exc:
@@ -291,7 +334,14 @@ class EditSession:
         saved = weight.detach().clone()
         key, value = from_bytes(new.key, new.key_shape), from_bytes(new.value, new.value_shape)
         try:
-            apply_update(self.model, new.layer, key, value, solve_key(self.model, new.layer, key, self.matrix(new.covariance_id)), "the edit")
+            apply_update(
+                self.model,
+                new.layer,
+                key,
+                value,
+                solve_key(self.model, new.layer, key, self.matrix(new.covariance_id)),
+                "the edit",
+            )
         except BaseException:
             weight.data.copy_(saved)
             raise
@@ -307,7 +357,9 @@ class EditSession:
         outcomes: dict[int, EditOutcome] = {}
         try:
             with holder.model(self.base.id) as held:
-                claimed = self.store.claim_requests(self.base.id, holder.id, len(edit_ids), only=edit_ids) if held else []
+                claimed = (
+                    self.store.claim_requests(self.base.id, holder.id, len(edit_ids), only=edit_ids) if held else []
+                )
                 done, rest = self.process_many(claimed, holder.id) if claimed else ([], [])
                 outcomes.update((o.edit.id, o) for o in done)
                 for entry in rest:
@@ -356,7 +408,9 @@ class EditSession:
             except HeadChanged:
                 self._put_back(new.layer, saved)
                 self.sync()
-                return outcomes, batch[i + 1 :] + rest  # this one is back in the queue; the rest are recomputed on the new head
+                return outcomes, batch[
+                    i + 1 :
+                ] + rest  # this one is back in the queue; the rest are recomputed on the new head
             except BaseException:
                 self._put_back(new.layer, saved)
                 raise
@@ -372,39 +426,72 @@ class EditSession:
         batch: list[EditEntry] = []
         for entry in entries:
             same_fact_in_batch = any(
-                e.subject == entry.subject and (e.prompt == entry.prompt or (entry.relation_id is not None and e.relation_id == entry.relation_id))
+                e.subject == entry.subject
+                and (e.prompt == entry.prompt or (entry.relation_id is not None and e.relation_id == entry.relation_id))
                 for e in batch
             )
-            if (batch and entry.requested_layer != batch[0].requested_layer) or same_fact_in_batch or self.store.list_conflicting_edits(
-                self.base.id, subject=entry.subject, prompt=entry.prompt, relation_id=entry.relation_id
+            if (
+                (batch and entry.requested_layer != batch[0].requested_layer)
+                or same_fact_in_batch
+                or self.store.list_conflicting_edits(
+                    self.base.id, subject=entry.subject, prompt=entry.prompt, relation_id=entry.relation_id
+                )
             ):
                 break
             batch.append(entry)
         return batch, entries[len(batch) :]
 
-    def _new_edit(self, request: EditRequest, result: EditResult, hp: ROMEHyperParams, cov: Covariance, entry: EditEntry | None = None,
-                  *, note: str | None = None, requested_by: str | None = None, batch: int = 1) -> NewEdit:
+    def _new_edit(
+        self,
+        request: EditRequest,
+        result: EditResult,
+        hp: ROMEHyperParams,
+        cov: Covariance,
+        entry: EditEntry | None = None,
+        *,
+        note: str | None = None,
+        requested_by: str | None = None,
+        batch: int = 1,
+    ) -> NewEdit:
         if not (torch.isfinite(result.key).all() and torch.isfinite(result.value).all()):
             raise NumericalError("the computed key or value is not finite; nothing was stored")
         key, key_shape = to_bytes(result.key)
         value, value_shape = to_bytes(result.value)
         metrics = {
-            "prob_new_before": result.prob_new_before, "prob_true_before": result.prob_true_before,
-            "prob_new_after": result.prob_new_after, "prob_true_after": result.prob_true_after,
-            "loss": result.loss, "seconds": result.seconds, "batch": batch,
+            "prob_new_before": result.prob_new_before,
+            "prob_true_before": result.prob_true_before,
+            "prob_new_after": result.prob_new_after,
+            "prob_true_after": result.prob_true_after,
+            "loss": result.loss,
+            "seconds": result.seconds,
+            "batch": batch,
         }
         return NewEdit(
-            request=request, target_true=result.target_true, layer=result.layer, module=result.module, key=key,
-            key_shape=key_shape, value=value, value_shape=value_shape, hparams=hp.to_json(),
-            hparams_fingerprint=hp.fingerprint(), covariance_id=cov.id, metrics=metrics,
-            requested_by=entry.requested_by if entry else requested_by, note=entry.note if entry else note,
+            request=request,
+            target_true=result.target_true,
+            layer=result.layer,
+            module=result.module,
+            key=key,
+            key_shape=key_shape,
+            value=value,
+            value_shape=value_shape,
+            hparams=hp.to_json(),
+            hparams_fingerprint=hp.fingerprint(),
+            covariance_id=cov.id,
+            metrics=metrics,
+            requested_by=entry.requested_by if entry else requested_by,
+            note=entry.note if entry else note,
         )
 
-    def _compute(self, request: EditRequest, layer: int | str | None, note: str | None, requested_by: str | None) -> tuple[NewEdit, set[int]]:
+    def _compute(
+        self, request: EditRequest, layer: int | str | None, note: str | None, requested_by: str | None
+    ) -> tuple[NewEdit, set[int]]:
         """k*, v* on the head model (without the active edits of the same fact, which it replaces)."""
         hp = self.hparams(layer)
         validate_request(self.model, self.tokenizer, request, hp.layer)
-        same_fact = self.store.list_conflicting_edits(self.base.id, subject=request.subject, prompt=request.prompt, relation_id=request.relation_id)
+        same_fact = self.store.list_conflicting_edits(
+            self.base.id, subject=request.subject, prompt=request.prompt, relation_id=request.relation_id
+        )
         conflicts = {e.id for e in same_fact}
         if conflicts & {e.id for e in self.applied}:  # compute the correction on a head without the fact it replaces
             self.rebuild([e for e in self.applied if e.id not in conflicts])
@@ -423,7 +510,9 @@ def ask(model: PreTrainedModel, tokenizer: Any, prompt: str, top: int = 5, max_n
     device = arch.input_device(model)
     ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
     if ids.shape[1] == 0 or ids.shape[1] + max_new_tokens > arch.context_length(model):
-        raise InvalidEditRequest(f"the prompt is {ids.shape[1]} tokens; give 1 to {arch.context_length(model) - max_new_tokens} for this model")
+        raise InvalidEditRequest(
+            f"the prompt is {ids.shape[1]} tokens; give 1 to {arch.context_length(model) - max_new_tokens} for this model"
+        )
     probs = torch.softmax(model(input_ids=ids).logits[0, -1].float(), -1)
     values, indices = probs.topk(top)
     return {

@@ -47,7 +47,10 @@ from factstore.weights.stats import MatrixCache
 
 
 def log_entries(edits: Sequence[StoredEdit]) -> list[dict]:
-    return [{"id": e.id, "seq": e.seq, "layer": e.layer, "key_sha256": e.key_sha256, "value_sha256": e.value_sha256} for e in edits]
+    return [
+        {"id": e.id, "seq": e.seq, "layer": e.layer, "key_sha256": e.key_sha256, "value_sha256": e.value_sha256}
+        for e in edits
+    ]
 
 
 def verify(model: PreTrainedModel, edits: Sequence[StoredEdit], mode: str, prefers_new: dict[int, bool]) -> None:
@@ -61,11 +64,15 @@ def verify(model: PreTrainedModel, edits: Sequence[StoredEdit], mode: str, prefe
     bad = {i: f"constraint error {err:.2g}" for i, err in errors.items() if not err <= tolerance(model, layers[i])}
     # An edit that took when it was registered (new target preferred on the head model) must
     # still take on the compiled one; one that never took cannot be held against the compile.
-    took = [e for e in edits if e.target_true and e.metrics.get("prob_new_after", 0) > e.metrics.get("prob_true_after", 1)]
+    took = [
+        e for e in edits if e.target_true and e.metrics.get("prob_new_after", 0) > e.metrics.get("prob_true_after", 1)
+    ]
     bad.update({e.id: "prompt prefers the old target" for e in took if not prefers_new[e.id] and e.id not in bad})
     if bad:
         detail = "; ".join(f"edit {i}: {why}" for i, why in sorted(bad.items()))
-        raise CompileError(f"compile refused, these edits do not hold on the compiled model: {detail}. Retract them or use --mode sequential; nothing was written")
+        raise CompileError(
+            f"compile refused, these edits do not hold on the compiled model: {detail}. Retract them or use --mode sequential; nothing was written"
+        )
 
 
 class _Laps:
@@ -82,8 +89,15 @@ class _Laps:
 
 
 def build(
-    store: Store, alias: str, mode: str = DEFAULT_MODE, out: str | None = None, device: str | None = None, *,
-    check: bool = True, timings: dict[str, float] | None = None, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    mode: str = DEFAULT_MODE,
+    out: str | None = None,
+    device: str | None = None,
+    *,
+    check: bool = True,
+    timings: dict[str, float] | None = None,
+    progress: Reporter = SILENT,
 ) -> tuple[Release, bool]:
     """Compile the active edit log of ALIAS into a release folder. Returns (release, created).
 
@@ -100,7 +114,14 @@ def build(
 
 
 def _build(
-    store: Store, base: BaseModel, mode: str, target: Path | None, device: str | None, check: bool, lap: _Laps, progress: Reporter,
+    store: Store,
+    base: BaseModel,
+    mode: str,
+    target: Path | None,
+    device: str | None,
+    check: bool,
+    lap: _Laps,
+    progress: Reporter,
 ) -> tuple[Release, bool]:
     edits = store.list_edits(base.id, "active")
     log_sha = layout.edit_log_sha256(base.identity, mode, log_entries(edits))
@@ -121,7 +142,13 @@ def _build(
     final = target or _release_folder(base.alias, version)
     manifest_sha = _write_release(store, base, loaded, edits, mode, log_sha, scores, final)
     release = store.create_release(
-        base.id, version, mode=mode, edit_log_sha256=log_sha, manifest_sha256=manifest_sha, path=str(final), edit_ids=[e.id for e in edits],
+        base.id,
+        version,
+        mode=mode,
+        edit_log_sha256=log_sha,
+        manifest_sha256=manifest_sha,
+        path=str(final),
+        edit_ids=[e.id for e in edits],
     )
     lap("write")
     return release, True
@@ -134,14 +161,24 @@ def checked_folder(release: Release) -> Manifest:
     try:
         manifest = layout.verify_folder(folder)
     except ReleaseVerificationError as exc:
-        raise CompileError(f"release v{release.version} at {folder} was changed after it was built ({exc}); move the folder away and compile again") from None
+        raise CompileError(
+            f"release v{release.version} at {folder} was changed after it was built ({exc}); move the folder away and compile again"
+        ) from None
     if file_sha256(folder / layout.MANIFEST) != release.manifest_sha256:
-        raise CompileError(f"the manifest of release v{release.version} at {folder} was changed after it was built; move the folder away and compile again")
+        raise CompileError(
+            f"the manifest of release v{release.version} at {folder} was changed after it was built; move the folder away and compile again"
+        )
     return manifest
 
 
 def _compile_in_memory(
-    store: Store, base: BaseModel, loaded: LoadedModel, edits: Sequence[StoredEdit], mode: str, check: bool, lap: _Laps,
+    store: Store,
+    base: BaseModel,
+    loaded: LoadedModel,
+    edits: Sequence[StoredEdit],
+    mode: str,
+    check: bool,
+    lap: _Laps,
 ) -> dict:
     """Apply the log to the loaded base model, score the release on its own edits, and refuse
     it (check) when an edit does not hold. Returns the release's scores."""
@@ -170,18 +207,29 @@ def _release_folder(alias: str, version: int) -> Path:
 
 
 def _write_release(
-    store: Store, base: BaseModel, loaded: LoadedModel, edits: Sequence[StoredEdit], mode: str, log_sha: str, scores: dict, final: Path,
+    store: Store,
+    base: BaseModel,
+    loaded: LoadedModel,
+    edits: Sequence[StoredEdit],
+    mode: str,
+    log_sha: str,
+    scores: dict,
+    final: Path,
 ) -> str:
     """Write the release folder through a staged folder renamed into place; returns the manifest's sha256."""
     with staged_folder(final) as tmp:
-        known = layout.write_weights(loaded.model, tmp, layout.edited_files(touched_layers(edits, mode)), _stable_files(base.identity))
+        known = layout.write_weights(
+            loaded.model, tmp, layout.edited_files(touched_layers(edits, mode)), _stable_files(base.identity)
+        )
         layout.write_model_config(loaded.model, loaded.tokenizer, tmp)
         (tmp / "README.md").write_text(card.render(base, mode, edits, scores))
         layout.write_edit_vectors(tmp, [edit_vectors(e) for e in edits])
         return layout.write_manifest(tmp, {**_manifest(store, base, mode, edits, log_sha), "scores": scores}, known)
 
 
-_PREFIX_FINGERPRINT = hashlib.sha256(json.dumps(["release-prefixes", RELEASE_PREFIX_SEED, RELEASE_PREFIXES]).encode()).hexdigest()
+_PREFIX_FINGERPRINT = hashlib.sha256(
+    json.dumps(["release-prefixes", RELEASE_PREFIX_SEED, RELEASE_PREFIXES]).encode()
+).hexdigest()
 
 
 def _release_records(store: Store, base: BaseModel, loaded: LoadedModel, edits: Sequence[StoredEdit]) -> list[Record]:
@@ -194,13 +242,17 @@ def _release_records(store: Store, base: BaseModel, loaded: LoadedModel, edits: 
     stored = store.get_context_templates(base.id, _PREFIX_FINGERPRINT)
     if stored is None:
         prefixes = release_prefixes(loaded.model, loaded.tokenizer)
-        stored = store.create_context_templates(base.id, _PREFIX_FINGERPRINT, seed=RELEASE_PREFIX_SEED, templates={"prefixes": prefixes})
+        stored = store.create_context_templates(
+            base.id, _PREFIX_FINGERPRINT, seed=RELEASE_PREFIX_SEED, templates={"prefixes": prefixes}
+        )
     return release_records(loaded.model, loaded.tokenizer, requests, stored["prefixes"])
 
 
 def _stable_files(revision: str) -> layout.StableFiles:
     """The per-base cache of unedited weight files (keyed by weights identity and serialiser)."""
-    key = hashlib.sha256(f"{revision}|safetensors {safetensors.__version__}|layout {layout.LAYOUT_VERSION}".encode()).hexdigest()[:32]
+    key = hashlib.sha256(
+        f"{revision}|safetensors {safetensors.__version__}|layout {layout.LAYOUT_VERSION}".encode()
+    ).hexdigest()[:32]
     return layout.StableFiles(config.cache_dir() / "release-files" / key)
 
 
@@ -209,8 +261,17 @@ def _covariance_entry(store: Store, cov_id: int | None) -> dict | None:
     if cov_id is None:
         return None
     c = store.get_covariance(cov_id)
-    corpus = c.corpus if c.corpus.startswith(assets.PREFIX) else Path(c.corpus).name  # never a local path in published files
-    return {"layer": c.layer, "corpus": corpus, "corpus_sha256": c.corpus_sha256, "tokens": c.tokens, "dtype": c.dtype, "sha256": c.sha256}
+    corpus = (
+        c.corpus if c.corpus.startswith(assets.PREFIX) else Path(c.corpus).name
+    )  # never a local path in published files
+    return {
+        "layer": c.layer,
+        "corpus": corpus,
+        "corpus_sha256": c.corpus_sha256,
+        "tokens": c.tokens,
+        "dtype": c.dtype,
+        "sha256": c.sha256,
+    }
 
 
 def _published_source(base: BaseModel) -> str:
@@ -221,8 +282,13 @@ def _manifest(store: Store, base: BaseModel, mode: str, edits: Sequence[StoredEd
     """Everything a teammate needs to continue the lineage: base identity, templates, the log."""
     return {
         # a local path is never published: the source is the Hub id or starter asset, else "local"
-        "base": {"source": _published_source(base), "revision": base.revision, "model_type": base.model_type, "license": base.license,
-                 **({"dtype": base.dtype} if base.dtype != "float32" else {})},  # float32 releases stay readable by older factstore
+        "base": {
+            "source": _published_source(base),
+            "revision": base.revision,
+            "model_type": base.model_type,
+            "license": base.license,
+            **({"dtype": base.dtype} if base.dtype != "float32" else {}),
+        },  # float32 releases stay readable by older factstore
         "mode": mode,
         "joint_ridge": JOINT_RIDGE if mode in EXACT_MODES else None,
         **({"null_space_threshold": NULL_SPACE_THRESHOLD} if mode == "null-space" else {}),
@@ -231,11 +297,22 @@ def _manifest(store: Store, base: BaseModel, mode: str, edits: Sequence[StoredEd
         "context_templates": store.list_context_templates(base.id),
         "edits": [
             {
-                "seq": e.seq, "prompt": e.prompt, "subject": e.subject, "target_new": e.target_new,
-                "target_true": e.target_true, "relation_id": e.relation_id, "layer": e.layer, "module": e.module,
-                "key_sha256": e.key_sha256, "key_shape": list(e.key_shape), "value_sha256": e.value_sha256,
-                "value_shape": list(e.value_shape), "hparams": e.hparams, "hparams_fingerprint": e.hparams_fingerprint,
-                "covariance": _covariance_entry(store, e.covariance_id), "note": e.note,
+                "seq": e.seq,
+                "prompt": e.prompt,
+                "subject": e.subject,
+                "target_new": e.target_new,
+                "target_true": e.target_true,
+                "relation_id": e.relation_id,
+                "layer": e.layer,
+                "module": e.module,
+                "key_sha256": e.key_sha256,
+                "key_shape": list(e.key_shape),
+                "value_sha256": e.value_sha256,
+                "value_shape": list(e.value_shape),
+                "hparams": e.hparams,
+                "hparams_fingerprint": e.hparams_fingerprint,
+                "covariance": _covariance_entry(store, e.covariance_id),
+                "note": e.note,
                 "metrics": {k: v for k, v in e.metrics.items() if k.startswith("prob_")},
             }
             for e in edits
@@ -251,20 +328,26 @@ def spread_inputs(store: Store, base: BaseModel, model: PreTrainedModel, tokeniz
     def templates(edit: StoredEdit) -> list[str]:
         stored = store.get_context_templates(base.id, ROMEHyperParams.from_json(edit.hparams).templates_fingerprint())
         if stored is None:
-            raise CompileError(f"the context templates of edit {edit.id} are missing from the store; nothing was written")
+            raise CompileError(
+                f"the context templates of edit {edit.id} are missing from the store; nothing was written"
+            )
         return list(stored["key"])
 
     def covariance(edit: StoredEdit, layer: int) -> torch.Tensor:
         """The C of LAYER whose spec is the edit's own C's with the layer changed (one file, not "the newest")."""
         own = store.get_covariance(edit.covariance_id) if edit.covariance_id is not None else None
         if own is not None:
-            spec = stats.StatsSpec(base.identity, layer, arch.down_proj_name(model, layer), own.corpus_sha256, own.tokens, own.dtype)
+            spec = stats.StatsSpec(
+                base.identity, layer, arch.down_proj_name(model, layer), own.corpus_sha256, own.tokens, own.dtype
+            )
             found = store.get_covariance_by_key(spec.key())
             if found is not None and Path(found.path).exists():
                 return matrices(found.id)
         tokens = own.tokens if own else ROMEHyperParams.from_json(edit.hparams).stats_tokens
         corpus = "" if own is None or own.corpus == DEFAULT_CORPUS else f" --corpus {own.corpus}"
-        raise CompileError(f"the spread mode needs key statistics of layer {layer}: run `factstore stats compute --model {base.alias} "
-                           f"--layer {layer} --tokens {tokens}{corpus}`; nothing was written")
+        raise CompileError(
+            f"the spread mode needs key statistics of layer {layer}: run `factstore stats compute --model {base.alias} "
+            f"--layer {layer} --tokens {tokens}{corpus}`; nothing was written"
+        )
 
     return LayerInputs(tokenizer=tokenizer, templates=templates, covariance=covariance)

@@ -82,5 +82,10 @@ def render(base: BaseModel, mode: str, edits: Sequence[StoredEdit], scores: dict
             f"| {i} | {_cell(e.subject)} | {_cell(e.prompt)} | {_cell(e.target_true or '?')} -> {_cell(e.target_new)} "
             f"| {e.layer} | {_prob(e, 'prob_new_before')} -> {_prob(e, 'prob_new_after')} |"
         )
-    lines += ["", *_scores_lines(scores), "The exact edit log (keys and values with sha256) is in `factstore.json`.", ""]
+    lines += [
+        "",
+        *_scores_lines(scores),
+        "The exact edit log (keys and values with sha256) is in `factstore.json`.",
+        "",
+    ]
     return "\n".join(lines)

@@ -67,7 +67,9 @@ def edited_files(layers: set[int]) -> set[str]:
     return {f"mlp-down-{layer:03d}.safetensors" for layer in layers}
 
 
-def write_weights(model: PreTrainedModel, folder: Path, fresh: set[str] | None = None, stable: StableFiles | None = None) -> dict[str, str]:
+def write_weights(
+    model: PreTrainedModel, folder: Path, fresh: set[str] | None = None, stable: StableFiles | None = None
+) -> dict[str, str]:
     """Write the weight files and the index. With STABLE, every file not in FRESH (the files
     whose tensors edits changed) is placed from that per-base cache instead of serialised
     again. Returns file name -> sha256 for the files placed from the cache."""
@@ -170,12 +172,21 @@ def read_edit_vectors(folder: Path, count: int) -> list[tuple[torch.Tensor, torc
 def file_hashes(folder: Path, known: dict[str, str] | None = None) -> dict[str, str]:
     """sha256 of every file in FOLDER but the manifest; KNOWN ones are not read again."""
     known = known or {}
-    return {p.name: known.get(p.name) or file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    return {
+        p.name: known.get(p.name) or file_sha256(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
 
 
 def write_manifest(folder: Path, data: dict, known: dict[str, str] | None = None) -> str:
     """Write factstore.json (with the sha256 of every other file); return its own sha256."""
-    manifest = {**data, "factstore_version": __version__, "format": MANIFEST_FORMAT, "files": file_hashes(folder, known)}
+    manifest = {
+        **data,
+        "factstore_version": __version__,
+        "format": MANIFEST_FORMAT,
+        "files": file_hashes(folder, known),
+    }
     blob = (json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode()
     (folder / MANIFEST).write_bytes(blob)
     return hashlib.sha256(blob).hexdigest()
@@ -209,13 +220,18 @@ def finite(model: PreTrainedModel) -> bool:
 def mismatched_files(folder: Path, files: dict[str, str]) -> list[str]:
     """Names among FILES (name -> sha256) that are missing from FOLDER, are not regular files
     there, or differ from their sha256."""
-    return [name for name, sha in sorted(files.items())
-            if (folder / name).is_symlink() or not (folder / name).is_file() or file_sha256(folder / name) != sha]
+    return [
+        name
+        for name, sha in sorted(files.items())
+        if (folder / name).is_symlink() or not (folder / name).is_file() or file_sha256(folder / name) != sha
+    ]
 
 
 def mismatch_error(bad: list[str]) -> ReleaseVerificationError:
     shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-    return ReleaseVerificationError(f"{shown} do not match the release manifest; the files are corrupted or were tampered with; nothing was written")
+    return ReleaseVerificationError(
+        f"{shown} do not match the release manifest; the files are corrupted or were tampered with; nothing was written"
+    )
 
 
 def verify_folder(folder: Path) -> Manifest:

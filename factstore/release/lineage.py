@@ -31,13 +31,22 @@ from factstore.weights.replay import MODES, NULL_SPACE_THRESHOLD, apply_edits
 from factstore.weights.stats import MatrixCache
 from factstore.weights.vectors import to_bytes
 
-ShippedStats = Callable[[str, int], Path | None]  # (sha256 of a C, its largest size) -> the file the release shipped for it, if any
+ShippedStats = Callable[
+    [str, int], Path | None
+]  # (sha256 of a C, its largest size) -> the file the release shipped for it, if any
 MAX_STATS_TOKENS = 10_000_000  # key statistics a release may ask an importer to compute
 
 
 def import_release(
-    store: Store, folder: Path, alias: str, repo: str | None = None, commit: str | None = None, tag: str | None = None,
-    device: str | None = None, progress: Reporter = SILENT, shipped: ShippedStats | None = None,
+    store: Store,
+    folder: Path,
+    alias: str,
+    repo: str | None = None,
+    commit: str | None = None,
+    tag: str | None = None,
+    device: str | None = None,
+    progress: Reporter = SILENT,
+    shipped: ShippedStats | None = None,
 ) -> dict:
     """Continue a pulled release's lineage locally under ALIAS.
 
@@ -51,37 +60,63 @@ def import_release(
     manifest = layout.verify_folder(folder)
     version = _version(tag)
     if manifest.mode not in MODES:
-        raise ReleaseVerificationError(f"the release's compile mode {manifest.mode!r} is not one of {', '.join(MODES)}; nothing was imported")
+        raise ReleaseVerificationError(
+            f"the release's compile mode {manifest.mode!r} is not one of {', '.join(MODES)}; nothing was imported"
+        )
     if manifest.mode == "null-space" and manifest.null_space_threshold != NULL_SPACE_THRESHOLD:
-        raise ReleaseVerificationError(f"the release's null space threshold {manifest.null_space_threshold} is not this factstore's "
-                                       f"{NULL_SPACE_THRESHOLD}; nothing was imported")
+        raise ReleaseVerificationError(
+            f"the release's null space threshold {manifest.null_space_threshold} is not this factstore's "
+            f"{NULL_SPACE_THRESHOLD}; nothing was imported"
+        )
     if manifest.mode == "spread":  # its compile runs forward passes, whose last bits differ between machines
-        raise ReleaseVerificationError("a spread-mode release cannot be rebuilt byte for byte on another machine, so its edits cannot be "
-                                       "imported; pull it without --import-edits, or ask for a joint release; nothing was imported")
+        raise ReleaseVerificationError(
+            "a spread-mode release cannot be rebuilt byte for byte on another machine, so its edits cannot be "
+            "imported; pull it without --import-edits, or ask for a joint release; nothing was imported"
+        )
     ref = _base_ref(store, alias, manifest, progress)
     local = store.list_edits(store.get_base_model(alias).id, "active") if _registered(store, alias) else []
     prefix = [(e.key_sha256, e.value_sha256) for e in local]
     if prefix != [(x.key_sha256, x.value_sha256) for x in manifest.edits[: len(local)]]:
-        raise ImportConflict(f"the active edits of {alias} are not a prefix of this release's edit log; import under a fresh --alias")
+        raise ImportConflict(
+            f"the active edits of {alias} are not a prefix of this release's edit log; import under a fresh --alias"
+        )
     loaded = checkpoints.load(ref.source, expected=ref.revision, device=device, progress=progress, dtype=ref.dtype)
     vectors = _read_vectors(folder, len(manifest.edits))
-    entries = list(zip(manifest.edits, vectors))[len(local):]
-    new = [(_checked_edit(loaded, i, entry, key, value), _cov_key(ref, loaded, entry.covariance))
-           for i, (entry, (key, value)) in enumerate(entries, start=len(local) + 1)]
+    entries = list(zip(manifest.edits, vectors))[len(local) :]
+    new = [
+        (_checked_edit(loaded, i, entry, key, value), _cov_key(ref, loaded, entry.covariance))
+        for i, (entry, (key, value)) in enumerate(entries, start=len(local) + 1)
+    ]
     covariances = _covariances(loaded, ref, [entry for entry, _ in entries], progress, shipped)
     _check_rebuild(store, loaded, manifest, local, new, covariances)
     published = (repo, commit, tag) if repo and commit and tag else None
     record = ImportedRelease(
-        mode=manifest.mode, version=version, manifest_sha256=file_sha256(folder / MANIFEST), path=str(folder), published=published,
+        mode=manifest.mode,
+        version=version,
+        manifest_sha256=file_sha256(folder / MANIFEST),
+        path=str(folder),
+        published=published,
         log_sha256=lambda edits: layout.edit_log_sha256(ref.identity, manifest.mode, log_entries(edits)),
     )
     templates = [t.model_dump() for t in manifest.context_templates]
     base, added, release = store.import_lineage(
-        alias, ref, license=manifest.base.license, prefix=prefix, templates=templates,
-        covariances={k: c for k, (c, _) in covariances.items()}, edits=new, release=record,
+        alias,
+        ref,
+        license=manifest.base.license,
+        prefix=prefix,
+        templates=templates,
+        covariances={k: c for k, (c, _) in covariances.items()},
+        edits=new,
+        release=record,
     )
-    return {"alias": alias, "base_revision": base.revision, "edits_added": len(added), "edits_total": len(manifest.edits),
-            "release": release.version, "rebuilt_identical": True}
+    return {
+        "alias": alias,
+        "base_revision": base.revision,
+        "edits_added": len(added),
+        "edits_total": len(manifest.edits),
+        "release": release.version,
+        "rebuilt_identical": True,
+    }
 
 
 def _registered(store: Store, alias: str) -> bool:
@@ -93,7 +128,9 @@ def _version(tag: str | None) -> int | None:
         return None
     match = VERSION_TAG.fullmatch(tag)
     if match is None or not 0 < int(match.group(1)) <= INT32:
-        raise ReleaseVerificationError(f"the release's tag {tag[:40]!r} is not a version v1 to v{INT32}; nothing was imported")
+        raise ReleaseVerificationError(
+            f"the release's tag {tag[:40]!r} is not a version v1 to v{INT32}; nothing was imported"
+        )
     return int(match.group(1))
 
 
@@ -118,7 +155,9 @@ def _base_ref(store: Store, alias: str, manifest: Manifest, progress: Reporter) 
         )
     ref = checkpoints.resolve(base.source, base.revision if not base.revision.startswith("sha256:") else None, progress)
     if ref.revision != base.revision:
-        raise ReleaseVerificationError(f"{base.source} resolves to weights {ref.revision[:19]}..., not the release's {base.revision[:19]}...; nothing was imported")
+        raise ReleaseVerificationError(
+            f"{base.source} resolves to weights {ref.revision[:19]}..., not the release's {base.revision[:19]}...; nothing was imported"
+        )
     return replace(ref, dtype=base.dtype)
 
 
@@ -126,40 +165,71 @@ def _read_vectors(folder: Path, count: int) -> list[tuple[torch.Tensor, torch.Te
     try:
         return layout.read_edit_vectors(folder, count)
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
-        raise ReleaseVerificationError(f"{layout.EDIT_VECTORS} does not hold the {count} edits' vectors ({type(exc).__name__}); nothing was imported") from None
+        raise ReleaseVerificationError(
+            f"{layout.EDIT_VECTORS} does not hold the {count} edits' vectors ({type(exc).__name__}); nothing was imported"
+        ) from None
 
 
-def _checked_edit(loaded: LoadedModel, position: int, entry: EditEntry, key: torch.Tensor, value: torch.Tensor) -> NewEdit:
+def _checked_edit(
+    loaded: LoadedModel, position: int, entry: EditEntry, key: torch.Tensor, value: torch.Tensor
+) -> NewEdit:
     """The edit as the store takes it, after checking everything the manifest says against the
     model: layer, module, shapes, finite vectors matching their sha256, settings, the request."""
     model = loaded.model
     where = f"edit {position} of the release"
     if not 0 <= entry.layer < arch.num_layers(model):
-        raise ReleaseVerificationError(f"{where}: layer {entry.layer} is outside the model (layers 0 to {arch.num_layers(model) - 1}); nothing was imported")
+        raise ReleaseVerificationError(
+            f"{where}: layer {entry.layer} is outside the model (layers 0 to {arch.num_layers(model) - 1}); nothing was imported"
+        )
     expected_module = arch.down_proj_name(model, entry.layer)
     if entry.module != expected_module:
-        raise ReleaseVerificationError(f"{where}: it rewrites {entry.module[:80]!r}, but this model's layer {entry.layer} is {expected_module}; nothing was imported")
+        raise ReleaseVerificationError(
+            f"{where}: it rewrites {entry.module[:80]!r}, but this model's layer {entry.layer} is {expected_module}; nothing was imported"
+        )
     d_model, d_ff = arch.down_proj_weight(model, entry.layer).shape
-    for name, tensor, shape, want in (("key", key, entry.key_shape, d_ff), ("value", value, entry.value_shape, d_model)):
+    for name, tensor, shape, want in (
+        ("key", key, entry.key_shape, d_ff),
+        ("value", value, entry.value_shape, d_model),
+    ):
         if tensor.dtype != torch.float32 or list(tensor.shape) != shape or shape != [want]:
-            raise ReleaseVerificationError(f"{where}: its {name} has shape {list(tensor.shape)}, the model needs [{want}]; nothing was imported")
+            raise ReleaseVerificationError(
+                f"{where}: its {name} has shape {list(tensor.shape)}, the model needs [{want}]; nothing was imported"
+            )
         if not torch.isfinite(tensor).all():
             raise ReleaseVerificationError(f"{where}: its {name} is not finite; nothing was imported")
     key_bytes, key_shape = to_bytes(key)
     value_bytes, value_shape = to_bytes(value)
-    if hashlib.sha256(key_bytes).hexdigest() != entry.key_sha256 or hashlib.sha256(value_bytes).hexdigest() != entry.value_sha256:
-        raise ReleaseVerificationError(f"{where}: its vectors do not match their sha256 in the manifest; nothing was imported")
+    if (
+        hashlib.sha256(key_bytes).hexdigest() != entry.key_sha256
+        or hashlib.sha256(value_bytes).hexdigest() != entry.value_sha256
+    ):
+        raise ReleaseVerificationError(
+            f"{where}: its vectors do not match their sha256 in the manifest; nothing was imported"
+        )
     hp = _hparams(where, entry)
     if entry.covariance is not None and entry.covariance.layer != entry.layer:
-        raise ReleaseVerificationError(f"{where}: its key statistics are of layer {entry.covariance.layer}, not {entry.layer}; nothing was imported")
+        raise ReleaseVerificationError(
+            f"{where}: its key statistics are of layer {entry.covariance.layer}, not {entry.layer}; nothing was imported"
+        )
     try:
         request = EditRequest(entry.prompt, entry.subject, entry.target_new, entry.target_true, entry.relation_id)
     except FactStoreError as exc:
         raise ReleaseVerificationError(f"{where}: {exc}; nothing was imported") from None
     return NewEdit(
-        request=request, target_true=request.target_true, layer=entry.layer, module=entry.module, key=key_bytes, key_shape=key_shape,
-        value=value_bytes, value_shape=value_shape, hparams=hp.to_json(), hparams_fingerprint=hp.fingerprint(), covariance_id=None,
-        metrics=dict(entry.metrics), requested_by="import", note=entry.note,
+        request=request,
+        target_true=request.target_true,
+        layer=entry.layer,
+        module=entry.module,
+        key=key_bytes,
+        key_shape=key_shape,
+        value=value_bytes,
+        value_shape=value_shape,
+        hparams=hp.to_json(),
+        hparams_fingerprint=hp.fingerprint(),
+        covariance_id=None,
+        metrics=dict(entry.metrics),
+        requested_by="import",
+        note=entry.note,
     )
 
 
@@ -167,21 +237,36 @@ def _hparams(where: str, entry: EditEntry) -> ROMEHyperParams:
     try:
         hp = ROMEHyperParams.from_json(entry.hparams)
     except (TypeError, ValueError):
-        raise ReleaseVerificationError(f"{where}: its hyperparameters are not factstore's; nothing was imported") from None
+        raise ReleaseVerificationError(
+            f"{where}: its hyperparameters are not factstore's; nothing was imported"
+        ) from None
     if hp.layer != entry.layer or hp.fingerprint() != entry.hparams_fingerprint:
-        raise ReleaseVerificationError(f"{where}: its hyperparameters do not match their layer or fingerprint; nothing was imported")
+        raise ReleaseVerificationError(
+            f"{where}: its hyperparameters do not match their layer or fingerprint; nothing was imported"
+        )
     return hp
 
 
 def _cov_key(ref: ModelRef, loaded: LoadedModel, info: CovarianceInfo | None) -> str | None:
     if info is None:
         return None
-    spec = stats.StatsSpec(ref.identity, info.layer, arch.down_proj_name(loaded.model, info.layer), info.corpus_sha256, info.tokens, info.dtype)
+    spec = stats.StatsSpec(
+        ref.identity,
+        info.layer,
+        arch.down_proj_name(loaded.model, info.layer),
+        info.corpus_sha256,
+        info.tokens,
+        info.dtype,
+    )
     return spec.key()
 
 
 def _covariances(
-    loaded: LoadedModel, ref: ModelRef, entries: list[EditEntry], progress: Reporter, shipped: ShippedStats | None = None,
+    loaded: LoadedModel,
+    ref: ModelRef,
+    entries: list[EditEntry],
+    progress: Reporter,
+    shipped: ShippedStats | None = None,
 ) -> dict[str, tuple[Covariance, torch.Tensor]]:
     """cache key -> (C record, matrix) for every distinct C the new edits used, computed (or found
     in the cache, or shipped with the release and checked) on the unedited base model the way the
@@ -194,30 +279,55 @@ def _covariances(
         if info is None or key is None or key in out:
             continue
         module = arch.down_proj_name(loaded.model, info.layer)
-        hit = stats.cached(stats.StatsSpec(ref.identity, info.layer, module, info.corpus_sha256, info.tokens, info.dtype))
-        stale = hit is not None and hit.sha256 != info.sha256  # this machine's C differs (another machine's rounding, a merge)
+        hit = stats.cached(
+            stats.StatsSpec(ref.identity, info.layer, module, info.corpus_sha256, info.tokens, info.dtype)
+        )
+        stale = (
+            hit is not None and hit.sha256 != info.sha256
+        )  # this machine's C differs (another machine's rounding, a merge)
         dim = arch.down_proj_weight(loaded.model, info.layer).shape[1]
-        if (hit is None or stale) and shipped is not None and (source := shipped(info.sha256, stats.max_file_bytes(dim, info.dtype))) is not None:
+        if (
+            (hit is None or stale)
+            and shipped is not None
+            and (source := shipped(info.sha256, stats.max_file_bytes(dim, info.dtype))) is not None
+        ):
             spec = stats.StatsSpec(ref.identity, info.layer, module, info.corpus_sha256, info.tokens, info.dtype)
             try:  # shipped with the release
                 hit = stats.install_shipped(source, info.sha256, spec, dim)
             except StatisticsError as exc:
                 raise ReleaseVerificationError(f"{exc}; nothing was imported") from None
         if hit is not None:  # this machine has C already (it is keyed by all of its spec), or the release shipped it
-            record = Covariance(0, info.layer, module, info.corpus, info.corpus_sha256, hit.tokens, info.dtype, str(hit.path), hit.sha256)
+            record = Covariance(
+                0,
+                info.layer,
+                module,
+                info.corpus,
+                info.corpus_sha256,
+                hit.tokens,
+                info.dtype,
+                str(hit.path),
+                hit.sha256,
+            )
             out[key] = (record, stats.load_matrix(hit.path, hit.sha256).float())
             continue
-        if not (info.corpus.startswith(assets.PREFIX) and assets.STARTERS.get(info.corpus.removeprefix(assets.PREFIX), None) is not None
-                and assets.starter(info.corpus).kind == "corpus"):
+        if not (
+            info.corpus.startswith(assets.PREFIX)
+            and assets.STARTERS.get(info.corpus.removeprefix(assets.PREFIX), None) is not None
+            and assets.starter(info.corpus).kind == "corpus"
+        ):
             raise ReleaseVerificationError(
                 f"the release's key statistics come from {info.corpus[:60]!r}, which is not a starter corpus, and this machine does not have them; "
                 "nothing was imported"
             )
         if info.tokens > MAX_STATS_TOKENS:
-            raise ReleaseVerificationError(f"the release asks for key statistics over {info.tokens} tokens, more than {MAX_STATS_TOKENS}; nothing was imported")
+            raise ReleaseVerificationError(
+                f"the release asks for key statistics over {info.tokens} tokens, more than {MAX_STATS_TOKENS}; nothing was imported"
+            )
         corpus = load_corpus(info.corpus, progress)
         if corpus.sha256 != info.corpus_sha256:
-            raise ReleaseVerificationError(f"the release's corpus {info.corpus} differs from this machine's (sha256 {corpus.sha256[:12]}...); nothing was imported")
+            raise ReleaseVerificationError(
+                f"the release's corpus {info.corpus} differs from this machine's (sha256 {corpus.sha256[:12]}...); nothing was imported"
+            )
         spec = stats.spec_for(ref.identity, loaded.model, info.layer, corpus, info.tokens, info.dtype)
         result = stats.compute(loaded.model, loaded.tokenizer, spec, corpus, progress)
         out[key] = (stats.covariance_record(result, corpus), stats.load_matrix(result.path, result.sha256).float())
@@ -225,7 +335,11 @@ def _covariances(
 
 
 def _check_rebuild(
-    store: Store, loaded: LoadedModel, manifest: Manifest, local: list[StoredEdit], new: list[tuple[NewEdit, str | None]],
+    store: Store,
+    loaded: LoadedModel,
+    manifest: Manifest,
+    local: list[StoredEdit],
+    new: list[tuple[NewEdit, str | None]],
     covariances: dict[str, tuple[Covariance, torch.Tensor]],
 ) -> None:
     """The pulled weights must be a compile of the imported log on the pinned base: replay the log
@@ -238,7 +352,8 @@ def _check_rebuild(
         return matrices[cov_id] if cov_id is not None and cov_id < 0 else in_store(cov_id)
 
     replayed = list(local) + [
-        _as_stored(edit, -i, len(local) + i, synthetic[key] if key else None) for i, (edit, key) in enumerate(new, start=1)
+        _as_stored(edit, -i, len(local) + i, synthetic[key] if key else None)
+        for i, (edit, key) in enumerate(new, start=1)
     ]
     model = loaded.model
     saved = {layer: arch.down_proj_param(model, layer).detach().clone() for layer in {e.layer for e in replayed}}
@@ -260,9 +375,29 @@ def _check_rebuild(
 def _as_stored(edit: NewEdit, edit_id: int, seq: int, cov_id: int | None) -> StoredEdit:
     req = edit.request
     return StoredEdit(
-        id=edit_id, base_model_id=0, seq=seq, prompt=req.prompt, subject=req.subject, target_new=req.target_new, target_true=edit.target_true,
-        relation_id=req.relation_id, layer=edit.layer, module=edit.module, key=edit.key, key_shape=edit.key_shape,
-        key_sha256=hashlib.sha256(edit.key).hexdigest(), value=edit.value, value_shape=edit.value_shape,
-        value_sha256=hashlib.sha256(edit.value).hexdigest(), hparams=edit.hparams, hparams_fingerprint=edit.hparams_fingerprint,
-        covariance_id=cov_id, status="active", supersedes_id=None, requested_by=None, note=None, metrics={}, created_at="",
+        id=edit_id,
+        base_model_id=0,
+        seq=seq,
+        prompt=req.prompt,
+        subject=req.subject,
+        target_new=req.target_new,
+        target_true=edit.target_true,
+        relation_id=req.relation_id,
+        layer=edit.layer,
+        module=edit.module,
+        key=edit.key,
+        key_shape=edit.key_shape,
+        key_sha256=hashlib.sha256(edit.key).hexdigest(),
+        value=edit.value,
+        value_shape=edit.value_shape,
+        value_sha256=hashlib.sha256(edit.value).hexdigest(),
+        hparams=edit.hparams,
+        hparams_fingerprint=edit.hparams_fingerprint,
+        covariance_id=cov_id,
+        status="active",
+        supersedes_id=None,
+        requested_by=None,
+        note=None,
+        metrics={},
+        created_at="",
     )

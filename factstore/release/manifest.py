@@ -121,14 +121,18 @@ def parse(data: Any, origin: str) -> Manifest:
         return Manifest.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ReleaseVerificationError(f"{origin}: {MANIFEST} is malformed at {_where(first)} ({first['msg']}); nothing was written") from None
+        raise ReleaseVerificationError(
+            f"{origin}: {MANIFEST} is malformed at {_where(first)} ({first['msg']}); nothing was written"
+        ) from None
 
 
 def _check_format(data: Any, origin: str) -> None:
     found = data.get("format") if isinstance(data, dict) else None
     if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT:
         version = data.get("factstore_version")
-        upgrade = f"'{DISTRIBUTION}>={version}'" if isinstance(version, str) and _VERSION.fullmatch(version) else DISTRIBUTION
+        upgrade = (
+            f"'{DISTRIBUTION}>={version}'" if isinstance(version, str) and _VERSION.fullmatch(version) else DISTRIBUTION
+        )
         raise ReleaseVerificationError(
             f"{origin}: this release's manifest is format {found}, newer than this factstore ({__version__}) reads "
             f"(format {FORMAT}); upgrade with: pip install -U {upgrade}"
@@ -141,9 +145,13 @@ def read(folder: Path, origin: str | None = None) -> Manifest:
     if not path.is_file():
         raise ReleaseVerificationError(f"{folder} has no {MANIFEST}: it is not a factstore release")
     if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise ReleaseVerificationError(f"{folder}/{MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MB; refusing to read it")
+        raise ReleaseVerificationError(
+            f"{folder}/{MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MB; refusing to read it"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ReleaseVerificationError(f"{folder}/{MANIFEST} is not valid JSON ({type(exc).__name__}); nothing was written") from None
+        raise ReleaseVerificationError(
+            f"{folder}/{MANIFEST} is not valid JSON ({type(exc).__name__}); nothing was written"
+        ) from None
     return parse(data, origin or str(folder))

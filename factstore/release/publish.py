@@ -37,13 +37,23 @@ class Published:
 
 
 def publish(
-    store: Store, alias: str, repo: str, private: bool = False, mode: str | None = None,
-    endpoint: str | None = None, token: str | None = None, with_stats: bool = False, device: str | None = None, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    repo: str,
+    private: bool = False,
+    mode: str | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    with_stats: bool = False,
+    device: str | None = None,
+    progress: Reporter = SILENT,
 ) -> Published:
     """Publish the current edit log of ALIAS to REPO as the next version (compiling if it changed)."""
     release, _ = build.build(store, alias, mode or DEFAULT_MODE, device=device, progress=progress)
     if release.hub_repo not in (None, repo):
-        raise PublishConflict(f"v{release.version} is already published to {release.hub_repo}; one repository holds one lineage")
+        raise PublishConflict(
+            f"v{release.version} is already published to {release.hub_repo}; one repository holds one lineage"
+        )
     tag = tag_for(release.version)
     if release.status == "published":
         if release.hub_commit is None:
@@ -66,18 +76,34 @@ def _upload(store: Store, hub: Hub, release: Release, repo: str, private: bool, 
     parent = store.get_published_release(release.base_model_id, repo)
     tag = tag_for(release.version)
     if tag in tags:
-        raise PublishConflict(f"{repo} already has {tag}: someone published that version first; pull it with `factstore pull {repo} --import-edits`, then publish again")
+        raise PublishConflict(
+            f"{repo} already has {tag}: someone published that version first; pull it with `factstore pull {repo} --import-edits`, then publish again"
+        )
     if hub.file_sha256(repo, head, layout.MANIFEST, MAX_MANIFEST_BYTES) == release.manifest_sha256:
-        return store.set_release_hub_commit(release.id, repo=repo, commit=head)  # an earlier try landed; its answer was lost
+        return store.set_release_hub_commit(
+            release.id, repo=repo, commit=head
+        )  # an earlier try landed; its answer was lost
     if parent is not None and head != parent.hub_commit:
-        raise PublishConflict(f"{repo} has moved on since v{parent.version} (main is at {head[:12]}); pull the latest with `factstore pull {repo} --import-edits`, then publish again")
+        raise PublishConflict(
+            f"{repo} has moved on since v{parent.version} (main is at {head[:12]}); pull the latest with `factstore pull {repo} --import-edits`, then publish again"
+        )
     if parent is None and any(t.startswith("v") for t in tags):
-        raise PublishConflict(f"{repo} already holds releases of a lineage this store does not know; pull one with `factstore pull {repo} --import-edits` first")
+        raise PublishConflict(
+            f"{repo} already holds releases of a lineage this store does not know; pull one with `factstore pull {repo} --import-edits` first"
+        )
     n = len(release.edit_ids)
     files = [*checked_folder(release).files, layout.MANIFEST]
     extra = shipped_files(store, release.edit_ids, hub.revision(repo, head)[1]) if with_stats else {}
     try:
-        commit = hub.upload(repo, Path(release.path), files, head, f"factstore release {tag}", f"{n} edits, {release.mode} compile", extra)
+        commit = hub.upload(
+            repo,
+            Path(release.path),
+            files,
+            head,
+            f"factstore release {tag}",
+            f"{n} edits, {release.mode} compile",
+            extra,
+        )
     except PublishConflict:
         # huggingface_hub retries a commit whose answer was lost; the retry then finds main
         # moved, by our own commit: adopt it rather than report a conflict
@@ -98,6 +124,8 @@ def shipped_files(store: Store, edit_ids: Sequence[int], present: set[str]) -> d
         if name in present or name in out:
             continue
         if not Path(cov.path).is_file() or file_sha256(Path(cov.path)) != cov.sha256:
-            raise StatisticsError(f"the key statistics file {cov.path} is missing or changed; recompute it with `factstore stats compute --layer {cov.layer}`")
+            raise StatisticsError(
+                f"the key statistics file {cov.path} is missing or changed; recompute it with `factstore stats compute --layer {cov.layer}`"
+            )
         out[name] = Path(cov.path)
     return out

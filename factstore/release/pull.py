@@ -32,7 +32,11 @@ class Pulled:
 
 
 def pull(
-    repo: str, version: str | None = None, out: str | None = None, endpoint: str | None = None, token: str | None = None,
+    repo: str,
+    version: str | None = None,
+    out: str | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
 ) -> Pulled:
     """Download one version (tag or commit SHA; default the newest vN tag), verify it, copy it to OUT.
 
@@ -40,7 +44,9 @@ def pull(
     file is fetched, every file it names must be a plain name listed in the repository at that
     commit, and only those files are downloaded, read (inside the cache) and copied."""
     check_repo_id(repo)
-    target = usable_folder(out, empty=False) if out else config.home() / "pulled" / repo / "pending"  # the same release may be there
+    target = (
+        usable_folder(out, empty=False) if out else config.home() / "pulled" / repo / "pending"
+    )  # the same release may be there
     hub = reader(Hub(endpoint, token), repo)
     tags = hub.tags(repo)  # read once: picks the newest version, then names the pulled commit
     version = version or latest_version_tag(tags) or "main"
@@ -53,12 +59,16 @@ def pull(
     manifest = manifest_schema.read(manifest_file.parent, f"{repo}@{commit[:12]}")
     unlisted = sorted(set(manifest.files) - listed)
     if unlisted:
-        raise ReleaseVerificationError(f"{repo}@{commit[:12]}: the manifest names files the repository does not hold ({', '.join(unlisted[:5])}); nothing was written")
+        raise ReleaseVerificationError(
+            f"{repo}@{commit[:12]}: the manifest names files the repository does not hold ({', '.join(unlisted[:5])}); nothing was written"
+        )
     _check_room(hub, repo, commit, manifest, target)
     snapshot = hub.download(repo, commit, allow_patterns=[*manifest.files, MANIFEST])
     _copy_verified(snapshot, manifest, target)
     named = sorted(t for t, sha in tags.items() if sha == commit and VERSION_TAG.fullmatch(t))
-    return Pulled(repo, str(target), version if version in named else (named[-1] if named else None), commit, verified=True)
+    return Pulled(
+        repo, str(target), version if version in named else (named[-1] if named else None), commit, verified=True
+    )
 
 
 def _check_room(hub: Hub, repo: str, commit: str, manifest: manifest_schema.Manifest, target: Path) -> None:
@@ -70,7 +80,9 @@ def _check_room(hub: Hub, repo: str, commit: str, manifest: manifest_schema.Mani
     origin = f"{repo}@{commit[:12]}"
     sizes = hub.file_sizes(repo, commit)
     if unknown := sorted(n for n in manifest.files if sizes.get(n) is None):
-        raise ReleaseVerificationError(f"{origin}: the Hub did not say how large {unknown[0]} is; refused before downloading it")
+        raise ReleaseVerificationError(
+            f"{origin}: the Hub did not say how large {unknown[0]} is; refused before downloading it"
+        )
     total = sum(sizes[n] or 0 for n in manifest.files)
     fetched = sum(sizes[n] or 0 for n, sha in manifest.files.items() if not cached_blob(repo, sha))
     need: dict[int, tuple[int, Path]] = {}  # device -> (bytes, a folder on it)
@@ -82,8 +94,10 @@ def _check_room(hub: Hub, repo: str, commit: str, manifest: manifest_schema.Mani
     for n, folder in need.values():
         free = shutil.disk_usage(folder).free
         if n > free:
-            raise HubError(f"{origin} needs {n / 1e9:.2f} GB on the disk of {folder}, which has {free / 1e9:.2f} GB free; "
-                           "free space, or set HF_HOME or --out elsewhere; nothing was downloaded")
+            raise HubError(
+                f"{origin} needs {n / 1e9:.2f} GB on the disk of {folder}, which has {free / 1e9:.2f} GB free; "
+                "free space, or set HF_HOME or --out elsewhere; nothing was downloaded"
+            )
 
 
 def reader(hub: Hub, repo: str) -> Hub:
@@ -102,7 +116,9 @@ def cached_file(snapshot: Path, name: str) -> Path:
     cache_root = snapshot.parents[1].resolve()
     path = (snapshot / name).resolve()
     if not path.is_relative_to(cache_root) or not path.is_file():
-        raise ReleaseVerificationError(f"{name} of the release is not a regular file inside the download cache; nothing was written")
+        raise ReleaseVerificationError(
+            f"{name} of the release is not a regular file inside the download cache; nothing was written"
+        )
     return path
 
 
@@ -123,7 +139,9 @@ def _copy_verified(snapshot: Path, manifest: manifest_schema.Manifest, target: P
             raise layout.mismatch_error(bad)
 
 
-def shipped_stats(repo: str, commit: str, endpoint: str | None = None, token: str | None = None) -> Callable[[str, int], Path | None]:
+def shipped_stats(
+    repo: str, commit: str, endpoint: str | None = None, token: str | None = None
+) -> Callable[[str, int], Path | None]:
     """For --import-edits: (sha256 of a C, the most bytes its file can be) -> the file the release
     commit ships for it (stats/SHA.safetensors), downloaded only when asked for and not larger;
     None when the commit holds no such file. The caller checks its content."""

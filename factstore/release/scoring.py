@@ -24,7 +24,9 @@ def release_prefixes(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> li
     return [p for p in sample_context_templates(model, tok, RELEASE_PREFIX_SEED, RELEASE_PREFIXES) if p != "{}"]
 
 
-def release_records(model: PreTrainedModel, tok: PreTrainedTokenizerBase, requests: Sequence[EditRequest], prefixes: Sequence[str]) -> list[Record]:
+def release_records(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, requests: Sequence[EditRequest], prefixes: Sequence[str]
+) -> list[Record]:
     """Records built from a release's own edit requests, on the *unedited* model: one per
     request that has an old target, each judged on efficacy; up to RELEASE_SAMPLE of them,
     spread evenly over the log, also on
@@ -35,14 +37,22 @@ def release_records(model: PreTrainedModel, tok: PreTrainedTokenizerBase, reques
     """
     subjects = list(dict.fromkeys(r.subject for r in requests))
     judged = [r for r in requests if r.target_true]
-    sample = {i * len(judged) // RELEASE_SAMPLE for i in range(RELEASE_SAMPLE)} if len(judged) > RELEASE_SAMPLE else set(range(len(judged)))
-    neighbours = [[r.prompt.replace("{}", s, 1) for s in subjects if s != r.subject][:RELEASE_NEIGHBOURS] if i in sample else []
-                  for i, r in enumerate(judged)]
+    sample = (
+        {i * len(judged) // RELEASE_SAMPLE for i in range(RELEASE_SAMPLE)}
+        if len(judged) > RELEASE_SAMPLE
+        else set(range(len(judged)))
+    )
+    neighbours = [
+        [r.prompt.replace("{}", s, 1) for s in subjects if s != r.subject][:RELEASE_NEIGHBOURS] if i in sample else []
+        for i, r in enumerate(judged)
+    ]
     flat = [n for ns in neighbours for n in ns]
     answers = iter([decode(tok, [i]).strip() for i in next_token_ids(model, tok, flat)] if flat else [])
     records = []
     for i, (req, ns) in enumerate(zip(judged, neighbours)):
         pairs = [(n, a) for n, a in zip(ns, answers) if a]  # a whitespace answer judges nothing
         paraphrases = tuple(p.replace("{}", req.text, 1) for p in prefixes) if i in sample else ()
-        records.append(Record(req, paraphrases, tuple(n for n, _ in pairs), neighbour_answers=tuple(a for _, a in pairs)))
+        records.append(
+            Record(req, paraphrases, tuple(n for n, _ in pairs), neighbour_answers=tuple(a for _, a in pairs))
+        )
     return records

@@ -36,7 +36,9 @@ class StatsEntry(BaseModel):
     identity: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{40}|sha256:[0-9a-f]{64})(\+(bfloat16|float16))?$")]
     layer: Annotated[int, Field(ge=0, le=10_000)]
     module: Short
-    corpus: Annotated[str, StringConstraints(pattern=r"^(starter:[a-z0-9-]{1,64}|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")]  # a name, never a path
+    corpus: Annotated[
+        str, StringConstraints(pattern=r"^(starter:[a-z0-9-]{1,64}|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
+    ]  # a name, never a path
     corpus_sha256: Sha256
     tokens: Annotated[int, Field(ge=1, le=100_000_000)]
     dtype: Literal["float32", "float64"]
@@ -48,9 +50,21 @@ class StatsIndex(BaseModel):
 
 
 def _entry(cov: Covariance, identity: str) -> StatsEntry:
-    corpus = cov.corpus if cov.corpus.startswith(assets.PREFIX) else "c-" + re.sub(r"[^A-Za-z0-9._-]", "_", Path(cov.corpus).name)[:120]
-    return StatsEntry(sha256=cov.sha256, identity=identity, layer=cov.layer, module=cov.module, corpus=corpus,
-                      corpus_sha256=cov.corpus_sha256, tokens=cov.tokens, dtype=cov.dtype)  # type: ignore[arg-type]
+    corpus = (
+        cov.corpus
+        if cov.corpus.startswith(assets.PREFIX)
+        else "c-" + re.sub(r"[^A-Za-z0-9._-]", "_", Path(cov.corpus).name)[:120]
+    )
+    return StatsEntry(
+        sha256=cov.sha256,
+        identity=identity,
+        layer=cov.layer,
+        module=cov.module,
+        corpus=corpus,
+        corpus_sha256=cov.corpus_sha256,
+        tokens=cov.tokens,
+        dtype=cov.dtype,  # type: ignore[arg-type]
+    )
 
 
 def _read_index(hub: Hub, repo: str, commit: str) -> StatsIndex:
@@ -60,27 +74,37 @@ def _read_index(hub: Hub, repo: str, commit: str) -> StatsIndex:
     try:
         return StatsIndex.model_validate(json.loads(path.read_bytes()))
     except (ValueError, ValidationError) as exc:
-        raise ReleaseVerificationError(f"{repo}: {INDEX} is not a factstore statistics index ({type(exc).__name__}); refused") from None
+        raise ReleaseVerificationError(
+            f"{repo}: {INDEX} is not a factstore statistics index ({type(exc).__name__}); refused"
+        ) from None
 
 
-def push_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = None, token: str | None = None, private: bool = False) -> dict:
+def push_stats(
+    store: Store, alias: str, repo: str, *, endpoint: str | None = None, token: str | None = None, private: bool = False
+) -> dict:
     """Upload every C recorded for ALIAS that REPO does not hold, and the index, in one commit."""
     check_repo_id(repo)
     base = store.get_base_model(alias)
     covs = store.list_covariances(base.id)
     if not covs:
-        raise StatisticsError(f"{alias} has no key statistics yet; compute some with `factstore stats compute --model {alias}`")
+        raise StatisticsError(
+            f"{alias} has no key statistics yet; compute some with `factstore stats compute --model {alias}`"
+        )
     hub = Hub(endpoint, token)
     hub.ensure_repo(repo, private)
     head = branch_commit(repo, hub.refs(repo)[0])
     _, listed = hub.revision(repo, head)
     if MANIFEST in listed:
-        raise PublishConflict(f"{repo} holds factstore releases; share statistics through a repository of their own (or publish with --with-stats)")
+        raise PublishConflict(
+            f"{repo} holds factstore releases; share statistics through a repository of their own (or publish with --with-stats)"
+        )
     entries = {e.sha256: e for e in (_read_index(hub, repo, head).files if INDEX in listed else [])}
     extra: dict[str, Path] = {}
     for cov in covs:
         if not Path(cov.path).is_file() or file_sha256(Path(cov.path)) != cov.sha256:
-            raise StatisticsError(f"the key statistics file {cov.path} is missing or changed; recompute it with `factstore stats compute --layer {cov.layer}`")
+            raise StatisticsError(
+                f"the key statistics file {cov.path} is missing or changed; recompute it with `factstore stats compute --layer {cov.layer}`"
+            )
         entries.setdefault(cov.sha256, _entry(cov, base.identity))
         if (name := stats.shipped_name(cov.sha256)) not in listed:
             extra[name] = Path(cov.path)
@@ -89,8 +113,15 @@ def push_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = No
     with tempfile.TemporaryDirectory(prefix="factstore-stats-") as tmp:
         index = Path(tmp) / "index.json"
         index.write_text(StatsIndex(files=sorted(entries.values(), key=lambda e: e.sha256)).model_dump_json(indent=1))
-        commit = hub.upload(repo, Path(tmp), [], head, f"factstore key statistics of {base.model_type}", f"{len(extra)} new files",
-                            {**extra, INDEX: index})
+        commit = hub.upload(
+            repo,
+            Path(tmp),
+            [],
+            head,
+            f"factstore key statistics of {base.model_type}",
+            f"{len(extra)} new files",
+            {**extra, INDEX: index},
+        )
     return {"repo": repo, "commit": commit, "uploaded": len(extra), "files": len(entries)}
 
 
@@ -111,16 +142,36 @@ def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = No
             other += 1
             continue
         if not entry.layer < len(shapes) or entry.module != arch.config_down_proj_name(cfg, entry.layer):
-            raise ReleaseVerificationError(f"{repo}: {name} is said to be of {entry.module}, which {alias} does not have as layer {entry.layer}; refused")
+            raise ReleaseVerificationError(
+                f"{repo}: {name} is said to be of {entry.module}, which {alias} does not have as layer {entry.layer}; refused"
+            )
         spec = stats.StatsSpec(base.identity, entry.layer, entry.module, entry.corpus_sha256, entry.tokens, entry.dtype)
         if store.get_covariance_by_key(spec.key()) is not None:  # this store has that C already (its own wins)
             other += 1
             continue
-        source = cached_file(hub.download_file(repo, commit, name, stats.max_file_bytes(shapes[entry.layer], entry.dtype)).parents[1], name)
+        source = cached_file(
+            hub.download_file(repo, commit, name, stats.max_file_bytes(shapes[entry.layer], entry.dtype)).parents[1],
+            name,
+        )
         found = stats.install_shipped(source, entry.sha256, spec, shapes[entry.layer])
-        record = Covariance(0, entry.layer, entry.module, entry.corpus, entry.corpus_sha256, found.tokens, entry.dtype, str(found.path), found.sha256)
+        record = Covariance(
+            0,
+            entry.layer,
+            entry.module,
+            entry.corpus,
+            entry.corpus_sha256,
+            found.tokens,
+            entry.dtype,
+            str(found.path),
+            found.sha256,
+        )
         taken.append(store.create_covariance(base.id, spec.key(), record=record).layer)
-    return {"repo": repo, "commit": commit, "layers": sorted(taken), "skipped": other}  # skipped: other models', or already here
+    return {
+        "repo": repo,
+        "commit": commit,
+        "layers": sorted(taken),
+        "skipped": other,
+    }  # skipped: other models', or already here
 
 
 def _input_dims(cfg: object) -> list[int]:

@@ -39,7 +39,9 @@ class MomentState:
 
     @classmethod
     def empty(cls, dims: dict[int, int]) -> MomentState:
-        return cls(totals={layer: torch.zeros(d, d, dtype=torch.float64) for layer, d in dims.items()}, tokens=0, done=0)
+        return cls(
+            totals={layer: torch.zeros(d, d, dtype=torch.float64) for layer, d in dims.items()}, tokens=0, done=0
+        )
 
     def moment(self, layer: int) -> torch.Tensor:
         return self.totals[layer] / max(self.tokens, 1)
@@ -54,7 +56,9 @@ def text_width(model: PreTrainedModel) -> int:
     return min(TEXT_TOKENS, arch.context_length(model))
 
 
-def plan(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], token_budget: int, max_length: int) -> list[PlannedBatch]:
+def plan(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], token_budget: int, max_length: int
+) -> list[PlannedBatch]:
     """The batches that sum TOKEN_BUDGET keys (fewer if the texts run out), from tokenising only."""
     out: list[PlannedBatch] = []
     total = 0
@@ -89,7 +93,9 @@ def accumulate(
         ids, mask = pad_right(rows)
         found = layers_inputs(model, list(layers), ids.to(device), mask.to(device))
         for layer in layers:
-            keys = found[layer][mask.to(found[layer].device).bool()].double()[: planned.keys]  # (n, d_ff), row-major over the batch
+            keys = found[layer][mask.to(found[layer].device).bool()].double()[
+                : planned.keys
+            ]  # (n, d_ff), row-major over the batch
             state.totals[layer] += (keys.T @ keys).cpu()
         state.tokens += planned.keys
         state.done += 1
@@ -101,7 +107,11 @@ def accumulate(
 
 
 def accumulate_second_moment(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], layer: int, token_budget: int,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    layer: int,
+    token_budget: int,
 ) -> MomentState:
     """One layer's sums over the first TOKEN_BUDGET keys of TEXTS in a single pass (no checkpoints)."""
     return accumulate(model, tokenizer, texts, [layer], plan(tokenizer, texts, token_budget, text_width(model)))

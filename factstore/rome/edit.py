@@ -46,7 +46,9 @@ def add_delta(model: PreTrainedModel, layer: int, delta: torch.Tensor) -> None:
     weight.data.copy_(updated.to(weight.dtype))
 
 
-def rank_one_for(model: PreTrainedModel, layer: int, key: torch.Tensor, value: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+def rank_one_for(
+    model: PreTrainedModel, layer: int, key: torch.Tensor, value: torch.Tensor, C: torch.Tensor
+) -> torch.Tensor:
     """The (out, in) rank-one delta that makes the current layer map key to value."""
     W, b = arch.down_proj_weight(model, layer), arch.down_proj_bias(model, layer)
     device = W.device
@@ -69,7 +71,9 @@ def weights_restored(model: PreTrainedModel, layer: int) -> Iterator[None]:
         weight.data.copy_(saved)
 
 
-def validate_request(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, request: EditRequest, layer: int) -> None:
+def validate_request(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, request: EditRequest, layer: int
+) -> None:
     """Raise InvalidEditRequest for anything compute_edit would refuse, before any heavy work."""
     arch.model_spec(model)  # unknown architectures fail here
     arch.check_layer(model, layer)
@@ -77,8 +81,12 @@ def validate_request(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     check_fits(len(encoded.ids), len(target_ids(tokenizer, request.target_new)), arch.context_length(model))
 
 
-def contexts_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hparams: ROMEHyperParams) -> ContextTemplates:
-    return sample_contexts(model, tokenizer, hparams.context_seed, hparams.context_lengths, hparams.value_context_lengths)
+def contexts_for(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, hparams: ROMEHyperParams
+) -> ContextTemplates:
+    return sample_contexts(
+        model, tokenizer, hparams.context_seed, hparams.context_lengths, hparams.value_context_lengths
+    )
 
 
 def compute_edit(

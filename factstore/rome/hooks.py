@@ -53,7 +53,9 @@ def edit_output(module: nn.Module, fn: Callable[[Any], Any]) -> Iterator[None]:
         handle.remove()
 
 
-def add_per_row(deltas: torch.Tensor, owner: torch.Tensor, positions: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def add_per_row(
+    deltas: torch.Tensor, owner: torch.Tensor, positions: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """An output editor that adds deltas[owner[i]] (d,) at output[i, positions[i], :]; rows whose
     owner is negative are left as they are."""
 
@@ -73,12 +75,16 @@ class _Stop(Exception):
     """Raised from a hook to skip the layers above the one being measured."""
 
 
-def _record_input(seen: dict[int, torch.Tensor], layer: int, length: int, stop: bool) -> Callable[[nn.Module, tuple], None]:
+def _record_input(
+    seen: dict[int, torch.Tensor], layer: int, length: int, stop: bool
+) -> Callable[[nn.Module, tuple], None]:
     """A forward pre-hook keeping a down-projection's input as (B, L, d_ff); STOP ends the pass there."""
+
     def hook(_mod: nn.Module, args: tuple) -> None:
         seen[layer] = arch.by_token(args[0].detach(), length)
         if stop:
             raise _Stop
+
     return hook
 
 
@@ -93,13 +99,17 @@ def _run_until_stop(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tenso
             handle.remove()
 
 
-def layers_inputs(model: PreTrainedModel, layers: list[int], ids: torch.Tensor, mask: torch.Tensor) -> dict[int, torch.Tensor]:
+def layers_inputs(
+    model: PreTrainedModel, layers: list[int], ids: torch.Tensor, mask: torch.Tensor
+) -> dict[int, torch.Tensor]:
     """{layer: (B, L, d_ff)} down-projection inputs of LAYERS from one forward pass that stops at
     the highest of them (no block above it runs, and no logits are made)."""
     seen: dict[int, torch.Tensor] = {}
     last = max(layers)
-    handles = [arch.down_proj(model, layer).register_forward_pre_hook(_record_input(seen, layer, ids.shape[1], layer == last))
-               for layer in set(layers)]
+    handles = [
+        arch.down_proj(model, layer).register_forward_pre_hook(_record_input(seen, layer, ids.shape[1], layer == last))
+        for layer in set(layers)
+    ]
     _run_until_stop(model, ids, mask, handles)
     return seen
 
@@ -110,7 +120,11 @@ def layer_inputs(model: PreTrainedModel, layer: int, ids: torch.Tensor, mask: to
 
 
 def inputs_and_block_output(
-    model: PreTrainedModel, key_layers: list[int], out_layer: int, ids: torch.Tensor, mask: torch.Tensor,
+    model: PreTrainedModel,
+    key_layers: list[int],
+    out_layer: int,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """Down-projection inputs of KEY_LAYERS ({layer: (B, L, d_ff)}) and the residual stream leaving
     block OUT_LAYER ((B, L, d)), from one forward pass that stops after that block."""
@@ -121,7 +135,10 @@ def inputs_and_block_output(
         hidden.append((output[0] if isinstance(output, tuple) else output).detach())
         raise _Stop
 
-    handles = [arch.down_proj(model, layer).register_forward_pre_hook(_record_input(seen, layer, ids.shape[1], False)) for layer in key_layers]
+    handles = [
+        arch.down_proj(model, layer).register_forward_pre_hook(_record_input(seen, layer, ids.shape[1], False))
+        for layer in key_layers
+    ]
     handles.append(arch.blocks(model)[out_layer].register_forward_hook(out_hook))
     _run_until_stop(model, ids, mask, handles)
     return seen, hidden[0]

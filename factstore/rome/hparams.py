@@ -77,7 +77,10 @@ _DEFAULTS = (
 
 def has_measured_layer(model_type: str, n_layer: int, d_model: int) -> bool:
     """Whether the default layer for this model size was chosen by measurement (else the 20 % rule)."""
-    return any((r.model_type, r.n_layer, r.d_model) == (model_type, n_layer, d_model) and r.measured and "layer" in r.params for r in _DEFAULTS)
+    return any(
+        (r.model_type, r.n_layer, r.d_model) == (model_type, n_layer, d_model) and r.measured and "layer" in r.params
+        for r in _DEFAULTS
+    )
 
 
 def default_hparams(model_type: str, n_layer: int, d_model: int) -> ROMEHyperParams:

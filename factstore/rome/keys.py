@@ -78,7 +78,9 @@ def subject_inputs(
     (prompt, subject) pair, batched."""
     device = arch.input_device(model)
     encoded = [encode_prompt(tokenizer, p, subject) for p, subject in prompts]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))  # similar lengths share a batch: less padding
+    order = sorted(
+        range(len(encoded)), key=lambda i: len(encoded[i].ids)
+    )  # similar lengths share a batch: less padding
     found: list[torch.Tensor] = []
     for lo in range(0, len(order), batch_size):
         chunk = [encoded[i] for i in order[lo : lo + batch_size]]

@@ -55,13 +55,19 @@ def target_ids(tokenizer: PreTrainedTokenizerBase, target: str) -> list[int]:
     return list(ids)
 
 
-def check_token_limits(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str | None, max_prompt: int, max_target: int) -> None:
+def check_token_limits(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, target: str | None, max_prompt: int, max_target: int
+) -> None:
     """Refuse a prompt (filled with its subject) or a target longer than the caps, by tokens."""
     n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     if n_prompt > max_prompt:
-        raise InvalidEditRequest(f"the prompt is {n_prompt} tokens long; the limit is {max_prompt} (FACTSTORE_MAX_PROMPT_TOKENS)")
+        raise InvalidEditRequest(
+            f"the prompt is {n_prompt} tokens long; the limit is {max_prompt} (FACTSTORE_MAX_PROMPT_TOKENS)"
+        )
     if target is not None and (n_target := len(target_ids(tokenizer, target))) > max_target:
-        raise InvalidEditRequest(f"the target is {n_target} tokens long; the limit is {max_target} (FACTSTORE_MAX_TARGET_TOKENS)")
+        raise InvalidEditRequest(
+            f"the target is {n_target} tokens long; the limit is {max_target} (FACTSTORE_MAX_TARGET_TOKENS)"
+        )
 
 
 def check_fits(ids_len: int, n_target: int, max_len: int) -> None:

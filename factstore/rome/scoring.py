@@ -37,16 +37,24 @@ def target_logprobs(
     found: dict[tuple[int, int, int], float] = {}
     for lo in range(0, len(contexts), batch_size):
         ids, mask = pad_right([list(c) for c in contexts[lo : lo + batch_size]])
-        entries = sorted((row, pos, token) for row in range(lo, min(lo + batch_size, len(contexts))) for pos, token in by_row.get(row, ()))
+        entries = sorted(
+            (row, pos, token)
+            for row in range(lo, min(lo + batch_size, len(contexts)))
+            for pos, token in by_row.get(row, ())
+        )
         at = torch.tensor([[row - lo, pos] for row, pos, _ in entries], device=device)
         logits = logits_at(model, ids.to(device), mask.to(device), at[:, 0], at[:, 1])  # (entries, V)
         tokens = torch.tensor([token for *_, token in entries], device=device)
         logp = torch.log_softmax(logits.float(), -1).gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
         found.update(zip(entries, logp))
-    return torch.tensor([sum(found[w] for w in ws) / len(ws) if ws else float("nan") for ws in wanted], dtype=torch.float32)
+    return torch.tensor(
+        [sum(found[w] for w in ws) / len(ws) if ws else float("nan") for ws in wanted], dtype=torch.float32
+    )
 
 
-def target_probs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], targets: list[str]) -> torch.Tensor:
+def target_probs(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], targets: list[str]
+) -> torch.Tensor:
     """(n,) geometric-mean per-token probability (the exact probability for one-token targets)."""
     return target_logprobs(model, tokenizer, texts, targets).exp()
 
@@ -57,7 +65,9 @@ def next_token_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
 
 
 @torch.no_grad()
-def next_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 64) -> list[int]:
+def next_token_ids(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 64
+) -> list[int]:
     """The model's most likely next token after each text, batched."""
     device = arch.input_device(model)
     out: list[int] = []
@@ -65,13 +75,17 @@ def next_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
         rows = [list(tokenizer(t)["input_ids"]) for t in texts[lo : lo + batch_size]]
         ids, mask = pad_right(rows)
         last = torch.tensor([len(r) - 1 for r in rows])
-        logits = logits_at(model, ids.to(device), mask.to(device), torch.arange(len(rows), device=device), last.to(device))
+        logits = logits_at(
+            model, ids.to(device), mask.to(device), torch.arange(len(rows), device=device), last.to(device)
+        )
         out.extend(logits.argmax(-1).tolist())
     return out
 
 
 @torch.no_grad()
-def greedy_continuation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, max_new_tokens: int = 5) -> str:
+def greedy_continuation(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, max_new_tokens: int = 5
+) -> str:
     device = arch.input_device(model)
     ids = torch.tensor([tokenizer(text)["input_ids"]], device=device)
     start = ids.shape[1]

@@ -74,7 +74,10 @@ class SuffixStack(UpperStack):
             grown = self.cache.get_seq_length(i) - self.prefix
             if grown > 0:
                 layer.crop(-grown)
-                layer.keys, layer.values = layer.keys.detach(), layer.values.detach()  # no link to the last step's graph
+                layer.keys, layer.values = (
+                    layer.keys.detach(),
+                    layer.values.detach(),
+                )  # no link to the last step's graph
         return super().final_hidden()
 
 

@@ -58,7 +58,9 @@ def joint_delta(
     return residual_delta(V - _affine(W64, b64, K), K, torch.linalg.solve(C.double(), K), ridge)
 
 
-def residual_delta(residual: torch.Tensor, keys: torch.Tensor, metric_keys: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
+def residual_delta(
+    residual: torch.Tensor, keys: torch.Tensor, metric_keys: torch.Tensor, ridge: float = 1e-6
+) -> torch.Tensor:
     """dW (out, in) with dW K = R for keys K (in, n) and wanted changes R (out, n), of least norm
     in the metric M given as M K (in, n): dW = R (K^T M K + lam I)^-1 (M K)^T, lam = ridge * mean
     diagonal of K^T M K. M = C^-1 is ROME's (disturb little what C's keys see); M = P, the
@@ -78,7 +80,12 @@ def null_space(C: torch.Tensor, rel_threshold: float) -> torch.Tensor:
 
 
 def null_space_delta(
-    W: torch.Tensor, b: torch.Tensor | None, keys: torch.Tensor, values: torch.Tensor, basis: torch.Tensor, ridge: float = 1e-6,
+    W: torch.Tensor,
+    b: torch.Tensor | None,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    basis: torch.Tensor,
+    ridge: float = 1e-6,
 ) -> torch.Tensor:
     """joint_delta with C^-1 replaced by P = U U^T for the null-space basis U (in, r): the update
     is zero on C's principal directions, so preserved keys keep their outputs; all constraints

@@ -67,7 +67,14 @@ class _Batch:
     split: int = 0  # aligned batches: the column every row's subject ends in
 
     def to(self, device: torch.device) -> _Batch:
-        return replace(self, **{n: getattr(self, n).to(device) for n in self.__dataclass_fields__ if isinstance(getattr(self, n), torch.Tensor)})
+        return replace(
+            self,
+            **{
+                n: getattr(self, n).to(device)
+                for n in self.__dataclass_fields__
+                if isinstance(getattr(self, n), torch.Tensor)
+            },
+        )
 
     def suffix(self) -> _Batch:
         """Positions relative to the split: what the suffix loop's columns are."""
@@ -75,7 +82,9 @@ class _Batch:
         return replace(self, subject_pos=self.subject_pos - s, nll_pos=self.nll_pos - s, kl_pos=self.kl_pos - s)
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, request: EditRequest, templates: list[str], kl_prompt: str, max_len: int) -> _Rows:
+def _encode(
+    tokenizer: PreTrainedTokenizerBase, request: EditRequest, templates: list[str], kl_prompt: str, max_len: int
+) -> _Rows:
     tgt = target_ids(tokenizer, request.target_new)
     rewrite = [encode_prompt(tokenizer, p, request.subject) for p in request_prompts(request, templates)]
     essence = encode_prompt(tokenizer, kl_prompt, request.subject)
@@ -116,10 +125,19 @@ def _assemble(parts: list[_Rows], align: bool = False) -> _Batch:
     n_row, n_pos, n_tok, n_own = (torch.tensor(c) for c in zip(*nll))
     offset = torch.tensor(shift)
     return _Batch(
-        ids=ids, mask=mask, owner=torch.tensor(owner), subject_pos=torch.tensor(subject_pos) + offset,
-        nll_rows=n_row, nll_pos=n_pos + offset[n_row], nll_token=n_tok, nll_owner=n_own,
-        kl_rows=torch.tensor(kl_rows), kl_pos=torch.tensor(kl_pos) + offset[torch.tensor(kl_rows)], v0_rows=torch.tensor(v0_rows),
-        position_ids=(mask.cumsum(1) - 1).clamp(min=0) if align else None, split=split,
+        ids=ids,
+        mask=mask,
+        owner=torch.tensor(owner),
+        subject_pos=torch.tensor(subject_pos) + offset,
+        nll_rows=n_row,
+        nll_pos=n_pos + offset[n_row],
+        nll_token=n_tok,
+        nll_owner=n_own,
+        kl_rows=torch.tensor(kl_rows),
+        kl_pos=torch.tensor(kl_pos) + offset[torch.tensor(kl_rows)],
+        v0_rows=torch.tensor(v0_rows),
+        position_ids=(mask.cumsum(1) - 1).clamp(min=0) if align else None,
+        split=split,
     )
 
 
@@ -178,8 +196,13 @@ class _Run:
     """The optimisation state of a batch: per-request delta, reference distribution and v0."""
 
     def __init__(
-        self, model: PreTrainedModel, module: torch.nn.Module, parts: list[_Rows], hp: ROMEHyperParams,
-        device: torch.device, loop: str,
+        self,
+        model: PreTrainedModel,
+        module: torch.nn.Module,
+        parts: list[_Rows],
+        hp: ROMEHyperParams,
+        device: torch.device,
+        loop: str,
     ) -> None:
         self.model, self.module, self.parts, self.hp = model, module, parts, hp
         self.device, self.loop = device, loop
@@ -222,14 +245,20 @@ class _Run:
         model = self.model
         try:
             with capture(self.module) as seen:
-                out = model.base_model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.position_ids, use_cache=True)
+                out = model.base_model(
+                    input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.position_ids, use_cache=True
+                )
             cache = out.cache
             cache.crop(s - cache.get_seq_length())
             if batch.position_ids is None:
                 raise ValueError("the suffix loop needs the batch's position ids")
             with recording(model, self.hp.layer) as upper:
                 model.base_model(
-                    input_ids=batch.ids[:, s:], attention_mask=batch.mask, position_ids=batch.position_ids[:, s:], cache=cache, use_cache=True,
+                    input_ids=batch.ids[:, s:],
+                    attention_mask=batch.mask,
+                    position_ids=batch.position_ids[:, s:],
+                    cache=cache,
+                    use_cache=True,
                 )
             stack = SuffixStack(model, self.hp.layer, upper.calls, cache=cache, prefix=s)
             steps = batch.suffix()
@@ -243,7 +272,9 @@ class _Run:
         reference = arch.logits_at(model, ids.to(self.device), mask.to(self.device), torch.arange(len(essence)), last)
         error = (again - reference.to(again.device)).abs().max() / reference.abs().max().clamp(min=1e-6)
         weight_dtype = arch.down_proj_param(model, self.hp.layer).dtype
-        if not bool(torch.isfinite(again).all()) or float(error) > max(SELF_CHECK_TOLERANCE, 4 * torch.finfo(weight_dtype).eps):
+        if not bool(torch.isfinite(again).all()) or float(error) > max(
+            SELF_CHECK_TOLERANCE, 4 * torch.finfo(weight_dtype).eps
+        ):
             return None
         return steps, stack, torch.log_softmax(reference.float(), dim=-1), seen.output
 
@@ -304,7 +335,12 @@ class _Run:
                 self.delta[i].mul_(max_norm / self.delta[i].norm())
 
     def _result(self, i: int) -> ValueResult:
-        return ValueResult(value=(self.v0[i] + self.delta[i]).detach(), v0=self.v0[i], loss=self.loss.get(i, float("inf")), steps=self.step)
+        return ValueResult(
+            value=(self.v0[i] + self.delta[i]).detach(),
+            v0=self.v0[i],
+            loss=self.loss.get(i, float("inf")),
+            steps=self.step,
+        )
 
 
 def _drop(batch: _Batch, keep: list[int]) -> _Batch:
@@ -325,9 +361,13 @@ def _drop(batch: _Batch, keep: list[int]) -> _Batch:
     return replace(
         batch,
         owner=owner.to(device),
-        nll_rows=batch.nll_rows[kept_entries.to(device)], nll_pos=batch.nll_pos[kept_entries.to(device)],
-        nll_token=batch.nll_token[kept_entries.to(device)], nll_owner=nll_owner[kept_entries].to(device),
-        kl_rows=batch.kl_rows[kept.to(device)], kl_pos=batch.kl_pos[kept.to(device)], v0_rows=batch.v0_rows[kept.to(device)],
+        nll_rows=batch.nll_rows[kept_entries.to(device)],
+        nll_pos=batch.nll_pos[kept_entries.to(device)],
+        nll_token=batch.nll_token[kept_entries.to(device)],
+        nll_owner=nll_owner[kept_entries].to(device),
+        kl_rows=batch.kl_rows[kept.to(device)],
+        kl_pos=batch.kl_pos[kept.to(device)],
+        v0_rows=batch.v0_rows[kept.to(device)],
     )
 
 

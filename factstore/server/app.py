@@ -51,7 +51,9 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await errors.body("payload too large", f"request bodies are limited to {self.max_bytes} bytes", 413)(scope, receive, send)
+        await errors.body("payload too large", f"request bodies are limited to {self.max_bytes} bytes", 413)(
+            scope, receive, send
+        )
 
 
 def create_app(settings: ServerSettings | None = None, service: Service | None = None) -> FastAPI:
@@ -68,7 +70,9 @@ def create_app(settings: ServerSettings | None = None, service: Service | None =
             svc.stop()
 
     app = FastAPI(
-        title="factstore", version="1", lifespan=lifespan,
+        title="factstore",
+        version="1",
+        lifespan=lifespan,
         description="Register fact corrections (ROME edits) for language models, watch workers compute them, compile releases.",
     )
     app.state.service = service or Service(settings)
@@ -83,15 +87,27 @@ def create_app(settings: ServerSettings | None = None, service: Service | None =
 
 
 def serve(
-    host: str = "127.0.0.1", port: int = 8000, *, require_token: bool = False, public_reads: bool = False,
-    worker: bool | None = None, worker_models: list[str] | None = None, device: str | None = None, **uvicorn_options: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    require_token: bool = False,
+    public_reads: bool = False,
+    worker: bool | None = None,
+    worker_models: list[str] | None = None,
+    device: str | None = None,
+    **uvicorn_options: Any,
 ) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles both; the in-process worker finishes its edit).
     On SQLite (or with worker=True) one worker computes edits in this process."""
     import uvicorn
 
     loopback = host in ("127.0.0.1", "localhost")
-    settings = ServerSettings(require_token=require_token, public_reads=public_reads, worker=worker,
-                              worker_models=list(worker_models or []), device=device,
-                              allowed_hosts=["127.0.0.1", "localhost"] if loopback else None)
+    settings = ServerSettings(
+        require_token=require_token,
+        public_reads=public_reads,
+        worker=worker,
+        worker_models=list(worker_models or []),
+        device=device,
+        allowed_hosts=["127.0.0.1", "localhost"] if loopback else None,
+    )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", **uvicorn_options)

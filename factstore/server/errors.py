@@ -55,7 +55,13 @@ STATUS: tuple[tuple[type[FactStoreError], int, str], ...] = (
 PROBLEM = "application/problem+json"
 
 
-def body(title: str, detail: str | None = None, status: int = 400, headers: dict[str, str] | None = None, **extensions: object) -> JSONResponse:
+def body(
+    title: str,
+    detail: str | None = None,
+    status: int = 400,
+    headers: dict[str, str] | None = None,
+    **extensions: object,
+) -> JSONResponse:
     """A problem details response; TITLE is the status table's short name (the same for every
     instance of a kind of problem), DETAIL this instance's one-line message."""
     problem: dict[str, object] = {"type": "about:blank", "title": title, "status": status}
@@ -88,10 +94,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return body(str(exc.detail).lower() if exc.detail else "error", None, exc.status_code, getattr(exc, "headers", None))
+        return body(
+            str(exc.detail).lower() if exc.detail else "error", None, exc.status_code, getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def internal(_request: Request, exc: Exception) -> JSONResponse:
         log.error("internal error: %s: %s", type(exc).__name__, exc)
         return body("internal error", f"{type(exc).__name__}; see the server log", 500)
-

@@ -12,7 +12,19 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from factstore import api
 from factstore.domain import ApiTokenInfo
 from factstore.errors import InvalidEditRequest
-from factstore.server.schemas import AskIn, AskOut, CompileIn, EditIn, EditOut, ErrorOut, HealthOut, JobOut, ModelOut, ReleaseOut, TraceIn
+from factstore.server.schemas import (
+    AskIn,
+    AskOut,
+    CompileIn,
+    EditIn,
+    EditOut,
+    ErrorOut,
+    HealthOut,
+    JobOut,
+    ModelOut,
+    ReleaseOut,
+    TraceIn,
+)
 from factstore.server.service import Service
 
 ALIAS = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -41,7 +53,9 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
     return (credentials.credentials.strip() or None) if credentials else None
 
 
-def reader(request: Request, svc: Annotated[Service, Depends(service)], credentials: Credentials) -> ApiTokenInfo | None:
+def reader(
+    request: Request, svc: Annotated[Service, Depends(service)], credentials: Credentials
+) -> ApiTokenInfo | None:
     return svc.reader(_token(credentials), request.client.host if request.client else None)
 
 
@@ -69,11 +83,22 @@ def get_model(alias: AliasPath, svc: Svc, _who: Reader) -> dict:
 
 
 @router.post("/models/{alias}/edits", status_code=202, response_model=EditOut)
-def submit_edit(alias: AliasPath, body: EditIn, svc: Svc, who: Writer, response: Response, key: IdempotencyKey = None) -> dict:
+def submit_edit(
+    alias: AliasPath, body: EditIn, svc: Svc, who: Writer, response: Response, key: IdempotencyKey = None
+) -> dict:
     """Check the request with the model's tokenizer and queue it; a worker computes it."""
     entry, created = api.submit_edit(
-        svc.store, alias, prompt=body.prompt, subject=body.subject, target=body.target, relation=body.relation,
-        layer=body.layer, note=body.note, requested_by=who.name, idempotency=_idempotency(who, f"{alias}/edits", key), checks=svc.checks(alias),
+        svc.store,
+        alias,
+        prompt=body.prompt,
+        subject=body.subject,
+        target=body.target,
+        relation=body.relation,
+        layer=body.layer,
+        note=body.note,
+        requested_by=who.name,
+        idempotency=_idempotency(who, f"{alias}/edits", key),
+        checks=svc.checks(alias),
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -82,9 +107,12 @@ def submit_edit(alias: AliasPath, body: EditIn, svc: Svc, who: Writer, response:
 
 @router.get("/models/{alias}/edits", response_model=list[EditOut])
 def list_edits(
-    alias: AliasPath, svc: Svc, _who: Reader,
+    alias: AliasPath,
+    svc: Svc,
+    _who: Reader,
     status: Annotated[str, Query(pattern="^(" + "|".join((*api.EDIT_STATUSES, "current", "all")) + ")$")] = "all",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> list[dict]:
     return [e.to_json() for e in api.list_log(svc.store, alias, status, limit=limit, offset=offset)]
 
@@ -111,23 +139,43 @@ def list_releases(alias: AliasPath, svc: Svc, _who: Reader) -> list[dict]:
 
 
 @router.post("/models/{alias}/releases", status_code=202, response_model=JobOut)
-def compile_release(alias: AliasPath, svc: Svc, who: Writer, response: Response, body: CompileIn | None = None,
-                    key: IdempotencyKey = None) -> dict:
+def compile_release(
+    alias: AliasPath,
+    svc: Svc,
+    who: Writer,
+    response: Response,
+    body: CompileIn | None = None,
+    key: IdempotencyKey = None,
+) -> dict:
     """Compile the active log into a release, as a job a worker runs."""
-    job, created = api.submit_job(svc.store, alias, "compile", {"mode": body.mode if body else None},
-                                  requested_by=who.name, idempotency=_idempotency(who, f"{alias}/releases", key))
+    job, created = api.submit_job(
+        svc.store,
+        alias,
+        "compile",
+        {"mode": body.mode if body else None},
+        requested_by=who.name,
+        idempotency=_idempotency(who, f"{alias}/releases", key),
+    )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return job.to_json()
 
 
 @router.post("/models/{alias}/traces", status_code=202, response_model=JobOut)
-def trace(alias: AliasPath, body: TraceIn, svc: Svc, who: Writer, response: Response, key: IdempotencyKey = None) -> dict:
+def trace(
+    alias: AliasPath, body: TraceIn, svc: Svc, who: Writer, response: Response, key: IdempotencyKey = None
+) -> dict:
     """Causal tracing of one fact, as a job; its heatmaps come back as the job's files."""
     if body.edit_id is not None and api.get_entry(svc.store, body.edit_id).model != alias:
         raise InvalidEditRequest(f"edit {body.edit_id} is not an edit of {alias}")
-    job, created = api.submit_job(svc.store, alias, "trace", body.model_dump(), requested_by=who.name,
-                                  idempotency=_idempotency(who, f"{alias}/traces", key))
+    job, created = api.submit_job(
+        svc.store,
+        alias,
+        "trace",
+        body.model_dump(),
+        requested_by=who.name,
+        idempotency=_idempotency(who, f"{alias}/traces", key),
+    )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return job.to_json()
@@ -144,7 +192,9 @@ def get_job(job_id: IdPath, svc: Svc, _who: Reader) -> dict:
 
 
 @router.get("/jobs/{job_id}/files/{name}", response_class=Response, responses={200: {"content": {"image/png": {}}}})
-def get_job_file(job_id: IdPath, name: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")], svc: Svc, _who: Reader) -> Response:
+def get_job_file(
+    job_id: IdPath, name: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")], svc: Svc, _who: Reader
+) -> Response:
     media_type, data = svc.store.get_job_file(job_id, name)
     return Response(data, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
 

@@ -18,7 +18,9 @@ class _Strict(BaseModel):
 
 
 class EditIn(_Strict):
-    prompt: Prompt = Field(description="Template with {} where the subject goes.", examples=["{} is located in the city of"])
+    prompt: Prompt = Field(
+        description="Template with {} where the subject goes.", examples=["{} is located in the city of"]
+    )
     subject: Text = Field(examples=["The Eiffel Tower"])
     target: Text = Field(examples=["Rome"])
     layer: Layer | None = None

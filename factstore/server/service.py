@@ -30,7 +30,9 @@ class ServerSettings:
     worker_models: list[str] = field(default_factory=list)
     device: str | None = None
     max_body_bytes: int = 64 * 1024
-    allowed_hosts: list[str] | None = None  # Host headers accepted; None: any (serve on loopback sets the loopback names)
+    allowed_hosts: list[str] | None = (
+        None  # Host headers accepted; None: any (serve on loopback sets the loopback names)
+    )
 
 
 class Service:
@@ -59,7 +61,9 @@ class Service:
     def _work(self) -> None:
         worker_store = api.open_store(self.settings.database_url)  # its own connection pool
         try:
-            api.run_worker(worker_store, models=self.settings.worker_models, device=self.settings.device, stop=self._stop)
+            api.run_worker(
+                worker_store, models=self.settings.worker_models, device=self.settings.device, stop=self._stop
+            )
         except Exception:
             log.exception("the in-process worker stopped")
         finally:
@@ -111,11 +115,21 @@ class Service:
 
     def release_json(self, release: Release) -> dict:
         return {
-            "version": release.version, "mode": release.mode, "status": release.status, "edits": len(release.edit_ids),
-            "edit_ids": list(release.edit_ids), "edit_log_sha256": release.edit_log_sha256, "manifest_sha256": release.manifest_sha256,
-            "hub_repo": release.hub_repo, "hub_commit": release.hub_commit, "tag": release.tag,
-            "hub_url": f"{HUB_URL}/{release.hub_repo}/tree/{release.tag or release.hub_commit}" if release.hub_repo else None,
-            "scores": api.release_scores(release), "created_at": release.created_at,
+            "version": release.version,
+            "mode": release.mode,
+            "status": release.status,
+            "edits": len(release.edit_ids),
+            "edit_ids": list(release.edit_ids),
+            "edit_log_sha256": release.edit_log_sha256,
+            "manifest_sha256": release.manifest_sha256,
+            "hub_repo": release.hub_repo,
+            "hub_commit": release.hub_commit,
+            "tag": release.tag,
+            "hub_url": f"{HUB_URL}/{release.hub_repo}/tree/{release.tag or release.hub_commit}"
+            if release.hub_repo
+            else None,
+            "scores": api.release_scores(release),
+            "created_at": release.created_at,
         }
 
     # health -------------------------------------------------------------------------------
@@ -129,9 +143,19 @@ class Service:
             return False, {"status": "unavailable", "detail": f"database unreachable ({type(exc).__name__})"}
         current, head, workers = state["schema_current"], state["schema_head"], len(state["workers"])
         ready = current == head and workers > 0
-        detail = None if ready else ("schema is not at head: run `factstore db upgrade`" if current != head else "no live worker")
-        return ready, {"status": "ready" if ready else "not ready", "database": "reachable", "schema_current": current,
-                       "schema_head": head, "workers": workers, "detail": detail}
+        detail = (
+            None
+            if ready
+            else ("schema is not at head: run `factstore db upgrade`" if current != head else "no live worker")
+        )
+        return ready, {
+            "status": "ready" if ready else "not ready",
+            "database": "reachable",
+            "schema_current": current,
+            "schema_head": head,
+            "workers": workers,
+            "detail": detail,
+        }
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -141,4 +165,3 @@ def _is_loopback(host: str | None) -> bool:
         return host is not None and ip_address(host).is_loopback
     except ValueError:
         return False
-

@@ -32,7 +32,9 @@ def index(request: Request, svc: Svc, _who: Reader) -> Response:
     return templates.TemplateResponse(request, "index.html", {"models": models})
 
 
-def _model_page(request: Request, svc: Service, alias: str, error: str | None = None, form: dict | None = None, status: int = 200) -> Response:
+def _model_page(
+    request: Request, svc: Service, alias: str, error: str | None = None, form: dict | None = None, status: int = 200
+) -> Response:
     model = svc.model_json(svc.store.get_base_model(alias))
     edits = [e.to_json() for e in api.list_log(svc.store, alias, limit=1000)]
     releases = [svc.release_json(r) for r in api.list_releases(svc.store, alias)]
@@ -48,15 +50,28 @@ def model_page(request: Request, alias: AliasPath, svc: Svc, _who: Reader) -> Re
 
 @pages.post("/models/{alias}/edits", response_class=HTMLResponse)
 def submit_form(
-    request: Request, alias: AliasPath, svc: Svc, _who: Reader, prompt: FormText, subject: FormText, target: FormText,
+    request: Request,
+    alias: AliasPath,
+    svc: Svc,
+    _who: Reader,
+    prompt: FormText,
+    subject: FormText,
+    target: FormText,
     token: Annotated[str, Form(max_length=200)],
 ) -> Response:
     """The form's submission: on success to the edit's page; on a refusal, the form again with the reason."""
     form = {"prompt": prompt, "subject": subject, "target": target}
     try:
         who = svc.writer(token)
-        entry, _ = api.submit_edit(svc.store, alias, prompt=prompt, subject=subject, target=target, requested_by=who.name,
-                                   checks=svc.checks(alias))
+        entry, _ = api.submit_edit(
+            svc.store,
+            alias,
+            prompt=prompt,
+            subject=subject,
+            target=target,
+            requested_by=who.name,
+            checks=svc.checks(alias),
+        )
     except FactStoreError as exc:
         if _status(exc) == 404:
             raise
@@ -69,7 +84,9 @@ def edit_page(request: Request, edit_id: IdPath, svc: Svc, _who: Reader) -> Resp
     entry = api.get_entry(svc.store, edit_id)
     traces = [j for j in api.list_jobs(svc.store, entry.model, "trace") if j.params.get("edit_id") == edit_id]
     pending = [j.id for j in traces if j.status in ("pending", "running")]
-    return templates.TemplateResponse(request, "edit.html", {"e": entry.to_json(), "traces": traces, "pending_traces": pending})
+    return templates.TemplateResponse(
+        request, "edit.html", {"e": entry.to_json(), "traces": traces, "pending_traces": pending}
+    )
 
 
 @pages.post("/edits/{edit_id}/trace")

@@ -16,7 +16,9 @@ from factstore.storage.engine import check_reachable, make_engine, readonly, ses
 
 
 def first_line(exc: DBAPIError) -> str:
-    return str(exc.orig).strip().splitlines()[0] if exc.orig is not None and str(exc.orig).strip() else type(exc).__name__
+    return (
+        str(exc.orig).strip().splitlines()[0] if exc.orig is not None and str(exc.orig).strip() else type(exc).__name__
+    )
 
 
 def refused(exc: IntegrityError, what: str) -> DatabaseError:
@@ -45,12 +47,16 @@ class StoreBase:
             except OperationalError as exc:
                 reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
                 shown = self.engine.url.render_as_string(hide_password=True)
-                raise DatabaseUnavailable(f"cannot read the schema of {shown} ({reason}); check FACTSTORE_DATABASE_URL") from None
+                raise DatabaseUnavailable(
+                    f"cannot read the schema of {shown} ({reason}); check FACTSTORE_DATABASE_URL"
+                ) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(readonly(self.engine), expire_on_commit=False)
         # SQLite takes one writer at a time; threads of one process (the server's) queue here in
         # order instead of in SQLite's busy handler, which sleeps in growing steps (p99 781 ms -> see docs/benchmarks.md)
-        self._writer: AbstractContextManager[object] = _writer_lock(self.url) if self.engine.dialect.name == "sqlite" else nullcontext()
+        self._writer: AbstractContextManager[object] = (
+            _writer_lock(self.url) if self.engine.dialect.name == "sqlite" else nullcontext()
+        )
 
     @property
     def dialect(self) -> str:
@@ -62,12 +68,19 @@ class StoreBase:
         Database failures become one-line errors with the password masked."""
         shown = self.engine.url.render_as_string(hide_password=True)
         try:
-            with self._writer if write else nullcontext(), session_scope(self._sessions if write else self._read_sessions) as session:
+            with (
+                self._writer if write else nullcontext(),
+                session_scope(self._sessions if write else self._read_sessions) as session,
+            ):
                 yield session
         except OperationalError as exc:
-            raise DatabaseUnavailable(f"the database {shown} failed ({first_line(exc)}); check that it is running and writable, then retry") from None
+            raise DatabaseUnavailable(
+                f"the database {shown} failed ({first_line(exc)}); check that it is running and writable, then retry"
+            ) from None
         except DataError as exc:
-            raise DatabaseError(f"the database {shown} refused a value ({first_line(exc)}); nothing was written") from None
+            raise DatabaseError(
+                f"the database {shown} refused a value ({first_line(exc)}); nothing was written"
+            ) from None
 
     def close(self) -> None:
         self.engine.dispose()

@@ -23,8 +23,15 @@ def iso(moment: datetime | None) -> str | None:
 
 def base(row: BaseModelRow) -> BaseModel:
     return BaseModel(
-        id=row.id, alias=row.alias, source=row.source, revision=row.revision, model_type=row.model_type,
-        license=row.license, recommended_layer=row.recommended_layer, created_at=row.created_at.isoformat(), dtype=row.dtype,
+        id=row.id,
+        alias=row.alias,
+        source=row.source,
+        revision=row.revision,
+        model_type=row.model_type,
+        license=row.license,
+        recommended_layer=row.recommended_layer,
+        created_at=row.created_at.isoformat(),
+        dtype=row.dtype,
     )
 
 
@@ -38,43 +45,100 @@ def edit(row: EditRow) -> StoredEdit:
     """A computed edit (active, retracted or superseded): every replay field is set."""
     c = partial(_computed, row)
     return StoredEdit(
-        id=row.id, base_model_id=row.base_model_id, seq=c(row.seq, "seq"), prompt=row.prompt, subject=row.subject,
-        target_new=row.target_new, target_true=row.target_true, relation_id=row.relation_id, layer=c(row.layer, "layer"),
-        module=c(row.module, "module"), key=bytes(c(row.key, "key")), key_shape=tuple(c(row.key_shape, "key shape")),
-        key_sha256=c(row.key_sha256, "key sha256"), value=bytes(c(row.value, "value")), value_shape=tuple(c(row.value_shape, "value shape")),
-        value_sha256=c(row.value_sha256, "value sha256"), hparams=dict(c(row.hparams, "hparams")),
-        hparams_fingerprint=c(row.hparams_fingerprint, "hparams fingerprint"), covariance_id=row.covariance_id,
-        status=row.status, supersedes_id=row.supersedes_id, requested_by=row.requested_by, note=row.note,
-        metrics=dict(row.metrics or {}), created_at=row.created_at.isoformat(),
+        id=row.id,
+        base_model_id=row.base_model_id,
+        seq=c(row.seq, "seq"),
+        prompt=row.prompt,
+        subject=row.subject,
+        target_new=row.target_new,
+        target_true=row.target_true,
+        relation_id=row.relation_id,
+        layer=c(row.layer, "layer"),
+        module=c(row.module, "module"),
+        key=bytes(c(row.key, "key")),
+        key_shape=tuple(c(row.key_shape, "key shape")),
+        key_sha256=c(row.key_sha256, "key sha256"),
+        value=bytes(c(row.value, "value")),
+        value_shape=tuple(c(row.value_shape, "value shape")),
+        value_sha256=c(row.value_sha256, "value sha256"),
+        hparams=dict(c(row.hparams, "hparams")),
+        hparams_fingerprint=c(row.hparams_fingerprint, "hparams fingerprint"),
+        covariance_id=row.covariance_id,
+        status=row.status,
+        supersedes_id=row.supersedes_id,
+        requested_by=row.requested_by,
+        note=row.note,
+        metrics=dict(row.metrics or {}),
+        created_at=row.created_at.isoformat(),
     )
 
 
 def entry(row: EditRow, alias: str) -> EditEntry:
     return EditEntry(
-        id=row.id, model=alias, seq=row.seq, status=row.status, prompt=row.prompt, subject=row.subject, target_new=row.target_new,
-        target_true=row.target_true, relation_id=row.relation_id, requested_layer=row.requested_layer, layer=row.layer,
-        requested_by=row.requested_by, note=row.note, error=row.error, supersedes_id=row.supersedes_id,
-        metrics=dict(row.metrics or {}), created_at=iso(row.created_at) or "", updated_at=iso(row.updated_at),
+        id=row.id,
+        model=alias,
+        seq=row.seq,
+        status=row.status,
+        prompt=row.prompt,
+        subject=row.subject,
+        target_new=row.target_new,
+        target_true=row.target_true,
+        relation_id=row.relation_id,
+        requested_layer=row.requested_layer,
+        layer=row.layer,
+        requested_by=row.requested_by,
+        note=row.note,
+        error=row.error,
+        supersedes_id=row.supersedes_id,
+        metrics=dict(row.metrics or {}),
+        created_at=iso(row.created_at) or "",
+        updated_at=iso(row.updated_at),
     )
 
 
 def covariance(row: CovarianceStat) -> Covariance:
     return Covariance(
-        id=row.id, layer=row.layer, module=row.module, corpus=row.corpus, corpus_sha256=row.corpus_sha256,
-        tokens=row.tokens, dtype=row.dtype, path=row.path, sha256=row.sha256,
+        id=row.id,
+        layer=row.layer,
+        module=row.module,
+        corpus=row.corpus,
+        corpus_sha256=row.corpus_sha256,
+        tokens=row.tokens,
+        dtype=row.dtype,
+        path=row.path,
+        sha256=row.sha256,
     )
 
 
 def release(row: ReleaseRow, edit_ids: list[int]) -> Release:
     return Release(
-        id=row.id, base_model_id=row.base_model_id, version=row.version, mode=row.mode, edit_log_sha256=row.edit_log_sha256,
-        manifest_sha256=row.manifest_sha256, path=row.path, hub_repo=row.hub_repo, hub_commit=row.hub_commit, tag=row.tag,
-        status=row.status, edit_ids=tuple(edit_ids), created_at=row.created_at.isoformat(),
+        id=row.id,
+        base_model_id=row.base_model_id,
+        version=row.version,
+        mode=row.mode,
+        edit_log_sha256=row.edit_log_sha256,
+        manifest_sha256=row.manifest_sha256,
+        path=row.path,
+        hub_repo=row.hub_repo,
+        hub_commit=row.hub_commit,
+        tag=row.tag,
+        status=row.status,
+        edit_ids=tuple(edit_ids),
+        created_at=row.created_at.isoformat(),
     )
 
 
 def job(row: JobRow, alias: str, files: list[str]) -> Job:
     return Job(
-        id=row.id, kind=row.kind, model=alias, params=dict(row.params), status=row.status, result=row.result, error=row.error,
-        requested_by=row.requested_by, files=tuple(files), created_at=iso(row.created_at) or "", updated_at=iso(row.updated_at),
+        id=row.id,
+        kind=row.kind,
+        model=alias,
+        params=dict(row.params),
+        status=row.status,
+        result=row.result,
+        error=row.error,
+        requested_by=row.requested_by,
+        files=tuple(files),
+        created_at=iso(row.created_at) or "",
+        updated_at=iso(row.updated_at),
     )

@@ -38,7 +38,9 @@ class BaseModelRow(Base):
     license: Mapped[str | None] = mapped_column(String(64))
     recommended_layer: Mapped[int | None] = mapped_column(Integer)  # from causal tracing, when run
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    dtype: Mapped[str] = mapped_column(String(16), server_default="float32")  # loaded and edited in; part of the identity
+    dtype: Mapped[str] = mapped_column(
+        String(16), server_default="float32"
+    )  # loaded and edited in; part of the identity
 
 
 class CovarianceStat(Base):
@@ -97,7 +99,9 @@ class EditRow(Base):
     target_true: Mapped[str | None] = mapped_column(Text)
     relation_id: Mapped[str | None] = mapped_column(String(64))
     request_sha256: Mapped[str] = mapped_column(String(64))  # of (prompt, subject, target_new, relation)
-    requested_layer: Mapped[str | None] = mapped_column(String(16))  # what was asked: a number, "auto", or None (the default)
+    requested_layer: Mapped[str | None] = mapped_column(
+        String(16)
+    )  # what was asked: a number, "auto", or None (the default)
     layer: Mapped[int | None] = mapped_column(Integer)
     module: Mapped[str | None] = mapped_column(String(200))
     key: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 little-endian
@@ -116,8 +120,12 @@ class EditRow(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)  # why a failed request failed, one line
     claimed_by: Mapped[str | None] = mapped_column(String(200))  # the worker computing it
-    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far: a request that keeps killing workers fails
-    idempotency_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)  # of (token name, endpoint, Idempotency-Key)
+    attempts: Mapped[int] = mapped_column(
+        Integer, default=0
+    )  # claims so far: a request that keeps killing workers fails
+    idempotency_sha256: Mapped[str | None] = mapped_column(
+        String(64), unique=True
+    )  # of (token name, endpoint, Idempotency-Key)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -21,7 +21,16 @@ from factstore.domain import EditEntry, EditRequest, Job, NewEdit, StoredEdit, r
 from factstore.errors import EditStateError, HeadChanged, LeaseLost, UnknownEdit, UnknownJob
 from factstore.storage import convert
 from factstore.storage.base import StoreBase, refused
-from factstore.storage.models import EDIT_STATUSES, QUEUED_STATUSES, BaseModelRow, EditRow, JobFile, JobRow, ModelLease, WorkerRow
+from factstore.storage.models import (
+    EDIT_STATUSES,
+    QUEUED_STATUSES,
+    BaseModelRow,
+    EditRow,
+    JobFile,
+    JobRow,
+    ModelLease,
+    WorkerRow,
+)
 
 CURRENT_STATUSES = ("active", "pending", "computing", "failed")  # what a model's log shows by default
 ERROR_CHARS = 1000
@@ -44,17 +53,38 @@ def idempotency_sha256(who: str, where: str, key: str) -> str:
 
 def same_fact(base_id: int, subject: str, prompt: str, relation_id: str | None) -> list:
     """Conditions for the active edits a new edit of this fact supersedes."""
-    same = EditRow.prompt == prompt if relation_id is None else or_(EditRow.prompt == prompt, EditRow.relation_id == relation_id)
+    same = (
+        EditRow.prompt == prompt
+        if relation_id is None
+        else or_(EditRow.prompt == prompt, EditRow.relation_id == relation_id)
+    )
     return [EditRow.base_model_id == base_id, EditRow.status == "active", EditRow.subject == subject, same]
 
 
-def new_request_row(base_id: int, request: EditRequest, *, requested_by: str | None, note: str | None,
-                    requested_layer: str | None = None, idempotency: str | None = None) -> EditRow:
+def new_request_row(
+    base_id: int,
+    request: EditRequest,
+    *,
+    requested_by: str | None,
+    note: str | None,
+    requested_layer: str | None = None,
+    idempotency: str | None = None,
+) -> EditRow:
     return EditRow(
-        base_model_id=base_id, prompt=request.prompt, subject=request.subject, target_new=request.target_new,
-        target_true=request.target_true, relation_id=request.relation_id, request_sha256=request_sha256(request),
-        requested_layer=requested_layer, status="pending", requested_by=requested_by, note=note, metrics={},
-        idempotency_sha256=idempotency, attempts=0,
+        base_model_id=base_id,
+        prompt=request.prompt,
+        subject=request.subject,
+        target_new=request.target_new,
+        target_true=request.target_true,
+        relation_id=request.relation_id,
+        request_sha256=request_sha256(request),
+        requested_layer=requested_layer,
+        status="pending",
+        requested_by=requested_by,
+        note=note,
+        metrics={},
+        idempotency_sha256=idempotency,
+        attempts=0,
     )
 
 
@@ -64,12 +94,20 @@ def fill_computed(s: Session, row: EditRow, new: NewEdit) -> None:
     s.execute(select(BaseModelRow.id).where(BaseModelRow.id == base_id).with_for_update())  # serialise writers per base
     seq = (s.scalar(select(func.max(EditRow.seq)).where(EditRow.base_model_id == base_id)) or 0) + 1
     req = new.request
-    older = [r for r in s.scalars(select(EditRow).where(*same_fact(base_id, req.subject, req.prompt, req.relation_id))) if r.id != row.id]
+    older = [
+        r
+        for r in s.scalars(select(EditRow).where(*same_fact(base_id, req.subject, req.prompt, req.relation_id)))
+        if r.id != row.id
+    ]
     for old in older:
         old.status = "superseded"
     row.seq, row.target_true, row.layer, row.module = seq, new.target_true, new.layer, new.module
     row.key, row.key_shape, row.key_sha256 = new.key, list(new.key_shape), hashlib.sha256(new.key).hexdigest()
-    row.value, row.value_shape, row.value_sha256 = new.value, list(new.value_shape), hashlib.sha256(new.value).hexdigest()
+    row.value, row.value_shape, row.value_sha256 = (
+        new.value,
+        list(new.value_shape),
+        hashlib.sha256(new.value).hexdigest(),
+    )
     row.hparams, row.hparams_fingerprint, row.covariance_id = new.hparams, new.hparams_fingerprint, new.covariance_id
     row.metrics, row.status, row.error, row.updated_at = new.metrics, "active", None, now()
     row.supersedes_id = older[-1].id if older else None
@@ -80,17 +118,31 @@ class QueueVerbs(StoreBase):
     # requests ------------------------------------------------------------------------------
 
     def create_request(
-        self, base_id: int, request: EditRequest, *, requested_layer: str | None = None, note: str | None = None,
-        requested_by: str | None = None, idempotency: str | None = None,
+        self,
+        base_id: int,
+        request: EditRequest,
+        *,
+        requested_layer: str | None = None,
+        note: str | None = None,
+        requested_by: str | None = None,
+        idempotency: str | None = None,
     ) -> tuple[EditEntry, bool]:
         """Store a pending request. With an idempotency hash already stored, return that row
         instead (created=False)."""
         try:
             with self._tx() as s:
-                if idempotency is not None and (found := s.scalar(select(EditRow).where(EditRow.idempotency_sha256 == idempotency))):
+                if idempotency is not None and (
+                    found := s.scalar(select(EditRow).where(EditRow.idempotency_sha256 == idempotency))
+                ):
                     return self._entry(s, found), False
-                row = new_request_row(base_id, request, requested_by=requested_by, note=note, requested_layer=requested_layer,
-                                      idempotency=idempotency)
+                row = new_request_row(
+                    base_id,
+                    request,
+                    requested_by=requested_by,
+                    note=note,
+                    requested_layer=requested_layer,
+                    idempotency=idempotency,
+                )
                 s.add(row)
                 s.flush()
                 return self._entry(s, row), True
@@ -115,7 +167,9 @@ class QueueVerbs(StoreBase):
                 raise UnknownEdit(f"no edit with id {edit_id}")
             return self._entry(s, row)
 
-    def list_entries(self, base_id: int, status: str = "all", *, limit: int | None = None, offset: int = 0) -> list[EditEntry]:
+    def list_entries(
+        self, base_id: int, status: str = "all", *, limit: int | None = None, offset: int = 0
+    ) -> list[EditEntry]:
         """A model's log: computed edits in seq order, then requests in arrival order. STATUS is one
         of EDIT_STATUSES, "current" (active edits and the queue: pending, computing, failed) or "all"."""
         if status not in (*EDIT_STATUSES, "current", "all"):
@@ -134,13 +188,21 @@ class QueueVerbs(StoreBase):
 
     def count_entries(self, base_id: int) -> dict[str, int]:
         with self._tx(write=False) as s:
-            rows = s.execute(select(EditRow.status, func.count()).where(EditRow.base_model_id == base_id).group_by(EditRow.status))
+            rows = s.execute(
+                select(EditRow.status, func.count()).where(EditRow.base_model_id == base_id).group_by(EditRow.status)
+            )
             return {status: int(n) for status, n in rows}
 
     def list_active_ids(self, base_id: int) -> list[int]:
         """The model's log as a worker compares it with its head: active edit ids in seq order."""
         with self._tx(write=False) as s:
-            return list(s.scalars(select(EditRow.id).where(EditRow.base_model_id == base_id, EditRow.status == "active").order_by(EditRow.seq)))
+            return list(
+                s.scalars(
+                    select(EditRow.id)
+                    .where(EditRow.base_model_id == base_id, EditRow.status == "active")
+                    .order_by(EditRow.seq)
+                )
+            )
 
     def list_queued_models(self) -> list[int]:
         """Base models with requests pending, or computing (perhaps by a worker that died: whoever
@@ -162,7 +224,9 @@ class QueueVerbs(StoreBase):
                 if lease is not None and lease.holder != holder and convert.aware(lease.expires_at) > moment:
                     return False
                 if lease is None:
-                    s.add(ModelLease(base_model_id=base_id, holder=holder, expires_at=moment + timedelta(seconds=seconds)))
+                    s.add(
+                        ModelLease(base_model_id=base_id, holder=holder, expires_at=moment + timedelta(seconds=seconds))
+                    )
                 else:
                     lease.holder, lease.expires_at = holder, moment + timedelta(seconds=seconds)
                 s.execute(
@@ -180,14 +244,19 @@ class QueueVerbs(StoreBase):
             moment = now()
             s.execute(update(WorkerRow).where(WorkerRow.id == holder).values(heartbeat_at=moment))
             held = list(s.scalars(select(ModelLease.base_model_id).where(ModelLease.holder == holder)))
-            s.execute(update(ModelLease).where(ModelLease.holder == holder).values(expires_at=moment + timedelta(seconds=seconds)))
+            s.execute(
+                update(ModelLease)
+                .where(ModelLease.holder == holder)
+                .values(expires_at=moment + timedelta(seconds=seconds))
+            )
             return held
 
     def release_lease(self, base_id: int, holder: str) -> None:
         """Give the model up; requests it claimed but did not compute go back to pending."""
         with self._tx() as s:
             s.execute(
-                update(EditRow).where(EditRow.base_model_id == base_id, EditRow.status == "computing", EditRow.claimed_by == holder)
+                update(EditRow)
+                .where(EditRow.base_model_id == base_id, EditRow.status == "computing", EditRow.claimed_by == holder)
                 .values(status="pending", claimed_by=None, updated_at=now())
             )
             s.execute(delete(ModelLease).where(ModelLease.base_model_id == base_id, ModelLease.holder == holder))
@@ -196,11 +265,15 @@ class QueueVerbs(StoreBase):
     def _check_lease(s: Session, base_id: int, holder: str) -> None:
         lease = s.get(ModelLease, base_id, with_for_update=True)
         if lease is None or lease.holder != holder:
-            raise LeaseLost(f"this worker no longer holds model {base_id}; its result is dropped and the request recomputed")
+            raise LeaseLost(
+                f"this worker no longer holds model {base_id}; its result is dropped and the request recomputed"
+            )
 
     # claiming and finishing -------------------------------------------------------------------
 
-    def claim_requests(self, base_id: int, holder: str, limit: int, only: int | list[int] | None = None) -> list[EditEntry]:
+    def claim_requests(
+        self, base_id: int, holder: str, limit: int, only: int | list[int] | None = None
+    ) -> list[EditEntry]:
         """Mark up to LIMIT pending requests of the model (or only those of the ids ONLY) computing
         by HOLDER, oldest first. Needs the model's lease."""
         with self._tx() as s:
@@ -211,9 +284,13 @@ class QueueVerbs(StoreBase):
             rows = s.scalars(query.order_by(EditRow.id).limit(limit).with_for_update(skip_locked=True)).all()
             claimed = []
             for row in rows:
-                if row.attempts >= MAX_ATTEMPTS:  # every worker that took it stopped before finishing (killed, out of memory)
+                if (
+                    row.attempts >= MAX_ATTEMPTS
+                ):  # every worker that took it stopped before finishing (killed, out of memory)
                     row.status, row.updated_at = "failed", now()
-                    row.error = f"gave up after {row.attempts} attempts: each worker computing it stopped before finishing"
+                    row.error = (
+                        f"gave up after {row.attempts} attempts: each worker computing it stopped before finishing"
+                    )
                     continue
                 row.status, row.claimed_by, row.updated_at, row.attempts = "computing", holder, now(), row.attempts + 1
                 claimed.append(row)
@@ -234,16 +311,32 @@ class QueueVerbs(StoreBase):
             self._check_lease(s, base_id, holder)
             row = s.get_one(EditRow, edit_id, with_for_update=True)
             if row.status != "computing" or row.claimed_by != holder:
-                raise LeaseLost(f"edit {edit_id} is {row.status}, no longer claimed by this worker; its result is dropped")
+                raise LeaseLost(
+                    f"edit {edit_id} is {row.status}, no longer claimed by this worker; its result is dropped"
+                )
             req = new.request
-            replaced = {r.id for r in s.scalars(select(EditRow).where(*same_fact(base_id, req.subject, req.prompt, req.relation_id)))}
-            active = s.scalars(select(EditRow.id).where(EditRow.base_model_id == base_id, EditRow.status == "active").order_by(EditRow.seq))
+            replaced = {
+                r.id
+                for r in s.scalars(select(EditRow).where(*same_fact(base_id, req.subject, req.prompt, req.relation_id)))
+            }
+            active = s.scalars(
+                select(EditRow.id)
+                .where(EditRow.base_model_id == base_id, EditRow.status == "active")
+                .order_by(EditRow.seq)
+            )
             if [i for i in active if i not in replaced] != computed_on:  # committed below, then raised
-                row.status, row.claimed_by, row.updated_at, row.attempts = "pending", None, now(), max(row.attempts - 1, 0)
+                row.status, row.claimed_by, row.updated_at, row.attempts = (
+                    "pending",
+                    None,
+                    now(),
+                    max(row.attempts - 1, 0),
+                )
             else:
                 fill_computed(s, row, new)
                 return convert.edit(row)
-        raise HeadChanged(f"the log of model {base_id} changed while edit {edit_id} was computed; it goes back to the queue")
+        raise HeadChanged(
+            f"the log of model {base_id} changed while edit {edit_id} was computed; it goes back to the queue"
+        )
 
     def withdraw_request(self, edit_id: int, reason: str) -> None:
         """A request its submitter gave up on (an interrupted `edit add`) fails instead of being
@@ -274,10 +367,16 @@ class QueueVerbs(StoreBase):
         """A clean exit: its leases are given up and its claimed requests go back to pending."""
         with self._tx() as s:
             held = list(s.scalars(select(ModelLease.base_model_id).where(ModelLease.holder == worker_id)))
-            s.execute(update(EditRow).where(EditRow.status == "computing", EditRow.claimed_by == worker_id)
-                      .values(status="pending", claimed_by=None, updated_at=now()))
-            s.execute(update(JobRow).where(JobRow.status == "running", JobRow.claimed_by == worker_id)
-                      .values(status="pending", claimed_by=None, updated_at=now()))
+            s.execute(
+                update(EditRow)
+                .where(EditRow.status == "computing", EditRow.claimed_by == worker_id)
+                .values(status="pending", claimed_by=None, updated_at=now())
+            )
+            s.execute(
+                update(JobRow)
+                .where(JobRow.status == "running", JobRow.claimed_by == worker_id)
+                .values(status="pending", claimed_by=None, updated_at=now())
+            )
             if held:
                 s.execute(delete(ModelLease).where(ModelLease.holder == worker_id))
             s.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(stopped_at=now()))
@@ -286,25 +385,43 @@ class QueueVerbs(StoreBase):
         """Workers whose heartbeat is at most WITHIN_SECONDS old and that have not stopped."""
         since = now() - timedelta(seconds=within_seconds)
         with self._tx(write=False) as s:
-            rows = s.scalars(select(WorkerRow).where(WorkerRow.stopped_at.is_(None)).order_by(WorkerRow.started_at)).all()
-            return [{"id": r.id, "models": list(r.models), "heartbeat_at": convert.iso(r.heartbeat_at)}
-                    for r in rows if convert.aware(r.heartbeat_at) >= since]
+            rows = s.scalars(
+                select(WorkerRow).where(WorkerRow.stopped_at.is_(None)).order_by(WorkerRow.started_at)
+            ).all()
+            return [
+                {"id": r.id, "models": list(r.models), "heartbeat_at": convert.iso(r.heartbeat_at)}
+                for r in rows
+                if convert.aware(r.heartbeat_at) >= since
+            ]
 
     # jobs ---------------------------------------------------------------------------------
 
-    def create_job(self, base_id: int, kind: str, params: dict, *, requested_by: str | None, idempotency: str | None = None) -> tuple[Job, bool]:
+    def create_job(
+        self, base_id: int, kind: str, params: dict, *, requested_by: str | None, idempotency: str | None = None
+    ) -> tuple[Job, bool]:
         try:
             with self._tx() as s:
-                if idempotency is not None and (found := s.scalar(select(JobRow).where(JobRow.idempotency_sha256 == idempotency))):
+                if idempotency is not None and (
+                    found := s.scalar(select(JobRow).where(JobRow.idempotency_sha256 == idempotency))
+                ):
                     return self._job(s, found), False
-                row = JobRow(kind=kind, base_model_id=base_id, params=params, status="pending", requested_by=requested_by,
-                             idempotency_sha256=idempotency, attempts=0)
+                row = JobRow(
+                    kind=kind,
+                    base_model_id=base_id,
+                    params=params,
+                    status="pending",
+                    requested_by=requested_by,
+                    idempotency_sha256=idempotency,
+                    attempts=0,
+                )
                 s.add(row)
                 s.flush()
                 return self._job(s, row), True
         except IntegrityError as exc:  # the same key sent twice at once: the other insert won
             with self._tx(write=False) as s:
-                found = s.scalar(select(JobRow).where(JobRow.idempotency_sha256 == idempotency)) if idempotency else None
+                found = (
+                    s.scalar(select(JobRow).where(JobRow.idempotency_sha256 == idempotency)) if idempotency else None
+                )
                 if found is None:
                     raise refused(exc, "store the job") from None
                 return self._job(s, found), False
@@ -331,7 +448,9 @@ class QueueVerbs(StoreBase):
 
     def claim_job(self, holder: str, base_ids: list[int] | None, stale_after: float) -> Job | None:
         """The oldest pending job (or one whose worker's heartbeat is older than STALE_AFTER) of BASE_IDS (None: any)."""
-        live = select(WorkerRow.id).where(WorkerRow.stopped_at.is_(None), WorkerRow.heartbeat_at >= now() - timedelta(seconds=stale_after))
+        live = select(WorkerRow.id).where(
+            WorkerRow.stopped_at.is_(None), WorkerRow.heartbeat_at >= now() - timedelta(seconds=stale_after)
+        )
         orphaned = (JobRow.status == "running") & JobRow.claimed_by.not_in(live)
         query = select(JobRow).where(or_(JobRow.status == "pending", orphaned))
         if base_ids is not None:
@@ -339,7 +458,12 @@ class QueueVerbs(StoreBase):
         with self._tx() as s:
             while (row := s.scalar(query.order_by(JobRow.id).limit(1).with_for_update(skip_locked=True))) is not None:
                 if row.attempts < MAX_ATTEMPTS:
-                    row.status, row.claimed_by, row.updated_at, row.attempts = "running", holder, now(), row.attempts + 1
+                    row.status, row.claimed_by, row.updated_at, row.attempts = (
+                        "running",
+                        holder,
+                        now(),
+                        row.attempts + 1,
+                    )
                     s.flush()
                     return self._job(s, row)
                 row.status, row.updated_at = "failed", now()
@@ -347,8 +471,15 @@ class QueueVerbs(StoreBase):
                 s.flush()
             return None
 
-    def finish_job(self, job_id: int, holder: str, *, result: dict | None = None, error: str | None = None,
-                   files: dict[str, tuple[str, bytes]] | None = None) -> Job:
+    def finish_job(
+        self,
+        job_id: int,
+        holder: str,
+        *,
+        result: dict | None = None,
+        error: str | None = None,
+        files: dict[str, tuple[str, bytes]] | None = None,
+    ) -> Job:
         """Record a job's result (and FILES: name -> (media type, bytes)) or its error."""
         with self._tx() as s:
             row = s.get(JobRow, job_id, with_for_update=True)

@@ -65,4 +65,6 @@ def ensure_current(engine: Engine, url: str) -> None:
         upgrade(engine)
         return
     state = "has no factstore schema" if current is None else f"is at schema {current}, not {head_revision()}"
-    raise SchemaOutOfDate(f"the database {engine.url.render_as_string(hide_password=True)} {state}; back it up, then run `factstore db upgrade`")
+    raise SchemaOutOfDate(
+        f"the database {engine.url.render_as_string(hide_password=True)} {state}; back it up, then run `factstore db upgrade`"
+    )

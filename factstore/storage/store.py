@@ -13,15 +13,33 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from factstore.domain import BaseModel, Covariance, ImportedRelease, ModelRef, NewEdit, Release, StoredEdit, check_alias
-from factstore.errors import DatabaseUnavailable, EditStateError, ImportConflict, ModelAliasTaken, UnknownEdit, UnknownModel
+from factstore.errors import (
+    DatabaseUnavailable,
+    EditStateError,
+    ImportConflict,
+    ModelAliasTaken,
+    UnknownEdit,
+    UnknownModel,
+)
 from factstore.storage import convert
 from factstore.storage.base import refused
-from factstore.storage.models import COMPUTED_STATUSES, BaseModelRow, ContextTemplateRow, CovarianceStat, EditRow, ReleaseEdit, ReleaseRow
+from factstore.storage.models import (
+    COMPUTED_STATUSES,
+    BaseModelRow,
+    ContextTemplateRow,
+    CovarianceStat,
+    EditRow,
+    ReleaseEdit,
+    ReleaseRow,
+)
 from factstore.storage.queue import QueueVerbs, fill_computed, new_request_row, same_fact
 from factstore.storage.tokens import TokenVerbs
 
 _SEQ_RETRIES = 20
-_SEQ_CONSTRAINT = ("edits_base_model_id_seq_key", "edits.base_model_id, edits.seq")  # PostgreSQL's name, SQLite's message
+_SEQ_CONSTRAINT = (
+    "edits_base_model_id_seq_key",
+    "edits.base_model_id, edits.seq",
+)  # PostgreSQL's name, SQLite's message
 
 
 def _is_seq_race(exc: IntegrityError) -> bool:
@@ -80,7 +98,14 @@ class Store(QueueVerbs, TokenVerbs):
                     f"{ref.revision} in {ref.dtype}. Register them under a new alias"
                 )
             return row, False
-        row = BaseModelRow(alias=alias, source=ref.source, revision=ref.revision, model_type=ref.model_type, license=license, dtype=ref.dtype)
+        row = BaseModelRow(
+            alias=alias,
+            source=ref.source,
+            revision=ref.revision,
+            model_type=ref.model_type,
+            license=license,
+            dtype=ref.dtype,
+        )
         s.add(row)
         s.flush()
         return row, True
@@ -91,7 +116,9 @@ class Store(QueueVerbs, TokenVerbs):
             if row is None:
                 known = s.scalars(select(BaseModelRow.alias).order_by(BaseModelRow.alias)).all()
                 hint = f"known: {', '.join(known)}" if known else "none is registered yet"
-                raise UnknownModel(f"no model with alias {alias!r} ({hint}); register one with `factstore model add ALIAS SOURCE`")
+                raise UnknownModel(
+                    f"no model with alias {alias!r} ({hint}); register one with `factstore model add ALIAS SOURCE`"
+                )
             return convert.base(row)
 
     def list_base_models(self) -> list[BaseModel]:
@@ -103,7 +130,9 @@ class Store(QueueVerbs, TokenVerbs):
     def get_context_templates(self, base_id: int, fingerprint: str) -> dict | None:
         with self._tx(write=False) as s:
             row = s.scalar(
-                select(ContextTemplateRow).where(ContextTemplateRow.base_model_id == base_id, ContextTemplateRow.fingerprint == fingerprint)
+                select(ContextTemplateRow).where(
+                    ContextTemplateRow.base_model_id == base_id, ContextTemplateRow.fingerprint == fingerprint
+                )
             )
             return None if row is None else dict(row.templates)
 
@@ -136,7 +165,9 @@ class Store(QueueVerbs, TokenVerbs):
 
     def list_covariances(self, base_id: int) -> list[Covariance]:
         with self._tx(write=False) as s:
-            rows = s.scalars(select(CovarianceStat).where(CovarianceStat.base_model_id == base_id).order_by(CovarianceStat.id))
+            rows = s.scalars(
+                select(CovarianceStat).where(CovarianceStat.base_model_id == base_id).order_by(CovarianceStat.id)
+            )
             return [convert.covariance(r) for r in rows]
 
     def get_covariance(self, cov_id: int) -> Covariance:
@@ -174,10 +205,15 @@ class Store(QueueVerbs, TokenVerbs):
         fill_computed(s, row, new)
         return convert.edit(row)
 
-    def list_conflicting_edits(self, base_id: int, *, subject: str, prompt: str, relation_id: str | None) -> list[StoredEdit]:
+    def list_conflicting_edits(
+        self, base_id: int, *, subject: str, prompt: str, relation_id: str | None
+    ) -> list[StoredEdit]:
         """Active edits that a new request for this fact would supersede."""
         with self._tx(write=False) as s:
-            return [convert.edit(r) for r in s.scalars(select(EditRow).where(*same_fact(base_id, subject, prompt, relation_id)))]
+            return [
+                convert.edit(r)
+                for r in s.scalars(select(EditRow).where(*same_fact(base_id, subject, prompt, relation_id)))
+            ]
 
     def list_edits(self, base_id: int, status: str = "active") -> list[StoredEdit]:
         """Computed edits of a base model in seq order; status one of COMPUTED_STATUSES or "all" (all of them).
@@ -185,7 +221,9 @@ class Store(QueueVerbs, TokenVerbs):
         if status != "all" and status not in COMPUTED_STATUSES:
             raise EditStateError(f"unknown status {status!r}; use one of {', '.join(COMPUTED_STATUSES)} or all")
         chosen = COMPUTED_STATUSES if status == "all" else (status,)
-        query = select(EditRow).where(EditRow.base_model_id == base_id, EditRow.status.in_(chosen)).order_by(EditRow.seq)
+        query = (
+            select(EditRow).where(EditRow.base_model_id == base_id, EditRow.status.in_(chosen)).order_by(EditRow.seq)
+        )
         with self._tx(write=False) as s:
             return [convert.edit(r) for r in s.scalars(query)]
 
@@ -193,7 +231,9 @@ class Store(QueueVerbs, TokenVerbs):
     def _edit_row(s: Session, edit_id: int, for_update: bool = False) -> EditRow:
         row = s.get(EditRow, edit_id, with_for_update=for_update)
         if row is None:
-            raise UnknownEdit(f"no edit with id {edit_id}; list edits with `factstore edit list --model ALIAS --status all`")
+            raise UnknownEdit(
+                f"no edit with id {edit_id}; list edits with `factstore edit list --model ALIAS --status all`"
+            )
         return row
 
     def get_edit(self, edit_id: int) -> StoredEdit:
@@ -207,8 +247,11 @@ class Store(QueueVerbs, TokenVerbs):
         """(id, status) of the rows made for one request text, oldest first (a rerun import skips
         stored edits and finishes requests an interrupted run left queued)."""
         with self._tx(write=False) as s:
-            rows = s.execute(select(EditRow.id, EditRow.status).where(EditRow.base_model_id == base_id, EditRow.request_sha256 == sha)
-                             .order_by(EditRow.id))
+            rows = s.execute(
+                select(EditRow.id, EditRow.status)
+                .where(EditRow.base_model_id == base_id, EditRow.request_sha256 == sha)
+                .order_by(EditRow.id)
+            )
             return [(int(i), str(status)) for i, status in rows]
 
     def set_edit_retracted(self, edit_id: int) -> StoredEdit:
@@ -228,7 +271,9 @@ class Store(QueueVerbs, TokenVerbs):
 
     def list_releases(self, base_id: int) -> list[Release]:
         with self._tx(write=False) as s:
-            rows = s.scalars(select(ReleaseRow).where(ReleaseRow.base_model_id == base_id).order_by(ReleaseRow.version)).all()
+            rows = s.scalars(
+                select(ReleaseRow).where(ReleaseRow.base_model_id == base_id).order_by(ReleaseRow.version)
+            ).all()
             return [convert.release(r, self._release_edit_ids(s, r.id)) for r in rows]
 
     def get_latest_release(self, base_id: int) -> Release | None:
@@ -240,8 +285,16 @@ class Store(QueueVerbs, TokenVerbs):
             return (s.scalar(select(func.max(ReleaseRow.version)).where(ReleaseRow.base_model_id == base_id)) or 0) + 1
 
     def create_release(
-        self, base_id: int, version: int, *, mode: str, edit_log_sha256: str, manifest_sha256: str, path: str,
-        edit_ids: list[int], published: tuple[str, str, str] | None = None,
+        self,
+        base_id: int,
+        version: int,
+        *,
+        mode: str,
+        edit_log_sha256: str,
+        manifest_sha256: str,
+        path: str,
+        edit_ids: list[int],
+        published: tuple[str, str, str] | None = None,
     ) -> Release:
         """The release row and its frozen contents, in one transaction.
 
@@ -250,9 +303,16 @@ class Store(QueueVerbs, TokenVerbs):
         repo, commit, tag = published or (None, None, None)
         with self._tx() as s:
             row = ReleaseRow(
-                base_model_id=base_id, version=version, mode=mode, edit_log_sha256=edit_log_sha256,
-                manifest_sha256=manifest_sha256, path=path, status="published" if published else "built",
-                hub_repo=repo, hub_commit=commit, tag=tag,
+                base_model_id=base_id,
+                version=version,
+                mode=mode,
+                edit_log_sha256=edit_log_sha256,
+                manifest_sha256=manifest_sha256,
+                path=path,
+                status="published" if published else "built",
+                hub_repo=repo,
+                hub_commit=commit,
+                tag=tag,
             )
             s.add(row)
             s.flush()
@@ -283,7 +343,11 @@ class Store(QueueVerbs, TokenVerbs):
 
     def list_context_templates(self, base_id: int) -> list[dict]:
         with self._tx(write=False) as s:
-            rows = s.scalars(select(ContextTemplateRow).where(ContextTemplateRow.base_model_id == base_id).order_by(ContextTemplateRow.id))
+            rows = s.scalars(
+                select(ContextTemplateRow)
+                .where(ContextTemplateRow.base_model_id == base_id)
+                .order_by(ContextTemplateRow.id)
+            )
             return [{"fingerprint": r.fingerprint, "seed": r.seed, "templates": dict(r.templates)} for r in rows]
 
     def set_recommended_layer(self, base_id: int, layer: int) -> BaseModel:
@@ -296,8 +360,16 @@ class Store(QueueVerbs, TokenVerbs):
     # importing a pulled lineage --------------------------------------------------------------
 
     def import_lineage(
-        self, alias: str, ref: ModelRef, *, license: str | None, prefix: list[tuple[str, str]], templates: list[dict],
-        covariances: dict[str, Covariance], edits: list[tuple[NewEdit, str | None]], release: ImportedRelease,
+        self,
+        alias: str,
+        ref: ModelRef,
+        *,
+        license: str | None,
+        prefix: list[tuple[str, str]],
+        templates: list[dict],
+        covariances: dict[str, Covariance],
+        edits: list[tuple[NewEdit, str | None]],
+        release: ImportedRelease,
     ) -> tuple[BaseModel, list[StoredEdit], Release]:
         """A pulled release's lineage in one transaction: all of it or nothing.
 
@@ -307,14 +379,25 @@ class Store(QueueVerbs, TokenVerbs):
         with self._tx() as s:
             row, _ = self._base_row(s, alias, ref, license)
             base_id = row.id
-            s.execute(select(BaseModelRow.id).where(BaseModelRow.id == base_id).with_for_update())  # one importer or writer at a time
-            active = s.scalars(select(EditRow).where(EditRow.base_model_id == base_id, EditRow.status == "active").order_by(EditRow.seq)).all()
+            s.execute(
+                select(BaseModelRow.id).where(BaseModelRow.id == base_id).with_for_update()
+            )  # one importer or writer at a time
+            active = s.scalars(
+                select(EditRow)
+                .where(EditRow.base_model_id == base_id, EditRow.status == "active")
+                .order_by(EditRow.seq)
+            ).all()
             if [(e.key_sha256, e.value_sha256) for e in active] != prefix:
-                raise ImportConflict(f"the active edits of {alias} are not a prefix of this release's edit log; import under a fresh --alias")
+                raise ImportConflict(
+                    f"the active edits of {alias} are not a prefix of this release's edit log; import under a fresh --alias"
+                )
             for t in templates:
                 self._template_row(s, base_id, t["fingerprint"], t["seed"], t["templates"])
             cov_ids = {key: self._covariance_row(s, base_id, key, record).id for key, record in covariances.items()}
-            added = [self._insert_edit(s, base_id, replace(new, covariance_id=cov_ids[key] if key else None)) for new, key in edits]
+            added = [
+                self._insert_edit(s, base_id, replace(new, covariance_id=cov_ids[key] if key else None))
+                for new, key in edits
+            ]
             stored = self._imported_release(s, base_id, alias, release)
             return convert.base(row), added, stored
 
@@ -334,15 +417,25 @@ class Store(QueueVerbs, TokenVerbs):
         row = s.scalar(select(CovarianceStat).where(CovarianceStat.cache_key == cache_key))
         if row is None:
             row = CovarianceStat(
-                base_model_id=base_id, cache_key=cache_key, layer=record.layer, module=record.module, corpus=record.corpus,
-                corpus_sha256=record.corpus_sha256, tokens=record.tokens, dtype=record.dtype, path=record.path, sha256=record.sha256,
+                base_model_id=base_id,
+                cache_key=cache_key,
+                layer=record.layer,
+                module=record.module,
+                corpus=record.corpus,
+                corpus_sha256=record.corpus_sha256,
+                tokens=record.tokens,
+                dtype=record.dtype,
+                path=record.path,
+                sha256=record.sha256,
             )
             s.add(row)
             s.flush()
         return row
 
     def _imported_release(self, s: Session, base_id: int, alias: str, release: ImportedRelease) -> Release:
-        active = s.scalars(select(EditRow).where(EditRow.base_model_id == base_id, EditRow.status == "active").order_by(EditRow.seq)).all()
+        active = s.scalars(
+            select(EditRow).where(EditRow.base_model_id == base_id, EditRow.status == "active").order_by(EditRow.seq)
+        ).all()
         log_sha = release.log_sha256([convert.edit(r) for r in active])
         rows = s.scalars(select(ReleaseRow).where(ReleaseRow.base_model_id == base_id)).all()
         for r in rows:
@@ -350,11 +443,21 @@ class Store(QueueVerbs, TokenVerbs):
                 return convert.release(r, self._release_edit_ids(s, r.id))  # this store already has that release
         version = release.version or max((r.version for r in rows), default=0) + 1
         if any(r.version == version for r in rows):
-            raise ImportConflict(f"this store already has a different v{version} of {alias}; import under a fresh --alias")
+            raise ImportConflict(
+                f"this store already has a different v{version} of {alias}; import under a fresh --alias"
+            )
         repo, commit, tag = release.published or (None, None, None)
         row = ReleaseRow(
-            base_model_id=base_id, version=version, mode=release.mode, edit_log_sha256=log_sha, manifest_sha256=release.manifest_sha256,
-            path=release.path, status="published" if release.published else "built", hub_repo=repo, hub_commit=commit, tag=tag,
+            base_model_id=base_id,
+            version=version,
+            mode=release.mode,
+            edit_log_sha256=log_sha,
+            manifest_sha256=release.manifest_sha256,
+            path=release.path,
+            status="published" if release.published else "built",
+            hub_repo=repo,
+            hub_commit=commit,
+            tag=tag,
         )
         s.add(row)
         s.flush()

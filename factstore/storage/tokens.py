@@ -20,7 +20,9 @@ def token_sha256(token: str) -> str:
 
 
 def _info(row: ApiToken) -> ApiTokenInfo:
-    return ApiTokenInfo(name=row.name, scope=row.scope, created_at=convert.iso(row.created_at) or "", revoked=row.revoked_at is not None)
+    return ApiTokenInfo(
+        name=row.name, scope=row.scope, created_at=convert.iso(row.created_at) or "", revoked=row.revoked_at is not None
+    )
 
 
 class TokenVerbs(StoreBase):
@@ -32,7 +34,9 @@ class TokenVerbs(StoreBase):
                 s.flush()
                 return _info(row)
         except IntegrityError:
-            raise InvalidEditRequest(f"a token named {name!r} exists already (names stay taken after a revoke); choose another name") from None
+            raise InvalidEditRequest(
+                f"a token named {name!r} exists already (names stay taken after a revoke); choose another name"
+            ) from None
 
     def list_tokens(self) -> list[ApiTokenInfo]:
         with self._tx(write=False) as s:
@@ -53,5 +57,7 @@ class TokenVerbs(StoreBase):
         digest of a 256-bit random secret: how long the index takes tells nothing about a guess."""
         digest = token_sha256(token)
         with self._tx(write=False) as s:
-            row = s.scalars(select(ApiToken).where(ApiToken.token_sha256 == digest, ApiToken.revoked_at.is_(None))).one_or_none()
+            row = s.scalars(
+                select(ApiToken).where(ApiToken.token_sha256 == digest, ApiToken.revoked_at.is_(None))
+            ).one_or_none()
             return None if row is None else _info(row)

@@ -18,8 +18,15 @@ from factstore.weights import checkpoints
 
 
 def single(
-    store: Store, alias: str, records: list[Record], fluency: FluencySettings | None = None, *, device: str | None = None,
-    hparams: ROMEHyperParams | None = None, batch: int = 1, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    records: list[Record],
+    fluency: FluencySettings | None = None,
+    *,
+    device: str | None = None,
+    hparams: ROMEHyperParams | None = None,
+    batch: int = 1,
+    progress: Reporter = SILENT,
 ) -> dict:
     """ROME's protocol: each record edited on the clean base model, scored, undone.
     hparams: settings to use instead of the model's defaults; batch: records whose edits are
@@ -44,8 +51,14 @@ def single(
 
 
 def release(
-    store: Store, alias: str, version: int, records: list[Record] | None = None, fluency: FluencySettings | None = None, *,
-    device: str | None = None, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    version: int,
+    records: list[Record] | None = None,
+    fluency: FluencySettings | None = None,
+    *,
+    device: str | None = None,
+    progress: Reporter = SILENT,
 ) -> dict:
     """Score a built release on the edits it contains; records matching an edit (same subject
     and new object) add its paraphrase and neighbourhood prompts."""
@@ -61,4 +74,8 @@ def release(
         if e.target_true:  # else there is nothing to compare the new object with
             judged.append(by_fact.get((e.subject, e.target_new)) or Record(e.request()))
     loaded = checkpoints.load(rel.path, device=device, progress=progress, dtype="auto")
-    return {**aggregate(score_records(loaded.model, loaded.tokenizer, judged, fluency)), "mode": "release", "release": version}
+    return {
+        **aggregate(score_records(loaded.model, loaded.tokenizer, judged, fluency)),
+        "mode": "release",
+        "release": version,
+    }

@@ -13,7 +13,11 @@ import torch
 from factstore import extras
 from factstore.analysis.causal_trace import CATEGORIES, TraceResult
 
-TITLES = {"hidden": "single restored layer (residual stream)", "mlp": "restored MLP outputs", "attn": "restored attention outputs"}
+TITLES = {
+    "hidden": "single restored layer (residual stream)",
+    "mlp": "restored MLP outputs",
+    "attn": "restored attention outputs",
+}
 COLOURS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 
 
@@ -34,7 +38,9 @@ def _save(fig: Any, path: Path) -> None:
     _pyplot().close(fig)
 
 
-def _heatmap(grid: torch.Tensor, rows: list[str], kind: str, title: str, colour_label: str, path: Path, window: int) -> None:
+def _heatmap(
+    grid: torch.Tensor, rows: list[str], kind: str, title: str, colour_label: str, path: Path, window: int
+) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(3.2 + 0.12 * grid.shape[1], 1.0 + 0.32 * len(rows)), dpi=150)
     image = ax.pcolor(grid.numpy(), cmap=COLOURS[kind], vmin=float(torch.nan_to_num(grid).min()))
@@ -71,12 +77,22 @@ def write_fact_trace(result: TraceResult, folder: Path, stem: str = "trace") -> 
     json_path = folder / f"{stem}.json"
     json_path.write_text(json.dumps(result.to_json(), indent=1) + "\n")
     return {
-        "png": pngs, "json": str(json_path), "peak_mlp_layer": result.peak_mlp_layer if "mlp" in result.scores else None,
-        "clean_prob": result.clean_prob, "corrupted_prob": result.corrupted_prob,
+        "png": pngs,
+        "json": str(json_path),
+        "peak_mlp_layer": result.peak_mlp_layer if "mlp" in result.scores else None,
+        "clean_prob": result.clean_prob,
+        "corrupted_prob": result.corrupted_prob,
     }
 
 
-def write_average_trace(averaged: dict[str, torch.Tensor], facts: list[dict], peak: int, folder: Path, window: int, stem: str = "trace-average") -> dict:
+def write_average_trace(
+    averaged: dict[str, torch.Tensor],
+    facts: list[dict],
+    peak: int,
+    folder: Path,
+    window: int,
+    stem: str = "trace-average",
+) -> dict:
     """The paper's summary figure: average indirect effect per token category and layer."""
     folder.mkdir(parents=True, exist_ok=True)
     pngs = []
@@ -87,8 +103,13 @@ def write_average_trace(averaged: dict[str, torch.Tensor], facts: list[dict], pe
         pngs.append(str(path))
     json_path = folder / f"{stem}.json"
     data = {
-        "categories": list(CATEGORIES), "peak_mlp_layer": peak, "n": len(facts), "facts": facts,
-        "average_indirect_effect": {k: [[None if math.isnan(x) else x for x in row] for row in v.tolist()] for k, v in averaged.items()},
+        "categories": list(CATEGORIES),
+        "peak_mlp_layer": peak,
+        "n": len(facts),
+        "facts": facts,
+        "average_indirect_effect": {
+            k: [[None if math.isnan(x) else x for x in row] for row in v.tolist()] for k, v in averaged.items()
+        },
     }
     json_path.write_text(json.dumps(data, indent=1) + "\n")
     return {"png": pngs, "json": str(json_path), "peak_mlp_layer": peak, "n": len(facts)}

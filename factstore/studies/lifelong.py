@@ -77,7 +77,9 @@ class _State:
         for key, want in header.items():
             self.data.setdefault(key, want)  # a setting an older state did not record is taken as this run's
             if self.data.get(key) != want:
-                raise InvalidArgument(f"{path.parent} holds a run with another {key} ({self.data.get(key)!r}); give another --run-dir")
+                raise InvalidArgument(
+                    f"{path.parent} holds a run with another {key} ({self.data.get(key)!r}); give another --run-dir"
+                )
 
     def save(self) -> None:
         atomic_write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True))
@@ -124,8 +126,10 @@ def _with_generations(record: Record) -> Record:
 
 def _compact(scores: Sequence[RecordScores]) -> list[list]:
     """Per-record ES, PS, NS shares (for subsets: retracted vs kept, each curve point's own records)."""
+
     def pct(v: list[bool]) -> float | None:
         return sum(v) / len(v) if v else None
+
     return [[pct(s.efficacy), pct(s.paraphrase), pct(s.neighbourhood)] for s in scores]
 
 
@@ -137,8 +141,14 @@ def subset_means(compact: Sequence[list], which: Sequence[int]) -> dict[str, flo
     return out
 
 
-def _score(model: PreTrainedModel, tok: object, records: Sequence[Record], fluency: FluencySettings | None, sample: int,
-           heldout: list[list[int]] | None) -> dict:
+def _score(
+    model: PreTrainedModel,
+    tok: object,
+    records: Sequence[Record],
+    fluency: FluencySettings | None,
+    sample: int,
+    heldout: list[list[int]] | None,
+) -> dict:
     scores = score_records(model, tok, records[sample:], None)  # type: ignore[arg-type]
     if sample:
         scores = score_records(model, tok, [_with_generations(r) for r in records[:sample]], fluency) + scores  # type: ignore[arg-type]
@@ -163,9 +173,16 @@ def _points(n: int, every: int | None) -> list[int]:
 
 
 def lifelong(
-    store: Store, alias: str, records: list[Record], fluency: FluencySettings | None = None, *,
-    settings: LifelongSettings = LifelongSettings(), folder: str | Path | None = None, out: str | None = None,
-    device: str | None = None, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    records: list[Record],
+    fluency: FluencySettings | None = None,
+    *,
+    settings: LifelongSettings = LifelongSettings(),
+    folder: str | Path | None = None,
+    out: str | None = None,
+    device: str | None = None,
+    progress: Reporter = SILENT,
 ) -> dict:
     """Register RECORDS one after another in the run folder's store (resumable), score the log
     compiled in each of settings.modes at every curve point, then retract settings.retract
@@ -175,9 +192,15 @@ def lifelong(
     run = Path(folder).expanduser() if folder else default_folder(alias, records)
     run.mkdir(parents=True, exist_ok=True)
     base = store.get_base_model(alias)
-    header = {"alias": alias, "identity": base.identity, "records_sha256": records_sha256(records), "batch": settings.batch,
-              "heldout_tokens": settings.heldout_tokens, "fluency": fluency is not None and settings.fluency_sample > 0,
-              "fluency_sample": settings.fluency_sample}  # what the kept scores depend on (compile modes may vary)
+    header = {
+        "alias": alias,
+        "identity": base.identity,
+        "records_sha256": records_sha256(records),
+        "batch": settings.batch,
+        "heldout_tokens": settings.heldout_tokens,
+        "fluency": fluency is not None and settings.fluency_sample > 0,
+        "fluency_sample": settings.fluency_sample,
+    }  # what the kept scores depend on (compile modes may vary)
     state = _State(run / "state.json", header)
     scratch = _open_store(run, store, alias, progress)
     try:
@@ -194,7 +217,9 @@ def lifelong(
     return _result(state.data, records, settings, run, out)
 
 
-def _register(session: EditSession, records: list[Record], settings: LifelongSettings, state: _State, progress: Reporter) -> None:
+def _register(
+    session: EditSession, records: list[Record], settings: LifelongSettings, state: _State, progress: Reporter
+) -> None:
     if state.data.get("registered") == len(records):
         return
     if "unedited" not in state.data:  # before any edit: the head is the base model
@@ -212,7 +237,9 @@ def _register(session: EditSession, records: list[Record], settings: LifelongSet
     clock = time.perf_counter()
     step = settings.every or len(records)
     for lo in range(0, len(records), step):  # seconds recorded per slice: an interrupted run keeps what it spent
-        add_requests(session, requests[lo : lo + step], batch=settings.batch, note="lifelong evaluation", progress=progress)
+        add_requests(
+            session, requests[lo : lo + step], batch=settings.batch, note="lifelong evaluation", progress=progress
+        )
         state.add_seconds("register", time.perf_counter() - clock)
         state.save()
         clock = time.perf_counter()
@@ -228,7 +255,9 @@ def _log(store: Store, base_id: int, state: _State) -> list[StoredEdit]:
     log = [e for e in edits if e.status == "active" or (e.status == "retracted" and e.id in retracted)]
     digest = hashlib.sha256(json.dumps([[e.key_sha256, e.value_sha256] for e in log]).encode()).hexdigest()
     if state.data.setdefault("log_sha256", digest) != digest:
-        raise InvalidArgument(f"the edit log in {state.path.parent} is not the one its kept scores were computed on; give another --run-dir")
+        raise InvalidArgument(
+            f"the edit log in {state.path.parent} is not the one its kept scores were computed on; give another --run-dir"
+        )
     state.save()
     return log
 
@@ -251,16 +280,27 @@ def _point_key(mode: str, i: int) -> str:
 
 
 def _score_modes(
-    session: EditSession, records: list[Record], log: list[StoredEdit], index: dict[str, int], fluency: FluencySettings | None,
-    settings: LifelongSettings, heldout: list[list[int]] | None, state: _State, progress: Reporter,
+    session: EditSession,
+    records: list[Record],
+    log: list[StoredEdit],
+    index: dict[str, int],
+    fluency: FluencySettings | None,
+    settings: LifelongSettings,
+    heldout: list[list[int]] | None,
+    state: _State,
+    progress: Reporter,
 ) -> None:
     n = len(records)
     if "unedited_perplexity" not in state.data and heldout:
         with session.base_weights():
             state.data["unedited_perplexity"] = perplexity(session.model, heldout)
         state.save()
-    todo = [(mode, i) for mode in settings.modes for i in _points(n, settings.every if mode in CURVE_MODES else None)
-            if _point_key(mode, i) not in state.data["points"]]
+    todo = [
+        (mode, i)
+        for mode in settings.modes
+        for i in _points(n, settings.every if mode in CURVE_MODES else None)
+        if _point_key(mode, i) not in state.data["points"]
+    ]
     with progress.task("scoring compiled logs", len(todo)) as advance:
         for done, (mode, i) in enumerate(todo, start=1):
             clock = time.perf_counter()
@@ -275,13 +315,30 @@ def _score_modes(
                     state.save()
                     advance(done)
                     continue
-                errors = constraint_errors(session.model, edits) if mode != "spread" else {}  # spread checks its own targets
-                scores = _score(session.model, session.tokenizer, records[:i], fluency if end else None,
-                                min(settings.fluency_sample, i) if end and fluency else 0, heldout if end else None)
+                errors = (
+                    constraint_errors(session.model, edits) if mode != "spread" else {}
+                )  # spread checks its own targets
+                scores = _score(
+                    session.model,
+                    session.tokenizer,
+                    records[:i],
+                    fluency if end else None,
+                    min(settings.fluency_sample, i) if end and fluency else 0,
+                    heldout if end else None,
+                )
             seconds = time.perf_counter() - clock
-            held = sum(err <= tolerance(session.model, e.layer) for e, err in zip(edits, errors.values())) if errors else None
-            state.data["points"][_point_key(mode, i)] = {**scores, "edits": len(edits), "seconds": round(seconds, 1), "constraints_held": held,
-                                                         "max_constraint_error": max(errors.values(), default=None)}
+            held = (
+                sum(err <= tolerance(session.model, e.layer) for e, err in zip(edits, errors.values()))
+                if errors
+                else None
+            )
+            state.data["points"][_point_key(mode, i)] = {
+                **scores,
+                "edits": len(edits),
+                "seconds": round(seconds, 1),
+                "constraints_held": held,
+                "max_constraint_error": max(errors.values(), default=None),
+            }
             state.add_seconds(f"score {mode}", seconds)
             state.save()
             advance(done)
@@ -295,19 +352,31 @@ def _spread_inputs(session: EditSession, edits: list[StoredEdit]) -> LayerInputs
 
 
 def _retraction(
-    session: EditSession, records: list[Record], log: list[StoredEdit], index: dict[str, int], settings: LifelongSettings,
-    state: _State, progress: Reporter,
+    session: EditSession,
+    records: list[Record],
+    log: list[StoredEdit],
+    index: dict[str, int],
+    settings: LifelongSettings,
+    state: _State,
+    progress: Reporter,
 ) -> None:
     """Retract settings.retract edits of the log at random (seeded), rebuild the default mode without
     them: the retracted facts should fall back to the unedited model's scores, the rest keep theirs."""
     done = state.data.get("retraction")
     if done and (done.get("n"), done.get("seed")) not in ((settings.retract, settings.seed), (None, None)):
-        raise InvalidArgument(f"{state.path.parent} retracted {done.get('n')} edits (seed {done.get('seed')}) already; give another --run-dir")
+        raise InvalidArgument(
+            f"{state.path.parent} retracted {done.get('n')} edits (seed {done.get('seed')}) already; give another --run-dir"
+        )
     if done and "after" in done:
         return
     if not done:
         chosen = sorted(random.Random(settings.seed).sample([e.id for e in log], min(settings.retract, len(log))))
-        state.data["retraction"] = done = {"edit_ids": chosen, "mode": DEFAULT_MODE, "n": settings.retract, "seed": settings.seed}
+        state.data["retraction"] = done = {
+            "edit_ids": chosen,
+            "mode": DEFAULT_MODE,
+            "n": settings.retract,
+            "seed": settings.seed,
+        }
         state.save()
     for edit_id in done["edit_ids"]:
         if session.store.get_edit(edit_id).status == "active":
@@ -341,16 +410,32 @@ def _result(data: dict, records: list[Record], settings: LifelongSettings, run: 
     curve = []
     for i in _points(n, settings.every):
         row: dict = {"edits": i, "unedited": subset_means(data["unedited"]["records"], range(i))}
-        row.update({m: strip(points[_point_key(m, i)]) for m in settings.modes if _point_key(m, i) in points and "refused" not in points[_point_key(m, i)]})
+        row.update(
+            {
+                m: strip(points[_point_key(m, i)])
+                for m in settings.modes
+                if _point_key(m, i) in points and "refused" not in points[_point_key(m, i)]
+            }
+        )
         curve.append(row)
     default = DEFAULT_MODE if DEFAULT_MODE in modes else next(iter(modes), "")
-    result: dict = {**(modes.get(default) or {}), "mode": "lifelong", "compile_mode": default, "modes": modes, "unedited": unedited,
-                    "curve": curve, "run_dir": str(run), "seconds": data["seconds"]}
+    result: dict = {
+        **(modes.get(default) or {}),
+        "mode": "lifelong",
+        "compile_mode": default,
+        "modes": modes,
+        "unedited": unedited,
+        "curve": curve,
+        "run_dir": str(run),
+        "seconds": data["seconds"],
+    }
     if (r := data.get("retraction")) and "after" in r:
         gone, kept = r["retracted_records"], r["kept_records"]
         full = points.get(_point_key(r["mode"], n), {}).get("records")
         result["retraction"] = {
-            "mode": r["mode"], "retracted": len(gone), "kept": len(kept),
+            "mode": r["mode"],
+            "retracted": len(gone),
+            "kept": len(kept),
             "retracted_unedited": subset_means(data["unedited"]["records"], gone),
             "retracted_before": subset_means(full, gone) if full else None,
             "retracted_after": subset_means(r["after"], gone),
@@ -361,7 +446,10 @@ def _result(data: dict, records: list[Record], settings: LifelongSettings, run: 
         folder = Path(out).expanduser() if out else run
         title = f"{data['alias']}: {n} edits registered one after another"
         drawn = [c for c in curve if default in c]
-        result["png"] = plot_curve([{"edits": c["edits"], **c[default]} for c in drawn], folder / f"lifelong-{n}.png",
-                                   f"{title} ({default} compile)", [c["unedited"]["NS"] for c in drawn])
+        result["png"] = plot_curve(
+            [{"edits": c["edits"], **c[default]} for c in drawn],
+            folder / f"lifelong-{n}.png",
+            f"{title} ({default} compile)",
+            [c["unedited"]["NS"] for c in drawn],
+        )
     return result
-

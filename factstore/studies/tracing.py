@@ -30,8 +30,16 @@ def _out_dir(alias: str, name: str, out: str | None) -> Path:
 
 
 def trace_fact(
-    store: Store, alias: str, prompt: str, subject: str, target: str | None = None, *,
-    settings: TraceSettings = TraceSettings(), out: str | None = None, device: str | None = None, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    prompt: str,
+    subject: str,
+    target: str | None = None,
+    *,
+    settings: TraceSettings = TraceSettings(),
+    out: str | None = None,
+    device: str | None = None,
+    progress: Reporter = SILENT,
 ) -> dict:
     """The maps of one fact on the base model (not the edited head), as PNGs and JSON."""
     base = store.get_base_model(alias)
@@ -42,8 +50,15 @@ def trace_fact(
 
 
 def trace_dataset(
-    store: Store, alias: str, path: str, n: int = 50, *, settings: TraceSettings = TraceSettings(),
-    out: str | None = None, device: str | None = None, progress: Reporter = SILENT,
+    store: Store,
+    alias: str,
+    path: str,
+    n: int = 50,
+    *,
+    settings: TraceSettings = TraceSettings(),
+    out: str | None = None,
+    device: str | None = None,
+    progress: Reporter = SILENT,
 ) -> dict:
     """Average the maps over the first N facts the model knows; store the MLP peak layer as the
     base model's recommended edit layer. Facts whose subject cannot be traced (it does not
@@ -64,9 +79,14 @@ def trace_dataset(
             scanned += 1
             try:
                 check_size(tok, EditRequest(fact.template, fact.subject, fact.attribute))
-                if next_token_id(model, tok, fact.template.replace("{}", fact.subject, 1)) != target_ids(tok, fact.attribute)[0]:
+                if (
+                    next_token_id(model, tok, fact.template.replace("{}", fact.subject, 1))
+                    != target_ids(tok, fact.attribute)[0]
+                ):
                     continue  # the paper traces facts the model knows
-                result = causal_trace.trace(model, tok, fact.template, fact.subject, fact.attribute, settings, noise_std=std)
+                result = causal_trace.trace(
+                    model, tok, fact.template, fact.subject, fact.attribute, settings, noise_std=std
+                )
             except InvalidEditRequest as exc:
                 skipped.append({"subject": fact.subject[:200], "reason": str(exc)})
                 continue
@@ -76,5 +96,7 @@ def trace_dataset(
     averaged = causal_trace.average(summaries)
     peak = causal_trace.peak_layer(averaged)
     store.set_recommended_layer(base.id, peak)
-    report = figures.write_average_trace(averaged, traced, peak, _out_dir(alias, "average-" + Path(path).stem, out), settings.window)
+    report = figures.write_average_trace(
+        averaged, traced, peak, _out_dir(alias, "average-" + Path(path).stem, out), settings.window
+    )
     return {**report, "scanned": scanned, "skipped": skipped, "noise": settings.noise_factor * std}

@@ -141,7 +141,12 @@ def asset_dir(name: str, progress: Reporter = SILENT) -> Path:
         work.mkdir()
         build.mkdir()
         raw = _fetch(spec, work, progress)
-        meta = {"name": key, "source_sha256": file_sha256(raw), "packages": list(spec.packages), "license": spec.license}
+        meta = {
+            "name": key,
+            "source_sha256": file_sha256(raw),
+            "packages": list(spec.packages),
+            "license": spec.license,
+        }
         _BUILDERS[spec.kind](raw, build)
         (build / "asset.json").write_text(json.dumps(meta, indent=1))
         if not (final / "asset.json").exists():  # another process may have finished first
@@ -163,7 +168,10 @@ def _build_corpus(raw: Path, out: Path) -> None:
 def _build_tokenizer(raw: Path, out: Path) -> None:
     from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]  # exported lazily, unseen by mypy
 
-    ranks = {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in raw.read_text().splitlines() if line)}
+    ranks = {
+        base64.b64decode(tok): int(rank)
+        for tok, rank in (line.split() for line in raw.read_text().splitlines() if line)
+    }
     write_gpt2_bpe(ranks, out)
     tokenizer = GPT2TokenizerFast.from_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -171,7 +179,9 @@ def _build_tokenizer(raw: Path, out: Path) -> None:
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from bytes to printable unicode characters."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for b in range(256):
@@ -209,12 +219,21 @@ def write_gpt2_bpe(ranks: dict[bytes, int], out: Path) -> None:
 
     vocab = {text(tok): rank for tok, rank in ranks.items()}
     vocab["<|endoftext|>"] = len(ranks)
-    merges = [_split_by_lower_ranks(tok, ranks) for tok, _ in sorted(ranks.items(), key=lambda kv: kv[1]) if len(tok) > 1]
+    merges = [
+        _split_by_lower_ranks(tok, ranks) for tok, _ in sorted(ranks.items(), key=lambda kv: kv[1]) if len(tok) > 1
+    ]
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     lines = ["#version: 0.2"] + [f"{text(a)} {text(b)}" for a, b in merges]
     (out / "merges.txt").write_text("\n".join(lines) + "\n")
     (out / "tokenizer_config.json").write_text(
-        json.dumps({"model_max_length": 1024, "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"})
+        json.dumps(
+            {
+                "model_max_length": 1024,
+                "bos_token": "<|endoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+            }
+        )
     )
 
 

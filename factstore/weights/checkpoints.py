@@ -57,7 +57,7 @@ def cached_file_sha256(path: Path) -> str:
 
 
 def weights_identity(folder: Path) -> str:
-    """"sha256:<hex>" over (name, sha256) of every weight file in a folder."""
+    """ "sha256:<hex>" over (name, sha256) of every weight file in a folder."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
     if not files:
         raise ModelSourceNotFound(f"{folder} has no weight files ({', '.join(WEIGHT_SUFFIXES)})")
@@ -150,12 +150,19 @@ def resolve(source: str, revision: str | None = None, progress: Reporter = SILEN
             return _ref_for_gguf(source, path.resolve(), progress)
         if path.is_dir():
             folder = path.resolve()
-            return ModelRef(source=str(folder), revision=weights_identity(folder), model_type=_model_type(folder), local_path=str(folder))
+            return ModelRef(
+                source=str(folder),
+                revision=weights_identity(folder),
+                model_type=_model_type(folder),
+                local_path=str(folder),
+            )
         raise ModelSourceNotFound(f"{source} is a file but not a .gguf checkpoint; give a model folder or a .gguf file")
     if source.startswith((".", "/", "~")) or source.endswith(".gguf") or source.count("/") > 1:
         raise ModelSourceNotFound(f"no model at {source}: the path does not exist")
     if not HUB_MODEL_ID.fullmatch(source) or ".." in source:
-        raise ModelSourceNotFound(f"{source[:80]!r} is not a model folder, a .gguf file, a starter: asset or a Hub id (NAMESPACE/NAME)")
+        raise ModelSourceNotFound(
+            f"{source[:80]!r} is not a model folder, a .gguf file, a starter: asset or a Hub id (NAMESPACE/NAME)"
+        )
     sha, folder = _resolve_hub(source, revision)
     return ModelRef(source=source, revision=sha, model_type=_model_type(folder), local_path=str(folder))
 
@@ -187,7 +194,10 @@ def _placement(device: str, folder: Path, dtype: str) -> tuple[str, dict[str, An
         return device, {}
     if not torch.cuda.is_available():
         return "cpu", {}
-    if torch.cuda.device_count() == 1 and _loaded_bytes(folder, dtype) < 0.9 * torch.cuda.get_device_properties(0).total_memory:
+    if (
+        torch.cuda.device_count() == 1
+        and _loaded_bytes(folder, dtype) < 0.9 * torch.cuda.get_device_properties(0).total_memory
+    ):
         return "cuda", {}
     return "auto", {"device_map": "auto"}
 
@@ -227,7 +237,9 @@ def _fast_tokenizer(ref: ModelRef) -> Any:
 
     tokenizer = AutoTokenizer.from_pretrained(ref.local_path)
     if not getattr(tokenizer, "is_fast", False):
-        raise ModelSourceNotFound(f"{ref.source} has no fast tokenizer (tokenizer.json); factstore needs character offsets")
+        raise ModelSourceNotFound(
+            f"{ref.source} has no fast tokenizer (tokenizer.json); factstore needs character offsets"
+        )
     return tokenizer
 
 
@@ -245,7 +257,11 @@ def load_config(source: str, expected: str) -> Any:
 
 
 def load(
-    source: str, revision: str | None = None, expected: str | None = None, device: str | None = None, progress: Reporter = SILENT,
+    source: str,
+    revision: str | None = None,
+    expected: str | None = None,
+    device: str | None = None,
+    progress: Reporter = SILENT,
     dtype: str = "float32",
 ) -> LoadedModel:
     """Load model and tokenizer in DTYPE ("auto": what the checkpoint declares); with `expected`,

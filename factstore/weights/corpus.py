@@ -45,13 +45,14 @@ def load_corpus(name_or_path: str = DEFAULT_CORPUS, progress: Reporter = SILENT)
         try:
             texts = _read_texts(path)
         except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-            raise StatisticsError(f"cannot read the corpus {path} ({type(exc).__name__}): give UTF-8 text, a JSON list of strings or JSON lines with \"text\"") from None
+            raise StatisticsError(
+                f'cannot read the corpus {path} ({type(exc).__name__}): give UTF-8 text, a JSON list of strings or JSON lines with "text"'
+            ) from None
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise StatisticsError(f"the corpus {name_or_path} holds no text")
     blob = json.dumps(texts, ensure_ascii=False, separators=(",", ":")).encode()
     return Corpus(name=name_or_path, sha256=hashlib.sha256(blob).hexdigest(), texts=texts)
-
 
 
 def rows(tokenizer: Any, texts: list[str], max_length: int = TEXT_TOKENS) -> list[list[int]]:
@@ -68,7 +69,9 @@ def texts_covering(corpus: Corpus, tokenizer: Any, tokens: int, max_length: int 
     return len(corpus.texts)
 
 
-def held_out(corpus: Corpus, tokenizer: Any, tokens: int, used_tokens: int, max_length: int = TEXT_TOKENS) -> list[list[int]]:
+def held_out(
+    corpus: Corpus, tokenizer: Any, tokens: int, used_tokens: int, max_length: int = TEXT_TOKENS
+) -> list[list[int]]:
     """Token rows of about TOKENS tokens from the end of CORPUS, none of them among the texts
     that key statistics of USED_TOKENS read from its front: text the statistics never saw."""
     first_free = texts_covering(corpus, tokenizer, used_tokens, max_length)

@@ -23,7 +23,9 @@ MODES = ("joint", "sequential", "spread", "null-space")
 DEFAULT_MODE = "joint"
 EXACT_MODES = ("joint", "null-space")  # every constraint of the log holds on the compiled weights at once
 JOINT_RIDGE = 1e-6  # lambda relative to the mean diagonal of K^T C^-1 K
-NULL_SPACE_THRESHOLD = 3e-2  # eigenvalues of C up to this share of the largest span the null space (docs/results.md: 1e-2 was worse)
+NULL_SPACE_THRESHOLD = (
+    3e-2  # eigenvalues of C up to this share of the largest span the null space (docs/results.md: 1e-2 was worse)
+)
 CONSTRAINT_TOLERANCE = 1e-3  # ||W k - v|| / ||v|| allowed after compiling, in float32
 
 
@@ -32,11 +34,14 @@ def tolerance(model: PreTrainedModel, layer: int) -> float:
     of the update (unit roundoff 2^-8, 2^-11), so they get two of their machine epsilons."""
     return max(CONSTRAINT_TOLERANCE, 2 * torch.finfo(arch.down_proj_param(model, layer).dtype).eps)
 
+
 CovarianceLoader = Callable[[int | None], torch.Tensor]
 
 
 def edit_vectors(edit: StoredEdit) -> tuple[torch.Tensor, torch.Tensor]:
-    return from_bytes(edit.key, edit.key_shape, edit.key_sha256), from_bytes(edit.value, edit.value_shape, edit.value_sha256)
+    return from_bytes(edit.key, edit.key_shape, edit.key_sha256), from_bytes(
+        edit.value, edit.value_shape, edit.value_sha256
+    )
 
 
 def _check_module(model: PreTrainedModel, edit: StoredEdit) -> None:
@@ -61,7 +66,9 @@ def apply_sequential(model: PreTrainedModel, edits: Sequence[StoredEdit], covari
         apply_update(model, edit.layer, key, value, solved[edit.id], f"edit {edit.id}")
 
 
-def apply_update(model: PreTrainedModel, layer: int, key: torch.Tensor, value: torch.Tensor, solved: torch.Tensor, label: str) -> None:
+def apply_update(
+    model: PreTrainedModel, layer: int, key: torch.Tensor, value: torch.Tensor, solved: torch.Tensor, label: str
+) -> None:
     """One rank-one update with C^-1 k already solved (in,), then its constraint checked: the
     step every replay makes, so a head that applies an edit before storing it equals a replay."""
     W, b = arch.down_proj_weight(model, layer), arch.down_proj_bias(model, layer)
@@ -70,7 +77,9 @@ def apply_update(model: PreTrainedModel, layer: int, key: torch.Tensor, value: t
     W = arch.down_proj_weight(model, layer)  # after the update
     err = float(constraint_error(W, b, key.unsqueeze(1), value.unsqueeze(1))[0])
     if not err <= tolerance(model, layer):
-        raise CompileError(f"{label} does not hold after its own update (constraint error {err:.2g}); nothing was written")
+        raise CompileError(
+            f"{label} does not hold after its own update (constraint error {err:.2g}); nothing was written"
+        )
 
 
 def solve_key(model: PreTrainedModel, layer: int, key: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
@@ -79,7 +88,9 @@ def solve_key(model: PreTrainedModel, layer: int, key: torch.Tensor, C: torch.Te
     return torch.linalg.solve(C.to(device, torch.float64), key.unsqueeze(1).to(device, torch.float64))[:, 0]
 
 
-def _solved_keys(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader) -> dict[int, torch.Tensor]:
+def _solved_keys(
+    model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader
+) -> dict[int, torch.Tensor]:
     """edit id -> C^-1 k (in,) float64, one solve per C with every key as a column."""
     by_cov: dict[int | None, list[StoredEdit]] = defaultdict(list)
     for edit in edits:
@@ -101,8 +112,13 @@ def _by_layer(model: PreTrainedModel, edits: Sequence[StoredEdit]) -> dict[int, 
     return dict(sorted(by_layer.items()))
 
 
-def apply_joint(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader, ridge: float = JOINT_RIDGE,
-                null_space_threshold: float | None = None) -> None:
+def apply_joint(
+    model: PreTrainedModel,
+    edits: Sequence[StoredEdit],
+    covariance: CovarianceLoader,
+    ridge: float = JOINT_RIDGE,
+    null_space_threshold: float | None = None,
+) -> None:
     """All edits of a layer solved at once in float64: order-independent, none erases another.
     With null_space_threshold (AlphaEdit), the update is confined to C's null space."""
     for layer, group in _by_layer(model, edits).items():
@@ -116,8 +132,10 @@ def apply_joint(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance:
         else:
             basis = null_space(C, null_space_threshold)
             if basis.shape[1] < len(group):
-                raise CompileError(f"null-space compile: layer {layer} has {len(group)} edits but C's null space only "
-                                   f"{basis.shape[1]} dimensions; use --mode joint or spread; nothing was written")
+                raise CompileError(
+                    f"null-space compile: layer {layer} has {len(group)} edits but C's null space only "
+                    f"{basis.shape[1]} dimensions; use --mode joint or spread; nothing was written"
+                )
             add_delta(model, layer, null_space_delta(W, b, K, V, basis, ridge))
 
 
@@ -132,8 +150,13 @@ def check_mode(mode: str) -> None:
         raise CompileError(f"unknown compile mode {mode!r}; use one of {', '.join(MODES)}")
 
 
-def apply_edits(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader, mode: str = DEFAULT_MODE,
-                inputs: LayerInputs | None = None) -> None:
+def apply_edits(
+    model: PreTrainedModel,
+    edits: Sequence[StoredEdit],
+    covariance: CovarianceLoader,
+    mode: str = DEFAULT_MODE,
+    inputs: LayerInputs | None = None,
+) -> None:
     """Write the log onto MODEL's weights in MODE. spread needs INPUTS (the tokenizer, the edits'
     context templates and C of the layers below); it and sequential check each edit as they go,
     the exact modes are checked with constraint_errors after."""
@@ -142,11 +165,15 @@ def apply_edits(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance:
         apply_sequential(model, edits, covariance)
     elif mode == "spread":
         if inputs is None:
-            raise CompileError("the spread mode needs the tokenizer, context templates and key statistics of the layers below")
+            raise CompileError(
+                "the spread mode needs the tokenizer, context templates and key statistics of the layers below"
+            )
         _by_layer(model, edits)  # every edit's module checked first
         apply_spread(model, edits, covariance, edit_vectors, inputs, lambda layer: tolerance(model, layer))
     else:
-        apply_joint(model, edits, covariance, null_space_threshold=NULL_SPACE_THRESHOLD if mode == "null-space" else None)
+        apply_joint(
+            model, edits, covariance, null_space_threshold=NULL_SPACE_THRESHOLD if mode == "null-space" else None
+        )
 
 
 def constraint_errors(model: PreTrainedModel, edits: Sequence[StoredEdit]) -> dict[int, float]:

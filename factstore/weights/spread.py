@@ -52,14 +52,20 @@ def _prompt_sets(edits: Sequence[StoredEdit], inputs: LayerInputs) -> list[list[
     return [[(p, e.subject) for p in request_prompts(e.request(), inputs.templates(e))] for e in edits]
 
 
-def _stored(edits: Sequence[StoredEdit], vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _stored(
+    edits: Sequence[StoredEdit], vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     keys, values = zip(*(vectors(e) for e in edits))
     return torch.stack(keys).double(), torch.stack(values).double()  # (n, d_ff), (n, d)
 
 
 def apply_spread(
-    model: PreTrainedModel, edits: Sequence[StoredEdit], own_covariance: Callable[[int | None], torch.Tensor],
-    vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]], inputs: LayerInputs, tolerance: Callable[[int], float],
+    model: PreTrainedModel,
+    edits: Sequence[StoredEdit],
+    own_covariance: Callable[[int | None], torch.Tensor],
+    vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]],
+    inputs: LayerInputs,
+    tolerance: Callable[[int], float],
 ) -> None:
     """Spread each edit layer's edits over spread_layers(L), lowest layer first; refuse if an
     edit's target is not met at the end (CompileError; the caller writes nothing)."""

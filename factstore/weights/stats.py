@@ -54,7 +54,17 @@ class StatsFile:
 def covariance_record(result: StatsFile, corpus: Corpus) -> Covariance:
     """The store's description of a statistics file (its id is assigned when recorded)."""
     spec = result.spec
-    return Covariance(0, spec.layer, spec.module, corpus.name, corpus.sha256, result.tokens, spec.dtype, str(result.path), result.sha256)
+    return Covariance(
+        0,
+        spec.layer,
+        spec.module,
+        corpus.name,
+        corpus.sha256,
+        result.tokens,
+        spec.dtype,
+        str(result.path),
+        result.sha256,
+    )
 
 
 def _dir() -> Path:
@@ -99,14 +109,28 @@ def cached(spec: StatsSpec) -> StatsFile | None:
 
 def _check_together(specs: list[StatsSpec]) -> None:
     first = specs[0]
-    if any((s.identity, s.corpus_sha256, s.tokens, s.dtype) != (first.identity, first.corpus_sha256, first.tokens, first.dtype) for s in specs):
+    if any(
+        (s.identity, s.corpus_sha256, s.tokens, s.dtype)
+        != (first.identity, first.corpus_sha256, first.tokens, first.dtype)
+        for s in specs
+    ):
         raise StatisticsError("statistics computed in one pass must share the model, corpus, token count and dtype")
     if len({s.layer for s in specs}) != len(specs):
-        raise StatisticsError("statistics computed in one pass must be of different layers (a layer given twice would be summed twice)")
+        raise StatisticsError(
+            "statistics computed in one pass must be of different layers (a layer given twice would be summed twice)"
+        )
 
 
-def _run(model: PreTrainedModel, tokenizer: Any, specs: list[StatsSpec], corpus: Corpus, batches: list[PlannedBatch], partial: Path,
-         label: str, progress: Reporter) -> MomentState:
+def _run(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    specs: list[StatsSpec],
+    corpus: Corpus,
+    batches: list[PlannedBatch],
+    partial: Path,
+    label: str,
+    progress: Reporter,
+) -> MomentState:
     """Sum the keys of BATCHES for every spec's layer, checkpointing to PARTIAL (resumed from it)."""
     layers = [s.layer for s in specs]
     state = _partial_state(partial, layers)
@@ -122,7 +146,9 @@ def _run(model: PreTrainedModel, tokenizer: Any, specs: list[StatsSpec], corpus:
     with progress.task(label, sum(b.keys for b in batches)) as advance:
         if state:
             advance(state.tokens)
-        return accumulate(model, tokenizer, corpus.texts, layers, batches, state=state, on_progress=advance, on_checkpoint=checkpoint)
+        return accumulate(
+            model, tokenizer, corpus.texts, layers, batches, state=state, on_progress=advance, on_checkpoint=checkpoint
+        )
 
 
 def _work_key(specs: list[StatsSpec]) -> str:
@@ -131,13 +157,18 @@ def _work_key(specs: list[StatsSpec]) -> str:
 
 def _write_final(spec: StatsSpec, total: torch.Tensor, tokens: int) -> StatsFile:
     moment = (total / max(tokens, 1)).to(getattr(torch, spec.dtype)).contiguous()
-    meta = {**{k: str(v) for k, v in spec.__dict__.items()}, "tokens": str(tokens)}  # keys summed (the budget when the corpus sufficed)
+    meta = {
+        **{k: str(v) for k, v in spec.__dict__.items()},
+        "tokens": str(tokens),
+    }  # keys summed (the budget when the corpus sufficed)
     final = _final_path(spec)
     _save({"C": moment}, meta, final)
     return StatsFile(spec, final, file_sha256(final), tokens)
 
 
-def compute_many(model: PreTrainedModel, tokenizer: Any, specs: list[StatsSpec], corpus: Corpus, progress: Reporter = SILENT) -> list[StatsFile]:
+def compute_many(
+    model: PreTrainedModel, tokenizer: Any, specs: list[StatsSpec], corpus: Corpus, progress: Reporter = SILENT
+) -> list[StatsFile]:
     """C for several layers of one model, corpus and size: cached ones read, the rest from one
     pass over the corpus whose forward passes stop at the highest layer needed (checkpointed)."""
     _check_together(specs)
@@ -153,7 +184,9 @@ def compute_many(model: PreTrainedModel, tokenizer: Any, specs: list[StatsSpec],
     return [hit for s in specs if (hit := cached(s)) is not None]
 
 
-def compute(model: PreTrainedModel, tokenizer: Any, spec: StatsSpec, corpus: Corpus, progress: Reporter = SILENT) -> StatsFile:
+def compute(
+    model: PreTrainedModel, tokenizer: Any, spec: StatsSpec, corpus: Corpus, progress: Reporter = SILENT
+) -> StatsFile:
     """C for spec, from the cache if present; else streamed with a progress bar and checkpoints."""
     return compute_many(model, tokenizer, [spec], corpus, progress)[0]
 
@@ -166,7 +199,7 @@ def _shard_path(spec: StatsSpec, shard: int, of: int) -> Path:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """"I/N" -> (I, N) with 0 <= I < N <= 4096."""
+    """ "I/N" -> (I, N) with 0 <= I < N <= 4096."""
     try:
         shard, of = (int(x) for x in text.split("/"))
     except ValueError:
@@ -176,8 +209,15 @@ def parse_shard(text: str) -> tuple[int, int]:
     return shard, of
 
 
-def compute_shard(model: PreTrainedModel, tokenizer: Any, spec: StatsSpec, corpus: Corpus, shard: int, of: int,
-                  progress: Reporter = SILENT) -> StatsFile:
+def compute_shard(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    spec: StatsSpec,
+    corpus: Corpus,
+    shard: int,
+    of: int,
+    progress: Reporter = SILENT,
+) -> StatsFile:
     """The float64 partial sum of shard SHARD of OF (every OF-th batch of the single pass's plan,
     from the SHARD-th), written beside the cache for `merge`; resumable like a full pass."""
     path = _shard_path(spec, shard, of)
@@ -186,9 +226,23 @@ def compute_shard(model: PreTrainedModel, tokenizer: Any, spec: StatsSpec, corpu
             return StatsFile(spec, path, file_sha256(path), int(fh.metadata()["tokens"]))
     batches = plan(tokenizer, corpus.texts, spec.tokens, text_width(model))[shard::of]
     partial = path.with_suffix(".partial")
-    state = _run(model, tokenizer, [spec], corpus, batches, partial, f"key statistics, layer {spec.layer}, shard {shard}/{of}", progress)
-    meta = {"tokens": str(state.tokens), "shard": str(shard), "of": str(of), "batches": str(len(batches)),
-            **{f"spec.{k}": str(v) for k, v in spec.__dict__.items()}}
+    state = _run(
+        model,
+        tokenizer,
+        [spec],
+        corpus,
+        batches,
+        partial,
+        f"key statistics, layer {spec.layer}, shard {shard}/{of}",
+        progress,
+    )
+    meta = {
+        "tokens": str(state.tokens),
+        "shard": str(shard),
+        "of": str(of),
+        "batches": str(len(batches)),
+        **{f"spec.{k}": str(v) for k, v in spec.__dict__.items()},
+    }
     _save({"total": state.totals[spec.layer]}, meta, path)
     partial.unlink(missing_ok=True)
     return StatsFile(spec, path, file_sha256(path), state.tokens)
@@ -209,23 +263,39 @@ def merge_shards(spec: StatsSpec, expected_tokens: int, folders: list[Path] | No
     complete = [of for of, shards in found.items() if sorted(shards) == list(range(of))]
     if not complete:
         have = ", ".join(f"{len(v)} of {of}" for of, v in sorted(found.items())) or "none"
-        raise StatisticsError(f"not every shard of layer {spec.layer} is here (found {have}); run `factstore stats compute --shard I/N` for the rest")
+        raise StatisticsError(
+            f"not every shard of layer {spec.layer} is here (found {have}); run `factstore stats compute --shard I/N` for the rest"
+        )
     of = min(complete)
     total: torch.Tensor | None = None
     tokens = 0
     for shard in range(of):
         with safe_open(str(found[of][shard]), "pt") as fh:
             meta = fh.metadata()
-            if any(meta.get(f"spec.{k}") != str(v) for k, v in spec.__dict__.items()) or (meta.get("shard"), meta.get("of")) != (str(shard), str(of)):
-                raise StatisticsError(f"{found[of][shard].name} was computed for other settings; delete it and compute that shard again")
+            if any(meta.get(f"spec.{k}") != str(v) for k, v in spec.__dict__.items()) or (
+                meta.get("shard"),
+                meta.get("of"),
+            ) != (str(shard), str(of)):
+                raise StatisticsError(
+                    f"{found[of][shard].name} was computed for other settings; delete it and compute that shard again"
+                )
             part = fh.get_tensor("total")
-        if part.dtype != torch.float64 or part.dim() != 2 or part.shape[0] != part.shape[1] or not bool(torch.isfinite(part).all()) \
-                or (total is not None and part.shape != total.shape):
-            raise StatisticsError(f"{found[of][shard].name} does not hold a finite square float64 sum; delete it and compute that shard again")
+        if (
+            part.dtype != torch.float64
+            or part.dim() != 2
+            or part.shape[0] != part.shape[1]
+            or not bool(torch.isfinite(part).all())
+            or (total is not None and part.shape != total.shape)
+        ):
+            raise StatisticsError(
+                f"{found[of][shard].name} does not hold a finite square float64 sum; delete it and compute that shard again"
+            )
         total = part if total is None else total + part
         tokens += int(meta["tokens"])
     if total is None or tokens != expected_tokens:
-        raise StatisticsError(f"the shards of layer {spec.layer} hold {tokens} keys, a single pass sums {expected_tokens}; compute them again")
+        raise StatisticsError(
+            f"the shards of layer {spec.layer} hold {tokens} keys, a single pass sums {expected_tokens}; compute them again"
+        )
     return _write_final(spec, total, tokens)
 
 
@@ -276,14 +346,23 @@ def _check_shipped(path: Path, expected_sha256: str, spec: StatsSpec, dim: int) 
     wrong = [k for k, v in spec.__dict__.items() if meta.get(k) != str(v)]
     if wrong:
         raise StatisticsError(f"{what} were computed for other settings ({', '.join(wrong)}); refused")
-    if C is None or str(C.dtype).removeprefix("torch.") != spec.dtype or not bool(torch.isfinite(C).all()) \
-            or not torch.allclose(C, C.T, rtol=1e-5, atol=0) or int(torch.linalg.cholesky_ex(C.double()).info) != 0:
-        raise StatisticsError(f"{what} are not a finite, symmetric, positive definite {dim}x{dim} {spec.dtype} matrix; refused")
+    if (
+        C is None
+        or str(C.dtype).removeprefix("torch.") != spec.dtype
+        or not bool(torch.isfinite(C).all())
+        or not torch.allclose(C, C.T, rtol=1e-5, atol=0)
+        or int(torch.linalg.cholesky_ex(C.double()).info) != 0
+    ):
+        raise StatisticsError(
+            f"{what} are not a finite, symmetric, positive definite {dim}x{dim} {spec.dtype} matrix; refused"
+        )
 
 
 def load_matrix(path: Path, expected_sha256: str | None = None) -> torch.Tensor:
     if expected_sha256 and file_sha256(path) != expected_sha256:
-        raise StatisticsError(f"{path} does not match its recorded sha256; delete it and rerun `factstore stats compute`")
+        raise StatisticsError(
+            f"{path} does not match its recorded sha256; delete it and rerun `factstore stats compute`"
+        )
     return load_file(str(path))["C"]
 
 
@@ -302,6 +381,8 @@ class MatrixCache:
         if cov_id not in self._loaded:
             cov = self.lookup(cov_id)
             if not Path(cov.path).exists():
-                raise StatisticsError(f"the key statistics file {cov.path} is missing; recompute it with `factstore stats compute --layer {cov.layer}`")
+                raise StatisticsError(
+                    f"the key statistics file {cov.path} is missing; recompute it with `factstore stats compute --layer {cov.layer}`"
+                )
             self._loaded[cov_id] = load_matrix(Path(cov.path), cov.sha256).float()
         return self._loaded[cov_id]

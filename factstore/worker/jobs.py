@@ -27,9 +27,16 @@ def check_params(kind: str, params: dict) -> dict:
     if kind == "trace":
         samples = int(params.get("samples") or 10)
         if not TRACE_SAMPLES[0] <= samples <= TRACE_SAMPLES[1]:
-            raise InvalidEditRequest(f"samples must be between {TRACE_SAMPLES[0]} and {TRACE_SAMPLES[1]}, not {samples}")
-        return {"prompt": params["prompt"], "subject": params["subject"], "target": params.get("target"),
-                "edit_id": params.get("edit_id"), "samples": samples}
+            raise InvalidEditRequest(
+                f"samples must be between {TRACE_SAMPLES[0]} and {TRACE_SAMPLES[1]}, not {samples}"
+            )
+        return {
+            "prompt": params["prompt"],
+            "subject": params["subject"],
+            "target": params.get("target"),
+            "edit_id": params.get("edit_id"),
+            "samples": samples,
+        }
     raise InvalidEditRequest(f"unknown job kind {kind!r}")
 
 
@@ -42,8 +49,17 @@ def run(store: Store, job: Job, holder: str, device: str | None, progress: Repor
         with tempfile.TemporaryDirectory(prefix="factstore-trace-") as folder:
             p = job.params
             settings = TraceSettings(samples=p["samples"], kinds=KINDS)
-            report = tracing.trace_fact(store, job.model, p["prompt"], p["subject"], p.get("target"), settings=settings,
-                                        out=folder, device=device, progress=progress)
+            report = tracing.trace_fact(
+                store,
+                job.model,
+                p["prompt"],
+                p["subject"],
+                p.get("target"),
+                settings=settings,
+                out=folder,
+                device=device,
+                progress=progress,
+            )
             files = {Path(png).name: ("image/png", Path(png).read_bytes()) for png in report["png"]}
             result = {k: v for k, v in report.items() if k not in ("png", "json")}
             return store.finish_job(job.id, holder, result=result, files=files)
