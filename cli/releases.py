@@ -18,7 +18,16 @@ ModeOpt = Annotated[
     str,
     typer.Option(
         "--mode",
-        help="joint (all edits of a layer solved at once), sequential (replay in order), spread (over layers L-4..L, MEMIT) or null-space (joint within C's null space, AlphaEdit).",
+        help="joint (all edits of a layer solved at once), sequential (replay in order), spread (over layers L-4..L, MEMIT), null-space (joint within C's null space, AlphaEdit) or soft (least squares against preserved text, MEMIT's solve; holds no edit exactly).",
+    ),
+]
+MinEfficacyOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-efficacy",
+        min=0.0,
+        max=1.0,
+        help="soft mode: refuse the release when fewer than this share of the edits that took still take on it (default 0.95).",
     ),
 ]
 
@@ -31,12 +40,13 @@ def compile_(
         typer.Option("--out", help="Write the release folder here instead of under FACTSTORE_HOME/releases."),
     ] = None,
     device: DeviceOpt = None,
+    min_efficacy: MinEfficacyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Replay the active edits onto the base checkpoint and write a release folder."""
     seconds: dict[str, float] = {}
     release, created = api.compile_release(
-        api.open_store(), model, mode, out, device=device, timings=seconds, progress=BARS
+        api.open_store(), model, mode, out, device=device, timings=seconds, min_efficacy=min_efficacy, progress=BARS
     )
     if json_out:
         emit_json(

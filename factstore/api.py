@@ -357,14 +357,25 @@ def compile_release(
     *,
     device: str | None = None,
     timings: dict[str, float] | None = None,
+    min_efficacy: float | None = None,
     progress: Reporter = SILENT,
 ) -> tuple[Release, bool]:
     """Build (or reuse, when the log is unchanged) a release folder. Returns (release, created);
-    timings, when given, receives seconds per phase."""
+    timings, when given, receives seconds per phase. min_efficacy: soft modes' acceptance
+    (default build.MIN_EFFICACY)."""
     from factstore.release import build
     from factstore.weights.replay import DEFAULT_MODE
 
-    return build.build(store, alias, mode or DEFAULT_MODE, out, device, timings=timings, progress=progress)
+    return build.build(
+        store,
+        alias,
+        mode or DEFAULT_MODE,
+        out,
+        device,
+        timings=timings,
+        min_efficacy=build.MIN_EFFICACY if min_efficacy is None else min_efficacy,
+        progress=progress,
+    )
 
 
 def list_releases(store: Store, alias: str) -> list[Release]:

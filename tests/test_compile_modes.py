@@ -113,3 +113,53 @@ def test_spread_compile_refuses_a_log_whose_targets_it_misses(edited, monkeypatc
     with pytest.raises(CompileError, match="miss their target"):
         api.compile_release(store, "tiny", "spread")
     assert store.list_releases(1) == []
+
+
+def test_soft_compile_is_accepted_by_behaviour_deterministic_and_imports_byte_for_byte(  # type: ignore[no-untyped-def]
+    edited, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = edited
+    edits = store.list_edits(1)
+    release, _ = api.compile_release(store, "tiny", "soft")
+    manifest = json.loads((Path(release.path) / layout.MANIFEST).read_text())
+    assert (manifest["mode"], manifest["soft_weight"], manifest["soft_alpha"]) == ("soft", replay.SOFT_WEIGHT, replay.SOFT_ALPHA)
+    assert manifest["scores"]["edits_not_holding"] >= 0 and manifest["joint_ridge"] is None
+    model = AutoModelForCausalLM.from_pretrained(release.path)
+    errors = replay.constraint_errors(model, edits).values()
+    assert min(errors) > 1e-3  # soft: no constraint is held exactly
+    again = api.compile_release(store, "tiny", "soft", str(tmp_path / "again"))[0]
+    assert again.version == release.version
+    for name in manifest["files"]:
+        assert (Path(release.path) / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
+    # a teammate imports the soft release: the rebuild gives the same bytes
+    other = tmp_path / "other.db"
+    api.upgrade_database(f"sqlite:///{other}")
+    team = api.open_store(f"sqlite:///{other}")
+    for alias in ("team", "team2"):
+        api.add_model(team, alias, store.get_base_model("tiny").source)
+    assert import_release(team, Path(release.path), "team")["rebuilt_identical"]
+    assert [e.key_sha256 for e in team.list_edits(team.get_base_model("team").id)] == [e.key_sha256 for e in edits]
+    # other settings than this factstore's are refused at import, never silently rebuilt otherwise
+    monkeypatch.setattr("factstore.release.lineage.SOFT_WEIGHT", replay.SOFT_WEIGHT * 2)
+    with pytest.raises(ReleaseVerificationError, match="soft compile settings"):
+        import_release(team, Path(release.path), "team2")
+
+
+def test_soft_acceptance_counts_the_edits_that_took_and_refuses_below_the_minimum(edited) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from factstore.release.build import verify
+
+    store, session = edited
+    took = {"prob_new_after": 0.6, "prob_true_after": 0.1}  # as if each edit won on its prompt when registered
+    edits = [replace(e, metrics={**e.metrics, **took}) for e in store.list_edits(1)]
+    ids = [e.id for e in edits]
+    model = session.model
+    assert verify(model, edits, "soft", dict.fromkeys(ids, True)) == []
+    assert verify(model, edits, "soft", {**dict.fromkeys(ids, True), ids[2]: False}, min_efficacy=0.75) == [ids[2]]
+    with pytest.raises(CompileError, match=r"compile refused: 1 of 4 edits do not hold on the soft compile \(75\.0% hold"):
+        verify(model, edits, "soft", {**dict.fromkeys(ids, True), ids[2]: False})  # the default minimum is 95 %
+    never = [replace(e, metrics={**e.metrics, "prob_new_after": 0.0}) for e in edits]  # edits that never took
+    assert verify(model, never, "soft", dict.fromkeys(ids, False)) == []
+    with pytest.raises(CompileError, match=f"edit {ids[0]}: prompt prefers the old target"):  # exact modes: every edit
+        verify(model, edits, "sequential", {**dict.fromkeys(ids, True), ids[0]: False})

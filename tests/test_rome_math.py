@@ -89,3 +89,28 @@ def test_c_orthogonal_inputs_are_unchanged_in_the_model() -> None:
     apply_edit(model, 2, k, v, C)
     assert torch.allclose(module(x).detach(), before, atol=1e-4)
     assert float((module(k).detach() - v).norm() / v.norm()) <= 1e-4
+
+
+def test_soft_solve_is_memits_least_squares_and_trades_fit_for_preservation() -> None:
+    from factstore.rome.update import soft_delta
+
+    g = torch.Generator().manual_seed(3)
+    d_in, d_out, n = 40, 24, 6
+    W, b = torch.randn(d_out, d_in, generator=g, dtype=torch.float64), torch.randn(d_out, generator=g, dtype=torch.float64)
+    K, V, C = torch.randn(d_in, n, generator=g, dtype=torch.float64), torch.randn(d_out, n, generator=g, dtype=torch.float64), _spd(d_in, 4)
+    weight, alpha = 7.0, 0.3
+    A = weight * (C + alpha * C.diagonal().mean() * torch.eye(d_in, dtype=torch.float64))
+    R = V - (W @ K + b[:, None])
+    direct = R @ K.T @ torch.linalg.inv(A + K @ K.T)  # MEMIT's form, (out, in)
+    assert torch.allclose(soft_delta(W, b, K, V, C, weight, alpha), direct, atol=1e-10)
+    # a heavier weight on preserved text: edits held less, C's keys moved less
+    errors, moved = [], []
+    probe = torch.linalg.cholesky(C)  # columns with C's second moment: keys of "ordinary text"
+    for w in (1e-6, 1.0, 100.0):
+        dW = soft_delta(W, b, K, V, C, w)
+        errors.append(float(constraint_error(W + dW, b, K, V).max()))
+        moved.append(float((dW @ probe).norm()))
+    assert errors[0] <= 1e-6 < errors[1] < errors[2]  # a vanishing weight is the exact joint solve
+    assert moved[0] > moved[1] > moved[2]
+    exact = joint_delta(W, b, K, V, C, ridge=0.0)
+    assert torch.allclose(soft_delta(W, b, K, V, C, 1e-9), exact, atol=1e-5)

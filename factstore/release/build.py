@@ -35,6 +35,9 @@ from factstore.weights.replay import (
     EXACT_MODES,
     JOINT_RIDGE,
     NULL_SPACE_THRESHOLD,
+    SOFT_ALPHA,
+    SOFT_MODES,
+    SOFT_WEIGHT,
     apply_edits,
     check_mode,
     constraint_errors,
@@ -53,10 +56,21 @@ def log_entries(edits: Sequence[StoredEdit]) -> list[dict]:
     ]
 
 
-def verify(model: PreTrainedModel, edits: Sequence[StoredEdit], mode: str, prefers_new: dict[int, bool]) -> None:
+MIN_EFFICACY = 0.95  # soft modes: the share of edits that must hold on the release (compile --min-efficacy)
+
+
+def verify(
+    model: PreTrainedModel,
+    edits: Sequence[StoredEdit],
+    mode: str,
+    prefers_new: dict[int, bool],
+    min_efficacy: float = MIN_EFFICACY,
+) -> list[int]:
     """Refuse a compiled model on which an edit's constraint (joint) or preference fails, or
     weights are not finite. prefers_new: edit id -> its prompt prefers the new target on the
-    compiled model (the release's efficacy scores), for the edits that have an old target."""
+    compiled model (the release's efficacy scores), for the edits that have an old target.
+    A soft mode holds no constraint exactly: it is refused only when fewer than MIN_EFFICACY
+    of the edits that took when registered still take. Returns the ids of edits that do not."""
     if not layout.finite(model):
         raise CompileError("the compiled weights are not finite; nothing was written")
     errors = constraint_errors(model, edits) if mode in EXACT_MODES else {}  # sequential, spread: checked as they go
@@ -67,12 +81,24 @@ def verify(model: PreTrainedModel, edits: Sequence[StoredEdit], mode: str, prefe
     took = [
         e for e in edits if e.target_true and e.metrics.get("prob_new_after", 0) > e.metrics.get("prob_true_after", 1)
     ]
-    bad.update({e.id: "prompt prefers the old target" for e in took if not prefers_new[e.id] and e.id not in bad})
+    failing = [e.id for e in took if not prefers_new[e.id]]
+    if mode in SOFT_MODES:
+        held = 1 - len(failing) / len(took) if took else 1.0
+        if held < min_efficacy:
+            raise CompileError(
+                f"compile refused: {len(failing)} of {len(took)} edits do not hold on the {mode} compile "
+                f"({held:.1%} hold, --min-efficacy {min_efficacy:.0%}); retract some, or compile with a lower "
+                "--min-efficacy; nothing was written"
+            )
+        return failing
+    bad.update({i: "prompt prefers the old target" for i in failing if i not in bad})
     if bad:
         detail = "; ".join(f"edit {i}: {why}" for i, why in sorted(bad.items()))
         raise CompileError(
-            f"compile refused, these edits do not hold on the compiled model: {detail}. Retract them or use --mode sequential; nothing was written"
+            f"compile refused, these edits do not hold on the compiled model: {detail}. Retract them"
+            f"{'' if mode == 'sequential' else ' or use --mode sequential'}; nothing was written"
         )
+    return []
 
 
 class _Laps:
@@ -97,6 +123,7 @@ def build(
     *,
     check: bool = True,
     timings: dict[str, float] | None = None,
+    min_efficacy: float = MIN_EFFICACY,
     progress: Reporter = SILENT,
 ) -> tuple[Release, bool]:
     """Compile the active edit log of ALIAS into a release folder. Returns (release, created).
@@ -110,7 +137,7 @@ def build(
     base = store.get_base_model(alias)
     target = usable_folder(out) if out else None
     with store.model_lock(base.id):  # two compiles of one model run one after the other; the second may reuse
-        return _build(store, base, mode, target, device, check, _Laps(timings), progress)
+        return _build(store, base, mode, target, device, min_efficacy if check else None, _Laps(timings), progress)
 
 
 def _build(
@@ -119,10 +146,11 @@ def _build(
     mode: str,
     target: Path | None,
     device: str | None,
-    check: bool,
+    check: float | None,
     lap: _Laps,
     progress: Reporter,
 ) -> tuple[Release, bool]:
+    """check: the soft modes' minimum efficacy, or None to refuse nothing."""
     edits = store.list_edits(base.id, "active")
     log_sha = layout.edit_log_sha256(base.identity, mode, log_entries(edits))
     latest = store.get_latest_release(base.id)
@@ -177,7 +205,7 @@ def _compile_in_memory(
     loaded: LoadedModel,
     edits: Sequence[StoredEdit],
     mode: str,
-    check: bool,
+    check: float | None,
     lap: _Laps,
 ) -> dict:
     """Apply the log to the loaded base model, score the release on its own edits, and refuse
@@ -190,10 +218,10 @@ def _compile_in_memory(
     apply_edits(model, edits, MatrixCache(store.get_covariance), mode, inputs)
     lap("apply")
     after = score_records(model, tok, records)  # one record per judged edit
-    if check:
-        verify(model, edits, mode, {e.id: s.efficacy[0] for e, s in zip(judged, after)})
+    prefers = {e.id: s.efficacy[0] for e, s in zip(judged, after)}
+    failing = verify(model, edits, mode, prefers, check) if check is not None else []
     lap("score")
-    return aggregate(after)
+    return {**aggregate(after), **({"edits_not_holding": len(failing)} if mode in SOFT_MODES else {})}
 
 
 def _release_folder(alias: str, version: int) -> Path:
@@ -293,6 +321,7 @@ def _manifest(store: Store, base: BaseModel, mode: str, edits: Sequence[StoredEd
         "joint_ridge": JOINT_RIDGE if mode in EXACT_MODES else None,
         **({"null_space_threshold": NULL_SPACE_THRESHOLD} if mode == "null-space" else {}),
         **({"spread_layers": SPREAD_LAYERS, "spread_lower_ridge": LOWER_RIDGE} if mode == "spread" else {}),
+        **({"soft_weight": SOFT_WEIGHT, "soft_alpha": SOFT_ALPHA} if mode in SOFT_MODES else {}),
         "edit_log_sha256": log_sha,
         "context_templates": store.list_context_templates(base.id),
         "edits": [

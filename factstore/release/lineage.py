@@ -27,7 +27,7 @@ from factstore.storage.store import Store
 from factstore.weights import assets, checkpoints, stats
 from factstore.weights.checkpoints import LoadedModel
 from factstore.weights.corpus import load_corpus
-from factstore.weights.replay import MODES, NULL_SPACE_THRESHOLD, apply_edits
+from factstore.weights.replay import MODES, NULL_SPACE_THRESHOLD, SOFT_ALPHA, SOFT_MODES, SOFT_WEIGHT, apply_edits
 from factstore.weights.stats import MatrixCache
 from factstore.weights.vectors import to_bytes
 
@@ -67,6 +67,11 @@ def import_release(
         raise ReleaseVerificationError(
             f"the release's null space threshold {manifest.null_space_threshold} is not this factstore's "
             f"{NULL_SPACE_THRESHOLD}; nothing was imported"
+        )
+    if manifest.mode in SOFT_MODES and (manifest.soft_weight, manifest.soft_alpha) != (SOFT_WEIGHT, SOFT_ALPHA):
+        raise ReleaseVerificationError(
+            f"the release's soft compile settings (weight {manifest.soft_weight}, alpha {manifest.soft_alpha}) are not "
+            f"this factstore's ({SOFT_WEIGHT}, {SOFT_ALPHA}); nothing was imported"
         )
     if manifest.mode == "spread":  # its compile runs forward passes, whose last bits differ between machines
         raise ReleaseVerificationError(

@@ -100,6 +100,8 @@ class Manifest(_Strict):
     null_space_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
     spread_layers: Annotated[int, Field(ge=1, le=64)] | None = None
     spread_lower_ridge: Annotated[float, Field(ge=0, le=1e6)] | None = None
+    soft_weight: Annotated[float, Field(gt=0, le=1e12)] | None = None
+    soft_alpha: Annotated[float, Field(ge=0, le=1e6)] | None = None
     edit_log_sha256: Sha256
     context_templates: Annotated[list[TemplateSet], Field(max_length=100)] = []
     edits: Annotated[list[EditEntry], Field(max_length=1_000_000)]

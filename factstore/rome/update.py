@@ -72,6 +72,39 @@ def residual_delta(
     return residual.double() @ torch.linalg.solve(gram, MK.T)  # (out, n) @ (n, in)
 
 
+def soft_delta(
+    W: torch.Tensor,
+    b: torch.Tensor | None,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    C: torch.Tensor,
+    weight: float,
+    alpha: float = 0.0,
+) -> torch.Tensor:
+    """MEMIT's soft solve (with ENCORE's alpha I): no constraint is held exactly.
+
+    dW = R K^T (A + K K^T)^-1 with R = V - W K - b, A = WEIGHT (C + ALPHA mean(diag C) I):
+    least squares over the edits' keys plus WEIGHT tokens of preserved text, so a key of the
+    corpus moves little and a crowded layer gives each edit less than all it asks. C is the
+    per-token mean E[k k^T], so WEIGHT counts tokens (MEMIT: 15,000 on GPT-J). Computed in the
+    n x n form dW = R (I + K^T A^-1 K)^-1 (A^-1 K)^T (Woodbury; n edits, keys (in, n))."""
+    W64, K, V = W.double(), keys.double(), values.double()
+    b64 = None if b is None else b.double()
+    return soft_residual_delta(V - _affine(W64, b64, K), K, C, weight, alpha)
+
+
+def soft_residual_delta(
+    residual: torch.Tensor, keys: torch.Tensor, C: torch.Tensor, weight: float, alpha: float = 0.0
+) -> torch.Tensor:
+    """soft_delta for wanted changes R (out, n) at keys K (in, n): dW = R K^T (A + K K^T)^-1."""
+    K = keys.double()
+    C64 = C.double().to(K.device)
+    A = weight * (C64 + alpha * C64.diagonal().mean() * torch.eye(C64.shape[0], dtype=C64.dtype, device=C64.device))
+    AK = torch.linalg.solve(A, K)  # (in, n)
+    gram = K.T @ AK + torch.eye(K.shape[1], dtype=K.dtype, device=K.device)  # (n, n)
+    return residual.double().to(K.device) @ torch.linalg.solve(gram, AK.T)
+
+
 def null_space(C: torch.Tensor, rel_threshold: float) -> torch.Tensor:
     """(in, r) orthonormal basis of the eigenvectors of C whose eigenvalue is at most
     REL_THRESHOLD x the largest: directions the preserved keys (C's corpus) barely use."""

@@ -15,7 +15,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -156,6 +156,33 @@ def _score(
     if heldout:
         result["perplexity"] = perplexity(model, heldout)
     return result
+
+
+def score_variant(
+    session: EditSession,
+    records: Sequence[Record],
+    apply: Callable[[PreTrainedModel], None],
+    heldout: list[list[int]] | None,
+) -> dict:
+    """Scores of RECORDS (and the held-out perplexity) on the base model changed by APPLY: for
+    sweeps of a compile mode's settings over a finished run's log (bench/soft_sweep.py)."""
+    with _weights_restored(session.model), session.base_weights():
+        apply(session.model)
+        return _score(session.model, session.tokenizer, records, None, 0, heldout)
+
+
+def band_inputs(session: EditSession, edits: list[StoredEdit], band: int) -> LayerInputs:
+    """The spread machinery's inputs for a band of BAND layers ending at each edit layer, with C
+    computed first for every layer below (same corpus and size as the edit's own C)."""
+    for layer, cov_id in sorted({(e.layer, e.covariance_id) for e in edits if e.covariance_id is not None}):
+        below = list(range(max(0, layer - band + 1), layer))
+        session.covariances_like(session.store.get_covariance(cov_id), below)
+    return spread_inputs(session.store, session.base, session.model, session.tokenizer)
+
+
+def heldout_rows(session: EditSession, store: Store, tokens: int) -> list[list[int]] | None:
+    """The run's held-out text (TOKENS of the statistics' corpus past what any C read)."""
+    return _heldout(session, store, LifelongSettings(heldout_tokens=tokens))
 
 
 # the run --------------------------------------------------------------------------------------

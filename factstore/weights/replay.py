@@ -15,17 +15,27 @@ from factstore import arch
 from factstore.domain import StoredEdit
 from factstore.errors import CompileError
 from factstore.rome.edit import add_delta
-from factstore.rome.update import constraint_error, joint_delta, null_space, null_space_delta, rank_one_delta_given
+from factstore.rome.update import (
+    constraint_error,
+    joint_delta,
+    null_space,
+    null_space_delta,
+    rank_one_delta_given,
+    soft_delta,
+)
 from factstore.weights.spread import LayerInputs, apply_spread, spread_layers
 from factstore.weights.vectors import from_bytes
 
-MODES = ("joint", "sequential", "spread", "null-space")
+MODES = ("joint", "sequential", "spread", "null-space", "soft")
 DEFAULT_MODE = "joint"
 EXACT_MODES = ("joint", "null-space")  # every constraint of the log holds on the compiled weights at once
+SOFT_MODES = ("soft",)  # no constraint held exactly: accepted by behaviour (each edit's new target wins)
 JOINT_RIDGE = 1e-6  # lambda relative to the mean diagonal of K^T C^-1 K
 NULL_SPACE_THRESHOLD = (
     3e-2  # eigenvalues of C up to this share of the largest span the null space (docs/results.md: 1e-2 was worse)
 )
+SOFT_WEIGHT = 5e3  # tokens of preserved text against each edit's key (MEMIT's lambda; docs/hparams.md sweep)
+SOFT_ALPHA = 0.0  # ENCORE's alpha I, as a share of C's mean variance
 CONSTRAINT_TOLERANCE = 1e-3  # ||W k - v|| / ||v|| allowed after compiling, in float32
 
 
@@ -118,16 +128,20 @@ def apply_joint(
     covariance: CovarianceLoader,
     ridge: float = JOINT_RIDGE,
     null_space_threshold: float | None = None,
+    soft: tuple[float, float] | None = None,
 ) -> None:
     """All edits of a layer solved at once in float64: order-independent, none erases another.
-    With null_space_threshold (AlphaEdit), the update is confined to C's null space."""
+    With null_space_threshold (AlphaEdit), the update is confined to C's null space; with
+    soft = (weight, alpha) (MEMIT), it is a least-squares fit that holds no edit exactly."""
     for layer, group in _by_layer(model, edits).items():
         keys, values = zip(*(edit_vectors(e) for e in group))
         W, b = arch.down_proj_weight(model, layer), arch.down_proj_bias(model, layer)
         K = torch.stack(keys, dim=1).to(W.device)  # (d_ff, n)
         V = torch.stack(values, dim=1).to(W.device)  # (d_model, n)
         C = covariance(group[-1].covariance_id).to(W.device)
-        if null_space_threshold is None:
+        if soft is not None:
+            add_delta(model, layer, soft_delta(W, b, K, V, C, *soft))
+        elif null_space_threshold is None:
             add_delta(model, layer, joint_delta(W, b, K, V, C, ridge))
         else:
             basis = null_space(C, null_space_threshold)
@@ -170,6 +184,8 @@ def apply_edits(
             )
         _by_layer(model, edits)  # every edit's module checked first
         apply_spread(model, edits, covariance, edit_vectors, inputs, lambda layer: tolerance(model, layer))
+    elif mode == "soft":
+        apply_joint(model, edits, covariance, soft=(SOFT_WEIGHT, SOFT_ALPHA))
     else:
         apply_joint(
             model, edits, covariance, null_space_threshold=NULL_SPACE_THRESHOLD if mode == "null-space" else None

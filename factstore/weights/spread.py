@@ -28,7 +28,7 @@ from factstore.errors import CompileError
 from factstore.rome.edit import add_delta
 from factstore.rome.keys import subject_states
 from factstore.rome.prompts import request_prompts
-from factstore.rome.update import residual_delta
+from factstore.rome.update import residual_delta, soft_residual_delta
 
 SPREAD_LAYERS = 5  # the edit layer and the four below it (MEMIT's L-4..L)
 LOWER_RIDGE = 1.0  # lambda / mean diagonal of K^T C^-1 K below the edit layer (MEMIT's lambda C is about this size)
@@ -66,9 +66,13 @@ def apply_spread(
     vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]],
     inputs: LayerInputs,
     tolerance: Callable[[int], float],
+    soft: tuple[float, float] | None = None,
+    band: int | None = None,
 ) -> None:
     """Spread each edit layer's edits over spread_layers(L), lowest layer first; refuse if an
-    edit's target is not met at the end (CompileError; the caller writes nothing)."""
+    edit's target is not met at the end (CompileError; the caller writes nothing). With soft =
+    (weight, alpha) every layer of the band is a soft solve (MEMIT's own form: no layer exact)
+    and nothing is refused; BAND overrides the number of layers (L-BAND+1..L)."""
     by_layer: dict[int, list[StoredEdit]] = defaultdict(list)
     for edit in sorted(edits, key=lambda e: e.seq):
         by_layer[edit.layer].append(edit)
@@ -80,15 +84,20 @@ def apply_spread(
         wanted = V - K @ W0.T - (0 if b is None else b.double().cpu())  # (n, d): the shift each edit asks at block L
         _, H0 = subject_states(model, inputs.tokenizer, prompts, top, top)
         Z = H0.double() + wanted
-        layers = spread_layers(top)
+        layers = spread_layers(top) if band is None else list(range(max(0, top - band + 1), top + 1))
         for j, layer in enumerate(layers):
             keys, H = subject_states(model, inputs.tokenizer, prompts, layer, top)
             share = (Z - H.double()) / (len(layers) - j)  # (n, d)
             C = own_covariance(group[-1].covariance_id) if layer == top else inputs.covariance(group[-1], layer)
             Kl = keys.double().T  # (d_ff, n)
+            if soft is not None:
+                add_delta(model, layer, soft_residual_delta(share.T, Kl, C, *soft))
+                continue
             ridge = TOP_RIDGE if layer == top else LOWER_RIDGE
             add_delta(model, layer, residual_delta(share.T, Kl, torch.linalg.solve(C.double(), Kl), ridge))
         targets[top] = (prompts, Z, V)
+    if soft is not None:
+        return
     bad = []  # measured on the final weights: a later group's layers may move an earlier group's stream
     for top, group in sorted(by_layer.items()):
         prompts, Z, V = targets[top]

@@ -1,0 +1,90 @@
+"""Sweep the soft compile's settings over a finished lifelong run's log (issue 25).
+
+    python bench/soft_sweep.py --run-dir DIR --dataset ../shared/data/counterfact_val_1000.json \\
+        [--n 1000] [--weights 1e3 5e3 2e4] [--alphas 0] [--bands 5] [--band-weights 1e4] \
+        [--heldout-tokens 20000] [--json OUT]
+
+DIR is a run folder of `factstore eval --mode lifelong` (its store holds the registered edits).
+Each (weight, alpha) compiles the whole log in soft mode on the base model and scores every
+record (ES, PS, NS on the records registered so far) and the held-out perplexity; the joint
+(exact) compile and the unedited model are the first rows. --bands B (with --band-weights W)
+adds MEMIT's band form: each edit's shift spread over the edit layer and the B-1 below it,
+keys and remaining shift measured again after each layer (forward passes at compile time),
+every layer a soft solve. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--alias", default="smollm2")
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--weights", type=float, nargs="+", default=[1e3, 5e3, 2e4])
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.0])
+    parser.add_argument("--bands", type=int, nargs="*", default=[])
+    parser.add_argument("--band-weights", type=float, nargs="+", default=[1e4])
+    parser.add_argument("--skip-single", action="store_true", help="only the band rows (and unedited)")
+    parser.add_argument("--heldout-tokens", type=int, default=20_000)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    from factstore.datasets import read_records
+    from factstore.editing.session import EditSession
+    from factstore.storage.store import Store
+    from factstore.studies.lifelong import band_inputs, heldout_rows, score_variant
+    from factstore.weights.replay import apply_joint, edit_vectors
+    from factstore.weights.spread import apply_spread
+    from factstore.weights.stats import MatrixCache
+
+    store = Store(f"sqlite:///{Path(args.run_dir) / 'lifelong.db'}")
+    session = EditSession(store, args.alias, device="cpu")
+    edits = store.list_edits(session.base.id, "active")
+    records = read_records(args.dataset, args.n)  # as the run scores them: superseded records too
+    heldout = heldout_rows(session, store, args.heldout_tokens) if args.heldout_tokens else None
+    covariance = MatrixCache(store.get_covariance)
+    variants: list[tuple[str, object]] = [("unedited", lambda m: None)]
+    if not args.skip_single:
+        variants += [("joint (exact)", lambda m: apply_joint(m, edits, covariance))]
+        variants += [
+            (f"soft w={w:g} a={a:g}", lambda m, w=w, a=a: apply_joint(m, edits, covariance, soft=(w, a)))
+            for w in args.weights
+            for a in args.alphas
+        ]
+    if args.bands:
+        inputs = band_inputs(session, edits, max(args.bands))
+        variants += [
+            (
+                f"band {b} soft w={w:g} a={a:g}",
+                lambda m, b=b, w=w, a=a: apply_spread(
+                    m, edits, covariance, edit_vectors, inputs, lambda _: 0.0, soft=(w, a), band=b
+                ),
+            )
+            for b in args.bands
+            for w in args.band_weights
+            for a in args.alphas
+        ]
+    rows = []
+    print(f"{len(edits)} active edits, {len(records)} records, layer(s) {sorted({e.layer for e in edits})}")
+    print("| compile | ES | PS | NS | S | EM | held-out perplexity | seconds |\n|---|---|---|---|---|---|---|---|")
+    for name, apply in variants:
+        clock = time.perf_counter()
+        scores = score_variant(session, records, apply, heldout)  # type: ignore[arg-type]
+        seconds = time.perf_counter() - clock
+        rows.append({"compile": name, **{k: v for k, v in scores.items() if k != "records"}, "seconds": seconds})
+        cells = [f"{scores.get(k, float('nan')):.1f}" for k in ("ES", "PS", "NS", "S", "EM")]
+        ppl = scores.get("perplexity")
+        print(f"| {name} | {' | '.join(cells)} | {'' if ppl is None else f'{ppl:.2f}'} | {seconds:.0f} |", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
