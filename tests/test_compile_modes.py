@@ -122,7 +122,11 @@ def test_soft_compile_is_accepted_by_behaviour_deterministic_and_imports_byte_fo
     edits = store.list_edits(1)
     release, _ = api.compile_release(store, "tiny", "soft")
     manifest = json.loads((Path(release.path) / layout.MANIFEST).read_text())
-    assert (manifest["mode"], manifest["soft_weight"], manifest["soft_alpha"]) == ("soft", replay.SOFT_WEIGHT, replay.SOFT_ALPHA)
+    assert (manifest["mode"], manifest["soft_weight"], manifest["soft_alpha"]) == (
+        "soft",
+        replay.SOFT_WEIGHT,
+        replay.SOFT_ALPHA,
+    )
     assert manifest["scores"]["edits_not_holding"] >= 0 and manifest["joint_ridge"] is None
     model = AutoModelForCausalLM.from_pretrained(release.path)
     errors = replay.constraint_errors(model, edits).values()
@@ -157,7 +161,9 @@ def test_soft_acceptance_counts_the_edits_that_took_and_refuses_below_the_minimu
     model = session.model
     assert verify(model, edits, "soft", dict.fromkeys(ids, True)) == []
     assert verify(model, edits, "soft", {**dict.fromkeys(ids, True), ids[2]: False}, min_efficacy=0.75) == [ids[2]]
-    with pytest.raises(CompileError, match=r"compile refused: 1 of 4 edits do not hold on the soft compile \(75\.0% hold"):
+    with pytest.raises(
+        CompileError, match=r"compile refused: 1 of 4 edits do not hold on the soft compile \(75\.0% hold"
+    ):
         verify(model, edits, "soft", {**dict.fromkeys(ids, True), ids[2]: False})  # the default minimum is 95 %
     never = [replace(e, metrics={**e.metrics, "prob_new_after": 0.0}) for e in edits]  # edits that never took
     assert verify(model, never, "soft", dict.fromkeys(ids, False)) == []

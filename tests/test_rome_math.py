@@ -96,8 +96,15 @@ def test_soft_solve_is_memits_least_squares_and_trades_fit_for_preservation() ->
 
     g = torch.Generator().manual_seed(3)
     d_in, d_out, n = 40, 24, 6
-    W, b = torch.randn(d_out, d_in, generator=g, dtype=torch.float64), torch.randn(d_out, generator=g, dtype=torch.float64)
-    K, V, C = torch.randn(d_in, n, generator=g, dtype=torch.float64), torch.randn(d_out, n, generator=g, dtype=torch.float64), _spd(d_in, 4)
+    W, b = (
+        torch.randn(d_out, d_in, generator=g, dtype=torch.float64),
+        torch.randn(d_out, generator=g, dtype=torch.float64),
+    )
+    K, V, C = (
+        torch.randn(d_in, n, generator=g, dtype=torch.float64),
+        torch.randn(d_out, n, generator=g, dtype=torch.float64),
+        _spd(d_in, 4),
+    )
     weight, alpha = 7.0, 0.3
     A = weight * (C + alpha * C.diagonal().mean() * torch.eye(d_in, dtype=torch.float64))
     R = V - (W @ K + b[:, None])
