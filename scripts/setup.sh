@@ -5,11 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/python.sh
-"$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0
 # 0.1.0 was installed as the distribution "factstore" (a name that belongs to another PyPI
 # project); an environment made before the rename drops it so one package maps the import name
 if "$PY" -m pip show --quiet factstore >/dev/null 2>&1; then "$PY" -m pip uninstall --quiet -y factstore; fi
-"$PY" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# torch pinned in the same run: one resolution for everything
+"$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[dev]'
 # The browser test drives Debian's chromium (Playwright's own browser download cannot work here).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   SUDO=""

@@ -187,7 +187,8 @@ def test_killed_edit_add_leaves_nothing_and_a_rerun_completes(tiny: str, db_url:
     assert len(cli_json("edit", "list", "--model", tiny)) == 1
 
 
-@pytest.mark.database
+# one database: the subject is the process killed mid-import and the rerun; an import
+# interrupted on both databases is test_queue's test_a_rerun_import_finishes_requests_...
 def test_import_validates_first_then_resumes_after_a_kill(tiny: str, db_url: str, tmp_path: Path) -> None:
     records = json.loads((REPO / "tests" / "data" / "counterfact_8.json").read_text())
     bad = tmp_path / "bad.json"

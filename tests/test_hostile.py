@@ -384,3 +384,40 @@ def test_a_release_of_a_newer_manifest_format_names_the_version_to_upgrade_to(
         hub, "eve/future-odd", tmp_path / "p", r"upgrade with: pip install -U factstore-edit$"
     )  # an odd version is not echoed
     assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
+
+
+@SQLITE
+def test_an_edit_relabelled_as_another_fact_is_refused_at_import(  # type: ignore[no-untyped-def]
+    release: dict[str, bytes], hub: HubServer, tmp_path: Path, tiny_store, sentinel: Callable[[], str]
+) -> None:
+    """The review's attack: a real edit of one subject, relabelled in the manifest (and card) as
+    another subject and object with no old target and no metrics, every hash made consistent."""
+
+    def relabel(manifest: dict) -> None:
+        entry = manifest["edits"][0]
+        entry.update(subject="The Louvre", target_new="London", target_true=None, metrics={})
+
+    craft(hub, "eve/relabel", rehash(release, relabel))
+    bob, before = _bob(tmp_path), sentinel()
+    api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
+    with pytest.raises(
+        ReleaseVerificationError, match=r"edit 1 of the release: its key is not the key of 'The Louvre'"
+    ):
+        api.pull_release("eve/relabel", "v1", str(tmp_path / "out"), endpoint=hub.url, import_into=bob, alias="team")
+    assert api.list_edits(bob, "team", "all") == [] and [r.version for r in api.list_releases(bob, "team")] == []
+    assert sentinel() == before
+    # the genuine release imports, its labels checked the same way
+    pulled = api.pull_release(GOOD, "v1", str(tmp_path / "good"), endpoint=hub.url, import_into=bob, alias="team")
+    assert pulled.imported is not None and pulled.imported["rebuilt_identical"]
+    assert [e.subject for e in api.list_edits(bob, "team")] == ["The Eiffel Tower"]
+
+
+def test_edits_that_took_must_still_take_on_the_release() -> None:
+    from factstore.release.lineage import _check_holding
+
+    _check_holding("joint", {-1: True, -2: True}, local=0)  # every edit that took holds
+    with pytest.raises(ReleaseVerificationError, match=r"edit\(s\) 4 took on their own head .* \(1 of 2\)"):
+        _check_holding("joint", {-1: True, -2: False}, local=2)
+    _check_holding("soft", {-i: i != 7 for i in range(1, 41)}, local=0)  # 39 of 40 hold: 97.5 % >= 95 %
+    with pytest.raises(ReleaseVerificationError, match=r"\(3 of 40\)"):
+        _check_holding("soft", {-i: i > 3 for i in range(1, 41)}, local=0)

@@ -19,8 +19,8 @@ from factstore.errors import FactStoreError, ImportConflict, ReleaseVerification
 from factstore.files import file_sha256
 from factstore.hub import REPO_ID, VERSION_TAG
 from factstore.progress import SILENT, Reporter
-from factstore.release import layout
-from factstore.release.build import log_entries
+from factstore.release import claims, layout
+from factstore.release.build import MIN_EFFICACY, log_entries
 from factstore.release.manifest import INT32, MANIFEST, CovarianceInfo, EditEntry, Manifest
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.storage.store import Store
@@ -93,7 +93,7 @@ def import_release(
         for i, (entry, (key, value)) in enumerate(entries, start=len(local) + 1)
     ]
     covariances = _covariances(loaded, ref, [entry for entry, _ in entries], progress, shipped)
-    _check_rebuild(store, loaded, manifest, local, new, covariances)
+    _check_rebuild(store, loaded, manifest, local, new, covariances, progress)
     published = (repo, commit, tag) if repo and commit and tag else None
     record = ImportedRelease(
         mode=manifest.mode,
@@ -346,9 +346,12 @@ def _check_rebuild(
     local: list[StoredEdit],
     new: list[tuple[NewEdit, str | None]],
     covariances: dict[str, tuple[Covariance, torch.Tensor]],
+    progress: Reporter = SILENT,
 ) -> None:
-    """The pulled weights must be a compile of the imported log on the pinned base: replay the log
-    here and compare the weight files byte for byte (compiles are deterministic)."""
+    """Each imported edit must be what its label says (release/claims.py: its key, and what its
+    update does on its own head), and the pulled weights a compile of the imported log on the
+    pinned base: replay the log here and compare the weight files byte for byte (compiles are
+    deterministic); the edits that took must still take on those weights."""
     synthetic = {key: -i for i, key in enumerate(covariances, start=1)}  # ids the store has not given out
     matrices = {synthetic[key]: matrix for key, (_, matrix) in covariances.items()}
     in_store = MatrixCache(store.get_covariance)
@@ -362,19 +365,59 @@ def _check_rebuild(
     ]
     model = loaded.model
     saved = {layer: arch.down_proj_param(model, layer).detach().clone() for layer in {e.layer for e in replayed}}
+
+    def restore() -> None:
+        for layer, weight in saved.items():
+            arch.down_proj_param(model, layer).data.copy_(weight)
+
     try:
+        imported = [-i for i in range(1, len(new) + 1)]
+        judged = claims.check_heads(
+            model, loaded.tokenizer, replayed, imported, _key_templates(manifest), matrix, progress
+        )
+        restore()
         apply_edits(model, replayed, matrix, manifest.mode)
         with tempfile.TemporaryDirectory(prefix="factstore-rebuild-") as tmp:
             layout.write_weights(model, Path(tmp))
             differ = sorted(p.name for p in Path(tmp).iterdir() if manifest.files.get(p.name) != file_sha256(p))
+        holding = claims.still_taking(model, loaded.tokenizer, judged) if not differ else {}
     finally:
-        for layer, weight in saved.items():
-            arch.down_proj_param(model, layer).data.copy_(weight)
+        restore()
     if differ:
         raise ReleaseVerificationError(
             f"the release's weights are not a compile of its own edit log on {manifest.base.revision[:19]}... "
             f"({', '.join(differ[:3])} differ); nothing was imported"
         )
+    _check_holding(manifest.mode, holding, len(local))
+
+
+def _key_templates(manifest: Manifest) -> Callable[[StoredEdit], list[str]]:
+    by_fingerprint = {t.fingerprint: t.templates for t in manifest.context_templates}
+
+    def templates(edit: StoredEdit) -> list[str]:
+        found = by_fingerprint.get(ROMEHyperParams.from_json(edit.hparams).templates_fingerprint(), {}).get("key")
+        if found is None:
+            raise ReleaseVerificationError(
+                f"the release lacks the context templates of the edit of {edit.subject[:60]!r}; nothing was imported"
+            )
+        return list(found)
+
+    return templates
+
+
+def _check_holding(mode: str, holding: dict[int, bool], local: int) -> None:
+    """The edits that took on their own head must take on the rebuilt release: all of them in
+    the exact modes, the compile's minimum share in a soft mode."""
+    failing = sorted((-i for i, ok in holding.items() if not ok))  # release positions after the local prefix
+    if not failing:
+        return
+    if mode in SOFT_MODES and 1 - len(failing) / len(holding) >= MIN_EFFICACY:
+        return
+    named = ", ".join(str(local + i) for i in failing[:5])
+    raise ReleaseVerificationError(
+        f"the release does not do what its log says: edit(s) {named} took on their own head but their prompt does "
+        f"not prefer the new object on the release's weights ({len(failing)} of {len(holding)}); nothing was imported"
+    )
 
 
 def _as_stored(edit: NewEdit, edit_id: int, seq: int, cov_id: int | None) -> StoredEdit:

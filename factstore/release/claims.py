@@ -1,0 +1,130 @@
+"""What an imported edit claims, checked on this machine (a pulled release is untrusted).
+
+A release's manifest labels each stored (k*, v*) with a prompt, a subject and a new object.
+The labels decide what a teammate sees in the log, so they are checked against the vectors:
+
+- the key: k* recomputed here from the prompt, the subject and the stored context templates,
+  on the head model the edit was computed on (the base with the earlier edits replayed in
+  order), must equal the stored key (to a tolerance that covers other hardware);
+- the behaviour: the model's own answer to the prompt is taken on that head before the edit;
+  the edit took when, after its update, the prompt prefers the new object over that answer.
+  The edits that took must still take on the release's weights (checked where the release is
+  rebuilt, lineage._check_rebuild), as a local compile requires. The manifest's `target_true`
+  and `metrics` play no part.
+
+What cannot be checked: the publisher's intent, and an edit that does not take its own object
+(its key is its subject's, but its value may push another object; a model that cannot learn a
+fact gives such edits honestly, so they are not refused; the release card shows their efficacy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from factstore import arch
+from factstore.domain import StoredEdit
+from factstore.errors import ReleaseVerificationError
+from factstore.progress import SILENT, Reporter
+from factstore.rome.keys import compute_key
+from factstore.rome.scoring import first_phrase, greedy_continuation, target_logprobs
+from factstore.weights.replay import apply_update, edit_vectors, solve_key
+
+KEY_TOLERANCE = 1e-3  # ||k here - k stored|| / ||k stored|| in float32; low precision gets 8 of its epsilons
+
+
+@dataclass(frozen=True)
+class Judged:
+    """An imported edit as judged on its own head: the prompt's answer before it, and whether
+    the edit took (its new object preferred to that answer right after its update)."""
+
+    text: str
+    target: str
+    answer: str
+    took: bool
+
+
+def key_tolerance(model: PreTrainedModel, layer: int) -> float:
+    return max(KEY_TOLERANCE, 8 * torch.finfo(arch.down_proj_param(model, layer).dtype).eps)
+
+
+def check_heads(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    log: Sequence[StoredEdit],
+    imported: Sequence[int],
+    templates: Callable[[StoredEdit], list[str]],
+    covariance: Callable[[int | None], torch.Tensor],
+    progress: Reporter = SILENT,
+) -> dict[int, Judged]:
+    """Replay LOG in order on MODEL (its base weights; changed on return: the caller restores
+    them) and judge each edit whose id is in IMPORTED on the head it was computed on. Raises
+    ReleaseVerificationError naming the first edit whose key or behaviour is not its label's."""
+    todo, judged = set(imported), {}
+    with torch.no_grad(), progress.task("checking the imported edits against their labels", len(todo)) as advance:
+        for position, edit in enumerate(sorted(log, key=lambda e: e.seq), start=1):
+            key, value = edit_vectors(edit)
+            if edit.id in todo:
+                _check_key(model, tokenizer, edit, key, templates(edit), position)
+                text = edit.prompt.replace("{}", edit.subject, 1)
+                answer = first_phrase(greedy_continuation(model, tokenizer, text))
+            C = covariance(edit.covariance_id)
+            apply_update(model, edit.layer, key, value, solve_key(model, edit.layer, key, C), f"edit {position}")
+            if edit.id in todo:
+                judged[edit.id] = _judge(model, tokenizer, edit, text, answer)
+                advance(len(judged))
+    return judged
+
+
+def _check_key(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    edit: StoredEdit,
+    stored: torch.Tensor,
+    templates: list[str],
+    position: int,
+) -> None:
+    here = compute_key(model, tokenizer, edit.request(), edit.layer, templates).double().cpu()
+    error = float((here - stored.double()).norm() / stored.double().norm().clamp_min(1e-12))
+    if not error <= key_tolerance(model, edit.layer):
+        raise ReleaseVerificationError(
+            f"edit {position} of the release: its key is not the key of {edit.subject[:60]!r} in its prompt "
+            f"(relative difference {error:.2g}); the vectors belong to another fact than its label; nothing was imported"
+        )
+
+
+def _judge(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    edit: StoredEdit,
+    text: str,
+    answer: str,
+) -> Judged:
+    """After the edit's update: did it take (its new object beats the answer before it)?"""
+    judgeable = bool(answer) and answer.strip().lower() != edit.target_new.strip().lower()
+    took = judgeable and _prefers(model, tokenizer, [(text, edit.target_new, answer)])[0]
+    return Judged(text, edit.target_new, answer, took)
+
+
+def _prefers(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, queries: list[tuple[str, str, str]]
+) -> list[bool]:
+    """For each (text, new, old): the new object's mean log-probability beats the old one's."""
+    if not queries:
+        return []
+    texts = [t for t, _, _ in queries for _ in (0, 1)]
+    targets = [x for _, new, old in queries for x in (new, old)]
+    logp = target_logprobs(model, tokenizer, texts, targets).view(-1, 2)
+    return (logp[:, 0] > logp[:, 1]).tolist()
+
+
+def still_taking(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judged: dict[int, Judged]
+) -> dict[int, bool]:
+    """Edit id -> its new object still beats its answer on MODEL, for the edits that took."""
+    took = {i: j for i, j in judged.items() if j.took}
+    prefers = _prefers(model, tokenizer, [(j.text, j.target, j.answer) for j in took.values()])
+    return dict(zip(took, prefers))
