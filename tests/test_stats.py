@@ -119,3 +119,41 @@ def test_cli_shards_and_merge_print_path_and_sha256(tiny_store, tmp_path: Path) 
     assert isinstance(bad.exception, StatisticsError) and "the shard must be 0 to 1" in str(
         bad.exception
     )  # the entry point prints it in one line
+
+
+def test_a_pulled_c_of_another_corpus_never_displaces_the_stores_own(tiny_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The review's attack: a statistics repository's C for the same layer under another corpus
+    name, recorded after the store's own, steered every later local edit."""
+    from safetensors.torch import save_file
+
+    from factstore.domain import Covariance
+    from factstore.editing.session import EditSession
+    from factstore.files import file_sha256
+
+    session = EditSession(tiny_store, "tiny", device="cpu")
+    hp = session.hparams()
+    own = session.covariance(hp.layer, hp)
+    dim = stats.load_matrix(Path(own.path)).shape[0]
+    spec = stats.StatsSpec(session.base.identity, hp.layer, own.module, "c" * 64, 5000, own.dtype)
+    crafted = torch.eye(dim) * 1e-3  # finite, symmetric, positive definite: every check of a shipped file passes
+    source = tmp_path / "crafted.safetensors"
+    save_file(
+        {"C": crafted.float()},
+        str(source),
+        metadata={**{k: str(v) for k, v in spec.__dict__.items()}, "tokens": "5000"},
+    )
+    found = stats.install_shipped(source, file_sha256(source), spec, dim)
+    assert stats.is_shipped(found.path)
+    pulled = tiny_store.create_covariance(
+        session.base.id,
+        spec.key(),
+        record=Covariance(
+            0, hp.layer, own.module, "eve-corpus", "c" * 64, 5000, own.dtype, str(found.path), found.sha256
+        ),
+    )
+    assert pulled.id > own.id  # the newest C of the layer
+    assert EditSession(tiny_store, "tiny", device="cpu").covariance(hp.layer, hp).id == own.id
+    outcome = api.add_edit(
+        tiny_store, "tiny", prompt="{} is located in the city of", subject="Big Ben", target="Oslo", device="cpu"
+    )
+    assert tiny_store.get_edit(outcome.edit.id).covariance_id == own.id

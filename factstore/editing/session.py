@@ -157,13 +157,17 @@ class EditSession:
         return self.covariances([layer], hp)[0]
 
     def covariances(self, layers: list[int], hp: ROMEHyperParams) -> list[Covariance]:
-        """C records for LAYERS; the missing ones are computed together, in one pass over the corpus."""
+        """C records for LAYERS: without a corpus or size asked for, the store's own C of each
+        layer (the newest computed on this machine: `stats compute` with any corpus), else the
+        C of exactly the default spec; a C pulled or shipped from elsewhere is used only where
+        its spec is the one asked for, never because it is newer. The missing ones are computed
+        together, in one pass over the corpus."""
         found: dict[int, Covariance] = {}
         if self.corpus_name is None and self.stats_tokens is None:
-            for layer in layers:
-                recorded = self.store.get_latest_covariance(self.base.id, layer)
-                if recorded is not None and Path(recorded.path).exists():
-                    found[layer] = recorded
+            own = [c for c in self.store.list_covariances(self.base.id) if not stats.is_shipped(c.path)]
+            for cov in own:  # oldest first: the newest of a layer wins
+                if cov.layer in layers and Path(cov.path).exists():
+                    found[cov.layer] = cov
         missing = [layer for layer in layers if layer not in found]
         if missing:
             corpus = self.stats_corpus()

@@ -152,17 +152,6 @@ class Store(QueueVerbs, TokenVerbs):
             row = s.scalar(select(CovarianceStat).where(CovarianceStat.cache_key == cache_key))
             return None if row is None else convert.covariance(row)
 
-    def get_latest_covariance(self, base_id: int, layer: int) -> Covariance | None:
-        """The most recently recorded C of a layer, whatever corpus it came from."""
-        with self._tx(write=False) as s:
-            row = s.scalar(
-                select(CovarianceStat)
-                .where(CovarianceStat.base_model_id == base_id, CovarianceStat.layer == layer)
-                .order_by(CovarianceStat.id.desc())
-                .limit(1)
-            )
-            return None if row is None else convert.covariance(row)
-
     def list_covariances(self, base_id: int) -> list[Covariance]:
         with self._tx(write=False) as s:
             rows = s.scalars(

@@ -312,12 +312,20 @@ def max_file_bytes(dim: int, dtype: str) -> int:
     return dim * dim * torch.empty((), dtype=getattr(torch, dtype)).element_size() + HEADER_BYTES
 
 
+SHIPPED = "shipped"  # the cache folder of C files that came from elsewhere (a release, a statistics repository)
+
+
+def is_shipped(path: str | Path) -> bool:
+    """The C file came from a release or a statistics repository, not from a pass on this machine."""
+    return Path(path).parent.name == SHIPPED
+
+
 def install_shipped(source: Path, expected_sha256: str, spec: StatsSpec, dim: int) -> StatsFile:
     """A C file from a release or a statistics repository (untrusted), copied into the cache's
     shipped/ folder under its sha256 (never under a spec key: a refused import leaves nothing a
     later computation could mistake for its own), and checked there: the sha256 recorded for it,
     SPEC in its metadata, one finite, symmetric, positive definite (DIM, DIM) matrix of SPEC's dtype."""
-    folder = _dir() / "shipped"
+    folder = _dir() / SHIPPED
     folder.mkdir(exist_ok=True)
     final = folder / f"{expected_sha256}.safetensors"
 
