@@ -26,7 +26,10 @@ def main() -> None:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--alias", default="smollm2")
-    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--n", type=int, default=1000, help="records scored (the first N of the dataset)")
+    parser.add_argument(
+        "--edits", type=int, default=None, help="compile only the first K edits of the log (default all)"
+    )
     parser.add_argument("--weights", type=float, nargs="+", default=[1e3, 5e3, 2e4])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0])
     parser.add_argument("--bands", type=int, nargs="*", default=[])
@@ -46,7 +49,7 @@ def main() -> None:
 
     store = Store(f"sqlite:///{Path(args.run_dir) / 'lifelong.db'}")
     session = EditSession(store, args.alias, device="cpu")
-    edits = store.list_edits(session.base.id, "active")
+    edits = store.list_edits(session.base.id, "active")[: args.edits]
     records = read_records(args.dataset, args.n)  # as the run scores them: superseded records too
     heldout = heldout_rows(session, store, args.heldout_tokens) if args.heldout_tokens else None
     covariance = MatrixCache(store.get_covariance)
