@@ -34,7 +34,7 @@ JOINT_RIDGE = 1e-6  # lambda relative to the mean diagonal of K^T C^-1 K
 NULL_SPACE_THRESHOLD = (
     3e-2  # eigenvalues of C up to this share of the largest span the null space (docs/results.md: 1e-2 was worse)
 )
-SOFT_WEIGHT = 5e3  # tokens of preserved text against each edit's key (MEMIT's lambda; docs/hparams.md sweep)
+SOFT_WEIGHT = 1e3  # tokens of preserved text against each edit's key (MEMIT's lambda; docs/hparams.md sweep)
 SOFT_ALPHA = 0.0  # ENCORE's alpha I, as a share of C's mean variance
 CONSTRAINT_TOLERANCE = 1e-3  # ||W k - v|| / ||v|| allowed after compiling, in float32
 
