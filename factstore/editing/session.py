@@ -158,15 +158,17 @@ class EditSession:
 
     def covariances(self, layers: list[int], hp: ROMEHyperParams) -> list[Covariance]:
         """C records for LAYERS: without a corpus or size asked for, the store's own C of each
-        layer (the newest computed on this machine: `stats compute` with any corpus), else the
-        C of exactly the default spec; a C pulled or shipped from elsewhere is used only where
-        its spec is the one asked for, never because it is newer. The missing ones are computed
-        together, in one pass over the corpus."""
+        layer (the newest computed on this machine: `stats compute` with any corpus); where it has
+        none, one pulled or shipped from elsewhere (`stats pull`, a release), which therefore never
+        displaces the store's own however new it is; else the C of the default spec. The missing
+        ones are computed together, in one pass over the corpus."""
         found: dict[int, Covariance] = {}
         if self.corpus_name is None and self.stats_tokens is None:
-            own = [c for c in self.store.list_covariances(self.base.id) if not stats.is_shipped(c.path)]
-            for cov in own:  # oldest first: the newest of a layer wins
-                if cov.layer in layers and Path(cov.path).exists():
+            recorded = [c for c in self.store.list_covariances(self.base.id) if c.layer in layers]
+            pulled = [c for c in recorded if stats.is_shipped(c.path)]
+            own = [c for c in recorded if not stats.is_shipped(c.path)]
+            for cov in pulled + own:  # oldest first in each: the newest wins, and any own C over any pulled one
+                if Path(cov.path).exists():
                     found[cov.layer] = cov
         missing = [layer for layer in layers if layer not in found]
         if missing:
