@@ -86,6 +86,7 @@ def worker_postgres_url() -> str:
             from sqlalchemy import create_engine, make_url, text
 
             url = make_url(PG_URL)
+            assert url.database, "FACTSTORE_TEST_DATABASE_URL must name a database"
             name = f"{url.database}_{XDIST_WORKER}"
             admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
             with admin.connect() as conn:

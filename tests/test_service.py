@@ -307,3 +307,10 @@ def test_openapi_declares_bearer_tokens_and_problem_details(client: TestClient) 
     assert {"HTTPBearer": []} in edits["security"]
     assert "application/problem+json" in edits["responses"]["422"]["content"]
     assert set(spec["components"]["schemas"]["ErrorOut"]["required"]) == {"title", "status"}
+
+
+def test_every_compile_mode_can_be_asked_for_over_http() -> None:
+    from factstore.server.schemas import CompileIn
+    from factstore.weights import replay
+
+    assert [CompileIn(mode=mode).mode for mode in replay.MODES] == list(replay.MODES)

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
 from factstore.domain import StoredEdit
-from factstore.errors import ReleaseVerificationError
+from factstore.errors import CompileError, ReleaseVerificationError
 from factstore.progress import SILENT, Reporter
 from factstore.rome.keys import compute_key
 from factstore.rome.scoring import first_phrase, greedy_continuation, target_logprobs
@@ -72,7 +72,12 @@ def check_heads(
                 text = edit.prompt.replace("{}", edit.subject, 1)
                 answer = first_phrase(greedy_continuation(model, tokenizer, text))
             C = covariance(edit.covariance_id)
-            apply_update(model, edit.layer, key, value, solve_key(model, edit.layer, key, C), f"edit {position}")
+            try:
+                apply_update(model, edit.layer, key, value, solve_key(model, edit.layer, key, C), f"edit {position}")
+            except CompileError as exc:  # a crafted value that no update can hold (say, past the dtype's range)
+                raise ReleaseVerificationError(
+                    f"{exc}".replace("nothing was written", "nothing was imported")
+                ) from None
             if edit.id in todo:
                 judged[edit.id] = _judge(model, tokenizer, edit, text, answer)
                 advance(len(judged))

@@ -360,7 +360,7 @@ def _check_rebuild(
         return matrices[cov_id] if cov_id is not None and cov_id < 0 else in_store(cov_id)
 
     replayed = list(local) + [
-        _as_stored(edit, -i, len(local) + i, synthetic[key] if key else None)
+        _as_stored(edit, -i, (local[-1].seq if local else 0) + i, synthetic[key] if key else None)
         for i, (edit, key) in enumerate(new, start=1)
     ]
     model = loaded.model

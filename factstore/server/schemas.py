@@ -34,7 +34,7 @@ class AskIn(_Strict):
 
 
 class CompileIn(_Strict):
-    mode: Annotated[str, StringConstraints(pattern=r"^(joint|sequential|spread|null-space)$")] | None = None
+    mode: Annotated[str, StringConstraints(pattern=r"^(joint|sequential|spread|null-space|soft)$")] | None = None
 
 
 class TraceIn(_Strict):
