@@ -44,7 +44,7 @@ def check_settings() -> None:
 
 def require_server() -> None:
     """The service's packages are installed (the `server` extra), else one MissingExtra line."""
-    extras.require("fastapi", "uvicorn", "jinja2", "multipart")
+    extras.require_extra("server")
 
 
 def debug_enabled() -> bool:

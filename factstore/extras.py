@@ -33,6 +33,11 @@ def install_hint(module: str) -> str:
     return f"{what} needs the package {module!r}: pip install '{DISTRIBUTION}[{extra}]'"
 
 
+def require_extra(extra: str) -> None:
+    """Raise MissingExtra for the first missing module of EXTRA (as EXTRAS lists them)."""
+    require(*(module for module, (name, _) in EXTRAS.items() if name == extra))
+
+
 def require(*modules: str) -> None:
     """Raise MissingExtra for the first of MODULES that is not installed."""
     for module in modules:

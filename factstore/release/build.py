@@ -59,6 +59,11 @@ def log_entries(edits: Sequence[StoredEdit]) -> list[dict]:
 MIN_EFFICACY = 0.95  # soft modes: the share of edits that must hold on the release (compile --min-efficacy)
 
 
+def held_share(failing: int, judged: int) -> float:
+    """The share of JUDGED edits (those that took) that still hold when FAILING do not."""
+    return 1 - failing / judged if judged else 1.0
+
+
 def verify(
     model: PreTrainedModel,
     edits: Sequence[StoredEdit],
@@ -83,7 +88,7 @@ def verify(
     ]
     failing = [e.id for e in took if not prefers_new[e.id]]
     if mode in SOFT_MODES:
-        held = 1 - len(failing) / len(took) if took else 1.0
+        held = held_share(len(failing), len(took))
         if held < min_efficacy:
             raise CompileError(
                 f"compile refused: {len(failing)} of {len(took)} edits do not hold on the {mode} compile "

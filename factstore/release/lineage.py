@@ -20,7 +20,7 @@ from factstore.files import file_sha256
 from factstore.hub import REPO_ID, VERSION_TAG
 from factstore.progress import SILENT, Reporter
 from factstore.release import claims, layout
-from factstore.release.build import MIN_EFFICACY, log_entries
+from factstore.release.build import MIN_EFFICACY, held_share, log_entries
 from factstore.release.manifest import INT32, MANIFEST, CovarianceInfo, EditEntry, Manifest
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.storage.store import Store
@@ -411,7 +411,7 @@ def _check_holding(mode: str, holding: dict[int, bool], local: int) -> None:
     failing = sorted((-i for i, ok in holding.items() if not ok))  # release positions after the local prefix
     if not failing:
         return
-    if mode in SOFT_MODES and 1 - len(failing) / len(holding) >= MIN_EFFICACY:
+    if mode in SOFT_MODES and held_share(len(failing), len(holding)) >= MIN_EFFICACY:
         return
     named = ", ".join(str(local + i) for i in failing[:5])
     raise ReleaseVerificationError(

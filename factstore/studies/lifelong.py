@@ -40,7 +40,7 @@ from factstore.storage.store import Store
 from factstore.studies.figures import plot_curve
 from factstore.weights import corpus as corpora
 from factstore.weights.replay import DEFAULT_MODE, MODES, apply_edits, check_mode, constraint_errors, tolerance
-from factstore.weights.spread import LayerInputs, spread_layers
+from factstore.weights.spread import SPREAD_LAYERS, LayerInputs, spread_layers
 
 CURVE_MODES = (DEFAULT_MODE,)  # scored at every curve point; the other modes at the end
 
@@ -171,12 +171,11 @@ def score_variant(
         return _score(session.model, session.tokenizer, records, None, 0, heldout)
 
 
-def band_inputs(session: EditSession, edits: list[StoredEdit], band: int) -> LayerInputs:
+def band_inputs(session: EditSession, edits: list[StoredEdit], band: int = SPREAD_LAYERS) -> LayerInputs:
     """The spread machinery's inputs for a band of BAND layers ending at each edit layer, with C
     computed first for every layer below (same corpus and size as the edit's own C)."""
     for layer, cov_id in sorted({(e.layer, e.covariance_id) for e in edits if e.covariance_id is not None}):
-        below = list(range(max(0, layer - band + 1), layer))
-        session.covariances_like(session.store.get_covariance(cov_id), below)
+        session.covariances_like(session.store.get_covariance(cov_id), spread_layers(layer, band)[:-1])
     return spread_inputs(session.store, session.base, session.model, session.tokenizer)
 
 
@@ -333,7 +332,7 @@ def _score_modes(
             clock = time.perf_counter()
             edits = [e for e in log if index.get(request_sha256(e.request()), n) < i]
             end = i == n
-            inputs = _spread_inputs(session, edits) if mode == "spread" else None
+            inputs = band_inputs(session, edits) if mode == "spread" else None
             with _weights_restored(session.model), session.base_weights():
                 try:
                     apply_edits(session.model, edits, session.matrix, mode, inputs)
@@ -369,13 +368,6 @@ def _score_modes(
             state.add_seconds(f"score {mode}", seconds)
             state.save()
             advance(done)
-
-
-def _spread_inputs(session: EditSession, edits: list[StoredEdit]) -> LayerInputs:
-    """The spread mode's inputs, with C computed first for every layer it touches."""
-    for layer, cov_id in sorted({(e.layer, e.covariance_id) for e in edits if e.covariance_id is not None}):
-        session.covariances_like(session.store.get_covariance(cov_id), spread_layers(layer)[:-1])
-    return spread_inputs(session.store, session.base, session.model, session.tokenizer)
 
 
 def _retraction(

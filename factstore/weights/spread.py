@@ -44,8 +44,9 @@ class LayerInputs:
     covariance: Callable[[StoredEdit, int], torch.Tensor]  # C of a layer, of the corpus and size the edit's C has
 
 
-def spread_layers(layer: int) -> list[int]:
-    return list(range(max(0, layer - SPREAD_LAYERS + 1), layer + 1))
+def spread_layers(layer: int, width: int = SPREAD_LAYERS) -> list[int]:
+    """The band that ends at LAYER: the WIDTH layers up to and including it (fewer near the bottom)."""
+    return list(range(max(0, layer - width + 1), layer + 1))
 
 
 def _prompt_sets(edits: Sequence[StoredEdit], inputs: LayerInputs) -> list[list[tuple[str, str]]]:
@@ -84,7 +85,7 @@ def apply_spread(
         wanted = V - K @ W0.T - (0 if b is None else b.double().cpu())  # (n, d): the shift each edit asks at block L
         _, H0 = subject_states(model, inputs.tokenizer, prompts, top, top)
         Z = H0.double() + wanted
-        layers = spread_layers(top) if band is None else list(range(max(0, top - band + 1), top + 1))
+        layers = spread_layers(top, band or SPREAD_LAYERS)
         for j, layer in enumerate(layers):
             keys, H = subject_states(model, inputs.tokenizer, prompts, layer, top)
             share = (Z - H.double()) / (len(layers) - j)  # (n, d)
