@@ -31,7 +31,7 @@ from factstore.errors import CompileError, ReleaseVerificationError
 from factstore.progress import SILENT, Reporter
 from factstore.rome.keys import compute_key
 from factstore.rome.scoring import first_phrase, greedy_continuation, target_logprobs
-from factstore.weights.replay import apply_update, edit_vectors, solve_key
+from factstore.weights.replay import apply_update, edit_vectors, solved_keys
 
 KEY_TOLERANCE = 1e-3  # ||k here - k stored|| / ||k stored|| in float32; low precision gets 8 of its epsilons
 
@@ -64,16 +64,17 @@ def check_heads(
     them) and judge each edit whose id is in IMPORTED on the head it was computed on. Raises
     ReleaseVerificationError naming the first edit whose key or behaviour is not its label's."""
     todo, judged = set(imported), {}
+    ordered = sorted(log, key=lambda e: e.seq)
+    solved = solved_keys(model, ordered, covariance)  # C^-1 k does not depend on the weights: one solve per C
     with torch.no_grad(), progress.task("checking the imported edits against their labels", len(todo)) as advance:
-        for position, edit in enumerate(sorted(log, key=lambda e: e.seq), start=1):
+        for position, edit in enumerate(ordered, start=1):
             key, value = edit_vectors(edit)
             if edit.id in todo:
                 _check_key(model, tokenizer, edit, key, templates(edit), position)
                 text = edit.prompt.replace("{}", edit.subject, 1)
                 answer = first_phrase(greedy_continuation(model, tokenizer, text))
-            C = covariance(edit.covariance_id)
             try:
-                apply_update(model, edit.layer, key, value, solve_key(model, edit.layer, key, C), f"edit {position}")
+                apply_update(model, edit.layer, key, value, solved[edit.id], f"edit {position}")
             except CompileError as exc:  # a crafted value that no update can hold (say, past the dtype's range)
                 raise ReleaseVerificationError(
                     f"{exc}".replace("nothing was written", "nothing was imported")

@@ -70,7 +70,7 @@ def apply_sequential(model: PreTrainedModel, edits: Sequence[StoredEdit], covari
     ordered = sorted(edits, key=lambda e: e.seq)
     for edit in ordered:
         _check_module(model, edit)
-    solved = _solved_keys(model, ordered, covariance)
+    solved = solved_keys(model, ordered, covariance)
     for edit in ordered:
         key, value = edit_vectors(edit)
         apply_update(model, edit.layer, key, value, solved[edit.id], f"edit {edit.id}")
@@ -93,12 +93,12 @@ def apply_update(
 
 
 def solve_key(model: PreTrainedModel, layer: int, key: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """C^-1 k (in,) float64, solved as _solved_keys solves a column (so the result is the same)."""
+    """C^-1 k (in,) float64, solved as solved_keys solves a column (so the result is the same)."""
     device = arch.down_proj_weight(model, layer).device
     return torch.linalg.solve(C.to(device, torch.float64), key.unsqueeze(1).to(device, torch.float64))[:, 0]
 
 
-def _solved_keys(
+def solved_keys(
     model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader
 ) -> dict[int, torch.Tensor]:
     """edit id -> C^-1 k (in,) float64, one solve per C with every key as a column."""
