@@ -34,12 +34,27 @@ def serve(
         typer.Option("--worker/--no-worker", help="Compute edits in this process (default: on SQLite only)."),
     ] = None,
     device: DeviceOpt = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="A name clients reach this server by (repeatable); the bind address and the loopback names are always allowed, any other Host header is refused.",
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP API and web page; with the embedded SQLite default, also one worker."""
     api.require_server()
     from factstore.server.app import serve as run  # the service's entry point: FastAPI is imported only here
 
-    run(host, port, require_token=require_token, public_reads=public_reads, worker=worker, device=device)
+    run(
+        host,
+        port,
+        require_token=require_token,
+        public_reads=public_reads,
+        worker=worker,
+        device=device,
+        allowed_host=allowed_host,
+    )
 
 
 def worker(

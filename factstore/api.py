@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from factstore import config, extras
 from factstore.domain import ApiTokenInfo, BaseModel, EditEntry, EditRequest, Job, Release, StoredEdit, check_alias
-from factstore.errors import FactStoreError, InvalidArgument, InvalidEditRequest
+from factstore.errors import FactStoreError, InvalidArgument, InvalidEditRequest, ScopeError
 from factstore.progress import SILENT, Reporter
 from factstore.storage import schema
 from factstore.storage.engine import check_reachable, make_engine
@@ -595,20 +595,31 @@ def submit_job(
     idempotency: str | None = None,
 ) -> tuple[Job, bool]:
     """Queue a compile or a trace for a worker. Returns (job, created)."""
-    from factstore.editing.models import check_size, tokenizer_for
+    from factstore.editing.models import check_size, check_trace_size, tokenizer_for
     from factstore.worker.jobs import check_params
 
     base = store.get_base_model(alias)
     checked = check_params(kind, params)
     if kind == "trace":
-        check_size(
-            tokenizer_for(store, alias), EditRequest(checked["prompt"], checked["subject"], checked["target"] or "x")
-        )
+        tokenizer = tokenizer_for(store, alias)
+        request = EditRequest(checked["prompt"], checked["subject"], checked["target"] or "x")
+        check_size(tokenizer, request)
+        check_trace_size(tokenizer, request.text)
     return store.create_job(base.id, kind, checked, requested_by=requested_by, idempotency=idempotency)
 
 
 def get_job(store: Store, job_id: int) -> Job:
     return store.get_job(job_id)
+
+
+def cancel_job(store: Store, job_id: int, who: ApiTokenInfo | None = None) -> Job:
+    """Cancel a job: a pending one at once, a running one at its worker's next check (within a
+    few seconds). Over HTTP (WHO given) only its requester or an admin token may."""
+    from factstore.auth import allows
+
+    if who is not None and who.name != store.get_job(job_id).requested_by and not allows(who.scope, "admin"):
+        raise ScopeError(f"job {job_id} was asked for by another token; cancelling it needs an admin token")
+    return store.cancel_job(job_id)
 
 
 def list_jobs(store: Store, alias: str, kind: str | None = None) -> list[Job]:

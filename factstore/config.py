@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(
         30, ge=1, le=86_400, description="How long a worker's hold on a model lasts without a heartbeat."
     )
+    job_seconds: int = Field(
+        900, ge=1, le=7 * 86_400, description="Wall-clock limit of one trace job; past it the job fails."
+    )
+    trace_max_tokens: int = Field(
+        64, ge=1, le=1_000_000, description="Longest prompt of a trace job, in tokens (its cost grows with the square)."
+    )
+    trace_max_samples: int = Field(50, ge=1, le=10_000, description="Most noise samples of one trace job.")
 
 
 def _accepts(field: str, error_type: str, message: str) -> str:

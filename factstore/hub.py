@@ -15,7 +15,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download, hf_hub_url, scan_cache_dir, snapshot_download
+from huggingface_hub import (
+    CommitOperationAdd,
+    HfApi,
+    get_session,
+    hf_hub_download,
+    hf_hub_url,
+    scan_cache_dir,
+    snapshot_download,
+)
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -40,6 +48,12 @@ TOKEN_HINT = "set HF_TOKEN or run `hf auth login`"
 VERSION_TAG = re.compile(r"v(\d+)")
 
 
+# What huggingface_hub turns into cache paths, as the Hub defines them: a commit is a git SHA-1,
+# an ETag the git SHA-1 of a small file or the sha256 of an LFS one.
+COMMIT_HEADER = "x-repo-commit"
+ETAG_HEADERS = ("x-linked-etag", "etag")
+SAFE_COMMIT = re.compile(r"[0-9a-f]{40}")
+SAFE_ETAG = re.compile(r'(?:W/)?"?(?:[0-9a-f]{40}|[0-9a-f]{64})"?')
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 
 
@@ -115,6 +129,44 @@ def trusted(endpoint: str | None) -> bool:
         return True
     url = urlsplit(endpoint)
     return url.scheme == "https" or (url.scheme == "http" and url.hostname in ("127.0.0.1", "localhost", "::1"))
+
+
+def check_download_headers(response: httpx2.Response) -> None:
+    """Refuse a file response whose commit or ETag is not a hash. huggingface_hub (2.4) joins both
+    into cache paths unchecked (blobs/<etag>, .no_exist/<commit>/...): a server answering
+    `ETag: "../../x"` would have it write outside the cache. This runs on every response, before
+    huggingface_hub reads a header."""
+    if "/resolve/" not in response.request.url.path:
+        return  # API listings carry their own ETags, which no path is made of
+    commit = response.headers.get(COMMIT_HEADER)
+    if commit is not None and not SAFE_COMMIT.fullmatch(commit):
+        raise ReleaseVerificationError(
+            f"the Hub at {response.request.url.host} named a commit that is not a SHA-1 for a file; refused before anything was written"
+        )
+    for name in ETAG_HEADERS:
+        etag = response.headers.get(name)
+        if etag is not None and not SAFE_ETAG.fullmatch(etag):
+            raise ReleaseVerificationError(
+                f"the Hub at {response.request.url.host} gave a file an ETag that is not a hash; refused before anything was written"
+            )
+
+
+def install_download_checks() -> None:
+    """Make huggingface_hub's shared HTTP client run check_download_headers on every response.
+    Called before each download: the library makes a new client after a fork or a reset."""
+    client = get_session()
+    hooks = client.event_hooks
+    if check_download_headers not in hooks["response"]:
+        client.event_hooks = {**hooks, "response": [*hooks["response"], check_download_headers]}
+
+
+def check_readable(endpoint: str) -> None:
+    """Downloads only over https or from this machine: over plain http to another host a man in
+    the middle chooses the bytes (and the headers huggingface_hub makes paths of)."""
+    if not trusted(endpoint):
+        raise HubError(
+            f"refusing to download from {endpoint}: plain http is allowed only to this machine (127.0.0.1, localhost, ::1); use https"
+        )
 
 
 class Hub:
@@ -221,6 +273,8 @@ class Hub:
         """One file of one commit, through the huggingface_hub cache. With MAX_BYTES, a file the
         Hub says is larger is refused before a byte of it is fetched (a repository is untrusted:
         a huge file where a small one belongs would fill the disk before any later check ran)."""
+        check_readable(self.endpoint)
+        install_download_checks()
         with _translated(self.endpoint, repo, f"download {filename}"):
             if max_bytes is not None:
                 url = hf_hub_url(repo, filename, revision=commit, repo_type="model", endpoint=self.endpoint)
@@ -242,6 +296,8 @@ class Hub:
     def download(self, repo: str, commit: str, allow_patterns: list[str] | None = None) -> Path:
         """The files of one commit (those matching ALLOW_PATTERNS, when given), through the
         huggingface_hub cache (unchanged files are not fetched again)."""
+        check_readable(self.endpoint)
+        install_download_checks()
         try:
             with _translated(self.endpoint, repo, f"download {commit[:12]}"):
                 path = snapshot_download(

@@ -73,6 +73,8 @@ class HubState:
         # "after" the server has done what the request asked
         self.drop: list[tuple[str, str, str]] = []
         self.hold: threading.Event | None = None  # when set, commits wait on it (for concurrency tests)
+        # (path regex, headers): file responses whose path matches carry these headers instead (a hostile server)
+        self.file_headers: list[tuple[str, dict[str, str]]] = []
         self._counter = itertools.count(1)
 
     def new_commit(self, repo: Repo, parent: str | None, files: dict[str, Entry], message: str) -> Commit:
@@ -383,6 +385,9 @@ class Handler(BaseHTTPRequestHandler):
         if entry.lfs:
             headers["X-Linked-Etag"] = f'"{etag}"'
             headers["X-Linked-Size"] = str(entry.size)
+        for pattern, override in self.hub.file_headers:
+            if re.fullmatch(pattern, path):
+                headers = {**headers, **override}
         self._send(200, data, headers, head=head)
 
     def resolve_head(self, query: dict, repo: str, rev: str, path: str) -> None:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -421,3 +422,21 @@ def test_edits_that_took_must_still_take_on_the_release() -> None:
     _check_holding("soft", {-i: i != 7 for i in range(1, 41)}, local=0)  # 39 of 40 hold: 97.5 % >= 95 %
     with pytest.raises(ReleaseVerificationError, match=r"\(3 of 40\)"):
         _check_holding("soft", {-i: i > 3 for i in range(1, 41)}, local=0)
+
+
+@SQLITE
+@pytest.mark.parametrize("header", ["ETag", "X-Linked-Etag", "X-Repo-Commit"])
+def test_a_server_cannot_name_where_a_download_is_written(
+    release: dict[str, bytes], hub: HubServer, tmp_path: Path, sentinel: Callable[[], str], header: str
+) -> None:
+    # huggingface_hub joins the ETag (blobs/<etag>) and the commit (.no_exist/<commit>/...) into
+    # cache paths: a server that answers with a path instead of a hash is refused before any write
+    from huggingface_hub import constants
+
+    before = sentinel()
+    craft(hub, "eve/etag", release)
+    target = tmp_path / "user" / "planted"
+    blobs = Path(constants.HF_HUB_CACHE) / "models--eve--etag" / "blobs"
+    hub.state.file_headers.append((re.escape(layout.MANIFEST), {header: f'"{os.path.relpath(target, blobs)}"'}))
+    pull_refused(hub, "eve/etag", tmp_path / "out", "is not a (SHA-1|hash)")
+    assert not target.exists() and sentinel() == before and not (tmp_path / "out").exists()

@@ -21,6 +21,7 @@ from factstore.editing.session import EditSession
 from factstore.errors import (
     CompileError,
     HubAuthError,
+    HubError,
     HubNotFound,
     HubUnreachable,
     PublishConflict,
@@ -268,6 +269,8 @@ def test_private_repo_tokens_and_failures_are_one_line_errors(
         api.pull_release(NAME, "v9", endpoint=hub.url)
     with pytest.raises(HubUnreachable, match="cannot reach"):
         api.pull_release(NAME, endpoint="http://127.0.0.1:9")
+    with pytest.raises(HubError, match="plain http is allowed only to this machine"):
+        api.pull_release(NAME, endpoint="http://192.0.2.1:9")  # TEST-NET: refused before any request
     monkeypatch.setenv("HF_TOKEN", "tok-bob")  # a valid token without write access to alice/
     _add(tiny_store, "tiny", FACTS[1:2])
     with pytest.raises(HubAuthError, match="write access"):

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from factstore import api
-from factstore.server.app import create_app
+from factstore.server.app import allowed_hosts, create_app
 from factstore.server.service import ServerSettings
 from factstore.storage.store import Store
 
@@ -235,11 +235,28 @@ def test_a_form_refusal_shows_no_log_to_a_client_that_may_not_read(tiny_store: S
         assert refused.status_code == 401 and refused.json()["title"] == "unauthorized"
 
 
-def test_a_loopback_server_refuses_other_host_names(tiny_store: Store) -> None:
-    settings = ServerSettings(database_url=tiny_store.url, worker=False, allowed_hosts=["127.0.0.1", "localhost"])
-    with TestClient(create_app(settings), base_url="http://127.0.0.1", client=LOCAL) as client:
-        assert client.get("/api/v1/models").status_code == 200
-        assert client.get("/api/v1/models", headers={"Host": "attacker.example"}).status_code == 400  # DNS rebinding
+@pytest.mark.parametrize(
+    ("bind", "extra", "good", "bad"),
+    [
+        ("127.0.0.1", [], ["127.0.0.1:8000", "localhost", "[::1]:8000"], ["attacker.example", "127.0.0.2"]),
+        ("127.0.0.2", [], ["127.0.0.2:8000", "LOCALHOST"], ["attacker.example:8000", "127.0.0.1.nip.io"]),
+        ("::1", [], ["[::1]:8000", "127.0.0.1"], ["attacker.example", "[::2]"]),
+        ("0.0.0.0", ["factstore.example.org"], ["factstore.example.org:443", "localhost"], ["0.0.0.0", "evil.org"]),
+    ],
+)
+def test_every_bind_address_refuses_host_names_it_does_not_serve(  # DNS rebinding
+    tiny_store: Store, bind: str, extra: list[str], good: list[str], bad: list[str]
+) -> None:
+    settings = ServerSettings(database_url=tiny_store.url, worker=False, allowed_hosts=allowed_hosts(bind, extra))
+    with TestClient(create_app(settings), client=LOCAL) as client:
+        for host in good:
+            assert client.get("/api/v1/models", headers={"Host": host}).status_code == 200, host
+        for host in [*bad, "", "a b", "[::1"]:
+            refused = client.get("/api/v1/models", headers={"Host": host})
+            assert refused.status_code == 400 and refused.headers["content-type"] == "application/problem+json", host
+            assert refused.json()["title"] == "host not allowed" and (not host or host not in refused.json()["detail"])
+        # a load balancer's probe names the machine by its address
+        assert client.get("/healthz", headers={"Host": "10.1.2.3:8000"}).status_code == 200
 
 
 def test_the_web_form_submits_and_the_pages_render(client: TestClient, tokens: dict[str, str]) -> None:
@@ -314,3 +331,78 @@ def test_every_compile_mode_can_be_asked_for_over_http() -> None:
     from factstore.weights import replay
 
     assert [CompileIn(mode=mode).mode for mode in replay.MODES] == list(replay.MODES)
+
+
+LONG_TRACE = {  # about 45 tokens, 50 samples: close to a minute on the tiny model, far past the limits below
+    "prompt": "In the long and winding history of European architecture and engineering, " * 3 + "{} is located in",
+    "subject": "The Eiffel Tower",
+    "samples": 50,
+}
+
+
+def wait_job(client: TestClient, job_id: int, until: set[str], seconds: float = 120) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/v1/jobs/{job_id}").json()
+        if body["status"] in until:
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {body['status']} after {seconds} s")
+
+
+def test_a_long_trace_cannot_wedge_a_worker(
+    client: TestClient, tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer, admin = auth(tokens["write"]), auth(tokens["admin"])
+    # cost caps at submission, one line each
+    monkeypatch.setenv("FACTSTORE_TRACE_MAX_TOKENS", "8")
+    refused = client.post("/api/v1/models/tiny/traces", json=LONG_TRACE, headers=writer)
+    assert refused.status_code == 422 and "FACTSTORE_TRACE_MAX_TOKENS" in refused.json()["detail"]
+    monkeypatch.setenv("FACTSTORE_TRACE_MAX_SAMPLES", "20")
+    refused = client.post("/api/v1/models/tiny/traces", json={**LONG_TRACE, "samples": 21}, headers=writer)
+    assert refused.status_code == 422 and "FACTSTORE_TRACE_MAX_SAMPLES" in refused.json()["detail"]
+    monkeypatch.delenv("FACTSTORE_TRACE_MAX_TOKENS")
+    monkeypatch.delenv("FACTSTORE_TRACE_MAX_SAMPLES")
+    # cancelled while running: the worker stops it at its next check and takes the next edit
+    job = client.post("/api/v1/models/tiny/traces", json=LONG_TRACE, headers=writer).json()
+    wait_job(client, job["id"], {"running"})
+    other = api.create_token(client.app.state.service.store, "other-writer", "write")[1]
+    assert client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=auth(other)).status_code == 403
+    started = time.monotonic()
+    assert client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=writer).json()["status"] == "cancelling"
+    ended = wait_job(client, job["id"], {"cancelled", "done", "failed"}, seconds=30)
+    assert ended["status"] == "cancelled" and ended["files"] == [] and time.monotonic() - started < 15
+    edit_id = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=writer).json()["id"]
+    assert wait_done(client, edit_id, seconds=60)["status"] == "active"
+    # a pending job is cancelled at once, by an admin too; a finished one cannot be
+    monkeypatch.setenv("FACTSTORE_JOB_SECONDS", "2")
+    timed = client.post("/api/v1/models/tiny/traces", json=LONG_TRACE, headers=writer).json()
+    queued = client.post("/api/v1/models/tiny/traces", json=LONG_TRACE, headers=writer).json()
+    assert client.post(f"/api/v1/jobs/{queued['id']}/cancel", headers=admin).json()["status"] in (
+        "cancelled",
+        "cancelling",
+    )
+    # past the wall-clock limit the job fails with one line naming the limit
+    failed = wait_job(client, timed["id"], {"done", "failed", "cancelled"}, seconds=60)
+    assert failed["status"] == "failed" and "FACTSTORE_JOB_SECONDS" in failed["error"]
+    assert client.post(f"/api/v1/jobs/{timed['id']}/cancel", headers=writer).status_code == 409
+
+
+def test_a_stopping_worker_gives_a_running_job_back(tiny_store: Store) -> None:
+    import threading
+
+    from factstore.worker.loop import Worker
+
+    job, _ = api.submit_job(tiny_store, "tiny", "trace", LONG_TRACE, requested_by="me")
+    worker = Worker(tiny_store)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while api.get_job(tiny_store, job.id).status != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker.stopping.set()  # what SIGTERM does
+    started = time.monotonic()
+    thread.join(30)
+    assert not thread.is_alive() and time.monotonic() - started < 10
+    back = api.get_job(tiny_store, job.id)
+    assert back.status == "pending" and back.error is None  # another worker takes it from the start

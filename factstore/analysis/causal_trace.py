@@ -190,8 +190,10 @@ class Tracer:
         target: str | None = None,
         settings: TraceSettings = TraceSettings(),
         noise_std: float | None = None,
+        stop: Callable[[], None] = lambda: None,
     ) -> None:
         self.model, self.settings = model, settings
+        self.stop = stop  # called before every batch of passes; raises to end the trace there
         device = arch.input_device(model)
         ids_list, self.first, self.last = subject_span(tokenizer, prompt, subject)
         self.ids = torch.tensor([ids_list], device=device)
@@ -242,6 +244,7 @@ class Tracer:
         out = torch.empty(len(groups))
         with _noised(self.model, self.draws, self.first, self.last):
             for lo in range(0, len(groups), per_batch):
+                self.stop()
                 chunk = groups[lo : lo + per_batch]
                 rows: dict[tuple[str, int], list[int]] = {}
                 positions: dict[tuple[str, int], list[int]] = {}
@@ -277,13 +280,15 @@ def trace(
     target: str | None = None,
     settings: TraceSettings = TraceSettings(),
     noise_std: float | None = None,
+    stop: Callable[[], None] = lambda: None,
 ) -> TraceResult:
     """The maps of settings.kinds for one fact. target=None traces the model's own top answer.
 
     noise_std: the embedding std the noise is scaled from (a dataset's subjects); default:
-    this subject's own token embeddings.
+    this subject's own token embeddings. stop: called between batches of passes (a job's
+    cancel and time checks); what it raises ends the trace.
     """
-    tracer = Tracer(model, tokenizer, prompt, subject, target, settings, noise_std)
+    tracer = Tracer(model, tokenizer, prompt, subject, target, settings, noise_std, stop)
     corrupted = float(tracer.restored([[]])[0])
     scores = {kind: tracer.restoration_map(kind) for kind in settings.kinds}
     return TraceResult(

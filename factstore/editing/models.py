@@ -8,6 +8,7 @@ from typing import Any
 
 from factstore import config
 from factstore.domain import BaseModel, EditRequest, check_alias
+from factstore.errors import InvalidEditRequest
 from factstore.progress import SILENT, Reporter
 from factstore.rome.prompts import check_token_limits
 from factstore.storage.store import Store
@@ -55,6 +56,16 @@ def check_size(tokenizer: Any, request: EditRequest) -> None:
     check_token_limits(
         tokenizer, request.text, request.target_new, config.max_prompt_tokens(), config.max_target_tokens()
     )
+
+
+def check_trace_size(tokenizer: Any, prompt: str) -> None:
+    """Refuse a trace job's prompt (filled) longer than FACTSTORE_TRACE_MAX_TOKENS: a trace runs
+    about 3 x samples x layers x tokens passes of the whole prompt."""
+    n, most = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]), config.settings().trace_max_tokens
+    if n > most:
+        raise InvalidEditRequest(
+            f"a trace job's prompt may be {most} tokens long (FACTSTORE_TRACE_MAX_TOKENS), not {n}"
+        )
 
 
 def check_prompt_size(tokenizer: Any, prompt: str) -> None:

@@ -11,7 +11,15 @@ from pathlib import Path
 from factstore import config
 from factstore.errors import FactStoreError, HubAuthError, HubError, HubNotFound, ReleaseVerificationError
 from factstore.files import file_sha256, staged_folder, usable_folder
-from factstore.hub import VERSION_TAG, Hub, cached_blob, check_repo_id, forget_snapshot, latest_version_tag
+from factstore.hub import (
+    VERSION_TAG,
+    Hub,
+    cached_blob,
+    check_readable,
+    check_repo_id,
+    forget_snapshot,
+    latest_version_tag,
+)
 from factstore.release import layout
 from factstore.release import manifest as manifest_schema
 from factstore.release.manifest import MANIFEST
@@ -101,7 +109,9 @@ def _check_room(hub: Hub, repo: str, commit: str, manifest: manifest_schema.Mani
 
 
 def reader(hub: Hub, repo: str) -> Hub:
-    """Read anonymously when the repository is public; send the token only when it is needed."""
+    """Read anonymously when the repository is public; send the token only when it is needed.
+    Refused at once over plain http to another machine."""
+    check_readable(hub.endpoint)
     anonymous = hub.anonymous()
     try:
         anonymous.tags(repo)

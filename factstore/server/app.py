@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from factstore import api
@@ -56,6 +56,49 @@ class BodyLimit:
         )
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def allowed_hosts(bind: str, extra: list[str] | None = None) -> list[str]:
+    """The Host names a server bound to BIND answers: the bind address itself (not 0.0.0.0 or
+    ::, which no client names), the loopback names, and the operator's real names (EXTRA). Any
+    other Host is a page on another site reaching us through DNS rebinding."""
+    names = [] if bind in ("0.0.0.0", "::", "") else [bind.strip("[]").lower()]
+    return list(dict.fromkeys([*names, *LOOPBACK_NAMES, *(n.lower() for n in extra or [])]))
+
+
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})  # no data; probes name the machine by its address
+
+
+class HostCheck:
+    """Refuse a request whose Host header is not one of ALLOWED (400, problem details); the
+    health probes answer any Host."""
+
+    def __init__(self, app: ASGIApp, allowed: list[str]) -> None:
+        self.app, self.allowed = app, frozenset(allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        checked = scope["type"] in ("http", "websocket") and scope["path"] not in HEALTH_PATHS
+        if checked and _host_name(scope) not in self.allowed:
+            refusal = errors.body(
+                "host not allowed", "this server answers only the names it serves; see serve --allowed-host", 400
+            )
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _host_name(scope: Scope) -> str | None:
+    """The host part of the Host header, lower-case, IPv6 without brackets (None: missing or malformed)."""
+    raw = dict(scope.get("headers") or []).get(b"host")
+    if raw is None:
+        return None
+    try:
+        return urlsplit("//" + raw.decode("ascii")).hostname
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
 def create_app(settings: ServerSettings | None = None, service: Service | None = None) -> FastAPI:
     settings = settings or ServerSettings()
 
@@ -81,8 +124,8 @@ def create_app(settings: ServerSettings | None = None, service: Service | None =
     app.include_router(health)
     app.include_router(pages)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    if settings.allowed_hosts:  # a browser page on another site cannot reach a loopback server through DNS rebinding
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+    if settings.allowed_hosts is not None:  # a page on another site cannot reach us through DNS rebinding
+        app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
     return app
 
 
@@ -95,19 +138,19 @@ def serve(
     worker: bool | None = None,
     worker_models: list[str] | None = None,
     device: str | None = None,
+    allowed_host: list[str] | None = None,
     **uvicorn_options: Any,
 ) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles both; the in-process worker finishes its edit).
     On SQLite (or with worker=True) one worker computes edits in this process."""
     import uvicorn
 
-    loopback = host in ("127.0.0.1", "localhost")
     settings = ServerSettings(
         require_token=require_token,
         public_reads=public_reads,
         worker=worker,
         worker_models=list(worker_models or []),
         device=device,
-        allowed_hosts=["127.0.0.1", "localhost"] if loopback else None,
+        allowed_hosts=allowed_hosts(host, allowed_host),
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", **uvicorn_options)

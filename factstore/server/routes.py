@@ -191,6 +191,13 @@ def get_job(job_id: IdPath, svc: Svc, _who: Reader) -> dict:
     return api.get_job(svc.store, job_id).to_json()
 
 
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: IdPath, svc: Svc, who: Writer) -> dict:
+    """Cancel a job: a pending one at once, a running one at its worker's next check (status
+    `cancelling`, then `cancelled`). Its requester or an admin token."""
+    return api.cancel_job(svc.store, job_id, who).to_json()
+
+
 @router.get("/jobs/{job_id}/files/{name}", response_class=Response, responses={200: {"content": {"image/png": {}}}})
 def get_job_file(
     job_id: IdPath, name: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")], svc: Svc, _who: Reader

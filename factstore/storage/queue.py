@@ -451,12 +451,16 @@ class QueueVerbs(StoreBase):
         live = select(WorkerRow.id).where(
             WorkerRow.stopped_at.is_(None), WorkerRow.heartbeat_at >= now() - timedelta(seconds=stale_after)
         )
-        orphaned = (JobRow.status == "running") & JobRow.claimed_by.not_in(live)
+        orphaned = JobRow.status.in_(("running", "cancelling")) & JobRow.claimed_by.not_in(live)
         query = select(JobRow).where(or_(JobRow.status == "pending", orphaned))
         if base_ids is not None:
             query = query.where(JobRow.base_model_id.in_(base_ids))
         with self._tx() as s:
             while (row := s.scalar(query.order_by(JobRow.id).limit(1).with_for_update(skip_locked=True))) is not None:
+                if row.status == "cancelling":  # its worker died after the cancel
+                    row.status, row.error, row.updated_at = "cancelled", "cancelled while running", now()
+                    s.flush()
+                    continue
                 if row.attempts < MAX_ATTEMPTS:
                     row.status, row.claimed_by, row.updated_at, row.attempts = (
                         "running",
@@ -483,14 +487,47 @@ class QueueVerbs(StoreBase):
         """Record a job's result (and FILES: name -> (media type, bytes)) or its error."""
         with self._tx() as s:
             row = s.get(JobRow, job_id, with_for_update=True)
-            if row is None or row.claimed_by != holder or row.status != "running":
+            if row is None or row.claimed_by != holder or row.status not in ("running", "cancelling"):
                 raise LeaseLost(f"job {job_id} is no longer this worker's")
+            if row.status == "cancelling":  # asked to stop: whatever it got to is not its result
+                row.status, row.error, row.updated_at = "cancelled", "cancelled while running", now()
+                s.flush()
+                return self._job(s, row)
             row.status = "failed" if error is not None else "done"
             row.result, row.error, row.updated_at = result, None if error is None else one_line(error), now()
             for name, (media_type, data) in (files or {}).items():
                 s.add(JobFile(job_id=job_id, name=name, media_type=media_type, data=data))
             s.flush()
             return self._job(s, row)
+
+    def cancel_job(self, job_id: int) -> Job:
+        """A pending job is cancelled at once; a running one is marked, and its worker stops it at
+        its next check (stop_requested)."""
+        with self._tx() as s:
+            row = s.get(JobRow, job_id, with_for_update=True)
+            if row is None:
+                raise UnknownJob(f"no job with id {job_id}")
+            if row.status == "pending":
+                row.status, row.error = "cancelled", "cancelled before a worker took it"
+            elif row.status == "running":
+                row.status = "cancelling"
+            elif row.status != "cancelling":
+                raise EditStateError(f"job {job_id} is already {row.status}")
+            row.updated_at = now()
+            s.flush()
+            return self._job(s, row)
+
+    def stop_requested(self, job_id: int) -> bool:
+        """Whether someone asked to cancel this running job."""
+        with self._tx(write=False) as s:
+            return s.scalar(select(JobRow.status).where(JobRow.id == job_id)) == "cancelling"
+
+    def requeue_job(self, job_id: int, holder: str) -> None:
+        """Give a job this worker stopped without finishing back to the queue (the claim does not count)."""
+        with self._tx() as s:
+            row = s.get(JobRow, job_id, with_for_update=True)
+            if row is not None and row.claimed_by == holder and row.status == "running":
+                row.status, row.claimed_by, row.attempts, row.updated_at = "pending", None, row.attempts - 1, now()
 
     def get_job_file(self, job_id: int, name: str) -> tuple[str, bytes]:
         with self._tx(write=False) as s:

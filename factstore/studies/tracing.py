@@ -4,6 +4,7 @@ write figures and numbers, and store the recommended edit layer."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from factstore import config
@@ -40,12 +41,14 @@ def trace_fact(
     out: str | None = None,
     device: str | None = None,
     progress: Reporter = SILENT,
+    stop: Callable[[], None] = lambda: None,
 ) -> dict:
-    """The maps of one fact on the base model (not the edited head), as PNGs and JSON."""
+    """The maps of one fact on the base model (not the edited head), as PNGs and JSON. STOP is
+    called between batches of passes (what it raises ends the trace)."""
     base = store.get_base_model(alias)
     loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress, dtype=base.dtype)
     validate_request(loaded.model, loaded.tokenizer, EditRequest(prompt, subject, target or "x"), 0)
-    result = causal_trace.trace(loaded.model, loaded.tokenizer, prompt, subject, target, settings)
+    result = causal_trace.trace(loaded.model, loaded.tokenizer, prompt, subject, target, settings, stop=stop)
     return figures.write_fact_trace(result, _out_dir(alias, prompt.replace("{}", subject), out))
 
 

@@ -3,18 +3,49 @@
 from __future__ import annotations
 
 import tempfile
+import threading
+import time
 from pathlib import Path
 
+from factstore import config
 from factstore.analysis.causal_trace import KINDS, TraceSettings
 from factstore.domain import Job
-from factstore.errors import FactStoreError, InvalidEditRequest
+from factstore.errors import FactStoreError, InvalidEditRequest, LeaseLost
 from factstore.progress import SILENT, Reporter
 from factstore.release import build
 from factstore.storage.store import Store
 from factstore.studies import tracing
 from factstore.weights.replay import DEFAULT_MODE, MODES
 
-TRACE_SAMPLES = (1, 50)  # bounds on noise samples per trace asked for over HTTP
+CANCEL_POLL_SECONDS = 2.0  # how often a running job looks for a cancel in the database
+
+
+class JobStopped(FactStoreError):
+    """A running job was ended before it finished: cancelled, out of time, or its worker stopping."""
+
+    def __init__(self, message: str, requeue: bool = False) -> None:
+        super().__init__(message)
+        self.requeue = requeue  # give it back to the queue (the worker stops) rather than fail it
+
+
+class StopCheck:
+    """Called between a job's batches of work: raises JobStopped once the job was cancelled, ran
+    past FACTSTORE_JOB_SECONDS, or its worker was asked to stop."""
+
+    def __init__(self, store: Store, job_id: int, stopping: threading.Event, seconds: float) -> None:
+        self.store, self.job_id, self.stopping, self.seconds = store, job_id, stopping, seconds
+        self.started = self.polled = time.monotonic()
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if self.stopping.is_set():
+            raise JobStopped("its worker is stopping", requeue=True)
+        if now - self.started > self.seconds:
+            raise JobStopped(f"stopped after {self.seconds:g} s, the limit (FACTSTORE_JOB_SECONDS)")
+        if now - self.polled >= CANCEL_POLL_SECONDS:
+            self.polled = now
+            if self.store.stop_requested(self.job_id):
+                raise JobStopped("cancelled while running")
 
 
 def check_params(kind: str, params: dict) -> dict:
@@ -25,10 +56,10 @@ def check_params(kind: str, params: dict) -> dict:
             raise InvalidEditRequest(f"unknown compile mode {mode!r}; use {' or '.join(MODES)}")
         return {"mode": mode}
     if kind == "trace":
-        samples = int(params.get("samples") or 10)
-        if not TRACE_SAMPLES[0] <= samples <= TRACE_SAMPLES[1]:
+        samples, most = int(params.get("samples") or 10), config.settings().trace_max_samples
+        if not 1 <= samples <= most:
             raise InvalidEditRequest(
-                f"samples must be between {TRACE_SAMPLES[0]} and {TRACE_SAMPLES[1]}, not {samples}"
+                f"samples must be between 1 and {most} (FACTSTORE_TRACE_MAX_SAMPLES), not {samples}"
             )
         return {
             "prompt": params["prompt"],
@@ -40,8 +71,18 @@ def check_params(kind: str, params: dict) -> dict:
     raise InvalidEditRequest(f"unknown job kind {kind!r}")
 
 
-def run(store: Store, job: Job, holder: str, device: str | None, progress: Reporter = SILENT) -> Job:
-    """Do one claimed job and store its result (or its one-line error)."""
+def run(
+    store: Store,
+    job: Job,
+    holder: str,
+    device: str | None,
+    progress: Reporter = SILENT,
+    stopping: threading.Event | None = None,
+) -> Job | None:
+    """Do one claimed job and store its result (or its one-line error). A trace is checked
+    between batches (StopCheck); one stopped because the worker is stopping goes back to the
+    queue (None is returned)."""
+    stop = StopCheck(store, job.id, stopping or threading.Event(), config.settings().job_seconds)
     try:
         if job.kind == "compile":
             release, created = build.build(store, job.model, job.params["mode"], None, device, progress=progress)
@@ -59,10 +100,23 @@ def run(store: Store, job: Job, holder: str, device: str | None, progress: Repor
                 out=folder,
                 device=device,
                 progress=progress,
+                stop=stop,
             )
             files = {Path(png).name: ("image/png", Path(png).read_bytes()) for png in report["png"]}
             result = {k: v for k, v in report.items() if k not in ("png", "json")}
             return store.finish_job(job.id, holder, result=result, files=files)
+    except JobStopped as exc:
+        if exc.requeue:
+            store.requeue_job(job.id, holder)
+            return None
+        return _finish_failed(store, job.id, holder, str(exc))
     except Exception as exc:  # any failure is the job's result; the worker goes on
         reason = str(exc) if isinstance(exc, FactStoreError) else f"{type(exc).__name__}: {exc}"
-        return store.finish_job(job.id, holder, error=reason)
+        return _finish_failed(store, job.id, holder, reason)
+
+
+def _finish_failed(store: Store, job_id: int, holder: str, reason: str) -> Job | None:
+    try:
+        return store.finish_job(job_id, holder, error=reason)
+    except LeaseLost:  # another worker took it over meanwhile: its result will be the job's
+        return None

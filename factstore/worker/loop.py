@@ -119,7 +119,9 @@ class Worker:
         if self.settings.jobs and not self.stopping.is_set():
             job = self.store.claim_job(self.id, list(served), stale_after=3 * self.holder.seconds)
             if job is not None:
-                jobs.run(self.store, job, self.id, self.settings.device, self.progress)
+                for base_id in sorted(self._held):  # other workers compute edits while this one runs the job
+                    self._release(base_id)
+                jobs.run(self.store, job, self.id, self.settings.device, self.progress, self.stopping)
                 self.stats.jobs += 1
                 busy = True
         return busy
