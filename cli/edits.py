@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -61,6 +62,8 @@ def add(
         device=device,
         progress=BARS,
     )
+    if (crowded := api.capacity_warning(api.open_store(), model)) is not None:
+        print(f"warning: {crowded}", file=sys.stderr)
     if json_out:
         emit_json(outcome.to_json())
         return

@@ -26,6 +26,13 @@ def publish(
         typer.Option("--mode", help="Compile mode if a compile is needed: joint, sequential, spread or null-space."),
     ] = None,
     endpoint: EndpointOpt = None,
+    allow_degraded: Annotated[
+        bool,
+        typer.Option(
+            "--allow-degraded",
+            help="Publish even when the release's held-out perplexity rose past FACTSTORE_MAX_PERPLEXITY_RISE (default 5 %).",
+        ),
+    ] = False,
     with_stats: Annotated[
         bool,
         typer.Option(
@@ -50,6 +57,7 @@ def publish(
         with_stats=with_stats,
         device=device,
         progress=BARS,
+        allow_degraded=allow_degraded,
     )
     if json_out:
         emit_json(result.to_json())

@@ -64,3 +64,30 @@ def list_(json_out: JsonOpt = False) -> None:
             ["alias", "type", "dtype", "source", "revision"],
             [(m.alias, m.model_type, m.dtype, m.source, m.revision[:23]) for m in models],
         )
+
+
+@app.command("show")
+def show(alias: Annotated[str, typer.Argument(help="A registered model.")], json_out: JsonOpt = False) -> None:
+    """Capacity in sight: per edited layer the active edits and the load (edits per key dimension,
+    against the load measured as safe), and the health of the newest release."""
+    found = api.model_capacity(api.open_store(), alias)
+    if json_out:
+        emit_json(found.to_json())
+        return
+    table(
+        f"{alias}: edited layers (safe load {found.to_json()['safe_load']})",
+        ["layer", "active edits", "key dim", "load", ""],
+        [(x.layer, x.edits, x.key_dim, f"{x.load:.3f}", "over" if x in found.over else "") for x in found.layers],
+    )
+    h = found.health
+    if "perplexity" in h:
+        print(
+            f"v{found.release} health: held-out perplexity {h['perplexity_base']:.2f} -> {h['perplexity']:.2f} "
+            f"({h['perplexity_rise_pct']:+.1f} %), fluency {h['fluency_change_pct']:+.1f} %"
+        )
+    elif found.release is not None:
+        print(
+            f"v{found.release} health: {h.get('not_measured', 'not recorded (built before 0.2.0, or on another machine)')}"
+        )
+    if (crowded := api.capacity_warning(api.open_store(), alias)) is not None:
+        print(f"warning: {crowded}")

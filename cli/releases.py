@@ -52,6 +52,7 @@ def compile_(
         emit_json(
             {
                 **release.to_json(),
+                "scores": api.release_scores(release),
                 "created": created,
                 "folder": out or release.path,
                 "seconds": {k: round(v, 3) for k, v in seconds.items()},
@@ -62,6 +63,12 @@ def compile_(
         print(
             f"release v{release.version} ({release.mode}, {len(release.edit_ids)} edits) -> {release.path} ({phases})"
         )
+        checkup = api.release_scores(release).get("health") or {}
+        if "perplexity" in checkup:
+            print(
+                f"health: held-out perplexity {checkup['perplexity_base']:.2f} -> {checkup['perplexity']:.2f} "
+                f"({checkup['perplexity_rise_pct']:+.1f} %), fluency {checkup['fluency_change_pct']:+.1f} %"
+            )
     elif out:
         print(f"edit log unchanged since v{release.version}: built it again into {out}")
     else:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from factstore.analysis.causal_trace import TraceSettings
     from factstore.editing.requests import ModelChecks
     from factstore.editing.session import EditOutcome, EditSession
+    from factstore.release.capacity import Capacity
     from factstore.release.publish import Published
     from factstore.release.pull import Pulled
     from factstore.worker.loop import WorkerStats
@@ -102,6 +103,21 @@ def add_model(
 
 def list_models(store: Store) -> list[BaseModel]:
     return store.list_base_models()
+
+
+def model_capacity(store: Store, alias: str) -> Capacity:
+    """Per edited layer: active edits, key dimension and load (edits per key dimension, against
+    the safe load docs/hparams.md measured); the newest release's health."""
+    from factstore.release.capacity import capacity
+
+    return capacity(store, alias)
+
+
+def capacity_warning(store: Store, alias: str) -> str | None:
+    """One line when a layer of ALIAS holds more edits than the load measured as safe, else None."""
+    from factstore.release.capacity import capacity, warning
+
+    return warning(capacity(store, alias))
 
 
 def compute_stats(
@@ -393,9 +409,12 @@ def publish_release(
     with_stats: bool = False,
     device: str | None = None,
     progress: Reporter = SILENT,
+    allow_degraded: bool = False,
 ) -> Published:
     """Compile if the log changed, upload as one commit on main, tag vN; WITH_STATS also uploads the
-    C files the release's edits used (stats/SHA256.safetensors, each once per repository)."""
+    C files the release's edits used (stats/SHA256.safetensors, each once per repository). A
+    release whose held-out perplexity rose past FACTSTORE_MAX_PERPLEXITY_RISE is refused unless
+    ALLOW_DEGRADED."""
     from factstore.release import publish
 
     return publish.publish(
@@ -408,6 +427,7 @@ def publish_release(
         with_stats=with_stats,
         device=device,
         progress=progress,
+        allow_degraded=allow_degraded,
     )
 
 

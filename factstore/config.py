@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     trace_max_tokens: int = Field(
         64, ge=1, le=1_000_000, description="Longest prompt of a trace job, in tokens (its cost grows with the square)."
     )
+    max_perplexity_rise: float = Field(
+        5.0, ge=0, le=1e6, description="Held-out perplexity rise (percent) past which publish refuses a release."
+    )
     trace_max_samples: int = Field(50, ge=1, le=10_000, description="Most noise samples of one trace job.")
 
 
@@ -81,6 +84,9 @@ def _accepts(field: str, error_type: str, message: str) -> str:
         return "it takes a boolean (1/true/yes/on or 0/false/no/off)"
     bounds = {type(m).__name__: m for m in Settings.model_fields[field].metadata}
     if "Ge" in bounds and "Le" in bounds:
+        if Settings.model_fields[field].annotation is float:
+            low, high = (f"{float(b):,.10g}" if abs(b) < 1e15 else str(b) for b in (bounds["Ge"].ge, bounds["Le"].le))
+            return f"it takes a number from {low} to {high}"
         return f"it takes a whole number from {bounds['Ge'].ge} to {bounds['Le'].le}"
     return message.removeprefix("Value error, ")
 

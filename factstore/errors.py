@@ -103,6 +103,10 @@ class HubFileTooLarge(ReleaseVerificationError):
     """A repository file is larger than what belongs there can be (or the Hub did not say its size)."""
 
 
+class ReleaseDegraded(FactStoreError):
+    """A release's held-out perplexity rose more than FACTSTORE_MAX_PERPLEXITY_RISE allows."""
+
+
 class ImportConflict(FactStoreError):
     """A release's edit log does not continue the local one."""
 

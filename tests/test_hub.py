@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from cli_runner import run
+from cli_runner import run, run_json
 from factstore import api
 from factstore.domain import EditRequest
 from factstore.editing.session import EditSession
@@ -25,6 +25,7 @@ from factstore.errors import (
     HubNotFound,
     HubUnreachable,
     PublishConflict,
+    ReleaseDegraded,
     ReleaseVerificationError,
 )
 from factstore.release import layout
@@ -467,3 +468,46 @@ def test_stats_push_and_pull_through_a_repository_of_their_own(  # type: ignore[
     assert (
         bob.get_covariance(api.list_edits(bob, "mine")[0].covariance_id).sha256 == tiny_store.get_covariance(1).sha256
     )
+
+
+@SQLITE_ONLY
+def test_the_health_gate_refuses_a_degraded_release_unless_allowed(  # type: ignore[no-untyped-def]
+    db_url: str, tiny_gpt2_dir: Path, gpt2_tokenizer, lfs_hub: HubServer, tmp_path: Path
+) -> None:
+    from tiny_models import RELATIONS, Recipe, make_facts
+
+    api.upgrade_database(db_url)
+    store = api.open_store(db_url)
+    api.add_model(store, "facts", str(tiny_gpt2_dir))
+    facts = make_facts(Recipe())
+    corpus = tmp_path / "facts.json"  # the model's own sentences: C reads the first ~60 %, health the rest
+    corpus.write_text(
+        json.dumps([t.format(f.subject) + " " + f.target + "." for f in facts for t in RELATIONS[f.relation][0]])
+    )
+    api.compute_stats(store, "facts", corpus=str(corpus), tokens=2500, device="cpu")
+    session = EditSession(store, "facts", device="cpu")
+    templates = [*RELATIONS["city"][0], RELATIONS["city"][1]]
+    for template, city in zip(templates, ["Tokyo", "Cairo", "Sydney", "Moscow"]):  # one subject, four homes
+        session.add(EditRequest(template, facts[0].subject, city))
+    release, _ = api.compile_release(store, "facts")
+    health = json.loads(Path(release.path, layout.MANIFEST).read_text())["scores"]["health"]
+    assert health["corpus"] == "local" and health["heldout_tokens"] >= 1000
+    rise = health["perplexity_rise_pct"]
+    assert rise > 5, health  # the log damages the model: the gate has something to refuse
+    assert "## Health" in Path(release.path, "README.md").read_text()
+    assert run_json("compile", "--model", "facts", "--json")["scores"]["health"] == health  # type: ignore[index]
+    from fastapi.testclient import TestClient
+
+    from factstore.server.app import create_app
+    from factstore.server.service import ServerSettings
+
+    with TestClient(create_app(ServerSettings(database_url=db_url, worker=False)), client=("127.0.0.1", 5000)) as web:
+        assert f"({rise:+.1f} %)" in web.get("/models/facts").text
+    with pytest.raises(ReleaseDegraded) as refused:
+        api.publish_release(store, "facts", NAME, endpoint=lfs_hub.url)
+    assert f"rose {rise:.1f} %" in str(refused.value) and "\n" not in str(refused.value)
+    assert NAME not in lfs_hub.state.repos  # nothing was sent
+    done = run("publish", "--model", "facts", "--repo", NAME, "--endpoint", lfs_hub.url, check=False)
+    assert done.returncode == 1 and f"rose {rise:.1f} %" in done.stderr
+    published = api.publish_release(store, "facts", NAME, endpoint=lfs_hub.url, allow_degraded=True)
+    assert published.version == release.version and not published.already

@@ -22,7 +22,7 @@ from factstore.domain import BaseModel, Record, Release, StoredEdit, check_alias
 from factstore.errors import CompileError, ReleaseVerificationError
 from factstore.files import file_sha256, staged_folder, usable_folder
 from factstore.progress import SILENT, Reporter
-from factstore.release import card, layout
+from factstore.release import card, health, layout
 from factstore.release.manifest import Manifest
 from factstore.release.scoring import RELEASE_PREFIX_SEED, RELEASE_PREFIXES, release_prefixes, release_records
 from factstore.rome.hparams import ROMEHyperParams
@@ -218,6 +218,7 @@ def _compile_in_memory(
     model, tok = loaded.model, loaded.tokenizer
     judged = [e for e in edits if e.target_true]  # an edit needs its old target to be judged
     records = _release_records(store, base, loaded, judged)  # on the unedited model
+    text, base_health = health.measured(store, base.id, edits, model, tok)
     lap("score")
     inputs = spread_inputs(store, base, model, tok) if mode == "spread" else None
     apply_edits(model, edits, MatrixCache(store.get_covariance), mode, inputs)
@@ -225,8 +226,13 @@ def _compile_in_memory(
     after = score_records(model, tok, records)  # one record per judged edit
     prefers = {e.id: s.efficacy[0] for e, s in zip(judged, after)}
     failing = verify(model, edits, mode, prefers, check) if check is not None else []
+    checkup = health.report(base_health, health.measure(model, tok, text), text) if text else base_health
     lap("score")
-    return {**aggregate(after), **({"edits_not_holding": len(failing)} if mode in SOFT_MODES else {})}
+    return {
+        **aggregate(after),
+        **({"edits_not_holding": len(failing)} if mode in SOFT_MODES else {}),
+        "health": checkup,
+    }
 
 
 def _release_folder(alias: str, version: int) -> Path:

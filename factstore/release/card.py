@@ -41,6 +41,24 @@ def _scores_lines(scores: dict | None) -> list[str]:
     ]
 
 
+def _health_lines(scores: dict | None) -> list[str]:
+    checkup = (scores or {}).get("health") or {}
+    if "perplexity" not in checkup:
+        return []
+    return [
+        "## Health",
+        "",
+        "| | unedited | this release | change |",
+        "|---|---|---|---|",
+        f"| held-out perplexity | {checkup['perplexity_base']:.2f} | {checkup['perplexity']:.2f} | {checkup['perplexity_rise_pct']:+.1f} % |",
+        f"| fluency (n-gram entropy) | {checkup['fluency_base']:.3f} | {checkup['fluency']:.3f} | {checkup['fluency_change_pct']:+.1f} % |",
+        "",
+        f"Perplexity on {checkup['heldout_tokens']} tokens of text no key statistic read; fluency of seeded",
+        "generations from the starts of those texts. Measured at compile time.",
+        "",
+    ]
+
+
 def public_source(base: BaseModel) -> str | None:
     """What a published file may say the base model is: its Hub id (a starter asset's original),
     never a local path."""
@@ -85,6 +103,7 @@ def render(base: BaseModel, mode: str, edits: Sequence[StoredEdit], scores: dict
     lines += [
         "",
         *_scores_lines(scores),
+        *_health_lines(scores),
         "The exact edit log (keys and values with sha256) is in `factstore.json`.",
         "",
     ]

@@ -105,7 +105,11 @@ class Manifest(_Strict):
     edit_log_sha256: Sha256
     context_templates: Annotated[list[TemplateSet], Field(max_length=100)] = []
     edits: Annotated[list[EditEntry], Field(max_length=1_000_000)]
-    scores: dict[Short, float | int | None] = {}
+    # the release's scores; "health" maps names to numbers (or "corpus"/"not_measured" to text)
+    scores: Annotated[
+        dict[Short, float | int | Annotated[dict[Short, float | int | Short | None], Field(max_length=32)] | None],
+        Field(max_length=64),
+    ] = {}
     factstore_version: Short
     format: Annotated[int, Field(ge=1, le=FORMAT)] = 1
     files: Annotated[dict[FileName, Sha256], Field(max_length=100_000)]

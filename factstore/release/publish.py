@@ -16,7 +16,7 @@ from factstore.errors import PublishConflict, StatisticsError
 from factstore.files import file_sha256
 from factstore.hub import Hub, branch_commit, tag_for
 from factstore.progress import SILENT, Reporter
-from factstore.release import build, layout
+from factstore.release import build, health, layout
 from factstore.release.build import checked_folder
 from factstore.release.manifest import MAX_MANIFEST_BYTES
 from factstore.storage.store import Store
@@ -47,9 +47,14 @@ def publish(
     with_stats: bool = False,
     device: str | None = None,
     progress: Reporter = SILENT,
+    allow_degraded: bool = False,
 ) -> Published:
-    """Publish the current edit log of ALIAS to REPO as the next version (compiling if it changed)."""
+    """Publish the current edit log of ALIAS to REPO as the next version (compiling if it
+    changed). A release whose held-out perplexity rose past FACTSTORE_MAX_PERPLEXITY_RISE is
+    refused unless ALLOW_DEGRADED."""
     release, _ = build.build(store, alias, mode or DEFAULT_MODE, device=device, progress=progress)
+    if release.status != "published":
+        health.check_publishable(release.version, build.checked_folder(release).scores, allow_degraded)
     if release.hub_repo not in (None, repo):
         raise PublishConflict(
             f"v{release.version} is already published to {release.hub_repo}; one repository holds one lineage"

@@ -39,7 +39,16 @@ def _model_page(
     edits = [e.to_json() for e in api.list_log(svc.store, alias, limit=1000)]
     releases = [svc.release_json(r) for r in api.list_releases(svc.store, alias)]
     busy = any(e["status"] in ("pending", "computing") for e in edits)
-    context = {"model": model, "edits": edits, "releases": releases, "error": error, "form": form or {}, "busy": busy}
+    capacity = api.model_capacity(svc.store, alias).to_json()
+    context = {
+        "model": model,
+        "edits": edits,
+        "releases": releases,
+        "capacity": capacity,
+        "error": error,
+        "form": form or {},
+        "busy": busy,
+    }
     return templates.TemplateResponse(request, "model.html", context, status_code=status)
 
 

@@ -32,13 +32,12 @@ from factstore.editing.session import EditSession
 from factstore.errors import CompileError, InvalidArgument, InvalidEditRequest
 from factstore.files import atomic_write_text
 from factstore.progress import SILENT, Reporter
+from factstore.release import health
 from factstore.release.build import spread_inputs
-from factstore.rome.covariance import TEXT_TOKENS
 from factstore.storage import schema
 from factstore.storage.engine import make_engine
 from factstore.storage.store import Store
 from factstore.studies.figures import plot_curve
-from factstore.weights import corpus as corpora
 from factstore.weights.replay import DEFAULT_MODE, MODES, apply_edits, check_mode, constraint_errors, tolerance
 from factstore.weights.spread import SPREAD_LAYERS, LayerInputs, spread_layers
 
@@ -291,14 +290,9 @@ def _log(store: Store, base_id: int, state: _State) -> list[StoredEdit]:
 def _heldout(session: EditSession, store: Store, settings: LifelongSettings) -> list[list[int]] | None:
     if not settings.heldout_tokens:
         return None
-    covs = [store.get_covariance(e.covariance_id) for e in store.list_edits(session.base.id, "all") if e.covariance_id]
-    names = {c.corpus for c in covs} or {corpora.DEFAULT_CORPUS}
-    if len(names) != 1:
-        raise InvalidArgument(f"the run's edits use key statistics from several corpora ({', '.join(sorted(names))})")
-    corpus = corpora.load_corpus(names.pop())
-    used = max((c.tokens for c in covs), default=0)
-    width = min(TEXT_TOKENS, arch.context_length(session.model))  # as the statistics cut their texts
-    return corpora.held_out(corpus, session.tokenizer, settings.heldout_tokens, used, width)
+    edits = store.list_edits(session.base.id, "all")
+    tokens = settings.heldout_tokens
+    return health.held_out_text(store, session.base.id, edits, session.model, session.tokenizer, tokens, tokens).rows
 
 
 def _point_key(mode: str, i: int) -> str:

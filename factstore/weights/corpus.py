@@ -70,10 +70,16 @@ def texts_covering(corpus: Corpus, tokenizer: Any, tokens: int, max_length: int 
 
 
 def held_out(
-    corpus: Corpus, tokenizer: Any, tokens: int, used_tokens: int, max_length: int = TEXT_TOKENS
+    corpus: Corpus,
+    tokenizer: Any,
+    tokens: int,
+    used_tokens: int,
+    max_length: int = TEXT_TOKENS,
+    at_least: int | None = None,
 ) -> list[list[int]]:
     """Token rows of about TOKENS tokens from the end of CORPUS, none of them among the texts
-    that key statistics of USED_TOKENS read from its front: text the statistics never saw."""
+    that key statistics of USED_TOKENS read from its front: text the statistics never saw.
+    With AT_LEAST, fewer tokens than asked are enough when there are at least that many."""
     first_free = texts_covering(corpus, tokenizer, used_tokens, max_length)
     out: list[list[int]] = []
     total = 0
@@ -83,7 +89,7 @@ def held_out(
         row = rows(tokenizer, [corpus.texts[i]], max_length)[0]
         out.append(row)
         total += len(row)
-    if total < tokens:
+    if total < (tokens if at_least is None else min(at_least, tokens)):
         raise StatisticsError(
             f"{corpus.name} has only {total} tokens beyond the {used_tokens} the key statistics read; give fewer held-out tokens"
         )
