@@ -1,7 +1,7 @@
 """Sweep the soft compile's settings over a finished lifelong run's log (issue 25).
 
     python bench/soft_sweep.py --run-dir DIR --dataset ../shared/data/counterfact_val_1000.json \\
-        [--n 1000] [--weights 1e3 5e3 2e4] [--alphas 0] [--bands 5] [--band-weights 1e4] \
+        [--n 1000] [--weights 1e3 5e3 2e4] [--alphas 0] [--null-spaces 0.03:0.1] [--bands 5] [--band-weights 1e4] \
         [--heldout-tokens 20000] [--json OUT]
 
 DIR is a run folder of `factstore eval --mode lifelong` (its store holds the registered edits).
@@ -32,6 +32,13 @@ def main() -> None:
     )
     parser.add_argument("--weights", type=float, nargs="+", default=[1e3, 5e3, 2e4])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0])
+    parser.add_argument(
+        "--null-spaces",
+        nargs="*",
+        default=[],
+        metavar="T:L2",
+        help="AlphaEdit's soft form: null space of C below T x its largest eigenvalue, ridge L2 (e.g. 0.03:0.1)",
+    )
     parser.add_argument("--bands", type=int, nargs="*", default=[])
     parser.add_argument("--band-weights", type=float, nargs="+", default=[1e4])
     parser.add_argument("--skip-single", action="store_true", help="only the band rows (and unedited)")
@@ -60,6 +67,14 @@ def main() -> None:
             (f"soft w={w:g} a={a:g}", lambda m, w=w, a=a: apply_joint(m, edits, covariance, soft=(w, a)))
             for w in args.weights
             for a in args.alphas
+        ]
+    for spec in args.null_spaces:
+        t, l2 = (float(x) for x in spec.split(":"))
+        variants += [
+            (
+                f"soft null space t={t:g} l2={l2:g}",
+                lambda m, t=t, l2=l2: apply_joint(m, edits, covariance, soft_null=(t, l2)),
+            )
         ]
     if args.bands:
         inputs = band_inputs(session, edits, max(args.bands))

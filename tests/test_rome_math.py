@@ -121,3 +121,37 @@ def test_soft_solve_is_memits_least_squares_and_trades_fit_for_preservation() ->
     assert moved[0] > moved[1] > moved[2]
     exact = joint_delta(W, b, K, V, C, ridge=0.0)
     assert torch.allclose(soft_delta(W, b, K, V, C, 1e-9), exact, atol=1e-5)
+
+
+def test_soft_null_space_solve_is_ridge_least_squares_inside_the_null_space() -> None:
+    from factstore.rome.update import null_space, soft_null_space_delta
+
+    g = torch.Generator().manual_seed(4)
+    d_in, d_out, n = 40, 24, 6
+    W, b = (
+        torch.randn(d_out, d_in, generator=g, dtype=torch.float64),
+        torch.randn(d_out, generator=g, dtype=torch.float64),
+    )
+    K, V = (
+        torch.randn(d_in, n, generator=g, dtype=torch.float64),
+        torch.randn(d_out, n, generator=g, dtype=torch.float64),
+    )
+    # C with a clear principal subspace of 25 directions and 15 it barely uses
+    Q = torch.linalg.qr(torch.randn(d_in, d_in, generator=g, dtype=torch.float64))[0]
+    C = Q @ torch.diag(torch.cat([torch.full((25,), 10.0), torch.full((15,), 1e-3)]).double()) @ Q.T
+    U = null_space(C, 1e-2)
+    assert U.shape[1] == 15
+    Kp = U @ U.T @ K
+    R = V - (W @ K + b[:, None])
+    l2 = 0.5
+    lam = l2 * (Kp.T @ Kp).diagonal().mean()
+    direct = R @ Kp.T @ torch.linalg.inv(Kp @ Kp.T + lam * torch.eye(d_in, dtype=torch.float64))  # primal ridge form
+    dW = soft_null_space_delta(W, b, K, V, U, l2)
+    assert torch.allclose(dW, direct, atol=1e-9)
+    principal = Q[:, :25]  # C's own keys keep their outputs exactly, whatever the log
+    assert float((dW @ principal).abs().max()) <= 1e-9
+    # a smaller ridge holds the edits closer (all six fit: 6 <= 15 null-space dimensions)
+    errors = [
+        float(constraint_error(W + soft_null_space_delta(W, b, K, V, U, x), b, K, V).max()) for x in (1e-8, 0.1, 1.0)
+    ]
+    assert errors[0] <= 1e-5 < errors[1] < errors[2]

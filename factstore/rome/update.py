@@ -129,6 +129,31 @@ def null_space_delta(
     return residual_delta(V - _affine(W64, b64, K), K, U @ (U.T @ K), ridge)
 
 
+def soft_null_space_delta(
+    W: torch.Tensor,
+    b: torch.Tensor | None,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    basis: torch.Tensor,
+    l2: float,
+) -> torch.Tensor:
+    """AlphaEdit's soft form: ridge least squares on the keys projected onto C's null space.
+
+    dW = R (Kp^T Kp + lam I)^-1 Kp^T with Kp = U U^T K (U: null-space basis (in, r)), R = V - W K - b,
+    lam = L2 x mean ||Kp_i||^2. The rows of dW lie in the null space, so a key of C's corpus (in
+    its principal directions) keeps its output whatever the log; each edit gets dW k = dW Kp_i,
+    short of its residual when the layer is crowded (no constraint held exactly, no limit of r
+    edits). n x n solve (n edits)."""
+    W64, K, V = W.double(), keys.double(), values.double()
+    b64 = None if b is None else b.double()
+    U = basis.to(K.device, torch.float64)
+    Kp = U @ (U.T @ K)  # (in, n)
+    gram = Kp.T @ Kp  # (n, n)
+    lam = l2 * gram.diagonal().mean()
+    gram = gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    return torch.linalg.solve(gram, (V - _affine(W64, b64, K)).T).T @ Kp.T  # (out, n) @ (n, in)
+
+
 def constraint_error(W: torch.Tensor, b: torch.Tensor | None, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """(n,) relative error ||W k + b - v|| / ||v|| for keys (in, n) and values (out, n)."""
     K, V = keys.double(), values.double()

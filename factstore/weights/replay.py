@@ -22,6 +22,7 @@ from factstore.rome.update import (
     null_space_delta,
     rank_one_delta_given,
     soft_delta,
+    soft_null_space_delta,
 )
 from factstore.weights.spread import LayerInputs, apply_spread, spread_layers
 from factstore.weights.vectors import from_bytes
@@ -129,10 +130,12 @@ def apply_joint(
     ridge: float = JOINT_RIDGE,
     null_space_threshold: float | None = None,
     soft: tuple[float, float] | None = None,
+    soft_null: tuple[float, float] | None = None,
 ) -> None:
     """All edits of a layer solved at once in float64: order-independent, none erases another.
     With null_space_threshold (AlphaEdit), the update is confined to C's null space; with
-    soft = (weight, alpha) (MEMIT), it is a least-squares fit that holds no edit exactly."""
+    soft = (weight, alpha) (MEMIT), it is a least-squares fit that holds no edit exactly; with
+    soft_null = (threshold, l2) (AlphaEdit's own form), both: confined and soft."""
     for layer, group in _by_layer(model, edits).items():
         keys, values = zip(*(edit_vectors(e) for e in group))
         W, b = arch.down_proj_weight(model, layer), arch.down_proj_bias(model, layer)
@@ -141,6 +144,8 @@ def apply_joint(
         C = covariance(group[-1].covariance_id).to(W.device)
         if soft is not None:
             add_delta(model, layer, soft_delta(W, b, K, V, C, *soft))
+        elif soft_null is not None:
+            add_delta(model, layer, soft_null_space_delta(W, b, K, V, null_space(C, soft_null[0]), soft_null[1]))
         elif null_space_threshold is None:
             add_delta(model, layer, joint_delta(W, b, K, V, C, ridge))
         else:
