@@ -130,3 +130,23 @@ def test_sqlite_reads_do_not_queue_behind_a_writer(tmp_path) -> None:  # type: i
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_every_timestamp_is_utc_aware_in_one_format(tiny_store) -> None:  # type: ignore[no-untyped-def]
+    # one API response used to mix naive (SQLite) and aware timestamps
+    from datetime import datetime
+
+    from factstore import api
+    from factstore.domain import EditRequest
+    from factstore.editing.session import EditSession
+
+    EditSession(tiny_store, "tiny", device="cpu").add(EditRequest("{} is in", "The Louvre", "Rome"))
+    release, _ = api.compile_release(tiny_store, "tiny")
+    [entry] = api.list_log(tiny_store, "tiny")
+    stamps = [
+        tiny_store.get_base_model("tiny").created_at,
+        api.list_edits(tiny_store, "tiny")[0].created_at,
+        release.created_at,
+        entry.created_at,
+    ]
+    assert all(datetime.fromisoformat(s).utcoffset() is not None for s in stamps), stamps

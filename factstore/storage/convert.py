@@ -30,7 +30,7 @@ def base(row: BaseModelRow) -> BaseModel:
         model_type=row.model_type,
         license=row.license,
         recommended_layer=row.recommended_layer,
-        created_at=row.created_at.isoformat(),
+        created_at=iso(row.created_at) or "",
         dtype=row.dtype,
     )
 
@@ -69,7 +69,7 @@ def edit(row: EditRow) -> StoredEdit:
         requested_by=row.requested_by,
         note=row.note,
         metrics=dict(row.metrics or {}),
-        created_at=row.created_at.isoformat(),
+        created_at=iso(row.created_at) or "",
     )
 
 
@@ -124,7 +124,7 @@ def release(row: ReleaseRow, edit_ids: list[int]) -> Release:
         tag=row.tag,
         status=row.status,
         edit_ids=tuple(edit_ids),
-        created_at=row.created_at.isoformat(),
+        created_at=iso(row.created_at) or "",
     )
 
 
