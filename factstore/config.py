@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     trace_max_tokens: int = Field(
         64, ge=1, le=1_000_000, description="Longest prompt of a trace job, in tokens (its cost grows with the square)."
     )
+    health_tokens: int = Field(
+        2048, ge=0, le=1_000_000, description="Held-out tokens each compile measures the release's health on (0: off)."
+    )
     max_perplexity_rise: float = Field(
         5.0, ge=0, le=1e6, description="Held-out perplexity rise (percent) past which publish refuses a release."
     )

@@ -66,6 +66,9 @@ def factstore_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FACTSTORE_CACHE", str(TEST_CACHE))  # downloads and trained models persist across runs
     monkeypatch.delenv("FACTSTORE_DATABASE_URL", raising=False)
     monkeypatch.setenv("FACTSTORE_DEVICE", "cpu")
+    # a compile's health check costs seconds (two passes over held-out text, two generations):
+    # off unless a test is about it (those set it, see HEALTH)
+    monkeypatch.setenv("FACTSTORE_HEALTH_TOKENS", "0")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing in the default suite may reach the Hub
     return home

@@ -33,6 +33,7 @@ def _add(alias: str, subject: str, target: str, *extra: str):  # type: ignore[no
 def test_model_show_counts_edits_per_layer_and_warns_past_the_safe_load(
     tiny_store, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("FACTSTORE_HEALTH_TOKENS", "512")
     empty = run_json("model", "show", "tiny", "--json")
     assert empty["layers"] == [] and empty["release"] is None  # type: ignore[index]
     for subject, target in FACTS[:2]:

@@ -472,9 +472,16 @@ def test_stats_push_and_pull_through_a_repository_of_their_own(  # type: ignore[
 
 @SQLITE_ONLY
 def test_the_health_gate_refuses_a_degraded_release_unless_allowed(  # type: ignore[no-untyped-def]
-    db_url: str, tiny_gpt2_dir: Path, gpt2_tokenizer, lfs_hub: HubServer, tmp_path: Path
+    db_url: str,
+    tiny_gpt2_dir: Path,
+    gpt2_tokenizer,
+    lfs_hub: HubServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from tiny_models import RELATIONS, Recipe, make_facts
+
+    monkeypatch.setenv("FACTSTORE_HEALTH_TOKENS", "2048")
 
     api.upgrade_database(db_url)
     store = api.open_store(db_url)

@@ -282,7 +282,10 @@ def test_the_web_form_submits_and_the_pages_render(client: TestClient, tokens: d
     assert "<script>alert(1)</script>" not in hostile.text  # escaped wherever it is shown
 
 
-def test_compile_and_trace_run_as_jobs(client: TestClient, tokens: dict[str, str]) -> None:
+def test_compile_and_trace_run_as_jobs(
+    client: TestClient, tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FACTSTORE_HEALTH_TOKENS", "512")  # the release's health travels through the API too
     edit_id = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth(tokens["write"])).json()["id"]
     wait_done(client, edit_id)
     job = client.post("/api/v1/models/tiny/releases", headers=auth(tokens["write"])).json()
@@ -305,6 +308,8 @@ def test_compile_and_trace_run_as_jobs(client: TestClient, tokens: dict[str, str
         and release["status"] == "built"
         and release["hub_url"] is None
     )
+    health = release["scores"].pop("health")
+    assert health["perplexity"] > 0 and health["heldout_tokens"] >= 200
     assert release["scores"] and all(isinstance(v, (int, float)) or v is None for v in release["scores"].values())
     traced = client.get(f"/api/v1/jobs/{trace['id']}").json()
     assert traced["status"] == "done" and len(traced["files"]) == 3

@@ -21,6 +21,7 @@ BAD = [
     ("FACTSTORE_MAX_TARGET_TOKENS", "1.5", "whole number from 1 to 1000000"),
     ("FACTSTORE_DEVICE", "gpu", "cpu, cuda, cuda:N, mps or auto"),
     ("FACTSTORE_DEBUG", "maybe", "boolean"),
+    ("FACTSTORE_HEALTH_TOKENS", "-1", "whole number from 0 to 1000000"),
     ("FACTSTORE_MAX_PERPLEXITY_RISE", "-1", "number from 0 to 1,000,000"),
     ("FACTSTORE_JOB_SECONDS", "0", "whole number from 1 to 604800"),
     ("FACTSTORE_TRACE_MAX_TOKENS", "many", "whole number from 1 to 1000000"),

@@ -12,10 +12,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch, config
-from factstore.analysis.metrics import FluencySettings, generation_entropies
+from factstore.analysis.metrics import FluencySettings, weighted_entropy
 from factstore.analysis.perplexity import perplexity
 from factstore.domain import StoredEdit
 from factstore.errors import ReleaseDegraded, StatisticsError
@@ -24,7 +25,6 @@ from factstore.rome.prompts import decode
 from factstore.storage.store import Store
 from factstore.weights import corpus as corpora
 
-HEALTH_TOKENS = 2048  # held-out tokens the perplexity is measured on
 MIN_HEALTH_TOKENS = 200  # fewer left in the corpus: too noisy to gate on, health is not measured
 HEALTH_PROMPTS = 3  # generations whose n-gram entropy is the fluency (each from a held-out text's start)
 PROMPT_TOKENS = 8
@@ -35,7 +35,7 @@ GENERATION = FluencySettings(new_tokens=32)
 class HeldOut:
     corpus: str
     rows: list[list[int]]  # token rows for the perplexity
-    prompts: list[str]  # generation prompts for the fluency
+    prompts: list[list[int]]  # generation prompts for the fluency (token ids, all of one length)
 
 
 def held_out_text(
@@ -44,7 +44,7 @@ def held_out_text(
     edits: Sequence[StoredEdit],
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    tokens: int = HEALTH_TOKENS,
+    tokens: int,
     at_least: int = MIN_HEALTH_TOKENS,
 ) -> HeldOut:
     """Held-out rows from the corpus most of EDITS' statistics (else the model's newest C, else
@@ -57,14 +57,29 @@ def held_out_text(
     read = max((c.tokens for c in covs.values() if c.corpus == corpus.name), default=0)
     width = min(TEXT_TOKENS, arch.context_length(model))  # as the statistics cut their texts
     rows = corpora.held_out(corpus, tokenizer, tokens, read, width, at_least=at_least)
-    prompts = [decode(tokenizer, r[:PROMPT_TOKENS]) for r in rows[:HEALTH_PROMPTS]]
+    longest = sorted(rows, key=len, reverse=True)[:HEALTH_PROMPTS]  # stable: the same rows every time
+    width = min(PROMPT_TOKENS, *(len(r) for r in longest))  # one length: one batch without padding
+    prompts = [r[:width] for r in longest]
     return HeldOut(corpus.name if corpus.name.startswith("starter:") else "local", rows, prompts)
 
 
+@torch.no_grad()
 def measure(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: HeldOut) -> dict[str, float]:
-    """Perplexity on the held-out rows, and the mean n-gram entropy of seeded generations."""
-    entropies = generation_entropies(model, tokenizer, text.prompts, GENERATION)
-    return {"perplexity": perplexity(model, text.rows), "fluency": sum(entropies) / len(entropies)}
+    """Perplexity on the held-out rows, and the mean n-gram entropy of seeded top-k samples from
+    every prompt at once (the prompts are all PROMPT_TOKENS long: one batch, no padding)."""
+    ids = torch.tensor(text.prompts, device=arch.input_device(model))  # (prompts, PROMPT_TOKENS)
+    torch.manual_seed(GENERATION.seed)  # generate() samples from torch's global generator
+    out = model.generate(  # type: ignore[operator]  # GenerationMixin's generate, unseen through PreTrainedModel
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=True,
+        top_k=GENERATION.top_k,
+        max_new_tokens=GENERATION.new_tokens,
+        min_new_tokens=GENERATION.new_tokens,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    entropies = [weighted_entropy(decode(tokenizer, row, skip_special_tokens=True)) for row in out]
+    return {"perplexity": perplexity(model, text.rows, batch_size=64), "fluency": sum(entropies) / len(entropies)}
 
 
 def _change_pct(before: float, after: float) -> float:
@@ -105,9 +120,13 @@ def check_publishable(version: int, scores: dict | None, allow_degraded: bool) -
 def measured(
     store: Store, base_id: int, edits: Sequence[StoredEdit], model: PreTrainedModel, tok: PreTrainedTokenizerBase
 ) -> tuple[HeldOut | None, dict]:
-    """(held-out text, base measurements) before the edits are applied, or (None, the reason)."""
+    """(held-out text, base measurements) before the edits are applied, or (None, the reason).
+    FACTSTORE_HEALTH_TOKENS of text (0: not measured)."""
+    tokens = config.settings().health_tokens
+    if tokens == 0:
+        return None, not_measured("FACTSTORE_HEALTH_TOKENS is 0")
     try:
-        text = held_out_text(store, base_id, edits, model, tok)
+        text = held_out_text(store, base_id, edits, model, tok, tokens, min(MIN_HEALTH_TOKENS, tokens))
     except StatisticsError as exc:
         return None, not_measured(str(exc))
     return text, measure(model, tok, text)

@@ -114,7 +114,7 @@ class ReleaseOut(BaseModel):
     hub_commit: str | None
     tag: str | None
     hub_url: str | None
-    scores: dict[str, float | int | None]
+    scores: dict[str, float | int | dict[str, float | int | str | None] | None]  # "health": its own numbers
     created_at: str
 
 
