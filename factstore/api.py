@@ -625,7 +625,12 @@ def submit_job(
         request = EditRequest(checked["prompt"], checked["subject"], checked["target"] or "x")
         check_size(tokenizer, request)
         check_trace_size(tokenizer, request.text)
-    return store.create_job(base.id, kind, checked, requested_by=requested_by, idempotency=idempotency)
+    job, created = store.create_job(base.id, kind, checked, requested_by=requested_by, idempotency=idempotency)
+    if not created and (job.kind, job.params, job.model) != (kind, checked, alias):
+        from factstore.editing.requests import REUSED_KEY
+
+        raise InvalidEditRequest(REUSED_KEY)
+    return job, created
 
 
 def get_job(store: Store, job_id: int) -> Job:

@@ -151,6 +151,13 @@ def test_a_retried_post_with_the_same_idempotency_key_returns_the_first_result(
         ]
         == job["id"]
     )
+    # the same key with another body is a mistake, not a retry: refused, nothing stored
+    reused = client.post("/api/v1/models/tiny/edits", json={**EIFFEL, "target": "Paris"}, headers=headers)
+    assert reused.status_code == 422 and "Idempotency-Key" in reused.json()["detail"]
+    reused_job = client.post(
+        "/api/v1/models/tiny/releases", json={"mode": "soft"}, headers=headers | {"Idempotency-Key": "compile-1"}
+    )
+    assert reused_job.status_code == 422
     assert len(api.list_jobs(tiny_store, "tiny")) == 2
     assert len(api.list_log(tiny_store, "tiny", "all")) == 2
 
@@ -165,6 +172,10 @@ BAD_REQUESTS = [
     ("post", "/api/v1/models/tiny/edits", {"json": {"prompt": "{} is in"}}, 422),  # missing fields
     ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "colour": "red"}}, 422),  # an extra field
     ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "layer": "three"}}, 422),
+    ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "layer": True}}, 422),  # not layer 1
+    ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "layer": "1"}}, 422),
+    ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "note": "a\u0000b"}}, 422),  # NUL in a stored text
+    ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "subject": "The\u0000Tower"}}, 422),
     ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "prompt": "the city of"}}, 422),  # no {}
     ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "layer": 7}}, 422),  # the tiny model has 3 layers
     (
@@ -257,6 +268,9 @@ def test_every_bind_address_refuses_host_names_it_does_not_serve(  # DNS rebindi
             assert refused.json()["title"] == "host not allowed" and (not host or host not in refused.json()["detail"])
         # a load balancer's probe names the machine by its address
         assert client.get("/healthz", headers={"Host": "10.1.2.3:8000"}).status_code == 200
+        page = client.get("/", headers={"Host": good[0]})  # pages with token forms may not be framed
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["content-security-policy"] == "frame-ancestors 'none'"
 
 
 def test_the_web_form_submits_and_the_pages_render(client: TestClient, tokens: dict[str, str]) -> None:

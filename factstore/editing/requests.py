@@ -62,6 +62,9 @@ def check_request(checks: ModelChecks, request: EditRequest, layer: Layer) -> No
     check_fits(len(encoded.ids), len(target_ids(checks.tokenizer, request.target_new)), checks.context_length)
 
 
+REUSED_KEY = "this Idempotency-Key was sent before with another request; use a new key for a new request"
+
+
 def submit(
     store: Store,
     checks: ModelChecks,
@@ -78,6 +81,17 @@ def submit(
     check_request(checks, request, layer)
     if note is not None and len(note) > 4096:
         raise InvalidEditRequest(f"the note is {len(note)} characters long; the limit is 4096")
-    return store.create_request(
+    entry, created = store.create_request(
         checks.base.id, request, requested_layer=spec, note=note, requested_by=requested_by, idempotency=idempotency
     )
+    asked = (request.prompt, request.subject, request.target_new, request.relation_id, spec, note)
+    if not created and asked != (
+        entry.prompt,
+        entry.subject,
+        entry.target_new,
+        entry.relation_id,
+        entry.requested_layer,
+        entry.note,
+    ):
+        raise InvalidEditRequest(REUSED_KEY)
+    return entry, created

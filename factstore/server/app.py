@@ -88,6 +88,23 @@ class HostCheck:
         await self.app(scope, receive, send)
 
 
+class FrameDenied:
+    """Every response says it may not be framed (pages carry token forms: no clickjacking)."""
+
+    HEADERS = ((b"content-security-policy", b"frame-ancestors 'none'"), (b"x-frame-options", b"DENY"))
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def framed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, framed if scope["type"] == "http" else send)
+
+
 def _host_name(scope: Scope) -> str | None:
     """The host part of the Host header, lower-case, IPv6 without brackets (None: missing or malformed)."""
     raw = dict(scope.get("headers") or []).get(b"host")
@@ -124,6 +141,7 @@ def create_app(settings: ServerSettings | None = None, service: Service | None =
     app.include_router(health)
     app.include_router(pages)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(FrameDenied)
     if settings.allowed_hosts is not None:  # a page on another site cannot reach us through DNS rebinding
         app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
     return app

@@ -6,11 +6,12 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-Prompt = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-Note = Annotated[str, StringConstraints(max_length=4096)]
-Relation = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-Layer = Annotated[int, Field(ge=0, le=10_000)]
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refused here, not as a database error
+Prompt = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=NO_NUL)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=NO_NUL)]
+Note = Annotated[str, StringConstraints(max_length=4096, pattern=NO_NUL)]
+Relation = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)]
+Layer = Annotated[int, Field(ge=0, le=10_000, strict=True)]  # "layer": true is not layer 1
 
 
 class _Strict(BaseModel):
@@ -42,7 +43,7 @@ class TraceIn(_Strict):
     subject: Text
     target: Text | None = None
     edit_id: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
-    samples: Annotated[int, Field(ge=1, le=50)] = 10
+    samples: Annotated[int, Field(ge=1, le=10_000, strict=True)] = 10  # FACTSTORE_TRACE_MAX_SAMPLES decides
 
 
 class ErrorOut(BaseModel):
