@@ -101,6 +101,16 @@ def add_model(
     return register_model(store, alias, source, revision, dtype=dtype, progress=progress)
 
 
+def shown_source(model: BaseModel) -> str:
+    """A model's source as a service shows it to readers: a Hub id or a starter name, never a
+    path on the server's disk ("local")."""
+    from factstore.hub import REPO_ID
+    from factstore.weights.assets import PREFIX
+
+    source = model.source
+    return source if source.startswith(PREFIX) or (REPO_ID.fullmatch(source) and not Path(source).exists()) else "local"
+
+
 def list_models(store: Store) -> list[BaseModel]:
     return store.list_base_models()
 

@@ -46,6 +46,8 @@ def wait_done(client: TestClient, edit_id: int, seconds: float = 120) -> dict:
 def test_submit_compute_ask_retract(client: TestClient, tokens: dict[str, str]) -> None:
     [model] = client.get("/api/v1/models").json()
     assert model["alias"] == "tiny" and model["revision"].startswith("sha256:")
+    folder = client.app.state.service.store.get_base_model("tiny").source  # a path on the server's disk
+    assert model["source"] == "local" and folder not in client.get("/models/tiny").text + client.get("/").text
     assert client.get("/api/v1/models/tiny").json()["edits"] == {}
     posted = client.post(
         "/api/v1/models/tiny/edits", json={**EIFFEL, "note": "seen on a map"}, headers=auth(tokens["write"])

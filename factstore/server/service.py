@@ -111,7 +111,7 @@ class Service:
             return api.ask_head(head, prompt, top)
 
     def model_json(self, model: BaseModel) -> dict:
-        return {**model.__dict__, "edits": self.store.count_entries(model.id)}
+        return {**model.__dict__, "source": api.shown_source(model), "edits": self.store.count_entries(model.id)}
 
     def release_json(self, release: Release) -> dict:
         return {
