@@ -197,6 +197,8 @@ POISON: dict[str, Callable[[dict], None]] = {
     "a NUL byte in the prompt": lambda m: m["edits"][0].update(prompt="{} is in\x00"),
     "a local corpus path": lambda m: m["edits"][0]["covariance"].update(corpus="/etc/passwd", corpus_sha256="0" * 64),
     "a base model on a local path": lambda m: m["base"].update(source="/home/someone/model"),
+    # it would inject lines into the front matter of the card the importer publishes next
+    "a licence with a newline": lambda m: m["base"].update(license="mit\ninference: true\nwidget: x"),
 }
 REFUSAL = {
     "layer 99": "layer 99 is outside the model",
@@ -205,6 +207,7 @@ REFUSAL = {
     "a NUL byte in the prompt": "malformed at edits.0.prompt",
     "a local corpus path": "not a starter corpus",
     "a base model on a local path": "neither a Hub id nor a starter asset",
+    "a licence with a newline": "malformed at base.license",
 }
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from factstore.domain import BaseModel, StoredEdit
 from factstore.hub import REPO_ID
+from factstore.release.manifest import LICENSE_ID
 from factstore.release.scoring import RELEASE_SAMPLE
 from factstore.weights import assets
 
@@ -77,7 +79,8 @@ def render(base: BaseModel, mode: str, edits: Sequence[StoredEdit], scores: dict
         "base_model_relation: finetune",
         "library_name: transformers",
         "pipeline_tag: text-generation",
-        *([f"license: {base.license}"] if base.license else []),
+        # only an identifier: a line break would write more front matter
+        *([f"license: {base.license}"] if base.license and re.fullmatch(LICENSE_ID, base.license) else []),
         "tags:",
         "- model-editing",
         "- rome",

@@ -37,6 +37,8 @@ Template = Annotated[str, StringConstraints(max_length=2000, pattern=_NO_NUL)]
 Source = Annotated[str, StringConstraints(max_length=1000, pattern=_NO_NUL)]
 Short = Annotated[str, StringConstraints(max_length=200, pattern=_NO_NUL)]
 Tiny = Annotated[str, StringConstraints(max_length=64, pattern=_NO_NUL)]
+LICENSE_ID = r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}$"  # a Hub licence identifier (apache-2.0, cc-by-sa-4.0, gemma)
+LicenseId = Annotated[str, StringConstraints(pattern=LICENSE_ID)]
 
 
 class _Strict(BaseModel):
@@ -47,7 +49,7 @@ class BaseInfo(_Strict):
     source: Source
     revision: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{40}|sha256:[0-9a-f]{64})$")]
     model_type: Short
-    license: Tiny | None = None
+    license: LicenseId | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # releases before dtypes were chosen: float32
 
 
