@@ -157,6 +157,7 @@ def test_the_database_stopped_and_started_under_a_running_service(
             down = [post(9), http.get("/api/v1/models"), http.get("/readyz")]
             assert [r.status_code for r in down] == [503, 503, 503]
             assert down[0].json()["title"] == "database unavailable" and "Traceback" not in down[0].text
+            assert not any(word in r.text for r in down for word in ("postgresql", "127.0.0.1", "5432", str(port)))
             _as_postgres(*start_db)
             _wait(lambda: http.get("/readyz").status_code == 200, 60, "readiness after the restart")
             ids += [post(i).json()["id"] for i in range(4, 6)]

@@ -55,6 +55,12 @@ STATUS: tuple[tuple[type[FactStoreError], int, str], ...] = (
 PROBLEM = "application/problem+json"
 
 
+DATABASE_DETAIL = {  # what a client learns of a database failure (the server log has the rest)
+    503: "the database is unreachable; retry shortly",
+    400: "the database refused the request",
+}
+
+
 def body(
     title: str,
     detail: str | None = None,
@@ -81,9 +87,13 @@ def install(app: FastAPI) -> None:
         for kind, status, name in STATUS:
             if isinstance(exc, kind):
                 headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+                detail = " ".join(str(exc).split())
+                if isinstance(exc, (DatabaseUnavailable, DatabaseError)):  # names the database: the log only
+                    log.warning("%s: %s", name, detail)
+                    detail = DATABASE_DETAIL[status]
                 if status == 503:
                     headers = {"Retry-After": "5"}
-                return body(name, " ".join(str(exc).split()), status, headers)
+                return body(name, detail, status, headers)
         return body("bad request", str(exc))
 
     @app.exception_handler(RequestValidationError)

@@ -137,8 +137,9 @@ class Service:
     def readiness(self) -> tuple[bool, dict]:
         try:
             state = api.service_state(self.store)
-        except FactStoreError as exc:
-            return False, {"status": "unavailable", "detail": " ".join(str(exc).split())}
+        except FactStoreError as exc:  # its message names the database: the log only
+            log.warning("readiness: %s", " ".join(str(exc).split()))
+            return False, {"status": "unavailable", "detail": "database unreachable"}
         except Exception as exc:  # the driver's own error when the server is down
             return False, {"status": "unavailable", "detail": f"database unreachable ({type(exc).__name__})"}
         current, head, workers = state["schema_current"], state["schema_head"], len(state["workers"])
