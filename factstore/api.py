@@ -351,9 +351,14 @@ def get_entry(store: Store, edit_id: int) -> EditEntry:
     return store.get_entry(edit_id)
 
 
-def retract_edit(store: Store, edit_id: int) -> StoredEdit:
-    """Mark an active edit retracted; the next compile rebuilds without it."""
-    return store.set_edit_retracted(edit_id)
+def retract_edit(store: Store, edit_id: int, who: ApiTokenInfo | None = None) -> StoredEdit:
+    """Mark an active edit retracted, recording who and when; the next compile rebuilds without
+    it. Over HTTP (WHO given) another token's edit needs an admin token."""
+    from factstore.auth import allows
+
+    if who is not None and who.name != store.get_entry(edit_id).requested_by and not allows(who.scope, "admin"):
+        raise ScopeError(f"edit {edit_id} was asked for by another token; retracting it needs an admin token")
+    return store.set_edit_retracted(edit_id, who.name if who is not None else _user())
 
 
 def ask_model(

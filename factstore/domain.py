@@ -194,6 +194,8 @@ class EditEntry:
     metrics: dict
     created_at: str
     updated_at: str | None
+    retracted_by: str | None = None
+    retracted_at: str | None = None
 
     def to_json(self) -> dict:
         m = self.metrics
@@ -219,6 +221,8 @@ class EditEntry:
             "supersedes": self.supersedes_id,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "retracted_by": self.retracted_by,
+            "retracted_at": self.retracted_at,
         }
 
 

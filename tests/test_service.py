@@ -68,18 +68,20 @@ def test_submit_compute_ask_retract(client: TestClient, tokens: dict[str, str]) 
         "/api/v1/models/tiny/ask", json={"prompt": "The Eiffel Tower is located in the city of", "top": 3}
     ).json()
     assert len(asked["top"]) == 3 and asked["edits_applied"] == 1 and isinstance(asked["continuation"], str)
-    assert (
-        client.post(f"/api/v1/edits/{body['id']}/retract", headers=auth(tokens["write"])).json()["status"]
-        == "retracted"
-    )
+    other = api.create_token(client.app.state.service.store, "other-writer", "write")[1]
+    refused = client.post(f"/api/v1/edits/{body['id']}/retract", headers=auth(other))
+    assert refused.status_code == 403 and "admin" in refused.json()["detail"]  # another writer's edit
+    retracted = client.post(f"/api/v1/edits/{body['id']}/retract", headers=auth(tokens["write"])).json()
+    assert retracted["status"] == "retracted" and retracted["retracted_by"] == "write-user"
+    assert retracted["retracted_at"] and retracted["retracted_at"] >= retracted["created_at"]
     again = client.post(f"/api/v1/edits/{body['id']}/retract", headers=auth(tokens["write"]))
     assert again.status_code == 409 and again.json()["title"] == "conflict"
     assert client.post("/api/v1/models/tiny/ask", json={"prompt": "The Eiffel Tower is"}).json()["edits_applied"] == 0
     assert client.get("/readyz").json() == {
         "status": "ready",
         "database": "reachable",
-        "schema_current": "0003",
-        "schema_head": "0003",
+        "schema_current": "0004",
+        "schema_head": "0004",
         "workers": 1,
         "detail": None,
     }

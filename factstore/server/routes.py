@@ -123,8 +123,9 @@ def get_edit(edit_id: IdPath, svc: Svc, _who: Reader) -> dict:
 
 
 @router.post("/edits/{edit_id}/retract", response_model=EditOut)
-def retract_edit(edit_id: IdPath, svc: Svc, _who: Writer) -> dict:
-    api.retract_edit(svc.store, edit_id)
+def retract_edit(edit_id: IdPath, svc: Svc, who: Writer) -> dict:
+    """Retract an active edit (its requester, or an admin token for anyone's); recorded with who and when."""
+    api.retract_edit(svc.store, edit_id, who)
     return api.get_entry(svc.store, edit_id).to_json()
 
 

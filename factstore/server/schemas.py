@@ -89,6 +89,8 @@ class EditOut(BaseModel):
     supersedes: int | None
     created_at: str
     updated_at: str | None
+    retracted_by: str | None = None
+    retracted_at: str | None = None
 
 
 class TokenProb(BaseModel):

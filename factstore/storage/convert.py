@@ -93,6 +93,8 @@ def entry(row: EditRow, alias: str) -> EditEntry:
         metrics=dict(row.metrics or {}),
         created_at=iso(row.created_at) or "",
         updated_at=iso(row.updated_at),
+        retracted_by=row.retracted_by,
+        retracted_at=iso(row.retracted_at),
     )
 
 

@@ -117,6 +117,8 @@ class EditRow(Base):
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("edits.id"))
     requested_by: Mapped[str | None] = mapped_column(String(200))
     note: Mapped[str | None] = mapped_column(Text)
+    retracted_by: Mapped[str | None] = mapped_column(String(200))  # who asked (token name or local user)
+    retracted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)  # why a failed request failed, one line
     claimed_by: Mapped[str | None] = mapped_column(String(200))  # the worker computing it

@@ -6,6 +6,7 @@ import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import func, select, text
@@ -243,12 +244,12 @@ class Store(QueueVerbs, TokenVerbs):
             )
             return [(int(i), str(status)) for i, status in rows]
 
-    def set_edit_retracted(self, edit_id: int) -> StoredEdit:
+    def set_edit_retracted(self, edit_id: int, by: str | None = None) -> StoredEdit:
         with self._tx() as s:
             row = self._edit_row(s, edit_id, for_update=True)
             if row.status != "active":
                 raise EditStateError(f"edit {edit_id} is already {row.status}; only active edits can be retracted")
-            row.status = "retracted"
+            row.status, row.retracted_by, row.retracted_at = "retracted", by, datetime.now(timezone.utc)
             s.flush()
             return convert.edit(row)
 
