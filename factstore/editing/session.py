@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -39,6 +40,8 @@ from factstore.weights import checkpoints, stats
 from factstore.weights.corpus import DEFAULT_CORPUS, Corpus, load_corpus
 from factstore.weights.replay import apply_sequential, apply_update, solve_key
 from factstore.weights.vectors import from_bytes, to_bytes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -398,16 +401,18 @@ class EditSession:
             results = compute_edits(self.model, self.tokenizer, requests, hp, self.matrix(cov.id), self.templates(hp))
         except (LeaseLost, DatabaseUnavailable):
             raise
-        except Exception:  # one at a time instead: each failure is then stored on its own request
+        except Exception as exc:  # one at a time instead: each failure is then stored on its own request
+            log.info("batch of %d computed one at a time: %s: %s", len(batch), type(exc).__name__, exc)
             return [], entries
         outcomes: list[EditOutcome] = []
         for i, (entry, result) in enumerate(zip(batch, results)):
             try:
                 new = self._new_edit(requests[i], result, hp, cov, entry, batch=len(batch))
                 saved = self._apply_checked(new)
-            except Exception:
+            except Exception as exc:
                 # not finite, or it does not hold on the head its batch-mates changed (keys close to
                 # theirs): this one and the rest are computed again one at a time, on the head as it is
+                log.info("request %d and the %d after it computed one at a time: %s", entry.id, len(batch) - i - 1, exc)
                 return outcomes, batch[i:] + rest
             try:
                 stored = self.store.complete_request(entry.id, holder, new, computed_on=[e.id for e in self.applied])
