@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The 1,000-record lifelong run of issue 25 (docs/results.md), resumable: rerun the same line to
+# continue where it stopped. RUN_DIR holds its store and scores; FACTSTORE_HOME its model, C and
+# caches. Registration alone takes ~2 hours on 2 CPU cores; run it in the background:
+#   nohup nice -n 5 bash bench/lifelong_1000.sh > lifelong.log 2>&1 &
+# Then sweep the compile's settings over what is registered:
+#   FACTSTORE_HOME=... python bench/soft_sweep.py --run-dir "$RUN_DIR" --dataset ../shared/data/counterfact_val_1000.json --n N
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export FACTSTORE_HOME="${FACTSTORE_HOME:-$HOME/.factstore-lifelong}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+RUN_DIR="${RUN_DIR:-$FACTSTORE_HOME/lifelong-1000}"
+F=.venv/bin/factstore
+$F model list --json | grep -q '"alias": "smollm2"' || $F model add smollm2 starter:smollm2-135m
+exec $F eval --model smollm2 --dataset ../shared/data/counterfact_val_1000.json --n 1000 --mode lifelong \
+  --every 1000 --batch 8 --compile-mode joint --no-fluency --run-dir "$RUN_DIR"
