@@ -143,12 +143,13 @@ def check_download_headers(response: httpx2.Response) -> None:
         raise ReleaseVerificationError(
             f"the Hub at {response.request.url.host} named a commit that is not a SHA-1 for a file; refused before anything was written"
         )
-    for name in ETAG_HEADERS:
-        etag = response.headers.get(name)
-        if etag is not None and not SAFE_ETAG.fullmatch(etag):
-            raise ReleaseVerificationError(
-                f"the Hub at {response.request.url.host} gave a file an ETag that is not a hash; refused before anything was written"
-            )
+    # the one huggingface_hub uses: X-Linked-Etag (an LFS file's sha256), else ETag; a redirect's
+    # own ETag beside an X-Linked-Etag names no path
+    etag = response.headers.get(ETAG_HEADERS[0]) or response.headers.get(ETAG_HEADERS[1])
+    if etag is not None and not SAFE_ETAG.fullmatch(etag):
+        raise ReleaseVerificationError(
+            f"the Hub at {response.request.url.host} gave a file an ETag that is not a hash; refused before anything was written"
+        )
 
 
 def install_download_checks() -> None:

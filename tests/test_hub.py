@@ -518,3 +518,23 @@ def test_the_health_gate_refuses_a_degraded_release_unless_allowed(  # type: ign
     assert done.returncode == 1 and f"rose {rise:.1f} %" in done.stderr
     published = api.publish_release(store, "facts", NAME, endpoint=lfs_hub.url, allow_degraded=True)
     assert published.version == release.version and not published.already
+
+
+def test_the_download_check_reads_the_etag_huggingface_hub_uses() -> None:
+    import httpx2
+
+    from factstore.hub import check_download_headers
+
+    sha = "a" * 64
+
+    def response(path: str, **headers: str) -> httpx2.Response:
+        return httpx2.Response(302, headers=headers, request=httpx2.Request("HEAD", f"https://hub.example{path}"))
+
+    resolve = "/alice/m/resolve/" + "b" * 40 + "/model.safetensors"
+    check_download_headers(
+        response(resolve, **{"X-Linked-Etag": f'"{sha}"', "ETag": 'W/"2d-redirect"'})
+    )  # a real LFS redirect
+    check_download_headers(response("/api/models/alice/m", ETag='W/"not-a-path"'))  # listings make no path
+    for bad in ({"ETag": '"../../x"'}, {"X-Linked-Etag": '"../x"', "ETag": f'"{sha}"'}, {"X-Repo-Commit": "../.."}):
+        with pytest.raises(ReleaseVerificationError, match="refused before anything was written"):
+            check_download_headers(response(resolve, **bad))
