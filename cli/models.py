@@ -9,7 +9,7 @@ import typer
 from factstore import api
 
 from .options import JsonOpt
-from .output import emit_json, table
+from .output import emit_json, health_line, table
 from .progress import BARS
 
 app = typer.Typer(help="Base models pinned to exact weights.", no_args_is_help=True)
@@ -79,15 +79,10 @@ def show(alias: Annotated[str, typer.Argument(help="A registered model.")], json
         ["layer", "active edits", "key dim", "load", ""],
         [(x.layer, x.edits, x.key_dim, f"{x.load:.3f}", "over" if x in found.over else "") for x in found.layers],
     )
-    h = found.health
-    if "perplexity" in h:
-        print(
-            f"v{found.release} health: held-out perplexity {h['perplexity_base']:.2f} -> {h['perplexity']:.2f} "
-            f"({h['perplexity_rise_pct']:+.1f} %), fluency {h['fluency_change_pct']:+.1f} %"
+    if found.release is not None:
+        line = health_line(found.health) or found.health.get(
+            "not_measured", "not recorded (built before 0.2.0, or on another machine)"
         )
-    elif found.release is not None:
-        print(
-            f"v{found.release} health: {h.get('not_measured', 'not recorded (built before 0.2.0, or on another machine)')}"
-        )
-    if (crowded := api.capacity_warning(api.open_store(), alias)) is not None:
-        print(f"warning: {crowded}")
+        print(f"v{found.release} health: {line}")
+    if found.warning is not None:
+        print(f"warning: {found.warning}")

@@ -27,3 +27,13 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
 
 def prob(p: float) -> str:
     return f"{p:.4f}"
+
+
+def health_line(health: dict) -> str | None:
+    """A release's health in one line, or None when it was not measured."""
+    if "perplexity" not in health:
+        return None
+    return (
+        f"held-out perplexity {health['perplexity_base']:.2f} -> {health['perplexity']:.2f} "
+        f"({health['perplexity_rise_pct']:+.1f} %), fluency {health['fluency_change_pct']:+.1f} %"
+    )

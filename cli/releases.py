@@ -9,7 +9,7 @@ import typer
 from factstore import api
 
 from .options import DeviceOpt, JsonOpt, ModelOpt
-from .output import emit_json, table
+from .output import emit_json, health_line, table
 from .progress import BARS
 
 app = typer.Typer(help="Compiled releases of a model's edit log.", no_args_is_help=True)
@@ -63,12 +63,8 @@ def compile_(
         print(
             f"release v{release.version} ({release.mode}, {len(release.edit_ids)} edits) -> {release.path} ({phases})"
         )
-        checkup = api.release_scores(release).get("health") or {}
-        if "perplexity" in checkup:
-            print(
-                f"health: held-out perplexity {checkup['perplexity_base']:.2f} -> {checkup['perplexity']:.2f} "
-                f"({checkup['perplexity_rise_pct']:+.1f} %), fluency {checkup['fluency_change_pct']:+.1f} %"
-            )
+        if (line := health_line(api.release_scores(release).get("health") or {})) is not None:
+            print(f"health: {line}")
     elif out:
         print(f"edit log unchanged since v{release.version}: built it again into {out}")
     else:

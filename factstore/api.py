@@ -125,9 +125,7 @@ def model_capacity(store: Store, alias: str) -> Capacity:
 
 def capacity_warning(store: Store, alias: str) -> str | None:
     """One line when a layer of ALIAS holds more edits than the load measured as safe, else None."""
-    from factstore.release.capacity import capacity, warning
-
-    return warning(capacity(store, alias))
+    return model_capacity(store, alias).warning
 
 
 def compute_stats(
@@ -354,10 +352,8 @@ def get_entry(store: Store, edit_id: int) -> EditEntry:
 def retract_edit(store: Store, edit_id: int, who: ApiTokenInfo | None = None) -> StoredEdit:
     """Mark an active edit retracted, recording who and when; the next compile rebuilds without
     it. Over HTTP (WHO given) another token's edit needs an admin token."""
-    from factstore.auth import allows
-
-    if who is not None and who.name != store.get_entry(edit_id).requested_by and not allows(who.scope, "admin"):
-        raise ScopeError(f"edit {edit_id} was asked for by another token; retracting it needs an admin token")
+    if who is not None:
+        _check_owner(who, store.get_entry(edit_id).requested_by, f"edit {edit_id}", "retracting")
     return store.set_edit_retracted(edit_id, who.name if who is not None else _user())
 
 
@@ -655,11 +651,17 @@ def get_job(store: Store, job_id: int) -> Job:
 def cancel_job(store: Store, job_id: int, who: ApiTokenInfo | None = None) -> Job:
     """Cancel a job: a pending one at once, a running one at its worker's next check (within a
     few seconds). Over HTTP (WHO given) only its requester or an admin token may."""
+    if who is not None:
+        _check_owner(who, store.get_job(job_id).requested_by, f"job {job_id}", "cancelling")
+    return store.cancel_job(job_id)
+
+
+def _check_owner(who: ApiTokenInfo, requested_by: str | None, what: str, doing: str) -> None:
+    """Only the token that asked for WHAT, or an admin token, may change it (ScopeError, 403)."""
     from factstore.auth import allows
 
-    if who is not None and who.name != store.get_job(job_id).requested_by and not allows(who.scope, "admin"):
-        raise ScopeError(f"job {job_id} was asked for by another token; cancelling it needs an admin token")
-    return store.cancel_job(job_id)
+    if who.name != requested_by and not allows(who.scope, "admin"):
+        raise ScopeError(f"{what} was asked for by another token; {doing} it needs an admin token")
 
 
 def list_jobs(store: Store, alias: str, kind: str | None = None) -> list[Job]:
@@ -729,10 +731,7 @@ def release_scores(release: Release) -> dict:
     """A release's scores from its manifest, when its folder is on this machine (else empty)."""
     from factstore.release import manifest
 
-    try:
-        return dict(manifest.read(Path(release.path)).scores)
-    except (FactStoreError, OSError):
-        return {}
+    return manifest.folder_scores(Path(release.path))
 
 
 def service_state(store: Store) -> dict:

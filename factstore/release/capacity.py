@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factstore.domain import StoredEdit
-from factstore.errors import FactStoreError
 from factstore.release import manifest
 from factstore.storage.store import Store
 
@@ -43,6 +42,17 @@ class Capacity:
         """The layers past the safe load."""
         return tuple(layer for layer in self.layers if layer.load > SAFE_LOAD)
 
+    @property
+    def warning(self) -> str | None:
+        """One line when a layer is past the safe load, else None."""
+        if not self.over:
+            return None
+        worst = max(self.over, key=lambda layer: layer.load)
+        return (
+            f"layer {worst.layer} of {self.alias} holds {worst.edits} active edits, {worst.load:.3f} per key dimension, "
+            f"past the {SAFE_LOAD:.3f} measured as safe (docs/hparams.md): check the next release's health"
+        )
+
     def to_json(self) -> dict:
         return {
             "alias": self.alias,
@@ -63,23 +73,7 @@ def layer_loads(edits: list[StoredEdit]) -> tuple[LayerLoad, ...]:
 def capacity(store: Store, alias: str) -> Capacity:
     base = store.get_base_model(alias)
     latest = store.get_latest_release(base.id)
-    checkup: dict = {}
-    if latest is not None:
-        try:
-            found = manifest.read(Path(latest.path)).scores.get("health")
-            checkup = dict(found) if isinstance(found, dict) else {}
-        except (FactStoreError, OSError):  # built on another machine: its folder is not here
-            checkup = {}
+    found = manifest.folder_scores(Path(latest.path)).get("health") if latest is not None else None
     version = latest.version if latest is not None else None
+    checkup = dict(found) if isinstance(found, dict) else {}  # none, or built on a machine not this one
     return Capacity(alias, layer_loads(store.list_edits(base.id, "active")), version, checkup)
-
-
-def warning(found: Capacity) -> str | None:
-    """One line when a layer is past the safe load, else None."""
-    if not found.over:
-        return None
-    worst = max(found.over, key=lambda layer: layer.load)
-    return (
-        f"layer {worst.layer} of {found.alias} holds {worst.edits} active edits, {worst.load:.3f} per key dimension, "
-        f"past the {SAFE_LOAD:.3f} measured as safe (docs/hparams.md): check the next release's health"
-    )

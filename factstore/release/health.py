@@ -58,8 +58,8 @@ def held_out_text(
     width = min(TEXT_TOKENS, arch.context_length(model))  # as the statistics cut their texts
     rows = corpora.held_out(corpus, tokenizer, tokens, read, width, at_least=at_least)
     longest = sorted(rows, key=len, reverse=True)[:HEALTH_PROMPTS]  # stable: the same rows every time
-    width = min(PROMPT_TOKENS, *(len(r) for r in longest))  # one length: one batch without padding
-    prompts = [r[:width] for r in longest]
+    prompt_len = min(PROMPT_TOKENS, *(len(r) for r in longest))  # one length: one batch without padding
+    prompts = [r[:prompt_len] for r in longest]
     return HeldOut(corpus.name if corpus.name.startswith("starter:") else "local", rows, prompts)
 
 

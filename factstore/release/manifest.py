@@ -163,3 +163,12 @@ def read(folder: Path, origin: str | None = None) -> Manifest:
             f"{folder}/{MANIFEST} is not valid JSON ({type(exc).__name__}); nothing was written"
         ) from None
     return parse(data, origin or str(folder))
+
+
+def folder_scores(folder: Path) -> dict:
+    """The scores of the release in FOLDER, or {} when its folder is not on this machine (or is
+    not a readable release)."""
+    try:
+        return dict(read(folder).scores)
+    except (ReleaseVerificationError, OSError):
+        return {}
