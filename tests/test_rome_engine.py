@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import BertConfig, BertLMHeadModel
@@ -158,3 +160,44 @@ def test_a_batch_of_edits_scores_each_request_alone(tiny_gpt2_dir, gpt2_tokenize
         )
         assert torch.allclose(single.key, batched.key, rtol=1e-12, atol=1e-12)
         assert torch.allclose(single.value, batched.value, rtol=1e-9, atol=1e-9)
+
+
+def test_mpes_stops_each_request_once_its_target_leads(tiny_gpt2_dir, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """With top1_patience, a request leaves the optimisation PATIENCE steps after its target became
+    top-1 on every rewrite prompt: never later than the loss-based stop, earlier for most, its v*
+    no farther from v0, and the target still top-1 with that v*; in a batch as alone."""
+    from transformers import AutoModelForCausalLM
+
+    from factstore.rome.values import compute_values
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir, dtype=torch.float64).eval()
+    requests = _city_requests(8)
+    base = ROMEHyperParams(layer=2, steps=25, early_stop_loss=0.01, context_lengths=(), value_context_lengths=())
+    full = compute_values(model, gpt2_tokenizer, requests, ["{}"], base)
+    mpes = compute_values(model, gpt2_tokenizer, requests, ["{}"], replace(base, top1_patience=1))
+    assert all(m.steps <= f.steps for m, f in zip(mpes, full))
+    assert sum(m.steps < f.steps for m, f in zip(mpes, full)) >= len(requests) // 2
+    shorter = [(m, f) for m, f in zip(mpes, full) if m.steps < f.steps]
+    norms = [(float((m.value - m.v0).norm()), float((f.value - f.v0).norm())) for m, f in shorter]
+    assert all(a <= b + 1e-9 for a, b in norms)  # equal where both sit on the clamp's ball
+    assert sum(a < 0.8 * b for a, b in norms) >= 2
+    for request, result in zip(requests, mpes):
+        if result.steps < base.steps:
+            alone = compute_values(model, gpt2_tokenizer, [request], ["{}"], replace(base, top1_patience=1))[0]
+            assert alone.steps == result.steps and torch.allclose(alone.value, result.value, atol=1e-9)
+            assert _target_leads(model, gpt2_tokenizer, request, result.value - result.v0)
+
+
+def _target_leads(model, tokenizer, request: EditRequest, delta: torch.Tensor) -> bool:  # type: ignore[no-untyped-def]
+    """The first target token is the argmax after the prompt, delta added to layer 2's MLP output
+    at the subject's last token."""
+    from factstore import arch
+    from factstore.rome.hooks import add_per_row, edit_output
+
+    enc = encode_prompt(tokenizer, request.prompt, request.subject)
+    first = tokenizer(" " + request.target_new.strip())["input_ids"][0]
+    ids = torch.tensor([enc.ids])
+    editor = add_per_row(delta.unsqueeze(0).to(torch.float64), torch.tensor([0]), torch.tensor([enc.subject_last]))
+    with torch.no_grad(), edit_output(arch.down_proj(model, 2), editor):
+        logits = model(input_ids=ids).logits[0, -1]
+    return int(logits.argmax()) == first

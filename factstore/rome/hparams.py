@@ -14,6 +14,9 @@ class ROMEHyperParams:
     lr: float = 0.5  # Adam learning rate for the value delta
     steps: int = 20  # maximum optimisation steps for v*
     early_stop_loss: float = 0.05  # stop optimising once the loss is below this
+    # MPES (ENCORE): stop once the target has been top-1 on every rewrite prompt for this many
+    # more steps; None: run to early_stop_loss. Smaller v* are what a long log can hold.
+    top1_patience: int | None = None
     kl_factor: float = 0.0625  # weight of KL(P_delta || P_0) on the essence prompt
     weight_decay: float = 0.5  # weight of ||delta|| / ||v0||^2 (ROME's form: the norm, not its square)
     clamp_norm_factor: float = 4.0  # ||delta|| <= factor * ||v0||
@@ -28,6 +31,8 @@ class ROMEHyperParams:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        if data["top1_patience"] is None:
+            del data["top1_patience"]  # fields added later stay out when off: older fingerprints still match
         data["context_lengths"] = [list(x) for x in self.context_lengths]
         data["value_context_lengths"] = [list(x) for x in self.value_context_lengths]
         return data
@@ -70,7 +75,7 @@ _DEFAULTS = (
     _Default("gpt2", 36, 1280, dict(layer=12)),  # gpt2-large
     _Default("gpt2", 48, 1600, dict(layer=17)),  # gpt2-xl
     _Default("gptj", 28, 4096, dict(layer=5)),  # gpt-j-6b
-    _Default("llama", 30, 576, dict(layer=4, stats_tokens=200_000)),  # SmolLM2-135M (tokens: docs/hparams.md)
+    _Default("llama", 30, 576, dict(layer=4, stats_tokens=200_000, top1_patience=2)),  # SmolLM2-135M (docs/hparams.md)
     _Default("gemma3_text", 18, 640, dict(layer=4, stats_tokens=200_000), measured=False),  # Gemma 3 270M (by analogy)
 )
 

@@ -141,8 +141,11 @@ def _assemble(parts: list[_Rows], align: bool = False) -> _Batch:
     )
 
 
-def _log_probs(model: PreTrainedModel, batch: _Batch, stack: UpperStack | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Target log-probabilities (E,) and the essence log-distributions (A, V), float32."""
+def _log_probs(
+    model: PreTrainedModel, batch: _Batch, stack: UpperStack | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Target log-probabilities (E,), whether each target token is the top-1 (E,) bool, and the
+    essence log-distributions (A, V), float32."""
     rows = torch.cat([batch.nll_rows, batch.kl_rows])
     positions = torch.cat([batch.nll_pos, batch.kl_pos])
     if stack is None:
@@ -151,8 +154,9 @@ def _log_probs(model: PreTrainedModel, batch: _Batch, stack: UpperStack | None) 
         logits = stack.logits_at(rows, positions)
     logp = torch.log_softmax(logits.float(), dim=-1)
     n = batch.nll_rows.numel()
-    token_logp = logp[:n].gather(1, batch.nll_token.to(logp.device).unsqueeze(1)).squeeze(1)
-    return token_logp, logp[n:]
+    tokens = batch.nll_token.to(logp.device)
+    token_logp = logp[:n].gather(1, tokens.unsqueeze(1)).squeeze(1)
+    return token_logp, logp[:n].argmax(dim=-1) == tokens, logp[n:]
 
 
 def _per_request(values: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
@@ -209,6 +213,7 @@ class _Run:
         self.active = list(range(len(parts)))
         self.step = 0
         self.loss: dict[int, float] = {}
+        self.top1_steps: dict[int, int] = {}  # consecutive steps with the target top-1 on every rewrite prompt
         batch, stack, kl_init, outputs = self._record()
         outputs = arch.by_token(outputs, batch.ids.shape[1])  # (R, L, d)
         at = batch.subject_pos[batch.v0_rows] + batch.split  # in the recorded pass's columns
@@ -231,7 +236,7 @@ class _Run:
         batch = _assemble([self.parts[i] for i in self.active]).to(self.device)
         context = recording(self.model, self.hp.layer) if self.loop == "upper" else nullcontext(None)
         with torch.no_grad(), capture(self.module) as seen, context as stack:
-            _, kl_logp = _log_probs(self.model, batch, None)
+            _, _, kl_logp = _log_probs(self.model, batch, None)
         return batch, stack, kl_logp, seen.output
 
     @torch.no_grad()
@@ -293,11 +298,12 @@ class _Run:
                 self.active = []
                 return
             self.step += 1
-            losses = self._losses(batch, stack)
+            losses, top1 = self._losses(batch, stack)
             values = losses.tolist()
-            done = {j for j, v in enumerate(values) if v < self.hp.early_stop_loss}
             for j, i in enumerate(self.active):
                 self.loss[i] = values[j]
+                self.top1_steps[i] = self.top1_steps.get(i, 0) + 1 if top1[j] else 0
+            done = {j for j, i in enumerate(self.active) if self._converged(i)}
             for j in sorted(done):
                 results[self.active[j]] = self._result(self.active[j])
             keep = [j for j in range(len(self.active)) if j not in done]
@@ -313,18 +319,27 @@ class _Run:
                     return  # re-record a smaller batch
                 batch = _drop(batch, keep)
 
-    def _losses(self, batch: _Batch, stack: UpperStack | None) -> torch.Tensor:
-        """(A,) loss of each active request: target NLL + KL on the essence prompt + norm penalty."""
+    def _converged(self, i: int) -> bool:
+        """Below the early-stop loss, or (MPES) top-1 for top1_patience steps after the first."""
+        patience = self.hp.top1_patience
+        return self.loss[i] < self.hp.early_stop_loss or (patience is not None and self.top1_steps[i] > patience)
+
+    def _losses(self, batch: _Batch, stack: UpperStack | None) -> tuple[torch.Tensor, list[bool]]:
+        """(A,) loss of each active request (target NLL + KL on the essence prompt + norm penalty)
+        and whether each has its target top-1 at every target token of every rewrite prompt."""
         deltas = torch.stack([self.delta[i] for i in self.active])  # (A, d)
         with edit_output(self.module, add_per_row(deltas, batch.owner, batch.subject_pos)):
-            token_logp, kl_logp = _log_probs(self.model, batch, stack)
+            token_logp, is_top1, kl_logp = _log_probs(self.model, batch, stack)
         n = len(self.active)
+        misses = torch.zeros(n, device=is_top1.device).index_add(
+            0, batch.nll_owner.to(is_top1.device), (~is_top1).float()
+        )
         nll = _per_request(-token_logp, batch.nll_owner, n)
         kl_init = torch.stack([self.kl_init[i] for i in self.active]).to(kl_logp.device)
         kl = (kl_logp.exp() * (kl_logp - kl_init)).sum(-1)  # KL(P_delta || P_0) per essence row
         v0_norm = torch.stack([self.v0[i].norm() for i in self.active]).to(nll.device)
         decay = deltas.norm(dim=1).to(nll.device) / v0_norm**2  # ROME's form: ||delta|| / ||v0||^2
-        return nll + self.hp.kl_factor * kl + self.hp.weight_decay * decay
+        return nll + self.hp.kl_factor * kl + self.hp.weight_decay * decay, (misses == 0).tolist()
 
     @torch.no_grad()
     def _clamp(self, requests: list[int]) -> None:
