@@ -57,14 +57,18 @@ def run_shape(
     times = []
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    phases: list[dict[str, float]] = []
     for request in requests[1:4]:
         _sync(device)
         clock = time.perf_counter()
-        compute_edits(model, tok, [request], hp, C, templates)
+        phases.append(compute_edits(model, tok, [request], hp, C, templates)[0].seconds)
         _sync(device)
         times.append(time.perf_counter() - clock)
     single = statistics.median(times)
-    rows.append({"shape": name, "dtype": dtype, "B": 1, "s_per_edit": single, "peak_gib": _peak(device)})
+    split = {k: statistics.median(p.get(k, 0.0) for p in phases) for k in phases[0]}
+    rows.append(
+        {"shape": name, "dtype": dtype, "B": 1, "s_per_edit": single, "peak_gib": _peak(device), "phases": split}
+    )
     for b in args.batches:
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -123,12 +127,14 @@ def main() -> None:
     rows = []
     for shape, config, dtype, layer in plan:
         rows += run_shape(shape, config, dtype, layer, args, tok, requests)
-    print("| shape | dtype | B | s per edit | edits per s | peak CUDA memory |")
-    print("|---|---|---|---|---|---|")
+    print("| shape | dtype | B | s per edit | edits per s | peak CUDA memory | single edit's phases (s) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.1f} GiB"
+        split = " ".join(f"{k} {v:.3f}" for k, v in r.get("phases", {}).items())
         print(
-            f"| {r['shape']} | {r['dtype']} | {r['B']} | {r['s_per_edit']:.3f} | {1 / r['s_per_edit']:.1f} | {peak} |"
+            f"| {r['shape']} | {r['dtype']} | {r['B']} | {r['s_per_edit']:.3f} | {1 / r['s_per_edit']:.1f} | {peak} "
+            f"| {split} |"
         )
 
 

@@ -6,6 +6,7 @@ shapes: GPT-2's Conv1D stores its weight as (in, out), torch Linear as (out, in)
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -271,3 +272,15 @@ def logits_at(
         input_ids=ids, attention_mask=mask, use_cache=False
     ).last_hidden_state  # (B, L, d), final norm applied
     return head_logits(model, hidden[rows.to(hidden.device), positions.to(hidden.device)])
+
+
+def cache_keyword(model: PreTrainedModel) -> str:
+    """The keyword a base model's forward takes its key/value cache by: transformers 5 renamed
+    past_key_values to cache in a minor release; the package's range admits both."""
+    return "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    """The key/value cache a base model's forward returned, under either name (cache_keyword)."""
+    cache = getattr(output, "cache", None)
+    return output.past_key_values if cache is None else cache

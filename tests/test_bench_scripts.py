@@ -1,10 +1,11 @@
-"""The GPU benchmark is one command that must work the first time a GPU is lent: it runs here
-on shrunken shapes on the CPU."""
+"""The GPU benchmark and correctness check are commands that must work when a GPU is lent: they
+run here on shrunken shapes on the CPU."""
 
 from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_the_gpu_benchmark_runs_end_to_end_on_tiny_shapes(tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def _requests(tmp_path: Path) -> Path:
     facts = [
         ("The Eiffel Tower", "Rome"),
         ("The Louvre", "Berlin"),
@@ -27,6 +27,26 @@ def test_the_gpu_benchmark_runs_end_to_end_on_tiny_shapes(tmp_path: Path, gpt2_t
     data.write_text(
         json.dumps([{"prompt": "{} is located in the city of", "subject": s, "target": t} for s, t in facts])
     )
+    return data
+
+
+def test_the_gpu_correctness_check_passes_with_both_sides_on_the_cpu(
+    tmp_path: Path, gpt2_tokenizer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(
+        sys, "argv", ["gpu_check.py", "--device", "cpu", "--n", "2", "--data", str(_requests(tmp_path))]
+    )
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(REPO / "bench" / "gpu_check.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert done.value.code == 0, out
+    assert len(rows) == 12 and all(r.endswith("| yes |") for r in rows)
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_end_to_end_on_tiny_shapes(tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    data = _requests(tmp_path)
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / "gpu.py"), "--tiny", "--device", "cpu", "--data", str(data)],
         capture_output=True,

@@ -108,7 +108,7 @@ def compute_edits(
     hparams: ROMEHyperParams,
     C: torch.Tensor,
     templates: ContextTemplates | None = None,
-    loop: str = "suffix",
+    loop: str = "auto",
 ) -> list[EditResult]:
     """k*, v* and before/after probabilities for requests of one layer, all computed on the
     model as it is (keys and values in one batch each); the model is left unchanged.
