@@ -79,6 +79,16 @@ class Settings(BaseSettings):
         5.0, ge=0, le=1e6, description="Held-out perplexity rise (percent) past which publish refuses a release."
     )
     trace_max_samples: int = Field(50, ge=1, le=10_000, description="Most noise samples of one trace job.")
+    ask_threads: int = Field(2, ge=1, le=64, description="Threads of serve that compute `ask` answers.")
+    ask_queue: int = Field(
+        8, ge=0, le=10_000, description="Asks let wait for those threads; past them an ask gets 503 at once."
+    )
+    ask_per_minute: int = Field(
+        60, ge=1, le=1_000_000, description="Asks one client (its token, else its address) may make a minute (429)."
+    )
+    ask_heads: int = Field(
+        2, ge=1, le=64, description="Edited models serve keeps loaded for `ask`; the least recently asked goes first."
+    )
 
 
 def _accepts(field: str, error_type: str, message: str) -> str:

@@ -21,7 +21,9 @@ from factstore.errors import (
     InvalidEditRequest,
     ModelAliasTaken,
     ScopeError,
+    ServiceBusy,
     TokenError,
+    TooManyRequests,
     UnknownEdit,
     UnknownJob,
     UnknownModel,
@@ -46,6 +48,8 @@ STATUS: tuple[tuple[type[FactStoreError], int, str], ...] = (
     (InvalidEditRequest, 422, "invalid request"),
     (InvalidArgument, 422, "invalid request"),
     (EditFailed, 422, "edit failed"),
+    (TooManyRequests, 429, "too many requests"),
+    (ServiceBusy, 503, "busy"),
     (DatabaseUnavailable, 503, "database unavailable"),
     (DatabaseError, 400, "refused by the database"),
     (FactStoreError, 400, "bad request"),
@@ -91,8 +95,8 @@ def install(app: FastAPI) -> None:
                 if isinstance(exc, (DatabaseUnavailable, DatabaseError)):  # names the database: the log only
                     log.warning("%s: %s", name, detail)
                     detail = DATABASE_DETAIL[status]
-                if status == 503:
-                    headers = {"Retry-After": "5"}
+                if status in (429, 503):
+                    headers = {"Retry-After": str(getattr(exc, "retry_after", 5))}
                 return body(name, detail, status, headers)
         return body("bad request", str(exc))
 

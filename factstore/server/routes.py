@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -33,6 +35,9 @@ IdPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200, min_length=1)]
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "content": {"application/problem+json": {}}} for code in (401, 403, 404, 409, 422, 503)
+}
+_ASK_REFUSALS: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorOut, "content": {"application/problem+json": {}}, "description": "Too many asks"}
 }
 # Declares the bearer scheme in /openapi.json (the Authorize button in /docs); a missing or
 # non-bearer Authorization header is None here, and the service decides (loopback reads are open).
@@ -129,9 +134,26 @@ def retract_edit(edit_id: IdPath, svc: Svc, who: Writer) -> dict:
     return api.get_entry(svc.store, edit_id).to_json()
 
 
-@router.post("/models/{alias}/ask", response_model=AskOut)
-def ask(alias: AliasPath, body: AskIn, svc: Svc, _who: Reader) -> dict:
-    return svc.ask(alias, body.prompt, body.top)
+@router.post("/models/{alias}/ask", response_model=AskOut, responses=_ASK_REFUSALS)
+async def ask(alias: AliasPath, body: AskIn, svc: Svc, who: Reader, request: Request) -> dict:
+    """The head's answer, computed on serve's own ask threads (FACTSTORE_ASK_THREADS), never on
+    the pool other requests use; past the asks let wait (FACTSTORE_ASK_QUEUE) 503 at once, past a
+    client's FACTSTORE_ASK_PER_MINUTE 429, both with Retry-After."""
+    client = f"token {who.name}" if who is not None else f"address {request.client.host if request.client else '?'}"
+    svc.ask_gate.admit(client)
+    try:
+        limiter = _ask_limiter(request.app, svc.ask_threads)
+        return await anyio.to_thread.run_sync(svc.ask, alias, body.prompt, body.top, limiter=limiter)
+    finally:
+        svc.ask_gate.release()
+
+
+def _ask_limiter(app: Any, threads: int) -> anyio.CapacityLimiter:
+    """The ask threads' limiter, made on the event loop the first time (anyio binds it there)."""
+    limiter = getattr(app.state, "ask_limiter", None)
+    if limiter is None:
+        limiter = app.state.ask_limiter = anyio.CapacityLimiter(threads)
+    return limiter
 
 
 @router.get("/models/{alias}/releases", response_model=list[ReleaseOut])

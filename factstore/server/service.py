@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
-from factstore import api
+from factstore import api, config
 from factstore.domain import ApiTokenInfo, BaseModel, Release
 from factstore.errors import FactStoreError
+from factstore.server.limits import AskGate, LruCache
 
 if TYPE_CHECKING:
     from factstore.api import EditSession, ModelChecks  # the types only
@@ -40,7 +41,10 @@ class Service:
         self.settings = settings
         self.store = api.open_store(settings.database_url)
         self._checks: dict[str, ModelChecks] = {}
-        self._heads: dict[str, EditSession] = {}
+        limits = config.settings()
+        self.ask_threads = limits.ask_threads
+        self.ask_gate = AskGate(limits.ask_threads + limits.ask_queue, limits.ask_per_minute)
+        self._heads: LruCache[EditSession] = LruCache(limits.ask_heads)
         self._head_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -105,10 +109,18 @@ class Service:
         with self._lock:
             lock = self._head_locks.setdefault(alias, threading.Lock())
         with lock:  # one request at a time rebuilds or reads a head
-            head = self._heads.get(alias)
+            with self._lock:
+                head = self._heads.get(alias)
             if head is None:
-                head = self._heads[alias] = api.open_head(self.store, alias, device=self.settings.device)
+                head = api.open_head(self.store, alias, device=self.settings.device)
+                with self._lock:
+                    self._heads.put(alias, head)  # past ask_heads, the least recently asked is let go
             return api.ask_head(head, prompt, top)
+
+    def warm_heads(self) -> list[str]:
+        """Aliases whose head is loaded, least recently asked first."""
+        with self._lock:
+            return self._heads.keys()
 
     def model_json(self, model: BaseModel) -> dict:
         return {**model.__dict__, "source": api.shown_source(model), "edits": self.store.count_entries(model.id)}

@@ -1,0 +1,127 @@
+"""`ask` cannot exhaust the service: a bounded number of asks at once (the rest 503 at once,
+holding no thread), a per-client rate (429), its own threads (other requests stay fast while
+asks run), and a bounded set of warm heads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from factstore import api
+from factstore.errors import ServiceBusy, TooManyRequests
+from factstore.server.app import create_app
+from factstore.server.limits import AskGate, LruCache
+from factstore.server.service import ServerSettings
+from factstore.storage.store import Store
+from service_process import add_random_gpt2
+
+LOCAL = ("127.0.0.1", 50000)
+ASK = {"prompt": "The Eiffel Tower is located in the city of", "top": 2}
+
+
+def test_the_gate_counts_each_client_per_minute_and_bounds_asks_at_once() -> None:
+    now = [1000.0]
+    gate = AskGate(slots=2, per_minute=3, clock=lambda: now[0])
+    gate.admit("a")
+    gate.admit("b")
+    with pytest.raises(ServiceBusy):  # two admitted, none released
+        gate.admit("c")
+    gate.release()
+    gate.admit("a")
+    gate.release()
+    gate.release()
+    gate.admit("a")  # a's third this minute
+    gate.release()
+    with pytest.raises(TooManyRequests) as refused:
+        gate.admit("a")
+    assert refused.value.retry_after == 60
+    now[0] += 45
+    with pytest.raises(TooManyRequests) as refused:
+        gate.admit("a")
+    assert refused.value.retry_after == 15
+    gate.admit("b")  # another client is not held by a's limit
+    gate.release()
+    now[0] += 15
+    gate.admit("a")  # a new minute
+    gate.release()
+    assert gate.admitted == 0
+
+
+def test_the_head_cache_lets_the_least_recently_used_go() -> None:
+    cache: LruCache[int] = LruCache(2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # a is now the newest
+    cache.put("c", 3)
+    assert cache.keys() == ["a", "c"] and cache.get("b") is None
+
+
+def _client(store: Store, monkeypatch: pytest.MonkeyPatch, **limits: int) -> TestClient:
+    for name, value in limits.items():
+        monkeypatch.setenv(f"FACTSTORE_{name.upper()}", str(value))
+    return TestClient(create_app(ServerSettings(database_url=store.url, worker=False)), client=LOCAL)
+
+
+def test_asks_past_the_queue_get_503_at_once_and_other_requests_stay_fast(
+    tiny_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _client(tiny_store, monkeypatch, ask_threads=1, ask_queue=1, ask_per_minute=1000) as client:
+        svc = client.app.state.service  # type: ignore[attr-defined]
+        release = threading.Event()
+        entered = threading.Semaphore(0)
+
+        def slow_ask(alias: str, prompt: str, top: int) -> dict:
+            entered.release()
+            release.wait(60)
+            return {"prompt": prompt, "top": [], "continuation": "", "edits_applied": 0}
+
+        monkeypatch.setattr(svc, "ask", slow_ask)
+        with ThreadPoolExecutor(8) as pool:
+            held = [pool.submit(client.post, "/api/v1/models/tiny/ask", json=ASK) for _ in range(2)]
+            assert entered.acquire(timeout=30)  # one runs on the single ask thread, one waits for it
+            deadline = time.monotonic() + 30
+            while svc.ask_gate.admitted < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            clock = time.perf_counter()
+            refused = [client.post("/api/v1/models/tiny/ask", json=ASK) for _ in range(5)]
+            listed = client.get("/api/v1/models")
+            seconds = time.perf_counter() - clock
+            release.set()
+            answered = [f.result(timeout=60) for f in held]
+        assert [r.status_code for r in refused] == [503] * 5
+        assert refused[0].headers["Retry-After"] == "2"
+        assert refused[0].headers["content-type"].startswith("application/problem+json")
+        assert refused[0].json()["title"] == "busy"
+        assert listed.status_code == 200 and seconds < 10  # not queued behind the running asks
+        assert [r.status_code for r in answered] == [200, 200]
+        assert svc.ask_gate.admitted == 0
+
+
+def test_a_client_past_its_rate_gets_429_and_others_are_served(
+    tiny_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = api.create_token(tiny_store, "reader", "read")[1]
+    with _client(tiny_store, monkeypatch, ask_per_minute=2) as client:
+        assert [client.post("/api/v1/models/tiny/ask", json=ASK).status_code for _ in range(2)] == [200, 200]
+        third = client.post("/api/v1/models/tiny/ask", json=ASK)
+        assert third.status_code == 429 and 1 <= int(third.headers["Retry-After"]) <= 60
+        # the same loopback address with a token is another client
+        ok = client.post("/api/v1/models/tiny/ask", json=ASK, headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200
+
+
+def test_serve_keeps_at_most_ask_heads_models_loaded(
+    tiny_store: Store, tmp_path: Path, gpt2_tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    add_random_gpt2(tiny_store, "second", tmp_path, gpt2_tokenizer, seed=1, line="Line: the bridge crosses the river.")
+    with _client(tiny_store, monkeypatch, ask_heads=1) as client:
+        svc = client.app.state.service  # type: ignore[attr-defined]
+        assert client.post("/api/v1/models/tiny/ask", json=ASK).status_code == 200
+        assert svc.warm_heads() == ["tiny"]
+        assert client.post("/api/v1/models/second/ask", json=ASK).status_code == 200
+        assert svc.warm_heads() == ["second"]
