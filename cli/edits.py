@@ -140,6 +140,15 @@ def show(edit_id: EditIdArg, json_out: JsonOpt = False) -> None:
         table(f"edit {edit_id}", ["field", "value"], list(details.items()))
 
 
+@app.command("withdraw")
+def withdraw(edit_id: EditIdArg, json_out: JsonOpt = False) -> None:
+    """Withdraw a request not yet computed: it fails, and no worker computes it."""
+    entry = api.withdraw_edit(api.open_store(), edit_id)
+    emit_json(entry.to_json()) if json_out else print(
+        f"edit {entry.id} withdrawn ({entry.subject} -> {entry.target_new})"
+    )
+
+
 @app.command("retract")
 def retract(edit_id: EditIdArg, json_out: JsonOpt = False) -> None:
     """Mark an active edit retracted; the next compile rebuilds without it."""

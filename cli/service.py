@@ -84,6 +84,12 @@ def worker(
             "--until-idle", help="Exit once the queue is empty (for a batch run) instead of waiting for more."
         ),
     ] = False,
+    fair_batches: Annotated[
+        int,
+        typer.Option(
+            min=1, max=10_000, help="Batches in a row on one model while another model waits, then it is given up."
+        ),
+    ] = 4,
     json_out: JsonOpt = False,
 ) -> None:
     """Compute queued edits until SIGTERM or Ctrl-C (the edit being computed is finished first)."""
@@ -104,6 +110,7 @@ def worker(
         stop=stop,
         max_idle_turns=1 if until_idle else None,
         progress=BARS,
+        fair_batches=fair_batches,
     )
     emit_json(stats.to_json()) if json_out else print(
         f"worker stopped: {stats.computed} computed, {stats.failed} failed, {stats.jobs} jobs"

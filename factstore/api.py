@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from factstore import config, extras
 from factstore.domain import ApiTokenInfo, BaseModel, EditEntry, EditRequest, Job, Release, StoredEdit, check_alias
-from factstore.errors import FactStoreError, InvalidArgument, InvalidEditRequest, ScopeError
+from factstore.errors import FactStoreError, InvalidArgument, InvalidEditRequest, ScopeError, TooManyRequests
 from factstore.progress import SILENT, Reporter
 from factstore.storage import schema
 from factstore.storage.engine import check_reachable, make_engine
@@ -271,16 +271,22 @@ def submit_edit(
     requested_by: str | None = None,
     idempotency: str | None = None,
     checks: ModelChecks | None = None,
+    max_pending: int | None = None,
 ) -> tuple[EditEntry, bool]:
     """Check a request with the model's tokenizer only and store it pending for a worker.
-    Returns (entry, created); an IDEMPOTENCY hash already stored returns that entry."""
+    Returns (entry, created); an IDEMPOTENCY hash already stored returns that entry. With
+    MAX_PENDING, a requester with that many requests not yet computed is refused
+    (TooManyRequests; concurrent submissions can pass it by a few)."""
     from factstore.editing.requests import ModelChecks, submit
 
     request = EditRequest(prompt=prompt, subject=subject, target_new=target, relation_id=relation)
     checks = checks or ModelChecks.load(store, alias)
-    return submit(
-        store, checks, request, layer=layer, note=note, requested_by=requested_by or _user(), idempotency=idempotency
-    )
+    requester = requested_by or _user()
+    if max_pending is not None and requester and store.count_queued_by(requester) >= max_pending:
+        raise TooManyRequests(
+            f"{max_pending} requests of this token wait to be computed; submit more once some are done", retry_after=30
+        )
+    return submit(store, checks, request, layer=layer, note=note, requested_by=requester, idempotency=idempotency)
 
 
 def add_edit(
@@ -355,6 +361,14 @@ def retract_edit(store: Store, edit_id: int, who: ApiTokenInfo | None = None) ->
     if who is not None:
         _check_owner(who, store.get_entry(edit_id).requested_by, f"edit {edit_id}", "retracting")
     return store.set_edit_retracted(edit_id, who.name if who is not None else _user())
+
+
+def withdraw_edit(store: Store, edit_id: int, who: ApiTokenInfo | None = None) -> EditEntry:
+    """Withdraw a request not yet computed: it fails with who withdrew it, and no worker computes
+    it. Over HTTP (WHO given) another token's request needs an admin token."""
+    if who is not None:
+        _check_owner(who, store.get_entry(edit_id).requested_by, f"edit {edit_id}", "withdrawing")
+    return store.withdraw_pending(edit_id, f"withdrawn by {who.name if who is not None else _user()}")
 
 
 def ask_model(
@@ -602,14 +616,20 @@ def run_worker(
     stop: Event | None = None,
     max_idle_turns: int | None = None,
     progress: Reporter = SILENT,
+    fair_batches: int = 4,
 ) -> WorkerStats:
     """Compute the queue (of MODELS, default all) until STOP is set, which lets the current
-    edit finish; with max_idle_turns, also until the queue stayed empty that many polls."""
+    edit finish; with max_idle_turns, also until the queue stayed empty that many polls. A model
+    is given up after FAIR_BATCHES batches in a row while another model waits."""
     from factstore.worker.loop import Worker, WorkerSettings
 
     if not 1 <= batch <= 1000:
         raise InvalidEditRequest(f"batch must be between 1 and 1000, not {batch}")
-    settings = WorkerSettings(models=list(models or []), batch=batch, device=device, poll=poll, threads=threads)
+    if not 1 <= fair_batches <= 10_000:
+        raise InvalidEditRequest(f"fair_batches must be between 1 and 10000, not {fair_batches}")
+    settings = WorkerSettings(
+        models=list(models or []), batch=batch, device=device, poll=poll, threads=threads, fair_batches=fair_batches
+    )
     worker = Worker(store, settings, progress)
     if stop is not None:
         worker.stopping = stop

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
         5.0, ge=0, le=1e6, description="Held-out perplexity rise (percent) past which publish refuses a release."
     )
     trace_max_samples: int = Field(50, ge=1, le=10_000, description="Most noise samples of one trace job.")
+    max_pending: int = Field(
+        1000, ge=1, le=10_000_000, description="Requests one API token may have waiting to be computed (429 past it)."
+    )
     ask_threads: int = Field(2, ge=1, le=64, description="Threads of serve that compute `ask` answers.")
     ask_queue: int = Field(
         8, ge=0, le=10_000, description="Asks let wait for those threads; past them an ask gets 503 at once."

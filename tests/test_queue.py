@@ -19,6 +19,7 @@ from factstore.storage import schema
 from factstore.storage.engine import make_engine
 from factstore.storage.store import Store
 from factstore.worker.loop import Worker, WorkerSettings
+from service_process import add_random_gpt2
 from test_store import new_edit
 
 pytestmark = pytest.mark.database  # the store is the subject: SQLite and PostgreSQL
@@ -261,3 +262,20 @@ def test_a_worker_computes_a_batch_together_and_applies_it_in_order(tiny_store: 
     head = worker._sessions[tiny_store.get_base_model("tiny").id].model
     replayed = EditSession(tiny_store, "tiny", device="cpu").model  # a fresh replay of the log
     assert torch.equal(arch.down_proj_weight(head, 2), arch.down_proj_weight(replayed, 2))
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the worker's turn order is the subject
+def test_a_worker_gives_up_a_busy_model_when_another_waits(tiny_store: Store, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Eight requests on one model and one on another: after fair_batches batches on the first,
+    the worker serves the second before the first's queue is empty."""
+    add_random_gpt2(tiny_store, "second", tmp_path, gpt2_tokenizer, seed=1, line="Line: the bridge crosses the river.")
+    for i in range(8):
+        _submit(tiny_store, f"Tower {i}", "Rome")
+    other, _ = api.submit_edit(tiny_store, "second", prompt=PROMPT, subject="The Louvre", target="Berlin")
+    worker = Worker(tiny_store, WorkerSettings(poll=0.05, batch=1, fair_batches=2))
+    for _ in range(6):
+        worker.turn()
+        if api.get_entry(tiny_store, other.id).status == "active":
+            break
+    assert api.get_entry(tiny_store, other.id).status == "active"
+    assert len(api.list_log(tiny_store, "tiny", "active")) == 2  # two batches of one, then the other model

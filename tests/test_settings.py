@@ -26,6 +26,7 @@ BAD = [
     ("FACTSTORE_JOB_SECONDS", "0", "whole number from 1 to 604800"),
     ("FACTSTORE_TRACE_MAX_TOKENS", "many", "whole number from 1 to 1000000"),
     ("FACTSTORE_TRACE_MAX_SAMPLES", "10001", "whole number from 1 to 10000"),
+    ("FACTSTORE_MAX_PENDING", "0", "whole number from 1 to 10000000"),
     ("FACTSTORE_ASK_THREADS", "0", "whole number from 1 to 64"),
     ("FACTSTORE_ASK_QUEUE", "-1", "whole number from 0 to 10000"),
     ("FACTSTORE_ASK_PER_MINUTE", "x", "whole number from 1 to 1000000"),

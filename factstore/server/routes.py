@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from factstore import api
+from factstore import api, config
 from factstore.domain import ApiTokenInfo
 from factstore.errors import InvalidEditRequest
 from factstore.server.schemas import (
@@ -36,7 +36,7 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "content": {"application/problem+json": {}}} for code in (401, 403, 404, 409, 422, 503)
 }
-_ASK_REFUSALS: dict[int | str, dict[str, Any]] = {
+TOO_MANY: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorOut, "content": {"application/problem+json": {}}, "description": "Too many asks"}
 }
 # Declares the bearer scheme in /openapi.json (the Authorize button in /docs); a missing or
@@ -87,7 +87,7 @@ def get_model(alias: AliasPath, svc: Svc, _who: Reader) -> dict:
     return svc.model_json(svc.store.get_base_model(alias))
 
 
-@router.post("/models/{alias}/edits", status_code=202, response_model=EditOut)
+@router.post("/models/{alias}/edits", status_code=202, response_model=EditOut, responses=TOO_MANY)
 def submit_edit(
     alias: AliasPath, body: EditIn, svc: Svc, who: Writer, response: Response, key: IdempotencyKey = None
 ) -> dict:
@@ -104,6 +104,7 @@ def submit_edit(
         requested_by=who.name,
         idempotency=_idempotency(who, f"{alias}/edits", key),
         checks=svc.checks(alias),
+        max_pending=config.settings().max_pending,
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -134,7 +135,14 @@ def retract_edit(edit_id: IdPath, svc: Svc, who: Writer) -> dict:
     return api.get_entry(svc.store, edit_id).to_json()
 
 
-@router.post("/models/{alias}/ask", response_model=AskOut, responses=_ASK_REFUSALS)
+@router.post("/edits/{edit_id}/withdraw", response_model=EditOut)
+def withdraw_edit(edit_id: IdPath, svc: Svc, who: Writer) -> dict:
+    """Withdraw a request not yet computed (its requester, or an admin token for anyone's): it
+    fails with who withdrew it and no worker computes it; 409 once it is computed."""
+    return api.withdraw_edit(svc.store, edit_id, who).to_json()
+
+
+@router.post("/models/{alias}/ask", response_model=AskOut, responses=TOO_MANY)
 async def ask(alias: AliasPath, body: AskIn, svc: Svc, who: Reader, request: Request) -> dict:
     """The head's answer, computed on serve's own ask threads (FACTSTORE_ASK_THREADS), never on
     the pool other requests use; past the asks let wait (FACTSTORE_ASK_QUEUE) 503 at once, past a

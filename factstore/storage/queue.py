@@ -346,6 +346,28 @@ class QueueVerbs(StoreBase):
             if row is not None and row.status in QUEUED_STATUSES:
                 row.status, row.error, row.claimed_by, row.updated_at = "failed", one_line(reason), None, now()
 
+    def withdraw_pending(self, edit_id: int, reason: str) -> EditEntry:
+        """Fail a request not yet computed, with REASON (a worker computing it loses its claim and
+        drops the result); EditStateError once it is computed."""
+        with self._tx() as s:
+            row = s.get(EditRow, edit_id, with_for_update=True)
+            if row is None:
+                raise UnknownEdit(f"no edit with id {edit_id}")
+            if row.status not in QUEUED_STATUSES:
+                hint = "; retract it instead" if row.status == "active" else ""
+                raise EditStateError(f"edit {edit_id} is {row.status}: only a pending request can be withdrawn{hint}")
+            row.status, row.error, row.claimed_by, row.updated_at = "failed", one_line(reason), None, now()
+            s.flush()
+            return self._entry(s, row)
+
+    def count_queued_by(self, requested_by: str) -> int:
+        """Requests of one requester not yet computed, over every model."""
+        with self._tx(write=False) as s:
+            query = select(func.count()).where(
+                EditRow.requested_by == requested_by, EditRow.status.in_(QUEUED_STATUSES)
+            )
+            return int(s.scalar(query) or 0)
+
     def fail_request(self, edit_id: int, holder: str, error: str) -> EditEntry:
         with self._tx() as s:
             row = s.get(EditRow, edit_id, with_for_update=True)

@@ -31,6 +31,7 @@ class WorkerSettings:
     jobs: bool = True  # also run compile and trace jobs
     threads: int | None = None  # torch threads; several workers on one machine should split its cores
     heads: int = 2  # models kept loaded (warm heads); more cost memory, fewer cost reloads
+    fair_batches: int = 4  # batches in a row on one model while another model waits, then it is given up
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Worker:
         self.stats = WorkerStats()
         self._sessions: dict[int, EditSession] = {}  # warm heads by base model id, least recently used first
         self._held: set[int] = set()  # models whose lease this worker keeps between turns
+        self._streak: dict[int, int] = {}  # batches in a row on each held model
         for alias in self.settings.models:
             store.get_base_model(alias)  # an unknown alias is refused at start
         if self.settings.device:
@@ -107,9 +109,13 @@ class Worker:
         queued = [b for b in self.store.list_queued_models() if b in served]
         for base_id in sorted(self._held - set(queued)):
             self._release(base_id)
+        waiting = [b for b in queued if b not in self._held]
+        spent = {b for b in self._held if waiting and self._streak.get(b, 0) >= self.settings.fair_batches}
+        for base_id in sorted(spent):  # its turn is over: another model waits (here or for another worker)
+            self._release(base_id)
         busy = False
         held = [b for b in queued if b in self._held]
-        for base_id in held or queued:
+        for base_id in held or sorted(queued, key=lambda b: b in spent):
             if self.stopping.is_set():
                 break
             if self._model_turn(base_id, served[base_id]):
@@ -128,6 +134,7 @@ class Worker:
 
     def _release(self, base_id: int) -> None:
         self._held.discard(base_id)
+        self._streak.pop(base_id, None)
         self.store.release_lease(base_id, self.id)
 
     def _model_turn(self, base_id: int, alias: str) -> bool:
@@ -179,6 +186,7 @@ class Worker:
                     session.sync()  # a failure midway may have left the head rebuilt without a superseded fact
             else:
                 keep = not self.stopping.is_set()
+                self._streak[base_id] = self._streak.get(base_id, 0) + 1
             return True
         finally:
             if not keep:
