@@ -1,4 +1,4 @@
-"""The façade: every operation behind the CLI (and the coming HTTP server), callable directly
+"""The façade: every operation behind the CLI and the HTTP server, callable directly
 by tests and scripts. Nothing inside factstore imports this module.
 
 Torch-free at import (listing edits or models must start fast): the rooms that need torch are

@@ -25,7 +25,7 @@ def check_alias(alias: str) -> str:
 DTYPES = ("float32", "bfloat16", "float16")  # what a base model may be loaded and edited in
 
 
-def weights_identity(revision: str, dtype: str) -> str:
+def identity_in_dtype(revision: str, dtype: str) -> str:
     """revision for float32 (every model registered before dtypes were chosen), else revision+dtype."""
     return revision if dtype == "float32" else f"{revision}+{dtype}"
 
@@ -46,7 +46,7 @@ class ModelRef:
 
     @property
     def identity(self) -> str:
-        return weights_identity(self.revision, self.dtype)
+        return identity_in_dtype(self.revision, self.dtype)
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class BaseModel:
     @property
     def identity(self) -> str:
         """The weights and the dtype they are edited in: what key statistics and releases are built on."""
-        return weights_identity(self.revision, self.dtype)
+        return identity_in_dtype(self.revision, self.dtype)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ class _Default:
 
 
 # ROME's published settings (GPT-2 medium/large/XL, GPT-J) and ours, chosen by measurement
-# (SmolLM2-135M, Gemma 3 270M: see docs/hparams.md; the tiny test GPT-2: tests/fixtures).
+# (SmolLM2-135M, Gemma 3 270M: see docs/hparams.md; the tiny test GPT-2: tests/tiny_models.py).
 _DEFAULTS = (
     _Default("gpt2", 24, 1024, dict(layer=8, clamp_norm_factor=3.0)),  # gpt2-medium
     _Default("gpt2", 36, 1280, dict(layer=12)),  # gpt2-large

@@ -33,8 +33,8 @@ from factstore.storage.models import (
 )
 
 CURRENT_STATUSES = ("active", "pending", "computing", "failed")  # what a model's log shows by default
-ERROR_CHARS = 1000
-MAX_ATTEMPTS = 3  # claims before a request (or job) whose workers keep dying is failed instead  # a failed request keeps the first line of its error, at most this long
+ERROR_CHARS = 1000  # a failed request keeps the first line of its error, at most this long
+MAX_ATTEMPTS = 3  # claims before a request (or job) whose workers keep dying is failed instead
 
 
 def now() -> datetime:
