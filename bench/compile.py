@@ -49,7 +49,7 @@ def main() -> None:
     layer = default_hparams(model.config.model_type, arch.num_layers(model), model.config.hidden_size).layer
     text = corpus.load_corpus()
     stats_file = stats.compute(
-        model, tok, stats.spec_for(loaded.ref.revision, model, layer, text, 20_000, "float32"), text
+        model, tok, stats.stats_spec(loaded.ref.revision, model, layer, text, 20_000, "float32"), text
     )
     cov = store.create_covariance(base.id, stats_file.spec.key(), record=stats.covariance_record(stats_file, text))
 

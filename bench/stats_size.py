@@ -106,7 +106,7 @@ def main() -> None:
     seconds: dict[tuple[str, int], float] = {}
     for name, n in sizes:
         text = corpora.load_corpus(name)
-        spec = stats.spec_for(session.base.identity, model, layer, text, n, "float32")
+        spec = stats.stats_spec(session.base.identity, model, layer, text, n, "float32")
         clock = time.perf_counter()
         with session.base_weights():
             found = stats.compute(model, tok, spec, text, BARS)

@@ -40,7 +40,7 @@ def main() -> None:
             stats.compute_many(
                 model,
                 tok,
-                [stats.spec_for(identity, model, layer, text, args.tokens, "float32") for layer in layers],
+                [stats.stats_spec(identity, model, layer, text, args.tokens, "float32") for layer in layers],
                 text,
             )
         seconds = time.perf_counter() - clock

@@ -17,7 +17,7 @@ def test_eiffel_tower_moves_to_rome_and_the_louvre_stays(smollm2) -> None:  # ty
     model, tok = smollm2.model, smollm2.tokenizer
     hp = default_hparams("llama", model.config.num_hidden_layers, model.config.hidden_size)
     text = corpus.load_corpus()
-    spec = stats.spec_for(smollm2.ref.revision, model, hp.layer, text, 20_000, "float32")
+    spec = stats.stats_spec(smollm2.ref.revision, model, hp.layer, text, 20_000, "float32")
     C = stats.load_matrix(stats.compute(model, tok, spec, text).path)
     request = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome")
     result = compute_edit(model, tok, request, hp, C)

@@ -234,7 +234,7 @@ class EditSession:
 
     def stats_spec(self, layer: int, hp: ROMEHyperParams, corpus: Corpus) -> stats.StatsSpec:
         arch.check_layer(self.model, layer)
-        return stats.spec_for(self.base.identity, self.model, layer, corpus, hp.stats_tokens, hp.stats_dtype)
+        return stats.stats_spec(self.base.identity, self.model, layer, corpus, hp.stats_tokens, hp.stats_dtype)
 
     # edits ---------------------------------------------------------------------------------
 

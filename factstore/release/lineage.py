@@ -333,7 +333,7 @@ def _covariances(
             raise ReleaseVerificationError(
                 f"the release's corpus {info.corpus} differs from this machine's (sha256 {corpus.sha256[:12]}...); nothing was imported"
             )
-        spec = stats.spec_for(ref.identity, loaded.model, info.layer, corpus, info.tokens, info.dtype)
+        spec = stats.stats_spec(ref.identity, loaded.model, info.layer, corpus, info.tokens, info.dtype)
         result = stats.compute(loaded.model, loaded.tokenizer, spec, corpus, progress)
         out[key] = (stats.covariance_record(result, corpus), stats.load_matrix(result.path, result.sha256).float())
     return out

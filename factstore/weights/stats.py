@@ -89,7 +89,7 @@ def _partial_state(path: Path, layers: list[int]) -> MomentState | None:
     return MomentState(totals=totals, tokens=int(meta["tokens"]), done=int(meta["done"]))
 
 
-def spec_for(identity: str, model: PreTrainedModel, layer: int, corpus: Corpus, tokens: int, dtype: str) -> StatsSpec:
+def stats_spec(identity: str, model: PreTrainedModel, layer: int, corpus: Corpus, tokens: int, dtype: str) -> StatsSpec:
     """What C is keyed by: exact model revision, layer and module, corpus hash, token budget, dtype."""
     return StatsSpec(identity, layer, arch.down_proj_name(model, layer), corpus.sha256, tokens, dtype)
 
