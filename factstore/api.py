@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from factstore import config, extras
 from factstore.domain import ApiTokenInfo, BaseModel, EditEntry, EditRequest, Job, Release, StoredEdit, check_alias
-from factstore.errors import FactStoreError, InvalidArgument, InvalidEditRequest, ScopeError, TooManyRequests
+from factstore.errors import FactStoreError, InvalidArgument, InvalidEditRequest, ScopeError
 from factstore.progress import SILENT, Reporter
 from factstore.storage import schema
 from factstore.storage.engine import check_reachable, make_engine
@@ -276,17 +276,21 @@ def submit_edit(
     """Check a request with the model's tokenizer only and store it pending for a worker.
     Returns (entry, created); an IDEMPOTENCY hash already stored returns that entry. With
     MAX_PENDING, a requester with that many requests not yet computed is refused
-    (TooManyRequests; concurrent submissions can pass it by a few)."""
+    (TooManyRequests, a replay still answered; concurrent submissions can pass it by a few)."""
     from factstore.editing.requests import ModelChecks, submit
 
     request = EditRequest(prompt=prompt, subject=subject, target_new=target, relation_id=relation)
     checks = checks or ModelChecks.load(store, alias)
-    requester = requested_by or _user()
-    if max_pending is not None and requester and store.count_queued_by(requester) >= max_pending:
-        raise TooManyRequests(
-            f"{max_pending} requests of this token wait to be computed; submit more once some are done", retry_after=30
-        )
-    return submit(store, checks, request, layer=layer, note=note, requested_by=requester, idempotency=idempotency)
+    return submit(
+        store,
+        checks,
+        request,
+        layer=layer,
+        note=note,
+        requested_by=requested_by or _user(),
+        idempotency=idempotency,
+        max_pending=max_pending,
+    )
 
 
 def add_edit(
@@ -364,8 +368,8 @@ def retract_edit(store: Store, edit_id: int, who: ApiTokenInfo | None = None) ->
 
 
 def withdraw_edit(store: Store, edit_id: int, who: ApiTokenInfo | None = None) -> EditEntry:
-    """Withdraw a request not yet computed: it fails with who withdrew it, and no worker computes
-    it. Over HTTP (WHO given) another token's request needs an admin token."""
+    """Withdraw a pending request (not yet claimed by a worker): it fails with who withdrew it.
+    Over HTTP (WHO given) another token's request needs an admin token."""
     if who is not None:
         _check_owner(who, store.get_entry(edit_id).requested_by, f"edit {edit_id}", "withdrawing")
     return store.withdraw_pending(edit_id, f"withdrawn by {who.name if who is not None else _user()}")

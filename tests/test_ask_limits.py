@@ -26,17 +26,20 @@ ASK = {"prompt": "The Eiffel Tower is located in the city of", "top": 2}
 
 def test_the_gate_counts_each_client_per_minute_and_bounds_asks_at_once() -> None:
     now = [1000.0]
-    gate = AskGate(slots=2, per_minute=3, clock=lambda: now[0])
+    gate = AskGate(slots=3, per_minute=3, per_client=2, clock=lambda: now[0])
     gate.admit("a")
+    gate.admit("a")
+    with pytest.raises(TooManyRequests) as running:  # a's two running asks are its share
+        gate.admit("a")
+    assert running.value.retry_after == 2
     gate.admit("b")
-    with pytest.raises(ServiceBusy):  # two admitted, none released
+    with pytest.raises(ServiceBusy):  # three admitted, none released
         gate.admit("c")
-    gate.release()
-    gate.admit("a")
-    gate.release()
-    gate.release()
-    gate.admit("a")  # a's third this minute
-    gate.release()
+    gate.release("a")
+    gate.release("a")
+    gate.release("b")
+    gate.admit("a")  # a's third this minute (the refused ones do not count)
+    gate.release("a")
     with pytest.raises(TooManyRequests) as refused:
         gate.admit("a")
     assert refused.value.retry_after == 60
@@ -45,11 +48,34 @@ def test_the_gate_counts_each_client_per_minute_and_bounds_asks_at_once() -> Non
         gate.admit("a")
     assert refused.value.retry_after == 15
     gate.admit("b")  # another client is not held by a's limit
-    gate.release()
+    gate.release("b")
     now[0] += 15
     gate.admit("a")  # a new minute
-    gate.release()
+    gate.release("a")
     assert gate.admitted == 0
+
+
+def test_rotating_clients_cannot_wipe_a_throttled_clients_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    from factstore.server import limits
+
+    monkeypatch.setattr(limits, "MAX_CLIENTS", 4)
+    now = [0.0]
+    gate = AskGate(slots=10, per_minute=1, per_client=1, clock=lambda: now[0])
+    gate.admit("throttled")
+    gate.release("throttled")
+    refused = 0
+    for i in range(20):  # new addresses each second: the table fills, live windows stay
+        now[0] += 1
+        try:
+            gate.admit(f"rotating {i}")
+            gate.release(f"rotating {i}")
+        except ServiceBusy:
+            refused += 1
+    assert refused > 0
+    with pytest.raises(TooManyRequests):
+        gate.admit("throttled")
+    now[0] += 60  # every window over: room again
+    gate.admit("someone new")
 
 
 def test_the_head_cache_lets_the_least_recently_used_go() -> None:
@@ -70,6 +96,7 @@ def _client(store: Store, monkeypatch: pytest.MonkeyPatch, **limits: int) -> Tes
 def test_asks_past_the_queue_get_503_at_once_and_other_requests_stay_fast(
     tiny_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    readers = [{"Authorization": f"Bearer {api.create_token(tiny_store, f'r{i}', 'read')[1]}"} for i in range(2)]
     with _client(tiny_store, monkeypatch, ask_threads=1, ask_queue=1, ask_per_minute=1000) as client:
         svc = client.app.state.service  # type: ignore[attr-defined]
         release = threading.Event()
@@ -82,8 +109,8 @@ def test_asks_past_the_queue_get_503_at_once_and_other_requests_stay_fast(
 
         monkeypatch.setattr(svc, "ask", slow_ask)
         with ThreadPoolExecutor(8) as pool:
-            held = [pool.submit(client.post, "/api/v1/models/tiny/ask", json=ASK) for _ in range(2)]
-            assert entered.acquire(timeout=30)  # one runs on the single ask thread, one waits for it
+            held = [pool.submit(client.post, "/api/v1/models/tiny/ask", json=ASK, headers=h) for h in readers]
+            assert entered.acquire(timeout=30)  # one client's ask runs on the single ask thread, the other's waits
             deadline = time.monotonic() + 30
             while svc.ask_gate.admitted < 2 and time.monotonic() < deadline:
                 time.sleep(0.01)

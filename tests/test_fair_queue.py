@@ -38,11 +38,19 @@ def test_a_token_past_its_waiting_requests_gets_429_and_others_still_submit(
         refused = client.post("/api/v1/models/tiny/edits", json=_body(9), headers=flood)
         assert refused.headers["Retry-After"] == "30" and refused.json()["title"] == "too many requests"
         assert client.post("/api/v1/models/tiny/edits", json=_body(10), headers=other).status_code == 202
+        # a replay of an accepted submission is still answered at the limit
+        replay = {**flood, "Idempotency-Key": "k1"}
+        monkeypatch.setenv("FACTSTORE_MAX_PENDING", "4")
+        assert client.post("/api/v1/models/tiny/edits", json=_body(20), headers=replay).status_code == 202
+        again = client.post("/api/v1/models/tiny/edits", json=_body(20), headers=replay)
+        assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
         # withdrawing one makes room again
         first = api.list_log(tiny_store, "tiny", "all")[0]
         assert client.post(f"/api/v1/edits/{first.id}/withdraw", headers=flood).status_code == 200
         assert client.post("/api/v1/models/tiny/edits", json=_body(11), headers=flood).status_code == 202
-    assert len(api.list_log(tiny_store, "tiny", "all")) == 5  # 3 (one withdrawn) + 1 other + 1 after the withdrawal
+    assert (
+        len(api.list_log(tiny_store, "tiny", "all")) == 6
+    )  # 4 of flood (one withdrawn) + 1 other + 1 after the withdrawal
 
 
 def test_withdraw_is_for_the_requester_or_an_admin_and_only_before_computing(
@@ -69,9 +77,17 @@ def test_withdraw_is_for_the_requester_or_an_admin_and_only_before_computing(
         assert admin.status_code == 200 and admin.json()["error"] == "withdrawn by root"
         again = client.post(f"/api/v1/edits/{ids[1]}/withdraw", headers=auth("root"))
         assert again.status_code == 409 and "only a pending request" in again.json()["detail"]
+        # once a worker has claimed a request it is computed (withdrawing it would cost the rest
+        # of the worker's batch an attempt); retract it afterwards
+        third = client.post("/api/v1/models/tiny/edits", json=_body(7), headers=auth("alice")).json()["id"]
+        assert tiny_store.acquire_lease(tiny_store.get_base_model("tiny").id, "w1", 30)
+        assert [e.id for e in tiny_store.claim_requests(tiny_store.get_base_model("tiny").id, "w1", 8)] == [third]
+        busy = client.post(f"/api/v1/edits/{third}/withdraw", headers=auth("alice"))
+        assert busy.status_code == 409 and "retract it once it is computed" in busy.json()["detail"]
+        tiny_store.release_lease(tiny_store.get_base_model("tiny").id, "w1")
         assert client.post("/api/v1/edits/999999/withdraw", headers=auth("root")).status_code == 404
-    # nothing withdrawn is ever computed
-    assert api.run_worker(tiny_store, max_idle_turns=1, poll=0.05).computed == 0
+    # nothing withdrawn is ever computed (the claimed one, back in the queue, is)
+    assert api.run_worker(tiny_store, max_idle_turns=1, poll=0.05).computed == 1
 
 
 def test_edit_withdraw_on_the_command_line(tiny_store: Store) -> None:

@@ -279,3 +279,18 @@ def test_a_worker_gives_up_a_busy_model_when_another_waits(tiny_store: Store, tm
             break
     assert api.get_entry(tiny_store, other.id).status == "active"
     assert len(api.list_log(tiny_store, "tiny", "active")) == 2  # two batches of one, then the other model
+
+
+def test_a_model_another_worker_computes_is_not_waiting(tiny_store: Store) -> None:
+    """The fair turn gives way only to models nobody serves: one under another worker's live
+    lease is not waiting; under an expired lease, or this worker's own, it is."""
+    base = tiny_store.get_base_model("tiny").id
+    assert tiny_store.list_waiting_models("w1") == []
+    _submit(tiny_store, "The Louvre", "Berlin")
+    assert tiny_store.list_waiting_models("w1") == [base]
+    assert tiny_store.acquire_lease(base, "w2", 30)
+    assert tiny_store.list_waiting_models("w1") == [] and tiny_store.list_waiting_models("w2") == [base]
+    tiny_store.release_lease(base, "w2")
+    assert tiny_store.acquire_lease(base, "w2", 0.01)
+    time.sleep(0.05)
+    assert tiny_store.list_waiting_models("w1") == [base]

@@ -74,15 +74,23 @@ def submit(
     note: str | None = None,
     requested_by: str | None = None,
     idempotency: str | None = None,
+    max_pending: int | None = None,
 ) -> tuple[EditEntry, bool]:
     """Check a request and store it pending. Returns (entry, created); created is False when
-    IDEMPOTENCY names a request already stored (that one is returned)."""
+    IDEMPOTENCY names a request already stored (that one is returned). MAX_PENDING: see
+    Store.create_request."""
     spec = layer_spec(layer)
     check_request(checks, request, layer)
     if note is not None and len(note) > 4096:
         raise InvalidEditRequest(f"the note is {len(note)} characters long; the limit is 4096")
     entry, created = store.create_request(
-        checks.base.id, request, requested_layer=spec, note=note, requested_by=requested_by, idempotency=idempotency
+        checks.base.id,
+        request,
+        requested_layer=spec,
+        note=note,
+        requested_by=requested_by,
+        idempotency=idempotency,
+        max_pending=max_pending,
     )
     asked = (request.prompt, request.subject, request.target_new, request.relation_id, spec, note)
     if not created and asked != (

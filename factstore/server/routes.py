@@ -37,7 +37,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "content": {"application/problem+json": {}}} for code in (401, 403, 404, 409, 422, 503)
 }
 TOO_MANY: dict[int | str, dict[str, Any]] = {
-    429: {"model": ErrorOut, "content": {"application/problem+json": {}}, "description": "Too many asks"}
+    429: {"model": ErrorOut, "content": {"application/problem+json": {}}, "description": "Too many requests"}
 }
 # Declares the bearer scheme in /openapi.json (the Authorize button in /docs); a missing or
 # non-bearer Authorization header is None here, and the service decides (loopback reads are open).
@@ -146,14 +146,15 @@ def withdraw_edit(edit_id: IdPath, svc: Svc, who: Writer) -> dict:
 async def ask(alias: AliasPath, body: AskIn, svc: Svc, who: Reader, request: Request) -> dict:
     """The head's answer, computed on serve's own ask threads (FACTSTORE_ASK_THREADS), never on
     the pool other requests use; past the asks let wait (FACTSTORE_ASK_QUEUE) 503 at once, past a
-    client's FACTSTORE_ASK_PER_MINUTE 429, both with Retry-After."""
+    client's FACTSTORE_ASK_PER_MINUTE or its FACTSTORE_ASK_THREADS asks at once 429, each with
+    Retry-After."""
     client = f"token {who.name}" if who is not None else f"address {request.client.host if request.client else '?'}"
     svc.ask_gate.admit(client)
     try:
         limiter = _ask_limiter(request.app, svc.ask_threads)
         return await anyio.to_thread.run_sync(svc.ask, alias, body.prompt, body.top, limiter=limiter)
     finally:
-        svc.ask_gate.release()
+        svc.ask_gate.release(client)
 
 
 def _ask_limiter(app: Any, threads: int) -> anyio.CapacityLimiter:

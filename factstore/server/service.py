@@ -43,7 +43,7 @@ class Service:
         self._checks: dict[str, ModelChecks] = {}
         limits = config.settings()
         self.ask_threads = limits.ask_threads
-        self.ask_gate = AskGate(limits.ask_threads + limits.ask_queue, limits.ask_per_minute)
+        self.ask_gate = AskGate(limits.ask_threads + limits.ask_queue, limits.ask_per_minute, limits.ask_threads)
         self._heads: LruCache[EditSession] = LruCache(limits.ask_heads)
         self._head_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from factstore.domain import EditEntry, EditRequest, Job, NewEdit, StoredEdit, request_sha256
-from factstore.errors import EditStateError, HeadChanged, LeaseLost, UnknownEdit, UnknownJob
+from factstore.errors import EditStateError, HeadChanged, LeaseLost, TooManyRequests, UnknownEdit, UnknownJob
 from factstore.storage import convert
 from factstore.storage.base import StoreBase, refused
 from factstore.storage.models import (
@@ -126,15 +126,29 @@ class QueueVerbs(StoreBase):
         note: str | None = None,
         requested_by: str | None = None,
         idempotency: str | None = None,
+        max_pending: int | None = None,
     ) -> tuple[EditEntry, bool]:
         """Store a pending request. With an idempotency hash already stored, return that row
-        instead (created=False)."""
+        instead (created=False). With MAX_PENDING, a requester with that many requests not yet
+        computed is refused (TooManyRequests; a replay is still answered; concurrent submissions
+        can pass the limit by a few)."""
         try:
             with self._tx() as s:
                 if idempotency is not None and (
                     found := s.scalar(select(EditRow).where(EditRow.idempotency_sha256 == idempotency))
                 ):
                     return self._entry(s, found), False
+                if max_pending is not None and requested_by is not None:
+                    waiting = s.scalar(
+                        select(func.count()).where(
+                            EditRow.requested_by == requested_by, EditRow.status.in_(QUEUED_STATUSES)
+                        )
+                    )
+                    if int(waiting or 0) >= max_pending:
+                        raise TooManyRequests(
+                            f"{max_pending} requests of this requester wait to be computed; submit more once some are done",
+                            retry_after=30,
+                        )
                 row = new_request_row(
                     base_id,
                     request,
@@ -209,6 +223,19 @@ class QueueVerbs(StoreBase):
         takes the model's lease after it expired puts those back in the queue)."""
         with self._tx(write=False) as s:
             return list(s.scalars(select(EditRow.base_model_id).where(EditRow.status.in_(QUEUED_STATUSES)).distinct()))
+
+    def list_waiting_models(self, holder: str) -> list[int]:
+        """Base models with pending requests that no other worker holds a live lease on: the
+        models a worker's fair turn gives way to (a model another worker computes is served)."""
+        with self._tx(write=False) as s:
+            pending = set(s.scalars(select(EditRow.base_model_id).where(EditRow.status == "pending").distinct()))
+            moment = now()
+            taken = {
+                lease.base_model_id
+                for lease in s.scalars(select(ModelLease).where(ModelLease.base_model_id.in_(pending)))
+                if lease.holder != holder and convert.aware(lease.expires_at) > moment
+            }
+            return sorted(pending - taken)
 
     # leases -----------------------------------------------------------------------------
 
@@ -347,26 +374,20 @@ class QueueVerbs(StoreBase):
                 row.status, row.error, row.claimed_by, row.updated_at = "failed", one_line(reason), None, now()
 
     def withdraw_pending(self, edit_id: int, reason: str) -> EditEntry:
-        """Fail a request not yet computed, with REASON (a worker computing it loses its claim and
-        drops the result); EditStateError once it is computed."""
+        """Fail a pending request with REASON; EditStateError once a worker has claimed it (a
+        claim taken from under a worker would cost the rest of its batch an attempt)."""
         with self._tx() as s:
             row = s.get(EditRow, edit_id, with_for_update=True)
             if row is None:
                 raise UnknownEdit(f"no edit with id {edit_id}")
-            if row.status not in QUEUED_STATUSES:
-                hint = "; retract it instead" if row.status == "active" else ""
-                raise EditStateError(f"edit {edit_id} is {row.status}: only a pending request can be withdrawn{hint}")
+            if row.status != "pending":
+                hint = {"computing": "; retract it once it is computed", "active": "; retract it instead"}
+                raise EditStateError(
+                    f"edit {edit_id} is {row.status}: only a pending request can be withdrawn{hint.get(row.status, '')}"
+                )
             row.status, row.error, row.claimed_by, row.updated_at = "failed", one_line(reason), None, now()
             s.flush()
             return self._entry(s, row)
-
-    def count_queued_by(self, requested_by: str) -> int:
-        """Requests of one requester not yet computed, over every model."""
-        with self._tx(write=False) as s:
-            query = select(func.count()).where(
-                EditRow.requested_by == requested_by, EditRow.status.in_(QUEUED_STATUSES)
-            )
-            return int(s.scalar(query) or 0)
 
     def fail_request(self, edit_id: int, holder: str, error: str) -> EditEntry:
         with self._tx() as s:

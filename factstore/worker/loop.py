@@ -109,8 +109,11 @@ class Worker:
         queued = [b for b in self.store.list_queued_models() if b in served]
         for base_id in sorted(self._held - set(queued)):
             self._release(base_id)
-        waiting = [b for b in queued if b not in self._held]
-        spent = {b for b in self._held if waiting and self._streak.get(b, 0) >= self.settings.fair_batches}
+        long = [b for b in self._held if self._streak.get(b, 0) >= self.settings.fair_batches]
+        waiting = (
+            [b for b in self.store.list_waiting_models(self.id) if b in served and b not in self._held] if long else []
+        )
+        spent = set(long) if waiting else set()
         for base_id in sorted(spent):  # its turn is over: another model waits (here or for another worker)
             self._release(base_id)
         busy = False
