@@ -23,7 +23,9 @@ def publish(
     private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
     mode: Annotated[
         str | None,
-        typer.Option("--mode", help="Compile mode if a compile is needed: joint, sequential, spread or null-space."),
+        typer.Option(
+            "--mode", help="Compile mode if a compile is needed: joint, sequential, spread, null-space, soft or band."
+        ),
     ] = None,
     endpoint: EndpointOpt = None,
     allow_degraded: Annotated[

@@ -18,7 +18,7 @@ ModeOpt = Annotated[
     str,
     typer.Option(
         "--mode",
-        help="joint (all edits of a layer solved at once), sequential (replay in order), spread (over layers L-4..L, MEMIT), null-space (joint within C's null space, AlphaEdit) or soft (least squares against preserved text, MEMIT's solve; holds no edit exactly).",
+        help="joint (all edits of a layer solved at once), sequential (replay in order), spread (over layers L-4..L, MEMIT), null-space (joint within C's null space, AlphaEdit), soft (least squares against preserved text, MEMIT's solve; holds no edit exactly) or band (that soft solve over layers L-4..L, MEMIT's own form).",
     ),
 ]
 MinEfficacyOpt = Annotated[

@@ -34,14 +34,15 @@ from factstore.weights.replay import (
     DEFAULT_MODE,
     EXACT_MODES,
     JOINT_RIDGE,
+    LAYERED_MODES,
     NULL_SPACE_THRESHOLD,
-    SOFT_ALPHA,
     SOFT_MODES,
-    SOFT_WEIGHT,
     apply_edits,
+    band_width,
     check_mode,
     constraint_errors,
     edit_vectors,
+    soft_settings,
     tolerance,
     touched_layers,
 )
@@ -220,7 +221,7 @@ def _compile_in_memory(
     records = _release_records(store, base, loaded, judged)  # on the unedited model
     text, base_health = health.measured(store, base.id, edits, model, tok)
     lap("score")
-    inputs = spread_inputs(store, base, model, tok) if mode == "spread" else None
+    inputs = spread_inputs(store, base, model, tok) if mode in LAYERED_MODES else None
     apply_edits(model, edits, MatrixCache(store.get_covariance), mode, inputs)
     lap("apply")
     after = score_records(model, tok, records)  # one record per judged edit
@@ -332,7 +333,8 @@ def _manifest(store: Store, base: BaseModel, mode: str, edits: Sequence[StoredEd
         "joint_ridge": JOINT_RIDGE if mode in EXACT_MODES else None,
         **({"null_space_threshold": NULL_SPACE_THRESHOLD} if mode == "null-space" else {}),
         **({"spread_layers": SPREAD_LAYERS, "spread_lower_ridge": LOWER_RIDGE} if mode == "spread" else {}),
-        **({"soft_weight": SOFT_WEIGHT, "soft_alpha": SOFT_ALPHA} if mode in SOFT_MODES else {}),
+        **({"spread_layers": band_width(mode)} if mode == "band" else {}),
+        **(dict(zip(("soft_weight", "soft_alpha"), soft_settings(mode))) if mode in SOFT_MODES else {}),
         "edit_log_sha256": log_sha,
         "context_templates": store.list_context_templates(base.id),
         "edits": [

@@ -27,7 +27,14 @@ from factstore.storage.store import Store
 from factstore.weights import assets, checkpoints, stats
 from factstore.weights.checkpoints import LoadedModel
 from factstore.weights.corpus import load_corpus
-from factstore.weights.replay import MODES, NULL_SPACE_THRESHOLD, SOFT_ALPHA, SOFT_MODES, SOFT_WEIGHT, apply_edits
+from factstore.weights.replay import (
+    LAYERED_MODES,
+    MODES,
+    NULL_SPACE_THRESHOLD,
+    SOFT_MODES,
+    apply_edits,
+    soft_settings,
+)
 from factstore.weights.stats import MatrixCache
 from factstore.weights.vectors import to_bytes
 
@@ -68,15 +75,16 @@ def import_release(
             f"the release's null space threshold {manifest.null_space_threshold} is not this factstore's "
             f"{NULL_SPACE_THRESHOLD}; nothing was imported"
         )
-    if manifest.mode in SOFT_MODES and (manifest.soft_weight, manifest.soft_alpha) != (SOFT_WEIGHT, SOFT_ALPHA):
+    if manifest.mode in LAYERED_MODES:  # its compile runs forward passes, whose last bits differ between machines
+        raise ReleaseVerificationError(
+            f"a {manifest.mode}-mode release cannot be rebuilt byte for byte on another machine, so its edits cannot "
+            "be imported; pull it without --import-edits, or ask for a joint release; nothing was imported"
+        )
+    ours = soft_settings(manifest.mode)
+    if manifest.mode in SOFT_MODES and (manifest.soft_weight, manifest.soft_alpha) != ours:
         raise ReleaseVerificationError(
             f"the release's soft compile settings (weight {manifest.soft_weight}, alpha {manifest.soft_alpha}) are not "
-            f"this factstore's ({SOFT_WEIGHT}, {SOFT_ALPHA}); nothing was imported"
-        )
-    if manifest.mode == "spread":  # its compile runs forward passes, whose last bits differ between machines
-        raise ReleaseVerificationError(
-            "a spread-mode release cannot be rebuilt byte for byte on another machine, so its edits cannot be "
-            "imported; pull it without --import-edits, or ask for a joint release; nothing was imported"
+            f"this factstore's {ours}; nothing was imported"
         )
     ref = _base_ref(store, alias, manifest, progress)
     local = store.list_edits(store.get_base_model(alias).id, "active") if _registered(store, alias) else []

@@ -35,7 +35,7 @@ class AskIn(_Strict):
 
 
 class CompileIn(_Strict):
-    mode: Annotated[str, StringConstraints(pattern=r"^(joint|sequential|spread|null-space|soft)$")] | None = None
+    mode: Annotated[str, StringConstraints(pattern=r"^(joint|sequential|spread|null-space|soft|band)$")] | None = None
 
 
 class TraceIn(_Strict):

@@ -38,7 +38,16 @@ from factstore.storage import schema
 from factstore.storage.engine import make_engine
 from factstore.storage.store import Store
 from factstore.studies.figures import plot_curve
-from factstore.weights.replay import DEFAULT_MODE, MODES, apply_edits, check_mode, constraint_errors, tolerance
+from factstore.weights.replay import (
+    DEFAULT_MODE,
+    LAYERED_MODES,
+    MODES,
+    apply_edits,
+    band_width,
+    check_mode,
+    constraint_errors,
+    tolerance,
+)
 from factstore.weights.spread import SPREAD_LAYERS, LayerInputs, spread_layers
 
 CURVE_MODES = (DEFAULT_MODE,)  # scored at every curve point; the other modes at the end
@@ -326,7 +335,7 @@ def _score_modes(
             clock = time.perf_counter()
             edits = [e for e in log if index.get(request_sha256(e.request()), n) < i]
             end = i == n
-            inputs = band_inputs(session, edits) if mode == "spread" else None
+            inputs = band_inputs(session, edits, band_width(mode)) if mode in LAYERED_MODES else None
             with _weights_restored(session.model), session.base_weights():
                 try:
                     apply_edits(session.model, edits, session.matrix, mode, inputs)
@@ -336,7 +345,7 @@ def _score_modes(
                     advance(done)
                     continue
                 errors = (
-                    constraint_errors(session.model, edits) if mode != "spread" else {}
+                    constraint_errors(session.model, edits) if mode not in LAYERED_MODES else {}
                 )  # spread checks its own targets
                 scores = _score(
                     session.model,

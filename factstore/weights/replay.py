@@ -24,19 +24,25 @@ from factstore.rome.update import (
     soft_delta,
     soft_null_space_delta,
 )
-from factstore.weights.spread import LayerInputs, apply_spread, spread_layers
+from factstore.weights.spread import SPREAD_LAYERS, LayerInputs, apply_spread, spread_layers
 from factstore.weights.vectors import from_bytes
 
-MODES = ("joint", "sequential", "spread", "null-space", "soft")
+MODES = ("joint", "sequential", "spread", "null-space", "soft", "band")
 DEFAULT_MODE = "joint"
 EXACT_MODES = ("joint", "null-space")  # every constraint of the log holds on the compiled weights at once
-SOFT_MODES = ("soft",)  # no constraint held exactly: accepted by behaviour (each edit's new target wins)
+SOFT_MODES = ("soft", "band")  # no constraint held exactly: accepted by behaviour (each edit's new target wins)
+LAYERED_MODES = (
+    "spread",
+    "band",
+)  # over a band of layers: forward passes (LayerInputs), no byte-exact rebuild elsewhere
 JOINT_RIDGE = 1e-6  # lambda relative to the mean diagonal of K^T C^-1 K
 NULL_SPACE_THRESHOLD = (
     3e-2  # eigenvalues of C up to this share of the largest span the null space (docs/results.md: 1e-2 was worse)
 )
 SOFT_WEIGHT = 1e3  # tokens of preserved text against each edit's key (MEMIT's lambda; docs/hparams.md sweep)
 SOFT_ALPHA = 0.0  # ENCORE's alpha I, as a share of C's mean variance
+BAND_LAYERS = 5  # band mode: the edit layer and the four below it (MEMIT's L-4..L)
+BAND_WEIGHT = 1e4  # band mode's soft weight on every layer of the band (docs/hparams.md sweep)
 CONSTRAINT_TOLERANCE = 1e-3  # ||W k - v|| / ||v|| allowed after compiling, in float32
 
 
@@ -161,7 +167,19 @@ def apply_joint(
 def touched_layers(edits: Sequence[StoredEdit], mode: str) -> set[int]:
     """The layers whose down-projection a compile of EDITS in MODE changes."""
     own = {e.layer for e in edits}
-    return {below for layer in own for below in spread_layers(layer)} if mode == "spread" else own
+    if mode in LAYERED_MODES:
+        return {below for layer in own for below in spread_layers(layer, band_width(mode))}
+    return own
+
+
+def band_width(mode: str) -> int:
+    """Layers a layered mode spreads each edit over (ending at the edit's own)."""
+    return BAND_LAYERS if mode == "band" else SPREAD_LAYERS
+
+
+def soft_settings(mode: str) -> tuple[float, float]:
+    """(weight, alpha) of a soft mode's least-squares solve."""
+    return (BAND_WEIGHT if mode == "band" else SOFT_WEIGHT), SOFT_ALPHA
 
 
 def check_mode(mode: str) -> None:
@@ -176,21 +194,27 @@ def apply_edits(
     mode: str = DEFAULT_MODE,
     inputs: LayerInputs | None = None,
 ) -> None:
-    """Write the log onto MODEL's weights in MODE. spread needs INPUTS (the tokenizer, the edits'
-    context templates and C of the layers below); it and sequential check each edit as they go,
-    the exact modes are checked with constraint_errors after."""
+    """Write the log onto MODEL's weights in MODE. The layered modes (spread, band) need INPUTS
+    (the tokenizer, the edits' context templates and C of the layers below); spread and
+    sequential check each edit as they go, the exact modes are checked with constraint_errors
+    after, the soft modes by behaviour (release/build.verify)."""
     check_mode(mode)
+    if mode in LAYERED_MODES and inputs is None:
+        raise CompileError(
+            f"the {mode} mode needs the tokenizer, context templates and key statistics of the layers below"
+        )
     if mode == "sequential":
         apply_sequential(model, edits, covariance)
-    elif mode == "spread":
-        if inputs is None:
-            raise CompileError(
-                "the spread mode needs the tokenizer, context templates and key statistics of the layers below"
-            )
+    elif mode == "spread" and inputs is not None:
         _by_layer(model, edits)  # every edit's module checked first
         apply_spread(model, edits, covariance, edit_vectors, inputs, lambda layer: tolerance(model, layer))
+    elif mode == "band" and inputs is not None:  # MEMIT's own form: every layer of the band soft
+        _by_layer(model, edits)
+        apply_spread(
+            model, edits, covariance, edit_vectors, inputs, lambda _: 0.0, soft=soft_settings(mode), band=BAND_LAYERS
+        )
     elif mode == "soft":
-        apply_joint(model, edits, covariance, soft=(SOFT_WEIGHT, SOFT_ALPHA))
+        apply_joint(model, edits, covariance, soft=soft_settings(mode))
     else:
         apply_joint(
             model, edits, covariance, null_space_threshold=NULL_SPACE_THRESHOLD if mode == "null-space" else None
