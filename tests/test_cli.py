@@ -207,13 +207,13 @@ def test_import_validates_first_then_resumes_after_a_kill(tiny: str, db_url: str
     good = tmp_path / "cf.json"
     good.write_text(json.dumps(records))
     store = Store(db_url)
-    proc = start("edit", "import", "--model", tiny, str(good))
+    proc = start("edit", "import", "--model", tiny, str(good), "--batch", "2")  # 4 optimisations, not 8
     _wait_for(lambda: len(store.list_edits(1, "all")) >= 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     kept = store.list_edits(1, "all")
     assert 2 <= len(kept) < 8
-    result = cli_json("edit", "import", "--model", tiny, str(good))
+    result = cli_json("edit", "import", "--model", tiny, str(good), "--batch", "2")
     assert result["skipped"] == len(kept) and result["added"] == 8 - len(kept)
     edits = cli_json("edit", "list", "--model", tiny)
     assert len(edits) == 8 and sorted(e["seq"] for e in edits) == list(range(1, 9))
