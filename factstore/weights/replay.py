@@ -42,7 +42,7 @@ NULL_SPACE_THRESHOLD = (
 SOFT_WEIGHT = 1e3  # tokens of preserved text against each edit's key (MEMIT's lambda; docs/hparams.md sweep)
 SOFT_ALPHA = 0.0  # ENCORE's alpha I, as a share of C's mean variance
 BAND_LAYERS = 5  # band mode: the edit layer and the four below it (MEMIT's L-4..L)
-BAND_WEIGHT = 1e4  # band mode's soft weight on every layer of the band (docs/hparams.md sweep)
+BAND_WEIGHT = 1e4  # band mode's soft weight per layer (docs/hparams.md: NS kept, perplexity +10 %)
 CONSTRAINT_TOLERANCE = 1e-3  # ||W k - v|| / ||v|| allowed after compiling, in float32
 
 
