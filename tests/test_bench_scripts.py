@@ -4,9 +4,7 @@ run here on shrunken shapes on the CPU."""
 from __future__ import annotations
 
 import json
-import os
 import runpy
-import subprocess
 import sys
 from pathlib import Path
 
@@ -45,18 +43,17 @@ def test_the_gpu_correctness_check_passes_with_both_sides_on_the_cpu(
 
 
 @pytest.mark.slow
-def test_the_gpu_benchmark_runs_end_to_end_on_tiny_shapes(tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_the_gpu_benchmark_runs_end_to_end_on_tiny_shapes(
+    tmp_path: Path, gpt2_tokenizer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
     data = _requests(tmp_path)
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gpu.py"), "--tiny", "--device", "cpu", "--data", str(data)],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert len(rows) == 9  # 3 shape/dtype runs x (single, B=2, B=4)
+    monkeypatch.setattr(sys, "argv", ["gpu.py", "--tiny", "--device", "cpu", "--data", str(data)])
+    runpy.run_path(
+        str(REPO / "bench" / "gpu.py"), run_name="__main__"
+    )  # in-process: the script, not a process, is the subject
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 9, out  # 3 shape/dtype runs x (single, B=2, B=4)
     assert {r.split(" | ")[1] for r in rows} == {"float32", "bfloat16"} and all(
         float(r.split(" | ")[4]) > 0 for r in rows
     )
