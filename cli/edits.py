@@ -142,7 +142,7 @@ def show(edit_id: EditIdArg, json_out: JsonOpt = False) -> None:
 
 @app.command("withdraw")
 def withdraw(edit_id: EditIdArg, json_out: JsonOpt = False) -> None:
-    """Withdraw a request not yet computed: it fails, and no worker computes it."""
+    """Withdraw a pending request (not yet claimed by a worker): it fails, and no worker computes it."""
     entry = api.withdraw_edit(api.open_store(), edit_id)
     emit_json(entry.to_json()) if json_out else print(
         f"edit {entry.id} withdrawn ({entry.subject} -> {entry.target_new})"

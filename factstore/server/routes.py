@@ -137,8 +137,8 @@ def retract_edit(edit_id: IdPath, svc: Svc, who: Writer) -> dict:
 
 @router.post("/edits/{edit_id}/withdraw", response_model=EditOut)
 def withdraw_edit(edit_id: IdPath, svc: Svc, who: Writer) -> dict:
-    """Withdraw a request not yet computed (its requester, or an admin token for anyone's): it
-    fails with who withdrew it and no worker computes it; 409 once it is computed."""
+    """Withdraw a pending request (its requester, or an admin token for anyone's): it fails with
+    who withdrew it and no worker computes it; 409 once a worker has claimed it."""
     return api.withdraw_edit(svc.store, edit_id, who).to_json()
 
 
