@@ -41,6 +41,12 @@ def serve(
             help="A name clients reach this server by (repeatable); the bind address and the loopback names are always allowed, any other Host header is refused.",
         ),
     ] = None,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            min=1, max=100_000, help="Connections and requests served at once; past them a client gets 503 at once."
+        ),
+    ] = 200,
 ) -> None:
     """Run the HTTP API and web page; with the embedded SQLite default, also one worker."""
     api.require_server()
@@ -54,6 +60,7 @@ def serve(
         worker=worker,
         device=device,
         allowed_host=allowed_host,
+        max_connections=max_connections,
     )
 
 

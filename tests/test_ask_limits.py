@@ -152,3 +152,19 @@ def test_serve_keeps_at_most_ask_heads_models_loaded(
         assert svc.warm_heads() == ["tiny"]
         assert client.post("/api/v1/models/second/ask", json=ASK).status_code == 200
         assert svc.warm_heads() == ["second"]
+
+
+def test_serve_bounds_connections_and_idle_keep_alive(tiny_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve --max-connections N` reaches uvicorn as its concurrency limit (503 past it), with a
+    short keep-alive, so slow or idle clients cannot hold every connection."""
+    import uvicorn
+
+    from cli_runner import run
+
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(options))
+    monkeypatch.setenv("FACTSTORE_DATABASE_URL", tiny_store.url)
+    run("serve", "--max-connections", "7", "--no-worker")
+    assert seen["limit_concurrency"] == 7 and seen["timeout_keep_alive"] == 5 and seen["host"] == "127.0.0.1"
+    run("serve", "--no-worker")
+    assert seen["limit_concurrency"] == 200

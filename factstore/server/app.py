@@ -157,10 +157,14 @@ def serve(
     worker_models: list[str] | None = None,
     device: str | None = None,
     allowed_host: list[str] | None = None,
+    max_connections: int = 200,
     **uvicorn_options: Any,
 ) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles both; the in-process worker finishes its edit).
-    On SQLite (or with worker=True) one worker computes edits in this process."""
+    On SQLite (or with worker=True) one worker computes edits in this process. Past
+    MAX_CONNECTIONS connections and requests at once uvicorn answers 503 at once; an idle
+    keep-alive connection is closed after 5 s, and a request's headers may not pass 16 KiB
+    (h11's bound): slow clients cannot hold the server's connections for long."""
     import uvicorn
 
     settings = ServerSettings(
@@ -171,4 +175,5 @@ def serve(
         device=device,
         allowed_hosts=allowed_hosts(host, allowed_host),
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", **uvicorn_options)
+    options = {"limit_concurrency": max_connections, "timeout_keep_alive": 5, **uvicorn_options}
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", **options)
