@@ -201,3 +201,13 @@ def _target_leads(model, tokenizer, request: EditRequest, delta: torch.Tensor) -
     with torch.no_grad(), edit_output(arch.down_proj(model, 2), editor):
         logits = model(input_ids=ids).logits[0, -1]
     return int(logits.argmax()) == first
+
+
+def test_the_loop_choice_follows_the_device_and_the_batch() -> None:
+    """On the CPU the suffix loop always; on an accelerator the upper loop for one request (the
+    suffix loop's many small launches were slower there) and the suffix loop for a batch."""
+    from factstore.rome.values import choose_loop
+
+    assert choose_loop(torch.device("cpu"), 1) == choose_loop(torch.device("cpu"), 16) == "suffix"
+    assert choose_loop(torch.device("cuda", 0), 1) == "upper"
+    assert choose_loop(torch.device("cuda", 0), 8) == "suffix"
