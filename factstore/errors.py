@@ -143,17 +143,17 @@ class HeadChanged(FactStoreError):
     """The log changed while an edit was computed on the old head: it is computed again."""
 
 
-class ServiceBusy(FactStoreError):
-    """The service has no room for this request now (HTTP 503 with Retry-After)."""
+class RetryLater(FactStoreError):
+    """A request refused for now; RETRY_AFTER seconds is when to try again (HTTP Retry-After)."""
 
-    def __init__(self, message: str, retry_after: int = 2) -> None:
+    def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
-class TooManyRequests(FactStoreError):
-    """One client asked more often than its limit (HTTP 429 with Retry-After)."""
+class ServiceBusy(RetryLater):
+    """The service has no room for this request now (HTTP 503)."""
 
-    def __init__(self, message: str, retry_after: int = 60) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+
+class TooManyRequests(RetryLater):
+    """One client asked more often than its limit (HTTP 429)."""

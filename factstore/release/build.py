@@ -46,7 +46,7 @@ from factstore.weights.replay import (
     tolerance,
     touched_layers,
 )
-from factstore.weights.spread import LOWER_RIDGE, SPREAD_LAYERS, LayerInputs
+from factstore.weights.spread import LOWER_RIDGE, LayerInputs
 from factstore.weights.stats import MatrixCache
 
 
@@ -332,8 +332,8 @@ def _manifest(store: Store, base: BaseModel, mode: str, edits: Sequence[StoredEd
         "mode": mode,
         "joint_ridge": JOINT_RIDGE if mode in EXACT_MODES else None,
         **({"null_space_threshold": NULL_SPACE_THRESHOLD} if mode == "null-space" else {}),
-        **({"spread_layers": SPREAD_LAYERS, "spread_lower_ridge": LOWER_RIDGE} if mode == "spread" else {}),
-        **({"spread_layers": band_width(mode)} if mode == "band" else {}),
+        **({"spread_layers": band_width(mode)} if mode in LAYERED_MODES else {}),
+        **({"spread_lower_ridge": LOWER_RIDGE} if mode == "spread" else {}),
         **(dict(zip(("soft_weight", "soft_alpha"), soft_settings(mode))) if mode in SOFT_MODES else {}),
         "edit_log_sha256": log_sha,
         "context_templates": store.list_context_templates(base.id),

@@ -352,15 +352,13 @@ class _Run:
         with edit_output(self.module, add_per_row(deltas, batch.owner, batch.subject_pos)):
             token_logp, is_top1, kl_logp = _log_probs(self.model, batch, stack)
         n = len(self.active)
-        misses = torch.zeros(n, device=is_top1.device).index_add(
-            0, batch.nll_owner.to(is_top1.device), (~is_top1).float()
-        )
+        missed = _per_request((~is_top1).float(), batch.nll_owner, n)  # share of target tokens not top-1
         nll = _per_request(-token_logp, batch.nll_owner, n)
         kl_init = torch.stack([self.kl_init[i] for i in self.active]).to(kl_logp.device)
         kl = (kl_logp.exp() * (kl_logp - kl_init)).sum(-1)  # KL(P_delta || P_0) per essence row
         v0_norm = torch.stack([self.v0[i].norm() for i in self.active]).to(nll.device)
         decay = deltas.norm(dim=1).to(nll.device) / v0_norm**2  # ROME's form: ||delta|| / ||v0||^2
-        return nll + self.hp.kl_factor * kl + self.hp.weight_decay * decay, (misses == 0).tolist()
+        return nll + self.hp.kl_factor * kl + self.hp.weight_decay * decay, (missed == 0).tolist()
 
     @torch.no_grad()
     def _clamp(self, requests: list[int]) -> None:

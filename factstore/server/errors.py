@@ -20,6 +20,7 @@ from factstore.errors import (
     InvalidArgument,
     InvalidEditRequest,
     ModelAliasTaken,
+    RetryLater,
     ScopeError,
     ServiceBusy,
     TokenError,
@@ -96,7 +97,7 @@ def install(app: FastAPI) -> None:
                     log.warning("%s: %s", name, detail)
                     detail = DATABASE_DETAIL[status]
                 if status in (429, 503):
-                    headers = {"Retry-After": str(getattr(exc, "retry_after", 5))}
+                    headers = {"Retry-After": str(exc.retry_after if isinstance(exc, RetryLater) else 5)}
                 return body(name, detail, status, headers)
         return body("bad request", str(exc))
 

@@ -31,10 +31,8 @@ MODES = ("joint", "sequential", "spread", "null-space", "soft", "band")
 DEFAULT_MODE = "joint"
 EXACT_MODES = ("joint", "null-space")  # every constraint of the log holds on the compiled weights at once
 SOFT_MODES = ("soft", "band")  # no constraint held exactly: accepted by behaviour (each edit's new target wins)
-LAYERED_MODES = (
-    "spread",
-    "band",
-)  # over a band of layers: forward passes (LayerInputs), no byte-exact rebuild elsewhere
+# over a band of layers: forward passes (LayerInputs), no byte-exact rebuild on another machine
+LAYERED_MODES = ("spread", "band")
 JOINT_RIDGE = 1e-6  # lambda relative to the mean diagonal of K^T C^-1 K
 NULL_SPACE_THRESHOLD = (
     3e-2  # eigenvalues of C up to this share of the largest span the null space (docs/results.md: 1e-2 was worse)
@@ -199,20 +197,24 @@ def apply_edits(
     sequential check each edit as they go, the exact modes are checked with constraint_errors
     after, the soft modes by behaviour (release/build.verify)."""
     check_mode(mode)
-    if mode in LAYERED_MODES and inputs is None:
-        raise CompileError(
-            f"the {mode} mode needs the tokenizer, context templates and key statistics of the layers below"
-        )
-    if mode == "sequential":
-        apply_sequential(model, edits, covariance)
-    elif mode == "spread" and inputs is not None:
+    if mode in LAYERED_MODES:
+        if inputs is None:
+            raise CompileError(
+                f"the {mode} mode needs the tokenizer, context templates and key statistics of the layers below"
+            )
         _by_layer(model, edits)  # every edit's module checked first
-        apply_spread(model, edits, covariance, edit_vectors, inputs, lambda layer: tolerance(model, layer))
-    elif mode == "band" and inputs is not None:  # MEMIT's own form: every layer of the band soft
-        _by_layer(model, edits)
-        apply_spread(
-            model, edits, covariance, edit_vectors, inputs, lambda _: 0.0, soft=soft_settings(mode), band=BAND_LAYERS
+        apply_spread(  # band: MEMIT's own form, every layer of the band soft (nothing to check after)
+            model,
+            edits,
+            covariance,
+            edit_vectors,
+            inputs,
+            lambda layer: tolerance(model, layer),
+            soft=soft_settings(mode) if mode in SOFT_MODES else None,
+            band=band_width(mode),
         )
+    elif mode == "sequential":
+        apply_sequential(model, edits, covariance)
     elif mode == "soft":
         apply_joint(model, edits, covariance, soft=soft_settings(mode))
     else:
