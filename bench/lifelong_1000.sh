@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FACTSTORE_HOME="${FACTSTORE_HOME:-$HOME/.factstore-lifelong}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-RUN_DIR="${RUN_DIR:-$FACTSTORE_HOME/lifelong-1000}"
+RUN_DIR="${RUN_DIR:-$FACTSTORE_HOME/lifelong-1000}"  # LAYER=N: the edit layer (default the measured one)
 F=.venv/bin/factstore
 $F model list --json | grep -q '"alias": "smollm2"' || $F model add smollm2 starter:smollm2-135m
 exec $F eval --model smollm2 --dataset ../shared/data/counterfact_val_1000.json --n 1000 --mode lifelong \
-  --every 1000 --batch 8 --compile-mode joint --no-fluency --run-dir "$RUN_DIR"
+  --every 1000 --batch 8 --compile-mode joint --no-fluency --run-dir "$RUN_DIR" ${LAYER:+--layer "$LAYER"}

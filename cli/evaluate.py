@@ -57,6 +57,10 @@ def eval_(
         list[str] | None,
         typer.Option("--compile-mode", help="lifelong: a compile mode to score (repeat; default every mode)."),
     ] = None,
+    layer: Annotated[
+        int | None,
+        typer.Option("--layer", min=0, help="lifelong: the edit layer (default: the model's measured one)."),
+    ] = None,
     retract: Annotated[
         int,
         typer.Option(
@@ -103,6 +107,7 @@ def eval_(
         heldout_tokens=heldout_tokens,
         fluency_sample=fluency_sample,
         run_dir=run_dir,
+        layer=layer,
         progress=BARS,
     )
     if json_out:

@@ -572,12 +572,13 @@ def evaluate_model(
     heldout_tokens: int = 20_000,
     fluency_sample: int = 50,
     run_dir: str | None = None,
+    layer: int | None = None,
     progress: Reporter = SILENT,
 ) -> dict:
     """CounterFact scores: `single` (each record edited alone on the base), `lifelong` (all
     registered one after another in a resumable run folder, the log compiled in each of
     COMPILE_MODES and scored, then RETRACT edits retracted at random) or a built release.
-    batch: edits computed in one optimisation."""
+    batch: edits computed in one optimisation; layer (lifelong): the edit layer instead of the model's default."""
     from factstore.analysis.metrics import FluencySettings
     from factstore.datasets import read_records
     from factstore.studies import evaluation, lifelong
@@ -600,6 +601,7 @@ def evaluate_model(
         fluency_sample=fluency_sample,
         heldout_tokens=heldout_tokens,
         retract=retract,
+        layer=layer,
     )
     return lifelong.lifelong(
         store, alias, records, settings, settings=plan, folder=run_dir, out=out, device=device, progress=progress

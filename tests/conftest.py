@@ -209,15 +209,42 @@ def tiny_store(db_url: str, tiny_template: Path):  # type: ignore[no-untyped-def
     from factstore import api
 
     if db_url.startswith("sqlite"):
-        # the backup API copies a consistent database whatever the template's WAL holds
-        source, copy = (
-            sqlite3.connect(tiny_template / "template.db"),
-            sqlite3.connect(db_url.removeprefix("sqlite:///")),
-        )
-        try:
-            source.backup(copy)
-        finally:
-            source.close()
-            copy.close()
+        _copy_template(tiny_template, Path(db_url.removeprefix("sqlite:///")))
         return api.open_store(db_url)
     return _build_tiny(api, db_url, tiny_template / "tiny-model", tiny_template / "corpus.json")
+
+
+def _copy_template(tiny_template: Path, database: Path) -> None:
+    # the backup API copies a consistent database whatever the template's WAL holds
+    source, copy = sqlite3.connect(tiny_template / "template.db"), sqlite3.connect(database)
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
+
+
+@pytest.fixture(scope="session")
+def one_edit_release(tmp_path_factory: pytest.TempPathFactory, tiny_template: Path) -> dict[str, bytes]:
+    """The files of a genuine release of "tiny" with one edit (Eiffel Tower -> Rome), compiled
+    once per worker in a store of its own; tests that attack a release start from these bytes."""
+    from factstore import api
+    from factstore.domain import EditRequest
+    from factstore.editing.session import EditSession
+
+    root = tmp_path_factory.mktemp("one-edit-release")
+    url = f"sqlite:///{root / 'store.db'}"
+    _copy_template(tiny_template, root / "store.db")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FACTSTORE_HOME", str(root / "home"))
+        mp.setenv("FACTSTORE_CACHE", str(TEST_CACHE))
+        mp.setenv("FACTSTORE_DATABASE_URL", url)
+        store = api.open_store(url)
+        try:
+            EditSession(store, "tiny", device="cpu").add(
+                EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome")
+            )
+            release, _ = api.compile_release(store, "tiny", device="cpu")
+            return {p.name: p.read_bytes() for p in Path(release.path).iterdir()}
+        finally:
+            store.close()

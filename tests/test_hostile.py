@@ -19,8 +19,6 @@ from test_hub import _serve
 
 from cli_runner import run
 from factstore import api
-from factstore.domain import EditRequest
-from factstore.editing.session import EditSession
 from factstore.errors import HubError, ReleaseVerificationError
 from factstore.release import layout, pull
 from hub_server import Entry, HubServer, Repo
@@ -37,12 +35,10 @@ def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[HubServer]:
 
 
 @pytest.fixture
-def release(tiny_store, hub: HubServer, tmp_path: Path) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
-    """The files of a genuine one-edit release, published as GOOD."""
-    EditSession(tiny_store, "tiny", device="cpu").add(EditRequest(PROMPT, "The Eiffel Tower", "Rome"))
-    api.publish_release(tiny_store, "tiny", GOOD, endpoint=hub.url)
-    folder = Path(api.list_releases(tiny_store, "tiny")[-1].path)
-    return {p.name: p.read_bytes() for p in folder.iterdir()}
+def release(one_edit_release: dict[str, bytes], hub: HubServer) -> dict[str, bytes]:
+    """The files of a genuine one-edit release (compiled once per worker), in this test's Hub as GOOD."""
+    craft(hub, GOOD, one_edit_release)
+    return dict(one_edit_release)
 
 
 @pytest.fixture
@@ -117,7 +113,6 @@ def _manifest_with(files: dict[str, bytes], extra: dict[str, bytes]) -> dict[str
     return {**files, layout.MANIFEST: json.dumps(manifest).encode()}
 
 
-@SQLITE
 @pytest.mark.parametrize(
     ("name", "message"),
     [
@@ -143,7 +138,6 @@ def test_file_names_that_are_not_plain_names_in_the_repository_are_refused(
     assert sentinel() == before and not out.exists()
 
 
-@SQLITE
 @pytest.mark.parametrize(
     ("manifest", "message"),
     [
@@ -161,7 +155,6 @@ def test_malformed_manifests_are_one_line_refusals(
     assert not (tmp_path / "out").exists()
 
 
-@SQLITE
 def test_a_file_that_fails_its_hash_drops_the_cached_commit(
     release: dict[str, bytes], hub: HubServer, tmp_path: Path
 ) -> None:
@@ -262,7 +255,6 @@ def test_weights_that_are_not_the_compile_of_the_log_are_refused(
     assert api.list_edits(bob, "team", "all") == []
 
 
-@SQLITE
 def test_the_cli_refuses_a_traversal_in_one_line_with_exit_1(
     release: dict[str, bytes], hub: HubServer, tmp_path: Path, sentinel: Callable[[], str]
 ) -> None:
@@ -341,7 +333,6 @@ def test_files_larger_than_they_can_be_are_refused_before_a_byte_is_fetched(  # 
     )
 
 
-@SQLITE
 def test_a_release_that_would_not_fit_on_the_disk_is_refused_before_download(  # type: ignore[no-untyped-def]
     release: dict[str, bytes],
     hub: HubServer,
@@ -364,7 +355,6 @@ def test_a_release_that_would_not_fit_on_the_disk_is_refused_before_download(  #
     assert api.pull_release("eve/fat", "v1", str(tmp_path / "out"), endpoint=hub.url).verified
 
 
-@SQLITE
 def test_a_release_of_a_newer_manifest_format_names_the_version_to_upgrade_to(
     release: dict[str, bytes], hub: HubServer, tmp_path: Path
 ) -> None:
@@ -427,7 +417,6 @@ def test_edits_that_took_must_still_take_on_the_release() -> None:
         _check_holding("soft", {-i: i > 3 for i in range(1, 41)}, local=0)
 
 
-@SQLITE
 @pytest.mark.parametrize("header", ["ETag", "X-Linked-Etag", "X-Repo-Commit"])
 def test_a_server_cannot_name_where_a_download_is_written(
     release: dict[str, bytes], hub: HubServer, tmp_path: Path, sentinel: Callable[[], str], header: str

@@ -62,6 +62,7 @@ class LifelongSettings:
     heldout_tokens: int = 20_000  # perplexity check; 0 skips it
     retract: int = 0  # edits retracted at random after the modes are scored (then the default mode is rebuilt)
     seed: int = 0
+    layer: int | None = None  # the edit layer (None: the model's default; a band mode spreads below it)
 
 
 # the run folder -------------------------------------------------------------------------------
@@ -234,6 +235,7 @@ def lifelong(
         "heldout_tokens": settings.heldout_tokens,
         "fluency": fluency is not None and settings.fluency_sample > 0,
         "fluency_sample": settings.fluency_sample,
+        **({} if settings.layer is None else {"layer": settings.layer}),
     }  # what the kept scores depend on (compile modes may vary)
     state = _State(run / "state.json", header)
     scratch = _open_store(run, store, alias, progress)
@@ -272,7 +274,12 @@ def _register(
     step = settings.every or len(records)
     for lo in range(0, len(records), step):  # seconds recorded per slice: an interrupted run keeps what it spent
         add_requests(
-            session, requests[lo : lo + step], batch=settings.batch, note="lifelong evaluation", progress=progress
+            session,
+            requests[lo : lo + step],
+            layer=settings.layer,
+            batch=settings.batch,
+            note="lifelong evaluation",
+            progress=progress,
         )
         state.add_seconds("register", time.perf_counter() - clock)
         state.save()
