@@ -132,6 +132,7 @@ def test_listing_does_not_import_torch(tiny: str) -> None:
         assert done.stdout.strip().splitlines()[-1] == "False", done.stderr
 
 
+@pytest.mark.slow  # real processes, each loading torch
 @pytest.mark.database
 def test_concurrent_edit_adds_lose_and_duplicate_nothing(tiny: str) -> None:
     subjects = ["The Eiffel Tower", "The Louvre", "Big Ben"]  # three writers race for seq; each process loads torch
@@ -173,6 +174,7 @@ def _has_loaded_torch(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # real processes, each loading torch
 @pytest.mark.database
 def test_killed_edit_add_leaves_nothing_and_a_rerun_completes(tiny: str, db_url: str) -> None:
     proc = start("edit", "add", "--model", tiny, *EIFFEL)
@@ -189,6 +191,7 @@ def test_killed_edit_add_leaves_nothing_and_a_rerun_completes(tiny: str, db_url:
 
 # one database: the subject is the process killed mid-import and the rerun; an import
 # interrupted on both databases is test_queue's test_a_rerun_import_finishes_requests_...
+@pytest.mark.slow  # real processes, each loading torch
 def test_import_validates_first_then_resumes_after_a_kill(tiny: str, db_url: str, tmp_path: Path) -> None:
     records = json.loads((REPO / "tests" / "data" / "counterfact_8.json").read_text())
     bad = tmp_path / "bad.json"

@@ -82,6 +82,7 @@ def submit(store: Store, alias: str, n: int, offset: int = 0) -> list[int]:
     ]
 
 
+@pytest.mark.slow  # real processes, each loading torch
 def test_a_worker_killed_mid_batch_loses_nothing(tiny_store: Store) -> None:
     ids = submit(tiny_store, "tiny", 8)
     worker = start_worker("--batch", "8")
@@ -112,6 +113,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(tiny_store: Store) -> None:
     assert [e.id for e in sorted(log, key=lambda e: e.seq or 0)] == ids  # in submission order
 
 
+@pytest.mark.slow  # real processes, each loading torch
 def test_sigterm_finishes_the_current_edit_and_exits(tiny_store: Store) -> None:
     submit(tiny_store, "tiny", 6)
     worker = start_worker("--batch", "6")
@@ -127,6 +129,7 @@ def test_sigterm_finishes_the_current_edit_and_exits(tiny_store: Store) -> None:
     assert tiny_store.list_live_workers(60) == []
 
 
+@pytest.mark.slow  # real processes, each loading torch
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # where several workers on several machines meet
 def test_two_workers_share_two_models(tiny_store: Store, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     add_random_gpt2(
