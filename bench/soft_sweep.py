@@ -41,6 +41,13 @@ def main() -> None:
     )
     parser.add_argument("--bands", type=int, nargs="*", default=[])
     parser.add_argument("--band-weights", type=float, nargs="+", default=[1e4])
+    parser.add_argument(
+        "--linear-bands",
+        type=int,
+        nargs="*",
+        default=[],
+        help="the linear band: equal shares at keys measured once on the base, no forward pass between layers",
+    )
     parser.add_argument("--skip-single", action="store_true", help="only the band rows (and unedited)")
     parser.add_argument("--heldout-tokens", type=int, default=20_000)
     parser.add_argument("--json", default=None)
@@ -48,10 +55,11 @@ def main() -> None:
 
     from factstore.datasets import read_records
     from factstore.editing.session import EditSession
+    from factstore.rome.edit import add_delta
     from factstore.storage.store import Store
     from factstore.studies.lifelong import band_inputs, heldout_rows, score_variant
     from factstore.weights.replay import apply_joint, edit_vectors
-    from factstore.weights.spread import apply_spread
+    from factstore.weights.spread import apply_spread, band_deltas, band_keys
     from factstore.weights.stats import MatrixCache
 
     store = Store(f"sqlite:///{Path(args.run_dir) / 'lifelong.db'}")
@@ -86,6 +94,25 @@ def main() -> None:
                 ),
             )
             for b in args.bands
+            for w in args.band_weights
+            for a in args.alphas
+        ]
+    if args.linear_bands:
+        inputs = band_inputs(session, edits, max(args.linear_bands))
+        with session.base_weights():
+            lower = band_keys(session.model, edits, inputs, max(args.linear_bands))
+
+        def linear(model, b, w, a):  # type: ignore[no-untyped-def]
+            def cov(e, layer):  # type: ignore[no-untyped-def]
+                return covariance(e.covariance_id) if layer == e.layer else inputs.covariance(e, layer)
+
+            deltas = band_deltas(model, edits, edit_vectors, lambda e: lower[e.id], cov, (w, a), b)
+            for layer, delta in deltas.items():
+                add_delta(model, layer, delta)
+
+        variants += [
+            (f"linear band {b} w={w:g} a={a:g}", lambda m, b=b, w=w, a=a: linear(m, b, w, a))
+            for b in args.linear_bands
             for w in args.band_weights
             for a in args.alphas
         ]

@@ -196,3 +196,37 @@ def test_soft_acceptance_counts_the_edits_that_took_and_refuses_below_the_minimu
     assert verify(model, never, "soft", dict.fromkeys(ids, False)) == []
     with pytest.raises(CompileError, match=f"edit {ids[0]}: prompt prefers the old target"):  # exact modes: every edit
         verify(model, edits, "sequential", {**dict.fromkeys(ids, True), ids[0]: False})
+
+
+def test_the_linear_band_asks_each_layer_an_equal_share_at_its_key(edited) -> None:  # type: ignore[no-untyped-def]
+    """band_deltas (MEMIT without measuring again between layers): with a vanishing soft weight
+    each layer of the band delivers exactly its share R / B of every edit's shift at its own key,
+    the edit layer at the stored k*; linear algebra over stored vectors, so the same bytes again."""
+    from factstore.studies.lifelong import band_inputs
+
+    store, session = edited
+    edits = store.list_edits(1)
+    top = edits[0].layer
+    band = top + 1  # every layer up to the edit layer
+    assert band >= 2
+    inputs = band_inputs(session, edits, band)
+    covariance = MatrixCache(store.get_covariance)
+
+    def cov(edit, layer: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        return covariance(edit.covariance_id) if layer == edit.layer else inputs.covariance(edit, layer)
+
+    with session.base_weights():
+        lower = spread.band_keys(session.model, edits, inputs, band)
+        deltas = [
+            spread.band_deltas(session.model, edits, replay.edit_vectors, lambda e: lower[e.id], cov, (1e-9, 0.0), band)
+            for _ in range(2)
+        ]
+        W0 = arch.down_proj_weight(session.model, top).double()
+    assert sorted(deltas[0]) == spread.spread_layers(top, band)
+    assert all(torch.equal(deltas[0][layer], deltas[1][layer]) for layer in deltas[0])
+    for edit in edits:
+        key, value = (v.double() for v in replay.edit_vectors(edit))
+        shift = value - W0 @ key - arch.down_proj_bias(session.model, top).double()
+        for layer, delta in deltas[0].items():
+            at = key if layer == top else lower[edit.id][layer].double()
+            assert torch.allclose(delta @ at, shift / band, rtol=1e-4, atol=1e-6 * float(shift.norm()))

@@ -129,25 +129,52 @@ def subject_states(
     """For each set of (prompt, subject) pairs, the mean over its prompts, at the subject's last
     token, of KEY_LAYER's down-projection input and of the residual stream after block OUT_LAYER:
     (n, d_ff) and (n, d) float32 (what a compile spread over layers measures)."""
+    keys, hidden = _subject_means(model, tokenizer, prompt_sets, [key_layer], out_layer, batch_size)
+    return keys[key_layer], hidden
+
+
+@torch.no_grad()
+def subject_keys(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_sets: list[list[tuple[str, str]]],
+    layers: list[int],
+    batch_size: int = 64,
+) -> dict[int, torch.Tensor]:
+    """{layer: (n, d_ff) float32}: subject_states' keys for several layers from one forward pass."""
+    return _subject_means(model, tokenizer, prompt_sets, layers, max(layers), batch_size)[0]
+
+
+def _subject_means(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_sets: list[list[tuple[str, str]]],
+    key_layers: list[int],
+    out_layer: int,
+    batch_size: int,
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     device = arch.input_device(model)
     encoded = [(i, encode_prompt(tokenizer, p, subject)) for i, pairs in enumerate(prompt_sets) for p, subject in pairs]
+    if not encoded:
+        raise ValueError("keys of no prompts: every prompt set is empty")
     encoded.sort(key=lambda item: len(item[1].ids))  # similar lengths share a batch
-    keys: torch.Tensor | None = None
+    keys: dict[int, torch.Tensor] = {}
     hidden: torch.Tensor | None = None
     for lo in range(0, len(encoded), batch_size):
         chunk = encoded[lo : lo + batch_size]
         ids, mask = pad_right([e.ids for _, e in chunk])
-        found, out = inputs_and_block_output(model, [key_layer], out_layer, ids.to(device), mask.to(device))
+        found, out = inputs_and_block_output(model, key_layers, out_layer, ids.to(device), mask.to(device))
         rows = torch.arange(len(chunk))
         at = torch.tensor([e.subject_last for _, e in chunk])
-        k = found[key_layer][rows.to(found[key_layer].device), at.to(found[key_layer].device)].double().cpu()
-        h = out[rows.to(out.device), at.to(out.device)].double().cpu()
         owner = torch.tensor([i for i, _ in chunk])
-        keys = torch.zeros(len(prompt_sets), k.shape[1], dtype=torch.float64) if keys is None else keys
+        for layer in key_layers:
+            k = found[layer][rows.to(found[layer].device), at.to(found[layer].device)].double().cpu()
+            keys.setdefault(layer, torch.zeros(len(prompt_sets), k.shape[1], dtype=torch.float64))
+            keys[layer].index_add_(0, owner, k)
+        h = out[rows.to(out.device), at.to(out.device)].double().cpu()
         hidden = torch.zeros(len(prompt_sets), h.shape[1], dtype=torch.float64) if hidden is None else hidden
-        keys.index_add_(0, owner, k)
         hidden.index_add_(0, owner, h)
-    if keys is None or hidden is None:
-        raise ValueError("keys of no prompts: every prompt set is empty")
+    if hidden is None:  # unreachable (encoded is not empty); narrows the type
+        raise ValueError("keys of no prompts")
     counts = torch.tensor([len(pairs) for pairs in prompt_sets], dtype=torch.float64).unsqueeze(1)
-    return (keys / counts).float(), (hidden / counts).float()
+    return {layer: (k / counts).float() for layer, k in keys.items()}, (hidden / counts).float()

@@ -26,7 +26,7 @@ from factstore import arch
 from factstore.domain import StoredEdit
 from factstore.errors import CompileError
 from factstore.rome.edit import add_delta
-from factstore.rome.keys import subject_states
+from factstore.rome.keys import subject_keys, subject_states
 from factstore.rome.prompts import request_prompts
 from factstore.rome.update import residual_delta, soft_residual_delta
 
@@ -107,3 +107,54 @@ def apply_spread(
         bad += [f"edit {e.id} ({err:.2g})" for e, err in zip(group, errors.tolist()) if not err <= tolerance(top)]
     if bad:
         raise CompileError(f"spread compile: these edits miss their target: {', '.join(bad[:10])}; nothing was written")
+
+
+def band_keys(
+    model: PreTrainedModel, edits: Sequence[StoredEdit], inputs: LayerInputs, band: int
+) -> dict[int, dict[int, torch.Tensor]]:
+    """{edit id: {layer: key (d_ff,)}} for the layers below each edit's own in a band of BAND
+    layers, measured on MODEL (the base) in one pass per edit layer: what a linear band compile
+    needs beyond the stored (key, value) of the edit layer."""
+    by_layer: dict[int, list[StoredEdit]] = defaultdict(list)
+    for edit in edits:
+        by_layer[edit.layer].append(edit)
+    found: dict[int, dict[int, torch.Tensor]] = {}
+    for top, group in sorted(by_layer.items()):
+        lower = spread_layers(top, band)[:-1]
+        if not lower:
+            found.update({e.id: {} for e in group})
+            continue
+        keys = subject_keys(model, inputs.tokenizer, _prompt_sets(group, inputs), lower)
+        found.update({e.id: {layer: keys[layer][i] for layer in lower} for i, e in enumerate(group)})
+    return found
+
+
+def band_deltas(
+    model: PreTrainedModel,
+    edits: Sequence[StoredEdit],
+    vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]],
+    lower_keys: Callable[[StoredEdit], dict[int, torch.Tensor]],
+    covariance: Callable[[StoredEdit, int], torch.Tensor],
+    soft: tuple[float, float],
+    band: int,
+) -> dict[int, torch.Tensor]:
+    """{layer: dW (out, in)} of the linear band: each edit's shift R = v* - W0 k* - b at its
+    layer L is asked in equal shares R / BAND of every layer of L-BAND+1..L, at that layer's key
+    (stored k* at L, LOWER_KEYS below), every layer one soft solve over all the edits that
+    reach it. Linear algebra over stored vectors only: no forward pass, the same bytes
+    wherever the vectors and C are the same (MEMIT without measuring again between layers)."""
+    asks: dict[int, list[tuple[StoredEdit, torch.Tensor, torch.Tensor]]] = defaultdict(list)  # layer -> (edit, k, r)
+    for edit in sorted(edits, key=lambda e: e.seq):
+        key, value = vectors(edit)
+        W0, b = arch.down_proj_weight(model, edit.layer).double().cpu(), arch.down_proj_bias(model, edit.layer)
+        shift = value.double() - W0 @ key.double() - (0 if b is None else b.double().cpu())  # (d,)
+        layers = spread_layers(edit.layer, band)
+        below = lower_keys(edit)
+        for layer in layers:
+            asks[layer].append((edit, key if layer == edit.layer else below[layer], shift / len(layers)))
+    deltas = {}
+    for layer, rows in sorted(asks.items()):
+        K = torch.stack([k for _, k, _ in rows]).double().T  # (d_ff, n)
+        R = torch.stack([r for _, _, r in rows]).T  # (d, n)
+        deltas[layer] = soft_residual_delta(R, K, covariance(rows[-1][0], layer), *soft)
+    return deltas
