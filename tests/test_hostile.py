@@ -432,3 +432,61 @@ def test_a_server_cannot_name_where_a_download_is_written(
     hub.state.file_headers.append((re.escape(layout.MANIFEST), {header: f'"{os.path.relpath(target, blobs)}"'}))
     pull_refused(hub, "eve/etag", tmp_path / "out", "is not a (SHA-1|hash)")
     assert not target.exists() and sentinel() == before and not (tmp_path / "out").exists()
+
+
+def _files_of(server: HubServer, repo_id: str) -> dict[str, bytes]:
+    repo = server.state.repos[repo_id]
+    return {name: server.state.blobs[e.sha256] for name, e in repo.commits[repo.branches["main"]].files.items()}
+
+
+@SQLITE
+def test_a_pulled_c_built_to_steer_edits_is_refused_before_it_is_recorded(  # type: ignore[no-untyped-def]
+    tiny_store, hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sentinel: Callable[[], str]
+) -> None:
+    """The review's attack: a statistics repository's C for the model's exact spec (every format
+    check passes: finite, symmetric, positive definite) shrunk along a victim subject's key, so
+    that C^-1 k* of every later local edit points at that key. It is compared with the layer's
+    keys on the text of the store's own statistics, refused in one line, and leaves nothing;
+    the genuine C of the same spec is taken."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from factstore.domain import EditRequest
+    from factstore.editing.session import EditSession
+    from factstore.errors import StatisticsError
+    from factstore.release.stats_repo import INDEX, StatsIndex
+    from factstore.rome.keys import compute_key
+    from factstore.weights import stats
+
+    api.push_stats(tiny_store, "tiny", "alice/stats", endpoint=hub.url)
+    genuine = _files_of(hub, "alice/stats")
+    entry = StatsIndex.model_validate_json(genuine[INDEX]).files[0]
+    own = tiny_store.get_covariance(1)
+    session = EditSession(tiny_store, "tiny", device="cpu")
+    victim = EditRequest(PROMPT, "The Eiffel Tower", "Paris")
+    k = compute_key(session.model, session.tokenizer, victim, own.layer, ["{}"]).double()
+    k, C = k / k.norm(), stats.load_matrix(Path(own.path)).double()
+    crafted = C - 0.999 * torch.outer(C @ k, C @ k) / (k @ C @ k)  # C^-1 gains 1,000x along the victim's key
+    assert int(torch.linalg.cholesky_ex(crafted).info) == 0
+    path = tmp_path / "crafted.safetensors"
+    with safe_open(own.path, "pt") as fh:
+        metadata = fh.metadata()
+    save_file({"C": crafted.to(getattr(torch, own.dtype))}, str(path), metadata=metadata)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    index = StatsIndex(files=[entry.model_copy(update={"sha256": sha})]).model_dump_json().encode()
+    craft(hub, "eve/stats", {INDEX: index, stats.shipped_name(sha): path.read_bytes()}, lfs=True)
+
+    monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "bob-cache"))
+    bob = _bob(tmp_path)
+    api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
+    other = next(layer for layer in range(3) if layer != own.layer)  # bob's own statistics: his choice of text
+    api.compute_stats(bob, "team", layer=other, corpus=own.corpus, tokens=2000, device="cpu")
+    before = (sentinel(), [c.sha256 for c in bob.list_covariances(1)])
+    with pytest.raises(StatisticsError, match=r"do not match this model's keys on local text .*refused") as caught:
+        api.pull_stats(bob, "team", "eve/stats", endpoint=hub.url)
+    assert "\n" not in str(caught.value)
+    assert (sentinel(), [c.sha256 for c in bob.list_covariances(1)]) == before
+    assert not list((tmp_path / "bob-cache" / "stats" / stats.SHIPPED).glob(f"{sha}*"))
+    got = api.pull_stats(bob, "team", "alice/stats", endpoint=hub.url)
+    assert got["layers"] == [own.layer] and bob.list_covariances(1)[-1].sha256 == entry.sha256

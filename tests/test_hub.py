@@ -370,6 +370,13 @@ def test_live_hub_round_trip(tiny_store, monkeypatch: pytest.MonkeyPatch, tmp_pa
         hf.delete_repo(repo, missing_ok=True)
 
 
+def _own_stats_elsewhere(store, alias: str, theirs) -> None:  # type: ignore[no-untyped-def]
+    """Key statistics of the store's own on another layer than THEIRS: the text on which a
+    pulled C is compared with the model's keys before it is taken (weights/plausible.py)."""
+    other = next(layer for layer in range(3) if layer != theirs.layer)
+    api.compute_stats(store, alias, layer=other, corpus=theirs.corpus, tokens=2000, device="cpu")
+
+
 def _no_corpus_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any pass over a corpus for key statistics fails the test."""
     from factstore.weights import stats
@@ -410,12 +417,13 @@ def test_publish_with_stats_ships_each_c_once_and_the_puller_computes_none(  # t
     monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "bob-cache"))  # bob's machine has no statistics
     bob = _fresh_store(tmp_path, "bob")
     api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
+    _own_stats_elsewhere(bob, "team", cov)
     _no_corpus_pass(monkeypatch)
     pulled = api.pull_release(NAME, "v2", endpoint=lfs_hub.url, import_into=bob, alias="team")
     assert pulled.imported and pulled.imported["edits_added"] == 2
     _add(bob, "team", FACTS[2:])  # the next edit uses the shipped C
-    assert [e.covariance_id for e in api.list_edits(bob, "team")] == [1, 1, 1]
-    assert bob.get_covariance(1).sha256 == cov.sha256
+    used = [e.covariance_id for e in api.list_edits(bob, "team")]
+    assert len(used) == 3 and len(set(used)) == 1 and bob.get_covariance(used[0]).sha256 == cov.sha256
 
 
 @SQLITE_ONLY
@@ -460,6 +468,7 @@ def test_stats_push_and_pull_through_a_repository_of_their_own(  # type: ignore[
     monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "bob-cache"))
     bob = _fresh_store(tmp_path, "bob")
     api.add_model(bob, "mine", tiny_store.get_base_model("tiny").source)
+    _own_stats_elsewhere(bob, "mine", tiny_store.get_covariance(1))
     _no_corpus_pass(monkeypatch)
     got = api.pull_stats(bob, "mine", stats_repo, endpoint=lfs_hub.url)
     layer = tiny_store.get_covariance(1).layer

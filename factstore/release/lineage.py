@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from factstore.storage.store import Store
 from factstore.weights import assets, checkpoints, stats
 from factstore.weights.checkpoints import LoadedModel
 from factstore.weights.corpus import load_corpus
+from factstore.weights.plausible import check_foreign, sample_corpus
 from factstore.weights.replay import (
     LAYERED_MODES,
     MODES,
@@ -100,7 +101,8 @@ def import_release(
         (_checked_edit(loaded, i, entry, key, value), _cov_key(ref, loaded, entry.covariance))
         for i, (entry, (key, value)) in enumerate(entries, start=len(local) + 1)
     ]
-    covariances = _covariances(loaded, ref, [entry for entry, _ in entries], progress, shipped)
+    own = store.list_covariances(store.get_base_model(alias).id) if _registered(store, alias) else []
+    covariances = _covariances(loaded, ref, [entry for entry, _ in entries], progress, shipped, own)
     _check_rebuild(store, loaded, manifest, local, new, covariances, progress)
     published = (repo, commit, tag) if repo and commit and tag else None
     record = ImportedRelease(
@@ -280,6 +282,7 @@ def _covariances(
     entries: list[EditEntry],
     progress: Reporter,
     shipped: ShippedStats | None = None,
+    own: Sequence[Covariance] = (),
 ) -> dict[str, tuple[Covariance, torch.Tensor]]:
     """cache key -> (C record, matrix) for every distinct C the new edits used, computed (or found
     in the cache, or shipped with the release and checked) on the unedited base model the way the
@@ -305,8 +308,9 @@ def _covariances(
             and (source := shipped(info.sha256, stats.max_file_bytes(dim, info.dtype))) is not None
         ):
             spec = stats.StatsSpec(ref.identity, info.layer, module, info.corpus_sha256, info.tokens, info.dtype)
-            try:  # shipped with the release
+            try:  # shipped with the release: checked, then compared with this model's keys on local text
                 hit = stats.install_shipped(source, info.sha256, spec, dim)
+                _check_shipped_plausible(loaded, info.layer, hit.path, sample_corpus(own, info.corpus), progress)
             except StatisticsError as exc:
                 raise ReleaseVerificationError(f"{exc}; nothing was imported") from None
         if hit is not None:  # this machine has C already (it is keyed by all of its spec), or the release shipped it
@@ -345,6 +349,21 @@ def _covariances(
         result = stats.compute(loaded.model, loaded.tokenizer, spec, corpus, progress)
         out[key] = (stats.covariance_record(result, corpus), stats.load_matrix(result.path, result.sha256).float())
     return out
+
+
+def _check_shipped_plausible(loaded: LoadedModel, layer: int, path: Path, corpus: str, progress: Reporter) -> None:
+    try:
+        check_foreign(
+            stats.load_matrix(path),
+            loaded.model,
+            loaded.tokenizer,
+            layer,
+            load_corpus(corpus, progress),
+            f"the shipped key statistics of layer {layer}",
+        )
+    except StatisticsError:
+        path.unlink(missing_ok=True)  # refused: nothing of it stays in the cache
+        raise
 
 
 def _check_rebuild(

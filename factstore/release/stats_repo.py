@@ -25,6 +25,8 @@ from factstore.release.manifest import MANIFEST, Sha256, Short
 from factstore.release.pull import cached_file, reader
 from factstore.storage.store import Store
 from factstore.weights import assets, checkpoints, stats
+from factstore.weights.corpus import load_corpus
+from factstore.weights.plausible import check_foreign, sample_corpus
 
 INDEX = f"{stats.SHIPPED_DIR}/index.json"
 MAX_INDEX_BYTES = 4_000_000
@@ -136,6 +138,7 @@ def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = No
     cfg = checkpoints.load_config(base.source, base.revision)
     shapes = _input_dims(cfg)
     taken, other = [], 0
+    loaded: checkpoints.LoadedModel | None = None  # loaded for the first file to check
     for entry in _read_index(hub, repo, commit).files:
         name = stats.shipped_name(entry.sha256)
         if entry.identity != base.identity or name not in listed:
@@ -154,6 +157,9 @@ def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = No
             name,
         )
         found = stats.install_shipped(source, entry.sha256, spec, shapes[entry.layer])
+        if loaded is None:
+            loaded = checkpoints.load(base.source, expected=base.revision, dtype=base.dtype)
+        _check_plausible(store, base.id, loaded, entry, found.path)
         record = Covariance(
             0,
             entry.layer,
@@ -172,6 +178,26 @@ def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = No
         "layers": sorted(taken),
         "skipped": other,
     }  # skipped: other models', or already here
+
+
+def _check_plausible(
+    store: Store, base_id: int, loaded: checkpoints.LoadedModel, entry: StatsEntry, path: Path
+) -> None:
+    """A pulled C must look like the second moment of this model's keys on local text (one that
+    passes every format check can still be built to steer edits); a refused one leaves the cache."""
+    corpus = load_corpus(sample_corpus(store.list_covariances(base_id), entry.corpus))
+    try:
+        check_foreign(
+            stats.load_matrix(path),
+            loaded.model,
+            loaded.tokenizer,
+            entry.layer,
+            corpus,
+            f"{path.name} (layer {entry.layer})",
+        )
+    except StatisticsError:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _input_dims(cfg: object) -> list[int]:
