@@ -24,7 +24,7 @@ from factstore.weights.corpus import DEFAULT_CORPUS, Corpus
 from factstore.weights.stats import is_shipped
 
 PRINCIPAL = 1e-3  # the local sample's directions down to this share of its largest eigenvalue are compared
-MAX_SPREAD = 30.0  # a genuine C: every ratio within this factor of their median (docs/hparams.md measured the spread)
+MAX_SPREAD = 30.0  # a genuine C: every ratio within this factor of their median (docs/hparams.md: 7.6 measured)
 MAX_SCALE = 30.0  # ... and the median within this factor of one (another corpus, another scale)
 SAMPLE_KEYS_PER_DIM = 4  # local keys per input dimension of the layer: enough for its principal directions
 
@@ -49,7 +49,8 @@ def check_plausible(C: torch.Tensor, local: torch.Tensor, what: str) -> None:
     if not (1 / MAX_SCALE <= median <= MAX_SCALE and spread <= MAX_SPREAD):
         raise StatisticsError(
             f"{what} do not match this model's keys on local text (ratios {float(ratios[0]):.3g}-{float(ratios[-1]):.3g}, "
-            f"median {median:.3g}): a matrix built to steer edits, or of another model; refused"
+            f"median {median:.3g}): built to steer edits, or read from other text than the store's own statistics "
+            "(compute statistics of any layer on the same corpus first, so the check reads it); refused"
         )
 
 
