@@ -423,8 +423,9 @@ def compile_release(
     )
 
 
-def list_releases(store: Store, alias: str) -> list[Release]:
-    return store.list_releases(store.get_base_model(alias).id)
+def list_releases(store: Store, alias: str, *, limit: int | None = None, offset: int = 0) -> list[Release]:
+    """ALIAS's releases by version (LIMIT of them from OFFSET; all when None)."""
+    return store.list_releases(store.get_base_model(alias).id, limit, offset)
 
 
 def publish_release(
@@ -754,10 +755,11 @@ def ask_head(head: EditSession, prompt: str, top: int = 5) -> dict:
 
 
 def release_scores(release: Release) -> dict:
-    """A release's scores from its manifest, when its folder is on this machine (else empty)."""
+    """A release's scores: recorded at compile time, else (a release built before they were)
+    from its manifest when its folder is on this machine, else empty."""
     from factstore.release import manifest
 
-    return manifest.folder_scores(Path(release.path))
+    return dict(release.scores) if release.scores is not None else manifest.folder_scores(Path(release.path))
 
 
 def service_state(store: Store) -> dict:

@@ -312,6 +312,7 @@ class Release:
     status: str
     edit_ids: tuple[int, ...]
     created_at: str
+    scores: dict | None = None  # measured at compile time; None: an older release (see its manifest)
 
     def to_json(self) -> dict:
         data = dict(self.__dict__)
@@ -354,3 +355,4 @@ class ImportedRelease:
     path: str
     published: tuple[str, str, str] | None  # (repo, commit, tag) when pulled from the Hub
     log_sha256: Callable[[list[StoredEdit]], str]  # identity of the active log once the edits are in
+    scores: dict | None = None  # the manifest's, as the publisher measured them (shown, never trusted)

@@ -3,6 +3,7 @@ tokens and scopes, idempotent retries, bad input on every endpoint, and the web 
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 
@@ -80,8 +81,8 @@ def test_submit_compute_ask_retract(client: TestClient, tokens: dict[str, str]) 
     assert client.get("/readyz").json() == {
         "status": "ready",
         "database": "reachable",
-        "schema_current": "0004",
-        "schema_head": "0004",
+        "schema_current": "0005",
+        "schema_head": "0005",
         "workers": 1,
         "detail": None,
     }
@@ -301,7 +302,7 @@ def test_the_web_form_submits_and_the_pages_render(client: TestClient, tokens: d
 
 
 def test_compile_and_trace_run_as_jobs(
-    client: TestClient, tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    client: TestClient, tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch, tiny_store: Store
 ) -> None:
     monkeypatch.setenv("FACTSTORE_HEALTH_TOKENS", "512")  # the release's health travels through the API too
     edit_id = client.post("/api/v1/models/tiny/edits", json=EIFFEL, headers=auth(tokens["write"])).json()["id"]
@@ -326,6 +327,10 @@ def test_compile_and_trace_run_as_jobs(
         and release["status"] == "built"
         and release["hub_url"] is None
     )
+    shutil.rmtree(tiny_store.list_releases(1)[0].path)  # a serve on another host: the folder is not here
+    assert client.get("/api/v1/models/tiny/releases").json() == [release]  # scores recorded at compile time
+    assert client.get("/api/v1/models/tiny/releases?limit=1&offset=1").json() == []
+    assert client.get("/api/v1/models/tiny/releases?limit=0").status_code == 422
     health = release["scores"].pop("health")
     assert health["perplexity"] > 0 and health["heldout_tokens"] >= 200
     assert release["scores"] and all(isinstance(v, (int, float)) or v is None for v in release["scores"].values())

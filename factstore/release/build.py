@@ -183,6 +183,7 @@ def _build(
         manifest_sha256=manifest_sha,
         path=str(final),
         edit_ids=[e.id for e in edits],
+        scores=scores,
     )
     lap("write")
     return release, True

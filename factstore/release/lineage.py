@@ -111,6 +111,7 @@ def import_release(
         manifest_sha256=file_sha256(folder / MANIFEST),
         path=str(folder),
         published=published,
+        scores=dict(manifest.scores),
         log_sha256=lambda edits: layout.edit_log_sha256(ref.identity, manifest.mode, log_entries(edits)),
     )
     templates = [t.model_dump() for t in manifest.context_templates]

@@ -166,8 +166,14 @@ def _ask_limiter(app: Any, threads: int) -> anyio.CapacityLimiter:
 
 
 @router.get("/models/{alias}/releases", response_model=list[ReleaseOut])
-def list_releases(alias: AliasPath, svc: Svc, _who: Reader) -> list[dict]:
-    return [svc.release_json(r) for r in api.list_releases(svc.store, alias)]
+def list_releases(
+    alias: AliasPath,
+    svc: Svc,
+    _who: Reader,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> list[dict]:
+    return [svc.release_json(r) for r in api.list_releases(svc.store, alias, limit=limit, offset=offset)]
 
 
 @router.post("/models/{alias}/releases", status_code=202, response_model=JobOut)

@@ -127,6 +127,7 @@ def release(row: ReleaseRow, edit_ids: list[int]) -> Release:
         status=row.status,
         edit_ids=tuple(edit_ids),
         created_at=iso(row.created_at) or "",
+        scores=row.scores,
     )
 
 

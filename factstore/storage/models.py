@@ -218,6 +218,7 @@ class ReleaseRow(Base):
     tag: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="built")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    scores: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # NULL: built before 0005 (in its manifest)
 
 
 class ReleaseEdit(Base):

@@ -259,10 +259,15 @@ class Store(QueueVerbs, TokenVerbs):
         query = select(ReleaseEdit.edit_id).where(ReleaseEdit.release_id == release_id).order_by(ReleaseEdit.position)
         return list(s.scalars(query))
 
-    def list_releases(self, base_id: int) -> list[Release]:
+    def list_releases(self, base_id: int, limit: int | None = None, offset: int = 0) -> list[Release]:
+        """Releases by version; LIMIT of them from OFFSET (all when None)."""
         with self._tx(write=False) as s:
             rows = s.scalars(
-                select(ReleaseRow).where(ReleaseRow.base_model_id == base_id).order_by(ReleaseRow.version)
+                select(ReleaseRow)
+                .where(ReleaseRow.base_model_id == base_id)
+                .order_by(ReleaseRow.version)
+                .offset(offset)
+                .limit(limit)
             ).all()
             return [convert.release(r, self._release_edit_ids(s, r.id)) for r in rows]
 
@@ -285,6 +290,7 @@ class Store(QueueVerbs, TokenVerbs):
         path: str,
         edit_ids: list[int],
         published: tuple[str, str, str] | None = None,
+        scores: dict | None = None,
     ) -> Release:
         """The release row and its frozen contents, in one transaction.
 
@@ -303,6 +309,7 @@ class Store(QueueVerbs, TokenVerbs):
                 hub_repo=repo,
                 hub_commit=commit,
                 tag=tag,
+                scores=scores,
             )
             s.add(row)
             s.flush()
@@ -448,6 +455,7 @@ class Store(QueueVerbs, TokenVerbs):
             hub_repo=repo,
             hub_commit=commit,
             tag=tag,
+            scores=release.scores,
         )
         s.add(row)
         s.flush()
