@@ -155,3 +155,26 @@ def test_two_workers_share_two_models(tiny_store: Store, tmp_path: Path, gpt2_to
         log = sorted(api.list_log(tiny_store, alias, "active"), key=lambda e: e.seq or 0)
         assert [e.id for e in log] == ids and [e.seq for e in log] == list(range(1, 7))  # composed in submission order
     assert sum(r["computed"] for r in results) == 12 and sum(r["dropped"] for r in results) == 0
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # LISTEN/NOTIFY is PostgreSQL's
+def test_an_idle_worker_on_postgresql_wakes_at_a_submission_not_at_its_next_poll(tiny_store: Store) -> None:
+    """Its poll is a minute: only the submission's notification can make it take the request in
+    seconds; a stop ends the wait at once (looked at every second)."""
+    import threading
+
+    submit(tiny_store, "tiny", 1)  # the head is loaded and warm before the clock starts
+    worker = Worker(tiny_store, WorkerSettings(poll=60, batch=1, jobs=False))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: statuses(tiny_store) == ["active"], 120, "the first edit")
+        time.sleep(1.5)  # the worker looked at the empty queue and is waiting
+        clock = time.monotonic()
+        submit(tiny_store, "tiny", 1, offset=1)
+        wait_for(lambda: statuses(tiny_store) == ["active", "active"], 30, "the wake-up")
+        assert time.monotonic() - clock < 30  # a poll would have taken up to 60 s
+    finally:
+        worker.stopping.set()
+        thread.join(10)
+    assert not thread.is_alive()

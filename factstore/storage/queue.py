@@ -31,6 +31,7 @@ from factstore.storage.models import (
     ModelLease,
     WorkerRow,
 )
+from factstore.storage.notify import notify
 
 CURRENT_STATUSES = ("active", "pending", "computing", "failed")  # what a model's log shows by default
 ERROR_CHARS = 1000  # a failed request keeps the first line of its error, at most this long
@@ -159,6 +160,7 @@ class QueueVerbs(StoreBase):
                 )
                 s.add(row)
                 s.flush()
+                notify(s)
                 return self._entry(s, row), True
         except IntegrityError as exc:  # the same key sent twice at once: the other insert won
             if idempotency is None:
@@ -459,6 +461,7 @@ class QueueVerbs(StoreBase):
                 )
                 s.add(row)
                 s.flush()
+                notify(s)
                 return self._job(s, row), True
         except IntegrityError as exc:  # the same key sent twice at once: the other insert won
             with self._tx(write=False) as s:

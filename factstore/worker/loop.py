@@ -14,6 +14,7 @@ from factstore.editing.lease import Holder
 from factstore.editing.session import EditSession
 from factstore.errors import DatabaseUnavailable, FactStoreError, HeadChanged, LeaseLost
 from factstore.progress import SILENT, Reporter
+from factstore.storage.notify import Listener
 from factstore.storage.store import Store
 from factstore.weights import checkpoints
 from factstore.worker import jobs
@@ -32,6 +33,7 @@ class WorkerSettings:
     threads: int | None = None  # torch threads; several workers on one machine should split its cores
     heads: int = 2  # models kept loaded (warm heads); more cost memory, fewer cost reloads
     fair_batches: int = 4  # batches in a row on one model while another model waits, then it is given up
+    listen: bool = True  # on PostgreSQL, wake at a submission (LISTEN/NOTIFY) instead of at the next poll
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Worker:
         self._sessions: dict[int, EditSession] = {}  # warm heads by base model id, least recently used first
         self._held: set[int] = set()  # models whose lease this worker keeps between turns
         self._streak: dict[int, int] = {}  # batches in a row on each held model
+        self._listener = Listener(store.engine) if self.settings.listen and store.dialect == "postgresql" else None
         for alias in self.settings.models:
             store.get_base_model(alias)  # an unknown alias is refused at start
         if self.settings.device:
@@ -90,14 +93,22 @@ class Worker:
                 if max_idle_turns is not None and idle >= max_idle_turns:
                     break
                 if not busy:
-                    self.stopping.wait(self.settings.poll)
+                    self._idle(self.settings.poll)
         finally:
+            if self._listener is not None:
+                self._listener.close()
             self.holder.stop()
             try:
                 self.store.stop_worker(self.id)
             except FactStoreError as exc:  # leases expire by themselves
                 log.warning("could not record the worker's exit: %s", exc)
         return self.stats
+
+    def _idle(self, seconds: float) -> None:
+        """Wait for work: on PostgreSQL until a submission's notification or SECONDS; else (or
+        when notifications cannot be had) SECONDS, cut short by a stop."""
+        if self._listener is None or not self._listener.wait(seconds, self.stopping):
+            self.stopping.wait(seconds)
 
     def turn(self) -> bool:
         """One batch on a model, then one job. Returns whether it did work.

@@ -1,0 +1,61 @@
+"""Wake-ups for idle workers on PostgreSQL: a submission or a new job NOTIFYs one channel, which
+idle workers LISTEN on, so they take the work at once instead of at their next look at the
+queue. Polling stays the fallback (a lost connection, SQLite, a notification missed)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "factstore_queue"
+SLICE = 1.0  # seconds between looks at the stop event while listening
+
+
+def notify(s: Session) -> None:
+    """Inside a writing transaction: wake the listeners when it commits (PostgreSQL only)."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+
+
+class Listener:
+    """A connection of its own that LISTENs on CHANNEL (opened on first use, again after a loss)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._conn: Any = None
+
+    def wait(self, seconds: float, stop: threading.Event) -> bool:
+        """Block until a notification (every pending one is consumed), SECONDS, or STOP (looked
+        at every SLICE seconds). False, at once, when the connection cannot be had: the caller
+        sleeps instead."""
+        import psycopg
+
+        deadline = time.monotonic() + seconds
+        try:
+            if self._conn is None:
+                self._conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
+                self._conn.execute(f"LISTEN {CHANNEL}")
+            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                if any(True for _ in self._conn.notifies(timeout=min(left, SLICE), stop_after=1)):
+                    for _ in self._conn.notifies(timeout=0):  # several submissions at once: one turn takes them all
+                        pass
+                    break
+            return True
+        except psycopg.Error as exc:
+            log.warning("queue notifications unavailable (%s); polling", type(exc).__name__)
+            self.close()
+            return False
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
