@@ -10,6 +10,7 @@ for a genuine C (read from the same kind of text) and far from it for a crafted 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,7 +59,9 @@ def sample_corpus(own: Sequence[Covariance], named: str) -> str:
     """The text the local sample reads: the corpus of the store's own statistics of the model (the
     user's choice), else the corpus the foreign C names when it is a starter, else the default."""
     for record in own:
-        if not is_shipped(record.path):
+        if not is_shipped(record.path) and (
+            record.corpus.startswith(assets.PREFIX) or Path(record.corpus).expanduser().is_file()
+        ):
             return record.corpus
     return named if named.startswith(assets.PREFIX) else DEFAULT_CORPUS
 
