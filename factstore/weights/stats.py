@@ -23,6 +23,7 @@ from factstore.errors import StatisticsError
 from factstore.files import atomic_write_with, file_sha256
 from factstore.progress import SILENT, Reporter
 from factstore.rome.covariance import MomentState, PlannedBatch, accumulate, plan, text_width
+from factstore.weights.checkpoints import cached_file_sha256
 from factstore.weights.corpus import Corpus
 
 CHECKPOINT_SECONDS = 20.0  # how much work an interruption may lose at most
@@ -104,7 +105,7 @@ def cached(spec: StatsSpec) -> StatsFile | None:
         return None
     with safe_open(str(path), "pt") as fh:
         tokens = int(fh.metadata()["tokens"])
-    return StatsFile(spec, path, file_sha256(path), tokens)
+    return StatsFile(spec, path, cached_file_sha256(path), tokens)  # a lookup reads no gigabytes (issue 24)
 
 
 def _check_together(specs: list[StatsSpec]) -> None:
