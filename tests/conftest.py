@@ -33,12 +33,6 @@ if XDIST_WORKER:  # two workers on two cores: one thread each (two threads each 
     torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked slow first (stable otherwise): on two xdist workers a minute-long test
-    collected last runs alone at the end while the other worker idles."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """db_url is SQLite for every test; tests marked `database` (their subject is the store,
     the queue, a migration, a lock or concurrent writers) run on PostgreSQL as well."""

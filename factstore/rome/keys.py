@@ -33,16 +33,25 @@ def sample_context_templates(
             if n == 0:
                 continue
             ids = torch.tensor([tokenizer(_STARTS[start])["input_ids"]] * n, device=device)
-            for _ in range(n_tokens):
-                logits = model(input_ids=ids).logits[:, -1].float().cpu()
-                top = logits.topk(_TOP_K, dim=-1)
-                pick = torch.multinomial(top.values.softmax(-1), 1, generator=gen)
-                ids = torch.cat([ids, top.indices.gather(1, pick).to(device)], dim=1)
+            ids = _sample(model, ids, n_tokens, gen)
             for row in ids:
                 text = decode(tokenizer, row, skip_special_tokens=True)
                 text = " ".join(text.replace("{", " ").replace("}", " ").split())
                 templates.append(text + ". {}")
     return templates
+
+
+def _sample(model: PreTrainedModel, ids: torch.Tensor, n_tokens: int, gen: torch.Generator) -> torch.Tensor:
+    """IDS (n, t) extended by N_TOKENS top-k samples, one forward pass per token over the new
+    token only (the key/value cache holds the rest; rows share a length, so no padding)."""
+    out = model(input_ids=ids, use_cache=True)
+    for step in range(n_tokens):
+        top = out.logits[:, -1].float().cpu().topk(_TOP_K, dim=-1)
+        pick = top.indices.gather(1, torch.multinomial(top.values.softmax(-1), 1, generator=gen)).to(ids.device)
+        ids = torch.cat([ids, pick], dim=1)
+        if step + 1 < n_tokens:
+            out = model(input_ids=pick, use_cache=True, **{arch.cache_keyword(model): arch.output_cache(out)})
+    return ids
 
 
 @dataclass(frozen=True)
