@@ -15,6 +15,7 @@ from factstore.editing.session import EditSession
 from factstore.errors import CompileError, ReleaseVerificationError
 from factstore.release import layout
 from factstore.release.lineage import import_release
+from factstore.rome.prompts import request_prompts
 from factstore.rome.update import null_space
 from factstore.weights import replay, spread
 from factstore.weights.stats import MatrixCache
@@ -223,6 +224,11 @@ def test_the_linear_band_asks_each_layer_an_equal_share_at_its_key(edited) -> No
         ]
         W0 = arch.down_proj_weight(session.model, top).double()
     assert sorted(deltas[0]) == spread.spread_layers(top, band)
+    prompts = [[(p, e.subject) for p in request_prompts(e.request(), inputs.templates(e))] for e in edits]
+    for layer in spread.spread_layers(top, band)[:-1]:  # one pass for the band: the keys of one pass per layer
+        with session.base_weights():
+            alone, _ = spread.subject_states(session.model, session.tokenizer, prompts, layer, layer)
+        assert torch.allclose(torch.stack([lower[e.id][layer] for e in edits]), alone, atol=1e-5)
     assert all(torch.equal(deltas[0][layer], deltas[1][layer]) for layer in deltas[0])
     for edit in edits:
         key, value = (v.double() for v in replay.edit_vectors(edit))

@@ -211,3 +211,21 @@ def test_the_loop_choice_follows_the_device_and_the_batch() -> None:
     assert choose_loop(torch.device("cpu"), 1) == choose_loop(torch.device("cpu"), 16) == "suffix"
     assert choose_loop(torch.device("cuda", 0), 1) == "upper"
     assert choose_loop(torch.device("cuda", 0), 8) == "suffix"
+
+
+@pytest.mark.parametrize("make", [random_gpt2, random_llama])
+def test_context_templates_sampled_with_the_cache_are_those_of_the_full_forward(make) -> None:  # type: ignore[no-untyped-def]
+    """keys._sample feeds one new token a step against the key/value cache: the same tokens as a
+    full forward pass over the whole prefix at every step (a cache the model ignored would not)."""
+    from factstore.rome import keys
+
+    model = make(seed=3)
+    start = torch.tensor([[464, 318]] * 3)
+    with torch.no_grad():
+        got = keys._sample(model, start, 6, torch.Generator().manual_seed(5))
+        gen, want = torch.Generator().manual_seed(5), start
+        for _ in range(6):
+            top = model(input_ids=want).logits[:, -1].float().topk(keys._TOP_K, dim=-1)
+            pick = top.indices.gather(1, torch.multinomial(top.values.softmax(-1), 1, generator=gen))
+            want = torch.cat([want, pick], dim=1)
+    assert got.shape == (3, 8) and torch.equal(got, want)

@@ -15,7 +15,7 @@ import torch
 
 from factstore import arch
 from factstore.domain import Covariance, EditRequest, ImportedRelease, ModelRef, NewEdit, StoredEdit, check_alias
-from factstore.errors import FactStoreError, ImportConflict, ReleaseVerificationError, StatisticsError
+from factstore.errors import FactStoreError, ImportConflict, ReleaseVerificationError
 from factstore.files import file_sha256
 from factstore.hub import REPO_ID, VERSION_TAG
 from factstore.progress import SILENT, Reporter
@@ -309,10 +309,12 @@ def _covariances(
             and (source := shipped(info.sha256, stats.max_file_bytes(dim, info.dtype))) is not None
         ):
             spec = stats.StatsSpec(ref.identity, info.layer, module, info.corpus_sha256, info.tokens, info.dtype)
+            fresh = not stats.shipped_path(info.sha256).exists()  # only a file this import brought is removed
             try:  # shipped with the release: checked, then compared with this model's keys on local text
                 hit = stats.install_shipped(source, info.sha256, spec, dim)
-                _check_shipped_plausible(loaded, info.layer, hit.path, sample_corpus(own, info.corpus), progress)
-            except StatisticsError as exc:
+                sample = sample_corpus(own, info.corpus, info.corpus_sha256)
+                _check_shipped_plausible(loaded, info.layer, hit.path, sample, fresh, progress)
+            except FactStoreError as exc:
                 raise ReleaseVerificationError(f"{exc}; nothing was imported") from None
         if hit is not None:  # this machine has C already (it is keyed by all of its spec), or the release shipped it
             record = Covariance(
@@ -352,7 +354,9 @@ def _covariances(
     return out
 
 
-def _check_shipped_plausible(loaded: LoadedModel, layer: int, path: Path, corpus: str, progress: Reporter) -> None:
+def _check_shipped_plausible(
+    loaded: LoadedModel, layer: int, path: Path, corpus: str, fresh: bool, progress: Reporter
+) -> None:
     try:
         check_foreign(
             stats.load_matrix(path),
@@ -362,8 +366,9 @@ def _check_shipped_plausible(loaded: LoadedModel, layer: int, path: Path, corpus
             load_corpus(corpus, progress),
             f"the shipped key statistics of layer {layer}",
         )
-    except StatisticsError:
-        path.unlink(missing_ok=True)  # refused: nothing of it stays in the cache
+    except FactStoreError:
+        if fresh:
+            path.unlink(missing_ok=True)  # refused: nothing this import brought stays in the cache
         raise
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from factstore import arch
 from factstore.domain import Covariance
-from factstore.errors import HubNotFound, PublishConflict, ReleaseVerificationError, StatisticsError
+from factstore.errors import FactStoreError, HubNotFound, PublishConflict, ReleaseVerificationError, StatisticsError
 from factstore.files import file_sha256
 from factstore.hub import Hub, branch_commit, check_repo_id
 from factstore.release.manifest import MANIFEST, Sha256, Short
@@ -156,10 +156,11 @@ def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = No
             hub.download_file(repo, commit, name, stats.max_file_bytes(shapes[entry.layer], entry.dtype)).parents[1],
             name,
         )
+        fresh = not stats.shipped_path(entry.sha256).exists()  # only a file this pull brought is removed on refusal
         found = stats.install_shipped(source, entry.sha256, spec, shapes[entry.layer])
         if loaded is None:
             loaded = checkpoints.load(base.source, expected=base.revision, dtype=base.dtype)
-        _check_plausible(store, base.id, loaded, entry, found.path)
+        _check_plausible(store, base.id, loaded, entry, found.path, fresh)
         record = Covariance(
             0,
             entry.layer,
@@ -181,12 +182,13 @@ def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = No
 
 
 def _check_plausible(
-    store: Store, base_id: int, loaded: checkpoints.LoadedModel, entry: StatsEntry, path: Path
+    store: Store, base_id: int, loaded: checkpoints.LoadedModel, entry: StatsEntry, path: Path, fresh: bool
 ) -> None:
     """A pulled C must look like the second moment of this model's keys on local text (one that
-    passes every format check can still be built to steer edits); a refused one leaves the cache."""
-    corpus = load_corpus(sample_corpus(store.list_covariances(base_id), entry.corpus))
+    passes every format check can still be built to steer edits); a refused one that this pull
+    brought (FRESH) leaves the cache."""
     try:
+        corpus = load_corpus(sample_corpus(store.list_covariances(base_id), entry.corpus, entry.corpus_sha256))
         check_foreign(
             stats.load_matrix(path),
             loaded.model,
@@ -195,9 +197,10 @@ def _check_plausible(
             corpus,
             f"{path.name} (layer {entry.layer})",
         )
-    except StatisticsError:
-        path.unlink(missing_ok=True)
-        raise
+    except FactStoreError as exc:
+        if fresh:
+            path.unlink(missing_ok=True)
+        raise StatisticsError(str(exc)) from None
 
 
 def _input_dims(cfg: object) -> list[int]:

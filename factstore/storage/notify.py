@@ -28,8 +28,9 @@ class Listener:
     """A connection of its own that LISTENs on CHANNEL (opened on first use, again after a loss)."""
 
     def __init__(self, engine: Engine) -> None:
-        self.conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.url = engine.url.set(drivername="postgresql")  # rendered with its password only to connect
         self._conn: Any = None
+        self.off = False  # a failure other than the database's own: poll from then on
 
     def wait(self, seconds: float, stop: threading.Event) -> bool:
         """Block until a notification (every pending one is consumed), SECONDS, or STOP (looked
@@ -37,10 +38,13 @@ class Listener:
         sleeps instead."""
         import psycopg
 
+        if self.off:
+            return False
         deadline = time.monotonic() + seconds
         try:
             if self._conn is None:
-                self._conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
+                conninfo = self.url.render_as_string(hide_password=False)
+                self._conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
                 self._conn.execute(f"LISTEN {CHANNEL}")
             while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
                 if any(True for _ in self._conn.notifies(timeout=min(left, SLICE), stop_after=1)):
@@ -48,8 +52,13 @@ class Listener:
                         pass
                     break
             return True
-        except psycopg.Error as exc:
+        except psycopg.Error as exc:  # the database away or refusing: try again at the next idle turn
             log.warning("queue notifications unavailable (%s); polling", type(exc).__name__)
+            self.close()
+            return False
+        except Exception as exc:  # e.g. a psycopg without notifies(timeout=): never the worker's end
+            log.warning("queue notifications off (%s: %s); polling", type(exc).__name__, exc)
+            self.off = True
             self.close()
             return False
 

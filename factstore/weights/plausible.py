@@ -3,8 +3,10 @@ shipped C is recorded (issue 23): a matrix can be finite, symmetric and positive
 still be built to steer edits. ROME's update is dW = L (C^-1 k*)^T: a C shrunk along one key
 direction makes every later edit write along it (an unrelated edit destroys that subject's
 fact); a C inflated everywhere else does the same. Both show against a small local sample of
-the layer's keys: on the sample's principal directions, u^T C_local u / u^T C u is near one
-for a genuine C (read from the same kind of text) and far from it for a crafted one.
+the layer's keys: the ratios u^T C_local u / u^T C u at the stationary points (the generalised
+eigenvalues of the pair, over the whole space) stay within a small factor of their mean for a
+genuine C read from the same kind of text; C^-1 grown along a direction the keys use raises
+the largest, C inflated elsewhere lowers the mean.
 """
 
 from __future__ import annotations
@@ -24,46 +26,57 @@ from factstore.weights import assets
 from factstore.weights.corpus import DEFAULT_CORPUS, Corpus
 from factstore.weights.stats import is_shipped
 
-PRINCIPAL = 1e-3  # the local sample's directions down to this share of its largest eigenvalue are compared
-MAX_SPREAD = 30.0  # a genuine C: every ratio within this factor of their median (docs/hparams.md: 7.6 measured)
-MAX_SCALE = 30.0  # ... and the median within this factor of one (another corpus, another scale)
+MAX_SPREAD = 30.0  # a genuine C: the largest ratio within this factor of their mean (docs/hparams.md: 7.5-17.5)
+MAX_SCALE = 30.0  # ... and the mean within this factor of one (another corpus, another scale)
 SAMPLE_KEYS_PER_DIM = 4  # local keys per input dimension of the layer: enough for its principal directions
 
 
-def pencil_ratios(C: torch.Tensor, local: torch.Tensor, principal: float = PRINCIPAL) -> torch.Tensor:
-    """(r,) the generalised eigenvalues of (LOCAL, C) restricted to LOCAL's principal subspace
-    (eigenvalues >= PRINCIPAL x its largest): the stationary values of u^T LOCAL u / u^T C u there."""
+def pencil_ratios(C: torch.Tensor, local: torch.Tensor) -> torch.Tensor | None:
+    """(d,) ascending: the generalised eigenvalues of (LOCAL, C) over the whole space, i.e. of
+    L^-1 LOCAL L^-T for C = L L^T: u^T LOCAL u / u^T C u at its stationary points. C^-1 grown
+    along any direction the local keys use (what steers ROME's C^-1 k*) raises the largest.
+    None when C is not numerically positive definite."""
     local64, C64 = local.double().cpu(), C.double().cpu()
-    vals, vecs = torch.linalg.eigh(local64)
-    U = vecs[:, vals >= principal * vals[-1]]  # (d, r)
-    chol = torch.linalg.cholesky(U.T @ C64 @ U)  # (r, r); C is positive definite, so is its restriction
-    half = torch.linalg.solve_triangular(chol, U.T @ local64 @ U, upper=False)  # L^-1 A
+    chol, info = torch.linalg.cholesky_ex(C64)
+    if int(info) != 0:
+        return None
+    half = torch.linalg.solve_triangular(chol, local64, upper=False)  # L^-1 A
     pencil = torch.linalg.solve_triangular(chol, half.T, upper=False)  # L^-1 A L^-T (symmetric)
     return torch.linalg.eigvalsh((pencil + pencil.T) / 2)
 
 
 def check_plausible(C: torch.Tensor, local: torch.Tensor, what: str) -> None:
-    """Refuse (StatisticsError, one line) a C whose ratios against LOCAL spread or sit too far."""
+    """Refuse (StatisticsError, one line) a C whose largest ratio against LOCAL sits too far above
+    their mean, or whose mean sits too far from one."""
     ratios = pencil_ratios(C, local)
-    median = float(ratios.median())
-    spread = max(float(ratios[-1]) / median, median / float(ratios[0]))
-    if not (1 / MAX_SCALE <= median <= MAX_SCALE and spread <= MAX_SPREAD):
+    ok = ratios is not None and bool(torch.isfinite(ratios).all()) and float(ratios.mean()) > 0
+    mean = float(ratios.mean()) if ratios is not None and ok else float("nan")
+    top = float(ratios[-1]) if ratios is not None and ok else float("nan")
+    if not (ok and 1 / MAX_SCALE <= mean <= MAX_SCALE and top / mean <= MAX_SPREAD):
         raise StatisticsError(
-            f"{what} do not match this model's keys on local text (ratios {float(ratios[0]):.3g}-{float(ratios[-1]):.3g}, "
-            f"median {median:.3g}): built to steer edits, or read from other text than the store's own statistics "
+            f"{what} do not match this model's keys on local text (largest ratio {top:.3g}, mean {mean:.3g}): "
+            "built to steer edits, or read from other text than the store's own statistics "
             "(compute statistics of any layer on the same corpus first, so the check reads it); refused"
         )
 
 
-def sample_corpus(own: Sequence[Covariance], named: str) -> str:
-    """The text the local sample reads: the corpus of the store's own statistics of the model (the
-    user's choice), else the corpus the foreign C names when it is a starter, else the default."""
-    for record in own:
-        if not is_shipped(record.path) and (
-            record.corpus.startswith(assets.PREFIX) or Path(record.corpus).expanduser().is_file()
-        ):
-            return record.corpus
-    return named if named.startswith(assets.PREFIX) else DEFAULT_CORPUS
+def sample_corpus(own: Sequence[Covariance], named: str, named_sha256: str) -> str:
+    """The text the local sample reads: the store's own statistics' corpus (the user's choice),
+    the one of the foreign C's corpus first; else the C's corpus when it is a starter corpus;
+    else the default."""
+    mine = [
+        r
+        for r in own
+        if not is_shipped(r.path) and (r.corpus.startswith(assets.PREFIX) or Path(r.corpus).expanduser().is_file())
+    ]
+    if mine:
+        return min(mine, key=lambda r: r.corpus_sha256 != named_sha256).corpus  # the same text first
+    return named if is_starter_corpus(named) else DEFAULT_CORPUS
+
+
+def is_starter_corpus(name: str) -> bool:
+    found = assets.STARTERS.get(name.removeprefix(assets.PREFIX)) if name.startswith(assets.PREFIX) else None
+    return found is not None and found.kind == "corpus"
 
 
 def check_foreign(

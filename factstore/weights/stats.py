@@ -321,14 +321,18 @@ def is_shipped(path: str | Path) -> bool:
     return Path(path).parent.name == SHIPPED
 
 
+def shipped_path(sha256: str) -> Path:
+    """Where a C file from elsewhere lives in the cache (content-addressed)."""
+    return _dir() / SHIPPED / f"{sha256}.safetensors"
+
+
 def install_shipped(source: Path, expected_sha256: str, spec: StatsSpec, dim: int) -> StatsFile:
     """A C file from a release or a statistics repository (untrusted), copied into the cache's
     shipped/ folder under its sha256 (never under a spec key: a refused import leaves nothing a
     later computation could mistake for its own), and checked there: the sha256 recorded for it,
     SPEC in its metadata, one finite, symmetric, positive definite (DIM, DIM) matrix of SPEC's dtype."""
-    folder = _dir() / SHIPPED
-    folder.mkdir(exist_ok=True)
-    final = folder / f"{expected_sha256}.safetensors"
+    final = shipped_path(expected_sha256)
+    final.parent.mkdir(exist_ok=True)
 
     def checked_copy(tmp: Path) -> None:
         shutil.copyfile(source, tmp)
