@@ -26,8 +26,8 @@ from factstore.rome.hparams import ROMEHyperParams
 from factstore.storage.store import Store
 from factstore.weights import assets, checkpoints, stats
 from factstore.weights.checkpoints import LoadedModel
-from factstore.weights.corpus import load_corpus
-from factstore.weights.plausible import check_foreign, sample_corpus
+from factstore.weights.corpus import is_starter_corpus, load_corpus
+from factstore.weights.plausible import check_installed, sample_corpus
 from factstore.weights.replay import (
     LAYERED_MODES,
     MODES,
@@ -313,7 +313,8 @@ def _covariances(
             try:  # shipped with the release: checked, then compared with this model's keys on local text
                 hit = stats.install_shipped(source, info.sha256, spec, dim)
                 sample = sample_corpus(own, info.corpus, info.corpus_sha256)
-                _check_shipped_plausible(loaded, info.layer, hit.path, sample, fresh, progress)
+                what = f"the shipped key statistics of layer {info.layer}"
+                check_installed(hit.path, loaded.model, loaded.tokenizer, info.layer, sample, what, fresh, progress)
             except FactStoreError as exc:
                 raise ReleaseVerificationError(f"{exc}; nothing was imported") from None
         if hit is not None:  # this machine has C already (it is keyed by all of its spec), or the release shipped it
@@ -330,11 +331,7 @@ def _covariances(
             )
             out[key] = (record, stats.load_matrix(hit.path, hit.sha256).float())
             continue
-        if not (
-            info.corpus.startswith(assets.PREFIX)
-            and assets.STARTERS.get(info.corpus.removeprefix(assets.PREFIX), None) is not None
-            and assets.starter(info.corpus).kind == "corpus"
-        ):
+        if not is_starter_corpus(info.corpus):
             raise ReleaseVerificationError(
                 f"the release's key statistics come from {info.corpus[:60]!r}, which is not a starter corpus, and this machine does not have them; "
                 "nothing was imported"
@@ -352,24 +349,6 @@ def _covariances(
         result = stats.compute(loaded.model, loaded.tokenizer, spec, corpus, progress)
         out[key] = (stats.covariance_record(result, corpus), stats.load_matrix(result.path, result.sha256).float())
     return out
-
-
-def _check_shipped_plausible(
-    loaded: LoadedModel, layer: int, path: Path, corpus: str, fresh: bool, progress: Reporter
-) -> None:
-    try:
-        check_foreign(
-            stats.load_matrix(path),
-            loaded.model,
-            loaded.tokenizer,
-            layer,
-            load_corpus(corpus, progress),
-            f"the shipped key statistics of layer {layer}",
-        )
-    except FactStoreError:
-        if fresh:
-            path.unlink(missing_ok=True)  # refused: nothing this import brought stays in the cache
-        raise
 
 
 def _check_rebuild(

@@ -25,8 +25,7 @@ from factstore.release.manifest import MANIFEST, Sha256, Short
 from factstore.release.pull import cached_file, reader
 from factstore.storage.store import Store
 from factstore.weights import assets, checkpoints, stats
-from factstore.weights.corpus import load_corpus
-from factstore.weights.plausible import check_foreign, sample_corpus
+from factstore.weights.plausible import check_installed, sample_corpus
 
 INDEX = f"{stats.SHIPPED_DIR}/index.json"
 MAX_INDEX_BYTES = 4_000_000
@@ -160,7 +159,12 @@ def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = No
         found = stats.install_shipped(source, entry.sha256, spec, shapes[entry.layer])
         if loaded is None:
             loaded = checkpoints.load(base.source, expected=base.revision, dtype=base.dtype)
-        _check_plausible(store, base.id, loaded, entry, found.path, fresh)
+        sample = sample_corpus(store.list_covariances(base.id), entry.corpus, entry.corpus_sha256)
+        try:  # one that passes every format check can still be built to steer edits
+            what = f"{found.path.name} (layer {entry.layer})"
+            check_installed(found.path, loaded.model, loaded.tokenizer, entry.layer, sample, what, fresh)
+        except FactStoreError as exc:
+            raise StatisticsError(str(exc)) from None
         record = Covariance(
             0,
             entry.layer,
@@ -179,28 +183,6 @@ def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = No
         "layers": sorted(taken),
         "skipped": other,
     }  # skipped: other models', or already here
-
-
-def _check_plausible(
-    store: Store, base_id: int, loaded: checkpoints.LoadedModel, entry: StatsEntry, path: Path, fresh: bool
-) -> None:
-    """A pulled C must look like the second moment of this model's keys on local text (one that
-    passes every format check can still be built to steer edits); a refused one that this pull
-    brought (FRESH) leaves the cache."""
-    try:
-        corpus = load_corpus(sample_corpus(store.list_covariances(base_id), entry.corpus, entry.corpus_sha256))
-        check_foreign(
-            stats.load_matrix(path),
-            loaded.model,
-            loaded.tokenizer,
-            entry.layer,
-            corpus,
-            f"{path.name} (layer {entry.layer})",
-        )
-    except FactStoreError as exc:
-        if fresh:
-            path.unlink(missing_ok=True)
-        raise StatisticsError(str(exc)) from None
 
 
 def _input_dims(cfg: object) -> list[int]:

@@ -23,6 +23,12 @@ class Corpus:
     texts: list[str]
 
 
+def is_starter_corpus(name: str) -> bool:
+    """NAME is starter:X for a starter asset of kind corpus (one factstore may download by name)."""
+    found = assets.STARTERS.get(name.removeprefix(assets.PREFIX)) if name.startswith(assets.PREFIX) else None
+    return found is not None and found.kind == "corpus"
+
+
 def _read_texts(path: Path) -> list[str]:
     if path.suffix == ".json":
         data = json.loads(path.read_text())

@@ -20,11 +20,12 @@ from transformers import PreTrainedModel
 
 from factstore import arch
 from factstore.domain import Covariance
-from factstore.errors import StatisticsError
+from factstore.errors import FactStoreError, StatisticsError
+from factstore.progress import SILENT, Reporter
 from factstore.rome.covariance import accumulate_second_moment
 from factstore.weights import assets
-from factstore.weights.corpus import DEFAULT_CORPUS, Corpus
-from factstore.weights.stats import is_shipped
+from factstore.weights.corpus import DEFAULT_CORPUS, is_starter_corpus, load_corpus
+from factstore.weights.stats import is_shipped, load_matrix
 
 MAX_SPREAD = 30.0  # a genuine C: the largest ratio within this factor of their mean (docs/hparams.md: 7.5-17.5)
 MAX_SCALE = 30.0  # ... and the mean within this factor of one (another corpus, another scale)
@@ -74,16 +75,26 @@ def sample_corpus(own: Sequence[Covariance], named: str, named_sha256: str) -> s
     return named if is_starter_corpus(named) else DEFAULT_CORPUS
 
 
-def is_starter_corpus(name: str) -> bool:
-    found = assets.STARTERS.get(name.removeprefix(assets.PREFIX)) if name.startswith(assets.PREFIX) else None
-    return found is not None and found.kind == "corpus"
-
-
-def check_foreign(
-    C: torch.Tensor, model: PreTrainedModel, tokenizer: Any, layer: int, corpus: Corpus, what: str
+def check_installed(
+    path: Path,
+    model: PreTrainedModel,
+    tokenizer: Any,
+    layer: int,
+    sample: str,
+    what: str,
+    fresh: bool,
+    progress: Reporter = SILENT,
 ) -> None:
-    """check_plausible against a sample of MODEL's keys at LAYER over CORPUS."""
-    check_plausible(C, local_moment(model, tokenizer, corpus.texts, layer), what)
+    """check_plausible of the C file at PATH (installed from elsewhere) against a sample of
+    MODEL's keys at LAYER over the corpus SAMPLE (sample_corpus). A refused file that the
+    install before this check brought (FRESH) leaves the cache; one already there stays."""
+    try:
+        texts = load_corpus(sample, progress).texts
+        check_plausible(load_matrix(path), local_moment(model, tokenizer, texts, layer), what)
+    except FactStoreError:
+        if fresh:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def local_moment(model: PreTrainedModel, tokenizer: Any, texts: Sequence[str], layer: int) -> torch.Tensor:
