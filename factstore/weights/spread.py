@@ -144,10 +144,17 @@ def band_deltas(
     reach it. Linear algebra over stored vectors only: no forward pass, the same bytes
     wherever the vectors and C are the same (MEMIT without measuring again between layers)."""
     asks: dict[int, list[tuple[StoredEdit, torch.Tensor, torch.Tensor]]] = defaultdict(list)  # layer -> (edit, k, r)
+    base: dict[int, tuple[torch.Tensor, torch.Tensor | float]] = {}  # edit layer -> (W0, b) in float64, read once
     for edit in sorted(edits, key=lambda e: e.seq):
         key, value = vectors(edit)
-        W0, b = arch.down_proj_weight(model, edit.layer).double().cpu(), arch.down_proj_bias(model, edit.layer)
-        shift = value.double() - W0 @ key.double() - (0 if b is None else b.double().cpu())  # (d,)
+        if edit.layer not in base:
+            b = arch.down_proj_bias(model, edit.layer)
+            base[edit.layer] = (
+                arch.down_proj_weight(model, edit.layer).double().cpu(),
+                0.0 if b is None else b.double().cpu(),
+            )
+        W0, b0 = base[edit.layer]
+        shift = value.double() - W0 @ key.double() - b0  # (d,)
         layers = spread_layers(edit.layer, band)
         below = lower_keys(edit)
         for layer in layers:
