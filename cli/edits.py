@@ -9,7 +9,7 @@ import typer
 
 from factstore import api
 
-from .options import DeviceOpt, JsonOpt, LayerOpt, ModelOpt, parse_layer
+from .options import BandOpt, DeviceOpt, JsonOpt, LayerOpt, ModelOpt, parse_layer
 from .output import emit_json, prob, table
 from .progress import BARS
 
@@ -25,6 +25,7 @@ def add(
     subject: Annotated[str, typer.Option(help="The entity, e.g. 'The Eiffel Tower'.")],
     target: Annotated[str, typer.Option(help="The new object the model should say, e.g. 'Rome'.")],
     layer: LayerOpt = None,
+    band: BandOpt = None,
     relation: Annotated[
         str | None, typer.Option("--relation", help="Relation id (e.g. P276); same subject+relation supersedes.")
     ] = None,
@@ -60,6 +61,7 @@ def add(
         layer=parse_layer(layer),
         note=note,
         device=device,
+        band=band,
         progress=BARS,
     )
     if (crowded := api.capacity_warning(api.open_store(), model)) is not None:
@@ -82,6 +84,7 @@ def import_(
     file: Annotated[str, typer.Argument(help="CounterFact-format JSON, or CSV with columns prompt, subject, target.")],
     limit: Annotated[int | None, typer.Option(min=1, help="Import only the first N records.")] = None,
     layer: LayerOpt = None,
+    band: BandOpt = None,
     device: DeviceOpt = None,
     batch: Annotated[
         int,
@@ -95,7 +98,15 @@ def import_(
 ) -> None:
     """Validate every record, then compute and commit one edit (or one batch) at a time (a rerun resumes)."""
     result = api.import_edits(
-        api.open_store(), model, file, limit, layer=parse_layer(layer), device=device, batch=batch, progress=BARS
+        api.open_store(),
+        model,
+        file,
+        limit,
+        layer=parse_layer(layer),
+        device=device,
+        batch=batch,
+        band=band,
+        progress=BARS,
     )
     emit_json(result) if json_out else print(
         f"{result['added']} edits added, {result['skipped']} already stored, of {result['records']} records"

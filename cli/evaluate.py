@@ -61,6 +61,12 @@ def eval_(
         int | None,
         typer.Option("--layer", min=0, help="lifelong: the edit layer (default: the model's measured one)."),
     ] = None,
+    band: Annotated[
+        int | None,
+        typer.Option(
+            "--band", min=1, max=64, help="lifelong: register each edit over this many layers (compile --mode band)."
+        ),
+    ] = None,
     retract: Annotated[
         int,
         typer.Option(
@@ -108,6 +114,7 @@ def eval_(
         fluency_sample=fluency_sample,
         run_dir=run_dir,
         layer=layer,
+        band=band,
         progress=BARS,
     )
     if json_out:

@@ -10,6 +10,15 @@ ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="Alias of a registered base model (see `factstore model list`).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+BandOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--band",
+        min=1,
+        max=64,
+        help="Spread the edit over this many layers ending at its own (MEMIT; stored per layer, compiled with --mode band). A log registered over a band keeps it; default: the log's, else 1.",
+    ),
+]
 LayerOpt = Annotated[
     str | None,
     typer.Option(

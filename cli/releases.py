@@ -15,10 +15,10 @@ from .progress import BARS
 app = typer.Typer(help="Compiled releases of a model's edit log.", no_args_is_help=True)
 
 ModeOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--mode",
-        help="joint (all edits of a layer solved at once), sequential (replay in order), spread (over layers L-4..L, MEMIT), null-space (joint within C's null space, AlphaEdit), soft (least squares against preserved text, MEMIT's solve; holds no edit exactly) or band (that soft solve over layers L-4..L, MEMIT's own form).",
+        help="joint (all edits of a layer solved at once), sequential (replay in order), spread (over layers L-4..L, MEMIT), null-space (joint within C's null space, AlphaEdit), soft (least squares against preserved text, MEMIT's solve; holds no edit exactly) or band (that soft solve on every layer of the band each edit was registered over, from its stored per-layer vectors). Default: band for a log registered with --band, else joint.",
     ),
 ]
 MinEfficacyOpt = Annotated[
@@ -34,7 +34,7 @@ MinEfficacyOpt = Annotated[
 
 def compile_(
     model: ModelOpt,
-    mode: ModeOpt = "joint",
+    mode: ModeOpt = None,
     out: Annotated[
         str | None,
         typer.Option("--out", help="Write the release folder here instead of under FACTSTORE_HOME/releases."),

@@ -304,16 +304,17 @@ def add_edit(
     layer: int | str | None = None,
     note: str | None = None,
     device: str | None = None,
+    band: int | None = None,
     progress: Reporter = SILENT,
 ) -> EditOutcome:
     """Submit one edit and compute it in this process on the head model (or wait for the worker
-    that holds the model to compute it)."""
+    that holds the model to compute it). band: layers to spread it over (weights/band.py)."""
     from factstore.editing.session import EditSession
 
     entry, _ = submit_edit(
         store, alias, prompt=prompt, subject=subject, target=target, relation=relation, layer=layer, note=note
     )
-    session = EditSession(store, alias, device=device, progress=progress)
+    session = EditSession(store, alias, device=device, progress=progress, band=band)
     return session.run(entry.id)
 
 
@@ -326,14 +327,24 @@ def import_edits(
     layer: int | str | None = None,
     device: str | None = None,
     batch: int = 1,
+    band: int | None = None,
     progress: Reporter = SILENT,
 ) -> dict:
     """Validate every record, then compute and commit one edit (or BATCH together) at a time; a
-    rerun skips stored ones."""
+    rerun skips stored ones. band: layers to spread each edit over (weights/band.py)."""
     from factstore.editing import imports
 
     return imports.import_edits(
-        store, alias, path, limit, layer=layer, device=device, requested_by=_user(), batch=batch, progress=progress
+        store,
+        alias,
+        path,
+        limit,
+        layer=layer,
+        device=device,
+        requested_by=_user(),
+        batch=batch,
+        band=band,
+        progress=progress,
     )
 
 
@@ -409,12 +420,11 @@ def compile_release(
     timings, when given, receives seconds per phase. min_efficacy: soft modes' acceptance
     (default build.MIN_EFFICACY)."""
     from factstore.release import build
-    from factstore.weights.replay import DEFAULT_MODE
 
     return build.build(
         store,
         alias,
-        mode or DEFAULT_MODE,
+        mode,
         out,
         device,
         timings=timings,
@@ -574,6 +584,7 @@ def evaluate_model(
     fluency_sample: int = 50,
     run_dir: str | None = None,
     layer: int | None = None,
+    band: int | None = None,
     progress: Reporter = SILENT,
 ) -> dict:
     """CounterFact scores: `single` (each record edited alone on the base), `lifelong` (all
@@ -603,6 +614,7 @@ def evaluate_model(
         heldout_tokens=heldout_tokens,
         retract=retract,
         layer=layer,
+        band=band,
     )
     return lifelong.lifelong(
         store, alias, records, settings, settings=plan, folder=run_dir, out=out, device=device, progress=progress

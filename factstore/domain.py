@@ -116,6 +116,27 @@ class BaseModel:
 
 
 @dataclass(frozen=True)
+class LayerAsk:
+    """What an edit of a band asks of one layer: at KEY (the layer's down-projection input for
+    the subject, float32 (d_ff,) bytes) a change TARGET (float32 (d,) bytes) of the layer's
+    output, relative to the base weights."""
+
+    layer: int
+    key: bytes
+    target: bytes
+
+
+def band_sha256(band: tuple[LayerAsk, ...]) -> str | None:
+    """One digest of an edit's per-layer vectors (None: a single-layer edit)."""
+    if not band:
+        return None
+    digest = hashlib.sha256()
+    for ask in band:
+        digest.update(f"{ask.layer}:{len(ask.key)}:{len(ask.target)}:".encode() + ask.key + ask.target)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
 class StoredEdit:
     """A registered edit as read back from the store (vectors as float32 little-endian bytes)."""
 
@@ -144,6 +165,7 @@ class StoredEdit:
     note: str | None
     metrics: dict
     created_at: str
+    band: tuple[LayerAsk, ...] = ()  # per-layer vectors of a band edit, lowest layer first; () single-layer
 
     def request(self) -> EditRequest:
         """The request this edit was computed for."""
@@ -289,6 +311,7 @@ class NewEdit:
     metrics: dict
     requested_by: str | None = None
     note: str | None = None
+    band: tuple[LayerAsk, ...] = ()
 
 
 def request_sha256(request: EditRequest) -> str:

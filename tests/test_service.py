@@ -81,8 +81,8 @@ def test_submit_compute_ask_retract(client: TestClient, tokens: dict[str, str]) 
     assert client.get("/readyz").json() == {
         "status": "ready",
         "database": "reachable",
-        "schema_current": "0005",
-        "schema_head": "0005",
+        "schema_current": "0006",
+        "schema_head": "0006",
         "workers": 1,
         "detail": None,
     }

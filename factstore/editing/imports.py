@@ -25,6 +25,7 @@ def import_edits(
     device: str | None = None,
     requested_by: str | None = None,
     batch: int = 1,
+    band: int | None = None,
     progress: Reporter = SILENT,
 ) -> dict:
     """Add the first LIMIT requests of PATH to ALIAS's log; a rerun skips the ones already stored.
@@ -36,7 +37,7 @@ def import_edits(
             check_size(tokenizer, request)
         except InvalidEditRequest as exc:
             raise InvalidEditRequest(f"record {i}: {exc}; nothing was imported") from None
-    session = EditSession(store, alias, device=device, progress=progress)
+    session = EditSession(store, alias, device=device, progress=progress, band=band)
     for i, request in enumerate(requests, start=1):
         try:
             session.validate(request, layer)

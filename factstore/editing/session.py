@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel
 
 from factstore import arch
-from factstore.domain import BaseModel, Covariance, EditEntry, EditRequest, NewEdit, StoredEdit
+from factstore.domain import BaseModel, Covariance, EditEntry, EditRequest, LayerAsk, NewEdit, StoredEdit
 from factstore.editing.lease import Holder
 from factstore.editing.requests import layer_spec, parse_layer_spec
 from factstore.errors import (
@@ -29,16 +29,17 @@ from factstore.errors import (
     StatisticsError,
 )
 from factstore.progress import SILENT, Reporter
-from factstore.rome.edit import EditResult, compute_edits, validate_request
+from factstore.rome.edit import EditResult, add_delta, compute_edits, validate_request
 from factstore.rome.hparams import ROMEHyperParams, default_hparams, has_measured_layer
 from factstore.rome.keys import ContextTemplates, sample_contexts
-from factstore.rome.prompts import decode
+from factstore.rome.prompts import decode, request_prompts
 from factstore.rome.scoring import greedy_continuation
 from factstore.storage.models import QUEUED_STATUSES
 from factstore.storage.store import Store
-from factstore.weights import checkpoints, stats
+from factstore.weights import band, checkpoints, stats
 from factstore.weights.corpus import DEFAULT_CORPUS, Corpus, load_corpus
-from factstore.weights.replay import apply_sequential, apply_update, solve_key
+from factstore.weights.replay import apply_sequential, apply_update, edit_vectors, solve_key
+from factstore.weights.spread import spread_layers
 from factstore.weights.vectors import from_bytes, to_bytes
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class EditSession:
         corpus: str | None = None,
         stats_tokens: int | None = None,
         progress: Reporter = SILENT,
+        band: int | None = None,
     ) -> None:
         self.store = store
         self.progress = progress
@@ -85,6 +87,8 @@ class EditSession:
         self.defaults = default_hparams(cfg.model_type, arch.num_layers(self.model), cfg.hidden_size)
         self.corpus_name = corpus  # None: reuse whatever C is recorded for a layer, else the default corpus
         self.stats_tokens = stats_tokens
+        self.band = band  # None: the band of the log's newest edit, else the model's default
+        self._layer_cov: dict[tuple[int, int], int] = {}  # (edit layer's C id, layer) -> C id of that layer
         self._originals: dict[int, torch.Tensor] = {}  # layer -> unedited down-projection weight
         self.matrix = stats.MatrixCache(store.get_covariance)
         self.applied: list[StoredEdit] = []
@@ -101,11 +105,74 @@ class EditSession:
             arch.down_proj_param(self.model, layer).data.copy_(weight)
 
     def rebuild(self, edits: list[StoredEdit]) -> None:
-        """Reset to the base weights and replay edits sequentially (the way they were computed)."""
+        """Reset to the base weights and replay edits the way they were computed: sequentially,
+        or, when the log has band edits, as the band compile (what they were measured on)."""
         self._restore()
-        self._remember({e.layer for e in edits})
-        apply_sequential(self.model, edits, self.matrix)
+        if any(e.band for e in edits):
+            self._remember({e.layer for e in edits} | {a.layer for e in edits for a in e.band})
+            band.apply_band(self.model, edits, edit_vectors, self._edit_layer_matrix, self._band_soft(edits))
+        else:
+            self._remember({e.layer for e in edits})
+            apply_sequential(self.model, edits, self.matrix)
         self.applied = sorted(edits, key=lambda e: e.seq)
+
+    def _base(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The unedited (W0 (out, in), b) of a remembered layer."""
+        W0 = self._originals[layer]
+        return (W0.T if arch.model_spec(self.model).fan_in_fan_out else W0), arch.down_proj_bias(self.model, layer)
+
+    def _layer_matrix(self, own_id: int | None, layer: int) -> torch.Tensor:
+        """C of LAYER for an edit whose own C is OWN_ID: that one on its layer, else the C of the
+        same corpus, size and dtype (what the band compile of a release reads)."""
+        if own_id is None:
+            return self.matrix(None)  # raises: an edit without C cannot be replayed
+        own = self.store.get_covariance(own_id)
+        if own.layer == layer:
+            return self.matrix(own_id)
+        if (own_id, layer) not in self._layer_cov:
+            self._layer_cov[(own_id, layer)] = self.covariances_like(own, [layer])[0].id
+        return self.matrix(self._layer_cov[(own_id, layer)])
+
+    def _edit_layer_matrix(self, edit: StoredEdit, layer: int) -> torch.Tensor:
+        return self._layer_matrix(edit.covariance_id, layer)
+
+    def _band_soft(self, edits: list[StoredEdit]) -> tuple[float, float]:
+        return band.settings(edits, (self.defaults.band_weight, self.defaults.band_alpha))
+
+    def _measure_band(
+        self, requests: list[EditRequest], results: list[EditResult], hp: ROMEHyperParams, cov: Covariance
+    ) -> list[tuple[LayerAsk, ...]]:
+        """Each new edit's asks of every layer of its band, measured on the head; the head's band
+        layers are left rewritten with the log's asks and these (the band compile of both)."""
+        soft = (hp.band_weight, hp.band_alpha)
+        if self._band_soft(self.applied) != soft and any(e.band for e in self.applied):
+            raise InvalidEditRequest(
+                f"this model's log was registered with band weight {self._band_soft(self.applied)[0]:g}; one log takes one"
+            )
+        self._remember(set(spread_layers(hp.layer, hp.band)))
+        keys = self.templates(hp).key
+        prompt_sets = [[(p, r.subject) for p in request_prompts(r, keys)] for r in requests]
+        W, b = arch.down_proj_weight(self.model, hp.layer).double().cpu(), arch.down_proj_bias(self.model, hp.layer)
+        K = torch.stack([r.key for r in results]).double()  # (n, d_ff)
+        V = torch.stack([r.value for r in results]).double()  # (n, d)
+        shifts = V - K @ W.T - (0.0 if b is None else b.double().cpu())
+        earlier, _ = band.collect(self.applied, edit_vectors, self._base)
+
+        def write(layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+            delta = band.layer_delta(earlier.get(layer, []) + rows, self._layer_matrix(cov.id, layer), soft)
+            arch.down_proj_param(self.model, layer).data.copy_(self._originals[layer])
+            add_delta(self.model, layer, delta)
+
+        return band.measure_asks(
+            self.model,
+            self.tokenizer,
+            prompt_sets,
+            hp.layer,
+            shifts,
+            hp.band,
+            write,
+            lambda layer: self._base(layer)[0],
+        )
 
     @contextmanager
     def base_weights(self) -> Iterator[None]:
@@ -126,6 +193,7 @@ class EditSession:
         hp = self.defaults
         if self.stats_tokens:
             hp = replace(hp, stats_tokens=self.stats_tokens)
+        hp = self._with_band(hp)
         traced = self.base.recommended_layer
         if layer == "auto":
             if traced is None:
@@ -140,6 +208,25 @@ class EditSession:
         if traced is not None and not has_measured_layer(cfg.model_type, arch.num_layers(self.model), cfg.hidden_size):
             return hp.with_layer(traced)
         return hp
+
+    def _with_band(self, hp: ROMEHyperParams) -> ROMEHyperParams:
+        """The band asked for, else the band settings of the log's newest band edit (a log
+        compiles as one band), else the model's default. A log with band edits takes no
+        single-layer edit: the head it is measured on is the band compile."""
+        last = next((e for e in reversed(self.applied) if e.band), None)
+        if last is not None:
+            logged = replace(
+                hp,
+                band=int(last.hparams["band"]),
+                band_weight=float(last.hparams["band_weight"]),
+                band_alpha=float(last.hparams.get("band_alpha", 0.0)),
+            )
+            if self.band is not None and self.band != logged.band:
+                raise InvalidEditRequest(
+                    f"this model's log is registered over a band of {logged.band} layers; give --band {logged.band} or none"
+                )
+            return logged
+        return replace(hp, band=self.band) if self.band is not None else hp
 
     def templates(self, hp: ROMEHyperParams) -> ContextTemplates:
         fingerprint = hp.templates_fingerprint()
@@ -334,10 +421,17 @@ class EditSession:
         self.applied = [e for e in self.applied if e.id not in conflicts] + [stored]
         return EditOutcome(stored, superseded)
 
-    def _apply_checked(self, new: NewEdit) -> torch.Tensor:
+    def _apply_checked(self, new: NewEdit) -> torch.Tensor | None:
         """Apply a computed edit's update to the head (the step a replay of the log makes), and
         check it holds, before it is stored: a stored edit always replays. Returns the layer's
-        weight from before, to put back if the store refuses the edit."""
+        weight from before, to put back if the store refuses the edit; None for a band edit,
+        which its measurement already wrote (soft: nothing to check)."""
+        if new.band:
+            return None
+        if any(e.band for e in self.applied):
+            raise InvalidEditRequest(
+                "this model's log is registered over a band of layers; a single-layer edit cannot join it"
+            )
         self._remember({new.layer})
         weight = arch.down_proj_param(self.model, new.layer)
         saved = weight.detach().clone()
@@ -356,8 +450,11 @@ class EditSession:
             raise
         return saved
 
-    def _put_back(self, layer: int, saved: torch.Tensor) -> None:
-        arch.down_proj_param(self.model, layer).data.copy_(saved)
+    def _put_back(self, layer: int, saved: torch.Tensor | None) -> None:
+        if saved is None:  # a band edit: its measurement rewrote several layers
+            self.rebuild(self.applied)
+        else:
+            arch.down_proj_param(self.model, layer).data.copy_(saved)
 
     def run_many(self, edit_ids: list[int]) -> list[EditOutcome]:
         """Compute submitted requests here, batched (see process_many), while holding the model's
@@ -399,20 +496,25 @@ class EditSession:
             hp = self.hparams(parse_layer_spec(batch[0].requested_layer))
             cov = self.covariance(hp.layer, hp)
             results = compute_edits(self.model, self.tokenizer, requests, hp, self.matrix(cov.id), self.templates(hp))
+            asks = self._measure_band(requests, results, hp, cov) if hp.band > 1 else [()] * len(results)
         except (LeaseLost, DatabaseUnavailable):
+            self.rebuild(self.applied)
             raise
         except Exception as exc:  # one at a time instead: each failure is then stored on its own request
             log.info("batch of %d computed one at a time: %s: %s", len(batch), type(exc).__name__, exc)
+            self.rebuild(self.applied)  # a band measurement may have rewritten layers
             return [], entries
         outcomes: list[EditOutcome] = []
         for i, (entry, result) in enumerate(zip(batch, results)):
             try:
-                new = self._new_edit(requests[i], result, hp, cov, entry, batch=len(batch))
+                new = self._new_edit(requests[i], result, hp, cov, entry, batch=len(batch), band=asks[i])
                 saved = self._apply_checked(new)
             except Exception as exc:
                 # not finite, or it does not hold on the head its batch-mates changed (keys close to
                 # theirs): this one and the rest are computed again one at a time, on the head as it is
                 log.info("request %d and the %d after it computed one at a time: %s", entry.id, len(batch) - i - 1, exc)
+                if hp.band > 1:
+                    self.rebuild(self.applied)
                 return outcomes, batch[i:] + rest
             try:
                 stored = self.store.complete_request(entry.id, holder, new, computed_on=[e.id for e in self.applied])
@@ -463,6 +565,7 @@ class EditSession:
         note: str | None = None,
         requested_by: str | None = None,
         batch: int = 1,
+        band: tuple[LayerAsk, ...] = (),
     ) -> NewEdit:
         if not (torch.isfinite(result.key).all() and torch.isfinite(result.value).all()):
             raise NumericalError("the computed key or value is not finite; nothing was stored")
@@ -492,6 +595,7 @@ class EditSession:
             metrics=metrics,
             requested_by=entry.requested_by if entry else requested_by,
             note=entry.note if entry else note,
+            band=band,
         )
 
     def _compute(
@@ -508,7 +612,8 @@ class EditSession:
             self.rebuild([e for e in self.applied if e.id not in conflicts])
         cov = self.covariance(hp.layer, hp)
         result = compute_edits(self.model, self.tokenizer, [request], hp, self.matrix(cov.id), self.templates(hp))[0]
-        return self._new_edit(request, result, hp, cov, note=note, requested_by=requested_by), conflicts
+        asks = self._measure_band([request], [result], hp, cov)[0] if hp.band > 1 else ()
+        return self._new_edit(request, result, hp, cov, note=note, requested_by=requested_by, band=asks), conflicts
 
 
 def _request(entry: EditEntry) -> EditRequest:

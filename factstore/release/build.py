@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from factstore import arch, config
 from factstore.analysis.metrics import aggregate, score_records
-from factstore.domain import BaseModel, Record, Release, StoredEdit, check_alias
+from factstore.domain import BaseModel, Record, Release, StoredEdit, band_sha256, check_alias
 from factstore.errors import CompileError, ReleaseVerificationError
 from factstore.files import file_sha256, staged_folder, usable_folder
 from factstore.progress import SILENT, Reporter
@@ -31,28 +31,34 @@ from factstore.weights import assets, checkpoints, stats
 from factstore.weights.checkpoints import LoadedModel
 from factstore.weights.corpus import DEFAULT_CORPUS
 from factstore.weights.replay import (
-    DEFAULT_MODE,
     EXACT_MODES,
     JOINT_RIDGE,
     LAYERED_MODES,
     NULL_SPACE_THRESHOLD,
     SOFT_MODES,
     apply_edits,
-    band_width,
     check_mode,
     constraint_errors,
+    default_mode,
     edit_vectors,
     soft_settings,
     tolerance,
     touched_layers,
 )
-from factstore.weights.spread import LOWER_RIDGE, LayerInputs
+from factstore.weights.spread import LOWER_RIDGE, SPREAD_LAYERS, LayerInputs
 from factstore.weights.stats import MatrixCache
 
 
 def log_entries(edits: Sequence[StoredEdit]) -> list[dict]:
     return [
-        {"id": e.id, "seq": e.seq, "layer": e.layer, "key_sha256": e.key_sha256, "value_sha256": e.value_sha256}
+        {
+            "id": e.id,
+            "seq": e.seq,
+            "layer": e.layer,
+            "key_sha256": e.key_sha256,
+            "value_sha256": e.value_sha256,
+            **({"band_sha256": band_sha256(e.band)} if e.band else {}),  # single-layer logs hash as before
+        }
         for e in edits
     ]
 
@@ -123,7 +129,7 @@ class _Laps:
 def build(
     store: Store,
     alias: str,
-    mode: str = DEFAULT_MODE,
+    mode: str | None = None,
     out: str | None = None,
     device: str | None = None,
     *,
@@ -139,7 +145,8 @@ def build(
     refusing edits that do not hold (benchmarks measure how edits fare instead); timings,
     when given, receives seconds per phase (load, apply, score, write).
     """
-    check_mode(mode)  # before the model is loaded
+    if mode is not None:
+        check_mode(mode)  # before the model is loaded
     base = store.get_base_model(alias)
     target = usable_folder(out) if out else None
     with store.model_lock(base.id):  # two compiles of one model run one after the other; the second may reuse
@@ -149,7 +156,7 @@ def build(
 def _build(
     store: Store,
     base: BaseModel,
-    mode: str,
+    mode: str | None,
     target: Path | None,
     device: str | None,
     check: float | None,
@@ -158,6 +165,7 @@ def _build(
 ) -> tuple[Release, bool]:
     """check: the soft modes' minimum efficacy, or None to refuse nothing."""
     edits = store.list_edits(base.id, "active")
+    mode = mode or default_mode(edits)
     log_sha = layout.edit_log_sha256(base.identity, mode, log_entries(edits))
     latest = store.get_latest_release(base.id)
     unchanged = latest if latest and latest.edit_log_sha256 == log_sha else None
@@ -333,9 +341,9 @@ def _manifest(store: Store, base: BaseModel, mode: str, edits: Sequence[StoredEd
         "mode": mode,
         "joint_ridge": JOINT_RIDGE if mode in EXACT_MODES else None,
         **({"null_space_threshold": NULL_SPACE_THRESHOLD} if mode == "null-space" else {}),
-        **({"spread_layers": band_width(mode)} if mode in LAYERED_MODES else {}),
+        **({"spread_layers": SPREAD_LAYERS} if mode == "spread" else {}),
         **({"spread_lower_ridge": LOWER_RIDGE} if mode == "spread" else {}),
-        **(dict(zip(("soft_weight", "soft_alpha"), soft_settings(mode))) if mode in SOFT_MODES else {}),
+        **(dict(zip(("soft_weight", "soft_alpha"), soft_settings(mode, edits))) if mode in SOFT_MODES else {}),
         "edit_log_sha256": log_sha,
         "context_templates": store.list_context_templates(base.id),
         "edits": [

@@ -21,7 +21,6 @@ from factstore.release.build import checked_folder
 from factstore.release.manifest import MAX_MANIFEST_BYTES
 from factstore.storage.store import Store
 from factstore.weights import stats
-from factstore.weights.replay import DEFAULT_MODE
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ def publish(
     """Publish the current edit log of ALIAS to REPO as the next version (compiling if it
     changed). A release whose held-out perplexity rose past FACTSTORE_MAX_PERPLEXITY_RISE is
     refused unless ALLOW_DEGRADED."""
-    release, _ = build.build(store, alias, mode or DEFAULT_MODE, device=device, progress=progress)
+    release, _ = build.build(store, alias, mode, device=device, progress=progress)
     if release.status != "published":
         health.check_publishable(release.version, build.checked_folder(release).scores, allow_degraded)
     if release.hub_repo not in (None, repo):

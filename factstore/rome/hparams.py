@@ -28,11 +28,19 @@ class ROMEHyperParams:
     value_context_lengths: tuple[tuple[int, int], ...] = ((10, 5),)
     stats_tokens: int = 100_000  # tokens of ordinary text for the key second moment C
     stats_dtype: str = "float32"  # storage dtype of C (accumulated in float64)
+    # a band of layers (MEMIT): the edit layer and the band - 1 below it each take a share of the
+    # edit, measured on the head at registration and stored (weights/band.py); 1: one layer
+    band: int = 1
+    band_weight: float = 1e4  # tokens of preserved text against each key in a band layer's soft solve
+    band_alpha: float = 0.0  # ENCORE's alpha I in that solve, as a share of C's mean variance
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         if data["top1_patience"] is None:
             del data["top1_patience"]  # fields added later stay out when off: older fingerprints still match
+        if data["band"] == 1:
+            for name in ("band", "band_weight", "band_alpha"):
+                del data[name]
         data["context_lengths"] = [list(x) for x in self.context_lengths]
         data["value_context_lengths"] = [list(x) for x in self.value_context_lengths]
         return data

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import TypeVar
 
-from factstore.domain import BaseModel, Covariance, EditEntry, Job, Release, StoredEdit
+from factstore.domain import BaseModel, Covariance, EditEntry, Job, LayerAsk, Release, StoredEdit
 from factstore.storage.models import BaseModelRow, CovarianceStat, EditRow, JobRow, ReleaseRow
 
 T = TypeVar("T")
@@ -70,6 +70,7 @@ def edit(row: EditRow) -> StoredEdit:
         note=row.note,
         metrics=dict(row.metrics or {}),
         created_at=iso(row.created_at) or "",
+        band=tuple(LayerAsk(a.layer, bytes(a.key), bytes(a.target)) for a in row.band),
     )
 
 

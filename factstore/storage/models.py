@@ -133,6 +133,22 @@ class EditRow(Base):
 
     base_model: Mapped[BaseModelRow] = relationship()
     covariance: Mapped[CovarianceStat | None] = relationship()
+    band: Mapped[list[EditLayerRow]] = relationship(
+        order_by="EditLayerRow.layer", lazy="selectin", cascade="all, delete-orphan"
+    )
+
+
+class EditLayerRow(Base):
+    """What an edit of a band asks of one layer: at KEY (the layer's down-projection input for
+    the subject, (d_ff,)), a change TARGET ((d,)) of the layer's output relative to the base
+    weights; float32 little-endian. Measured once on the head when the edit was computed."""
+
+    __tablename__ = "edit_layers"
+
+    edit_id: Mapped[int] = mapped_column(ForeignKey("edits.id", ondelete="CASCADE"), primary_key=True)
+    layer: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[bytes] = mapped_column(LargeBinary)
+    target: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class ApiToken(Base):

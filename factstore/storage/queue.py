@@ -25,6 +25,7 @@ from factstore.storage.models import (
     EDIT_STATUSES,
     QUEUED_STATUSES,
     BaseModelRow,
+    EditLayerRow,
     EditRow,
     JobFile,
     JobRow,
@@ -112,6 +113,7 @@ def fill_computed(s: Session, row: EditRow, new: NewEdit) -> None:
     row.hparams, row.hparams_fingerprint, row.covariance_id = new.hparams, new.hparams_fingerprint, new.covariance_id
     row.metrics, row.status, row.error, row.updated_at = new.metrics, "active", None, now()
     row.supersedes_id = older[-1].id if older else None
+    row.band = [EditLayerRow(layer=a.layer, key=a.key, target=a.target) for a in new.band]
     s.flush()
 
 

@@ -43,7 +43,6 @@ from factstore.weights.replay import (
     LAYERED_MODES,
     MODES,
     apply_edits,
-    band_width,
     check_mode,
     constraint_errors,
     tolerance,
@@ -63,6 +62,7 @@ class LifelongSettings:
     retract: int = 0  # edits retracted at random after the modes are scored (then the default mode is rebuilt)
     seed: int = 0
     layer: int | None = None  # the edit layer (None: the model's default; a band mode spreads below it)
+    band: int | None = None  # register over a band of this many layers (stored per layer; None: one)
 
 
 # the run folder -------------------------------------------------------------------------------
@@ -188,6 +188,11 @@ def band_inputs(session: EditSession, edits: list[StoredEdit], band: int = SPREA
     return spread_inputs(session.store, session.base, session.model, session.tokenizer)
 
 
+def _width(mode: str, edits: list[StoredEdit]) -> int:
+    """Layers below each edit layer a layered compile of EDITS reads C of."""
+    return SPREAD_LAYERS if mode == "spread" else max([int(e.hparams.get("band", 1)) for e in edits] + [1])
+
+
 def heldout_rows(session: EditSession, store: Store, tokens: int) -> list[list[int]] | None:
     """The run's held-out text (TOKENS of the statistics' corpus past what any C read)."""
     return _heldout(session, store, LifelongSettings(heldout_tokens=tokens))
@@ -236,11 +241,12 @@ def lifelong(
         "fluency": fluency is not None and settings.fluency_sample > 0,
         "fluency_sample": settings.fluency_sample,
         **({} if settings.layer is None else {"layer": settings.layer}),
+        **({} if settings.band is None else {"band": settings.band}),
     }  # what the kept scores depend on (compile modes may vary)
     state = _State(run / "state.json", header)
     scratch = _open_store(run, store, alias, progress)
     try:
-        session = EditSession(scratch, alias, device=device, progress=progress)
+        session = EditSession(scratch, alias, device=device, progress=progress, band=settings.band)
         _register(session, records, settings, state, progress)
         heldout = _heldout(session, scratch, settings)
         log = _log(scratch, session.base.id, state)
@@ -342,7 +348,7 @@ def _score_modes(
             clock = time.perf_counter()
             edits = [e for e in log if index.get(request_sha256(e.request()), n) < i]
             end = i == n
-            inputs = band_inputs(session, edits, band_width(mode)) if mode in LAYERED_MODES else None
+            inputs = band_inputs(session, edits, _width(mode, edits)) if mode in LAYERED_MODES else None
             with _weights_restored(session.model), session.base_weights():
                 try:
                     apply_edits(session.model, edits, session.matrix, mode, inputs)

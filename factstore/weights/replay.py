@@ -15,6 +15,7 @@ from factstore import arch
 from factstore.domain import StoredEdit
 from factstore.errors import CompileError
 from factstore.rome.edit import add_delta
+from factstore.rome.hparams import ROMEHyperParams
 from factstore.rome.update import (
     constraint_error,
     joint_delta,
@@ -24,6 +25,7 @@ from factstore.rome.update import (
     soft_delta,
     soft_null_space_delta,
 )
+from factstore.weights import band
 from factstore.weights.spread import SPREAD_LAYERS, LayerInputs, apply_spread, spread_layers
 from factstore.weights.vectors import from_bytes
 
@@ -31,7 +33,9 @@ MODES = ("joint", "sequential", "spread", "null-space", "soft", "band")
 DEFAULT_MODE = "joint"
 EXACT_MODES = ("joint", "null-space")  # every constraint of the log holds on the compiled weights at once
 SOFT_MODES = ("soft", "band")  # no constraint held exactly: accepted by behaviour (each edit's new target wins)
-# over a band of layers: forward passes (LayerInputs), no byte-exact rebuild on another machine
+# over several layers: they read C of more layers than the edits' own (LayerInputs); spread
+# also measures keys with forward passes (no byte-exact rebuild on another machine), band
+# reads the per-layer vectors stored with each edit (weights/band.py)
 LAYERED_MODES = ("spread", "band")
 JOINT_RIDGE = 1e-6  # lambda relative to the mean diagonal of K^T C^-1 K
 NULL_SPACE_THRESHOLD = (
@@ -39,8 +43,6 @@ NULL_SPACE_THRESHOLD = (
 )
 SOFT_WEIGHT = 1e3  # tokens of preserved text against each edit's key (MEMIT's lambda; docs/hparams.md sweep)
 SOFT_ALPHA = 0.0  # ENCORE's alpha I, as a share of C's mean variance
-BAND_LAYERS = 5  # band mode: the edit layer and the four below it (MEMIT's L-4..L)
-BAND_WEIGHT = 1e4  # band mode's soft weight per layer (docs/hparams.md: NS kept, perplexity +10 %)
 CONSTRAINT_TOLERANCE = 1e-3  # ||W k - v|| / ||v|| allowed after compiling, in float32
 
 
@@ -165,19 +167,25 @@ def apply_joint(
 def touched_layers(edits: Sequence[StoredEdit], mode: str) -> set[int]:
     """The layers whose down-projection a compile of EDITS in MODE changes."""
     own = {e.layer for e in edits}
-    if mode in LAYERED_MODES:
-        return {below for layer in own for below in spread_layers(layer, band_width(mode))}
+    if mode == "band":
+        return own | {a.layer for e in edits for a in e.band}
+    if mode == "spread":
+        return {below for layer in own for below in spread_layers(layer, SPREAD_LAYERS)}
     return own
 
 
-def band_width(mode: str) -> int:
-    """Layers a layered mode spreads each edit over (ending at the edit's own)."""
-    return BAND_LAYERS if mode == "band" else SPREAD_LAYERS
+def soft_settings(mode: str, edits: Sequence[StoredEdit] = ()) -> tuple[float, float]:
+    """(weight, alpha) of a soft mode's least-squares solve: band mode's are its edits' own
+    (registered with them; weights/band.py), else the model's default band weight."""
+    if mode == "band":
+        return band.settings(edits, (ROMEHyperParams.band_weight, ROMEHyperParams.band_alpha))
+    return SOFT_WEIGHT, SOFT_ALPHA
 
 
-def soft_settings(mode: str) -> tuple[float, float]:
-    """(weight, alpha) of a soft mode's least-squares solve."""
-    return (BAND_WEIGHT if mode == "band" else SOFT_WEIGHT), SOFT_ALPHA
+def default_mode(edits: Sequence[StoredEdit]) -> str:
+    """What a compile without --mode builds: the band compile for a log registered over a band
+    (the head its edits were measured on), else DEFAULT_MODE."""
+    return "band" if any(e.band for e in edits) else DEFAULT_MODE
 
 
 def check_mode(mode: str) -> None:
@@ -203,16 +211,17 @@ def apply_edits(
                 f"the {mode} mode needs the tokenizer, context templates and key statistics of the layers below"
             )
         _by_layer(model, edits)  # every edit's module checked first
-        apply_spread(  # band: MEMIT's own form, every layer of the band soft (nothing to check after)
-            model,
-            edits,
-            covariance,
-            edit_vectors,
-            inputs,
-            lambda layer: tolerance(model, layer),
-            soft=soft_settings(mode) if mode in SOFT_MODES else None,
-            band=band_width(mode),
-        )
+        if mode == "band":  # linear algebra over the stored per-layer vectors; soft: nothing to check after
+            layer_cov = inputs.covariance
+            band.apply_band(
+                model,
+                edits,
+                edit_vectors,
+                lambda e, layer: covariance(e.covariance_id) if layer == e.layer else layer_cov(e, layer),
+                soft_settings(mode, edits),
+            )
+            return
+        apply_spread(model, edits, covariance, edit_vectors, inputs, lambda layer: tolerance(model, layer))
     elif mode == "sequential":
         apply_sequential(model, edits, covariance)
     elif mode == "soft":

@@ -15,7 +15,7 @@ from factstore.progress import SILENT, Reporter
 from factstore.release import build
 from factstore.storage.store import Store
 from factstore.studies import tracing
-from factstore.weights.replay import DEFAULT_MODE, MODES
+from factstore.weights.replay import MODES
 
 CANCEL_POLL_SECONDS = 2.0  # how often a running job looks for a cancel in the database
 
@@ -51,8 +51,8 @@ class StopCheck:
 def check_params(kind: str, params: dict) -> dict:
     """The parameters of a job as stored, or InvalidEditRequest (checked at submission)."""
     if kind == "compile":
-        mode = params.get("mode") or DEFAULT_MODE
-        if mode not in MODES:
+        mode = params.get("mode")  # None: the log's default (band for a band log, else joint)
+        if mode is not None and mode not in MODES:
             raise InvalidEditRequest(f"unknown compile mode {mode!r}; use {' or '.join(MODES)}")
         return {"mode": mode}
     if kind == "trace":

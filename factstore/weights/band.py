@@ -1,0 +1,143 @@
+"""Compile mode `band`: a soft solve per layer over what each edit asks of every layer of its band.
+
+An edit registered with a band (hparams `band` = B > 1) stores, for each layer l of L-B+1..L,
+the key k_l the layer sees for its subject and the change r_l of the layer's output wanted at
+that key, relative to the base weights. They were measured once, on the head, when the edit
+was computed, MEMIT's way: walking up the band, each layer asked for its share of what is
+still missing of the edit's shift at layer L, after the layers below were written
+(`measure_asks`). A compile is then linear algebra over stored vectors, per layer
+
+    dW_l = R_l K_l^T (weight (C_l + alpha mean(diag C_l) I) + K_l K_l^T)^-1
+
+over every ask that reaches l (MEMIT's soft solve with ENCORE's alpha I; every earlier edit's
+key is in the solve): deterministic, the same bytes wherever the vectors and C are the same.
+A single-layer edit asks one layer for its whole shift, v* - W0 k* - b.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from factstore import arch
+from factstore.domain import LayerAsk, StoredEdit
+from factstore.errors import CompileError
+from factstore.rome.edit import add_delta
+from factstore.rome.keys import subject_states
+from factstore.rome.update import soft_residual_delta
+from factstore.weights.spread import spread_layers
+from factstore.weights.vectors import from_bytes, to_bytes
+
+# layer -> [(key (d_ff,), target (d,))] in seq order
+Asks = dict[int, list[tuple[torch.Tensor, torch.Tensor]]]
+# C of a layer for an edit: the layer's C of the corpus, size and dtype of the edit's own C
+LayerCovariance = Callable[[StoredEdit, int], torch.Tensor]
+
+
+def vector(data: bytes) -> torch.Tensor:
+    """A stored float32 vector (n,)."""
+    return from_bytes(data, (len(data) // 4,))
+
+
+def settings(edits: Sequence[StoredEdit], default: tuple[float, float]) -> tuple[float, float]:
+    """(weight, alpha) of the band edits' hparams; DEFAULT when none has a band. Edits registered
+    with other settings cannot share one solve (the head they were measured on would not be
+    the release)."""
+    found = {(float(e.hparams["band_weight"]), float(e.hparams.get("band_alpha", 0.0))) for e in edits if e.band}
+    if len(found) > 1:
+        raise CompileError(
+            f"the log's band edits were registered with {len(found)} different band weights; retract or re-register them with one"
+        )
+    return found.pop() if found else default
+
+
+def base_shift(vectors: tuple[torch.Tensor, torch.Tensor], W0: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """v* - W0 k* - b (d,) float64 with the base weight W0 (out, in): what a single-layer edit asks of its layer."""
+    key, value = vectors
+    return value.double() - W0.double().cpu() @ key.double() - (0.0 if b is None else b.double().cpu())
+
+
+def collect(
+    edits: Sequence[StoredEdit],
+    vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]],
+    base: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]],
+) -> tuple[Asks, dict[int, StoredEdit]]:
+    """Every ask of EDITS by layer, and per layer the last edit that reaches it (whose C spec the
+    layer's solve uses). BASE(layer): the base (W0 (out, in), b) a single-layer edit's shift is from."""
+    asks: Asks = defaultdict(list)
+    last: dict[int, StoredEdit] = {}
+    for edit in sorted(edits, key=lambda e: e.seq):
+        if edit.band:
+            for ask in edit.band:
+                asks[ask.layer].append((vector(ask.key), vector(ask.target)))
+                last[ask.layer] = edit
+        else:
+            pair = vectors(edit)
+            asks[edit.layer].append((pair[0], base_shift(pair, *base(edit.layer))))
+            last[edit.layer] = edit
+    return dict(asks), last
+
+
+def layer_delta(
+    rows: list[tuple[torch.Tensor, torch.Tensor]], C: torch.Tensor, soft: tuple[float, float]
+) -> torch.Tensor:
+    """dW (out, in) float64 of one layer's soft solve over its asks."""
+    K = torch.stack([k for k, _ in rows], dim=1).double()  # (d_ff, n)
+    R = torch.stack([r for _, r in rows], dim=1).double()  # (d, n)
+    return soft_residual_delta(R, K, C, *soft)
+
+
+def apply_band(
+    model: PreTrainedModel,
+    edits: Sequence[StoredEdit],
+    vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]],
+    covariance: LayerCovariance,
+    soft: tuple[float, float],
+) -> set[int]:
+    """Write the band compile of EDITS onto MODEL, which holds the base weights on every layer an
+    ask reaches. Returns those layers."""
+    asks, last = collect(
+        edits, vectors, lambda layer: (arch.down_proj_weight(model, layer), arch.down_proj_bias(model, layer))
+    )
+    for layer, rows in sorted(asks.items()):
+        add_delta(model, layer, layer_delta(rows, covariance(last[layer], layer), soft))
+    return set(asks)
+
+
+def measure_asks(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_sets: list[list[tuple[str, str]]],
+    layer: int,
+    shifts: torch.Tensor,
+    band: int,
+    write: Callable[[int, list[tuple[torch.Tensor, torch.Tensor]]], None],
+    base_weight: Callable[[int], torch.Tensor],
+) -> list[tuple[LayerAsk, ...]]:
+    """What each of n new edits asks of every layer of its band (lowest first), measured on
+    MODEL (the head) MEMIT's way. SHIFTS (n, d): the change of block LAYER's output each edit
+    wants (v* - W k* - b on the head); PROMPT_SETS: each edit's key prompts with its subject.
+    At layer l (j-th of B), each edit asks its share (Z - H) / (B - j) of what is still
+    missing at block LAYER, plus what the head's layer already adds at its key (targets are
+    relative to BASE_WEIGHT(l), (out, in)); WRITE(l, new asks) then rewrites layer l with the
+    head's asks and these, so the layers above are measured on it. The vectors are rounded to
+    float32 (as stored) before they are written, so the head is what a compile of them builds."""
+    layers = spread_layers(layer, band)
+    _, H0 = subject_states(model, tokenizer, prompt_sets, layer, layer)
+    Z = H0.double() + shifts.double()  # (n, d): where block LAYER's output should end
+    asks: list[list[LayerAsk]] = [[] for _ in prompt_sets]
+    for j, lower in enumerate(layers):
+        keys, H = subject_states(model, tokenizer, prompt_sets, lower, layer)  # (n, d_ff), (n, d)
+        share = (Z - H.double()) / (len(layers) - j)
+        W = arch.down_proj_weight(model, lower).double().cpu()
+        present = keys.double() @ (W - base_weight(lower).double().cpu()).T  # (n, d): the head's own change
+        rows = []
+        for i, (key, target) in enumerate(zip(keys, present + share)):
+            k, t = to_bytes(key.float())[0], to_bytes(target.float())[0]
+            asks[i].append(LayerAsk(lower, k, t))
+            rows.append((vector(k), vector(t)))
+        write(lower, rows)
+    return [tuple(a) for a in asks]
