@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from factstore import api, arch
-from factstore.domain import EditRequest
+from factstore.domain import EditRequest, LayerAsk, band_sha256
 from factstore.editing.session import EditSession, ask
-from factstore.errors import InvalidEditRequest
+from factstore.errors import InvalidEditRequest, ReleaseVerificationError
 from factstore.release import layout
+from factstore.release.lineage import import_release
 from factstore.weights import replay
 from factstore.weights.band import vector
 
@@ -89,3 +93,47 @@ def test_a_band_log_keeps_its_band_and_takes_no_single_layer_edit(banded) -> Non
         EditSession(store, "tiny", device="cpu", band=3).hparams()
     outcome = later.add(EditRequest(PROMPT, "The Colosseum", "Madrid"))
     assert len(outcome.edit.band) == 2
+
+
+def _team_store(store, tmp_path: Path):  # type: ignore[no-untyped-def]
+    other = tmp_path / "team.db"
+    api.upgrade_database(f"sqlite:///{other}")
+    team = api.open_store(f"sqlite:///{other}")
+    api.add_model(team, "team", store.get_base_model("tiny").source)
+    return team
+
+
+def test_a_band_release_imports_byte_for_byte_and_the_importer_continues_it(banded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, _ = banded
+    release, _ = api.compile_release(store, "tiny", min_efficacy=0.0)
+    team = _team_store(store, tmp_path)
+    result = import_release(team, Path(release.path), "team")
+    assert result["rebuilt_identical"] and result["edits_added"] == 3
+    mine, theirs = store.list_edits(1), team.list_edits(team.get_base_model("team").id)
+    assert [e.band for e in theirs] == [e.band for e in mine]
+    again, _ = api.compile_release(team, "team", out=str(tmp_path / "again"), min_efficacy=0.0)
+    assert again.mode == "band"
+    mine_files, again_files = layout.file_hashes(Path(release.path)), layout.file_hashes(tmp_path / "again")
+    weights = [n for n in mine_files if n.endswith(".safetensors")]  # the card names the alias
+    assert weights and all(mine_files[n] == again_files[n] for n in weights)
+
+
+def test_a_band_release_whose_upper_key_is_another_subjects_is_refused(banded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A publisher who keeps an edit's label and lowest key but points its upper layer at another
+    subject's key (to move that subject's fact unseen) is caught by the claims check."""
+    store, _ = banded
+    release, _ = api.compile_release(store, "tiny", min_efficacy=0.0)
+    folder = tmp_path / "forged"
+    shutil.copytree(release.path, folder)
+    edits = store.list_edits(1)
+    tensors = load_file(str(folder / layout.EDIT_VECTORS))
+    top = edits[0].layer
+    tensors[f"edit.00000.band.{top:03d}.key"] = vector(edits[1].band[-1].key)  # the Louvre's key at the top layer
+    save_file(tensors, str(folder / layout.EDIT_VECTORS), metadata={"format": "pt"})
+    asks = tuple(LayerAsk(a.layer, edits[1].band[-1].key if a.layer == top else a.key, a.target) for a in edits[0].band)
+    data = json.loads((folder / layout.MANIFEST).read_text())
+    data["edits"][0]["band_sha256"] = band_sha256(asks)
+    data["files"] = layout.file_hashes(folder)
+    (folder / layout.MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(ReleaseVerificationError, match=f"edit 1 of the release: its key of layer {top} is not the key"):
+        import_release(_team_store(store, tmp_path), folder, "team")

@@ -116,33 +116,6 @@ def test_spread_compile_refuses_a_log_whose_targets_it_misses(edited, monkeypatc
     assert store.list_releases(1) == []
 
 
-def test_band_compile_is_soft_on_every_layer_of_the_band_and_deterministic(edited, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """MEMIT's own form: the edits' shifts spread over L-4..L with the soft solve on each layer,
-    no layer exact; the same bytes twice; recorded in the manifest; refused by --import-edits."""
-    store, _ = edited
-    edits = store.list_edits(1)
-    top = edits[0].layer
-    layers = spread.spread_layers(top, replay.BAND_LAYERS)
-    corpus = store.get_covariance(edits[0].covariance_id).corpus
-    for layer in layers[:-1]:
-        api.compute_stats(store, "tiny", layer=layer, corpus=corpus, tokens=2000, device="cpu")
-    first, _ = api.compile_release(store, "tiny", "band", min_efficacy=0.0)
-    second, _ = api.compile_release(store, "tiny", "band", out=str(tmp_path / "again"), min_efficacy=0.0)
-    assert layout.file_hashes(Path(first.path)) == layout.file_hashes(Path(second.path))
-    assert all(float(_delta(first.path, layer).norm()) > 0 for layer in layers)
-    model = AutoModelForCausalLM.from_pretrained(first.path)
-    assert min(replay.constraint_errors(model, edits).values()) > 1e-3  # no layer holds an edit exactly
-    manifest = json.loads((Path(first.path) / layout.MANIFEST).read_text())
-    assert (manifest["mode"], manifest["spread_layers"], manifest["soft_weight"]) == (
-        "band",
-        replay.BAND_LAYERS,
-        replay.BAND_WEIGHT,
-    )
-    assert manifest["scores"]["edits_not_holding"] >= 0
-    with pytest.raises(ReleaseVerificationError, match="band-mode release cannot be rebuilt"):
-        import_release(store, Path(first.path), "copy")
-
-
 def test_soft_compile_is_accepted_by_behaviour_deterministic_and_imports_byte_for_byte(  # type: ignore[no-untyped-def]
     edited, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -505,13 +505,16 @@ def test_the_health_gate_refuses_a_degraded_release_unless_allowed(  # type: ign
     templates = [*RELATIONS["city"][0], RELATIONS["city"][1]]
     for template, city in zip(templates, ["Tokyo", "Cairo", "Sydney", "Moscow"]):  # one subject, four homes
         session.add(EditRequest(template, facts[0].subject, city))
-    release, _ = api.compile_release(store, "facts")
+    # soft, every edit accepted: whether an exact compile holds four homes at once depends on the
+    # trained model's last bits; the gate judges whatever compiles
+    release, _ = api.compile_release(store, "facts", "soft", min_efficacy=0.0)
     health = json.loads(Path(release.path, layout.MANIFEST).read_text())["scores"]["health"]
     assert health["corpus"] == "local" and health["heldout_tokens"] >= 1000
     rise = health["perplexity_rise_pct"]
     assert rise > 5, health  # the log damages the model: the gate has something to refuse
     assert "## Health" in Path(release.path, "README.md").read_text()
-    assert run_json("compile", "--model", "facts", "--json")["scores"]["health"] == health  # type: ignore[index]
+    compiled = run_json("compile", "--model", "facts", "--mode", "soft", "--json")
+    assert compiled["scores"]["health"] == health  # type: ignore[index]
     from fastapi.testclient import TestClient
 
     from factstore.server.app import create_app
@@ -520,12 +523,12 @@ def test_the_health_gate_refuses_a_degraded_release_unless_allowed(  # type: ign
     with TestClient(create_app(ServerSettings(database_url=db_url, worker=False)), client=("127.0.0.1", 5000)) as web:
         assert f"({rise:+.1f} %)" in web.get("/models/facts").text
     with pytest.raises(ReleaseDegraded) as refused:
-        api.publish_release(store, "facts", NAME, endpoint=lfs_hub.url)
+        api.publish_release(store, "facts", NAME, endpoint=lfs_hub.url, mode="soft")
     assert f"rose {rise:.1f} %" in str(refused.value) and "\n" not in str(refused.value)
     assert NAME not in lfs_hub.state.repos  # nothing was sent
-    done = run("publish", "--model", "facts", "--repo", NAME, "--endpoint", lfs_hub.url, check=False)
+    done = run("publish", "--model", "facts", "--mode", "soft", "--repo", NAME, "--endpoint", lfs_hub.url, check=False)
     assert done.returncode == 1 and f"rose {rise:.1f} %" in done.stderr
-    published = api.publish_release(store, "facts", NAME, endpoint=lfs_hub.url, allow_degraded=True)
+    published = api.publish_release(store, "facts", NAME, endpoint=lfs_hub.url, mode="soft", allow_degraded=True)
     assert published.version == release.version and not published.already
 
 

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from factstore import arch, config
 from factstore.analysis.metrics import aggregate, score_records
-from factstore.domain import BaseModel, Record, Release, StoredEdit, band_sha256, check_alias
+from factstore.domain import BaseModel, Covariance, Record, Release, StoredEdit, band_sha256, check_alias
 from factstore.errors import CompileError, ReleaseVerificationError
 from factstore.files import file_sha256, staged_folder, usable_folder
 from factstore.progress import SILENT, Reporter
@@ -28,6 +28,7 @@ from factstore.release.scoring import RELEASE_PREFIX_SEED, RELEASE_PREFIXES, rel
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.storage.store import Store
 from factstore.weights import assets, checkpoints, stats
+from factstore.weights.band import vector
 from factstore.weights.checkpoints import LoadedModel
 from factstore.weights.corpus import DEFAULT_CORPUS
 from factstore.weights.replay import (
@@ -272,8 +273,13 @@ def _write_release(
         )
         layout.write_model_config(loaded.model, loaded.tokenizer, tmp)
         (tmp / "README.md").write_text(card.render(base, mode, edits, scores))
-        layout.write_edit_vectors(tmp, [edit_vectors(e) for e in edits])
-        return layout.write_manifest(tmp, {**_manifest(store, base, mode, edits, log_sha), "scores": scores}, known)
+        layout.write_edit_vectors(
+            tmp,
+            [edit_vectors(e) for e in edits],
+            [[(a.layer, vector(a.key), vector(a.target)) for a in e.band] for e in edits],
+        )
+        manifest = _manifest(store, base, loaded.model, mode, edits, log_sha)
+        return layout.write_manifest(tmp, {**manifest, "scores": scores}, known)
 
 
 _PREFIX_FINGERPRINT = hashlib.sha256(
@@ -327,7 +333,40 @@ def _published_source(base: BaseModel) -> str:
     return base.source if base.source.startswith(assets.PREFIX) or card.public_source(base) else "local"
 
 
-def _manifest(store: Store, base: BaseModel, mode: str, edits: Sequence[StoredEdit], log_sha: str) -> dict:
+def layer_covariance(store: Store, base: BaseModel, model: PreTrainedModel, edit: StoredEdit, layer: int) -> Covariance:
+    """The C record of LAYER whose spec is the edit's own C's with the layer changed: what a
+    band or spread compile reads below an edit's layer (one file, not "the newest")."""
+    own = store.get_covariance(edit.covariance_id) if edit.covariance_id is not None else None
+    if own is not None:
+        spec = stats.StatsSpec(
+            base.identity, layer, arch.down_proj_name(model, layer), own.corpus_sha256, own.tokens, own.dtype
+        )
+        found = store.get_covariance_by_key(spec.key())
+        if found is not None and Path(found.path).exists():
+            return found
+    tokens = own.tokens if own else ROMEHyperParams.from_json(edit.hparams).stats_tokens
+    corpus = "" if own is None or own.corpus == DEFAULT_CORPUS else f" --corpus {own.corpus}"
+    raise CompileError(
+        f"this compile needs key statistics of layer {layer}: run `factstore stats compute --model {base.alias} "
+        f"--layer {layer} --tokens {tokens}{corpus}`; nothing was written"
+    )
+
+
+def _band_entry(store: Store, base: BaseModel, model: PreTrainedModel, edit: StoredEdit) -> dict:
+    """A band edit's manifest fields (none for a single-layer edit)."""
+    if not edit.band:
+        return {}
+    below = [a.layer for a in edit.band if a.layer != edit.layer]
+    return {
+        "band": [a.layer for a in edit.band],
+        "band_sha256": band_sha256(edit.band),
+        "band_covariances": [_covariance_entry(store, layer_covariance(store, base, model, edit, l).id) for l in below],
+    }
+
+
+def _manifest(
+    store: Store, base: BaseModel, model: PreTrainedModel, mode: str, edits: Sequence[StoredEdit], log_sha: str
+) -> dict:
     """Everything a teammate needs to continue the lineage: base identity, templates, the log."""
     return {
         # a local path is never published: the source is the Hub id or starter asset, else "local"
@@ -365,6 +404,7 @@ def _manifest(store: Store, base: BaseModel, mode: str, edits: Sequence[StoredEd
                 "covariance": _covariance_entry(store, e.covariance_id),
                 "note": e.note,
                 "metrics": {k: v for k, v in e.metrics.items() if k.startswith("prob_")},
+                **_band_entry(store, base, model, e),
             }
             for e in edits
         ],
@@ -385,20 +425,6 @@ def spread_inputs(store: Store, base: BaseModel, model: PreTrainedModel, tokeniz
         return list(stored["key"])
 
     def covariance(edit: StoredEdit, layer: int) -> torch.Tensor:
-        """The C of LAYER whose spec is the edit's own C's with the layer changed (one file, not "the newest")."""
-        own = store.get_covariance(edit.covariance_id) if edit.covariance_id is not None else None
-        if own is not None:
-            spec = stats.StatsSpec(
-                base.identity, layer, arch.down_proj_name(model, layer), own.corpus_sha256, own.tokens, own.dtype
-            )
-            found = store.get_covariance_by_key(spec.key())
-            if found is not None and Path(found.path).exists():
-                return matrices(found.id)
-        tokens = own.tokens if own else ROMEHyperParams.from_json(edit.hparams).stats_tokens
-        corpus = "" if own is None or own.corpus == DEFAULT_CORPUS else f" --corpus {own.corpus}"
-        raise CompileError(
-            f"the spread mode needs key statistics of layer {layer}: run `factstore stats compute --model {base.alias} "
-            f"--layer {layer} --tokens {tokens}{corpus}`; nothing was written"
-        )
+        return matrices(layer_covariance(store, base, model, edit, layer).id)
 
     return LayerInputs(tokenizer=tokenizer, templates=templates, covariance=covariance)

@@ -29,8 +29,11 @@ from factstore import arch
 from factstore.domain import StoredEdit
 from factstore.errors import CompileError, ReleaseVerificationError
 from factstore.progress import SILENT, Reporter
-from factstore.rome.keys import compute_key
+from factstore.rome.edit import add_delta
+from factstore.rome.keys import compute_key, subject_states
+from factstore.rome.prompts import request_prompts
 from factstore.rome.scoring import first_phrase, greedy_continuation, target_logprobs
+from factstore.weights import band
 from factstore.weights.replay import apply_update, edit_vectors, solved_keys
 
 KEY_TOLERANCE = 1e-3  # ||k here - k stored|| / ||k stored|| in float32; low precision gets 8 of its epsilons
@@ -92,10 +95,11 @@ def _check_key(
     stored: torch.Tensor,
     templates: list[str],
     position: int,
+    tolerance: float | None = None,
 ) -> None:
     here = compute_key(model, tokenizer, edit.request(), edit.layer, templates).double().cpu()
     error = float((here - stored.double()).norm() / stored.double().norm().clamp_min(1e-12))
-    if not error <= key_tolerance(model, edit.layer):
+    if not error <= (tolerance or key_tolerance(model, edit.layer)):
         raise ReleaseVerificationError(
             f"edit {position} of the release: its key is not the key of {edit.subject[:60]!r} in its prompt "
             f"(relative difference {error:.2g}); the vectors belong to another fact than its label; nothing was imported"
@@ -134,3 +138,85 @@ def still_taking(
     took = {i: j for i, j in judged.items() if j.took}
     prefers = _prefers(model, tokenizer, [(j.text, j.target, j.answer) for j in took.values()])
     return dict(zip(took, prefers))
+
+
+BAND_KEY_TOLERANCE = 0.05  # a band edit's keys were measured with its batch's lower layers written (weights/band.py)
+
+
+def check_band_heads(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    log: Sequence[StoredEdit],
+    imported: Sequence[int],
+    templates: Callable[[StoredEdit], list[str]],
+    covariance: band.LayerCovariance,
+    soft: tuple[float, float],
+    progress: Reporter = SILENT,
+) -> dict[int, Judged]:
+    """check_heads for a log registered over bands: the head of each edit is the band compile of
+    the edits before it. Every key an edit stores (k* and its key at each layer of its band) must
+    be its subject's, measured as registration measured it: on that head, with the edit's own
+    asks of the layers below written. Registration measures a batch together, so batch-mates'
+    lower asks moved k* and the upper keys a little: those get BAND_KEY_TOLERANCE, the lowest
+    layer's key (which no ask of the same band reaches) the strict one.
+    MODEL holds the base weights; changed on return (the caller restores them)."""
+    todo, judged = set(imported), {}
+    ordered = sorted(log, key=lambda e: e.seq)
+    layers = {e.layer for e in ordered} | {a.layer for e in ordered for a in e.band}
+    base = {layer: (arch.down_proj_weight(model, layer).clone(), arch.down_proj_bias(model, layer)) for layer in layers}
+
+    def compile_prefix(prefix: Sequence[StoredEdit]) -> band.Asks:
+        for layer, (W0, _) in base.items():
+            _write(model, layer, W0, None)
+        asks, last = band.collect(prefix, edit_vectors, base.__getitem__)
+        for layer, rows in asks.items():
+            _write(model, layer, base[layer][0], band.layer_delta(rows, covariance(last[layer], layer), soft))
+        return asks
+
+    with torch.no_grad(), progress.task("checking the imported edits against their labels", len(todo)) as advance:
+        for position, edit in enumerate(ordered, start=1):
+            if edit.id not in todo:
+                continue
+            earlier = compile_prefix(ordered[: position - 1])
+            text = edit.prompt.replace("{}", edit.subject, 1)
+            answer = first_phrase(greedy_continuation(model, tokenizer, text))
+            key, _ = edit_vectors(edit)
+            _check_key(model, tokenizer, edit, key, templates(edit), position, BAND_KEY_TOLERANCE)
+            _check_band_keys(model, tokenizer, edit, templates(edit), position, earlier, base, covariance, soft)
+            compile_prefix(ordered[:position])
+            judged[edit.id] = _judge(model, tokenizer, edit, text, answer)
+            advance(len(judged))
+    return judged
+
+
+def _write(model: PreTrainedModel, layer: int, W0: torch.Tensor, delta: torch.Tensor | None) -> None:
+    """Layer's down-projection := W0 (out, in) [+ DELTA], as a compile writes it."""
+    param = arch.down_proj_param(model, layer)
+    param.data.copy_(W0.T if arch.model_spec(model).fan_in_fan_out else W0)
+    if delta is not None:
+        add_delta(model, layer, delta)
+
+
+def _check_band_keys(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    edit: StoredEdit,
+    templates: list[str],
+    position: int,
+    earlier: band.Asks,
+    base: dict[int, tuple[torch.Tensor, torch.Tensor | None]],
+    covariance: band.LayerCovariance,
+    soft: tuple[float, float],
+) -> None:
+    prompts = [[(p, edit.subject) for p in request_prompts(edit.request(), templates)]]
+    for j, ask in enumerate(edit.band):
+        here = subject_states(model, tokenizer, prompts, ask.layer, ask.layer)[0][0].double()
+        stored = band.vector(ask.key).double()
+        error = float((here - stored).norm() / stored.norm().clamp_min(1e-12))
+        if not error <= (key_tolerance(model, ask.layer) if j == 0 else BAND_KEY_TOLERANCE):
+            raise ReleaseVerificationError(
+                f"edit {position} of the release: its key of layer {ask.layer} is not the key of {edit.subject[:60]!r} "
+                f"in its prompt (relative difference {error:.2g}); the vectors belong to another fact than its label; nothing was imported"
+            )
+        rows = earlier.get(ask.layer, []) + [(band.vector(ask.key), band.vector(ask.target))]
+        _write(model, ask.layer, base[ask.layer][0], band.layer_delta(rows, covariance(edit, ask.layer), soft))

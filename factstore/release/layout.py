@@ -155,18 +155,36 @@ def _clone_or_copy(source: Path, target: Path) -> None:
     shutil.copyfile(source, target)
 
 
-def write_edit_vectors(folder: Path, vectors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Edit i's key and value (float32) as `edit.{i:05d}.key` / `.value`, in log order."""
+def write_edit_vectors(
+    folder: Path,
+    vectors: list[tuple[torch.Tensor, torch.Tensor]],
+    bands: list[list[tuple[int, torch.Tensor, torch.Tensor]]] | None = None,
+) -> None:
+    """Edit i's key and value (float32) as `edit.{i:05d}.key` / `.value`, in log order, and what
+    a band edit asks of each layer l as `edit.{i:05d}.band.{l:03d}.key` / `.target`."""
     tensors = {}
     for i, (key, value) in enumerate(vectors):
         tensors[f"edit.{i:05d}.key"] = key.to(torch.float32).contiguous()
         tensors[f"edit.{i:05d}.value"] = value.to(torch.float32).contiguous()
+    for i, asks in enumerate(bands or []):
+        for layer, key, target in asks:
+            tensors[f"edit.{i:05d}.band.{layer:03d}.key"] = key.to(torch.float32).contiguous()
+            tensors[f"edit.{i:05d}.band.{layer:03d}.target"] = target.to(torch.float32).contiguous()
     save_file(tensors, str(folder / EDIT_VECTORS), metadata={"format": "pt"})
 
 
-def read_edit_vectors(folder: Path, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def read_edit_vectors(
+    folder: Path, count: int, bands: list[list[int]] | None = None
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[list[tuple[int, torch.Tensor, torch.Tensor]]]]:
+    """The vectors write_edit_vectors wrote: (key, value) per edit, and per edit its asks
+    (layer, key, target) of the layers BANDS[i] (KeyError for any that is missing)."""
     tensors = load_file(str(folder / EDIT_VECTORS)) if count else {}
-    return [(tensors[f"edit.{i:05d}.key"], tensors[f"edit.{i:05d}.value"]) for i in range(count)]
+    pairs = [(tensors[f"edit.{i:05d}.key"], tensors[f"edit.{i:05d}.value"]) for i in range(count)]
+    asks = [
+        [(l, tensors[f"edit.{i:05d}.band.{l:03d}.key"], tensors[f"edit.{i:05d}.band.{l:03d}.target"]) for l in layers]
+        for i, layers in enumerate(bands or [[] for _ in range(count)])
+    ]
+    return pairs, asks
 
 
 def file_hashes(folder: Path, known: dict[str, str] | None = None) -> dict[str, str]:

@@ -12,9 +12,20 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
 from factstore import arch
-from factstore.domain import Covariance, EditRequest, ImportedRelease, ModelRef, NewEdit, StoredEdit, check_alias
+from factstore.domain import (
+    Covariance,
+    EditRequest,
+    ImportedRelease,
+    LayerAsk,
+    ModelRef,
+    NewEdit,
+    StoredEdit,
+    band_sha256,
+    check_alias,
+)
 from factstore.errors import FactStoreError, ImportConflict, ReleaseVerificationError
 from factstore.files import file_sha256
 from factstore.hub import REPO_ID, VERSION_TAG
@@ -24,18 +35,18 @@ from factstore.release.build import MIN_EFFICACY, held_share, log_entries
 from factstore.release.manifest import INT32, MANIFEST, CovarianceInfo, EditEntry, Manifest
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.storage.store import Store
-from factstore.weights import assets, checkpoints, stats
+from factstore.weights import assets, band, checkpoints, stats
 from factstore.weights.checkpoints import LoadedModel
 from factstore.weights.corpus import is_starter_corpus, load_corpus
 from factstore.weights.plausible import check_installed, sample_corpus
 from factstore.weights.replay import (
-    LAYERED_MODES,
     MODES,
     NULL_SPACE_THRESHOLD,
     SOFT_MODES,
     apply_edits,
     soft_settings,
 )
+from factstore.weights.spread import LayerInputs, spread_layers
 from factstore.weights.stats import MatrixCache
 from factstore.weights.vectors import to_bytes
 
@@ -76,13 +87,13 @@ def import_release(
             f"the release's null space threshold {manifest.null_space_threshold} is not this factstore's "
             f"{NULL_SPACE_THRESHOLD}; nothing was imported"
         )
-    if manifest.mode in LAYERED_MODES:  # its compile runs forward passes, whose last bits differ between machines
+    if manifest.mode == "spread":  # its compile runs forward passes, whose last bits differ between machines
         raise ReleaseVerificationError(
             f"a {manifest.mode}-mode release cannot be rebuilt byte for byte on another machine, so its edits cannot "
             "be imported; pull it without --import-edits, or ask for a joint release; nothing was imported"
         )
-    ours = soft_settings(manifest.mode)
-    if manifest.mode in SOFT_MODES and (manifest.soft_weight, manifest.soft_alpha) != ours:
+    ours = soft_settings(manifest.mode)  # band: the edits' own, checked at the rebuild
+    if manifest.mode == "soft" and (manifest.soft_weight, manifest.soft_alpha) != ours:
         raise ReleaseVerificationError(
             f"the release's soft compile settings (weight {manifest.soft_weight}, alpha {manifest.soft_alpha}) are not "
             f"this factstore's {ours}; nothing was imported"
@@ -95,15 +106,16 @@ def import_release(
             f"the active edits of {alias} are not a prefix of this release's edit log; import under a fresh --alias"
         )
     loaded = checkpoints.load(ref.source, expected=ref.revision, device=device, progress=progress, dtype=ref.dtype)
-    vectors = _read_vectors(folder, len(manifest.edits))
-    entries = list(zip(manifest.edits, vectors))[len(local) :]
+    vectors, asks = _read_vectors(folder, manifest.edits)
+    entries = list(zip(manifest.edits, vectors, asks))[len(local) :]
     new = [
-        (_checked_edit(loaded, i, entry, key, value), _cov_key(ref, loaded, entry.covariance))
-        for i, (entry, (key, value)) in enumerate(entries, start=len(local) + 1)
+        (_checked_edit(loaded, i, entry, key, value, band), _cov_key(ref, loaded, entry.covariance))
+        for i, (entry, (key, value), band) in enumerate(entries, start=len(local) + 1)
     ]
     own = store.list_covariances(store.get_base_model(alias).id) if _registered(store, alias) else []
-    covariances = _covariances(loaded, ref, [entry for entry, _ in entries], progress, shipped, own)
-    _check_rebuild(store, loaded, manifest, local, new, covariances, progress)
+    infos = [info for entry, _, _ in entries for info in [entry.covariance, *entry.band_covariances] if info]
+    covariances = _covariances(loaded, ref, infos, progress, shipped, own)
+    _check_rebuild(store, ref, loaded, manifest, local, new, covariances, progress)
     published = (repo, commit, tag) if repo and commit and tag else None
     record = ImportedRelease(
         mode=manifest.mode,
@@ -177,17 +189,24 @@ def _base_ref(store: Store, alias: str, manifest: Manifest, progress: Reporter) 
     return replace(ref, dtype=base.dtype)
 
 
-def _read_vectors(folder: Path, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _read_vectors(
+    folder: Path, entries: list[EditEntry]
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[list[tuple[int, torch.Tensor, torch.Tensor]]]]:
     try:
-        return layout.read_edit_vectors(folder, count)
+        return layout.read_edit_vectors(folder, len(entries), [e.band for e in entries])
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         raise ReleaseVerificationError(
-            f"{layout.EDIT_VECTORS} does not hold the {count} edits' vectors ({type(exc).__name__}); nothing was imported"
+            f"{layout.EDIT_VECTORS} does not hold the {len(entries)} edits' vectors ({type(exc).__name__}); nothing was imported"
         ) from None
 
 
 def _checked_edit(
-    loaded: LoadedModel, position: int, entry: EditEntry, key: torch.Tensor, value: torch.Tensor
+    loaded: LoadedModel,
+    position: int,
+    entry: EditEntry,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    band: list[tuple[int, torch.Tensor, torch.Tensor]],
 ) -> NewEdit:
     """The edit as the store takes it, after checking everything the manifest says against the
     model: layer, module, shapes, finite vectors matching their sha256, settings, the request."""
@@ -231,6 +250,7 @@ def _checked_edit(
         request = EditRequest(entry.prompt, entry.subject, entry.target_new, entry.target_true, entry.relation_id)
     except FactStoreError as exc:
         raise ReleaseVerificationError(f"{where}: {exc}; nothing was imported") from None
+    asks = _checked_band(model, where, entry, hp, band)
     return NewEdit(
         request=request,
         target_true=request.target_true,
@@ -246,7 +266,45 @@ def _checked_edit(
         metrics=dict(entry.metrics),
         requested_by="import",
         note=entry.note,
+        band=asks,
     )
+
+
+def _checked_band(
+    model: PreTrainedModel,
+    where: str,
+    entry: EditEntry,
+    hp: ROMEHyperParams,
+    band: list[tuple[int, torch.Tensor, torch.Tensor]],
+) -> tuple[LayerAsk, ...]:
+    """A band edit's per-layer vectors: the layers its hyperparameters give, shapes of those
+    layers, finite, matching their sha256, with the C of each layer below of its own C's spec."""
+    if not entry.band and hp.band == 1:
+        return ()
+    if entry.band != spread_layers(entry.layer, hp.band):
+        raise ReleaseVerificationError(
+            f"{where}: its band {entry.band[:8]} is not the {hp.band} layers ending at {entry.layer}; nothing was imported"
+        )
+    asks = []
+    for layer, key, target in band:
+        d_model, d_ff = arch.down_proj_weight(model, layer).shape
+        for name, tensor, want in (("key", key, d_ff), ("target", target, d_model)):
+            if tensor.dtype != torch.float32 or list(tensor.shape) != [want] or not torch.isfinite(tensor).all():
+                raise ReleaseVerificationError(
+                    f"{where}: its {name} of layer {layer} is not a finite float32 vector of {want}; nothing was imported"
+                )
+        asks.append(LayerAsk(layer, to_bytes(key)[0], to_bytes(target)[0]))
+    if band_sha256(tuple(asks)) != entry.band_sha256:
+        raise ReleaseVerificationError(
+            f"{where}: its per-layer vectors do not match their sha256 in the manifest; nothing was imported"
+        )
+    own = entry.covariance
+    wanted = [(l, own.corpus_sha256, own.tokens, own.dtype) for l in entry.band if l != entry.layer] if own else None
+    if wanted != [(c.layer, c.corpus_sha256, c.tokens, c.dtype) for c in entry.band_covariances]:
+        raise ReleaseVerificationError(
+            f"{where}: the key statistics of its band are not those of its own layer's corpus and size; nothing was imported"
+        )
+    return tuple(asks)
 
 
 def _hparams(where: str, entry: EditEntry) -> ROMEHyperParams:
@@ -280,7 +338,7 @@ def _cov_key(ref: ModelRef, loaded: LoadedModel, info: CovarianceInfo | None) ->
 def _covariances(
     loaded: LoadedModel,
     ref: ModelRef,
-    entries: list[EditEntry],
+    infos: list[CovarianceInfo],
     progress: Reporter,
     shipped: ShippedStats | None = None,
     own: Sequence[Covariance] = (),
@@ -290,8 +348,7 @@ def _covariances(
     release recorded it. Only a starter corpus can be named: a release never makes factstore read
     a local file."""
     out: dict[str, tuple[Covariance, torch.Tensor]] = {}
-    for entry in entries:
-        info = entry.covariance
+    for info in infos:
         key = _cov_key(ref, loaded, info)
         if info is None or key is None or key in out:
             continue
@@ -353,6 +410,7 @@ def _covariances(
 
 def _check_rebuild(
     store: Store,
+    ref: ModelRef,
     loaded: LoadedModel,
     manifest: Manifest,
     local: list[StoredEdit],
@@ -376,7 +434,45 @@ def _check_rebuild(
         for i, (edit, key) in enumerate(new, start=1)
     ]
     model = loaded.model
-    saved = {layer: arch.down_proj_param(model, layer).detach().clone() for layer in {e.layer for e in replayed}}
+    records = {**{key: c for key, (c, _) in covariances.items()}}
+
+    def layer_matrix(edit: StoredEdit, layer: int) -> torch.Tensor:
+        """C of LAYER with the spec of the edit's own C (the release's, or the store's for local edits)."""
+        if layer == edit.layer:
+            return matrix(edit.covariance_id)
+        own = (
+            records[next(k for k, i in synthetic.items() if i == edit.covariance_id)]
+            if edit.covariance_id is not None and edit.covariance_id < 0
+            else store.get_covariance(edit.covariance_id)
+            if edit.covariance_id is not None
+            else None
+        )
+        if own is None:
+            raise ReleaseVerificationError(
+                f"the edit of {edit.subject[:60]!r} has no key statistics; nothing was imported"
+            )
+        spec = stats.StatsSpec(
+            ref.identity, layer, arch.down_proj_name(model, layer), own.corpus_sha256, own.tokens, own.dtype
+        )
+        key = spec.key()
+        if key in covariances:
+            return covariances[key][1]
+        found = store.get_covariance_by_key(key)
+        if found is None:
+            raise ReleaseVerificationError(
+                f"the release lacks the key statistics of layer {layer}; nothing was imported"
+            )
+        return in_store(found.id)
+
+    banded = any(e.band for e in replayed)
+    soft = band.settings(replayed, soft_settings("band"))
+    if manifest.mode == "band" and (manifest.soft_weight, manifest.soft_alpha) != soft:
+        raise ReleaseVerificationError(
+            f"the release's soft compile settings (weight {manifest.soft_weight}, alpha {manifest.soft_alpha}) are not "
+            f"those its edits were registered with {soft}; nothing was imported"
+        )
+    touched = {e.layer for e in replayed} | {a.layer for e in replayed for a in e.band}
+    saved = {layer: arch.down_proj_param(model, layer).detach().clone() for layer in touched}
 
     def restore() -> None:
         for layer, weight in saved.items():
@@ -384,11 +480,16 @@ def _check_rebuild(
 
     try:
         imported = [-i for i in range(1, len(new) + 1)]
-        judged = claims.check_heads(
-            model, loaded.tokenizer, replayed, imported, _key_templates(manifest), matrix, progress
-        )
+        templates = _key_templates(manifest)
+        if banded:  # the heads the edits were measured on are band compiles
+            judged = claims.check_band_heads(
+                model, loaded.tokenizer, replayed, imported, templates, layer_matrix, soft, progress
+            )
+        else:
+            judged = claims.check_heads(model, loaded.tokenizer, replayed, imported, templates, matrix, progress)
         restore()
-        apply_edits(model, replayed, matrix, manifest.mode)
+        inputs = LayerInputs(loaded.tokenizer, templates, layer_matrix)
+        apply_edits(model, replayed, matrix, manifest.mode, inputs if manifest.mode == "band" else None)
         with tempfile.TemporaryDirectory(prefix="factstore-rebuild-") as tmp:
             layout.write_weights(model, Path(tmp))
             differ = sorted(p.name for p in Path(tmp).iterdir() if manifest.files.get(p.name) != file_sha256(p))
@@ -457,6 +558,7 @@ def _as_stored(edit: NewEdit, edit_id: int, seq: int, cov_id: int | None) -> Sto
         status="active",
         supersedes_id=None,
         requested_by=None,
+        band=edit.band,
         note=None,
         metrics={},
         created_at="",

@@ -80,6 +80,11 @@ class EditEntry(_Strict):
     covariance: CovarianceInfo | None = None
     note: Text | None = None
     metrics: Annotated[dict[Short, float], Field(max_length=32)] = {}
+    # an edit over a band of layers: its layers (lowest first, ending at `layer`), the sha256 of
+    # its per-layer vectors (domain.band_sha256) and the C of each layer below its own
+    band: Annotated[list[Annotated[int, Field(ge=0, le=10_000)]], Field(max_length=64)] = []
+    band_sha256: Sha256 | None = None
+    band_covariances: Annotated[list[CovarianceInfo], Field(max_length=64)] = []
 
     @field_validator("hparams")
     @classmethod

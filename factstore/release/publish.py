@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from factstore.domain import Release
+from factstore.domain import Release, StoredEdit
 from factstore.errors import PublishConflict, StatisticsError
 from factstore.files import file_sha256
 from factstore.hub import Hub, branch_commit, tag_for
@@ -118,11 +118,27 @@ def _upload(store: Store, hub: Hub, release: Release, repo: str, private: bool, 
     return store.set_release_hub_commit(release.id, repo=repo, commit=commit)
 
 
+def _covariance_ids(store: Store, edit: StoredEdit) -> list[int]:
+    """The C an edit's compile reads: its own, and for a band edit the C of each layer below
+    of the same corpus, size and dtype (one record per spec)."""
+    if edit.covariance_id is None:
+        return []
+    own = store.get_covariance(edit.covariance_id)
+    lower = {a.layer for a in edit.band} - {edit.layer}
+    spec = (own.corpus_sha256, own.tokens, own.dtype)
+    below = [
+        c.id
+        for c in store.list_covariances(edit.base_model_id)
+        if c.layer in lower and (c.corpus_sha256, c.tokens, c.dtype) == spec
+    ]
+    return [own.id, *below]
+
+
 def shipped_files(store: Store, edit_ids: Sequence[int], present: set[str]) -> dict[str, Path]:
     """Path in the repository -> local file of each C the edits used that the repository does not
     hold yet (content-addressed: a C is uploaded once per repository, whatever the version)."""
     out: dict[str, Path] = {}
-    for cov_id in sorted({c for i in edit_ids if (c := store.get_edit(i).covariance_id) is not None}):
+    for cov_id in sorted({c for i in edit_ids for c in _covariance_ids(store, store.get_edit(i))}):
         cov = store.get_covariance(cov_id)
         name = stats.shipped_name(cov.sha256)
         if name in present or name in out:
