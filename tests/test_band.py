@@ -85,8 +85,8 @@ def test_a_band_compile_is_the_same_bytes_in_another_process(banded, tmp_path: P
     assert layout.file_hashes(Path(release.path)) == layout.file_hashes(out)
 
 
-def test_a_band_log_keeps_its_band_and_takes_no_single_layer_edit(banded) -> None:  # type: ignore[no-untyped-def]
-    store, session = banded
+def test_a_band_log_keeps_its_band(banded) -> None:  # type: ignore[no-untyped-def]
+    store, _ = banded
     later = EditSession(store, "tiny", device="cpu")  # no band asked: the log's
     assert later.hparams().band == 2
     with pytest.raises(InvalidEditRequest, match="band of 2 layers; give --band 2"):

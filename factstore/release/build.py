@@ -360,7 +360,9 @@ def _band_entry(store: Store, base: BaseModel, model: PreTrainedModel, edit: Sto
     return {
         "band": [a.layer for a in edit.band],
         "band_sha256": band_sha256(edit.band),
-        "band_covariances": [_covariance_entry(store, layer_covariance(store, base, model, edit, l).id) for l in below],
+        "band_covariances": [
+            _covariance_entry(store, layer_covariance(store, base, model, edit, layer).id) for layer in below
+        ],
     }
 
 

@@ -218,5 +218,5 @@ def _check_band_keys(
                 f"edit {position} of the release: its key of layer {ask.layer} is not the key of {edit.subject[:60]!r} "
                 f"in its prompt (relative difference {error:.2g}); the vectors belong to another fact than its label; nothing was imported"
             )
-        rows = earlier.get(ask.layer, []) + [(band.vector(ask.key), band.vector(ask.target))]
+        rows = [*earlier.get(ask.layer, []), (band.vector(ask.key), band.vector(ask.target))]
         _write(model, ask.layer, base[ask.layer][0], band.layer_delta(rows, covariance(edit, ask.layer), soft))

@@ -181,7 +181,7 @@ def read_edit_vectors(
     tensors = load_file(str(folder / EDIT_VECTORS)) if count else {}
     pairs = [(tensors[f"edit.{i:05d}.key"], tensors[f"edit.{i:05d}.value"]) for i in range(count)]
     asks = [
-        [(l, tensors[f"edit.{i:05d}.band.{l:03d}.key"], tensors[f"edit.{i:05d}.band.{l:03d}.target"]) for l in layers]
+        [(n, tensors[f"edit.{i:05d}.band.{n:03d}.key"], tensors[f"edit.{i:05d}.band.{n:03d}.target"]) for n in layers]
         for i, layers in enumerate(bands or [[] for _ in range(count)])
     ]
     return pairs, asks

@@ -299,7 +299,8 @@ def _checked_band(
             f"{where}: its per-layer vectors do not match their sha256 in the manifest; nothing was imported"
         )
     own = entry.covariance
-    wanted = [(l, own.corpus_sha256, own.tokens, own.dtype) for l in entry.band if l != entry.layer] if own else None
+    below = [layer for layer in entry.band if layer != entry.layer]
+    wanted = [(layer, own.corpus_sha256, own.tokens, own.dtype) for layer in below] if own else None
     if wanted != [(c.layer, c.corpus_sha256, c.tokens, c.dtype) for c in entry.band_covariances]:
         raise ReleaseVerificationError(
             f"{where}: the key statistics of its band are not those of its own layer's corpus and size; nothing was imported"
