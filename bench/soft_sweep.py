@@ -10,7 +10,9 @@ record (ES, PS, NS on the records registered so far) and the held-out perplexity
 (exact) compile and the unedited model are the first rows. --bands B (with --band-weights W)
 adds MEMIT's band form: each edit's shift spread over the edit layer and the B-1 below it,
 keys and remaining shift measured again after each layer (forward passes at compile time),
-every layer a soft solve. Prints a Markdown table.
+every layer a soft solve. --stored-band-weights W compiles a log registered with --band from
+its stored per-layer vectors (the band mode, weights/band.py) with soft weight W instead of
+the one it was registered with. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ def main() -> None:
         default=[],
         help="the linear band: equal shares at keys measured once on the base, no forward pass between layers",
     )
+    parser.add_argument(
+        "--stored-band-weights",
+        type=float,
+        nargs="*",
+        default=[],
+        help="a band-registered log compiled from its stored per-layer vectors with these soft weights",
+    )
     parser.add_argument("--skip-single", action="store_true", help="only the band rows (and unedited)")
     parser.add_argument("--heldout-tokens", type=int, default=20_000)
     parser.add_argument("--json", default=None)
@@ -58,6 +67,7 @@ def main() -> None:
     from factstore.rome.edit import add_delta
     from factstore.storage.store import Store
     from factstore.studies.lifelong import band_inputs, heldout_rows, score_variant
+    from factstore.weights.band import apply_band
     from factstore.weights.replay import apply_joint, edit_vectors
     from factstore.weights.spread import apply_spread, band_deltas, band_keys
     from factstore.weights.stats import MatrixCache
@@ -97,6 +107,14 @@ def main() -> None:
             for w in args.band_weights
             for a in args.alphas
         ]
+    variants += [
+        (
+            f"stored band w={w:g} a={a:g}",
+            lambda m, w=w, a=a: apply_band(m, edits, edit_vectors, session.layer_covariance, (w, a)),
+        )
+        for w in args.stored_band_weights
+        for a in args.alphas
+    ]
     if args.linear_bands:
         inputs = band_inputs(session, edits, max(args.linear_bands))
         with session.base_weights():

@@ -110,7 +110,7 @@ class EditSession:
         self._restore()
         if any(e.band for e in edits):
             self._remember({e.layer for e in edits} | {a.layer for e in edits for a in e.band})
-            band.apply_band(self.model, edits, edit_vectors, self._edit_layer_matrix, self._band_soft(edits))
+            band.apply_band(self.model, edits, edit_vectors, self.layer_covariance, self._band_soft(edits))
         else:
             self._remember({e.layer for e in edits})
             apply_sequential(self.model, edits, self.matrix)
@@ -133,7 +133,8 @@ class EditSession:
             self._layer_cov[(own_id, layer)] = self.covariances_like(own, [layer])[0].id
         return self.matrix(self._layer_cov[(own_id, layer)])
 
-    def _edit_layer_matrix(self, edit: StoredEdit, layer: int) -> torch.Tensor:
+    def layer_covariance(self, edit: StoredEdit, layer: int) -> torch.Tensor:
+        """C of LAYER as the band compile of EDIT reads it."""
         return self._layer_matrix(edit.covariance_id, layer)
 
     def _band_soft(self, edits: list[StoredEdit]) -> tuple[float, float]:
