@@ -137,3 +137,29 @@ def test_a_band_release_whose_upper_key_is_another_subjects_is_refused(banded, t
     (folder / layout.MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ReleaseVerificationError, match=f"edit 1 of the release: its key of layer {top} is not the key"):
         import_release(_team_store(store, tmp_path), folder, "team")
+
+
+def test_a_single_layer_log_through_migration_0006_compiles_to_the_same_bytes(  # type: ignore[no-untyped-def]
+    tiny_store, db_url: str, tmp_path: Path
+) -> None:
+    """A log registered before band edits existed (down to 0005 and up again) keeps its release:
+    the same log hash, so the joint release is reused, and rebuilt it is the same bytes."""
+    from factstore.storage import schema
+    from factstore.storage.engine import make_engine
+
+    session = EditSession(tiny_store, "tiny", device="cpu")
+    for subject, target in FACTS:
+        session.add(EditRequest(PROMPT, subject, target))
+    before, _ = api.compile_release(tiny_store, "tiny", "joint")
+    files = layout.file_hashes(Path(before.path))
+    tiny_store.close()
+    engine = make_engine(db_url)
+    schema.downgrade(engine, "0005")
+    schema.upgrade(engine)
+    engine.dispose()
+    store = api.open_store(db_url)
+    assert all(e.band == () for e in store.list_edits(1))
+    reused, created = api.compile_release(store, "tiny")  # no --mode: a single-layer log is joint
+    assert not created and reused.id == before.id
+    api.compile_release(store, "tiny", "joint", out=str(tmp_path / "rebuilt"))
+    assert layout.file_hashes(tmp_path / "rebuilt") == files
