@@ -93,6 +93,11 @@ def test_a_band_log_keeps_its_band(banded) -> None:  # type: ignore[no-untyped-d
         EditSession(store, "tiny", device="cpu", band=3).hparams()
     outcome = later.add(EditRequest(PROMPT, "The Colosseum", "Madrid"))
     assert len(outcome.edit.band) == 2
+    # capacity counts every layer an edit asks of, each band edit for its share of the layer
+    loads = api.model_capacity(store, "tiny").layers
+    top = outcome.edit.layer
+    assert [(x.layer, x.edits) for x in loads] == [(top - 1, 4), (top, 4)]
+    assert loads[0].load == pytest.approx(2 / outcome.edit.key_shape[0])
 
 
 def _team_store(store, tmp_path: Path):  # type: ignore[no-untyped-def]
