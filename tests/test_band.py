@@ -168,3 +168,67 @@ def test_a_single_layer_log_through_migration_0006_compiles_to_the_same_bytes(  
     assert not created and reused.id == before.id
     api.compile_release(store, "tiny", "joint", out=str(tmp_path / "rebuilt"))
     assert layout.file_hashes(tmp_path / "rebuilt") == files
+
+
+def _forge(release_path: str, folder: Path, change) -> Path:  # type: ignore[no-untyped-def]
+    """A copy of a release with its manifest changed by CHANGE and every file hash made right."""
+    shutil.copytree(release_path, folder)
+    data = json.loads((folder / layout.MANIFEST).read_text())
+    change(data)
+    data["files"] = layout.file_hashes(folder)
+    (folder / layout.MANIFEST).write_text(json.dumps(data))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        (lambda m: m.update(mode="joint"), "must be their band compile"),  # band vectors nothing would check
+        (lambda m: m["edits"][1].update(band=[], band_sha256=None), "every edit a band edit"),
+        (lambda m: m["edits"][0]["band"].reverse(), "is not the 2 layers ending at"),
+        (lambda m: m.update(soft_weight=m["soft_weight"] * 2), "not those its edits were registered with"),
+    ],
+)
+def test_a_band_release_that_lies_about_its_band_is_refused(banded, tmp_path: Path, change, refusal) -> None:  # type: ignore[no-untyped-def]
+    store, _ = banded
+    release, _ = api.compile_release(store, "tiny", min_efficacy=0.0)
+    forged = _forge(release.path, tmp_path / "forged", change)
+    with pytest.raises(ReleaseVerificationError, match=refusal):
+        import_release(_team_store(store, tmp_path), forged, "team")
+
+
+def test_band_hyperparameters_out_of_range_are_refused() -> None:
+    from factstore.rome.hparams import ROMEHyperParams
+
+    for bad in ({"band": 0}, {"band": 65}, {"band_weight": -1.0}, {"band_alpha": -0.5}):
+        with pytest.raises(ValueError):
+            ROMEHyperParams(layer=1, **bad)  # type: ignore[arg-type]
+
+
+def test_a_band_cannot_start_on_a_log_of_single_layer_edits(tiny_store) -> None:  # type: ignore[no-untyped-def]
+    session = EditSession(tiny_store, "tiny", device="cpu")
+    session.add(EditRequest(PROMPT, *FACTS[0]))
+    with pytest.raises(InvalidEditRequest, match="holds 1 single-layer edits; a band log starts empty"):
+        EditSession(tiny_store, "tiny", device="cpu", band=2).hparams()
+
+
+def test_a_failed_band_measurement_leaves_the_head_as_the_log_builds_it(banded, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    store, session = banded
+    top = store.list_edits(1)[0].layer
+    before = _layers(session.model, [top - 1, top])
+    calls = []
+
+    def failing_states(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 3:  # after the lowest layer was written
+            raise RuntimeError("out of memory")
+        return real(*args, **kwargs)
+
+    from factstore.weights import band as band_module
+
+    real = band_module.subject_states
+    monkeypatch.setattr(band_module, "subject_states", failing_states)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        session.add(EditRequest(PROMPT, "The Colosseum", "Madrid"))
+    assert all(torch.equal(a, b) for a, b in zip(before, _layers(session.model, [top - 1, top])))
+    assert [e.id for e in session.applied] == [e.id for e in store.list_edits(1)]

@@ -150,7 +150,11 @@ class EditSession:
             raise InvalidEditRequest(
                 f"this model's log was registered with band weight {self._band_soft(self.applied)[0]:g}; one log takes one"
             )
-        self._remember(set(spread_layers(hp.layer, hp.band)))
+        layers = spread_layers(hp.layer, hp.band)
+        self._remember(set(layers))
+        own = self.store.get_covariance(cov.id)  # C of every layer below first, in one pass, before any write
+        for below, found in zip(layers[:-1], self.covariances_like(own, layers[:-1])):
+            self._layer_cov[(cov.id, below)] = found.id
         keys = self.templates(hp).key
         prompt_sets = [[(p, r.subject) for p in request_prompts(r, keys)] for r in requests]
         W, b = arch.down_proj_weight(self.model, hp.layer).double().cpu(), arch.down_proj_bias(self.model, hp.layer)
@@ -164,16 +168,20 @@ class EditSession:
             arch.down_proj_param(self.model, layer).data.copy_(self._originals[layer])
             add_delta(self.model, layer, delta)
 
-        return band.measure_asks(
-            self.model,
-            self.tokenizer,
-            prompt_sets,
-            hp.layer,
-            shifts,
-            hp.band,
-            write,
-            lambda layer: self._base(layer)[0],
-        )
+        try:
+            return band.measure_asks(
+                self.model,
+                self.tokenizer,
+                prompt_sets,
+                hp.layer,
+                shifts,
+                hp.band,
+                write,
+                lambda layer: self._base(layer)[0],
+            )
+        except BaseException:
+            self.rebuild(self.applied)  # never a head with part of a band written
+            raise
 
     @contextmanager
     def base_weights(self) -> Iterator[None]:
@@ -227,6 +235,11 @@ class EditSession:
                     f"this model's log is registered over a band of {logged.band} layers; give --band {logged.band} or none"
                 )
             return logged
+        if self.band is not None and self.band > 1 and self.applied:
+            raise InvalidEditRequest(
+                f"this model's log holds {len(self.applied)} single-layer edits; a band log starts empty "
+                "(register the model again under another alias for one)"
+            )
         return replace(hp, band=self.band) if self.band is not None else hp
 
     def templates(self, hp: ROMEHyperParams) -> ContextTemplates:
@@ -270,14 +283,14 @@ class EditSession:
         return [found[layer] for layer in layers]
 
     def covariances_like(self, own: Covariance, layers: list[int]) -> list[Covariance]:
-        """C of LAYERS with OWN's corpus, token count and dtype (the spread mode's layers below an
-        edit's), the missing ones from one pass."""
+        """C of LAYERS with OWN's corpus, token count and dtype (the layers below an edit's that a
+        band or spread compile reads), the missing ones from one pass."""
 
         def corpus() -> Corpus:
             text = load_corpus(own.corpus, self.progress)
             if text.sha256 != own.corpus_sha256:
                 raise StatisticsError(
-                    f"the corpus {own.corpus} changed since its key statistics were computed; give the spread mode's layers C by hand"
+                    f"the corpus {own.corpus} changed since its key statistics were computed; compute C of layers {layers} by hand"
                 )
             return text
 

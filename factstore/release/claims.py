@@ -99,7 +99,7 @@ def _check_key(
 ) -> None:
     here = compute_key(model, tokenizer, edit.request(), edit.layer, templates).double().cpu()
     error = float((here - stored.double()).norm() / stored.double().norm().clamp_min(1e-12))
-    if not error <= (tolerance or key_tolerance(model, edit.layer)):
+    if not error <= (key_tolerance(model, edit.layer) if tolerance is None else tolerance):
         raise ReleaseVerificationError(
             f"edit {position} of the release: its key is not the key of {edit.subject[:60]!r} in its prompt "
             f"(relative difference {error:.2g}); the vectors belong to another fact than its label; nothing was imported"
@@ -163,27 +163,32 @@ def check_band_heads(
     todo, judged = set(imported), {}
     ordered = sorted(log, key=lambda e: e.seq)
     layers = {e.layer for e in ordered} | {a.layer for e in ordered for a in e.band}
+    holding: list[int | None] = [None]  # the model holds the compile of ordered[:holding[0]]
     base = {layer: (arch.down_proj_weight(model, layer).clone(), arch.down_proj_bias(model, layer)) for layer in layers}
 
-    def compile_prefix(prefix: Sequence[StoredEdit]) -> band.Asks:
-        for layer, (W0, _) in base.items():
-            _write(model, layer, W0, None)
-        asks, last = band.collect(prefix, edit_vectors, base.__getitem__)
-        for layer, rows in asks.items():
-            _write(model, layer, base[layer][0], band.layer_delta(rows, covariance(last[layer], layer), soft))
+    def compile_prefix(count: int) -> band.Asks:
+        asks, last = band.collect(ordered[:count], edit_vectors, base.__getitem__)
+        if holding[0] != count:  # the judge of the edit before left this very compile in place
+            for layer, (W0, _) in base.items():
+                rows = asks.get(layer)
+                _write(model, layer, W0, band.layer_delta(rows, covariance(last[layer], layer), soft) if rows else None)
+            holding[0] = count
         return asks
 
     with torch.no_grad(), progress.task("checking the imported edits against their labels", len(todo)) as advance:
         for position, edit in enumerate(ordered, start=1):
             if edit.id not in todo:
                 continue
-            earlier = compile_prefix(ordered[: position - 1])
+            earlier = compile_prefix(position - 1)
             text = edit.prompt.replace("{}", edit.subject, 1)
             answer = first_phrase(greedy_continuation(model, tokenizer, text))
             key, _ = edit_vectors(edit)
-            _check_key(model, tokenizer, edit, key, templates(edit), position, BAND_KEY_TOLERANCE)
+            _check_key(
+                model, tokenizer, edit, key, templates(edit), position, BAND_KEY_TOLERANCE if edit.band else None
+            )
             _check_band_keys(model, tokenizer, edit, templates(edit), position, earlier, base, covariance, soft)
-            compile_prefix(ordered[:position])
+            holding[0] = None  # its own asks are written on the layers below: not a compile of any prefix
+            compile_prefix(position)
             judged[edit.id] = _judge(model, tokenizer, edit, text, answer)
             advance(len(judged))
     return judged

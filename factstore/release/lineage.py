@@ -26,7 +26,7 @@ from factstore.domain import (
     band_sha256,
     check_alias,
 )
-from factstore.errors import FactStoreError, ImportConflict, ReleaseVerificationError
+from factstore.errors import CompileError, FactStoreError, ImportConflict, NumericalError, ReleaseVerificationError
 from factstore.files import file_sha256
 from factstore.hub import REPO_ID, VERSION_TAG
 from factstore.progress import SILENT, Reporter
@@ -98,10 +98,16 @@ def import_release(
             f"the release's soft compile settings (weight {manifest.soft_weight}, alpha {manifest.soft_alpha}) are not "
             f"this factstore's {ours}; nothing was imported"
         )
+    banded = [bool(e.band) for e in manifest.edits]
+    if any(banded) and (manifest.mode != "band" or not all(banded)):
+        raise ReleaseVerificationError(
+            "the release's edits are registered over bands, so its weights must be their band compile and every "
+            f"edit a band edit (mode {manifest.mode!r}, {sum(banded)} of {len(banded)} band edits); nothing was imported"
+        )
     ref = _base_ref(store, alias, manifest, progress)
     local = store.list_edits(store.get_base_model(alias).id, "active") if _registered(store, alias) else []
-    prefix = [(e.key_sha256, e.value_sha256) for e in local]
-    if prefix != [(x.key_sha256, x.value_sha256) for x in manifest.edits[: len(local)]]:
+    prefix = [(e.key_sha256, e.value_sha256, band_sha256(e.band)) for e in local]
+    if prefix != [(x.key_sha256, x.value_sha256, x.band_sha256) for x in manifest.edits[: len(local)]]:
         raise ImportConflict(
             f"the active edits of {alias} are not a prefix of this release's edit log; import under a fresh --alias"
         )
@@ -109,8 +115,8 @@ def import_release(
     vectors, asks = _read_vectors(folder, manifest.edits)
     entries = list(zip(manifest.edits, vectors, asks))[len(local) :]
     new = [
-        (_checked_edit(loaded, i, entry, key, value, band), _cov_key(ref, loaded, entry.covariance))
-        for i, (entry, (key, value), band) in enumerate(entries, start=len(local) + 1)
+        (_checked_edit(loaded, i, entry, key, value, vectors), _cov_key(ref, loaded, entry.covariance))
+        for i, (entry, (key, value), vectors) in enumerate(entries, start=len(local) + 1)
     ]
     own = store.list_covariances(store.get_base_model(alias).id) if _registered(store, alias) else []
     infos = [info for entry, _, _ in entries for info in [entry.covariance, *entry.band_covariances] if info]
@@ -131,7 +137,7 @@ def import_release(
         alias,
         ref,
         license=manifest.base.license,
-        prefix=prefix,
+        prefix=[(k, v) for k, v, _ in prefix],
         templates=templates,
         covariances={k: c for k, (c, _) in covariances.items()},
         edits=new,
@@ -206,7 +212,7 @@ def _checked_edit(
     entry: EditEntry,
     key: torch.Tensor,
     value: torch.Tensor,
-    band: list[tuple[int, torch.Tensor, torch.Tensor]],
+    per_layer: list[tuple[int, torch.Tensor, torch.Tensor]],
 ) -> NewEdit:
     """The edit as the store takes it, after checking everything the manifest says against the
     model: layer, module, shapes, finite vectors matching their sha256, settings, the request."""
@@ -250,7 +256,7 @@ def _checked_edit(
         request = EditRequest(entry.prompt, entry.subject, entry.target_new, entry.target_true, entry.relation_id)
     except FactStoreError as exc:
         raise ReleaseVerificationError(f"{where}: {exc}; nothing was imported") from None
-    asks = _checked_band(model, where, entry, hp, band)
+    asks = _checked_band(model, where, entry, hp, per_layer)
     return NewEdit(
         request=request,
         target_true=request.target_true,
@@ -275,18 +281,18 @@ def _checked_band(
     where: str,
     entry: EditEntry,
     hp: ROMEHyperParams,
-    band: list[tuple[int, torch.Tensor, torch.Tensor]],
+    per_layer: list[tuple[int, torch.Tensor, torch.Tensor]],
 ) -> tuple[LayerAsk, ...]:
     """A band edit's per-layer vectors: the layers its hyperparameters give, shapes of those
     layers, finite, matching their sha256, with the C of each layer below of its own C's spec."""
     if not entry.band and hp.band == 1:
         return ()
-    if entry.band != spread_layers(entry.layer, hp.band):
+    if not entry.band or hp.band == 1 or entry.band != spread_layers(entry.layer, hp.band):
         raise ReleaseVerificationError(
             f"{where}: its band {entry.band[:8]} is not the {hp.band} layers ending at {entry.layer}; nothing was imported"
         )
     asks = []
-    for layer, key, target in band:
+    for layer, key, target in per_layer:
         d_model, d_ff = arch.down_proj_weight(model, layer).shape
         for name, tensor, want in (("key", key, d_ff), ("target", target, d_model)):
             if tensor.dtype != torch.float32 or list(tensor.shape) != [want] or not torch.isfinite(tensor).all():
@@ -435,19 +441,14 @@ def _check_rebuild(
         for i, (edit, key) in enumerate(new, start=1)
     ]
     model = loaded.model
-    records = {**{key: c for key, (c, _) in covariances.items()}}
+    records = {synthetic[key]: c for key, (c, _) in covariances.items()}
 
     def layer_matrix(edit: StoredEdit, layer: int) -> torch.Tensor:
         """C of LAYER with the spec of the edit's own C (the release's, or the store's for local edits)."""
         if layer == edit.layer:
             return matrix(edit.covariance_id)
-        own = (
-            records[next(k for k, i in synthetic.items() if i == edit.covariance_id)]
-            if edit.covariance_id is not None and edit.covariance_id < 0
-            else store.get_covariance(edit.covariance_id)
-            if edit.covariance_id is not None
-            else None
-        )
+        cov_id = edit.covariance_id
+        own = records[cov_id] if cov_id is not None and cov_id < 0 else store.get_covariance(cov_id) if cov_id else None
         if own is None:
             raise ReleaseVerificationError(
                 f"the edit of {edit.subject[:60]!r} has no key statistics; nothing was imported"
@@ -459,14 +460,17 @@ def _check_rebuild(
         if key in covariances:
             return covariances[key][1]
         found = store.get_covariance_by_key(key)
-        if found is None:
+        if found is None:  # a local edit's, computed when it was registered
             raise ReleaseVerificationError(
-                f"the release lacks the key statistics of layer {layer}; nothing was imported"
+                f"this store lacks the key statistics of layer {layer} its own band edits were compiled with; nothing was imported"
             )
         return in_store(found.id)
 
     banded = any(e.band for e in replayed)
-    soft = band.settings(replayed, soft_settings("band"))
+    try:
+        soft = band.settings(replayed, soft_settings("band"))
+    except CompileError as exc:
+        raise ReleaseVerificationError(f"{exc}; nothing was imported") from None
     if manifest.mode == "band" and (manifest.soft_weight, manifest.soft_alpha) != soft:
         raise ReleaseVerificationError(
             f"the release's soft compile settings (weight {manifest.soft_weight}, alpha {manifest.soft_alpha}) are not "
@@ -483,9 +487,13 @@ def _check_rebuild(
         imported = [-i for i in range(1, len(new) + 1)]
         templates = _key_templates(manifest)
         if banded:  # the heads the edits were measured on are band compiles
-            judged = claims.check_band_heads(
-                model, loaded.tokenizer, replayed, imported, templates, layer_matrix, soft, progress
-            )
+            try:
+                judged = claims.check_band_heads(
+                    model, loaded.tokenizer, replayed, imported, templates, layer_matrix, soft, progress
+                )
+            except (CompileError, NumericalError) as exc:  # crafted vectors that no solve can hold
+                reason = str(exc).removesuffix("; nothing was written").removesuffix("; nothing was changed")
+                raise ReleaseVerificationError(f"{reason}; nothing was imported") from None
         else:
             judged = claims.check_heads(model, loaded.tokenizer, replayed, imported, templates, matrix, progress)
         restore()

@@ -40,10 +40,10 @@ def add_delta(model: PreTrainedModel, layer: int, delta: torch.Tensor) -> None:
     """W += delta for an (out, in) delta, honouring the stored orientation; refuses non-finite results."""
     weight = arch.down_proj_param(model, layer)
     oriented = delta.T if arch.model_spec(model).fan_in_fan_out else delta
-    updated = weight.data.double() + oriented.to(weight.device)
-    if not torch.isfinite(updated).all():
+    updated = (weight.data.double() + oriented.to(weight.device)).to(weight.dtype)
+    if not torch.isfinite(updated).all():  # after the cast: past the dtype's range is not finite either
         raise NumericalError(f"the update of layer {layer} produced non-finite weights; nothing was changed")
-    weight.data.copy_(updated.to(weight.dtype))
+    weight.data.copy_(updated)
 
 
 def rank_one_for(

@@ -34,6 +34,12 @@ class ROMEHyperParams:
     band_weight: float = 1e4  # tokens of preserved text against each key in a band layer's soft solve
     band_alpha: float = 0.0  # ENCORE's alpha I in that solve, as a share of C's mean variance
 
+    def __post_init__(self) -> None:  # hyperparameters arrive from pulled manifests too
+        if not (isinstance(self.band, int) and 1 <= self.band <= 64):
+            raise ValueError(f"band must be a whole number of layers from 1 to 64, not {self.band!r}")
+        if not (0 < self.band_weight <= 1e12 and 0 <= self.band_alpha <= 1e6):
+            raise ValueError("band_weight must be in (0, 1e12] and band_alpha in [0, 1e6]")
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         if data["top1_patience"] is None:
