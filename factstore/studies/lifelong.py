@@ -45,11 +45,12 @@ from factstore.weights.replay import (
     apply_edits,
     check_mode,
     constraint_errors,
+    default_mode,
     tolerance,
 )
 from factstore.weights.spread import SPREAD_LAYERS, LayerInputs, spread_layers
 
-CURVE_MODES = (DEFAULT_MODE,)  # scored at every curve point; the other modes at the end
+CURVE_MODES = (DEFAULT_MODE, "band")  # scored at every curve point; the other modes at the end
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ def band_inputs(session: EditSession, edits: list[StoredEdit], band: int = SPREA
 
 def _width(mode: str, edits: list[StoredEdit]) -> int:
     """Layers below each edit layer a layered compile of EDITS reads C of."""
-    return SPREAD_LAYERS if mode == "spread" else max([int(e.hparams.get("band", 1)) for e in edits] + [1])
+    return SPREAD_LAYERS if mode == "spread" else max([len(e.band) for e in edits] + [1])
 
 
 def heldout_rows(session: EditSession, store: Store, tokens: int) -> list[list[int]] | None:
@@ -408,7 +409,7 @@ def _retraction(
         chosen = sorted(random.Random(settings.seed).sample([e.id for e in log], min(settings.retract, len(log))))
         state.data["retraction"] = done = {
             "edit_ids": chosen,
-            "mode": DEFAULT_MODE,
+            "mode": default_mode(log),
             "n": settings.retract,
             "seed": settings.seed,
         }
@@ -418,8 +419,10 @@ def _retraction(
             session.store.set_edit_retracted(edit_id)
     kept = session.store.list_edits(session.base.id, "active")
     clock = time.perf_counter()
+    mode = done["mode"]
+    inputs = band_inputs(session, kept, _width(mode, kept)) if mode in LAYERED_MODES else None
     with _weights_restored(session.model), session.base_weights():
-        apply_edits(session.model, kept, session.matrix, done["mode"])
+        apply_edits(session.model, kept, session.matrix, mode, inputs)
         scores = score_records(session.model, session.tokenizer, records, None)
     state.add_seconds("retraction", time.perf_counter() - clock)
     gone = {e.id for e in log} - {e.id for e in kept}
