@@ -133,3 +133,14 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(
             folder=run,
         )
     assert set(replay.MODES) >= {"sequential", "joint"}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_band_run_draws_the_band_curve_and_retracts_by_rebuilding_the_band(tiny_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    records = read_records(str(DATA), 4)
+    plan = lifelong.LifelongSettings(every=2, batch=2, modes=("band",), heldout_tokens=300, retract=2, band=2)
+    result = lifelong.lifelong(tiny_store, "tiny", records, settings=plan, folder=tmp_path / "run")
+    assert [sorted(c) for c in result["curve"]] == [["band", "edits", "unedited"]] * 2
+    assert result["modes"]["band"]["edits"] == 4
+    state = __import__("json").loads((tmp_path / "run" / "state.json").read_text())
+    assert state["retraction"]["mode"] == "band" and result["retraction"]["kept"] == 2
