@@ -438,6 +438,11 @@ def list_releases(store: Store, alias: str, *, limit: int | None = None, offset:
     return store.list_releases(store.get_base_model(alias).id, limit, offset)
 
 
+def count_releases(store: Store, alias: str) -> int:
+    """How many releases ALIAS has (a paged listing's total)."""
+    return store.count_releases(store.get_base_model(alias).id)
+
+
 def publish_release(
     store: Store,
     alias: str,

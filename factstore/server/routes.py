@@ -170,9 +170,12 @@ def list_releases(
     alias: AliasPath,
     svc: Svc,
     _who: Reader,
+    response: Response,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> list[dict]:
+    """A page of releases by version; X-Total-Count says how many there are in all."""
+    response.headers["X-Total-Count"] = str(api.count_releases(svc.store, alias))
     return [svc.release_json(r) for r in api.list_releases(svc.store, alias, limit=limit, offset=offset)]
 
 

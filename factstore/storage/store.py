@@ -271,9 +271,20 @@ class Store(QueueVerbs, TokenVerbs):
             ).all()
             return [convert.release(r, self._release_edit_ids(s, r.id)) for r in rows]
 
+    def count_releases(self, base_id: int) -> int:
+        with self._tx(write=False) as s:
+            return s.scalar(select(func.count()).where(ReleaseRow.base_model_id == base_id)) or 0
+
     def get_latest_release(self, base_id: int) -> Release | None:
-        found = self.list_releases(base_id)
-        return found[-1] if found else None
+        """The highest version (one row read, however many releases there are)."""
+        with self._tx(write=False) as s:
+            row = s.scalars(
+                select(ReleaseRow)
+                .where(ReleaseRow.base_model_id == base_id)
+                .order_by(ReleaseRow.version.desc())
+                .limit(1)
+            ).first()
+            return None if row is None else convert.release(row, self._release_edit_ids(s, row.id))
 
     def get_next_release_version(self, base_id: int) -> int:
         with self._tx(write=False) as s:
