@@ -58,6 +58,9 @@ def main() -> None:
         help="a band-registered log compiled from its stored per-layer vectors with these soft weights",
     )
     parser.add_argument("--skip-single", action="store_true", help="only the band rows (and unedited)")
+    parser.add_argument(
+        "--skip-unedited", action="store_true", help="no unedited row (the run's own state.json has it)"
+    )
     parser.add_argument("--heldout-tokens", type=int, default=20_000)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -78,7 +81,7 @@ def main() -> None:
     records = read_records(args.dataset, args.n)  # as the run scores them: superseded records too
     heldout = heldout_rows(session, store, args.heldout_tokens) if args.heldout_tokens else None
     covariance = MatrixCache(store.get_covariance)
-    variants: list[tuple[str, object]] = [("unedited", lambda m: None)]
+    variants: list[tuple[str, object]] = [] if args.skip_unedited else [("unedited", lambda m: None)]
     if not args.skip_single:
         variants += [("joint (exact)", lambda m: apply_joint(m, edits, covariance))]
         variants += [
