@@ -512,12 +512,10 @@ class EditSession:
             results = compute_edits(self.model, self.tokenizer, requests, hp, self.matrix(cov.id), self.templates(hp))
             asks = self._measure_band(requests, results, hp, cov) if hp.band > 1 else [()] * len(results)
         except (LeaseLost, DatabaseUnavailable):
-            self.rebuild(self.applied)
             raise
         except Exception as exc:  # one at a time instead: each failure is then stored on its own request
             log.info("batch of %d computed one at a time: %s: %s", len(batch), type(exc).__name__, exc)
-            self.rebuild(self.applied)  # a band measurement may have rewritten layers
-            return [], entries
+            return [], entries  # (a failed band measurement put the head back itself)
         outcomes: list[EditOutcome] = []
         for i, (entry, result) in enumerate(zip(batch, results)):
             try:
