@@ -57,11 +57,13 @@ class Recipe:
     n_layer: int = 4
     n_embd: int = 128
     n_head: int = 4
-    steps: int = 900
+    # 900 learned 154 of 180 facts on one machine's CPU (the tests want 162): training is
+    # deterministic per machine, not across CPUs, so the recipe needs margin
+    steps: int = 1200
     lr: float = 3e-3
     batch: int = 64
     seed: int = 0
-    version: int = 3
+    version: int = 4
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
