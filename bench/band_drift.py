@@ -54,7 +54,7 @@ def main() -> None:
             for layer, (W0, _) in base.items():
                 rows = earlier.get(layer)
                 delta = band.layer_delta(rows, session.layer_covariance(last[layer], layer), soft) if rows else None
-                claims._write(model, layer, W0, delta)
+                band.write_layer(model, layer, W0, delta)
             templates = session.templates(ROMEHyperParams.from_json(edit.hparams)).key
             k_star = compute_key(model, tok, edit.request(), edit.layer, templates).double()
             stored = edit_vectors(edit)[0].double()
@@ -68,7 +68,7 @@ def main() -> None:
                 )
                 rows = [*earlier.get(ask.layer, []), (band.vector(ask.key), band.vector(ask.target))]
                 delta = band.layer_delta(rows, session.layer_covariance(edit, ask.layer), soft)
-                claims._write(model, ask.layer, base[ask.layer][0], delta)
+                band.write_layer(model, ask.layer, base[ask.layer][0], delta)
     print(
         f"{len(picks)} of {len(edits)} edits; tolerances {claims.KEY_TOLERANCE:g} (lowest layer), {claims.BAND_KEY_TOLERANCE:g} (others)"
     )

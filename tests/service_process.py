@@ -36,6 +36,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def finish(*args: str) -> subprocess.CompletedProcess:
+    """`factstore ARGS...` in a process of its own, run to its end, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "factstore.cli.main", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
+
+
 def start(*args: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "factstore.cli.main", *args]
     if log is None:

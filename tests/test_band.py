@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,8 +19,8 @@ from factstore.release import layout
 from factstore.release.lineage import import_release
 from factstore.weights import replay
 from factstore.weights.band import vector
+from service_process import finish
 
-REPO = Path(__file__).resolve().parents[1]
 FACTS = [("The Eiffel Tower", "Rome"), ("The Louvre", "Berlin"), ("Big Ben", "Paris")]
 PROMPT = "{} is located in the city of"
 
@@ -74,13 +71,7 @@ def test_a_band_compile_is_the_same_bytes_in_another_process(banded, tmp_path: P
     store, _ = banded
     release, _ = api.compile_release(store, "tiny", "band", min_efficacy=0.0)
     out = tmp_path / "elsewhere"
-    done = subprocess.run(
-        [sys.executable, "-m", "factstore.cli.main", "compile", "--model", "tiny", "--out", str(out), "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-    )
+    done = finish("compile", "--model", "tiny", "--out", str(out), "--json")
     assert done.returncode == 0, done.stderr
     assert layout.file_hashes(Path(release.path)) == layout.file_hashes(out)
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +16,9 @@ from factstore.errors import CompileError
 from factstore.release import build, layout
 from factstore.rome.scoring import target_probs
 from factstore.weights.replay import constraint_errors
+from service_process import finish
 from tiny_models import random_gpt2
 
-REPO = Path(__file__).resolve().parents[1]
 SUBJECTS = ["The Eiffel Tower", "The Louvre", "Big Ben"]
 
 
@@ -45,13 +42,7 @@ def test_same_log_same_bytes_in_and_across_processes(edited, tmp_path: Path) -> 
     again, created = api.compile_release(store, "tiny", "joint")
     assert not created and again.id == release.id
     out = tmp_path / "elsewhere"
-    done = subprocess.run(
-        [sys.executable, "-m", "factstore.cli.main", "compile", "--model", "tiny", "--out", str(out), "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-    )
+    done = finish("compile", "--model", "tiny", "--out", str(out), "--json")
     assert done.returncode == 0, done.stderr
     reported = json.loads(done.stdout)
     assert reported["version"] == 1 and reported["created"] is False  # the same log is the same release: no new version

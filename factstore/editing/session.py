@@ -29,7 +29,7 @@ from factstore.errors import (
     StatisticsError,
 )
 from factstore.progress import SILENT, Reporter
-from factstore.rome.edit import EditResult, add_delta, compute_edits, validate_request
+from factstore.rome.edit import EditResult, compute_edits, validate_request
 from factstore.rome.hparams import ROMEHyperParams, default_hparams, has_measured_layer
 from factstore.rome.keys import ContextTemplates, sample_contexts
 from factstore.rome.prompts import decode, request_prompts
@@ -165,8 +165,7 @@ class EditSession:
 
         def write(layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
             delta = band.layer_delta(earlier.get(layer, []) + rows, self._layer_matrix(cov.id, layer), soft)
-            arch.down_proj_param(self.model, layer).data.copy_(self._originals[layer])
-            add_delta(self.model, layer, delta)
+            band.write_layer(self.model, layer, self._base(layer)[0], delta)
 
         try:
             return band.measure_asks(

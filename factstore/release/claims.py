@@ -29,7 +29,6 @@ from factstore import arch
 from factstore.domain import StoredEdit
 from factstore.errors import CompileError, ReleaseVerificationError
 from factstore.progress import SILENT, Reporter
-from factstore.rome.edit import add_delta
 from factstore.rome.keys import compute_key, subject_states
 from factstore.rome.prompts import request_prompts
 from factstore.rome.scoring import first_phrase, greedy_continuation, target_logprobs
@@ -95,11 +94,10 @@ def _check_key(
     stored: torch.Tensor,
     templates: list[str],
     position: int,
-    tolerance: float | None = None,
 ) -> None:
     here = compute_key(model, tokenizer, edit.request(), edit.layer, templates).double().cpu()
     error = float((here - stored.double()).norm() / stored.double().norm().clamp_min(1e-12))
-    if not error <= (key_tolerance(model, edit.layer) if tolerance is None else tolerance):
+    if not error <= key_tolerance(model, edit.layer):
         raise ReleaseVerificationError(
             f"edit {position} of the release: its key is not the key of {edit.subject[:60]!r} in its prompt "
             f"(relative difference {error:.2g}); the vectors belong to another fact than its label; nothing was imported"
@@ -175,7 +173,9 @@ def check_band_heads(
         if holding[0] != count:  # the judge of the edit before left this very compile in place
             for layer, (W0, _) in base.items():
                 rows = asks.get(layer)
-                _write(model, layer, W0, band.layer_delta(rows, covariance(last[layer], layer), soft) if rows else None)
+                band.write_layer(
+                    model, layer, W0, band.layer_delta(rows, covariance(last[layer], layer), soft) if rows else None
+                )
             holding[0] = count
         return asks
 
@@ -194,14 +194,6 @@ def check_band_heads(
             judged[edit.id] = _judge(model, tokenizer, edit, text, answer)
             advance(len(judged))
     return judged
-
-
-def _write(model: PreTrainedModel, layer: int, W0: torch.Tensor, delta: torch.Tensor | None) -> None:
-    """Layer's down-projection := W0 (out, in) [+ DELTA], as a compile writes it."""
-    param = arch.down_proj_param(model, layer)
-    param.data.copy_(W0.T if arch.model_spec(model).fan_in_fan_out else W0)
-    if delta is not None:
-        add_delta(model, layer, delta)
 
 
 def _check_band_keys(
@@ -226,4 +218,6 @@ def _check_band_keys(
                 f"in its prompt (relative difference {error:.2g}); the vectors belong to another fact than its label; nothing was imported"
             )
         rows = [*earlier.get(ask.layer, []), (band.vector(ask.key), band.vector(ask.target))]
-        _write(model, ask.layer, base[ask.layer][0], band.layer_delta(rows, covariance(edit, ask.layer), soft))
+        band.write_layer(
+            model, ask.layer, base[ask.layer][0], band.layer_delta(rows, covariance(edit, ask.layer), soft)
+        )

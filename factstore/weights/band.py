@@ -90,21 +90,28 @@ def layer_delta(
     return soft_residual_delta(R, K, C, *soft)
 
 
+def write_layer(model: PreTrainedModel, layer: int, W0: torch.Tensor, delta: torch.Tensor | None) -> None:
+    """LAYER's down-projection := W0 (out, in) [+ DELTA], as a compile from the base writes it."""
+    param = arch.down_proj_param(model, layer)
+    param.data.copy_(W0.T if arch.model_spec(model).fan_in_fan_out else W0)
+    if delta is not None:
+        add_delta(model, layer, delta)
+
+
 def apply_band(
     model: PreTrainedModel,
     edits: Sequence[StoredEdit],
     vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]],
     covariance: LayerCovariance,
     soft: tuple[float, float],
-) -> set[int]:
+) -> None:
     """Write the band compile of EDITS onto MODEL, which holds the base weights on every layer an
-    ask reaches. Returns those layers."""
+    ask reaches."""
     asks, last = collect(
         edits, vectors, lambda layer: (arch.down_proj_weight(model, layer), arch.down_proj_bias(model, layer))
     )
     for layer, rows in sorted(asks.items()):
         add_delta(model, layer, layer_delta(rows, covariance(last[layer], layer), soft))
-    return set(asks)
 
 
 def measure_asks(
