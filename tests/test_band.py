@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from sqlalchemy import event
 from transformers import AutoModelForCausalLM
 
 from factstore import api, arch
@@ -223,3 +224,17 @@ def test_a_failed_band_measurement_leaves_the_head_as_the_log_builds_it(banded, 
         session.add(EditRequest(PROMPT, "The Colosseum", "Madrid"))
     assert all(torch.equal(a, b) for a, b in zip(before, _layers(session.model, [top - 1, top])))
     assert [e.id for e in session.applied] == [e.id for e in store.list_edits(1)]
+
+
+def test_listing_the_log_reads_no_per_layer_vectors(banded) -> None:  # type: ignore[no-untyped-def]
+    """`edit list` and the HTTP log read entries, not the asks (~0.1 MB per band edit on SmolLM2);
+    lists of computed edits load them in one query."""
+    store, _ = banded
+    seen: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+    entries = api.list_log(store, "tiny", "all")
+    assert len(entries) == 3 and seen and not any("edit_layers" in sql for sql in seen)
+    seen.clear()
+    edits = store.list_edits(1)
+    assert all(len(e.band) == 2 for e in edits)
+    assert sum("edit_layers" in sql for sql in seen) == 1

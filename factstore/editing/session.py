@@ -293,17 +293,7 @@ class EditSession:
                 )
             return text
 
-        specs = [
-            stats.StatsSpec(
-                self.base.identity,
-                layer,
-                arch.down_proj_name(self.model, layer),
-                own.corpus_sha256,
-                own.tokens,
-                own.dtype,
-            )
-            for layer in layers
-        ]
+        specs = [stats.spec_like(own, self.base.identity, self.model, layer) for layer in layers]
         found = self._recorded_or_computed(specs, corpus)
         return [found[layer] for layer in layers]
 

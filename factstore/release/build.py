@@ -16,7 +16,7 @@ import safetensors
 import torch
 from transformers import PreTrainedModel
 
-from factstore import arch, config
+from factstore import config
 from factstore.analysis.metrics import aggregate, score_records
 from factstore.domain import BaseModel, Covariance, Record, Release, StoredEdit, band_sha256, check_alias
 from factstore.errors import CompileError, ReleaseVerificationError
@@ -338,10 +338,7 @@ def layer_covariance(store: Store, base: BaseModel, model: PreTrainedModel, edit
     band or spread compile reads below an edit's layer (one file, not "the newest")."""
     own = store.get_covariance(edit.covariance_id) if edit.covariance_id is not None else None
     if own is not None:
-        spec = stats.StatsSpec(
-            base.identity, layer, arch.down_proj_name(model, layer), own.corpus_sha256, own.tokens, own.dtype
-        )
-        found = store.get_covariance_by_key(spec.key())
+        found = store.get_covariance_by_key(stats.spec_like(own, base.identity, model, layer).key())
         if found is not None and Path(found.path).exists():
             return found
     tokens = own.tokens if own else ROMEHyperParams.from_json(edit.hparams).stats_tokens

@@ -453,10 +453,7 @@ def _check_rebuild(
             raise ReleaseVerificationError(
                 f"the edit of {edit.subject[:60]!r} has no key statistics; nothing was imported"
             )
-        spec = stats.StatsSpec(
-            ref.identity, layer, arch.down_proj_name(model, layer), own.corpus_sha256, own.tokens, own.dtype
-        )
-        key = spec.key()
+        key = stats.spec_like(own, ref.identity, model, layer).key()
         if key in covariances:
             return covariances[key][1]
         found = store.get_covariance_by_key(key)

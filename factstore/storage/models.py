@@ -134,7 +134,7 @@ class EditRow(Base):
     base_model: Mapped[BaseModelRow] = relationship()
     covariance: Mapped[CovarianceStat | None] = relationship()
     band: Mapped[list[EditLayerRow]] = relationship(
-        order_by="EditLayerRow.layer", lazy="selectin", cascade="all, delete-orphan"
+        order_by="EditLayerRow.layer", lazy="select", cascade="all, delete-orphan"
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from factstore.domain import BaseModel, Covariance, ImportedRelease, ModelRef, NewEdit, Release, StoredEdit, check_alias
 from factstore.errors import (
@@ -37,6 +37,9 @@ from factstore.storage.queue import QueueVerbs, fill_computed, new_request_row, 
 from factstore.storage.tokens import TokenVerbs
 
 _SEQ_RETRIES = 20
+# lists of computed edits load their per-layer asks in one more query; listings of the log
+# (EditEntry) never read them (~0.1 MB per band edit on SmolLM2)
+WITH_BAND = selectinload(EditRow.band)
 _SEQ_CONSTRAINT = (
     "edits_base_model_id_seq_key",
     "edits.base_model_id, edits.seq",
@@ -202,7 +205,9 @@ class Store(QueueVerbs, TokenVerbs):
         with self._tx(write=False) as s:
             return [
                 convert.edit(r)
-                for r in s.scalars(select(EditRow).where(*same_fact(base_id, subject, prompt, relation_id)))
+                for r in s.scalars(
+                    select(EditRow).options(WITH_BAND).where(*same_fact(base_id, subject, prompt, relation_id))
+                )
             ]
 
     def list_edits(self, base_id: int, status: str = "active") -> list[StoredEdit]:
@@ -212,7 +217,10 @@ class Store(QueueVerbs, TokenVerbs):
             raise EditStateError(f"unknown status {status!r}; use one of {', '.join(COMPUTED_STATUSES)} or all")
         chosen = COMPUTED_STATUSES if status == "all" else (status,)
         query = (
-            select(EditRow).where(EditRow.base_model_id == base_id, EditRow.status.in_(chosen)).order_by(EditRow.seq)
+            select(EditRow)
+            .options(WITH_BAND)
+            .where(EditRow.base_model_id == base_id, EditRow.status.in_(chosen))
+            .order_by(EditRow.seq)
         )
         with self._tx(write=False) as s:
             return [convert.edit(r) for r in s.scalars(query)]
@@ -442,7 +450,10 @@ class Store(QueueVerbs, TokenVerbs):
 
     def _imported_release(self, s: Session, base_id: int, alias: str, release: ImportedRelease) -> Release:
         active = s.scalars(
-            select(EditRow).where(EditRow.base_model_id == base_id, EditRow.status == "active").order_by(EditRow.seq)
+            select(EditRow)
+            .options(WITH_BAND)
+            .where(EditRow.base_model_id == base_id, EditRow.status == "active")
+            .order_by(EditRow.seq)
         ).all()
         log_sha = release.log_sha256([convert.edit(r) for r in active])
         rows = s.scalars(select(ReleaseRow).where(ReleaseRow.base_model_id == base_id)).all()

@@ -95,6 +95,12 @@ def stats_spec(identity: str, model: PreTrainedModel, layer: int, corpus: Corpus
     return StatsSpec(identity, layer, arch.down_proj_name(model, layer), corpus.sha256, tokens, dtype)
 
 
+def spec_like(own: Covariance, identity: str, model: PreTrainedModel, layer: int) -> StatsSpec:
+    """The spec of LAYER's C with OWN's corpus, size and dtype: the C a band or spread compile
+    reads on the layers below an edit whose own C is OWN (one file per spec, never "the newest")."""
+    return StatsSpec(identity, layer, arch.down_proj_name(model, layer), own.corpus_sha256, own.tokens, own.dtype)
+
+
 def _final_path(spec: StatsSpec) -> Path:
     return _dir() / f"{spec.key()}.safetensors"
 
