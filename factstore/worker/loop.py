@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 
+from factstore.domain import EditEntry
 from factstore.editing.lease import Holder
 from factstore.editing.session import EditSession
 from factstore.errors import DatabaseUnavailable, FactStoreError, HeadChanged, LeaseLost
@@ -47,6 +51,34 @@ class WorkerStats:
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
+
+
+class Outcome(Enum):
+    """What became of one claimed request in a worker's turn; the value names its counter."""
+
+    COMPUTED = "computed"
+    FAILED = "failed"  # stored on the request with its reason
+    DROPPED = "dropped"  # another worker took the model over: its result is not written
+    REQUEUED = "recomputed"  # the log changed while computing: back in the queue
+    FATAL = "fatal"  # the database is away: the turn stops, the lease expires
+
+
+# first match wins: an exception raised while computing a request -> its outcome
+OUTCOMES: tuple[tuple[type[BaseException], Outcome], ...] = (
+    (HeadChanged, Outcome.REQUEUED),
+    (LeaseLost, Outcome.DROPPED),
+    (DatabaseUnavailable, Outcome.FATAL),
+    (Exception, Outcome.FAILED),
+)
+
+
+def outcome_of(exc: BaseException) -> Outcome:
+    return next((outcome for kind, outcome in OUTCOMES if isinstance(exc, kind)), Outcome.FATAL)
+
+
+@dataclass
+class _Hold:
+    keep: bool = False  # keep the model's lease after this turn
 
 
 class Worker:
@@ -151,6 +183,20 @@ class Worker:
         self._streak.pop(base_id, None)
         self.store.release_lease(base_id, self.id)
 
+    @contextmanager
+    def _holding(self, base_id: int) -> Iterator[_Hold]:
+        """The model's lease for one turn: kept on exit when the turn says so, else given up
+        (a failure, a stop, an empty queue)."""
+        hold = _Hold()
+        try:
+            yield hold
+        finally:
+            if not hold.keep:
+                try:
+                    self._release(base_id)
+                except FactStoreError as exc:  # the database is away: the lease expires by itself
+                    log.warning("could not release model %s: %s", base_id, exc)
+
     def _model_turn(self, base_id: int, alias: str) -> bool:
         """One batch of a model's queue. The lease is kept after a full batch (the model likely
         has more, and its head is warm here); given up on a failure or when the worker stops."""
@@ -158,56 +204,61 @@ class Worker:
             self._held.discard(base_id)
             return False  # another worker computes this model now
         self._held.add(base_id)
-        keep = False
-        try:
+        with self._holding(base_id) as hold:
             claimed = self.store.claim_requests(base_id, self.id, self.settings.batch)
             if not claimed:
                 return False
-            try:
-                session = self._session(base_id, alias)
-            except Exception as exc:  # the model cannot be loaded: every claimed request fails with the reason
-                if isinstance(exc, DatabaseUnavailable):
-                    raise
-                reason = str(exc) if isinstance(exc, FactStoreError) else f"{type(exc).__name__}: {exc}"
-                for entry in claimed:
-                    self.store.fail_request(entry.id, self.id, f"the model could not be loaded: {reason}")
-                self.stats.failed += len(claimed)
+            session = self._loaded(base_id, alias, claimed)
+            if session is None:
                 return True
             try:
                 done, claimed = session.process_many(claimed, self.id)  # one optimisation for what can share it
             except LeaseLost:
-                self.stats.dropped += len(claimed)
-                self._sessions.pop(base_id, None)
+                self._count(Outcome.DROPPED, base_id, len(claimed))
                 return True
-            self.stats.computed += len(done)
+            self._count(Outcome.COMPUTED, base_id, len(done))
             for entry in claimed:
                 if self.stopping.is_set():
-                    break  # the rest go back to pending when the lease is released
-                try:
-                    session.process(entry, self.id)
-                    self.stats.computed += 1
-                except HeadChanged:
-                    self.stats.recomputed += 1  # back in the queue; the head is synced for the next one
-                except LeaseLost:
-                    self.stats.dropped += 1
-                    self._sessions.pop(base_id, None)  # its head may hold what the new holder replaces
-                    break
-                except DatabaseUnavailable:
-                    raise  # the claimed requests stay computing until the lease is taken again, then go back to pending
-                except Exception as exc:  # stored on the request as its one-line reason
-                    log.info("edit %s failed: %s", entry.id, exc)
-                    self.stats.failed += 1
-                    session.sync()  # a failure midway may have left the head rebuilt without a superseded fact
-            else:
-                keep = not self.stopping.is_set()
-                self._streak[base_id] = self._streak.get(base_id, 0) + 1
+                    return True  # the rest go back to pending when the lease is released
+                if self._count(self._compute(session, entry), base_id) is Outcome.DROPPED:
+                    return True
+            hold.keep = not self.stopping.is_set()
+            self._streak[base_id] = self._streak.get(base_id, 0) + 1
             return True
-        finally:
-            if not keep:
-                try:
-                    self._release(base_id)
-                except FactStoreError as exc:  # the database is away: the lease expires by itself
-                    log.warning("could not release model %s: %s", base_id, exc)
+
+    def _loaded(self, base_id: int, alias: str, claimed: list[EditEntry]) -> EditSession | None:
+        """The model's warm head, or None when it cannot be loaded: every claimed request then
+        fails with the reason."""
+        try:
+            return self._session(base_id, alias)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, FactStoreError) else f"{type(exc).__name__}: {exc}"
+            for entry in claimed:
+                self.store.fail_request(entry.id, self.id, f"the model could not be loaded: {reason}")
+            self.stats.failed += len(claimed)
+            return None
+
+    def _compute(self, session: EditSession, entry: EditEntry) -> Outcome:
+        """One request on the head; what became of it (a fatal one raises)."""
+        try:
+            session.process(entry, self.id)
+            return Outcome.COMPUTED
+        except Exception as exc:
+            outcome = outcome_of(exc)
+            if outcome is Outcome.FATAL:
+                raise  # the claimed requests stay computing until the lease is taken again, then go back to pending
+            if outcome is Outcome.FAILED:  # stored on the request as its one-line reason
+                log.info("edit %s failed: %s", entry.id, exc)
+                session.sync()  # a failure midway may have left the head rebuilt without a superseded fact
+            return outcome
+
+    def _count(self, outcome: Outcome, base_id: int, n: int = 1) -> Outcome:
+        setattr(self.stats, outcome.value, getattr(self.stats, outcome.value) + n)
+        if outcome is Outcome.DROPPED:  # its head may hold what the new holder replaces
+            self._sessions.pop(base_id, None)
+        return outcome
 
     def _session(self, base_id: int, alias: str) -> EditSession:
         """The warm head of a model, brought up to date with the log. At most `heads` stay
