@@ -16,7 +16,7 @@ from pathlib import Path
 
 from factstore.datasets import read_requests
 from factstore.rome.covariance import accumulate_second_moment
-from factstore.rome.edit import apply_edit, compute_edit, contexts_for, weights_restored
+from factstore.rome.edit import Snapshot, apply_edit, compute_edit, contexts_for
 from factstore.rome.hparams import default_hparams
 from factstore.rome.scoring import target_logprobs
 from factstore.weights import checkpoints, corpus
@@ -50,7 +50,7 @@ def main() -> None:
         es, ps, ns = [], [], []
         for record, request in zip(records, requests):
             result = compute_edit(model, tok, request, hp, C, templates)
-            with weights_restored(model, layer):
+            with Snapshot(model, [layer]):
                 apply_edit(model, layer, result.key, result.value, C)
                 new, true = request.target_new, request.target_true or result.target_true
                 es += _prefers(model, tok, [request.text], new, true)

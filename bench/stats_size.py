@@ -66,7 +66,7 @@ def main() -> None:
     from factstore.cli.progress import BARS
     from factstore.datasets import read_records
     from factstore.editing.session import EditSession
-    from factstore.rome.edit import apply_edit, compute_edits, weights_restored
+    from factstore.rome.edit import Snapshot, apply_edit, compute_edits
     from factstore.studies import lifelong
     from factstore.weights import corpus as corpora
     from factstore.weights import stats
@@ -130,13 +130,13 @@ def main() -> None:
     rows = []
     for key, C in matrices.items():
         with session.base_weights():
-            with weights_restored(model, layer):
+            with Snapshot(model, [layer]):
                 apply_joint(model, log, lambda _cov_id, C=C: C)
                 log_scores = aggregate(score_records(model, tok, log_records, None))
                 ppl = perplexity(model, heldout)
             single_scores = []
             for record, result in zip(singles, computed):
-                with weights_restored(model, layer):
+                with Snapshot(model, [layer]):
                     apply_edit(model, layer, result.key, result.value, C)
                     single_scores += score_records(model, tok, [record], None)
         rows.append((key, C, log_scores, ppl, aggregate(single_scores)))

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from factstore.domain import EditRequest
 from factstore.rome.covariance import accumulate_second_moment
-from factstore.rome.edit import apply_edit, compute_edit, contexts_for, weights_restored
+from factstore.rome.edit import Snapshot, apply_edit, compute_edit, contexts_for
 from factstore.rome.hparams import default_hparams
 from factstore.rome.scoring import target_probs
 from tiny_models import RELATIONS, Fact, Recipe, make_facts
@@ -79,7 +79,7 @@ def test_edits_take_generalise_and_spare_other_subjects(trained, gpt2_tokenizer)
         held_out = RELATIONS["city"][1].format(fact.subject)
         p_new, p_old = target_probs(model, gpt2_tokenizer, [held_out] * 2, [new, fact.target])
         before += bool(p_new > p_old)  # the unedited model on the held-out template
-        with weights_restored(model, hp.layer):
+        with Snapshot(model, [hp.layer]):
             apply_edit(model, hp.layer, result.key, result.value, C)
             efficacy += _top(model, gpt2_tokenizer, request.text) == new_id
             paraphrase_top += _top(model, gpt2_tokenizer, held_out) == new_id

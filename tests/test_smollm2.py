@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from factstore.domain import EditRequest
-from factstore.rome.edit import apply_edit, compute_edit, weights_restored
+from factstore.rome.edit import Snapshot, apply_edit, compute_edit
 from factstore.rome.hparams import default_hparams
 from factstore.rome.scoring import target_probs
 from factstore.weights import corpus, stats
@@ -28,7 +28,7 @@ def test_eiffel_tower_moves_to_rome_and_the_louvre_stays(smollm2) -> None:  # ty
         "The Eiffel Tower, a famous landmark, stands in the city of",
         "The Louvre is located in the city of",
     ]
-    with weights_restored(model, hp.layer):
+    with Snapshot(model, [hp.layer]):
         apply_edit(model, hp.layer, result.key, result.value, C)
         p_rome = target_probs(model, tok, prompts, ["Rome"] * 3)
         p_paris = target_probs(model, tok, prompts, ["Paris"] * 3)

@@ -29,7 +29,7 @@ from factstore.errors import (
     StatisticsError,
 )
 from factstore.progress import SILENT, Reporter
-from factstore.rome.edit import EditResult, compute_edits, validate_request
+from factstore.rome.edit import EditResult, Snapshot, compute_edits, validate_request
 from factstore.rome.hparams import ROMEHyperParams, default_hparams, has_measured_layer
 from factstore.rome.keys import ContextTemplates, sample_contexts
 from factstore.rome.prompts import decode, request_prompts
@@ -89,36 +89,28 @@ class EditSession:
         self.stats_tokens = stats_tokens
         self.band = band  # None: the band of the log's newest edit, else the model's default
         self._layer_cov: dict[tuple[int, int], int] = {}  # (edit layer's C id, layer) -> C id of that layer
-        self._originals: dict[int, torch.Tensor] = {}  # layer -> unedited down-projection weight
+        self._originals = Snapshot(self.model)  # the unedited down-projection of every layer the log touches
         self.matrix = stats.MatrixCache(store.get_covariance)
         self.applied: list[StoredEdit] = []
         self.rebuild(store.list_edits(self.base.id, "active"))
 
     # the head model ---------------------------------------------------------------------
 
-    def _remember(self, layers: set[int]) -> None:
-        for layer in layers - self._originals.keys():
-            self._originals[layer] = arch.down_proj_param(self.model, layer).detach().clone()
-
-    def _restore(self) -> None:
-        for layer, weight in self._originals.items():
-            arch.down_proj_param(self.model, layer).data.copy_(weight)
-
     def rebuild(self, edits: list[StoredEdit]) -> None:
         """Reset to the base weights and replay edits the way they were computed: sequentially,
         or, when the log has band edits, as the band compile (what they were measured on)."""
-        self._restore()
+        self._originals.restore()
         if any(e.band for e in edits):
-            self._remember({e.layer for e in edits} | {a.layer for e in edits for a in e.band})
+            self._originals.add({e.layer for e in edits} | {a.layer for e in edits for a in e.band})
             band.apply_band(self.model, edits, edit_vectors, self.layer_covariance, self._band_soft(edits))
         else:
-            self._remember({e.layer for e in edits})
+            self._originals.add({e.layer for e in edits})
             apply_sequential(self.model, edits, self.matrix)
         self.applied = sorted(edits, key=lambda e: e.seq)
 
     def _base(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The unedited (W0 (out, in), b) of a remembered layer."""
-        W0 = self._originals[layer]
+        W0 = self._originals.saved[layer]
         return (W0.T if arch.model_spec(self.model).fan_in_fan_out else W0), arch.down_proj_bias(self.model, layer)
 
     def _layer_matrix(self, own_id: int | None, layer: int) -> torch.Tensor:
@@ -151,7 +143,7 @@ class EditSession:
                 f"this model's log was registered with band weight {self._band_soft(self.applied)[0]:g}; one log takes one"
             )
         layers = spread_layers(hp.layer, hp.band)
-        self._remember(set(layers))
+        self._originals.add(layers)
         own = self.store.get_covariance(cov.id)  # C of every layer below first, in one pass, before any write
         for below, found in zip(layers[:-1], self.covariances_like(own, layers[:-1])):
             self._layer_cov[(cov.id, below)] = found.id
@@ -185,13 +177,9 @@ class EditSession:
     @contextmanager
     def base_weights(self) -> Iterator[None]:
         """Temporarily the unedited base model (context templates are sampled on it)."""
-        edited = {layer: arch.down_proj_param(self.model, layer).detach().clone() for layer in self._originals}
-        self._restore()
-        try:
+        with Snapshot(self.model, self._originals.layers):
+            self._originals.restore()
             yield
-        finally:
-            for layer, weight in edited.items():
-                arch.down_proj_param(self.model, layer).data.copy_(weight)
 
     # settings, templates, statistics -------------------------------------------------------
 
@@ -410,21 +398,12 @@ class EditSession:
         except FactStoreError as exc:  # computed on this head, it does not hold on it: the request's own failure
             self.store.fail_request(entry.id, holder, str(exc))
             raise
-        computed_on = [e.id for e in self.applied if e.id not in conflicts]
-        try:
-            stored = self.store.complete_request(entry.id, holder, new, computed_on=computed_on)
-        except HeadChanged:
-            self._put_back(new.layer, saved)
-            self.sync()
-            raise
-        except BaseException:
-            self._put_back(new.layer, saved)
-            raise
+        stored = self._complete(entry, holder, new, saved, [e.id for e in self.applied if e.id not in conflicts])
         superseded = [self.store.get_edit(i) for i in conflicts]
         self.applied = [e for e in self.applied if e.id not in conflicts] + [stored]
         return EditOutcome(stored, superseded)
 
-    def _apply_checked(self, new: NewEdit) -> torch.Tensor | None:
+    def _apply_checked(self, new: NewEdit) -> Snapshot | None:
         """Apply a computed edit's update to the head (the step a replay of the log makes), and
         check it holds, before it is stored: a stored edit always replays. Returns the layer's
         weight from before, to put back if the store refuses the edit; None for a band edit,
@@ -435,9 +414,8 @@ class EditSession:
             raise InvalidEditRequest(
                 "this model's log is registered over a band of layers; a single-layer edit cannot join it"
             )
-        self._remember({new.layer})
-        weight = arch.down_proj_param(self.model, new.layer)
-        saved = weight.detach().clone()
+        self._originals.add([new.layer])
+        saved = Snapshot(self.model, [new.layer])
         key, value = from_bytes(new.key, new.key_shape), from_bytes(new.value, new.value_shape)
         try:
             apply_update(
@@ -449,15 +427,26 @@ class EditSession:
                 "the edit",
             )
         except BaseException:
-            weight.data.copy_(saved)
+            saved.restore()
             raise
         return saved
 
-    def _put_back(self, layer: int, saved: torch.Tensor | None) -> None:
-        if saved is None:  # a band edit: its measurement rewrote several layers
-            self.rebuild(self.applied)
-        else:
-            arch.down_proj_param(self.model, layer).data.copy_(saved)
+    def _complete(
+        self, entry: EditEntry, holder: str, new: NewEdit, saved: Snapshot | None, computed_on: list[int]
+    ) -> StoredEdit:
+        """Store a computed edit whose update is on the head. If the store refuses it, the head
+        is put back (SAVED, or the log's rebuild for a band edit) and, when the log changed
+        meanwhile (HeadChanged: the request is back in the queue), synced with it."""
+        try:
+            return self.store.complete_request(entry.id, holder, new, computed_on=computed_on)
+        except BaseException as exc:
+            if saved is None:  # a band edit: its measurement rewrote several layers
+                self.rebuild(self.applied)
+            else:
+                saved.restore()
+            if isinstance(exc, HeadChanged):
+                self.sync()
+            raise
 
     def run_many(self, edit_ids: list[int]) -> list[EditOutcome]:
         """Compute submitted requests here, batched (see process_many), while holding the model's
@@ -518,16 +507,9 @@ class EditSession:
                     self.rebuild(self.applied)
                 return outcomes, batch[i:] + rest
             try:
-                stored = self.store.complete_request(entry.id, holder, new, computed_on=[e.id for e in self.applied])
-            except HeadChanged:
-                self._put_back(new.layer, saved)
-                self.sync()
-                return outcomes, batch[
-                    i + 1 :
-                ] + rest  # this one is back in the queue; the rest are recomputed on the new head
-            except BaseException:
-                self._put_back(new.layer, saved)
-                raise
+                stored = self._complete(entry, holder, new, saved, [e.id for e in self.applied])
+            except HeadChanged:  # this one is back in the queue; the rest are recomputed on the new head
+                return outcomes, batch[i + 1 :] + rest
             self.applied.append(stored)
             outcomes.append(EditOutcome(stored))
         return outcomes, rest

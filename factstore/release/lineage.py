@@ -33,6 +33,7 @@ from factstore.progress import SILENT, Reporter
 from factstore.release import claims, layout
 from factstore.release.build import MIN_EFFICACY, held_share, log_entries
 from factstore.release.manifest import INT32, MANIFEST, CovarianceInfo, EditEntry, Manifest
+from factstore.rome.edit import Snapshot
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.storage.store import Store
 from factstore.weights import assets, band, checkpoints, stats
@@ -474,12 +475,7 @@ def _check_rebuild(
             f"those its edits were registered with {soft}; nothing was imported"
         )
     touched = {e.layer for e in replayed} | {a.layer for e in replayed for a in e.band}
-    saved = {layer: arch.down_proj_param(model, layer).detach().clone() for layer in touched}
-
-    def restore() -> None:
-        for layer, weight in saved.items():
-            arch.down_proj_param(model, layer).data.copy_(weight)
-
+    restore = Snapshot(model, touched).restore
     try:
         imported = [-i for i in range(1, len(new) + 1)]
         templates = _key_templates(manifest)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -60,15 +59,34 @@ def apply_edit(model: PreTrainedModel, layer: int, key: torch.Tensor, value: tor
     add_delta(model, layer, rank_one_for(model, layer, key, value, C))
 
 
-@contextmanager
-def weights_restored(model: PreTrainedModel, layer: int) -> Iterator[None]:
-    """Put the layer's down-projection weight back bit-exactly when the block ends."""
-    weight = arch.down_proj_param(model, layer)
-    saved = weight.detach().clone()
-    try:
-        yield
-    finally:
-        weight.data.copy_(saved)
+class Snapshot:
+    """The down-projection weights of some layers as they were when taken; `restore()` (or the
+    end of a `with` block) writes them back bit-exactly. The one way factstore undoes a weight
+    change: the head equals the base plus the log only if every change is undone exactly."""
+
+    def __init__(self, model: PreTrainedModel, layers: Iterable[int] = ()) -> None:
+        self.model = model
+        self.saved: dict[int, torch.Tensor] = {}  # layer -> the parameter's data, as stored
+        self.add(layers)
+
+    def add(self, layers: Iterable[int]) -> None:
+        """Also take LAYERS not taken yet, as they are now."""
+        for layer in sorted(set(layers) - self.saved.keys()):
+            self.saved[layer] = arch.down_proj_param(self.model, layer).detach().clone()
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.saved)
+
+    def restore(self) -> None:
+        for layer, weight in self.saved.items():
+            arch.down_proj_param(self.model, layer).data.copy_(weight)
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
 
 
 def validate_request(
@@ -136,7 +154,7 @@ def compute_edits(
     results = []
     for i, (request, key, value) in enumerate(zip(requests, keys, values)):
         clock = time.perf_counter()
-        with weights_restored(model, layer):
+        with Snapshot(model, [layer]):
             apply_edit(model, layer, key, value.value, C)
             seconds["update"] = seconds.get("update", 0.0) + time.perf_counter() - clock
             after = target_probs(model, tokenizer, [request.text] * 2, targets[2 * i : 2 * i + 2])

@@ -11,7 +11,7 @@ from factstore.domain import Record
 from factstore.editing.session import EditSession
 from factstore.errors import UnknownRelease
 from factstore.progress import SILENT, Reporter
-from factstore.rome.edit import apply_edit, compute_edits, weights_restored
+from factstore.rome.edit import Snapshot, apply_edit, compute_edits
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.storage.store import Store
 from factstore.weights import checkpoints
@@ -43,7 +43,7 @@ def single(
             chunk = records[lo : lo + batch]
             results = compute_edits(model, tok, [r.request for r in chunk], hp, C, templates)
             for i, (record, result) in enumerate(zip(chunk, results), start=lo + 1):
-                with weights_restored(model, hp.layer):
+                with Snapshot(model, [hp.layer]):
                     apply_edit(model, hp.layer, result.key, result.value, C)
                     after.append(score_record(model, tok, record, fluency))
                 advance(i)

@@ -15,8 +15,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from factstore.files import atomic_write_text
 from factstore.progress import SILENT, Reporter
 from factstore.release import health
 from factstore.release.build import spread_inputs
+from factstore.rome.edit import Snapshot
 from factstore.storage import schema
 from factstore.storage.engine import make_engine
 from factstore.storage.store import Store
@@ -115,15 +115,9 @@ def _open_store(folder: Path, source: Store, alias: str, progress: Reporter) -> 
 # scoring --------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _weights_restored(model: PreTrainedModel) -> Iterator[None]:
+def _weights_restored(model: PreTrainedModel) -> Snapshot:
     """Every down-projection as it is now, put back on exit (a compile mode may touch any layer)."""
-    saved = [arch.down_proj_param(model, layer).detach().clone() for layer in range(arch.num_layers(model))]
-    try:
-        yield
-    finally:
-        for layer, weight in enumerate(saved):
-            arch.down_proj_param(model, layer).data.copy_(weight)
+    return Snapshot(model, range(arch.num_layers(model)))
 
 
 def _with_generations(record: Record) -> Record:
