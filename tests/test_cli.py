@@ -267,3 +267,21 @@ def test_tokens_and_the_queue_from_the_command_line(tiny: str) -> None:
     )
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "exactly once" in refused.stderr
     assert [(e["id"], e["seq"]) for e in cli_json("edit", "list", "--model", tiny, "--status", "all")] == [(edit_id, 1)]
+
+
+def test_progress_in_a_log_is_a_line_now_and_then_and_short_work_stays_quiet(capsys) -> None:  # type: ignore[no-untyped-def]
+    from factstore.cli.progress import Lines
+
+    with Lines(every=0.0).task("registering", 3) as advance:
+        for n in (1, 2, 3):
+            advance(n)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        "registering: 1/3 ...",
+        "registering: 2/3 ...",
+        "registering: 3/3 ...",
+        "registering: 3/3 done",
+    ]
+    with Lines(every=3600.0).task("quick", None) as advance:
+        advance(1)
+    assert capsys.readouterr().err == ""
