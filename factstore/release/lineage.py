@@ -32,7 +32,7 @@ from factstore.hub import REPO_ID, VERSION_TAG
 from factstore.progress import SILENT, Reporter
 from factstore.release import claims, layout
 from factstore.release.build import MIN_EFFICACY, held_share, log_entries
-from factstore.release.manifest import INT32, MANIFEST, CovarianceInfo, EditEntry, Manifest
+from factstore.release.manifest import INT32, MANIFEST, CovarianceInfo, Manifest, ManifestEdit
 from factstore.rome.edit import Snapshot
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.storage.store import Store
@@ -197,7 +197,7 @@ def _base_ref(store: Store, alias: str, manifest: Manifest, progress: Reporter) 
 
 
 def _read_vectors(
-    folder: Path, entries: list[EditEntry]
+    folder: Path, entries: list[ManifestEdit]
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[list[tuple[int, torch.Tensor, torch.Tensor]]]]:
     try:
         return layout.read_edit_vectors(folder, len(entries), [e.band for e in entries])
@@ -210,7 +210,7 @@ def _read_vectors(
 def _checked_edit(
     loaded: LoadedModel,
     position: int,
-    entry: EditEntry,
+    entry: ManifestEdit,
     key: torch.Tensor,
     value: torch.Tensor,
     per_layer: list[tuple[int, torch.Tensor, torch.Tensor]],
@@ -280,7 +280,7 @@ def _checked_edit(
 def _checked_band(
     model: PreTrainedModel,
     where: str,
-    entry: EditEntry,
+    entry: ManifestEdit,
     hp: ROMEHyperParams,
     per_layer: list[tuple[int, torch.Tensor, torch.Tensor]],
 ) -> tuple[LayerAsk, ...]:
@@ -315,7 +315,7 @@ def _checked_band(
     return tuple(asks)
 
 
-def _hparams(where: str, entry: EditEntry) -> ROMEHyperParams:
+def _hparams(where: str, entry: ManifestEdit) -> ROMEHyperParams:
     try:
         hp = ROMEHyperParams.from_json(entry.hparams)
     except (TypeError, ValueError):

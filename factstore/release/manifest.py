@@ -62,7 +62,7 @@ class CovarianceInfo(_Strict):
     sha256: Sha256
 
 
-class EditEntry(_Strict):
+class ManifestEdit(_Strict):
     seq: Annotated[int, Field(ge=1, le=INT32)]
     prompt: Text
     subject: Text
@@ -111,7 +111,7 @@ class Manifest(_Strict):
     soft_alpha: Annotated[float, Field(ge=0, le=1e6)] | None = None
     edit_log_sha256: Sha256
     context_templates: Annotated[list[TemplateSet], Field(max_length=100)] = []
-    edits: Annotated[list[EditEntry], Field(max_length=1_000_000)]
+    edits: Annotated[list[ManifestEdit], Field(max_length=1_000_000)]
     # the release's scores; "health" maps names to numbers (or "corpus"/"not_measured" to text)
     scores: Annotated[
         dict[Short, float | int | Annotated[dict[Short, float | int | Short | None], Field(max_length=32)] | None],
