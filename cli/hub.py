@@ -43,12 +43,38 @@ def publish(
         ),
     ] = False,
     device: DeviceOpt = None,
+    queue: Annotated[
+        bool,
+        typer.Option(
+            "--queue",
+            help="Queue the publish of the compiled current log as a job for a worker with Hub credentials of its own; prints the job.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Publish the current edit log as the next version (compiling if it changed): one commit on main, tag vN.
 
-    The token comes from HF_TOKEN or `hf auth login`.
+    The token comes from HF_TOKEN or `hf auth login` (with --queue: the worker's own).
     """
+    if queue:
+        if mode or endpoint or device:
+            raise typer.BadParameter(
+                "--queue publishes the compiled release as it is: no --mode, --endpoint or --device"
+            )
+        job, _ = api.queue_publish(
+            api.open_store(),
+            model,
+            repo,
+            private=private,
+            with_stats=with_stats,
+            allow_degraded=allow_degraded,
+        )
+        if json_out:
+            emit_json(job.to_json())
+        else:
+            waiting = f" (waiting: {job.waiting})" if job.waiting else ""
+            print(f"queued job {job.id}: publish v{job.params['version']} of {model} to {repo}{waiting}")
+        return
     result = api.publish_release(
         api.open_store(),
         model,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from factstore import config, extras
 from factstore.domain import ApiTokenInfo, BaseModel, EditEntry, EditRequest, Job, Release, StoredEdit, check_alias
-from factstore.errors import FactStoreError, InvalidArgument, InvalidEditRequest, ScopeError
+from factstore.errors import EditStateError, FactStoreError, InvalidArgument, InvalidEditRequest, ScopeError
 from factstore.progress import SILENT, Reporter
 from factstore.storage import schema
 from factstore.storage.engine import check_reachable, make_engine
@@ -669,7 +669,7 @@ def submit_job(
     requested_by: str | None = None,
     idempotency: str | None = None,
 ) -> tuple[Job, bool]:
-    """Queue a compile or a trace for a worker. Returns (job, created)."""
+    """Queue a compile, a trace or a publish for a worker. Returns (job, created)."""
     from factstore.editing.models import check_size, check_trace_size, tokenizer_for
     from factstore.worker.jobs import check_params
 
@@ -680,12 +680,50 @@ def submit_job(
         request = EditRequest(checked["prompt"], checked["subject"], checked["target"] or "x")
         check_size(tokenizer, request)
         check_trace_size(tokenizer, request.text)
+    if kind == "publish":
+        store.get_release(base.id, checked["version"])  # an unknown version is refused now, not by a worker
     job, created = store.create_job(base.id, kind, checked, requested_by=requested_by, idempotency=idempotency)
     if not created and (job.kind, job.params, job.model) != (kind, checked, alias):
         from factstore.editing.requests import REUSED_KEY
 
         raise InvalidEditRequest(REUSED_KEY)
     return job, created
+
+
+def queue_publish(
+    store: Store,
+    alias: str,
+    repo: str,
+    *,
+    version: int | None = None,
+    private: bool = False,
+    with_stats: bool = False,
+    allow_degraded: bool = False,
+    requested_by: str | None = None,
+    idempotency: str | None = None,
+) -> tuple[Job, bool]:
+    """Queue publishing release VERSION (None: the release of the current log, which must be
+    compiled) for a worker with Hub credentials of its own. Returns (job, created).
+    REQUESTED_BY: the API token's name (None: the local user)."""
+    from factstore.release.build import current_log_sha256
+
+    if version is None:
+        latest = store.get_latest_release(store.get_base_model(alias).id)
+        if latest is None or latest.edit_log_sha256 != current_log_sha256(store, alias):
+            raise EditStateError(
+                f"the current log of {alias} is not compiled yet: run `factstore compile --model {alias}` "
+                "(or POST a compile job) first, then queue its publish"
+            )
+        version = latest.version
+    params = {"version": version, "repo": repo, "private": private, "with_stats": with_stats}
+    return submit_job(
+        store,
+        alias,
+        "publish",
+        {**params, "allow_degraded": allow_degraded},
+        requested_by=requested_by or _user(),
+        idempotency=idempotency,
+    )
 
 
 def get_job(store: Store, job_id: int) -> Job:

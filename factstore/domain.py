@@ -250,7 +250,7 @@ class EditEntry:
 
 @dataclass(frozen=True)
 class Job:
-    """A compile or trace asked for over HTTP and done by a worker."""
+    """A compile, trace or publish asked for over HTTP and done by a worker."""
 
     id: int
     kind: str
@@ -263,6 +263,7 @@ class Job:
     files: tuple[str, ...]
     created_at: str
     updated_at: str | None
+    waiting: str | None = None  # a pending job no running worker can take: why
 
     def to_json(self) -> dict:
         data = dict(self.__dict__)

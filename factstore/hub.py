@@ -19,6 +19,7 @@ from huggingface_hub import (
     CommitOperationAdd,
     HfApi,
     get_session,
+    get_token,
     hf_hub_download,
     hf_hub_url,
     scan_cache_dir,
@@ -61,6 +62,12 @@ def check_repo_id(repo: str) -> None:
     """A Hub repository id NAMESPACE/NAME (it also names local folders: no '..', no other separators)."""
     if not REPO_ID.fullmatch(repo) or ".." in repo:
         raise HubError(f"{repo!r} is not a Hub repository id: give NAMESPACE/NAME (letters, digits, '.', '_', '-')")
+
+
+def has_credentials() -> bool:
+    """Whether this process has a Hub token of its own (HF_TOKEN, or a `hf auth login`): what a
+    worker needs to run publish jobs (a token never travels through the API or the database)."""
+    return get_token() is not None
 
 
 def tag_for(version: int) -> str:

@@ -20,6 +20,7 @@ from factstore.domain import EditRequest
 from factstore.editing.session import EditSession
 from factstore.errors import (
     CompileError,
+    EditStateError,
     HubAuthError,
     HubError,
     HubNotFound,
@@ -550,3 +551,53 @@ def test_the_download_check_reads_the_etag_huggingface_hub_uses() -> None:
     for bad in ({"ETag": '"../../x"'}, {"X-Linked-Etag": '"../x"', "ETag": f'"{sha}"'}, {"X-Repo-Commit": "../.."}):
         with pytest.raises(ReleaseVerificationError, match="refused before anything was written"):
             check_download_headers(response(resolve, **bad))
+
+
+def test_a_publish_job_waits_for_a_worker_with_hub_credentials_which_rebuilds_and_publishes_it(  # type: ignore[no-untyped-def]
+    tiny_store, lfs_hub: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publish as a job: queued through the API (no token in it), taken only by a worker with
+    Hub credentials of its own; the worker here lacks the release folder (built elsewhere) and
+    writes the same version again, byte for byte, before it publishes."""
+    import shutil
+
+    from factstore.worker.loop import Worker, WorkerSettings
+
+    _add(tiny_store, "tiny", FACTS[:2])
+    release, _ = api.compile_release(tiny_store, "tiny")
+    queued = run_json("publish", "--model", "tiny", "--repo", NAME, "--queue")  # the CLI's way to queue it
+    assert isinstance(queued, dict) and queued["params"]["version"] == release.version
+    job = api.get_job(tiny_store, queued["id"])
+    assert job.status == "pending" and job.waiting == "no worker serving tiny is running"
+    settings = WorkerSettings(poll=0.01, listen=False, device="cpu")
+
+    monkeypatch.delenv("HF_TOKEN")  # a worker without credentials does not take it, and the job says why
+    bare = Worker(tiny_store, settings)
+    tiny_store.register_worker(bare.id, [], bare.kinds)
+    assert "publish" not in bare.kinds and not bare.turn()
+    waiting = api.get_job(tiny_store, job.id)
+    assert waiting.status == "pending" and "Hub credentials" in (waiting.waiting or "")
+    tiny_store.stop_worker(bare.id)
+
+    shutil.rmtree(release.path)  # as on a host that did not compile it
+    monkeypatch.setenv("HF_TOKEN", "tok-alice")
+    monkeypatch.setenv("HF_ENDPOINT", lfs_hub.url)  # the worker's own Hub
+    publisher = Worker(tiny_store, settings)
+    tiny_store.register_worker(publisher.id, [], publisher.kinds)
+    assert "publish" in publisher.kinds and publisher.turn()
+    done = api.get_job(tiny_store, job.id)
+    assert done.status == "done", done.error
+    assert done.result is not None and done.result["tag"] == f"v{release.version}" and not done.result["already"]
+    published = tiny_store.get_latest_release(1)
+    assert published is not None and (published.version, published.status) == (release.version, "published")
+    assert published.hub_commit == done.result["commit"] == lfs_hub.state.repos[NAME].tags[f"v{release.version}"]
+    assert layout.verify_folder(Path(release.path)) is not None  # the same release, written here again
+
+    _add(tiny_store, "tiny", FACTS[2:])  # a log that moved on is not what v1 was: refused before any work
+    with pytest.raises(EditStateError, match="not compiled yet"):
+        api.queue_publish(tiny_store, "tiny", NAME)
+    stale, _ = api.queue_publish(tiny_store, "tiny", NAME, version=release.version)
+    assert publisher.turn()
+    failed = api.get_job(tiny_store, stale.id)
+    assert failed.status == "failed" and "not the release of tiny's current log" in (failed.error or "")
+    tiny_store.stop_worker(publisher.id)

@@ -81,8 +81,8 @@ def test_submit_compute_ask_retract(client: TestClient, tokens: dict[str, str]) 
     assert client.get("/readyz").json() == {
         "status": "ready",
         "database": "reachable",
-        "schema_current": "0006",
-        "schema_head": "0006",
+        "schema_current": "0007",
+        "schema_head": "0007",
         "workers": 1,
         "detail": None,
     }
@@ -435,3 +435,39 @@ def test_a_stopping_worker_gives_a_running_job_back(tiny_store: Store) -> None:
     assert not thread.is_alive() and time.monotonic() - started < 10
     back = api.get_job(tiny_store, job.id)
     assert back.status == "pending" and back.error is None  # another worker takes it from the start
+
+
+def test_publish_over_http_queues_a_job_that_says_why_it_waits(
+    tiny_store: Store, tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST .../releases/{version}/publish: write scope, a known version, a valid repository id;
+    the service's own worker has no Hub credentials, so the job waits and says so."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", "/nonexistent/factstore-test/token")
+    entry, _ = api.submit_edit(
+        tiny_store, "tiny", prompt=EIFFEL["prompt"], subject=EIFFEL["subject"], target=EIFFEL["target"]
+    )
+    settings = ServerSettings(database_url=tiny_store.url, worker=True)
+    with TestClient(create_app(settings), client=LOCAL) as client:
+        wait_done(client, entry.id)
+        release, _ = api.compile_release(tiny_store, "tiny", min_efficacy=0.0)
+        url = f"/api/v1/models/tiny/releases/{release.version}/publish"
+        body = {"repo": "team/tiny-edits"}
+        assert client.post(url, json=body, headers=auth(tokens["read"])).status_code == 403
+        assert client.post(url, json={"repo": "../x"}, headers=auth(tokens["write"])).status_code == 422
+        assert client.post(url, json={**body, "token": "x"}, headers=auth(tokens["write"])).status_code == 422
+        missing = client.post("/api/v1/models/tiny/releases/9/publish", json=body, headers=auth(tokens["write"]))
+        assert missing.status_code == 404 and "no release v9" in missing.json()["detail"]
+        queued = client.post(url, json=body, headers=auth(tokens["write"]))
+        assert queued.status_code == 202, queued.text
+        job = queued.json()
+        assert (
+            job["kind"] == "publish"
+            and job["params"]["repo"] == "team/tiny-edits"
+            and job["requested_by"] == "write-user"
+        )
+        time.sleep(0.5)  # the embedded worker has had turns: it leaves the job alone
+        seen = client.get(f"/api/v1/jobs/{job['id']}").json()
+        assert seen["status"] == "pending" and "Hub credentials" in seen["waiting"]

@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +156,13 @@ def build(
         return _build(store, base, mode, target, device, min_efficacy if check else None, _Laps(timings), progress)
 
 
+def current_log_sha256(store: Store, alias: str, mode: str | None = None) -> str:
+    """What a compile of ALIAS's active log in MODE (None: the log's default) would be keyed by."""
+    base = store.get_base_model(alias)
+    edits = store.list_edits(base.id, "active")
+    return layout.edit_log_sha256(base.identity, mode or default_mode(edits), log_entries(edits))
+
+
 def _build(
     store: Store,
     base: BaseModel,
@@ -176,6 +185,8 @@ def _build(
     lap.start = time.perf_counter()  # waiting for the lock is not compile time
     loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress, dtype=base.dtype)
     lap("load")
+    if unchanged and target is None and unchanged.scores is not None:
+        return _rebuilt_here(store, base, loaded, unchanged, edits, lap), False
     scores = _compile_in_memory(store, base, loaded, edits, mode, check, lap)
     if unchanged and target:
         _write_release(store, base, loaded, edits, mode, log_sha, scores, target)
@@ -196,6 +207,29 @@ def _build(
     )
     lap("write")
     return release, True
+
+
+def _rebuilt_here(
+    store: Store, base: BaseModel, loaded: LoadedModel, release: Release, edits: Sequence[StoredEdit], lap: _Laps
+) -> Release:
+    """RELEASE, whose folder is not on this machine (built by another host, or removed), written
+    again here as the same version: the compile is deterministic and the scores are the recorded
+    ones, so the manifest must be the recorded one byte for byte (else refused, nothing kept)."""
+    inputs = spread_inputs(store, base, loaded.model, loaded.tokenizer) if release.mode in LAYERED_MODES else None
+    apply_edits(loaded.model, edits, MatrixCache(store.get_covariance), release.mode, inputs)
+    lap("apply")
+    final = _release_folder(base.alias, release.version)
+    log_sha = release.edit_log_sha256
+    if _write_release(store, base, loaded, edits, release.mode, log_sha, release.scores or {}, final) != (
+        release.manifest_sha256
+    ):
+        shutil.rmtree(final)
+        raise CompileError(
+            f"this machine compiles the log of v{release.version} to other bytes than the machine that built it "
+            "(its manifest differs); publish it from there, or compile a new version here"
+        )
+    lap("write")
+    return replace(release, path=str(final))
 
 
 def checked_folder(release: Release) -> Manifest:

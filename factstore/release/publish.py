@@ -47,11 +47,23 @@ def publish(
     device: str | None = None,
     progress: Reporter = SILENT,
     allow_degraded: bool = False,
+    version: int | None = None,
 ) -> Published:
     """Publish the current edit log of ALIAS to REPO as the next version (compiling if it
     changed). A release whose held-out perplexity rose past FACTSTORE_MAX_PERPLEXITY_RISE is
-    refused unless ALLOW_DEGRADED."""
+    refused unless ALLOW_DEGRADED. VERSION (a publish job's): that release, which must be the
+    current log's, or PublishConflict before anything is compiled or sent."""
+    if version is not None:
+        asked = store.get_release(store.get_base_model(alias).id, version)
+        mode = asked.mode
+        if build.current_log_sha256(store, alias, mode) != asked.edit_log_sha256:
+            raise PublishConflict(
+                f"v{version} is not the release of {alias}'s current log (edits were added or retracted since); "
+                "compile, then publish the new version"
+            )
     release, _ = build.build(store, alias, mode, device=device, progress=progress)
+    if version is not None and release.version != version:
+        raise PublishConflict(f"the current log of {alias} is v{release.version}, not v{version}; nothing was sent")
     if release.status != "published":
         health.check_publishable(release.version, build.checked_folder(release).scores, allow_degraded)
     if release.hub_repo not in (None, repo):

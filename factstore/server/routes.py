@@ -24,6 +24,7 @@ from factstore.server.schemas import (
     HealthOut,
     JobOut,
     ModelOut,
+    PublishIn,
     ReleaseOut,
     TraceIn,
 )
@@ -196,6 +197,35 @@ def compile_release(
         {"mode": body.mode if body else None},
         requested_by=who.name,
         idempotency=_idempotency(who, f"{alias}/releases", key),
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job.to_json()
+
+
+@router.post("/models/{alias}/releases/{version}/publish", status_code=202, response_model=JobOut)
+def publish_release(
+    alias: AliasPath,
+    version: IdPath,
+    body: PublishIn,
+    svc: Svc,
+    who: Writer,
+    response: Response,
+    key: IdempotencyKey = None,
+) -> dict:
+    """Publish release VERSION (the current log's) to a Hub repository, as a job run by a worker
+    with Hub credentials of its own; the token never travels through the API. The job waits,
+    saying why, while no such worker runs."""
+    job, created = api.queue_publish(
+        svc.store,
+        alias,
+        body.repo,
+        version=version,
+        private=body.private,
+        with_stats=body.with_stats,
+        allow_degraded=body.allow_degraded,
+        requested_by=who.name,
+        idempotency=_idempotency(who, f"{alias}/releases/{version}/publish", key),
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -38,6 +38,13 @@ class CompileIn(_Strict):
     mode: Annotated[str, StringConstraints(pattern=r"^(joint|sequential|spread|null-space|soft|band)$")] | None = None
 
 
+class PublishIn(_Strict):
+    repo: Annotated[str, StringConstraints(max_length=200)]
+    private: bool = False
+    with_stats: bool = False
+    allow_degraded: bool = False
+
+
 class TraceIn(_Strict):
     prompt: Prompt
     subject: Text
@@ -133,6 +140,7 @@ class JobOut(BaseModel):
     files: list[str]
     created_at: str
     updated_at: str | None
+    waiting: str | None = None
 
 
 class HealthOut(BaseModel):

@@ -132,7 +132,7 @@ def release(row: ReleaseRow, edit_ids: list[int]) -> Release:
     )
 
 
-def job(row: JobRow, alias: str, files: list[str]) -> Job:
+def job(row: JobRow, alias: str, files: list[str], waiting: str | None = None) -> Job:
     return Job(
         id=row.id,
         kind=row.kind,
@@ -145,4 +145,5 @@ def job(row: JobRow, alias: str, files: list[str]) -> Job:
         files=tuple(files),
         created_at=iso(row.created_at) or "",
         updated_at=iso(row.updated_at),
+        waiting=waiting,
     )

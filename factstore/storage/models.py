@@ -11,7 +11,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 EDIT_STATUSES = ("pending", "computing", "failed", "active", "retracted", "superseded")
 QUEUED_STATUSES = ("pending", "computing")  # a request not yet computed: no seq, key or value
 COMPUTED_STATUSES = ("active", "retracted", "superseded")  # seq, key and value set: replayable
-JOB_KINDS = ("compile", "trace")
+JOB_KINDS = ("compile", "trace", "publish")
+EVERY_WORKER_RUNS = ("compile", "trace")  # a worker runs publish jobs only with Hub credentials
+JOB_NEEDS = {"publish": "Hub credentials (HF_TOKEN, or `hf auth login`) in its own environment"}
 JOB_STATUSES = ("pending", "running", "done", "failed")
 TOKEN_SCOPES = ("read", "write", "admin")  # each scope allows what the ones before it allow
 RELEASE_STATUSES = ("built", "published")  # a failed publish stays built; rerunning it finishes the job
@@ -171,6 +173,7 @@ class WorkerRow(Base):
 
     id: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid:random
     models: Mapped[list[str]] = mapped_column(JSON)  # aliases it serves; empty: all
+    kinds: Mapped[list[str] | None] = mapped_column(JSON)  # job kinds it runs; None: compile and trace (before 0007)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -11,18 +11,22 @@ its lease (killed, paused past the expiry) can never commit: its claimed rows go
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from factstore.config import lease_seconds
 from factstore.domain import EditEntry, EditRequest, Job, NewEdit, StoredEdit, request_sha256
 from factstore.errors import EditStateError, HeadChanged, LeaseLost, TooManyRequests, UnknownEdit, UnknownJob
 from factstore.storage import convert
 from factstore.storage.base import StoreBase, refused
 from factstore.storage.models import (
     EDIT_STATUSES,
+    EVERY_WORKER_RUNS,
+    JOB_NEEDS,
     QUEUED_STATUSES,
     BaseModelRow,
     EditLayerRow,
@@ -406,9 +410,19 @@ class QueueVerbs(StoreBase):
 
     # workers ------------------------------------------------------------------------------
 
-    def register_worker(self, worker_id: str, models: list[str]) -> None:
+    def register_worker(self, worker_id: str, models: list[str], kinds: Sequence[str] = EVERY_WORKER_RUNS) -> None:
+        """A worker starts: the models it serves (empty: all) and the job kinds it runs."""
         with self._tx() as s:
-            s.merge(WorkerRow(id=worker_id, models=models, started_at=now(), heartbeat_at=now(), stopped_at=None))
+            s.merge(
+                WorkerRow(
+                    id=worker_id,
+                    models=models,
+                    kinds=list(kinds),
+                    started_at=now(),
+                    heartbeat_at=now(),
+                    stopped_at=None,
+                )
+            )
 
     def stop_worker(self, worker_id: str) -> None:
         """A clean exit: its leases are given up and its claimed requests go back to pending."""
@@ -478,7 +492,7 @@ class QueueVerbs(StoreBase):
     def _job(s: Session, row: JobRow) -> Job:
         alias = s.scalar(select(BaseModelRow.alias).where(BaseModelRow.id == row.base_model_id)) or "?"
         files = list(s.scalars(select(JobFile.name).where(JobFile.job_id == row.id).order_by(JobFile.name)))
-        return convert.job(row, alias, files)
+        return convert.job(row, alias, files, _waiting(s, row, alias) if row.status == "pending" else None)
 
     def get_job(self, job_id: int) -> Job:
         with self._tx(write=False) as s:
@@ -494,13 +508,13 @@ class QueueVerbs(StoreBase):
         with self._tx(write=False) as s:
             return [self._job(s, r) for r in s.scalars(query.order_by(JobRow.id.desc()).limit(limit))]
 
-    def claim_job(self, holder: str, base_ids: list[int] | None, stale_after: float) -> Job | None:
-        """The oldest pending job (or one whose worker's heartbeat is older than STALE_AFTER) of BASE_IDS (None: any)."""
-        live = select(WorkerRow.id).where(
-            WorkerRow.stopped_at.is_(None), WorkerRow.heartbeat_at >= now() - timedelta(seconds=stale_after)
-        )
-        orphaned = JobRow.status.in_(("running", "cancelling")) & JobRow.claimed_by.not_in(live)
-        query = select(JobRow).where(or_(JobRow.status == "pending", orphaned))
+    def claim_job(
+        self, holder: str, base_ids: list[int] | None, stale_after: float, kinds: Sequence[str] = EVERY_WORKER_RUNS
+    ) -> Job | None:
+        """The oldest pending job of KINDS (or one whose worker's heartbeat is older than
+        STALE_AFTER) of BASE_IDS (None: any)."""
+        orphaned = JobRow.status.in_(("running", "cancelling")) & JobRow.claimed_by.not_in(_live_workers(stale_after))
+        query = select(JobRow).where(or_(JobRow.status == "pending", orphaned), JobRow.kind.in_(list(kinds)))
         if base_ids is not None:
             query = query.where(JobRow.base_model_id.in_(base_ids))
         with self._tx() as s:
@@ -583,3 +597,23 @@ class QueueVerbs(StoreBase):
             if row is None:
                 raise UnknownJob(f"job {job_id} has no file {name!r}")
             return row.media_type, bytes(row.data)
+
+
+def _live_workers(stale_after: float) -> Select[str]:
+    return select(WorkerRow.id).where(
+        WorkerRow.stopped_at.is_(None), WorkerRow.heartbeat_at >= now() - timedelta(seconds=stale_after)
+    )
+
+
+def _waiting(s: Session, row: JobRow, alias: str) -> str | None:
+    """Why a pending job waits, when no live worker serving its model runs its kind; else None."""
+    workers = s.execute(
+        select(WorkerRow.models, WorkerRow.kinds).where(WorkerRow.id.in_(_live_workers(3 * lease_seconds())))
+    ).all()
+    serving = [kinds for models, kinds in workers if not models or alias in models]
+    if not serving:
+        return f"no worker serving {alias} is running"
+    if any(row.kind in (kinds if kinds is not None else EVERY_WORKER_RUNS) for kinds in serving):
+        return None
+    need = JOB_NEEDS.get(row.kind, "")
+    return f"no running worker serving {alias} runs {row.kind} jobs" + (f": one needs {need}" if need else "")

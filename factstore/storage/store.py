@@ -21,6 +21,7 @@ from factstore.errors import (
     ModelAliasTaken,
     UnknownEdit,
     UnknownModel,
+    UnknownRelease,
 )
 from factstore.storage import convert
 from factstore.storage.base import refused
@@ -293,6 +294,18 @@ class Store(QueueVerbs, TokenVerbs):
                 .limit(1)
             ).first()
             return None if row is None else convert.release(row, self._release_edit_ids(s, row.id))
+
+    def get_release(self, base_id: int, version: int) -> Release:
+        with self._tx(write=False) as s:
+            row = s.scalars(
+                select(ReleaseRow).where(ReleaseRow.base_model_id == base_id, ReleaseRow.version == version)
+            ).first()
+            if row is None:
+                alias = s.scalar(select(BaseModelRow.alias).where(BaseModelRow.id == base_id))
+                raise UnknownRelease(
+                    f"{alias} has no release v{version}; see `factstore releases list --model {alias}`"
+                )
+            return convert.release(row, self._release_edit_ids(s, row.id))
 
     def get_next_release_version(self, base_id: int) -> int:
         with self._tx(write=False) as s:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from factstore.analysis.metrics import FluencySettings, aggregate, score_record, score_records
 from factstore.domain import Record
 from factstore.editing.session import EditSession
-from factstore.errors import UnknownRelease
 from factstore.progress import SILENT, Reporter
 from factstore.rome.edit import Snapshot, apply_edit, compute_edits
 from factstore.rome.hparams import ROMEHyperParams
@@ -63,10 +62,7 @@ def release(
     """Score a built release on the edits it contains; records matching an edit (same subject
     and new object) add its paraphrase and neighbourhood prompts."""
     base = store.get_base_model(alias)
-    found = [r for r in store.list_releases(base.id) if r.version == version]
-    if not found:
-        raise UnknownRelease(f"{alias} has no release v{version}; see `factstore releases list --model {alias}`")
-    rel = found[0]
+    rel = store.get_release(base.id, version)
     by_fact = {(r.request.subject, r.request.target_new): r for r in records or []}
     judged = []
     for edit_id in rel.edit_ids:

@@ -1,7 +1,9 @@
-"""Long work asked for over HTTP: a compile, a causal trace. Run by a worker, results in the database."""
+"""Long work asked for over HTTP: a compile, a causal trace, a publish to the Hub. Run by a
+worker, results in the database."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -10,9 +12,12 @@ from pathlib import Path
 from factstore import config
 from factstore.analysis.causal_trace import KINDS, TraceSettings
 from factstore.domain import Job
-from factstore.errors import FactStoreError, InvalidEditRequest, LeaseLost
+from factstore.errors import FactStoreError, HubError, InvalidEditRequest, LeaseLost
+from factstore.hub import check_repo_id, has_credentials
 from factstore.progress import SILENT, Reporter
-from factstore.release import build
+from factstore.release import build, publish
+from factstore.release.manifest import INT32
+from factstore.storage.models import EVERY_WORKER_RUNS
 from factstore.storage.store import Store
 from factstore.studies import tracing
 from factstore.weights.replay import MODES
@@ -68,7 +73,24 @@ def check_params(kind: str, params: dict) -> dict:
             "edit_id": params.get("edit_id"),
             "samples": samples,
         }
+    if kind == "publish":
+        version = params.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= INT32:
+            raise InvalidEditRequest(f"a publish job names a release version (1 or more), not {version!r}")
+        try:
+            check_repo_id(str(params.get("repo")))
+        except HubError as exc:
+            raise InvalidEditRequest(str(exc)) from None
+        flags = {name: params.get(name, False) for name in ("private", "with_stats", "allow_degraded")}
+        if not all(isinstance(v, bool) for v in flags.values()):
+            raise InvalidEditRequest("private, with_stats and allow_degraded are true or false")
+        return {"version": version, "repo": params["repo"], **flags}
     raise InvalidEditRequest(f"unknown job kind {kind!r}")
+
+
+def runnable_kinds() -> tuple[str, ...]:
+    """The job kinds this process can run: publish only with Hub credentials of its own."""
+    return (*EVERY_WORKER_RUNS, "publish") if has_credentials() else EVERY_WORKER_RUNS
 
 
 def run(
@@ -87,6 +109,21 @@ def run(
         if job.kind == "compile":
             release, created = build.build(store, job.model, job.params["mode"], None, device, progress=progress)
             return store.finish_job(job.id, holder, result={**release.to_json(), "path": None, "created": created})
+        if job.kind == "publish":
+            p = job.params
+            published = publish.publish(
+                store,
+                job.model,
+                p["repo"],
+                private=p["private"],
+                with_stats=p["with_stats"],
+                allow_degraded=p["allow_degraded"],
+                version=p["version"],
+                endpoint=os.environ.get("HF_ENDPOINT") or None,  # the worker's own Hub, read now, as its token is
+                device=device,
+                progress=progress,
+            )
+            return store.finish_job(job.id, holder, result=published.to_json())
         with tempfile.TemporaryDirectory(prefix="factstore-trace-") as folder:
             p = job.params
             settings = TraceSettings(samples=p["samples"], kinds=KINDS)

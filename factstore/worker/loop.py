@@ -97,6 +97,7 @@ class Worker:
             store.get_base_model(alias)  # an unknown alias is refused at start
         if self.settings.device:
             checkpoints.check_device(self.settings.device)  # as is an unknown device
+        self.kinds = jobs.runnable_kinds() if self.settings.jobs else ()  # job kinds it takes
 
     @property
     def id(self) -> str:
@@ -111,7 +112,7 @@ class Worker:
         """Work until stopped (or, with max_idle_turns, until the queue stayed empty that many turns)."""
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
-        self.store.register_worker(self.id, self.settings.models)
+        self.store.register_worker(self.id, self.settings.models, self.kinds)
         self.holder.start()
         idle = 0
         try:
@@ -169,7 +170,7 @@ class Worker:
                 if not held:
                     break  # one newly taken model per turn: leave the others to other workers
         if self.settings.jobs and not self.stopping.is_set():
-            job = self.store.claim_job(self.id, list(served), stale_after=3 * self.holder.seconds)
+            job = self.store.claim_job(self.id, list(served), stale_after=3 * self.holder.seconds, kinds=self.kinds)
             if job is not None:
                 for base_id in sorted(self._held):  # other workers compute edits while this one runs the job
                     self._release(base_id)
