@@ -709,7 +709,7 @@ def queue_publish(
 
     if version is None:
         latest = store.get_latest_release(store.get_base_model(alias).id)
-        if latest is None or latest.edit_log_sha256 != current_log_sha256(store, alias):
+        if latest is None or latest.edit_log_sha256 != current_log_sha256(store, alias, latest.mode):
             raise EditStateError(
                 f"the current log of {alias} is not compiled yet: run `factstore compile --model {alias}` "
                 "(or POST a compile job) first, then queue its publish"

@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     ask_heads: int = Field(
         2, ge=1, le=64, description="Edited models serve keeps loaded for `ask`; the least recently asked goes first."
     )
+    publish_repos: str | None = Field(
+        None,
+        description="Hub repositories a worker may publish to for a publish job: comma-separated NS/NAME or NS/*"
+        " (unset: it takes no publish jobs, whatever its credentials).",
+    )
 
 
 def _accepts(field: str, error_type: str, message: str) -> str:

@@ -196,3 +196,25 @@ def test_stable_files_are_copied_where_reflinks_are_refused(tmp_path: Path, monk
         and copied.stat().st_ino != (stable.folder / copied.name).stat().st_ino
     )
     assert stable.place(state, {copied.name: ["a", "b"]}, tmp_path) == hashes  # second time: from the index
+
+
+def test_a_release_whose_folder_is_gone_is_written_again_as_the_same_version(edited) -> None:  # type: ignore[no-untyped-def]
+    """As on a worker of another machine: the unchanged log's release is written again with its
+    recorded scores, byte for byte (its manifest checked); one this machine cannot reproduce
+    becomes a new version instead of a refusal that no compile could get past."""
+    import shutil
+
+    from sqlalchemy import text
+
+    store, _ = edited
+    first, _ = api.compile_release(store, "tiny")
+    files = _files(Path(first.path))
+    shutil.rmtree(first.path)
+    again, created = api.compile_release(store, "tiny")
+    assert not created and again.version == first.version and _files(Path(again.path)) == files
+    assert store.get_release(1, first.version).path == again.path
+    shutil.rmtree(again.path)
+    with store.engine.begin() as conn:  # a release recorded by a machine whose bytes differ
+        conn.execute(text("UPDATE releases SET manifest_sha256 = :sha"), {"sha": "0" * 64})
+    other, created = api.compile_release(store, "tiny")
+    assert created and other.version == first.version + 1 and layout.verify_folder(Path(other.path)) is not None

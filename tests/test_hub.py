@@ -572,6 +572,7 @@ def test_a_publish_job_waits_for_a_worker_with_hub_credentials_which_rebuilds_an
     settings = WorkerSettings(poll=0.01, listen=False, device="cpu")
 
     monkeypatch.delenv("HF_TOKEN")  # a worker without credentials does not take it, and the job says why
+    monkeypatch.setenv("FACTSTORE_PUBLISH_REPOS", "alice/*")  # where a job may send the worker's token
     bare = Worker(tiny_store, settings)
     tiny_store.register_worker(bare.id, [], bare.kinds)
     assert "publish" not in bare.kinds and not bare.turn()
@@ -600,4 +601,9 @@ def test_a_publish_job_waits_for_a_worker_with_hub_credentials_which_rebuilds_an
     assert publisher.turn()
     failed = api.get_job(tiny_store, stale.id)
     assert failed.status == "failed" and "not the release of tiny's current log" in (failed.error or "")
+    elsewhere, _ = api.queue_publish(tiny_store, "tiny", "bob/other", version=release.version)
+    assert publisher.turn()  # a write token does not choose where the worker's token goes
+    refused = api.get_job(tiny_store, elsewhere.id)
+    assert refused.status == "failed" and "may not publish to bob/other" in (refused.error or "")
+    assert "bob/other" not in lfs_hub.state.repos
     tiny_store.stop_worker(publisher.id)

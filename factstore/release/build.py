@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from factstore.progress import SILENT, Reporter
 from factstore.release import card, health, layout
 from factstore.release.manifest import Manifest
 from factstore.release.scoring import RELEASE_PREFIX_SEED, RELEASE_PREFIXES, release_prefixes, release_records
+from factstore.rome.edit import Snapshot
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.storage.store import Store
 from factstore.weights import assets, checkpoints, stats
@@ -50,6 +51,8 @@ from factstore.weights.replay import (
 )
 from factstore.weights.spread import LOWER_RIDGE, SPREAD_LAYERS, LayerInputs
 from factstore.weights.stats import MatrixCache
+
+log = logging.getLogger(__name__)
 
 
 def log_entries(edits: Sequence[StoredEdit]) -> list[dict]:
@@ -186,7 +189,9 @@ def _build(
     loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress, dtype=base.dtype)
     lap("load")
     if unchanged and target is None and unchanged.scores is not None:
-        return _rebuilt_here(store, base, loaded, unchanged, edits, lap), False
+        rebuilt = _rebuilt_here(store, base, loaded, unchanged, edits, lap)
+        if rebuilt is not None:
+            return rebuilt, False
     scores = _compile_in_memory(store, base, loaded, edits, mode, check, lap)
     if unchanged and target:
         _write_release(store, base, loaded, edits, mode, log_sha, scores, target)
@@ -211,25 +216,26 @@ def _build(
 
 def _rebuilt_here(
     store: Store, base: BaseModel, loaded: LoadedModel, release: Release, edits: Sequence[StoredEdit], lap: _Laps
-) -> Release:
+) -> Release | None:
     """RELEASE, whose folder is not on this machine (built by another host, or removed), written
-    again here as the same version: the compile is deterministic and the scores are the recorded
-    ones, so the manifest must be the recorded one byte for byte (else refused, nothing kept)."""
+    again here as the same version (its folder recorded): the compile is deterministic and the
+    scores are the recorded ones, so the manifest must be the recorded one byte for byte. None
+    when it is not (another factstore or torch, templates added since): LOADED is the base
+    model again and nothing is kept, so the caller compiles a new version."""
     inputs = spread_inputs(store, base, loaded.model, loaded.tokenizer) if release.mode in LAYERED_MODES else None
-    apply_edits(loaded.model, edits, MatrixCache(store.get_covariance), release.mode, inputs)
-    lap("apply")
-    final = _release_folder(base.alias, release.version)
-    log_sha = release.edit_log_sha256
-    if _write_release(store, base, loaded, edits, release.mode, log_sha, release.scores or {}, final) != (
-        release.manifest_sha256
-    ):
-        shutil.rmtree(final)
-        raise CompileError(
-            f"this machine compiles the log of v{release.version} to other bytes than the machine that built it "
-            "(its manifest differs); publish it from there, or compile a new version here"
+    with Snapshot(loaded.model, touched_layers(edits, release.mode)):
+        apply_edits(loaded.model, edits, MatrixCache(store.get_covariance), release.mode, inputs)
+        lap("apply")
+        final = _release_folder(base.alias, release.version)
+        written = _write_release(
+            store, base, loaded, edits, release.mode, release.edit_log_sha256, release.scores or {}, final
         )
     lap("write")
-    return replace(release, path=str(final))
+    if written != release.manifest_sha256:
+        log.info("v%d written here differs from its recorded manifest: compiling a new version", release.version)
+        shutil.rmtree(final)
+        return None
+    return store.set_release_path(release.id, str(final))
 
 
 def checked_folder(release: Release) -> Manifest:

@@ -54,9 +54,14 @@ def publish(
     refused unless ALLOW_DEGRADED. VERSION (a publish job's): that release, which must be the
     current log's, or PublishConflict before anything is compiled or sent."""
     if version is not None:
-        asked = store.get_release(store.get_base_model(alias).id, version)
+        base_id = store.get_base_model(alias).id
+        asked, latest = store.get_release(base_id, version), store.get_latest_release(base_id)
         mode = asked.mode
-        if build.current_log_sha256(store, alias, mode) != asked.edit_log_sha256:
+        if (
+            latest is None
+            or latest.version != version
+            or (build.current_log_sha256(store, alias, mode) != asked.edit_log_sha256)
+        ):
             raise PublishConflict(
                 f"v{version} is not the release of {alias}'s current log (edits were added or retracted since); "
                 "compile, then publish the new version"

@@ -13,7 +13,9 @@ QUEUED_STATUSES = ("pending", "computing")  # a request not yet computed: no seq
 COMPUTED_STATUSES = ("active", "retracted", "superseded")  # seq, key and value set: replayable
 JOB_KINDS = ("compile", "trace", "publish")
 EVERY_WORKER_RUNS = ("compile", "trace")  # a worker runs publish jobs only with Hub credentials
-JOB_NEEDS = {"publish": "Hub credentials (HF_TOKEN, or `hf auth login`) in its own environment"}
+JOB_NEEDS = {
+    "publish": "Hub credentials (HF_TOKEN, or `hf auth login`) and FACTSTORE_PUBLISH_REPOS in its own environment"
+}
 JOB_STATUSES = ("pending", "running", "done", "failed")
 TOKEN_SCOPES = ("read", "write", "admin")  # each scope allows what the ones before it allow
 RELEASE_STATUSES = ("built", "published")  # a failed publish stays built; rerunning it finishes the job

@@ -352,6 +352,13 @@ class Store(QueueVerbs, TokenVerbs):
     def _release_row(self, s: Session, release_id: int) -> ReleaseRow:
         return s.get_one(ReleaseRow, release_id)
 
+    def set_release_path(self, release_id: int, path: str) -> Release:
+        """The release's folder was written again here (built elsewhere, or its folder removed)."""
+        with self._tx() as s:
+            row = self._release_row(s, release_id)
+            row.path = path
+            return convert.release(row, self._release_edit_ids(s, row.id))
+
     def set_release_hub_commit(self, release_id: int, *, repo: str, commit: str) -> Release:
         """The upload landed as COMMIT; the release stays `built` until its tag exists."""
         with self._tx() as s:

@@ -12,7 +12,7 @@ from pathlib import Path
 from factstore import config
 from factstore.analysis.causal_trace import KINDS, TraceSettings
 from factstore.domain import Job
-from factstore.errors import FactStoreError, HubError, InvalidEditRequest, LeaseLost
+from factstore.errors import FactStoreError, HubError, InvalidEditRequest, LeaseLost, ScopeError
 from factstore.hub import check_repo_id, has_credentials
 from factstore.progress import SILENT, Reporter
 from factstore.release import build, publish
@@ -84,13 +84,25 @@ def check_params(kind: str, params: dict) -> dict:
         flags = {name: params.get(name, False) for name in ("private", "with_stats", "allow_degraded")}
         if not all(isinstance(v, bool) for v in flags.values()):
             raise InvalidEditRequest("private, with_stats and allow_degraded are true or false")
-        return {"version": version, "repo": params["repo"], **flags}
+        return {"version": version, "repo": str(params["repo"]), **flags}
     raise InvalidEditRequest(f"unknown job kind {kind!r}")
 
 
 def runnable_kinds() -> tuple[str, ...]:
-    """The job kinds this process can run: publish only with Hub credentials of its own."""
-    return (*EVERY_WORKER_RUNS, "publish") if has_credentials() else EVERY_WORKER_RUNS
+    """The job kinds this process can run: publish only with Hub credentials of its own and
+    FACTSTORE_PUBLISH_REPOS naming where a job may send them (a write token must not choose)."""
+    allowed = config.settings().publish_repos
+    return (*EVERY_WORKER_RUNS, "publish") if allowed and has_credentials() else EVERY_WORKER_RUNS
+
+
+def check_publish_target(repo: str) -> None:
+    """REPO is one FACTSTORE_PUBLISH_REPOS allows (NS/NAME, or NS/* for a namespace), else ScopeError."""
+    allowed = [p.strip() for p in (config.settings().publish_repos or "").split(",") if p.strip()]
+    namespace = repo.split("/", 1)[0]
+    if repo not in allowed and f"{namespace}/*" not in allowed:
+        raise ScopeError(
+            f"this worker may not publish to {repo}: FACTSTORE_PUBLISH_REPOS allows {', '.join(allowed) or 'nothing'}"
+        )
 
 
 def run(
@@ -110,7 +122,8 @@ def run(
             release, created = build.build(store, job.model, job.params["mode"], None, device, progress=progress)
             return store.finish_job(job.id, holder, result={**release.to_json(), "path": None, "created": created})
         if job.kind == "publish":
-            p = job.params
+            p = check_params("publish", job.params)  # as validated at submission, checked again here
+            check_publish_target(p["repo"])
             published = publish.publish(
                 store,
                 job.model,
