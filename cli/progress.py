@@ -51,7 +51,9 @@ class Lines(Bars):
         def line(final: bool = False) -> None:
             of = f"/{total}" if total is not None else ""
             state = "done" if final else "..."
-            _console.print(f"{description}: {done}{of} {state} ({time.monotonic() - started:.0f} s)", highlight=False)
+            _console.print(
+                f"{description}: {done}{of} {state} ({time.monotonic() - started:.0f} s)", highlight=False, markup=False
+            )
 
         def advance(n: int) -> None:
             nonlocal done, last, printed
