@@ -715,12 +715,18 @@ def queue_publish(
                 "(or POST a compile job) first, then queue its publish"
             )
         version = latest.version
-    params = {"version": version, "repo": repo, "private": private, "with_stats": with_stats}
+    params = {
+        "version": version,
+        "repo": repo,
+        "private": private,
+        "with_stats": with_stats,
+        "allow_degraded": allow_degraded,
+    }
     return submit_job(
         store,
         alias,
         "publish",
-        {**params, "allow_degraded": allow_degraded},
+        params,
         requested_by=requested_by or _user(),
         idempotency=idempotency,
     )

@@ -405,8 +405,8 @@ class EditSession:
 
     def _apply_checked(self, new: NewEdit) -> Snapshot | None:
         """Apply a computed edit's update to the head (the step a replay of the log makes), and
-        check it holds, before it is stored: a stored edit always replays. Returns the layer's
-        weight from before, to put back if the store refuses the edit; None for a band edit,
+        check it holds, before it is stored: a stored edit always replays. Returns a Snapshot of
+        the layer from before, to put back if the store refuses the edit; None for a band edit,
         which its measurement already wrote (soft: nothing to check)."""
         if new.band:
             return None

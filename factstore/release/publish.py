@@ -60,7 +60,7 @@ def publish(
         if (
             latest is None
             or latest.version != version
-            or (build.current_log_sha256(store, alias, mode) != asked.edit_log_sha256)
+            or build.current_log_sha256(store, alias, mode) != asked.edit_log_sha256
         ):
             raise PublishConflict(
                 f"v{version} is not the release of {alias}'s current log (edits were added or retracted since); "

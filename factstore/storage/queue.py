@@ -489,10 +489,14 @@ class QueueVerbs(StoreBase):
                 return self._job(s, found), False
 
     @staticmethod
-    def _job(s: Session, row: JobRow) -> Job:
+    def _job(s: Session, row: JobRow, workers: list[tuple[list[str], list[str] | None]] | None = None) -> Job:
+        """WORKERS: the live workers' (models, kinds), when the caller read them for several jobs."""
         alias = s.scalar(select(BaseModelRow.alias).where(BaseModelRow.id == row.base_model_id)) or "?"
         files = list(s.scalars(select(JobFile.name).where(JobFile.job_id == row.id).order_by(JobFile.name)))
-        return convert.job(row, alias, files, _waiting(s, row, alias) if row.status == "pending" else None)
+        waiting = None
+        if row.status == "pending":
+            waiting = _waiting(row, alias, _live_worker_kinds(s) if workers is None else workers)
+        return convert.job(row, alias, files, waiting)
 
     def get_job(self, job_id: int) -> Job:
         with self._tx(write=False) as s:
@@ -506,7 +510,8 @@ class QueueVerbs(StoreBase):
         if kind is not None:
             query = query.where(JobRow.kind == kind)
         with self._tx(write=False) as s:
-            return [self._job(s, r) for r in s.scalars(query.order_by(JobRow.id.desc()).limit(limit))]
+            workers = _live_worker_kinds(s)  # once for the list, not once per pending job
+            return [self._job(s, r, workers) for r in s.scalars(query.order_by(JobRow.id.desc()).limit(limit))]
 
     def claim_job(
         self, holder: str, base_ids: list[int] | None, stale_after: float, kinds: Sequence[str] = EVERY_WORKER_RUNS
@@ -605,11 +610,14 @@ def _live_workers(stale_after: float) -> Select[str]:
     )
 
 
-def _waiting(s: Session, row: JobRow, alias: str) -> str | None:
+def _live_worker_kinds(s: Session) -> list[tuple[list[str], list[str] | None]]:
+    """(models served, job kinds run) of every live worker."""
+    query = select(WorkerRow.models, WorkerRow.kinds).where(WorkerRow.id.in_(_live_workers(3 * lease_seconds())))
+    return [(models, kinds) for models, kinds in s.execute(query).all()]
+
+
+def _waiting(row: JobRow, alias: str, workers: list[tuple[list[str], list[str] | None]]) -> str | None:
     """Why a pending job waits, when no live worker serving its model runs its kind; else None."""
-    workers = s.execute(
-        select(WorkerRow.models, WorkerRow.kinds).where(WorkerRow.id.in_(_live_workers(3 * lease_seconds())))
-    ).all()
     serving = [kinds for models, kinds in workers if not models or alias in models]
     if not serving:
         return f"no worker serving {alias} is running"
