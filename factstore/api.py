@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from factstore import config, extras
 from factstore.domain import ApiTokenInfo, BaseModel, EditEntry, EditRequest, Job, Release, StoredEdit, check_alias
-from factstore.errors import EditStateError, FactStoreError, InvalidArgument, InvalidEditRequest, ScopeError
+from factstore.errors import EditStateError, FactStoreError, InvalidArgument, InvalidEditRequest, ScopeError, shown
 from factstore.progress import SILENT, Reporter
 from factstore.storage import schema
 from factstore.storage.engine import check_reachable, make_engine
@@ -602,7 +602,7 @@ def evaluate_model(
     from factstore.weights.replay import MODES
 
     if mode not in EVAL_MODES:
-        raise InvalidEditRequest(f"unknown evaluation mode {mode!r}; use {' or '.join(EVAL_MODES)}")
+        raise InvalidEditRequest(f"unknown evaluation mode {shown(mode)}; use {' or '.join(EVAL_MODES)}")
     if retract < 0 or heldout_tokens < 0 or fluency_sample < 0:
         raise InvalidArgument("--retract, --heldout-tokens and --fluency-sample take a number >= 0")
     records = read_records(dataset, n)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from factstore.errors import InvalidEditRequest, UnknownArchitecture
+from factstore.errors import InvalidEditRequest, UnknownArchitecture, shown
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def spec_for(model_type: str) -> ArchSpec:
     except KeyError:
         supported = ", ".join(sorted(ARCHITECTURES))
         raise UnknownArchitecture(
-            f"architecture {model_type!r} is not supported; supported model types: {supported}"
+            f"architecture {shown(model_type)} is not supported; supported model types: {supported}"
         ) from None
 
 

@@ -6,7 +6,7 @@ import re
 import secrets
 
 from factstore.domain import ApiTokenInfo
-from factstore.errors import InvalidEditRequest, ScopeError, TokenError
+from factstore.errors import InvalidEditRequest, ScopeError, TokenError, shown
 from factstore.storage.models import TOKEN_SCOPES
 from factstore.storage.store import Store
 from factstore.storage.tokens import token_sha256
@@ -18,7 +18,7 @@ MAX_TOKEN_CHARS = 200  # longer Authorization values are refused before hashing
 
 def check_scope(scope: str) -> str:
     if scope not in TOKEN_SCOPES:
-        raise InvalidEditRequest(f"unknown scope {scope!r}; use one of {', '.join(TOKEN_SCOPES)}")
+        raise InvalidEditRequest(f"unknown scope {shown(scope)}; use one of {', '.join(TOKEN_SCOPES)}")
     return scope
 
 
@@ -28,7 +28,9 @@ def allows(granted: str, needed: str) -> bool:
 
 def create_token(store: Store, name: str, scope: str) -> tuple[ApiTokenInfo, str]:
     if not TOKEN_NAME.fullmatch(name):
-        raise InvalidEditRequest(f"token name {name!r} is not allowed: use 1-64 letters, digits, '.', '_', '@' or '-'")
+        raise InvalidEditRequest(
+            f"token name {shown(name)} is not allowed: use 1-64 letters, digits, '.', '_', '@' or '-'"
+        )
     check_scope(scope)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     return store.create_token(name, scope, token_sha256(token)), token

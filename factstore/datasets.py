@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from factstore.domain import EditRequest, KnownFact, Record
-from factstore.errors import FactStoreError, ImportFileError
+from factstore.errors import FactStoreError, ImportFileError, shown
 
 T = TypeVar("T")
 
@@ -101,7 +101,7 @@ def _known_fact(row: dict[str, Any]) -> KnownFact:
     subject, prompt, attribute = (_string(row.get(k), k) for k in ("subject", "prompt", "attribute"))
     template = prompt if "{}" in prompt else prompt.replace(subject, "{}", 1)
     if "{}" not in template:
-        raise ImportFileError(f"the prompt does not contain the subject {subject!r}")
+        raise ImportFileError(f"the prompt does not contain the subject {shown(subject)}")
     return KnownFact(subject, template, attribute)
 
 

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from factstore.errors import InvalidEditRequest
+from factstore.errors import InvalidEditRequest, shown
 
 ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -17,7 +17,7 @@ def check_alias(alias: str) -> str:
     """A model alias names folders under FACTSTORE_HOME: a plain name, refused otherwise."""
     if not ALIAS.fullmatch(alias) or ".." in alias:
         raise InvalidEditRequest(
-            f"alias {alias!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"alias {shown(alias)} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return alias
 
@@ -80,7 +80,7 @@ class EditRequest:
         if self.prompt.count("{}") != 1:
             raise InvalidEditRequest(
                 f"the prompt must contain '{{}}' exactly once where the subject goes, "
-                f"e.g. '{{}} is located in the city of'; got {self.prompt!r}"
+                f"e.g. '{{}} is located in the city of'; got {shown(self.prompt)}"
             )
         if not self.subject.strip():
             raise InvalidEditRequest("the subject is empty: give the entity the fact is about, e.g. 'The Eiffel Tower'")

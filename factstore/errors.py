@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+SHOWN_CHARACTERS = 60  # the most of a caller's own input an error message repeats
+
+
+def shown(value: object, limit: int = SHOWN_CHARACTERS) -> str:
+    """VALUE quoted for an error message, cut to LIMIT characters: messages reach HTTP clients and
+    logs, so they never repeat a long input whole (it may be megabytes, or a secret)."""
+    text = str(value)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
 
 class FactStoreError(Exception):
     """Base of every error meant for a person; the CLI prints it on one line and exits 1."""

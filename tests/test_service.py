@@ -182,6 +182,14 @@ BAD_REQUESTS = [
     ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "note": "a\u0000b"}}, 422),  # NUL in a stored text
     ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "subject": "The\u0000Tower"}}, 422),
     ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "prompt": "the city of"}}, 422),  # no {}
+    ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "prompt": "x" * 3000}}, 422),  # no {}, long
+    (
+        "post",
+        "/api/v1/models/tiny/edits",
+        {"json": {**EIFFEL, "prompt": "{}er is in", "subject": "x" * 500 + " Tow"}},
+        422,
+    ),  # the subject ends inside a word
+    ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "layer": "x" * 500}}, 422),
     ("post", "/api/v1/models/tiny/edits", {"json": {**EIFFEL, "layer": 7}}, 422),  # the tiny model has 3 layers
     (
         "post",

@@ -9,7 +9,7 @@ from typing import Any
 from factstore import arch
 from factstore.domain import BaseModel, EditEntry, EditRequest
 from factstore.editing.models import check_size
-from factstore.errors import InvalidEditRequest
+from factstore.errors import InvalidEditRequest, shown
 from factstore.rome.prompts import check_fits, encode_prompt, target_ids
 from factstore.storage.store import Store
 from factstore.weights import checkpoints
@@ -44,7 +44,7 @@ def layer_spec(layer: Layer) -> str | None:
         return layer
     if isinstance(layer, int) and not isinstance(layer, bool):
         return str(layer)
-    raise InvalidEditRequest(f"layer must be a block number or 'auto', not {layer!r}")
+    raise InvalidEditRequest(f"layer must be a block number or 'auto', not {shown(layer)}")
 
 
 def parse_layer_spec(spec: str | None) -> Layer:

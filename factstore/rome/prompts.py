@@ -8,7 +8,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from factstore.domain import EditRequest
-from factstore.errors import InvalidEditRequest
+from factstore.errors import InvalidEditRequest, shown
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str)
                 break  # the subject's last token runs on into the next word (a token such as "),"" is still the subject's)
             return EncodedPrompt(ids=list(enc["input_ids"]), subject_last=i)
     raise InvalidEditRequest(
-        f"the subject {subject!r} does not end on a token boundary in {text!r}; "
+        f"the subject {shown(subject)} does not end on a token boundary in {shown(text)}; "
         "write the prompt so that a space or punctuation follows the subject"
     )
 
@@ -51,7 +51,7 @@ def target_ids(tokenizer: PreTrainedTokenizerBase, target: str) -> list[int]:
     """Token ids of " " + target, as a continuation of a prompt."""
     ids = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
     if not ids:
-        raise InvalidEditRequest(f"the target {target!r} tokenises to nothing")
+        raise InvalidEditRequest(f"the target {shown(target)} tokenises to nothing")
     return list(ids)
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from factstore.config import lease_seconds
 from factstore.domain import EditEntry, EditRequest, Job, NewEdit, StoredEdit, request_sha256
-from factstore.errors import EditStateError, HeadChanged, LeaseLost, TooManyRequests, UnknownEdit, UnknownJob
+from factstore.errors import EditStateError, HeadChanged, LeaseLost, TooManyRequests, UnknownEdit, UnknownJob, shown
 from factstore.storage import convert
 from factstore.storage.base import StoreBase, refused
 from factstore.storage.models import (
@@ -195,7 +195,9 @@ class QueueVerbs(StoreBase):
         """A model's log: computed edits in seq order, then requests in arrival order. STATUS is one
         of EDIT_STATUSES, "current" (active edits and the queue: pending, computing, failed) or "all"."""
         if status not in (*EDIT_STATUSES, "current", "all"):
-            raise EditStateError(f"unknown status {status!r}; use one of {', '.join(EDIT_STATUSES)}, current or all")
+            raise EditStateError(
+                f"unknown status {shown(status)}; use one of {', '.join(EDIT_STATUSES)}, current or all"
+            )
         query = select(EditRow).where(EditRow.base_model_id == base_id)
         if status == "current":
             query = query.where(EditRow.status.in_(CURRENT_STATUSES))
@@ -600,7 +602,7 @@ class QueueVerbs(StoreBase):
         with self._tx(write=False) as s:
             row = s.get(JobFile, (job_id, name))
             if row is None:
-                raise UnknownJob(f"job {job_id} has no file {name!r}")
+                raise UnknownJob(f"job {job_id} has no file {shown(name)}")
             return row.media_type, bytes(row.data)
 
 

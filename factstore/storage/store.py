@@ -22,6 +22,7 @@ from factstore.errors import (
     UnknownEdit,
     UnknownModel,
     UnknownRelease,
+    shown,
 )
 from factstore.storage import convert
 from factstore.storage.base import refused
@@ -122,7 +123,7 @@ class Store(QueueVerbs, TokenVerbs):
                 known = s.scalars(select(BaseModelRow.alias).order_by(BaseModelRow.alias)).all()
                 hint = f"known: {', '.join(known)}" if known else "none is registered yet"
                 raise UnknownModel(
-                    f"no model with alias {alias!r} ({hint}); register one with `factstore model add ALIAS SOURCE`"
+                    f"no model with alias {shown(alias)} ({hint}); register one with `factstore model add ALIAS SOURCE`"
                 )
             return convert.base(row)
 
@@ -215,7 +216,7 @@ class Store(QueueVerbs, TokenVerbs):
         """Computed edits of a base model in seq order; status one of COMPUTED_STATUSES or "all" (all of them).
         Requests not computed (or failed) are in list_entries."""
         if status != "all" and status not in COMPUTED_STATUSES:
-            raise EditStateError(f"unknown status {status!r}; use one of {', '.join(COMPUTED_STATUSES)} or all")
+            raise EditStateError(f"unknown status {shown(status)}; use one of {', '.join(COMPUTED_STATUSES)} or all")
         chosen = COMPUTED_STATUSES if status == "all" else (status,)
         query = (
             select(EditRow)

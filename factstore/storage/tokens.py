@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from factstore.domain import ApiTokenInfo
-from factstore.errors import InvalidEditRequest, UnknownToken
+from factstore.errors import InvalidEditRequest, UnknownToken, shown
 from factstore.storage import convert
 from factstore.storage.base import StoreBase
 from factstore.storage.models import ApiToken
@@ -46,7 +46,7 @@ class TokenVerbs(StoreBase):
         with self._tx() as s:
             row = s.scalar(select(ApiToken).where(ApiToken.name == name))
             if row is None:
-                raise UnknownToken(f"no token named {name!r}; see `factstore token list`")
+                raise UnknownToken(f"no token named {shown(name)}; see `factstore token list`")
             if row.revoked_at is None:
                 row.revoked_at = now()
             s.flush()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factstore import config
-from factstore.errors import AssetError
+from factstore.errors import AssetError, shown
 from factstore.files import file_sha256
 from factstore.progress import SILENT, Reporter
 
@@ -80,7 +80,7 @@ STARTERS: dict[str, Starter] = {
 def starter(name: str) -> Starter:
     key = name.removeprefix(PREFIX)
     if key not in STARTERS:
-        raise AssetError(f"unknown starter asset {name!r}; available: {', '.join(PREFIX + n for n in STARTERS)}")
+        raise AssetError(f"unknown starter asset {shown(name)}; available: {', '.join(PREFIX + n for n in STARTERS)}")
     return STARTERS[key]
 
 

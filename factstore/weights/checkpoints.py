@@ -19,7 +19,7 @@ from typing import Any
 
 from factstore import config, extras
 from factstore.domain import DTYPES, ModelRef
-from factstore.errors import HubNotFound, IdentityMismatch, InvalidArgument, ModelSourceNotFound
+from factstore.errors import HubNotFound, IdentityMismatch, InvalidArgument, ModelSourceNotFound, shown
 from factstore.files import atomic_write_text, file_sha256
 from factstore.progress import SILENT, Reporter
 from factstore.weights import assets
@@ -90,7 +90,7 @@ def checkpoint_dtype(folder: Path) -> str:
 
 def check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
-        raise InvalidArgument(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        raise InvalidArgument(f"unknown dtype {shown(dtype)}; use one of {', '.join(DTYPES)}")
     return dtype
 
 
