@@ -4,6 +4,7 @@ asks run), and a bounded set of warm heads."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -166,5 +167,76 @@ def test_serve_bounds_connections_and_idle_keep_alive(tiny_store: Store, monkeyp
     monkeypatch.setenv("FACTSTORE_DATABASE_URL", tiny_store.url)
     run("serve", "--max-connections", "7", "--no-worker")
     assert seen["limit_concurrency"] == 7 and seen["timeout_keep_alive"] == 5 and seen["host"] == "127.0.0.1"
+    assert seen["http"].header_seconds == 10.0  # the protocol with a deadline for request headers
     run("serve", "--no-worker")
     assert seen["limit_concurrency"] == 200
+
+
+def _slow_clients_server(store: Store, limit: int) -> tuple[object, int]:
+    """A real uvicorn server (serve's protocol and body deadline, short) on a free port."""
+    import socket
+
+    import uvicorn
+
+    from factstore.server.deadlines import header_deadline
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = ServerSettings(database_url=store.url, worker=False, body_seconds=1.0)
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        limit_concurrency=limit,
+        http=header_deadline(1.0),
+        log_level="warning",
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    return server, port
+
+
+def test_clients_that_never_finish_a_request_cannot_take_every_connection(tiny_store: Store) -> None:
+    """Slowloris: as many connections as the server's limit, each trickling its request headers
+    (or, once headers are whole, its body) a byte at a time. Each is closed at its deadline, so a
+    well-behaved client is served and never gets 503."""
+    import http.client
+    import socket
+
+    server, port = _slow_clients_server(tiny_store, limit=13)  # the 13th connection: the good client
+    slow: list[socket.socket] = []
+    try:
+        for i in range(12):
+            s = socket.create_connection(("127.0.0.1", port))
+            if i % 2:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers never end
+            else:
+                s.sendall(b"POST /api/v1/models/tiny/ask HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
+            slow.append(s)
+        for _ in range(12):  # 2.4 s of trickling: past both 1 s deadlines
+            for s in slow:
+                with contextlib.suppress(OSError):
+                    s.send(b"X")
+            time.sleep(0.2)
+        answers = []
+        for s in slow:
+            s.settimeout(5)
+            try:
+                answers.append(s.recv(4096))
+            except OSError:
+                answers.append(b"")
+        assert all(a == b"" for a in answers[1::2]), "a connection whose headers never ended was left open"
+        assert all(a.startswith(b"HTTP/1.1 408") for a in answers[0::2]), answers[0][:200]
+        client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        client.request("GET", "/healthz")
+        assert client.getresponse().status == 200
+    finally:
+        for s in slow:
+            s.close()
+        server.should_exit = True  # type: ignore[attr-defined]

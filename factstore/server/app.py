@@ -7,11 +7,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from factstore import api
 from factstore.server import errors
+from factstore.server.deadlines import HEADER_SECONDS, header_deadline
 from factstore.server.routes import health, router
 from factstore.server.service import ServerSettings, Service
 from factstore.server.web import pages
@@ -19,10 +21,12 @@ from factstore.server.web import pages
 
 class BodyLimit:
     """Refuse request bodies over a byte cap with 413: by Content-Length at once, and a chunked
-    body by counting it while it is read (bodies are small, so it is read here before the app)."""
+    body by counting it while it is read (bodies are small, so it is read here before the app);
+    a body not whole within SECONDS is a 408, so a client that trickles it cannot hold a
+    connection and a task for long."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, seconds: float) -> None:
+        self.app, self.max_bytes, self.seconds = app, max_bytes, seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -34,16 +38,21 @@ class BodyLimit:
             return
         messages: list[Message] = []
         size, more = 0, True
-        while more:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            more = bool(message.get("more_body"))
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
+        with anyio.move_on_after(self.seconds) as deadline:
+            while more:
+                message = await receive()
+                messages.append(message)
+                if message["type"] != "http.request":
+                    break
+                size += len(message.get("body", b""))
+                more = bool(message.get("more_body"))
+                if size > self.max_bytes:
+                    await self._refuse(scope, receive, send)
+                    return
+        if deadline.cancelled_caught:
+            detail = f"the request body did not arrive within {self.seconds:g} s"
+            await errors.body("request timeout", detail, 408, {"Connection": "close"})(scope, receive, send)
+            return
 
         async def replay() -> Message:
             return messages.pop(0) if messages else await receive()
@@ -140,7 +149,7 @@ def create_app(settings: ServerSettings | None = None, service: Service | None =
     app.include_router(router)
     app.include_router(health)
     app.include_router(pages)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, seconds=settings.body_seconds)
     app.add_middleware(FrameDenied)
     if settings.allowed_hosts is not None:  # a page on another site cannot reach us through DNS rebinding
         app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
@@ -158,13 +167,16 @@ def serve(
     device: str | None = None,
     allowed_host: list[str] | None = None,
     max_connections: int = 200,
+    header_seconds: float = HEADER_SECONDS,
     **uvicorn_options: Any,
 ) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles both; the in-process worker finishes its edit).
     On SQLite (or with worker=True) one worker computes edits in this process. Past
     MAX_CONNECTIONS connections and requests at once uvicorn answers 503 at once; an idle
-    keep-alive connection is closed after 5 s, and a request's headers may not pass 16 KiB
-    (h11's bound): slow clients cannot hold the server's connections for long."""
+    keep-alive connection is closed after 5 s, a connection whose request headers are not whole
+    HEADER_SECONDS after it opened (or after its last response) is closed, a request's headers
+    may not pass 16 KiB (h11's bound) and its body must arrive within ServerSettings.body_seconds:
+    slow clients cannot hold the server's connections for long."""
     import uvicorn
 
     settings = ServerSettings(
@@ -175,5 +187,10 @@ def serve(
         device=device,
         allowed_hosts=allowed_hosts(host, allowed_host),
     )
-    options = {"limit_concurrency": max_connections, "timeout_keep_alive": 5, **uvicorn_options}
+    options = {
+        "limit_concurrency": max_connections,
+        "timeout_keep_alive": 5,
+        "http": header_deadline(header_seconds),
+        **uvicorn_options,
+    }
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", **options)

@@ -31,6 +31,7 @@ class ServerSettings:
     worker_models: list[str] = field(default_factory=list)
     device: str | None = None
     max_body_bytes: int = 64 * 1024
+    body_seconds: float = 30.0  # a request body must be whole within this (app.BodyLimit)
     allowed_hosts: list[str] | None = (
         None  # Host headers accepted; None: any (serve on loopback sets the loopback names)
     )
