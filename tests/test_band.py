@@ -238,3 +238,42 @@ def test_listing_the_log_reads_no_per_layer_vectors(banded) -> None:  # type: ig
     edits = store.list_edits(1)
     assert all(len(e.band) == 2 for e in edits)
     assert sum("edit_layers" in sql for sql in seen) == 1
+
+
+def _delivered(session: EditSession, edit) -> float:  # type: ignore[no-untyped-def]
+    """The share of an edit's shift (v* - W0 k* - b on the base) the head delivers at its layer."""
+    from factstore.rome.hparams import ROMEHyperParams
+    from factstore.rome.keys import subject_states
+    from factstore.rome.prompts import request_prompts
+
+    keys = session.templates(ROMEHyperParams.from_json(edit.hparams)).key
+    sets = [[(p, edit.subject) for p in request_prompts(edit.request(), keys)]]
+    layer = edit.layer
+    head = subject_states(session.model, session.tokenizer, sets, layer, layer)[1][0].double()
+    with session.base_weights():
+        base = subject_states(session.model, session.tokenizer, sets, layer, layer)[1][0].double()
+        W, b = arch.down_proj_weight(session.model, layer).double(), arch.down_proj_bias(session.model, layer)
+    k, v = (t.double() for t in replay.edit_vectors(edit))
+    want = v - W @ k - (0.0 if b is None else b.double())
+    return float((head - base) @ want / (want @ want))
+
+
+@pytest.mark.parametrize("boost", [1.0, 100.0])
+def test_a_boosted_band_edit_reaches_its_layer_whole_and_the_head_is_still_the_release(tiny_store, boost) -> None:  # type: ignore[no-untyped-def]
+    """band_boost scales a new edit's shares until its whole shift reaches the edit layer on the
+    head (the soft solves deliver part of an ask); the stored vectors still compile to the head."""
+    from dataclasses import replace
+
+    session = EditSession(tiny_store, "tiny", device="cpu", band=2)
+    session.defaults = replace(session.defaults, band_boost=boost)
+    outcome = session.add(EditRequest(PROMPT, *FACTS[0]))
+    edit = tiny_store.get_edit(outcome.edit.id)
+    share = _delivered(session, edit)
+    if boost == 1.0:
+        assert share < 0.97 and "band_boost" not in edit.hparams  # the shrinkage the boost exists for
+    else:
+        assert abs(share - 1.0) < 0.01 and edit.hparams["band_boost"] == boost
+    release, _ = api.compile_release(tiny_store, "tiny", min_efficacy=0.0)
+    compiled = AutoModelForCausalLM.from_pretrained(release.path)
+    band = [a.layer for a in edit.band]
+    assert all(torch.equal(a, b) for a, b in zip(_layers(compiled, band), _layers(session.model, band)))

@@ -169,6 +169,7 @@ class EditSession:
                 hp.band,
                 write,
                 lambda layer: self._base(layer)[0],
+                hp.band_boost,
             )
         except BaseException:
             self.rebuild(self.applied)  # never a head with part of a band written
@@ -216,6 +217,7 @@ class EditSession:
                 band=int(last.hparams["band"]),
                 band_weight=float(last.hparams["band_weight"]),
                 band_alpha=float(last.hparams.get("band_alpha", 0.0)),
+                band_boost=float(last.hparams.get("band_boost", 1.0)),
             )
             if self.band is not None and self.band != logged.band:
                 raise InvalidEditRequest(

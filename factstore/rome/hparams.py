@@ -33,20 +33,25 @@ class ROMEHyperParams:
     band: int = 1
     band_weight: float = 1e4  # tokens of preserved text against each key in a band layer's soft solve
     band_alpha: float = 0.0  # ENCORE's alpha I in that solve, as a share of C's mean variance
+    # > 1: a new band edit's shares are scaled (by at most this) until its whole shift reaches
+    # the edit layer on the head, which the soft solves would otherwise deliver only in part
+    band_boost: float = 1.0
 
     def __post_init__(self) -> None:  # hyperparameters arrive from pulled manifests too
         if not (isinstance(self.band, int) and 1 <= self.band <= 64):
             raise ValueError(f"band must be a whole number of layers from 1 to 64, not {self.band!r}")
-        if not (0 < self.band_weight <= 1e12 and 0 <= self.band_alpha <= 1e6):
-            raise ValueError("band_weight must be in (0, 1e12] and band_alpha in [0, 1e6]")
+        if not (0 < self.band_weight <= 1e12 and 0 <= self.band_alpha <= 1e6 and 1 <= self.band_boost <= 100):
+            raise ValueError("band_weight must be in (0, 1e12], band_alpha in [0, 1e6] and band_boost in [1, 100]")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         if data["top1_patience"] is None:
             del data["top1_patience"]  # fields added later stay out when off: older fingerprints still match
+        if data["band_boost"] == 1.0:
+            del data["band_boost"]
         if data["band"] == 1:
-            for name in ("band", "band_weight", "band_alpha"):
-                del data[name]
+            for name in ("band", "band_weight", "band_alpha", "band_boost"):
+                data.pop(name, None)
         data["context_lengths"] = [list(x) for x in self.context_lengths]
         data["value_context_lengths"] = [list(x) for x in self.value_context_lengths]
         return data

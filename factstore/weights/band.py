@@ -123,6 +123,7 @@ def measure_asks(
     band: int,
     write: Callable[[int, list[tuple[torch.Tensor, torch.Tensor]]], None],
     base_weight: Callable[[int], torch.Tensor],
+    boost: float = 1.0,
 ) -> list[tuple[LayerAsk, ...]]:
     """What each of n new edits asks of every layer of its band (lowest first), measured on
     MODEL (the head) MEMIT's way. SHIFTS (n, d): the change of block LAYER's output each edit
@@ -131,20 +132,52 @@ def measure_asks(
     missing at block LAYER, plus what the head's layer already adds at its key (targets are
     relative to BASE_WEIGHT(l), (out, in)); WRITE(l, new asks) then rewrites layer l with the
     head's asks and these, so the layers above are measured on it. The vectors are rounded to
-    float32 (as stored) before they are written, so the head is what a compile of them builds."""
+    float32 (as stored) before they are written, so the head is what a compile of them builds.
+    BOOST > 1: then each edit's shares are scaled so that its whole shift reaches block LAYER
+    (boost_scales; the soft solves deliver only part of an ask), by at most BOOST, and every
+    layer is written again with them (its keys as measured on the first pass)."""
     layers = spread_layers(layer, band)
     _, H0 = subject_states(model, tokenizer, prompt_sets, layer, layer)
     Z = H0.double() + shifts.double()  # (n, d): where block LAYER's output should end
-    asks: list[list[LayerAsk]] = [[] for _ in prompt_sets]
+    measured: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # per layer: keys, present, share
     for j, lower in enumerate(layers):
         keys, H = subject_states(model, tokenizer, prompt_sets, lower, layer)  # (n, d_ff), (n, d)
         share = (Z - H.double()) / (len(layers) - j)
         W = arch.down_proj_weight(model, lower).double().cpu()
         present = keys.double() @ (W - base_weight(lower).double().cpu()).T  # (n, d): the head's own change
-        rows = []
-        for i, (key, target) in enumerate(zip(keys, present + share)):
-            k, t = to_bytes(key.float())[0], to_bytes(target.float())[0]
-            asks[i].append(LayerAsk(lower, k, t))
-            rows.append((vector(k), vector(t)))
-        write(lower, rows)
-    return [tuple(a) for a in asks]
+        measured.append((keys, present, share))
+        write(lower, _rows(keys, present + share))
+    if boost > 1.0:
+        _, H = subject_states(model, tokenizer, prompt_sets, layer, layer)
+        scale = boost_scales(H.double() - H0.double(), shifts.double(), boost)
+        if bool((scale > 1.0).any()):
+            for lower, (keys, present, share) in zip(layers, measured):
+                write(lower, _rows(keys, present + scale[:, None] * share))
+            measured = [(keys, present, scale[:, None] * share) for keys, present, share in measured]
+    asks = [
+        tuple(
+            LayerAsk(lower, *_pair(keys[i], present[i] + share[i]))
+            for lower, (keys, present, share) in zip(layers, measured)
+        )
+        for i in range(len(prompt_sets))
+    ]
+    return asks
+
+
+def boost_scales(delivered: torch.Tensor, wanted: torch.Tensor, boost: float) -> torch.Tensor:
+    """(n,) factor on each new edit's shares so that its whole shift reaches its layer: the soft
+    solves deliver a fraction f = <delivered, wanted> / |wanted|^2 of it (n, d each), less for a
+    key that ordinary text (C) already uses; 1/f, within [1, BOOST]."""
+    f = (delivered * wanted).sum(1) / (wanted * wanted).sum(1).clamp_min(1e-30)
+    return (1.0 / f.clamp_min(1.0 / boost)).clamp(1.0, boost)
+
+
+def _pair(key: torch.Tensor, target: torch.Tensor) -> tuple[bytes, bytes]:
+    """A layer's key and target as stored (float32 bytes)."""
+    return to_bytes(key.float())[0], to_bytes(target.float())[0]
+
+
+def _rows(keys: torch.Tensor, targets: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(n, d_ff) keys and (n, d) targets as rows of a layer's solve, rounded to float32 as stored
+    (so the head is what a compile of the stored vectors builds)."""
+    return [(vector(k), vector(t)) for k, t in (_pair(key, target) for key, target in zip(keys, targets))]
