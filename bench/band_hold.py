@@ -54,12 +54,15 @@ def main() -> None:
     soft = band.settings(edits, (0.0, 0.0))
     model, tok = session.model, session.tokenizer
 
+    def new_logprobs(chosen: list) -> torch.Tensor:  # type: ignore[type-arg]
+        """(n,) log P(new) on each edit's own prompt."""
+        return target_logprobs(model, tok, [e.prompt.format(e.subject) for e in chosen], [e.target_new for e in chosen])
+
     def margins(chosen: list) -> torch.Tensor:  # type: ignore[type-arg]
         """(n,) log P(new) - log P(old) on each edit's own prompt."""
         texts = [e.prompt.format(e.subject) for e in chosen]
-        new = target_logprobs(model, tok, texts, [e.target_new for e in chosen])
         old = target_logprobs(model, tok, texts, [e.target_true or "" for e in chosen])
-        return new - old
+        return new_logprobs(chosen) - old
 
     def compile_prefix(prefix: list) -> None:  # type: ignore[type-arg]
         band.apply_band(model, prefix, edit_vectors, session.layer_covariance, soft)
@@ -81,6 +84,7 @@ def main() -> None:
 
     at_registration: list[float] = []
     delivered: list[float] = []
+    rises: list[float] = []  # log P(new) after the edit's batch minus before it, on its prompt
     with torch.no_grad(), session.base_weights():
         from factstore.rome.edit import Snapshot
 
@@ -91,11 +95,13 @@ def main() -> None:
             sets, layer = prompt_sets(batch), batch[0].layer
             want = shifts(batch)  # on the head before the batch (the state the loop left)
             before = subject_states(model, tok, sets, layer, layer)[1].double()
+            rise = -new_logprobs(batch)
             base.restore()
             compile_prefix(edits[: done + len(batch)])
             got = subject_states(model, tok, sets, layer, layer)[1].double() - before
             delivered += ((got * want).sum(1) / (want * want).sum(1)).tolist()
             at_registration += margins(batch).tolist()
+            rises += (rise + new_logprobs(batch)).tolist()
             done += len(batch)
         base.restore()
         compile_prefix(edits)
@@ -123,6 +129,13 @@ def main() -> None:
         end = sum(at_end[i] for i in which) / len(which)
         share = sorted(delivered[i] for i in which)[len(which) // 2]
         print(f"| {name} | {len(which)} | {100 * len(which) / n:.1f} % | {reg:+.2f} | {end:+.2f} | {share:.2f} |")
+    for name, which in (("held", [i for i in range(n) if held[i]]), ("failed", [i for i in range(n) if not held[i]])):
+        r = sorted(rises[i] for i in which)
+        if r:
+            q = [r[min(len(r) - 1, int(f * len(r)))] for f in (0.0, 0.01, 0.1, 0.5)]
+            print(
+                f"rise of log P(new) over its batch, {name} when registered: min {q[0]:+.2f}, 1 % {q[1]:+.2f}, 10 % {q[2]:+.2f}, median {q[3]:+.2f}"
+            )
     print(f"\nefficacy when registered {100 * sum(held) / n:.1f} %, at the end {100 * sum(kept) / n:.1f} %")
 
 

@@ -19,6 +19,8 @@ from test_hub import _serve
 
 from cli_runner import run
 from factstore import api
+from factstore.domain import EditRequest
+from factstore.editing.session import EditSession
 from factstore.errors import HubError, ReleaseVerificationError
 from factstore.release import layout, pull
 from hub_server import Entry, HubServer, Repo
@@ -404,6 +406,54 @@ def test_an_edit_relabelled_as_another_fact_is_refused_at_import(  # type: ignor
     pulled = api.pull_release(GOOD, "v1", str(tmp_path / "good"), endpoint=hub.url, import_into=bob, alias="team")
     assert pulled.imported is not None and pulled.imported["rebuilt_identical"]
     assert [e.subject for e in api.list_edits(bob, "team")] == ["The Eiffel Tower"]
+
+
+@SQLITE
+def test_an_edit_relabelled_with_another_object_is_refused_at_import(  # type: ignore[no-untyped-def]
+    db_url: str, tiny_gpt2_dir: Path, hub: HubServer, tmp_path: Path, sentinel: Callable[[], str]
+) -> None:
+    """The key check binds a label's subject (and the words before it); its object is bound by
+    what the vectors push. A real edit on the suite's trained GPT-2 (Tokyo) relabelled with
+    another object is refused naming the object (before, it imported); with other words before
+    the subject too, its key gives it away; the genuine release imports."""
+    from tiny_models import RELATIONS, Recipe, make_facts
+
+    api.upgrade_database(db_url)
+    alice = api.open_store(db_url)
+    api.add_model(alice, "facts", str(tiny_gpt2_dir))
+    facts = make_facts(Recipe())
+    corpus = tmp_path / "facts.json"
+    corpus.write_text(
+        json.dumps([t.format(f.subject) + " " + f.target + "." for f in facts for t in RELATIONS[f.relation][0]])
+    )
+    api.compute_stats(alice, "facts", corpus=str(corpus), tokens=2500, device="cpu")
+    prompt = RELATIONS["city"][0][0]
+    EditSession(alice, "facts", device="cpu").add(EditRequest(prompt, facts[0].subject, "Tokyo"))
+    release, _ = api.compile_release(alice, "facts", device="cpu")
+    files = {p.name: p.read_bytes() for p in Path(release.path).iterdir()}
+    bob, before = _bob(tmp_path), sentinel()
+    api.add_model(bob, "team", str(tiny_gpt2_dir))
+    for repo, label in [
+        ("eve/object", {"target_new": "London"}),
+        ("eve/relation", {"prompt": "the city of {}", "target_new": "London"}),  # the key moves with it
+    ]:
+
+        def relabel(manifest: dict, label: dict = label) -> None:
+            manifest["edits"][0].update(label, target_true=None, metrics={})
+
+        craft(hub, repo, rehash(files, relabel))
+        with pytest.raises(
+            ReleaseVerificationError,
+            match=r"edit 1 of the release( does not push its own new object 'London'|: its key is not the key)",
+        ):
+            api.pull_release(repo, "v1", str(tmp_path / repo), endpoint=hub.url, import_into=bob, alias="team")
+        assert api.list_edits(bob, "team", "all") == [] and api.list_releases(bob, "team") == []
+    assert sentinel() == before
+    craft(hub, "alice/tokyo", files)
+    pulled = api.pull_release(
+        "alice/tokyo", "v1", str(tmp_path / "good"), endpoint=hub.url, import_into=bob, alias="team"
+    )
+    assert pulled.imported is not None and [e.target_new for e in api.list_edits(bob, "team")] == ["Tokyo"]
 
 
 def test_edits_that_took_must_still_take_on_the_release() -> None:

@@ -6,15 +6,21 @@ The labels decide what a teammate sees in the log, so they are checked against t
 - the key: k* recomputed here from the prompt, the subject and the stored context templates,
   on the head model the edit was computed on (the base with the earlier edits replayed in
   order), must equal the stored key (to a tolerance that covers other hardware);
+- the object: an edit's update that pushes some token (CLAIM_PUSH) must raise its new
+  object's first token among the most of the vocabulary on its prompt (CLAIM_RANK), unless
+  that head already answered it: vectors
+  computed for another object of the same subject (a relabelled target or relation) push
+  that object, not this one;
 - the behaviour: the model's own answer to the prompt is taken on that head before the edit;
   the edit took when, after its update, the prompt prefers the new object over that answer.
   The edits that took must still take on the release's weights (checked where the release is
   rebuilt, lineage._check_rebuild), as a local compile requires. The manifest's `target_true`
   and `metrics` play no part.
 
-What cannot be checked: the publisher's intent, and an edit that does not take its own object
-(its key is its subject's, but its value may push another object; a model that cannot learn a
-fact gives such edits honestly, so they are not refused; the release card shows their efficacy).
+What cannot be checked: the publisher's intent (an object close to the one the vectors push can
+pass), and whether an edit that pushes its object but does not take was meant to: a model that
+cannot learn a fact gives such edits honestly, so they are not refused; the release card shows
+their efficacy.
 """
 
 from __future__ import annotations
@@ -27,14 +33,18 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
 from factstore.domain import StoredEdit
-from factstore.errors import CompileError, ReleaseVerificationError
+from factstore.errors import CompileError, ReleaseVerificationError, shown
 from factstore.progress import SILENT, Reporter
 from factstore.rome.keys import compute_key, subject_states
-from factstore.rome.prompts import request_prompts
+from factstore.rome.prompts import pad_right, request_prompts, target_ids
 from factstore.rome.scoring import first_phrase, greedy_continuation, target_logprobs
 from factstore.weights import band
 from factstore.weights.replay import apply_update, edit_vectors, solved_keys
 
+# an edit's new object (its first token) must be among the tokens its update raises most on its
+# prompt: the vectors of an edit push the object they were optimised for
+CLAIM_RANK = 10
+CLAIM_PUSH = 1.0  # nats: an edit whose update raises no token's log-probability this much pushes nothing
 KEY_TOLERANCE = 1e-3  # ||k here - k stored|| / ||k stored|| in float32; low precision gets 8 of its epsilons
 
 
@@ -73,8 +83,7 @@ def check_heads(
             key, value = edit_vectors(edit)
             if edit.id in todo:
                 _check_key(model, tokenizer, edit, key, templates(edit), position)
-                text = edit.prompt.replace("{}", edit.subject, 1)
-                answer = first_phrase(greedy_continuation(model, tokenizer, text))
+                text, answer, before = _before(model, tokenizer, edit, templates(edit))
             try:
                 apply_update(model, edit.layer, key, value, solved[edit.id], f"edit {position}")
             except CompileError as exc:  # a crafted value that no update can hold (say, past the dtype's range)
@@ -82,7 +91,7 @@ def check_heads(
                     f"{exc}".replace("nothing was written", "nothing was imported")
                 ) from None
             if edit.id in todo:
-                judged[edit.id] = _judge(model, tokenizer, edit, text, answer)
+                judged[edit.id] = _judge(model, tokenizer, edit, (text, answer, before), templates(edit), position)
                 advance(len(judged))
     return judged
 
@@ -104,15 +113,58 @@ def _check_key(
         )
 
 
+def _before(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, edit: StoredEdit, templates: list[str]
+) -> tuple[str, str, torch.Tensor]:
+    """On the head before EDIT: its prompt's text, the model's own answer to it and the mean
+    next-token log-probabilities (V,) after its prompt in each context template."""
+    text = edit.prompt.replace("{}", edit.subject, 1)
+    answer = first_phrase(greedy_continuation(model, tokenizer, text))
+    return text, answer, _next_logprobs(model, tokenizer, edit, templates)
+
+
+def _next_logprobs(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, edit: StoredEdit, templates: list[str]
+) -> torch.Tensor:
+    """(V,) next-token log-probabilities after EDIT's prompt, averaged over its context
+    templates (the prompts its value was optimised on carry such prefixes)."""
+    rows = [
+        list(tokenizer(p.replace("{}", edit.subject, 1))["input_ids"])
+        for p in request_prompts(edit.request(), templates)
+    ]
+    ids, mask = pad_right(rows)
+    device = arch.input_device(model)
+    last = torch.tensor([len(r) - 1 for r in rows], device=device)
+    logits = arch.logits_at(model, ids.to(device), mask.to(device), torch.arange(len(rows), device=device), last)
+    return torch.log_softmax(logits.float(), -1).mean(0).cpu()
+
+
 def _judge(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     edit: StoredEdit,
-    text: str,
-    answer: str,
+    before: tuple[str, str, torch.Tensor],
+    templates: list[str],
+    position: int,
 ) -> Judged:
-    """After the edit's update: did it take (its new object beats the answer before it)?"""
+    """After the edit's update: did it take (its new object beats the answer before it)? The
+    edit must also push its own new object: its first token among the CLAIM_RANK tokens whose
+    log-probability after the prompt (in its context templates) the update raised most, unless
+    the head already answered it or the edit pushes no token at all (by less than CLAIM_PUSH:
+    an optimisation that failed, which claims nothing). Vectors computed for another object
+    push that one instead."""
+    text, answer, logp = before
     judgeable = bool(answer) and answer.strip().lower() != edit.target_new.strip().lower()
+    if judgeable:
+        rises = _next_logprobs(model, tokenizer, edit, templates) - logp  # (V,)
+        first = target_ids(tokenizer, edit.target_new)[0]
+        rank = int((rises > rises[first]).sum())
+        if float(rises.max()) >= CLAIM_PUSH and rank >= CLAIM_RANK:
+            raise ReleaseVerificationError(
+                f"edit {position} of the release does not push its own new object {shown(edit.target_new)}: "
+                f"{rank} tokens rose more after it on its prompt; the vectors belong to another fact than its "
+                "label; nothing was imported"
+            )
     took = judgeable and _prefers(model, tokenizer, [(text, edit.target_new, answer)])[0]
     return Judged(text, edit.target_new, answer, took)
 
@@ -184,14 +236,13 @@ def check_band_heads(
             if edit.id not in todo:
                 continue
             earlier = compile_prefix(position - 1)
-            text = edit.prompt.replace("{}", edit.subject, 1)
-            answer = first_phrase(greedy_continuation(model, tokenizer, text))
+            text, answer, before = _before(model, tokenizer, edit, templates(edit))
             if not edit.band:  # a band compile reads no k*: every key it reads is checked below
                 _check_key(model, tokenizer, edit, edit_vectors(edit)[0], templates(edit), position)
             _check_band_keys(model, tokenizer, edit, templates(edit), position, earlier, base, covariance, soft)
             holding[0] = None  # its own asks are written on the layers below: not a compile of any prefix
             compile_prefix(position)
-            judged[edit.id] = _judge(model, tokenizer, edit, text, answer)
+            judged[edit.id] = _judge(model, tokenizer, edit, (text, answer, before), templates(edit), position)
             advance(len(judged))
     return judged
 
