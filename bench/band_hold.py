@@ -40,9 +40,10 @@ def main() -> None:
 
     from factstore import arch
     from factstore.editing.session import EditSession
+    from factstore.release import claims
     from factstore.rome.hparams import ROMEHyperParams
     from factstore.rome.keys import subject_states
-    from factstore.rome.prompts import request_prompts
+    from factstore.rome.prompts import request_prompts, target_ids
     from factstore.rome.scoring import target_logprobs
     from factstore.storage.store import Store
     from factstore.weights import band
@@ -85,6 +86,11 @@ def main() -> None:
     at_registration: list[float] = []
     delivered: list[float] = []
     rises: list[float] = []  # log P(new) after the edit's batch minus before it, on its prompt
+    ranks: list[tuple[int, float]] = []  # the import check's (rank of the new object's rise, largest rise)
+
+    def templates(e) -> list[str]:  # type: ignore[no-untyped-def]
+        return session.templates(ROMEHyperParams.from_json(e.hparams)).key
+
     with torch.no_grad(), session.base_weights():
         from factstore.rome.edit import Snapshot
 
@@ -96,12 +102,17 @@ def main() -> None:
             want = shifts(batch)  # on the head before the batch (the state the loop left)
             before = subject_states(model, tok, sets, layer, layer)[1].double()
             rise = -new_logprobs(batch)
+            next_before = [claims._next_logprobs(model, tok, e, templates(e)) for e in batch]
             base.restore()
             compile_prefix(edits[: done + len(batch)])
             got = subject_states(model, tok, sets, layer, layer)[1].double() - before
             delivered += ((got * want).sum(1) / (want * want).sum(1)).tolist()
             at_registration += margins(batch).tolist()
             rises += (rise + new_logprobs(batch)).tolist()
+            for e, logp in zip(batch, next_before):
+                up = claims._next_logprobs(model, tok, e, templates(e)) - logp
+                first = target_ids(tok, e.target_new)[0]
+                ranks.append((int((up > up[first]).sum()), float(up.max())))
             done += len(batch)
         base.restore()
         compile_prefix(edits)
@@ -136,6 +147,15 @@ def main() -> None:
             print(
                 f"rise of log P(new) over its batch, {name} when registered: min {q[0]:+.2f}, 1 % {q[1]:+.2f}, 10 % {q[2]:+.2f}, median {q[3]:+.2f}"
             )
+    vocab = len(tok)
+    most = claims.CLAIM_RANK_SHARE * vocab
+    refused = [i for i, (rank, top) in enumerate(ranks) if top >= claims.CLAIM_PUSH and rank >= most]
+    order = sorted(r for r, _ in ranks)
+    print(
+        f"the import's object check (rank of the new object's rise < {most:.0f} of {vocab} where some token rose "
+        f">= {claims.CLAIM_PUSH}): {len(refused)} of {n} edits would be refused; rank median {order[n // 2]}, "
+        f"99 % {order[min(n - 1, int(0.99 * n))]}, max {order[-1]}"
+    )
     print(f"\nefficacy when registered {100 * sum(held) / n:.1f} %, at the end {100 * sum(kept) / n:.1f} %")
 
 

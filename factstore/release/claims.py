@@ -7,7 +7,7 @@ The labels decide what a teammate sees in the log, so they are checked against t
   on the head model the edit was computed on (the base with the earlier edits replayed in
   order), must equal the stored key (to a tolerance that covers other hardware);
 - the object: an edit's update that pushes some token (CLAIM_PUSH) must raise its new
-  object's first token among the most of the vocabulary on its prompt (CLAIM_RANK), unless
+  object's first token among the most of the vocabulary on its prompt (CLAIM_RANK_SHARE), unless
   that head already answered it: vectors
   computed for another object of the same subject (a relabelled target or relation) push
   that object, not this one;
@@ -41,9 +41,10 @@ from factstore.rome.scoring import first_phrase, greedy_continuation, target_log
 from factstore.weights import band
 from factstore.weights.replay import apply_update, edit_vectors, solved_keys
 
-# an edit's new object (its first token) must be among the tokens its update raises most on its
-# prompt: the vectors of an edit push the object they were optimised for
-CLAIM_RANK = 10
+# an edit's new object (its first token) must be among this share of the vocabulary that its update
+# raises most on its prompt. Honest edits: at most 5.0 % (200 SmolLM2 band edits, 11 % of which did not
+# take; bench/band_hold.py), rank 2 on the suite's trained GPT-2; a relabelled object: 99.99 % (it fell 8.7 nats)
+CLAIM_RANK_SHARE = 0.1
 CLAIM_PUSH = 1.0  # nats: an edit whose update raises no token's log-probability this much pushes nothing
 KEY_TOLERANCE = 1e-3  # ||k here - k stored|| / ||k stored|| in float32; low precision gets 8 of its epsilons
 
@@ -148,7 +149,7 @@ def _judge(
     position: int,
 ) -> Judged:
     """After the edit's update: did it take (its new object beats the answer before it)? The
-    edit must also push its own new object: its first token among the CLAIM_RANK tokens whose
+    edit must also push its own new object: its first token among the CLAIM_RANK_SHARE of tokens whose
     log-probability after the prompt (in its context templates) the update raised most, unless
     the head already answered it or the edit pushes no token at all (by less than CLAIM_PUSH:
     an optimisation that failed, which claims nothing). Vectors computed for another object
@@ -159,11 +160,11 @@ def _judge(
         rises = _next_logprobs(model, tokenizer, edit, templates) - logp  # (V,)
         first = target_ids(tokenizer, edit.target_new)[0]
         rank = int((rises > rises[first]).sum())
-        if float(rises.max()) >= CLAIM_PUSH and rank >= CLAIM_RANK:
+        if float(rises.max()) >= CLAIM_PUSH and rank >= CLAIM_RANK_SHARE * rises.numel():
             raise ReleaseVerificationError(
                 f"edit {position} of the release does not push its own new object {shown(edit.target_new)}: "
-                f"{rank} tokens rose more after it on its prompt; the vectors belong to another fact than its "
-                "label; nothing was imported"
+                f"{rank} of {rises.numel()} tokens rose more after it on its prompt ({float(rises[first]):+.1f} "
+                "nats); the vectors belong to another fact than its label; nothing was imported"
             )
     took = judgeable and _prefers(model, tokenizer, [(text, edit.target_new, answer)])[0]
     return Judged(text, edit.target_new, answer, took)
