@@ -31,7 +31,6 @@ def main() -> None:
     from factstore.release import claims
     from factstore.rome.hparams import ROMEHyperParams
     from factstore.rome.keys import compute_key, subject_states
-    from factstore.rome.prompts import request_prompts
     from factstore.storage.store import Store
     from factstore.weights import band
     from factstore.weights.replay import edit_vectors
@@ -59,7 +58,7 @@ def main() -> None:
             k_star = compute_key(model, tok, edit.request(), edit.layer, templates).double()
             stored = edit_vectors(edit)[0].double()
             errors.setdefault("k*", []).append(float((k_star - stored).norm() / stored.norm()))
-            prompts = [[(p, edit.subject) for p in request_prompts(edit.request(), templates)]]
+            prompts = [band.key_prompts(edit.request(), templates, band.plain_weight(edit))]
             for j, ask in enumerate(edit.band):
                 here = subject_states(model, tok, prompts, ask.layer, ask.layer)[0][0].double()
                 want = band.vector(ask.key).double()

@@ -43,7 +43,7 @@ def main() -> None:
     from factstore.release import claims
     from factstore.rome.hparams import ROMEHyperParams
     from factstore.rome.keys import subject_states
-    from factstore.rome.prompts import request_prompts, target_ids
+    from factstore.rome.prompts import target_ids
     from factstore.rome.scoring import target_logprobs
     from factstore.storage.store import Store
     from factstore.weights import band
@@ -72,7 +72,7 @@ def main() -> None:
         out = []
         for e in chosen:
             keys = session.templates(ROMEHyperParams.from_json(e.hparams)).key
-            out.append([(p, e.subject) for p in request_prompts(e.request(), keys)])
+            out.append(band.key_prompts(e.request(), keys, band.plain_weight(e)))
         return out
 
     def shifts(chosen: list) -> torch.Tensor:  # type: ignore[type-arg]

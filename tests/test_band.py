@@ -277,3 +277,37 @@ def test_a_boosted_band_edit_reaches_its_layer_whole_and_the_head_is_still_the_r
     compiled = AutoModelForCausalLM.from_pretrained(release.path)
     band = [a.layer for a in edit.band]
     assert all(torch.equal(a, b) for a, b in zip(_layers(compiled, band), _layers(session.model, band)))
+
+
+def test_band_keys_weighted_towards_the_bare_prompt_are_measured_so_and_import(tiny_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """band_plain_weight adds copies of the bare prompt to the templated prompts a band edit's
+    keys are the mean of (a prompt that starts the sequence puts the subject on the attention
+    sink); the importer measures keys the same way, so the release imports byte for byte."""
+    from dataclasses import replace
+
+    from factstore.rome.hparams import ROMEHyperParams
+    from factstore.rome.keys import subject_states
+    from factstore.weights.band import key_prompts
+
+    session = EditSession(tiny_store, "tiny", device="cpu", band=2)
+    session.defaults = replace(session.defaults, band_plain_weight=20)
+    for subject, target in FACTS:
+        session.add(EditRequest(PROMPT, subject, target))
+    edits = tiny_store.list_edits(1)
+    first = edits[0]
+    assert first.hparams["band_plain_weight"] == 20
+    templates = session.templates(ROMEHyperParams.from_json(first.hparams)).key
+    lowest = first.band[0].layer
+    with session.base_weights():  # the first edit's lowest key: nothing was written below it
+        weighted = subject_states(
+            session.model, session.tokenizer, [key_prompts(first.request(), templates, 20)], lowest, lowest
+        )[0][0]
+        uniform = subject_states(
+            session.model, session.tokenizer, [key_prompts(first.request(), templates, 0)], lowest, lowest
+        )[0][0]
+    stored = vector(first.band[0].key)
+    assert float((stored - weighted).norm() / weighted.norm()) < 1e-5
+    assert float((stored - uniform).norm() / uniform.norm()) > 1e-2  # the weighting moved it
+    release, _ = api.compile_release(tiny_store, "tiny", min_efficacy=0.0)
+    result = import_release(_team_store(tiny_store, tmp_path), Path(release.path), "team")
+    assert result["rebuilt_identical"] and result["edits_added"] == 3

@@ -32,7 +32,7 @@ from factstore.progress import SILENT, Reporter
 from factstore.rome.edit import EditResult, Snapshot, compute_edits, validate_request
 from factstore.rome.hparams import ROMEHyperParams, default_hparams, has_measured_layer
 from factstore.rome.keys import ContextTemplates, sample_contexts
-from factstore.rome.prompts import decode, request_prompts
+from factstore.rome.prompts import decode
 from factstore.rome.scoring import greedy_continuation
 from factstore.storage.models import QUEUED_STATUSES
 from factstore.storage.store import Store
@@ -148,7 +148,7 @@ class EditSession:
         for below, found in zip(layers[:-1], self.covariances_like(own, layers[:-1])):
             self._layer_cov[(cov.id, below)] = found.id
         keys = self.templates(hp).key
-        prompt_sets = [[(p, r.subject) for p in request_prompts(r, keys)] for r in requests]
+        prompt_sets = [band.key_prompts(r, keys, hp.band_plain_weight) for r in requests]
         W, b = arch.down_proj_weight(self.model, hp.layer).double().cpu(), arch.down_proj_bias(self.model, hp.layer)
         K = torch.stack([r.key for r in results]).double()  # (n, d_ff)
         V = torch.stack([r.value for r in results]).double()  # (n, d)
@@ -218,6 +218,7 @@ class EditSession:
                 band_weight=float(last.hparams["band_weight"]),
                 band_alpha=float(last.hparams.get("band_alpha", 0.0)),
                 band_boost=float(last.hparams.get("band_boost", 1.0)),
+                band_plain_weight=band.plain_weight(last),
             )
             if self.band is not None and self.band != logged.band:
                 raise InvalidEditRequest(

@@ -259,7 +259,7 @@ def _check_band_keys(
     covariance: band.LayerCovariance,
     soft: tuple[float, float],
 ) -> None:
-    prompts = [[(p, edit.subject) for p in request_prompts(edit.request(), templates)]]
+    prompts = [band.key_prompts(edit.request(), templates, band.plain_weight(edit))]
     for j, ask in enumerate(edit.band):
         here = subject_states(model, tokenizer, prompts, ask.layer, ask.layer)[0][0].double()
         stored = band.vector(ask.key).double()

@@ -154,6 +154,14 @@ def subject_keys(
     return _subject_means(model, tokenizer, prompt_sets, layers, max(layers), batch_size)[0]
 
 
+def _counted(pairs: list[tuple[str, str]]) -> list[tuple[tuple[str, str], int]]:
+    """PAIRS without repeats, each with how often it occurs, in first-seen order."""
+    counts: dict[tuple[str, str], int] = {}
+    for pair in pairs:
+        counts[pair] = counts.get(pair, 0) + 1
+    return list(counts.items())
+
+
 def _subject_means(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -163,7 +171,9 @@ def _subject_means(
     batch_size: int,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     device = arch.input_device(model)
-    encoded = [(i, encode_prompt(tokenizer, p, subject)) for i, pairs in enumerate(prompt_sets) for p, subject in pairs]
+    counted = [(i, pair, n) for i, pairs in enumerate(prompt_sets) for pair, n in _counted(pairs)]
+    weight = {(i, pair): float(n) for i, pair, n in counted}  # a prompt repeated in a set is run once, weighted
+    encoded = [(i, encode_prompt(tokenizer, *pair), pair) for i, pair, _ in counted]
     if not encoded:
         raise ValueError("keys of no prompts: every prompt set is empty")
     encoded.sort(key=lambda item: len(item[1].ids))  # similar lengths share a batch
@@ -171,16 +181,17 @@ def _subject_means(
     hidden: torch.Tensor | None = None
     for lo in range(0, len(encoded), batch_size):
         chunk = encoded[lo : lo + batch_size]
-        ids, mask = pad_right([e.ids for _, e in chunk])
+        ids, mask = pad_right([e.ids for _, e, _ in chunk])
         found, out = inputs_and_block_output(model, key_layers, out_layer, ids.to(device), mask.to(device))
         rows = torch.arange(len(chunk))
-        at = torch.tensor([e.subject_last for _, e in chunk])
-        owner = torch.tensor([i for i, _ in chunk])
+        at = torch.tensor([e.subject_last for _, e, _ in chunk])
+        owner = torch.tensor([i for i, _, _ in chunk])
+        times = torch.tensor([weight[(i, pair)] for i, _, pair in chunk], dtype=torch.float64).unsqueeze(1)
         for layer in key_layers:
-            k = found[layer][rows.to(found[layer].device), at.to(found[layer].device)].double().cpu()
+            k = found[layer][rows.to(found[layer].device), at.to(found[layer].device)].double().cpu() * times
             keys.setdefault(layer, torch.zeros(len(prompt_sets), k.shape[1], dtype=torch.float64))
             keys[layer].index_add_(0, owner, k)
-        h = out[rows.to(out.device), at.to(out.device)].double().cpu()
+        h = out[rows.to(out.device), at.to(out.device)].double().cpu() * times
         hidden = torch.zeros(len(prompt_sets), h.shape[1], dtype=torch.float64) if hidden is None else hidden
         hidden.index_add_(0, owner, h)
     if hidden is None:  # unreachable (encoded is not empty); narrows the type

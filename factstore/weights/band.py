@@ -23,10 +23,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
-from factstore.domain import LayerAsk, StoredEdit
+from factstore.domain import EditRequest, LayerAsk, StoredEdit
 from factstore.errors import CompileError
 from factstore.rome.edit import add_delta
 from factstore.rome.keys import subject_states
+from factstore.rome.prompts import request_prompts
 from factstore.rome.update import soft_residual_delta
 from factstore.weights.spread import spread_layers
 from factstore.weights.vectors import from_bytes, to_bytes
@@ -52,6 +53,20 @@ def settings(edits: Sequence[StoredEdit], default: tuple[float, float]) -> tuple
             f"the log's band edits were registered with {len(found)} different band weights; retract or re-register them with one"
         )
     return found.pop() if found else default
+
+
+def key_prompts(request: EditRequest, templates: list[str], plain_weight: int) -> list[tuple[str, str]]:
+    """The (prompt, subject) pairs whose mean is a band edit's key at each layer: its prompt in
+    every context template, and PLAIN_WEIGHT more copies of the bare prompt (hparams
+    band_plain_weight); registration and the importer both measure keys over these."""
+    return [(p, request.subject) for p in request_prompts(request, templates)] + [
+        (request.prompt, request.subject)
+    ] * plain_weight
+
+
+def plain_weight(edit: StoredEdit) -> int:
+    """The band_plain_weight an edit was registered with (0 before the setting existed)."""
+    return int(edit.hparams.get("band_plain_weight", 0))
 
 
 def base_shift(vectors: tuple[torch.Tensor, torch.Tensor], W0: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
