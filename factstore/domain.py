@@ -315,7 +315,7 @@ class NewEdit:
     band: tuple[LayerAsk, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewRelease:
     """A release folder written by a compile, ready to be recorded (Store.create_release)."""
 
@@ -370,7 +370,7 @@ class Record:
     neighbour_answers: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TracedFact:
     """A fact to trace: `prompt` filled with `subject`, and the answer whose recall is traced."""
 

@@ -298,7 +298,7 @@ def _release_folder(alias: str, version: int) -> Path:
     return final
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Compiled:
     """A log compiled in a mode: what a release folder is written from, beside the weights."""
 

@@ -144,7 +144,7 @@ def still_taking(
 BAND_KEY_TOLERANCE = 0.1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BandCompile:
     """How a log registered over bands compiles: C of a layer as an edit's compile reads it, and
     the soft solve's (weight, alpha)."""
@@ -153,7 +153,7 @@ class BandCompile:
     soft: tuple[float, float]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _BandLayers:
     """MODEL's band layers, rewritten from their base weights (BASE) as band compiles of asks."""
 

@@ -414,7 +414,7 @@ def _covariances(
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Imported:
     """The release being imported: its pinned base (REF, loaded here) and its checked manifest."""
 

@@ -16,8 +16,9 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from transformers import PreTrainedModel
 
@@ -302,15 +303,14 @@ def _point_key(mode: str, i: int) -> str:
     return f"{mode}@{i}"
 
 
-@dataclass(frozen=True)
-class _Run:
-    """A run under way: the head on the run's store, the records, the full log (index: request
-    sha256 -> record position), the settings and the kept state."""
+class _Run(NamedTuple):
+    """A run under way: the head on the run's store, the records, the full log (positions:
+    request sha256 -> record position), the settings and the kept state."""
 
     session: EditSession
     records: list[Record]
     log: list[StoredEdit]
-    index: dict[str, int]
+    positions: dict[str, int]
     settings: LifelongSettings
     state: _State
 
@@ -318,14 +318,7 @@ class _Run:
 def _score_modes(
     run: _Run, fluency: FluencySettings | None, heldout: list[list[int]] | None, progress: Reporter
 ) -> None:
-    session, records, log, index, settings, state = (
-        run.session,
-        run.records,
-        run.log,
-        run.index,
-        run.settings,
-        run.state,
-    )
+    session, records, log, index, settings, state = run
     n = len(records)
     if "unedited_perplexity" not in state.data and heldout:
         with session.base_weights():
@@ -383,14 +376,7 @@ def _score_modes(
 def _retraction(run: _Run, progress: Reporter) -> None:
     """Retract settings.retract edits of the log at random (seeded), rebuild the default mode without
     them: the retracted facts should fall back to the unedited model's scores, the rest keep theirs."""
-    session, records, log, index, settings, state = (
-        run.session,
-        run.records,
-        run.log,
-        run.index,
-        run.settings,
-        run.state,
-    )
+    session, records, log, index, settings, state = run
     done = state.data.get("retraction")
     if done and (done.get("n"), done.get("seed")) not in ((settings.retract, settings.seed), (None, None)):
         raise InvalidArgument(
