@@ -37,6 +37,7 @@ def main() -> None:
     from factstore import api, arch
     from factstore.datasets import read_requests
     from factstore.domain import EditRequest, NewEdit
+    from factstore.options import CompileOptions
     from factstore.release import build
     from factstore.rome.hparams import default_hparams
     from factstore.weights import checkpoints, corpus, stats
@@ -96,7 +97,8 @@ def main() -> None:
         for mode in ("joint", "sequential"):
             clock, laps = time.perf_counter(), {}
             try:
-                build.build(store, "bench", mode, out=str(home / f"{mode}-{size}"), device="cpu", timings=laps)
+                options = CompileOptions(mode=mode, out=str(home / f"{mode}-{size}"))
+                build.build(store, "bench", options, device="cpu", timings=laps)
                 seconds = time.perf_counter() - clock
                 phases = " ".join(f"{laps.get(p, 0.0):>6.2f}" for p in ("load", "apply", "score", "write"))
                 print(f"{size:>6} {mode:>10} {seconds:>10.2f} {seconds / baseline:>6.2f} {phases}", flush=True)

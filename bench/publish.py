@@ -38,11 +38,14 @@ def main() -> None:
             release, _ = api.compile_release(store, "m")
             size = sum(p.stat().st_size for p in Path(release.path).iterdir())
             before, clock = hub.state.upload_bytes, time.perf_counter()
-            api.publish_release(store, "m", "bench/edited", endpoint=hub.url)
+            api.publish_release(store, "m", "bench/edited", api.PublishOptions(endpoint=hub.url))
             publish_s, sent = time.perf_counter() - clock, hub.state.upload_bytes - before
             clock = time.perf_counter()
             start = len(hub.state.log)
-            api.pull_release("bench/edited", f"v{version}", str(home / f"pulled-v{version}"), endpoint=hub.url)
+            api.pull_release(
+                "bench/edited",
+                api.PullOptions(version=f"v{version}", out=str(home / f"pulled-v{version}"), endpoint=hub.url),
+            )
             fetched = sum(1 for m, p in hub.state.log[start:] if m == "GET" and "/resolve/" in p)
             rows.append((f"v{version}", size, sent, publish_s, fetched, time.perf_counter() - clock))
     print("| version | release size | bytes uploaded | publish s | files downloaded by pull | pull s |")

@@ -45,7 +45,7 @@ def main() -> None:
     real_fetcher = pull_module.shipped_stats
     repo = "bench/edited"
     with HubServer({"bench-token": "bench"}, lfs=True) as hub:
-        api.publish_release(alice, "m", repo, endpoint=hub.url, with_stats=True)
+        api.publish_release(alice, "m", repo, api.PublishOptions(endpoint=hub.url, with_stats=True))
         for with_stats in (False, True):
             # without: the release's C files are ignored, as for a release published without --with-stats
             pull_module.shipped_stats = (
@@ -63,7 +63,10 @@ def main() -> None:
             api.add_model(bob, "team", args.model)
             clock = time.perf_counter()
             api.pull_release(
-                repo, "v1", str(home / f"pulled-{with_stats}"), endpoint=hub.url, import_into=bob, alias="team"
+                repo,
+                api.PullOptions(version="v1", out=str(home / f"pulled-{with_stats}"), endpoint=hub.url),
+                import_into=bob,
+                alias="team",
             )
             pull_s = time.perf_counter() - clock
             clock = time.perf_counter()

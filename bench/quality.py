@@ -30,12 +30,12 @@ def run(dtype: str, batch: int, n: int, data: str) -> dict:
         api.add_model(store, alias, "starter:smollm2-135m", dtype=dtype)
         api.compute_stats(store, alias)
     clock = time.perf_counter()
-    scores = api.evaluate_model(store, alias, data, n, mode="single", fluency=False, batch=batch)
+    scores = api.evaluate_model(store, alias, data, n, api.EvalSettings(mode="single", fluency=None, batch=batch))
     seconds = time.perf_counter() - clock
     size = None
     if batch == 1:
         if not api.list_edits(store, alias):
-            api.add_edit(store, alias, prompt="{} is located in the city of", subject="The Eiffel Tower", target="Rome")
+            api.add_edit(store, alias, api.EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome"))
         release, _ = api.compile_release(store, alias)
         size = sum(p.stat().st_size for p in Path(release.path).iterdir() if p.is_file())
     return {"dtype": dtype, "batch": batch, "scores": scores, "seconds": seconds, "release_bytes": size}

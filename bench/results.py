@@ -45,8 +45,15 @@ def smollm2(args: argparse.Namespace) -> None:
     data = str(DATA / "counterfact_500.json")
     if args.n:
         clock = time.perf_counter()
+        fluency = None if args.no_fluency else api.FluencySettings()
         single = api.evaluate_model(
-            store, "smollm2", data, args.n, mode="single", fluency=not args.no_fluency, device="cpu", progress=BARS
+            store,
+            "smollm2",
+            data,
+            args.n,
+            api.EvalSettings(mode="single", fluency=fluency),
+            device="cpu",
+            progress=BARS,
         )
         print(
             f"\nSmolLM2-135M, single-edit protocol, layer {single['layer']} ({time.perf_counter() - clock:.0f} s)\n\n{header()}"
@@ -55,18 +62,9 @@ def smollm2(args: argparse.Namespace) -> None:
         print(row("ROME (factstore)", single), flush=True)
     if args.lifelong:
         clock = time.perf_counter()
-        life = api.evaluate_model(
-            store,
-            "smollm2",
-            data,
-            args.lifelong,
-            mode="lifelong",
-            fluency=False,
-            every=max(1, args.lifelong // 5),
-            out=args.out,
-            device="cpu",
-            progress=BARS,
-        )
+        plan = api.LifelongSettings(every=max(1, args.lifelong // 5), batch=1, out=args.out)
+        settings = api.EvalSettings(mode="lifelong", fluency=None, lifelong=plan)
+        life = api.evaluate_model(store, "smollm2", data, args.lifelong, settings, device="cpu", progress=BARS)
         print(
             f"\nSmolLM2-135M, lifelong: {args.lifelong} edits registered in order ({time.perf_counter() - clock:.0f} s)\n\n{header()}"
         )
@@ -82,15 +80,14 @@ def smollm2(args: argparse.Namespace) -> None:
         print(f"plot: {life.get('png')}", flush=True)
     if args.trace:
         clock = time.perf_counter()
+        traced_with = api.TraceSettings(samples=args.samples, kinds=tuple(args.kinds.split(",")))
         traced = api.trace_dataset(
             store,
             "smollm2",
             str(DATA / "known_1000.json"),
             args.trace,
-            out=args.out,
+            api.TraceOptions(out=args.out, settings=traced_with),
             device="cpu",
-            samples=args.samples,
-            kinds=tuple(args.kinds.split(",")),
             progress=BARS,
         )
         print(
@@ -123,11 +120,13 @@ def tiny(args: argparse.Namespace) -> None:
             [t.format(f.subject) + " " + f.target + "." for f in make_facts(Recipe()) for t in RELATIONS[f.relation][0]]
         )
     )
-    api.compute_stats(store, "tiny", layer=2, corpus=str(corpus), tokens=100_000, device="cpu")
+    api.compute_stats(store, "tiny", api.StatsOptions(layer=2, corpus=str(corpus), tokens=100_000), device="cpu")
     hp = replace(
         default_hparams("gpt2", 4, 128), layer=2, context_lengths=(), value_context_lengths=(), clamp_norm_factor=8.0
     )
-    result = evaluation.single(store, "tiny", _tiny_records(args.tiny, folder), hparams=hp)
+    result = evaluation.single(
+        store, "tiny", _tiny_records(args.tiny, folder), api.EvalSettings(fluency=None), hparams=hp
+    )
     print(f"\ntrained tiny GPT-2 (tests/tiny_models.py), city facts it knows, single-edit protocol\n\n{header()}")
     print(row("unedited", result["unedited"]))
     print(row("ROME (factstore)", result), flush=True)

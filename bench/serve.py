@@ -139,9 +139,9 @@ def end_to_end(env: dict[str, str], edits: int) -> dict:
     )  # submitted and polled in this process (milliseconds): a CLI call each would load the 2 cores being measured
     clock = time.perf_counter()
     ids = {
-        api.submit_edit(
-            store, "smollm2", prompt=PROMPT, subject=f"{SUBJECTS[i % 10]} {i}", target=TARGETS[(i + 3) % 10]
-        )[0].id
+        api.submit_edit(store, "smollm2", api.EditRequest(PROMPT, f"{SUBJECTS[i % 10]} {i}", TARGETS[(i + 3) % 10]))[
+            0
+        ].id
         for i in range(edits)
     }
     worker = subprocess.Popen(

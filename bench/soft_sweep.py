@@ -72,7 +72,7 @@ def main() -> None:
     from factstore.studies.lifelong import band_inputs, heldout_rows, score_variant
     from factstore.weights.band import apply_band
     from factstore.weights.replay import apply_joint, edit_vectors
-    from factstore.weights.spread import apply_spread, band_deltas, band_keys
+    from factstore.weights.spread import SpreadSettings, apply_spread, band_deltas, band_keys
     from factstore.weights.stats import MatrixCache
 
     store = Store(f"sqlite:///{Path(args.run_dir) / 'lifelong.db'}")
@@ -103,7 +103,7 @@ def main() -> None:
             (
                 f"band {b} soft w={w:g} a={a:g}",
                 lambda m, b=b, w=w, a=a: apply_spread(
-                    m, edits, covariance, edit_vectors, inputs, lambda _: 0.0, soft=(w, a), band=b
+                    m, edits, covariance, edit_vectors, inputs, lambda _: 0.0, SpreadSettings(soft=(w, a), band=b)
                 ),
             )
             for b in args.bands

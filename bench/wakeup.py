@@ -44,7 +44,7 @@ def main() -> None:
         AutoTokenizer.from_pretrained(assets.gpt2_tokenizer_dir()).save_pretrained(folder)
         corpus.write_text(json.dumps([f"Line {i}: the bridge crosses the river." for i in range(200)]))
         api.add_model(store, "tiny", str(folder))
-        api.compute_stats(store, "tiny", corpus=str(corpus), tokens=2000, device="cpu")
+        api.compute_stats(store, "tiny", api.StatsOptions(corpus=str(corpus), tokens=2000), device="cpu")
         rows = [("poll", _run(store, WorkerSettings(poll=args.poll, batch=1, jobs=False, listen=False), args.n, 0))]
         rows.append(("LISTEN/NOTIFY", _run(store, WorkerSettings(poll=args.poll, batch=1, jobs=False), args.n, 1000)))
     print(f"| worker wakes by (poll {args.poll:g} s) | n | median ms | mean ms | max ms |\n|---|---|---|---|---|")
@@ -68,7 +68,7 @@ def _run(store, settings, n: int, offset: int) -> list[float]:  # type: ignore[n
             time.sleep(rng.random())
             clock = time.monotonic()
             entry, _ = api.submit_edit(
-                store, "tiny", prompt="{} is in", subject=f"Tower {offset + i + 1}", target="Rome", checks=checks
+                store, "tiny", api.EditRequest("{} is in", f"Tower {offset + i + 1}", "Rome"), checks=checks
             )
             while api.get_entry(store, entry.id).status == "pending":
                 time.sleep(0.005)

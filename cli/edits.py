@@ -38,32 +38,14 @@ def add(
     json_out: JsonOpt = False,
 ) -> None:
     """Compute and register one fact edit on the head model (with --queue: submit it for a worker)."""
+    store = api.open_store()
+    options = api.EditOptions(layer=parse_layer(layer), note=note, band=band)
+    request = api.EditRequest(prompt, subject, target, relation_id=relation)
     if queue:
-        entry, _ = api.submit_edit(
-            api.open_store(),
-            model,
-            prompt=prompt,
-            subject=subject,
-            target=target,
-            relation=relation,
-            layer=parse_layer(layer),
-            note=note,
-        )
+        entry, _ = api.submit_edit(store, model, request, options)
         emit_json(entry.to_json()) if json_out else print(entry.id)
         return
-    outcome = api.add_edit(
-        api.open_store(),
-        model,
-        prompt=prompt,
-        subject=subject,
-        target=target,
-        relation=relation,
-        layer=parse_layer(layer),
-        note=note,
-        device=device,
-        band=band,
-        progress=BARS,
-    )
+    outcome = api.add_edit(store, model, request, options, device=device, progress=BARS)
     if (crowded := api.capacity_warning(api.open_store(), model)) is not None:
         print(f"warning: {crowded}", file=sys.stderr)
     if json_out:
@@ -97,17 +79,8 @@ def import_(
     json_out: JsonOpt = False,
 ) -> None:
     """Validate every record, then compute and commit one edit (or one batch) at a time (a rerun resumes)."""
-    result = api.import_edits(
-        api.open_store(),
-        model,
-        file,
-        limit,
-        layer=parse_layer(layer),
-        device=device,
-        batch=batch,
-        band=band,
-        progress=BARS,
-    )
+    options = api.EditOptions(layer=parse_layer(layer), band=band, batch=batch)
+    result = api.import_edits(api.open_store(), model, file, limit, options, device=device, progress=BARS)
     emit_json(result) if json_out else print(
         f"{result['added']} edits added, {result['skipped']} already stored, of {result['records']} records"
     )

@@ -96,27 +96,21 @@ def eval_(
 ) -> None:
     """Efficacy, paraphrase, neighbourhood (and their harmonic mean S) and fluency, as in ROME's CounterFact."""
     version = parse_version(release)
-    result = api.evaluate_model(
-        api.open_store(),
-        model,
-        dataset,
-        n,
-        mode=mode,
-        release=version,
-        fluency=not no_fluency,
+    plan = api.LifelongSettings(
         every=every,
-        out=out,
-        device=device,
         batch=batch,
-        compile_modes=compile_mode,
-        retract=retract,
-        heldout_tokens=heldout_tokens,
+        modes=tuple(compile_mode) if compile_mode else api.MODES,
         fluency_sample=fluency_sample,
-        run_dir=run_dir,
+        heldout_tokens=heldout_tokens,
+        retract=retract,
         layer=layer,
         band=band,
-        progress=BARS,
+        folder=run_dir,
+        out=out,
     )
+    fluency = None if no_fluency else api.FluencySettings()
+    settings = api.EvalSettings(mode=mode, release=version, fluency=fluency, batch=batch, lifelong=plan)
+    result = api.evaluate_model(api.open_store(), model, dataset, n, settings, device=device, progress=BARS)
     if json_out:
         emit_json(result)
         return

@@ -61,32 +61,18 @@ def publish(
             raise typer.BadParameter(
                 "--queue publishes the compiled release as it is: no --mode, --endpoint or --device"
             )
-        job, _ = api.queue_publish(
-            api.open_store(),
-            model,
-            repo,
-            private=private,
-            with_stats=with_stats,
-            allow_degraded=allow_degraded,
-        )
+        queued = api.PublishOptions(private=private, with_stats=with_stats, allow_degraded=allow_degraded)
+        job, _ = api.queue_publish(api.open_store(), model, repo, queued)
         if json_out:
             emit_json(job.to_json())
         else:
             waiting = f" (waiting: {job.waiting})" if job.waiting else ""
             print(f"queued job {job.id}: publish v{job.params['version']} of {model} to {repo}{waiting}")
         return
-    result = api.publish_release(
-        api.open_store(),
-        model,
-        repo,
-        private=private,
-        mode=mode,
-        endpoint=endpoint,
-        with_stats=with_stats,
-        device=device,
-        progress=BARS,
-        allow_degraded=allow_degraded,
+    options = api.PublishOptions(
+        private=private, mode=mode, endpoint=endpoint, with_stats=with_stats, allow_degraded=allow_degraded
     )
+    result = api.publish_release(api.open_store(), model, repo, options, device=device, progress=BARS)
     if json_out:
         emit_json(result.to_json())
     elif result.already:
@@ -120,9 +106,8 @@ def pull(
 ) -> None:
     """Download one version, check every file against the release manifest, optionally import its edits."""
     store = api.open_store() if import_edits else None
-    result = api.pull_release(
-        repo, version, out, endpoint=endpoint, import_into=store, alias=alias, device=device, progress=BARS
-    )
+    options = api.PullOptions(version=version, out=out, endpoint=endpoint)
+    result = api.pull_release(repo, options, import_into=store, alias=alias, device=device, progress=BARS)
     if json_out:
         emit_json(result.to_json())
         return

@@ -45,8 +45,9 @@ def compile_(
 ) -> None:
     """Replay the active edits onto the base checkpoint and write a release folder."""
     seconds: dict[str, float] = {}
+    options = api.CompileOptions(mode=mode, out=out, min_efficacy=min_efficacy)
     release, created = api.compile_release(
-        api.open_store(), model, mode, out, device=device, timings=seconds, min_efficacy=min_efficacy, progress=BARS
+        api.open_store(), model, options, device=device, timings=seconds, progress=BARS
     )
     if json_out:
         emit_json(

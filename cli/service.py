@@ -50,18 +50,13 @@ def serve(
 ) -> None:
     """Run the HTTP API and web page; with the embedded SQLite default, also one worker."""
     api.require_server()
-    from factstore.server.app import serve as run  # the service's entry point: FastAPI is imported only here
+    from factstore.server.app import ServerSettings  # the service's entry point: FastAPI is imported only here
+    from factstore.server.app import serve as run
 
-    run(
-        host,
-        port,
-        require_token=require_token,
-        public_reads=public_reads,
-        worker=worker,
-        device=device,
-        allowed_host=allowed_host,
-        max_connections=max_connections,
+    settings = ServerSettings(
+        require_token=require_token, public_reads=public_reads, worker=worker, device=device, allowed_hosts=allowed_host
     )
+    run(host, port, settings, max_connections=max_connections)
 
 
 def worker(
@@ -107,17 +102,11 @@ def worker(
 
     signal.signal(signal.SIGTERM, finish)
     signal.signal(signal.SIGINT, finish)
+    settings = api.WorkerSettings(
+        models=list(model or []), batch=batch, device=device, poll=poll, threads=threads, fair_batches=fair_batches
+    )
     stats = api.run_worker(
-        api.open_store(),
-        models=model,
-        batch=batch,
-        device=device,
-        poll=poll,
-        threads=threads,
-        stop=stop,
-        max_idle_turns=1 if until_idle else None,
-        progress=BARS,
-        fair_batches=fair_batches,
+        api.open_store(), settings, stop=stop, max_idle_turns=1 if until_idle else None, progress=BARS
     )
     emit_json(stats.to_json()) if json_out else print(
         f"worker stopped: {stats.computed} computed, {stats.failed} failed, {stats.jobs} jobs"

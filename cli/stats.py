@@ -15,15 +15,15 @@ from .progress import BARS
 app = typer.Typer(help="Key second-moment statistics (computed on first need otherwise).", no_args_is_help=True)
 
 
-def _layers(text: str | None) -> list[int] | None:
-    """ "0-4" or "1,3,5" -> layer numbers."""
+def _layers(text: str | None) -> tuple[int, ...]:
+    """ "0-4" or "1,3,5" -> layer numbers (none given: none)."""
     if text is None:
-        return None
+        return ()
     try:
         if "-" in text:
             lo, hi = (int(x) for x in text.split("-"))
-            return list(range(lo, hi + 1))
-        return [int(x) for x in text.split(",")]
+            return tuple(range(lo, hi + 1))
+        return tuple(int(x) for x in text.split(","))
     except ValueError:
         raise typer.BadParameter(f"--layers takes A-B or A,B,C, not {text[:20]!r}") from None
 
@@ -45,17 +45,10 @@ def compute(
     json_out: JsonOpt = False,
 ) -> None:
     """Compute (or find cached) C for a model's edit layer; resumes after an interruption."""
-    result = api.compute_stats(
-        api.open_store(),
-        model,
-        parse_layer(layer),
-        layers=_layers(layers),
-        corpus=corpus,
-        tokens=tokens,
-        shard=shard,
-        device=device,
-        progress=BARS,
+    options = api.StatsOptions(
+        layer=parse_layer(layer), layers=_layers(layers), corpus=corpus, tokens=tokens, shard=shard
     )
+    result = api.compute_stats(api.open_store(), model, options, device=device, progress=BARS)
     if json_out:
         emit_json(result)
     elif "shard" in result:
@@ -77,9 +70,8 @@ def merge(
     json_out: JsonOpt = False,
 ) -> None:
     """Combine the shards of `stats compute --shard I/N` into C, equal to a single pass."""
-    result = api.merge_stats(
-        api.open_store(), model, layer, corpus=corpus, tokens=tokens, folders=shards_from or [], progress=BARS
-    )
+    options = api.StatsOptions(layer=layer, corpus=corpus, tokens=tokens)
+    result = api.merge_stats(api.open_store(), model, options, folders=shards_from or [], progress=BARS)
     emit_json(result) if json_out else print(f"layer {result['layer']}: {result['tokens']} tokens -> {result['path']}")
 
 

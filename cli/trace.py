@@ -49,23 +49,12 @@ def trace(
     json_out: JsonOpt = False,
 ) -> None:
     """Heatmaps of where a fact lives (one fact), or the average over known facts (--dataset)."""
-    chosen = tuple(k.strip() for k in kinds.split(",") if k.strip())
+    chosen = tuple(k.strip() for k in kinds.split(",") if k.strip())  # none: every kind
+    settings = api.TraceSettings(samples=samples, noise_factor=noise, window=window, seed=seed, kinds=chosen)
+    options = api.TraceOptions(out=out, settings=settings)
     store = api.open_store()
     if dataset:
-        result = api.trace_dataset(
-            store,
-            model,
-            dataset,
-            n,
-            out=out,
-            samples=samples,
-            noise_factor=noise,
-            window=window,
-            seed=seed,
-            kinds=chosen,
-            device=device,
-            progress=BARS,
-        )
+        result = api.trace_dataset(store, model, dataset, n, options, device=device, progress=BARS)
         if not json_out:
             skipped = (
                 f", {len(result['skipped'])} skipped (subject not on a token boundary)" if result["skipped"] else ""
@@ -77,21 +66,8 @@ def trace(
     else:
         if not (prompt and subject):
             raise typer.BadParameter("give --prompt and --subject for one fact, or --dataset FILE")
-        result = api.trace_fact(
-            store,
-            model,
-            prompt=prompt,
-            subject=subject,
-            target=target,
-            out=out,
-            samples=samples,
-            noise_factor=noise,
-            window=window,
-            seed=seed,
-            kinds=chosen,
-            device=device,
-            progress=BARS,
-        )
+        fact = api.TracedFact(prompt, subject, target)
+        result = api.trace_fact(store, model, fact, options, device=device, progress=BARS)
         if not json_out:
             print(
                 f"P(answer): clean {result['clean_prob']:.3f}, corrupted {result['corrupted_prob']:.3f}; MLP peak at layer {result['peak_mlp_layer']}"

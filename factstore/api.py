@@ -9,13 +9,39 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from threading import Event
 from typing import TYPE_CHECKING
 
 from factstore import config, extras
-from factstore.domain import ApiTokenInfo, BaseModel, EditEntry, EditRequest, Job, Release, StoredEdit, check_alias
+from factstore.domain import (
+    ApiTokenInfo,
+    BaseModel,
+    EditEntry,
+    EditRequest,
+    Job,
+    Release,
+    StoredEdit,
+    TracedFact,
+    check_alias,
+)
 from factstore.errors import EditStateError, FactStoreError, InvalidArgument, InvalidEditRequest, ScopeError, shown
+from factstore.options import (
+    KINDS,
+    MODES,
+    CompileOptions,
+    EditOptions,
+    EvalSettings,
+    FluencySettings,
+    LifelongSettings,
+    PublishOptions,
+    PullOptions,
+    StatsOptions,
+    TraceOptions,
+    TraceSettings,
+    WorkerSettings,
+)
 from factstore.progress import SILENT, Reporter
 from factstore.storage import schema
 from factstore.storage.engine import check_reachable, make_engine
@@ -24,7 +50,6 @@ from factstore.storage.queue import idempotency_sha256 as idempotency_hash
 from factstore.storage.store import Store
 
 if TYPE_CHECKING:
-    from factstore.analysis.causal_trace import TraceSettings
     from factstore.editing.requests import ModelChecks
     from factstore.editing.session import EditOutcome, EditSession
     from factstore.release.capacity import Capacity
@@ -32,7 +57,30 @@ if TYPE_CHECKING:
     from factstore.release.pull import Pulled
     from factstore.worker.loop import WorkerStats
 
-__all__ = ["EDIT_STATUSES", "SILENT", "FactStoreError", "Reporter", "Store", "debug_enabled", "idempotency_hash"]
+__all__ = [
+    "EDIT_STATUSES",
+    "KINDS",
+    "MODES",
+    "SILENT",
+    "CompileOptions",
+    "EditOptions",
+    "EditRequest",
+    "EvalSettings",
+    "FactStoreError",
+    "FluencySettings",
+    "LifelongSettings",
+    "PublishOptions",
+    "PullOptions",
+    "Reporter",
+    "StatsOptions",
+    "Store",
+    "TraceOptions",
+    "TraceSettings",
+    "TracedFact",
+    "WorkerSettings",
+    "debug_enabled",
+    "idempotency_hash",
+]
 
 EVAL_MODES = ("single", "lifelong")
 EDIT_STATUSES = _EDIT_STATUSES
@@ -131,26 +179,29 @@ def capacity_warning(store: Store, alias: str) -> str | None:
 def compute_stats(
     store: Store,
     alias: str,
-    layer: int | str | None = None,
+    options: StatsOptions = StatsOptions(),
     *,
-    layers: Sequence[int] | None = None,
-    corpus: str | None = None,
-    tokens: int | None = None,
-    shard: str | None = None,
     device: str | None = None,
     progress: Reporter = SILENT,
 ) -> dict:
-    """C for a model's edit layer, or for LAYERS from one pass (computed once, cached, resumable).
-    SHARD "I/N": only the float64 partial sum of that shard of the corpus, for `merge_stats`."""
+    """C for a model's edit layer (options.layer), or for options.layers from one pass (computed
+    once, cached, resumable). options.shard "I/N": only the float64 partial sum of that shard of
+    the corpus, for `merge_stats`."""
     from factstore.editing.session import EditSession
     from factstore.weights import stats
     from factstore.weights.corpus import DEFAULT_CORPUS
 
+    layers, shard = options.layers, options.shard
     split = stats.parse_shard(shard) if shard is not None else None  # before the model is loaded
     session = EditSession(
-        store, alias, device=device, corpus=corpus or DEFAULT_CORPUS, stats_tokens=tokens, progress=progress
+        store,
+        alias,
+        device=device,
+        corpus=options.corpus or DEFAULT_CORPUS,
+        stats_tokens=options.tokens,
+        progress=progress,
     )
-    hp = session.hparams(layer)
+    hp = session.hparams(options.layer)
     if split is not None:
         if layers:
             raise InvalidArgument("--shard computes one layer; give --layer")
@@ -184,23 +235,20 @@ def compute_stats(
 
 
 def merge_stats(
-    store: Store,
-    alias: str,
-    layer: int,
-    *,
-    corpus: str | None = None,
-    tokens: int | None = None,
-    folders: Sequence[str] = (),
-    progress: Reporter = SILENT,
+    store: Store, alias: str, options: StatsOptions, *, folders: Sequence[str] = (), progress: Reporter = SILENT
 ) -> dict:
-    """C of LAYER from the shard files `compute_stats(shard=...)` wrote (here, or in FOLDERS),
-    equal to a single pass; recorded like a computed C. Reads the model's config and tokenizer only."""
+    """C of options.layer (a layer number) from the shard files `compute_stats` wrote with
+    options.shard (here, or in FOLDERS), for the same corpus and tokens: equal to a single pass;
+    recorded like a computed C. Reads the model's config and tokenizer only."""
     from factstore import arch
     from factstore.rome.covariance import TEXT_TOKENS, plan
     from factstore.rome.hparams import default_hparams
     from factstore.weights import checkpoints, stats
     from factstore.weights.corpus import DEFAULT_CORPUS, load_corpus
 
+    layer, corpus, tokens = options.layer, options.corpus, options.tokens
+    if not isinstance(layer, int) or options.layers or options.shard is not None:
+        raise InvalidArgument("merging shards takes one layer number, and no layers or shard")
     base = store.get_base_model(alias)
     cfg = checkpoints.load_config(base.source, base.revision)
     n_layers = arch.config_num_layers(cfg)
@@ -261,60 +309,40 @@ def _user() -> str | None:
 def submit_edit(
     store: Store,
     alias: str,
+    request: EditRequest,
+    options: EditOptions = EditOptions(),
     *,
-    prompt: str,
-    subject: str,
-    target: str,
-    relation: str | None = None,
-    layer: int | str | None = None,
-    note: str | None = None,
-    requested_by: str | None = None,
     idempotency: str | None = None,
     checks: ModelChecks | None = None,
     max_pending: int | None = None,
 ) -> tuple[EditEntry, bool]:
-    """Check a request with the model's tokenizer only and store it pending for a worker.
-    Returns (entry, created); an IDEMPOTENCY hash already stored returns that entry. With
-    MAX_PENDING, a requester with that many requests not yet computed is refused
-    (TooManyRequests, a replay still answered; concurrent submissions can pass it by a few)."""
+    """Check REQUEST with the model's tokenizer only and store it pending for a worker (options:
+    its layer, note and requester; band and batch play no part). Returns (entry, created); an
+    IDEMPOTENCY hash already stored returns that entry. With MAX_PENDING, a requester with that
+    many requests not yet computed is refused (TooManyRequests, a replay still answered;
+    concurrent submissions can pass it by a few)."""
     from factstore.editing.requests import ModelChecks, submit
 
-    request = EditRequest(prompt=prompt, subject=subject, target_new=target, relation_id=relation)
     checks = checks or ModelChecks.load(store, alias)
-    return submit(
-        store,
-        checks,
-        request,
-        layer=layer,
-        note=note,
-        requested_by=requested_by or _user(),
-        idempotency=idempotency,
-        max_pending=max_pending,
-    )
+    asked = replace(options, requested_by=options.requested_by or _user())
+    return submit(store, checks, request, asked, idempotency=idempotency, max_pending=max_pending)
 
 
 def add_edit(
     store: Store,
     alias: str,
+    request: EditRequest,
+    options: EditOptions = EditOptions(),
     *,
-    prompt: str,
-    subject: str,
-    target: str,
-    relation: str | None = None,
-    layer: int | str | None = None,
-    note: str | None = None,
     device: str | None = None,
-    band: int | None = None,
     progress: Reporter = SILENT,
 ) -> EditOutcome:
     """Submit one edit and compute it in this process on the head model (or wait for the worker
-    that holds the model to compute it). band: layers to spread it over (weights/band.py)."""
+    that holds the model to compute it). options.band: layers to spread it over (weights/band.py)."""
     from factstore.editing.session import EditSession
 
-    entry, _ = submit_edit(
-        store, alias, prompt=prompt, subject=subject, target=target, relation=relation, layer=layer, note=note
-    )
-    session = EditSession(store, alias, device=device, progress=progress, band=band)
+    entry, _ = submit_edit(store, alias, request, options)
+    session = EditSession(store, alias, device=device, progress=progress, band=options.band)
     return session.run(entry.id)
 
 
@@ -323,29 +351,18 @@ def import_edits(
     alias: str,
     path: str,
     limit: int | None = None,
+    options: EditOptions = EditOptions(),
     *,
-    layer: int | str | None = None,
     device: str | None = None,
-    batch: int = 1,
-    band: int | None = None,
     progress: Reporter = SILENT,
 ) -> dict:
-    """Validate every record, then compute and commit one edit (or BATCH together) at a time; a
-    rerun skips stored ones. band: layers to spread each edit over (weights/band.py)."""
+    """Validate every record of PATH (the first LIMIT), then compute and commit one edit (or
+    options.batch together) at a time; a rerun skips stored ones. options.band: layers to spread
+    each edit over (weights/band.py); each edit notes the file instead of options.note."""
     from factstore.editing import imports
 
-    return imports.import_edits(
-        store,
-        alias,
-        path,
-        limit,
-        layer=layer,
-        device=device,
-        requested_by=_user(),
-        batch=batch,
-        band=band,
-        progress=progress,
-    )
+    asked = replace(options, requested_by=options.requested_by or _user())
+    return imports.import_edits(store, alias, path, limit, asked, device=device, progress=progress)
 
 
 def list_edits(store: Store, alias: str, status: str = "active") -> list[StoredEdit]:
@@ -408,29 +425,18 @@ def ask_model(
 def compile_release(
     store: Store,
     alias: str,
-    mode: str | None = None,
-    out: str | None = None,
+    options: CompileOptions = CompileOptions(),
     *,
     device: str | None = None,
     timings: dict[str, float] | None = None,
-    min_efficacy: float | None = None,
     progress: Reporter = SILENT,
 ) -> tuple[Release, bool]:
     """Build (or reuse, when the log is unchanged) a release folder. Returns (release, created);
-    timings, when given, receives seconds per phase. min_efficacy: soft modes' acceptance
-    (default build.MIN_EFFICACY)."""
+    timings, when given, receives seconds per phase. options.min_efficacy: soft modes'
+    acceptance (None: build.MIN_EFFICACY)."""
     from factstore.release import build
 
-    return build.build(
-        store,
-        alias,
-        mode,
-        out,
-        device,
-        timings=timings,
-        min_efficacy=build.MIN_EFFICACY if min_efficacy is None else min_efficacy,
-        progress=progress,
-    )
+    return build.build(store, alias, options, device=device, timings=timings, progress=progress)
 
 
 def list_releases(store: Store, alias: str, *, limit: int | None = None, offset: int = 0) -> list[Release]:
@@ -447,60 +453,42 @@ def publish_release(
     store: Store,
     alias: str,
     repo: str,
+    options: PublishOptions = PublishOptions(),
     *,
-    private: bool = False,
-    mode: str | None = None,
-    endpoint: str | None = None,
-    with_stats: bool = False,
     device: str | None = None,
     progress: Reporter = SILENT,
-    allow_degraded: bool = False,
 ) -> Published:
-    """Compile if the log changed, upload as one commit on main, tag vN; WITH_STATS also uploads the
-    C files the release's edits used (stats/SHA256.safetensors, each once per repository). A
-    release whose held-out perplexity rose past FACTSTORE_MAX_PERPLEXITY_RISE is refused unless
-    ALLOW_DEGRADED."""
+    """Compile if the log changed, upload as one commit on main, tag vN; options.with_stats also
+    uploads the C files the release's edits used (stats/SHA256.safetensors, each once per
+    repository). A release whose held-out perplexity rose past FACTSTORE_MAX_PERPLEXITY_RISE is
+    refused unless options.allow_degraded."""
     from factstore.release import publish
 
-    return publish.publish(
-        store,
-        alias,
-        repo,
-        private=private,
-        mode=mode,
-        endpoint=endpoint,
-        with_stats=with_stats,
-        device=device,
-        progress=progress,
-        allow_degraded=allow_degraded,
-    )
+    return publish.publish(store, alias, repo, options, device=device, progress=progress)
 
 
 def pull_release(
     repo: str,
-    version: str | None = None,
-    out: str | None = None,
+    options: PullOptions = PullOptions(),
     *,
-    endpoint: str | None = None,
     import_into: Store | None = None,
     alias: str | None = None,
     device: str | None = None,
     progress: Reporter = SILENT,
 ) -> Pulled:
     """Download and verify one version; with import_into, continue its lineage in that store under ALIAS."""
-    from dataclasses import replace
-
     from factstore.release import lineage, pull
 
     alias = alias or repo.split("/")[-1]
     if import_into is not None:
         check_alias(alias)  # before anything is downloaded
-    pulled = pull.pull(repo, version, out, endpoint)
+    pulled = pull.pull(repo, options.version, options.out, options.endpoint)
     if import_into is None:
         return pulled
-    shipped = pull.shipped_stats(repo, pulled.commit, endpoint)  # the release's own C files, if it ships them
+    shipped = pull.shipped_stats(repo, pulled.commit, options.endpoint)  # the release's own C files, if it ships them
+    published = (repo, pulled.commit, pulled.version) if pulled.version is not None else None  # tagged: published
     imported = lineage.import_release(
-        import_into, Path(pulled.path), alias, repo, pulled.commit, pulled.version, device, progress, shipped
+        import_into, Path(pulled.path), alias, published, device=device, progress=progress, shipped=shipped
     )
     return replace(pulled, imported=imported)
 
@@ -511,28 +499,19 @@ def pull_release(
 def trace_fact(
     store: Store,
     alias: str,
+    fact: TracedFact,
+    options: TraceOptions = TraceOptions(),
     *,
-    prompt: str,
-    subject: str,
-    target: str | None = None,
-    out: str | None = None,
-    samples: int = 10,
-    noise_factor: float = 3.0,
-    window: int = 10,
-    seed: int = 0,
-    kinds: tuple[str, ...] | None = None,
     device: str | None = None,
     progress: Reporter = SILENT,
 ) -> dict:
-    """Causal-tracing maps of one fact (PNGs + JSON)."""
+    """Causal-tracing maps of one fact (PNGs + JSON); options.settings.kinds empty: every kind."""
     from factstore.editing.models import check_size, tokenizer_for
     from factstore.studies import tracing
 
-    settings = _trace_settings(samples, noise_factor, window, seed, kinds)
-    check_size(tokenizer_for(store, alias), EditRequest(prompt, subject, target or "x"))
-    return tracing.trace_fact(
-        store, alias, prompt, subject, target, settings=settings, out=out, device=device, progress=progress
-    )
+    options = _checked_trace(options)
+    check_size(tokenizer_for(store, alias), EditRequest(fact.prompt, fact.subject, fact.target or "x"))
+    return tracing.trace_fact(store, alias, fact, options, device=device, progress=progress)
 
 
 def trace_dataset(
@@ -540,34 +519,26 @@ def trace_dataset(
     alias: str,
     path: str,
     n: int = 50,
+    options: TraceOptions = TraceOptions(),
     *,
-    out: str | None = None,
-    samples: int = 10,
-    noise_factor: float = 3.0,
-    window: int = 10,
-    seed: int = 0,
-    kinds: tuple[str, ...] | None = None,
     device: str | None = None,
     progress: Reporter = SILENT,
 ) -> dict:
     """Average maps over N known facts; stores the MLP peak layer as the model's recommended layer."""
     from factstore.studies import tracing
 
-    settings = _trace_settings(samples, noise_factor, window, seed, kinds)
-    if "mlp" not in settings.kinds:
+    options = _checked_trace(options)
+    if "mlp" not in options.settings.kinds:
         raise InvalidEditRequest("tracing a dataset needs the mlp map: the recommended layer is where its effect peaks")
-    return tracing.trace_dataset(store, alias, path, n, settings=settings, out=out, device=device, progress=progress)
+    return tracing.trace_dataset(store, alias, path, n, options, device=device, progress=progress)
 
 
-def _trace_settings(
-    samples: int, noise_factor: float, window: int, seed: int, kinds: tuple[str, ...] | None
-) -> TraceSettings:
-    from factstore.analysis.causal_trace import KINDS, TraceSettings
-
-    chosen = kinds or KINDS
-    if not chosen or not set(chosen) <= set(KINDS):
+def _checked_trace(options: TraceOptions) -> TraceOptions:
+    """OPTIONS with its kinds checked (none given: every kind)."""
+    chosen = options.settings.kinds or KINDS
+    if not set(chosen) <= set(KINDS):
         raise InvalidEditRequest(f"trace kinds must be among {', '.join(KINDS)}; got {', '.join(chosen) or 'none'}")
-    return TraceSettings(samples=samples, noise_factor=noise_factor, window=window, seed=seed, kinds=tuple(chosen))
+    return replace(options, settings=replace(options.settings, kinds=tuple(chosen)))
 
 
 def evaluate_model(
@@ -575,55 +546,31 @@ def evaluate_model(
     alias: str,
     dataset: str,
     n: int | None = 100,
+    settings: EvalSettings = EvalSettings(),
     *,
-    mode: str = "single",
-    release: int | None = None,
-    fluency: bool = True,
-    every: int | None = None,
-    out: str | None = None,
     device: str | None = None,
-    batch: int = 1,
-    compile_modes: Sequence[str] | None = None,
-    retract: int = 0,
-    heldout_tokens: int = 20_000,
-    fluency_sample: int = 50,
-    run_dir: str | None = None,
-    layer: int | None = None,
-    band: int | None = None,
     progress: Reporter = SILENT,
 ) -> dict:
-    """CounterFact scores: `single` (each record edited alone on the base), `lifelong` (all
-    registered one after another in a resumable run folder, the log compiled in each of
-    COMPILE_MODES and scored, then RETRACT edits retracted at random) or a built release.
-    batch: edits computed in one optimisation; layer (lifelong): the edit layer instead of the model's default."""
-    from factstore.analysis.metrics import FluencySettings
+    """CounterFact scores of the first N records of DATASET: `single` (each record edited alone on
+    the base), `lifelong` (all registered one after another in a resumable run folder, the log
+    compiled in each of settings.lifelong.modes and scored, then settings.lifelong.retract edits
+    retracted at random) or a built release (settings.release)."""
     from factstore.datasets import read_records
     from factstore.studies import evaluation, lifelong
-    from factstore.weights.replay import MODES
 
-    if mode not in EVAL_MODES:
-        raise InvalidEditRequest(f"unknown evaluation mode {shown(mode)}; use {' or '.join(EVAL_MODES)}")
-    if retract < 0 or heldout_tokens < 0 or fluency_sample < 0:
+    plan = settings.lifelong or LifelongSettings(batch=settings.batch)
+    if settings.mode not in EVAL_MODES:
+        raise InvalidEditRequest(f"unknown evaluation mode {shown(settings.mode)}; use {' or '.join(EVAL_MODES)}")
+    if plan.retract < 0 or plan.heldout_tokens < 0 or plan.fluency_sample < 0:
         raise InvalidArgument("--retract, --heldout-tokens and --fluency-sample take a number >= 0")
     records = read_records(dataset, n)
-    settings = FluencySettings() if fluency else None
-    if release is not None:
-        return evaluation.release(store, alias, release, records, settings, device=device, progress=progress)
-    if mode == "single":
-        return evaluation.single(store, alias, records, settings, device=device, batch=batch, progress=progress)
-    plan = lifelong.LifelongSettings(
-        every=every,
-        batch=batch,
-        modes=tuple(compile_modes or MODES),
-        fluency_sample=fluency_sample,
-        heldout_tokens=heldout_tokens,
-        retract=retract,
-        layer=layer,
-        band=band,
-    )
-    return lifelong.lifelong(
-        store, alias, records, settings, settings=plan, folder=run_dir, out=out, device=device, progress=progress
-    )
+    if settings.release is not None:
+        return evaluation.release(
+            store, alias, settings.release, records, settings.fluency, device=device, progress=progress
+        )
+    if settings.mode == "single":
+        return evaluation.single(store, alias, records, settings, device=device, progress=progress)
+    return lifelong.lifelong(store, alias, records, settings.fluency, plan, device=device, progress=progress)
 
 
 # the service: workers, jobs, tokens ---------------------------------------------------------
@@ -631,29 +578,22 @@ def evaluate_model(
 
 def run_worker(
     store: Store,
+    settings: WorkerSettings | None = None,
     *,
-    models: list[str] | None = None,
-    batch: int = 8,
-    device: str | None = None,
-    poll: float = 1.0,
-    threads: int | None = None,
     stop: Event | None = None,
     max_idle_turns: int | None = None,
     progress: Reporter = SILENT,
-    fair_batches: int = 4,
 ) -> WorkerStats:
-    """Compute the queue (of MODELS, default all) until STOP is set, which lets the current
-    edit finish; with max_idle_turns, also until the queue stayed empty that many polls. A model
-    is given up after FAIR_BATCHES batches in a row while another model waits."""
-    from factstore.worker.loop import Worker, WorkerSettings
+    """Compute the queue (of settings.models, default all) until STOP is set, which lets the
+    current edit finish; with max_idle_turns, also until the queue stayed empty that many polls.
+    A model is given up after settings.fair_batches batches in a row while another model waits."""
+    from factstore.worker.loop import Worker
 
-    if not 1 <= batch <= 1000:
-        raise InvalidEditRequest(f"batch must be between 1 and 1000, not {batch}")
-    if not 1 <= fair_batches <= 10_000:
-        raise InvalidEditRequest(f"fair_batches must be between 1 and 10000, not {fair_batches}")
-    settings = WorkerSettings(
-        models=list(models or []), batch=batch, device=device, poll=poll, threads=threads, fair_batches=fair_batches
-    )
+    settings = settings or WorkerSettings()
+    if not 1 <= settings.batch <= 1000:
+        raise InvalidEditRequest(f"batch must be between 1 and 1000, not {settings.batch}")
+    if not 1 <= settings.fair_batches <= 10_000:
+        raise InvalidEditRequest(f"fair_batches must be between 1 and 10000, not {settings.fair_batches}")
     worker = Worker(store, settings, progress)
     if stop is not None:
         worker.stopping = stop
@@ -694,19 +634,18 @@ def queue_publish(
     store: Store,
     alias: str,
     repo: str,
+    options: PublishOptions = PublishOptions(),
     *,
-    version: int | None = None,
-    private: bool = False,
-    with_stats: bool = False,
-    allow_degraded: bool = False,
     requested_by: str | None = None,
     idempotency: str | None = None,
 ) -> tuple[Job, bool]:
-    """Queue publishing release VERSION (None: the release of the current log, which must be
-    compiled) for a worker with Hub credentials of its own. Returns (job, created).
-    REQUESTED_BY: the API token's name (None: the local user)."""
+    """Queue publishing release options.version (None: the release of the current log, which
+    must be compiled) for a worker with Hub credentials of its own (its own Hub endpoint: the
+    mode and endpoint of OPTIONS play no part). Returns (job, created). REQUESTED_BY: the API
+    token's name (None: the local user)."""
     from factstore.release.build import current_log_sha256
 
+    version = options.version
     if version is None:
         latest = store.get_latest_release(store.get_base_model(alias).id)
         if latest is None or latest.edit_log_sha256 != current_log_sha256(store, alias, latest.mode):
@@ -718,9 +657,9 @@ def queue_publish(
     params = {
         "version": version,
         "repo": repo,
-        "private": private,
-        "with_stats": with_stats,
-        "allow_degraded": allow_degraded,
+        "private": options.private,
+        "with_stats": options.with_stats,
+        "allow_degraded": options.allow_degraded,
     }
     return submit_job(
         store,

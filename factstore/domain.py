@@ -315,6 +315,19 @@ class NewEdit:
     band: tuple[LayerAsk, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class NewRelease:
+    """A release folder written by a compile, ready to be recorded (Store.create_release)."""
+
+    mode: str
+    edit_log_sha256: str
+    manifest_sha256: str
+    path: str
+    edit_ids: list[int]
+    published: tuple[str, str, str] | None = None  # (repo, commit, tag): pulled from the Hub, already published
+    scores: dict | None = None
+
+
 def request_sha256(request: EditRequest) -> str:
     """Identity of a request's text, used to resume imports without duplicates."""
     blob = json.dumps([request.prompt, request.subject, request.target_new, request.relation_id], ensure_ascii=False)
@@ -357,6 +370,15 @@ class Record:
     neighbour_answers: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class TracedFact:
+    """A fact to trace: `prompt` filled with `subject`, and the answer whose recall is traced."""
+
+    prompt: str  # template with "{}" for the subject
+    subject: str
+    target: str | None = None  # None: the model's own top next token
+
+
 @dataclass(frozen=True)
 class KnownFact:
     """A fact the model may know, for causal tracing (ROME's known_1000.json)."""
@@ -380,3 +402,4 @@ class ImportedRelease:
     published: tuple[str, str, str] | None  # (repo, commit, tag) when pulled from the Hub
     log_sha256: Callable[[list[StoredEdit]], str]  # identity of the active log once the edits are in
     scores: dict | None = None  # the manifest's, as the publisher measured them (shown, never trusted)
+    templates: tuple[dict, ...] = ()  # the manifest's context templates ({fingerprint, seed, templates})

@@ -197,7 +197,7 @@ def _build_tiny(api, url: str, folder: Path, corpus: Path):  # type: ignore[no-u
     api.upgrade_database(url)
     store = api.open_store(url)
     api.add_model(store, "tiny", str(folder))
-    api.compute_stats(store, "tiny", corpus=str(corpus), tokens=2000, device="cpu")
+    api.compute_stats(store, "tiny", api.StatsOptions(corpus=str(corpus), tokens=2000), device="cpu")
     return store
 
 

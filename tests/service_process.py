@@ -27,7 +27,7 @@ def add_random_gpt2(store: Store, alias: str, where: Path, tokenizer, seed: int,
     corpus = where / f"{alias}-corpus.json"
     corpus.write_text(json.dumps([f"{line} ({i})" for i in range(200)]))
     api.add_model(store, alias, str(folder))
-    api.compute_stats(store, alias, corpus=str(corpus), tokens=2000, device="cpu")
+    api.compute_stats(store, alias, api.StatsOptions(corpus=str(corpus), tokens=2000), device="cpu")
 
 
 def free_port() -> int:

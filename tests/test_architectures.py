@@ -94,9 +94,13 @@ def test_a_compiled_release_of_every_layout_loads(family: str, db_url: str, gpt2
     api.upgrade_database(db_url)
     store = api.open_store(db_url)
     api.add_model(store, "m", str(folder))
-    api.compute_stats(store, "m", layer=1, corpus=str(corpus), tokens=1000, device="cpu")
+    api.compute_stats(store, "m", api.StatsOptions(layer=1, corpus=str(corpus), tokens=1000), device="cpu")
     outcome = api.add_edit(
-        store, "m", prompt=REQUEST.prompt, subject=REQUEST.subject, target=REQUEST.target_new, layer=1, device="cpu"
+        store,
+        "m",
+        api.EditRequest(REQUEST.prompt, REQUEST.subject, REQUEST.target_new),
+        api.EditOptions(layer=1),
+        device="cpu",
     )
     release, _ = api.compile_release(store, "m", device="cpu")
     loaded = AutoModelForCausalLM.from_pretrained(release.path).eval()

@@ -48,7 +48,9 @@ def test_band_edits_store_a_key_and_target_per_layer_and_the_head_is_the_band_re
     d_ff, d = edits[0].key_shape[0], edits[0].value_shape[0]
     assert all(vector(a.key).shape == (d_ff,) and vector(a.target).shape == (d,) for e in edits for a in e.band)
     assert all(e.hparams["band"] == 2 for e in edits)
-    release, created = api.compile_release(store, "tiny", min_efficacy=0.0)  # no --mode: a band log compiles as band
+    release, created = api.compile_release(
+        store, "tiny", api.CompileOptions(min_efficacy=0.0)
+    )  # no --mode: a band log compiles as band
     assert created and release.mode == "band"
     compiled = AutoModelForCausalLM.from_pretrained(release.path)
     # the head new edits are computed on is the release, to the bit, on every layer of the band
@@ -70,7 +72,7 @@ def _base(session: EditSession) -> torch.nn.Module:
 
 def test_a_band_compile_is_the_same_bytes_in_another_process(banded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store, _ = banded
-    release, _ = api.compile_release(store, "tiny", "band", min_efficacy=0.0)
+    release, _ = api.compile_release(store, "tiny", api.CompileOptions(mode="band", min_efficacy=0.0))
     out = tmp_path / "elsewhere"
     done = finish("compile", "--model", "tiny", "--out", str(out), "--json")
     assert done.returncode == 0, done.stderr
@@ -102,13 +104,13 @@ def _team_store(store, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_a_band_release_imports_byte_for_byte_and_the_importer_continues_it(banded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store, _ = banded
-    release, _ = api.compile_release(store, "tiny", min_efficacy=0.0)
+    release, _ = api.compile_release(store, "tiny", api.CompileOptions(min_efficacy=0.0))
     team = _team_store(store, tmp_path)
     result = import_release(team, Path(release.path), "team")
     assert result["rebuilt_identical"] and result["edits_added"] == 3
     mine, theirs = store.list_edits(1), team.list_edits(team.get_base_model("team").id)
     assert [e.band for e in theirs] == [e.band for e in mine]
-    again, _ = api.compile_release(team, "team", out=str(tmp_path / "again"), min_efficacy=0.0)
+    again, _ = api.compile_release(team, "team", api.CompileOptions(out=str(tmp_path / "again"), min_efficacy=0.0))
     assert again.mode == "band"
     mine_files, again_files = layout.file_hashes(Path(release.path)), layout.file_hashes(tmp_path / "again")
     weights = [n for n in mine_files if n.endswith(".safetensors")]  # the card names the alias
@@ -119,7 +121,7 @@ def test_a_band_release_whose_upper_key_is_another_subjects_is_refused(banded, t
     """A publisher who keeps an edit's label and lowest key but points its upper layer at another
     subject's key (to move that subject's fact unseen) is caught by the claims check."""
     store, _ = banded
-    release, _ = api.compile_release(store, "tiny", min_efficacy=0.0)
+    release, _ = api.compile_release(store, "tiny", api.CompileOptions(min_efficacy=0.0))
     folder = tmp_path / "forged"
     shutil.copytree(release.path, folder)
     edits = store.list_edits(1)
@@ -147,7 +149,7 @@ def test_a_single_layer_log_through_migration_0006_compiles_to_the_same_bytes(  
     session = EditSession(tiny_store, "tiny", device="cpu")
     for subject, target in FACTS:
         session.add(EditRequest(PROMPT, subject, target))
-    before, _ = api.compile_release(tiny_store, "tiny", "joint")
+    before, _ = api.compile_release(tiny_store, "tiny", api.CompileOptions(mode="joint"))
     files = layout.file_hashes(Path(before.path))
     tiny_store.close()
     engine = make_engine(db_url)
@@ -158,7 +160,7 @@ def test_a_single_layer_log_through_migration_0006_compiles_to_the_same_bytes(  
     assert all(e.band == () for e in store.list_edits(1))
     reused, created = api.compile_release(store, "tiny")  # no --mode: a single-layer log is joint
     assert not created and reused.id == before.id
-    api.compile_release(store, "tiny", "joint", out=str(tmp_path / "rebuilt"))
+    api.compile_release(store, "tiny", api.CompileOptions(mode="joint", out=str(tmp_path / "rebuilt")))
     assert layout.file_hashes(tmp_path / "rebuilt") == files
 
 
@@ -183,7 +185,7 @@ def _forge(release_path: str, folder: Path, change) -> Path:  # type: ignore[no-
 )
 def test_a_band_release_that_lies_about_its_band_is_refused(banded, tmp_path: Path, change, refusal) -> None:  # type: ignore[no-untyped-def]
     store, _ = banded
-    release, _ = api.compile_release(store, "tiny", min_efficacy=0.0)
+    release, _ = api.compile_release(store, "tiny", api.CompileOptions(min_efficacy=0.0))
     forged = _forge(release.path, tmp_path / "forged", change)
     with pytest.raises(ReleaseVerificationError, match=refusal):
         import_release(_team_store(store, tmp_path), forged, "team")
@@ -273,7 +275,7 @@ def test_a_boosted_band_edit_reaches_its_layer_whole_and_the_head_is_still_the_r
         assert share < 0.97 and "band_boost" not in edit.hparams  # the shrinkage the boost exists for
     else:
         assert abs(share - 1.0) < 0.01 and edit.hparams["band_boost"] == boost
-    release, _ = api.compile_release(tiny_store, "tiny", min_efficacy=0.0)
+    release, _ = api.compile_release(tiny_store, "tiny", api.CompileOptions(min_efficacy=0.0))
     compiled = AutoModelForCausalLM.from_pretrained(release.path)
     band = [a.layer for a in edit.band]
     assert all(torch.equal(a, b) for a, b in zip(_layers(compiled, band), _layers(session.model, band)))
@@ -308,6 +310,6 @@ def test_band_keys_weighted_towards_the_bare_prompt_are_measured_so_and_import(t
     stored = vector(first.band[0].key)
     assert float((stored - weighted).norm() / weighted.norm()) < 1e-5
     assert float((stored - uniform).norm() / uniform.norm()) > 1e-2  # the weighting moved it
-    release, _ = api.compile_release(tiny_store, "tiny", min_efficacy=0.0)
+    release, _ = api.compile_release(tiny_store, "tiny", api.CompileOptions(min_efficacy=0.0))
     result = import_release(_team_store(tiny_store, tmp_path), Path(release.path), "team")
     assert result["rebuilt_identical"] and result["edits_added"] == 3

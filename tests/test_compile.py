@@ -37,9 +37,9 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def test_same_log_same_bytes_in_and_across_processes(edited, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store, session = edited
-    release, created = api.compile_release(store, "tiny", "joint")
+    release, created = api.compile_release(store, "tiny", api.CompileOptions(mode="joint"))
     assert created and release.version == 1 and len(release.edit_ids) == 3
-    again, created = api.compile_release(store, "tiny", "joint")
+    again, created = api.compile_release(store, "tiny", api.CompileOptions(mode="joint"))
     assert not created and again.id == release.id
     out = tmp_path / "elsewhere"
     done = finish("compile", "--model", "tiny", "--out", str(out), "--json")
@@ -66,7 +66,7 @@ def test_same_log_same_bytes_in_and_across_processes(edited, tmp_path: Path) -> 
 
 def test_sequential_mode_reproduces_the_head_model_and_loads_with_transformers(edited) -> None:  # type: ignore[no-untyped-def]
     store, session = edited
-    release, _ = api.compile_release(store, "tiny", "sequential")
+    release, _ = api.compile_release(store, "tiny", api.CompileOptions(mode="sequential"))
     loaded = AutoModelForCausalLM.from_pretrained(release.path).eval()
     head = session.model.state_dict()
     for name, tensor in loaded.state_dict().items():
@@ -79,10 +79,10 @@ def test_sequential_mode_reproduces_the_head_model_and_loads_with_transformers(e
 
 def test_every_edit_holds_after_a_joint_compile_and_retraction_drops_exactly_one(edited) -> None:  # type: ignore[no-untyped-def]
     store, _ = edited
-    first, _ = api.compile_release(store, "tiny", "joint")
+    first, _ = api.compile_release(store, "tiny", api.CompileOptions(mode="joint"))
     retracted = store.list_edits(1)[0]
     store.set_edit_retracted(retracted.id)
-    second, created = api.compile_release(store, "tiny", "joint")
+    second, created = api.compile_release(store, "tiny", api.CompileOptions(mode="joint"))
     assert created and second.version == 2 and retracted.id not in second.edit_ids
     model = AutoModelForCausalLM.from_pretrained(second.path)
     remaining = store.list_edits(1)
@@ -94,7 +94,7 @@ def test_every_edit_holds_after_a_joint_compile_and_retraction_drops_exactly_one
     assert changed == {f"mlp-down-{retracted.layer:03d}.safetensors", "README.md", layout.EDIT_VECTORS}
     for edit in remaining:
         store.set_edit_retracted(edit.id)
-    empty, _ = api.compile_release(store, "tiny", "joint")
+    empty, _ = api.compile_release(store, "tiny", api.CompileOptions(mode="joint"))
     base = random_gpt2(seed=0).state_dict()
     restored = AutoModelForCausalLM.from_pretrained(empty.path).state_dict()
     assert all(torch.equal(restored[k], base[k]) for k in restored)
@@ -119,7 +119,7 @@ def test_unsatisfiable_log_is_refused_and_nothing_is_written(edited, factstore_h
     )
     added = store.create_edit(1, clash)  # same key as edit 1, a different value: both cannot hold
     with pytest.raises(CompileError, match=rf"edit {one.id}: .*edit {added.id}: "):
-        api.compile_release(store, "tiny", "joint")
+        api.compile_release(store, "tiny", api.CompileOptions(mode="joint"))
     assert store.list_releases(1) == []
     releases = factstore_home / "releases"
     assert not releases.exists() or not any(releases.rglob("*.safetensors"))
@@ -136,14 +136,14 @@ def test_a_crash_while_writing_leaves_no_folder_and_no_row(
 
     monkeypatch.setattr(layout, "write_manifest", crash)
     with pytest.raises(KeyboardInterrupt):
-        api.compile_release(store, "tiny", "joint")
+        api.compile_release(store, "tiny", api.CompileOptions(mode="joint"))
     assert store.list_releases(1) == []
     assert list((factstore_home / "releases" / "tiny").iterdir()) == []
 
 
 def test_unedited_weight_files_are_written_once_and_copied_into_releases(edited, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store, _ = edited
-    release, _ = api.compile_release(store, "tiny", "joint")
+    release, _ = api.compile_release(store, "tiny", api.CompileOptions(mode="joint"))
     folder = Path(release.path)
     fresh = layout.edited_files({e.layer for e in store.list_edits(1)})
     stable = build._stable_files(store.get_base_model("tiny").revision)
@@ -156,16 +156,18 @@ def test_unedited_weight_files_are_written_once_and_copied_into_releases(edited,
     victim.unlink()
     victim.write_bytes(b"\0" * size)
     out = tmp_path / "again"
-    api.compile_release(store, "tiny", "joint", out=str(out))
+    api.compile_release(store, "tiny", api.CompileOptions(mode="joint", out=str(out)))
     assert _files(out) == _files(folder)
     assert victim.read_bytes() == (folder / victim.name).read_bytes()
 
 
 def test_a_write_into_one_release_changes_no_other_and_is_caught_on_reuse(edited, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store, _ = edited
-    release, _ = api.compile_release(store, "tiny", "joint")
+    release, _ = api.compile_release(store, "tiny", api.CompileOptions(mode="joint"))
     other = tmp_path / "other"
-    api.compile_release(store, "tiny", "joint", out=str(other))  # the same release built again elsewhere
+    api.compile_release(
+        store, "tiny", api.CompileOptions(mode="joint", out=str(other))
+    )  # the same release built again elsewhere
     base_file = next(Path(release.path).glob("base-*.safetensors"))
     stable = build._stable_files(store.get_base_model("tiny").revision).folder / base_file.name
     cached, elsewhere = stable.read_bytes(), (other / base_file.name).read_bytes()
@@ -174,7 +176,9 @@ def test_a_write_into_one_release_changes_no_other_and_is_caught_on_reuse(edited
         fh.write(b"garbage")
     assert stable.read_bytes() == cached and (other / base_file.name).read_bytes() == elsewhere
     with pytest.raises(CompileError, match=rf"release v1 at .* was changed after it was built .*{base_file.name}"):
-        api.compile_release(store, "tiny", "joint")  # the log is unchanged: reuse checks the folder first
+        api.compile_release(
+            store, "tiny", api.CompileOptions(mode="joint")
+        )  # the log is unchanged: reuse checks the folder first
 
 
 def test_stable_files_are_copied_where_reflinks_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,14 +45,17 @@ def test_null_space_compile_holds_every_edit_and_leaves_cs_principal_keys_alone(
     store, _ = edited
     edits = store.list_edits(1)
     layer = edits[0].layer
-    release, _ = api.compile_release(store, "tiny", "null-space")
+    release, _ = api.compile_release(store, "tiny", api.CompileOptions(mode="null-space"))
     model = AutoModelForCausalLM.from_pretrained(release.path)
     assert max(replay.constraint_errors(model, edits).values()) <= 1e-3  # every constraint, at once
     C = MatrixCache(store.get_covariance)(edits[0].covariance_id).double()
     vals, vecs = torch.linalg.eigh(C)
     principal = vecs[:, vals > replay.NULL_SPACE_THRESHOLD * vals[-1]]  # what the corpus' keys use
     assert principal.shape[1] >= 5
-    ns, joint = _delta(release.path, layer), _delta(api.compile_release(store, "tiny", "joint")[0].path, layer)
+    ns, joint = (
+        _delta(release.path, layer),
+        _delta(api.compile_release(store, "tiny", api.CompileOptions(mode="joint"))[0].path, layer),
+    )
     leak_ns, leak_joint = float((ns @ principal).norm() / ns.norm()), float((joint @ principal).norm() / joint.norm())
     assert leak_ns <= 1e-6 and leak_joint > 10 * leak_ns  # AlphaEdit's promise, to float32 rounding of the weights
     manifest = json.loads((Path(release.path) / layout.MANIFEST).read_text())
@@ -70,7 +73,7 @@ def test_null_space_compile_refuses_more_edits_than_the_null_space_holds(
     )  # a null space of 3 dimensions for 4 edits
     assert null_space(C, replay.NULL_SPACE_THRESHOLD).shape[1] == 3
     with pytest.raises(CompileError, match="4 edits but C's null space only 3 dimensions"):
-        api.compile_release(store, "tiny", "null-space")
+        api.compile_release(store, "tiny", api.CompileOptions(mode="null-space"))
     assert store.list_releases(1) == []
 
 
@@ -84,23 +87,23 @@ def test_spread_compile_needs_c_below_then_spreads_meets_targets_and_is_determin
         CompileError,
         match=rf"key statistics of layer {layers[0]}: run `factstore stats compute --model tiny --layer {layers[0]} --tokens 2000 --corpus ",
     ):
-        api.compile_release(store, "tiny", "spread")
+        api.compile_release(store, "tiny", api.CompileOptions(mode="spread"))
     corpus = store.get_covariance(edits[0].covariance_id).corpus
     for layer in layers[:-1]:
-        api.compute_stats(store, "tiny", layer=layer, corpus=corpus, tokens=2000, device="cpu")
-    first, _ = api.compile_release(store, "tiny", "spread")
-    second, _ = api.compile_release(store, "tiny", "spread", out=str(tmp_path / "again"))
+        api.compute_stats(store, "tiny", api.StatsOptions(layer=layer, corpus=corpus, tokens=2000), device="cpu")
+    first, _ = api.compile_release(store, "tiny", api.CompileOptions(mode="spread"))
+    second, _ = api.compile_release(store, "tiny", api.CompileOptions(mode="spread", out=str(tmp_path / "again")))
     assert layout.file_hashes(Path(first.path)) == {**layout.file_hashes(Path(second.path))}  # byte-identical rebuild
     sizes = [float(_delta(first.path, layer).norm()) for layer in layers]
     assert all(s > 0 for s in sizes)  # every layer of the range carries part of the edits
-    joint = float(_delta(api.compile_release(store, "tiny", "joint")[0].path, top).norm())
+    joint = float(_delta(api.compile_release(store, "tiny", api.CompileOptions(mode="joint"))[0].path, top).norm())
     assert sizes[-1] < joint  # the edit layer carries less than it does alone
     manifest = json.loads((Path(first.path) / layout.MANIFEST).read_text())
     assert manifest["spread_layers"] == spread.SPREAD_LAYERS and manifest["spread_lower_ridge"] == spread.LOWER_RIDGE
     with pytest.raises(ReleaseVerificationError, match="spread-mode release cannot be rebuilt"):
         import_release(store, Path(first.path), "copy")
     store.set_edit_retracted(edits[0].id)  # retraction: the next spread compile is of the other three
-    third, _ = api.compile_release(store, "tiny", "spread")
+    third, _ = api.compile_release(store, "tiny", api.CompileOptions(mode="spread"))
     assert edits[0].id not in third.edit_ids and len(third.edit_ids) == 3
 
 
@@ -109,10 +112,10 @@ def test_spread_compile_refuses_a_log_whose_targets_it_misses(edited, monkeypatc
     edits = store.list_edits(1)
     corpus = store.get_covariance(edits[0].covariance_id).corpus
     for layer in spread.spread_layers(edits[0].layer)[:-1]:
-        api.compute_stats(store, "tiny", layer=layer, corpus=corpus, tokens=2000, device="cpu")
+        api.compute_stats(store, "tiny", api.StatsOptions(layer=layer, corpus=corpus, tokens=2000), device="cpu")
     monkeypatch.setattr(spread, "TOP_RIDGE", 1e3)  # the edit layer no longer takes what is left
     with pytest.raises(CompileError, match="miss their target"):
-        api.compile_release(store, "tiny", "spread")
+        api.compile_release(store, "tiny", api.CompileOptions(mode="spread"))
     assert store.list_releases(1) == []
 
 
@@ -121,7 +124,7 @@ def test_soft_compile_is_accepted_by_behaviour_deterministic_and_imports_byte_fo
 ) -> None:
     store, _ = edited
     edits = store.list_edits(1)
-    release, _ = api.compile_release(store, "tiny", "soft")
+    release, _ = api.compile_release(store, "tiny", api.CompileOptions(mode="soft"))
     manifest = json.loads((Path(release.path) / layout.MANIFEST).read_text())
     assert (manifest["mode"], manifest["soft_weight"], manifest["soft_alpha"]) == (
         "soft",
@@ -132,7 +135,7 @@ def test_soft_compile_is_accepted_by_behaviour_deterministic_and_imports_byte_fo
     model = AutoModelForCausalLM.from_pretrained(release.path)
     errors = replay.constraint_errors(model, edits).values()
     assert min(errors) > 1e-3  # soft: no constraint is held exactly
-    again = api.compile_release(store, "tiny", "soft", str(tmp_path / "again"))[0]
+    again = api.compile_release(store, "tiny", api.CompileOptions(mode="soft", out=str(tmp_path / "again")))[0]
     assert again.version == release.version
     for name in manifest["files"]:
         assert (Path(release.path) / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name

@@ -40,19 +40,16 @@ def test_a_cpu_run_never_touches_cuda(tiny_store: Store, tmp_path: Path, monkeyp
 
     _cuda_forbidden(monkeypatch)
     api.add_edit(
-        tiny_store,
-        "tiny",
-        prompt="{} is located in the city of",
-        subject="The Eiffel Tower",
-        target="Rome",
-        device="cpu",
+        tiny_store, "tiny", api.EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome"), device="cpu"
     )
     records = tmp_path / "edits.json"
     facts = [("The Louvre", "Berlin"), ("Big Ben", "Paris"), ("The Colosseum", "Madrid")]
     records.write_text(
         json.dumps([{"prompt": "{} is located in the city of", "subject": s, "target": t} for s, t in facts])
     )
-    assert api.import_edits(tiny_store, "tiny", str(records), device="cpu", batch=3)["added"] == 3
+    assert (
+        api.import_edits(tiny_store, "tiny", str(records), None, api.EditOptions(batch=3), device="cpu")["added"] == 3
+    )
     release, _ = api.compile_release(tiny_store, "tiny", device="cpu")
     assert Path(release.path).is_dir()
     assert api.ask_model(tiny_store, "tiny", "The Louvre is located in the city of", device="cpu")["top"]

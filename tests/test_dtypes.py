@@ -45,7 +45,7 @@ def test_a_low_precision_model_stays_in_its_dtype(
     store, folder, corpus = _store(db_url, tmp_path, gpt2_tokenizer, family, torch.float32 if pinned else torch_dtype)
     base, _ = api.add_model(store, "m", str(folder), dtype=dtype if pinned else None)
     assert base.dtype == dtype and base.identity == f"{base.revision}+{dtype}"
-    api.compute_stats(store, "m", layer=1, corpus=str(corpus), tokens=1000, device="cpu")
+    api.compute_stats(store, "m", api.StatsOptions(layer=1, corpus=str(corpus), tokens=1000), device="cpu")
     session = EditSession(store, "m", device="cpu")
     for subject, target in REQUESTS:
         session.add(api.EditRequest("{} is located in the city of", subject, target), layer=1)
@@ -56,9 +56,11 @@ def test_a_low_precision_model_stays_in_its_dtype(
     )  # (each held after its own update)
 
     first, _ = api.compile_release(
-        store, "m", "joint", device="cpu"
+        store, "m", api.CompileOptions(mode="joint"), device="cpu"
     )  # refused if an edit's constraint failed after rounding
-    again, _ = api.compile_release(store, "m", "joint", out=str(tmp_path / "again"), device="cpu")
+    again, _ = api.compile_release(
+        store, "m", api.CompileOptions(mode="joint", out=str(tmp_path / "again")), device="cpu"
+    )
     files = sorted(p.name for p in Path(first.path).iterdir())
     assert files == sorted(p.name for p in Path(again.path).iterdir())
     assert all((Path(first.path) / n).read_bytes() == (Path(again.path) / n).read_bytes() for n in files)
@@ -71,7 +73,7 @@ def test_a_low_precision_model_stays_in_its_dtype(
     assert manifest["base"]["dtype"] == dtype
     loaded = AutoModelForCausalLM.from_pretrained(first.path, dtype="auto")
     assert loaded.dtype == torch_dtype and max(constraint_errors(loaded, edits).values()) <= tolerance(loaded, 1)
-    sequential, _ = api.compile_release(store, "m", "sequential", device="cpu")
+    sequential, _ = api.compile_release(store, "m", api.CompileOptions(mode="sequential"), device="cpu")
     loaded = AutoModelForCausalLM.from_pretrained(sequential.path, dtype="auto")
     assert torch.equal(
         arch.down_proj_weight(loaded, 1), arch.down_proj_weight(session.model, 1)

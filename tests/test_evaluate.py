@@ -185,11 +185,13 @@ def test_single_edits_raise_efficacy_on_the_trained_tiny_gpt2(db_url: str, tiny_
             [t.format(f.subject) + " " + f.target + "." for f in make_facts(Recipe()) for t in RELATIONS[f.relation][0]]
         )
     )
-    api.compute_stats(store, "facts", layer=2, corpus=str(corpus), tokens=100_000, device="cpu")
+    api.compute_stats(store, "facts", api.StatsOptions(layer=2, corpus=str(corpus), tokens=100_000), device="cpu")
     hp = replace(
         default_hparams("gpt2", 4, 128), layer=2, context_lengths=(), value_context_lengths=(), clamp_norm_factor=8.0
     )
-    result = evaluation.single(store, "facts", _tiny_records(10, tiny_gpt2_dir), hparams=hp)
+    result = evaluation.single(
+        store, "facts", _tiny_records(10, tiny_gpt2_dir), api.EvalSettings(fluency=None), hparams=hp
+    )
     assert result["unedited"]["ES"] <= 10 and result["ES"] >= 90
     assert result["unedited"]["NS"] >= 90 and result["NS"] >= 70
     assert result["S"] == pytest.approx(metrics.harmonic_mean([result["ES"], result["PS"], result["NS"]]))

@@ -87,11 +87,11 @@ def test_withdraw_is_for_the_requester_or_an_admin_and_only_before_computing(
         tiny_store.release_lease(tiny_store.get_base_model("tiny").id, "w1")
         assert client.post("/api/v1/edits/999999/withdraw", headers=auth("root")).status_code == 404
     # nothing withdrawn is ever computed (the claimed one, back in the queue, is)
-    assert api.run_worker(tiny_store, max_idle_turns=1, poll=0.05).computed == 1
+    assert api.run_worker(tiny_store, api.WorkerSettings(poll=0.05), max_idle_turns=1).computed == 1
 
 
 def test_edit_withdraw_on_the_command_line(tiny_store: Store) -> None:
-    entry, _ = api.submit_edit(tiny_store, "tiny", prompt=PROMPT, subject="The Louvre", target="Berlin")
+    entry, _ = api.submit_edit(tiny_store, "tiny", api.EditRequest(PROMPT, "The Louvre", "Berlin"))
     done = run("edit", "withdraw", str(entry.id))
     assert f"edit {entry.id} withdrawn" in done.stdout
     assert api.get_entry(tiny_store, entry.id).status == "failed"

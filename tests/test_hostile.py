@@ -99,7 +99,7 @@ def rehash(files: dict[str, bytes], edit: Callable[[dict], None]) -> dict[str, b
 def pull_refused(server: HubServer, repo_id: str, out: Path, message: str, store=None, alias: str = "team") -> None:  # type: ignore[no-untyped-def]
     kwargs = {"import_into": store, "alias": alias} if store is not None else {}
     with pytest.raises((ReleaseVerificationError, HubError), match=message) as caught:
-        api.pull_release(repo_id, "v1", str(out), endpoint=server.url, **kwargs)
+        api.pull_release(repo_id, api.PullOptions(version="v1", out=str(out), endpoint=server.url), **kwargs)
     assert "\n" not in str(caught.value)
 
 
@@ -232,7 +232,12 @@ def test_poisoned_edit_logs_are_refused_whole(
         attack
     ) or REFUSAL[attack]
     with pytest.raises((ReleaseVerificationError, HubError), match=message):
-        api.pull_release("eve/poison", tag, str(tmp_path / "out"), endpoint=hub.url, import_into=bob, alias="team")
+        api.pull_release(
+            "eve/poison",
+            api.PullOptions(version=tag, out=str(tmp_path / "out"), endpoint=hub.url),
+            import_into=bob,
+            alias="team",
+        )
     assert (sentinel(), [m.alias for m in api.list_models(bob)]) == before
     if before[1]:
         assert api.list_edits(bob, "team", "all") == [] and api.list_releases(bob, "team") == []
@@ -253,7 +258,12 @@ def test_weights_that_are_not_the_compile_of_the_log_are_refused(
     bob = _bob(tmp_path)
     api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
     with pytest.raises(ReleaseVerificationError, match=f"not a compile of its own edit log .*{layer_file}"):
-        api.pull_release("eve/weights", "v1", str(tmp_path / "out"), endpoint=hub.url, import_into=bob, alias="team")
+        api.pull_release(
+            "eve/weights",
+            api.PullOptions(version="v1", out=str(tmp_path / "out"), endpoint=hub.url),
+            import_into=bob,
+            alias="team",
+        )
     assert api.list_edits(bob, "team", "all") == []
 
 
@@ -326,7 +336,10 @@ def test_files_larger_than_they_can_be_are_refused_before_a_byte_is_fetched(  # 
     craft(hub, "eve/big-shipped", rehash({**release, stats.shipped_name(sha): big}, ship_big))
     with pytest.raises(ReleaseVerificationError, match="refused before downloading it"):
         api.pull_release(
-            "eve/big-shipped", "v1", str(tmp_path / "out2"), endpoint=hub.url, import_into=bob, alias="team"
+            "eve/big-shipped",
+            api.PullOptions(version="v1", out=str(tmp_path / "out2"), endpoint=hub.url),
+            import_into=bob,
+            alias="team",
         )
     assert (
         _gets(hub, stats.shipped_name(sha)) == []
@@ -354,7 +367,9 @@ def test_a_release_that_would_not_fit_on_the_disk_is_refused_before_download(  #
         p for m, p in hub.state.log if m == "GET" and "/resolve/" in p and not p.endswith(layout.MANIFEST)
     ]  # nothing fetched
     monkeypatch.setattr(pull.shutil, "disk_usage", lambda _p: usage(10 * need, 8 * need, 2 * need))
-    assert api.pull_release("eve/fat", "v1", str(tmp_path / "out"), endpoint=hub.url).verified
+    assert api.pull_release(
+        "eve/fat", api.PullOptions(version="v1", out=str(tmp_path / "out"), endpoint=hub.url)
+    ).verified
 
 
 def test_a_release_of_a_newer_manifest_format_names_the_version_to_upgrade_to(
@@ -399,11 +414,18 @@ def test_an_edit_relabelled_as_another_fact_is_refused_at_import(  # type: ignor
     with pytest.raises(
         ReleaseVerificationError, match=r"edit 1 of the release: its key is not the key of 'The Louvre'"
     ):
-        api.pull_release("eve/relabel", "v1", str(tmp_path / "out"), endpoint=hub.url, import_into=bob, alias="team")
+        api.pull_release(
+            "eve/relabel",
+            api.PullOptions(version="v1", out=str(tmp_path / "out"), endpoint=hub.url),
+            import_into=bob,
+            alias="team",
+        )
     assert api.list_edits(bob, "team", "all") == [] and [r.version for r in api.list_releases(bob, "team")] == []
     assert sentinel() == before
     # the genuine release imports, its labels checked the same way
-    pulled = api.pull_release(GOOD, "v1", str(tmp_path / "good"), endpoint=hub.url, import_into=bob, alias="team")
+    pulled = api.pull_release(
+        GOOD, api.PullOptions(version="v1", out=str(tmp_path / "good"), endpoint=hub.url), import_into=bob, alias="team"
+    )
     assert pulled.imported is not None and pulled.imported["rebuilt_identical"]
     assert [e.subject for e in api.list_edits(bob, "team")] == ["The Eiffel Tower"]
 
@@ -426,7 +448,7 @@ def test_an_edit_relabelled_with_another_object_is_refused_at_import(  # type: i
     corpus.write_text(
         json.dumps([t.format(f.subject) + " " + f.target + "." for f in facts for t in RELATIONS[f.relation][0]])
     )
-    api.compute_stats(alice, "facts", corpus=str(corpus), tokens=2500, device="cpu")
+    api.compute_stats(alice, "facts", api.StatsOptions(corpus=str(corpus), tokens=2500), device="cpu")
     prompt = RELATIONS["city"][0][0]
     EditSession(alice, "facts", device="cpu").add(EditRequest(prompt, facts[0].subject, "Tokyo"))
     release, _ = api.compile_release(alice, "facts", device="cpu")
@@ -446,12 +468,20 @@ def test_an_edit_relabelled_with_another_object_is_refused_at_import(  # type: i
             ReleaseVerificationError,
             match=r"edit 1 of the release( does not push its own new object 'London'|: its key is not the key)",
         ):
-            api.pull_release(repo, "v1", str(tmp_path / repo), endpoint=hub.url, import_into=bob, alias="team")
+            api.pull_release(
+                repo,
+                api.PullOptions(version="v1", out=str(tmp_path / repo), endpoint=hub.url),
+                import_into=bob,
+                alias="team",
+            )
         assert api.list_edits(bob, "team", "all") == [] and api.list_releases(bob, "team") == []
     assert sentinel() == before
     craft(hub, "alice/tokyo", files)
     pulled = api.pull_release(
-        "alice/tokyo", "v1", str(tmp_path / "good"), endpoint=hub.url, import_into=bob, alias="team"
+        "alice/tokyo",
+        api.PullOptions(version="v1", out=str(tmp_path / "good"), endpoint=hub.url),
+        import_into=bob,
+        alias="team",
     )
     assert pulled.imported is not None and [e.target_new for e in api.list_edits(bob, "team")] == ["Tokyo"]
 
@@ -531,7 +561,7 @@ def test_a_pulled_c_built_to_steer_edits_is_refused_before_it_is_recorded(  # ty
     bob = _bob(tmp_path)
     api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
     other = next(layer for layer in range(3) if layer != own.layer)  # bob's own statistics: his choice of text
-    api.compute_stats(bob, "team", layer=other, corpus=own.corpus, tokens=2000, device="cpu")
+    api.compute_stats(bob, "team", api.StatsOptions(layer=other, corpus=own.corpus, tokens=2000), device="cpu")
     before = (sentinel(), [c.sha256 for c in bob.list_covariances(1)])
     with pytest.raises(StatisticsError, match=r"do not match this model's keys on local text .*refused") as caught:
         api.pull_stats(bob, "team", "eve/stats", endpoint=hub.url)

@@ -103,14 +103,14 @@ def _downloads(server: HubServer, start: int) -> set[str]:
 
 def test_v1_v2_round_trip_only_changed_bytes_travel(tiny_store, hub: HubServer, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     _add(tiny_store, "tiny", FACTS[:2])
-    v1 = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    v1 = api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=hub.url))
     assert (v1.version, v1.tag, v1.already) == (1, "v1", False) and len(v1.commit) == 40
     v1_bytes = hub.state.upload_bytes
-    again = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    again = api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=hub.url))
     assert again.already and again.commit == v1.commit and hub.state.upload_bytes == v1_bytes
 
     _add(tiny_store, "tiny", FACTS[2:])
-    v2 = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    v2 = api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=hub.url))
     v2_bytes = hub.state.upload_bytes - v1_bytes
     repo = hub.state.repos[NAME]
     assert (v2.version, v2.tag) == (2, "v2") and repo.commits[v2.commit].parent == v1.commit
@@ -119,11 +119,13 @@ def test_v1_v2_round_trip_only_changed_bytes_travel(tiny_store, hub: HubServer, 
     assert v2_bytes < v1_bytes / 10, (v1_bytes, v2_bytes)
 
     start = len(hub.state.log)
-    p1 = api.pull_release(NAME, "v1", str(tmp_path / "v1"), endpoint=hub.url)
+    p1 = api.pull_release(NAME, api.PullOptions(version="v1", out=str(tmp_path / "v1"), endpoint=hub.url))
     assert (p1.version, p1.commit, p1.verified) == ("v1", v1.commit, True)
     assert "base-00001-of-00001.safetensors" in _downloads(hub, start)
     start = len(hub.state.log)
-    p2 = api.pull_release(NAME, None, str(tmp_path / "v2"), endpoint=hub.url)  # default: the newest version
+    p2 = api.pull_release(
+        NAME, api.PullOptions(version=None, out=str(tmp_path / "v2"), endpoint=hub.url)
+    )  # default: the newest version
     assert (p2.version, p2.commit) == ("v2", v2.commit)
     fetched = _downloads(hub, start)
     assert "base-00001-of-00001.safetensors" not in fetched and "factstore.json" in fetched
@@ -143,10 +145,10 @@ def test_v1_v2_round_trip_only_changed_bytes_travel(tiny_store, hub: HubServer, 
 @SQLITE_ONLY
 def test_two_concurrent_publishers_one_wins(tiny_store, hub: HubServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _add(tiny_store, "tiny", FACTS[:1])
-    api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=hub.url))
     bob = _fresh_store(tmp_path, "bob")
     api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)  # the base is a local folder: bob registers it
-    api.pull_release(NAME, "v1", endpoint=hub.url, import_into=bob, alias="team")
+    api.pull_release(NAME, api.PullOptions(version="v1", endpoint=hub.url), import_into=bob, alias="team")
     _add(tiny_store, "tiny", FACTS[1:2])
     _add(bob, "team", FACTS[2:3])
     # compile first: transformers' model loading is not thread-safe; publishing is what races here
@@ -158,7 +160,7 @@ def test_two_concurrent_publishers_one_wins(tiny_store, hub: HubServer, tmp_path
 
     def publish(who: str, store, alias: str) -> None:  # type: ignore[no-untyped-def]
         try:
-            outcomes[who] = api.publish_release(store, alias, NAME, endpoint=hub.url)
+            outcomes[who] = api.publish_release(store, alias, NAME, api.PublishOptions(endpoint=hub.url))
         except Exception as exc:
             outcomes[who] = exc
 
@@ -191,16 +193,16 @@ def test_interrupted_publish_is_finished_by_a_rerun(
     tiny_store, hub: HubServer, route: str, when: str, times: int
 ) -> None:  # type: ignore[no-untyped-def]
     _add(tiny_store, "tiny", FACTS[:1])
-    api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=hub.url))
     _add(tiny_store, "tiny", FACTS[1:2])
     hub.state.drop.extend([("POST", route, when)] * times)
     try:
-        api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+        api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=hub.url))
     except HubUnreachable:
         broken = api.list_releases(tiny_store, "tiny")[-1]
         assert broken.version == 2 and broken.status == "built" and "v2" not in hub.state.repos[NAME].tags
     hub.state.drop.clear()  # the network is back
-    done = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    done = api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=hub.url))
     repo = hub.state.repos[NAME]
     assert done.version == 2 and repo.tags["v2"] == repo.branches["main"] == done.commit
     assert len(repo.commits) == 3  # the repo's first commit, v1, v2: nothing committed twice
@@ -213,11 +215,11 @@ def test_publish_through_a_network_outage_is_finished_by_a_rerun(tiny_store, lfs
     _add(tiny_store, "tiny", FACTS[:1])
     lfs_hub.state.drop.extend([("POST", "/commit/", "before")] * 20)
     with pytest.raises(HubUnreachable, match="rerun"):
-        api.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url)
+        api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=lfs_hub.url))
     release = api.list_releases(tiny_store, "tiny")[-1]
     assert release.status == "built" and release.hub_commit is None and not lfs_hub.state.repos[NAME].tags
     lfs_hub.state.drop.clear()  # the network is back
-    done = api.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url)
+    done = api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=lfs_hub.url))
     assert (
         lfs_hub.state.repos[NAME].tags == {"v1": done.commit}
         and api.list_releases(tiny_store, "tiny")[-1].status == "published"
@@ -231,7 +233,7 @@ def test_publish_sends_exactly_the_manifest_files_of_an_intact_folder(tiny_store
     folder = Path(release.path)
     (folder / ".env").write_text("OPENAI_API_KEY=sk-secret\n")  # left there by a user
     (folder / "notes.txt").write_text("private")
-    done = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    done = api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=hub.url))
     published = set(hub.state.repos[NAME].commits[done.commit].files) - {".gitattributes"}
     assert published == set(layout.read_manifest(folder).files) | {layout.MANIFEST}
 
@@ -240,21 +242,21 @@ def test_publish_sends_exactly_the_manifest_files_of_an_intact_folder(tiny_store
     card = Path(v2.path) / "README.md"
     card.write_text(card.read_text() + "changed by hand")
     with pytest.raises(CompileError, match="was changed after it was built"):
-        api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+        api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=hub.url))
     assert set(hub.state.repos[NAME].tags) == {"v1"}
 
 
 @SQLITE_ONLY
 def test_tampered_file_is_detected_and_nothing_is_written(tiny_store, hub: HubServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _add(tiny_store, "tiny", FACTS[:1])
-    release = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    release = api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=hub.url))
     layer_file = next(f for f in hub.state.repos[NAME].resolve("v1").files if f.startswith("mlp-down"))
     entry = hub.state.repos[NAME].resolve("v1").files[layer_file]
     original = hub.state.blobs[entry.sha256]
     hub.state.tamper(NAME, "v1", layer_file, original[:-8] + bytes(8))  # same size, last weights zeroed
     out = tmp_path / "pulled"
     with pytest.raises(ReleaseVerificationError, match=layer_file):
-        api.pull_release(NAME, release.commit, str(out), endpoint=hub.url)
+        api.pull_release(NAME, api.PullOptions(version=release.commit, out=str(out), endpoint=hub.url))
     assert not out.exists()
 
 
@@ -263,44 +265,44 @@ def test_private_repo_tokens_and_failures_are_one_line_errors(
     tiny_store, hub: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     _add(tiny_store, "tiny", FACTS[:1])
-    api.publish_release(tiny_store, "tiny", NAME, private=True, endpoint=hub.url)
+    api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(private=True, endpoint=hub.url))
     assert hub.state.repos[NAME].private
     with pytest.raises(HubNotFound, match="not found"):
-        api.pull_release("alice/no-such-repo", endpoint=hub.url)
+        api.pull_release("alice/no-such-repo", api.PullOptions(endpoint=hub.url))
     with pytest.raises(HubNotFound, match="v9"):
-        api.pull_release(NAME, "v9", endpoint=hub.url)
+        api.pull_release(NAME, api.PullOptions(version="v9", endpoint=hub.url))
     with pytest.raises(HubUnreachable, match="cannot reach"):
-        api.pull_release(NAME, endpoint="http://127.0.0.1:9")
+        api.pull_release(NAME, api.PullOptions(endpoint="http://127.0.0.1:9"))
     with pytest.raises(HubError, match="plain http is allowed only to this machine"):
-        api.pull_release(NAME, endpoint="http://192.0.2.1:9")  # TEST-NET: refused before any request
+        api.pull_release(NAME, api.PullOptions(endpoint="http://192.0.2.1:9"))  # TEST-NET: refused before any request
     monkeypatch.setenv("HF_TOKEN", "tok-bob")  # a valid token without write access to alice/
     _add(tiny_store, "tiny", FACTS[1:2])
     with pytest.raises(HubAuthError, match="write access"):
-        api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+        api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=hub.url))
     monkeypatch.setenv("HF_TOKEN", "not-a-token")
     with pytest.raises(HubAuthError, match="refused the token"):
-        api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+        api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=hub.url))
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(HubNotFound, match="private"):
-        api.pull_release(NAME, "v1", endpoint=hub.url)
+        api.pull_release(NAME, api.PullOptions(version="v1", endpoint=hub.url))
     assert all(r.status == "published" or r.hub_commit is None for r in api.list_releases(tiny_store, "tiny"))
 
 
 @SQLITE_ONLY
 def test_import_edits_then_edit_and_publish_v3(tiny_store, hub: HubServer, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     _add(tiny_store, "tiny", FACTS[:1])
-    api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=hub.url))
     _add(tiny_store, "tiny", FACTS[1:2])
-    v2 = api.publish_release(tiny_store, "tiny", NAME, endpoint=hub.url)
+    v2 = api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=hub.url))
 
     bob = _fresh_store(tmp_path, "bob")
     with pytest.raises(
         ReleaseVerificationError, match="neither a Hub id nor a starter asset"
     ):  # never a local path a release names
-        api.pull_release(NAME, "v2", endpoint=hub.url, import_into=bob, alias="team")
+        api.pull_release(NAME, api.PullOptions(version="v2", endpoint=hub.url), import_into=bob, alias="team")
     assert api.list_models(bob) == []
     api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
-    pulled = api.pull_release(NAME, "v2", endpoint=hub.url, import_into=bob, alias="team")
+    pulled = api.pull_release(NAME, api.PullOptions(version="v2", endpoint=hub.url), import_into=bob, alias="team")
     assert pulled.imported == {
         "alias": "team",
         "base_revision": tiny_store.get_base_model("tiny").revision,
@@ -314,12 +316,14 @@ def test_import_edits_then_edit_and_publish_v3(tiny_store, hub: HubServer, tmp_p
     assert [(e.key_sha256, e.value_sha256, e.subject) for e in mine] == [
         (e.key_sha256, e.value_sha256, e.subject) for e in theirs
     ]
-    assert api.publish_release(bob, "team", NAME, endpoint=hub.url).already  # the imported v2 is the same release
+    assert api.publish_release(
+        bob, "team", NAME, api.PublishOptions(endpoint=hub.url)
+    ).already  # the imported v2 is the same release
 
     _add(bob, "team", FACTS[2:])
-    v3 = api.publish_release(bob, "team", NAME, endpoint=hub.url)
+    v3 = api.publish_release(bob, "team", NAME, api.PublishOptions(endpoint=hub.url))
     assert v3.version == 3 and hub.state.repos[NAME].commits[v3.commit].parent == v2.commit
-    p3 = api.pull_release(NAME, "v3", str(tmp_path / "v3"), endpoint=hub.url)
+    p3 = api.pull_release(NAME, api.PullOptions(version="v3", out=str(tmp_path / "v3"), endpoint=hub.url))
     manifest = json.loads((Path(p3.path) / layout.MANIFEST).read_text())
     assert [e["subject"] for e in manifest["edits"]] == [s for s, _ in FACTS]
     assert max(_constraint_errors(p3.path, bob, "team")) <= 1e-3
@@ -363,8 +367,8 @@ def test_live_hub_round_trip(tiny_store, monkeypatch: pytest.MonkeyPatch, tmp_pa
     repo = f"{hf.whoami()['name']}/factstore-live-test-{os.getpid()}"
     try:
         _add(tiny_store, "tiny", FACTS[:1])
-        published = api.publish_release(tiny_store, "tiny", repo, private=True)
-        pulled = api.pull_release(repo, published.tag, str(tmp_path / "live"))
+        published = api.publish_release(tiny_store, "tiny", repo, api.PublishOptions(private=True))
+        pulled = api.pull_release(repo, api.PullOptions(version=published.tag, out=str(tmp_path / "live")))
         assert pulled.commit == published.commit and pulled.verified
         AutoModelForCausalLM.from_pretrained(pulled.path)
     finally:
@@ -375,7 +379,7 @@ def _own_stats_elsewhere(store, alias: str, theirs) -> None:  # type: ignore[no-
     """Key statistics of the store's own on another layer than THEIRS: the text on which a
     pulled C is compared with the model's keys before it is taken (weights/plausible.py)."""
     other = next(layer for layer in range(3) if layer != theirs.layer)
-    api.compute_stats(store, alias, layer=other, corpus=theirs.corpus, tokens=2000, device="cpu")
+    api.compute_stats(store, alias, api.StatsOptions(layer=other, corpus=theirs.corpus, tokens=2000), device="cpu")
 
 
 def _no_corpus_pass(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -408,9 +412,9 @@ def test_publish_with_stats_ships_each_c_once_and_the_puller_computes_none(  # t
         ),
     )
     _add(tiny_store, "tiny", FACTS[:1])
-    api.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url, with_stats=True)
+    api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=lfs_hub.url, with_stats=True))
     _add(tiny_store, "tiny", FACTS[1:2])
-    v2 = api.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url, with_stats=True)
+    v2 = api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=lfs_hub.url, with_stats=True))
     cov = tiny_store.get_covariance(api.list_edits(tiny_store, "tiny")[0].covariance_id)
     assert [list(s) for s in sent] == [[stats.shipped_name(cov.sha256)], []]  # v2 uses the same C: nothing sent for it
     assert stats.shipped_name(cov.sha256) in lfs_hub.state.repos[NAME].commits[v2.commit].files
@@ -420,7 +424,7 @@ def test_publish_with_stats_ships_each_c_once_and_the_puller_computes_none(  # t
     api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
     _own_stats_elsewhere(bob, "team", cov)
     _no_corpus_pass(monkeypatch)
-    pulled = api.pull_release(NAME, "v2", endpoint=lfs_hub.url, import_into=bob, alias="team")
+    pulled = api.pull_release(NAME, api.PullOptions(version="v2", endpoint=lfs_hub.url), import_into=bob, alias="team")
     assert pulled.imported and pulled.imported["edits_added"] == 2
     _add(bob, "team", FACTS[2:])  # the next edit uses the shipped C
     used = [e.covariance_id for e in api.list_edits(bob, "team")]
@@ -434,7 +438,7 @@ def test_a_tampered_shipped_c_is_refused(
     from factstore.weights import stats
 
     _add(tiny_store, "tiny", FACTS[:1])
-    api.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url, with_stats=True)
+    api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=lfs_hub.url, with_stats=True))
     cov = tiny_store.get_covariance(api.list_edits(tiny_store, "tiny")[0].covariance_id)
     data = bytearray(Path(cov.path).read_bytes())
     data[-4] ^= 0x01  # one bit of the last entry of C
@@ -443,7 +447,7 @@ def test_a_tampered_shipped_c_is_refused(
     bob = _fresh_store(tmp_path, "bob")
     api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
     with pytest.raises(ReleaseVerificationError, match="do not match the sha256 recorded for them"):
-        api.pull_release(NAME, "v1", endpoint=lfs_hub.url, import_into=bob, alias="team")
+        api.pull_release(NAME, api.PullOptions(version="v1", endpoint=lfs_hub.url), import_into=bob, alias="team")
     assert api.list_edits(bob, "team") == [] and bob.list_covariances(1) == []
     assert not list(
         (tmp_path / "bob-cache" / "stats").rglob("*.safetensors")
@@ -462,7 +466,7 @@ def test_stats_push_and_pull_through_a_repository_of_their_own(  # type: ignore[
     assert first["uploaded"] == 1 and first["files"] == 1
     assert api.push_stats(tiny_store, "tiny", stats_repo, endpoint=lfs_hub.url)["uploaded"] == 0  # stored once
     _add(tiny_store, "tiny", FACTS[:1])
-    api.publish_release(tiny_store, "tiny", NAME, endpoint=lfs_hub.url)
+    api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=lfs_hub.url))
     with pytest.raises(PublishConflict, match="holds factstore releases"):
         api.push_stats(tiny_store, "tiny", NAME, endpoint=lfs_hub.url)
 
@@ -501,14 +505,14 @@ def test_the_health_gate_refuses_a_degraded_release_unless_allowed(  # type: ign
     corpus.write_text(
         json.dumps([t.format(f.subject) + " " + f.target + "." for f in facts for t in RELATIONS[f.relation][0]])
     )
-    api.compute_stats(store, "facts", corpus=str(corpus), tokens=2500, device="cpu")
+    api.compute_stats(store, "facts", api.StatsOptions(corpus=str(corpus), tokens=2500), device="cpu")
     session = EditSession(store, "facts", device="cpu")
     templates = [*RELATIONS["city"][0], RELATIONS["city"][1]]
     for template, city in zip(templates, ["Tokyo", "Cairo", "Sydney", "Moscow"]):  # one subject, four homes
         session.add(EditRequest(template, facts[0].subject, city))
     # soft, every edit accepted: whether an exact compile holds four homes at once depends on the
     # trained model's last bits; the gate judges whatever compiles
-    release, _ = api.compile_release(store, "facts", "soft", min_efficacy=0.0)
+    release, _ = api.compile_release(store, "facts", api.CompileOptions(mode="soft", min_efficacy=0.0))
     health = json.loads(Path(release.path, layout.MANIFEST).read_text())["scores"]["health"]
     assert health["corpus"] == "local" and health["heldout_tokens"] >= 1000
     rise = health["perplexity_rise_pct"]
@@ -524,12 +528,14 @@ def test_the_health_gate_refuses_a_degraded_release_unless_allowed(  # type: ign
     with TestClient(create_app(ServerSettings(database_url=db_url, worker=False)), client=("127.0.0.1", 5000)) as web:
         assert f"({rise:+.1f} %)" in web.get("/models/facts").text
     with pytest.raises(ReleaseDegraded) as refused:
-        api.publish_release(store, "facts", NAME, endpoint=lfs_hub.url, mode="soft")
+        api.publish_release(store, "facts", NAME, api.PublishOptions(endpoint=lfs_hub.url, mode="soft"))
     assert f"rose {rise:.1f} %" in str(refused.value) and "\n" not in str(refused.value)
     assert NAME not in lfs_hub.state.repos  # nothing was sent
     done = run("publish", "--model", "facts", "--mode", "soft", "--repo", NAME, "--endpoint", lfs_hub.url, check=False)
     assert done.returncode == 1 and f"rose {rise:.1f} %" in done.stderr
-    published = api.publish_release(store, "facts", NAME, endpoint=lfs_hub.url, mode="soft", allow_degraded=True)
+    published = api.publish_release(
+        store, "facts", NAME, api.PublishOptions(endpoint=lfs_hub.url, mode="soft", allow_degraded=True)
+    )
     assert published.version == release.version and not published.already
 
 
@@ -597,11 +603,11 @@ def test_a_publish_job_waits_for_a_worker_with_hub_credentials_which_rebuilds_an
     _add(tiny_store, "tiny", FACTS[2:])  # a log that moved on is not what v1 was: refused before any work
     with pytest.raises(EditStateError, match="not compiled yet"):
         api.queue_publish(tiny_store, "tiny", NAME)
-    stale, _ = api.queue_publish(tiny_store, "tiny", NAME, version=release.version)
+    stale, _ = api.queue_publish(tiny_store, "tiny", NAME, api.PublishOptions(version=release.version))
     assert publisher.turn()
     failed = api.get_job(tiny_store, stale.id)
     assert failed.status == "failed" and "not the release of tiny's current log" in (failed.error or "")
-    elsewhere, _ = api.queue_publish(tiny_store, "tiny", "bob/other", version=release.version)
+    elsewhere, _ = api.queue_publish(tiny_store, "tiny", "bob/other", api.PublishOptions(version=release.version))
     assert publisher.turn()  # a write token does not choose where the worker's token goes
     refused = api.get_job(tiny_store, elsewhere.id)
     assert refused.status == "failed" and "may not publish to bob/other" in (refused.error or "")

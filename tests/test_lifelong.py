@@ -64,15 +64,15 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(
         return real_add(*args, **kwargs)
 
     monkeypatch.setattr(lifelong, "add_requests", interrupted)
-    plan = lifelong.LifelongSettings(every=2, batch=2, modes=("sequential",), heldout_tokens=300)
+    plan = lifelong.LifelongSettings(every=2, batch=2, modes=("sequential",), heldout_tokens=300, folder=run)
     with pytest.raises(KeyboardInterrupt):
-        lifelong.lifelong(tiny_store, "tiny", records, settings=plan, folder=run)
+        lifelong.lifelong(tiny_store, "tiny", records, settings=plan)
     monkeypatch.setattr(lifelong, "add_requests", real_add)
 
     computed: list[int] = []
     real_run_many = EditSession.run_many
     monkeypatch.setattr(EditSession, "run_many", lambda self, ids: computed.extend(ids) or real_run_many(self, ids))
-    first = lifelong.lifelong(tiny_store, "tiny", records, settings=plan, folder=run)
+    first = lifelong.lifelong(tiny_store, "tiny", records, settings=plan)
     assert len(computed) == 2  # only the interrupted slice's two records were computed again
     assert [c["edits"] for c in first["curve"]] == [2, 4] and set(first["modes"]) == {"sequential"}
     assert first["modes"]["sequential"]["edits"] == 4 and first["unedited"]["perplexity"] > 1
@@ -90,9 +90,14 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(
         "tiny",
         records,
         settings=lifelong.LifelongSettings(
-            every=2, batch=2, modes=("sequential", "joint", "null-space"), heldout_tokens=300, retract=2, seed=1
+            every=2,
+            batch=2,
+            modes=("sequential", "joint", "null-space"),
+            heldout_tokens=300,
+            retract=2,
+            seed=1,
+            folder=run,
         ),
-        folder=run,
     )
     # two joint points (the default mode draws the curve), null-space at the end only, then the retraction's joint rebuild
     assert computed == [] and applied == ["joint", "joint", "null-space", "joint"]
@@ -104,8 +109,9 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(
         tiny_store,
         "tiny",
         records,
-        settings=lifelong.LifelongSettings(every=2, batch=2, modes=("null-space",), heldout_tokens=300),
-        folder=tmp_path / "run2",
+        settings=lifelong.LifelongSettings(
+            every=2, batch=2, modes=("null-space",), heldout_tokens=300, folder=tmp_path / "run2"
+        ),
     )
     assert "null space only 0 dimensions" in refused["modes"]["null-space"]["refused"]
     assert both["modes"]["sequential"] == first["modes"]["sequential"]  # kept, not recomputed
@@ -113,14 +119,13 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(
     assert r["retracted"] == 2 and r["kept"] == 2
     assert api.list_edits(tiny_store, "tiny") == []  # the user's own store is untouched
     with pytest.raises(api.FactStoreError, match="another records_sha256"):
-        lifelong.lifelong(tiny_store, "tiny", records[:3], settings=plan, folder=run)  # the folder holds another run
+        lifelong.lifelong(tiny_store, "tiny", records[:3], settings=plan)  # the folder holds another run
     with pytest.raises(api.FactStoreError, match="another batch"):
         lifelong.lifelong(
             tiny_store,
             "tiny",
             records,
-            settings=lifelong.LifelongSettings(every=2, batch=3, heldout_tokens=300),
-            folder=run,
+            settings=lifelong.LifelongSettings(every=2, batch=3, heldout_tokens=300, folder=run),
         )
     with pytest.raises(api.FactStoreError, match="retracted 2 edits"):
         lifelong.lifelong(
@@ -128,9 +133,8 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(
             "tiny",
             records,
             settings=lifelong.LifelongSettings(
-                every=2, batch=2, modes=("joint",), heldout_tokens=300, retract=3, seed=1
+                every=2, batch=2, modes=("joint",), heldout_tokens=300, retract=3, seed=1, folder=run
             ),
-            folder=run,
         )
     assert set(replay.MODES) >= {"sequential", "joint"}
 
@@ -138,8 +142,10 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_band_run_draws_the_band_curve_and_retracts_by_rebuilding_the_band(tiny_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     records = read_records(str(DATA), 4)
-    plan = lifelong.LifelongSettings(every=2, batch=2, modes=("band",), heldout_tokens=300, retract=2, band=2)
-    result = lifelong.lifelong(tiny_store, "tiny", records, settings=plan, folder=tmp_path / "run")
+    plan = lifelong.LifelongSettings(
+        every=2, batch=2, modes=("band",), heldout_tokens=300, retract=2, band=2, folder=tmp_path / "run"
+    )
+    result = lifelong.lifelong(tiny_store, "tiny", records, settings=plan)
     assert [sorted(c) for c in result["curve"]] == [["band", "edits", "unedited"]] * 2
     assert result["modes"]["band"]["edits"] == 4
     state = __import__("json").loads((tmp_path / "run" / "state.json").read_text())

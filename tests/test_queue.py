@@ -29,7 +29,7 @@ PROMPT = "{} is located in the city of"
 
 
 def _submit(store: Store, subject: str, target: str, **kw: object) -> int:
-    entry, created = api.submit_edit(store, "tiny", prompt=PROMPT, subject=subject, target=target, **kw)  # type: ignore[arg-type]
+    entry, created = api.submit_edit(store, "tiny", api.EditRequest(PROMPT, subject, target), api.EditOptions(**kw))  # type: ignore[arg-type]
     assert created and entry.status == "pending" and entry.seq is None
     return entry.id
 
@@ -80,7 +80,7 @@ def test_a_submission_is_checked_without_loading_weights(tiny_store: Store, monk
 
     monkeypatch.setattr(checkpoints, "load", no_weights)
     edit_id = _submit(tiny_store, "The Eiffel Tower", "Rome", note="from a test")
-    refusals = [
+    refusals: list[tuple[dict, str]] = [
         ({"prompt": "no braces here", "subject": "X", "target": "Y"}, "exactly once"),
         ({"prompt": PROMPT, "subject": "The Eiffel Tower", "target": "Rome", "layer": 3}, "layers 0 to 2"),
         ({"prompt": "{}s are located in", "subject": "The Eiffel Tower", "target": "Rome"}, "token boundary"),
@@ -89,7 +89,8 @@ def test_a_submission_is_checked_without_loading_weights(tiny_store: Store, monk
     ]
     for kwargs, message in refusals:
         with pytest.raises(InvalidEditRequest, match=message):
-            api.submit_edit(tiny_store, "tiny", **kwargs)  # type: ignore[arg-type]
+            request = api.EditRequest(kwargs["prompt"], kwargs["subject"], kwargs["target"])
+            api.submit_edit(tiny_store, "tiny", request, api.EditOptions(layer=kwargs.get("layer")))
     assert [e.id for e in api.list_log(tiny_store, "tiny")] == [edit_id]
     assert api.get_entry(tiny_store, edit_id).note == "from a test"
     with pytest.raises(EditStateError, match="no key and value yet"):
@@ -197,7 +198,7 @@ def test_edit_add_waits_for_the_worker_that_holds_the_model(tiny_store: Store) -
     result: dict = {}
     thread = threading.Thread(
         target=lambda: result.setdefault(
-            "out", api.add_edit(tiny_store, "tiny", prompt=PROMPT, subject="Big Ben", target="Oslo")
+            "out", api.add_edit(tiny_store, "tiny", api.EditRequest(PROMPT, "Big Ben", "Oslo"))
         )
     )
     thread.start()
@@ -237,7 +238,7 @@ def test_an_interrupted_edit_add_withdraws_its_request(tiny_store: Store, monkey
 
     monkeypatch.setattr(EditSession, "_compute", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        api.add_edit(tiny_store, "tiny", prompt=PROMPT, subject="Big Ben", target="Oslo")
+        api.add_edit(tiny_store, "tiny", api.EditRequest(PROMPT, "Big Ben", "Oslo"))
     [entry] = api.list_log(tiny_store, "tiny", "all")
     assert entry.status == "failed" and "interrupted" in (entry.error or "")
     assert _drain(tiny_store).stats.computed == 0  # no worker computes it later
@@ -271,7 +272,7 @@ def test_a_worker_gives_up_a_busy_model_when_another_waits(tiny_store: Store, tm
     add_random_gpt2(tiny_store, "second", tmp_path, gpt2_tokenizer, seed=1, line="Line: the bridge crosses the river.")
     for i in range(8):
         _submit(tiny_store, f"Tower {i}", "Rome")
-    other, _ = api.submit_edit(tiny_store, "second", prompt=PROMPT, subject="The Louvre", target="Berlin")
+    other, _ = api.submit_edit(tiny_store, "second", api.EditRequest(PROMPT, "The Louvre", "Berlin"))
     worker = Worker(tiny_store, WorkerSettings(poll=0.05, batch=1, fair_batches=2))
     for _ in range(6):
         worker.turn()

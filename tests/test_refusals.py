@@ -232,5 +232,7 @@ def test_a_release_folder_in_the_way_is_moved_aside_not_deleted(
     a_file = tmp_path / "a-file"
     a_file.write_text("keep")
     with pytest.raises(FactStoreError, match="is not an empty folder"):
-        api.pull_release("alice/x", "v1", str(a_file))  # refused before anything is downloaded
+        api.pull_release(
+            "alice/x", api.PullOptions(version="v1", out=str(a_file))
+        )  # refused before anything is downloaded
     assert a_file.read_text() == "keep"

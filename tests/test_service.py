@@ -455,12 +455,12 @@ def test_publish_over_http_queues_a_job_that_says_why_it_waits(
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", "/nonexistent/factstore-test/token")
     entry, _ = api.submit_edit(
-        tiny_store, "tiny", prompt=EIFFEL["prompt"], subject=EIFFEL["subject"], target=EIFFEL["target"]
+        tiny_store, "tiny", api.EditRequest(EIFFEL["prompt"], EIFFEL["subject"], EIFFEL["target"])
     )
     settings = ServerSettings(database_url=tiny_store.url, worker=True)
     with TestClient(create_app(settings), client=LOCAL) as client:
         wait_done(client, entry.id)
-        release, _ = api.compile_release(tiny_store, "tiny", min_efficacy=0.0)
+        release, _ = api.compile_release(tiny_store, "tiny", api.CompileOptions(min_efficacy=0.0))
         url = f"/api/v1/models/tiny/releases/{release.version}/publish"
         body = {"repo": "team/tiny-edits"}
         assert client.post(url, json=body, headers=auth(tokens["read"])).status_code == 403

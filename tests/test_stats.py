@@ -107,11 +107,13 @@ def test_cli_shards_and_merge_print_path_and_sha256(tiny_store, tmp_path: Path) 
 
     parts = [cli("compute", "--shard", f"{i}/2") for i in range(2)]
     merged = cli("merge")
-    single = api.compute_stats(tiny_store, "tiny", 0, corpus=corpus_path, tokens=1500, device="cpu")
+    single = api.compute_stats(
+        tiny_store, "tiny", api.StatsOptions(layer=0, corpus=corpus_path, tokens=1500), device="cpu"
+    )
     assert single["id"] == merged["id"] and single["sha256"] == merged["sha256"]  # recorded: the next edit uses it
-    twice = api.compute_stats(tiny_store, "tiny", layers=[1, 1], corpus=corpus_path, tokens=1500, device="cpu")[
-        "layers"
-    ]
+    twice = api.compute_stats(
+        tiny_store, "tiny", api.StatsOptions(layers=(1, 1), corpus=corpus_path, tokens=1500), device="cpu"
+    )["layers"]
     assert twice[0] == twice[1] and twice[0]["layer"] == 1  # a layer asked for twice is computed (and summed) once
     for row in [*parts, merged]:
         assert stats.file_sha256(Path(row["path"])) == row["sha256"]
@@ -154,6 +156,6 @@ def test_a_pulled_c_of_another_corpus_never_displaces_the_stores_own(tiny_store,
     assert pulled.id > own.id  # the newest C of the layer
     assert EditSession(tiny_store, "tiny", device="cpu").covariance(hp.layer, hp).id == own.id
     outcome = api.add_edit(
-        tiny_store, "tiny", prompt="{} is located in the city of", subject="Big Ben", target="Oslo", device="cpu"
+        tiny_store, "tiny", api.EditRequest("{} is located in the city of", "Big Ben", "Oslo"), device="cpu"
     )
     assert tiny_store.get_edit(outcome.edit.id).covariance_id == own.id

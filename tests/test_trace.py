@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from cli_runner import run_json
 from factstore import api
 from factstore.analysis import causal_trace as trace
+from factstore.domain import TracedFact
 from factstore.errors import InvalidEditRequest
 from factstore.studies import figures
 from tiny_models import Recipe, make_facts
@@ -38,7 +39,7 @@ def trained(tiny_gpt2_dir: Path, gpt2_tokenizer):  # type: ignore[no-untyped-def
 def test_restoring_every_state_gives_back_the_clean_probability(trained, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     model, known = trained
     fact = known[0]
-    tracer = trace.Tracer(model, gpt2_tokenizer, "city of {}", fact.subject, fact.target, QUICK)
+    tracer = trace.Tracer(model, gpt2_tokenizer, TracedFact("city of {}", fact.subject, fact.target), QUICK)
     T, L = tracer.ids.shape[1], tracer.n_layers
     everything = [("hidden", layer, t) for layer in range(L) for t in range(T)]
     corrupted, restored = tracer.restored([[], everything]).tolist()
@@ -51,14 +52,13 @@ def test_restoring_every_state_gives_back_the_clean_probability(trained, gpt2_to
 def test_maps_have_the_right_shape_and_the_same_seed_gives_the_same_numbers(trained, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     model, known = trained
     fact = known[1]
-    first = trace.trace(model, gpt2_tokenizer, "the home town of {}", fact.subject, fact.target, QUICK)
-    again = trace.trace(model, gpt2_tokenizer, "the home town of {}", fact.subject, fact.target, QUICK)
+    home = TracedFact("the home town of {}", fact.subject, fact.target)
+    first = trace.trace(model, gpt2_tokenizer, home, QUICK)
+    again = trace.trace(model, gpt2_tokenizer, home, QUICK)
     other = trace.trace(
         model,
         gpt2_tokenizer,
-        "the home town of {}",
-        fact.subject,
-        fact.target,
+        home,
         trace.TraceSettings(samples=4, window=2, seed=1),
     )
     T = len(gpt2_tokenizer(f"the home town of {fact.subject}")["input_ids"])
@@ -74,7 +74,7 @@ def test_maps_have_the_right_shape_and_the_same_seed_gives_the_same_numbers(trai
 
 def test_figures_are_valid_images_and_json_holds_every_number(trained, gpt2_tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     model, known = trained
-    result = trace.trace(model, gpt2_tokenizer, "city of {}", known[2].subject, known[2].target, QUICK)
+    result = trace.trace(model, gpt2_tokenizer, TracedFact("city of {}", known[2].subject, known[2].target), QUICK)
     report = figures.write_fact_trace(result, tmp_path)
     assert len(report["png"]) == 3
     for path in report["png"]:
@@ -99,11 +99,14 @@ def test_dataset_trace_stores_the_layer_that_edit_add_auto_uses(
     api.add_model(store, "facts", str(tiny_gpt2_dir))
     with pytest.raises(InvalidEditRequest, match="no traced layer"):
         api.add_edit(
-            store, "facts", prompt="city of {}", subject=known[0].subject, target="Rome", layer="auto", device="cpu"
+            store,
+            "facts",
+            api.EditRequest("city of {}", known[0].subject, "Rome"),
+            api.EditOptions(layer="auto"),
+            device="cpu",
         )
-    result = api.trace_dataset(
-        store, "facts", str(dataset), n=5, out=str(tmp_path / "avg"), device="cpu", samples=4, window=2
-    )
+    options = api.TraceOptions(out=str(tmp_path / "avg"), settings=api.TraceSettings(samples=4, window=2))
+    result = api.trace_dataset(store, "facts", str(dataset), 5, options, device="cpu")
     averaged = json.loads(Path(result["json"]).read_text())["average_indirect_effect"]["mlp"]
     assert len(averaged) == len(trace.CATEGORIES) and len(averaged[2]) == 4
     last_subject = averaged[trace.CATEGORIES.index("last subject token")]
@@ -114,7 +117,11 @@ def test_dataset_trace_stores_the_layer_that_edit_add_auto_uses(
     )
     assert store.get_base_model("facts").recommended_layer == result["peak_mlp_layer"]
     outcome = api.add_edit(
-        store, "facts", prompt="city of {}", subject=known[0].subject, target="Rome", layer="auto", device="cpu"
+        store,
+        "facts",
+        api.EditRequest("city of {}", known[0].subject, "Rome"),
+        api.EditOptions(layer="auto"),
+        device="cpu",
     )
     assert outcome.edit.layer == result["peak_mlp_layer"]
 
@@ -148,7 +155,7 @@ def test_cli_trace_json(db_url: str, tiny_gpt2_dir: Path, tmp_path: Path, traine
 def test_smollm2_maps(smollm2, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     model, tok = smollm2.model, smollm2.tokenizer
     settings = trace.TraceSettings(samples=3, window=10, kinds=("mlp",))
-    result = trace.trace(model, tok, "{} is located in the city of", "The Eiffel Tower", None, settings)
+    result = trace.trace(model, tok, TracedFact("{} is located in the city of", "The Eiffel Tower"), settings)
     T = len(tok("The Eiffel Tower is located in the city of")["input_ids"])
     assert result.answer.strip() == "Paris" and result.scores["mlp"].shape == (T, 30)
     assert result.corrupted_prob < result.clean_prob

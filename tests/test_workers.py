@@ -77,7 +77,7 @@ def statuses(store: Store, alias: str = "tiny") -> list[str]:
 def submit(store: Store, alias: str, n: int, offset: int = 0) -> list[int]:
     checks = api.model_checks(store, alias)
     return [
-        api.submit_edit(store, alias, prompt=PROMPT, subject=f"Tower {i}", target="Rome", checks=checks)[0].id
+        api.submit_edit(store, alias, api.EditRequest(PROMPT, f"Tower {i}", "Rome"), checks=checks)[0].id
         for i in range(offset, offset + n)
     ]
 

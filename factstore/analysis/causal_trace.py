@@ -22,11 +22,11 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
+from factstore.domain import TracedFact
 from factstore.errors import InvalidEditRequest
+from factstore.options import KINDS, TraceSettings
 from factstore.rome.prompts import decode, encode_prompt, target_ids
 
-KINDS = ("hidden", "mlp", "attn")
-NOISE_FACTOR = 3.0  # ROME: noise std = 3 x the std of subject-token embeddings
 # rows of the averaged summary, as in the paper's figure
 CATEGORIES = (
     "first subject token",
@@ -36,16 +36,6 @@ CATEGORIES = (
     "further tokens",
     "last token",
 )
-
-
-@dataclass(frozen=True)
-class TraceSettings:
-    samples: int = 10  # corrupted runs, each with its own noise draw
-    noise_factor: float = NOISE_FACTOR  # noise std as a multiple of the subject embeddings' std
-    window: int = 10  # layers restored together for "mlp" and "attn"
-    seed: int = 0
-    batch_rows: int = 256  # sequences per forward pass (restorations x samples)
-    kinds: tuple[str, ...] = KINDS
 
 
 @dataclass
@@ -185,9 +175,7 @@ class Tracer:
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        prompt: str,
-        subject: str,
-        target: str | None = None,
+        fact: TracedFact,
         settings: TraceSettings = TraceSettings(),
         noise_std: float | None = None,
         stop: Callable[[], None] = lambda: None,
@@ -195,6 +183,7 @@ class Tracer:
         self.model, self.settings = model, settings
         self.stop = stop  # called before every batch of passes; raises to end the trace there
         device = arch.input_device(model)
+        prompt, subject, target = fact.prompt, fact.subject, fact.target
         ids_list, self.first, self.last = subject_span(tokenizer, prompt, subject)
         self.ids = torch.tensor([ids_list], device=device)
         self.tokens = [decode(tokenizer, [i]) for i in ids_list]
@@ -275,20 +264,18 @@ class Tracer:
 def trace(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompt: str,
-    subject: str,
-    target: str | None = None,
+    fact: TracedFact,
     settings: TraceSettings = TraceSettings(),
     noise_std: float | None = None,
     stop: Callable[[], None] = lambda: None,
 ) -> TraceResult:
-    """The maps of settings.kinds for one fact. target=None traces the model's own top answer.
+    """The maps of settings.kinds for FACT (its target None: the model's own top answer).
 
     noise_std: the embedding std the noise is scaled from (a dataset's subjects); default:
     this subject's own token embeddings. stop: called between batches of passes (a job's
     cancel and time checks); what it raises ends the trace.
     """
-    tracer = Tracer(model, tokenizer, prompt, subject, target, settings, noise_std, stop)
+    tracer = Tracer(model, tokenizer, fact, settings, noise_std, stop)
     corrupted = float(tracer.restored([[]])[0])
     scores = {kind: tracer.restoration_map(kind) for kind in settings.kinds}
     return TraceResult(

@@ -24,6 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from factstore import arch
 from factstore.domain import Record
 from factstore.errors import InvalidEditRequest
+from factstore.options import FluencySettings
 from factstore.rome.prompts import decode
 from factstore.rome.scoring import target_logprobs
 
@@ -129,14 +130,6 @@ def aggregate(scores: Sequence[RecordScores]) -> dict[str, float | None]:
 
 
 # fluency -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FluencySettings:
-    prompts: int = 2  # generation prompts per record (CounterFact has 10; sampling dominates the cost)
-    new_tokens: int = 50  # ROME samples 100
-    top_k: int = 5
-    seed: int = 0
 
 
 _WORD = re.compile(r"\w+|[^\w\s]")

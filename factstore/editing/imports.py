@@ -11,6 +11,7 @@ from factstore.editing.models import check_size, tokenizer_for
 from factstore.editing.requests import layer_spec
 from factstore.editing.session import EditSession
 from factstore.errors import InvalidEditRequest
+from factstore.options import EditOptions
 from factstore.progress import SILENT, Reporter
 from factstore.storage.store import Store
 
@@ -20,16 +21,15 @@ def import_edits(
     alias: str,
     path: str,
     limit: int | None = None,
+    options: EditOptions = EditOptions(),
     *,
-    layer: int | str | None = None,
     device: str | None = None,
-    requested_by: str | None = None,
-    batch: int = 1,
-    band: int | None = None,
     progress: Reporter = SILENT,
 ) -> dict:
     """Add the first LIMIT requests of PATH to ALIAS's log; a rerun skips the ones already stored.
-    BATCH requests are computed together in one optimisation (all on the head before them)."""
+    options.batch requests are computed together in one optimisation (all on the head before
+    them); each edit notes the file it came from."""
+    layer = options.layer
     requests = read_requests(path, limit)
     tokenizer = tokenizer_for(store, alias)
     for i, request in enumerate(requests, start=1):  # sizes first: no model is loaded for a file that cannot go in
@@ -37,7 +37,7 @@ def import_edits(
             check_size(tokenizer, request)
         except InvalidEditRequest as exc:
             raise InvalidEditRequest(f"record {i}: {exc}; nothing was imported") from None
-    session = EditSession(store, alias, device=device, progress=progress, band=band)
+    session = EditSession(store, alias, device=device, progress=progress, band=options.band)
     for i, request in enumerate(requests, start=1):
         try:
             session.validate(request, layer)
@@ -47,9 +47,9 @@ def import_edits(
         session,
         requests,
         layer=layer,
-        batch=batch,
+        batch=options.batch,
         note=f"imported from {Path(path).name}",
-        requested_by=requested_by,
+        requested_by=options.requested_by,
         progress=progress,
     )
     return {"records": len(requests), "added": len(added), "skipped": skipped, "ids": added}

@@ -10,6 +10,7 @@ from factstore import arch
 from factstore.domain import BaseModel, EditEntry, EditRequest
 from factstore.editing.models import check_size
 from factstore.errors import InvalidEditRequest, shown
+from factstore.options import EditOptions
 from factstore.rome.prompts import check_fits, encode_prompt, target_ids
 from factstore.storage.store import Store
 from factstore.weights import checkpoints
@@ -69,16 +70,15 @@ def submit(
     store: Store,
     checks: ModelChecks,
     request: EditRequest,
+    options: EditOptions = EditOptions(),
     *,
-    layer: Layer = None,
-    note: str | None = None,
-    requested_by: str | None = None,
     idempotency: str | None = None,
     max_pending: int | None = None,
 ) -> tuple[EditEntry, bool]:
-    """Check a request and store it pending. Returns (entry, created); created is False when
-    IDEMPOTENCY names a request already stored (that one is returned). MAX_PENDING: see
-    Store.create_request."""
+    """Check a request and store it pending (options: its layer, note and requester). Returns
+    (entry, created); created is False when IDEMPOTENCY names a request already stored (that
+    one is returned). MAX_PENDING: see Store.create_request."""
+    layer, note = options.layer, options.note
     spec = layer_spec(layer)
     check_request(checks, request, layer)
     if note is not None and len(note) > 4096:
@@ -88,7 +88,7 @@ def submit(
         request,
         requested_layer=spec,
         note=note,
-        requested_by=requested_by,
+        requested_by=options.requested_by,
         idempotency=idempotency,
         max_pending=max_pending,
     )

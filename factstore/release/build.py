@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ from transformers import PreTrainedModel
 
 from factstore import config
 from factstore.analysis.metrics import aggregate, score_records
-from factstore.domain import BaseModel, Covariance, Record, Release, StoredEdit, band_sha256, check_alias
+from factstore.domain import BaseModel, Covariance, NewRelease, Record, Release, StoredEdit, band_sha256, check_alias
 from factstore.errors import CompileError, ReleaseVerificationError
 from factstore.files import file_sha256, staged_folder, usable_folder
+from factstore.options import CompileOptions
 from factstore.progress import SILENT, Reporter
 from factstore.release import card, health, layout
 from factstore.release.manifest import Manifest
@@ -135,28 +137,25 @@ class _Laps:
 def build(
     store: Store,
     alias: str,
-    mode: str | None = None,
-    out: str | None = None,
-    device: str | None = None,
+    options: CompileOptions = CompileOptions(),
     *,
-    check: bool = True,
+    device: str | None = None,
     timings: dict[str, float] | None = None,
-    min_efficacy: float = MIN_EFFICACY,
     progress: Reporter = SILENT,
 ) -> tuple[Release, bool]:
     """Compile the active edit log of ALIAS into a release folder. Returns (release, created).
 
-    An unchanged log reuses its release (checked against its manifest); with OUT it is built
-    again into OUT, as the same version (no new release is recorded). check=False skips
-    refusing edits that do not hold (benchmarks measure how edits fare instead); timings,
+    An unchanged log reuses its release (checked against its manifest); with options.out it is
+    built again there, as the same version (no new release is recorded). options.check=False
+    skips refusing edits that do not hold (benchmarks measure how edits fare instead); timings,
     when given, receives seconds per phase (load, apply, score, write).
     """
-    if mode is not None:
-        check_mode(mode)  # before the model is loaded
+    if options.mode is not None:
+        check_mode(options.mode)  # before the model is loaded
     base = store.get_base_model(alias)
-    target = usable_folder(out) if out else None
+    target = usable_folder(options.out) if options.out else None
     with store.model_lock(base.id):  # two compiles of one model run one after the other; the second may reuse
-        return _build(store, base, mode, target, device, min_efficacy if check else None, _Laps(timings), progress)
+        return _build(store, base, options, target, device, _Laps(timings), progress)
 
 
 def current_log_sha256(store: Store, alias: str, mode: str | None = None) -> str:
@@ -169,16 +168,17 @@ def current_log_sha256(store: Store, alias: str, mode: str | None = None) -> str
 def _build(
     store: Store,
     base: BaseModel,
-    mode: str | None,
+    options: CompileOptions,
     target: Path | None,
     device: str | None,
-    check: float | None,
     lap: _Laps,
     progress: Reporter,
 ) -> tuple[Release, bool]:
-    """check: the soft modes' minimum efficacy, or None to refuse nothing."""
+    """TARGET: options.out, checked usable (None: the release's own folder under FACTSTORE_HOME)."""
     edits = store.list_edits(base.id, "active")
-    mode = mode or default_mode(edits)
+    mode = options.mode or default_mode(edits)
+    least = MIN_EFFICACY if options.min_efficacy is None else options.min_efficacy
+    check = least if options.check else None  # the soft modes' minimum efficacy, or None to refuse nothing
     log_sha = layout.edit_log_sha256(base.identity, mode, log_entries(edits))
     latest = store.get_latest_release(base.id)
     unchanged = latest if latest and latest.edit_log_sha256 == log_sha else None
@@ -193,22 +193,25 @@ def _build(
         if rebuilt is not None:
             return rebuilt, False
     scores = _compile_in_memory(store, base, loaded, edits, mode, check, lap)
+    compiled = _Compiled(edits, mode, log_sha, scores)
     if unchanged and target:
-        _write_release(store, base, loaded, edits, mode, log_sha, scores, target)
+        _write_release(store, base, loaded, compiled, target)
         lap("write")
         return unchanged, False
     version = store.get_next_release_version(base.id)
     final = target or _release_folder(base.alias, version)
-    manifest_sha = _write_release(store, base, loaded, edits, mode, log_sha, scores, final)
+    manifest_sha = _write_release(store, base, loaded, compiled, final)
     release = store.create_release(
         base.id,
         version,
-        mode=mode,
-        edit_log_sha256=log_sha,
-        manifest_sha256=manifest_sha,
-        path=str(final),
-        edit_ids=[e.id for e in edits],
-        scores=scores,
+        NewRelease(
+            mode=mode,
+            edit_log_sha256=log_sha,
+            manifest_sha256=manifest_sha,
+            path=str(final),
+            edit_ids=[e.id for e in edits],
+            scores=scores,
+        ),
     )
     lap("write")
     return release, True
@@ -227,9 +230,8 @@ def _rebuilt_here(
         apply_edits(loaded.model, edits, MatrixCache(store.get_covariance), release.mode, inputs)
         lap("apply")
         final = _release_folder(base.alias, release.version)
-        written = _write_release(
-            store, base, loaded, edits, release.mode, release.edit_log_sha256, release.scores or {}, final
-        )
+        compiled = _Compiled(edits, release.mode, release.edit_log_sha256, release.scores or {})
+        written = _write_release(store, base, loaded, compiled, final)
     lap("write")
     if written != release.manifest_sha256:
         log.info("v%d written here differs from its recorded manifest: compiling a new version", release.version)
@@ -296,17 +298,19 @@ def _release_folder(alias: str, version: int) -> Path:
     return final
 
 
-def _write_release(
-    store: Store,
-    base: BaseModel,
-    loaded: LoadedModel,
-    edits: Sequence[StoredEdit],
-    mode: str,
-    log_sha: str,
-    scores: dict,
-    final: Path,
-) -> str:
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A log compiled in a mode: what a release folder is written from, beside the weights."""
+
+    edits: Sequence[StoredEdit]
+    mode: str
+    log_sha256: str  # the log's identity in that mode (layout.edit_log_sha256)
+    scores: dict
+
+
+def _write_release(store: Store, base: BaseModel, loaded: LoadedModel, compiled: _Compiled, final: Path) -> str:
     """Write the release folder through a staged folder renamed into place; returns the manifest's sha256."""
+    edits, mode, scores = compiled.edits, compiled.mode, compiled.scores
     with staged_folder(final) as tmp:
         known = layout.write_weights(
             loaded.model, tmp, layout.edited_files(touched_layers(edits, mode)), _stable_files(base.identity)
@@ -318,7 +322,7 @@ def _write_release(
             [edit_vectors(e) for e in edits],
             [[(a.layer, vector(a.key), vector(a.target)) for a in e.band] for e in edits],
         )
-        manifest = _manifest(store, base, loaded.model, mode, edits, log_sha)
+        manifest = _manifest(store, base, loaded.model, mode, edits, compiled.log_sha256)
         return layout.write_manifest(tmp, {**manifest, "scores": scores}, known)
 
 

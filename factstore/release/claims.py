@@ -197,14 +197,37 @@ def still_taking(
 BAND_KEY_TOLERANCE = 0.1
 
 
+@dataclass(frozen=True, slots=True)
+class BandCompile:
+    """How a log registered over bands compiles: C of a layer as an edit's compile reads it, and
+    the soft solve's (weight, alpha)."""
+
+    covariance: band.LayerCovariance
+    soft: tuple[float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class _BandLayers:
+    """MODEL's band layers, rewritten from their base weights (BASE) as band compiles of asks."""
+
+    model: PreTrainedModel
+    base: dict[int, tuple[torch.Tensor, torch.Tensor | None]]
+    solve: BandCompile
+
+    def write(self, layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]] | None, owner: StoredEdit | None) -> None:
+        """LAYER as the compile of ROWS with C of OWNER's spec (the edit asking last); no rows: its base weights."""
+        soft = self.solve.soft
+        delta = band.layer_delta(rows, self.solve.covariance(owner, layer), soft) if rows and owner else None
+        band.write_layer(self.model, layer, self.base[layer][0], delta)
+
+
 def check_band_heads(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     log: Sequence[StoredEdit],
     imported: Sequence[int],
     templates: Callable[[StoredEdit], list[str]],
-    covariance: band.LayerCovariance,
-    soft: tuple[float, float],
+    solve: BandCompile,
     progress: Reporter = SILENT,
 ) -> dict[int, Judged]:
     """check_heads for a log registered over bands: the head of each edit is the band compile of
@@ -220,15 +243,13 @@ def check_band_heads(
     layers = {e.layer for e in ordered} | {a.layer for e in ordered for a in e.band}
     holding: list[int | None] = [None]  # the model holds the compile of ordered[:holding[0]]
     base = {layer: (arch.down_proj_weight(model, layer).clone(), arch.down_proj_bias(model, layer)) for layer in layers}
+    written = _BandLayers(model, base, solve)
 
     def compile_prefix(count: int) -> band.Asks:
         asks, last = band.collect(ordered[:count], edit_vectors, base.__getitem__)
         if holding[0] != count:  # the judge of the edit before left this very compile in place
-            for layer, (W0, _) in base.items():
-                rows = asks.get(layer)
-                band.write_layer(
-                    model, layer, W0, band.layer_delta(rows, covariance(last[layer], layer), soft) if rows else None
-                )
+            for layer in base:
+                written.write(layer, asks.get(layer), last.get(layer))
             holding[0] = count
         return asks
 
@@ -240,7 +261,7 @@ def check_band_heads(
             text, answer, before = _before(model, tokenizer, edit, templates(edit))
             if not edit.band:  # a band compile reads no k*: every key it reads is checked below
                 _check_key(model, tokenizer, edit, edit_vectors(edit)[0], templates(edit), position)
-            _check_band_keys(model, tokenizer, edit, templates(edit), position, earlier, base, covariance, soft)
+            _check_band_keys(written, tokenizer, edit, templates(edit), position, earlier)
             holding[0] = None  # its own asks are written on the layers below: not a compile of any prefix
             compile_prefix(position)
             judged[edit.id] = _judge(model, tokenizer, edit, (text, answer, before), templates(edit), position)
@@ -249,16 +270,14 @@ def check_band_heads(
 
 
 def _check_band_keys(
-    model: PreTrainedModel,
+    written: _BandLayers,
     tokenizer: PreTrainedTokenizerBase,
     edit: StoredEdit,
     templates: list[str],
     position: int,
     earlier: band.Asks,
-    base: dict[int, tuple[torch.Tensor, torch.Tensor | None]],
-    covariance: band.LayerCovariance,
-    soft: tuple[float, float],
 ) -> None:
+    model = written.model
     prompts = [band.key_prompts(edit.request(), templates, band.plain_weight(edit))]
     for j, ask in enumerate(edit.band):
         here = subject_states(model, tokenizer, prompts, ask.layer, ask.layer)[0][0].double()
@@ -270,6 +289,4 @@ def _check_band_keys(
                 f"in its prompt (relative difference {error:.2g}); the vectors belong to another fact than its label; nothing was imported"
             )
         rows = [*earlier.get(ask.layer, []), (band.vector(ask.key), band.vector(ask.target))]
-        band.write_layer(
-            model, ask.layer, base[ask.layer][0], band.layer_delta(rows, covariance(edit, ask.layer), soft)
-        )
+        written.write(ask.layer, rows, edit)

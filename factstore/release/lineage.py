@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -61,9 +61,8 @@ def import_release(
     store: Store,
     folder: Path,
     alias: str,
-    repo: str | None = None,
-    commit: str | None = None,
-    tag: str | None = None,
+    published: tuple[str, str, str] | None = None,
+    *,
     device: str | None = None,
     progress: Reporter = SILENT,
     shipped: ShippedStats | None = None,
@@ -73,12 +72,13 @@ def import_release(
     The local active log of ALIAS must be a prefix of the release's (a fresh alias is the
     empty prefix); the rest of the release's edits are appended in order with their stored
     k* and v*; their key statistics come from this machine's cache, from SHIPPED (the release's
-    own C files, checked), or are computed. The release itself is recorded (published, when REPO, COMMIT and TAG are given),
-    so the next compile is the next version and the next publish builds on its commit.
+    own C files, checked), or are computed. The release itself is recorded (as published when
+    PUBLISHED, its (repo, commit, tag) on the Hub, is given), so the next compile is the next
+    version and the next publish builds on its commit.
     """
     check_alias(alias)
     manifest = layout.verify_folder(folder)
-    version = _version(tag)
+    version = _version(published[2] if published else None)
     if manifest.mode not in MODES:
         raise ReleaseVerificationError(
             f"the release's compile mode {manifest.mode!r} is not one of {', '.join(MODES)}; nothing was imported"
@@ -122,8 +122,7 @@ def import_release(
     own = store.list_covariances(store.get_base_model(alias).id) if _registered(store, alias) else []
     infos = [info for entry, _, _ in entries for info in [entry.covariance, *entry.band_covariances] if info]
     covariances = _covariances(loaded, ref, infos, progress, shipped, own)
-    _check_rebuild(store, ref, loaded, manifest, local, new, covariances, progress)
-    published = (repo, commit, tag) if repo and commit and tag else None
+    _check_rebuild(store, _Imported(ref, loaded, manifest), local, new, covariances, progress)
     record = ImportedRelease(
         mode=manifest.mode,
         version=version,
@@ -132,14 +131,13 @@ def import_release(
         published=published,
         scores=dict(manifest.scores),
         log_sha256=lambda edits: layout.edit_log_sha256(ref.identity, manifest.mode, log_entries(edits)),
+        templates=tuple(t.model_dump() for t in manifest.context_templates),
     )
-    templates = [t.model_dump() for t in manifest.context_templates]
     base, added, release = store.import_lineage(
         alias,
         ref,
         license=manifest.base.license,
         prefix=[(k, v) for k, v, _ in prefix],
-        templates=templates,
         covariances={k: c for k, (c, _) in covariances.items()},
         edits=new,
         release=record,
@@ -379,7 +377,7 @@ def _covariances(
                 hit = stats.install_shipped(source, info.sha256, spec, dim)
                 sample = sample_corpus(own, info.corpus, info.corpus_sha256)
                 what = f"the shipped key statistics of layer {info.layer}"
-                check_installed(hit.path, loaded.model, loaded.tokenizer, info.layer, sample, what, fresh, progress)
+                check_installed(hit.path, loaded, info.layer, sample, what, fresh, progress)
             except FactStoreError as exc:
                 raise ReleaseVerificationError(f"{exc}; nothing was imported") from None
         if hit is not None:  # this machine has C already (it is keyed by all of its spec), or the release shipped it
@@ -416,11 +414,18 @@ def _covariances(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Imported:
+    """The release being imported: its pinned base (REF, loaded here) and its checked manifest."""
+
+    ref: ModelRef
+    loaded: LoadedModel
+    manifest: Manifest
+
+
 def _check_rebuild(
     store: Store,
-    ref: ModelRef,
-    loaded: LoadedModel,
-    manifest: Manifest,
+    release: _Imported,
     local: list[StoredEdit],
     new: list[tuple[NewEdit, str | None]],
     covariances: dict[str, tuple[Covariance, torch.Tensor]],
@@ -430,6 +435,7 @@ def _check_rebuild(
     update does on its own head), and the pulled weights a compile of the imported log on the
     pinned base: replay the log here and compare the weight files byte for byte (compiles are
     deterministic); the edits that took must still take on those weights."""
+    ref, loaded, manifest = release.ref, release.loaded, release.manifest
     synthetic = {key: -i for i, key in enumerate(covariances, start=1)}  # ids the store has not given out
     matrices = {synthetic[key]: matrix for key, (_, matrix) in covariances.items()}
     in_store = MatrixCache(store.get_covariance)
@@ -481,8 +487,9 @@ def _check_rebuild(
         templates = _key_templates(manifest)
         if banded:  # the heads the edits were measured on are band compiles
             try:
+                solve = claims.BandCompile(layer_matrix, soft)
                 judged = claims.check_band_heads(
-                    model, loaded.tokenizer, replayed, imported, templates, layer_matrix, soft, progress
+                    model, loaded.tokenizer, replayed, imported, templates, solve, progress
                 )
             except (CompileError, NumericalError) as exc:  # crafted vectors that no solve can hold
                 reason = str(exc).removesuffix("; nothing was written").removesuffix("; nothing was changed")

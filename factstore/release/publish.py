@@ -15,6 +15,7 @@ from factstore.domain import Release, StoredEdit
 from factstore.errors import PublishConflict, StatisticsError
 from factstore.files import file_sha256
 from factstore.hub import Hub, branch_commit, tag_for
+from factstore.options import CompileOptions, PublishOptions
 from factstore.progress import SILENT, Reporter
 from factstore.release import build, health, layout
 from factstore.release.build import checked_folder
@@ -39,20 +40,18 @@ def publish(
     store: Store,
     alias: str,
     repo: str,
-    private: bool = False,
-    mode: str | None = None,
-    endpoint: str | None = None,
+    options: PublishOptions = PublishOptions(),
+    *,
     token: str | None = None,
-    with_stats: bool = False,
     device: str | None = None,
     progress: Reporter = SILENT,
-    allow_degraded: bool = False,
-    version: int | None = None,
 ) -> Published:
     """Publish the current edit log of ALIAS to REPO as the next version (compiling if it
     changed). A release whose held-out perplexity rose past FACTSTORE_MAX_PERPLEXITY_RISE is
-    refused unless ALLOW_DEGRADED. VERSION (a publish job's): that release, which must be the
-    current log's, or PublishConflict before anything is compiled or sent."""
+    refused unless options.allow_degraded. options.version (a publish job's): that release,
+    which must be the current log's, or PublishConflict before anything is compiled or sent.
+    TOKEN: the Hub token (None: HF_TOKEN or the stored login)."""
+    mode, version = options.mode, options.version
     if version is not None:
         base_id = store.get_base_model(alias).id
         asked, latest = store.get_release(base_id, version), store.get_latest_release(base_id)
@@ -66,11 +65,11 @@ def publish(
                 f"v{version} is not the release of {alias}'s current log (edits were added or retracted since); "
                 "compile, then publish the new version"
             )
-    release, _ = build.build(store, alias, mode, device=device, progress=progress)
+    release, _ = build.build(store, alias, CompileOptions(mode=mode), device=device, progress=progress)
     if version is not None and release.version != version:
         raise PublishConflict(f"the current log of {alias} is v{release.version}, not v{version}; nothing was sent")
     if release.status != "published":
-        health.check_publishable(release.version, build.checked_folder(release).scores, allow_degraded)
+        health.check_publishable(release.version, build.checked_folder(release).scores, options.allow_degraded)
     if release.hub_repo not in (None, repo):
         raise PublishConflict(
             f"v{release.version} is already published to {release.hub_repo}; one repository holds one lineage"
@@ -80,9 +79,9 @@ def publish(
         if release.hub_commit is None:
             raise RuntimeError(f"release v{release.version} is marked published without a Hub commit")
         return Published(repo, release.version, tag, release.hub_commit, already=True)
-    hub = Hub(endpoint, token)
+    hub = Hub(options.endpoint, token)
     if release.hub_commit is None:  # not uploaded yet (or the upload failed before the commit landed)
-        release = _upload(store, hub, release, repo, private, with_stats)
+        release = _upload(store, hub, release, repo, options.private, options.with_stats)
     if release.hub_commit is None:
         raise RuntimeError(f"release v{release.version} was uploaded without a Hub commit")
     hub.tag(repo, tag, release.hub_commit, f"factstore release {tag}: {len(release.edit_ids)} edits")

@@ -162,7 +162,7 @@ def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = No
         sample = sample_corpus(store.list_covariances(base.id), entry.corpus, entry.corpus_sha256)
         try:  # one that passes every format check can still be built to steer edits
             what = f"{found.path.name} (layer {entry.layer})"
-            check_installed(found.path, loaded.model, loaded.tokenizer, entry.layer, sample, what, fresh)
+            check_installed(found.path, loaded, entry.layer, sample, what, fresh)
         except FactStoreError as exc:
             raise StatisticsError(str(exc)) from None
         record = Covariance(

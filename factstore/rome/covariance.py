@@ -80,11 +80,11 @@ def accumulate(
     layers: Sequence[int],
     batches: Sequence[PlannedBatch],
     state: MomentState | None = None,
-    on_progress: Callable[[int], None] | None = None,
-    on_checkpoint: Callable[[MomentState], None] | None = None,
+    on_batch: Callable[[MomentState], None] | None = None,
 ) -> MomentState:
     """Add the keys of batches[state.done:] for every layer in LAYERS, one forward pass per batch
-    that stops at the highest of them. Checkpoints fall on batch boundaries."""
+    that stops at the highest of them. ON_BATCH is called with the state after each batch (progress,
+    checkpoints: they fall on batch boundaries)."""
     device = arch.input_device(model)
     width = text_width(model)
     state = state or MomentState.empty({layer: arch.down_proj_weight(model, layer).shape[1] for layer in layers})
@@ -99,10 +99,8 @@ def accumulate(
             state.totals[layer] += (keys.T @ keys).cpu()
         state.tokens += planned.keys
         state.done += 1
-        if on_progress:
-            on_progress(state.tokens)
-        if on_checkpoint:
-            on_checkpoint(state)
+        if on_batch:
+            on_batch(state)
     return state
 
 

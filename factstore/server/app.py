@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -159,38 +160,29 @@ def create_app(settings: ServerSettings | None = None, service: Service | None =
 def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
+    settings: ServerSettings | None = None,
     *,
-    require_token: bool = False,
-    public_reads: bool = False,
-    worker: bool | None = None,
-    worker_models: list[str] | None = None,
-    device: str | None = None,
-    allowed_host: list[str] | None = None,
     max_connections: int = 200,
     header_seconds: float = HEADER_SECONDS,
     **uvicorn_options: Any,
 ) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles both; the in-process worker finishes its edit).
-    On SQLite (or with worker=True) one worker computes edits in this process. Past
-    MAX_CONNECTIONS connections and requests at once uvicorn answers 503 at once; an idle
-    keep-alive connection is closed after 5 s, a connection whose request headers are not whole
-    HEADER_SECONDS after it opened (or after its last response) is closed, a request's headers
-    may not pass 16 KiB (h11's bound) and its body must arrive within ServerSettings.body_seconds:
-    slow clients cannot hold the server's connections for long."""
+    On SQLite (or with settings.worker=True) one worker computes edits in this process.
+    settings.allowed_hosts: the names clients reach it by beyond the bind address and the
+    loopback names (allowed_hosts). Past MAX_CONNECTIONS connections and requests at once
+    uvicorn answers 503 at once; an idle keep-alive connection is closed after 5 s, a connection
+    whose request headers are not whole HEADER_SECONDS after it opened (or after its last
+    response) is closed, a request's headers may not pass 16 KiB (h11's bound) and its body must
+    arrive within settings.body_seconds: slow clients cannot hold the server's connections for
+    long."""
     import uvicorn
 
-    settings = ServerSettings(
-        require_token=require_token,
-        public_reads=public_reads,
-        worker=worker,
-        worker_models=list(worker_models or []),
-        device=device,
-        allowed_hosts=allowed_hosts(host, allowed_host),
-    )
+    settings = settings or ServerSettings()
+    served = replace(settings, allowed_hosts=allowed_hosts(host, settings.allowed_hosts))
     options = {
         "limit_concurrency": max_connections,
         "timeout_keep_alive": 5,
         "http": header_deadline(header_seconds),
         **uvicorn_options,
     }
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", **options)
+    uvicorn.run(create_app(served), host=host, port=port, log_level="info", **options)

@@ -93,18 +93,14 @@ def submit_edit(
     alias: AliasPath, body: EditIn, svc: Svc, who: Writer, response: Response, key: IdempotencyKey = None
 ) -> dict:
     """Check the request with the model's tokenizer and queue it; a worker computes it."""
+    checks = svc.checks(alias)  # an unknown model is refused (404) before the request is checked
     entry, created = api.submit_edit(
         svc.store,
         alias,
-        prompt=body.prompt,
-        subject=body.subject,
-        target=body.target,
-        relation=body.relation,
-        layer=body.layer,
-        note=body.note,
-        requested_by=who.name,
+        api.EditRequest(body.prompt, body.subject, body.target, relation_id=body.relation),
+        api.EditOptions(layer=body.layer, note=body.note, requested_by=who.name),
         idempotency=_idempotency(who, f"{alias}/edits", key),
-        checks=svc.checks(alias),
+        checks=checks,
         max_pending=config.settings().max_pending,
     )
     if not created:
@@ -220,10 +216,9 @@ def publish_release(
         svc.store,
         alias,
         body.repo,
-        version=version,
-        private=body.private,
-        with_stats=body.with_stats,
-        allow_degraded=body.allow_degraded,
+        api.PublishOptions(
+            private=body.private, with_stats=body.with_stats, allow_degraded=body.allow_degraded, version=version
+        ),
         requested_by=who.name,
         idempotency=_idempotency(who, f"{alias}/releases/{version}/publish", key),
     )

@@ -66,9 +66,8 @@ class Service:
     def _work(self) -> None:
         worker_store = api.open_store(self.settings.database_url)  # its own connection pool
         try:
-            api.run_worker(
-                worker_store, models=self.settings.worker_models, device=self.settings.device, stop=self._stop
-            )
+            settings = api.WorkerSettings(models=list(self.settings.worker_models), device=self.settings.device)
+            api.run_worker(worker_store, settings, stop=self._stop)
         except Exception:
             log.exception("the in-process worker stopped")
         finally:

@@ -72,15 +72,9 @@ def submit_form(
     form = {"prompt": prompt, "subject": subject, "target": target}
     try:
         who = svc.writer(token)
-        entry, _ = api.submit_edit(
-            svc.store,
-            alias,
-            prompt=prompt,
-            subject=subject,
-            target=target,
-            requested_by=who.name,
-            checks=svc.checks(alias),
-        )
+        checks = svc.checks(alias)  # an unknown model is refused (404) before the request is checked
+        fact = api.EditRequest(prompt, subject, target)
+        entry, _ = api.submit_edit(svc.store, alias, fact, api.EditOptions(requested_by=who.name), checks=checks)
     except FactStoreError as exc:
         if _status(exc) == 404:
             raise

@@ -13,7 +13,17 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from factstore.domain import BaseModel, Covariance, ImportedRelease, ModelRef, NewEdit, Release, StoredEdit, check_alias
+from factstore.domain import (
+    BaseModel,
+    Covariance,
+    ImportedRelease,
+    ModelRef,
+    NewEdit,
+    NewRelease,
+    Release,
+    StoredEdit,
+    check_alias,
+)
 from factstore.errors import (
     DatabaseUnavailable,
     EditStateError,
@@ -312,43 +322,29 @@ class Store(QueueVerbs, TokenVerbs):
         with self._tx(write=False) as s:
             return (s.scalar(select(func.max(ReleaseRow.version)).where(ReleaseRow.base_model_id == base_id)) or 0) + 1
 
-    def create_release(
-        self,
-        base_id: int,
-        version: int,
-        *,
-        mode: str,
-        edit_log_sha256: str,
-        manifest_sha256: str,
-        path: str,
-        edit_ids: list[int],
-        published: tuple[str, str, str] | None = None,
-        scores: dict | None = None,
-    ) -> Release:
-        """The release row and its frozen contents, in one transaction.
-
-        published=(repo, commit, tag) records a release pulled from the Hub as already published.
-        """
-        repo, commit, tag = published or (None, None, None)
+    def create_release(self, base_id: int, version: int, release: NewRelease) -> Release:
+        """The release row and its frozen contents, in one transaction (release.published: a
+        release pulled from the Hub, recorded as already published)."""
+        repo, commit, tag = release.published or (None, None, None)
         with self._tx() as s:
             row = ReleaseRow(
                 base_model_id=base_id,
                 version=version,
-                mode=mode,
-                edit_log_sha256=edit_log_sha256,
-                manifest_sha256=manifest_sha256,
-                path=path,
-                status="published" if published else "built",
+                mode=release.mode,
+                edit_log_sha256=release.edit_log_sha256,
+                manifest_sha256=release.manifest_sha256,
+                path=release.path,
+                status="published" if release.published else "built",
                 hub_repo=repo,
                 hub_commit=commit,
                 tag=tag,
-                scores=scores,
+                scores=release.scores,
             )
             s.add(row)
             s.flush()
-            s.add_all(ReleaseEdit(release_id=row.id, position=i, edit_id=e) for i, e in enumerate(edit_ids))
+            s.add_all(ReleaseEdit(release_id=row.id, position=i, edit_id=e) for i, e in enumerate(release.edit_ids))
             s.flush()
-            return convert.release(row, edit_ids)
+            return convert.release(row, release.edit_ids)
 
     def _release_row(self, s: Session, release_id: int) -> ReleaseRow:
         return s.get_one(ReleaseRow, release_id)
@@ -403,7 +399,6 @@ class Store(QueueVerbs, TokenVerbs):
         *,
         license: str | None,
         prefix: list[tuple[str, str]],
-        templates: list[dict],
         covariances: dict[str, Covariance],
         edits: list[tuple[NewEdit, str | None]],
         release: ImportedRelease,
@@ -411,7 +406,8 @@ class Store(QueueVerbs, TokenVerbs):
         """A pulled release's lineage in one transaction: all of it or nothing.
 
         prefix: (key, value sha256) of the active edits ALIAS must hold now; covariances: cache
-        key -> C record; edits: each new edit with the cache key of its C (or None)."""
+        key -> C record; edits: each new edit with the cache key of its C (or None); the
+        release's context templates are added where missing."""
         check_alias(alias)
         with self._tx() as s:
             row, _ = self._base_row(s, alias, ref, license)
@@ -428,7 +424,7 @@ class Store(QueueVerbs, TokenVerbs):
                 raise ImportConflict(
                     f"the active edits of {alias} are not a prefix of this release's edit log; import under a fresh --alias"
                 )
-            for t in templates:
+            for t in release.templates:
                 self._template_row(s, base_id, t["fingerprint"], t["seed"], t["templates"])
             cov_ids = {key: self._covariance_row(s, base_id, key, record).id for key, record in covariances.items()}
             added = [

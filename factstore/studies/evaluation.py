@@ -9,6 +9,7 @@ from __future__ import annotations
 from factstore.analysis.metrics import FluencySettings, aggregate, score_record, score_records
 from factstore.domain import Record
 from factstore.editing.session import EditSession
+from factstore.options import EvalSettings
 from factstore.progress import SILENT, Reporter
 from factstore.rome.edit import Snapshot, apply_edit, compute_edits
 from factstore.rome.hparams import ROMEHyperParams
@@ -20,16 +21,17 @@ def single(
     store: Store,
     alias: str,
     records: list[Record],
-    fluency: FluencySettings | None = None,
+    settings: EvalSettings = EvalSettings(),
     *,
-    device: str | None = None,
     hparams: ROMEHyperParams | None = None,
-    batch: int = 1,
+    device: str | None = None,
     progress: Reporter = SILENT,
 ) -> dict:
     """ROME's protocol: each record edited on the clean base model, scored, undone.
-    hparams: settings to use instead of the model's defaults; batch: records whose edits are
-    computed together in one optimisation (each still applied and scored alone)."""
+    hparams: settings to use instead of the model's defaults; settings.batch: records whose
+    edits are computed together in one optimisation (each still applied and scored alone);
+    settings.fluency: GE sampled (None: not). The mode, release and lifelong settings play no part."""
+    fluency, batch = settings.fluency, settings.batch
     session = EditSession(store, alias, device=device, progress=progress)
     model, tok = session.model, session.tokenizer
     hp = hparams or session.hparams()

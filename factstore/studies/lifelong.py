@@ -16,8 +16,9 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from transformers import PreTrainedModel
 
@@ -30,6 +31,7 @@ from factstore.editing.models import register_model
 from factstore.editing.session import EditSession
 from factstore.errors import CompileError, InvalidArgument, InvalidEditRequest
 from factstore.files import atomic_write_text
+from factstore.options import LifelongSettings
 from factstore.progress import SILENT, Reporter
 from factstore.release import health
 from factstore.release.build import spread_inputs
@@ -41,7 +43,6 @@ from factstore.studies.figures import plot_curve
 from factstore.weights.replay import (
     DEFAULT_MODE,
     LAYERED_MODES,
-    MODES,
     apply_edits,
     check_mode,
     constraint_errors,
@@ -51,19 +52,6 @@ from factstore.weights.replay import (
 from factstore.weights.spread import SPREAD_LAYERS, LayerInputs, spread_layers
 
 CURVE_MODES = (DEFAULT_MODE, "band")  # scored at every curve point; the other modes at the end
-
-
-@dataclass(frozen=True)
-class LifelongSettings:
-    every: int | None = None  # a curve point every EVERY edits (None: the end point only)
-    batch: int = 8  # requests computed together on the head
-    modes: tuple[str, ...] = MODES
-    fluency_sample: int = 50  # records whose generations are scored for GE at the end point
-    heldout_tokens: int = 20_000  # perplexity check; 0 skips it
-    retract: int = 0  # edits retracted at random after the modes are scored (then the default mode is rebuilt)
-    seed: int = 0
-    layer: int | None = None  # the edit layer (None: the model's default; a band mode spreads below it)
-    band: int | None = None  # register over a band of this many layers (stored per layer; None: one)
 
 
 # the run folder -------------------------------------------------------------------------------
@@ -212,19 +200,18 @@ def lifelong(
     alias: str,
     records: list[Record],
     fluency: FluencySettings | None = None,
-    *,
     settings: LifelongSettings = LifelongSettings(),
-    folder: str | Path | None = None,
-    out: str | None = None,
+    *,
     device: str | None = None,
     progress: Reporter = SILENT,
 ) -> dict:
     """Register RECORDS one after another in the run folder's store (resumable), score the log
     compiled in each of settings.modes at every curve point, then retract settings.retract
-    edits at random and score the default mode's rebuild. Returns the table, curve and paths."""
+    edits at random and score the default mode's rebuild. Returns the table, curve and paths
+    (the run in settings.folder, the curve drawn into settings.out)."""
     for mode in settings.modes:
         check_mode(mode)
-    run = Path(folder).expanduser() if folder else default_folder(alias, records)
+    run = Path(settings.folder).expanduser() if settings.folder else default_folder(alias, records)
     run.mkdir(parents=True, exist_ok=True)
     base = store.get_base_model(alias)
     header = {
@@ -245,13 +232,13 @@ def lifelong(
         _register(session, records, settings, state, progress)
         heldout = _heldout(session, scratch, settings)
         log = _log(scratch, session.base.id, state)
-        index = _record_index(records)
-        _score_modes(session, records, log, index, fluency, settings, heldout, state, progress)
+        under_way = _Run(session, records, log, _record_index(records), settings, state)
+        _score_modes(under_way, fluency, heldout, progress)
         if settings.retract:
-            _retraction(session, records, log, index, settings, state, progress)
+            _retraction(under_way, progress)
     finally:
         scratch.close()
-    return _result(state.data, records, settings, run, out)
+    return _result(state.data, records, settings, run)
 
 
 def _register(
@@ -316,17 +303,22 @@ def _point_key(mode: str, i: int) -> str:
     return f"{mode}@{i}"
 
 
+class _Run(NamedTuple):
+    """A run under way: the head on the run's store, the records, the full log (positions:
+    request sha256 -> record position), the settings and the kept state."""
+
+    session: EditSession
+    records: list[Record]
+    log: list[StoredEdit]
+    positions: dict[str, int]
+    settings: LifelongSettings
+    state: _State
+
+
 def _score_modes(
-    session: EditSession,
-    records: list[Record],
-    log: list[StoredEdit],
-    index: dict[str, int],
-    fluency: FluencySettings | None,
-    settings: LifelongSettings,
-    heldout: list[list[int]] | None,
-    state: _State,
-    progress: Reporter,
+    run: _Run, fluency: FluencySettings | None, heldout: list[list[int]] | None, progress: Reporter
 ) -> None:
+    session, records, log, index, settings, state = run
     n = len(records)
     if "unedited_perplexity" not in state.data and heldout:
         with session.base_weights():
@@ -381,17 +373,10 @@ def _score_modes(
             advance(done)
 
 
-def _retraction(
-    session: EditSession,
-    records: list[Record],
-    log: list[StoredEdit],
-    index: dict[str, int],
-    settings: LifelongSettings,
-    state: _State,
-    progress: Reporter,
-) -> None:
+def _retraction(run: _Run, progress: Reporter) -> None:
     """Retract settings.retract edits of the log at random (seeded), rebuild the default mode without
     them: the retracted facts should fall back to the unedited model's scores, the rest keep theirs."""
+    session, records, log, index, settings, state = run
     done = state.data.get("retraction")
     if done and (done.get("n"), done.get("seed")) not in ((settings.retract, settings.seed), (None, None)):
         raise InvalidArgument(
@@ -427,7 +412,7 @@ def _retraction(
     state.save()
 
 
-def _result(data: dict, records: list[Record], settings: LifelongSettings, run: Path, out: str | None) -> dict:
+def _result(data: dict, records: list[Record], settings: LifelongSettings, run: Path) -> dict:
     n = len(records)
     points = data["points"]
 
@@ -475,7 +460,7 @@ def _result(data: dict, records: list[Record], settings: LifelongSettings, run: 
             "kept_after": subset_means(r["after"], kept),
         }
     if len(curve) > 1:
-        folder = Path(out).expanduser() if out else run
+        folder = Path(settings.out).expanduser() if settings.out else run
         title = f"{data['alias']}: {n} edits registered one after another"
         drawn = [c for c in curve if default in c]
         result["png"] = plot_curve(

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from factstore import config
 from factstore.analysis import causal_trace
-from factstore.analysis.causal_trace import TraceSettings
 from factstore.datasets import read_known_facts
-from factstore.domain import EditRequest
+from factstore.domain import EditRequest, TracedFact
 from factstore.editing.models import check_size
 from factstore.errors import InvalidEditRequest
+from factstore.options import TraceOptions
 from factstore.progress import SILENT, Reporter
 from factstore.rome.edit import validate_request
 from factstore.rome.prompts import target_ids
@@ -33,12 +33,9 @@ def _out_dir(alias: str, name: str, out: str | None) -> Path:
 def trace_fact(
     store: Store,
     alias: str,
-    prompt: str,
-    subject: str,
-    target: str | None = None,
+    fact: TracedFact,
+    options: TraceOptions = TraceOptions(),
     *,
-    settings: TraceSettings = TraceSettings(),
-    out: str | None = None,
     device: str | None = None,
     progress: Reporter = SILENT,
     stop: Callable[[], None] = lambda: None,
@@ -47,9 +44,9 @@ def trace_fact(
     called between batches of passes (what it raises ends the trace)."""
     base = store.get_base_model(alias)
     loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress, dtype=base.dtype)
-    validate_request(loaded.model, loaded.tokenizer, EditRequest(prompt, subject, target or "x"), 0)
-    result = causal_trace.trace(loaded.model, loaded.tokenizer, prompt, subject, target, settings, stop=stop)
-    return figures.write_fact_trace(result, _out_dir(alias, prompt.replace("{}", subject), out))
+    validate_request(loaded.model, loaded.tokenizer, EditRequest(fact.prompt, fact.subject, fact.target or "x"), 0)
+    result = causal_trace.trace(loaded.model, loaded.tokenizer, fact, options.settings, stop=stop)
+    return figures.write_fact_trace(result, _out_dir(alias, fact.prompt.replace("{}", fact.subject), options.out))
 
 
 def trace_dataset(
@@ -57,9 +54,8 @@ def trace_dataset(
     alias: str,
     path: str,
     n: int = 50,
+    options: TraceOptions = TraceOptions(),
     *,
-    settings: TraceSettings = TraceSettings(),
-    out: str | None = None,
     device: str | None = None,
     progress: Reporter = SILENT,
 ) -> dict:
@@ -70,6 +66,7 @@ def trace_dataset(
     facts = read_known_facts(path)
     loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress, dtype=base.dtype)
     model, tok = loaded.model, loaded.tokenizer
+    settings = options.settings
     std = causal_trace.subject_noise_std(model, tok, [f.subject for f in facts])
     summaries: list[dict] = []
     traced: list[dict] = []
@@ -87,9 +84,8 @@ def trace_dataset(
                     != target_ids(tok, fact.attribute)[0]
                 ):
                     continue  # the paper traces facts the model knows
-                result = causal_trace.trace(
-                    model, tok, fact.template, fact.subject, fact.attribute, settings, noise_std=std
-                )
+                known = TracedFact(fact.template, fact.subject, fact.attribute)
+                result = causal_trace.trace(model, tok, known, settings, noise_std=std)
             except InvalidEditRequest as exc:
                 skipped.append({"subject": fact.subject[:200], "reason": str(exc)})
                 continue
@@ -100,6 +96,6 @@ def trace_dataset(
     peak = causal_trace.peak_layer(averaged)
     store.set_recommended_layer(base.id, peak)
     report = figures.write_average_trace(
-        averaged, traced, peak, _out_dir(alias, "average-" + Path(path).stem, out), settings.window
+        averaged, traced, peak, _out_dir(alias, "average-" + Path(path).stem, options.out), settings.window
     )
     return {**report, "scanned": scanned, "skipped": skipped, "noise": settings.noise_factor * std}

@@ -24,6 +24,7 @@ from factstore.errors import FactStoreError, StatisticsError
 from factstore.progress import SILENT, Reporter
 from factstore.rome.covariance import accumulate_second_moment
 from factstore.weights import assets
+from factstore.weights.checkpoints import LoadedModel
 from factstore.weights.corpus import DEFAULT_CORPUS, is_starter_corpus, load_corpus
 from factstore.weights.stats import is_shipped, load_matrix
 
@@ -77,20 +78,19 @@ def sample_corpus(own: Sequence[Covariance], named: str, named_sha256: str) -> s
 
 def check_installed(
     path: Path,
-    model: PreTrainedModel,
-    tokenizer: Any,
+    loaded: LoadedModel,
     layer: int,
     sample: str,
     what: str,
     fresh: bool,
     progress: Reporter = SILENT,
 ) -> None:
-    """check_plausible of the C file at PATH (installed from elsewhere) against a sample of
-    MODEL's keys at LAYER over the corpus SAMPLE (sample_corpus). A refused file that the
+    """check_plausible of the C file at PATH (installed from elsewhere) against a sample of the
+    LOADED model's keys at LAYER over the corpus SAMPLE (sample_corpus). A refused file that the
     install before this check brought (FRESH) leaves the cache; one already there stays."""
     try:
         texts = load_corpus(sample, progress).texts
-        check_plausible(load_matrix(path), local_moment(model, tokenizer, texts, layer), what)
+        check_plausible(load_matrix(path), local_moment(loaded.model, loaded.tokenizer, texts, layer), what)
     except FactStoreError:
         if fresh:
             path.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 from factstore import arch
 from factstore.domain import StoredEdit
 from factstore.errors import CompileError
+from factstore.options import MODES  # the modes' names, torch-free (LifelongSettings' default)
 from factstore.rome.edit import add_delta
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.rome.update import (
@@ -29,7 +30,6 @@ from factstore.weights import band
 from factstore.weights.spread import SPREAD_LAYERS, LayerInputs, apply_spread, spread_layers
 from factstore.weights.vectors import from_bytes
 
-MODES = ("joint", "sequential", "spread", "null-space", "soft", "band")
 DEFAULT_MODE = "joint"
 EXACT_MODES = ("joint", "null-space")  # every constraint of the log holds on the compiled weights at once
 SOFT_MODES = ("soft", "band")  # no constraint held exactly: accepted by behaviour (each edit's new target wins)

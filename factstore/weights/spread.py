@@ -44,6 +44,15 @@ class LayerInputs:
     covariance: Callable[[StoredEdit, int], torch.Tensor]  # C of a layer, of the corpus and size the edit's C has
 
 
+@dataclass(frozen=True, slots=True)
+class SpreadSettings:
+    """How apply_spread solves: SOFT = (weight, alpha) makes every layer of the band a soft solve
+    (MEMIT's own form: no layer exact, nothing refused); BAND: the layers L-BAND+1..L (None: SPREAD_LAYERS)."""
+
+    soft: tuple[float, float] | None = None
+    band: int | None = None
+
+
 def spread_layers(layer: int, width: int = SPREAD_LAYERS) -> list[int]:
     """The band that ends at LAYER: the WIDTH layers up to and including it (fewer near the bottom)."""
     return list(range(max(0, layer - width + 1), layer + 1))
@@ -67,13 +76,12 @@ def apply_spread(
     vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]],
     inputs: LayerInputs,
     tolerance: Callable[[int], float],
-    soft: tuple[float, float] | None = None,
-    band: int | None = None,
+    settings: SpreadSettings = SpreadSettings(),
 ) -> None:
     """Spread each edit layer's edits over spread_layers(L), lowest layer first; refuse if an
-    edit's target is not met at the end (CompileError; the caller writes nothing). With soft =
-    (weight, alpha) every layer of the band is a soft solve (MEMIT's own form: no layer exact)
-    and nothing is refused; BAND overrides the number of layers (L-BAND+1..L)."""
+    edit's target is not met at the end (CompileError; the caller writes nothing). SETTINGS: a
+    soft solve on every layer (nothing refused), another band width."""
+    soft, band = settings.soft, settings.band
     by_layer: dict[int, list[StoredEdit]] = defaultdict(list)
     for edit in sorted(edits, key=lambda e: e.seq):
         by_layer[edit.layer].append(edit)

@@ -21,7 +21,7 @@ from factstore import arch, config
 from factstore.domain import Covariance
 from factstore.errors import StatisticsError
 from factstore.files import atomic_write_with, file_sha256
-from factstore.progress import SILENT, Reporter
+from factstore.progress import SILENT, Advance, Reporter
 from factstore.rome.covariance import MomentState, PlannedBatch, accumulate, plan, text_width
 from factstore.weights.checkpoints import cached_file_sha256
 from factstore.weights.corpus import Corpus
@@ -135,27 +135,25 @@ def _run(
     corpus: Corpus,
     batches: list[PlannedBatch],
     partial: Path,
-    label: str,
-    progress: Reporter,
+    advance: Advance,
 ) -> MomentState:
-    """Sum the keys of BATCHES for every spec's layer, checkpointing to PARTIAL (resumed from it)."""
+    """Sum the keys of BATCHES for every spec's layer, checkpointing to PARTIAL (resumed from it);
+    ADVANCE: the caller's progress task, of sum(b.keys for b in BATCHES) keys."""
     layers = [s.layer for s in specs]
     state = _partial_state(partial, layers)
     last_save = time.monotonic()
 
-    def checkpoint(st: MomentState) -> None:
+    def after_batch(st: MomentState) -> None:
         nonlocal last_save
+        advance(st.tokens)
         if time.monotonic() - last_save >= CHECKPOINT_SECONDS:
             tensors = {f"total.{layer}": total for layer, total in st.totals.items()}
             _save(tensors, {"tokens": str(st.tokens), "done": str(st.done)}, partial)
             last_save = time.monotonic()
 
-    with progress.task(label, sum(b.keys for b in batches)) as advance:
-        if state:
-            advance(state.tokens)
-        return accumulate(
-            model, tokenizer, corpus.texts, layers, batches, state=state, on_progress=advance, on_checkpoint=checkpoint
-        )
+    if state:
+        advance(state.tokens)
+    return accumulate(model, tokenizer, corpus.texts, layers, batches, state=state, on_batch=after_batch)
 
 
 def _work_key(specs: list[StatsSpec]) -> str:
@@ -184,7 +182,8 @@ def compute_many(
         batches = plan(tokenizer, corpus.texts, todo[0].tokens, text_width(model))
         partial = _dir() / f"{_work_key(todo)}.partial"
         layers = ", ".join(str(s.layer) for s in todo)
-        state = _run(model, tokenizer, todo, corpus, batches, partial, f"key statistics, layer {layers}", progress)
+        with progress.task(f"key statistics, layer {layers}", sum(b.keys for b in batches)) as advance:
+            state = _run(model, tokenizer, todo, corpus, batches, partial, advance)
         for spec in todo:
             _write_final(spec, state.totals[spec.layer], state.tokens)
         partial.unlink(missing_ok=True)
@@ -233,16 +232,10 @@ def compute_shard(
             return StatsFile(spec, path, file_sha256(path), int(fh.metadata()["tokens"]))
     batches = plan(tokenizer, corpus.texts, spec.tokens, text_width(model))[shard::of]
     partial = path.with_suffix(".partial")
-    state = _run(
-        model,
-        tokenizer,
-        [spec],
-        corpus,
-        batches,
-        partial,
-        f"key statistics, layer {spec.layer}, shard {shard}/{of}",
-        progress,
-    )
+    with progress.task(
+        f"key statistics, layer {spec.layer}, shard {shard}/{of}", sum(b.keys for b in batches)
+    ) as advance:
+        state = _run(model, tokenizer, [spec], corpus, batches, partial, advance)
     meta = {
         "tokens": str(state.tokens),
         "shard": str(shard),

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 from factstore import config
-from factstore.analysis.causal_trace import KINDS, TraceSettings
-from factstore.domain import Job
+from factstore.domain import Job, TracedFact
 from factstore.errors import FactStoreError, HubError, InvalidEditRequest, LeaseLost, ScopeError
 from factstore.hub import check_repo_id, has_credentials
+from factstore.options import KINDS, CompileOptions, PublishOptions, TraceOptions, TraceSettings
 from factstore.progress import SILENT, Reporter
 from factstore.release import build, publish
 from factstore.release.manifest import INT32
@@ -119,39 +119,26 @@ def run(
     stop = StopCheck(store, job.id, stopping or threading.Event(), config.settings().job_seconds)
     try:
         if job.kind == "compile":
-            release, created = build.build(store, job.model, job.params["mode"], None, device, progress=progress)
+            compiled = CompileOptions(mode=job.params["mode"])
+            release, created = build.build(store, job.model, compiled, device=device, progress=progress)
             return store.finish_job(job.id, holder, result={**release.to_json(), "path": None, "created": created})
         if job.kind == "publish":
             p = check_params("publish", job.params)  # as validated at submission, checked again here
             check_publish_target(p["repo"])
-            published = publish.publish(
-                store,
-                job.model,
-                p["repo"],
+            options = PublishOptions(
                 private=p["private"],
+                endpoint=os.environ.get("HF_ENDPOINT") or None,  # the worker's own Hub, read now, as its token is
                 with_stats=p["with_stats"],
                 allow_degraded=p["allow_degraded"],
                 version=p["version"],
-                endpoint=os.environ.get("HF_ENDPOINT") or None,  # the worker's own Hub, read now, as its token is
-                device=device,
-                progress=progress,
             )
+            published = publish.publish(store, job.model, p["repo"], options, device=device, progress=progress)
             return store.finish_job(job.id, holder, result=published.to_json())
         with tempfile.TemporaryDirectory(prefix="factstore-trace-") as folder:
             p = job.params
-            settings = TraceSettings(samples=p["samples"], kinds=KINDS)
-            report = tracing.trace_fact(
-                store,
-                job.model,
-                p["prompt"],
-                p["subject"],
-                p.get("target"),
-                settings=settings,
-                out=folder,
-                device=device,
-                progress=progress,
-                stop=stop,
-            )
+            fact = TracedFact(p["prompt"], p["subject"], p.get("target"))
+            traced = TraceOptions(out=folder, settings=TraceSettings(samples=p["samples"], kinds=KINDS))
+            report = tracing.trace_fact(store, job.model, fact, traced, device=device, progress=progress, stop=stop)
             files = {Path(png).name: ("image/png", Path(png).read_bytes()) for png in report["png"]}
             result = {k: v for k, v in report.items() if k not in ("png", "json")}
             return store.finish_job(job.id, holder, result=result, files=files)

@@ -8,7 +8,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
@@ -17,6 +17,7 @@ from factstore.domain import EditEntry
 from factstore.editing.lease import Holder
 from factstore.editing.session import EditSession
 from factstore.errors import DatabaseUnavailable, FactStoreError, HeadChanged, LeaseLost
+from factstore.options import WorkerSettings
 from factstore.progress import SILENT, Reporter
 from factstore.storage.notify import Listener
 from factstore.storage.store import Store
@@ -24,20 +25,6 @@ from factstore.weights import checkpoints
 from factstore.worker import jobs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class WorkerSettings:
-    models: list[str] = field(default_factory=list)  # aliases to serve; empty: every model
-    batch: int = 8  # requests claimed per turn on a model, computed in one optimisation where they can be
-    device: str | None = None
-    poll: float = 1.0  # seconds between looks at an empty queue
-    lease_seconds: float | None = None  # default: FACTSTORE_LEASE_SECONDS
-    jobs: bool = True  # also run compile and trace jobs
-    threads: int | None = None  # torch threads; several workers on one machine should split its cores
-    heads: int = 2  # models kept loaded (warm heads); more cost memory, fewer cost reloads
-    fair_batches: int = 4  # batches in a row on one model while another model waits, then it is given up
-    listen: bool = True  # on PostgreSQL, wake at a submission (LISTEN/NOTIFY) instead of at the next poll
 
 
 @dataclass
