@@ -608,8 +608,10 @@ def submit_job(
     *,
     requested_by: str | None = None,
     idempotency: str | None = None,
+    max_pending: int | None = None,
 ) -> tuple[Job, bool]:
-    """Queue a compile, a trace or a publish for a worker. Returns (job, created)."""
+    """Queue a compile, a trace or a publish for a worker. Returns (job, created). MAX_PENDING:
+    the jobs REQUESTED_BY may have pending or running (TooManyRequests past it; None: no limit)."""
     from factstore.editing.models import check_size, check_trace_size, tokenizer_for
     from factstore.worker.jobs import check_params
 
@@ -622,7 +624,9 @@ def submit_job(
         check_trace_size(tokenizer, request.text)
     if kind == "publish":
         store.get_release(base.id, checked["version"])  # an unknown version is refused now, not by a worker
-    job, created = store.create_job(base.id, kind, checked, requested_by=requested_by, idempotency=idempotency)
+    job, created = store.create_job(
+        base.id, kind, checked, requested_by=requested_by, idempotency=idempotency, max_pending=max_pending
+    )
     if not created and (job.kind, job.params, job.model) != (kind, checked, alias):
         from factstore.editing.requests import REUSED_KEY
 
@@ -638,6 +642,7 @@ def queue_publish(
     *,
     requested_by: str | None = None,
     idempotency: str | None = None,
+    max_pending: int | None = None,
 ) -> tuple[Job, bool]:
     """Queue publishing release options.version (None: the release of the current log, which
     must be compiled) for a worker with Hub credentials of its own (its own Hub endpoint: the
@@ -668,6 +673,7 @@ def queue_publish(
         params,
         requested_by=requested_by or _user(),
         idempotency=idempotency,
+        max_pending=max_pending,
     )
 
 

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     max_pending: int = Field(
         1000, ge=1, le=10_000_000, description="Requests one API token may have waiting to be computed (429 past it)."
     )
+    max_pending_jobs: int = Field(
+        20, ge=1, le=1_000_000, description="Jobs one API token may have pending or running (429 past it)."
+    )
     ask_threads: int = Field(2, ge=1, le=64, description="Threads of serve that compute `ask` answers.")
     ask_queue: int = Field(
         8, ge=0, le=10_000, description="Asks let wait for those threads; past them an ask gets 503 at once."

@@ -51,20 +51,8 @@ def publish(
     refused unless options.allow_degraded. options.version (a publish job's): that release,
     which must be the current log's, or PublishConflict before anything is compiled or sent.
     TOKEN: the Hub token (None: HF_TOKEN or the stored login)."""
-    mode, version = options.mode, options.version
-    if version is not None:
-        base_id = store.get_base_model(alias).id
-        asked, latest = store.get_release(base_id, version), store.get_latest_release(base_id)
-        mode = asked.mode
-        if (
-            latest is None
-            or latest.version != version
-            or build.current_log_sha256(store, alias, mode) != asked.edit_log_sha256
-        ):
-            raise PublishConflict(
-                f"v{version} is not the release of {alias}'s current log (edits were added or retracted since); "
-                "compile, then publish the new version"
-            )
+    version = options.version
+    mode = options.mode if version is None else release_mode(store, alias, version)
     release, _ = build.build(store, alias, CompileOptions(mode=mode), device=device, progress=progress)
     if version is not None and release.version != version:
         raise PublishConflict(f"the current log of {alias} is v{release.version}, not v{version}; nothing was sent")
@@ -87,6 +75,23 @@ def publish(
     hub.tag(repo, tag, release.hub_commit, f"factstore release {tag}: {len(release.edit_ids)} edits")
     store.set_release_published(release.id, tag)
     return Published(repo, release.version, tag, release.hub_commit, already=False)
+
+
+def release_mode(store: Store, alias: str, version: int) -> str:
+    """The compile mode of release VERSION of ALIAS, which must be the release of the current log
+    (PublishConflict otherwise, before anything is compiled or sent)."""
+    base_id = store.get_base_model(alias).id
+    asked, latest = store.get_release(base_id, version), store.get_latest_release(base_id)
+    if (
+        latest is None
+        or latest.version != version
+        or build.current_log_sha256(store, alias, asked.mode) != asked.edit_log_sha256
+    ):
+        raise PublishConflict(
+            f"v{version} is not the release of {alias}'s current log (edits were added or retracted since); "
+            "compile, then publish the new version"
+        )
+    return asked.mode
 
 
 def _upload(store: Store, hub: Hub, release: Release, repo: str, private: bool, with_stats: bool = False) -> Release:

@@ -193,6 +193,7 @@ def compile_release(
         {"mode": body.mode if body else None},
         requested_by=who.name,
         idempotency=_idempotency(who, f"{alias}/releases", key),
+        max_pending=config.settings().max_pending_jobs,
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -221,6 +222,7 @@ def publish_release(
         ),
         requested_by=who.name,
         idempotency=_idempotency(who, f"{alias}/releases/{version}/publish", key),
+        max_pending=config.settings().max_pending_jobs,
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -241,6 +243,7 @@ def trace(
         body.model_dump(),
         requested_by=who.name,
         idempotency=_idempotency(who, f"{alias}/traces", key),
+        max_pending=config.settings().max_pending_jobs,
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

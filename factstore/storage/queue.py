@@ -460,14 +460,35 @@ class QueueVerbs(StoreBase):
     # jobs ---------------------------------------------------------------------------------
 
     def create_job(
-        self, base_id: int, kind: str, params: dict, *, requested_by: str | None, idempotency: str | None = None
+        self,
+        base_id: int,
+        kind: str,
+        params: dict,
+        *,
+        requested_by: str | None,
+        idempotency: str | None = None,
+        max_pending: int | None = None,
     ) -> tuple[Job, bool]:
+        """Store a pending job (or return the one stored under IDEMPOTENCY, created=False). With
+        MAX_PENDING, a requester with that many jobs pending or running is refused (TooManyRequests)."""
         try:
             with self._tx() as s:
                 if idempotency is not None and (
                     found := s.scalar(select(JobRow).where(JobRow.idempotency_sha256 == idempotency))
                 ):
                     return self._job(s, found), False
+                if max_pending is not None and requested_by is not None:
+                    waiting = s.scalar(
+                        select(func.count()).where(
+                            JobRow.requested_by == requested_by,
+                            JobRow.status.in_(("pending", "running", "cancelling")),
+                        )
+                    )
+                    if int(waiting or 0) >= max_pending:
+                        raise TooManyRequests(
+                            f"{max_pending} jobs of this requester are pending or running; submit more once some are done",
+                            retry_after=30,
+                        )
                 row = JobRow(
                     kind=kind,
                     base_model_id=base_id,
@@ -552,13 +573,16 @@ class QueueVerbs(StoreBase):
         result: dict | None = None,
         error: str | None = None,
         files: dict[str, tuple[str, bytes]] | None = None,
+        happened: bool = False,
     ) -> Job:
-        """Record a job's result (and FILES: name -> (media type, bytes)) or its error."""
+        """Record a job's result (and FILES: name -> (media type, bytes)) or its error. A job asked
+        to stop is recorded as cancelled, unless HAPPENED: its result cannot be undone (a release
+        written, a publish sent) and is recorded as done."""
         with self._tx() as s:
             row = s.get(JobRow, job_id, with_for_update=True)
             if row is None or row.claimed_by != holder or row.status not in ("running", "cancelling"):
                 raise LeaseLost(f"job {job_id} is no longer this worker's")
-            if row.status == "cancelling":  # asked to stop: whatever it got to is not its result
+            if row.status == "cancelling" and not happened:  # asked to stop: what it got to is not its result
                 row.status, row.error, row.updated_at = "cancelled", "cancelled while running", now()
                 s.flush()
                 return self._job(s, row)

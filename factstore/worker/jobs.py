@@ -41,6 +41,11 @@ class StopCheck:
         self.store, self.job_id, self.stopping, self.seconds = store, job_id, stopping, seconds
         self.started = self.polled = time.monotonic()
 
+    def now(self) -> None:
+        """The check, reading the database now (between a job's phases)."""
+        self.polled = -CANCEL_POLL_SECONDS
+        self()
+
     def __call__(self) -> None:
         now = time.monotonic()
         if self.stopping.is_set():
@@ -114,14 +119,18 @@ def run(
     stopping: threading.Event | None = None,
 ) -> Job | None:
     """Do one claimed job and store its result (or its one-line error). A trace is checked
-    between batches (StopCheck); one stopped because the worker is stopping goes back to the
+    between batches, a compile before it starts and a publish before its compile and before its
+    upload (StopCheck); a compile that wrote its release or a publish that sent it is done
+    whatever a later cancel says. One stopped because the worker is stopping goes back to the
     queue (None is returned)."""
     stop = StopCheck(store, job.id, stopping or threading.Event(), config.settings().job_seconds)
     try:
         if job.kind == "compile":
+            stop.now()
             compiled = CompileOptions(mode=job.params["mode"])
             release, created = build.build(store, job.model, compiled, device=device, progress=progress)
-            return store.finish_job(job.id, holder, result={**release.to_json(), "path": None, "created": created})
+            result = {**release.to_json(), "path": None, "created": created}
+            return store.finish_job(job.id, holder, result=result, happened=True)  # the release exists now
         if job.kind == "publish":
             p = check_params("publish", job.params)  # as validated at submission, checked again here
             check_publish_target(p["repo"])
@@ -132,8 +141,12 @@ def run(
                 allow_degraded=p["allow_degraded"],
                 version=p["version"],
             )
+            mode = publish.release_mode(store, job.model, p["version"])  # refused before anything is compiled
+            stop.now()
+            build.build(store, job.model, CompileOptions(mode=mode), device=device, progress=progress)
+            stop.now()  # the last moment a cancel counts: past it the release goes to the Hub
             published = publish.publish(store, job.model, p["repo"], options, device=device, progress=progress)
-            return store.finish_job(job.id, holder, result=published.to_json())
+            return store.finish_job(job.id, holder, result=published.to_json(), happened=True)
         with tempfile.TemporaryDirectory(prefix="factstore-trace-") as folder:
             p = job.params
             fact = TracedFact(p["prompt"], p["subject"], p.get("target"))
