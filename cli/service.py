@@ -92,9 +92,18 @@ def worker(
             min=1, max=10_000, help="Batches in a row on one model while another model waits, then it is given up."
         ),
     ] = 4,
+    edits: Annotated[
+        bool, typer.Option("--edits/--no-edits", help="Compute queued edits (--no-edits: a worker for jobs only).")
+    ] = True,
+    jobs: Annotated[
+        bool,
+        typer.Option(
+            "--jobs/--no-jobs", help="Run compile, trace and publish jobs (--no-jobs: edits never wait behind one)."
+        ),
+    ] = True,
     json_out: JsonOpt = False,
 ) -> None:
-    """Compute queued edits until SIGTERM or Ctrl-C (the edit being computed is finished first)."""
+    """Compute queued edits and run jobs until SIGTERM or Ctrl-C (the edit being computed is finished first)."""
     stop = threading.Event()
 
     def finish(_signum: int, _frame: object) -> None:
@@ -103,7 +112,14 @@ def worker(
     signal.signal(signal.SIGTERM, finish)
     signal.signal(signal.SIGINT, finish)
     settings = api.WorkerSettings(
-        models=list(model or []), batch=batch, device=device, poll=poll, threads=threads, fair_batches=fair_batches
+        models=list(model or []),
+        batch=batch,
+        device=device,
+        poll=poll,
+        threads=threads,
+        fair_batches=fair_batches,
+        edits=edits,
+        jobs=jobs,
     )
     stats = api.run_worker(
         api.open_store(), settings, stop=stop, max_idle_turns=1 if until_idle else None, progress=BARS

@@ -149,7 +149,8 @@ class WorkerSettings:
     device: str | None = None
     poll: float = 1.0  # seconds between looks at an empty queue
     lease_seconds: float | None = None  # default: FACTSTORE_LEASE_SECONDS
-    jobs: bool = True  # also run compile and trace jobs
+    jobs: bool = True  # run compile, trace and publish jobs
+    edits: bool = True  # compute queued edits (False and jobs True: a worker only for jobs, so edits never wait on one)
     threads: int | None = None  # torch threads; several workers on one machine should split its cores
     heads: int = 2  # models kept loaded (warm heads); more cost memory, fewer cost reloads
     fair_batches: int = 4  # batches in a row on one model while another model waits, then it is given up

@@ -61,3 +61,26 @@ def test_a_token_past_its_pending_jobs_gets_429(tiny_store: Store, monkeypatch: 
         cancelled = client.post(f"/api/v1/jobs/{answers[0].json()['id']}/cancel", headers=flood)
         assert cancelled.json()["status"] == "cancelled"  # a cancelled job no longer counts
         assert client.post("/api/v1/models/tiny/traces", json=trace, headers=flood).status_code == 202
+
+
+def test_jobs_can_have_workers_of_their_own_so_edits_never_wait_behind_one(tiny_store: Store) -> None:
+    """`worker --no-jobs` computes edits and leaves jobs; `worker --no-edits` runs jobs and leaves
+    edits: an operator runs both so that a long trace never holds an edit up."""
+    from factstore.errors import InvalidArgument
+    from factstore.options import WorkerSettings
+    from factstore.worker.loop import Worker
+
+    trace = {"prompt": "{} is located in the city of", "subject": "The Louvre", "samples": 2}
+    job, _ = api.submit_job(tiny_store, "tiny", "trace", trace, requested_by="me")
+    entry, _ = api.submit_edit(tiny_store, "tiny", EditRequest("{} is located in the city of", "Big Ben", "Rome"))
+    edits_only = api.run_worker(tiny_store, WorkerSettings(jobs=False), max_idle_turns=1)
+    assert (edits_only.computed, edits_only.jobs) == (1, 0)
+    assert (
+        api.get_entry(tiny_store, entry.id).status == "active" and api.get_job(tiny_store, job.id).status == "pending"
+    )
+    api.submit_edit(tiny_store, "tiny", EditRequest("{} is located in the city of", "The Louvre", "Paris"))
+    jobs_only = api.run_worker(tiny_store, WorkerSettings(edits=False), max_idle_turns=1)
+    assert (jobs_only.computed, jobs_only.jobs) == (0, 1) and api.get_job(tiny_store, job.id).status == "done"
+    assert [e.status for e in api.list_log(tiny_store, "tiny", "all")].count("pending") == 1
+    with pytest.raises(InvalidArgument, match="would do nothing"):
+        Worker(tiny_store, WorkerSettings(edits=False, jobs=False))

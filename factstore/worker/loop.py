@@ -16,7 +16,7 @@ import torch
 from factstore.domain import EditEntry
 from factstore.editing.lease import Holder
 from factstore.editing.session import EditSession
-from factstore.errors import DatabaseUnavailable, FactStoreError, HeadChanged, LeaseLost
+from factstore.errors import DatabaseUnavailable, FactStoreError, HeadChanged, InvalidArgument, LeaseLost
 from factstore.options import WorkerSettings
 from factstore.progress import SILENT, Reporter
 from factstore.storage.notify import Listener
@@ -84,6 +84,8 @@ class Worker:
             store.get_base_model(alias)  # an unknown alias is refused at start
         if self.settings.device:
             checkpoints.check_device(self.settings.device)  # as is an unknown device
+        if not (self.settings.edits or self.settings.jobs):
+            raise InvalidArgument("a worker that computes no edits and runs no jobs would do nothing")
         self.kinds = jobs.runnable_kinds() if self.settings.jobs else ()  # job kinds it takes
 
     @property
@@ -137,7 +139,7 @@ class Worker:
         there) and takes one new model at a time, so several workers spread over the models;
         it gives a model up as soon as its queue is empty."""
         served = self._served()
-        queued = [b for b in self.store.list_queued_models() if b in served]
+        queued = [b for b in self.store.list_queued_models() if b in served] if self.settings.edits else []
         for base_id in sorted(self._held - set(queued)):
             self._release(base_id)
         long = [b for b in self._held if self._streak.get(b, 0) >= self.settings.fair_batches]
