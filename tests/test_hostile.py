@@ -506,12 +506,15 @@ def test_a_server_cannot_name_where_a_download_is_written(
     from huggingface_hub import constants
 
     before = sentinel()
-    craft(hub, "eve/etag", release)
-    target = tmp_path / "user" / "planted"
-    blobs = Path(constants.HF_HUB_CACHE) / "models--eve--etag" / "blobs"
-    hub.state.file_headers.append((re.escape(layout.MANIFEST), {header: f'"{os.path.relpath(target, blobs)}"'}))
-    pull_refused(hub, "eve/etag", tmp_path / "out", "is not a (SHA-1|hash)")
-    assert not target.exists() and sentinel() == before and not (tmp_path / "out").exists()
+    weights = sorted(n for n in release if n.endswith(".safetensors"))[0]
+    for n, name in enumerate([layout.MANIFEST, weights]):  # the manifest, and a file the snapshot download fetches
+        repo = f"eve/etag{n}"
+        craft(hub, repo, release)
+        target = tmp_path / "user" / f"planted{n}"
+        blobs = Path(constants.HF_HUB_CACHE) / f"models--eve--etag{n}" / "blobs"
+        hub.state.file_headers[:] = [(re.escape(name), {header: f'"{os.path.relpath(target, blobs)}"'})]
+        pull_refused(hub, repo, tmp_path / f"out{n}", "is not a (SHA-1|hash)")
+        assert not target.exists() and sentinel() == before and not (tmp_path / f"out{n}").exists()
 
 
 def _files_of(server: HubServer, repo_id: str) -> dict[str, bytes]:
