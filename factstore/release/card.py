@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Sequence
 
@@ -13,7 +14,10 @@ from factstore.weights import assets
 
 
 def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """TEXT as one Markdown table cell: every kind of line break a space (a break would end the
+    row, or the table), pipes escaped, and HTML inert (labels come from whoever edited)."""
+    flat = " ".join(str(text).splitlines())
+    return html.escape(flat, quote=False).replace("|", "\\|")
 
 
 def _prob(edit: StoredEdit, key: str) -> str:
