@@ -479,3 +479,23 @@ def test_publish_over_http_queues_a_job_that_says_why_it_waits(
         time.sleep(0.5)  # the embedded worker has had turns: it leaves the job alone
         seen = client.get(f"/api/v1/jobs/{job['id']}").json()
         assert seen["status"] == "pending" and "Hub credentials" in seen["waiting"]
+
+
+def test_a_models_page_lists_its_newest_releases_and_says_how_many_there_are(
+    tiny_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from factstore.domain import EditRequest
+    from factstore.editing.session import EditSession
+    from factstore.server import web
+
+    monkeypatch.setattr(web, "PAGE_RELEASES", 2)
+    session = EditSession(tiny_store, "tiny", device="cpu")
+    for subject in ("The Louvre", "Big Ben", "The Colosseum"):
+        session.add(EditRequest(EIFFEL["prompt"], subject, "Rome"))
+        api.compile_release(tiny_store, "tiny")
+    with TestClient(
+        create_app(ServerSettings(database_url=tiny_store.url, worker=False)), client=("127.0.0.1", 5000)
+    ) as c:
+        page = c.get("/models/tiny").text
+    assert page.index("<td>v3</td>") < page.index("<td>v2</td>") and "<td>v1</td>" not in page  # newest first
+    assert "The newest 2 of 3 releases" in page

@@ -32,18 +32,24 @@ def index(request: Request, svc: Svc, _who: Reader) -> Response:
     return templates.TemplateResponse(request, "index.html", {"models": models})
 
 
+PAGE_RELEASES = 50  # releases a model's page lists (each parses its manifest's scores)
+
+
 def _model_page(
     request: Request, svc: Service, alias: str, error: str | None = None, form: dict | None = None, status: int = 200
 ) -> Response:
     model = svc.model_json(svc.store.get_base_model(alias))
     edits = [e.to_json() for e in api.list_log(svc.store, alias, limit=1000)]
-    releases = [svc.release_json(r) for r in api.list_releases(svc.store, alias)]
+    total = api.count_releases(svc.store, alias)  # the newest PAGE_RELEASES, newest first; the API pages the rest
+    newest = api.list_releases(svc.store, alias, limit=PAGE_RELEASES, offset=max(0, total - PAGE_RELEASES))
+    releases = [svc.release_json(r) for r in reversed(newest)]
     busy = any(e["status"] in ("pending", "computing") for e in edits)
     capacity = api.model_capacity(svc.store, alias).to_json()
     context = {
         "model": model,
         "edits": edits,
         "releases": releases,
+        "releases_total": total,
         "capacity": capacity,
         "error": error,
         "form": form or {},
