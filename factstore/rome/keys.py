@@ -171,9 +171,12 @@ def _subject_means(
     batch_size: int,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     device = arch.input_device(model)
-    counted = [(i, pair, n) for i, pairs in enumerate(prompt_sets) for pair, n in _counted(pairs)]
-    weight = {(i, pair): float(n) for i, pair, n in counted}  # a prompt repeated in a set is run once, weighted
-    encoded = [(i, encode_prompt(tokenizer, *pair), pair) for i, pair, _ in counted]
+    # (set, encoded prompt, times it occurs in the set): a repeated prompt is run once, weighted
+    encoded = [
+        (i, encode_prompt(tokenizer, *pair), float(n))
+        for i, pairs in enumerate(prompt_sets)
+        for pair, n in _counted(pairs)
+    ]
     if not encoded:
         raise ValueError("keys of no prompts: every prompt set is empty")
     encoded.sort(key=lambda item: len(item[1].ids))  # similar lengths share a batch
@@ -186,7 +189,7 @@ def _subject_means(
         rows = torch.arange(len(chunk))
         at = torch.tensor([e.subject_last for _, e, _ in chunk])
         owner = torch.tensor([i for i, _, _ in chunk])
-        times = torch.tensor([weight[(i, pair)] for i, _, pair in chunk], dtype=torch.float64).unsqueeze(1)
+        times = torch.tensor([n for _, _, n in chunk], dtype=torch.float64).unsqueeze(1)
         for layer in key_layers:
             k = found[layer][rows.to(found[layer].device), at.to(found[layer].device)].double().cpu() * times
             keys.setdefault(layer, torch.zeros(len(prompt_sets), k.shape[1], dtype=torch.float64))

@@ -151,11 +151,7 @@ class QueueVerbs(StoreBase):
                             EditRow.requested_by == requested_by, EditRow.status.in_(QUEUED_STATUSES)
                         )
                     )
-                    if int(waiting or 0) >= max_pending:
-                        raise TooManyRequests(
-                            f"{max_pending} requests of this requester wait to be computed; submit more once some are done",
-                            retry_after=30,
-                        )
+                    _within(waiting, max_pending, "requests of this requester wait to be computed")
                 row = new_request_row(
                     base_id,
                     request,
@@ -480,15 +476,10 @@ class QueueVerbs(StoreBase):
                 if max_pending is not None and requested_by is not None:
                     waiting = s.scalar(
                         select(func.count()).where(
-                            JobRow.requested_by == requested_by,
-                            JobRow.status.in_(("pending", "running", "cancelling")),
+                            JobRow.requested_by == requested_by, JobRow.status.in_(("pending", *RUNNING_JOB))
                         )
                     )
-                    if int(waiting or 0) >= max_pending:
-                        raise TooManyRequests(
-                            f"{max_pending} jobs of this requester are pending or running; submit more once some are done",
-                            retry_after=30,
-                        )
+                    _within(waiting, max_pending, "jobs of this requester are pending or running")
                 row = JobRow(
                     kind=kind,
                     base_model_id=base_id,
@@ -541,7 +532,7 @@ class QueueVerbs(StoreBase):
     ) -> Job | None:
         """The oldest pending job of KINDS (or one whose worker's heartbeat is older than
         STALE_AFTER) of BASE_IDS (None: any)."""
-        orphaned = JobRow.status.in_(("running", "cancelling")) & JobRow.claimed_by.not_in(_live_workers(stale_after))
+        orphaned = JobRow.status.in_(RUNNING_JOB) & JobRow.claimed_by.not_in(_live_workers(stale_after))
         query = select(JobRow).where(or_(JobRow.status == "pending", orphaned), JobRow.kind.in_(list(kinds)))
         if base_ids is not None:
             query = query.where(JobRow.base_model_id.in_(base_ids))
@@ -580,7 +571,7 @@ class QueueVerbs(StoreBase):
         written, a publish sent) and is recorded as done."""
         with self._tx() as s:
             row = s.get(JobRow, job_id, with_for_update=True)
-            if row is None or row.claimed_by != holder or row.status not in ("running", "cancelling"):
+            if row is None or row.claimed_by != holder or row.status not in RUNNING_JOB:
                 raise LeaseLost(f"job {job_id} is no longer this worker's")
             if row.status == "cancelling" and not happened:  # asked to stop: what it got to is not its result
                 row.status, row.error, row.updated_at = "cancelled", "cancelled while running", now()
@@ -628,6 +619,15 @@ class QueueVerbs(StoreBase):
             if row is None:
                 raise UnknownJob(f"job {job_id} has no file {shown(name)}")
             return row.media_type, bytes(row.data)
+
+
+RUNNING_JOB = ("running", "cancelling")  # a job a worker holds (cancelling: asked to stop at its next check)
+
+
+def _within(waiting: int | None, most: int, what: str) -> None:
+    """TooManyRequests when a requester already has MOST of WHAT (a per-token bound on the queue)."""
+    if int(waiting or 0) >= most:
+        raise TooManyRequests(f"{most} {what}; submit more once some are done", retry_after=30)
 
 
 def _live_workers(stale_after: float) -> Select[str]:
