@@ -41,6 +41,15 @@ def compute(
         str | None,
         typer.Option("--shard", help="I/N: only shard I of N of the corpus (partial sums); then `stats merge`."),
     ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            min=1,
+            max=64,
+            help="Queue N shard jobs and their merge for workers with a statistics share (FACTSTORE_STATS_SHARE) instead of computing here.",
+        ),
+    ] = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -48,6 +57,16 @@ def compute(
     options = api.StatsOptions(
         layer=parse_layer(layer), layers=_layers(layers), corpus=corpus, tokens=tokens, shard=shard
     )
+    if jobs is not None:
+        if shard is not None or device is not None:
+            raise typer.BadParameter("--jobs queues the work for workers: no --shard or --device")
+        job, _ = api.queue_stats(api.open_store(), model, options, jobs)
+        if json_out:
+            emit_json(job.to_json())
+        else:
+            waiting = f" (waiting: {job.waiting})" if job.waiting else ""
+            print(f"queued shard jobs {', '.join(map(str, job.params['after']))} and merge job {job.id}{waiting}")
+        return
     result = api.compute_stats(api.open_store(), model, options, device=device, progress=BARS)
     if json_out:
         emit_json(result)

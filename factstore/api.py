@@ -8,6 +8,7 @@ imported inside the functions that use them.
 from __future__ import annotations
 
 import getpass
+import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -240,34 +241,16 @@ def merge_stats(
     """C of options.layer (a layer number) from the shard files `compute_stats` wrote with
     options.shard (here, or in FOLDERS), for the same corpus and tokens: equal to a single pass;
     recorded like a computed C. Reads the model's config and tokenizer only."""
-    from factstore import arch
-    from factstore.rome.covariance import TEXT_TOKENS, plan
-    from factstore.rome.hparams import default_hparams
-    from factstore.weights import checkpoints, stats
-    from factstore.weights.corpus import DEFAULT_CORPUS, load_corpus
+    from factstore.weights import stats
+    from factstore.weights.corpus import DEFAULT_CORPUS
+    from factstore.worker.stats_jobs import plan_specs
 
-    layer, corpus, tokens = options.layer, options.corpus, options.tokens
+    layer = options.layer
     if not isinstance(layer, int) or options.layers or options.shard is not None:
         raise InvalidArgument("merging shards takes one layer number, and no layers or shard")
     base = store.get_base_model(alias)
-    cfg = checkpoints.load_config(base.source, base.revision)
-    n_layers = arch.config_num_layers(cfg)
-    if not 0 <= layer < n_layers:
-        raise InvalidArgument(f"layer {layer} is outside {alias}'s layers 0 to {n_layers - 1}")
-    tokenizer = checkpoints.load_tokenizer(base.source, base.revision)
-    text = load_corpus(corpus or DEFAULT_CORPUS, progress)
-    hp = default_hparams(cfg.model_type, n_layers, cfg.get_text_config().hidden_size)
-    spec = stats.StatsSpec(
-        base.identity,
-        layer,
-        arch.config_down_proj_name(cfg, layer),
-        text.sha256,
-        tokens or hp.stats_tokens,
-        hp.stats_dtype,
-    )
-    expected = sum(
-        b.keys for b in plan(tokenizer, text.texts, spec.tokens, min(TEXT_TOKENS, arch.config_context_length(cfg)))
-    )
+    planned = plan_specs(base, [layer], options.corpus or DEFAULT_CORPUS, options.tokens, progress)
+    spec, expected, text = planned.specs[0], planned.expected_tokens, planned.corpus
     result = stats.merge_shards(spec, expected, [Path(f).expanduser() for f in folders])
     cov = store.create_covariance(base.id, spec.key(), record=stats.covariance_record(result, text))
     return {
@@ -280,6 +263,51 @@ def merge_stats(
         "path": cov.path,
         "sha256": cov.sha256,
     }
+
+
+def queue_stats(
+    store: Store,
+    alias: str,
+    options: StatsOptions,
+    jobs: int,
+    *,
+    requested_by: str | None = None,
+    idempotency: str | None = None,
+    max_pending: int | None = None,
+) -> tuple[Job, bool]:
+    """Queue C of options.layers (or options.layer) as JOBS shard jobs that any worker with the
+    statistics share takes, and one merge job that runs once they are done; workers then fetch
+    the merged C from the share instead of computing it. Returns (the merge job, created): its
+    params name the shard jobs. IDEMPOTENCY: the merge's key (each shard's is derived from it)."""
+    from factstore.worker.stats_jobs import MERGE, SHARD, check_layers, job_params
+
+    if options.layer is not None and not isinstance(options.layer, int):
+        raise InvalidArgument("statistics jobs take layer numbers")
+    params = job_params(options, jobs)
+    check_layers(store.get_base_model(alias), params[0]["layers"])
+    derived = (lambda i: hashlib.sha256(f"{idempotency}/shard-{i}".encode()).hexdigest()) if idempotency else None
+    shard_jobs = [
+        submit_job(
+            store,
+            alias,
+            SHARD,
+            p,
+            requested_by=requested_by or _user(),
+            idempotency=derived(i) if derived else None,
+            max_pending=max_pending,
+        )[0]
+        for i, p in enumerate(params)
+    ]
+    merge = {**{k: v for k, v in params[0].items() if k != "shard"}, "after": [j.id for j in shard_jobs]}
+    return submit_job(
+        store,
+        alias,
+        MERGE,
+        merge,
+        requested_by=requested_by or _user(),
+        idempotency=idempotency,
+        max_pending=max_pending,
+    )
 
 
 def push_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = None, private: bool = False) -> dict:

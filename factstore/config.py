@@ -100,6 +100,11 @@ class Settings(BaseSettings):
         description="Hub repositories a worker may publish to for a publish job: comma-separated NS/NAME or NS/*"
         " (unset: it takes no publish jobs, whatever its credentials).",
     )
+    stats_share: str | None = Field(
+        None,
+        description="Where workers hand each other key statistics (shard jobs, merged C): an absolute folder"
+        " every host mounts, or hub:NS/NAME, a Hub repository (unset: no statistics jobs).",
+    )
 
 
 def _accepts(field: str, error_type: str, message: str) -> str:

@@ -290,8 +290,9 @@ class Covariance:
     corpus_sha256: str
     tokens: int
     dtype: str
-    path: str
+    path: str  # on the machine that wrote it; stats.local_file finds it on another
     sha256: str
+    key: str = ""  # its spec's key (the cache's file name); "" until recorded
 
 
 @dataclass(frozen=True)

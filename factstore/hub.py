@@ -240,6 +240,14 @@ class Hub:
             )
         return info.oid
 
+    def put_file(self, repo: str, local: Path, path_in_repo: str, message: str) -> str:
+        """One commit on main adding LOCAL as PATH_IN_REPO, on whatever main is then (a file of its
+        own name: concurrent writers of other files do not conflict). Returns the commit."""
+        op = CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=str(local))
+        with _translated(self.endpoint, repo, f"upload {path_in_repo}"):
+            info = self.api.create_commit(repo_id=repo, operations=[op], repo_type="model", commit_message=message)
+        return info.oid
+
     def tag(self, repo: str, tag: str, commit: str, message: str) -> None:
         """Create TAG at COMMIT; an existing tag at the same commit is success (a resumed publish)."""
         try:

@@ -613,3 +613,25 @@ def test_a_publish_job_waits_for_a_worker_with_hub_credentials_which_rebuilds_an
     assert refused.status == "failed" and "may not publish to bob/other" in (refused.error or "")
     assert "bob/other" not in lfs_hub.state.repos
     tiny_store.stop_worker(publisher.id)
+
+
+def test_a_hub_repository_carries_statistics_between_workers(lfs_hub, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """FACTSTORE_STATS_SHARE=hub:NS/NAME: a file put by one worker is fetched by another; a name
+    the share does not hold is absent, not an error; a path a job could choose is refused."""
+    from factstore.config import SettingsError
+    from factstore.weights import share
+
+    monkeypatch.setenv("HF_ENDPOINT", lfs_hub.url)
+    monkeypatch.setenv("FACTSTORE_STATS_SHARE", "hub:alice/team-stats")
+    found = share.configured()
+    assert isinstance(found, share.HubShare)
+    name = f"{'a' * 64}.shard-0-of-2.{'b' * 16}.safetensors"
+    (tmp_path / "sums").write_bytes(b"partial sums")
+    found.put(tmp_path / "sums", name)
+    assert found.fetch(name, tmp_path / "back", max_bytes=1000) and (tmp_path / "back").read_bytes() == b"partial sums"
+    assert not found.fetch(f"{'c' * 64}.safetensors", tmp_path / "none", max_bytes=1000)
+    with pytest.raises(ValueError, match="not a statistics share file name"):
+        found.fetch("../../etc/passwd", tmp_path / "x", max_bytes=1000)
+    monkeypatch.setenv("FACTSTORE_STATS_SHARE", "relative/folder")
+    with pytest.raises(SettingsError, match="absolute folder or hub:NS/NAME"):
+        share.configured()

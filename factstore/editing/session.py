@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -262,8 +261,8 @@ class EditSession:
             pulled = [c for c in recorded if stats.is_shipped(c.path)]
             own = [c for c in recorded if not stats.is_shipped(c.path)]
             for cov in pulled + own:  # oldest first in each: the newest wins, and any own C over any pulled one
-                if Path(cov.path).exists():
-                    found[cov.layer] = cov
+                if (path := stats.local_file(cov)) is not None:  # another host's C: fetched from the share
+                    found[cov.layer] = replace(cov, path=str(path))
         missing = [layer for layer in layers if layer not in found]
         if missing:
             corpus = self.stats_corpus()
@@ -297,8 +296,8 @@ class EditSession:
         found: dict[int, Covariance] = {}
         for spec in specs:
             known = self.store.get_covariance_by_key(spec.key())
-            if known is not None and Path(known.path).exists():
-                found[spec.layer] = known
+            if known is not None and (path := stats.local_file(known)) is not None:
+                found[spec.layer] = replace(known, path=str(path))
         missing = [spec for spec in specs if spec.layer not in found]
         if missing:
             text = corpus()

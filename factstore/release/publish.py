@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factstore.domain import Release, StoredEdit
-from factstore.errors import PublishConflict, StatisticsError
-from factstore.files import file_sha256
+from factstore.errors import PublishConflict
 from factstore.hub import Hub, branch_commit, tag_for
 from factstore.options import CompileOptions, PublishOptions
 from factstore.progress import SILENT, Reporter
@@ -164,9 +163,5 @@ def shipped_files(store: Store, edit_ids: Sequence[int], present: set[str]) -> d
         name = stats.shipped_name(cov.sha256)
         if name in present or name in out:
             continue
-        if not Path(cov.path).is_file() or file_sha256(Path(cov.path)) != cov.sha256:
-            raise StatisticsError(
-                f"the key statistics file {cov.path} is missing or changed; recompute it with `factstore stats compute --layer {cov.layer}`"
-            )
-        out[name] = Path(cov.path)
+        out[name] = stats.checked_local_file(cov)
     return out

@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from factstore import arch
 from factstore.domain import Covariance
 from factstore.errors import FactStoreError, HubNotFound, PublishConflict, ReleaseVerificationError, StatisticsError
-from factstore.files import file_sha256
 from factstore.hub import Hub, branch_commit, check_repo_id
 from factstore.release.manifest import MANIFEST, Sha256, Short
 from factstore.release.pull import cached_file, reader
@@ -102,13 +101,10 @@ def push_stats(
     entries = {e.sha256: e for e in (_read_index(hub, repo, head).files if INDEX in listed else [])}
     extra: dict[str, Path] = {}
     for cov in covs:
-        if not Path(cov.path).is_file() or file_sha256(Path(cov.path)) != cov.sha256:
-            raise StatisticsError(
-                f"the key statistics file {cov.path} is missing or changed; recompute it with `factstore stats compute --layer {cov.layer}`"
-            )
+        local = stats.checked_local_file(cov)
         entries.setdefault(cov.sha256, _entry(cov, base.identity))
         if (name := stats.shipped_name(cov.sha256)) not in listed:
-            extra[name] = Path(cov.path)
+            extra[name] = local
     if not extra and INDEX in listed:
         return {"repo": repo, "commit": head, "uploaded": 0, "files": len(entries)}
     with tempfile.TemporaryDirectory(prefix="factstore-stats-") as tmp:

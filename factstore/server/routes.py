@@ -26,6 +26,7 @@ from factstore.server.schemas import (
     ModelOut,
     PublishIn,
     ReleaseOut,
+    StatsIn,
     TraceIn,
 )
 from factstore.server.service import Service
@@ -222,6 +223,26 @@ def publish_release(
         ),
         requested_by=who.name,
         idempotency=_idempotency(who, f"{alias}/releases/{version}/publish", key),
+        max_pending=config.settings().max_pending_jobs,
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job.to_json()
+
+
+@router.post("/models/{alias}/stats", status_code=202, response_model=JobOut)
+def compute_stats(
+    alias: AliasPath, body: StatsIn, svc: Svc, who: Writer, response: Response, key: IdempotencyKey = None
+) -> dict:
+    """Key statistics C of some layers as shard jobs and one merge job (returned; its params name
+    the shard jobs), run by workers that share FACTSTORE_STATS_SHARE."""
+    job, created = api.queue_stats(
+        svc.store,
+        alias,
+        api.StatsOptions(layers=tuple(body.layers), corpus=body.corpus, tokens=body.tokens),
+        body.jobs,
+        requested_by=who.name,
+        idempotency=_idempotency(who, f"{alias}/stats", key),
         max_pending=config.settings().max_pending_jobs,
     )
     if not created:

@@ -45,6 +45,13 @@ class PublishIn(_Strict):
     allow_degraded: bool = False
 
 
+class StatsIn(_Strict):
+    layers: Annotated[list[Annotated[int, Field(ge=0, le=999, strict=True)]], Field(min_length=1, max_length=1000)]
+    jobs: Annotated[int, Field(ge=1, le=64, strict=True)] = 2
+    corpus: Annotated[str, StringConstraints(max_length=200)] = "starter:wiki-vital"
+    tokens: Annotated[int, Field(ge=1, le=1_000_000_000, strict=True)] | None = None
+
+
 class TraceIn(_Strict):
     prompt: Prompt
     subject: Text

@@ -110,6 +110,7 @@ def covariance(row: CovarianceStat) -> Covariance:
         dtype=row.dtype,
         path=row.path,
         sha256=row.sha256,
+        key=row.cache_key,
     )
 
 

@@ -537,6 +537,8 @@ class QueueVerbs(StoreBase):
         if base_ids is not None:
             query = query.where(JobRow.base_model_id.in_(base_ids))
         with self._tx() as s:
+            if blocked := _merges_waiting(s, kinds):
+                query = query.where(JobRow.id.not_in(blocked))
             while (row := s.scalar(query.order_by(JobRow.id).limit(1).with_for_update(skip_locked=True))) is not None:
                 if row.status == "cancelling":  # its worker died after the cancel
                     row.status, row.error, row.updated_at = "cancelled", "cancelled while running", now()
@@ -640,6 +642,20 @@ def _live_worker_kinds(s: Session) -> list[tuple[list[str], list[str] | None]]:
     """(models served, job kinds run) of every live worker."""
     query = select(WorkerRow.models, WorkerRow.kinds).where(WorkerRow.id.in_(_live_workers(3 * lease_seconds())))
     return [(models, kinds) for models, kinds in s.execute(query).all()]
+
+
+def _merges_waiting(s: Session, kinds: Sequence[str]) -> list[int]:
+    """Pending merge jobs (of statistics shards) whose shard jobs have not all ended yet."""
+    if "stats-merge" not in kinds:
+        return []
+    merges = s.execute(select(JobRow.id, JobRow.params).where(JobRow.kind == "stats-merge", JobRow.status == "pending"))
+    waiting = []
+    for job_id, params in merges.all():
+        after = [i for i in (params or {}).get("after", []) if isinstance(i, int)]
+        unfinished = select(func.count()).where(JobRow.id.in_(after), JobRow.status.in_(("pending", *RUNNING_JOB)))
+        if after and s.scalar(unfinished):
+            waiting.append(job_id)
+    return waiting
 
 
 def _waiting(row: JobRow, alias: str, workers: list[tuple[list[str], list[str] | None]]) -> str | None:

@@ -68,13 +68,13 @@ def covariance_record(result: StatsFile, corpus: Corpus) -> Covariance:
     )
 
 
-def _dir() -> Path:
+def cache_folder() -> Path:
     path = config.cache_dir() / "stats"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def _save(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> None:
+def save(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> None:
     atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
@@ -102,7 +102,7 @@ def spec_like(own: Covariance, identity: str, model: PreTrainedModel, layer: int
 
 
 def _final_path(spec: StatsSpec) -> Path:
-    return _dir() / f"{spec.key()}.safetensors"
+    return cache_folder() / f"{spec.key()}.safetensors"
 
 
 def cached(spec: StatsSpec) -> StatsFile | None:
@@ -114,7 +114,7 @@ def cached(spec: StatsSpec) -> StatsFile | None:
     return StatsFile(spec, path, cached_file_sha256(path), tokens)  # a lookup reads no gigabytes (issue 24)
 
 
-def _check_together(specs: list[StatsSpec]) -> None:
+def check_together(specs: list[StatsSpec]) -> None:
     first = specs[0]
     if any(
         (s.identity, s.corpus_sha256, s.tokens, s.dtype)
@@ -128,7 +128,7 @@ def _check_together(specs: list[StatsSpec]) -> None:
         )
 
 
-def _run(
+def run_batches(
     model: PreTrainedModel,
     tokenizer: Any,
     specs: list[StatsSpec],
@@ -148,7 +148,7 @@ def _run(
         advance(st.tokens)
         if time.monotonic() - last_save >= CHECKPOINT_SECONDS:
             tensors = {f"total.{layer}": total for layer, total in st.totals.items()}
-            _save(tensors, {"tokens": str(st.tokens), "done": str(st.done)}, partial)
+            save(tensors, {"tokens": str(st.tokens), "done": str(st.done)}, partial)
             last_save = time.monotonic()
 
     if state:
@@ -156,18 +156,18 @@ def _run(
     return accumulate(model, tokenizer, corpus.texts, layers, batches, state=state, on_batch=after_batch)
 
 
-def _work_key(specs: list[StatsSpec]) -> str:
+def work_key(specs: list[StatsSpec]) -> str:
     return hashlib.sha256("|".join(sorted(s.key() for s in specs)).encode()).hexdigest()
 
 
-def _write_final(spec: StatsSpec, total: torch.Tensor, tokens: int) -> StatsFile:
+def write_final(spec: StatsSpec, total: torch.Tensor, tokens: int) -> StatsFile:
     moment = (total / max(tokens, 1)).to(getattr(torch, spec.dtype)).contiguous()
     meta = {
         **{k: str(v) for k, v in spec.__dict__.items()},
         "tokens": str(tokens),
     }  # keys summed (the budget when the corpus sufficed)
     final = _final_path(spec)
-    _save({"C": moment}, meta, final)
+    save({"C": moment}, meta, final)
     return StatsFile(spec, final, file_sha256(final), tokens)
 
 
@@ -176,16 +176,16 @@ def compute_many(
 ) -> list[StatsFile]:
     """C for several layers of one model, corpus and size: cached ones read, the rest from one
     pass over the corpus whose forward passes stop at the highest layer needed (checkpointed)."""
-    _check_together(specs)
+    check_together(specs)
     todo = [s for s in specs if cached(s) is None]
     if todo:
         batches = plan(tokenizer, corpus.texts, todo[0].tokens, text_width(model))
-        partial = _dir() / f"{_work_key(todo)}.partial"
+        partial = cache_folder() / f"{work_key(todo)}.partial"
         layers = ", ".join(str(s.layer) for s in todo)
         with progress.task(f"key statistics, layer {layers}", sum(b.keys for b in batches)) as advance:
-            state = _run(model, tokenizer, todo, corpus, batches, partial, advance)
+            state = run_batches(model, tokenizer, todo, corpus, batches, partial, advance)
         for spec in todo:
-            _write_final(spec, state.totals[spec.layer], state.tokens)
+            write_final(spec, state.totals[spec.layer], state.tokens)
         partial.unlink(missing_ok=True)
     return [hit for s in specs if (hit := cached(s)) is not None]
 
@@ -201,7 +201,7 @@ def compute(
 
 
 def _shard_path(spec: StatsSpec, shard: int, of: int) -> Path:
-    return _dir() / f"{spec.key()}.shard-{shard}-of-{of}.safetensors"
+    return cache_folder() / f"{spec.key()}.shard-{shard}-of-{of}.safetensors"
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -235,7 +235,7 @@ def compute_shard(
     with progress.task(
         f"key statistics, layer {spec.layer}, shard {shard}/{of}", sum(b.keys for b in batches)
     ) as advance:
-        state = _run(model, tokenizer, [spec], corpus, batches, partial, advance)
+        state = run_batches(model, tokenizer, [spec], corpus, batches, partial, advance)
     meta = {
         "tokens": str(state.tokens),
         "shard": str(shard),
@@ -243,7 +243,7 @@ def compute_shard(
         "batches": str(len(batches)),
         **{f"spec.{k}": str(v) for k, v in spec.__dict__.items()},
     }
-    _save({"total": state.totals[spec.layer]}, meta, path)
+    save({"total": state.totals[spec.layer]}, meta, path)
     partial.unlink(missing_ok=True)
     return StatsFile(spec, path, file_sha256(path), state.tokens)
 
@@ -255,7 +255,7 @@ def merge_shards(spec: StatsSpec, expected_tokens: int, folders: list[Path] | No
     if (hit := cached(spec)) is not None:
         return hit
     found: dict[int, dict[int, Path]] = {}
-    for folder in [_dir(), *(folders or [])]:
+    for folder in [cache_folder(), *(folders or [])]:
         for path in Path(folder).glob(f"{spec.key()}.shard-*-of-*.safetensors"):
             named = re.fullmatch(rf"{spec.key()}\.shard-(\d{{1,4}})-of-(\d{{1,4}})\.safetensors", path.name)
             if named and int(named.group(1)) < int(named.group(2)) and path.is_file():
@@ -296,7 +296,7 @@ def merge_shards(spec: StatsSpec, expected_tokens: int, folders: list[Path] | No
         raise StatisticsError(
             f"the shards of layer {spec.layer} hold {tokens} keys, a single pass sums {expected_tokens}; compute them again"
         )
-    return _write_final(spec, total, tokens)
+    return write_final(spec, total, tokens)
 
 
 def shipped_name(sha256: str) -> str:
@@ -322,7 +322,46 @@ def is_shipped(path: str | Path) -> bool:
 
 def shipped_path(sha256: str) -> Path:
     """Where a C file from elsewhere lives in the cache (content-addressed)."""
-    return _dir() / SHIPPED / f"{sha256}.safetensors"
+    return cache_folder() / SHIPPED / f"{sha256}.safetensors"
+
+
+SHARE_MAX_BYTES = 8 << 30  # a merged C fetched from the statistics share: larger is not one (checked by sha256 after)
+
+
+def local_file(cov: Covariance) -> Path | None:
+    """Where this machine holds the C file of a record, which another host may have written: the
+    recorded path, the cache's file of its spec key or the shipped copy of its sha256 (either
+    with the recorded sha256), else a copy fetched from the statistics share and checked against
+    the recorded sha256 (FACTSTORE_STATS_SHARE); None when there is none."""
+    from factstore.weights import share
+
+    if Path(cov.path).is_file():
+        return Path(cov.path)
+    own = cache_folder() / f"{cov.key}.safetensors" if cov.key else None
+    for path in [p for p in (own, shipped_path(cov.sha256)) if p is not None]:
+        if path.is_file() and cached_file_sha256(path) == cov.sha256:
+            return path
+    found = share.configured()
+    if own is None or found is None:
+        return None
+    fetched = own.with_suffix(".fetched")
+    try:
+        if not found.fetch(own.name, fetched, SHARE_MAX_BYTES) or file_sha256(fetched) != cov.sha256:
+            return None
+        fetched.replace(own)
+    finally:
+        fetched.unlink(missing_ok=True)
+    return own
+
+
+def checked_local_file(cov: Covariance) -> Path:
+    """local_file, checked against the recorded sha256 (files about to leave this machine)."""
+    path = local_file(cov)
+    if path is None or file_sha256(path) != cov.sha256:
+        raise StatisticsError(
+            f"the key statistics file {cov.path} is missing or changed; recompute it with `factstore stats compute --layer {cov.layer}`"
+        )
+    return path
 
 
 def install_shipped(source: Path, expected_sha256: str, spec: StatsSpec, dim: int) -> StatsFile:
@@ -392,9 +431,10 @@ class MatrixCache:
             raise StatisticsError("an edit has no key statistics recorded; it cannot be replayed")
         if cov_id not in self._loaded:
             cov = self.lookup(cov_id)
-            if not Path(cov.path).exists():
+            path = local_file(cov)
+            if path is None:
                 raise StatisticsError(
                     f"the key statistics file {cov.path} is missing; recompute it with `factstore stats compute --layer {cov.layer}`"
                 )
-            self._loaded[cov_id] = load_matrix(Path(cov.path), cov.sha256).float()
+            self._loaded[cov_id] = load_matrix(path, cov.sha256).float()
         return self._loaded[cov_id]

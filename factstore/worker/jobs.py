@@ -1,4 +1,4 @@
-"""Long work asked for over HTTP: a compile, a causal trace, a publish to the Hub. Run by a
+"""Long work asked for over HTTP: a compile, a causal trace, a publish to the Hub, key statistics. Run by a
 worker, results in the database."""
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from factstore.options import KINDS, CompileOptions, PublishOptions, TraceOption
 from factstore.progress import SILENT, Reporter
 from factstore.release import build, publish
 from factstore.release.manifest import INT32
-from factstore.storage.models import EVERY_WORKER_RUNS
+from factstore.storage.models import EVERY_WORKER_RUNS, STATS_JOBS
 from factstore.storage.store import Store
 from factstore.studies import tracing
 from factstore.weights.replay import MODES
+from factstore.worker import stats_jobs
 
 CANCEL_POLL_SECONDS = 2.0  # how often a running job looks for a cancel in the database
 
@@ -90,14 +91,19 @@ def check_params(kind: str, params: dict) -> dict:
         if not all(isinstance(v, bool) for v in flags.values()):
             raise InvalidEditRequest("private, with_stats and allow_degraded are true or false")
         return {"version": version, "repo": str(params["repo"]), **flags}
+    if kind in STATS_JOBS:
+        return stats_jobs.check_params(kind, params)
     raise InvalidEditRequest(f"unknown job kind {kind!r}")
 
 
 def runnable_kinds() -> tuple[str, ...]:
     """The job kinds this process can run: publish only with Hub credentials of its own and
-    FACTSTORE_PUBLISH_REPOS naming where a job may send them (a write token must not choose)."""
-    allowed = config.settings().publish_repos
-    return (*EVERY_WORKER_RUNS, "publish") if allowed and has_credentials() else EVERY_WORKER_RUNS
+    FACTSTORE_PUBLISH_REPOS naming where a job may send them (a write token must not choose);
+    statistics jobs only with a statistics share (FACTSTORE_STATS_SHARE)."""
+    settings = config.settings()
+    publish = ("publish",) if settings.publish_repos and has_credentials() else ()
+    shared = STATS_JOBS if settings.stats_share else ()
+    return (*EVERY_WORKER_RUNS, *publish, *shared)
 
 
 def check_publish_target(repo: str) -> None:
@@ -147,6 +153,13 @@ def run(
             stop.now()  # the last moment a cancel counts: past it the release goes to the Hub
             published = publish.publish(store, job.model, p["repo"], options, device=device, progress=progress)
             return store.finish_job(job.id, holder, result=published.to_json(), happened=True)
+        if job.kind in STATS_JOBS:
+            stop.now()
+            if job.kind == stats_jobs.SHARD:
+                result = stats_jobs.run_shard(store, job, device, progress)
+            else:
+                result = stats_jobs.run_merge(store, job, progress)
+            return store.finish_job(job.id, holder, result=result, happened=True)
         with tempfile.TemporaryDirectory(prefix="factstore-trace-") as folder:
             p = job.params
             fact = TracedFact(p["prompt"], p["subject"], p.get("target"))

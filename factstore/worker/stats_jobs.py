@@ -1,0 +1,167 @@
+"""Key statistics as jobs: N shard jobs that any worker with the statistics share takes, and one
+merge job that runs once they are all done. Shards and the merged C travel through the share
+(FACTSTORE_STATS_SHARE), never through the database, which records only names and sha256s."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from factstore import arch
+from factstore.domain import BaseModel, Job
+from factstore.errors import InvalidEditRequest, StatisticsError
+from factstore.files import file_sha256
+from factstore.options import StatsOptions
+from factstore.progress import SILENT, Reporter
+from factstore.storage.store import Store
+from factstore.weights import shards, share, stats
+from factstore.weights.corpus import DEFAULT_CORPUS, Corpus, is_starter_corpus
+
+SHARD, MERGE = "stats-shard", "stats-merge"
+MAX_SHARD_JOBS = 64
+MAX_TOKENS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Planned:
+    specs: list[stats.StatsSpec]  # one per layer, in layer order
+    corpus: Corpus
+    expected_tokens: int  # keys the single pass sums: the shards must add up to it
+
+
+def check_layers(base: BaseModel, layers: list[int]) -> Any:
+    """BASE's config, once every one of LAYERS is one of its layers (else InvalidEditRequest)."""
+    from factstore.weights import checkpoints
+
+    cfg = checkpoints.load_config(base.source, base.revision)
+    n_layers = arch.config_num_layers(cfg)
+    if outside := [layer for layer in layers if not 0 <= layer < n_layers]:
+        raise InvalidEditRequest(f"layer {outside[0]} is outside {base.alias}'s layers 0 to {n_layers - 1}")
+    return cfg
+
+
+def plan_specs(base: BaseModel, layers: list[int], corpus: str, tokens: int | None, progress: Reporter) -> Planned:
+    """The specs of LAYERS' C for BASE from its config and tokenizer alone (no weights): what a
+    single pass, each shard and the merge agree on."""
+    from factstore.rome.covariance import TEXT_TOKENS, plan
+    from factstore.rome.hparams import default_hparams
+    from factstore.weights import checkpoints
+    from factstore.weights.corpus import load_corpus
+
+    cfg = check_layers(base, layers)
+    hp = default_hparams(cfg.model_type, arch.config_num_layers(cfg), cfg.get_text_config().hidden_size)
+    text = load_corpus(corpus, progress)
+    budget = tokens or hp.stats_tokens
+    specs = [
+        stats.StatsSpec(
+            base.identity, layer, arch.config_down_proj_name(cfg, layer), text.sha256, budget, hp.stats_dtype
+        )
+        for layer in sorted(set(layers))
+    ]
+    tokenizer = checkpoints.load_tokenizer(base.source, base.revision)
+    width = min(TEXT_TOKENS, arch.config_context_length(cfg))
+    return Planned(specs, text, sum(b.keys for b in plan(tokenizer, text.texts, budget, width)))
+
+
+def job_params(options: StatsOptions, jobs: int) -> list[dict]:
+    """The parameters of the JOBS shard jobs (the merge's are the same plus the shards' ids), or
+    InvalidEditRequest: statistics jobs read a starter corpus, which every host can fetch."""
+    layers = sorted(set(options.layers or ([options.layer] if isinstance(options.layer, int) else [])))
+    if not layers:
+        raise InvalidEditRequest("statistics jobs need the layers to compute: give --layers A-B (or --layer N)")
+    corpus = options.corpus or DEFAULT_CORPUS
+    if not is_starter_corpus(corpus):
+        raise InvalidEditRequest(
+            f"statistics jobs read a starter corpus every host can fetch, not {corpus[:60]!r}; "
+            "compute C of your own text with `factstore stats compute --corpus FILE` and share it with `stats push`"
+        )
+    if not 1 <= jobs <= MAX_SHARD_JOBS:
+        raise InvalidEditRequest(f"statistics are split into 1 to {MAX_SHARD_JOBS} shard jobs, not {jobs}")
+    if options.tokens is not None and not 1 <= options.tokens <= MAX_TOKENS:
+        raise InvalidEditRequest(f"tokens must be between 1 and {MAX_TOKENS:,}, not {options.tokens}")
+    common = {"layers": layers, "corpus": corpus, "tokens": options.tokens}
+    return [{**common, "shard": i, "of": jobs} for i in range(jobs)]
+
+
+def check_params(kind: str, params: dict) -> dict:
+    """A stored statistics job's parameters, checked again as a worker takes them."""
+    layers, of = params.get("layers"), params.get("of")
+    tokens = params.get("tokens")
+    if not isinstance(of, int) or not 1 <= of <= MAX_SHARD_JOBS:
+        raise InvalidEditRequest("a statistics job names its number of shards")
+    if not isinstance(layers, list) or not layers or not all(isinstance(x, int) and 0 <= x < 1000 for x in layers):
+        raise InvalidEditRequest("a statistics job names its layers")
+    if tokens is not None and not (isinstance(tokens, int) and 1 <= tokens <= MAX_TOKENS):
+        raise InvalidEditRequest("a statistics job's token count is a whole number")
+    if not is_starter_corpus(str(params.get("corpus"))):
+        raise InvalidEditRequest("a statistics job reads a starter corpus")
+    common = {"layers": layers, "corpus": params["corpus"], "tokens": tokens, "of": of}
+    if kind == SHARD:
+        shard = params.get("shard")
+        if not isinstance(shard, int) or not 0 <= shard < of:
+            raise InvalidEditRequest("a shard job names its shard, 0 to N-1")
+        return {**common, "shard": shard}
+    after = params.get("after")
+    if not isinstance(after, list) or len(after) != of or not all(isinstance(i, int) for i in after):
+        raise InvalidEditRequest("a merge job names its N shard jobs")
+    return {**common, "after": after}
+
+
+def _share() -> share.Share:
+    found = share.configured()
+    if found is None:  # runnable_kinds offers these jobs only with a share; a changed environment
+        raise StatisticsError("this worker has no statistics share (FACTSTORE_STATS_SHARE)")
+    return found
+
+
+def run_shard(store: Store, job: Job, device: str | None, progress: Reporter = SILENT) -> dict:
+    """Compute one shard's sums on the base weights and hand them to the share; the result names
+    the file (by its sha256), so the merge uses exactly this computation of the shard."""
+    from factstore.weights import checkpoints
+
+    p = check_params(SHARD, job.params)
+    target = _share()
+    base = store.get_base_model(job.model)
+    planned = plan_specs(base, p["layers"], p["corpus"], p["tokens"], progress)
+    loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress, dtype=base.dtype)
+    done = shards.compute(
+        loaded.model, loaded.tokenizer, planned.specs, planned.corpus, (p["shard"], p["of"]), progress
+    )
+    target.put(done.path, done.name)
+    return {"shard": p["shard"], "of": p["of"], "name": done.name, "sha256": done.sha256, "tokens": done.tokens}
+
+
+def run_merge(store: Store, job: Job, progress: Reporter = SILENT) -> dict:
+    """Add the shards the shard jobs handed in (each checked against the sha256 its job recorded),
+    record C of every layer and hand each to the share, where every worker finds it."""
+    p = check_params(MERGE, job.params)
+    target = _share()
+    base = store.get_base_model(job.model)
+    planned = plan_specs(base, p["layers"], p["corpus"], p["tokens"], progress)
+    paths = [_fetched_shard(store.get_job(i), target) for i in p["after"]]
+    results = shards.merge(planned.specs, paths, planned.expected_tokens)
+    rows = []
+    for result in results:
+        cov = store.create_covariance(
+            base.id, result.spec.key(), record=stats.covariance_record(result, planned.corpus)
+        )
+        target.put(result.path, f"{cov.key}.safetensors")
+        rows.append({"layer": cov.layer, "id": cov.id, "tokens": cov.tokens, "sha256": cov.sha256})
+    return {"of": p["of"], "layers": rows}
+
+
+def _fetched_shard(shard_job: Job, source: share.Share) -> Path:
+    """The shard file a finished shard job recorded, from the share, checked against its sha256."""
+    if shard_job.status != "done" or not shard_job.result:
+        raise StatisticsError(f"shard job {shard_job.id} is {shard_job.status}: {shard_job.error or 'no result'}")
+    name, sha256 = str(shard_job.result.get("name")), str(shard_job.result.get("sha256"))
+    local = stats.cache_folder() / "shared" / name
+    if local.is_file() and file_sha256(local) == sha256:
+        return local
+    if not source.fetch(name, local, stats.SHARE_MAX_BYTES) or file_sha256(local) != sha256:
+        local.unlink(missing_ok=True)
+        raise StatisticsError(
+            f"the share {source.where} does not hold shard job {shard_job.id}'s sums as it recorded them"
+        )
+    return local

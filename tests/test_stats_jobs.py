@@ -1,0 +1,143 @@
+"""Key statistics as jobs (issue 26): shard jobs on different hosts (here, different caches)
+hand their sums through the statistics share; the merge, blocked until every shard is in,
+gives the single pass's C (to rounding), and a worker on yet another host fetches that C from
+the share instead of computing it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from factstore import api
+from factstore.errors import InvalidEditRequest
+from factstore.progress import SILENT
+from factstore.storage.store import Store
+from factstore.weights import checkpoints, stats
+from factstore.worker import jobs, stats_jobs
+
+STATS_KINDS = ("stats-shard", "stats-merge")
+
+
+@pytest.fixture
+def shared(tiny_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The tiny model's corpus file stands in for a starter corpus (every host here can read it)."""
+    monkeypatch.setenv("FACTSTORE_STATS_SHARE", str(tmp_path / "share"))
+    corpus = tiny_store.get_covariance(1).corpus
+    monkeypatch.setattr(stats_jobs, "is_starter_corpus", lambda name: name == corpus)
+    return corpus
+
+
+def _on_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, host: str) -> Path:
+    cache = tmp_path / host
+    monkeypatch.setenv("FACTSTORE_CACHE", str(cache))
+    return cache
+
+
+@pytest.mark.database  # the queue holds the merge back until its shards are in
+def test_shard_jobs_merge_into_the_single_pass_and_other_hosts_fetch_the_result(
+    tiny_store: Store, shared: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = api.StatsOptions(layers=(0, 1), corpus=shared, tokens=1500)
+    merge, created = api.queue_stats(tiny_store, "tiny", options, 2, requested_by="me")
+    assert created and merge.kind == "stats-merge" and len(merge.params["after"]) == 2
+    assert "stats-shard" in jobs.runnable_kinds() and "stats-merge" in jobs.runnable_kinds()
+
+    for worker in ("w0", "w1", "w2"):  # live: the jobs they hold are not orphans to take over
+        tiny_store.register_worker(worker, [], STATS_KINDS)
+    claimed = [tiny_store.claim_job(f"w{i}", None, 60.0, kinds=STATS_KINDS) for i in range(2)]
+    assert [j.id for j in claimed if j] == merge.params["after"]
+    assert tiny_store.claim_job("w2", None, 60.0, kinds=STATS_KINDS) is None  # the merge waits for its shards
+    for i, job in enumerate(claimed):
+        assert job is not None
+        _on_host(monkeypatch, tmp_path, f"host{i}")
+        done = jobs.run(tiny_store, job, f"w{i}", "cpu")
+        assert done is not None and done.status == "done", done and done.error
+    handed = sorted((tmp_path / "share" / "factstore-stats").glob("*.shard-*"))
+    assert len(handed) == 2
+    # shard 0 computed again elsewhere (a worker that lost its job): the merge uses the recorded one
+    stray = f"{handed[0].name.split('.')[0]}.shard-0-of-2.{'0' * 16}.safetensors"
+    (handed[0].parent / stray).write_bytes(handed[1].read_bytes())  # other sums under shard 0's name
+
+    merger = tiny_store.claim_job("w2", None, 60.0, kinds=STATS_KINDS)
+    assert merger is not None and merger.id == merge.id
+    _on_host(monkeypatch, tmp_path, "host2")
+    merged = jobs.run(tiny_store, merger, "w2", "cpu")
+    assert merged is not None and merged.status == "done" and merged.result is not None, merged and merged.error
+    rows = merged.result["layers"]
+    assert [r["layer"] for r in rows] == [0, 1]
+
+    # the single pass of the same layers on a machine of its own
+    _on_host(monkeypatch, tmp_path, "single")
+    base = tiny_store.get_base_model("tiny")
+    planned = stats_jobs.plan_specs(base, [0, 1], shared, 1500, SILENT)
+    loaded = checkpoints.load(base.source, expected=base.revision, device="cpu")
+    single = stats.compute_many(loaded.model, loaded.tokenizer, planned.specs, planned.corpus)
+    for one, row in zip(single, rows, strict=True):  # the same keys summed in another order
+        together = stats.load_matrix(Path(tiny_store.get_covariance(row["id"]).path), row["sha256"])
+        assert torch.allclose(stats.load_matrix(one.path, one.sha256), together, rtol=1e-6, atol=0)
+    assert sum(done.result["tokens"] for done in map(tiny_store.get_job, merge.params["after"])) == single[0].tokens
+
+    # a worker on a fourth host, the merging host gone: C comes from the share, nothing computed
+    shutil.rmtree(tmp_path / "host2")
+    fourth = _on_host(monkeypatch, tmp_path, "host3")
+    monkeypatch.setattr(stats, "compute_many", lambda *a, **k: pytest.fail("computed instead of fetched"))
+    from factstore.editing.session import EditSession
+
+    session = EditSession(tiny_store, "tiny", device="cpu")
+    found = session.covariances([0, 1], session.hparams(1))
+    assert [c.id for c in found] == [r["id"] for r in rows]
+    assert all(Path(c.path).parent == fourth / "stats" and stats.file_sha256(Path(c.path)) == c.sha256 for c in found)
+
+
+def test_a_failed_shard_fails_its_merge_and_bad_requests_are_refused(
+    tiny_store: Store, shared: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(InvalidEditRequest, match="starter corpus every host can fetch"):
+        api.queue_stats(tiny_store, "tiny", api.StatsOptions(layers=(0,), corpus="/etc/passwd"), 2)
+    with pytest.raises(InvalidEditRequest, match="outside tiny's layers"):
+        api.queue_stats(tiny_store, "tiny", api.StatsOptions(layers=(0, 99), corpus=shared), 2)
+    with pytest.raises(InvalidEditRequest, match="1 to 64 shard jobs"):
+        api.queue_stats(tiny_store, "tiny", api.StatsOptions(layers=(0,), corpus=shared), 0)
+    assert tiny_store.list_jobs(tiny_store.get_base_model("tiny").id) == []  # nothing half-queued
+
+    merge, _ = api.queue_stats(tiny_store, "tiny", api.StatsOptions(layers=(0,), corpus=shared, tokens=800), 2)
+    for worker in ("w0", "w1"):
+        tiny_store.register_worker(worker, [], STATS_KINDS)
+    first = tiny_store.claim_job("w0", None, 60.0, kinds=STATS_KINDS)
+    assert first is not None
+    tiny_store.finish_job(first.id, "w0", error="the host ran out of disk")
+    second = tiny_store.claim_job("w1", None, 60.0, kinds=STATS_KINDS)
+    assert second is not None and second.kind == "stats-shard"
+    _on_host(monkeypatch, tmp_path, "host1")
+    assert (done := jobs.run(tiny_store, second, "w1", "cpu")) is not None and done.status == "done"
+    merger = tiny_store.claim_job("w1", None, 60.0, kinds=STATS_KINDS)
+    assert merger is not None and merger.id == merge.id
+    failed = jobs.run(tiny_store, merger, "w1", "cpu")
+    assert failed is not None and failed.status == "failed"
+    assert failed.error == f"shard job {first.id} is failed: the host ran out of disk"
+
+
+def test_statistics_jobs_over_http_wait_for_a_worker_with_a_share(tiny_store: Store, shared: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from factstore.server.app import create_app
+    from factstore.server.service import ServerSettings
+
+    headers = {"Authorization": f"Bearer {api.create_token(tiny_store, 'team', 'write')[1]}"}
+    reader = {"Authorization": f"Bearer {api.create_token(tiny_store, 'reader', 'read')[1]}"}
+    body = {"layers": [0, 1], "jobs": 3, "corpus": shared, "tokens": 1000}
+    app = create_app(ServerSettings(database_url=tiny_store.url, worker=False))
+    with TestClient(app, client=("127.0.0.1", 50000)) as client:
+        assert client.post("/api/v1/models/tiny/stats", json=body, headers=reader).status_code == 403
+        sent = client.post("/api/v1/models/tiny/stats", json=body, headers={**headers, "Idempotency-Key": "k1"})
+        assert sent.status_code == 202, sent.text
+        job = sent.json()
+        assert job["kind"] == "stats-merge" and len(job["params"]["after"]) == 3 and job["waiting"]
+        again = client.post("/api/v1/models/tiny/stats", json=body, headers={**headers, "Idempotency-Key": "k1"})
+        assert again.json()["id"] == job["id"] and again.headers["Idempotent-Replayed"] == "true"
+        assert len(client.get("/api/v1/models/tiny/jobs", headers=headers).json()) == 4  # a retry queued nothing
+        bad = client.post("/api/v1/models/tiny/stats", json={**body, "layers": ["0; rm"]}, headers=headers)
+        assert bad.status_code == 422
