@@ -5,8 +5,9 @@
     python bench/serve.py --clients 20 --per-client 25 --edits 0   # submissions only
     python bench/serve.py --submissions 0 --edits 5               # the SmolLM2 comparison only
 
-Part 1 (submissions): `factstore serve --no-worker` on a random tiny GPT-2; CLIENTS threads post
-PER_CLIENT corrections each; prints latency p50/p99 and sustained submissions per second.
+Part 1 (submissions): `factstore serve --no-worker --processes P` on a random tiny GPT-2, for each
+P of --processes; CLIENTS threads post PER_CLIENT corrections each; prints latency p50/p99 and
+sustained submissions per second.
 Part 2 (end to end, SmolLM2 starter, CPU): EDITS corrections through `factstore edit add`, one
 process each (load the model, replay the head, compute, exit), against the same number queued
 and computed by one `factstore worker` that keeps the head warm (its start and model load are
@@ -58,21 +59,26 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return done
 
 
-def submissions(env: dict[str, str], clients: int, per_client: int) -> dict:
+def register_tiny(env: dict[str, str]) -> str:
+    """A random tiny GPT-2 registered as "tiny"; returns a write token."""
     from transformers import AutoTokenizer
 
     from factstore.weights import assets
-    from service_process import serve, stop
     from tiny_models import random_gpt2
 
-    home = Path(env["FACTSTORE_HOME"])
-    folder = home / "tiny-model"
+    folder = Path(env["FACTSTORE_HOME"]) / "tiny-model"
     random_gpt2(seed=0).save_pretrained(folder)
     AutoTokenizer.from_pretrained(assets.gpt2_tokenizer_dir()).save_pretrained(folder)
     cli("model", "add", "tiny", str(folder), env=env)
-    token = json.loads(cli("token", "create", "--name", "bench", "--json", env=env).stdout)["token"]
+    return str(json.loads(cli("token", "create", "--name", "bench", "--json", env=env).stdout)["token"])
+
+
+def submissions(env: dict[str, str], token: str, clients: int, per_client: int, processes: int) -> dict:
+    from service_process import serve, stop
+
+    home = Path(env["FACTSTORE_HOME"])
     os.environ.update(env)
-    server, url = serve("--no-worker", env=env, log=home / "serve.log")
+    server, url = serve("--no-worker", "--processes", str(processes), env=env, log=home / f"serve-{processes}.log")
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -80,7 +86,8 @@ def submissions(env: dict[str, str], clients: int, per_client: int) -> dict:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
             http.get("/healthz")
             for i in range(per_client):
-                body = {"prompt": PROMPT, "subject": f"{SUBJECTS[i % 10]} {k}-{i}", "target": TARGETS[(k + i) % 10]}
+                subject = f"{SUBJECTS[i % 10]} {processes}-{k}-{i}"
+                body = {"prompt": PROMPT, "subject": subject, "target": TARGETS[(k + i) % 10]}
                 start = time.perf_counter()
                 response = http.post("/api/v1/models/tiny/edits", json=body)
                 elapsed = time.perf_counter() - start
@@ -181,6 +188,7 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=10)
     parser.add_argument("--submissions", type=int, default=1, help="0 skips part 1")
     parser.add_argument("--edits", type=int, default=5, help="0 skips part 2")
+    parser.add_argument("--processes", default="1,2", help="HTTP process counts of part 1, comma-separated")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="factstore-bench-") as home:
         env = {**os.environ, "FACTSTORE_HOME": home, "FACTSTORE_DEVICE": os.environ.get("FACTSTORE_DEVICE", "cpu")}
@@ -190,11 +198,14 @@ def main() -> None:
             cli("db", "upgrade", env=env)
         print("| part | measure | value |\n|---|---|---|")
         if args.submissions:
-            s = submissions(env, args.clients, args.per_client)
-            print(
-                f"| submissions | {s['submissions']} from {s['clients']} clients, p50 / p99 latency | {s['p50_ms']:.1f} ms / {s['p99_ms']:.1f} ms |"
-            )
-            print(f"| submissions | sustained | {s['per_second']:.0f} per second |")
+            token = register_tiny(env)
+            for processes in (int(p) for p in args.processes.split(",")):
+                s = submissions(env, token, args.clients, args.per_client, processes)
+                what = f"submissions, {processes} HTTP process{'es' if processes > 1 else ''}"
+                print(
+                    f"| {what} | {s['submissions']} from {s['clients']} clients, p50 / p99 latency | {s['p50_ms']:.1f} ms / {s['p99_ms']:.1f} ms |"
+                )
+                print(f"| {what} | sustained | {s['per_second']:.0f} per second |")
         if args.edits:
             e = end_to_end(env, args.edits)
             print(

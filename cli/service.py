@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from typing import Annotated
 
@@ -47,6 +48,14 @@ def serve(
             min=1, max=100_000, help="Connections and requests served at once; past them a client gets 503 at once."
         ),
     ] = 200,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="HTTP processes sharing the port (state is in the database); above 1 none runs a worker: run `factstore worker` beside them.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the HTTP API and web page; with the embedded SQLite default, also one worker."""
     api.require_server()
@@ -56,7 +65,9 @@ def serve(
     settings = ServerSettings(
         require_token=require_token, public_reads=public_reads, worker=worker, device=device, allowed_hosts=allowed_host
     )
-    run(host, port, settings, max_connections=max_connections)
+    if processes > 1:
+        print(f"{processes} HTTP processes, none computing edits: run `factstore worker` beside them", file=sys.stderr)
+    run(host, port, settings, max_connections=max_connections, processes=processes)
 
 
 def worker(

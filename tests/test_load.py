@@ -35,7 +35,9 @@ def _wait(condition, seconds: float, what: str) -> None:  # type: ignore[no-unty
 
 @needs_postgres
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_200_submissions_from_20_clients_two_workers(tiny_store: Store, tmp_path: Path, gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_200_submissions_from_20_clients_two_http_processes_two_workers(  # type: ignore[no-untyped-def]
+    tiny_store: Store, tmp_path: Path, gpt2_tokenizer
+) -> None:
     add_random_gpt2(
         tiny_store,
         "second",
@@ -45,7 +47,8 @@ def test_200_submissions_from_20_clients_two_workers(tiny_store: Store, tmp_path
         line="Line: the bridge crosses the wide river near the market.",
     )
     token = api.create_token(tiny_store, "load", "write")[1]
-    server, url = serve("--no-worker", log=tmp_path / "serve.log")
+    server, url = serve("--processes", "2", log=tmp_path / "serve.log")  # state only in the database
+    _wait(lambda: len(_children(server.pid)) == 2, 60, "two HTTP processes")
     # two workers on a 2-core machine: one core each (2x2 threads fighting made this 3x slower)
     workers = [
         start("worker", "--batch", "16", "--poll", "0.1", "--threads", "1", log=tmp_path / f"worker{i}.log")
@@ -79,7 +82,8 @@ def test_200_submissions_from_20_clients_two_workers(tiny_store: Store, tmp_path
     finally:
         for process in workers:
             stop(process)
-        stop(server)
+        http_processes = _children(server.pid)
+        assert stop(server) == 0 and not [p for p in http_processes if Path(f"/proc/{p}").exists()]
     for alias in ("tiny", "second"):
         log = api.list_log(tiny_store, alias, "all")
         assert len(log) == 100 and {e.status for e in log} == {"active"}  # none lost, none added
@@ -87,6 +91,13 @@ def test_200_submissions_from_20_clients_two_workers(tiny_store: Store, tmp_path
             range(1, 101)
         )  # distinct seq: each computed once
     assert sorted(e.id for a in ("tiny", "second") for e in api.list_log(tiny_store, a, "all")) == sorted(submitted)
+
+
+def _children(pid: int) -> list[int]:
+    """The serving processes PID started (uvicorn spawns them; not multiprocessing's tracker)."""
+    found = Path(f"/proc/{pid}/task/{pid}/children")
+    children = [int(c) for c in found.read_text().split()] if found.exists() else []
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
 def _pg_bin(name: str) -> str | None:

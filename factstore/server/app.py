@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,6 +15,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from factstore import api
+from factstore.errors import InvalidArgument
 from factstore.server import errors
 from factstore.server.deadlines import HEADER_SECONDS, header_deadline
 from factstore.server.routes import health, router
@@ -157,6 +160,16 @@ def create_app(settings: ServerSettings | None = None, service: Service | None =
     return app
 
 
+SETTINGS_VARIABLE = "FACTSTORE_SERVE_SETTINGS"  # how `serve --processes N` hands its settings to each process
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one of `serve --processes N`'s processes: the settings the parent put in the
+    environment (uvicorn starts each process afresh and builds the app by this factory)."""
+    raw = json.loads(os.environ[SETTINGS_VARIABLE])
+    return create_app(ServerSettings(**raw))
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -164,6 +177,7 @@ def serve(
     *,
     max_connections: int = 200,
     header_seconds: float = HEADER_SECONDS,
+    processes: int = 1,
     **uvicorn_options: Any,
 ) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles both; the in-process worker finishes its edit).
@@ -174,15 +188,28 @@ def serve(
     whose request headers are not whole HEADER_SECONDS after it opened (or after its last
     response) is closed, a request's headers may not pass 16 KiB (h11's bound) and its body must
     arrive within settings.body_seconds: slow clients cannot hold the server's connections for
-    long."""
+    long. PROCESSES > 1: that many processes share the socket, each with its own connections,
+    `ask` threads, rate limits and loaded heads (everything else is in the database) and no
+    worker (run `factstore worker` beside them)."""
     import uvicorn
 
     settings = settings or ServerSettings()
     served = replace(settings, allowed_hosts=allowed_hosts(host, settings.allowed_hosts))
-    options = {
-        "limit_concurrency": max_connections,
-        "timeout_keep_alive": 5,
-        "http": header_deadline(header_seconds),
-        **uvicorn_options,
-    }
-    uvicorn.run(create_app(served), host=host, port=port, log_level="info", **options)
+    options = {"limit_concurrency": max_connections, "timeout_keep_alive": 5, "log_level": "info", **uvicorn_options}
+    if processes == 1:
+        uvicorn.run(create_app(served), host=host, port=port, http=header_deadline(header_seconds), **options)
+        return
+    if served.worker:
+        raise InvalidArgument("serve --processes runs no worker in its processes; run `factstore worker` beside it")
+    if header_seconds != HEADER_SECONDS:
+        raise InvalidArgument("serve --processes keeps the default header deadline")
+    os.environ[SETTINGS_VARIABLE] = json.dumps(asdict(replace(served, worker=False)))
+    uvicorn.run(
+        f"{__name__}:app_from_environment",
+        factory=True,
+        workers=processes,
+        host=host,
+        port=port,
+        http="factstore.server.deadlines:HeaderDeadline",  # by name: each process imports it
+        **options,
+    )
