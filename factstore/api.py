@@ -22,6 +22,7 @@ from factstore.domain import (
     EditEntry,
     EditRequest,
     Job,
+    LogMatch,
     Release,
     StoredEdit,
     TracedFact,
@@ -70,6 +71,7 @@ __all__ = [
     "FactStoreError",
     "FluencySettings",
     "LifelongSettings",
+    "LogMatch",
     "PublishOptions",
     "PullOptions",
     "Reporter",
@@ -399,11 +401,17 @@ def list_edits(store: Store, alias: str, status: str = "active") -> list[StoredE
 
 
 def list_log(
-    store: Store, alias: str, status: str = "all", *, limit: int | None = None, offset: int = 0
+    store: Store, alias: str, match: LogMatch | str = "all", *, limit: int | None = None, offset: int = 0
 ) -> list[EditEntry]:
-    """A model's log as people look at it: STATUS one state, "current" (active edits and the
-    queue: pending, computing, failed) or "all"."""
-    return store.list_entries(store.get_base_model(alias).id, status, limit=limit, offset=offset)
+    """A model's log as people look at it: the rows MATCH selects (a bare status: one state,
+    "current" for active edits and the queue, or "all")."""
+    match = LogMatch(match) if isinstance(match, str) else match
+    return store.list_entries(store.get_base_model(alias).id, match, limit=limit, offset=offset)
+
+
+def count_log(store: Store, alias: str, match: LogMatch) -> int:
+    """How many rows of ALIAS's log MATCH selects (list_log pages them)."""
+    return store.count_matching(store.get_base_model(alias).id, match)
 
 
 def get_edit(store: Store, edit_id: int) -> StoredEdit:
@@ -786,6 +794,34 @@ def ask_head(head: EditSession, prompt: str, top: int = 5) -> dict:
     result = ask(head.model, head.tokenizer, prompt, top)
     result["edits_applied"] = len(head.applied)
     return result
+
+
+def compare_head(head: EditSession, prompt: str, answers: Sequence[str] = (), top: int = 5) -> dict:
+    """PROMPT on the head and on the base model, side by side: each one's top next tokens, greedy
+    continuation and probability of each of ANSWERS (a new and an old object: a paraphrase of an
+    edit should now prefer the new one, a neighbouring fact should answer as before)."""
+    from factstore.editing.models import check_prompt_size
+    from factstore.editing.session import ask
+    from factstore.rome.scoring import target_probs
+
+    if not 1 <= top <= 100:
+        raise InvalidEditRequest(f"top must be between 1 and 100, not {top}")
+    answers = list(dict.fromkeys(a.strip() for a in answers if a and a.strip()))[:4]
+    check_prompt_size(head.tokenizer, prompt)
+    head.sync()
+
+    def one() -> dict:
+        found = ask(head.model, head.tokenizer, prompt, top)
+        probs: list[float] = (
+            target_probs(head.model, head.tokenizer, [prompt] * len(answers), answers).tolist() if answers else []
+        )
+        found["answers"] = [{"answer": a, "prob": p} for a, p in zip(answers, probs, strict=True)]
+        return found
+
+    edited = one()
+    with head.base_weights():
+        base = one()
+    return {"prompt": prompt, "head": edited, "base": base, "edits_applied": len(head.applied)}
 
 
 def release_scores(release: Release) -> dict:

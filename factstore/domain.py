@@ -248,6 +248,16 @@ class EditEntry:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class LogMatch:
+    """Which rows of a model's log to list: a status (one of the edit states, "current" for
+    active edits and the queue, or "all"), part of the subject, the requester."""
+
+    status: str = "all"
+    subject: str | None = None  # any part of it, case-insensitively
+    requested_by: str | None = None
+
+
 @dataclass(frozen=True)
 class Job:
     """A compile, trace or publish asked for over HTTP and done by a worker."""

@@ -1,5 +1,6 @@
 """The web page in a real browser (Debian's chromium driven by Playwright) against `factstore serve`:
-submit a correction through the form, watch it go from pending to active, open its page."""
+submit a correction through the form, watch it go from pending to active, open its page, check
+it against the base model, filter the log, compile through the page and ask the head."""
 
 from __future__ import annotations
 
@@ -45,11 +46,30 @@ def test_submit_through_the_form_and_watch_it_compute(tiny_store: Store, tmp_pat
                 "active", timeout=120_000
             )  # pending -> computing -> active, live
             expect(page.locator("#p-new")).to_contain_text("→")
+            page.fill("#check-prompt", "Where is The Eiffel Tower? In the city of")
+            page.get_by_role("button", name="Check on the head and the base model").click()
+            expect(page.locator("#compare h3")).to_have_count(2)  # head and base side by side
+            expect(page.locator("#compare .answers").first).to_contain_text("Rome")
             page.get_by_role("link", name="← tiny").click()
             row = page.locator("#log tbody tr").first
             expect(row).to_contain_text("The Eiffel Tower")
             expect(row.locator(".status")).to_have_text("active")
             expect(row).to_contain_text("reviewer")
+            page.fill("#q", "nothing like it")
+            page.get_by_role("button", name="Filter").click()
+            expect(page.locator("#log-count")).to_have_text("no edit matches")
+            page.fill("#q", "eiffel")
+            page.get_by_role("button", name="Filter").click()
+            expect(page.locator("#log tbody tr")).to_have_count(1)
+            page.fill("#compile-token", token)
+            page.get_by_role("button", name="Compile the current log").click()
+            job = page.locator("#job-list tbody tr").first
+            expect(job).to_contain_text("compile")
+            expect(job.locator(".status")).to_have_text("done", timeout=120_000)  # the page follows the job
+            expect(page.locator("#releases")).to_contain_text("v1")
+            page.fill("#ask-prompt", "The Eiffel Tower is located in the city of")
+            page.get_by_role("button", name="Ask the head and the base model").click()
+            expect(page.locator("#compare h3").first).to_contain_text("head (1 edits)")
             shots = Path(os.environ.get("FACTSTORE_SCREENSHOTS", tmp_path))
             shots.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shots / "web-log.png"), full_page=True)

@@ -23,6 +23,7 @@ from factstore.server.schemas import (
     ErrorOut,
     HealthOut,
     JobOut,
+    LogQuery,
     ModelOut,
     PublishIn,
     ReleaseOut,
@@ -114,11 +115,14 @@ def list_edits(
     alias: AliasPath,
     svc: Svc,
     _who: Reader,
-    status: Annotated[str, Query(pattern="^(" + "|".join((*api.EDIT_STATUSES, "current", "all")) + ")$")] = "all",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    response: Response,
+    q: Annotated[LogQuery, Query()],
 ) -> list[dict]:
-    return [e.to_json() for e in api.list_log(svc.store, alias, status, limit=limit, offset=offset)]
+    """A page of the log (computed edits in seq order, then requests), optionally only one status,
+    subjects containing SUBJECT (case-insensitive) and one requester; X-Total-Count counts them all."""
+    match = api.LogMatch(q.status, q.subject or None, q.requested_by or None)
+    response.headers["X-Total-Count"] = str(api.count_log(svc.store, alias, match))
+    return [e.to_json() for e in api.list_log(svc.store, alias, match, limit=q.limit, offset=q.offset)]
 
 
 @router.get("/edits/{edit_id}", response_model=EditOut)
@@ -149,13 +153,13 @@ async def ask(alias: AliasPath, body: AskIn, svc: Svc, who: Reader, request: Req
     client = f"token {who.name}" if who is not None else f"address {request.client.host if request.client else '?'}"
     svc.ask_gate.admit(client)
     try:
-        limiter = _ask_limiter(request.app, svc.ask_threads)
+        limiter = ask_limiter(request.app, svc.ask_threads)
         return await anyio.to_thread.run_sync(svc.ask, alias, body.prompt, body.top, limiter=limiter)
     finally:
         svc.ask_gate.release(client)
 
 
-def _ask_limiter(app: Any, threads: int) -> anyio.CapacityLimiter:
+def ask_limiter(app: Any, threads: int) -> anyio.CapacityLimiter:
     """The ask threads' limiter, made on the event loop the first time (anyio binds it there)."""
     limiter = getattr(app.state, "ask_limiter", None)
     if limiter is None:

@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from factstore.api import EDIT_STATUSES
+
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refused here, not as a database error
 Prompt = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=NO_NUL)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=NO_NUL)]
@@ -43,6 +45,19 @@ class PublishIn(_Strict):
     private: bool = False
     with_stats: bool = False
     allow_degraded: bool = False
+
+
+LOG_STATUSES = (*EDIT_STATUSES, "current", "all")
+
+
+class LogQuery(BaseModel):
+    """The query of a page of a model's log (GET .../edits)."""
+
+    status: Annotated[str, Field(pattern="^(" + "|".join(LOG_STATUSES) + ")$")] = "all"
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    offset: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    subject: Annotated[str, StringConstraints(max_length=1024)] | None = None  # any part, any case
+    requested_by: Annotated[str, StringConstraints(max_length=200)] | None = None
 
 
 class StatsIn(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import TYPE_CHECKING
@@ -105,6 +106,13 @@ class Service:
 
     def ask(self, alias: str, prompt: str, top: int) -> dict:
         """Top tokens and continuation on the head model, kept warm and synced with the log."""
+        return self._on_head(alias, lambda head: api.ask_head(head, prompt, top))
+
+    def compare(self, alias: str, prompt: str, answers: Sequence[str] = ()) -> dict:
+        """PROMPT on the head and the base model side by side (api.compare_head)."""
+        return self._on_head(alias, lambda head: api.compare_head(head, prompt, answers))
+
+    def _on_head(self, alias: str, use: Callable[[EditSession], dict]) -> dict:
         self.checks(alias)  # an unknown model is refused before any weights are loaded
         with self._lock:
             lock = self._head_locks.setdefault(alias, threading.Lock())
@@ -115,7 +123,7 @@ class Service:
                 head = api.open_head(self.store, alias, device=self.settings.device)
                 with self._lock:
                     self._heads.put(alias, head)  # past ask_heads, the least recently asked is let go
-            return api.ask_head(head, prompt, top)
+            return use(head)
 
     def warm_heads(self) -> list[str]:
         """Aliases whose head is loaded, least recently asked first."""

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Form, Request
+import anyio
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field, StringConstraints
 
-from factstore import api
+from factstore import api, config
+from factstore.domain import ApiTokenInfo
 from factstore.errors import FactStoreError
 from factstore.server.errors import STATUS
-from factstore.server.routes import AliasPath, IdPath, Reader, Svc
+from factstore.server.routes import AliasPath, IdPath, Reader, Svc, ask_limiter
+from factstore.server.schemas import LOG_STATUSES
 from factstore.server.service import Service
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -33,34 +38,72 @@ def index(request: Request, svc: Svc, _who: Reader) -> Response:
 
 
 PAGE_RELEASES = 50  # releases a model's page lists (each parses its manifest's scores)
+PAGE_EDITS = 50  # rows of the fact log per page
+PAGE_JOBS = 20  # the newest jobs a model's page lists
+
+
+class LogView(BaseModel):
+    """The fact log's search, filters and page, from the model page's query string."""
+
+    q: Annotated[str, StringConstraints(max_length=1024)] = ""  # part of the subject
+    status: Annotated[str, Field(pattern="^(" + "|".join(LOG_STATUSES) + ")$")] = "all"
+    who: Annotated[str, StringConstraints(max_length=200)] = ""  # the requester
+    page: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+
+    def match(self) -> api.LogMatch:
+        return api.LogMatch(self.status, self.q or None, self.who or None)
+
+    def link(self, page: int) -> str:
+        """The query string of another page of the same view."""
+        return urlencode({**self.model_dump(exclude_defaults=True), "page": page})
 
 
 def _model_page(
-    request: Request, svc: Service, alias: str, error: str | None = None, form: dict | None = None, status: int = 200
+    request: Request,
+    svc: Service,
+    alias: str,
+    view: LogView | None = None,
+    error: str | None = None,
+    form: dict | None = None,
+    status: int = 200,
 ) -> Response:
+    view = view or LogView()
     model = svc.model_json(svc.store.get_base_model(alias))
-    edits = [e.to_json() for e in api.list_log(svc.store, alias, limit=1000)]
+    matching = api.count_log(svc.store, alias, view.match())
+    start = (view.page - 1) * PAGE_EDITS
+    edits = [e.to_json() for e in api.list_log(svc.store, alias, view.match(), limit=PAGE_EDITS, offset=start)]
     total = api.count_releases(svc.store, alias)  # the newest PAGE_RELEASES, newest first; the API pages the rest
     newest = api.list_releases(svc.store, alias, limit=PAGE_RELEASES, offset=max(0, total - PAGE_RELEASES))
     releases = [svc.release_json(r) for r in reversed(newest)]
-    busy = any(e["status"] in ("pending", "computing") for e in edits)
-    capacity = api.model_capacity(svc.store, alias).to_json()
+    jobs = [j.to_json() for j in api.list_jobs(svc.store, alias)[:PAGE_JOBS]]
+    counts = model["edits"]
     context = {
         "model": model,
         "edits": edits,
+        "view": view,
+        "matching": matching,
+        "first": start + 1,
+        "page_size": PAGE_EDITS,
+        "pages": max(1, -(-matching // PAGE_EDITS)),
+        "statuses": LOG_STATUSES,
         "releases": releases,
         "releases_total": total,
-        "capacity": capacity,
+        "jobs": jobs,
+        "jobs_busy": any(j["status"] in ("pending", "running", "cancelling") for j in jobs),
+        "modes": api.MODES,
+        "capacity": api.model_capacity(svc.store, alias).to_json(),
         "error": error,
         "form": form or {},
-        "busy": busy,
+        "busy": bool(counts.get("pending") or counts.get("computing")),
     }
     return templates.TemplateResponse(request, "model.html", context, status_code=status)
 
 
 @pages.get("/models/{alias}", response_class=HTMLResponse)
-def model_page(request: Request, alias: AliasPath, svc: Svc, _who: Reader) -> Response:
-    return _model_page(request, svc, alias)
+def model_page(
+    request: Request, alias: AliasPath, svc: Svc, _who: Reader, view: Annotated[LogView, Query()]
+) -> Response:
+    return _model_page(request, svc, alias, view)
 
 
 @pages.post("/models/{alias}/edits", response_class=HTMLResponse)
@@ -88,14 +131,130 @@ def submit_form(
     return RedirectResponse(f"/edits/{entry.id}", status_code=303)
 
 
-@pages.get("/edits/{edit_id}", response_class=HTMLResponse)
-def edit_page(request: Request, edit_id: IdPath, svc: Svc, _who: Reader) -> Response:
+@pages.post("/models/{alias}/compile", response_class=HTMLResponse)
+def compile_form(
+    request: Request,
+    alias: AliasPath,
+    svc: Svc,
+    _who: Reader,
+    token: Annotated[str, Form(max_length=200)],
+    mode: Annotated[str, Form(max_length=20)] = "",
+) -> Response:
+    """Queue a compile of the current log (a job, listed on the page) for a write token."""
+    try:
+        who = svc.writer(token)
+        limit = config.settings().max_pending_jobs
+        api.submit_job(svc.store, alias, "compile", {"mode": mode or None}, requested_by=who.name, max_pending=limit)
+    except FactStoreError as exc:
+        if _status(exc) == 404:
+            raise
+        return _model_page(request, svc, alias, error=" ".join(str(exc).split()), status=_status(exc))
+    return RedirectResponse(f"/models/{alias}#jobs", status_code=303)
+
+
+@pages.post("/models/{alias}/releases/{version}/publish", response_class=HTMLResponse)
+def publish_form(
+    request: Request,
+    alias: AliasPath,
+    version: IdPath,
+    svc: Svc,
+    _who: Reader,
+    token: Annotated[str, Form(max_length=200)],
+    repo: Annotated[str, Form(max_length=200)],
+) -> Response:
+    """Queue publishing release VERSION to REPO, for a worker with Hub credentials of its own."""
+    try:
+        who = svc.writer(token)
+        limit = config.settings().max_pending_jobs
+        options = api.PublishOptions(version=version)
+        api.queue_publish(svc.store, alias, repo.strip(), options, requested_by=who.name, max_pending=limit)
+    except FactStoreError as exc:
+        if _status(exc) == 404:
+            raise
+        return _model_page(request, svc, alias, error=" ".join(str(exc).split()), status=_status(exc))
+    return RedirectResponse(f"/models/{alias}#jobs", status_code=303)
+
+
+@pages.get("/models/{alias}/ask", response_class=HTMLResponse)
+async def ask_page(
+    request: Request,
+    alias: AliasPath,
+    svc: Svc,
+    who: Reader,
+    prompt: Annotated[str, Query(max_length=4096)] = "",
+    answers: Annotated[str, Query(max_length=1024)] = "",
+) -> Response:
+    """The head and the base model's answers to a prompt side by side (the ask threads and
+    limits of POST .../ask); ANSWERS: comma-separated objects whose probabilities to show."""
+    model = svc.model_json(svc.store.get_base_model(alias))
+    context: dict = {"model": model, "prompt": prompt, "answers": answers, "result": None, "error": None}
+    if prompt.strip():
+        try:
+            context["result"] = await _compare(request, svc, who, alias, prompt, answers.split(","))
+        except FactStoreError as exc:
+            if _status(exc) in (404, 429, 503):
+                raise
+            context["error"] = " ".join(str(exc).split())
+    return templates.TemplateResponse(request, "ask.html", context)
+
+
+async def _compare(
+    request: Request, svc: Service, who: ApiTokenInfo | None, alias: str, prompt: str, answers: list[str]
+) -> dict:
+    client = f"token {who.name}" if who is not None else f"address {request.client.host if request.client else '?'}"
+    svc.ask_gate.admit(client)
+    try:
+        limiter = ask_limiter(request.app, svc.ask_threads)
+        return await anyio.to_thread.run_sync(svc.compare, alias, prompt, answers, limiter=limiter)
+    finally:
+        svc.ask_gate.release(client)
+
+
+def _edit_page(
+    request: Request, svc: Service, edit_id: int, extra: dict | None = None, status: int = 200
+) -> Response:
     entry = api.get_entry(svc.store, edit_id)
     traces = [j for j in api.list_jobs(svc.store, entry.model, "trace") if j.params.get("edit_id") == edit_id]
     pending = [j.id for j in traces if j.status in ("pending", "running")]
-    return templates.TemplateResponse(
-        request, "edit.html", {"e": entry.to_json(), "traces": traces, "pending_traces": pending}
-    )
+    context = {"e": entry.to_json(), "traces": traces, "pending_traces": pending, "check": None, "error": None}
+    return templates.TemplateResponse(request, "edit.html", {**context, **(extra or {})}, status_code=status)
+
+
+@pages.get("/edits/{edit_id}", response_class=HTMLResponse)
+def edit_page(request: Request, edit_id: IdPath, svc: Svc, _who: Reader) -> Response:
+    return _edit_page(request, svc, edit_id)
+
+
+@pages.get("/edits/{edit_id}/check", response_class=HTMLResponse)
+async def check_page(
+    request: Request, edit_id: IdPath, svc: Svc, who: Reader, prompt: Annotated[str, Query(max_length=4096)] = ""
+) -> Response:
+    """A paraphrase or a neighbouring fact checked on the head against the base model: the
+    probabilities of the edit's new and old object, and each model's own answer."""
+    entry = api.get_entry(svc.store, edit_id)
+    text = prompt.strip() or entry.prompt.replace("{}", entry.subject)
+    answers = [entry.target_new, *([entry.target_true] if entry.target_true else [])]
+    try:
+        found = await _compare(request, svc, who, entry.model, text, answers)
+    except FactStoreError as exc:
+        if _status(exc) in (404, 429, 503):
+            raise
+        return _edit_page(request, svc, edit_id, {"error": " ".join(str(exc).split()), "asked": text}, _status(exc))
+    return _edit_page(request, svc, edit_id, {"check": found, "asked": text})
+
+
+@pages.post("/edits/{edit_id}/retract", response_class=HTMLResponse)
+def retract_form(
+    request: Request, edit_id: IdPath, svc: Svc, _who: Reader, token: Annotated[str, Form(max_length=200)]
+) -> Response:
+    """Retract an active edit: its requester's write token, or an admin token for anyone's."""
+    try:
+        api.retract_edit(svc.store, edit_id, svc.writer(token))
+    except FactStoreError as exc:
+        if _status(exc) == 404:
+            raise
+        return _edit_page(request, svc, edit_id, {"error": " ".join(str(exc).split())}, _status(exc))
+    return RedirectResponse(f"/edits/{edit_id}", status_code=303)
 
 
 @pages.post("/edits/{edit_id}/trace")

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from factstore.config import lease_seconds
-from factstore.domain import EditEntry, EditRequest, Job, NewEdit, StoredEdit, request_sha256
+from factstore.domain import EditEntry, EditRequest, Job, LogMatch, NewEdit, StoredEdit, request_sha256
 from factstore.errors import EditStateError, HeadChanged, LeaseLost, TooManyRequests, UnknownEdit, UnknownJob, shown
 from factstore.storage import convert
 from factstore.storage.base import StoreBase, refused
@@ -186,25 +186,21 @@ class QueueVerbs(StoreBase):
             return self._entry(s, row)
 
     def list_entries(
-        self, base_id: int, status: str = "all", *, limit: int | None = None, offset: int = 0
+        self, base_id: int, match: LogMatch = LogMatch(), *, limit: int | None = None, offset: int = 0
     ) -> list[EditEntry]:
-        """A model's log: computed edits in seq order, then requests in arrival order. STATUS is one
-        of EDIT_STATUSES, "current" (active edits and the queue: pending, computing, failed) or "all"."""
-        if status not in (*EDIT_STATUSES, "current", "all"):
-            raise EditStateError(
-                f"unknown status {shown(status)}; use one of {', '.join(EDIT_STATUSES)}, current or all"
-            )
-        query = select(EditRow).where(EditRow.base_model_id == base_id)
-        if status == "current":
-            query = query.where(EditRow.status.in_(CURRENT_STATUSES))
-        elif status != "all":
-            query = query.where(EditRow.status == status)
-        query = query.order_by(EditRow.seq.is_(None), EditRow.seq, EditRow.id).offset(offset)
+        """A model's log: computed edits in seq order, then requests in arrival order; those MATCH
+        selects."""
+        query = _log_query(base_id, match).order_by(EditRow.seq.is_(None), EditRow.seq, EditRow.id).offset(offset)
         if limit is not None:
             query = query.limit(limit)
         with self._tx(write=False) as s:
             alias = s.scalar(select(BaseModelRow.alias).where(BaseModelRow.id == base_id)) or "?"
             return [convert.entry(r, alias) for r in s.scalars(query)]
+
+    def count_matching(self, base_id: int, match: LogMatch) -> int:
+        """How many rows list_entries would give without a limit."""
+        with self._tx(write=False) as s:
+            return int(s.scalar(select(func.count()).select_from(_log_query(base_id, match).subquery())) or 0)
 
     def count_entries(self, base_id: int) -> dict[str, int]:
         with self._tx(write=False) as s:
@@ -642,6 +638,27 @@ def _live_worker_kinds(s: Session) -> list[tuple[list[str], list[str] | None]]:
     """(models served, job kinds run) of every live worker."""
     query = select(WorkerRow.models, WorkerRow.kinds).where(WorkerRow.id.in_(_live_workers(3 * lease_seconds())))
     return [(models, kinds) for models, kinds in s.execute(query).all()]
+
+
+def _log_query(base_id: int, match: LogMatch) -> Select:
+    """The rows of a model's log that MATCH selects. STATUS is one of EDIT_STATUSES, "current"
+    (active edits and the queue: pending, computing, failed) or "all"; SUBJECT matches any part
+    of the subject, case-insensitively (its % and _ are plain characters)."""
+    if match.status not in (*EDIT_STATUSES, "current", "all"):
+        raise EditStateError(
+            f"unknown status {shown(match.status)}; use one of {', '.join(EDIT_STATUSES)}, current or all"
+        )
+    query = select(EditRow).where(EditRow.base_model_id == base_id)
+    if match.status == "current":
+        query = query.where(EditRow.status.in_(CURRENT_STATUSES))
+    elif match.status != "all":
+        query = query.where(EditRow.status == match.status)
+    if match.subject:
+        plain = match.subject.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(func.lower(EditRow.subject).like(f"%{plain.lower()}%", escape="\\"))
+    if match.requested_by is not None:
+        query = query.where(EditRow.requested_by == match.requested_by)
+    return query
 
 
 def _merges_waiting(s: Session, kinds: Sequence[str]) -> list[int]:
