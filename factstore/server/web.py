@@ -210,9 +210,7 @@ async def _compare(
         svc.ask_gate.release(client)
 
 
-def _edit_page(
-    request: Request, svc: Service, edit_id: int, extra: dict | None = None, status: int = 200
-) -> Response:
+def _edit_page(request: Request, svc: Service, edit_id: int, extra: dict | None = None, status: int = 200) -> Response:
     entry = api.get_entry(svc.store, edit_id)
     traces = [j for j in api.list_jobs(svc.store, entry.model, "trace") if j.params.get("edit_id") == edit_id]
     pending = [j.id for j in traces if j.status in ("pending", "running")]
