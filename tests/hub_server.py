@@ -16,6 +16,7 @@ import io
 import itertools
 import json
 import re
+import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -415,10 +416,22 @@ ROUTES = [
 class HubServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, tokens: dict[str, str], lfs: bool = True) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
+    def __init__(
+        self,
+        tokens: dict[str, str],
+        lfs: bool = True,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
+        """TLS: (certificate file, key file) to serve https (a token goes only to https off this host)."""
+        super().__init__((host, port), Handler)
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.socket = context.wrap_socket(self.socket, server_side=True)
         self.state = HubState(tokens, lfs)
-        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.server_address[1]}"
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     def __enter__(self) -> HubServer:
@@ -428,3 +441,25 @@ class HubServer(ThreadingHTTPServer):
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
         self.server_close()
+
+
+def main() -> None:
+    """Serve until killed, on a host of its own (tests/test_hosts.py): prints the URL once listening."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cert", required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--token", action="append", default=[], help="TOKEN=USER (repeatable)")
+    args = parser.parse_args()
+    tokens = dict(t.split("=", 1) for t in args.token)
+    server = HubServer(tokens, host=args.host, port=args.port, tls=(args.cert, args.key))
+    print(server.url, flush=True, file=sys.stdout)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
