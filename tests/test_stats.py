@@ -159,3 +159,56 @@ def test_a_pulled_c_of_another_corpus_never_displaces_the_stores_own(tiny_store,
         tiny_store, "tiny", api.EditRequest("{} is located in the city of", "Big Ben", "Oslo"), device="cpu"
     )
     assert tiny_store.get_edit(outcome.edit.id).covariance_id == own.id
+
+
+def _record_shipped(store, base_id: int, spec: stats.StatsSpec, source: Path, corpus_name: str):  # type: ignore[no-untyped-def]
+    """Record SOURCE as a C pulled from elsewhere for SPEC (copied into the cache's shipped/ folder)."""
+    from factstore.domain import Covariance
+    from factstore.files import file_sha256
+
+    dim = stats.load_matrix(source).shape[0]
+    found = stats.install_shipped(source, file_sha256(source), spec, dim)
+    record = Covariance(
+        0,
+        spec.layer,
+        spec.module,
+        corpus_name,
+        spec.corpus_sha256,
+        found.tokens,
+        spec.dtype,
+        str(found.path),
+        found.sha256,
+    )
+    return store.create_covariance(base_id, spec.key(), record=record)
+
+
+def test_a_pulled_c_is_taken_by_its_spec_never_for_being_newest(
+    tiny_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 23, item 2, for a layer the store has no C of its own on: a pulled C whose spec is
+    the one the store's own text gives is taken; a crafted one of another corpus, recorded after
+    it (the newest C of the layer), is not."""
+    from safetensors.torch import save_file
+
+    from factstore.editing.session import EditSession
+
+    session = EditSession(tiny_store, "tiny", device="cpu")
+    own = tiny_store.get_covariance(1)
+    layer = next(x for x in range(3) if x != own.layer)
+    wanted = stats.spec_like(own, session.base.identity, session.model, layer)
+    monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "elsewhere"))  # computed on another machine
+    text = corpus.load_corpus(own.corpus)
+    theirs = stats.compute(session.model, session.tokenizer, wanted, text)
+    monkeypatch.undo()
+    legit = _record_shipped(tiny_store, session.base.id, wanted, theirs.path, own.corpus)
+
+    dim = stats.load_matrix(theirs.path).shape[0]
+    crafted_spec = stats.StatsSpec(session.base.identity, layer, wanted.module, "e" * 64, 5000, wanted.dtype)
+    crafted = tmp_path / "crafted.safetensors"
+    meta = {**{k: str(v) for k, v in crafted_spec.__dict__.items()}, "tokens": "5000"}
+    save_file({"C": (torch.eye(dim) * 1e-3).to(getattr(torch, wanted.dtype))}, str(crafted), metadata=meta)
+    eve = _record_shipped(tiny_store, session.base.id, crafted_spec, crafted, "eve-corpus")
+    assert eve.id > legit.id  # the newest C of the layer
+
+    fresh = EditSession(tiny_store, "tiny", device="cpu")
+    assert fresh.covariance(layer, fresh.hparams(layer)).id == legit.id

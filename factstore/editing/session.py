@@ -250,19 +250,27 @@ class EditSession:
         return self.covariances([layer], hp)[0]
 
     def covariances(self, layers: list[int], hp: ROMEHyperParams) -> list[Covariance]:
-        """C records for LAYERS: without a corpus or size asked for, the store's own C of each
-        layer (the newest computed on this machine: `stats compute` with any corpus); where it has
-        none, one pulled or shipped from elsewhere (`stats pull`, a release), which therefore never
-        displaces the store's own however new it is; else the C of the default spec. The missing
-        ones are computed together, in one pass over the corpus."""
+        """C records for LAYERS, by spec, never by recency alone. With a corpus or size asked for,
+        that spec's C. Otherwise, per layer: the store's own C of the layer (the newest computed
+        here: `stats compute` with any corpus steers); else the C the log's newest edit of the
+        layer used (an imported lineage keeps its statistics); else a C recorded (computed or
+        pulled) for the spec of the store's own text (its newest own C of any layer), else the C
+        of the default spec. A C pulled or shipped from elsewhere is taken only as the log's or where its spec is
+        the one asked for: it never displaces the store's own, nor steers a store that has none.
+        The missing ones are computed together, in one pass over the corpus."""
         found: dict[int, Covariance] = {}
         if self.corpus_name is None and self.stats_tokens is None:
-            recorded = [c for c in self.store.list_covariances(self.base.id) if c.layer in layers]
-            pulled = [c for c in recorded if stats.is_shipped(c.path)]
-            own = [c for c in recorded if not stats.is_shipped(c.path)]
-            for cov in pulled + own:  # oldest first in each: the newest wins, and any own C over any pulled one
-                if (path := stats.local_file(cov)) is not None:  # another host's C: fetched from the share
+            recorded = self.store.list_covariances(self.base.id)
+            own = [c for c in recorded if not stats.is_shipped(c.path)]  # oldest first: the newest wins
+            logged = [self.store.get_covariance(e.covariance_id) for e in self.applied if e.covariance_id is not None]
+            for cov in [*logged, *(c for c in own if c.layer in layers)]:
+                if cov.layer in layers and (path := stats.local_file(cov)) is not None:  # another host's: the share
                     found[cov.layer] = replace(cov, path=str(path))
+            for layer in [layer for layer in layers if layer not in found and own]:
+                like = stats.spec_like(own[-1], self.base.identity, self.model, layer)  # the store's own text and size
+                known = self.store.get_covariance_by_key(like.key())
+                if known is not None and (path := stats.local_file(known)) is not None:
+                    found[layer] = replace(known, path=str(path))
         missing = [layer for layer in layers if layer not in found]
         if missing:
             corpus = self.stats_corpus()
