@@ -8,7 +8,6 @@ imported inside the functions that use them.
 from __future__ import annotations
 
 import getpass
-import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -278,38 +277,32 @@ def queue_stats(
     max_pending: int | None = None,
 ) -> tuple[Job, bool]:
     """Queue C of options.layers (or options.layer) as JOBS shard jobs that any worker with the
-    statistics share takes, and one merge job that runs once they are done; workers then fetch
-    the merged C from the share instead of computing it. Returns (the merge job, created): its
-    params name the shard jobs. IDEMPOTENCY: the merge's key (each shard's is derived from it)."""
+    statistics share takes, and one merge job that runs once they have ended, all in one
+    transaction (MAX_PENDING counts all of them); workers then fetch the merged C from the share
+    instead of computing it. Returns (the merge job, created): its params name the shard jobs."""
+    from factstore.worker.jobs import check_params
     from factstore.worker.stats_jobs import MERGE, SHARD, check_layers, job_params
 
     if options.layer is not None and not isinstance(options.layer, int):
         raise InvalidArgument("statistics jobs take layer numbers")
     params = job_params(options, jobs)
-    check_layers(store.get_base_model(alias), params[0]["layers"])
-    derived = (lambda i: hashlib.sha256(f"{idempotency}/shard-{i}".encode()).hexdigest()) if idempotency else None
-    shard_jobs = [
-        submit_job(
-            store,
-            alias,
-            SHARD,
-            p,
-            requested_by=requested_by or _user(),
-            idempotency=derived(i) if derived else None,
-            max_pending=max_pending,
-        )[0]
-        for i, p in enumerate(params)
-    ]
-    merge = {**{k: v for k, v in params[0].items() if k != "shard"}, "after": [j.id for j in shard_jobs]}
-    return submit_job(
-        store,
-        alias,
-        MERGE,
-        merge,
+    base = store.get_base_model(alias)
+    check_layers(base, params[0]["layers"])
+    merge = {k: v for k, v in params[0].items() if k != "shard"}
+    check_params(MERGE, {**merge, "after": list(range(jobs))})  # as a worker will check it
+    job, created = store.create_job_group(
+        base.id,
+        [(SHARD, check_params(SHARD, p)) for p in params],
+        (MERGE, merge),
         requested_by=requested_by or _user(),
         idempotency=idempotency,
         max_pending=max_pending,
     )
+    if not created and (job.kind, job.model, {k: job.params.get(k) for k in merge}) != (MERGE, alias, merge):
+        from factstore.editing.requests import REUSED_KEY
+
+        raise InvalidEditRequest(REUSED_KEY)
+    return job, created
 
 
 def push_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = None, private: bool = False) -> dict:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from factstore import api
-from factstore.errors import InvalidEditRequest
+from factstore.errors import InvalidEditRequest, TooManyRequests
 from factstore.progress import SILENT
 from factstore.storage.store import Store
 from factstore.weights import checkpoints, stats
@@ -55,12 +55,14 @@ def test_shard_jobs_merge_into_the_single_pass_and_other_hosts_fetch_the_result(
         _on_host(monkeypatch, tmp_path, f"host{i}")
         done = jobs.run(tiny_store, job, f"w{i}", "cpu")
         assert done is not None and done.status == "done", done and done.error
-    handed = sorted((tmp_path / "share" / "factstore-stats").glob("*.shard-*"))
-    assert len(handed) == 2
-    # shard 0 computed again elsewhere (a worker that lost its job): the merge uses the recorded one
-    stray = f"{handed[0].name.split('.')[0]}.shard-0-of-2.{'0' * 16}.safetensors"
-    (handed[0].parent / stray).write_bytes(handed[1].read_bytes())  # other sums under shard 0's name
+    assert len(list((tmp_path / "share" / "factstore-stats").glob("*.shard-*"))) == 4  # a file per layer and shard
 
+    # layer 0's C computed by a single pass meanwhile (and recorded): the merge keeps it, never overwrites it
+    _on_host(monkeypatch, tmp_path, "single")
+    first = api.compute_stats(
+        tiny_store, "tiny", api.StatsOptions(layers=(0,), corpus=shared, tokens=1500), device="cpu"
+    )
+    single_0 = first["layers"][0]
     merger = tiny_store.claim_job("w2", None, 60.0, kinds=STATS_KINDS)
     assert merger is not None and merger.id == merge.id
     _on_host(monkeypatch, tmp_path, "host2")
@@ -68,6 +70,8 @@ def test_shard_jobs_merge_into_the_single_pass_and_other_hosts_fetch_the_result(
     assert merged is not None and merged.status == "done" and merged.result is not None, merged and merged.error
     rows = merged.result["layers"]
     assert [r["layer"] for r in rows] == [0, 1]
+    assert (rows[0]["id"], rows[0]["sha256"]) == (single_0["id"], single_0["sha256"])
+    assert stats.file_sha256(Path(single_0["path"])) == single_0["sha256"]  # its file untouched
 
     # the single pass of the same layers on a machine of its own
     _on_host(monkeypatch, tmp_path, "single")
@@ -80,8 +84,9 @@ def test_shard_jobs_merge_into_the_single_pass_and_other_hosts_fetch_the_result(
         assert torch.allclose(stats.load_matrix(one.path, one.sha256), together, rtol=1e-6, atol=0)
     assert sum(done.result["tokens"] for done in map(tiny_store.get_job, merge.params["after"])) == single[0].tokens
 
-    # a worker on a fourth host, the merging host gone: C comes from the share, nothing computed
+    # a worker on a fourth host, the merging and single-pass hosts gone: C comes from the share, nothing computed
     shutil.rmtree(tmp_path / "host2")
+    shutil.rmtree(tmp_path / "single")
     fourth = _on_host(monkeypatch, tmp_path, "host3")
     monkeypatch.setattr(stats, "compute_many", lambda *a, **k: pytest.fail("computed instead of fetched"))
     from factstore.editing.session import EditSession
@@ -103,6 +108,10 @@ def test_a_failed_shard_fails_its_merge_and_bad_requests_are_refused(
         api.queue_stats(tiny_store, "tiny", api.StatsOptions(layers=(0,), corpus=shared), 0)
     assert tiny_store.list_jobs(tiny_store.get_base_model("tiny").id) == []  # nothing half-queued
 
+    with pytest.raises(TooManyRequests, match="2 jobs of this requester"):  # 2 shards and a merge: 3
+        api.queue_stats(tiny_store, "tiny", api.StatsOptions(layers=(0,), corpus=shared), 2, max_pending=2)
+    assert tiny_store.list_jobs(tiny_store.get_base_model("tiny").id) == []  # nothing half-queued
+
     merge, _ = api.queue_stats(tiny_store, "tiny", api.StatsOptions(layers=(0,), corpus=shared, tokens=800), 2)
     for worker in ("w0", "w1"):
         tiny_store.register_worker(worker, [], STATS_KINDS)
@@ -118,6 +127,20 @@ def test_a_failed_shard_fails_its_merge_and_bad_requests_are_refused(
     failed = jobs.run(tiny_store, merger, "w1", "cpu")
     assert failed is not None and failed.status == "failed"
     assert failed.error == f"shard job {first.id} is failed: the host ran out of disk"
+
+    # the share holds other bytes under a recorded shard's name: the merge refuses them
+    merge, _ = api.queue_stats(tiny_store, "tiny", api.StatsOptions(layers=(1,), corpus=shared, tokens=800), 1)
+    shard = tiny_store.claim_job("w1", None, 60.0, kinds=STATS_KINDS)
+    assert shard is not None
+    handed = jobs.run(tiny_store, shard, "w1", "cpu")  # (not `done`: pytest's rewrite of the walrus above keeps it)
+    assert handed is not None and handed.result is not None
+    recorded = handed.result["files"][0]["name"]
+    (tmp_path / "share" / "factstore-stats" / recorded).write_bytes(b"not the sums")
+    merger = tiny_store.claim_job("w1", None, 60.0, kinds=STATS_KINDS)
+    _on_host(monkeypatch, tmp_path, "host2")
+    assert merger is not None
+    refused = jobs.run(tiny_store, merger, "w1", "cpu")
+    assert refused is not None and refused.status == "failed" and "does not hold shard job" in str(refused.error)
 
 
 def test_statistics_jobs_over_http_wait_for_a_worker_with_a_share(tiny_store: Store, shared: str) -> None:

@@ -51,8 +51,10 @@ def test_the_fact_log_is_searched_filtered_and_paged(
     assert _rows(second) == ["Tower 4", "Tower 5", "The 100% Bridge"] and "page 2 of 2" in second
     alice = client.get("/models/tiny", params={"q": "tower", "who": "alice", "status": "pending"}).text
     assert _rows(alice) == ["Tower 0", "Tower 2", "Tower 4"] and "1–3 of 3" in alice
-    assert _rows(client.get("/models/tiny", params={"q": "100%"}).text) == ["The 100% Bridge"]  # % is a character
+    assert _rows(client.get("/models/tiny", params={"q": "%"}).text) == ["The 100% Bridge"]  # % is a character
     assert _rows(client.get("/models/tiny", params={"q": "1_0"}).text) == []  # and so is _
+    assert _rows(client.get("/models/tiny", params={"q": "TOWER 5"}).text) == ["Tower 5"]  # any case
+    assert client.get("/models/tiny", params={"q": "a\x00b"}).status_code == 422
     assert "no edit matches" in client.get("/models/tiny", params={"status": "active"}).text
     assert client.get("/models/tiny", params={"status": "everything"}).status_code == 422
 

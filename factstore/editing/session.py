@@ -260,12 +260,18 @@ class EditSession:
         The missing ones are computed together, in one pass over the corpus."""
         found: dict[int, Covariance] = {}
         if self.corpus_name is None and self.stats_tokens is None:
-            recorded = self.store.list_covariances(self.base.id)
-            own = [c for c in recorded if not stats.is_shipped(c.path)]  # oldest first: the newest wins
-            logged = [self.store.get_covariance(e.covariance_id) for e in self.applied if e.covariance_id is not None]
-            for cov in [*logged, *(c for c in own if c.layer in layers)]:
-                if cov.layer in layers and (path := stats.local_file(cov)) is not None:  # another host's: the share
-                    found[cov.layer] = replace(cov, path=str(path))
+            own = [c for c in self.store.list_covariances(self.base.id) if not stats.is_shipped(c.path)]
+            logged: dict[int, int] = {}  # layer -> C id of the log's newest edit on it
+            for edit in reversed(self.applied):
+                if edit.covariance_id is not None and edit.layer in layers:
+                    logged.setdefault(edit.layer, edit.covariance_id)
+            for layer in layers:
+                mine = [c for c in reversed(own) if c.layer == layer]  # newest first
+                theirs = [self.store.get_covariance(logged[layer])] if layer in logged else []
+                for cov in [*mine, *theirs]:  # the first whose file is here (or in the share) wins
+                    if (path := stats.local_file(cov)) is not None:
+                        found[layer] = replace(cov, path=str(path))
+                        break
             for layer in [layer for layer in layers if layer not in found and own]:
                 like = stats.spec_like(own[-1], self.base.identity, self.model, layer)  # the store's own text and size
                 known = self.store.get_covariance_by_key(like.key())

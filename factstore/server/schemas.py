@@ -56,8 +56,8 @@ class LogQuery(BaseModel):
     status: Annotated[str, Field(pattern="^(" + "|".join(LOG_STATUSES) + ")$")] = "all"
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
     offset: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
-    subject: Annotated[str, StringConstraints(max_length=1024)] | None = None  # any part, any case
-    requested_by: Annotated[str, StringConstraints(max_length=200)] | None = None
+    subject: Annotated[str, StringConstraints(max_length=1024, pattern=NO_NUL)] | None = None  # any part
+    requested_by: Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)] | None = None
 
 
 class StatsIn(_Strict):

@@ -18,7 +18,7 @@ from factstore.domain import ApiTokenInfo
 from factstore.errors import FactStoreError
 from factstore.server.errors import STATUS
 from factstore.server.routes import AliasPath, IdPath, Reader, Svc, ask_limiter
-from factstore.server.schemas import LOG_STATUSES
+from factstore.server.schemas import LOG_STATUSES, NO_NUL
 from factstore.server.service import Service
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -45,9 +45,9 @@ PAGE_JOBS = 20  # the newest jobs a model's page lists
 class LogView(BaseModel):
     """The fact log's search, filters and page, from the model page's query string."""
 
-    q: Annotated[str, StringConstraints(max_length=1024)] = ""  # part of the subject
+    q: Annotated[str, StringConstraints(max_length=1024, pattern=NO_NUL)] = ""  # part of the subject
     status: Annotated[str, Field(pattern="^(" + "|".join(LOG_STATUSES) + ")$")] = "all"
-    who: Annotated[str, StringConstraints(max_length=200)] = ""  # the requester
+    who: Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)] = ""  # the requester
     page: Annotated[int, Field(ge=1, le=1_000_000)] = 1
 
     def match(self) -> api.LogMatch:
@@ -186,7 +186,7 @@ async def ask_page(
 ) -> Response:
     """The head and the base model's answers to a prompt side by side (the ask threads and
     limits of POST .../ask); ANSWERS: comma-separated objects whose probabilities to show."""
-    model = svc.model_json(svc.store.get_base_model(alias))
+    model = await anyio.to_thread.run_sync(lambda: svc.model_json(svc.store.get_base_model(alias)))
     context: dict = {"model": model, "prompt": prompt, "answers": answers, "result": None, "error": None}
     if prompt.strip():
         try:
@@ -229,16 +229,17 @@ async def check_page(
 ) -> Response:
     """A paraphrase or a neighbouring fact checked on the head against the base model: the
     probabilities of the edit's new and old object, and each model's own answer."""
-    entry = api.get_entry(svc.store, edit_id)
+    entry = await anyio.to_thread.run_sync(api.get_entry, svc.store, edit_id)  # the store is synchronous
     text = prompt.strip() or entry.prompt.replace("{}", entry.subject)
     answers = [entry.target_new, *([entry.target_true] if entry.target_true else [])]
     try:
-        found = await _compare(request, svc, who, entry.model, text, answers)
+        extra: dict = {"check": await _compare(request, svc, who, entry.model, text, answers), "asked": text}
+        status = 200
     except FactStoreError as exc:
         if _status(exc) in (404, 429, 503):
             raise
-        return _edit_page(request, svc, edit_id, {"error": " ".join(str(exc).split()), "asked": text}, _status(exc))
-    return _edit_page(request, svc, edit_id, {"check": found, "asked": text})
+        extra, status = {"error": " ".join(str(exc).split()), "asked": text}, _status(exc)
+    return await anyio.to_thread.run_sync(lambda: _edit_page(request, svc, edit_id, extra, status))
 
 
 @pages.post("/edits/{edit_id}/retract", response_class=HTMLResponse)

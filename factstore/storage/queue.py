@@ -498,6 +498,59 @@ class QueueVerbs(StoreBase):
                     raise refused(exc, "store the job") from None
                 return self._job(s, found), False
 
+    def create_job_group(
+        self,
+        base_id: int,
+        parts: list[tuple[str, dict]],
+        last: tuple[str, dict],
+        *,
+        requested_by: str | None,
+        idempotency: str | None = None,
+        max_pending: int | None = None,
+    ) -> tuple[Job, bool]:
+        """PARTS (kind, params) and LAST, whose params get "after": the ids of the parts, stored
+        in one transaction (all or none; MAX_PENDING counts them all). Returns (LAST's job,
+        created); under IDEMPOTENCY (LAST's key) a group stored before is returned as it was."""
+        try:
+            with self._tx() as s:
+                if idempotency is not None and (
+                    found := s.scalar(select(JobRow).where(JobRow.idempotency_sha256 == idempotency))
+                ):
+                    return self._job(s, found), False
+                if max_pending is not None and requested_by is not None:
+                    waiting = s.scalar(
+                        select(func.count()).where(
+                            JobRow.requested_by == requested_by, JobRow.status.in_(("pending", *RUNNING_JOB))
+                        )
+                    )
+                    _within(
+                        int(waiting or 0) + len(parts), max_pending, "jobs of this requester are pending or running"
+                    )
+                rows = [self._pending(base_id, kind, params, requested_by) for kind, params in parts]
+                s.add_all(rows)
+                s.flush()
+                kind, params = last
+                row = self._pending(base_id, kind, {**params, "after": [r.id for r in rows]}, requested_by)
+                row.idempotency_sha256 = idempotency
+                s.add(row)
+                s.flush()
+                notify(s)
+                return self._job(s, row), True
+        except IntegrityError as exc:  # the same key sent twice at once: the other group won
+            with self._tx(write=False) as s:
+                found = (
+                    s.scalar(select(JobRow).where(JobRow.idempotency_sha256 == idempotency)) if idempotency else None
+                )
+                if found is None:
+                    raise refused(exc, "store the jobs") from None
+                return self._job(s, found), False
+
+    @staticmethod
+    def _pending(base_id: int, kind: str, params: dict, requested_by: str | None) -> JobRow:
+        return JobRow(
+            kind=kind, base_model_id=base_id, params=params, status="pending", requested_by=requested_by, attempts=0
+        )
+
     @staticmethod
     def _job(s: Session, row: JobRow, workers: list[tuple[list[str], list[str] | None]] | None = None) -> Job:
         """WORKERS: the live workers' (models, kinds), when the caller read them for several jobs."""
@@ -533,9 +586,18 @@ class QueueVerbs(StoreBase):
         if base_ids is not None:
             query = query.where(JobRow.base_model_id.in_(base_ids))
         with self._tx() as s:
-            if blocked := _merges_waiting(s, kinds):
-                query = query.where(JobRow.id.not_in(blocked))
-            while (row := s.scalar(query.order_by(JobRow.id).limit(1).with_for_update(skip_locked=True))) is not None:
+            waiting: list[int] = []  # merges whose shards are not all in: left pending
+            while (
+                row := s.scalar(
+                    query.where(JobRow.id.not_in(waiting))
+                    .order_by(JobRow.id)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                )
+            ) is not None:
+                if row.kind == "stats-merge" and _shards_running(s, row):  # read after the row is locked
+                    waiting.append(row.id)
+                    continue
                 if row.status == "cancelling":  # its worker died after the cancel
                     row.status, row.error, row.updated_at = "cancelled", "cancelled while running", now()
                     s.flush()
@@ -643,7 +705,8 @@ def _live_worker_kinds(s: Session) -> list[tuple[list[str], list[str] | None]]:
 def _log_query(base_id: int, match: LogMatch) -> Select:
     """The rows of a model's log that MATCH selects. STATUS is one of EDIT_STATUSES, "current"
     (active edits and the queue: pending, computing, failed) or "all"; SUBJECT matches any part
-    of the subject, case-insensitively (its % and _ are plain characters)."""
+    of the subject, ignoring the case of ASCII letters (others match as typed; % and _ are plain
+    characters)."""
     if match.status not in (*EDIT_STATUSES, "current", "all"):
         raise EditStateError(
             f"unknown status {shown(match.status)}; use one of {', '.join(EDIT_STATUSES)}, current or all"
@@ -655,24 +718,17 @@ def _log_query(base_id: int, match: LogMatch) -> Select:
         query = query.where(EditRow.status == match.status)
     if match.subject:
         plain = match.subject.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(func.lower(EditRow.subject).like(f"%{plain.lower()}%", escape="\\"))
+        query = query.where(EditRow.subject.ilike(f"%{plain}%", escape="\\"))  # ASCII letters fold; others as typed
     if match.requested_by is not None:
         query = query.where(EditRow.requested_by == match.requested_by)
     return query
 
 
-def _merges_waiting(s: Session, kinds: Sequence[str]) -> list[int]:
-    """Pending merge jobs (of statistics shards) whose shard jobs have not all ended yet."""
-    if "stats-merge" not in kinds:
-        return []
-    merges = s.execute(select(JobRow.id, JobRow.params).where(JobRow.kind == "stats-merge", JobRow.status == "pending"))
-    waiting = []
-    for job_id, params in merges.all():
-        after = [i for i in (params or {}).get("after", []) if isinstance(i, int)]
-        unfinished = select(func.count()).where(JobRow.id.in_(after), JobRow.status.in_(("pending", *RUNNING_JOB)))
-        if after and s.scalar(unfinished):
-            waiting.append(job_id)
-    return waiting
+def _shards_running(s: Session, merge: JobRow) -> bool:
+    """Whether a merge job's shard jobs are not all ended (pending, running or being cancelled)."""
+    after = [i for i in (merge.params or {}).get("after", []) if isinstance(i, int)]
+    unfinished = select(func.count()).where(JobRow.id.in_(after), JobRow.status.in_(("pending", *RUNNING_JOB)))
+    return bool(after) and bool(s.scalar(unfinished))
 
 
 def _waiting(row: JobRow, alias: str, workers: list[tuple[list[str], list[str] | None]]) -> str | None:

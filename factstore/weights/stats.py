@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 import time
@@ -19,12 +20,14 @@ from transformers import PreTrainedModel
 
 from factstore import arch, config
 from factstore.domain import Covariance
-from factstore.errors import StatisticsError
+from factstore.errors import FactStoreError, StatisticsError
 from factstore.files import atomic_write_with, file_sha256
 from factstore.progress import SILENT, Advance, Reporter
 from factstore.rome.covariance import MomentState, PlannedBatch, accumulate, plan, text_width
 from factstore.weights.checkpoints import cached_file_sha256
 from factstore.weights.corpus import Corpus
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 20.0  # how much work an interruption may lose at most
 SHIPPED_DIR = "stats"  # folder of C files in a Hub repository
@@ -335,10 +338,8 @@ def local_file(cov: Covariance) -> Path | None:
     the recorded sha256 (FACTSTORE_STATS_SHARE); None when there is none."""
     from factstore.weights import share
 
-    if Path(cov.path).is_file():
-        return Path(cov.path)
     own = cache_folder() / f"{cov.key}.safetensors" if cov.key else None
-    for path in [p for p in (own, shipped_path(cov.sha256)) if p is not None]:
+    for path in [p for p in (Path(cov.path), own, shipped_path(cov.sha256)) if p is not None]:
         if path.is_file() and cached_file_sha256(path) == cov.sha256:
             return path
     found = share.configured()
@@ -348,7 +349,10 @@ def local_file(cov: Covariance) -> Path | None:
     try:
         if not found.fetch(own.name, fetched, SHARE_MAX_BYTES) or file_sha256(fetched) != cov.sha256:
             return None
-        fetched.replace(own)
+        fetched.replace(own)  # never over a file of this name that was not C's (it failed the sha256 above)
+    except FactStoreError as exc:  # the share is unreachable: computed here instead, as without one
+        log.warning("key statistics of layer %d not fetched from %s: %s", cov.layer, found.where, exc)
+        return None
     finally:
         fetched.unlink(missing_ok=True)
     return own

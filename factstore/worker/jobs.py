@@ -153,13 +153,14 @@ def run(
             stop.now()  # the last moment a cancel counts: past it the release goes to the Hub
             published = publish.publish(store, job.model, p["repo"], options, device=device, progress=progress)
             return store.finish_job(job.id, holder, result=published.to_json(), happened=True)
-        if job.kind in STATS_JOBS:
+        if job.kind == stats_jobs.SHARD:
             stop.now()
-            if job.kind == stats_jobs.SHARD:
-                result = stats_jobs.run_shard(store, job, device, progress)
-            else:
-                result = stats_jobs.run_merge(store, job, progress)
-            return store.finish_job(job.id, holder, result=result, happened=True)
+            result = stats_jobs.run_shard(store, job, device, progress, stop=stop)  # a cancel ends it between batches
+            return store.finish_job(job.id, holder, result=result)
+        if job.kind == stats_jobs.MERGE:
+            stop.now()
+            result = stats_jobs.run_merge(store, job, progress)
+            return store.finish_job(job.id, holder, result=result, happened=True)  # C is recorded now
         with tempfile.TemporaryDirectory(prefix="factstore-trace-") as folder:
             p = job.params
             fact = TracedFact(p["prompt"], p["subject"], p.get("target"))

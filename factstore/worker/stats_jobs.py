@@ -4,6 +4,8 @@ merge job that runs once they are all done. Shards and the merged C travel throu
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,9 +117,12 @@ def _share() -> share.Share:
     return found
 
 
-def run_shard(store: Store, job: Job, device: str | None, progress: Reporter = SILENT) -> dict:
-    """Compute one shard's sums on the base weights and hand them to the share; the result names
-    the file (by its sha256), so the merge uses exactly this computation of the shard."""
+def run_shard(
+    store: Store, job: Job, device: str | None, progress: Reporter = SILENT, stop: Callable[[], None] | None = None
+) -> dict:
+    """Compute one shard's sums on the base weights (STOP called between batches) and hand them
+    to the share, one file per layer; the result names each file by its sha256, so the merge uses
+    exactly this computation of the shard."""
     from factstore.weights import checkpoints
 
     p = check_params(SHARD, job.params)
@@ -125,43 +130,66 @@ def run_shard(store: Store, job: Job, device: str | None, progress: Reporter = S
     base = store.get_base_model(job.model)
     planned = plan_specs(base, p["layers"], p["corpus"], p["tokens"], progress)
     loaded = checkpoints.load(base.source, expected=base.revision, device=device, progress=progress, dtype=base.dtype)
-    done = shards.compute(
-        loaded.model, loaded.tokenizer, planned.specs, planned.corpus, (p["shard"], p["of"]), progress
-    )
-    target.put(done.path, done.name)
-    return {"shard": p["shard"], "of": p["of"], "name": done.name, "sha256": done.sha256, "tokens": done.tokens}
+    split = (p["shard"], p["of"])
+    files = shards.compute(loaded.model, loaded.tokenizer, planned.specs, planned.corpus, split, progress, stop)
+    for done in files:
+        target.put(done.path, done.name)
+    return {"shard": p["shard"], "of": p["of"], "tokens": files[0].tokens, "files": [f.to_json() for f in files]}
 
 
 def run_merge(store: Store, job: Job, progress: Reporter = SILENT) -> dict:
-    """Add the shards the shard jobs handed in (each checked against the sha256 its job recorded),
-    record C of every layer and hand each to the share, where every worker finds it."""
+    """Per layer, one at a time: add the shards the shard jobs handed in (each checked against
+    the sha256 its job recorded), record C and hand it to the share, where every worker finds it.
+    A layer whose C is recorded already (a single pass, an earlier merge) keeps that C: it is
+    shared as it is, never overwritten by sums in another order."""
     p = check_params(MERGE, job.params)
     target = _share()
     base = store.get_base_model(job.model)
     planned = plan_specs(base, p["layers"], p["corpus"], p["tokens"], progress)
-    paths = [_fetched_shard(store.get_job(i), target) for i in p["after"]]
-    results = shards.merge(planned.specs, paths, planned.expected_tokens)
+    shard_jobs = [_finished_shard(store.get_job(i), job, p) for i in p["after"]]
     rows = []
-    for result in results:
-        cov = store.create_covariance(
-            base.id, result.spec.key(), record=stats.covariance_record(result, planned.corpus)
-        )
-        target.put(result.path, f"{cov.key}.safetensors")
+    for spec in planned.specs:
+        cov = store.get_covariance_by_key(spec.key())
+        if cov is None:
+            paths = [_fetched_shard(shard_job, spec.layer, target) for shard_job in shard_jobs]
+            result = shards.merge(spec, paths, planned.expected_tokens)
+            record = stats.covariance_record(result, planned.corpus)
+            cov = store.create_covariance(base.id, spec.key(), record=record)
+            for path in paths:
+                path.unlink(missing_ok=True)  # the shard sums stay in the share; this disk keeps C only
+        if (local := stats.local_file(cov)) is not None and file_sha256(local) == cov.sha256:
+            target.put(local, f"{cov.key}.safetensors")
         rows.append({"layer": cov.layer, "id": cov.id, "tokens": cov.tokens, "sha256": cov.sha256})
     return {"of": p["of"], "layers": rows}
 
 
-def _fetched_shard(shard_job: Job, source: share.Share) -> Path:
-    """The shard file a finished shard job recorded, from the share, checked against its sha256."""
+def _finished_shard(shard_job: Job, merge: Job, params: dict) -> Job:
+    """A shard job of this merge (same model, layers, corpus and size), finished."""
+    mine = {k: params[k] for k in ("layers", "corpus", "tokens", "of")}
+    if shard_job.kind != SHARD or shard_job.model != merge.model or {k: shard_job.params.get(k) for k in mine} != mine:
+        raise StatisticsError(f"job {shard_job.id} is not a shard of this merge")
     if shard_job.status != "done" or not shard_job.result:
         raise StatisticsError(f"shard job {shard_job.id} is {shard_job.status}: {shard_job.error or 'no result'}")
-    name, sha256 = str(shard_job.result.get("name")), str(shard_job.result.get("sha256"))
+    return shard_job
+
+
+def _fetched_shard(shard_job: Job, layer: int, source: share.Share) -> Path:
+    """LAYER's file of a finished shard job, from the share, checked against the sha256 it recorded."""
+    files = (shard_job.result or {}).get("files")
+    entry = (
+        next((f for f in files if isinstance(f, dict) and f.get("layer") == layer), None)
+        if isinstance(files, list)
+        else None
+    )
+    name, sha256 = str((entry or {}).get("name")), str((entry or {}).get("sha256"))
+    if not share.NAME.fullmatch(name) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise StatisticsError(f"shard job {shard_job.id} recorded no file of layer {layer}")
     local = stats.cache_folder() / "shared" / name
     if local.is_file() and file_sha256(local) == sha256:
         return local
     if not source.fetch(name, local, stats.SHARE_MAX_BYTES) or file_sha256(local) != sha256:
         local.unlink(missing_ok=True)
         raise StatisticsError(
-            f"the share {source.where} does not hold shard job {shard_job.id}'s sums as it recorded them"
+            f"the share {source.where} does not hold shard job {shard_job.id}'s sums of layer {layer} as it recorded them"
         )
     return local
