@@ -142,6 +142,18 @@ def test_a_failed_shard_fails_its_merge_and_bad_requests_are_refused(
     refused = jobs.run(tiny_store, merger, "w1", "cpu")
     assert refused is not None and refused.status == "failed" and "does not hold shard job" in str(refused.error)
 
+    # a shard cancelled while running ends cancelled, and its merge fails naming it
+    api.queue_stats(tiny_store, "tiny", api.StatsOptions(layers=(2,), corpus=shared, tokens=800), 1)
+    shard = tiny_store.claim_job("w1", None, 60.0, kinds=STATS_KINDS)
+    assert shard is not None and shard.kind == "stats-shard"
+    tiny_store.cancel_job(shard.id)
+    stopped = jobs.run(tiny_store, shard, "w1", "cpu")
+    assert stopped is not None and stopped.status == "cancelled"
+    merger = tiny_store.claim_job("w1", None, 60.0, kinds=STATS_KINDS)
+    assert merger is not None and merger.kind == "stats-merge"
+    ended = jobs.run(tiny_store, merger, "w1", "cpu")
+    assert ended is not None and ended.error == f"shard job {shard.id} is cancelled: cancelled while running"
+
 
 def test_statistics_jobs_over_http_wait_for_a_worker_with_a_share(tiny_store: Store, shared: str) -> None:
     from fastapi.testclient import TestClient

@@ -153,9 +153,10 @@ def run(
             stop.now()  # the last moment a cancel counts: past it the release goes to the Hub
             published = publish.publish(store, job.model, p["repo"], options, device=device, progress=progress)
             return store.finish_job(job.id, holder, result=published.to_json(), happened=True)
-        if job.kind == stats_jobs.SHARD:
+        if job.kind == stats_jobs.SHARD:  # as long as the sums take (checkpointed); a cancel ends it between batches
+            stop = StopCheck(store, job.id, stopping or threading.Event(), float("inf"))
             stop.now()
-            result = stats_jobs.run_shard(store, job, device, progress, stop=stop)  # a cancel ends it between batches
+            result = stats_jobs.run_shard(store, job, device, progress, stop=stop)
             return store.finish_job(job.id, holder, result=result)
         if job.kind == stats_jobs.MERGE:
             stop.now()
