@@ -3,6 +3,7 @@ the log while requests compute). Forms carry the API token, so a cross-site form
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlencode
@@ -141,15 +142,13 @@ def compile_form(
     mode: Annotated[str, Form(max_length=20)] = "",
 ) -> Response:
     """Queue a compile of the current log (a job, listed on the page) for a write token."""
-    try:
-        who = svc.writer(token)
-        limit = config.settings().max_pending_jobs
-        api.submit_job(svc.store, alias, "compile", {"mode": mode or None}, requested_by=who.name, max_pending=limit)
-    except FactStoreError as exc:
-        if _status(exc) == 404:
-            raise
-        return _model_page(request, svc, alias, error=" ".join(str(exc).split()), status=_status(exc))
-    return RedirectResponse(f"/models/{alias}#jobs", status_code=303)
+
+    def queue(who: ApiTokenInfo, limit: int) -> object:
+        return api.submit_job(
+            svc.store, alias, "compile", {"mode": mode or None}, requested_by=who.name, max_pending=limit
+        )
+
+    return _queued(request, svc, alias, token, queue)
 
 
 @pages.post("/models/{alias}/releases/{version}/publish", response_class=HTMLResponse)
@@ -163,11 +162,21 @@ def publish_form(
     repo: Annotated[str, Form(max_length=200)],
 ) -> Response:
     """Queue publishing release VERSION to REPO, for a worker with Hub credentials of its own."""
-    try:
-        who = svc.writer(token)
-        limit = config.settings().max_pending_jobs
+
+    def queue(who: ApiTokenInfo, limit: int) -> object:
         options = api.PublishOptions(version=version)
-        api.queue_publish(svc.store, alias, repo.strip(), options, requested_by=who.name, max_pending=limit)
+        return api.queue_publish(svc.store, alias, repo.strip(), options, requested_by=who.name, max_pending=limit)
+
+    return _queued(request, svc, alias, token, queue)
+
+
+def _queued(
+    request: Request, svc: Service, alias: str, token: str, queue: Callable[[ApiTokenInfo, int], object]
+) -> Response:
+    """A job queued from a form with a write token: to the page's job list, or the page again
+    with the refusal (an unknown model stays a 404)."""
+    try:
+        queue(svc.writer(token), config.settings().max_pending_jobs)
     except FactStoreError as exc:
         if _status(exc) == 404:
             raise

@@ -463,40 +463,9 @@ class QueueVerbs(StoreBase):
     ) -> tuple[Job, bool]:
         """Store a pending job (or return the one stored under IDEMPOTENCY, created=False). With
         MAX_PENDING, a requester with that many jobs pending or running is refused (TooManyRequests)."""
-        try:
-            with self._tx() as s:
-                if idempotency is not None and (
-                    found := s.scalar(select(JobRow).where(JobRow.idempotency_sha256 == idempotency))
-                ):
-                    return self._job(s, found), False
-                if max_pending is not None and requested_by is not None:
-                    waiting = s.scalar(
-                        select(func.count()).where(
-                            JobRow.requested_by == requested_by, JobRow.status.in_(("pending", *RUNNING_JOB))
-                        )
-                    )
-                    _within(waiting, max_pending, "jobs of this requester are pending or running")
-                row = JobRow(
-                    kind=kind,
-                    base_model_id=base_id,
-                    params=params,
-                    status="pending",
-                    requested_by=requested_by,
-                    idempotency_sha256=idempotency,
-                    attempts=0,
-                )
-                s.add(row)
-                s.flush()
-                notify(s)
-                return self._job(s, row), True
-        except IntegrityError as exc:  # the same key sent twice at once: the other insert won
-            with self._tx(write=False) as s:
-                found = (
-                    s.scalar(select(JobRow).where(JobRow.idempotency_sha256 == idempotency)) if idempotency else None
-                )
-                if found is None:
-                    raise refused(exc, "store the job") from None
-                return self._job(s, found), False
+        return self.create_job_group(
+            base_id, [], (kind, params), requested_by=requested_by, idempotency=idempotency, max_pending=max_pending
+        )
 
     def create_job_group(
         self,
@@ -508,8 +477,8 @@ class QueueVerbs(StoreBase):
         idempotency: str | None = None,
         max_pending: int | None = None,
     ) -> tuple[Job, bool]:
-        """PARTS (kind, params) and LAST, whose params get "after": the ids of the parts, stored
-        in one transaction (all or none; MAX_PENDING counts them all). Returns (LAST's job,
+        """PARTS (kind, params) and LAST, whose params get "after": the ids of the parts (when there
+        are any), stored in one transaction (all or none; MAX_PENDING counts them all). Returns (LAST's job,
         created); under IDEMPOTENCY (LAST's key) a group stored before is returned as it was."""
         try:
             with self._tx() as s:
@@ -530,7 +499,9 @@ class QueueVerbs(StoreBase):
                 s.add_all(rows)
                 s.flush()
                 kind, params = last
-                row = self._pending(base_id, kind, {**params, "after": [r.id for r in rows]}, requested_by)
+                row = self._pending(
+                    base_id, kind, {**params, "after": [r.id for r in rows]} if rows else params, requested_by
+                )
                 row.idempotency_sha256 = idempotency
                 s.add(row)
                 s.flush()
@@ -542,7 +513,7 @@ class QueueVerbs(StoreBase):
                     s.scalar(select(JobRow).where(JobRow.idempotency_sha256 == idempotency)) if idempotency else None
                 )
                 if found is None:
-                    raise refused(exc, "store the jobs") from None
+                    raise refused(exc, "store the job") from None
                 return self._job(s, found), False
 
     @staticmethod
