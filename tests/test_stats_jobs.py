@@ -50,6 +50,7 @@ def test_shard_jobs_merge_into_the_single_pass_and_other_hosts_fetch_the_result(
     claimed = [tiny_store.claim_job(f"w{i}", None, 60.0, kinds=STATS_KINDS) for i in range(2)]
     assert [j.id for j in claimed if j] == merge.params["after"]
     assert tiny_store.claim_job("w2", None, 60.0, kinds=STATS_KINDS) is None  # the merge waits for its shards
+    assert tiny_store.get_job(merge.id).waiting == "its shard jobs have not all ended"
     for i, job in enumerate(claimed):
         assert job is not None
         _on_host(monkeypatch, tmp_path, f"host{i}")

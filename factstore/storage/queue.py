@@ -530,6 +530,8 @@ class QueueVerbs(StoreBase):
         waiting = None
         if row.status == "pending":
             waiting = _waiting(row, alias, _live_worker_kinds(s) if workers is None else workers)
+            if waiting is None and row.kind == "stats-merge" and _shards_running(s, row):
+                waiting = "its shard jobs have not all ended"
         return convert.job(row, alias, files, waiting)
 
     def get_job(self, job_id: int) -> Job:
