@@ -48,7 +48,6 @@ def test_200_submissions_from_20_clients_two_http_processes_two_workers(  # type
     )
     token = api.create_token(tiny_store, "load", "write")[1]
     server, url = serve("--processes", "2", log=tmp_path / "serve.log")  # state only in the database
-    _wait(lambda: len(_children(server.pid)) == 2, 60, "two HTTP processes")
     # two workers on a 2-core machine: one core each (2x2 threads fighting made this 3x slower)
     workers = [
         start("worker", "--batch", "16", "--poll", "0.1", "--threads", "1", log=tmp_path / f"worker{i}.log")
@@ -69,6 +68,7 @@ def test_200_submissions_from_20_clients_two_http_processes_two_workers(  # type
         return ids
 
     try:
+        _wait(lambda: len(_children(server.pid)) == 2, 60, "two HTTP processes")
         with ThreadPoolExecutor(20) as pool:
             submitted = [i for ids in pool.map(client, [jobs[k::20] for k in range(20)]) for i in ids]
         assert len(set(submitted)) == 200
