@@ -255,9 +255,9 @@ class EditSession:
         here: `stats compute` with any corpus steers); else the C the log's newest edit of the
         layer used (an imported lineage keeps its statistics); else a C recorded (computed or
         pulled) for the spec of the store's own text (its newest own C of any layer), else the C
-        of the default spec. A C pulled or shipped from elsewhere is taken only as the log's or where its spec is
-        the one asked for: it never displaces the store's own, nor steers a store that has none.
-        The missing ones are computed together, in one pass over the corpus."""
+        of the default spec. A C pulled or shipped from elsewhere is taken only as the log's or
+        where its spec is the one asked for: it never displaces the store's own, nor steers a
+        store that has none. The missing ones are computed together, in one pass over the corpus."""
         found: dict[int, Covariance] = {}
         if self.corpus_name is None and self.stats_tokens is None:
             own = [c for c in self.store.list_covariances(self.base.id) if not stats.is_shipped(c.path)]
