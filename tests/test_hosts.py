@@ -28,6 +28,19 @@ from tiny_models import random_gpt2
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(why := available()), reason=f"{why}")]
 
 PROMPT = "{} is located in the city of"
+SETUP = """import json, sys
+from factstore import api
+api.upgrade_database()
+store = api.open_store()
+api.add_model(store, "tiny", sys.argv[1])
+print(json.dumps({"token": api.create_token(store, "team", "write")[1]}))"""
+# `model add` of the local folder (by hand: a folder is no Hub id) and `pull --import-edits`
+PULL = """import json, sys
+from factstore import api
+store = api.open_store()
+api.add_model(store, "tiny", sys.argv[1])
+options = api.PullOptions(endpoint=sys.argv[2])
+print(json.dumps(api.pull_release("alice/tiny-edits", options, import_into=store, alias="tiny").to_json()))"""
 EDITS = 40
 LEASE_SECONDS = 6
 
@@ -165,9 +178,9 @@ def _team_run(hosts: Hosts, url: str, cert: str, key: str, hub_address: str, ser
     )  # fmt: skip
     hub_url = f"https://{hub_address}:8443"
     team = _env(hosts, cert, FACTSTORE_DATABASE_URL=url)
-    hosts.run("serve", [*factstore, "db", "upgrade"], team)
-    hosts.run("serve", [*factstore, "model", "add", "tiny", str(hosts.mount / "model")], team)
-    token = json.loads(hosts.run("serve", [*factstore, "token", "create", "--name", "team", "--json"], team))["token"]
+    # the operator's set-up on the serve host (`db upgrade`, `model add`, `token create`), in one process
+    setup = [sys.executable, "-c", SETUP, str(hosts.mount / "model")]
+    token = json.loads(hosts.run("serve", setup, team))["token"]
     serve = hosts.start("serve", [*factstore, "serve", "--host", serve_address, "--port", "8000"], team, "serve")
     working = _env(
         hosts,
@@ -252,22 +265,7 @@ def _team_run(hosts: Hosts, url: str, cert: str, key: str, hub_address: str, ser
     pulled = {}
     for name in ("serve", "fresh"):  # a store of its own on each (SQLite), the model at the agreed path
         own = _env(hosts, cert, HF_ENDPOINT=hub_url)
-        hosts.run(name, [*factstore, "model", "add", "tiny", str(hosts.mount / "model")], own)  # local folder: by hand
-        out = hosts.run(
-            name,
-            [
-                *factstore,
-                "pull",
-                "alice/tiny-edits",
-                "--import-edits",
-                "--alias",
-                "tiny",
-                "--endpoint",
-                hub_url,
-                "--json",
-            ],
-            own,
-        )
+        out = hosts.run(name, [sys.executable, "-c", PULL, str(hosts.mount / "model"), hub_url], own)
         pulled[name] = json.loads(out)
     for name, got in pulled.items():
         assert got["imported"]["rebuilt_identical"] is True and got["imported"]["edits_total"] == EDITS, (name, got)
