@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# The README's test command: set up, then run the whole suite on three xdist workers (on two
-# cores: many tests wait on processes they start, and a third worker fills that time).
+# The README's test command: set up, then run the whole suite on two xdist workers.
 #   bash scripts/test.sh            everything (what CI runs)
 #   bash scripts/test.sh --fast     the developer loop: leaves out tests marked slow
 # Other arguments go to pytest (e.g. tests/test_cli.py -k retract).
@@ -12,4 +11,4 @@ args=()
 for arg in "$@"; do
   if [ "$arg" = "--fast" ]; then args+=(-m "not slow"); else args+=("$arg"); fi
 done
-exec "$PY" -m pytest -q -p no:cacheprovider -n "${FACTSTORE_TEST_WORKERS:-3}" --durations=25 "${args[@]}"
+exec "$PY" -m pytest -q -p no:cacheprovider -n "${FACTSTORE_TEST_WORKERS:-2}" --durations=25 "${args[@]}"
