@@ -190,7 +190,7 @@ def compute_stats(
     once, cached, resumable). options.shard "I/N": only the float64 partial sum of that shard of
     the corpus, for `merge_stats`."""
     from factstore.editing.session import EditSession
-    from factstore.weights import stats
+    from factstore.weights import shards, stats
     from factstore.weights.corpus import DEFAULT_CORPUS
 
     layers, shard = options.layers, options.shard
@@ -209,9 +209,8 @@ def compute_stats(
             raise InvalidArgument("--shard computes one layer; give --layer")
         text = session.stats_corpus()
         with session.base_weights():
-            part = stats.compute_shard(
-                session.model, session.tokenizer, session.stats_spec(hp.layer, hp, text), text, *split, progress
-            )
+            spec = session.stats_spec(hp.layer, hp, text)
+            part = shards.compute(session.model, session.tokenizer, [spec], text, split, progress)[0]
         return {
             "layer": hp.layer,
             "shard": f"{split[0]}/{split[1]}",
@@ -242,7 +241,7 @@ def merge_stats(
     """C of options.layer (a layer number) from the shard files `compute_stats` wrote with
     options.shard (here, or in FOLDERS), for the same corpus and tokens: equal to a single pass;
     recorded like a computed C. Reads the model's config and tokenizer only."""
-    from factstore.weights import stats
+    from factstore.weights import shards, stats
     from factstore.weights.corpus import DEFAULT_CORPUS
     from factstore.worker.stats_jobs import plan_specs
 
@@ -252,7 +251,7 @@ def merge_stats(
     base = store.get_base_model(alias)
     planned = plan_specs(base, [layer], options.corpus or DEFAULT_CORPUS, options.tokens, progress)
     spec, expected, text = planned.specs[0], planned.expected_tokens, planned.corpus
-    result = stats.merge_shards(spec, expected, [Path(f).expanduser() for f in folders])
+    result = shards.merge_found(spec, expected, [Path(f).expanduser() for f in folders])
     cov = store.create_covariance(base.id, spec.key(), record=stats.covariance_record(result, text))
     return {
         "id": cov.id,

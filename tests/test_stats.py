@@ -10,7 +10,7 @@ import torch
 
 from factstore import api, arch
 from factstore.errors import StatisticsError
-from factstore.weights import corpus, stats
+from factstore.weights import corpus, shards, stats
 from tiny_models import random_gpt2
 
 TEXTS = [
@@ -33,11 +33,11 @@ def test_shards_merge_into_the_single_pass(gpt2_tokenizer, monkeypatch: pytest.M
     monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "single"))
     single = stats.compute(model, gpt2_tokenizer, spec, text)
     monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "sharded"))
-    parts = [stats.compute_shard(model, gpt2_tokenizer, spec, text, i, 3) for i in range(3)]
+    parts = [shards.compute(model, gpt2_tokenizer, [spec], text, (i, 3))[0] for i in range(3)]
     assert sum(p.tokens for p in parts) == single.tokens == 900 and all(p.tokens > 0 for p in parts)
     with pytest.raises(StatisticsError, match="hold 900 keys, a single pass sums 901"):
-        stats.merge_shards(spec, 901)
-    merged = stats.merge_shards(spec, 900)
+        shards.merge_found(spec, 901)
+    merged = shards.merge_found(spec, 900)
     assert merged.tokens == 900
     assert torch.allclose(_matrix(merged), _matrix(single), rtol=1e-12, atol=0)
 
@@ -49,21 +49,21 @@ def test_merge_refuses_a_missing_or_foreign_shard(
     model = random_gpt2(seed=0)
     text = corpus.Corpus("test", "c" * 64, TEXTS)
     spec, other = _spec(model, text, 1), _spec(model, text, 1, tokens=800)
-    stats.compute_shard(model, gpt2_tokenizer, spec, text, 0, 2)
+    shards.compute(model, gpt2_tokenizer, [spec], text, (0, 2))
     with pytest.raises(StatisticsError, match=r"not every shard of layer 1 is here \(found 1 of 2\)"):
-        stats.merge_shards(spec, 900)
+        shards.merge_found(spec, 900)
     elsewhere = tmp_path / "other-machine"
     elsewhere.mkdir()
-    foreign = stats.compute_shard(
-        model, gpt2_tokenizer, other, text, 1, 2
-    )  # another token budget's shard, renamed as ours
+    foreign = shards.compute(model, gpt2_tokenizer, [other], text, (1, 2))[
+        0
+    ]  # another token budget's shard, renamed as ours
     foreign.path.rename(elsewhere / f"{spec.key()}.shard-1-of-2.safetensors")
     with pytest.raises(StatisticsError, match="computed for other settings"):
-        stats.merge_shards(spec, 900, [elsewhere])
+        shards.merge_found(spec, 900, [elsewhere])
     copy = elsewhere / f"{spec.key()}.shard-1-of-2.safetensors"  # shard 0 renamed as shard 1
-    copy.write_bytes(stats._shard_path(spec, 0, 2).read_bytes())
+    copy.write_bytes(shards.shard_path(spec, 0, 2).read_bytes())
     with pytest.raises(StatisticsError, match="computed for other settings"):
-        stats.merge_shards(spec, 900, [elsewhere])
+        shards.merge_found(spec, 900, [elsewhere])
     assert stats.cached(spec) is None
 
 

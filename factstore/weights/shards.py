@@ -7,6 +7,7 @@ the same for every merge of the same shards."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,8 +41,24 @@ def shard_name(spec: stats.StatsSpec, shard: int, of: int, sha256: str) -> str:
     return f"{spec.key()}.shard-{shard}-of-{of}.{sha256[:16]}.safetensors"
 
 
+def shard_path(spec: stats.StatsSpec, shard: int, of: int) -> Path:
+    """Where this machine keeps shard SHARD of OF of SPEC (a job's, or `stats compute --shard`'s)."""
+    return stats.cache_folder() / f"{spec.key()}.shard-{shard}-of-{of}.safetensors"
+
+
 def _meta(spec: stats.StatsSpec, shard: int, of: int) -> dict[str, str]:
     return {"spec": json.dumps(asdict(spec), sort_keys=True), "shard": str(shard), "of": str(of)}
+
+
+def _holds(path: Path, spec: stats.StatsSpec, shard: int, of: int) -> bool:
+    """PATH is shard SHARD of OF of exactly SPEC (not one of other settings under its name)."""
+    if not path.is_file():
+        return False
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata() or {}
+        return {k: meta.get(k) for k in ("spec", "shard", "of")} == _meta(spec, shard, of) and list(fh.keys()) == [
+            "total"
+        ]
 
 
 def compute(
@@ -58,8 +75,8 @@ def compute(
     STOP is called after every batch (it raises to end the work)."""
     stats.check_together(specs)
     shard, of = split
-    paths = {s.layer: stats.cache_folder() / f"{s.key()}.shard-{shard}-of-{of}.safetensors" for s in specs}
-    if not all(p.exists() for p in paths.values()):
+    paths = {s.layer: shard_path(s, shard, of) for s in specs}
+    if not all(_holds(paths[s.layer], s, shard, of) for s in specs):
         batches = plan(tokenizer, corpus.texts, specs[0].tokens, text_width(model))[shard::of]
         partial = stats.cache_folder() / f"{stats.work_key(specs)}.shard-{shard}-of-{of}.partial"
         layers = ", ".join(str(s.layer) for s in specs)
@@ -95,16 +112,15 @@ def merge(spec: stats.StatsSpec, paths: list[Path], expected_tokens: int) -> sta
     total: torch.Tensor | None = None
     tokens = 0
     for shard, path in enumerate(paths):
+        if not _holds(path, spec, shard, of):
+            raise StatisticsError(
+                f"{path.name} (shard {shard} of {of} of layer {spec.layer}) was computed for other settings; "
+                "delete it and compute that shard again"
+            )
         with safe_open(str(path), "pt") as fh:
             meta = fh.metadata() or {}
-            if {k: meta.get(k) for k in ("spec", "shard", "of")} != _meta(spec, shard, of) or list(fh.keys()) != [
-                "total"
-            ]:
-                raise StatisticsError(
-                    f"shard {shard} of {of} of layer {spec.layer} was computed for other settings; compute it again"
-                )
             part = fh.get_tensor("total")
-        _check_sum(part, total, shard, of)
+        _check_sum(part, total, path.name)
         total = part if total is None else total + part
         tokens += int(meta["tokens"])
     if total is None or tokens != expected_tokens:
@@ -114,7 +130,28 @@ def merge(spec: stats.StatsSpec, paths: list[Path], expected_tokens: int) -> sta
     return stats.write_final(spec, total, tokens)
 
 
-def _check_sum(part: torch.Tensor, before: torch.Tensor | None, shard: int, of: int) -> None:
+def merge_found(spec: stats.StatsSpec, expected_tokens: int, folders: list[Path] | None = None) -> stats.StatsFile:
+    """C of SPEC from shard files found here (the cache) or in FOLDERS (`stats merge --from`):
+    the smallest split whose N shards are all there, merged as `merge` does."""
+    if (hit := stats.cached(spec)) is not None:
+        return hit
+    found: dict[int, dict[int, Path]] = {}
+    for folder in [stats.cache_folder(), *(folders or [])]:
+        for path in Path(folder).glob(f"{spec.key()}.shard-*-of-*.safetensors"):
+            named = re.fullmatch(rf"{spec.key()}\.shard-(\d{{1,4}})-of-(\d{{1,4}})\.safetensors", path.name)
+            if named and int(named.group(1)) < int(named.group(2)) and path.is_file():
+                found.setdefault(int(named.group(2)), {}).setdefault(int(named.group(1)), path)
+    complete = [of for of, shards in found.items() if sorted(shards) == list(range(of))]
+    if not complete:
+        have = ", ".join(f"{len(v)} of {of}" for of, v in sorted(found.items())) or "none"
+        raise StatisticsError(
+            f"not every shard of layer {spec.layer} is here (found {have}); run `factstore stats compute --shard I/N` for the rest"
+        )
+    of = min(complete)
+    return merge(spec, [found[of][shard] for shard in range(of)], expected_tokens)
+
+
+def _check_sum(part: torch.Tensor, before: torch.Tensor | None, name: str) -> None:
     if (
         part.dtype != torch.float64
         or part.dim() != 2
@@ -122,4 +159,6 @@ def _check_sum(part: torch.Tensor, before: torch.Tensor | None, shard: int, of: 
         or not bool(torch.isfinite(part).all())
         or (before is not None and part.shape != before.shape)
     ):
-        raise StatisticsError(f"shard {shard} of {of} does not hold a finite square float64 sum; compute it again")
+        raise StatisticsError(
+            f"{name} does not hold a finite square float64 sum; delete it and compute that shard again"
+        )

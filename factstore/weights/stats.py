@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -203,10 +202,6 @@ def compute(
 # shards: several machines compute one C ---------------------------------------------------------
 
 
-def _shard_path(spec: StatsSpec, shard: int, of: int) -> Path:
-    return cache_folder() / f"{spec.key()}.shard-{shard}-of-{of}.safetensors"
-
-
 def parse_shard(text: str) -> tuple[int, int]:
     """ "I/N" -> (I, N) with 0 <= I < N <= 4096."""
     try:
@@ -216,90 +211,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not (0 <= shard < of <= 4096):
         raise StatisticsError(f"--shard {shard}/{of}: the shard must be 0 to {of - 1} and N at most 4096")
     return shard, of
-
-
-def compute_shard(
-    model: PreTrainedModel,
-    tokenizer: Any,
-    spec: StatsSpec,
-    corpus: Corpus,
-    shard: int,
-    of: int,
-    progress: Reporter = SILENT,
-) -> StatsFile:
-    """The float64 partial sum of shard SHARD of OF (every OF-th batch of the single pass's plan,
-    from the SHARD-th), written beside the cache for `merge`; resumable like a full pass."""
-    path = _shard_path(spec, shard, of)
-    if path.exists():
-        with safe_open(str(path), "pt") as fh:
-            return StatsFile(spec, path, file_sha256(path), int(fh.metadata()["tokens"]))
-    batches = plan(tokenizer, corpus.texts, spec.tokens, text_width(model))[shard::of]
-    partial = path.with_suffix(".partial")
-    with progress.task(
-        f"key statistics, layer {spec.layer}, shard {shard}/{of}", sum(b.keys for b in batches)
-    ) as advance:
-        state = run_batches(model, tokenizer, [spec], corpus, batches, partial, advance)
-    meta = {
-        "tokens": str(state.tokens),
-        "shard": str(shard),
-        "of": str(of),
-        "batches": str(len(batches)),
-        **{f"spec.{k}": str(v) for k, v in spec.__dict__.items()},
-    }
-    save({"total": state.totals[spec.layer]}, meta, path)
-    partial.unlink(missing_ok=True)
-    return StatsFile(spec, path, file_sha256(path), state.tokens)
-
-
-def merge_shards(spec: StatsSpec, expected_tokens: int, folders: list[Path] | None = None) -> StatsFile:
-    """C from the shard files of SPEC (in the cache, or FOLDERS): all N of one split must be
-    there, each for this spec; their sums are added in shard order. EXPECTED_TOKENS: what the
-    single pass would sum (the shards must add up to it)."""
-    if (hit := cached(spec)) is not None:
-        return hit
-    found: dict[int, dict[int, Path]] = {}
-    for folder in [cache_folder(), *(folders or [])]:
-        for path in Path(folder).glob(f"{spec.key()}.shard-*-of-*.safetensors"):
-            named = re.fullmatch(rf"{spec.key()}\.shard-(\d{{1,4}})-of-(\d{{1,4}})\.safetensors", path.name)
-            if named and int(named.group(1)) < int(named.group(2)) and path.is_file():
-                found.setdefault(int(named.group(2)), {}).setdefault(int(named.group(1)), path)
-    complete = [of for of, shards in found.items() if sorted(shards) == list(range(of))]
-    if not complete:
-        have = ", ".join(f"{len(v)} of {of}" for of, v in sorted(found.items())) or "none"
-        raise StatisticsError(
-            f"not every shard of layer {spec.layer} is here (found {have}); run `factstore stats compute --shard I/N` for the rest"
-        )
-    of = min(complete)
-    total: torch.Tensor | None = None
-    tokens = 0
-    for shard in range(of):
-        with safe_open(str(found[of][shard]), "pt") as fh:
-            meta = fh.metadata()
-            if any(meta.get(f"spec.{k}") != str(v) for k, v in spec.__dict__.items()) or (
-                meta.get("shard"),
-                meta.get("of"),
-            ) != (str(shard), str(of)):
-                raise StatisticsError(
-                    f"{found[of][shard].name} was computed for other settings; delete it and compute that shard again"
-                )
-            part = fh.get_tensor("total")
-        if (
-            part.dtype != torch.float64
-            or part.dim() != 2
-            or part.shape[0] != part.shape[1]
-            or not bool(torch.isfinite(part).all())
-            or (total is not None and part.shape != total.shape)
-        ):
-            raise StatisticsError(
-                f"{found[of][shard].name} does not hold a finite square float64 sum; delete it and compute that shard again"
-            )
-        total = part if total is None else total + part
-        tokens += int(meta["tokens"])
-    if total is None or tokens != expected_tokens:
-        raise StatisticsError(
-            f"the shards of layer {spec.layer} hold {tokens} keys, a single pass sums {expected_tokens}; compute them again"
-        )
-    return write_final(spec, total, tokens)
 
 
 def shipped_name(sha256: str) -> str:
