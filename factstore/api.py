@@ -18,6 +18,7 @@ from factstore import config, extras
 from factstore.domain import (
     ApiTokenInfo,
     BaseModel,
+    Covariance,
     EditEntry,
     EditRequest,
     Job,
@@ -219,19 +220,7 @@ def compute_stats(
             "sha256": part.sha256,
         }
     covs = session.covariances(list(layers) if layers else [hp.layer], hp)
-    rows = [
-        {
-            "id": c.id,
-            "layer": c.layer,
-            "module": c.module,
-            "corpus": c.corpus,
-            "tokens": c.tokens,
-            "dtype": c.dtype,
-            "path": c.path,
-            "sha256": c.sha256,
-        }
-        for c in covs
-    ]
+    rows = [_covariance_json(c) for c in covs]
     return rows[0] if not layers else {"layers": rows}
 
 
@@ -252,16 +241,20 @@ def merge_stats(
     planned = plan_specs(base, [layer], options.corpus or DEFAULT_CORPUS, options.tokens, progress)
     spec, expected, text = planned.specs[0], planned.expected_tokens, planned.corpus
     result = shards.merge_found(spec, expected, [Path(f).expanduser() for f in folders])
-    cov = store.create_covariance(base.id, spec.key(), record=stats.covariance_record(result, text))
+    return _covariance_json(store.create_covariance(base.id, spec.key(), record=stats.covariance_record(result, text)))
+
+
+def _covariance_json(c: Covariance) -> dict:
+    """A recorded C as `stats compute` and `stats merge` print it."""
     return {
-        "id": cov.id,
-        "layer": cov.layer,
-        "module": cov.module,
-        "corpus": cov.corpus,
-        "tokens": cov.tokens,
-        "dtype": cov.dtype,
-        "path": cov.path,
-        "sha256": cov.sha256,
+        "id": c.id,
+        "layer": c.layer,
+        "module": c.module,
+        "corpus": c.corpus,
+        "tokens": c.tokens,
+        "dtype": c.dtype,
+        "path": c.path,
+        "sha256": c.sha256,
     }
 
 
