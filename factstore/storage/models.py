@@ -11,14 +11,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 EDIT_STATUSES = ("pending", "computing", "failed", "active", "retracted", "superseded")
 QUEUED_STATUSES = ("pending", "computing")  # a request not yet computed: no seq, key or value
 COMPUTED_STATUSES = ("active", "retracted", "superseded")  # seq, key and value set: replayable
-JOB_KINDS = ("compile", "trace", "publish", "stats-shard", "stats-merge")
+STATS_SHARD, STATS_MERGE = "stats-shard", "stats-merge"  # key statistics as jobs (worker/stats_jobs.py)
+STATS_JOBS = (STATS_SHARD, STATS_MERGE)
+JOB_KINDS = ("compile", "trace", "publish", *STATS_JOBS)
 EVERY_WORKER_RUNS = ("compile", "trace")  # publish needs Hub credentials, statistics jobs a share
-STATS_JOBS = ("stats-shard", "stats-merge")
 _SHARE_NEED = "a statistics share every worker reaches (FACTSTORE_STATS_SHARE) in its own environment"
 JOB_NEEDS = {
     "publish": "Hub credentials (HF_TOKEN, or `hf auth login`) and FACTSTORE_PUBLISH_REPOS in its own environment",
-    "stats-shard": _SHARE_NEED,
-    "stats-merge": _SHARE_NEED,
+    **dict.fromkeys(STATS_JOBS, _SHARE_NEED),
 }
 JOB_STATUSES = ("pending", "running", "done", "failed")
 TOKEN_SCOPES = ("read", "write", "admin")  # each scope allows what the ones before it allow

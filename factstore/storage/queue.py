@@ -28,6 +28,7 @@ from factstore.storage.models import (
     EVERY_WORKER_RUNS,
     JOB_NEEDS,
     QUEUED_STATUSES,
+    STATS_MERGE,
     BaseModelRow,
     EditLayerRow,
     EditRow,
@@ -530,7 +531,7 @@ class QueueVerbs(StoreBase):
         waiting = None
         if row.status == "pending":
             waiting = _waiting(row, alias, _live_worker_kinds(s) if workers is None else workers)
-            if waiting is None and row.kind == "stats-merge" and _shards_running(s, row):
+            if waiting is None and row.kind == STATS_MERGE and _shards_running(s, row):
                 waiting = "its shard jobs have not all ended"
         return convert.job(row, alias, files, waiting)
 
@@ -568,7 +569,7 @@ class QueueVerbs(StoreBase):
                     .with_for_update(skip_locked=True)
                 )
             ) is not None:
-                if row.kind == "stats-merge" and _shards_running(s, row):  # read after the row is locked
+                if row.kind == STATS_MERGE and _shards_running(s, row):  # read after the row is locked
                     waiting.append(row.id)
                     continue
                 if row.status == "cancelling":  # its worker died after the cancel

@@ -129,7 +129,9 @@ def run(
     upload (StopCheck); a compile that wrote its release or a publish that sent it is done
     whatever a later cancel says. One stopped because the worker is stopping goes back to the
     queue (None is returned)."""
-    stop = StopCheck(store, job.id, stopping or threading.Event(), config.settings().job_seconds)
+    # statistics take as long as they take (checkpointed); a cancel still ends a shard between batches
+    seconds = float("inf") if job.kind == stats_jobs.SHARD else config.settings().job_seconds
+    stop = StopCheck(store, job.id, stopping or threading.Event(), seconds)
     try:
         if job.kind == "compile":
             stop.now()
@@ -153,8 +155,7 @@ def run(
             stop.now()  # the last moment a cancel counts: past it the release goes to the Hub
             published = publish.publish(store, job.model, p["repo"], options, device=device, progress=progress)
             return store.finish_job(job.id, holder, result=published.to_json(), happened=True)
-        if job.kind == stats_jobs.SHARD:  # as long as the sums take (checkpointed); a cancel ends it between batches
-            stop = StopCheck(store, job.id, stopping or threading.Event(), float("inf"))
+        if job.kind == stats_jobs.SHARD:
             stop.now()
             result = stats_jobs.run_shard(store, job, device, progress, stop=stop)
             return store.finish_job(job.id, holder, result=result)

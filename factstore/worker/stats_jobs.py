@@ -16,11 +16,12 @@ from factstore.errors import InvalidEditRequest, StatisticsError
 from factstore.files import file_sha256
 from factstore.options import StatsOptions
 from factstore.progress import SILENT, Reporter
+from factstore.storage.models import STATS_MERGE, STATS_SHARD
 from factstore.storage.store import Store
 from factstore.weights import shards, share, stats
 from factstore.weights.corpus import DEFAULT_CORPUS, Corpus, is_starter_corpus
 
-SHARD, MERGE = "stats-shard", "stats-merge"
+SHARD, MERGE = STATS_SHARD, STATS_MERGE
 MAX_SHARD_JOBS = 64
 MAX_TOKENS = 1_000_000_000
 
