@@ -268,15 +268,13 @@ class EditSession:
             for layer in layers:
                 mine = [c for c in reversed(own) if c.layer == layer]  # newest first
                 theirs = [self.store.get_covariance(logged[layer])] if layer in logged else []
-                for cov in [*mine, *theirs]:  # the first whose file is here (or in the share) wins
-                    if (path := stats.local_file(cov)) is not None:
-                        found[layer] = replace(cov, path=str(path))
-                        break
+                # the first whose file is here (or in the share) wins
+                if (here := next(filter(None, map(_here, [*mine, *theirs])), None)) is not None:
+                    found[layer] = here
             for layer in [layer for layer in layers if layer not in found and own]:
                 like = stats.spec_like(own[-1], self.base.identity, self.model, layer)  # the store's own text and size
-                known = self.store.get_covariance_by_key(like.key())
-                if known is not None and (path := stats.local_file(known)) is not None:
-                    found[layer] = replace(known, path=str(path))
+                if (here := _here(self.store.get_covariance_by_key(like.key()))) is not None:
+                    found[layer] = here
         missing = [layer for layer in layers if layer not in found]
         if missing:
             corpus = self.stats_corpus()
@@ -309,9 +307,8 @@ class EditSession:
         specs = list({spec.layer: spec for spec in specs}.values())  # a layer asked for twice is summed once
         found: dict[int, Covariance] = {}
         for spec in specs:
-            known = self.store.get_covariance_by_key(spec.key())
-            if known is not None and (path := stats.local_file(known)) is not None:
-                found[spec.layer] = replace(known, path=str(path))
+            if (here := _here(self.store.get_covariance_by_key(spec.key()))) is not None:
+                found[spec.layer] = here
         missing = [spec for spec in specs if spec.layer not in found]
         if missing:
             text = corpus()
@@ -613,6 +610,13 @@ class EditSession:
         result = compute_edits(self.model, self.tokenizer, [request], hp, self.matrix(cov.id), self.templates(hp))[0]
         asks = self._measure_band([request], [result], hp, cov)[0] if hp.band > 1 else ()
         return self._new_edit(request, result, hp, cov, note=note, requested_by=requested_by, band=asks), conflicts
+
+
+def _here(cov: Covariance | None) -> Covariance | None:
+    """COV with the path of its file on this machine (fetched from the statistics share if need
+    be, checked against its sha256), or None when this machine cannot have it."""
+    path = stats.local_file(cov) if cov is not None else None
+    return replace(cov, path=str(path)) if cov is not None and path is not None else None
 
 
 def _request(entry: EditEntry) -> EditRequest:
