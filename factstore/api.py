@@ -290,10 +290,7 @@ def queue_stats(
         idempotency=idempotency,
         max_pending=max_pending,
     )
-    if not created and (job.kind, job.model, {k: job.params.get(k) for k in merge}) != (MERGE, alias, merge):
-        from factstore.editing.requests import REUSED_KEY
-
-        raise InvalidEditRequest(REUSED_KEY)
+    _check_replay(job, created, MERGE, alias, merge)  # its "after" names the shards stored with it
     return job, created
 
 
@@ -648,11 +645,17 @@ def submit_job(
     job, created = store.create_job(
         base.id, kind, checked, requested_by=requested_by, idempotency=idempotency, max_pending=max_pending
     )
-    if not created and (job.kind, job.params, job.model) != (kind, checked, alias):
+    _check_replay(job, created, kind, alias, checked)
+    return job, created
+
+
+def _check_replay(job: Job, created: bool, kind: str, alias: str, params: dict) -> None:
+    """A job found under an idempotency key must be the one asked for (KIND, ALIAS, PARAMS as
+    stored), else the key was reused for another request: refused."""
+    if not created and (job.kind, job.model, {k: job.params.get(k) for k in params}) != (kind, alias, params):
         from factstore.editing.requests import REUSED_KEY
 
         raise InvalidEditRequest(REUSED_KEY)
-    return job, created
 
 
 def queue_publish(
