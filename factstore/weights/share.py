@@ -16,7 +16,7 @@ from typing import Protocol
 from factstore import config
 from factstore.config import SettingsError
 from factstore.errors import HubError, HubNotFound
-from factstore.files import atomic_path
+from factstore.files import atomic_path, file_sha256
 
 SHARE_DIR = "factstore-stats"  # the share's own folder (in a shared folder, or in the repository)
 # a merged C ({spec key}.safetensors) or one shard sum ({work key}.shard-I-of-N.{sha256[:16]}.safetensors)
@@ -86,6 +86,19 @@ class HubShare:
         with atomic_path(dest) as tmp:
             shutil.copyfile(path, tmp)
         return True
+
+
+def fetch_checked(source: Share, name: str, dest: Path, sha256: str, max_bytes: int) -> bool:
+    """NAME from SOURCE written at DEST when its bytes have SHA256 (True); else DEST is left as
+    it was (False)."""
+    fetched = dest.with_suffix(".fetched")
+    try:
+        if not source.fetch(name, fetched, max_bytes) or file_sha256(fetched) != sha256:
+            return False
+        fetched.replace(dest)
+        return True
+    finally:
+        fetched.unlink(missing_ok=True)
 
 
 def _endpoint() -> str | None:

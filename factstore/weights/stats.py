@@ -256,17 +256,11 @@ def local_file(cov: Covariance) -> Path | None:
     found = share.configured()
     if own is None or found is None:
         return None
-    fetched = own.with_suffix(".fetched")
     try:
-        if not found.fetch(own.name, fetched, SHARE_MAX_BYTES) or file_sha256(fetched) != cov.sha256:
-            return None
-        fetched.replace(own)  # never over a file of this name that was not C's (it failed the sha256 above)
+        return own if share.fetch_checked(found, own.name, own, cov.sha256, SHARE_MAX_BYTES) else None
     except FactStoreError as exc:  # the share is unreachable: computed here instead, as without one
         log.warning("key statistics of layer %d not fetched from %s: %s", cov.layer, found.where, exc)
         return None
-    finally:
-        fetched.unlink(missing_ok=True)
-    return own
 
 
 def checked_local_file(cov: Covariance) -> Path:

@@ -188,8 +188,7 @@ def _fetched_shard(shard_job: Job, layer: int, source: share.Share) -> Path:
     local = stats.cache_folder() / "shared" / name
     if local.is_file() and file_sha256(local) == sha256:
         return local
-    if not source.fetch(name, local, stats.SHARE_MAX_BYTES) or file_sha256(local) != sha256:
-        local.unlink(missing_ok=True)
+    if not share.fetch_checked(source, name, local, sha256, stats.SHARE_MAX_BYTES):
         raise StatisticsError(
             f"the share {source.where} does not hold shard job {shard_job.id}'s sums of layer {layer} as it recorded them"
         )
