@@ -103,6 +103,40 @@ def test_running_only_what_delta_changes_gives_the_same_value(make, gpt2_tokeniz
             assert torch.allclose(whole.value, fast.value, atol=1e-5, rtol=0) and whole.steps == fast.steps == HP.steps
 
 
+def test_the_suffix_loop_falls_back_once_for_a_family_without_a_cache_keyword_and_lets_bugs_through(
+    gpt2_tokenizer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    from factstore.rome import values
+
+    model = random_llama(seed=0)
+    templates = ["{}", "Hello there. {}"]
+    upper = compute_value(model, gpt2_tokenizer, REQUEST, templates, HP, loop="upper")
+    forward = model.base_model.forward
+
+    def no_position_ids(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if "position_ids" in kwargs:  # as a family whose forward takes no position ids would say
+            raise TypeError("forward() got an unexpected keyword argument 'position_ids'")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.base_model, "forward", no_position_ids)
+    monkeypatch.setattr(values, "_said", set())
+    caplog.set_level(logging.INFO, logger="factstore.rome.values")
+    for _ in range(2):
+        fast = compute_value(model, gpt2_tokenizer, REQUEST, templates, HP, loop="suffix")
+        assert torch.allclose(fast.value, upper.value, atol=1e-5, rtol=0)
+    said = [r.getMessage() for r in caplog.records if "suffix loop off" in r.getMessage()]
+    assert len(said) == 1 and "LlamaForCausalLM" in said[0] and "position_ids" in said[0]
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise IndexError("a bug in the fast path")
+
+    monkeypatch.setattr(model.base_model, "forward", broken)
+    with pytest.raises(IndexError, match="a bug in the fast path"):
+        compute_value(model, gpt2_tokenizer, REQUEST, templates, HP, loop="suffix")
+
+
 def _batch_pool() -> list[EditRequest]:
     """Requests that leave a batch at different steps: two the model already answers (they stop at
     once), seven swapped cities, one target no 15 steps reach."""

@@ -81,6 +81,51 @@ class SuffixStack(UpperStack):
         return super().final_hidden()
 
 
+class SuffixUnsupported(Exception):
+    """This family's forward cannot run from a cached prefix: it takes no position ids or cache
+    by keyword, or returns no cache. The one limit the suffix loop falls back for."""
+
+
+def prefix_cache(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, split: int
+) -> Any:
+    """One pass over the whole (R, L) left-aligned batch, its key/value cache cut back to the
+    SPLIT positions before the column every row's subject ends in. Run under torch.no_grad()."""
+    try:
+        out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+    except TypeError as exc:  # a forward without position_ids (or use_cache) as keywords
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise SuffixUnsupported(str(exc)) from exc
+    cache = arch.output_cache(out)
+    if cache is None or not hasattr(cache, "crop"):
+        raise SuffixUnsupported(f"its forward returned no croppable cache ({type(cache).__name__})")
+    cache.crop(split - cache.get_seq_length())
+    return cache
+
+
+def record_suffix(
+    model: PreTrainedModel,
+    first: int,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: Any,
+    split: int,
+) -> SuffixStack:
+    """A pass over the positions from SPLIT on, after prefix_cache, recording what blocks first..
+    receive. Run under torch.no_grad()."""
+    with recording(model, first) as upper:
+        model.base_model(
+            input_ids=ids[:, split:],
+            attention_mask=mask,
+            position_ids=position_ids[:, split:],
+            use_cache=True,
+            **{arch.cache_keyword(model): cache},
+        )
+    return SuffixStack(model, first, upper.calls, cache=cache, prefix=split)
+
+
 @contextmanager
 def recording(model: PreTrainedModel, first: int) -> Iterator[UpperStack]:
     """Record, on the forward passes inside the block, what blocks first.. receive (the last

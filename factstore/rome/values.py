@@ -26,7 +26,7 @@ from factstore.domain import EditRequest
 from factstore.rome.hooks import add_per_row, capture, edit_output
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.rome.prompts import check_fits, encode_prompt, pad_right, request_prompts, target_ids
-from factstore.rome.stack import SuffixStack, UpperStack, recording
+from factstore.rome.stack import SuffixUnsupported, UpperStack, prefix_cache, record_suffix, recording
 
 log = logging.getLogger(__name__)
 
@@ -259,33 +259,18 @@ class _Run:
         through that record must equal the model's on each essence prompt alone, unpadded (else
         None): that checks the cache and the left padding (position ids) of this family."""
         batch = _assemble([self.parts[i] for i in self.active], align=True).to(self.device)
-        s = batch.split
         model = self.model
+        if batch.position_ids is None:
+            raise ValueError("an aligned batch carries its position ids")  # _assemble(align=True) sets them
         try:
-            with capture(self.module) as seen:
-                out = model.base_model(
-                    input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.position_ids, use_cache=True
-                )
-            cache = arch.output_cache(out)
-            cache.crop(s - cache.get_seq_length())
-            if batch.position_ids is None:
-                raise ValueError("the suffix loop needs the batch's position ids")
-            with recording(model, self.hp.layer) as upper:
-                model.base_model(
-                    input_ids=batch.ids[:, s:],
-                    attention_mask=batch.mask,
-                    position_ids=batch.position_ids[:, s:],
-                    use_cache=True,
-                    **{arch.cache_keyword(model): cache},
-                )
-            stack = SuffixStack(model, self.hp.layer, upper.calls, cache=cache, prefix=s)
-            steps = batch.suffix()
-            again = stack.logits_at(steps.kl_rows, steps.kl_pos)
-        except (TypeError, ValueError, AttributeError, RuntimeError, IndexError) as exc:
-            # a family whose forward takes no cache or position ids this way; said, so that a bug
-            # in the fast path does not pass for a family's limit
-            log.info("suffix loop unavailable for %s: %s: %s", type(model).__name__, type(exc).__name__, exc)
+            with capture(self.module) as seen:  # the layer's outputs on the whole batch, the prefix's pass
+                cache = prefix_cache(model, batch.ids, batch.mask, batch.position_ids, batch.split)
+        except SuffixUnsupported as exc:
+            _say_once(model, "unsupported", f"its forward cannot run from a cached prefix: {exc}")
             return None
+        stack = record_suffix(model, self.hp.layer, batch.ids, batch.mask, batch.position_ids, cache, batch.split)
+        steps = batch.suffix()
+        again = stack.logits_at(steps.kl_rows, steps.kl_pos)
         # the reference: each essence prompt alone, unpadded on the left (as the other loops see it)
         essence = [self.parts[i].rows[-1] for i in self.active]
         ids, mask = pad_right(essence)
@@ -295,11 +280,8 @@ class _Run:
         weight_dtype = arch.down_proj_param(model, self.hp.layer).dtype
         limit = max(SELF_CHECK_TOLERANCE, 4 * torch.finfo(weight_dtype).eps)
         if not bool(torch.isfinite(again).all()) or float(error) > limit:
-            log.info(
-                "suffix loop off for %s: its logits differ from the model's by %.2g (limit %.2g)",
-                type(model).__name__,
-                float(error),
-                limit,
+            _say_once(
+                model, "mismatch", f"its logits differ from the model's by {float(error):.2g} (limit {limit:.2g})"
             )
             return None
         return steps, stack, torch.log_softmax(reference.float(), dim=-1), seen.output
@@ -375,6 +357,17 @@ class _Run:
             loss=self.loss.get(i, float("inf")),
             steps=self.step,
         )
+
+
+_said: set[tuple[str, str]] = set()  # (family, kind) already logged: once per process, not per batch
+
+
+def _say_once(model: PreTrainedModel, kind: str, reason: str) -> None:
+    """Log why this family's steps run the upper loop instead, the first time only."""
+    family = type(model).__name__
+    if (family, kind) not in _said:
+        _said.add((family, kind))
+        log.info("suffix loop off for %s, the upper loop runs instead: %s", family, reason)
 
 
 def _drop(batch: _Batch, keep: list[int]) -> _Batch:
