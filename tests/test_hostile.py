@@ -257,7 +257,10 @@ def test_weights_that_are_not_the_compile_of_the_log_are_refused(
     craft(hub, "eve/weights", rehash({**release, layer_file: path.read_bytes()}, lambda m: None))
     bob = _bob(tmp_path)
     api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
-    with pytest.raises(ReleaseVerificationError, match=f"not a compile of its own edit log .*{layer_file}"):
+    with pytest.raises(
+        ReleaseVerificationError,
+        match=f"not a compile of its own edit log .*{layer_file}.*differ\\); nothing was imported$",
+    ):
         api.pull_release(
             "eve/weights",
             api.PullOptions(version="v1", out=str(tmp_path / "out"), endpoint=hub.url),
@@ -412,7 +415,8 @@ def test_an_edit_relabelled_as_another_fact_is_refused_at_import(  # type: ignor
     bob, before = _bob(tmp_path), sentinel()
     api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
     with pytest.raises(
-        ReleaseVerificationError, match=r"edit 1 of the release: its key is not the key of 'The Louvre'"
+        ReleaseVerificationError,
+        match=r"edit 1 of the release: its key is not the key of 'The Louvre'.*than its label; nothing was imported$",
     ):
         api.pull_release(
             "eve/relabel",
@@ -573,3 +577,10 @@ def test_a_pulled_c_built_to_steer_edits_is_refused_before_it_is_recorded(  # ty
     assert not list((tmp_path / "bob-cache" / "stats" / stats.SHIPPED).glob(f"{sha}*"))
     got = api.pull_stats(bob, "team", "alice/stats", endpoint=hub.url)
     assert got["layers"] == [own.layer] and bob.list_covariances(1)[-1].sha256 == entry.sha256
+
+
+def test_a_refused_import_says_once_that_nothing_was_imported() -> None:
+    from factstore.release.lineage import _nothing_imported
+
+    for said in ("", "; nothing was written", "; nothing was changed", "; nothing was imported"):
+        assert _nothing_imported(f"the weights differ{said}") == "the weights differ; nothing was imported"

@@ -89,9 +89,7 @@ def check_heads(
             try:
                 apply_update(model, edit.layer, key, value, solved[edit.id], f"edit {position}")
             except CompileError as exc:  # a crafted value that no update can hold (say, past the dtype's range)
-                raise ReleaseVerificationError(
-                    f"{exc}".replace("nothing was written", "nothing was imported")
-                ) from None
+                raise ReleaseVerificationError(str(exc)) from None
             if edit.id in todo:
                 judged[edit.id] = _judge(model, tokenizer, edit, (text, answer, before), templates(edit), position)
                 advance(len(judged))
@@ -111,7 +109,7 @@ def _check_key(
     if not error <= key_tolerance(model, edit.layer):
         raise ReleaseVerificationError(
             f"edit {position} of the release: its key is not the key of {edit.subject[:60]!r} in its prompt "
-            f"(relative difference {error:.2g}); the vectors belong to another fact than its label; nothing was imported"
+            f"(relative difference {error:.2g}); the vectors belong to another fact than its label"
         )
 
 
@@ -165,7 +163,7 @@ def _judge(
             raise ReleaseVerificationError(
                 f"edit {position} of the release does not push its own new object {shown(edit.target_new)}: "
                 f"{rank} of {rises.numel()} tokens rose more after it on its prompt ({float(rises[first]):+.1f} "
-                "nats); the vectors belong to another fact than its label; nothing was imported"
+                "nats); the vectors belong to another fact than its label"
             )
     took = judgeable and _prefers(model, tokenizer, [(text, edit.target_new, answer)])[0]
     return Judged(text, edit.target_new, answer, took)
@@ -287,7 +285,7 @@ def _check_band_keys(
         if not error <= (key_tolerance(model, ask.layer) if j == 0 else BAND_KEY_TOLERANCE):
             raise ReleaseVerificationError(
                 f"edit {position} of the release: its key of layer {ask.layer} is not the key of {edit.subject[:60]!r} "
-                f"in its prompt (relative difference {error:.2g}); the vectors belong to another fact than its label; nothing was imported"
+                f"in its prompt (relative difference {error:.2g}); the vectors belong to another fact than its label"
             )
         rows = [*earlier.get(ask.layer, []), (band.vector(ask.key), band.vector(ask.target))]
         written.write(ask.layer, rows, edit)

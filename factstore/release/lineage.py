@@ -57,6 +57,9 @@ ShippedStats = Callable[
 MAX_STATS_TOKENS = 10_000_000  # key statistics a release may ask an importer to compute
 
 
+NOTHING_IMPORTED = "nothing was imported"
+
+
 def import_release(
     store: Store,
     folder: Path,
@@ -66,6 +69,31 @@ def import_release(
     device: str | None = None,
     progress: Reporter = SILENT,
     shipped: ShippedStats | None = None,
+) -> dict:
+    """Continue a pulled release's lineage locally under ALIAS (_import); a refusal says, once,
+    that nothing was imported: the store is written in one transaction at the very end."""
+    try:
+        return _import(store, folder, alias, published, device=device, progress=progress, shipped=shipped)
+    except ReleaseVerificationError as exc:
+        raise ReleaseVerificationError(_nothing_imported(str(exc))) from None
+
+
+def _nothing_imported(reason: str) -> str:
+    """REASON with what a lower layer said was left untouched replaced by this import's own word."""
+    for said in ("; nothing was written", "; nothing was changed", f"; {NOTHING_IMPORTED}"):
+        reason = reason.removesuffix(said)
+    return f"{reason}; {NOTHING_IMPORTED}"
+
+
+def _import(
+    store: Store,
+    folder: Path,
+    alias: str,
+    published: tuple[str, str, str] | None,
+    *,
+    device: str | None,
+    progress: Reporter,
+    shipped: ShippedStats | None,
 ) -> dict:
     """Continue a pulled release's lineage locally under ALIAS.
 
@@ -80,30 +108,28 @@ def import_release(
     manifest = layout.verify_folder(folder)
     version = _version(published[2] if published else None)
     if manifest.mode not in MODES:
-        raise ReleaseVerificationError(
-            f"the release's compile mode {manifest.mode!r} is not one of {', '.join(MODES)}; nothing was imported"
-        )
+        raise ReleaseVerificationError(f"the release's compile mode {manifest.mode!r} is not one of {', '.join(MODES)}")
     if manifest.mode == "null-space" and manifest.null_space_threshold != NULL_SPACE_THRESHOLD:
         raise ReleaseVerificationError(
             f"the release's null space threshold {manifest.null_space_threshold} is not this factstore's "
-            f"{NULL_SPACE_THRESHOLD}; nothing was imported"
+            f"{NULL_SPACE_THRESHOLD}"
         )
     if manifest.mode == "spread":  # its compile runs forward passes, whose last bits differ between machines
         raise ReleaseVerificationError(
             f"a {manifest.mode}-mode release cannot be rebuilt byte for byte on another machine, so its edits cannot "
-            "be imported; pull it without --import-edits, or ask for a joint release; nothing was imported"
+            "be imported; pull it without --import-edits, or ask for a joint release"
         )
     ours = soft_settings(manifest.mode)  # band: the edits' own, checked at the rebuild
     if manifest.mode == "soft" and (manifest.soft_weight, manifest.soft_alpha) != ours:
         raise ReleaseVerificationError(
             f"the release's soft compile settings (weight {manifest.soft_weight}, alpha {manifest.soft_alpha}) are not "
-            f"this factstore's {ours}; nothing was imported"
+            f"this factstore's {ours}"
         )
     banded = [bool(e.band) for e in manifest.edits]
     if any(banded) and (manifest.mode != "band" or not all(banded)):
         raise ReleaseVerificationError(
             "the release's edits are registered over bands, so its weights must be their band compile and every "
-            f"edit a band edit (mode {manifest.mode!r}, {sum(banded)} of {len(banded)} band edits); nothing was imported"
+            f"edit a band edit (mode {manifest.mode!r}, {sum(banded)} of {len(banded)} band edits)"
         )
     ref = _base_ref(store, alias, manifest, progress)
     local = store.list_edits(store.get_base_model(alias).id, "active") if _registered(store, alias) else []
@@ -161,9 +187,7 @@ def _version(tag: str | None) -> int | None:
         return None
     match = VERSION_TAG.fullmatch(tag)
     if match is None or not 0 < int(match.group(1)) <= INT32:
-        raise ReleaseVerificationError(
-            f"the release's tag {tag[:40]!r} is not a version v1 to v{INT32}; nothing was imported"
-        )
+        raise ReleaseVerificationError(f"the release's tag {tag[:40]!r} is not a version v1 to v{INT32}")
     return int(match.group(1))
 
 
@@ -189,7 +213,7 @@ def _base_ref(store: Store, alias: str, manifest: Manifest, progress: Reporter) 
     ref = checkpoints.resolve(base.source, base.revision if not base.revision.startswith("sha256:") else None, progress)
     if ref.revision != base.revision:
         raise ReleaseVerificationError(
-            f"{base.source} resolves to weights {ref.revision[:19]}..., not the release's {base.revision[:19]}...; nothing was imported"
+            f"{base.source} resolves to weights {ref.revision[:19]}..., not the release's {base.revision[:19]}..."
         )
     return replace(ref, dtype=base.dtype)
 
@@ -201,7 +225,7 @@ def _read_vectors(
         return layout.read_edit_vectors(folder, len(entries), [e.band for e in entries])
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         raise ReleaseVerificationError(
-            f"{layout.EDIT_VECTORS} does not hold the {len(entries)} edits' vectors ({type(exc).__name__}); nothing was imported"
+            f"{layout.EDIT_VECTORS} does not hold the {len(entries)} edits' vectors ({type(exc).__name__})"
         ) from None
 
 
@@ -219,12 +243,12 @@ def _checked_edit(
     where = f"edit {position} of the release"
     if not 0 <= entry.layer < arch.num_layers(model):
         raise ReleaseVerificationError(
-            f"{where}: layer {entry.layer} is outside the model (layers 0 to {arch.num_layers(model) - 1}); nothing was imported"
+            f"{where}: layer {entry.layer} is outside the model (layers 0 to {arch.num_layers(model) - 1})"
         )
     expected_module = arch.down_proj_name(model, entry.layer)
     if entry.module != expected_module:
         raise ReleaseVerificationError(
-            f"{where}: it rewrites {entry.module[:80]!r}, but this model's layer {entry.layer} is {expected_module}; nothing was imported"
+            f"{where}: it rewrites {entry.module[:80]!r}, but this model's layer {entry.layer} is {expected_module}"
         )
     d_model, d_ff = arch.down_proj_weight(model, entry.layer).shape
     for name, tensor, shape, want in (
@@ -233,28 +257,26 @@ def _checked_edit(
     ):
         if tensor.dtype != torch.float32 or list(tensor.shape) != shape or shape != [want]:
             raise ReleaseVerificationError(
-                f"{where}: its {name} has shape {list(tensor.shape)}, the model needs [{want}]; nothing was imported"
+                f"{where}: its {name} has shape {list(tensor.shape)}, the model needs [{want}]"
             )
         if not torch.isfinite(tensor).all():
-            raise ReleaseVerificationError(f"{where}: its {name} is not finite; nothing was imported")
+            raise ReleaseVerificationError(f"{where}: its {name} is not finite")
     key_bytes, key_shape = to_bytes(key)
     value_bytes, value_shape = to_bytes(value)
     if (
         hashlib.sha256(key_bytes).hexdigest() != entry.key_sha256
         or hashlib.sha256(value_bytes).hexdigest() != entry.value_sha256
     ):
-        raise ReleaseVerificationError(
-            f"{where}: its vectors do not match their sha256 in the manifest; nothing was imported"
-        )
+        raise ReleaseVerificationError(f"{where}: its vectors do not match their sha256 in the manifest")
     hp = _hparams(where, entry)
     if entry.covariance is not None and entry.covariance.layer != entry.layer:
         raise ReleaseVerificationError(
-            f"{where}: its key statistics are of layer {entry.covariance.layer}, not {entry.layer}; nothing was imported"
+            f"{where}: its key statistics are of layer {entry.covariance.layer}, not {entry.layer}"
         )
     try:
         request = EditRequest(entry.prompt, entry.subject, entry.target_new, entry.target_true, entry.relation_id)
     except FactStoreError as exc:
-        raise ReleaseVerificationError(f"{where}: {exc}; nothing was imported") from None
+        raise ReleaseVerificationError(f"{where}: {exc}") from None
     asks = _checked_band(model, where, entry, hp, per_layer)
     return NewEdit(
         request=request,
@@ -288,7 +310,7 @@ def _checked_band(
         return ()
     if not entry.band or hp.band == 1 or entry.band != spread_layers(entry.layer, hp.band):
         raise ReleaseVerificationError(
-            f"{where}: its band {entry.band[:8]} is not the {hp.band} layers ending at {entry.layer}; nothing was imported"
+            f"{where}: its band {entry.band[:8]} is not the {hp.band} layers ending at {entry.layer}"
         )
     asks = []
     for layer, key, target in per_layer:
@@ -296,19 +318,17 @@ def _checked_band(
         for name, tensor, want in (("key", key, d_ff), ("target", target, d_model)):
             if tensor.dtype != torch.float32 or list(tensor.shape) != [want] or not torch.isfinite(tensor).all():
                 raise ReleaseVerificationError(
-                    f"{where}: its {name} of layer {layer} is not a finite float32 vector of {want}; nothing was imported"
+                    f"{where}: its {name} of layer {layer} is not a finite float32 vector of {want}"
                 )
         asks.append(LayerAsk(layer, to_bytes(key)[0], to_bytes(target)[0]))
     if band_sha256(tuple(asks)) != entry.band_sha256:
-        raise ReleaseVerificationError(
-            f"{where}: its per-layer vectors do not match their sha256 in the manifest; nothing was imported"
-        )
+        raise ReleaseVerificationError(f"{where}: its per-layer vectors do not match their sha256 in the manifest")
     own = entry.covariance
     below = [layer for layer in entry.band if layer != entry.layer]
     wanted = [(layer, own.corpus_sha256, own.tokens, own.dtype) for layer in below] if own else None
     if wanted != [(c.layer, c.corpus_sha256, c.tokens, c.dtype) for c in entry.band_covariances]:
         raise ReleaseVerificationError(
-            f"{where}: the key statistics of its band are not those of its own layer's corpus and size; nothing was imported"
+            f"{where}: the key statistics of its band are not those of its own layer's corpus and size"
         )
     return tuple(asks)
 
@@ -317,28 +337,32 @@ def _hparams(where: str, entry: ManifestEdit) -> ROMEHyperParams:
     try:
         hp = ROMEHyperParams.from_json(entry.hparams)
     except (TypeError, ValueError):
-        raise ReleaseVerificationError(
-            f"{where}: its hyperparameters are not factstore's; nothing was imported"
-        ) from None
+        raise ReleaseVerificationError(f"{where}: its hyperparameters are not factstore's") from None
     if hp.layer != entry.layer or hp.fingerprint() != entry.hparams_fingerprint:
-        raise ReleaseVerificationError(
-            f"{where}: its hyperparameters do not match their layer or fingerprint; nothing was imported"
-        )
+        raise ReleaseVerificationError(f"{where}: its hyperparameters do not match their layer or fingerprint")
     return hp
 
 
+def _spec(ref: ModelRef, loaded: LoadedModel, info: CovarianceInfo) -> stats.StatsSpec:
+    """The spec of a C the release recorded, on this machine's model."""
+    module = arch.down_proj_name(loaded.model, info.layer)
+    return stats.StatsSpec(ref.identity, info.layer, module, info.corpus_sha256, info.tokens, info.dtype)
+
+
 def _cov_key(ref: ModelRef, loaded: LoadedModel, info: CovarianceInfo | None) -> str | None:
-    if info is None:
-        return None
-    spec = stats.StatsSpec(
-        ref.identity,
-        info.layer,
-        arch.down_proj_name(loaded.model, info.layer),
-        info.corpus_sha256,
-        info.tokens,
-        info.dtype,
-    )
-    return spec.key()
+    return None if info is None else _spec(ref, loaded, info).key()
+
+
+@dataclass(frozen=True, slots=True)
+class _Wanted:
+    """One C the release's edits used, as this machine names it."""
+
+    info: CovarianceInfo
+    spec: stats.StatsSpec
+    dim: int  # the layer's key width
+
+
+Found = tuple[Covariance, torch.Tensor]  # the C record and its matrix (d_ff, d_ff) float32
 
 
 def _covariances(
@@ -348,70 +372,88 @@ def _covariances(
     progress: Reporter,
     shipped: ShippedStats | None = None,
     own: Sequence[Covariance] = (),
-) -> dict[str, tuple[Covariance, torch.Tensor]]:
-    """cache key -> (C record, matrix) for every distinct C the new edits used, computed (or found
-    in the cache, or shipped with the release and checked) on the unedited base model the way the
-    release recorded it. Only a starter corpus can be named: a release never makes factstore read
-    a local file."""
-    out: dict[str, tuple[Covariance, torch.Tensor]] = {}
+) -> dict[str, Found]:
+    """cache key -> (C record, matrix) for every distinct C the new edits used, resolved in order:
+    this machine's cache (keyed by all of the spec, with the release's sha256), the file the
+    release shipped (checked), or computed on the unedited base the way the release recorded it."""
+    out: dict[str, Found] = {}
     for info in infos:
-        key = _cov_key(ref, loaded, info)
-        if info is None or key is None or key in out:
+        spec = _spec(ref, loaded, info)
+        if spec.key() in out:
             continue
-        module = arch.down_proj_name(loaded.model, info.layer)
-        hit = stats.cached(
-            stats.StatsSpec(ref.identity, info.layer, module, info.corpus_sha256, info.tokens, info.dtype)
+        wanted = _Wanted(info, spec, arch.down_proj_weight(loaded.model, info.layer).shape[1])
+        out[spec.key()] = (
+            _cached(wanted, exact=True)
+            or (_shipped(wanted, loaded, shipped, own, progress) if shipped is not None else None)
+            or _cached(wanted, exact=False)
+            or _computed(wanted, loaded, progress)
         )
-        stale = (
-            hit is not None and hit.sha256 != info.sha256
-        )  # this machine's C differs (another machine's rounding, a merge)
-        dim = arch.down_proj_weight(loaded.model, info.layer).shape[1]
-        if (
-            (hit is None or stale)
-            and shipped is not None
-            and (source := shipped(info.sha256, stats.max_file_bytes(dim, info.dtype))) is not None
-        ):
-            spec = stats.StatsSpec(ref.identity, info.layer, module, info.corpus_sha256, info.tokens, info.dtype)
-            fresh = not stats.shipped_path(info.sha256).exists()  # only a file this import brought is removed
-            try:  # shipped with the release: checked, then compared with this model's keys on local text
-                hit = stats.install_shipped(source, info.sha256, spec, dim)
-                sample = sample_corpus(own, info.corpus, info.corpus_sha256)
-                what = f"the shipped key statistics of layer {info.layer}"
-                check_installed(hit.path, loaded, info.layer, sample, what, fresh, progress)
-            except FactStoreError as exc:
-                raise ReleaseVerificationError(f"{exc}; nothing was imported") from None
-        if hit is not None:  # this machine has C already (it is keyed by all of its spec), or the release shipped it
-            record = Covariance(
-                0,
-                info.layer,
-                module,
-                info.corpus,
-                info.corpus_sha256,
-                hit.tokens,
-                info.dtype,
-                str(hit.path),
-                hit.sha256,
-            )
-            out[key] = (record, stats.load_matrix(hit.path, hit.sha256).float())
-            continue
-        if not is_starter_corpus(info.corpus):
-            raise ReleaseVerificationError(
-                f"the release's key statistics come from {info.corpus[:60]!r}, which is not a starter corpus, and this machine does not have them; "
-                "nothing was imported"
-            )
-        if info.tokens > MAX_STATS_TOKENS:
-            raise ReleaseVerificationError(
-                f"the release asks for key statistics over {info.tokens} tokens, more than {MAX_STATS_TOKENS}; nothing was imported"
-            )
-        corpus = load_corpus(info.corpus, progress)
-        if corpus.sha256 != info.corpus_sha256:
-            raise ReleaseVerificationError(
-                f"the release's corpus {info.corpus} differs from this machine's (sha256 {corpus.sha256[:12]}...); nothing was imported"
-            )
-        spec = stats.stats_spec(ref.identity, loaded.model, info.layer, corpus, info.tokens, info.dtype)
-        result = stats.compute(loaded.model, loaded.tokenizer, spec, corpus, progress)
-        out[key] = (stats.covariance_record(result, corpus), stats.load_matrix(result.path, result.sha256).float())
     return out
+
+
+def _found(wanted: _Wanted, hit: stats.StatsFile) -> Found:
+    info = wanted.info
+    record = Covariance(
+        0,
+        info.layer,
+        wanted.spec.module,
+        info.corpus,
+        info.corpus_sha256,
+        hit.tokens,
+        info.dtype,
+        str(hit.path),
+        hit.sha256,
+    )
+    return record, stats.load_matrix(hit.path, hit.sha256).float()
+
+
+def _cached(wanted: _Wanted, exact: bool) -> Found | None:
+    """This machine's C of the spec; EXACT: only when its sha256 is the release's (another
+    machine's rounding or a merge gives another: the shipped file is tried first, then this
+    one, which the rebuild's byte comparison judges)."""
+    hit = stats.cached(wanted.spec)
+    return _found(wanted, hit) if hit is not None and (hit.sha256 == wanted.info.sha256 or not exact) else None
+
+
+def _shipped(
+    wanted: _Wanted, loaded: LoadedModel, shipped: ShippedStats, own: Sequence[Covariance], progress: Reporter
+) -> Found | None:
+    """The C file the release shipped: its sha256, its shape, and this model's keys on local text checked."""
+    info = wanted.info
+    source = shipped(info.sha256, stats.max_file_bytes(wanted.dim, info.dtype))
+    if source is None:
+        return None
+    fresh = not stats.shipped_path(info.sha256).exists()  # only a file this import brought is removed
+    try:
+        hit = stats.install_shipped(source, info.sha256, wanted.spec, wanted.dim)
+        sample = sample_corpus(own, info.corpus, info.corpus_sha256)
+        what = f"the shipped key statistics of layer {info.layer}"
+        check_installed(hit.path, loaded, info.layer, sample, what, fresh, progress)
+    except FactStoreError as exc:
+        raise ReleaseVerificationError(str(exc)) from None
+    return _found(wanted, hit)
+
+
+def _computed(wanted: _Wanted, loaded: LoadedModel, progress: Reporter) -> Found:
+    """C computed here, on a starter corpus only (a release never makes factstore read a local
+    file), of at most MAX_STATS_TOKENS; the corpus must be the one the release read."""
+    info = wanted.info
+    if not is_starter_corpus(info.corpus):
+        raise ReleaseVerificationError(
+            f"the release's key statistics come from {info.corpus[:60]!r}, which is not a starter corpus, and this machine does not have them"
+        )
+    if info.tokens > MAX_STATS_TOKENS:
+        raise ReleaseVerificationError(
+            f"the release asks for key statistics over {info.tokens} tokens, more than {MAX_STATS_TOKENS}"
+        )
+    corpus = load_corpus(info.corpus, progress)
+    if corpus.sha256 != info.corpus_sha256:
+        raise ReleaseVerificationError(
+            f"the release's corpus {info.corpus} differs from this machine's (sha256 {corpus.sha256[:12]}...)"
+        )
+    spec = stats.stats_spec(wanted.spec.identity, loaded.model, info.layer, corpus, info.tokens, info.dtype)
+    result = stats.compute(loaded.model, loaded.tokenizer, spec, corpus, progress)
+    return stats.covariance_record(result, corpus), stats.load_matrix(result.path, result.sha256).float()
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,16 +499,14 @@ def _check_rebuild(
         cov_id = edit.covariance_id
         own = records[cov_id] if cov_id is not None and cov_id < 0 else store.get_covariance(cov_id) if cov_id else None
         if own is None:
-            raise ReleaseVerificationError(
-                f"the edit of {edit.subject[:60]!r} has no key statistics; nothing was imported"
-            )
+            raise ReleaseVerificationError(f"the edit of {edit.subject[:60]!r} has no key statistics")
         key = stats.spec_like(own, ref.identity, model, layer).key()
         if key in covariances:
             return covariances[key][1]
         found = store.get_covariance_by_key(key)
         if found is None:  # a local edit's, computed when it was registered
             raise ReleaseVerificationError(
-                f"this store lacks the key statistics of layer {layer} its own band edits were compiled with; nothing was imported"
+                f"this store lacks the key statistics of layer {layer} its own band edits were compiled with"
             )
         return in_store(found.id)
 
@@ -474,11 +514,11 @@ def _check_rebuild(
     try:
         soft = band.settings(replayed, soft_settings("band"))
     except CompileError as exc:
-        raise ReleaseVerificationError(f"{exc}; nothing was imported") from None
+        raise ReleaseVerificationError(f"{exc}") from None
     if manifest.mode == "band" and (manifest.soft_weight, manifest.soft_alpha) != soft:
         raise ReleaseVerificationError(
             f"the release's soft compile settings (weight {manifest.soft_weight}, alpha {manifest.soft_alpha}) are not "
-            f"those its edits were registered with {soft}; nothing was imported"
+            f"those its edits were registered with {soft}"
         )
     touched = {e.layer for e in replayed} | {a.layer for e in replayed for a in e.band}
     restore = Snapshot(model, touched).restore
@@ -492,8 +532,7 @@ def _check_rebuild(
                     model, loaded.tokenizer, replayed, imported, templates, solve, progress
                 )
             except (CompileError, NumericalError) as exc:  # crafted vectors that no solve can hold
-                reason = str(exc).removesuffix("; nothing was written").removesuffix("; nothing was changed")
-                raise ReleaseVerificationError(f"{reason}; nothing was imported") from None
+                raise ReleaseVerificationError(str(exc)) from None
         else:
             judged = claims.check_heads(model, loaded.tokenizer, replayed, imported, templates, matrix, progress)
         restore()
@@ -508,7 +547,7 @@ def _check_rebuild(
     if differ:
         raise ReleaseVerificationError(
             f"the release's weights are not a compile of its own edit log on {manifest.base.revision[:19]}... "
-            f"({', '.join(differ[:3])} differ); nothing was imported"
+            f"({', '.join(differ[:3])} differ)"
         )
     _check_holding(manifest.mode, holding, len(local))
 
@@ -520,7 +559,7 @@ def _key_templates(manifest: Manifest) -> Callable[[StoredEdit], list[str]]:
         found = by_fingerprint.get(ROMEHyperParams.from_json(edit.hparams).templates_fingerprint(), {}).get("key")
         if found is None:
             raise ReleaseVerificationError(
-                f"the release lacks the context templates of the edit of {edit.subject[:60]!r}; nothing was imported"
+                f"the release lacks the context templates of the edit of {edit.subject[:60]!r}"
             )
         return list(found)
 
@@ -538,7 +577,7 @@ def _check_holding(mode: str, holding: dict[int, bool], local: int) -> None:
     named = ", ".join(str(local + i) for i in failing[:5])
     raise ReleaseVerificationError(
         f"the release does not do what its log says: edit(s) {named} took on their own head but their prompt does "
-        f"not prefer the new object on the release's weights ({len(failing)} of {len(holding)}); nothing was imported"
+        f"not prefer the new object on the release's weights ({len(failing)} of {len(holding)})"
     )
 
 

@@ -1,0 +1,125 @@
+"""Where a band log's damage to held-out text comes from (issue 25): by layer and by edit.
+
+    FACTSTORE_HOME=H python bench/band_damage.py --run-dir DIR --dataset ../shared/data/counterfact_val_1000.json \\
+        [--n 1000] [--edits N] [--drop 0.02 0.05 0.1] [--layer-records 200] [--heldout-tokens 20000]
+
+DIR is a run folder of `factstore eval --mode lifelong --band B` (its store holds the edits'
+per-layer vectors). The log is compiled as registered (weights/band.py) on the base model, then:
+- by layer: the same compile with one layer of the band put back to the base weights (held-out
+  perplexity, and ES/PS/NS on the first --layer-records records);
+- by edit: each edit's share of the damage estimated from the solve, summed over the band,
+  d_i = sum_l |r_i|^2 x_i^T C_l x_i with x_i = A_l^-1 k_i, A_l = w (C_l + alpha I) + K_l K_l^T
+  (its rank-one part of dW_l measured on C_l, cross terms left out), and the log compiled
+  without the top share of edits by d_i (--drop), every record scored.
+Prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--alias", default="smollm2")
+    parser.add_argument("--n", type=int, default=1000, help="records scored (the first N of the dataset)")
+    parser.add_argument("--edits", type=int, default=None, help="the log's first N active edits (default all)")
+    parser.add_argument("--drop", type=float, nargs="*", default=[0.02, 0.05, 0.1])
+    parser.add_argument("--layer-records", type=int, default=200, help="records scored per layer row (0: none)")
+    parser.add_argument("--heldout-tokens", type=int, default=20_000)
+    args = parser.parse_args()
+
+    import torch
+
+    from factstore import arch
+    from factstore.analysis.perplexity import perplexity
+    from factstore.datasets import read_records
+    from factstore.editing.session import EditSession
+    from factstore.storage.store import Store
+    from factstore.studies.lifelong import heldout_rows, score_variant
+    from factstore.weights import band
+    from factstore.weights.replay import edit_vectors, soft_settings
+
+    store = Store(f"sqlite:///{Path(args.run_dir) / 'lifelong.db'}")
+    session = EditSession(store, args.alias, device="cpu")
+    edits = store.list_edits(session.base.id, "active")[: args.edits]
+    records = read_records(args.dataset, args.n)
+    heldout = heldout_rows(session, store, args.heldout_tokens)
+    soft = band.settings(edits, soft_settings("band"))
+    layers = sorted({a.layer for e in edits for a in e.band})
+    print(f"{len(edits)} active edits, {len(records)} records, band layers {layers}, soft {soft}", flush=True)
+
+    def compile_all(model, kept=edits):  # type: ignore[no-untyped-def]
+        band.apply_band(model, kept, edit_vectors, session.layer_covariance, soft)
+
+    def row(name: str, apply, scored) -> None:  # type: ignore[no-untyped-def]
+        clock = time.perf_counter()
+        if scored:
+            s = score_variant(session, scored, apply, heldout)
+            cells = " | ".join(f"{s[k]:.1f}" for k in ("ES", "PS", "NS"))
+            ppl = s["perplexity"]
+        else:
+            with session.base_weights():
+                saved = {n: arch.down_proj_weight(session.model, n).clone() for n in layers}
+                apply(session.model)
+                ppl = perplexity(session.model, heldout)
+                for n, W0 in saved.items():
+                    band.write_layer(session.model, n, W0, None)
+            cells = " |  | "
+        print(f"| {name} | {cells} | {ppl:.2f} | {time.perf_counter() - clock:.0f} |", flush=True)
+
+    print("\n| compile | ES | PS | NS | held-out perplexity | seconds |\n|---|---|---|---|---|---|")
+    row("unedited", lambda m: None, records[: args.layer_records])
+    row("band as registered", compile_all, records[: args.layer_records])
+    for layer in layers:
+
+        def without(model, layer=layer):  # type: ignore[no-untyped-def]
+            W0 = arch.down_proj_weight(model, layer).clone()
+            compile_all(model)
+            band.write_layer(model, layer, W0, None)
+
+        row(f"layer {layer} left at the base", without, records[: args.layer_records])
+
+    # each edit's estimated share of the damage, summed over the band
+    damage = torch.zeros(len(edits), dtype=torch.float64)
+    asks, last = band.collect(edits, edit_vectors, lambda n: (arch.down_proj_weight(session.model, n), None))
+    index = {id(e): i for i, e in enumerate(edits)}
+    owners = {
+        n: [index[id(e)] for e in sorted(edits, key=lambda e: e.seq) if any(a.layer == n for a in e.band)] for n in asks
+    }
+    for layer, rows in sorted(asks.items()):
+        C = session.layer_covariance(last[layer], layer).double()
+        K = torch.stack([k for k, _ in rows], dim=1).double()  # (d_ff, n)
+        R = torch.stack([r for _, r in rows], dim=1).double()  # (d, n)
+        A = soft[0] * (C + soft[1] * C.diagonal().mean() * torch.eye(C.shape[0], dtype=C.dtype)) + K @ K.T
+        X = torch.linalg.solve(A, K)  # (d_ff, n)
+        per = (R * R).sum(0) * (X * (C @ X)).sum(0)  # (n,)
+        damage[torch.tensor(owners[layer])] += per
+    order = torch.argsort(damage, descending=True)
+    total = float(damage.sum())
+    print(
+        "\nshare of the estimated damage in the top edits: "
+        + ", ".join(
+            f"{p:.0%} of edits: {float(damage[order[: max(1, int(p * len(edits)))]].sum()) / total:.0%}"
+            for p in (0.01, 0.02, 0.05, 0.1, 0.2)
+        ),
+        flush=True,
+    )
+    print("\n| compile | ES | PS | NS | held-out perplexity | seconds |\n|---|---|---|---|---|---|")
+    row("band as registered (all records)", compile_all, records)
+    for share in args.drop:
+        dropped = {int(i) for i in order[: int(share * len(edits))]}
+        kept = [e for i, e in enumerate(edits) if i not in dropped]
+        row(
+            f"without the {len(dropped)} edits of most damage ({share:.0%})",
+            lambda m, k=kept: compile_all(m, k),
+            records,
+        )
+
+
+if __name__ == "__main__":
+    main()
