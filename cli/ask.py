@@ -23,8 +23,8 @@ def ask(
     """Top next tokens and the greedy continuation of PROMPT on the model with its active edits."""
     result = api.ask_model(api.open_store(), model, prompt, top, device=device, progress=BARS)
     if json_out:
-        emit_json(result)
+        emit_json(result.model_dump())
         return
-    print(f"prompt: {prompt!r} ({result['edits_applied']} edits applied)")
-    table("next token", ["token", "prob"], [(repr(t["token"]), prob(t["prob"])) for t in result["top"]])
-    print(f"continuation: {result['continuation']!r}")
+    print(f"prompt: {prompt!r} ({result.edits_applied} edits applied)")
+    table("next token", ["token", "prob"], [(repr(t.token), prob(t.prob)) for t in result.top])
+    print(f"continuation: {result.continuation!r}")

@@ -117,5 +117,5 @@ def pull(
     if result.imported:
         i = result.imported
         print(
-            f"imported into {i['alias']}: {i['edits_added']} new edits ({i['edits_total']} in the release), release v{i['release']}"
+            f"imported into {i.alias}: {i.edits_added} new edits ({i.edits_total} in the release), release v{i.release}"
         )

@@ -45,6 +45,7 @@ from factstore.options import (
     WorkerSettings,
 )
 from factstore.progress import SILENT, Reporter
+from factstore.results import Answer, AnswerProb, Comparison, Side
 from factstore.storage import schema
 from factstore.storage.engine import check_reachable, make_engine
 from factstore.storage.models import EDIT_STATUSES as _EDIT_STATUSES
@@ -423,7 +424,7 @@ def withdraw_edit(store: Store, edit_id: int, who: ApiTokenInfo | None = None) -
 
 def ask_model(
     store: Store, alias: str, prompt: str, top: int = 5, *, device: str | None = None, progress: Reporter = SILENT
-) -> dict:
+) -> Answer:
     """Top next tokens and the greedy continuation on the head model."""
     from factstore.editing.models import check_prompt_size, tokenizer_for
     from factstore.editing.session import EditSession, ask
@@ -432,9 +433,8 @@ def ask_model(
         raise InvalidEditRequest(f"top must be between 1 and 100, not {top}")
     check_prompt_size(tokenizer_for(store, alias), prompt)
     session = EditSession(store, alias, device=device, progress=progress)
-    result = ask(session.model, session.tokenizer, prompt, top)
-    result["edits_applied"] = len(session.applied)
-    return result
+    reply = ask(session.model, session.tokenizer, prompt, top)
+    return Answer(**dict(reply), edits_applied=len(session.applied))
 
 
 # releases ----------------------------------------------------------------------------------
@@ -770,7 +770,7 @@ def open_head(store: Store, alias: str, *, device: str | None = None) -> EditSes
     return EditSession(store, alias, device=device)
 
 
-def ask_head(head: EditSession, prompt: str, top: int = 5) -> dict:
+def ask_head(head: EditSession, prompt: str, top: int = 5) -> Answer:
     """Top next tokens and the greedy continuation on a head from open_head."""
     from factstore.editing.models import check_prompt_size
     from factstore.editing.session import ask
@@ -779,12 +779,11 @@ def ask_head(head: EditSession, prompt: str, top: int = 5) -> dict:
         raise InvalidEditRequest(f"top must be between 1 and 100, not {top}")
     check_prompt_size(head.tokenizer, prompt)
     head.sync()
-    result = ask(head.model, head.tokenizer, prompt, top)
-    result["edits_applied"] = len(head.applied)
-    return result
+    reply = ask(head.model, head.tokenizer, prompt, top)
+    return Answer(**dict(reply), edits_applied=len(head.applied))
 
 
-def compare_head(head: EditSession, prompt: str, answers: Sequence[str] = (), top: int = 5) -> dict:
+def compare_head(head: EditSession, prompt: str, answers: Sequence[str] = (), top: int = 5) -> Comparison:
     """PROMPT on the head and on the base model, side by side: each one's top next tokens, greedy
     continuation and probability of each of ANSWERS (a new and an old object: a paraphrase of an
     edit should now prefer the new one, a neighbouring fact should answer as before)."""
@@ -798,18 +797,18 @@ def compare_head(head: EditSession, prompt: str, answers: Sequence[str] = (), to
     check_prompt_size(head.tokenizer, prompt)
     head.sync()
 
-    def one() -> dict:
-        found = ask(head.model, head.tokenizer, prompt, top)
+    def one() -> Side:
+        reply = ask(head.model, head.tokenizer, prompt, top)
         probs: list[float] = (
             target_probs(head.model, head.tokenizer, [prompt] * len(answers), answers).tolist() if answers else []
         )
-        found["answers"] = [{"answer": a, "prob": p} for a, p in zip(answers, probs, strict=True)]
-        return found
+        chances = [AnswerProb(answer=a, prob=p) for a, p in zip(answers, probs, strict=True)]
+        return Side(**dict(reply), answers=chances)
 
     edited = one()
     with head.base_weights():
         base = one()
-    return {"prompt": prompt, "head": edited, "base": base, "edits_applied": len(head.applied)}
+    return Comparison(prompt=prompt, head=edited, base=base, edits_applied=len(head.applied))
 
 
 def release_scores(release: Release) -> dict:

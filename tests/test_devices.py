@@ -52,7 +52,7 @@ def test_a_cpu_run_never_touches_cuda(tiny_store: Store, tmp_path: Path, monkeyp
     )
     release, _ = api.compile_release(tiny_store, "tiny", device="cpu")
     assert Path(release.path).is_dir()
-    assert api.ask_model(tiny_store, "tiny", "The Louvre is located in the city of", device="cpu")["top"]
+    assert api.ask_model(tiny_store, "tiny", "The Louvre is located in the city of", device="cpu").top
 
 
 def test_no_device_is_named_outside_the_one_place_that_chooses_it() -> None:

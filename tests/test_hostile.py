@@ -430,7 +430,7 @@ def test_an_edit_relabelled_as_another_fact_is_refused_at_import(  # type: ignor
     pulled = api.pull_release(
         GOOD, api.PullOptions(version="v1", out=str(tmp_path / "good"), endpoint=hub.url), import_into=bob, alias="team"
     )
-    assert pulled.imported is not None and pulled.imported["rebuilt_identical"]
+    assert pulled.imported is not None and pulled.imported.rebuilt_identical
     assert [e.subject for e in api.list_edits(bob, "team")] == ["The Eiffel Tower"]
 
 

@@ -303,7 +303,7 @@ def test_import_edits_then_edit_and_publish_v3(tiny_store, hub: HubServer, tmp_p
     assert api.list_models(bob) == []
     api.add_model(bob, "team", tiny_store.get_base_model("tiny").source)
     pulled = api.pull_release(NAME, api.PullOptions(version="v2", endpoint=hub.url), import_into=bob, alias="team")
-    assert pulled.imported == {
+    assert pulled.imported is not None and pulled.imported.model_dump() == {
         "alias": "team",
         "base_revision": tiny_store.get_base_model("tiny").revision,
         "edits_added": 2,
@@ -425,7 +425,7 @@ def test_publish_with_stats_ships_each_c_once_and_the_puller_computes_none(  # t
     _own_stats_elsewhere(bob, "team", cov)
     _no_corpus_pass(monkeypatch)
     pulled = api.pull_release(NAME, api.PullOptions(version="v2", endpoint=lfs_hub.url), import_into=bob, alias="team")
-    assert pulled.imported and pulled.imported["edits_added"] == 2
+    assert pulled.imported and pulled.imported.edits_added == 2
     _add(bob, "team", FACTS[2:])  # the next edit uses the shipped C
     used = [e.covariance_id for e in api.list_edits(bob, "team")]
     assert len(used) == 3 and len(set(used)) == 1 and bob.get_covariance(used[0]).sha256 == cov.sha256

@@ -73,8 +73,8 @@ def test_the_head_is_asked_beside_the_base_and_an_edit_is_checked_and_retracted(
 
     head = api.open_head(tiny_store, "tiny", device="cpu")
     compared = api.compare_head(head, "The Louvre is located in the city of", ["Rome"])
-    assert compared["edits_applied"] == 1
-    assert compared["head"]["answers"][0]["prob"] != compared["base"]["answers"][0]["prob"]  # the edit shows
+    assert compared.edits_applied == 1
+    assert compared.head.answers[0].prob != compared.base.answers[0].prob  # the edit shows
 
     asked = client.get("/models/tiny/ask", params={"prompt": "The Louvre is located in the city of", "answers": "Rome"})
     assert asked.status_code == 200 and "head (1 edits)" in asked.text and "<h3>base</h3>" in asked.text

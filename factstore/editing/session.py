@@ -28,6 +28,7 @@ from factstore.errors import (
     StatisticsError,
 )
 from factstore.progress import SILENT, Reporter
+from factstore.results import Reply, TokenProb
 from factstore.rome.edit import EditResult, Snapshot, compute_edits, validate_request
 from factstore.rome.hparams import ROMEHyperParams, default_hparams, has_measured_layer
 from factstore.rome.keys import ContextTemplates, sample_contexts
@@ -624,7 +625,7 @@ def _request(entry: EditEntry) -> EditRequest:
 
 
 @torch.no_grad()
-def ask(model: PreTrainedModel, tokenizer: Any, prompt: str, top: int = 5, max_new_tokens: int = 12) -> dict:
+def ask(model: PreTrainedModel, tokenizer: Any, prompt: str, top: int = 5, max_new_tokens: int = 12) -> Reply:
     """The model's top next tokens with probabilities, and its greedy continuation."""
     device = arch.input_device(model)
     ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
@@ -634,8 +635,8 @@ def ask(model: PreTrainedModel, tokenizer: Any, prompt: str, top: int = 5, max_n
         )
     probs = torch.softmax(model(input_ids=ids).logits[0, -1].float(), -1)
     values, indices = probs.topk(top)
-    return {
-        "prompt": prompt,
-        "top": [{"token": decode(tokenizer, [int(i)]), "prob": float(p)} for p, i in zip(values, indices)],
-        "continuation": greedy_continuation(model, tokenizer, prompt, max_new_tokens),
-    }
+    return Reply(
+        prompt=prompt,
+        top=[TokenProb(token=decode(tokenizer, [int(i)]), prob=float(p)) for p, i in zip(values, indices)],
+        continuation=greedy_continuation(model, tokenizer, prompt, max_new_tokens),
+    )

@@ -33,6 +33,7 @@ from factstore.progress import SILENT, Reporter
 from factstore.release import claims, layout
 from factstore.release.build import MIN_EFFICACY, held_share, log_entries
 from factstore.release.manifest import INT32, MANIFEST, CovarianceInfo, Manifest, ManifestEdit
+from factstore.results import Imported
 from factstore.rome.edit import Snapshot
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.storage.store import Store
@@ -69,7 +70,7 @@ def import_release(
     device: str | None = None,
     progress: Reporter = SILENT,
     shipped: ShippedStats | None = None,
-) -> dict:
+) -> Imported:
     """Continue a pulled release's lineage locally under ALIAS (_import); a refusal says, once,
     that nothing was imported: the store is written in one transaction at the very end."""
     try:
@@ -94,7 +95,7 @@ def _import(
     device: str | None,
     progress: Reporter,
     shipped: ShippedStats | None,
-) -> dict:
+) -> Imported:
     """Continue a pulled release's lineage locally under ALIAS.
 
     The local active log of ALIAS must be a prefix of the release's (a fresh alias is the
@@ -168,14 +169,14 @@ def _import(
         edits=new,
         release=record,
     )
-    return {
-        "alias": alias,
-        "base_revision": base.revision,
-        "edits_added": len(added),
-        "edits_total": len(manifest.edits),
-        "release": release.version,
-        "rebuilt_identical": True,
-    }
+    return Imported(
+        alias=alias,
+        base_revision=base.revision,
+        edits_added=len(added),
+        edits_total=len(manifest.edits),
+        release=release.version,
+        rebuilt_identical=True,
+    )
 
 
 def _registered(store: Store, alias: str) -> bool:

@@ -23,6 +23,7 @@ from factstore.hub import (
 from factstore.release import layout
 from factstore.release import manifest as manifest_schema
 from factstore.release.manifest import MANIFEST
+from factstore.results import Imported
 from factstore.weights import stats
 
 
@@ -33,10 +34,10 @@ class Pulled:
     version: str | None  # the tag pulled, when it was one
     commit: str
     verified: bool
-    imported: dict | None = None  # what --import-edits added
+    imported: Imported | None = None  # what --import-edits added
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "imported": self.imported.model_dump() if self.imported else None}
 
 
 def pull(

@@ -14,9 +14,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from factstore import api, config
 from factstore.domain import ApiTokenInfo
 from factstore.errors import InvalidEditRequest
+from factstore.results import Answer
 from factstore.server.schemas import (
     AskIn,
-    AskOut,
     CompileIn,
     EditIn,
     EditOut,
@@ -144,8 +144,8 @@ def withdraw_edit(edit_id: IdPath, svc: Svc, who: Writer) -> dict:
     return api.withdraw_edit(svc.store, edit_id, who).to_json()
 
 
-@router.post("/models/{alias}/ask", response_model=AskOut, responses=TOO_MANY)
-async def ask(alias: AliasPath, body: AskIn, svc: Svc, who: Reader, request: Request) -> dict:
+@router.post("/models/{alias}/ask", response_model=Answer, responses=TOO_MANY)
+async def ask(alias: AliasPath, body: AskIn, svc: Svc, who: Reader, request: Request) -> Answer:
     """The head's answer, computed on serve's own ask threads (FACTSTORE_ASK_THREADS), never on
     the pool other requests use; past the asks let wait (FACTSTORE_ASK_QUEUE) 503 at once, past a
     client's FACTSTORE_ASK_PER_MINUTE or its FACTSTORE_ASK_THREADS asks at once 429, each with

@@ -122,18 +122,6 @@ class EditOut(BaseModel):
     retracted_at: str | None = None
 
 
-class TokenProb(BaseModel):
-    token: str
-    prob: float
-
-
-class AskOut(BaseModel):
-    prompt: str
-    top: list[TokenProb]
-    continuation: str
-    edits_applied: int
-
-
 class ReleaseOut(BaseModel):
     version: int
     mode: str

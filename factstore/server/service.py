@@ -8,15 +8,18 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from factstore import api, config
 from factstore.domain import ApiTokenInfo, BaseModel, Release
 from factstore.errors import FactStoreError
+from factstore.results import Answer, Comparison
 from factstore.server.limits import AskGate, LruCache
 
 if TYPE_CHECKING:
     from factstore.api import EditSession, ModelChecks  # the types only
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +107,15 @@ class Service:
                 self._checks[alias] = found
         return found
 
-    def ask(self, alias: str, prompt: str, top: int) -> dict:
+    def ask(self, alias: str, prompt: str, top: int) -> Answer:
         """Top tokens and continuation on the head model, kept warm and synced with the log."""
         return self._on_head(alias, lambda head: api.ask_head(head, prompt, top))
 
-    def compare(self, alias: str, prompt: str, answers: Sequence[str] = ()) -> dict:
+    def compare(self, alias: str, prompt: str, answers: Sequence[str] = ()) -> Comparison:
         """PROMPT on the head and the base model side by side (api.compare_head)."""
         return self._on_head(alias, lambda head: api.compare_head(head, prompt, answers))
 
-    def _on_head(self, alias: str, use: Callable[[EditSession], dict]) -> dict:
+    def _on_head(self, alias: str, use: Callable[[EditSession], T]) -> T:
         self.checks(alias)  # an unknown model is refused before any weights are loaded
         with self._lock:
             lock = self._head_locks.setdefault(alias, threading.Lock())

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from factstore import api, config
 from factstore.domain import ApiTokenInfo
 from factstore.errors import FactStoreError
+from factstore.results import Comparison
 from factstore.server.errors import STATUS
 from factstore.server.routes import AliasPath, IdPath, Reader, Svc, ask_limiter
 from factstore.server.schemas import LOG_STATUSES, NO_NUL
@@ -209,7 +210,7 @@ async def ask_page(
 
 async def _compare(
     request: Request, svc: Service, who: ApiTokenInfo | None, alias: str, prompt: str, answers: list[str]
-) -> dict:
+) -> Comparison:
     client = f"token {who.name}" if who is not None else f"address {request.client.host if request.client else '?'}"
     svc.ask_gate.admit(client)
     try:
