@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from factstore import api
+from factstore.results import ShardSum, StatsLayers
 
 from .options import CorpusOpt, DeviceOpt, JsonOpt, LayerOpt, ModelOpt, TokensOpt, parse_layer
 from .output import emit_json
@@ -69,12 +70,12 @@ def compute(
         return
     result = api.compute_stats(api.open_store(), model, options, device=device, progress=BARS)
     if json_out:
-        emit_json(result)
-    elif "shard" in result:
-        print(f"layer {result['layer']}, shard {result['shard']}: {result['tokens']} tokens -> {result['path']}")
+        emit_json(result.model_dump())
+    elif isinstance(result, ShardSum):
+        print(f"layer {result.layer}, shard {result.shard}: {result.tokens} tokens -> {result.path}")
     else:
-        for row in result.get("layers", [result]):
-            print(f"layer {row['layer']}: {row['tokens']} tokens -> {row['path']}")
+        for row in result.layers if isinstance(result, StatsLayers) else [result]:
+            print(f"layer {row.layer}: {row.tokens} tokens -> {row.path}")
 
 
 @app.command("merge")
@@ -91,7 +92,9 @@ def merge(
     """Combine the shards of `stats compute --shard I/N` into C, equal to a single pass."""
     options = api.StatsOptions(layer=layer, corpus=corpus, tokens=tokens)
     result = api.merge_stats(api.open_store(), model, options, folders=shards_from or [], progress=BARS)
-    emit_json(result) if json_out else print(f"layer {result['layer']}: {result['tokens']} tokens -> {result['path']}")
+    emit_json(result.model_dump()) if json_out else print(
+        f"layer {result.layer}: {result.tokens} tokens -> {result.path}"
+    )
 
 
 EndpointOpt = Annotated[
@@ -110,8 +113,8 @@ def push(
 ) -> None:
     """Upload every C computed for a model (each file once) and an index, for teammates to pull."""
     result = api.push_stats(api.open_store(), model, repo, endpoint=endpoint, private=private)
-    emit_json(result) if json_out else print(
-        f"{repo}: {result['uploaded']} new files, {result['files']} in all (commit {result['commit'][:12]})"
+    emit_json(result.model_dump()) if json_out else print(
+        f"{repo}: {result.uploaded} new files, {result.files} in all (commit {result.commit[:12]})"
     )
 
 
@@ -119,6 +122,6 @@ def push(
 def pull(repo: RepoArg, model: ModelOpt, endpoint: EndpointOpt = None, json_out: JsonOpt = False) -> None:
     """Take the C files a statistics repository holds for this model's exact weights (checked)."""
     result = api.pull_stats(api.open_store(), model, repo, endpoint=endpoint)
-    emit_json(result) if json_out else print(
-        f"{repo}: layers {result['layers'] or 'none'} recorded; {result['skipped']} files for other models"
+    emit_json(result.model_dump()) if json_out else print(
+        f"{repo}: layers {result.layers or 'none'} recorded; {result.skipped} files for other models"
     )

@@ -45,7 +45,19 @@ from factstore.options import (
     WorkerSettings,
 )
 from factstore.progress import SILENT, Reporter
-from factstore.results import Answer, AnswerProb, Comparison, Side
+from factstore.results import (
+    Answer,
+    AnswerProb,
+    Comparison,
+    SchemaStatus,
+    SchemaUpgrade,
+    ShardSum,
+    Side,
+    StatsLayers,
+    StatsPulled,
+    StatsPushed,
+    StatsRecord,
+)
 from factstore.storage import schema
 from factstore.storage.engine import check_reachable, make_engine
 from factstore.storage.models import EDIT_STATUSES as _EDIT_STATUSES
@@ -113,23 +125,23 @@ def open_store(url: str | None = None) -> Store:
     return Store(url)
 
 
-def upgrade_database(url: str | None = None) -> dict:
+def upgrade_database(url: str | None = None) -> SchemaUpgrade:
     engine = make_engine(url or config.database_url())
     try:
         check_reachable(engine)
         previous = schema.current_revision(engine)
         schema.upgrade(engine)
-        return {"previous": previous, "current": schema.current_revision(engine), "head": schema.head_revision()}
+        return SchemaUpgrade(previous=previous, current=schema.current_revision(engine), head=schema.head_revision())
     finally:
         engine.dispose()
 
 
-def database_status(url: str | None = None) -> dict:
+def database_status(url: str | None = None) -> SchemaStatus:
     engine = make_engine(url or config.database_url())
     try:
         check_reachable(engine)
         shown = engine.url.render_as_string(hide_password=True)
-        return {"url": shown, "current": schema.current_revision(engine), "head": schema.head_revision()}
+        return SchemaStatus(url=shown, current=schema.current_revision(engine), head=schema.head_revision())
     finally:
         engine.dispose()
 
@@ -187,7 +199,7 @@ def compute_stats(
     *,
     device: str | None = None,
     progress: Reporter = SILENT,
-) -> dict:
+) -> ShardSum | StatsRecord | StatsLayers:
     """C for a model's edit layer (options.layer), or for options.layers from one pass (computed
     once, cached, resumable). options.shard "I/N": only the float64 partial sum of that shard of
     the corpus, for `merge_stats`."""
@@ -213,21 +225,17 @@ def compute_stats(
         with session.base_weights():
             spec = session.stats_spec(hp.layer, hp, text)
             part = shards.compute(session.model, session.tokenizer, [spec], text, split, progress)[0]
-        return {
-            "layer": hp.layer,
-            "shard": f"{split[0]}/{split[1]}",
-            "tokens": part.tokens,
-            "path": str(part.path),
-            "sha256": part.sha256,
-        }
+        return ShardSum(
+            layer=hp.layer, shard=f"{split[0]}/{split[1]}", tokens=part.tokens, path=str(part.path), sha256=part.sha256
+        )
     covs = session.covariances(list(layers) if layers else [hp.layer], hp)
-    rows = [_covariance_json(c) for c in covs]
-    return rows[0] if not layers else {"layers": rows}
+    rows = [_stats_record(c) for c in covs]
+    return rows[0] if not layers else StatsLayers(layers=rows)
 
 
 def merge_stats(
     store: Store, alias: str, options: StatsOptions, *, folders: Sequence[str] = (), progress: Reporter = SILENT
-) -> dict:
+) -> StatsRecord:
     """C of options.layer (a layer number) from the shard files `compute_stats` wrote with
     options.shard (here, or in FOLDERS), for the same corpus and tokens: equal to a single pass;
     recorded like a computed C. Reads the model's config and tokenizer only."""
@@ -242,21 +250,12 @@ def merge_stats(
     planned = plan_specs(base, [layer], options.corpus or DEFAULT_CORPUS, options.tokens, progress)
     spec, expected, text = planned.specs[0], planned.expected_tokens, planned.corpus
     result = shards.merge_found(spec, expected, [Path(f).expanduser() for f in folders])
-    return _covariance_json(store.create_covariance(base.id, spec.key(), record=stats.covariance_record(result, text)))
+    return _stats_record(store.create_covariance(base.id, spec.key(), record=stats.covariance_record(result, text)))
 
 
-def _covariance_json(c: Covariance) -> dict:
-    """A recorded C as `stats compute` and `stats merge` print it."""
-    return {
-        "id": c.id,
-        "layer": c.layer,
-        "module": c.module,
-        "corpus": c.corpus,
-        "tokens": c.tokens,
-        "dtype": c.dtype,
-        "path": c.path,
-        "sha256": c.sha256,
-    }
+def _stats_record(c: Covariance) -> StatsRecord:
+    fields = ("id", "layer", "module", "corpus", "tokens", "dtype", "path", "sha256")
+    return StatsRecord(**{name: getattr(c, name) for name in fields})
 
 
 def queue_stats(
@@ -295,14 +294,16 @@ def queue_stats(
     return job, created
 
 
-def push_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = None, private: bool = False) -> dict:
+def push_stats(
+    store: Store, alias: str, repo: str, *, endpoint: str | None = None, private: bool = False
+) -> StatsPushed:
     """Share every C recorded for ALIAS through REPO (a repository of statistics alone)."""
     from factstore.release import stats_repo
 
     return stats_repo.push_stats(store, alias, repo, endpoint=endpoint, private=private)
 
 
-def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = None) -> dict:
+def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = None) -> StatsPulled:
     """Take the C files REPO holds for ALIAS's exact weights (checked), so edits need not compute them."""
     from factstore.release import stats_repo
 

@@ -58,3 +58,62 @@ class Imported(_Result):
     edits_total: int
     release: int
     rebuilt_identical: bool
+
+
+class SchemaUpgrade(_Result):
+    """`db upgrade`: the schema revision before and after, and the latest one."""
+
+    previous: str | None
+    current: str | None
+    head: str
+
+
+class SchemaStatus(_Result):
+    """`db current`: the database (password hidden), its schema revision and the latest one."""
+
+    url: str
+    current: str | None
+    head: str
+
+
+class StatsRecord(_Result):
+    """A recorded C, as `stats compute` and `stats merge` give it."""
+
+    id: int
+    layer: int
+    module: str
+    corpus: str
+    tokens: int
+    dtype: str
+    path: str
+    sha256: str
+
+
+class StatsLayers(_Result):
+    """C of several layers from one pass."""
+
+    layers: list[StatsRecord]
+
+
+class ShardSum(_Result):
+    """One shard's float64 partial sum of C, for `stats merge`."""
+
+    layer: int
+    shard: str  # "I/N"
+    tokens: int
+    path: str
+    sha256: str
+
+
+class StatsPushed(_Result):
+    repo: str
+    commit: str
+    uploaded: int  # files new to the repository
+    files: int  # files its index lists
+
+
+class StatsPulled(_Result):
+    repo: str
+    commit: str
+    layers: list[int]  # layers whose C was recorded here
+    skipped: int  # files of other models, or already here

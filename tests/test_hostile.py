@@ -576,7 +576,7 @@ def test_a_pulled_c_built_to_steer_edits_is_refused_before_it_is_recorded(  # ty
     assert (sentinel(), [c.sha256 for c in bob.list_covariances(1)]) == before
     assert not list((tmp_path / "bob-cache" / "stats" / stats.SHIPPED).glob(f"{sha}*"))
     got = api.pull_stats(bob, "team", "alice/stats", endpoint=hub.url)
-    assert got["layers"] == [own.layer] and bob.list_covariances(1)[-1].sha256 == entry.sha256
+    assert got.layers == [own.layer] and bob.list_covariances(1)[-1].sha256 == entry.sha256
 
 
 def test_a_refused_import_says_once_that_nothing_was_imported() -> None:

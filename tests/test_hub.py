@@ -463,8 +463,8 @@ def test_stats_push_and_pull_through_a_repository_of_their_own(  # type: ignore[
 ) -> None:
     stats_repo = "alice/tiny-stats"
     first = api.push_stats(tiny_store, "tiny", stats_repo, endpoint=lfs_hub.url)
-    assert first["uploaded"] == 1 and first["files"] == 1
-    assert api.push_stats(tiny_store, "tiny", stats_repo, endpoint=lfs_hub.url)["uploaded"] == 0  # stored once
+    assert first.uploaded == 1 and first.files == 1
+    assert api.push_stats(tiny_store, "tiny", stats_repo, endpoint=lfs_hub.url).uploaded == 0  # stored once
     _add(tiny_store, "tiny", FACTS[:1])
     api.publish_release(tiny_store, "tiny", NAME, api.PublishOptions(endpoint=lfs_hub.url))
     with pytest.raises(PublishConflict, match="holds factstore releases"):
@@ -477,7 +477,7 @@ def test_stats_push_and_pull_through_a_repository_of_their_own(  # type: ignore[
     _no_corpus_pass(monkeypatch)
     got = api.pull_stats(bob, "mine", stats_repo, endpoint=lfs_hub.url)
     layer = tiny_store.get_covariance(1).layer
-    assert got["layers"] == [layer] and got["skipped"] == 0
+    assert got.layers == [layer] and got.skipped == 0
     _add(bob, "mine", FACTS[:1])  # no statistics computed: the pulled C is the layer's
     assert (
         bob.get_covariance(api.list_edits(bob, "mine")[0].covariance_id).sha256 == tiny_store.get_covariance(1).sha256

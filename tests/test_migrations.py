@@ -52,5 +52,5 @@ def test_another_database_behind_head_is_refused(db_url: str) -> None:
         Store(db_url)
     from factstore.api import upgrade_database
 
-    assert upgrade_database(db_url)["current"] == schema.head_revision()
+    assert upgrade_database(db_url).current == schema.head_revision()
     Store(db_url)  # now accepted

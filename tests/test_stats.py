@@ -10,6 +10,7 @@ import torch
 
 from factstore import api, arch
 from factstore.errors import StatisticsError
+from factstore.results import StatsLayers, StatsRecord
 from factstore.weights import corpus, shards, stats
 from tiny_models import random_gpt2
 
@@ -110,11 +111,13 @@ def test_cli_shards_and_merge_print_path_and_sha256(tiny_store, tmp_path: Path) 
     single = api.compute_stats(
         tiny_store, "tiny", api.StatsOptions(layer=0, corpus=corpus_path, tokens=1500), device="cpu"
     )
-    assert single["id"] == merged["id"] and single["sha256"] == merged["sha256"]  # recorded: the next edit uses it
+    assert isinstance(single, StatsRecord)
+    assert single.id == merged["id"] and single.sha256 == merged["sha256"]  # recorded: the next edit uses it
     twice = api.compute_stats(
         tiny_store, "tiny", api.StatsOptions(layers=(1, 1), corpus=corpus_path, tokens=1500), device="cpu"
-    )["layers"]
-    assert twice[0] == twice[1] and twice[0]["layer"] == 1  # a layer asked for twice is computed (and summed) once
+    )
+    assert isinstance(twice, StatsLayers)
+    assert twice.layers[0] == twice.layers[1] and twice.layers[0].layer == 1  # a layer asked twice is computed once
     for row in [*parts, merged]:
         assert stats.file_sha256(Path(row["path"])) == row["sha256"]
     bad = runner.invoke(app, ["stats", "compute", "--model", "tiny", "--shard", "2/2"])

@@ -22,6 +22,7 @@ from factstore.errors import FactStoreError, HubNotFound, PublishConflict, Relea
 from factstore.hub import Hub, branch_commit, check_repo_id
 from factstore.release.manifest import MANIFEST, Sha256, Short
 from factstore.release.pull import cached_file, reader
+from factstore.results import StatsPulled, StatsPushed
 from factstore.storage.store import Store
 from factstore.weights import assets, checkpoints, stats
 from factstore.weights.plausible import check_installed, sample_corpus
@@ -81,7 +82,7 @@ def _read_index(hub: Hub, repo: str, commit: str) -> StatsIndex:
 
 def push_stats(
     store: Store, alias: str, repo: str, *, endpoint: str | None = None, token: str | None = None, private: bool = False
-) -> dict:
+) -> StatsPushed:
     """Upload every C recorded for ALIAS that REPO does not hold, and the index, in one commit."""
     check_repo_id(repo)
     base = store.get_base_model(alias)
@@ -106,7 +107,7 @@ def push_stats(
         if (name := stats.shipped_name(cov.sha256)) not in listed:
             extra[name] = local
     if not extra and INDEX in listed:
-        return {"repo": repo, "commit": head, "uploaded": 0, "files": len(entries)}
+        return StatsPushed(repo=repo, commit=head, uploaded=0, files=len(entries))
     with tempfile.TemporaryDirectory(prefix="factstore-stats-") as tmp:
         index = Path(tmp) / "index.json"
         index.write_text(StatsIndex(files=sorted(entries.values(), key=lambda e: e.sha256)).model_dump_json(indent=1))
@@ -119,10 +120,12 @@ def push_stats(
             f"{len(extra)} new files",
             {**extra, INDEX: index},
         )
-    return {"repo": repo, "commit": commit, "uploaded": len(extra), "files": len(entries)}
+    return StatsPushed(repo=repo, commit=commit, uploaded=len(extra), files=len(entries))
 
 
-def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = None, token: str | None = None) -> dict:
+def pull_stats(
+    store: Store, alias: str, repo: str, *, endpoint: str | None = None, token: str | None = None
+) -> StatsPulled:
     """Download the C files REPO holds for ALIAS's exact weights, check each, record them."""
     check_repo_id(repo)
     base = store.get_base_model(alias)
@@ -173,12 +176,7 @@ def pull_stats(store: Store, alias: str, repo: str, *, endpoint: str | None = No
             found.sha256,
         )
         taken.append(store.create_covariance(base.id, spec.key(), record=record).layer)
-    return {
-        "repo": repo,
-        "commit": commit,
-        "layers": sorted(taken),
-        "skipped": other,
-    }  # skipped: other models', or already here
+    return StatsPulled(repo=repo, commit=commit, layers=sorted(taken), skipped=other)
 
 
 def _input_dims(cfg: object) -> list[int]:
