@@ -23,6 +23,8 @@ def check_alias(alias: str) -> str:
 
 
 DTYPES = ("float32", "bfloat16", "float16")  # what a base model may be loaded and edited in
+# the longest text an edit may carry, in characters: checked here and declared by the HTTP schemas
+PROMPT_CHARS, TEXT_CHARS, RELATION_CHARS, NOTE_CHARS = 4096, 1024, 64, 4096
 
 
 def identity_in_dtype(revision: str, dtype: str) -> str:
@@ -67,11 +69,11 @@ class EditRequest:
 
     def validate(self) -> None:
         for name, value, limit in (
-            ("prompt", self.prompt, 4096),
-            ("subject", self.subject, 1024),
-            ("target", self.target_new, 1024),
-            ("old target", self.target_true or "", 1024),
-            ("relation id", self.relation_id or "", 64),
+            ("prompt", self.prompt, PROMPT_CHARS),
+            ("subject", self.subject, TEXT_CHARS),
+            ("target", self.target_new, TEXT_CHARS),
+            ("old target", self.target_true or "", TEXT_CHARS),
+            ("relation id", self.relation_id or "", RELATION_CHARS),
         ):
             if "\x00" in value:
                 raise InvalidEditRequest(f"the {name} contains a NUL byte; remove it")

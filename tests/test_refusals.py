@@ -236,3 +236,27 @@ def test_a_release_folder_in_the_way_is_moved_aside_not_deleted(
             "alice/x", api.PullOptions(version="v1", out=str(a_file))
         )  # refused before anything is downloaded
     assert a_file.read_text() == "keep"
+
+
+def test_the_http_schema_and_the_library_refuse_text_at_the_same_length() -> None:
+    from factstore.domain import NOTE_CHARS, PROMPT_CHARS, RELATION_CHARS, TEXT_CHARS, EditRequest
+    from factstore.server.schemas import EditIn
+
+    fields = EditIn.model_json_schema()["properties"]
+    limits = {
+        name: fields[name].get("maxLength") or fields[name]["anyOf"][0]["maxLength"]
+        for name in fields
+        if name != "layer"
+    }
+    assert limits == {
+        "prompt": PROMPT_CHARS,
+        "subject": TEXT_CHARS,
+        "target": TEXT_CHARS,
+        "relation": RELATION_CHARS,
+        "note": NOTE_CHARS,
+    }
+    longest = dict(prompt="{}" + "x" * (PROMPT_CHARS - 2), subject="s" * TEXT_CHARS, target_new="t" * TEXT_CHARS)
+    EditRequest(**longest, relation_id="r" * RELATION_CHARS)  # at the limit: taken
+    for field, size in (("prompt", PROMPT_CHARS), ("subject", TEXT_CHARS), ("target_new", TEXT_CHARS)):
+        with pytest.raises(FactStoreError, match=f"characters long; the limit is {size}"):
+            EditRequest(**{**longest, field: longest[field] + "x"})

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from factstore import arch
-from factstore.domain import BaseModel, EditEntry, EditRequest
+from factstore.domain import NOTE_CHARS, BaseModel, EditEntry, EditRequest
 from factstore.editing.models import check_size
 from factstore.errors import InvalidEditRequest, shown
 from factstore.options import EditOptions
@@ -81,8 +81,8 @@ def submit(
     layer, note = options.layer, options.note
     spec = layer_spec(layer)
     check_request(checks, request, layer)
-    if note is not None and len(note) > 4096:
-        raise InvalidEditRequest(f"the note is {len(note)} characters long; the limit is 4096")
+    if note is not None and len(note) > NOTE_CHARS:
+        raise InvalidEditRequest(f"the note is {len(note)} characters long; the limit is {NOTE_CHARS}")
     entry, created = store.create_request(
         checks.base.id,
         request,

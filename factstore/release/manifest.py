@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from factstore import __version__
+from factstore.domain import PROMPT_CHARS
 from factstore.errors import ReleaseVerificationError
 from factstore.extras import DISTRIBUTION
 
@@ -32,7 +33,7 @@ FileName = Annotated[str, StringConstraints(pattern=FILE_NAME)]
 
 _NO_NUL = r"^[^\x00]*$"
 # strings of bounded length without NUL bytes
-Text = Annotated[str, StringConstraints(max_length=4096, pattern=_NO_NUL)]
+Text = Annotated[str, StringConstraints(max_length=PROMPT_CHARS, pattern=_NO_NUL)]
 Template = Annotated[str, StringConstraints(max_length=2000, pattern=_NO_NUL)]
 Source = Annotated[str, StringConstraints(max_length=1000, pattern=_NO_NUL)]
 Short = Annotated[str, StringConstraints(max_length=200, pattern=_NO_NUL)]

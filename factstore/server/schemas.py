@@ -7,12 +7,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from factstore.api import EDIT_STATUSES
+from factstore.domain import NOTE_CHARS, PROMPT_CHARS, RELATION_CHARS, TEXT_CHARS
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refused here, not as a database error
-Prompt = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=NO_NUL)]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=NO_NUL)]
-Note = Annotated[str, StringConstraints(max_length=4096, pattern=NO_NUL)]
-Relation = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)]
+Prompt = Annotated[str, StringConstraints(min_length=1, max_length=PROMPT_CHARS, pattern=NO_NUL)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=TEXT_CHARS, pattern=NO_NUL)]
+Note = Annotated[str, StringConstraints(max_length=NOTE_CHARS, pattern=NO_NUL)]
+Relation = Annotated[str, StringConstraints(min_length=1, max_length=RELATION_CHARS, pattern=NO_NUL)]
 Layer = Annotated[int, Field(ge=0, le=10_000, strict=True)]  # "layer": true is not layer 1
 
 
@@ -56,7 +57,7 @@ class LogQuery(BaseModel):
     status: Annotated[str, Field(pattern="^(" + "|".join(LOG_STATUSES) + ")$")] = "all"
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
     offset: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
-    subject: Annotated[str, StringConstraints(max_length=1024, pattern=NO_NUL)] | None = None  # any part
+    subject: Annotated[str, StringConstraints(max_length=TEXT_CHARS, pattern=NO_NUL)] | None = None  # any part
     requested_by: Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)] | None = None
 
 

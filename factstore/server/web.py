@@ -15,7 +15,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field, StringConstraints
 
 from factstore import api, config
-from factstore.domain import ApiTokenInfo
+from factstore.domain import PROMPT_CHARS, TEXT_CHARS, ApiTokenInfo
 from factstore.errors import FactStoreError
 from factstore.results import Comparison
 from factstore.server.errors import STATUS
@@ -26,7 +26,7 @@ from factstore.server.service import Service
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 pages = APIRouter(include_in_schema=False)
 
-FormText = Annotated[str, Form(max_length=4096)]
+FormText = Annotated[str, Form(max_length=PROMPT_CHARS)]
 
 
 def _status(exc: FactStoreError) -> int:
@@ -47,7 +47,7 @@ PAGE_JOBS = 20  # the newest jobs a model's page lists
 class LogView(BaseModel):
     """The fact log's search, filters and page, from the model page's query string."""
 
-    q: Annotated[str, StringConstraints(max_length=1024, pattern=NO_NUL)] = ""  # part of the subject
+    q: Annotated[str, StringConstraints(max_length=TEXT_CHARS, pattern=NO_NUL)] = ""  # part of the subject
     status: Annotated[str, Field(pattern="^(" + "|".join(LOG_STATUSES) + ")$")] = "all"
     who: Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)] = ""  # the requester
     page: Annotated[int, Field(ge=1, le=1_000_000)] = 1
@@ -191,8 +191,8 @@ async def ask_page(
     alias: AliasPath,
     svc: Svc,
     who: Reader,
-    prompt: Annotated[str, Query(max_length=4096)] = "",
-    answers: Annotated[str, Query(max_length=1024)] = "",
+    prompt: Annotated[str, Query(max_length=PROMPT_CHARS)] = "",
+    answers: Annotated[str, Query(max_length=TEXT_CHARS)] = "",
 ) -> Response:
     """The head and the base model's answers to a prompt side by side (the ask threads and
     limits of POST .../ask); ANSWERS: comma-separated objects whose probabilities to show."""
@@ -235,7 +235,11 @@ def edit_page(request: Request, edit_id: IdPath, svc: Svc, _who: Reader) -> Resp
 
 @pages.get("/edits/{edit_id}/check", response_class=HTMLResponse)
 async def check_page(
-    request: Request, edit_id: IdPath, svc: Svc, who: Reader, prompt: Annotated[str, Query(max_length=4096)] = ""
+    request: Request,
+    edit_id: IdPath,
+    svc: Svc,
+    who: Reader,
+    prompt: Annotated[str, Query(max_length=PROMPT_CHARS)] = "",
 ) -> Response:
     """A paraphrase or a neighbouring fact checked on the head against the base model: the
     probabilities of the edit's new and old object, and each model's own answer."""
