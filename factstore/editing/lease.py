@@ -7,12 +7,18 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from factstore import config
-from factstore.errors import FactStoreError
+from factstore.domain import EditEntry
+from factstore.errors import EditFailed, EditStateError, FactStoreError, HeadChanged
+from factstore.storage.models import QUEUED_STATUSES
 from factstore.storage.store import Store
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -64,3 +70,29 @@ class Holder:
         finally:
             self.stop()
             self.store.release_lease(base_id, self.id)
+
+
+def compute_or_wait(
+    store: Store, base_id: int, edit_id: int, compute: Callable[[EditEntry, str], T], poll: float = 0.2
+) -> T | EditEntry:
+    """Compute submitted request EDIT_ID here (COMPUTE(entry, holder id)) while this process can
+    hold its model's lease; while a worker holds it, wait for the worker to end the request.
+    Returns what COMPUTE returned, or the request's entry once another process made it active.
+    HeadChanged from COMPUTE (the log changed meanwhile) computes it again on the new head."""
+    holder = Holder(store, "cli")
+    while True:
+        with holder.model(base_id) as held:
+            claimed = store.claim_requests(base_id, holder.id, 1, only=edit_id) if held else []
+            if claimed:
+                try:
+                    return compute(claimed[0], holder.id)
+                except HeadChanged:
+                    continue
+        entry = store.get_entry(edit_id)
+        if entry.status == "failed":
+            raise EditFailed(f"edit {edit_id} failed: {entry.error}")
+        if entry.status == "active":
+            return entry
+        if entry.status not in QUEUED_STATUSES:
+            raise EditStateError(f"edit {edit_id} is {entry.status}")
+        time.sleep(poll)

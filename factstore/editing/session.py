@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -14,12 +13,10 @@ from transformers import PreTrainedModel
 
 from factstore import arch
 from factstore.domain import BaseModel, Covariance, EditEntry, EditRequest, LayerAsk, NewEdit, StoredEdit
-from factstore.editing.lease import Holder
+from factstore.editing.lease import Holder, compute_or_wait
 from factstore.editing.requests import layer_spec, parse_layer_spec
 from factstore.errors import (
     DatabaseUnavailable,
-    EditFailed,
-    EditStateError,
     FactStoreError,
     HeadChanged,
     InvalidEditRequest,
@@ -34,7 +31,6 @@ from factstore.rome.hparams import ROMEHyperParams, default_hparams, has_measure
 from factstore.rome.keys import ContextTemplates, sample_contexts
 from factstore.rome.prompts import decode
 from factstore.rome.scoring import greedy_continuation
-from factstore.storage.models import QUEUED_STATUSES
 from factstore.storage.store import Store
 from factstore.weights import band, checkpoints, stats
 from factstore.weights.corpus import DEFAULT_CORPUS, Corpus, load_corpus
@@ -366,27 +362,12 @@ class EditSession:
             raise
 
     def _run(self, edit_id: int, poll: float) -> EditOutcome:
-        holder = Holder(self.store, "cli")
-        while True:
-            with holder.model(self.base.id) as held:
-                claimed = self.store.claim_requests(self.base.id, holder.id, 1, only=edit_id) if held else []
-                if claimed:
-                    try:
-                        return self.process(claimed[0], holder.id)
-                    except HeadChanged:
-                        continue  # computed again on the new head
-            entry = self.store.get_entry(edit_id)
-            if entry.status == "failed":
-                raise EditFailed(f"edit {edit_id} failed: {entry.error}")
-            if entry.status == "active":
-                self.sync()
-                return EditOutcome(
-                    self.store.get_edit(edit_id),
-                    [self.store.get_edit(entry.supersedes_id)] if entry.supersedes_id else [],
-                )
-            if entry.status not in QUEUED_STATUSES:
-                raise EditStateError(f"edit {edit_id} is {entry.status}")
-            time.sleep(poll)
+        done = compute_or_wait(self.store, self.base.id, edit_id, self.process, poll)
+        if isinstance(done, EditOutcome):
+            return done
+        self.sync()  # a worker computed it: the head takes it (and whatever else changed)
+        superseded = [self.store.get_edit(done.supersedes_id)] if done.supersedes_id else []
+        return EditOutcome(self.store.get_edit(edit_id), superseded)
 
     def process(self, entry: EditEntry, holder: str) -> EditOutcome:
         """Compute a request HOLDER has claimed and make it the next active edit.
