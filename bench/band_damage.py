@@ -10,7 +10,9 @@ per-layer vectors). The log is compiled as registered (weights/band.py) on the b
 - by edit: each edit's share of the damage estimated from the solve, summed over the band,
   d_i = sum_l |r_i|^2 x_i^T C_l x_i with x_i = A_l^-1 k_i, A_l = w (C_l + alpha I) + K_l K_l^T
   (its rank-one part of dW_l measured on C_l, cross terms left out), and the log compiled
-  without the top share of edits by d_i (--drop), every record scored.
+  without the top share of edits by d_i (--drop), every record scored;
+- by weight: the same stored vectors compiled with the soft weight of some layers multiplied
+  (--scaled "8:3" "0-2:3": layers and factor), every record scored.
 Prints Markdown tables.
 """
 
@@ -30,6 +32,8 @@ def main() -> None:
     parser.add_argument("--edits", type=int, default=None, help="the log's first N active edits (default all)")
     parser.add_argument("--drop", type=float, nargs="*", default=[0.02, 0.05, 0.1])
     parser.add_argument("--layer-records", type=int, default=200, help="records scored per layer row (0: none)")
+    parser.add_argument("--skip-layers", action="store_true", help="no by-layer rows")
+    parser.add_argument("--scaled", nargs="*", default=[], help='"A-B:F": the weight of layers A..B times F')
     parser.add_argument("--heldout-tokens", type=int, default=20_000)
     args = parser.parse_args()
 
@@ -39,6 +43,7 @@ def main() -> None:
     from factstore.analysis.perplexity import perplexity
     from factstore.datasets import read_records
     from factstore.editing.session import EditSession
+    from factstore.rome.edit import add_delta
     from factstore.storage.store import Store
     from factstore.studies.lifelong import heldout_rows, score_variant
     from factstore.weights import band
@@ -49,6 +54,10 @@ def main() -> None:
     edits = store.list_edits(session.base.id, "active")[: args.edits]
     records = read_records(args.dataset, args.n)
     heldout = heldout_rows(session, store, args.heldout_tokens)
+    if not heldout:
+        raise SystemExit("no held-out text: give --heldout-tokens > 0")
+    if not all(e.band for e in edits):
+        raise SystemExit("every edit of the log must be a band edit (registered with --band)")
     soft = band.settings(edits, soft_settings("band"))
     layers = sorted({a.layer for e in edits for a in e.band})
     print(f"{len(edits)} active edits, {len(records)} records, band layers {layers}, soft {soft}", flush=True)
@@ -75,7 +84,7 @@ def main() -> None:
     print("\n| compile | ES | PS | NS | held-out perplexity | seconds |\n|---|---|---|---|---|---|")
     row("unedited", lambda m: None, records[: args.layer_records])
     row("band as registered", compile_all, records[: args.layer_records])
-    for layer in layers:
+    for layer in [] if args.skip_layers else layers:
 
         def without(model, layer=layer):  # type: ignore[no-untyped-def]
             W0 = arch.down_proj_weight(model, layer).clone()
@@ -100,7 +109,7 @@ def main() -> None:
         per = (R * R).sum(0) * (X * (C @ X)).sum(0)  # (n,)
         damage[torch.tensor(owners[layer])] += per
     order = torch.argsort(damage, descending=True)
-    total = float(damage.sum())
+    total = float(damage.sum()) or 1.0
     print(
         "\nshare of the estimated damage in the top edits: "
         + ", ".join(
@@ -119,6 +128,20 @@ def main() -> None:
             lambda m, k=kept: compile_all(m, k),
             records,
         )
+
+    print("\n| compile | ES | PS | NS | held-out perplexity | seconds |\n|---|---|---|---|---|---|")
+    for spec in args.scaled:
+        span, factor = spec.split(":")
+        low, _, high = span.partition("-")
+        chosen = set(range(int(low), int(high or low) + 1))
+
+        def scaled(model, chosen=chosen, factor=float(factor)):  # type: ignore[no-untyped-def]
+            for layer, rows in sorted(asks.items()):
+                weight = soft[0] * (factor if layer in chosen else 1.0)
+                C = session.layer_covariance(last[layer], layer)
+                add_delta(model, layer, band.layer_delta(rows, C, (weight, soft[1])))
+
+        row(f"weight x{factor} on layers {sorted(chosen)}", scaled, records)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def test_a_band_release_imports_byte_for_byte_and_the_importer_continues_it(band
     release, _ = api.compile_release(store, "tiny", api.CompileOptions(min_efficacy=0.0))
     team = _team_store(store, tmp_path)
     result = import_release(team, Path(release.path), "team")
-    assert result["rebuilt_identical"] and result["edits_added"] == 3
+    assert result.rebuilt_identical and result.edits_added == 3
     mine, theirs = store.list_edits(1), team.list_edits(team.get_base_model("team").id)
     assert [e.band for e in theirs] == [e.band for e in mine]
     again, _ = api.compile_release(team, "team", api.CompileOptions(out=str(tmp_path / "again"), min_efficacy=0.0))
@@ -312,4 +312,4 @@ def test_band_keys_weighted_towards_the_bare_prompt_are_measured_so_and_import(t
     assert float((stored - uniform).norm() / uniform.norm()) > 1e-2  # the weighting moved it
     release, _ = api.compile_release(tiny_store, "tiny", api.CompileOptions(min_efficacy=0.0))
     result = import_release(_team_store(tiny_store, tmp_path), Path(release.path), "team")
-    assert result["rebuilt_identical"] and result["edits_added"] == 3
+    assert result.rebuilt_identical and result.edits_added == 3

@@ -145,7 +145,7 @@ def test_soft_compile_is_accepted_by_behaviour_deterministic_and_imports_byte_fo
     team = api.open_store(f"sqlite:///{other}")
     for alias in ("team", "team2"):
         api.add_model(team, alias, store.get_base_model("tiny").source)
-    assert import_release(team, Path(release.path), "team")["rebuilt_identical"]
+    assert import_release(team, Path(release.path), "team").rebuilt_identical
     assert [e.key_sha256 for e in team.list_edits(team.get_base_model("team").id)] == [e.key_sha256 for e in edits]
     # other settings than this factstore's are refused at import, never silently rebuilt otherwise
     monkeypatch.setattr(replay, "SOFT_WEIGHT", replay.SOFT_WEIGHT * 2)

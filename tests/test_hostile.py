@@ -194,6 +194,10 @@ POISON: dict[str, Callable[[dict], None]] = {
     "a base model on a local path": lambda m: m["base"].update(source="/home/someone/model"),
     # it would inject lines into the front matter of the card the importer publishes next
     "a licence with a newline": lambda m: m["base"].update(license="mit\ninference: true\nwidget: x"),
+    # key statistics a single-layer edit never reads: each would be fetched or computed
+    "band statistics on a single-layer edit": lambda m: m["edits"][0].update(
+        band_covariances=[{**m["edits"][0]["covariance"], "layer": 0, "tokens": 9_000_000}]
+    ),
 }
 REFUSAL = {
     "layer 99": "layer 99 is outside the model",
@@ -203,6 +207,7 @@ REFUSAL = {
     "a local corpus path": "not a starter corpus",
     "a base model on a local path": "neither a Hub id nor a starter asset",
     "a licence with a newline": "malformed at base.license",
+    "band statistics on a single-layer edit": "key statistics of a band",
 }
 
 

@@ -263,3 +263,14 @@ def test_context_templates_sampled_with_the_cache_are_those_of_the_full_forward(
             pick = top.indices.gather(1, torch.multinomial(top.values.softmax(-1), 1, generator=gen))
             want = torch.cat([want, pick], dim=1)
     assert got.shape == (3, 8) and torch.equal(got, want)
+
+
+def test_the_suffix_loop_falls_back_for_a_batch_longer_than_a_sliding_window(gpt2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    from tiny_models import random_decoder
+
+    model = random_decoder("mistral", seed=0)  # sliding_window 64
+    long_prefix = "A rather long preamble that goes on and on about nothing in particular. " * 6 + "{}"
+    templates = ["{}", long_prefix]
+    upper = compute_value(model, gpt2_tokenizer, REQUEST, templates, HP, loop="upper")
+    fast = compute_value(model, gpt2_tokenizer, REQUEST, templates, HP, loop="suffix")
+    assert torch.allclose(fast.value, upper.value, atol=1e-5, rtol=0)

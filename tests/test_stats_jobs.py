@@ -14,6 +14,7 @@ import torch
 from factstore import api
 from factstore.errors import InvalidEditRequest, TooManyRequests
 from factstore.progress import SILENT
+from factstore.results import StatsLayers
 from factstore.storage.store import Store
 from factstore.weights import checkpoints, stats
 from factstore.worker import jobs, stats_jobs
@@ -63,7 +64,8 @@ def test_shard_jobs_merge_into_the_single_pass_and_other_hosts_fetch_the_result(
     first = api.compute_stats(
         tiny_store, "tiny", api.StatsOptions(layers=(0,), corpus=shared, tokens=1500), device="cpu"
     )
-    single_0 = first["layers"][0]
+    assert isinstance(first, StatsLayers)
+    single_0 = first.layers[0]
     merger = tiny_store.claim_job("w2", None, 60.0, kinds=STATS_KINDS)
     assert merger is not None and merger.id == merge.id
     _on_host(monkeypatch, tmp_path, "host2")
@@ -71,8 +73,8 @@ def test_shard_jobs_merge_into_the_single_pass_and_other_hosts_fetch_the_result(
     assert merged is not None and merged.status == "done" and merged.result is not None, merged and merged.error
     rows = merged.result["layers"]
     assert [r["layer"] for r in rows] == [0, 1]
-    assert (rows[0]["id"], rows[0]["sha256"]) == (single_0["id"], single_0["sha256"])
-    assert stats.file_sha256(Path(single_0["path"])) == single_0["sha256"]  # its file untouched
+    assert (rows[0]["id"], rows[0]["sha256"]) == (single_0.id, single_0.sha256)
+    assert stats.file_sha256(Path(single_0.path)) == single_0.sha256  # its file untouched
 
     # the single pass of the same layers on a machine of its own
     _on_host(monkeypatch, tmp_path, "single")

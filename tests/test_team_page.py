@@ -46,6 +46,7 @@ def test_the_fact_log_is_searched_filtered_and_paged(
     api.submit_edit(tiny_store, "tiny", EditRequest(PROMPT, "The 100% Bridge", "Oslo"), api.EditOptions())
 
     first = client.get("/models/tiny").text
+    assert 'name="prompt" required maxlength="4096"' in first and 'name="subject" required maxlength="1024"' in first
     assert _rows(first) == ["Tower 0", "Tower 1", "Tower 2", "Tower 3"] and "1–4 of 7" in first
     second = client.get("/models/tiny", params={"page": 2}).text
     assert _rows(second) == ["Tower 4", "Tower 5", "The 100% Bridge"] and "page 2 of 2" in second

@@ -75,8 +75,9 @@ def import_release(
     that nothing was imported: the store is written in one transaction at the very end."""
     try:
         return _import(store, folder, alias, published, device=device, progress=progress, shipped=shipped)
-    except ReleaseVerificationError as exc:
-        raise ReleaseVerificationError(_nothing_imported(str(exc))) from None
+    except ReleaseVerificationError as exc:  # its own type kept (HubFileTooLarge, say), the message said once
+        exc.args = (_nothing_imported(str(exc)),)
+        raise
 
 
 def _nothing_imported(reason: str) -> str:
@@ -308,6 +309,8 @@ def _checked_band(
     """A band edit's per-layer vectors: the layers its hyperparameters give, shapes of those
     layers, finite, matching their sha256, with the C of each layer below of its own C's spec."""
     if not entry.band and hp.band == 1:
+        if entry.band_covariances:  # each would be fetched or computed, for nothing
+            raise ReleaseVerificationError(f"{where}: it lists the key statistics of a band it does not have")
         return ()
     if not entry.band or hp.band == 1 or entry.band != spread_layers(entry.layer, hp.band):
         raise ReleaseVerificationError(

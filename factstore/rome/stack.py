@@ -83,7 +83,8 @@ class SuffixStack(UpperStack):
 
 class SuffixUnsupported(Exception):
     """This family's forward cannot run from a cached prefix: it takes no position ids or cache
-    by keyword, or returns no cache. The one limit the suffix loop falls back for."""
+    by keyword, returns no cache, or its cache cannot be cut back (a sliding window the batch
+    outgrew). The limits the suffix loop falls back for."""
 
 
 def prefix_cache(
@@ -100,7 +101,10 @@ def prefix_cache(
     cache = arch.output_cache(out)
     if cache is None or not hasattr(cache, "crop"):
         raise SuffixUnsupported(f"its forward returned no croppable cache ({type(cache).__name__})")
-    cache.crop(split - cache.get_seq_length())
+    try:
+        cache.crop(split - cache.get_seq_length())
+    except RuntimeError as exc:  # a sliding-window layer keeps only its window: past it, nothing to cut back to
+        raise SuffixUnsupported(f"its cache cannot be cut back to the prefix ({exc})") from exc
     return cache
 
 

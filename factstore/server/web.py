@@ -24,6 +24,7 @@ from factstore.server.schemas import LOG_STATUSES, NO_NUL
 from factstore.server.service import Service
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.globals.update(PROMPT_CHARS=PROMPT_CHARS, TEXT_CHARS=TEXT_CHARS)  # the forms' limits are the API's
 pages = APIRouter(include_in_schema=False)
 
 FormText = Annotated[str, Form(max_length=PROMPT_CHARS)]
