@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
+
+import run_folder
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--alias", default="smollm2")
-    parser.add_argument("--n", type=int, default=1000, help="records scored (the first N of the dataset)")
-    parser.add_argument("--edits", type=int, default=None, help="the log's first N active edits (default all)")
+    run_folder.add_arguments(parser)
     parser.add_argument("--drop", type=float, nargs="*", default=[0.02, 0.05, 0.1])
     parser.add_argument("--layer-records", type=int, default=200, help="records scored per layer row (0: none)")
     parser.add_argument("--skip-layers", action="store_true", help="no by-layer rows")
@@ -41,18 +38,12 @@ def main() -> None:
 
     from factstore import arch
     from factstore.analysis.perplexity import perplexity
-    from factstore.datasets import read_records
-    from factstore.editing.session import EditSession
     from factstore.rome.edit import add_delta
-    from factstore.storage.store import Store
     from factstore.studies.lifelong import heldout_rows, score_variant
     from factstore.weights import band
     from factstore.weights.replay import edit_vectors, soft_settings
 
-    store = Store(f"sqlite:///{Path(args.run_dir) / 'lifelong.db'}")
-    session = EditSession(store, args.alias, device="cpu")
-    edits = store.list_edits(session.base.id, "active")[: args.edits]
-    records = read_records(args.dataset, args.n)
+    store, session, edits, records = run_folder.open_run(args)
     heldout = heldout_rows(session, store, args.heldout_tokens)
     if not heldout:
         raise SystemExit("no held-out text: give --heldout-tokens > 0")

@@ -22,16 +22,12 @@ import json
 import time
 from pathlib import Path
 
+import run_folder
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--alias", default="smollm2")
-    parser.add_argument("--n", type=int, default=1000, help="records scored (the first N of the dataset)")
-    parser.add_argument(
-        "--edits", type=int, default=None, help="compile only the first K edits of the log (default all)"
-    )
+    run_folder.add_arguments(parser)
     parser.add_argument("--weights", type=float, nargs="+", default=[1e3, 5e3, 2e4])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0])
     parser.add_argument(
@@ -65,20 +61,14 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from factstore.datasets import read_records
-    from factstore.editing.session import EditSession
     from factstore.rome.edit import add_delta
-    from factstore.storage.store import Store
     from factstore.studies.lifelong import band_inputs, heldout_rows, score_variant
     from factstore.weights.band import apply_band
     from factstore.weights.replay import apply_joint, edit_vectors
     from factstore.weights.spread import SpreadSettings, apply_spread, band_deltas, band_keys
     from factstore.weights.stats import MatrixCache
 
-    store = Store(f"sqlite:///{Path(args.run_dir) / 'lifelong.db'}")
-    session = EditSession(store, args.alias, device="cpu")
-    edits = store.list_edits(session.base.id, "active")[: args.edits]
-    records = read_records(args.dataset, args.n)  # as the run scores them: superseded records too
+    store, session, edits, records = run_folder.open_run(args)
     heldout = heldout_rows(session, store, args.heldout_tokens) if args.heldout_tokens else None
     covariance = MatrixCache(store.get_covariance)
     variants: list[tuple[str, object]] = [] if args.skip_unedited else [("unedited", lambda m: None)]

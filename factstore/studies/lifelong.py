@@ -86,9 +86,20 @@ class _State:
         self.data["seconds"][phase] = round(self.data["seconds"].get(phase, 0.0) + seconds, 1)
 
 
+RUN_DB = "lifelong.db"  # a run folder's own store
+
+
+def run_store(folder: Path | str) -> Store:
+    """The store of a run folder, as it is (bench scripts read a run with it)."""
+    path = Path(folder) / RUN_DB
+    if not path.is_file():
+        raise InvalidArgument(f"{folder} is not a lifelong run folder (it has no {RUN_DB})")
+    return Store(f"sqlite:///{path}")
+
+
 def _open_store(folder: Path, source: Store, alias: str, progress: Reporter) -> Store:
     """The run's own SQLite store in FOLDER, with ALIAS registered as in SOURCE."""
-    url = f"sqlite:///{folder / 'lifelong.db'}"
+    url = f"sqlite:///{folder / RUN_DB}"
     engine = make_engine(url)
     try:
         schema.upgrade(engine)

@@ -1,0 +1,30 @@
+"""What the scripts that read a finished lifelong run share: its arguments and its opening."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser, dataset: bool = True) -> None:
+    """--run-dir, --alias, --edits (and --dataset, --n when the script scores records)."""
+    parser.add_argument("--run-dir", required=True, help="a folder of `factstore eval --mode lifelong`")
+    parser.add_argument("--alias", default="smollm2")
+    parser.add_argument("--edits", type=int, default=None, help="the log's first N active edits (default all)")
+    if dataset:
+        parser.add_argument("--dataset", required=True)
+        parser.add_argument("--n", type=int, default=1000, help="records scored (the first N of the dataset)")
+
+
+def open_run(args: argparse.Namespace) -> tuple[Any, Any, list, list]:
+    """(store, session on the base model's head, the first --edits active edits, the records)."""
+    from factstore.datasets import read_records
+    from factstore.editing.session import EditSession
+    from factstore.studies.lifelong import run_store
+
+    store = run_store(args.run_dir)
+    session = EditSession(store, args.alias, device="cpu")
+    edits = store.list_edits(session.base.id, "active")[: args.edits]
+    dataset = getattr(args, "dataset", None)
+    records = read_records(dataset, args.n) if dataset else []  # as the run scores them: superseded ones too
+    return store, session, edits, records
