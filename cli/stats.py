@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from factstore import api
-from factstore.results import ShardSum, StatsLayers
 
 from .options import CorpusOpt, DeviceOpt, JsonOpt, LayerOpt, ModelOpt, TokensOpt, parse_layer
 from .output import emit_json
@@ -71,10 +70,10 @@ def compute(
     result = api.compute_stats(api.open_store(), model, options, device=device, progress=BARS)
     if json_out:
         emit_json(result.model_dump())
-    elif isinstance(result, ShardSum):
+    elif isinstance(result, api.ShardSum):
         print(f"layer {result.layer}, shard {result.shard}: {result.tokens} tokens -> {result.path}")
     else:
-        for row in result.layers if isinstance(result, StatsLayers) else [result]:
+        for row in result.layers if isinstance(result, api.StatsLayers) else [result]:
             print(f"layer {row.layer}: {row.tokens} tokens -> {row.path}")
 
 

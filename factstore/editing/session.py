@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -15,6 +15,7 @@ from factstore import arch
 from factstore.domain import BaseModel, Covariance, EditEntry, EditRequest, LayerAsk, NewEdit, StoredEdit
 from factstore.editing.lease import Holder, compute_or_wait
 from factstore.editing.requests import layer_spec, parse_layer_spec
+from factstore.editing.resources import KeyStatistics
 from factstore.errors import (
     DatabaseUnavailable,
     FactStoreError,
@@ -22,7 +23,6 @@ from factstore.errors import (
     InvalidEditRequest,
     LeaseLost,
     NumericalError,
-    StatisticsError,
 )
 from factstore.progress import SILENT, Reporter
 from factstore.results import Reply, TokenProb
@@ -33,7 +33,7 @@ from factstore.rome.prompts import decode
 from factstore.rome.scoring import greedy_continuation
 from factstore.storage.store import Store
 from factstore.weights import band, checkpoints, stats
-from factstore.weights.corpus import DEFAULT_CORPUS, Corpus, load_corpus
+from factstore.weights.corpus import Corpus
 from factstore.weights.replay import apply_sequential, apply_update, edit_vectors, solve_key
 from factstore.weights.spread import spread_layers
 from factstore.weights.vectors import from_bytes, to_bytes
@@ -81,12 +81,12 @@ class EditSession:
         arch.model_spec(self.model)
         cfg = self.model.config
         self.defaults = default_hparams(cfg.model_type, arch.num_layers(self.model), cfg.hidden_size)
-        self.corpus_name = corpus  # None: reuse whatever C is recorded for a layer, else the default corpus
         self.stats_tokens = stats_tokens
         self.band = band  # None: the band of the log's newest edit, else the model's default
-        self._layer_cov: dict[tuple[int, int], int] = {}  # (edit layer's C id, layer) -> C id of that layer
         self._originals = Snapshot(self.model)  # the unedited down-projection of every layer the log touches
-        self.matrix = stats.MatrixCache(store.get_covariance)
+        # corpus None: reuse whatever C is recorded for a layer, else the default corpus
+        self.statistics = KeyStatistics(store, self.base, loaded, self.base_weights, corpus, stats_tokens, progress)
+        self.matrix = self.statistics.matrix
         self.applied: list[StoredEdit] = []
         self.rebuild(store.list_edits(self.base.id, "active"))
 
@@ -109,22 +109,6 @@ class EditSession:
         W0 = self._originals.saved[layer]
         return (W0.T if arch.model_spec(self.model).fan_in_fan_out else W0), arch.down_proj_bias(self.model, layer)
 
-    def _layer_matrix(self, own_id: int | None, layer: int) -> torch.Tensor:
-        """C of LAYER for an edit whose own C is OWN_ID: that one on its layer, else the C of the
-        same corpus, size and dtype (what the band compile of a release reads)."""
-        if own_id is None:
-            return self.matrix(None)  # raises: an edit without C cannot be replayed
-        own = self.store.get_covariance(own_id)
-        if own.layer == layer:
-            return self.matrix(own_id)
-        if (own_id, layer) not in self._layer_cov:
-            self._layer_cov[(own_id, layer)] = self.covariances_like(own, [layer])[0].id
-        return self.matrix(self._layer_cov[(own_id, layer)])
-
-    def layer_covariance(self, edit: StoredEdit, layer: int) -> torch.Tensor:
-        """C of LAYER as the band compile of EDIT reads it."""
-        return self._layer_matrix(edit.covariance_id, layer)
-
     def _band_soft(self, edits: list[StoredEdit]) -> tuple[float, float]:
         return band.settings(edits, (self.defaults.band_weight, self.defaults.band_alpha))
 
@@ -142,7 +126,7 @@ class EditSession:
         self._originals.add(layers)
         own = self.store.get_covariance(cov.id)  # C of every layer below first, in one pass, before any write
         for below, found in zip(layers[:-1], self.covariances_like(own, layers[:-1])):
-            self._layer_cov[(cov.id, below)] = found.id
+            self.statistics.remember(cov.id, below, found.id)
         keys = self.templates(hp).key
         prompt_sets = [band.key_prompts(r, keys, hp.band_plain_weight) for r in requests]
         W, b = arch.down_proj_weight(self.model, hp.layer).double().cpu(), arch.down_proj_bias(self.model, hp.layer)
@@ -152,7 +136,7 @@ class EditSession:
         earlier, _ = band.collect(self.applied, edit_vectors, self._base)
 
         def write(layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-            delta = band.layer_delta(earlier.get(layer, []) + rows, self._layer_matrix(cov.id, layer), soft)
+            delta = band.layer_delta(earlier.get(layer, []) + rows, self.statistics.layer_matrix(cov.id, layer), soft)
             band.write_layer(self.model, layer, self._base(layer)[0], delta)
 
         try:
@@ -247,82 +231,21 @@ class EditSession:
         return self.covariances([layer], hp)[0]
 
     def covariances(self, layers: list[int], hp: ROMEHyperParams) -> list[Covariance]:
-        """C records for LAYERS, by spec, never by recency alone. With a corpus or size asked for,
-        that spec's C. Otherwise, per layer: the store's own C of the layer (the newest computed
-        here: `stats compute` with any corpus steers); else the C the log's newest edit of the
-        layer used (an imported lineage keeps its statistics); else a C recorded (computed or
-        pulled) for the spec of the store's own text (its newest own C of any layer), else the C
-        of the default spec. A C pulled or shipped from elsewhere is taken only as the log's or
-        where its spec is the one asked for: it never displaces the store's own, nor steers a
-        store that has none. The missing ones are computed together, in one pass over the corpus."""
-        found: dict[int, Covariance] = {}
-        if self.corpus_name is None and self.stats_tokens is None:
-            own = [c for c in self.store.list_covariances(self.base.id) if not stats.is_shipped(c.path)]
-            logged: dict[int, int] = {}  # layer -> C id of the log's newest edit on it
-            for edit in reversed(self.applied):
-                if edit.covariance_id is not None and edit.layer in layers:
-                    logged.setdefault(edit.layer, edit.covariance_id)
-            for layer in layers:
-                mine = [c for c in reversed(own) if c.layer == layer]  # newest first
-                theirs = [self.store.get_covariance(logged[layer])] if layer in logged else []
-                # the first whose file is here (or in the share) wins
-                if (here := next(filter(None, map(_here, [*mine, *theirs])), None)) is not None:
-                    found[layer] = here
-            for layer in [layer for layer in layers if layer not in found and own]:
-                like = stats.spec_like(own[-1], self.base.identity, self.model, layer)  # the store's own text and size
-                if (here := _here(self.store.get_covariance_by_key(like.key()))) is not None:
-                    found[layer] = here
-        missing = [layer for layer in layers if layer not in found]
-        if missing:
-            corpus = self.stats_corpus()
-            found.update(
-                self._recorded_or_computed([self.stats_spec(layer, hp, corpus) for layer in missing], lambda: corpus)
-            )
-        return [found[layer] for layer in layers]
+        """C records for LAYERS by spec (KeyStatistics.for_layers), the log's own C among them."""
+        return self.statistics.for_layers(layers, hp, self.applied)
 
     def covariances_like(self, own: Covariance, layers: list[int]) -> list[Covariance]:
-        """C of LAYERS with OWN's corpus, token count and dtype (the layers below an edit's that a
-        band or spread compile reads), the missing ones from one pass."""
+        return self.statistics.like(own, layers)
 
-        def corpus() -> Corpus:
-            text = load_corpus(own.corpus, self.progress)
-            if text.sha256 != own.corpus_sha256:
-                raise StatisticsError(
-                    f"the corpus {own.corpus} changed since its key statistics were computed; compute C of layers {layers} by hand"
-                )
-            return text
-
-        specs = [stats.spec_like(own, self.base.identity, self.model, layer) for layer in layers]
-        found = self._recorded_or_computed(specs, corpus)
-        return [found[layer] for layer in layers]
-
-    def _recorded_or_computed(
-        self, specs: list[stats.StatsSpec], corpus: Callable[[], Corpus]
-    ) -> dict[int, Covariance]:
-        """Layer -> the C record of each spec: the store's when its file is there, else computed
-        in one pass over CORPUS (read only then) on the base weights and recorded."""
-        specs = list({spec.layer: spec for spec in specs}.values())  # a layer asked for twice is summed once
-        found: dict[int, Covariance] = {}
-        for spec in specs:
-            if (here := _here(self.store.get_covariance_by_key(spec.key()))) is not None:
-                found[spec.layer] = here
-        missing = [spec for spec in specs if spec.layer not in found]
-        if missing:
-            text = corpus()
-            with self.base_weights():  # C is a property of the base model's keys
-                results = stats.compute_many(self.model, self.tokenizer, missing, text, self.progress)
-            for result in results:
-                found[result.spec.layer] = self.store.create_covariance(
-                    self.base.id, result.spec.key(), record=stats.covariance_record(result, text)
-                )
-        return found
+    def layer_covariance(self, edit: StoredEdit, layer: int) -> torch.Tensor:
+        """C of LAYER as the band compile of EDIT reads it."""
+        return self.statistics.layer_matrix(edit.covariance_id, layer)
 
     def stats_corpus(self) -> Corpus:
-        return load_corpus(self.corpus_name or DEFAULT_CORPUS, self.progress)
+        return self.statistics.corpus()
 
     def stats_spec(self, layer: int, hp: ROMEHyperParams, corpus: Corpus) -> stats.StatsSpec:
-        arch.check_layer(self.model, layer)
-        return stats.stats_spec(self.base.identity, self.model, layer, corpus, hp.stats_tokens, hp.stats_dtype)
+        return self.statistics.spec(layer, hp, corpus)
 
     # edits ---------------------------------------------------------------------------------
 
@@ -592,13 +515,6 @@ class EditSession:
         result = compute_edits(self.model, self.tokenizer, [request], hp, self.matrix(cov.id), self.templates(hp))[0]
         asks = self._measure_band([request], [result], hp, cov)[0] if hp.band > 1 else ()
         return self._new_edit(request, result, hp, cov, note=note, requested_by=requested_by, band=asks), conflicts
-
-
-def _here(cov: Covariance | None) -> Covariance | None:
-    """COV with the path of its file on this machine (fetched from the statistics share if need
-    be, checked against its sha256), or None when this machine cannot have it."""
-    path = stats.local_file(cov) if cov is not None else None
-    return replace(cov, path=str(path)) if cov is not None and path is not None else None
 
 
 def _request(entry: EditEntry) -> EditRequest:

@@ -1,0 +1,143 @@
+"""What an edit session's edits read besides the model: the key statistics C of each layer,
+found by spec or computed once on the base weights and recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import replace
+
+import torch
+
+from factstore import arch
+from factstore.domain import BaseModel, Covariance, StoredEdit
+from factstore.errors import StatisticsError
+from factstore.progress import Reporter
+from factstore.rome.hparams import ROMEHyperParams
+from factstore.storage.store import Store
+from factstore.weights import stats
+from factstore.weights.checkpoints import LoadedModel
+from factstore.weights.corpus import DEFAULT_CORPUS, Corpus, load_corpus
+
+
+class KeyStatistics:
+    """C of a base model's layers for one session. CORPUS_NAME or STATS_TOKENS given: that spec's
+    C; else whatever the store records for a layer (see for_layers). BASE_WEIGHTS: a context in
+    which the model holds its unedited weights (C is a property of the base model's keys)."""
+
+    def __init__(
+        self,
+        store: Store,
+        base: BaseModel,
+        loaded: LoadedModel,
+        base_weights: Callable[[], AbstractContextManager[None]],
+        corpus_name: str | None,
+        stats_tokens: int | None,
+        progress: Reporter,
+    ) -> None:
+        self.store, self.base, self.model, self.tokenizer = store, base, loaded.model, loaded.tokenizer
+        self.base_weights, self.corpus_name, self.stats_tokens = base_weights, corpus_name, stats_tokens
+        self.progress = progress
+        self.matrix = stats.MatrixCache(store.get_covariance)
+        self._layer_cov: dict[tuple[int, int], int] = {}  # (edit layer's C id, layer) -> C id of that layer
+
+    def remember(self, own_id: int, layer: int, cov_id: int) -> None:
+        """The C of LAYER that an edit whose own C is OWN_ID reads is COV_ID."""
+        self._layer_cov[(own_id, layer)] = cov_id
+
+    def layer_matrix(self, own_id: int | None, layer: int) -> torch.Tensor:
+        """C of LAYER for an edit whose own C is OWN_ID: that one on its layer, else the C of the
+        same corpus, size and dtype (what the band compile of a release reads)."""
+        if own_id is None:
+            return self.matrix(None)  # raises: an edit without C cannot be replayed
+        own = self.store.get_covariance(own_id)
+        if own.layer == layer:
+            return self.matrix(own_id)
+        if (own_id, layer) not in self._layer_cov:
+            self.remember(own_id, layer, self.like(own, [layer])[0].id)
+        return self.matrix(self._layer_cov[(own_id, layer)])
+
+    def for_layers(self, layers: list[int], hp: ROMEHyperParams, applied: Sequence[StoredEdit]) -> list[Covariance]:
+        """C records for LAYERS, by spec, never by recency alone. With a corpus or size asked for,
+        that spec's C. Otherwise, per layer: the store's own C of the layer (the newest computed
+        here: `stats compute` with any corpus steers); else the C the log's newest edit of the
+        layer used (an imported lineage keeps its statistics); else a C recorded (computed or
+        pulled) for the spec of the store's own text (its newest own C of any layer), else the C
+        of the default spec. A C pulled or shipped from elsewhere is taken only as the log's or
+        where its spec is the one asked for: it never displaces the store's own, nor steers a
+        store that has none. The missing ones are computed together, in one pass over the corpus."""
+        found: dict[int, Covariance] = {}
+        if self.corpus_name is None and self.stats_tokens is None:
+            own = [c for c in self.store.list_covariances(self.base.id) if not stats.is_shipped(c.path)]
+            logged: dict[int, int] = {}  # layer -> C id of the log's newest edit on it
+            for edit in reversed(applied):
+                if edit.covariance_id is not None and edit.layer in layers:
+                    logged.setdefault(edit.layer, edit.covariance_id)
+            for layer in layers:
+                mine = [c for c in reversed(own) if c.layer == layer]  # newest first
+                theirs = [self.store.get_covariance(logged[layer])] if layer in logged else []
+                # the first whose file is here (or in the share) wins
+                if (here := next(filter(None, map(_here, [*mine, *theirs])), None)) is not None:
+                    found[layer] = here
+            for layer in [layer for layer in layers if layer not in found and own]:
+                like = stats.spec_like(own[-1], self.base.identity, self.model, layer)  # the store's own text and size
+                if (here := _here(self.store.get_covariance_by_key(like.key()))) is not None:
+                    found[layer] = here
+        missing = [layer for layer in layers if layer not in found]
+        if missing:
+            corpus = self.corpus()
+            found.update(
+                self._recorded_or_computed([self.spec(layer, hp, corpus) for layer in missing], lambda: corpus)
+            )
+        return [found[layer] for layer in layers]
+
+    def like(self, own: Covariance, layers: list[int]) -> list[Covariance]:
+        """C of LAYERS with OWN's corpus, token count and dtype (the layers below an edit's that a
+        band or spread compile reads), the missing ones from one pass."""
+
+        def corpus() -> Corpus:
+            text = load_corpus(own.corpus, self.progress)
+            if text.sha256 != own.corpus_sha256:
+                raise StatisticsError(
+                    f"the corpus {own.corpus} changed since its key statistics were computed; compute C of layers {layers} by hand"
+                )
+            return text
+
+        specs = [stats.spec_like(own, self.base.identity, self.model, layer) for layer in layers]
+        found = self._recorded_or_computed(specs, corpus)
+        return [found[layer] for layer in layers]
+
+    def _recorded_or_computed(
+        self, specs: list[stats.StatsSpec], corpus: Callable[[], Corpus]
+    ) -> dict[int, Covariance]:
+        """Layer -> the C record of each spec: the store's when its file is there, else computed
+        in one pass over CORPUS (read only then) on the base weights and recorded."""
+        specs = list({spec.layer: spec for spec in specs}.values())  # a layer asked for twice is summed once
+        found: dict[int, Covariance] = {}
+        for spec in specs:
+            if (here := _here(self.store.get_covariance_by_key(spec.key()))) is not None:
+                found[spec.layer] = here
+        missing = [spec for spec in specs if spec.layer not in found]
+        if missing:
+            text = corpus()
+            with self.base_weights():  # C is a property of the base model's keys
+                results = stats.compute_many(self.model, self.tokenizer, missing, text, self.progress)
+            for result in results:
+                found[result.spec.layer] = self.store.create_covariance(
+                    self.base.id, result.spec.key(), record=stats.covariance_record(result, text)
+                )
+        return found
+
+    def corpus(self) -> Corpus:
+        return load_corpus(self.corpus_name or DEFAULT_CORPUS, self.progress)
+
+    def spec(self, layer: int, hp: ROMEHyperParams, corpus: Corpus) -> stats.StatsSpec:
+        arch.check_layer(self.model, layer)
+        return stats.stats_spec(self.base.identity, self.model, layer, corpus, hp.stats_tokens, hp.stats_dtype)
+
+
+def _here(cov: Covariance | None) -> Covariance | None:
+    """COV with the path of its file on this machine (fetched from the statistics share if need
+    be, checked against its sha256), or None when this machine cannot have it."""
+    path = stats.local_file(cov) if cov is not None else None
+    return replace(cov, path=str(path)) if cov is not None and path is not None else None
