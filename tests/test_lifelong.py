@@ -11,6 +11,7 @@ from factstore import api
 from factstore.analysis.perplexity import perplexity
 from factstore.datasets import read_records
 from factstore.editing.session import EditSession
+from factstore.options import FluencySettings
 from factstore.studies import lifelong
 from factstore.weights import corpus as corpora
 from factstore.weights import replay
@@ -109,11 +110,13 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(
         tiny_store,
         "tiny",
         records,
+        FluencySettings(prompts=1, new_tokens=4),
         settings=lifelong.LifelongSettings(
-            every=2, batch=2, modes=("null-space",), heldout_tokens=300, folder=tmp_path / "run2"
+            every=2, batch=2, modes=("null-space",), heldout_tokens=300, fluency_sample=2, folder=tmp_path / "run2"
         ),
     )
     assert "null space only 0 dimensions" in refused["modes"]["null-space"]["refused"]
+    assert refused["unedited"]["GE"] > 0  # the GE gate's reference: the unedited model on the same sample
     assert both["modes"]["sequential"] == first["modes"]["sequential"]  # kept, not recomputed
     r = both["retraction"]
     assert r["retracted"] == 2 and r["kept"] == 2

@@ -335,6 +335,13 @@ def _score_modes(
         with session.base_weights():
             state.data["unedited_perplexity"] = perplexity(session.model, heldout)
         state.save()
+    sample = min(settings.fluency_sample, n)
+    if fluency is not None and sample and "unedited_GE" not in state.data:  # the GE gate's reference
+        with session.base_weights():
+            state.data["unedited_GE"] = _score(
+                session.model, session.tokenizer, records[:sample], fluency, sample, None
+            )["GE"]
+        state.save()
     todo = [
         (mode, i)
         for mode in settings.modes
@@ -434,7 +441,9 @@ def _result(data: dict, records: list[Record], settings: LifelongSettings, run: 
     for scores in modes.values():
         if data.get("unedited_perplexity") and scores.get("perplexity") and "refused" not in scores:
             scores["perplexity_change_pct"] = 100 * (scores["perplexity"] / data["unedited_perplexity"] - 1)
-    unedited = {**strip(data["unedited"]), "perplexity": data.get("unedited_perplexity")}
+        if data.get("unedited_GE") and scores.get("GE") is not None and "refused" not in scores:
+            scores["GE_change_pct"] = 100 * (scores["GE"] / data["unedited_GE"] - 1)
+    unedited = {**strip(data["unedited"]), "perplexity": data.get("unedited_perplexity"), "GE": data.get("unedited_GE")}
     curve = []
     for i in _points(n, settings.every):
         row: dict = {"edits": i, "unedited": subset_means(data["unedited"]["records"], range(i))}
