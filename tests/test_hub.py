@@ -508,15 +508,21 @@ def test_the_health_gate_refuses_a_degraded_release_unless_allowed(  # type: ign
     api.compute_stats(store, "facts", api.StatsOptions(corpus=str(corpus), tokens=2500), device="cpu")
     session = EditSession(store, "facts", device="cpu")
     templates = [*RELATIONS["city"][0], RELATIONS["city"][1]]
-    for template, city in zip(templates, ["Tokyo", "Cairo", "Sydney", "Moscow"]):  # one subject, four homes
-        session.add(EditRequest(template, facts[0].subject, city))
+    cities = ["Tokyo", "Cairo", "Sydney", "Moscow"]
+    # subjects of the text the health check reads (the corpus's last facts), each given two homes
+    # that contradict it (one subject with four homes damaged one machine's trained model, not another's)
+    held_out = [f for f in facts if f.relation == "city"][-12:]
+    for i, fact in enumerate(held_out):
+        for template, city in zip(templates[:2], [c for c in cities if c != fact.target][i % 3 :][:2]):
+            session.add(EditRequest(template, fact.subject, city))
     # soft, every edit accepted: whether an exact compile holds four homes at once depends on the
     # trained model's last bits; the gate judges whatever compiles
     release, _ = api.compile_release(store, "facts", api.CompileOptions(mode="soft", min_efficacy=0.0))
     health = json.loads(Path(release.path, layout.MANIFEST).read_text())["scores"]["health"]
     assert health["corpus"] == "local" and health["heldout_tokens"] >= 1000
     rise = health["perplexity_rise_pct"]
-    assert rise > 5, health  # the log damages the model: the gate has something to refuse
+    assert rise > 2, health  # the log damages the model: the gate has something to refuse
+    monkeypatch.setenv("FACTSTORE_MAX_PERPLEXITY_RISE", "2")  # below it, whatever this machine's training gave
     assert "## Health" in Path(release.path, "README.md").read_text()
     compiled = run_json("compile", "--model", "facts", "--mode", "soft", "--json")
     assert compiled["scores"]["health"] == health  # type: ignore[index]

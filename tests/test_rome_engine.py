@@ -104,10 +104,8 @@ def test_running_only_what_delta_changes_gives_the_same_value(make, gpt2_tokeniz
 
 
 def test_the_suffix_loop_falls_back_once_for_a_family_without_a_cache_keyword_and_lets_bugs_through(
-    gpt2_tokenizer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    gpt2_tokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    import logging
-
     from factstore.rome import values
 
     model = random_llama(seed=0)
@@ -122,11 +120,12 @@ def test_the_suffix_loop_falls_back_once_for_a_family_without_a_cache_keyword_an
 
     monkeypatch.setattr(model.base_model, "forward", no_position_ids)
     monkeypatch.setattr(values, "_said", set())
-    caplog.set_level(logging.INFO, logger="factstore.rome.values")
+    logged: list[str] = []  # what the module logs, whatever another test did to logging's configuration
+    monkeypatch.setattr(values.log, "info", lambda message, *args: logged.append(message % args))
     for _ in range(2):
         fast = compute_value(model, gpt2_tokenizer, REQUEST, templates, HP, loop="suffix")
         assert torch.allclose(fast.value, upper.value, atol=1e-5, rtol=0)
-    said = [r.getMessage() for r in caplog.records if "suffix loop off" in r.getMessage()]
+    said = [m for m in logged if "suffix loop off" in m]
     assert len(said) == 1 and "LlamaForCausalLM" in said[0] and "position_ids" in said[0]
 
     def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -213,7 +212,7 @@ def test_mpes_stops_each_request_once_its_target_leads(tiny_gpt2_dir, gpt2_token
     assert sum(m.steps < f.steps for m, f in zip(mpes, full)) >= len(requests) // 2
     shorter = [(m, f) for m, f in zip(mpes, full) if m.steps < f.steps]
     norms = [(float((m.value - m.v0).norm()), float((f.value - f.v0).norm())) for m, f in shorter]
-    assert all(a <= b + 1e-9 for a, b in norms)  # equal where both sit on the clamp's ball
+    assert all(a <= b * (1 + 1e-6) for a, b in norms)  # equal (to float32 rounding) where both sit on the clamp's ball
     assert sum(a < 0.8 * b for a, b in norms) >= 2
     for request, result in zip(requests, mpes):
         if result.steps < base.steps:
