@@ -426,16 +426,19 @@ def withdraw_edit(store: Store, edit_id: int, who: ApiTokenInfo | None = None) -
 def ask_model(
     store: Store, alias: str, prompt: str, top: int = 5, *, device: str | None = None, progress: Reporter = SILENT
 ) -> Answer:
-    """Top next tokens and the greedy continuation on the head model."""
+    """Top next tokens and the greedy continuation on the head model (ask_head on a fresh head),
+    the request checked with the tokenizer alone before any weights are loaded."""
     from factstore.editing.models import check_prompt_size, tokenizer_for
-    from factstore.editing.session import EditSession, ask
+    from factstore.editing.session import EditSession
 
+    _check_top(top)
+    check_prompt_size(tokenizer_for(store, alias), prompt)
+    return ask_head(EditSession(store, alias, device=device, progress=progress), prompt, top)
+
+
+def _check_top(top: int) -> None:
     if not 1 <= top <= 100:
         raise InvalidEditRequest(f"top must be between 1 and 100, not {top}")
-    check_prompt_size(tokenizer_for(store, alias), prompt)
-    session = EditSession(store, alias, device=device, progress=progress)
-    reply = ask(session.model, session.tokenizer, prompt, top)
-    return Answer(**dict(reply), edits_applied=len(session.applied))
 
 
 # releases ----------------------------------------------------------------------------------
@@ -776,8 +779,7 @@ def ask_head(head: EditSession, prompt: str, top: int = 5) -> Answer:
     from factstore.editing.models import check_prompt_size
     from factstore.editing.session import ask
 
-    if not 1 <= top <= 100:
-        raise InvalidEditRequest(f"top must be between 1 and 100, not {top}")
+    _check_top(top)
     check_prompt_size(head.tokenizer, prompt)
     head.sync()
     reply = ask(head.model, head.tokenizer, prompt, top)
@@ -792,8 +794,7 @@ def compare_head(head: EditSession, prompt: str, answers: Sequence[str] = (), to
     from factstore.editing.session import ask
     from factstore.rome.scoring import target_probs
 
-    if not 1 <= top <= 100:
-        raise InvalidEditRequest(f"top must be between 1 and 100, not {top}")
+    _check_top(top)
     answers = list(dict.fromkeys(a.strip() for a in answers if a and a.strip()))[:4]
     check_prompt_size(head.tokenizer, prompt)
     head.sync()

@@ -81,7 +81,6 @@ class EditSession:
         arch.model_spec(self.model)
         cfg = self.model.config
         self.defaults = default_hparams(cfg.model_type, arch.num_layers(self.model), cfg.hidden_size)
-        self.stats_tokens = stats_tokens
         self.band = band  # None: the band of the log's newest edit, else the model's default
         self._originals = Snapshot(self.model)  # the unedited down-projection of every layer the log touches
         # corpus None: reuse whatever C is recorded for a layer, else the default corpus
@@ -168,8 +167,8 @@ class EditSession:
         """Settings for an edit. layer: a number, "auto" (the traced layer), or None: the
         measured default for this model size, else the traced layer, else the 20 % rule."""
         hp = self.defaults
-        if self.stats_tokens:
-            hp = replace(hp, stats_tokens=self.stats_tokens)
+        if self.statistics.stats_tokens:  # asked for: the session's C and every edit's settings say so
+            hp = replace(hp, stats_tokens=self.statistics.stats_tokens)
         hp = self._with_band(hp)
         traced = self.base.recommended_layer
         if layer == "auto":

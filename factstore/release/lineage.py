@@ -378,18 +378,23 @@ def _covariances(
     own: Sequence[Covariance] = (),
 ) -> dict[str, Found]:
     """cache key -> (C record, matrix) for every distinct C the new edits used, resolved in order:
-    this machine's cache (keyed by all of the spec, with the release's sha256), the file the
-    release shipped (checked), or computed on the unedited base the way the release recorded it."""
+    this machine's cache when its file has the release's sha256; else the file the release
+    shipped (checked); else this machine's C of the spec whatever its sha256 (another machine's
+    rounding or a merge: the rebuild's byte comparison judges it); else computed on the
+    unedited base the way the release recorded it."""
     out: dict[str, Found] = {}
     for info in infos:
         spec = _spec(ref, loaded, info)
         if spec.key() in out:
             continue
         wanted = _Wanted(info, spec, arch.down_proj_weight(loaded.model, info.layer).shape[1])
+        hit = stats.cached(spec)  # keyed by all of the spec
+        if hit is not None and hit.sha256 == info.sha256:
+            out[spec.key()] = _found(wanted, hit)
+            continue
         out[spec.key()] = (
-            _cached(wanted, exact=True)
-            or (_shipped(wanted, loaded, shipped, own, progress) if shipped is not None else None)
-            or _cached(wanted, exact=False)
+            (_shipped(wanted, loaded, shipped, own, progress) if shipped is not None else None)
+            or (_found(wanted, hit) if hit is not None else None)
             or _computed(wanted, loaded, progress)
         )
     return out
@@ -409,14 +414,6 @@ def _found(wanted: _Wanted, hit: stats.StatsFile) -> Found:
         hit.sha256,
     )
     return record, stats.load_matrix(hit.path, hit.sha256).float()
-
-
-def _cached(wanted: _Wanted, exact: bool) -> Found | None:
-    """This machine's C of the spec; EXACT: only when its sha256 is the release's (another
-    machine's rounding or a merge gives another: the shipped file is tried first, then this
-    one, which the rebuild's byte comparison judges)."""
-    hit = stats.cached(wanted.spec)
-    return _found(wanted, hit) if hit is not None and (hit.sha256 == wanted.info.sha256 or not exact) else None
 
 
 def _shipped(
