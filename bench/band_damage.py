@@ -38,7 +38,8 @@ def main() -> None:
 
     from factstore import arch
     from factstore.analysis.perplexity import perplexity
-    from factstore.rome.edit import add_delta
+    from factstore.rome.edit import Snapshot, add_delta
+    from factstore.rome.update import soft_regulariser
     from factstore.studies.lifelong import heldout_rows, score_variant
     from factstore.weights import band
     from factstore.weights.replay import edit_vectors, soft_settings
@@ -63,12 +64,9 @@ def main() -> None:
             cells = " | ".join(f"{s[k]:.1f}" for k in ("ES", "PS", "NS"))
             ppl = s["perplexity"]
         else:
-            with session.base_weights():
-                saved = {n: arch.down_proj_weight(session.model, n).clone() for n in layers}
+            with Snapshot(session.model, layers), session.base_weights():
                 apply(session.model)
                 ppl = perplexity(session.model, heldout)
-                for n, W0 in saved.items():
-                    band.write_layer(session.model, n, W0, None)
             cells = " |  | "
         print(f"| {name} | {cells} | {ppl:.2f} | {time.perf_counter() - clock:.0f} |", flush=True)
 
@@ -78,9 +76,9 @@ def main() -> None:
     for layer in [] if args.skip_layers else layers:
 
         def without(model, layer=layer):  # type: ignore[no-untyped-def]
-            W0 = arch.down_proj_weight(model, layer).clone()
+            base = Snapshot(model, [layer])
             compile_all(model)
-            band.write_layer(model, layer, W0, None)
+            base.restore()
 
         row(f"layer {layer} left at the base", without, records[: args.layer_records])
 
@@ -95,8 +93,7 @@ def main() -> None:
         C = session.layer_covariance(last[layer], layer).double()
         K = torch.stack([k for k, _ in rows], dim=1).double()  # (d_ff, n)
         R = torch.stack([r for _, r in rows], dim=1).double()  # (d, n)
-        A = soft[0] * (C + soft[1] * C.diagonal().mean() * torch.eye(C.shape[0], dtype=C.dtype)) + K @ K.T
-        X = torch.linalg.solve(A, K)  # (d_ff, n)
+        X = torch.linalg.solve(soft_regulariser(C, *soft) + K @ K.T, K)  # (d_ff, n): dW = R X^T exactly
         per = (R * R).sum(0) * (X * (C @ X)).sum(0)  # (n,)
         damage[torch.tensor(owners[layer])] += per
     order = torch.argsort(damage, descending=True)

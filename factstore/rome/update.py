@@ -93,13 +93,18 @@ def soft_delta(
     return soft_residual_delta(V - _affine(W64, b64, K), K, C, weight, alpha)
 
 
+def soft_regulariser(C: torch.Tensor, weight: float, alpha: float = 0.0) -> torch.Tensor:
+    """A = weight (C + alpha mean(diag C) I) (in, in) float64: what a soft solve holds each update to."""
+    C64 = C.double()
+    return weight * (C64 + alpha * C64.diagonal().mean() * torch.eye(C64.shape[0], dtype=C64.dtype, device=C64.device))
+
+
 def soft_residual_delta(
     residual: torch.Tensor, keys: torch.Tensor, C: torch.Tensor, weight: float, alpha: float = 0.0
 ) -> torch.Tensor:
     """soft_delta for wanted changes R (out, n) at keys K (in, n): dW = R K^T (A + K K^T)^-1."""
     K = keys.double()
-    C64 = C.double().to(K.device)
-    A = weight * (C64 + alpha * C64.diagonal().mean() * torch.eye(C64.shape[0], dtype=C64.dtype, device=C64.device))
+    A = soft_regulariser(C.to(K.device), weight, alpha)
     AK = torch.linalg.solve(A, K)  # (in, n)
     gram = K.T @ AK + torch.eye(K.shape[1], dtype=K.dtype, device=K.device)  # (n, n)
     return residual.double().to(K.device) @ torch.linalg.solve(gram, AK.T)
