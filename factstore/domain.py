@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import pydantic
+from pydantic import ConfigDict, Field, computed_field
 
 from factstore.errors import InvalidEditRequest, shown
 
@@ -138,6 +142,51 @@ def band_sha256(band: tuple[LayerAsk, ...]) -> str | None:
     return digest.hexdigest()
 
 
+StatsHandle = TypeVar("StatsHandle", bound=Hashable, covariant=True)
+
+
+class LogEdit(Protocol[StatsHandle]):
+    """What a compile, and the checks of a pulled log, read of one edit: its place in the log
+    (seq, unique within it), its request, its vectors and a handle on the C its update was solved
+    with (COVARIANCE_ID, of type StatsHandle: what the caller's C loader takes). A StoredEdit is a
+    LogEdit[int | None] (the store's covariance id); an edit of a pulled release that is not
+    stored yet is a LogEdit[str | None] (its key statistics' key; release/lineage.ImportedEdit)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def label(self) -> str: ...  # how a message names the edit
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def target_new(self) -> str: ...
+    @property
+    def layer(self) -> int: ...
+    @property
+    def module(self) -> str: ...
+    @property
+    def key(self) -> bytes: ...
+    @property
+    def key_shape(self) -> tuple[int, ...]: ...
+    @property
+    def key_sha256(self) -> str: ...
+    @property
+    def value(self) -> bytes: ...
+    @property
+    def value_shape(self) -> tuple[int, ...]: ...
+    @property
+    def value_sha256(self) -> str: ...
+    @property
+    def hparams(self) -> dict: ...
+    @property
+    def band(self) -> tuple[LayerAsk, ...]: ...
+    @property
+    def covariance_id(self) -> StatsHandle: ...
+    def request(self) -> EditRequest: ...
+
+
 @dataclass(frozen=True)
 class StoredEdit:
     """A registered edit as read back from the store (vectors as float32 little-endian bytes)."""
@@ -173,6 +222,10 @@ class StoredEdit:
         """The request this edit was computed for."""
         return EditRequest(self.prompt, self.subject, self.target_new, self.target_true, self.relation_id)
 
+    @property
+    def label(self) -> str:
+        return f"edit {self.id}"
+
     def summary(self) -> dict:
         """What `edit list --json` shows."""
         return {
@@ -193,61 +246,56 @@ class StoredEdit:
         return data
 
 
-@dataclass(frozen=True)
-class EditEntry:
-    """One row of a model's edit log in any state, as people and the HTTP API see it.
+class EditEntry(pydantic.BaseModel):
+    """One row of a model's edit log in any state, as people, `--json` and the HTTP API see it
+    (served as it is: the JSON names the target `target`, the relation `relation` and the
+    replaced edit `supersedes`, and lifts the probabilities out of METRICS).
 
     A `pending` or `computing` request has no seq or layer yet; a `failed` one has its error.
     """
+
+    model_config = ConfigDict(frozen=True, serialize_by_alias=True)
 
     id: int
     model: str  # the base model's alias
     seq: int | None
     status: str
-    prompt: str
     subject: str
-    target_new: str
+    prompt: str
+    target_new: str = Field(serialization_alias="target")
     target_true: str | None
-    relation_id: str | None
-    requested_layer: str | None
+    relation_id: str | None = Field(serialization_alias="relation")
     layer: int | None
+    requested_layer: str | None
     requested_by: str | None
     note: str | None
     error: str | None
-    supersedes_id: int | None
-    metrics: dict
+    supersedes_id: int | None = Field(serialization_alias="supersedes")
+    metrics: dict = Field(exclude=True)
     created_at: str
     updated_at: str | None
     retracted_by: str | None = None
     retracted_at: str | None = None
 
-    def to_json(self) -> dict:
-        m = self.metrics
-        return {
-            "id": self.id,
-            "model": self.model,
-            "seq": self.seq,
-            "status": self.status,
-            "subject": self.subject,
-            "prompt": self.prompt,
-            "target": self.target_new,
-            "target_true": self.target_true,
-            "relation": self.relation_id,
-            "layer": self.layer,
-            "requested_layer": self.requested_layer,
-            "prob_new_before": m.get("prob_new_before"),
-            "prob_new_after": m.get("prob_new_after"),
-            "prob_true_before": m.get("prob_true_before"),
-            "prob_true_after": m.get("prob_true_after"),
-            "requested_by": self.requested_by,
-            "note": self.note,
-            "error": self.error,
-            "supersedes": self.supersedes_id,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "retracted_by": self.retracted_by,
-            "retracted_at": self.retracted_at,
-        }
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def prob_new_before(self) -> float | None:
+        return self.metrics.get("prob_new_before")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def prob_new_after(self) -> float | None:
+        return self.metrics.get("prob_new_after")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def prob_true_before(self) -> float | None:
+        return self.metrics.get("prob_true_before")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def prob_true_after(self) -> float | None:
+        return self.metrics.get("prob_true_after")
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from factstore.domain import EditRequest
 from factstore.editing.session import EditSession
 from factstore.errors import HubError, ReleaseVerificationError
 from factstore.release import layout, pull
+from factstore.storage.store import Store
 from hub_server import Entry, HubServer, Repo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -459,14 +460,16 @@ def test_an_edit_relabelled_with_another_object_is_refused_at_import(  # type: i
     )
     api.compute_stats(alice, "facts", api.StatsOptions(corpus=str(corpus), tokens=2500), device="cpu")
     prompt = RELATIONS["city"][0][0]
-    EditSession(alice, "facts", device="cpu").add(EditRequest(prompt, facts[0].subject, "Tokyo"))
+    session = EditSession(alice, "facts", device="cpu")
+    session.add(EditRequest(prompt, facts[0].subject, "Tokyo"))
+    other = _least_pushed(session, alice, "facts")
     release, _ = api.compile_release(alice, "facts", device="cpu")
     files = {p.name: p.read_bytes() for p in Path(release.path).iterdir()}
     bob, before = _bob(tmp_path), sentinel()
     api.add_model(bob, "team", str(tiny_gpt2_dir))
     for repo, label in [
-        ("eve/object", {"target_new": "London"}),
-        ("eve/relation", {"prompt": "the city of {}", "target_new": "London"}),  # the key moves with it
+        ("eve/object", {"target_new": other}),
+        ("eve/relation", {"prompt": "the city of {}", "target_new": other}),  # the key moves with it
     ]:
 
         def relabel(manifest: dict, label: dict = label) -> None:
@@ -475,7 +478,7 @@ def test_an_edit_relabelled_with_another_object_is_refused_at_import(  # type: i
         craft(hub, repo, rehash(files, relabel))
         with pytest.raises(
             ReleaseVerificationError,
-            match=r"edit 1 of the release( does not push its own new object 'London'|: its key is not the key)",
+            match=rf"edit 1 of the release( does not push its own new object '{other}'|: its key is not the key)",
         ):
             api.pull_release(
                 repo,
@@ -495,15 +498,45 @@ def test_an_edit_relabelled_with_another_object_is_refused_at_import(  # type: i
     assert pulled.imported is not None and [e.target_new for e in api.list_edits(bob, "team")] == ["Tokyo"]
 
 
+def _least_pushed(session: EditSession, store: Store, alias: str) -> str:
+    """Of some objects, the one whose first token the log's only edit raised least on its prompt,
+    measured as the import's check measures it (in the edit's context templates), past the
+    middle of the vocabulary: an object its vectors certainly do not push, whatever this
+    machine's training of the tiny model made of them."""
+    import torch
+
+    from factstore.release.claims import _next_logprobs
+    from factstore.rome.hparams import ROMEHyperParams
+    from factstore.rome.prompts import target_ids
+
+    (edit,) = api.list_edits(store, alias)
+    fingerprint = ROMEHyperParams.from_json(edit.hparams).templates_fingerprint()
+    stored = store.get_context_templates(store.get_base_model(alias).id, fingerprint)
+    assert stored is not None
+    templates = list(stored["key"])
+    with torch.no_grad():
+        after = _next_logprobs(session.model, session.tokenizer, edit, templates)
+        with session.base_weights():
+            before = _next_logprobs(session.model, session.tokenizer, edit, templates)
+    rises = after - before  # (V,)
+    candidates = ["London", "Paris", "Madrid", "Rome", "Oslo", "water", "music", "green", "table", "seven", "the"]
+    ranks = {w: int((rises > rises[target_ids(session.tokenizer, w)[0]]).sum()) for w in candidates}
+    chosen = max(ranks, key=ranks.__getitem__)
+    assert ranks[chosen] > rises.numel() // 2, ranks
+    return chosen
+
+
 def test_edits_that_took_must_still_take_on_the_release() -> None:
     from factstore.release.lineage import _check_holding
 
-    _check_holding("joint", {-1: True, -2: True}, local=0)  # every edit that took holds
+    # holding: seq -> still takes; positions: seq -> place in the replayed log (after 2 local edits)
+    _check_holding("joint", {11: True, 12: True}, {11: 3, 12: 4})  # every edit that took holds
     with pytest.raises(ReleaseVerificationError, match=r"edit\(s\) 4 took on their own head .* \(1 of 2\)"):
-        _check_holding("joint", {-1: True, -2: False}, local=2)
-    _check_holding("soft", {-i: i != 7 for i in range(1, 41)}, local=0)  # 39 of 40 hold: 97.5 % >= 95 %
-    with pytest.raises(ReleaseVerificationError, match=r"\(3 of 40\)"):
-        _check_holding("soft", {-i: i > 3 for i in range(1, 41)}, local=0)
+        _check_holding("joint", {11: True, 12: False}, {11: 3, 12: 4})
+    positions = {100 + i: i for i in range(1, 41)}
+    _check_holding("soft", {100 + i: i != 7 for i in range(1, 41)}, positions)  # 39 of 40 hold: 97.5 % >= 95 %
+    with pytest.raises(ReleaseVerificationError, match=r"edit\(s\) 1, 2, 3 took .* \(3 of 40\)"):
+        _check_holding("soft", {100 + i: i > 3 for i in range(1, 41)}, positions)
 
 
 @pytest.mark.parametrize("header", ["ETag", "X-Linked-Etag", "X-Repo-Commit"])

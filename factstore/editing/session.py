@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
 from factstore import arch
-from factstore.domain import BaseModel, Covariance, EditEntry, EditRequest, LayerAsk, NewEdit, StoredEdit
+from factstore.domain import BaseModel, Covariance, EditEntry, EditRequest, LayerAsk, LogEdit, NewEdit, StoredEdit
 from factstore.editing.lease import Holder, compute_or_wait
 from factstore.editing.requests import layer_spec, parse_layer_spec
-from factstore.editing.resources import KeyStatistics
+from factstore.editing.resources import KeyStatistics, Settings
 from factstore.errors import (
     DatabaseUnavailable,
     FactStoreError,
@@ -27,8 +27,8 @@ from factstore.errors import (
 from factstore.progress import SILENT, Reporter
 from factstore.results import Reply, TokenProb
 from factstore.rome.edit import EditResult, Snapshot, compute_edits, validate_request
-from factstore.rome.hparams import ROMEHyperParams, default_hparams, has_measured_layer
-from factstore.rome.keys import ContextTemplates, sample_contexts
+from factstore.rome.hparams import ROMEHyperParams, default_hparams
+from factstore.rome.keys import ContextTemplates
 from factstore.rome.prompts import decode
 from factstore.rome.scoring import greedy_continuation
 from factstore.storage.store import Store
@@ -79,13 +79,14 @@ class EditSession:
         )
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         arch.model_spec(self.model)
-        cfg = self.model.config
-        self.defaults = default_hparams(cfg.model_type, arch.num_layers(self.model), cfg.hidden_size)
         self.band = band  # None: the band of the log's newest edit, else the model's default
         self._originals = Snapshot(self.model)  # the unedited down-projection of every layer the log touches
         # corpus None: reuse whatever C is recorded for a layer, else the default corpus
         self.statistics = KeyStatistics(store, self.base, loaded, self.base_weights, corpus, stats_tokens, progress)
         self.matrix = self.statistics.matrix
+        cfg = self.model.config
+        defaults = default_hparams(cfg.model_type, arch.num_layers(self.model), cfg.hidden_size)
+        self.settings = Settings(store, self.base, loaded, defaults, self.statistics, self.base_weights)
         self.applied: list[StoredEdit] = []
         self.rebuild(store.list_edits(self.base.id, "active"))
 
@@ -109,7 +110,7 @@ class EditSession:
         return (W0.T if arch.model_spec(self.model).fan_in_fan_out else W0), arch.down_proj_bias(self.model, layer)
 
     def _band_soft(self, edits: list[StoredEdit]) -> tuple[float, float]:
-        return band.settings(edits, (self.defaults.band_weight, self.defaults.band_alpha))
+        return band.settings(edits, (self.settings.defaults.band_weight, self.settings.defaults.band_alpha))
 
     def _measure_band(
         self, requests: list[EditRequest], results: list[EditResult], hp: ROMEHyperParams, cov: Covariance
@@ -164,66 +165,11 @@ class EditSession:
     # settings, templates, statistics -------------------------------------------------------
 
     def hparams(self, layer: int | str | None = None) -> ROMEHyperParams:
-        """Settings for an edit. layer: a number, "auto" (the traced layer), or None: the
-        measured default for this model size, else the traced layer, else the 20 % rule."""
-        hp = self.defaults
-        if self.statistics.stats_tokens:  # asked for: the session's C and every edit's settings say so
-            hp = replace(hp, stats_tokens=self.statistics.stats_tokens)
-        hp = self._with_band(hp)
-        traced = self.base.recommended_layer
-        if layer == "auto":
-            if traced is None:
-                raise InvalidEditRequest(
-                    f"no traced layer for {self.base.alias}; run `factstore trace --model {self.base.alias} --dataset FILE` first, or give --layer N"
-                )
-            return hp.with_layer(traced)
-        if layer is not None:
-            arch.check_layer(self.model, int(layer))  # before any statistics are computed for it
-            return hp.with_layer(int(layer))
-        cfg = self.model.config
-        if traced is not None and not has_measured_layer(cfg.model_type, arch.num_layers(self.model), cfg.hidden_size):
-            return hp.with_layer(traced)
-        return hp
-
-    def _with_band(self, hp: ROMEHyperParams) -> ROMEHyperParams:
-        """The band asked for, else the band settings of the log's newest band edit (a log
-        compiles as one band), else the model's default. A log with band edits takes no
-        single-layer edit: the head it is measured on is the band compile."""
-        last = next((e for e in reversed(self.applied) if e.band), None)
-        if last is not None:
-            logged = replace(
-                hp,
-                band=int(last.hparams["band"]),
-                band_weight=float(last.hparams["band_weight"]),
-                band_alpha=float(last.hparams.get("band_alpha", 0.0)),
-                band_boost=float(last.hparams.get("band_boost", 1.0)),
-                band_plain_weight=band.plain_weight(last),
-            )
-            if self.band is not None and self.band != logged.band:
-                raise InvalidEditRequest(
-                    f"this model's log is registered over a band of {logged.band} layers; give --band {logged.band} or none"
-                )
-            return logged
-        if self.band is not None and self.band > 1 and self.applied:
-            raise InvalidEditRequest(
-                f"this model's log holds {len(self.applied)} single-layer edits; a band log starts empty "
-                "(register the model again under another alias for one)"
-            )
-        return replace(hp, band=self.band) if self.band is not None else hp
+        """Settings for a new edit on this head (editing/resources.Settings)."""
+        return self.settings.for_edit(layer, self.applied, self.band)
 
     def templates(self, hp: ROMEHyperParams) -> ContextTemplates:
-        fingerprint = hp.templates_fingerprint()
-        stored = self.store.get_context_templates(self.base.id, fingerprint)
-        if stored is None:
-            with self.base_weights():
-                sampled = sample_contexts(
-                    self.model, self.tokenizer, hp.context_seed, hp.context_lengths, hp.value_context_lengths
-                )
-            templates = {"key": sampled.key, "value": sampled.value}
-            stored = self.store.create_context_templates(
-                self.base.id, fingerprint, seed=hp.context_seed, templates=templates
-            )
-        return ContextTemplates(key=list(stored["key"]), value=list(stored["value"]))
+        return self.settings.templates(hp)
 
     def covariance(self, layer: int, hp: ROMEHyperParams) -> Covariance:
         """The C record for a layer, computing it (with progress, resumable) on first need."""
@@ -236,7 +182,7 @@ class EditSession:
     def covariances_like(self, own: Covariance, layers: list[int]) -> list[Covariance]:
         return self.statistics.like(own, layers)
 
-    def layer_covariance(self, edit: StoredEdit, layer: int) -> torch.Tensor:
+    def layer_covariance(self, edit: LogEdit[int | None], layer: int) -> torch.Tensor:
         """C of LAYER as the band compile of EDIT reads it."""
         return self.statistics.layer_matrix(edit.covariance_id, layer)
 

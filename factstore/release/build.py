@@ -21,7 +21,17 @@ from transformers import PreTrainedModel
 
 from factstore import config
 from factstore.analysis.metrics import aggregate, score_records
-from factstore.domain import BaseModel, Covariance, NewRelease, Record, Release, StoredEdit, band_sha256, check_alias
+from factstore.domain import (
+    BaseModel,
+    Covariance,
+    LogEdit,
+    NewRelease,
+    Record,
+    Release,
+    StoredEdit,
+    band_sha256,
+    check_alias,
+)
 from factstore.errors import CompileError, ReleaseVerificationError
 from factstore.files import file_sha256, staged_folder, usable_folder
 from factstore.options import CompileOptions
@@ -377,7 +387,9 @@ def _published_source(base: BaseModel) -> str:
     return base.source if base.source.startswith(assets.PREFIX) or card.public_source(base) else "local"
 
 
-def layer_covariance(store: Store, base: BaseModel, model: PreTrainedModel, edit: StoredEdit, layer: int) -> Covariance:
+def layer_covariance(
+    store: Store, base: BaseModel, model: PreTrainedModel, edit: LogEdit[int | None], layer: int
+) -> Covariance:
     """The C record of LAYER whose spec is the edit's own C's with the layer changed: what a
     band or spread compile reads below an edit's layer (one file, not "the newest")."""
     own = store.get_covariance(edit.covariance_id) if edit.covariance_id is not None else None
@@ -454,20 +466,18 @@ def _manifest(
     }
 
 
-def spread_inputs(store: Store, base: BaseModel, model: PreTrainedModel, tokenizer: Any) -> LayerInputs:
+def spread_inputs(store: Store, base: BaseModel, model: PreTrainedModel, tokenizer: Any) -> LayerInputs[int | None]:
     """What the spread mode reads besides the log: each edit's key context templates (stored per
     base model) and C of the layers below its own, of the same corpus and size (recorded, on disk)."""
     matrices = MatrixCache(store.get_covariance)
 
-    def templates(edit: StoredEdit) -> list[str]:
+    def templates(edit: LogEdit[Any]) -> list[str]:
         stored = store.get_context_templates(base.id, ROMEHyperParams.from_json(edit.hparams).templates_fingerprint())
         if stored is None:
-            raise CompileError(
-                f"the context templates of edit {edit.id} are missing from the store; nothing was written"
-            )
+            raise CompileError(f"the context templates of {edit.label} are missing from the store; nothing was written")
         return list(stored["key"])
 
-    def covariance(edit: StoredEdit, layer: int) -> torch.Tensor:
+    def covariance(edit: LogEdit[int | None], layer: int) -> torch.Tensor:
         return matrices(layer_covariance(store, base, model, edit, layer).id)
 
     return LayerInputs(tokenizer=tokenizer, templates=templates, covariance=covariance)

@@ -25,14 +25,15 @@ their efficacy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
-from factstore.domain import StoredEdit
+from factstore.domain import LogEdit
 from factstore.errors import CompileError, ReleaseVerificationError, shown
 from factstore.progress import SILENT, Reporter
 from factstore.rome.keys import compute_key, subject_states
@@ -47,6 +48,7 @@ from factstore.weights.replay import apply_update, edit_vectors, solved_keys
 # 8.7 nats). A quarter leaves a long log's tail room; a pushed object's rivals fall
 CLAIM_RANK_SHARE = 0.25
 CLAIM_PUSH = 1.0  # nats: an edit whose update raises no token's log-probability this much pushes nothing
+H = TypeVar("H", bound=Hashable)  # how the log's edits name their C (domain.LogEdit)
 KEY_TOLERANCE = 1e-3  # ||k here - k stored|| / ||k stored|| in float32; low precision gets 8 of its epsilons
 
 
@@ -68,14 +70,14 @@ def key_tolerance(model: PreTrainedModel, layer: int) -> float:
 def check_heads(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    log: Sequence[StoredEdit],
-    imported: Sequence[int],
-    templates: Callable[[StoredEdit], list[str]],
-    covariance: Callable[[int | None], torch.Tensor],
+    log: Sequence[LogEdit[H]],
+    imported: Collection[int],
+    templates: Callable[[LogEdit[Any]], list[str]],
+    covariance: Callable[[H], torch.Tensor],
     progress: Reporter = SILENT,
 ) -> dict[int, Judged]:
     """Replay LOG in order on MODEL (its base weights; changed on return: the caller restores
-    them) and judge each edit whose id is in IMPORTED on the head it was computed on. Raises
+    them) and judge each edit whose seq is in IMPORTED on the head it was computed on (by seq). Raises
     ReleaseVerificationError naming the first edit whose key or behaviour is not its label's."""
     todo, judged = set(imported), {}
     ordered = sorted(log, key=lambda e: e.seq)
@@ -83,15 +85,15 @@ def check_heads(
     with torch.no_grad(), progress.task("checking the imported edits against their labels", len(todo)) as advance:
         for position, edit in enumerate(ordered, start=1):
             key, value = edit_vectors(edit)
-            if edit.id in todo:
+            if edit.seq in todo:
                 _check_key(model, tokenizer, edit, key, templates(edit), position)
                 text, answer, before = _before(model, tokenizer, edit, templates(edit))
             try:
-                apply_update(model, edit.layer, key, value, solved[edit.id], f"edit {position}")
+                apply_update(model, edit.layer, key, value, solved[edit.seq], f"edit {position}")
             except CompileError as exc:  # a crafted value that no update can hold (say, past the dtype's range)
                 raise ReleaseVerificationError(str(exc)) from None
-            if edit.id in todo:
-                judged[edit.id] = _judge(model, tokenizer, edit, (text, answer, before), templates(edit), position)
+            if edit.seq in todo:
+                judged[edit.seq] = _judge(model, tokenizer, edit, (text, answer, before), templates(edit), position)
                 advance(len(judged))
     return judged
 
@@ -99,7 +101,7 @@ def check_heads(
 def _check_key(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    edit: StoredEdit,
+    edit: LogEdit[Any],
     stored: torch.Tensor,
     templates: list[str],
     position: int,
@@ -114,7 +116,7 @@ def _check_key(
 
 
 def _before(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, edit: StoredEdit, templates: list[str]
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, edit: LogEdit[Any], templates: list[str]
 ) -> tuple[str, str, torch.Tensor]:
     """On the head before EDIT: its prompt's text, the model's own answer to it and the mean
     next-token log-probabilities (V,) after its prompt in each context template."""
@@ -124,7 +126,7 @@ def _before(
 
 
 def _next_logprobs(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, edit: StoredEdit, templates: list[str]
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, edit: LogEdit[Any], templates: list[str]
 ) -> torch.Tensor:
     """(V,) next-token log-probabilities after EDIT's prompt, averaged over its context
     templates (the prompts its value was optimised on carry such prefixes)."""
@@ -142,7 +144,7 @@ def _next_logprobs(
 def _judge(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    edit: StoredEdit,
+    edit: LogEdit[Any],
     before: tuple[str, str, torch.Tensor],
     templates: list[str],
     position: int,
@@ -184,7 +186,7 @@ def _prefers(
 def still_taking(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judged: dict[int, Judged]
 ) -> dict[int, bool]:
-    """Edit id -> its new object still beats its answer on MODEL, for the edits that took."""
+    """Edit seq -> its new object still beats its answer on MODEL, for the edits that took."""
     took = {i: j for i, j in judged.items() if j.took}
     prefers = _prefers(model, tokenizer, [(j.text, j.target, j.answer) for j in took.values()])
     return dict(zip(took, prefers))
@@ -197,23 +199,23 @@ BAND_KEY_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True, slots=True)
-class BandCompile:
+class BandCompile(Generic[H]):
     """How a log registered over bands compiles: C of a layer as an edit's compile reads it, and
     the soft solve's (weight, alpha)."""
 
-    covariance: band.LayerCovariance
+    covariance: band.LayerCovariance[H]
     soft: tuple[float, float]
 
 
 @dataclass(frozen=True, slots=True)
-class _BandLayers:
+class _BandLayers(Generic[H]):
     """MODEL's band layers, rewritten from their base weights (BASE) as band compiles of asks."""
 
     model: PreTrainedModel
     base: dict[int, tuple[torch.Tensor, torch.Tensor | None]]
-    solve: BandCompile
+    solve: BandCompile[H]
 
-    def write(self, layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]] | None, owner: StoredEdit | None) -> None:
+    def write(self, layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]] | None, owner: LogEdit[H] | None) -> None:
         """LAYER as the compile of ROWS with C of OWNER's spec (the edit asking last); no rows: its base weights."""
         soft = self.solve.soft
         delta = band.layer_delta(rows, self.solve.covariance(owner, layer), soft) if rows and owner else None
@@ -223,10 +225,10 @@ class _BandLayers:
 def check_band_heads(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    log: Sequence[StoredEdit],
-    imported: Sequence[int],
-    templates: Callable[[StoredEdit], list[str]],
-    solve: BandCompile,
+    log: Sequence[LogEdit[H]],
+    imported: Collection[int],
+    templates: Callable[[LogEdit[Any]], list[str]],
+    solve: BandCompile[H],
     progress: Reporter = SILENT,
 ) -> dict[int, Judged]:
     """check_heads for a log registered over bands: the head of each edit is the band compile of
@@ -254,7 +256,7 @@ def check_band_heads(
 
     with torch.no_grad(), progress.task("checking the imported edits against their labels", len(todo)) as advance:
         for position, edit in enumerate(ordered, start=1):
-            if edit.id not in todo:
+            if edit.seq not in todo:
                 continue
             earlier = compile_prefix(position - 1)
             text, answer, before = _before(model, tokenizer, edit, templates(edit))
@@ -263,15 +265,15 @@ def check_band_heads(
             _check_band_keys(written, tokenizer, edit, templates(edit), position, earlier)
             holding[0] = None  # its own asks are written on the layers below: not a compile of any prefix
             compile_prefix(position)
-            judged[edit.id] = _judge(model, tokenizer, edit, (text, answer, before), templates(edit), position)
+            judged[edit.seq] = _judge(model, tokenizer, edit, (text, answer, before), templates(edit), position)
             advance(len(judged))
     return judged
 
 
 def _check_band_keys(
-    written: _BandLayers,
+    written: _BandLayers[H],
     tokenizer: PreTrainedTokenizerBase,
-    edit: StoredEdit,
+    edit: LogEdit[H],
     templates: list[str],
     position: int,
     earlier: band.Asks,

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -20,6 +21,7 @@ from factstore.domain import (
     EditRequest,
     ImportedRelease,
     LayerAsk,
+    LogEdit,
     ModelRef,
     NewEdit,
     StoredEdit,
@@ -479,26 +481,22 @@ def _check_rebuild(
     pinned base: replay the log here and compare the weight files byte for byte (compiles are
     deterministic); the edits that took must still take on those weights."""
     ref, loaded, manifest = release.ref, release.loaded, release.manifest
-    synthetic = {key: -i for i, key in enumerate(covariances, start=1)}  # ids the store has not given out
-    matrices = {synthetic[key]: matrix for key, (_, matrix) in covariances.items()}
     in_store = MatrixCache(store.get_covariance)
-
-    def matrix(cov_id: int | None) -> torch.Tensor:
-        return matrices[cov_id] if cov_id is not None and cov_id < 0 else in_store(cov_id)
-
-    replayed = list(local) + [
-        _as_stored(edit, -i, (local[-1].seq if local else 0) + i, synthetic[key] if key else None)
-        for i, (edit, key) in enumerate(new, start=1)
-    ]
+    last = local[-1].seq if local else 0
+    imported = [ImportedEdit.of(edit, last + i, len(local) + i, key) for i, (edit, key) in enumerate(new, start=1)]
+    replayed: list[LogEdit[int | str | None]] = [*local, *imported]
     model = loaded.model
-    records = {synthetic[key]: c for key, (c, _) in covariances.items()}
 
-    def layer_matrix(edit: StoredEdit, layer: int) -> torch.Tensor:
+    def matrix(handle: int | str | None) -> torch.Tensor:
+        """C by an edit's handle: a release's C by its key, the store's by its id."""
+        return covariances[handle][1] if isinstance(handle, str) else in_store(handle)
+
+    def layer_matrix(edit: LogEdit[int | str | None], layer: int) -> torch.Tensor:
         """C of LAYER with the spec of the edit's own C (the release's, or the store's for local edits)."""
         if layer == edit.layer:
             return matrix(edit.covariance_id)
-        cov_id = edit.covariance_id
-        own = records[cov_id] if cov_id is not None and cov_id < 0 else store.get_covariance(cov_id) if cov_id else None
+        handle = edit.covariance_id
+        own = covariances[handle][0] if isinstance(handle, str) else store.get_covariance(handle) if handle else None
         if own is None:
             raise ReleaseVerificationError(f"the edit of {edit.subject[:60]!r} has no key statistics")
         key = stats.spec_like(own, ref.identity, model, layer).key()
@@ -524,18 +522,16 @@ def _check_rebuild(
     touched = {e.layer for e in replayed} | {a.layer for e in replayed for a in e.band}
     restore = Snapshot(model, touched).restore
     try:
-        imported = [-i for i in range(1, len(new) + 1)]
+        todo = {e.seq for e in imported}
         templates = _key_templates(manifest)
         if banded:  # the heads the edits were measured on are band compiles
             try:
                 solve = claims.BandCompile(layer_matrix, soft)
-                judged = claims.check_band_heads(
-                    model, loaded.tokenizer, replayed, imported, templates, solve, progress
-                )
+                judged = claims.check_band_heads(model, loaded.tokenizer, replayed, todo, templates, solve, progress)
             except (CompileError, NumericalError) as exc:  # crafted vectors that no solve can hold
                 raise ReleaseVerificationError(str(exc)) from None
         else:
-            judged = claims.check_heads(model, loaded.tokenizer, replayed, imported, templates, matrix, progress)
+            judged = claims.check_heads(model, loaded.tokenizer, replayed, todo, templates, matrix, progress)
         restore()
         inputs = LayerInputs(loaded.tokenizer, templates, layer_matrix)
         apply_edits(model, replayed, matrix, manifest.mode, inputs if manifest.mode == "band" else None)
@@ -550,13 +546,13 @@ def _check_rebuild(
             f"the release's weights are not a compile of its own edit log on {manifest.base.revision[:19]}... "
             f"({', '.join(differ[:3])} differ)"
         )
-    _check_holding(manifest.mode, holding, len(local))
+    _check_holding(manifest.mode, holding, {e.seq: e.position for e in imported})
 
 
-def _key_templates(manifest: Manifest) -> Callable[[StoredEdit], list[str]]:
+def _key_templates(manifest: Manifest) -> Callable[[LogEdit[Any]], list[str]]:
     by_fingerprint = {t.fingerprint: t.templates for t in manifest.context_templates}
 
-    def templates(edit: StoredEdit) -> list[str]:
+    def templates(edit: LogEdit[Any]) -> list[str]:
         found = by_fingerprint.get(ROMEHyperParams.from_json(edit.hparams).templates_fingerprint(), {}).get("key")
         if found is None:
             raise ReleaseVerificationError(
@@ -567,48 +563,58 @@ def _key_templates(manifest: Manifest) -> Callable[[StoredEdit], list[str]]:
     return templates
 
 
-def _check_holding(mode: str, holding: dict[int, bool], local: int) -> None:
+def _check_holding(mode: str, holding: dict[int, bool], positions: dict[int, int]) -> None:
     """The edits that took on their own head must take on the rebuilt release: all of them in
-    the exact modes, the compile's minimum share in a soft mode."""
-    failing = sorted((-i for i, ok in holding.items() if not ok))  # release positions after the local prefix
+    the exact modes, the compile's minimum share in a soft mode. HOLDING: seq -> still takes;
+    POSITIONS: seq -> place in the replayed log."""
+    failing = sorted(positions[seq] for seq, ok in holding.items() if not ok)
     if not failing:
         return
     if mode in SOFT_MODES and held_share(len(failing), len(holding)) >= MIN_EFFICACY:
         return
-    named = ", ".join(str(local + i) for i in failing[:5])
+    named = ", ".join(str(p) for p in failing[:5])
     raise ReleaseVerificationError(
         f"the release does not do what its log says: edit(s) {named} took on their own head but their prompt does "
         f"not prefer the new object on the release's weights ({len(failing)} of {len(holding)})"
     )
 
 
-def _as_stored(edit: NewEdit, edit_id: int, seq: int, cov_id: int | None) -> StoredEdit:
-    req = edit.request
-    return StoredEdit(
-        id=edit_id,
-        base_model_id=0,
-        seq=seq,
-        prompt=req.prompt,
-        subject=req.subject,
-        target_new=req.target_new,
-        target_true=edit.target_true,
-        relation_id=req.relation_id,
-        layer=edit.layer,
-        module=edit.module,
-        key=edit.key,
-        key_shape=edit.key_shape,
-        key_sha256=hashlib.sha256(edit.key).hexdigest(),
-        value=edit.value,
-        value_shape=edit.value_shape,
-        value_sha256=hashlib.sha256(edit.value).hexdigest(),
-        hparams=edit.hparams,
-        hparams_fingerprint=edit.hparams_fingerprint,
-        covariance_id=cov_id,
-        status="active",
-        supersedes_id=None,
-        requested_by=None,
-        band=edit.band,
-        note=None,
-        metrics={},
-        created_at="",
-    )
+@dataclass(frozen=True, slots=True)
+class ImportedEdit:
+    """An edit of a pulled release before it is stored, as replay and the claim checks read it
+    (a domain.LogEdit[str | None]): its C is named by the release's key statistics key."""
+
+    seq: int  # after the store's own edits
+    position: int  # its place in the replayed log (1-based): how a message names it
+    prompt: str
+    subject: str
+    target_new: str
+    target_true: str | None
+    relation_id: str | None
+    layer: int
+    module: str
+    key: bytes
+    key_shape: tuple[int, ...]
+    key_sha256: str
+    value: bytes
+    value_shape: tuple[int, ...]
+    value_sha256: str
+    hparams: dict
+    band: tuple[LayerAsk, ...]
+    covariance_id: str | None
+
+    @classmethod
+    def of(cls, edit: NewEdit, seq: int, position: int, stats_key: str | None) -> ImportedEdit:
+        req = edit.request
+        return cls(
+            seq, position, req.prompt, req.subject, req.target_new, edit.target_true, req.relation_id,
+            edit.layer, edit.module, edit.key, edit.key_shape, hashlib.sha256(edit.key).hexdigest(),
+            edit.value, edit.value_shape, hashlib.sha256(edit.value).hexdigest(), edit.hparams, edit.band, stats_key,
+        )  # fmt: skip
+
+    @property
+    def label(self) -> str:
+        return f"edit {self.position}"
+
+    def request(self) -> EditRequest:
+        return EditRequest(self.prompt, self.subject, self.target_new, self.target_true, self.relation_id)

@@ -17,13 +17,14 @@ A single-layer edit asks one layer for its whole shift, v* - W0 k* - b.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, TypeVar
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
-from factstore.domain import EditRequest, LayerAsk, StoredEdit
+from factstore.domain import EditRequest, LayerAsk, LogEdit
 from factstore.errors import CompileError
 from factstore.rome.edit import add_delta
 from factstore.rome.keys import subject_states
@@ -35,7 +36,8 @@ from factstore.weights.vectors import from_bytes, to_bytes
 # layer -> [(key (d_ff,), target (d,))] in seq order
 Asks = dict[int, list[tuple[torch.Tensor, torch.Tensor]]]
 # C of a layer for an edit: the layer's C of the corpus, size and dtype of the edit's own C
-LayerCovariance = Callable[[StoredEdit, int], torch.Tensor]
+H = TypeVar("H", bound=Hashable)  # how a log's edits name their C (domain.LogEdit)
+LayerCovariance = Callable[[LogEdit[H], int], torch.Tensor]
 
 
 def vector(data: bytes) -> torch.Tensor:
@@ -43,7 +45,7 @@ def vector(data: bytes) -> torch.Tensor:
     return from_bytes(data, (len(data) // 4,))
 
 
-def settings(edits: Sequence[StoredEdit], default: tuple[float, float]) -> tuple[float, float]:
+def settings(edits: Sequence[LogEdit[Any]], default: tuple[float, float]) -> tuple[float, float]:
     """(weight, alpha) of the band edits' hparams; DEFAULT when none has a band. Edits registered
     with other settings cannot share one solve (the head they were measured on would not be
     the release)."""
@@ -64,7 +66,7 @@ def key_prompts(request: EditRequest, templates: list[str], plain_weight: int) -
     ] * plain_weight
 
 
-def plain_weight(edit: StoredEdit) -> int:
+def plain_weight(edit: LogEdit[Any]) -> int:
     """The band_plain_weight an edit was registered with (0 before the setting existed)."""
     return int(edit.hparams.get("band_plain_weight", 0))
 
@@ -76,14 +78,14 @@ def base_shift(vectors: tuple[torch.Tensor, torch.Tensor], W0: torch.Tensor, b: 
 
 
 def collect(
-    edits: Sequence[StoredEdit],
-    vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]],
+    edits: Sequence[LogEdit[H]],
+    vectors: Callable[[LogEdit[H]], tuple[torch.Tensor, torch.Tensor]],
     base: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]],
-) -> tuple[Asks, dict[int, StoredEdit]]:
+) -> tuple[Asks, dict[int, LogEdit[H]]]:
     """Every ask of EDITS by layer, and per layer the last edit that reaches it (whose C spec the
     layer's solve uses). BASE(layer): the base (W0 (out, in), b) a single-layer edit's shift is from."""
     asks: Asks = defaultdict(list)
-    last: dict[int, StoredEdit] = {}
+    last: dict[int, LogEdit[H]] = {}
     for edit in sorted(edits, key=lambda e: e.seq):
         if edit.band:
             for ask in edit.band:
@@ -115,9 +117,9 @@ def write_layer(model: PreTrainedModel, layer: int, W0: torch.Tensor, delta: tor
 
 def apply_band(
     model: PreTrainedModel,
-    edits: Sequence[StoredEdit],
-    vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]],
-    covariance: LayerCovariance,
+    edits: Sequence[LogEdit[H]],
+    vectors: Callable[[LogEdit[H]], tuple[torch.Tensor, torch.Tensor]],
+    covariance: LayerCovariance[H],
     soft: tuple[float, float],
 ) -> None:
     """Write the band compile of EDITS onto MODEL, which holds the base weights on every layer an

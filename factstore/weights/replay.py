@@ -6,13 +6,14 @@ cannot drift apart."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, TypeVar
 
 import torch
 from transformers import PreTrainedModel
 
 from factstore import arch
-from factstore.domain import StoredEdit
+from factstore.domain import LogEdit, StoredEdit
 from factstore.errors import CompileError
 from factstore.options import MODES  # the modes' names, torch-free (LifelongSettings' default)
 from factstore.rome.edit import add_delta
@@ -52,22 +53,23 @@ def tolerance(model: PreTrainedModel, layer: int) -> float:
     return max(CONSTRAINT_TOLERANCE, 2 * torch.finfo(arch.down_proj_param(model, layer).dtype).eps)
 
 
-CovarianceLoader = Callable[[int | None], torch.Tensor]
+H = TypeVar("H", bound=Hashable)  # how a log's edits name their C (domain.LogEdit)
+CovarianceLoader = Callable[[H], torch.Tensor]  # an edit's covariance_id -> C of its own layer
 
 
-def edit_vectors(edit: StoredEdit) -> tuple[torch.Tensor, torch.Tensor]:
+def edit_vectors(edit: LogEdit[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     return from_bytes(edit.key, edit.key_shape, edit.key_sha256), from_bytes(
         edit.value, edit.value_shape, edit.value_sha256
     )
 
 
-def _check_module(model: PreTrainedModel, edit: StoredEdit) -> None:
+def _check_module(model: PreTrainedModel, edit: LogEdit[Any]) -> None:
     expected = arch.down_proj_name(model, edit.layer)
     if edit.module != expected:
-        raise CompileError(f"edit {edit.id} rewrites {edit.module}, but this model's layer {edit.layer} is {expected}")
+        raise CompileError(f"{edit.label} rewrites {edit.module}, but this model's layer {edit.layer} is {expected}")
 
 
-def apply_sequential(model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader) -> None:
+def apply_sequential(model: PreTrainedModel, edits: Sequence[LogEdit[H]], covariance: CovarianceLoader[H]) -> None:
     """Each edit's rank-one update in seq order: reproduces the model the edits were computed on.
 
     Each constraint holds right after its own update; later updates of the same layer move
@@ -80,7 +82,7 @@ def apply_sequential(model: PreTrainedModel, edits: Sequence[StoredEdit], covari
     solved = solved_keys(model, ordered, covariance)
     for edit in ordered:
         key, value = edit_vectors(edit)
-        apply_update(model, edit.layer, key, value, solved[edit.id], f"edit {edit.id}")
+        apply_update(model, edit.layer, key, value, solved[edit.seq], edit.label)
 
 
 def apply_update(
@@ -106,10 +108,10 @@ def solve_key(model: PreTrainedModel, layer: int, key: torch.Tensor, C: torch.Te
 
 
 def solved_keys(
-    model: PreTrainedModel, edits: Sequence[StoredEdit], covariance: CovarianceLoader
+    model: PreTrainedModel, edits: Sequence[LogEdit[H]], covariance: CovarianceLoader[H]
 ) -> dict[int, torch.Tensor]:
-    """edit id -> C^-1 k (in,) float64, one solve per C with every key as a column."""
-    by_cov: dict[int | None, list[StoredEdit]] = defaultdict(list)
+    """edit seq -> C^-1 k (in,) float64, one solve per C with every key as a column."""
+    by_cov: dict[H, list[LogEdit[H]]] = defaultdict(list)
     for edit in edits:
         by_cov[edit.covariance_id].append(edit)
     solved: dict[int, torch.Tensor] = {}
@@ -117,12 +119,12 @@ def solved_keys(
         device = arch.down_proj_weight(model, group[0].layer).device
         K = torch.stack([edit_vectors(e)[0] for e in group], dim=1).to(device, torch.float64)  # (in, n)
         U = torch.linalg.solve(covariance(cov_id).to(device, torch.float64), K)
-        solved.update({e.id: U[:, i] for i, e in enumerate(group)})
+        solved.update({e.seq: U[:, i] for i, e in enumerate(group)})
     return solved
 
 
-def _by_layer(model: PreTrainedModel, edits: Sequence[StoredEdit]) -> dict[int, list[StoredEdit]]:
-    by_layer: dict[int, list[StoredEdit]] = defaultdict(list)
+def _by_layer(model: PreTrainedModel, edits: Sequence[LogEdit[H]]) -> dict[int, list[LogEdit[H]]]:
+    by_layer: dict[int, list[LogEdit[H]]] = defaultdict(list)
     for edit in sorted(edits, key=lambda e: e.seq):
         _check_module(model, edit)
         by_layer[edit.layer].append(edit)
@@ -131,8 +133,8 @@ def _by_layer(model: PreTrainedModel, edits: Sequence[StoredEdit]) -> dict[int, 
 
 def apply_joint(
     model: PreTrainedModel,
-    edits: Sequence[StoredEdit],
-    covariance: CovarianceLoader,
+    edits: Sequence[LogEdit[H]],
+    covariance: CovarianceLoader[H],
     ridge: float = JOINT_RIDGE,
     null_space_threshold: float | None = None,
     soft: tuple[float, float] | None = None,
@@ -164,7 +166,7 @@ def apply_joint(
             add_delta(model, layer, null_space_delta(W, b, K, V, basis, ridge))
 
 
-def touched_layers(edits: Sequence[StoredEdit], mode: str) -> set[int]:
+def touched_layers(edits: Sequence[LogEdit[Any]], mode: str) -> set[int]:
     """The layers whose down-projection a compile of EDITS in MODE changes."""
     own = {e.layer for e in edits}
     if mode == "band":
@@ -174,7 +176,7 @@ def touched_layers(edits: Sequence[StoredEdit], mode: str) -> set[int]:
     return own
 
 
-def soft_settings(mode: str, edits: Sequence[StoredEdit] = ()) -> tuple[float, float]:
+def soft_settings(mode: str, edits: Sequence[LogEdit[Any]] = ()) -> tuple[float, float]:
     """(weight, alpha) of a soft mode's least-squares solve: band mode's are its edits' own
     (registered with them; weights/band.py), else the model's default band weight."""
     if mode == "band":
@@ -182,7 +184,7 @@ def soft_settings(mode: str, edits: Sequence[StoredEdit] = ()) -> tuple[float, f
     return SOFT_WEIGHT, SOFT_ALPHA
 
 
-def default_mode(edits: Sequence[StoredEdit]) -> str:
+def default_mode(edits: Sequence[LogEdit[Any]]) -> str:
     """What a compile without --mode builds: the band compile for a log registered over a band
     (the head its edits were measured on), else DEFAULT_MODE."""
     return "band" if any(e.band for e in edits) else DEFAULT_MODE
@@ -195,10 +197,10 @@ def check_mode(mode: str) -> None:
 
 def apply_edits(
     model: PreTrainedModel,
-    edits: Sequence[StoredEdit],
-    covariance: CovarianceLoader,
+    edits: Sequence[LogEdit[H]],
+    covariance: CovarianceLoader[H],
     mode: str = DEFAULT_MODE,
-    inputs: LayerInputs | None = None,
+    inputs: LayerInputs[H] | None = None,
 ) -> None:
     """Write the log onto MODEL's weights in MODE. The layered modes (spread, band) need INPUTS
     (the tokenizer, the edits' context templates and C of the layers below); spread and

@@ -15,15 +15,15 @@ Forward passes only: no gradients; deterministic for a given machine and thread 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from transformers import PreTrainedModel
 
 from factstore import arch
-from factstore.domain import StoredEdit
+from factstore.domain import LogEdit, StoredEdit
 from factstore.errors import CompileError
 from factstore.rome.edit import add_delta
 from factstore.rome.keys import subject_keys, subject_states
@@ -35,13 +35,16 @@ LOWER_RIDGE = 1.0  # lambda / mean diagonal of K^T C^-1 K below the edit layer (
 TOP_RIDGE = 1e-6  # the edit layer solves exactly what is left (as the joint mode)
 
 
+H = TypeVar("H", bound=Hashable)  # how a log's edits name their C (domain.LogEdit)
+
+
 @dataclass(frozen=True)
-class LayerInputs:
+class LayerInputs(Generic[H]):
     """What a compile over several layers needs beyond the stored vectors."""
 
     tokenizer: Any
-    templates: Callable[[StoredEdit], list[str]]  # the context templates an edit's k* was averaged over
-    covariance: Callable[[StoredEdit, int], torch.Tensor]  # C of a layer, of the corpus and size the edit's C has
+    templates: Callable[[LogEdit[Any]], list[str]]  # the context templates an edit's k* was averaged over
+    covariance: Callable[[LogEdit[H], int], torch.Tensor]  # C of a layer, of the corpus and size the edit's C has
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +61,12 @@ def spread_layers(layer: int, width: int = SPREAD_LAYERS) -> list[int]:
     return list(range(max(0, layer - width + 1), layer + 1))
 
 
-def _prompt_sets(edits: Sequence[StoredEdit], inputs: LayerInputs) -> list[list[tuple[str, str]]]:
+def _prompt_sets(edits: Sequence[LogEdit[Any]], inputs: LayerInputs[Any]) -> list[list[tuple[str, str]]]:
     return [[(p, e.subject) for p in request_prompts(e.request(), inputs.templates(e))] for e in edits]
 
 
 def _stored(
-    edits: Sequence[StoredEdit], vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]]
+    edits: Sequence[LogEdit[H]], vectors: Callable[[LogEdit[H]], tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     keys, values = zip(*(vectors(e) for e in edits))
     return torch.stack(keys).double(), torch.stack(values).double()  # (n, d_ff), (n, d)
@@ -71,10 +74,10 @@ def _stored(
 
 def apply_spread(
     model: PreTrainedModel,
-    edits: Sequence[StoredEdit],
-    own_covariance: Callable[[int | None], torch.Tensor],
-    vectors: Callable[[StoredEdit], tuple[torch.Tensor, torch.Tensor]],
-    inputs: LayerInputs,
+    edits: Sequence[LogEdit[H]],
+    own_covariance: Callable[[H], torch.Tensor],
+    vectors: Callable[[LogEdit[H]], tuple[torch.Tensor, torch.Tensor]],
+    inputs: LayerInputs[H],
     tolerance: Callable[[int], float],
     settings: SpreadSettings = SpreadSettings(),
 ) -> None:
@@ -82,7 +85,7 @@ def apply_spread(
     edit's target is not met at the end (CompileError; the caller writes nothing). SETTINGS: a
     soft solve on every layer (nothing refused), another band width."""
     soft, band = settings.soft, settings.band
-    by_layer: dict[int, list[StoredEdit]] = defaultdict(list)
+    by_layer: dict[int, list[LogEdit[H]]] = defaultdict(list)
     for edit in sorted(edits, key=lambda e: e.seq):
         by_layer[edit.layer].append(edit)
     targets: dict[int, tuple[list[list[tuple[str, str]]], torch.Tensor, torch.Tensor]] = {}  # layer -> (prompts, Z, V)
@@ -112,13 +115,13 @@ def apply_spread(
         prompts, Z, V = targets[top]
         _, H = subject_states(model, inputs.tokenizer, prompts, top, top)
         errors = (H.double() - Z).norm(dim=1) / V.norm(dim=1)
-        bad += [f"edit {e.id} ({err:.2g})" for e, err in zip(group, errors.tolist()) if not err <= tolerance(top)]
+        bad += [f"{e.label} ({err:.2g})" for e, err in zip(group, errors.tolist()) if not err <= tolerance(top)]
     if bad:
         raise CompileError(f"spread compile: these edits miss their target: {', '.join(bad[:10])}; nothing was written")
 
 
 def band_keys(
-    model: PreTrainedModel, edits: Sequence[StoredEdit], inputs: LayerInputs, band: int
+    model: PreTrainedModel, edits: Sequence[StoredEdit], inputs: LayerInputs[Any], band: int
 ) -> dict[int, dict[int, torch.Tensor]]:
     """{edit id: {layer: key (d_ff,)}} for the layers below each edit's own in a band of BAND
     layers, measured on MODEL (the base) in one pass per edit layer: what a linear band compile
