@@ -43,7 +43,7 @@ def add(
     request = api.EditRequest(prompt, subject, target, relation_id=relation)
     if queue:
         entry, _ = api.submit_edit(store, model, request, options)
-        emit_json(entry.to_json()) if json_out else print(entry.id)
+        emit_json(entry.model_dump()) if json_out else print(entry.id)
         return
     outcome = api.add_edit(store, model, request, options, device=device, progress=BARS)
     if (crowded := api.capacity_warning(api.open_store(), model)) is not None:
@@ -100,7 +100,7 @@ def list_(
     """List a model's edits in replay order, then the requests still queued or failed."""
     edits = api.list_log(api.open_store(), model, status)
     if json_out:
-        emit_json([e.to_json() for e in edits])
+        emit_json([e.model_dump() for e in edits])
     else:
         table(
             f"edits of {model} ({status})",
@@ -117,7 +117,7 @@ def show(edit_id: EditIdArg, json_out: JsonOpt = False) -> None:
     """Everything recorded about one edit (or request)."""
     store = api.open_store()
     entry = api.get_entry(store, edit_id)
-    details = api.get_edit(store, edit_id).details() if entry.seq is not None else entry.to_json()
+    details = api.get_edit(store, edit_id).details() if entry.seq is not None else entry.model_dump()
     if json_out:
         emit_json(details)
     else:
@@ -128,7 +128,7 @@ def show(edit_id: EditIdArg, json_out: JsonOpt = False) -> None:
 def withdraw(edit_id: EditIdArg, json_out: JsonOpt = False) -> None:
     """Withdraw a pending request (not yet claimed by a worker): it fails, and no worker computes it."""
     entry = api.withdraw_edit(api.open_store(), edit_id)
-    emit_json(entry.to_json()) if json_out else print(
+    emit_json(entry.model_dump()) if json_out else print(
         f"edit {entry.id} withdrawn ({entry.subject} -> {entry.target_new})"
     )
 

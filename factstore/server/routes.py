@@ -12,14 +12,13 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from factstore import api, config
-from factstore.domain import ApiTokenInfo
+from factstore.domain import ApiTokenInfo, EditEntry
 from factstore.errors import InvalidEditRequest
 from factstore.results import Answer
 from factstore.server.schemas import (
     AskIn,
     CompileIn,
     EditIn,
-    EditOut,
     ErrorOut,
     HealthOut,
     JobOut,
@@ -90,10 +89,10 @@ def get_model(alias: AliasPath, svc: Svc, _who: Reader) -> dict:
     return svc.model_json(svc.store.get_base_model(alias))
 
 
-@router.post("/models/{alias}/edits", status_code=202, response_model=EditOut, responses=TOO_MANY)
+@router.post("/models/{alias}/edits", status_code=202, response_model=EditEntry, responses=TOO_MANY)
 def submit_edit(
     alias: AliasPath, body: EditIn, svc: Svc, who: Writer, response: Response, key: IdempotencyKey = None
-) -> dict:
+) -> EditEntry:
     """Check the request with the model's tokenizer and queue it; a worker computes it."""
     checks = svc.checks(alias)  # an unknown model is refused (404) before the request is checked
     entry, created = api.submit_edit(
@@ -107,41 +106,41 @@ def submit_edit(
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    return entry.to_json()
+    return entry
 
 
-@router.get("/models/{alias}/edits", response_model=list[EditOut])
+@router.get("/models/{alias}/edits", response_model=list[EditEntry])
 def list_edits(
     alias: AliasPath,
     svc: Svc,
     _who: Reader,
     response: Response,
     q: Annotated[LogQuery, Query()],
-) -> list[dict]:
+) -> list[EditEntry]:
     """A page of the log (computed edits in seq order, then requests), optionally only one status,
     subjects containing SUBJECT (case-insensitive) and one requester; X-Total-Count counts them all."""
     match = api.LogMatch(q.status, q.subject or None, q.requested_by or None)
     response.headers["X-Total-Count"] = str(api.count_log(svc.store, alias, match))
-    return [e.to_json() for e in api.list_log(svc.store, alias, match, limit=q.limit, offset=q.offset)]
+    return api.list_log(svc.store, alias, match, limit=q.limit, offset=q.offset)
 
 
-@router.get("/edits/{edit_id}", response_model=EditOut)
-def get_edit(edit_id: IdPath, svc: Svc, _who: Reader) -> dict:
-    return api.get_entry(svc.store, edit_id).to_json()
+@router.get("/edits/{edit_id}", response_model=EditEntry)
+def get_edit(edit_id: IdPath, svc: Svc, _who: Reader) -> EditEntry:
+    return api.get_entry(svc.store, edit_id)
 
 
-@router.post("/edits/{edit_id}/retract", response_model=EditOut)
-def retract_edit(edit_id: IdPath, svc: Svc, who: Writer) -> dict:
+@router.post("/edits/{edit_id}/retract", response_model=EditEntry)
+def retract_edit(edit_id: IdPath, svc: Svc, who: Writer) -> EditEntry:
     """Retract an active edit (its requester, or an admin token for anyone's); recorded with who and when."""
     api.retract_edit(svc.store, edit_id, who)
-    return api.get_entry(svc.store, edit_id).to_json()
+    return api.get_entry(svc.store, edit_id)
 
 
-@router.post("/edits/{edit_id}/withdraw", response_model=EditOut)
-def withdraw_edit(edit_id: IdPath, svc: Svc, who: Writer) -> dict:
+@router.post("/edits/{edit_id}/withdraw", response_model=EditEntry)
+def withdraw_edit(edit_id: IdPath, svc: Svc, who: Writer) -> EditEntry:
     """Withdraw a pending request (its requester, or an admin token for anyone's): it fails with
     who withdrew it and no worker computes it; 409 once a worker has claimed it."""
-    return api.withdraw_edit(svc.store, edit_id, who).to_json()
+    return api.withdraw_edit(svc.store, edit_id, who)
 
 
 @router.post("/models/{alias}/ask", response_model=Answer, responses=TOO_MANY)

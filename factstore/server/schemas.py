@@ -97,32 +97,6 @@ class ModelOut(BaseModel):
     edits: dict[str, int] = {}
 
 
-class EditOut(BaseModel):
-    id: int
-    model: str
-    seq: int | None
-    status: str
-    subject: str
-    prompt: str
-    target: str
-    target_true: str | None
-    relation: str | None
-    layer: int | None
-    requested_layer: str | None
-    prob_new_before: float | None
-    prob_new_after: float | None
-    prob_true_before: float | None
-    prob_true_after: float | None
-    requested_by: str | None
-    note: str | None
-    error: str | None
-    supersedes: int | None
-    created_at: str
-    updated_at: str | None
-    retracted_by: str | None = None
-    retracted_at: str | None = None
-
-
 class ReleaseOut(BaseModel):
     version: int
     mode: str

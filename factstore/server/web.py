@@ -74,7 +74,7 @@ def _model_page(
     model = svc.model_json(svc.store.get_base_model(alias))
     matching = api.count_log(svc.store, alias, view.match())
     start = (view.page - 1) * PAGE_EDITS
-    edits = [e.to_json() for e in api.list_log(svc.store, alias, view.match(), limit=PAGE_EDITS, offset=start)]
+    edits = [e.model_dump() for e in api.list_log(svc.store, alias, view.match(), limit=PAGE_EDITS, offset=start)]
     total = api.count_releases(svc.store, alias)  # the newest PAGE_RELEASES, newest first; the API pages the rest
     newest = api.list_releases(svc.store, alias, limit=PAGE_RELEASES, offset=max(0, total - PAGE_RELEASES))
     releases = [svc.release_json(r) for r in reversed(newest)]
@@ -225,7 +225,7 @@ def _edit_page(request: Request, svc: Service, edit_id: int, extra: dict | None 
     entry = api.get_entry(svc.store, edit_id)
     traces = [j for j in api.list_jobs(svc.store, entry.model, "trace") if j.params.get("edit_id") == edit_id]
     pending = [j.id for j in traces if j.status in ("pending", "running")]
-    context = {"e": entry.to_json(), "traces": traces, "pending_traces": pending, "check": None, "error": None}
+    context = {"e": entry.model_dump(), "traces": traces, "pending_traces": pending, "check": None, "error": None}
     return templates.TemplateResponse(request, "edit.html", {**context, **(extra or {})}, status_code=status)
 
 
