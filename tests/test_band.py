@@ -267,7 +267,7 @@ def test_a_boosted_band_edit_reaches_its_layer_whole_and_the_head_is_still_the_r
     from dataclasses import replace
 
     session = EditSession(tiny_store, "tiny", device="cpu", band=2)
-    session.defaults = replace(session.defaults, band_boost=boost)
+    session.settings.defaults = replace(session.settings.defaults, band_boost=boost)
     outcome = session.add(EditRequest(PROMPT, *FACTS[0]))
     edit = tiny_store.get_edit(outcome.edit.id)
     share = _delivered(session, edit)
@@ -292,7 +292,7 @@ def test_band_keys_weighted_towards_the_bare_prompt_are_measured_so_and_import(t
     from factstore.weights.band import key_prompts
 
     session = EditSession(tiny_store, "tiny", device="cpu", band=2)
-    session.defaults = replace(session.defaults, band_plain_weight=20)
+    session.settings.defaults = replace(session.settings.defaults, band_plain_weight=20)
     for subject, target in FACTS:
         session.add(EditRequest(PROMPT, subject, target))
     edits = tiny_store.list_edits(1)

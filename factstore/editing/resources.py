@@ -1,5 +1,6 @@
 """What an edit session's edits read besides the model: the key statistics C of each layer,
-found by spec or computed once on the base weights and recorded."""
+found by spec or computed once on the base weights and recorded; the hyperparameters and the
+context templates."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import torch
 
 from factstore import arch
 from factstore.domain import BaseModel, Covariance, StoredEdit
-from factstore.errors import StatisticsError
+from factstore.errors import InvalidEditRequest, StatisticsError
 from factstore.progress import Reporter
-from factstore.rome.hparams import ROMEHyperParams
+from factstore.rome.hparams import ROMEHyperParams, has_measured_layer
+from factstore.rome.keys import ContextTemplates, sample_contexts
 from factstore.storage.store import Store
-from factstore.weights import stats
+from factstore.weights import band, stats
 from factstore.weights.checkpoints import LoadedModel
 from factstore.weights.corpus import DEFAULT_CORPUS, Corpus, load_corpus
 
@@ -141,3 +143,88 @@ def _here(cov: Covariance | None) -> Covariance | None:
     be, checked against its sha256), or None when this machine cannot have it."""
     path = stats.local_file(cov) if cov is not None else None
     return replace(cov, path=str(path)) if cov is not None and path is not None else None
+
+
+class Settings:
+    """How a session's new edits are made: the hyperparameters (the model's measured defaults,
+    the layer asked for, the band of the log) and the context templates, sampled once per
+    template setting on the base weights and recorded."""
+
+    def __init__(
+        self,
+        store: Store,
+        base: BaseModel,
+        loaded: LoadedModel,
+        defaults: ROMEHyperParams,
+        statistics: KeyStatistics,
+        base_weights: Callable[[], AbstractContextManager[None]],
+    ) -> None:
+        self.store, self.base, self.model, self.tokenizer = store, base, loaded.model, loaded.tokenizer
+        self.defaults, self.statistics, self.base_weights = defaults, statistics, base_weights
+
+    def for_edit(
+        self, layer: int | str | None, applied: Sequence[StoredEdit], band_asked: int | None
+    ) -> ROMEHyperParams:
+        """Settings for an edit on a head holding APPLIED. layer: a number, "auto" (the traced
+        layer), or None: the measured default for this model size, else the traced layer, else
+        the 20 % rule. BAND_ASKED: the band the session was opened with (None: the log's)."""
+        hp = self.defaults
+        if self.statistics.stats_tokens:  # asked for: the session's C and every edit's settings say so
+            hp = replace(hp, stats_tokens=self.statistics.stats_tokens)
+        hp = _with_band(hp, applied, band_asked)
+        traced = self.base.recommended_layer
+        if layer == "auto":
+            if traced is None:
+                raise InvalidEditRequest(
+                    f"no traced layer for {self.base.alias}; run `factstore trace --model {self.base.alias} --dataset FILE` first, or give --layer N"
+                )
+            return hp.with_layer(traced)
+        if layer is not None:
+            arch.check_layer(self.model, int(layer))  # before any statistics are computed for it
+            return hp.with_layer(int(layer))
+        cfg = self.model.config
+        if traced is not None and not has_measured_layer(cfg.model_type, arch.num_layers(self.model), cfg.hidden_size):
+            return hp.with_layer(traced)
+        return hp
+
+    def templates(self, hp: ROMEHyperParams) -> ContextTemplates:
+        """The context templates of HP's setting: recorded, else sampled on the base weights now."""
+        fingerprint = hp.templates_fingerprint()
+        stored = self.store.get_context_templates(self.base.id, fingerprint)
+        if stored is None:
+            with self.base_weights():
+                sampled = sample_contexts(
+                    self.model, self.tokenizer, hp.context_seed, hp.context_lengths, hp.value_context_lengths
+                )
+            templates = {"key": sampled.key, "value": sampled.value}
+            stored = self.store.create_context_templates(
+                self.base.id, fingerprint, seed=hp.context_seed, templates=templates
+            )
+        return ContextTemplates(key=list(stored["key"]), value=list(stored["value"]))
+
+
+def _with_band(hp: ROMEHyperParams, applied: Sequence[StoredEdit], asked: int | None) -> ROMEHyperParams:
+    """The band ASKED for, else the band settings of the log's newest band edit (a log compiles
+    as one band), else the model's default. A log with band edits takes no single-layer edit:
+    the head it is measured on is the band compile."""
+    last = next((e for e in reversed(applied) if e.band), None)
+    if last is not None:
+        logged = replace(
+            hp,
+            band=int(last.hparams["band"]),
+            band_weight=float(last.hparams["band_weight"]),
+            band_alpha=float(last.hparams.get("band_alpha", 0.0)),
+            band_boost=float(last.hparams.get("band_boost", 1.0)),
+            band_plain_weight=band.plain_weight(last),
+        )
+        if asked is not None and asked != logged.band:
+            raise InvalidEditRequest(
+                f"this model's log is registered over a band of {logged.band} layers; give --band {logged.band} or none"
+            )
+        return logged
+    if asked is not None and asked > 1 and applied:
+        raise InvalidEditRequest(
+            f"this model's log holds {len(applied)} single-layer edits; a band log starts empty "
+            "(register the model again under another alias for one)"
+        )
+    return replace(hp, band=asked) if asked is not None else hp
