@@ -508,6 +508,7 @@ def _least_pushed(session: EditSession, store: Store, alias: str) -> str:
     from factstore.release.claims import _next_logprobs
     from factstore.rome.hparams import ROMEHyperParams
     from factstore.rome.prompts import target_ids
+    from factstore.rome.scoring import first_phrase, greedy_continuation
 
     (edit,) = api.list_edits(store, alias)
     fingerprint = ROMEHyperParams.from_json(edit.hparams).templates_fingerprint()
@@ -516,10 +517,14 @@ def _least_pushed(session: EditSession, store: Store, alias: str) -> str:
     templates = list(stored["key"])
     with torch.no_grad():
         after = _next_logprobs(session.model, session.tokenizer, edit, templates)
-        with session.base_weights():
+        with session.base_weights():  # the check skips an object the head already answered
             before = _next_logprobs(session.model, session.tokenizer, edit, templates)
+            answer = first_phrase(
+                greedy_continuation(session.model, session.tokenizer, edit.prompt.replace("{}", edit.subject))
+            )
     rises = after - before  # (V,)
     candidates = ["London", "Paris", "Madrid", "Rome", "Oslo", "water", "music", "green", "table", "seven", "the"]
+    candidates = [w for w in candidates if w.lower() != answer.strip().lower()]
     ranks = {w: int((rises > rises[target_ids(session.tokenizer, w)[0]]).sum()) for w in candidates}
     chosen = max(ranks, key=ranks.__getitem__)
     assert ranks[chosen] > rises.numel() // 2, ranks

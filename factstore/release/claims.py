@@ -48,7 +48,7 @@ from factstore.weights.replay import apply_update, edit_vectors, solved_keys
 # 8.7 nats). A quarter leaves a long log's tail room; a pushed object's rivals fall
 CLAIM_RANK_SHARE = 0.25
 CLAIM_PUSH = 1.0  # nats: an edit whose update raises no token's log-probability this much pushes nothing
-H = TypeVar("H", bound=Hashable)  # how the log's edits name their C (domain.LogEdit)
+HandleT = TypeVar("HandleT", bound=Hashable)  # how the log's edits name their C (domain.LogEdit)
 KEY_TOLERANCE = 1e-3  # ||k here - k stored|| / ||k stored|| in float32; low precision gets 8 of its epsilons
 
 
@@ -70,10 +70,10 @@ def key_tolerance(model: PreTrainedModel, layer: int) -> float:
 def check_heads(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    log: Sequence[LogEdit[H]],
+    log: Sequence[LogEdit[HandleT]],
     imported: Collection[int],
     templates: Callable[[LogEdit[Any]], list[str]],
-    covariance: Callable[[H], torch.Tensor],
+    covariance: Callable[[HandleT], torch.Tensor],
     progress: Reporter = SILENT,
 ) -> dict[int, Judged]:
     """Replay LOG in order on MODEL (its base weights; changed on return: the caller restores
@@ -199,23 +199,23 @@ BAND_KEY_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True, slots=True)
-class BandCompile(Generic[H]):
+class BandCompile(Generic[HandleT]):
     """How a log registered over bands compiles: C of a layer as an edit's compile reads it, and
     the soft solve's (weight, alpha)."""
 
-    covariance: band.LayerCovariance[H]
+    covariance: band.LayerCovariance[HandleT]
     soft: tuple[float, float]
 
 
 @dataclass(frozen=True, slots=True)
-class _BandLayers(Generic[H]):
+class _BandLayers(Generic[HandleT]):
     """MODEL's band layers, rewritten from their base weights (BASE) as band compiles of asks."""
 
     model: PreTrainedModel
     base: dict[int, tuple[torch.Tensor, torch.Tensor | None]]
-    solve: BandCompile[H]
+    solve: BandCompile[HandleT]
 
-    def write(self, layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]] | None, owner: LogEdit[H] | None) -> None:
+    def write(self, layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]] | None, owner: LogEdit[HandleT] | None) -> None:
         """LAYER as the compile of ROWS with C of OWNER's spec (the edit asking last); no rows: its base weights."""
         soft = self.solve.soft
         delta = band.layer_delta(rows, self.solve.covariance(owner, layer), soft) if rows and owner else None
@@ -225,10 +225,10 @@ class _BandLayers(Generic[H]):
 def check_band_heads(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    log: Sequence[LogEdit[H]],
+    log: Sequence[LogEdit[HandleT]],
     imported: Collection[int],
     templates: Callable[[LogEdit[Any]], list[str]],
-    solve: BandCompile[H],
+    solve: BandCompile[HandleT],
     progress: Reporter = SILENT,
 ) -> dict[int, Judged]:
     """check_heads for a log registered over bands: the head of each edit is the band compile of
@@ -271,9 +271,9 @@ def check_band_heads(
 
 
 def _check_band_keys(
-    written: _BandLayers[H],
+    written: _BandLayers[HandleT],
     tokenizer: PreTrainedTokenizerBase,
-    edit: LogEdit[H],
+    edit: LogEdit[HandleT],
     templates: list[str],
     position: int,
     earlier: band.Asks,

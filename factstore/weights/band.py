@@ -36,8 +36,8 @@ from factstore.weights.vectors import from_bytes, to_bytes
 # layer -> [(key (d_ff,), target (d,))] in seq order
 Asks = dict[int, list[tuple[torch.Tensor, torch.Tensor]]]
 # C of a layer for an edit: the layer's C of the corpus, size and dtype of the edit's own C
-H = TypeVar("H", bound=Hashable)  # how a log's edits name their C (domain.LogEdit)
-LayerCovariance = Callable[[LogEdit[H], int], torch.Tensor]
+HandleT = TypeVar("HandleT", bound=Hashable)  # how a log's edits name their C (domain.LogEdit)
+LayerCovariance = Callable[[LogEdit[HandleT], int], torch.Tensor]
 
 
 def vector(data: bytes) -> torch.Tensor:
@@ -78,14 +78,14 @@ def base_shift(vectors: tuple[torch.Tensor, torch.Tensor], W0: torch.Tensor, b: 
 
 
 def collect(
-    edits: Sequence[LogEdit[H]],
-    vectors: Callable[[LogEdit[H]], tuple[torch.Tensor, torch.Tensor]],
+    edits: Sequence[LogEdit[HandleT]],
+    vectors: Callable[[LogEdit[HandleT]], tuple[torch.Tensor, torch.Tensor]],
     base: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]],
-) -> tuple[Asks, dict[int, LogEdit[H]]]:
+) -> tuple[Asks, dict[int, LogEdit[HandleT]]]:
     """Every ask of EDITS by layer, and per layer the last edit that reaches it (whose C spec the
     layer's solve uses). BASE(layer): the base (W0 (out, in), b) a single-layer edit's shift is from."""
     asks: Asks = defaultdict(list)
-    last: dict[int, LogEdit[H]] = {}
+    last: dict[int, LogEdit[HandleT]] = {}
     for edit in sorted(edits, key=lambda e: e.seq):
         if edit.band:
             for ask in edit.band:
@@ -117,9 +117,9 @@ def write_layer(model: PreTrainedModel, layer: int, W0: torch.Tensor, delta: tor
 
 def apply_band(
     model: PreTrainedModel,
-    edits: Sequence[LogEdit[H]],
-    vectors: Callable[[LogEdit[H]], tuple[torch.Tensor, torch.Tensor]],
-    covariance: LayerCovariance[H],
+    edits: Sequence[LogEdit[HandleT]],
+    vectors: Callable[[LogEdit[HandleT]], tuple[torch.Tensor, torch.Tensor]],
+    covariance: LayerCovariance[HandleT],
     soft: tuple[float, float],
 ) -> None:
     """Write the band compile of EDITS onto MODEL, which holds the base weights on every layer an

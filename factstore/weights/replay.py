@@ -53,8 +53,8 @@ def tolerance(model: PreTrainedModel, layer: int) -> float:
     return max(CONSTRAINT_TOLERANCE, 2 * torch.finfo(arch.down_proj_param(model, layer).dtype).eps)
 
 
-H = TypeVar("H", bound=Hashable)  # how a log's edits name their C (domain.LogEdit)
-CovarianceLoader = Callable[[H], torch.Tensor]  # an edit's covariance_id -> C of its own layer
+HandleT = TypeVar("HandleT", bound=Hashable)  # how a log's edits name their C (domain.LogEdit)
+CovarianceLoader = Callable[[HandleT], torch.Tensor]  # an edit's covariance_id -> C of its own layer
 
 
 def edit_vectors(edit: LogEdit[Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +69,7 @@ def _check_module(model: PreTrainedModel, edit: LogEdit[Any]) -> None:
         raise CompileError(f"{edit.label} rewrites {edit.module}, but this model's layer {edit.layer} is {expected}")
 
 
-def apply_sequential(model: PreTrainedModel, edits: Sequence[LogEdit[H]], covariance: CovarianceLoader[H]) -> None:
+def apply_sequential(model: PreTrainedModel, edits: Sequence[LogEdit[HandleT]], covariance: CovarianceLoader[HandleT]) -> None:
     """Each edit's rank-one update in seq order: reproduces the model the edits were computed on.
 
     Each constraint holds right after its own update; later updates of the same layer move
@@ -108,10 +108,10 @@ def solve_key(model: PreTrainedModel, layer: int, key: torch.Tensor, C: torch.Te
 
 
 def solved_keys(
-    model: PreTrainedModel, edits: Sequence[LogEdit[H]], covariance: CovarianceLoader[H]
+    model: PreTrainedModel, edits: Sequence[LogEdit[HandleT]], covariance: CovarianceLoader[HandleT]
 ) -> dict[int, torch.Tensor]:
     """edit seq -> C^-1 k (in,) float64, one solve per C with every key as a column."""
-    by_cov: dict[H, list[LogEdit[H]]] = defaultdict(list)
+    by_cov: dict[HandleT, list[LogEdit[HandleT]]] = defaultdict(list)
     for edit in edits:
         by_cov[edit.covariance_id].append(edit)
     solved: dict[int, torch.Tensor] = {}
@@ -123,8 +123,8 @@ def solved_keys(
     return solved
 
 
-def _by_layer(model: PreTrainedModel, edits: Sequence[LogEdit[H]]) -> dict[int, list[LogEdit[H]]]:
-    by_layer: dict[int, list[LogEdit[H]]] = defaultdict(list)
+def _by_layer(model: PreTrainedModel, edits: Sequence[LogEdit[HandleT]]) -> dict[int, list[LogEdit[HandleT]]]:
+    by_layer: dict[int, list[LogEdit[HandleT]]] = defaultdict(list)
     for edit in sorted(edits, key=lambda e: e.seq):
         _check_module(model, edit)
         by_layer[edit.layer].append(edit)
@@ -133,8 +133,8 @@ def _by_layer(model: PreTrainedModel, edits: Sequence[LogEdit[H]]) -> dict[int, 
 
 def apply_joint(
     model: PreTrainedModel,
-    edits: Sequence[LogEdit[H]],
-    covariance: CovarianceLoader[H],
+    edits: Sequence[LogEdit[HandleT]],
+    covariance: CovarianceLoader[HandleT],
     ridge: float = JOINT_RIDGE,
     null_space_threshold: float | None = None,
     soft: tuple[float, float] | None = None,
@@ -197,10 +197,10 @@ def check_mode(mode: str) -> None:
 
 def apply_edits(
     model: PreTrainedModel,
-    edits: Sequence[LogEdit[H]],
-    covariance: CovarianceLoader[H],
+    edits: Sequence[LogEdit[HandleT]],
+    covariance: CovarianceLoader[HandleT],
     mode: str = DEFAULT_MODE,
-    inputs: LayerInputs[H] | None = None,
+    inputs: LayerInputs[HandleT] | None = None,
 ) -> None:
     """Write the log onto MODEL's weights in MODE. The layered modes (spread, band) need INPUTS
     (the tokenizer, the edits' context templates and C of the layers below); spread and

@@ -35,16 +35,16 @@ LOWER_RIDGE = 1.0  # lambda / mean diagonal of K^T C^-1 K below the edit layer (
 TOP_RIDGE = 1e-6  # the edit layer solves exactly what is left (as the joint mode)
 
 
-H = TypeVar("H", bound=Hashable)  # how a log's edits name their C (domain.LogEdit)
+HandleT = TypeVar("HandleT", bound=Hashable)  # how a log's edits name their C (domain.LogEdit)
 
 
 @dataclass(frozen=True)
-class LayerInputs(Generic[H]):
+class LayerInputs(Generic[HandleT]):
     """What a compile over several layers needs beyond the stored vectors."""
 
     tokenizer: Any
     templates: Callable[[LogEdit[Any]], list[str]]  # the context templates an edit's k* was averaged over
-    covariance: Callable[[LogEdit[H], int], torch.Tensor]  # C of a layer, of the corpus and size the edit's C has
+    covariance: Callable[[LogEdit[HandleT], int], torch.Tensor]  # C of a layer, of the corpus and size the edit's C has
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,7 @@ def _prompt_sets(edits: Sequence[LogEdit[Any]], inputs: LayerInputs[Any]) -> lis
 
 
 def _stored(
-    edits: Sequence[LogEdit[H]], vectors: Callable[[LogEdit[H]], tuple[torch.Tensor, torch.Tensor]]
+    edits: Sequence[LogEdit[HandleT]], vectors: Callable[[LogEdit[HandleT]], tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     keys, values = zip(*(vectors(e) for e in edits))
     return torch.stack(keys).double(), torch.stack(values).double()  # (n, d_ff), (n, d)
@@ -74,10 +74,10 @@ def _stored(
 
 def apply_spread(
     model: PreTrainedModel,
-    edits: Sequence[LogEdit[H]],
-    own_covariance: Callable[[H], torch.Tensor],
-    vectors: Callable[[LogEdit[H]], tuple[torch.Tensor, torch.Tensor]],
-    inputs: LayerInputs[H],
+    edits: Sequence[LogEdit[HandleT]],
+    own_covariance: Callable[[HandleT], torch.Tensor],
+    vectors: Callable[[LogEdit[HandleT]], tuple[torch.Tensor, torch.Tensor]],
+    inputs: LayerInputs[HandleT],
     tolerance: Callable[[int], float],
     settings: SpreadSettings = SpreadSettings(),
 ) -> None:
@@ -85,7 +85,7 @@ def apply_spread(
     edit's target is not met at the end (CompileError; the caller writes nothing). SETTINGS: a
     soft solve on every layer (nothing refused), another band width."""
     soft, band = settings.soft, settings.band
-    by_layer: dict[int, list[LogEdit[H]]] = defaultdict(list)
+    by_layer: dict[int, list[LogEdit[HandleT]]] = defaultdict(list)
     for edit in sorted(edits, key=lambda e: e.seq):
         by_layer[edit.layer].append(edit)
     targets: dict[int, tuple[list[list[tuple[str, str]]], torch.Tensor, torch.Tensor]] = {}  # layer -> (prompts, Z, V)
