@@ -215,7 +215,9 @@ class _BandLayers(Generic[HandleT]):
     base: dict[int, tuple[torch.Tensor, torch.Tensor | None]]
     solve: BandCompile[HandleT]
 
-    def write(self, layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]] | None, owner: LogEdit[HandleT] | None) -> None:
+    def write(
+        self, layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]] | None, owner: LogEdit[HandleT] | None
+    ) -> None:
         """LAYER as the compile of ROWS with C of OWNER's spec (the edit asking last); no rows: its base weights."""
         soft = self.solve.soft
         delta = band.layer_delta(rows, self.solve.covariance(owner, layer), soft) if rows and owner else None

@@ -69,7 +69,9 @@ def _check_module(model: PreTrainedModel, edit: LogEdit[Any]) -> None:
         raise CompileError(f"{edit.label} rewrites {edit.module}, but this model's layer {edit.layer} is {expected}")
 
 
-def apply_sequential(model: PreTrainedModel, edits: Sequence[LogEdit[HandleT]], covariance: CovarianceLoader[HandleT]) -> None:
+def apply_sequential(
+    model: PreTrainedModel, edits: Sequence[LogEdit[HandleT]], covariance: CovarianceLoader[HandleT]
+) -> None:
     """Each edit's rank-one update in seq order: reproduces the model the edits were computed on.
 
     Each constraint holds right after its own update; later updates of the same layer move
