@@ -188,11 +188,11 @@ class LogEdit(Protocol[StatsHandle]):
 
 
 @dataclass(frozen=True)
-class StoredEdit:
-    """A registered edit as read back from the store (vectors as float32 little-endian bytes)."""
+class LoggedEdit:
+    """What every edit of a log holds, stored or pulled and not stored yet: its place, its request
+    and its vectors (float32 little-endian bytes). StoredEdit and release/lineage.ImportedEdit
+    extend it; a compile reads either as a LogEdit."""
 
-    id: int
-    base_model_id: int
     seq: int
     prompt: str
     subject: str
@@ -208,6 +208,18 @@ class StoredEdit:
     value_shape: tuple[int, ...]
     value_sha256: str
     hparams: dict
+
+    def request(self) -> EditRequest:
+        """The request this edit was computed for."""
+        return EditRequest(self.prompt, self.subject, self.target_new, self.target_true, self.relation_id)
+
+
+@dataclass(frozen=True)
+class StoredEdit(LoggedEdit):
+    """A registered edit as read back from the store."""
+
+    id: int
+    base_model_id: int
     hparams_fingerprint: str
     covariance_id: int | None
     status: str
@@ -217,10 +229,6 @@ class StoredEdit:
     metrics: dict
     created_at: str
     band: tuple[LayerAsk, ...] = ()  # per-layer vectors of a band edit, lowest layer first; () single-layer
-
-    def request(self) -> EditRequest:
-        """The request this edit was computed for."""
-        return EditRequest(self.prompt, self.subject, self.target_new, self.target_true, self.relation_id)
 
     @property
     def label(self) -> str:

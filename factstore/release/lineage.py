@@ -22,6 +22,7 @@ from factstore.domain import (
     ImportedRelease,
     LayerAsk,
     LogEdit,
+    LoggedEdit,
     ModelRef,
     NewEdit,
     StoredEdit,
@@ -579,42 +580,26 @@ def _check_holding(mode: str, holding: dict[int, bool], positions: dict[int, int
     )
 
 
-@dataclass(frozen=True, slots=True)
-class ImportedEdit:
+@dataclass(frozen=True)
+class ImportedEdit(LoggedEdit):
     """An edit of a pulled release before it is stored, as replay and the claim checks read it
     (a domain.LogEdit[str | None]): its C is named by the release's key statistics key."""
 
-    seq: int  # after the store's own edits
     position: int  # its place in the replayed log (1-based): how a message names it
-    prompt: str
-    subject: str
-    target_new: str
-    target_true: str | None
-    relation_id: str | None
-    layer: int
-    module: str
-    key: bytes
-    key_shape: tuple[int, ...]
-    key_sha256: str
-    value: bytes
-    value_shape: tuple[int, ...]
-    value_sha256: str
-    hparams: dict
-    band: tuple[LayerAsk, ...]
     covariance_id: str | None
+    band: tuple[LayerAsk, ...] = ()
 
     @classmethod
     def of(cls, edit: NewEdit, seq: int, position: int, stats_key: str | None) -> ImportedEdit:
-        req = edit.request
-        return cls(
-            seq, position, req.prompt, req.subject, req.target_new, edit.target_true, req.relation_id,
-            edit.layer, edit.module, edit.key, edit.key_shape, hashlib.sha256(edit.key).hexdigest(),
-            edit.value, edit.value_shape, hashlib.sha256(edit.value).hexdigest(), edit.hparams, edit.band, stats_key,
+        """EDIT as the SEQ-th of the replayed log (after the store's own edits), at POSITION."""
+        req, digest = edit.request, lambda data: hashlib.sha256(data).hexdigest()
+        return cls(  # LoggedEdit's fields in order, then this class's
+            seq, req.prompt, req.subject, req.target_new, edit.target_true, req.relation_id,
+            edit.layer, edit.module, edit.key, edit.key_shape, digest(edit.key),
+            edit.value, edit.value_shape, digest(edit.value), edit.hparams,
+            position, stats_key, edit.band,
         )  # fmt: skip
 
     @property
     def label(self) -> str:
         return f"edit {self.position}"
-
-    def request(self) -> EditRequest:
-        return EditRequest(self.prompt, self.subject, self.target_new, self.target_true, self.relation_id)
