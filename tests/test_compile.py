@@ -222,3 +222,19 @@ def test_a_release_whose_folder_is_gone_is_written_again_as_the_same_version(edi
         conn.execute(text("UPDATE releases SET manifest_sha256 = :sha"), {"sha": "0" * 64})
     other, created = api.compile_release(store, "tiny")
     assert created and other.version == first.version + 1 and layout.verify_folder(Path(other.path)) is not None
+
+
+def test_the_written_tokenizer_does_not_depend_on_its_last_call(gpt2_tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A fast tokenizer keeps its last call's truncation and padding and save_pretrained writes
+    them: a release written again after other work (a rebuild on a worker) differed in
+    tokenizer.json alone, so a publish job refused its own version."""
+    import copy
+
+    tok = copy.deepcopy(gpt2_tokenizer)
+    model = random_gpt2(seed=0)
+    layout.write_model_config(model, tok, tmp_path / "fresh")
+    tok.pad_token = tok.eos_token
+    tok(["a b c d e f", "a"], truncation=True, max_length=3, padding="max_length")
+    assert tok.backend_tokenizer.truncation is not None  # the state this test is about
+    layout.write_model_config(model, tok, tmp_path / "after")
+    assert (tmp_path / "after" / "tokenizer.json").read_bytes() == (tmp_path / "fresh" / "tokenizer.json").read_bytes()

@@ -214,6 +214,13 @@ def write_model_config(model: PreTrainedModel, tokenizer: Any, folder: Path) -> 
     model.config.save_pretrained(folder)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(folder)
+    # a fast tokenizer keeps the truncation and padding of its last call and writes them into
+    # tokenizer.json; every call sets its own, so cleared here the file says what the tokenizer
+    # is, not what it was last asked (a release written again must be the same bytes)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_truncation()
+        backend.no_padding()
     tokenizer.save_pretrained(folder)
     # transformers records how the tokenizer was loaded (offline mode, local path); that
     # depends on the environment, not on the model, and would break byte-identical builds
