@@ -65,6 +65,26 @@ def test_vectors_round_trip_bit_exactly(store: Store) -> None:
     assert torch.equal(from_bytes(back.key, back.key_shape, back.key_sha256), key)
 
 
+def test_each_field_of_a_new_edit_reads_back_and_a_request_not_computed_is_no_stored_edit(store: Store) -> None:
+    """Rows become domain types by field name (storage/convert.from_row): every field written
+    comes back as its declared type, and a row without what its type requires is refused by name."""
+    from factstore.storage import convert
+    from factstore.storage.models import EditRow
+
+    base, _ = store.create_base_model("m", REF)
+    new = new_edit()
+    stored = store.create_edit(base.id, new)
+    asked = new.request
+    assert (stored.prompt, stored.subject, stored.target_new) == (asked.prompt, asked.subject, asked.target_new)
+    assert stored.status == "active" and stored.seq == 1
+    for name in ("target_true", "layer", "module", "key", "key_shape", "value", "value_shape", "hparams"):
+        assert getattr(stored, name) == getattr(new, name), name
+    assert (stored.hparams_fingerprint, stored.metrics, stored.band) == (new.hparams_fingerprint, new.metrics, ())
+    assert type(stored.key) is bytes and type(stored.key_shape) is tuple and stored.created_at.endswith("+00:00")
+    with pytest.raises(ValueError, match="edits row 9 is pending: it has no seq"):
+        convert.edit(EditRow(id=9, status="pending", prompt="{} is in", subject="Big Ben", target_new="Rome"))
+
+
 def test_seq_counts_up_and_a_new_edit_of_the_same_fact_supersedes(store: Store) -> None:
     base, _ = store.create_base_model("m", REF)
     first = store.create_edit(base.id, new_edit())

@@ -1,10 +1,18 @@
-"""Rows to the torch-free value types of factstore.domain (no queries here)."""
+"""Rows to the torch-free value types of factstore.domain (no queries here).
+
+Each type is built field by field from the row's attribute of the same name (`from_row`), so a
+column added to a row and a field of the same name added to its type need nothing here."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import types
+import typing
 from datetime import datetime, timezone
-from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import pydantic
 
 from factstore.domain import BaseModel, Covariance, EditEntry, Job, LayerAsk, Release, StoredEdit
 from factstore.storage.models import BaseModelRow, CovarianceStat, EditRow, JobRow, ReleaseRow
@@ -21,130 +29,80 @@ def iso(moment: datetime | None) -> str | None:
     return None if moment is None else aware(moment).isoformat()
 
 
-def base(row: BaseModelRow) -> BaseModel:
-    return BaseModel(
-        id=row.id,
-        alias=row.alias,
-        source=row.source,
-        revision=row.revision,
-        model_type=row.model_type,
-        license=row.license,
-        recommended_layer=row.recommended_layer,
-        created_at=iso(row.created_at) or "",
-        dtype=row.dtype,
-    )
+@functools.cache
+def _fields(cls: type) -> tuple[tuple[str, Any], ...]:
+    """(name, declared type) of each field of CLS, a dataclass or a pydantic model."""
+    hints = typing.get_type_hints(cls)
+    if dataclasses.is_dataclass(cls):
+        names = [f.name for f in dataclasses.fields(cls)]
+    else:
+        names = list(typing.cast(type[pydantic.BaseModel], cls).model_fields)
+    return tuple((name, hints[name]) for name in names)
 
 
-def _computed(row: EditRow, value: T | None, what: str) -> T:
+def _optional(hint: Any) -> bool:
+    return isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def _as_declared(row: Any, name: str, hint: Any, value: Any) -> Any:
+    """VALUE read from ROW as the field's declared type: drivers give memoryviews for bytes, lists
+    for tuples, naive datetimes on SQLite; a NULL where the type has no None is not computed yet."""
     if value is None:
-        raise ValueError(f"edit {row.id} is {row.status}: it has no {what} (not computed)")
+        if _optional(hint) or hint is dict:
+            return {} if hint is dict else None
+        state = f"is {row.status}" if hasattr(row, "status") else "is incomplete"
+        raise ValueError(f"{row.__tablename__} row {row.id} {state}: it has no {name} (not computed)")
+    if isinstance(value, datetime):
+        return iso(value)
+    base = typing.get_origin(hint) or hint
+    if base is bytes:
+        return bytes(value)
+    if base in (tuple, dict):
+        return base(value)
     return value
+
+
+def from_row(cls: type[T], row: Any, **given: Any) -> T:
+    """CLS with each field from ROW's attribute of the same name (GIVEN first: what the row does
+    not hold, or holds under another name)."""
+    values = {
+        name: given[name] if name in given else _as_declared(row, name, hint, getattr(row, name))
+        for name, hint in _fields(typing.cast(type, cls))
+        if name in given or hasattr(row, name)
+    }
+    return cls(**values)
+
+
+def onto_row(row: Any, value: Any, *, skip: tuple[str, ...] = ()) -> None:
+    """Each field of the dataclass VALUE (but SKIP) onto ROW's column of the same name (tuples as
+    the lists a JSON column holds)."""
+    for field in dataclasses.fields(value):
+        if field.name not in skip:
+            item = getattr(value, field.name)
+            setattr(row, field.name, list(item) if isinstance(item, tuple) else item)
+
+
+def base(row: BaseModelRow) -> BaseModel:
+    return from_row(BaseModel, row)
 
 
 def edit(row: EditRow) -> StoredEdit:
     """A computed edit (active, retracted or superseded): every replay field is set."""
-    c = partial(_computed, row)
-    return StoredEdit(
-        id=row.id,
-        base_model_id=row.base_model_id,
-        seq=c(row.seq, "seq"),
-        prompt=row.prompt,
-        subject=row.subject,
-        target_new=row.target_new,
-        target_true=row.target_true,
-        relation_id=row.relation_id,
-        layer=c(row.layer, "layer"),
-        module=c(row.module, "module"),
-        key=bytes(c(row.key, "key")),
-        key_shape=tuple(c(row.key_shape, "key shape")),
-        key_sha256=c(row.key_sha256, "key sha256"),
-        value=bytes(c(row.value, "value")),
-        value_shape=tuple(c(row.value_shape, "value shape")),
-        value_sha256=c(row.value_sha256, "value sha256"),
-        hparams=dict(c(row.hparams, "hparams")),
-        hparams_fingerprint=c(row.hparams_fingerprint, "hparams fingerprint"),
-        covariance_id=row.covariance_id,
-        status=row.status,
-        supersedes_id=row.supersedes_id,
-        requested_by=row.requested_by,
-        note=row.note,
-        metrics=dict(row.metrics or {}),
-        created_at=iso(row.created_at) or "",
-        band=tuple(LayerAsk(a.layer, bytes(a.key), bytes(a.target)) for a in row.band),
-    )
+    band = tuple(LayerAsk(a.layer, bytes(a.key), bytes(a.target)) for a in row.band)
+    return from_row(StoredEdit, row, band=band)
 
 
 def entry(row: EditRow, alias: str) -> EditEntry:
-    return EditEntry(
-        id=row.id,
-        model=alias,
-        seq=row.seq,
-        status=row.status,
-        prompt=row.prompt,
-        subject=row.subject,
-        target_new=row.target_new,
-        target_true=row.target_true,
-        relation_id=row.relation_id,
-        requested_layer=row.requested_layer,
-        layer=row.layer,
-        requested_by=row.requested_by,
-        note=row.note,
-        error=row.error,
-        supersedes_id=row.supersedes_id,
-        metrics=dict(row.metrics or {}),
-        created_at=iso(row.created_at) or "",
-        updated_at=iso(row.updated_at),
-        retracted_by=row.retracted_by,
-        retracted_at=iso(row.retracted_at),
-    )
+    return from_row(EditEntry, row, model=alias)
 
 
 def covariance(row: CovarianceStat) -> Covariance:
-    return Covariance(
-        id=row.id,
-        layer=row.layer,
-        module=row.module,
-        corpus=row.corpus,
-        corpus_sha256=row.corpus_sha256,
-        tokens=row.tokens,
-        dtype=row.dtype,
-        path=row.path,
-        sha256=row.sha256,
-        key=row.cache_key,
-    )
+    return from_row(Covariance, row, key=row.cache_key)
 
 
 def release(row: ReleaseRow, edit_ids: list[int]) -> Release:
-    return Release(
-        id=row.id,
-        base_model_id=row.base_model_id,
-        version=row.version,
-        mode=row.mode,
-        edit_log_sha256=row.edit_log_sha256,
-        manifest_sha256=row.manifest_sha256,
-        path=row.path,
-        hub_repo=row.hub_repo,
-        hub_commit=row.hub_commit,
-        tag=row.tag,
-        status=row.status,
-        edit_ids=tuple(edit_ids),
-        created_at=iso(row.created_at) or "",
-        scores=row.scores,
-    )
+    return from_row(Release, row, edit_ids=tuple(edit_ids))
 
 
 def job(row: JobRow, alias: str, files: list[str], waiting: str | None = None) -> Job:
-    return Job(
-        id=row.id,
-        kind=row.kind,
-        model=alias,
-        params=dict(row.params),
-        status=row.status,
-        result=row.result,
-        error=row.error,
-        requested_by=row.requested_by,
-        files=tuple(files),
-        created_at=iso(row.created_at) or "",
-        updated_at=iso(row.updated_at),
-        waiting=waiting,
-    )
+    return from_row(Job, row, model=alias, files=tuple(files), waiting=waiting)

@@ -108,15 +108,10 @@ def fill_computed(s: Session, row: EditRow, new: NewEdit) -> None:
     ]
     for old in older:
         old.status = "superseded"
-    row.seq, row.target_true, row.layer, row.module = seq, new.target_true, new.layer, new.module
-    row.key, row.key_shape, row.key_sha256 = new.key, list(new.key_shape), hashlib.sha256(new.key).hexdigest()
-    row.value, row.value_shape, row.value_sha256 = (
-        new.value,
-        list(new.value_shape),
-        hashlib.sha256(new.value).hexdigest(),
-    )
-    row.hparams, row.hparams_fingerprint, row.covariance_id = new.hparams, new.hparams_fingerprint, new.covariance_id
-    row.metrics, row.status, row.error, row.updated_at = new.metrics, "active", None, now()
+    convert.onto_row(row, new, skip=("request", "band", "requested_by", "note"))  # those are the request's
+    row.seq, row.key_sha256 = seq, hashlib.sha256(new.key).hexdigest()
+    row.value_sha256 = hashlib.sha256(new.value).hexdigest()
+    row.status, row.error, row.updated_at = "active", None, now()
     row.supersedes_id = older[-1].id if older else None
     row.band = [EditLayerRow(layer=a.layer, key=a.key, target=a.target) for a in new.band]
     s.flush()
