@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Generic, TypeVar
 
 import pydantic
 from pydantic import ConfigDict, Field, computed_field
@@ -145,53 +145,14 @@ def band_sha256(band: tuple[LayerAsk, ...]) -> str | None:
 StatsHandle = TypeVar("StatsHandle", bound=Hashable, covariant=True)
 
 
-class LogEdit(Protocol[StatsHandle]):
-    """What a compile, and the checks of a pulled log, read of one edit: its place in the log
-    (seq, unique within it), its request, its vectors and a handle on the C its update was solved
-    with (COVARIANCE_ID, of type StatsHandle: what the caller's C loader takes). A StoredEdit is a
-    LogEdit[int | None] (the store's covariance id); an edit of a pulled release that is not
-    stored yet is a LogEdit[str | None] (its key statistics' key; release/lineage.ImportedEdit)."""
-
-    @property
-    def seq(self) -> int: ...
-    @property
-    def label(self) -> str: ...  # how a message names the edit
-    @property
-    def prompt(self) -> str: ...
-    @property
-    def subject(self) -> str: ...
-    @property
-    def target_new(self) -> str: ...
-    @property
-    def layer(self) -> int: ...
-    @property
-    def module(self) -> str: ...
-    @property
-    def key(self) -> bytes: ...
-    @property
-    def key_shape(self) -> tuple[int, ...]: ...
-    @property
-    def key_sha256(self) -> str: ...
-    @property
-    def value(self) -> bytes: ...
-    @property
-    def value_shape(self) -> tuple[int, ...]: ...
-    @property
-    def value_sha256(self) -> str: ...
-    @property
-    def hparams(self) -> dict: ...
-    @property
-    def band(self) -> tuple[LayerAsk, ...]: ...
-    @property
-    def covariance_id(self) -> StatsHandle: ...
-    def request(self) -> EditRequest: ...
-
-
 @dataclass(frozen=True)
-class LoggedEdit:
-    """What every edit of a log holds, stored or pulled and not stored yet: its place, its request
-    and its vectors (float32 little-endian bytes). StoredEdit and release/lineage.ImportedEdit
-    extend it; a compile reads either as a LogEdit."""
+class LoggedEdit(Generic[StatsHandle]):
+    """What a compile, and the checks of a pulled log, read of one edit, stored or pulled and not
+    stored yet: its place in the log (seq, unique within it), its request, its vectors (float32
+    little-endian bytes) and a handle on the C its update was solved with (COVARIANCE_ID, of type
+    StatsHandle: what the caller's C loader takes). A StoredEdit is a LoggedEdit[int | None] (the
+    store's covariance id); release/lineage.ImportedEdit a LoggedEdit[str | None] (its key
+    statistics' key)."""
 
     seq: int
     prompt: str
@@ -208,27 +169,32 @@ class LoggedEdit:
     value_shape: tuple[int, ...]
     value_sha256: str
     hparams: dict
+    covariance_id: StatsHandle
+    band: tuple[LayerAsk, ...] = ()  # per-layer vectors of a band edit, lowest layer first; () single-layer
+
+    @property
+    def label(self) -> str:
+        """How a message names the edit."""
+        return f"edit {self.seq}"
 
     def request(self) -> EditRequest:
         """The request this edit was computed for."""
         return EditRequest(self.prompt, self.subject, self.target_new, self.target_true, self.relation_id)
 
 
-@dataclass(frozen=True)
-class StoredEdit(LoggedEdit):
+@dataclass(frozen=True, kw_only=True)
+class StoredEdit(LoggedEdit[int | None]):
     """A registered edit as read back from the store."""
 
     id: int
     base_model_id: int
     hparams_fingerprint: str
-    covariance_id: int | None
     status: str
     supersedes_id: int | None
     requested_by: str | None
     note: str | None
     metrics: dict
     created_at: str
-    band: tuple[LayerAsk, ...] = ()  # per-layer vectors of a band edit, lowest layer first; () single-layer
 
     @property
     def label(self) -> str:

@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedModel
 
 from factstore import arch
-from factstore.domain import BaseModel, Covariance, EditEntry, EditRequest, LayerAsk, LogEdit, NewEdit, StoredEdit
+from factstore.domain import BaseModel, Covariance, EditEntry, EditRequest, LayerAsk, LoggedEdit, NewEdit, StoredEdit
 from factstore.editing.lease import Holder, compute_or_wait
 from factstore.editing.requests import layer_spec, parse_layer_spec
 from factstore.editing.resources import KeyStatistics, Settings
@@ -182,7 +182,7 @@ class EditSession:
     def covariances_like(self, own: Covariance, layers: list[int]) -> list[Covariance]:
         return self.statistics.like(own, layers)
 
-    def layer_covariance(self, edit: LogEdit[int | None], layer: int) -> torch.Tensor:
+    def layer_covariance(self, edit: LoggedEdit[int | None], layer: int) -> torch.Tensor:
         """C of LAYER as the band compile of EDIT reads it."""
         return self.statistics.layer_matrix(edit.covariance_id, layer)
 

@@ -24,7 +24,7 @@ from factstore.analysis.metrics import aggregate, score_records
 from factstore.domain import (
     BaseModel,
     Covariance,
-    LogEdit,
+    LoggedEdit,
     NewRelease,
     Record,
     Release,
@@ -388,7 +388,7 @@ def _published_source(base: BaseModel) -> str:
 
 
 def layer_covariance(
-    store: Store, base: BaseModel, model: PreTrainedModel, edit: LogEdit[int | None], layer: int
+    store: Store, base: BaseModel, model: PreTrainedModel, edit: LoggedEdit[int | None], layer: int
 ) -> Covariance:
     """The C record of LAYER whose spec is the edit's own C's with the layer changed: what a
     band or spread compile reads below an edit's layer (one file, not "the newest")."""
@@ -471,13 +471,13 @@ def spread_inputs(store: Store, base: BaseModel, model: PreTrainedModel, tokeniz
     base model) and C of the layers below its own, of the same corpus and size (recorded, on disk)."""
     matrices = MatrixCache(store.get_covariance)
 
-    def templates(edit: LogEdit[Any]) -> list[str]:
+    def templates(edit: LoggedEdit[Any]) -> list[str]:
         stored = store.get_context_templates(base.id, ROMEHyperParams.from_json(edit.hparams).templates_fingerprint())
         if stored is None:
             raise CompileError(f"the context templates of {edit.label} are missing from the store; nothing was written")
         return list(stored["key"])
 
-    def covariance(edit: LogEdit[int | None], layer: int) -> torch.Tensor:
+    def covariance(edit: LoggedEdit[int | None], layer: int) -> torch.Tensor:
         return matrices(layer_covariance(store, base, model, edit, layer).id)
 
     return LayerInputs(tokenizer=tokenizer, templates=templates, covariance=covariance)

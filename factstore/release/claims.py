@@ -33,7 +33,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
-from factstore.domain import LogEdit
+from factstore.domain import LoggedEdit
 from factstore.errors import CompileError, ReleaseVerificationError, shown
 from factstore.progress import SILENT, Reporter
 from factstore.rome.keys import compute_key, subject_states
@@ -48,7 +48,7 @@ from factstore.weights.replay import apply_update, edit_vectors, solved_keys
 # 8.7 nats). A quarter leaves a long log's tail room; a pushed object's rivals fall
 CLAIM_RANK_SHARE = 0.25
 CLAIM_PUSH = 1.0  # nats: an edit whose update raises no token's log-probability this much pushes nothing
-HandleT = TypeVar("HandleT", bound=Hashable)  # how the log's edits name their C (domain.LogEdit)
+HandleT = TypeVar("HandleT", bound=Hashable)  # how the log's edits name their C (domain.LoggedEdit)
 KEY_TOLERANCE = 1e-3  # ||k here - k stored|| / ||k stored|| in float32; low precision gets 8 of its epsilons
 
 
@@ -70,9 +70,9 @@ def key_tolerance(model: PreTrainedModel, layer: int) -> float:
 def check_heads(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    log: Sequence[LogEdit[HandleT]],
+    log: Sequence[LoggedEdit[HandleT]],
     imported: Collection[int],
-    templates: Callable[[LogEdit[Any]], list[str]],
+    templates: Callable[[LoggedEdit[Any]], list[str]],
     covariance: Callable[[HandleT], torch.Tensor],
     progress: Reporter = SILENT,
 ) -> dict[int, Judged]:
@@ -101,7 +101,7 @@ def check_heads(
 def _check_key(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    edit: LogEdit[Any],
+    edit: LoggedEdit[Any],
     stored: torch.Tensor,
     templates: list[str],
     position: int,
@@ -116,7 +116,7 @@ def _check_key(
 
 
 def _before(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, edit: LogEdit[Any], templates: list[str]
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, edit: LoggedEdit[Any], templates: list[str]
 ) -> tuple[str, str, torch.Tensor]:
     """On the head before EDIT: its prompt's text, the model's own answer to it and the mean
     next-token log-probabilities (V,) after its prompt in each context template."""
@@ -126,7 +126,7 @@ def _before(
 
 
 def _next_logprobs(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, edit: LogEdit[Any], templates: list[str]
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, edit: LoggedEdit[Any], templates: list[str]
 ) -> torch.Tensor:
     """(V,) next-token log-probabilities after EDIT's prompt, averaged over its context
     templates (the prompts its value was optimised on carry such prefixes)."""
@@ -144,7 +144,7 @@ def _next_logprobs(
 def _judge(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    edit: LogEdit[Any],
+    edit: LoggedEdit[Any],
     before: tuple[str, str, torch.Tensor],
     templates: list[str],
     position: int,
@@ -216,7 +216,7 @@ class _BandLayers(Generic[HandleT]):
     solve: BandCompile[HandleT]
 
     def write(
-        self, layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]] | None, owner: LogEdit[HandleT] | None
+        self, layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]] | None, owner: LoggedEdit[HandleT] | None
     ) -> None:
         """LAYER as the compile of ROWS with C of OWNER's spec (the edit asking last); no rows: its base weights."""
         soft = self.solve.soft
@@ -227,9 +227,9 @@ class _BandLayers(Generic[HandleT]):
 def check_band_heads(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    log: Sequence[LogEdit[HandleT]],
+    log: Sequence[LoggedEdit[HandleT]],
     imported: Collection[int],
-    templates: Callable[[LogEdit[Any]], list[str]],
+    templates: Callable[[LoggedEdit[Any]], list[str]],
     solve: BandCompile[HandleT],
     progress: Reporter = SILENT,
 ) -> dict[int, Judged]:
@@ -275,7 +275,7 @@ def check_band_heads(
 def _check_band_keys(
     written: _BandLayers[HandleT],
     tokenizer: PreTrainedTokenizerBase,
-    edit: LogEdit[HandleT],
+    edit: LoggedEdit[HandleT],
     templates: list[str],
     position: int,
     earlier: band.Asks,

@@ -21,7 +21,6 @@ from factstore.domain import (
     EditRequest,
     ImportedRelease,
     LayerAsk,
-    LogEdit,
     LoggedEdit,
     ModelRef,
     NewEdit,
@@ -485,14 +484,14 @@ def _check_rebuild(
     in_store = MatrixCache(store.get_covariance)
     last = local[-1].seq if local else 0
     imported = [ImportedEdit.of(edit, last + i, len(local) + i, key) for i, (edit, key) in enumerate(new, start=1)]
-    replayed: list[LogEdit[int | str | None]] = [*local, *imported]
+    replayed: list[LoggedEdit[int | str | None]] = [*local, *imported]
     model = loaded.model
 
     def matrix(handle: int | str | None) -> torch.Tensor:
         """C by an edit's handle: a release's C by its key, the store's by its id."""
         return covariances[handle][1] if isinstance(handle, str) else in_store(handle)
 
-    def layer_matrix(edit: LogEdit[int | str | None], layer: int) -> torch.Tensor:
+    def layer_matrix(edit: LoggedEdit[int | str | None], layer: int) -> torch.Tensor:
         """C of LAYER with the spec of the edit's own C (the release's, or the store's for local edits)."""
         if layer == edit.layer:
             return matrix(edit.covariance_id)
@@ -550,10 +549,10 @@ def _check_rebuild(
     _check_holding(manifest.mode, holding, {e.seq: e.position for e in imported})
 
 
-def _key_templates(manifest: Manifest) -> Callable[[LogEdit[Any]], list[str]]:
+def _key_templates(manifest: Manifest) -> Callable[[LoggedEdit[Any]], list[str]]:
     by_fingerprint = {t.fingerprint: t.templates for t in manifest.context_templates}
 
-    def templates(edit: LogEdit[Any]) -> list[str]:
+    def templates(edit: LoggedEdit[Any]) -> list[str]:
         found = by_fingerprint.get(ROMEHyperParams.from_json(edit.hparams).templates_fingerprint(), {}).get("key")
         if found is None:
             raise ReleaseVerificationError(
@@ -580,24 +579,23 @@ def _check_holding(mode: str, holding: dict[int, bool], positions: dict[int, int
     )
 
 
-@dataclass(frozen=True)
-class ImportedEdit(LoggedEdit):
-    """An edit of a pulled release before it is stored, as replay and the claim checks read it
-    (a domain.LogEdit[str | None]): its C is named by the release's key statistics key."""
+@dataclass(frozen=True, kw_only=True)
+class ImportedEdit(LoggedEdit[str | None]):
+    """An edit of a pulled release before it is stored, as replay and the claim checks read it:
+    its C is named by the release's key statistics key."""
 
     position: int  # its place in the replayed log (1-based): how a message names it
-    covariance_id: str | None
-    band: tuple[LayerAsk, ...] = ()
 
     @classmethod
     def of(cls, edit: NewEdit, seq: int, position: int, stats_key: str | None) -> ImportedEdit:
         """EDIT as the SEQ-th of the replayed log (after the store's own edits), at POSITION."""
         req, digest = edit.request, lambda data: hashlib.sha256(data).hexdigest()
-        return cls(  # LoggedEdit's fields in order, then this class's
-            seq, req.prompt, req.subject, req.target_new, edit.target_true, req.relation_id,
-            edit.layer, edit.module, edit.key, edit.key_shape, digest(edit.key),
-            edit.value, edit.value_shape, digest(edit.value), edit.hparams,
-            position, stats_key, edit.band,
+        return cls(
+            seq=seq, prompt=req.prompt, subject=req.subject, target_new=req.target_new,
+            target_true=edit.target_true, relation_id=req.relation_id, layer=edit.layer, module=edit.module,
+            key=edit.key, key_shape=edit.key_shape, key_sha256=digest(edit.key),
+            value=edit.value, value_shape=edit.value_shape, value_sha256=digest(edit.value),
+            hparams=edit.hparams, covariance_id=stats_key, band=edit.band, position=position,
         )  # fmt: skip
 
     @property

@@ -47,6 +47,8 @@ def _optional(hint: Any) -> bool:
 def _as_declared(row: Any, name: str, hint: Any, value: Any) -> Any:
     """VALUE read from ROW as the field's declared type: drivers give memoryviews for bytes, lists
     for tuples, naive datetimes on SQLite; a NULL where the type has no None is not computed yet."""
+    if isinstance(hint, TypeVar):  # a generic field (LoggedEdit's C handle): what the row holds
+        return value
     if value is None:
         if _optional(hint) or hint is dict:
             return {} if hint is dict else None

@@ -24,7 +24,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
-from factstore.domain import EditRequest, LayerAsk, LogEdit
+from factstore.domain import EditRequest, LayerAsk, LoggedEdit
 from factstore.errors import CompileError
 from factstore.rome.edit import add_delta
 from factstore.rome.keys import subject_states
@@ -36,8 +36,8 @@ from factstore.weights.vectors import from_bytes, to_bytes
 # layer -> [(key (d_ff,), target (d,))] in seq order
 Asks = dict[int, list[tuple[torch.Tensor, torch.Tensor]]]
 # C of a layer for an edit: the layer's C of the corpus, size and dtype of the edit's own C
-HandleT = TypeVar("HandleT", bound=Hashable)  # how a log's edits name their C (domain.LogEdit)
-LayerCovariance = Callable[[LogEdit[HandleT], int], torch.Tensor]
+HandleT = TypeVar("HandleT", bound=Hashable)  # how a log's edits name their C (domain.LoggedEdit)
+LayerCovariance = Callable[[LoggedEdit[HandleT], int], torch.Tensor]
 
 
 def vector(data: bytes) -> torch.Tensor:
@@ -45,7 +45,7 @@ def vector(data: bytes) -> torch.Tensor:
     return from_bytes(data, (len(data) // 4,))
 
 
-def settings(edits: Sequence[LogEdit[Any]], default: tuple[float, float]) -> tuple[float, float]:
+def settings(edits: Sequence[LoggedEdit[Any]], default: tuple[float, float]) -> tuple[float, float]:
     """(weight, alpha) of the band edits' hparams; DEFAULT when none has a band. Edits registered
     with other settings cannot share one solve (the head they were measured on would not be
     the release)."""
@@ -66,7 +66,7 @@ def key_prompts(request: EditRequest, templates: list[str], plain_weight: int) -
     ] * plain_weight
 
 
-def plain_weight(edit: LogEdit[Any]) -> int:
+def plain_weight(edit: LoggedEdit[Any]) -> int:
     """The band_plain_weight an edit was registered with (0 before the setting existed)."""
     return int(edit.hparams.get("band_plain_weight", 0))
 
@@ -78,14 +78,14 @@ def base_shift(vectors: tuple[torch.Tensor, torch.Tensor], W0: torch.Tensor, b: 
 
 
 def collect(
-    edits: Sequence[LogEdit[HandleT]],
-    vectors: Callable[[LogEdit[HandleT]], tuple[torch.Tensor, torch.Tensor]],
+    edits: Sequence[LoggedEdit[HandleT]],
+    vectors: Callable[[LoggedEdit[HandleT]], tuple[torch.Tensor, torch.Tensor]],
     base: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]],
-) -> tuple[Asks, dict[int, LogEdit[HandleT]]]:
+) -> tuple[Asks, dict[int, LoggedEdit[HandleT]]]:
     """Every ask of EDITS by layer, and per layer the last edit that reaches it (whose C spec the
     layer's solve uses). BASE(layer): the base (W0 (out, in), b) a single-layer edit's shift is from."""
     asks: Asks = defaultdict(list)
-    last: dict[int, LogEdit[HandleT]] = {}
+    last: dict[int, LoggedEdit[HandleT]] = {}
     for edit in sorted(edits, key=lambda e: e.seq):
         if edit.band:
             for ask in edit.band:
@@ -117,8 +117,8 @@ def write_layer(model: PreTrainedModel, layer: int, W0: torch.Tensor, delta: tor
 
 def apply_band(
     model: PreTrainedModel,
-    edits: Sequence[LogEdit[HandleT]],
-    vectors: Callable[[LogEdit[HandleT]], tuple[torch.Tensor, torch.Tensor]],
+    edits: Sequence[LoggedEdit[HandleT]],
+    vectors: Callable[[LoggedEdit[HandleT]], tuple[torch.Tensor, torch.Tensor]],
     covariance: LayerCovariance[HandleT],
     soft: tuple[float, float],
 ) -> None:

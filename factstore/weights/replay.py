@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedModel
 
 from factstore import arch
-from factstore.domain import LogEdit, StoredEdit
+from factstore.domain import LoggedEdit, StoredEdit
 from factstore.errors import CompileError
 from factstore.options import MODES  # the modes' names, torch-free (LifelongSettings' default)
 from factstore.rome.edit import add_delta
@@ -53,24 +53,24 @@ def tolerance(model: PreTrainedModel, layer: int) -> float:
     return max(CONSTRAINT_TOLERANCE, 2 * torch.finfo(arch.down_proj_param(model, layer).dtype).eps)
 
 
-HandleT = TypeVar("HandleT", bound=Hashable)  # how a log's edits name their C (domain.LogEdit)
+HandleT = TypeVar("HandleT", bound=Hashable)  # how a log's edits name their C (domain.LoggedEdit)
 CovarianceLoader = Callable[[HandleT], torch.Tensor]  # an edit's covariance_id -> C of its own layer
 
 
-def edit_vectors(edit: LogEdit[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def edit_vectors(edit: LoggedEdit[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     return from_bytes(edit.key, edit.key_shape, edit.key_sha256), from_bytes(
         edit.value, edit.value_shape, edit.value_sha256
     )
 
 
-def _check_module(model: PreTrainedModel, edit: LogEdit[Any]) -> None:
+def _check_module(model: PreTrainedModel, edit: LoggedEdit[Any]) -> None:
     expected = arch.down_proj_name(model, edit.layer)
     if edit.module != expected:
         raise CompileError(f"{edit.label} rewrites {edit.module}, but this model's layer {edit.layer} is {expected}")
 
 
 def apply_sequential(
-    model: PreTrainedModel, edits: Sequence[LogEdit[HandleT]], covariance: CovarianceLoader[HandleT]
+    model: PreTrainedModel, edits: Sequence[LoggedEdit[HandleT]], covariance: CovarianceLoader[HandleT]
 ) -> None:
     """Each edit's rank-one update in seq order: reproduces the model the edits were computed on.
 
@@ -110,10 +110,10 @@ def solve_key(model: PreTrainedModel, layer: int, key: torch.Tensor, C: torch.Te
 
 
 def solved_keys(
-    model: PreTrainedModel, edits: Sequence[LogEdit[HandleT]], covariance: CovarianceLoader[HandleT]
+    model: PreTrainedModel, edits: Sequence[LoggedEdit[HandleT]], covariance: CovarianceLoader[HandleT]
 ) -> dict[int, torch.Tensor]:
     """edit seq -> C^-1 k (in,) float64, one solve per C with every key as a column."""
-    by_cov: dict[HandleT, list[LogEdit[HandleT]]] = defaultdict(list)
+    by_cov: dict[HandleT, list[LoggedEdit[HandleT]]] = defaultdict(list)
     for edit in edits:
         by_cov[edit.covariance_id].append(edit)
     solved: dict[int, torch.Tensor] = {}
@@ -125,8 +125,8 @@ def solved_keys(
     return solved
 
 
-def _by_layer(model: PreTrainedModel, edits: Sequence[LogEdit[HandleT]]) -> dict[int, list[LogEdit[HandleT]]]:
-    by_layer: dict[int, list[LogEdit[HandleT]]] = defaultdict(list)
+def _by_layer(model: PreTrainedModel, edits: Sequence[LoggedEdit[HandleT]]) -> dict[int, list[LoggedEdit[HandleT]]]:
+    by_layer: dict[int, list[LoggedEdit[HandleT]]] = defaultdict(list)
     for edit in sorted(edits, key=lambda e: e.seq):
         _check_module(model, edit)
         by_layer[edit.layer].append(edit)
@@ -135,7 +135,7 @@ def _by_layer(model: PreTrainedModel, edits: Sequence[LogEdit[HandleT]]) -> dict
 
 def apply_joint(
     model: PreTrainedModel,
-    edits: Sequence[LogEdit[HandleT]],
+    edits: Sequence[LoggedEdit[HandleT]],
     covariance: CovarianceLoader[HandleT],
     ridge: float = JOINT_RIDGE,
     null_space_threshold: float | None = None,
@@ -168,7 +168,7 @@ def apply_joint(
             add_delta(model, layer, null_space_delta(W, b, K, V, basis, ridge))
 
 
-def touched_layers(edits: Sequence[LogEdit[Any]], mode: str) -> set[int]:
+def touched_layers(edits: Sequence[LoggedEdit[Any]], mode: str) -> set[int]:
     """The layers whose down-projection a compile of EDITS in MODE changes."""
     own = {e.layer for e in edits}
     if mode == "band":
@@ -178,7 +178,7 @@ def touched_layers(edits: Sequence[LogEdit[Any]], mode: str) -> set[int]:
     return own
 
 
-def soft_settings(mode: str, edits: Sequence[LogEdit[Any]] = ()) -> tuple[float, float]:
+def soft_settings(mode: str, edits: Sequence[LoggedEdit[Any]] = ()) -> tuple[float, float]:
     """(weight, alpha) of a soft mode's least-squares solve: band mode's are its edits' own
     (registered with them; weights/band.py), else the model's default band weight."""
     if mode == "band":
@@ -186,7 +186,7 @@ def soft_settings(mode: str, edits: Sequence[LogEdit[Any]] = ()) -> tuple[float,
     return SOFT_WEIGHT, SOFT_ALPHA
 
 
-def default_mode(edits: Sequence[LogEdit[Any]]) -> str:
+def default_mode(edits: Sequence[LoggedEdit[Any]]) -> str:
     """What a compile without --mode builds: the band compile for a log registered over a band
     (the head its edits were measured on), else DEFAULT_MODE."""
     return "band" if any(e.band for e in edits) else DEFAULT_MODE
@@ -199,7 +199,7 @@ def check_mode(mode: str) -> None:
 
 def apply_edits(
     model: PreTrainedModel,
-    edits: Sequence[LogEdit[HandleT]],
+    edits: Sequence[LoggedEdit[HandleT]],
     covariance: CovarianceLoader[HandleT],
     mode: str = DEFAULT_MODE,
     inputs: LayerInputs[HandleT] | None = None,

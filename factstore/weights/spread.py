@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedModel
 
 from factstore import arch
-from factstore.domain import LogEdit, StoredEdit
+from factstore.domain import LoggedEdit, StoredEdit
 from factstore.errors import CompileError
 from factstore.rome.edit import add_delta
 from factstore.rome.keys import subject_keys, subject_states
@@ -35,7 +35,7 @@ LOWER_RIDGE = 1.0  # lambda / mean diagonal of K^T C^-1 K below the edit layer (
 TOP_RIDGE = 1e-6  # the edit layer solves exactly what is left (as the joint mode)
 
 
-HandleT = TypeVar("HandleT", bound=Hashable)  # how a log's edits name their C (domain.LogEdit)
+HandleT = TypeVar("HandleT", bound=Hashable)  # how a log's edits name their C (domain.LoggedEdit)
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,10 @@ class LayerInputs(Generic[HandleT]):
     """What a compile over several layers needs beyond the stored vectors."""
 
     tokenizer: Any
-    templates: Callable[[LogEdit[Any]], list[str]]  # the context templates an edit's k* was averaged over
-    covariance: Callable[[LogEdit[HandleT], int], torch.Tensor]  # C of a layer, of the corpus and size the edit's C has
+    templates: Callable[[LoggedEdit[Any]], list[str]]  # the context templates an edit's k* was averaged over
+    covariance: Callable[
+        [LoggedEdit[HandleT], int], torch.Tensor
+    ]  # C of a layer, of the corpus and size the edit's C has
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +63,12 @@ def spread_layers(layer: int, width: int = SPREAD_LAYERS) -> list[int]:
     return list(range(max(0, layer - width + 1), layer + 1))
 
 
-def _prompt_sets(edits: Sequence[LogEdit[Any]], inputs: LayerInputs[Any]) -> list[list[tuple[str, str]]]:
+def _prompt_sets(edits: Sequence[LoggedEdit[Any]], inputs: LayerInputs[Any]) -> list[list[tuple[str, str]]]:
     return [[(p, e.subject) for p in request_prompts(e.request(), inputs.templates(e))] for e in edits]
 
 
 def _stored(
-    edits: Sequence[LogEdit[HandleT]], vectors: Callable[[LogEdit[HandleT]], tuple[torch.Tensor, torch.Tensor]]
+    edits: Sequence[LoggedEdit[HandleT]], vectors: Callable[[LoggedEdit[HandleT]], tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     keys, values = zip(*(vectors(e) for e in edits))
     return torch.stack(keys).double(), torch.stack(values).double()  # (n, d_ff), (n, d)
@@ -74,9 +76,9 @@ def _stored(
 
 def apply_spread(
     model: PreTrainedModel,
-    edits: Sequence[LogEdit[HandleT]],
+    edits: Sequence[LoggedEdit[HandleT]],
     own_covariance: Callable[[HandleT], torch.Tensor],
-    vectors: Callable[[LogEdit[HandleT]], tuple[torch.Tensor, torch.Tensor]],
+    vectors: Callable[[LoggedEdit[HandleT]], tuple[torch.Tensor, torch.Tensor]],
     inputs: LayerInputs[HandleT],
     tolerance: Callable[[int], float],
     settings: SpreadSettings = SpreadSettings(),
@@ -85,7 +87,7 @@ def apply_spread(
     edit's target is not met at the end (CompileError; the caller writes nothing). SETTINGS: a
     soft solve on every layer (nothing refused), another band width."""
     soft, band = settings.soft, settings.band
-    by_layer: dict[int, list[LogEdit[HandleT]]] = defaultdict(list)
+    by_layer: dict[int, list[LoggedEdit[HandleT]]] = defaultdict(list)
     for edit in sorted(edits, key=lambda e: e.seq):
         by_layer[edit.layer].append(edit)
     targets: dict[int, tuple[list[list[tuple[str, str]]], torch.Tensor, torch.Tensor]] = {}  # layer -> (prompts, Z, V)
