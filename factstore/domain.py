@@ -7,10 +7,10 @@ import json
 import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pydantic
-from pydantic import ConfigDict, Field, computed_field
+from pydantic import ConfigDict, Field
 
 from factstore.errors import InvalidEditRequest, shown
 
@@ -220,6 +220,9 @@ class StoredEdit(LoggedEdit[int | None]):
         return data
 
 
+PROBABILITIES = ("prob_new_before", "prob_new_after", "prob_true_before", "prob_true_after")  # of an edit's metrics
+
+
 class EditEntry(pydantic.BaseModel):
     """One row of a model's edit log in any state, as people, `--json` and the HTTP API see it
     (served as it is: the JSON names the target `target`, the relation `relation` and the
@@ -251,25 +254,19 @@ class EditEntry(pydantic.BaseModel):
     retracted_by: str | None = None
     retracted_at: str | None = None
 
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def prob_new_before(self) -> float | None:
-        return self.metrics.get("prob_new_before")
+    # the probabilities of the new and old target, lifted out of METRICS when the entry is made
+    prob_new_before: float | None = None
+    prob_new_after: float | None = None
+    prob_true_before: float | None = None
+    prob_true_after: float | None = None
 
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def prob_new_after(self) -> float | None:
-        return self.metrics.get("prob_new_after")
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def prob_true_before(self) -> float | None:
-        return self.metrics.get("prob_true_before")
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def prob_true_after(self) -> float | None:
-        return self.metrics.get("prob_true_after")
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _lift_probabilities(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            metrics = data.get("metrics") or {}
+            return {**{name: metrics.get(name) for name in PROBABILITIES}, **data}
+        return data
 
 
 @dataclass(frozen=True, slots=True)
