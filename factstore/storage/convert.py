@@ -41,7 +41,7 @@ def _fields(cls: type) -> tuple[tuple[str, Any], ...]:
 
 
 def _optional(hint: Any) -> bool:
-    return isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
 
 
 def _as_declared(row: Any, name: str, hint: Any, value: Any) -> Any:
