@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import pydantic
+import sqlalchemy
 
 from factstore.domain import BaseModel, Covariance, EditEntry, Job, LayerAsk, Release, StoredEdit
 from factstore.storage.models import BaseModelRow, CovarianceStat, EditRow, JobRow, ReleaseRow
@@ -26,7 +27,8 @@ def aware(moment: datetime) -> datetime:
 
 
 def iso(moment: datetime | None) -> str | None:
-    return None if moment is None else aware(moment).isoformat()
+    """MOMENT in UTC, ISO 8601 with its offset (PostgreSQL gives timestamptz in the session's zone)."""
+    return None if moment is None else aware(moment).astimezone(timezone.utc).isoformat()
 
 
 @functools.cache
@@ -78,8 +80,11 @@ def from_row(cls: type[T], row: Any, **given: Any) -> T:
 def onto_row(row: Any, value: Any, *, skip: tuple[str, ...] = ()) -> None:
     """Each field of the dataclass VALUE (but SKIP) onto ROW's column of the same name (tuples as
     the lists a JSON column holds)."""
+    columns = sqlalchemy.inspect(type(row)).column_attrs.keys()
     for field in dataclasses.fields(value):
         if field.name not in skip:
+            if field.name not in columns:  # an ORM row takes any attribute and would store nothing
+                raise TypeError(f"{type(value).__name__}.{field.name} has no column on {type(row).__name__}")
             item = getattr(value, field.name)
             setattr(row, field.name, list(item) if isinstance(item, tuple) else item)
 
