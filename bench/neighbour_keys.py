@@ -2,15 +2,15 @@
 
     FACTSTORE_HOME=H python bench/neighbour_keys.py --run-dir DIR \\
         --dataset ../shared/data/counterfact_val_1000.json --n 1000 \\
-        --others ../shared/data/counterfact_500.json --control-n 200 --neighbour-n 300 --betas 0 1 10
+        --control ../shared/data/counterfact_500.json --control-n 200 --neighbour-n 300 --betas 0 1 10
 
 A band log's soft solve holds each layer's update to w C (C: keys of ordinary text). Under a long
 log, facts no edit names move too (the control of bench/retraction_control.py rises with the
 log): their subjects' keys are not ordinary text. Here each layer's solve also holds the keys
-of --neighbour-n subjects no edit names (records of --others after the first --control-n, their
+of --neighbour-n subjects no edit names (records of --control after the first --control-n, their
 own prompt, measured on the base model) with weight BETA each, as if each were an edit asking
 for no change: A = w C + BETA K_n K_n^T. Scored on the log's records (with held-out perplexity)
-and on the first --control-n records of --others whose subjects neither an edit nor a neighbour
+and on the first --control-n records of --control whose subjects neither an edit nor a neighbour
 names. Prints a Markdown table.
 """
 
@@ -26,15 +26,13 @@ import run_folder
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     run_folder.add_arguments(parser)
-    parser.add_argument("--others", required=True, help="a CounterFact file: control records, then neighbours")
-    parser.add_argument("--control-n", type=int, default=200)
+    run_folder.add_control_arguments(parser, "the control records (the first --control-n), then the neighbours")
     parser.add_argument("--neighbour-n", type=int, default=300)
     parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 1.0, 10.0])
     parser.add_argument("--heldout-tokens", type=int, default=20_000)
     args = parser.parse_args()
 
     from factstore import arch
-    from factstore.datasets import read_records
     from factstore.rome.edit import add_delta
     from factstore.rome.keys import subject_keys
     from factstore.studies.lifelong import heldout_rows, score_variant
@@ -46,8 +44,7 @@ def main() -> None:
         raise SystemExit("every edit of the log must be a band edit (registered with --band)")
     heldout = heldout_rows(session, store, args.heldout_tokens)
     weight, alpha = band.settings(edits, soft_settings("band"))
-    named = {e.subject for e in store.list_edits(session.base.id, "all")}
-    others = [r for r in read_records(args.others, args.control_n + args.neighbour_n) if r.request.subject not in named]
+    others = run_folder.unnamed_records(store, session, args.control, args.control_n + args.neighbour_n)
     control, neighbours = others[: args.control_n], others[args.control_n :]
     control = [r for r in control if r.request.subject not in {n.request.subject for n in neighbours}]
     asks, last = band.collect(edits, edit_vectors, lambda n: (arch.down_proj_weight(session.model, n), None))

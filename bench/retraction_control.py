@@ -28,14 +28,12 @@ import run_folder
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     run_folder.add_arguments(parser)
-    parser.add_argument("--control", required=True, help="a CounterFact file whose records no edit touched")
-    parser.add_argument("--control-n", type=int, default=200)
+    run_folder.add_control_arguments(parser, "records no edit touched")
     parser.add_argument("--retract", type=int, default=100)
     parser.add_argument("--kept-n", type=int, default=200, help="kept records scored (a seeded sample)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from factstore.datasets import read_records
     from factstore.domain import request_sha256
     from factstore.studies.lifelong import score_variant
     from factstore.weights import band
@@ -53,8 +51,7 @@ def main() -> None:
     }
     if len(groups["kept"]) > args.kept_n:
         groups["kept"] = random.Random(args.seed + 1).sample(groups["kept"], args.kept_n)
-    named = {e.subject for e in store.list_edits(session.base.id, "all")}
-    groups["control"] = [r for r in read_records(args.control, args.control_n) if r.request.subject not in named]
+    groups["control"] = run_folder.unnamed_records(store, session, args.control, args.control_n)
     kept_edits = [e for i, e in enumerate(edits) if i not in drawn]
     compiles = {
         "unedited": lambda m: None,

@@ -28,3 +28,17 @@ def open_run(args: argparse.Namespace) -> tuple[Any, Any, list, list]:
     dataset = getattr(args, "dataset", None)
     records = read_records(dataset, args.n) if dataset else []  # as the run scores them: superseded ones too
     return store, session, edits, records
+
+
+def add_control_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--control FILE (WHAT it holds) and --control-n: records whose subjects no edit names."""
+    parser.add_argument("--control", required=True, help=f"a CounterFact file: {what}")
+    parser.add_argument("--control-n", type=int, default=200)
+
+
+def unnamed_records(store: Any, session: Any, path: str, n: int) -> list:
+    """Of the first N records of PATH, those whose subject no edit of the run names (any status)."""
+    from factstore.datasets import read_records
+
+    named = {e.subject for e in store.list_edits(session.base.id, "all")}
+    return [r for r in read_records(path, n) if r.request.subject not in named]
