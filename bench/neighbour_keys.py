@@ -46,7 +46,8 @@ def main() -> None:
     weight, alpha = band.settings(edits, soft_settings("band"))
     others = run_folder.unnamed_records(store, session, args.control, args.control_n + args.neighbour_n)
     control, neighbours = others[: args.control_n], others[args.control_n :]
-    control = [r for r in control if r.request.subject not in {n.request.subject for n in neighbours}]
+    neighbour_subjects = {n.request.subject for n in neighbours}
+    control = [r for r in control if r.request.subject not in neighbour_subjects]
     asks, last = band.collect(edits, edit_vectors, lambda n: (arch.down_proj_weight(session.model, n), None))
     layers = sorted(asks)
     with session.base_weights():
@@ -56,16 +57,24 @@ def main() -> None:
     print("| beta | log ES | log PS | log NS | perplexity | control ES | control PS | control NS | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
 
-    def solve(model: Any, beta: float) -> None:
+    def solve(beta: float) -> dict[int, Any]:
+        """{layer: dW (out, in)} of each band layer's solve with the neighbours' keys held at BETA."""
+        deltas = {}
         for layer, rows in sorted(asks.items()):
             C = session.layer_covariance(last[layer], layer).double()
             held = C + (beta / weight) * keys[layer].T @ keys[layer]  # w C' = w C + beta K_n K_n^T
-            add_delta(model, layer, band.layer_delta(rows, held, (weight, alpha)))
+            deltas[layer] = band.layer_delta(rows, held, (weight, alpha))
+        return deltas
+
+    def apply(model: Any, deltas: dict[int, Any]) -> None:
+        for layer, delta in deltas.items():
+            add_delta(model, layer, delta)
 
     for beta in args.betas:
         clock = time.perf_counter()
-        log = score_variant(session, records, lambda m, b=beta: solve(m, b), heldout)
-        ctl = score_variant(session, control, lambda m, b=beta: solve(m, b), None)
+        deltas = solve(beta)  # once for both groups of records
+        log = score_variant(session, records, lambda m, d=deltas: apply(m, d), heldout)
+        ctl = score_variant(session, control, lambda m, d=deltas: apply(m, d), None)
         cells = [log["ES"], log["PS"], log["NS"], log["perplexity"], ctl["ES"], ctl["PS"], ctl["NS"]]
         print(
             f"| {beta:g} | " + " | ".join(f"{c:.2f}" if i == 3 else f"{c:.1f}" for i, c in enumerate(cells)),

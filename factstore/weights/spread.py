@@ -44,9 +44,8 @@ class LayerInputs(Generic[HandleT]):
 
     tokenizer: Any
     templates: Callable[[LoggedEdit[Any]], list[str]]  # the context templates an edit's k* was averaged over
-    covariance: Callable[
-        [LoggedEdit[HandleT], int], torch.Tensor
-    ]  # C of a layer, of the corpus and size the edit's C has
+    # C of a layer, of the corpus and size the edit's C has
+    covariance: Callable[[LoggedEdit[HandleT], int], torch.Tensor]
 
 
 @dataclass(frozen=True, slots=True)
