@@ -313,3 +313,47 @@ def test_band_keys_weighted_towards_the_bare_prompt_are_measured_so_and_import(t
     release, _ = api.compile_release(tiny_store, "tiny", api.CompileOptions(min_efficacy=0.0))
     result = import_release(_team_store(tiny_store, tmp_path), Path(release.path), "team")
     assert result.rebuilt_identical and result.edits_added == 3
+
+
+def test_a_band_log_with_a_names_weight_holds_its_solves_to_the_names_moment_too_and_imports(
+    tiny_store, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """band_names_weight rho: every band layer's solve holds its update to C + rho N (N: the keys at
+    name ends of C's corpus, stored in C's file); the head, the release and an importer's rebuild
+    all solve so, and later edits of the log keep the log's rho."""
+    from dataclasses import replace
+
+    from factstore.weights import stats
+    from factstore.weights.band import apply_band, settings
+    from factstore.weights.replay import edit_vectors
+
+    rho = 1.0
+    session = EditSession(tiny_store, "tiny", device="cpu", band=2)
+    session.settings.defaults = replace(session.settings.defaults, band_names_weight=rho)
+    for subject, target in FACTS:
+        session.add(EditRequest(PROMPT, subject, target))
+    later = EditSession(tiny_store, "tiny", device="cpu")  # the model's default rho is 0: the log's wins
+    later.add(EditRequest(PROMPT, "The Colosseum", "Madrid"))
+    edits = tiny_store.list_edits(1)
+    assert [e.hparams["band_names_weight"] for e in edits] == [rho] * 4
+    own = tiny_store.get_covariance(edits[0].covariance_id)
+    names = stats.load_names(Path(own.path))
+    assert names is not None and float(names.norm()) > 0  # the test corpus names places
+    top = edits[0].layer
+    held = session.statistics.band_matrix(own.id, top, rho) - session.statistics.band_matrix(own.id, top, 0.0)
+    assert torch.allclose(held, rho * names.float())
+    release, _ = api.compile_release(tiny_store, "tiny", api.CompileOptions(min_efficacy=0.0))
+    compiled = AutoModelForCausalLM.from_pretrained(release.path)
+    band = [a.layer for a in edits[0].band]
+    assert all(torch.equal(a, b) for a, b in zip(_layers(compiled, band), _layers(later.model, band)))
+    alone = _base(session)  # the same stored asks held to C alone: other weights
+    apply_band(
+        alone,
+        edits,
+        edit_vectors,
+        lambda e, layer: session.statistics.band_matrix(e.covariance_id, layer, 0.0),
+        settings(edits, (0.0, 0.0)),
+    )
+    assert all(float((a - b).norm()) > 1e-6 for a, b in zip(_layers(compiled, band), _layers(alone, band)))
+    result = import_release(_team_store(tiny_store, tmp_path), Path(release.path), "team")
+    assert result.rebuilt_identical and result.edits_added == 4

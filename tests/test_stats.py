@@ -41,6 +41,31 @@ def test_shards_merge_into_the_single_pass(gpt2_tokenizer, monkeypatch: pytest.M
     merged = shards.merge_found(spec, 900)
     assert merged.tokens == 900
     assert torch.allclose(_matrix(merged), _matrix(single), rtol=1e-12, atol=0)
+    merged_names, single_names = stats.load_names(merged.path), stats.load_names(single.path)
+    assert merged_names is not None and single_names is not None and float(single_names.norm()) > 0
+    assert torch.allclose(merged_names, single_names, rtol=1e-12, atol=0)
+
+
+def test_the_names_moment_is_the_mean_of_the_keys_that_end_a_name(gpt2_tokenizer, monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Beside C, a C file holds E[k k^T] over the keys at the last token of each name of the
+    corpus (rome/names.py: "Paris" here, never a sentence's capitalised first word)."""
+    from factstore.rome.hooks import layers_inputs
+
+    monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path))
+    model = random_gpt2(seed=0)
+    text = corpus.Corpus("test", "c" * 64, TEXTS[:20])
+    found = stats.compute(model, gpt2_tokenizer, _spec(model, text, 1, tokens=10_000), text)
+    named = []
+    for sentence in text.texts:  # each text alone: the keys of its tokens do not depend on padding
+        ids = gpt2_tokenizer(sentence)["input_ids"]
+        where = [i for i in range(len(ids)) if gpt2_tokenizer.decode(ids[i]) == " Paris"]
+        assert len(where) == 1
+        keys = layers_inputs(model, [1], torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[1][0]
+        named.append(keys[where[0]].double())
+    K = torch.stack(named)  # (20, d_ff)
+    names = stats.load_names(found.path)
+    assert names is not None
+    assert torch.allclose(names, K.T @ K / len(named), rtol=1e-6, atol=1e-9)
 
 
 def test_merge_refuses_a_missing_or_foreign_shard(

@@ -50,14 +50,23 @@ class KeyStatistics:
     def layer_matrix(self, own_id: int | None, layer: int) -> torch.Tensor:
         """C of LAYER for an edit whose own C is OWN_ID: that one on its layer, else the C of the
         same corpus, size and dtype (what the band compile of a release reads)."""
+        return self.matrix(self._layer_id(own_id, layer))
+
+    def band_matrix(self, own_id: int | None, layer: int, rho: float) -> torch.Tensor:
+        """What a band solve on LAYER holds its update to for an edit whose own C is OWN_ID and
+        whose band_names_weight is RHO (weights/band.held)."""
+        found = self._layer_id(own_id, layer)
+        return band.held(self.matrix(found), lambda: self.matrix.names(found), rho)
+
+    def _layer_id(self, own_id: int | None, layer: int) -> int | None:
         if own_id is None:
-            return self.matrix(None)  # raises: an edit without C cannot be replayed
+            return None  # the matrix cache raises: an edit without C cannot be replayed
         own = self.store.get_covariance(own_id)
         if own.layer == layer:
-            return self.matrix(own_id)
+            return own_id
         if (own_id, layer) not in self._layer_cov:
             self.remember(own_id, layer, self.like(own, [layer])[0].id)
-        return self.matrix(self._layer_cov[(own_id, layer)])
+        return self._layer_cov[(own_id, layer)]
 
     def for_layers(self, layers: list[int], hp: ROMEHyperParams, applied: Sequence[StoredEdit]) -> list[Covariance]:
         """C records for LAYERS, by spec, never by recency alone. With a corpus or size asked for,
@@ -216,6 +225,7 @@ def _with_band(hp: ROMEHyperParams, applied: Sequence[StoredEdit], asked: int | 
             band_alpha=float(last.hparams.get("band_alpha", 0.0)),
             band_boost=float(last.hparams.get("band_boost", 1.0)),
             band_plain_weight=band.plain_weight(last),
+            band_names_weight=band.names_weight(last),
         )
         if asked is not None and asked != logged.band:
             raise InvalidEditRequest(

@@ -136,7 +136,8 @@ class EditSession:
         earlier, _ = band.collect(self.applied, edit_vectors, self._base)
 
         def write(layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-            delta = band.layer_delta(earlier.get(layer, []) + rows, self.statistics.layer_matrix(cov.id, layer), soft)
+            held = self.statistics.band_matrix(cov.id, layer, hp.band_names_weight)
+            delta = band.layer_delta(earlier.get(layer, []) + rows, held, soft)
             band.write_layer(self.model, layer, self._base(layer)[0], delta)
 
         try:
@@ -183,8 +184,8 @@ class EditSession:
         return self.statistics.like(own, layers)
 
     def layer_covariance(self, edit: LoggedEdit[int | None], layer: int) -> torch.Tensor:
-        """C of LAYER as the band compile of EDIT reads it."""
-        return self.statistics.layer_matrix(edit.covariance_id, layer)
+        """What the band compile of EDIT holds its update on LAYER to (C, and its names moment weighed)."""
+        return self.statistics.band_matrix(edit.covariance_id, layer, band.names_weight(edit))
 
     def stats_corpus(self) -> Corpus:
         return self.statistics.corpus()

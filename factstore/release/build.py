@@ -480,4 +480,8 @@ def spread_inputs(store: Store, base: BaseModel, model: PreTrainedModel, tokeniz
     def covariance(edit: LoggedEdit[int | None], layer: int) -> torch.Tensor:
         return matrices(layer_covariance(store, base, model, edit, layer).id)
 
-    return LayerInputs(tokenizer=tokenizer, templates=templates, covariance=covariance)
+    def names(edit: LoggedEdit[int | None], layer: int) -> torch.Tensor:
+        own = layer == edit.layer and edit.covariance_id is not None
+        return matrices.names(edit.covariance_id if own else layer_covariance(store, base, model, edit, layer).id)
+
+    return LayerInputs(tokenizer=tokenizer, templates=templates, covariance=covariance, names=names)

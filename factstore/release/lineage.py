@@ -468,6 +468,70 @@ class _Imported:
     manifest: Manifest
 
 
+class _ReleaseMatrices:
+    """C (and its names moment) by an edit's handle while a release is verified: a release's C by
+    its key in COVARIANCES, the store's by its id."""
+
+    def __init__(
+        self,
+        store: Store,
+        covariances: dict[str, tuple[Covariance, torch.Tensor]],
+        identity: str,
+        model: PreTrainedModel,
+    ) -> None:
+        self.store, self.covariances, self.identity, self.model = store, covariances, identity, model
+        self.in_store = MatrixCache(store.get_covariance)
+
+    def matrix(self, handle: int | str | None) -> torch.Tensor:
+        return self.covariances[handle][1] if isinstance(handle, str) else self.in_store(handle)
+
+    def names(self, handle: int | str | None) -> torch.Tensor:
+        """The names moment of the C file of HANDLE (band_names_weight; weights/band.held)."""
+        if not isinstance(handle, str):
+            return self.in_store.names(handle)
+        found = stats.load_names(Path(self.covariances[handle][0].path))
+        if found is None:
+            raise ReleaseVerificationError(
+                "the release's key statistics have no names moment, which its edits' band_names_weight needs"
+            )
+        return found.float()
+
+    def layer_handle(self, edit: LoggedEdit[int | str | None], layer: int) -> int | str | None:
+        """The handle of LAYER's C with the spec of the edit's own C (the release's, or the store's for local edits)."""
+        if layer == edit.layer:
+            return edit.covariance_id
+        handle = edit.covariance_id
+        own = (
+            self.covariances[handle][0]
+            if isinstance(handle, str)
+            else self.store.get_covariance(handle)
+            if handle
+            else None
+        )
+        if own is None:
+            raise ReleaseVerificationError(f"the edit of {edit.subject[:60]!r} has no key statistics")
+        key = stats.spec_like(own, self.identity, self.model, layer).key()
+        if key in self.covariances:
+            return key
+        found = self.store.get_covariance_by_key(key)
+        if found is None:  # a local edit's, computed when it was registered
+            raise ReleaseVerificationError(
+                f"this store lacks the key statistics of layer {layer} its own band edits were compiled with"
+            )
+        return found.id
+
+    def layer_matrix(self, edit: LoggedEdit[int | str | None], layer: int) -> torch.Tensor:
+        return self.matrix(self.layer_handle(edit, layer))
+
+    def layer_names(self, edit: LoggedEdit[int | str | None], layer: int) -> torch.Tensor:
+        return self.names(self.layer_handle(edit, layer))
+
+    def band(self, edit: LoggedEdit[int | str | None], layer: int) -> torch.Tensor:
+        """What the edits' band solve on LAYER holds its update to (weights/band.held)."""
+        handle = self.layer_handle(edit, layer)
+        return band.held(self.matrix(handle), lambda: self.names(handle), band.names_weight(edit))
+
+
 def _check_rebuild(
     store: Store,
     release: _Imported,
@@ -481,34 +545,13 @@ def _check_rebuild(
     pinned base: replay the log here and compare the weight files byte for byte (compiles are
     deterministic); the edits that took must still take on those weights."""
     ref, loaded, manifest = release.ref, release.loaded, release.manifest
-    in_store = MatrixCache(store.get_covariance)
     last = local[-1].seq if local else 0
     imported = [ImportedEdit.of(edit, last + i, len(local) + i, key) for i, (edit, key) in enumerate(new, start=1)]
     replayed: list[LoggedEdit[int | str | None]] = [*local, *imported]
     model = loaded.model
 
-    def matrix(handle: int | str | None) -> torch.Tensor:
-        """C by an edit's handle: a release's C by its key, the store's by its id."""
-        return covariances[handle][1] if isinstance(handle, str) else in_store(handle)
-
-    def layer_matrix(edit: LoggedEdit[int | str | None], layer: int) -> torch.Tensor:
-        """C of LAYER with the spec of the edit's own C (the release's, or the store's for local edits)."""
-        if layer == edit.layer:
-            return matrix(edit.covariance_id)
-        handle = edit.covariance_id
-        own = covariances[handle][0] if isinstance(handle, str) else store.get_covariance(handle) if handle else None
-        if own is None:
-            raise ReleaseVerificationError(f"the edit of {edit.subject[:60]!r} has no key statistics")
-        key = stats.spec_like(own, ref.identity, model, layer).key()
-        if key in covariances:
-            return covariances[key][1]
-        found = store.get_covariance_by_key(key)
-        if found is None:  # a local edit's, computed when it was registered
-            raise ReleaseVerificationError(
-                f"this store lacks the key statistics of layer {layer} its own band edits were compiled with"
-            )
-        return in_store(found.id)
-
+    found = _ReleaseMatrices(store, covariances, ref.identity, model)
+    matrix, layer_matrix, layer_names, band_matrix = found.matrix, found.layer_matrix, found.layer_names, found.band
     banded = any(e.band for e in replayed)
     try:
         soft = band.settings(replayed, soft_settings("band"))
@@ -526,14 +569,14 @@ def _check_rebuild(
         templates = _key_templates(manifest)
         if banded:  # the heads the edits were measured on are band compiles
             try:
-                solve = claims.BandCompile(layer_matrix, soft)
+                solve = claims.BandCompile(band_matrix, soft)
                 judged = claims.check_band_heads(model, loaded.tokenizer, replayed, todo, templates, solve, progress)
             except (CompileError, NumericalError) as exc:  # crafted vectors that no solve can hold
                 raise ReleaseVerificationError(str(exc)) from None
         else:
             judged = claims.check_heads(model, loaded.tokenizer, replayed, todo, templates, matrix, progress)
         restore()
-        inputs = LayerInputs(loaded.tokenizer, templates, layer_matrix)
+        inputs = LayerInputs(loaded.tokenizer, templates, layer_matrix, layer_names)
         apply_edits(model, replayed, matrix, manifest.mode, inputs if manifest.mode == "band" else None)
         with tempfile.TemporaryDirectory(prefix="factstore-rebuild-") as tmp:
             layout.write_weights(model, Path(tmp))

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
 from factstore.rome.hooks import layers_inputs
+from factstore.rome.names import name_ends, name_tokens
 from factstore.rome.prompts import pad_right
 
 TEXT_TOKENS = 256  # each text is cut to this many tokens (held-out perplexity rows are cut alike)
@@ -36,12 +37,16 @@ class MomentState:
     totals: dict[int, torch.Tensor]  # layer -> (d_ff, d_ff) float64 sum of k k^T
     tokens: int  # keys summed so far (per layer)
     done: int  # batches of the plan already summed
+    # layer -> (d_ff, d_ff) float64 sum of k k^T over the keys at name ends (rome/names.py) among them
+    name_totals: dict[int, torch.Tensor]
+    names: int  # keys summed into name_totals (per layer)
 
     @classmethod
     def empty(cls, dims: dict[int, int]) -> MomentState:
-        return cls(
-            totals={layer: torch.zeros(d, d, dtype=torch.float64) for layer, d in dims.items()}, tokens=0, done=0
-        )
+        def zeros() -> dict[int, torch.Tensor]:
+            return {layer: torch.zeros(d, d, dtype=torch.float64) for layer, d in dims.items()}
+
+        return cls(totals=zeros(), tokens=0, done=0, name_totals=zeros(), names=0)
 
     def moment(self, layer: int) -> torch.Tensor:
         return self.totals[layer] / max(self.tokens, 1)
@@ -50,6 +55,20 @@ class MomentState:
 def _rows(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[list[int]]:
     rows = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
     return [r for r in rows if r] or [[0]]
+
+
+def _name_positions(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, cut: int
+) -> torch.Tensor:
+    """Where the tokens that end a name (rome/names.py) are among the real tokens of _rows(TEXTS)
+    counted row-major (the order accumulate's keys come in), those before CUT only."""
+    flat: list[int] = []
+    seen = 0  # real tokens of the rows before this one
+    for text in texts:
+        enc = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
+        flat += [seen + t for t in name_tokens(enc["offset_mapping"], name_ends(text)) if seen + t < cut]
+        seen += len(enc["input_ids"])
+    return torch.tensor(flat, dtype=torch.long)
 
 
 def text_width(model: PreTrainedModel) -> int:
@@ -89,15 +108,18 @@ def accumulate(
     width = text_width(model)
     state = state or MomentState.empty({layer: arch.down_proj_weight(model, layer).shape[1] for layer in layers})
     for planned in batches[state.done :]:
-        rows = _rows(tokenizer, texts[planned.index * BATCH_TEXTS : (planned.index + 1) * BATCH_TEXTS], width)
-        ids, mask = pad_right(rows)
+        batch = texts[planned.index * BATCH_TEXTS : (planned.index + 1) * BATCH_TEXTS]
+        ids, mask = pad_right(_rows(tokenizer, batch, width))
+        names = _name_positions(tokenizer, batch, width, planned.keys)
         found = layers_inputs(model, list(layers), ids.to(device), mask.to(device))
         for layer in layers:
-            keys = found[layer][mask.to(found[layer].device).bool()].double()[
-                : planned.keys
-            ]  # (n, d_ff), row-major over the batch
+            # (n, d_ff), row-major over the batch's real tokens
+            keys = found[layer][mask.to(found[layer].device).bool()].double()[: planned.keys]
             state.totals[layer] += (keys.T @ keys).cpu()
+            named = keys[names.to(keys.device)]  # (m, d_ff)
+            state.name_totals[layer] += (named.T @ named).cpu()
         state.tokens += planned.keys
+        state.names += len(names)
         state.done += 1
         if on_batch:
             on_batch(state)

@@ -40,12 +40,18 @@ class ROMEHyperParams:
     # key at each layer: a prompt that starts the sequence (no BOS: SmolLM2) puts the subject on
     # the attention sink, where its keys differ most from the templated ones. 0: the plain mean
     band_plain_weight: int = 0
+    # rho: a band layer's solve holds its update to C + rho N, N the second moment of the corpus's
+    # keys at name ends (rome/names.py), which C barely weighs: other subjects' keys, which a long
+    # log otherwise moves (issue 25). 0: C alone
+    band_names_weight: float = 0.0
 
     def __post_init__(self) -> None:  # hyperparameters arrive from pulled manifests too
         if not (isinstance(self.band, int) and 1 <= self.band <= 64):
             raise ValueError(f"band must be a whole number of layers from 1 to 64, not {self.band!r}")
         if not (0 < self.band_weight <= 1e12 and 0 <= self.band_alpha <= 1e6 and 1 <= self.band_boost <= 100):
             raise ValueError("band_weight must be in (0, 1e12], band_alpha in [0, 1e6] and band_boost in [1, 100]")
+        if not 0 <= self.band_names_weight <= 1e6:
+            raise ValueError(f"band_names_weight must be in [0, 1e6], not {self.band_names_weight!r}")
         if not (isinstance(self.band_plain_weight, int) and 0 <= self.band_plain_weight <= 1000):
             raise ValueError(f"band_plain_weight must be a whole number from 0 to 1000, not {self.band_plain_weight!r}")
 
@@ -53,11 +59,11 @@ class ROMEHyperParams:
         data = asdict(self)
         if data["top1_patience"] is None:
             del data["top1_patience"]  # fields added later stay out when off: older fingerprints still match
-        for name, off in (("band_boost", 1.0), ("band_plain_weight", 0)):
+        for name, off in (("band_boost", 1.0), ("band_plain_weight", 0), ("band_names_weight", 0.0)):
             if data[name] == off:
                 del data[name]
         if data["band"] == 1:
-            for name in ("band", "band_weight", "band_alpha", "band_boost", "band_plain_weight"):
+            for name in ("band", "band_weight", "band_alpha", "band_boost", "band_plain_weight", "band_names_weight"):
                 data.pop(name, None)
         data["context_lengths"] = [list(x) for x in self.context_lengths]
         data["value_context_lengths"] = [list(x) for x in self.value_context_lengths]

@@ -7,10 +7,11 @@ was computed, MEMIT's way: walking up the band, each layer asked for its share o
 still missing of the edit's shift at layer L, after the layers below were written
 (`measure_asks`). A compile is then linear algebra over stored vectors, per layer
 
-    dW_l = R_l K_l^T (weight (C_l + alpha mean(diag C_l) I) + K_l K_l^T)^-1
+    dW_l = R_l K_l^T (weight (C_l + rho N_l + alpha mean(diag C_l) I) + K_l K_l^T)^-1
 
 over every ask that reaches l (MEMIT's soft solve with ENCORE's alpha I; every earlier edit's
-key is in the solve): deterministic, the same bytes wherever the vectors and C are the same.
+key is in the solve; N_l the moment of keys at name ends of C's corpus, weighed rho =
+band_names_weight: `held`): deterministic, the same bytes wherever the vectors and C are the same.
 A single-layer edit asks one layer for its whole shift, v* - W0 k* - b.
 """
 
@@ -50,11 +51,26 @@ def settings(edits: Sequence[LoggedEdit[Any]], default: tuple[float, float]) -> 
     with other settings cannot share one solve (the head they were measured on would not be
     the release)."""
     found = {(float(e.hparams["band_weight"]), float(e.hparams.get("band_alpha", 0.0))) for e in edits if e.band}
+    if len({names_weight(e) for e in edits if e.band}) > 1:
+        raise CompileError(
+            "the log's band edits were registered with different band names weights; retract or re-register them with one"
+        )
     if len(found) > 1:
         raise CompileError(
             f"the log's band edits were registered with {len(found)} different band weights; retract or re-register them with one"
         )
     return found.pop() if found else default
+
+
+def names_weight(edit: LoggedEdit[Any]) -> float:
+    """The band_names_weight rho an edit was registered with (0 before the setting existed)."""
+    return float(edit.hparams.get("band_names_weight", 0.0))
+
+
+def held(C: torch.Tensor, names: Callable[[], torch.Tensor], rho: float) -> torch.Tensor:
+    """C + RHO N (in, in), N = NAMES() the names moment of C's file: the matrix a band layer's
+    soft solve holds its update to (C alone when RHO is 0, without reading N)."""
+    return C if rho == 0 else C + rho * names().to(C)
 
 
 def key_prompts(request: EditRequest, templates: list[str], plain_weight: int) -> list[tuple[str, str]]:

@@ -216,14 +216,13 @@ def apply_edits(
             )
         _by_layer(model, edits)  # every edit's module checked first
         if mode == "band":  # linear algebra over the stored per-layer vectors; soft: nothing to check after
-            layer_cov = inputs.covariance
-            band.apply_band(
-                model,
-                edits,
-                edit_vectors,
-                lambda e, layer: covariance(e.covariance_id) if layer == e.layer else layer_cov(e, layer),
-                soft_settings(mode, edits),
-            )
+            layer_cov, names = inputs.covariance, inputs.names
+
+            def held(e: LoggedEdit[HandleT], layer: int) -> torch.Tensor:
+                C = covariance(e.covariance_id) if layer == e.layer else layer_cov(e, layer)
+                return band.held(C, lambda: names(e, layer), band.names_weight(e))
+
+            band.apply_band(model, edits, edit_vectors, held, soft_settings(mode, edits))
             return
         apply_spread(model, edits, covariance, edit_vectors, inputs, lambda layer: tolerance(model, layer))
     elif mode == "sequential":

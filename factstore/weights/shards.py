@@ -56,8 +56,9 @@ def _holds(path: Path, spec: stats.StatsSpec, shard: int, of: int) -> bool:
         return False
     with safe_open(str(path), "pt") as fh:
         meta = fh.metadata() or {}
-        return {k: meta.get(k) for k in ("spec", "shard", "of")} == _meta(spec, shard, of) and list(fh.keys()) == [
-            "total"
+        return {k: meta.get(k) for k in ("spec", "shard", "of")} == _meta(spec, shard, of) and sorted(fh.keys()) == [
+            "names_total",
+            "total",
         ]
 
 
@@ -91,8 +92,9 @@ def compute(
 
             state: MomentState = stats.run_batches(model, tokenizer, specs, corpus, batches, partial, step)
         for spec in specs:
-            meta = {**_meta(spec, shard, of), "tokens": str(state.tokens)}
-            stats.save({"total": state.totals[spec.layer]}, meta, paths[spec.layer])
+            meta = {**_meta(spec, shard, of), "tokens": str(state.tokens), "names": str(state.names)}
+            tensors = {"total": state.totals[spec.layer], "names_total": state.name_totals[spec.layer]}
+            stats.save(tensors, meta, paths[spec.layer])
         partial.unlink(missing_ok=True)
     found = []
     for spec in specs:
@@ -110,7 +112,8 @@ def merge(spec: stats.StatsSpec, paths: list[Path], expected_tokens: int) -> sta
     must sum EXPECTED_TOKENS keys (what the single pass sums). Reads one file at a time."""
     of = len(paths)
     total: torch.Tensor | None = None
-    tokens = 0
+    names_total: torch.Tensor | None = None
+    tokens = names = 0
     for shard, path in enumerate(paths):
         if not _holds(path, spec, shard, of):
             raise StatisticsError(
@@ -119,15 +122,18 @@ def merge(spec: stats.StatsSpec, paths: list[Path], expected_tokens: int) -> sta
             )
         with safe_open(str(path), "pt") as fh:
             meta = fh.metadata() or {}
-            part = fh.get_tensor("total")
+            part, named = fh.get_tensor("total"), fh.get_tensor("names_total")
         _check_sum(part, total, path.name)
+        _check_sum(named, part, path.name)
         total = part if total is None else total + part
+        names_total = named if names_total is None else names_total + named
         tokens += int(meta["tokens"])
-    if total is None or tokens != expected_tokens:
+        names += int(meta.get("names", "-1"))
+    if total is None or names_total is None or tokens != expected_tokens or not 0 <= names <= tokens:
         raise StatisticsError(
             f"the {of} shards of layer {spec.layer} hold {tokens} keys, a single pass sums {expected_tokens}; compute them again"
         )
-    return stats.write_final(spec, total, tokens)
+    return stats.write_final(spec, stats.LayerSums(total, tokens, names_total, names))
 
 
 def merge_found(spec: stats.StatsSpec, expected_tokens: int, folders: list[Path] | None = None) -> stats.StatsFile:

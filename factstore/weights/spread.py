@@ -46,6 +46,8 @@ class LayerInputs(Generic[HandleT]):
     templates: Callable[[LoggedEdit[Any]], list[str]]  # the context templates an edit's k* was averaged over
     # C of a layer, of the corpus and size the edit's C has
     covariance: Callable[[LoggedEdit[HandleT], int], torch.Tensor]
+    # the names moment of the C file an edit's band solve reads on a layer (weights/band.held)
+    names: Callable[[LoggedEdit[HandleT], int], torch.Tensor]
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,10 +86,19 @@ def _partial_state(path: Path, layers: list[int]) -> MomentState | None:
         return None
     with safe_open(str(path), "pt") as fh:
         meta = fh.metadata()
-        if "done" not in meta or sorted(fh.keys()) != sorted(f"total.{layer}" for layer in layers):
+        wanted = sorted(f"{kind}.{layer}" for layer in layers for kind in ("total", "names"))
+        if "done" not in meta or "names" not in meta or sorted(fh.keys()) != wanted:
             return None
-        totals = {layer: fh.get_tensor(f"total.{layer}") for layer in layers}
-    return MomentState(totals=totals, tokens=int(meta["tokens"]), done=int(meta["done"]))
+        totals, names = ({layer: fh.get_tensor(f"{kind}.{layer}") for layer in layers} for kind in ("total", "names"))
+    return MomentState(
+        totals=totals, tokens=int(meta["tokens"]), done=int(meta["done"]), name_totals=names, names=int(meta["names"])
+    )
+
+
+def _checkpoint(state: MomentState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors = {f"total.{layer}": total for layer, total in state.totals.items()}
+    tensors |= {f"names.{layer}": total for layer, total in state.name_totals.items()}
+    return tensors, {"tokens": str(state.tokens), "done": str(state.done), "names": str(state.names)}
 
 
 def stats_spec(identity: str, model: PreTrainedModel, layer: int, corpus: Corpus, tokens: int, dtype: str) -> StatsSpec:
@@ -149,8 +158,7 @@ def run_batches(
         nonlocal last_save
         advance(st.tokens)
         if time.monotonic() - last_save >= CHECKPOINT_SECONDS:
-            tensors = {f"total.{layer}": total for layer, total in st.totals.items()}
-            save(tensors, {"tokens": str(st.tokens), "done": str(st.done)}, partial)
+            save(*_checkpoint(st), partial)
             last_save = time.monotonic()
 
     if state:
@@ -162,15 +170,33 @@ def work_key(specs: list[StatsSpec]) -> str:
     return hashlib.sha256("|".join(sorted(s.key() for s in specs)).encode()).hexdigest()
 
 
-def write_final(spec: StatsSpec, total: torch.Tensor, tokens: int) -> StatsFile:
-    moment = (total / max(tokens, 1)).to(getattr(torch, spec.dtype)).contiguous()
-    meta = {
-        **{k: str(v) for k, v in spec.__dict__.items()},
-        "tokens": str(tokens),
-    }  # keys summed (the budget when the corpus sufficed)
+@dataclass(frozen=True)
+class LayerSums:
+    """One layer's float64 sums of k k^T over a corpus's keys, and over those at name ends."""
+
+    total: torch.Tensor  # (d_ff, d_ff)
+    tokens: int
+    names_total: torch.Tensor  # (d_ff, d_ff)
+    names: int
+
+    @classmethod
+    def of(cls, state: MomentState, layer: int) -> LayerSums:
+        return cls(state.totals[layer], state.tokens, state.name_totals[layer], state.names)
+
+
+def write_final(spec: StatsSpec, sums: LayerSums) -> StatsFile:
+    """The C file of SPEC: "C" = E[k k^T] over every key, "names" = E[k k^T] over the keys at name
+    ends (what a band solve's band_names_weight weighs more; weights/band.py)."""
+    dtype = getattr(torch, spec.dtype)
+    tensors = {
+        "C": (sums.total / max(sums.tokens, 1)).to(dtype).contiguous(),
+        "names": (sums.names_total / max(sums.names, 1)).to(dtype).contiguous(),
+    }
+    # keys summed (the budget when the corpus sufficed), and how many of them end a name
+    meta = {**{k: str(v) for k, v in spec.__dict__.items()}, "tokens": str(sums.tokens), "names": str(sums.names)}
     final = _final_path(spec)
-    save({"C": moment}, meta, final)
-    return StatsFile(spec, final, file_sha256(final), tokens)
+    save(tensors, meta, final)
+    return StatsFile(spec, final, file_sha256(final), sums.tokens)
 
 
 def compute_many(
@@ -187,7 +213,7 @@ def compute_many(
         with progress.task(f"key statistics, layer {layers}", sum(b.keys for b in batches)) as advance:
             state = run_batches(model, tokenizer, todo, corpus, batches, partial, advance)
         for spec in todo:
-            write_final(spec, state.totals[spec.layer], state.tokens)
+            write_final(spec, LayerSums.of(state, spec.layer))
         partial.unlink(missing_ok=True)
     return [hit for s in specs if (hit := cached(s)) is not None]
 
@@ -222,8 +248,9 @@ HEADER_BYTES = 64 << 10  # a C file's safetensors header and metadata (the spec)
 
 
 def max_file_bytes(dim: int, dtype: str) -> int:
-    """The most bytes a C file of one (DIM, DIM) matrix of DTYPE can hold: a larger file is not one."""
-    return dim * dim * torch.empty((), dtype=getattr(torch, dtype)).element_size() + HEADER_BYTES
+    """The most bytes a C file of two (DIM, DIM) matrices of DTYPE (C and its names' moment) can
+    hold: a larger file is not one."""
+    return 2 * dim * dim * torch.empty((), dtype=getattr(torch, dtype)).element_size() + HEADER_BYTES
 
 
 SHIPPED = "shipped"  # the cache folder of C files that came from elsewhere (a release, a statistics repository)
@@ -298,24 +325,36 @@ def _check_shipped(path: Path, expected_sha256: str, spec: StatsSpec, dim: int) 
         raise StatisticsError(f"{what} do not match the sha256 recorded for them; refused")
     try:
         with safe_open(str(path), "pt") as fh:
-            meta, names = fh.metadata() or {}, list(fh.keys())
-            shape = fh.get_slice("C").get_shape() if names == ["C"] else None
-            C = fh.get_tensor("C") if shape == [dim, dim] else None  # the size is checked before anything is loaded
+            meta, names = fh.metadata() or {}, sorted(fh.keys())
+            fits = names in (["C"], ["C", "names"]) and all(fh.get_slice(n).get_shape() == [dim, dim] for n in names)
+            found = {n: fh.get_tensor(n) for n in names} if fits else {}  # sizes checked before anything is loaded
     except Exception as exc:  # a file that is not safetensors at all
         raise StatisticsError(f"{what} cannot be read ({type(exc).__name__}); refused") from None
     wrong = [k for k, v in spec.__dict__.items() if meta.get(k) != str(v)]
     if wrong:
         raise StatisticsError(f"{what} were computed for other settings ({', '.join(wrong)}); refused")
-    if (
-        C is None
-        or str(C.dtype).removeprefix("torch.") != spec.dtype
-        or not bool(torch.isfinite(C).all())
-        or not torch.allclose(C, C.T, rtol=1e-5, atol=0)
-        or int(torch.linalg.cholesky_ex(C.double()).info) != 0
-    ):
+    C, named = found.get("C"), found.get("names")
+    if C is None or not _moment(C, spec.dtype) or int(torch.linalg.cholesky_ex(C.double()).info) != 0:
         raise StatisticsError(
             f"{what} are not a finite, symmetric, positive definite {dim}x{dim} {spec.dtype} matrix; refused"
         )
+    if named is not None and not (_moment(named, spec.dtype) and _semidefinite(named)):
+        raise StatisticsError(
+            f"{what} hold a names moment that is not a finite, symmetric, positive semidefinite {spec.dtype} matrix; refused"
+        )
+
+
+def _moment(M: torch.Tensor, dtype: str) -> bool:
+    return (
+        str(M.dtype).removeprefix("torch.") == dtype
+        and bool(torch.isfinite(M).all())
+        and torch.allclose(M, M.T, rtol=1e-5, atol=0)
+    )
+
+
+def _semidefinite(M: torch.Tensor) -> bool:
+    values = torch.linalg.eigvalsh(M.double())  # ascending
+    return bool(values[0] >= -1e-6 * max(float(values[-1]), 1e-30))
 
 
 def load_matrix(path: Path, expected_sha256: str | None = None) -> torch.Tensor:
@@ -326,6 +365,12 @@ def load_matrix(path: Path, expected_sha256: str | None = None) -> torch.Tensor:
     return load_file(str(path))["C"]
 
 
+def load_names(path: Path) -> torch.Tensor | None:
+    """The file's moment over keys at name ends (None: a file of a factstore before it had one)."""
+    with safe_open(str(path), "pt") as fh:
+        return fh.get_tensor("names") if "names" in list(fh.keys()) else None
+
+
 class MatrixCache:
     """C matrices by covariance id, read once from disk and checked against their sha256.
 
@@ -334,10 +379,11 @@ class MatrixCache:
     def __init__(self, lookup: Callable[[int], Covariance]) -> None:
         self.lookup = lookup
         self._loaded: dict[int, torch.Tensor] = {}
+        self._names: dict[int, torch.Tensor] = {}
+        self._paths: dict[int, Path] = {}
 
     def __call__(self, cov_id: int | None) -> torch.Tensor:
-        if cov_id is None:
-            raise StatisticsError("an edit has no key statistics recorded; it cannot be replayed")
+        cov_id = _recorded(cov_id)
         if cov_id not in self._loaded:
             cov = self.lookup(cov_id)
             path = local_file(cov)
@@ -346,4 +392,26 @@ class MatrixCache:
                     f"the key statistics file {cov.path} is missing; recompute it with `factstore stats compute --layer {cov.layer}`"
                 )
             self._loaded[cov_id] = load_matrix(path, cov.sha256).float()
+            self._paths[cov_id] = path
         return self._loaded[cov_id]
+
+    def names(self, cov_id: int | None) -> torch.Tensor:
+        """The names moment of the C file of COV_ID (read after its sha256 was checked by __call__)."""
+        self(cov_id)
+        cov_id = _recorded(cov_id)
+        if cov_id not in self._names:
+            found = load_names(self._paths[cov_id])
+            if found is None:
+                cov = self.lookup(cov_id)
+                raise StatisticsError(
+                    f"the key statistics of layer {cov.layer} predate the names moment a band_names_weight needs; "
+                    f"compute them again (`factstore stats compute --layer {cov.layer}` after deleting {Path(cov.path).name})"
+                )
+            self._names[cov_id] = found.float()
+        return self._names[cov_id]
+
+
+def _recorded(cov_id: int | None) -> int:
+    if cov_id is None:
+        raise StatisticsError("an edit has no key statistics recorded; it cannot be replayed")
+    return cov_id
