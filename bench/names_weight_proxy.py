@@ -31,7 +31,9 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=1.0)
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 4, 8])
     parser.add_argument("--rhos", type=float, nargs="+", default=[0.03, 0.1, 0.3, 1.0])
-    parser.add_argument("--scales", type=float, nargs="*", default=[1.3], help="rows s w C: the line a larger w moves on")
+    parser.add_argument(
+        "--scales", type=float, nargs="*", default=[1.3], help="rows s w C: the line a larger w moves on"
+    )
     args = parser.parse_args()
 
     import torch
@@ -45,7 +47,9 @@ def main() -> None:
     hp = session.settings.defaults
     edited = read_records(args.dataset, args.n)
     named = {r.request.subject for r in edited}
-    others = [r for r in read_records(args.control, args.control_n + args.neighbour_n) if r.request.subject not in named]
+    others = [
+        r for r in read_records(args.control, args.control_n + args.neighbour_n) if r.request.subject not in named
+    ]
     control, neighbours = others[: args.control_n], others[args.control_n :]
     covs = {c.layer: c for c in session.covariances(args.layers, hp)}
 

@@ -1,8 +1,9 @@
-"""Never-edited subjects' keys held in each band layer's solve (issue 25, an experiment).
+"""Never-edited subjects' keys held in each band layer's solve, and the names moment (issue 25).
 
     FACTSTORE_HOME=H python bench/neighbour_keys.py --run-dir DIR \\
         --dataset ../shared/data/counterfact_val_1000.json --n 1000 \\
-        --control ../shared/data/counterfact_500.json --control-n 200 --neighbour-n 300 --betas 0 1 10
+        --control ../shared/data/counterfact_500.json --control-n 200 --neighbour-n 300 --betas 0 1 10 \
+        [--rhos 0 0.1 0.3]
 
 A band log's soft solve holds each layer's update to w C (C: keys of ordinary text). Under a long
 log, facts no edit names move too (the control of bench/retraction_control.py rises with the
@@ -11,7 +12,9 @@ of --neighbour-n subjects no edit names (records of --control after the first --
 own prompt, measured on the base model) with weight BETA each, as if each were an edit asking
 for no change: A = w C + BETA K_n K_n^T. Scored on the log's records (with held-out perplexity)
 and on the first --control-n records of --control whose subjects neither an edit nor a neighbour
-names. Prints a Markdown table.
+names. --rhos: each beta also with A = w (C + RHO N) + BETA K_n K_n^T, N the names moment of
+C's file (band_names_weight, rome/names.py); without --rhos, the log's own rho. Prints a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ def main() -> None:
     run_folder.add_control_arguments(parser, "the control records (the first --control-n), then the neighbours")
     parser.add_argument("--neighbour-n", type=int, default=300)
     parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 1.0, 10.0])
+    parser.add_argument(
+        "--rhos", type=float, nargs="+", default=None, help="band_names_weight values (default: the log's)"
+    )
     parser.add_argument("--heldout-tokens", type=int, default=20_000)
     args = parser.parse_args()
 
@@ -50,19 +56,24 @@ def main() -> None:
     control = [r for r in control if r.request.subject not in neighbour_subjects]
     asks, last = band.collect(edits, edit_vectors, lambda n: (arch.down_proj_weight(session.model, n), None))
     layers = sorted(asks)
-    with session.base_weights():
-        sets = [[(r.request.prompt, r.request.subject)] for r in neighbours]
-        keys = {n: k.double() for n, k in subject_keys(session.model, session.tokenizer, sets, layers).items()}
+    keys = {}
+    if neighbours and any(args.betas):
+        with session.base_weights():
+            sets = [[(r.request.prompt, r.request.subject)] for r in neighbours]
+            keys = {n: k.double() for n, k in subject_keys(session.model, session.tokenizer, sets, layers).items()}
     print(f"{len(edits)} edits, {len(records)} records, {len(control)} control, {len(neighbours)} neighbour keys")
-    print("| beta | log ES | log PS | log NS | perplexity | control ES | control PS | control NS | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| rho | beta | log ES | log PS | log NS | perplexity | control ES | control PS | control NS | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    logged = band.names_weight(edits[-1])
 
-    def solve(beta: float) -> dict[int, Any]:
-        """{layer: dW (out, in)} of each band layer's solve with the neighbours' keys held at BETA."""
+    def solve(rho: float, beta: float) -> dict[int, Any]:
+        """{layer: dW (out, in)} of each band layer's solve with the names moment at RHO and the neighbours' keys at BETA."""
         deltas = {}
         for layer, rows in sorted(asks.items()):
-            C = session.layer_covariance(last[layer], layer).double()
-            held = C + (beta / weight) * keys[layer].T @ keys[layer]  # w C' = w C + beta K_n K_n^T
+            C = session.statistics.band_matrix(last[layer].covariance_id, layer, rho).double()
+            held = (
+                C + (beta / weight) * keys[layer].T @ keys[layer] if beta else C
+            )  # w C' = w (C + rho N) + beta K_n K_n^T
             deltas[layer] = band.layer_delta(rows, held, (weight, alpha))
         return deltas
 
@@ -70,14 +81,14 @@ def main() -> None:
         for layer, delta in deltas.items():
             add_delta(model, layer, delta)
 
-    for beta in args.betas:
+    for rho, beta in [(r, b) for r in (args.rhos or [logged]) for b in args.betas]:
         clock = time.perf_counter()
-        deltas = solve(beta)  # once for both groups of records
+        deltas = solve(rho, beta)  # once for both groups of records
         log = score_variant(session, records, lambda m, d=deltas: apply(m, d), heldout)
         ctl = score_variant(session, control, lambda m, d=deltas: apply(m, d), None)
         cells = [log["ES"], log["PS"], log["NS"], log["perplexity"], ctl["ES"], ctl["PS"], ctl["NS"]]
         print(
-            f"| {beta:g} | " + " | ".join(f"{c:.2f}" if i == 3 else f"{c:.1f}" for i, c in enumerate(cells)),
+            f"| {rho:g} | {beta:g} | " + " | ".join(f"{c:.2f}" if i == 3 else f"{c:.1f}" for i, c in enumerate(cells)),
             f"| {time.perf_counter() - clock:.0f} |",
             flush=True,
         )

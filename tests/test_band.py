@@ -357,3 +357,23 @@ def test_a_band_log_with_a_names_weight_holds_its_solves_to_the_names_moment_too
     assert all(float((a - b).norm()) > 1e-6 for a, b in zip(_layers(compiled, band), _layers(alone, band)))
     result = import_release(_team_store(tiny_store, tmp_path), Path(release.path), "team")
     assert result.rebuilt_identical and result.edits_added == 4
+
+
+def test_a_names_weight_on_statistics_without_a_names_moment_is_refused_and_nothing_is_stored(
+    tiny_store, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """C files written before the names moment existed hold C alone: a band edit that would weigh
+    the moment stops in one line, and the log is as it was."""
+    from dataclasses import replace
+
+    from factstore.errors import StatisticsError
+    from factstore.weights import stats
+
+    monkeypatch.setattr(stats, "load_names", lambda path: None)  # as an older factstore wrote them
+    session = EditSession(tiny_store, "tiny", device="cpu", band=2)
+    session.settings.defaults = replace(session.settings.defaults, band_names_weight=0.5)
+    with pytest.raises(StatisticsError, match="computed before factstore kept their names moment"):
+        session.add(EditRequest(PROMPT, *FACTS[0]))
+    assert tiny_store.list_edits(1) == []
+    session.settings.defaults = replace(session.settings.defaults, band_names_weight=0.0)
+    assert len(session.add(EditRequest(PROMPT, *FACTS[0])).edit.band) == 2  # C alone still serves

@@ -240,3 +240,33 @@ def test_a_pulled_c_is_taken_by_its_spec_never_for_being_newest(
 
     fresh = EditSession(tiny_store, "tiny", device="cpu")
     assert fresh.covariance(layer, fresh.hparams(layer)).id == legit.id
+
+
+@pytest.mark.parametrize(
+    ("names", "refusal"),
+    [
+        (-torch.eye(4), "names moment that is not a finite, symmetric, positive semidefinite"),
+        (torch.ones(4, 4).triu(), "names moment that is not a finite, symmetric, positive semidefinite"),
+        (torch.eye(5), "not a finite, symmetric, positive definite 4x4"),
+        (torch.eye(4), None),
+    ],
+)
+def test_a_shipped_c_files_names_moment_is_checked_like_c(
+    tmp_path: Path, names: torch.Tensor, refusal: str | None
+) -> None:
+    """A C file from a release or a statistics repository may carry its names moment (band solves
+    weigh it); one that is not a moment of keys, or of another size, refuses the whole file."""
+    from safetensors.torch import save_file
+
+    from factstore.files import file_sha256
+
+    spec = stats.StatsSpec("sha256:test", 1, "mlp", "c" * 64, 100, "float32")
+    source = tmp_path / "shipped.safetensors"
+    meta = {**{k: str(v) for k, v in spec.__dict__.items()}, "tokens": "100", "names": "7"}
+    save_file({"C": torch.eye(4), "names": names.float()}, str(source), metadata=meta)
+    if refusal is None:
+        found = stats.install_shipped(source, file_sha256(source), spec, 4)
+        assert torch.equal(stats.load_names(found.path), torch.eye(4))  # type: ignore[arg-type]
+        return
+    with pytest.raises(StatisticsError, match=refusal):
+        stats.install_shipped(source, file_sha256(source), spec, 4)

@@ -404,8 +404,8 @@ class MatrixCache:
             if found is None:
                 cov = self.lookup(cov_id)
                 raise StatisticsError(
-                    f"the key statistics of layer {cov.layer} predate the names moment a band_names_weight needs; "
-                    f"compute them again (`factstore stats compute --layer {cov.layer}` after deleting {Path(cov.path).name})"
+                    f"the key statistics of layer {cov.layer} were computed before factstore kept their names moment, "
+                    "which band_names_weight needs; register this band log with band_names_weight=0, or on a store whose statistics are new"
                 )
             self._names[cov_id] = found.float()
         return self._names[cov_id]
