@@ -78,7 +78,8 @@ def test_statistics_resume_after_an_interruption(
     monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path / "cache"))
     model = random_gpt2(seed=0)
     texts = [f"Sentence number {i} talks about the city of Paris and the river." for i in range(64)]
-    whole = accumulate_second_moment(model, gpt2_tokenizer, texts, 1, 700).moment(1)
+    state = accumulate_second_moment(model, gpt2_tokenizer, texts, 1, 700)
+    whole = state.moment(1)
 
     text = corpus.Corpus("test", "c" * 64, texts)
     spec = stats.StatsSpec("sha256:test", 1, arch.down_proj_name(model, 1), text.sha256, 700, "float64")
@@ -98,3 +99,6 @@ def test_statistics_resume_after_an_interruption(
     resumed = stats.compute(model, gpt2_tokenizer, spec, text)
     assert resumed.tokens == 700
     assert torch.allclose(stats.load_matrix(resumed.path, resumed.sha256), whole, rtol=0, atol=1e-12)
+    names = stats.load_names(resumed.path, resumed.sha256)  # the checkpoint kept the names' sums too
+    assert state.names == 50 and names is not None  # one "Paris" per text, the texts the budget reaches
+    assert torch.allclose(names, state.name_totals[1] / state.names, rtol=0, atol=1e-12)

@@ -18,11 +18,13 @@ from factstore.rome.names import name_ends, name_tokens
         ("plain lower case text, nothing named", []),
         ("Émile Zola lived in Médan", ["Émile Zola", "Médan"]),
         ("", []),
+        ("We saw Paris's museums and Wales' hills", ["Paris", "Wales"]),
     ],
 )
 def test_a_name_is_a_run_of_capitalised_words_not_a_sentences_first_word(text: str, names: list[str]) -> None:
     # only where each name ends matters (its last token's key): one end per run of capitals
     assert [text[:end].split()[-1] for end in name_ends(text)] == [name.split()[-1] for name in names]
+    assert all(text[end - 1].isalnum() for end in name_ends(text))
 
 
 def test_a_names_last_token_is_the_one_holding_its_last_character() -> None:

@@ -66,6 +66,15 @@ def test_the_names_moment_is_the_mean_of_the_keys_that_end_a_name(gpt2_tokenizer
     names = stats.load_names(found.path)
     assert names is not None
     assert torch.allclose(names, K.T @ K / len(named), rtol=1e-6, atol=1e-9)
+    # a budget that ends just before the 11th text's "Paris" sums the first 10 names only
+    lengths = [len(gpt2_tokenizer(t)["input_ids"]) for t in text.texts]
+    at = sum(lengths[:10]) + [gpt2_tokenizer.decode(i) for i in gpt2_tokenizer(text.texts[10])["input_ids"]].index(
+        " Paris"
+    )
+    cut = stats.compute(model, gpt2_tokenizer, _spec(model, text, 1, tokens=at), text)
+    cut_names = stats.load_names(cut.path)
+    assert cut_names is not None and cut.tokens == at
+    assert torch.allclose(cut_names, K[:10].T @ K[:10] / 10, rtol=1e-6, atol=1e-9)
 
 
 def test_merge_refuses_a_missing_or_foreign_shard(
@@ -248,7 +257,10 @@ def test_a_pulled_c_is_taken_by_its_spec_never_for_being_newest(
         (-torch.eye(4), "names moment that is not a finite, symmetric, positive semidefinite"),
         (torch.ones(4, 4).triu(), "names moment that is not a finite, symmetric, positive semidefinite"),
         (torch.eye(5), "not a finite, symmetric, positive definite 4x4"),
+        (torch.eye(4) * float("nan"), "names moment that is not a finite"),
+        (torch.eye(4) * 1e3, "at most 100 times C's trace"),
         (torch.eye(4), None),
+        (torch.zeros(4, 4), None),  # a corpus without names
     ],
 )
 def test_a_shipped_c_files_names_moment_is_checked_like_c(
@@ -266,7 +278,7 @@ def test_a_shipped_c_files_names_moment_is_checked_like_c(
     save_file({"C": torch.eye(4), "names": names.float()}, str(source), metadata=meta)
     if refusal is None:
         found = stats.install_shipped(source, file_sha256(source), spec, 4)
-        assert torch.equal(stats.load_names(found.path), torch.eye(4))  # type: ignore[arg-type]
+        assert torch.equal(stats.load_names(found.path, found.sha256), names)  # type: ignore[arg-type]
         return
     with pytest.raises(StatisticsError, match=refusal):
         stats.install_shipped(source, file_sha256(source), spec, 4)

@@ -122,6 +122,10 @@ class EditSession:
             raise InvalidEditRequest(
                 f"this model's log was registered with band weight {self._band_soft(self.applied)[0]:g}; one log takes one"
             )
+        if {band.names_weight(e) for e in self.applied if e.band} - {hp.band_names_weight}:
+            raise InvalidEditRequest(
+                "this model's log was registered with another band names weight; one log takes one"
+            )
         layers = spread_layers(hp.layer, hp.band)
         self._originals.add(layers)
         own = self.store.get_covariance(cov.id)  # C of every layer below first, in one pass, before any write

@@ -481,6 +481,7 @@ class _ReleaseMatrices:
     ) -> None:
         self.store, self.covariances, self.identity, self.model = store, covariances, identity, model
         self.in_store = MatrixCache(store.get_covariance)
+        self._names: dict[str, torch.Tensor] = {}
 
     def matrix(self, handle: int | str | None) -> torch.Tensor:
         return self.covariances[handle][1] if isinstance(handle, str) else self.in_store(handle)
@@ -489,12 +490,13 @@ class _ReleaseMatrices:
         """The names moment of the C file of HANDLE (band_names_weight; weights/band.held)."""
         if not isinstance(handle, str):
             return self.in_store.names(handle)
-        found = stats.load_names(Path(self.covariances[handle][0].path))
-        if found is None:
-            raise ReleaseVerificationError(
-                "the release's key statistics have no names moment, which its edits' band_names_weight needs"
-            )
-        return found.float()
+        if handle not in self._names:
+            record = self.covariances[handle][0]
+            found = stats.load_names(Path(record.path), record.sha256)  # the bytes C was checked in
+            if found is None:
+                raise ReleaseVerificationError(str(stats.names_missing(Path(record.path))))
+            self._names[handle] = found.float()
+        return self._names[handle]
 
     def layer_handle(self, edit: LoggedEdit[int | str | None], layer: int) -> int | str | None:
         """The handle of LAYER's C with the spec of the edit's own C (the release's, or the store's for local edits)."""
@@ -577,7 +579,10 @@ def _check_rebuild(
             judged = claims.check_heads(model, loaded.tokenizer, replayed, todo, templates, matrix, progress)
         restore()
         inputs = LayerInputs(loaded.tokenizer, templates, layer_matrix, layer_names)
-        apply_edits(model, replayed, matrix, manifest.mode, inputs if manifest.mode == "band" else None)
+        try:
+            apply_edits(model, replayed, matrix, manifest.mode, inputs if manifest.mode == "band" else None)
+        except NumericalError as exc:  # crafted vectors that no solve can hold
+            raise ReleaseVerificationError(str(exc)) from None
         with tempfile.TemporaryDirectory(prefix="factstore-rebuild-") as tmp:
             layout.write_weights(model, Path(tmp))
             differ = sorted(p.name for p in Path(tmp).iterdir() if manifest.files.get(p.name) != file_sha256(p))

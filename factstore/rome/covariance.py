@@ -57,18 +57,20 @@ def _rows(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: 
     return [r for r in rows if r] or [[0]]
 
 
-def _name_positions(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, cut: int
-) -> torch.Tensor:
-    """Where the tokens that end a name (rome/names.py) are among the real tokens of _rows(TEXTS)
-    counted row-major (the order accumulate's keys come in), those before CUT only."""
+def _encode(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> tuple[list[list[int]], torch.Tensor]:
+    """_rows(TEXTS), and where the tokens that end a name (rome/names.py) are among their tokens
+    counted row-major (the order accumulate's keys come in), from one tokenizer call per text."""
+    rows: list[list[int]] = []
     flat: list[int] = []
-    seen = 0  # real tokens of the rows before this one
     for text in texts:
         enc = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
-        flat += [seen + t for t in name_tokens(enc["offset_mapping"], name_ends(text)) if seen + t < cut]
-        seen += len(enc["input_ids"])
-    return torch.tensor(flat, dtype=torch.long)
+        if enc["input_ids"]:
+            seen = sum(map(len, rows))
+            flat += [seen + t for t in name_tokens(enc["offset_mapping"], name_ends(text))]
+            rows.append(enc["input_ids"])
+    return rows or [[0]], torch.tensor(flat, dtype=torch.long)
 
 
 def text_width(model: PreTrainedModel) -> int:
@@ -108,9 +110,9 @@ def accumulate(
     width = text_width(model)
     state = state or MomentState.empty({layer: arch.down_proj_weight(model, layer).shape[1] for layer in layers})
     for planned in batches[state.done :]:
-        batch = texts[planned.index * BATCH_TEXTS : (planned.index + 1) * BATCH_TEXTS]
-        ids, mask = pad_right(_rows(tokenizer, batch, width))
-        names = _name_positions(tokenizer, batch, width, planned.keys)
+        rows, names = _encode(tokenizer, texts[planned.index * BATCH_TEXTS : (planned.index + 1) * BATCH_TEXTS], width)
+        ids, mask = pad_right(rows)
+        names = names[names < planned.keys]  # the batch that reaches the budget is cut
         found = layers_inputs(model, list(layers), ids.to(device), mask.to(device))
         for layer in layers:
             # (n, d_ff), row-major over the batch's real tokens

@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 
 _WORD = re.compile(r"[^\W\d_][\w'’-]*")
+_POSSESSIVE = re.compile(r"['’]s?$")  # "Paris's", "Wales'": the name ends before it, as an edit's subject does
 _SENTENCE_END = re.compile(r"(^|[.!?:;\"'”’)\]]\s*|\n\s*)$")
 
 
@@ -42,7 +43,8 @@ def name_ends(text: str) -> list[int]:
 
 def _close(text: str, start: int, end: int, words: int, ends: list[int]) -> None:
     if words > 1 or not _SENTENCE_END.search(text[max(0, start - 3) : start]):
-        ends.append(end)
+        possessive = _POSSESSIVE.search(text, start, end)
+        ends.append(possessive.start() if possessive else end)
 
 
 def name_tokens(offsets: Sequence[tuple[int, int]], ends: Sequence[int]) -> list[int]:

@@ -63,8 +63,9 @@ def settings(edits: Sequence[LoggedEdit[Any]], default: tuple[float, float]) -> 
 
 
 def names_weight(edit: LoggedEdit[Any]) -> float:
-    """The band_names_weight rho an edit was registered with (0 before the setting existed)."""
-    return float(edit.hparams.get("band_names_weight", 0.0))
+    """The band_names_weight rho a band edit was registered with (0 before the setting existed, and
+    for a single-layer edit, whose solve is C's alone whatever its hyperparameters say)."""
+    return float(edit.hparams.get("band_names_weight", 0.0)) if edit.band else 0.0
 
 
 def held(C: torch.Tensor, names: Callable[[], torch.Tensor], rho: float) -> torch.Tensor:

@@ -22,11 +22,11 @@ from factstore import arch
 from factstore.domain import Covariance
 from factstore.errors import FactStoreError, StatisticsError
 from factstore.progress import SILENT, Reporter
-from factstore.rome.covariance import accumulate_second_moment
+from factstore.rome.covariance import MomentState, accumulate_second_moment
 from factstore.weights import assets
 from factstore.weights.checkpoints import LoadedModel
 from factstore.weights.corpus import DEFAULT_CORPUS, is_starter_corpus, load_corpus
-from factstore.weights.stats import is_shipped, load_matrix
+from factstore.weights.stats import is_shipped, load_matrix, load_names
 
 MAX_SPREAD = 30.0  # a genuine C: the largest ratio within this factor of their mean (docs/hparams.md: 7.5-17.5)
 MAX_SCALE = 30.0  # ... and the mean within this factor of one (another corpus, another scale)
@@ -90,15 +90,33 @@ def check_installed(
     install before this check brought (FRESH) leaves the cache; one already there stays."""
     try:
         texts = load_corpus(sample, progress).texts
-        check_plausible(load_matrix(path), local_moment(loaded.model, loaded.tokenizer, texts, layer), what)
+        local = local_moments(loaded.model, loaded.tokenizer, texts, layer)
+        check_plausible(load_matrix(path), local.moment(layer), what)
+        check_names(load_names(path), local, layer, what)
     except FactStoreError:
         if fresh:
             path.unlink(missing_ok=True)
         raise
 
 
+def local_moments(model: PreTrainedModel, tokenizer: Any, texts: Sequence[str], layer: int) -> MomentState:
+    """The sums over the first SAMPLE_KEYS_PER_DIM x d_ff keys of TEXTS (and their name ends)."""
+    dim = arch.down_proj_weight(model, layer).shape[1]
+    return accumulate_second_moment(model, tokenizer, texts, layer, SAMPLE_KEYS_PER_DIM * dim)
+
+
 def local_moment(model: PreTrainedModel, tokenizer: Any, texts: Sequence[str], layer: int) -> torch.Tensor:
     """(d_ff, d_ff) float64: E[k k^T] over the first SAMPLE_KEYS_PER_DIM x d_ff keys of TEXTS."""
-    dim = arch.down_proj_weight(model, layer).shape[1]
-    state = accumulate_second_moment(model, tokenizer, texts, layer, SAMPLE_KEYS_PER_DIM * dim)
-    return state.moment(layer)
+    return local_moments(model, tokenizer, texts, layer).moment(layer)
+
+
+def check_names(names: torch.Tensor | None, local: MomentState, layer: int, what: str) -> None:
+    """Refuse a names moment whose scale (trace) sits more than MAX_SCALE from the local sample's
+    (a sample without names checks nothing: the scale against C was checked on install)."""
+    if names is None or local.names == 0:
+        return
+    ratio = float(names.double().trace()) / max(float(local.name_totals[layer].trace()) / local.names, 1e-30)
+    if not 1 / MAX_SCALE <= ratio <= MAX_SCALE:
+        raise StatisticsError(
+            f"{what} hold a names moment {ratio:.3g} times the scale of this model's keys at names of local text; refused"
+        )

@@ -127,9 +127,13 @@ def merge(spec: stats.StatsSpec, paths: list[Path], expected_tokens: int) -> sta
         _check_sum(named, part, path.name)
         total = part if total is None else total + part
         names_total = named if names_total is None else names_total + named
-        tokens += int(meta["tokens"])
-        names += int(meta.get("names", "-1"))
-    if total is None or names_total is None or tokens != expected_tokens or not 0 <= names <= tokens:
+        counts = (meta.get("tokens", ""), meta.get("names", ""))
+        if not all(c.isdigit() and len(c) <= 12 for c in counts) or int(counts[1]) > int(counts[0]):
+            raise StatisticsError(
+                f"{path.name} does not say how many keys (and names among them) it sums; delete it and compute that shard again"
+            )
+        tokens, names = tokens + int(counts[0]), names + int(counts[1])
+    if total is None or names_total is None or tokens != expected_tokens:
         raise StatisticsError(
             f"the {of} shards of layer {spec.layer} hold {tokens} keys, a single pass sums {expected_tokens}; compute them again"
         )

@@ -244,13 +244,16 @@ def shipped_name(sha256: str) -> str:
     return f"{SHIPPED_DIR}/{sha256}.safetensors"
 
 
+# the keys at name ends are keys of the same text: their moment's trace is C's within a small
+# factor (0.17-1.9 over SmolLM2's layers 0-8 on wiki-vital); a far larger one is built to swamp C
+MAX_NAMES_SCALE = 100.0
 HEADER_BYTES = 64 << 10  # a C file's safetensors header and metadata (the spec) are well under this
 
 
 def max_file_bytes(dim: int, dtype: str) -> int:
     """The most bytes a C file of two (DIM, DIM) matrices of DTYPE (C and its names' moment) can
     hold: a larger file is not one."""
-    return 2 * dim * dim * torch.empty((), dtype=getattr(torch, dtype)).element_size() + HEADER_BYTES
+    return 2 * dim * dim * torch.empty((), dtype=getattr(torch, dtype)).element_size() + 8 + HEADER_BYTES
 
 
 SHIPPED = "shipped"  # the cache folder of C files that came from elsewhere (a release, a statistics repository)
@@ -323,6 +326,10 @@ def _check_shipped(path: Path, expected_sha256: str, spec: StatsSpec, dim: int) 
     what = f"the shipped key statistics of layer {spec.layer}"
     if file_sha256(path) != expected_sha256:
         raise StatisticsError(f"{what} do not match the sha256 recorded for them; refused")
+    with path.open("rb") as fh:
+        header = int.from_bytes(fh.read(8), "little")  # safetensors: the JSON header's length first
+    if header > HEADER_BYTES:
+        raise StatisticsError(f"{what} have a header of {header} bytes, more than a C file's {HEADER_BYTES}; refused")
     try:
         with safe_open(str(path), "pt") as fh:
             meta, names = fh.metadata() or {}, sorted(fh.keys())
@@ -338,9 +345,14 @@ def _check_shipped(path: Path, expected_sha256: str, spec: StatsSpec, dim: int) 
         raise StatisticsError(
             f"{what} are not a finite, symmetric, positive definite {dim}x{dim} {spec.dtype} matrix; refused"
         )
-    if named is not None and not (_moment(named, spec.dtype) and _semidefinite(named)):
+    if named is not None and not (
+        _moment(named, spec.dtype)
+        and _semidefinite(named)
+        and float(named.double().trace()) <= MAX_NAMES_SCALE * float(C.double().trace())
+    ):
         raise StatisticsError(
-            f"{what} hold a names moment that is not a finite, symmetric, positive semidefinite {spec.dtype} matrix; refused"
+            f"{what} hold a names moment that is not a finite, symmetric, positive semidefinite {spec.dtype} matrix "
+            f"of at most {MAX_NAMES_SCALE:g} times C's trace; refused"
         )
 
 
@@ -353,8 +365,14 @@ def _moment(M: torch.Tensor, dtype: str) -> bool:
 
 
 def _semidefinite(M: torch.Tensor) -> bool:
-    values = torch.linalg.eigvalsh(M.double())  # ascending
-    return bool(values[0] >= -1e-6 * max(float(values[-1]), 1e-30))
+    """M (a moment of keys) is positive semidefinite up to rounding: zero (a corpus without names),
+    or M + 1e-6 mean(diag M) I has a Cholesky factor (one factorisation, not an eigensolve)."""
+    M64 = M.double()
+    scale = float(M64.diagonal().mean())
+    if not bool(M64.any()):
+        return True
+    eye = torch.eye(M64.shape[0], dtype=M64.dtype)
+    return scale > 0 and int(torch.linalg.cholesky_ex(M64 + 1e-6 * scale * eye).info) == 0
 
 
 def load_matrix(path: Path, expected_sha256: str | None = None) -> torch.Tensor:
@@ -365,10 +383,23 @@ def load_matrix(path: Path, expected_sha256: str | None = None) -> torch.Tensor:
     return load_file(str(path))["C"]
 
 
-def load_names(path: Path) -> torch.Tensor | None:
-    """The file's moment over keys at name ends (None: a file of a factstore before it had one)."""
+def load_names(path: Path, expected_sha256: str | None = None) -> torch.Tensor | None:
+    """The file's moment over keys at name ends (None: a file of a factstore before it had one),
+    checked against EXPECTED_SHA256 as load_matrix checks C (so both come from the same bytes)."""
+    if expected_sha256 and file_sha256(path) != expected_sha256:
+        raise StatisticsError(
+            f"{path} does not match its recorded sha256; delete it and rerun `factstore stats compute`"
+        )
     with safe_open(str(path), "pt") as fh:
         return fh.get_tensor("names") if "names" in list(fh.keys()) else None
+
+
+def names_missing(path: Path) -> StatisticsError:
+    """The one-line refusal of a band_names_weight on a C file without a names moment."""
+    return StatisticsError(
+        f"the key statistics {path.name} were computed before factstore kept their names moment, which "
+        "band_names_weight needs; register this band log with band_names_weight=0, or on a store whose statistics are new"
+    )
 
 
 class MatrixCache:
@@ -400,13 +431,10 @@ class MatrixCache:
         self(cov_id)
         cov_id = _recorded(cov_id)
         if cov_id not in self._names:
-            found = load_names(self._paths[cov_id])
+            path = self._paths[cov_id]
+            found = load_names(path, self.lookup(cov_id).sha256)  # the bytes C was read from
             if found is None:
-                cov = self.lookup(cov_id)
-                raise StatisticsError(
-                    f"the key statistics of layer {cov.layer} were computed before factstore kept their names moment, "
-                    "which band_names_weight needs; register this band log with band_names_weight=0, or on a store whose statistics are new"
-                )
+                raise names_missing(path)
             self._names[cov_id] = found.float()
         return self._names[cov_id]
 
