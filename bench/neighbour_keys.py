@@ -12,7 +12,7 @@ of --neighbour-n subjects no edit names (records of --control after the first --
 own prompt, measured on the base model) with weight BETA each, as if each were an edit asking
 for no change: A = w C + BETA K_n K_n^T. Scored on the log's records (with held-out perplexity)
 and on the first --control-n records of --control whose subjects neither an edit nor a neighbour
-names. --rhos: each beta also with A = w (C + RHO N) + BETA K_n K_n^T, N the names moment of
+names. --weights: other band weights w; --rhos: each beta also with A = w (C + RHO N) + BETA K_n K_n^T, N the names moment of
 C's file (band_names_weight, rome/names.py); without --rhos, the log's own rho. Prints a
 Markdown table.
 """
@@ -32,6 +32,7 @@ def main() -> None:
     run_folder.add_control_arguments(parser, "the control records (the first --control-n), then the neighbours")
     parser.add_argument("--neighbour-n", type=int, default=300)
     parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 1.0, 10.0])
+    parser.add_argument("--weights", type=float, nargs="+", default=None, help="band weights w (default: the log's)")
     parser.add_argument(
         "--rhos", type=float, nargs="+", default=None, help="band_names_weight values (default: the log's)"
     )
@@ -49,7 +50,7 @@ def main() -> None:
     if not edits or not all(e.band for e in edits):
         raise SystemExit("every edit of the log must be a band edit (registered with --band)")
     heldout = heldout_rows(session, store, args.heldout_tokens)
-    weight, alpha = band.settings(edits, soft_settings("band"))
+    logged_weight, alpha = band.settings(edits, soft_settings("band"))
     others = run_folder.unnamed_records(store, session, args.control, args.control_n + args.neighbour_n)
     control, neighbours = others[: args.control_n], others[args.control_n :]
     neighbour_subjects = {n.request.subject for n in neighbours}
@@ -62,11 +63,11 @@ def main() -> None:
             sets = [[(r.request.prompt, r.request.subject)] for r in neighbours]
             keys = {n: k.double() for n, k in subject_keys(session.model, session.tokenizer, sets, layers).items()}
     print(f"{len(edits)} edits, {len(records)} records, {len(control)} control, {len(neighbours)} neighbour keys")
-    print("| rho | beta | log ES | log PS | log NS | perplexity | control ES | control PS | control NS | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| w | rho | beta | log ES | log PS | log NS | perplexity | control ES | control PS | control NS | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     logged = band.names_weight(edits[-1])
 
-    def solve(rho: float, beta: float) -> dict[int, Any]:
+    def solve(weight: float, rho: float, beta: float) -> dict[int, Any]:
         """{layer: dW (out, in)} of each band layer's solve with the names moment at RHO and the neighbours' keys at BETA."""
         deltas = {}
         for layer, rows in sorted(asks.items()):
@@ -81,14 +82,16 @@ def main() -> None:
         for layer, delta in deltas.items():
             add_delta(model, layer, delta)
 
-    for rho, beta in [(r, b) for r in (args.rhos or [logged]) for b in args.betas]:
+    grid = [(w, r, b) for w in (args.weights or [logged_weight]) for r in (args.rhos or [logged]) for b in args.betas]
+    for weight, rho, beta in grid:
         clock = time.perf_counter()
-        deltas = solve(rho, beta)  # once for both groups of records
+        deltas = solve(weight, rho, beta)  # once for both groups of records
         log = score_variant(session, records, lambda m, d=deltas: apply(m, d), heldout)
         ctl = score_variant(session, control, lambda m, d=deltas: apply(m, d), None)
         cells = [log["ES"], log["PS"], log["NS"], log["perplexity"], ctl["ES"], ctl["PS"], ctl["NS"]]
         print(
-            f"| {rho:g} | {beta:g} | " + " | ".join(f"{c:.2f}" if i == 3 else f"{c:.1f}" for i, c in enumerate(cells)),
+            f"| {weight:g} | {rho:g} | {beta:g} | "
+            + " | ".join(f"{c:.2f}" if i == 3 else f"{c:.1f}" for i, c in enumerate(cells)),
             f"| {time.perf_counter() - clock:.0f} |",
             flush=True,
         )
