@@ -359,21 +359,42 @@ def test_a_band_log_with_a_names_weight_holds_its_solves_to_the_names_moment_too
     assert result.rebuilt_identical and result.edits_added == 4
 
 
-def test_a_names_weight_on_statistics_without_a_names_moment_is_refused_and_nothing_is_stored(
-    tiny_store, monkeypatch: pytest.MonkeyPatch
+def test_a_new_band_log_on_statistics_without_a_names_moment_registers_without_it(
+    tiny_store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:  # type: ignore[no-untyped-def]
-    """C files written before the names moment existed hold C alone: a band edit that would weigh
-    the moment stops in one line, and the log is as it was."""
+    """C files written before the names moment existed hold C alone: a new band log whose model
+    default weighs the moment registers without it (warned once per batch), and keeps rho 0; a
+    log that weighs it and meets such a file later stops in one line, storing nothing."""
+    import logging
     from dataclasses import replace
 
     from factstore.errors import StatisticsError
     from factstore.weights import stats
 
-    monkeypatch.setattr(stats, "load_names", lambda path: None)  # as an older factstore wrote them
+    monkeypatch.setattr(stats, "has_names", lambda cov: False)  # as an older factstore wrote them
     session = EditSession(tiny_store, "tiny", device="cpu", band=2)
     session.settings.defaults = replace(session.settings.defaults, band_names_weight=0.5)
+    with caplog.at_level(logging.WARNING):
+        outcome = session.add(EditRequest(PROMPT, *FACTS[0]))
+    assert "predate their names moment" in caplog.text
+    assert len(outcome.edit.band) == 2 and "band_names_weight" not in tiny_store.get_edit(outcome.edit.id).hparams
+    monkeypatch.undo()
+    later = EditSession(tiny_store, "tiny", device="cpu")
+    later.settings.defaults = replace(later.settings.defaults, band_names_weight=0.5)
+    assert later.add(EditRequest(PROMPT, *FACTS[1])).edit.hparams.get("band_names_weight") is None  # the log's rho
+
+    monkeypatch.setattr(stats, "load_names", lambda path, sha256=None: None)
+    fresh = _fresh_band_session(tiny_store, 0.5)
     with pytest.raises(StatisticsError, match="computed before factstore kept their names moment"):
-        session.add(EditRequest(PROMPT, *FACTS[0]))
-    assert tiny_store.list_edits(1) == []
-    session.settings.defaults = replace(session.settings.defaults, band_names_weight=0.0)
-    assert len(session.add(EditRequest(PROMPT, *FACTS[0])).edit.band) == 2  # C alone still serves
+        fresh.add(EditRequest(PROMPT, *FACTS[2]))
+    assert fresh.base.id != session.base.id and tiny_store.list_edits(fresh.base.id) == []
+
+
+def _fresh_band_session(store, rho: float) -> EditSession:  # type: ignore[no-untyped-def]
+    """A band session with RHO on a second model of STORE (an empty log)."""
+    from dataclasses import replace
+
+    api.add_model(store, "tiny2", store.get_base_model("tiny").source)
+    session = EditSession(store, "tiny2", device="cpu", band=2)
+    session.settings.defaults = replace(session.settings.defaults, band_names_weight=rho)
+    return session

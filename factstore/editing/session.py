@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -111,6 +111,23 @@ class EditSession:
 
     def _band_soft(self, edits: list[StoredEdit]) -> tuple[float, float]:
         return band.settings(edits, (self.settings.defaults.band_weight, self.settings.defaults.band_alpha))
+
+    def _names_available(self, hp: ROMEHyperParams, cov: Covariance) -> ROMEHyperParams:
+        """HP, or HP without its band_names_weight (warned) when a new band log would start on key
+        statistics written before factstore kept their names moment: the log then registers, and
+        always compiles, with C alone (a log keeps the rho of its first band edit)."""
+        if hp.band == 1 or hp.band_names_weight == 0 or any(e.band for e in self.applied):
+            return hp
+        own = self.store.get_covariance(cov.id)
+        records = [own, *self.covariances_like(own, spread_layers(hp.layer, hp.band)[:-1])]
+        if all(stats.has_names(c) for c in records):
+            return hp
+        log.warning(
+            "the key statistics of this band log predate their names moment: it registers without it "
+            "(band_names_weight 0, not %g); statistics computed on a new store have it",
+            hp.band_names_weight,
+        )
+        return replace(hp, band_names_weight=0.0)
 
     def _measure_band(
         self, requests: list[EditRequest], results: list[EditResult], hp: ROMEHyperParams, cov: Covariance
@@ -355,6 +372,7 @@ class EditSession:
         try:
             hp = self.hparams(parse_layer_spec(batch[0].requested_layer))
             cov = self.covariance(hp.layer, hp)
+            hp = self._names_available(hp, cov)
             results = compute_edits(self.model, self.tokenizer, requests, hp, self.matrix(cov.id), self.templates(hp))
             asks = self._measure_band(requests, results, hp, cov) if hp.band > 1 else [()] * len(results)
         except (LeaseLost, DatabaseUnavailable):
@@ -462,6 +480,7 @@ class EditSession:
         if conflicts & {e.id for e in self.applied}:  # compute the correction on a head without the fact it replaces
             self.rebuild([e for e in self.applied if e.id not in conflicts])
         cov = self.covariance(hp.layer, hp)
+        hp = self._names_available(hp, cov)
         result = compute_edits(self.model, self.tokenizer, [request], hp, self.matrix(cov.id), self.templates(hp))[0]
         asks = self._measure_band([request], [result], hp, cov)[0] if hp.band > 1 else ()
         return self._new_edit(request, result, hp, cov, note=note, requested_by=requested_by, band=asks), conflicts

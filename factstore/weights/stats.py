@@ -394,6 +394,15 @@ def load_names(path: Path, expected_sha256: str | None = None) -> torch.Tensor |
         return fh.get_tensor("names") if "names" in list(fh.keys()) else None
 
 
+def has_names(cov: Covariance) -> bool:
+    """The C file of COV (on this machine) holds a names moment (read from its header only)."""
+    path = local_file(cov)
+    if path is None:
+        return False
+    with safe_open(str(path), "pt") as fh:
+        return "names" in list(fh.keys())
+
+
 def names_missing(path: Path) -> StatisticsError:
     """The one-line refusal of a band_names_weight on a C file without a names moment."""
     return StatisticsError(
