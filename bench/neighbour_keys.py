@@ -32,6 +32,13 @@ def main() -> None:
     run_folder.add_control_arguments(parser, "the control records (the first --control-n), then the neighbours")
     parser.add_argument("--neighbour-n", type=int, default=300)
     parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 1.0, 10.0])
+    parser.add_argument(
+        "--corpus-names",
+        type=int,
+        default=0,
+        help="N > 0: the neighbours are the first N distinct names of the statistics corpus (rome/names.py), "
+        "each alone at the start of a sequence, instead of CounterFact subjects",
+    )
     parser.add_argument("--weights", type=float, nargs="+", default=None, help="band weights w (default: the log's)")
     parser.add_argument(
         "--rhos", type=float, nargs="+", default=None, help="band_names_weight values (default: the log's)"
@@ -58,11 +65,16 @@ def main() -> None:
     asks, last = band.collect(edits, edit_vectors, lambda n: (arch.down_proj_weight(session.model, n), None))
     layers = sorted(asks)
     keys = {}
-    if neighbours and any(args.betas):
+    sets = [[(r.request.prompt, r.request.subject)] for r in neighbours]
+    if args.corpus_names:
+        sets = [
+            [("{}", name)]
+            for name in corpus_names(session, args.corpus_names, {r.request.subject for r in records + control})
+        ]
+    if sets and any(args.betas):
         with session.base_weights():
-            sets = [[(r.request.prompt, r.request.subject)] for r in neighbours]
             keys = {n: k.double() for n, k in subject_keys(session.model, session.tokenizer, sets, layers).items()}
-    print(f"{len(edits)} edits, {len(records)} records, {len(control)} control, {len(neighbours)} neighbour keys")
+    print(f"{len(edits)} edits, {len(records)} records, {len(control)} control, {len(sets)} neighbour keys")
     print("| w | rho | beta | log ES | log PS | log NS | perplexity | control ES | control PS | control NS | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     logged = band.names_weight(edits[-1])
@@ -95,6 +107,20 @@ def main() -> None:
             f"| {time.perf_counter() - clock:.0f} |",
             flush=True,
         )
+
+
+def corpus_names(session: Any, n: int, taken: set[str]) -> list[str]:
+    """The first N distinct names of the session's statistics corpus that are not in TAKEN."""
+    from factstore.rome.names import name_spans
+
+    found: dict[str, None] = {}
+    for text in session.stats_corpus().texts:
+        for start, end in name_spans(text):
+            if text[start:end] not in taken:
+                found.setdefault(text[start:end])
+            if len(found) == n:
+                return list(found)
+    return list(found)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,12 @@ _SENTENCE_END = re.compile(r"(^|[.!?:;\"'”’)\]]\s*|\n\s*)$")
 
 def name_ends(text: str) -> list[int]:
     """The character offset just past each name of TEXT, in order."""
-    ends: list[int] = []
+    return [end for _, end in name_spans(text)]
+
+
+def name_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) character offsets of each name of TEXT, in order."""
+    ends: list[tuple[int, int]] = []
     run_start = run_end = -1
     words = 0
     for match in _WORD.finditer(text):
@@ -41,10 +46,10 @@ def name_ends(text: str) -> list[int]:
     return ends
 
 
-def _close(text: str, start: int, end: int, words: int, ends: list[int]) -> None:
+def _close(text: str, start: int, end: int, words: int, spans: list[tuple[int, int]]) -> None:
     if words > 1 or not _SENTENCE_END.search(text[max(0, start - 3) : start]):
         possessive = _POSSESSIVE.search(text, start, end)
-        ends.append(possessive.start() if possessive else end)
+        spans.append((start, possessive.start() if possessive else end))
 
 
 def name_tokens(offsets: Sequence[tuple[int, int]], ends: Sequence[int]) -> list[int]:
