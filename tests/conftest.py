@@ -180,9 +180,7 @@ def tiny_template(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer) -> I
     gpt2_tokenizer.save_pretrained(folder)
     corpus = root / "corpus.json"
     corpus.write_text(
-        json.dumps(
-            [f"Paragraph {i}: the river Avon runs through the old town of Bath and the fields." for i in range(200)]
-        )
+        json.dumps([f"Paragraph {i}: the river runs through the old town and the fields." for i in range(200)])
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FACTSTORE_HOME", str(root / "home"))

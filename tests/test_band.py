@@ -328,6 +328,13 @@ def test_a_band_log_with_a_names_weight_holds_its_solves_to_the_names_moment_too
     from factstore.weights.replay import edit_vectors
 
     rho = 1.0
+    named = tmp_path / "named.json"  # the suite's corpus names nothing: C of text that names places
+    named.write_text(
+        json.dumps([f"Paragraph {i}: the river Avon runs through Bath and the fields." for i in range(200)])
+    )
+    api.compute_stats(
+        tiny_store, "tiny", api.StatsOptions(corpus=str(named), tokens=2000, layers=(0, 1, 2)), device="cpu"
+    )
     session = EditSession(tiny_store, "tiny", device="cpu", band=2)
     session.settings.defaults = replace(session.settings.defaults, band_names_weight=rho)
     for subject, target in FACTS:
@@ -338,7 +345,7 @@ def test_a_band_log_with_a_names_weight_holds_its_solves_to_the_names_moment_too
     assert [e.hparams["band_names_weight"] for e in edits] == [rho] * 4
     own = tiny_store.get_covariance(edits[0].covariance_id)
     names = stats.load_names(Path(own.path))
-    assert names is not None and float(names.norm()) > 0  # the test corpus names places
+    assert names is not None and float(names.norm()) > 0 and own.corpus == str(named)
     top = edits[0].layer
     held = session.statistics.band_matrix(own.id, top, rho) - session.statistics.band_matrix(own.id, top, 0.0)
     assert torch.allclose(held, rho * names.float())

@@ -508,7 +508,9 @@ def test_the_health_gate_refuses_a_degraded_release_unless_allowed(  # type: ign
     api.compute_stats(store, "facts", api.StatsOptions(corpus=str(corpus), tokens=2500), device="cpu")
     session = EditSession(store, "facts", device="cpu")
     templates = [*RELATIONS["city"][0], RELATIONS["city"][1]]
-    cities = ["Tokyo", "Cairo", "Sydney", "Moscow"]
+    # homes that are no city: other cities as homes lowered the held-out perplexity on one machine's
+    # trained model (-7 %; a city after "located in" is what the text asks), these raise it (+7 %)
+    cities = ["banana", "seven", "blue", "table"]
     # subjects of the text the health check reads (the corpus's last facts), each given two homes
     # that contradict it (one subject with four homes damaged one machine's trained model, not another's)
     held_out = [f for f in facts if f.relation == "city"][-12:]
