@@ -7,7 +7,7 @@ was computed, MEMIT's way: walking up the band, each layer asked for its share o
 still missing of the edit's shift at layer L, after the layers below were written
 (`measure_asks`). A compile is then linear algebra over stored vectors, per layer
 
-    dW_l = R_l K_l^T (weight (C_l + rho N_l + alpha mean(diag C_l) I) + K_l K_l^T)^-1
+    dW_l = R_l K_l^T (weight (H_l + alpha mean(diag H_l) I) + K_l K_l^T)^-1,   H_l = C_l + rho N_l
 
 over every ask that reaches l (MEMIT's soft solve with ENCORE's alpha I; every earlier edit's
 key is in the solve; N_l the moment of keys at name ends of C's corpus, weighed rho =
