@@ -375,22 +375,23 @@ def _semidefinite(M: torch.Tensor) -> bool:
     return scale > 0 and int(torch.linalg.cholesky_ex(M64 + 1e-6 * scale * eye).info) == 0
 
 
-def load_matrix(path: Path, expected_sha256: str | None = None) -> torch.Tensor:
+def _verified(path: Path, expected_sha256: str | None) -> str:
+    """PATH as a string, its bytes checked against EXPECTED_SHA256 when one is given."""
     if expected_sha256 and file_sha256(path) != expected_sha256:
         raise StatisticsError(
             f"{path} does not match its recorded sha256; delete it and rerun `factstore stats compute`"
         )
-    return load_file(str(path))["C"]
+    return str(path)
+
+
+def load_matrix(path: Path, expected_sha256: str | None = None) -> torch.Tensor:
+    return load_file(_verified(path, expected_sha256))["C"]
 
 
 def load_names(path: Path, expected_sha256: str | None = None) -> torch.Tensor | None:
     """The file's moment over keys at name ends (None: a file of a factstore before it had one),
     checked against EXPECTED_SHA256 as load_matrix checks C (so both come from the same bytes)."""
-    if expected_sha256 and file_sha256(path) != expected_sha256:
-        raise StatisticsError(
-            f"{path} does not match its recorded sha256; delete it and rerun `factstore stats compute`"
-        )
-    with safe_open(str(path), "pt") as fh:
+    with safe_open(_verified(path, expected_sha256), "pt") as fh:
         return fh.get_tensor("names") if "names" in list(fh.keys()) else None
 
 
