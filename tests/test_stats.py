@@ -46,35 +46,44 @@ def test_shards_merge_into_the_single_pass(gpt2_tokenizer, monkeypatch: pytest.M
     assert torch.allclose(merged_names, single_names, rtol=1e-12, atol=0)
 
 
-def test_the_names_moment_is_the_mean_of_the_keys_that_end_a_name(gpt2_tokenizer, monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Beside C, a C file holds E[k k^T] over the keys at the last token of each name of the
-    corpus (rome/names.py: "Paris" here, never a sentence's capitalised first word)."""
+PLACES = ["Paris", "Rome", "New York", "Berlin Wall", "Paris"]
+
+
+def test_the_names_moment_is_the_mean_of_the_names_keys_each_read_alone(
+    gpt2_tokenizer, monkeypatch, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Beside C, a C file holds E[k k^T] over the corpus's names (rome/names.py: the places here,
+    never a text's capitalised first word), each name's key read at its last token with the name
+    alone as the prompt (where an edit's subject sits), every occurrence counted."""
     from factstore.rome.hooks import layers_inputs
 
     monkeypatch.setenv("FACTSTORE_CACHE", str(tmp_path))
     model = random_gpt2(seed=0)
-    text = corpus.Corpus("test", "c" * 64, TEXTS[:20])
+    texts = [f"Sentence number {i} talks about the city of {PLACES[i % 5]} and the river." for i in range(20)]
+    text = corpus.Corpus("test", "c" * 64, texts)
     found = stats.compute(model, gpt2_tokenizer, _spec(model, text, 1, tokens=10_000), text)
-    named = []
-    for sentence in text.texts:  # each text alone: the keys of its tokens do not depend on padding
-        ids = gpt2_tokenizer(sentence)["input_ids"]
-        where = [i for i in range(len(ids)) if gpt2_tokenizer.decode(ids[i]) == " Paris"]
-        assert len(where) == 1
+
+    def alone(name: str) -> torch.Tensor:
+        ids = gpt2_tokenizer(name)["input_ids"]
         keys = layers_inputs(model, [1], torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[1][0]
-        named.append(keys[where[0]].double())
-    K = torch.stack(named)  # (20, d_ff)
+        return keys[-1].double()
+
+    K = torch.stack([alone(PLACES[i % 5]) for i in range(20)])  # (20, d_ff): one name per text
     names = stats.load_names(found.path)
     assert names is not None
-    assert torch.allclose(names, K.T @ K / len(named), rtol=1e-6, atol=1e-9)
-    # a budget that ends just before the 11th text's "Paris" sums the first 10 names only
-    lengths = [len(gpt2_tokenizer(t)["input_ids"]) for t in text.texts]
-    at = sum(lengths[:10]) + [gpt2_tokenizer.decode(i) for i in gpt2_tokenizer(text.texts[10])["input_ids"]].index(
-        " Paris"
-    )
+    assert torch.allclose(names, K.T @ K / 20, rtol=1e-5, atol=1e-7)  # float32 keys, batched with other names
+    # not the keys of the names read in their sentences (what factstore 0.x summed)
+    ids = gpt2_tokenizer(texts[0])["input_ids"]
+    in_text = layers_inputs(model, [1], torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[1][0]
+    paris = [gpt2_tokenizer.decode(i) for i in ids].index(" Paris")
+    assert not torch.allclose(K[0], in_text[paris].double(), rtol=1e-2)
+    # a budget that ends just before the 11th text's name ends sums the first 10 names only
+    lengths = [len(gpt2_tokenizer(t)["input_ids"]) for t in texts]
+    at = sum(lengths[:10]) + [gpt2_tokenizer.decode(i) for i in gpt2_tokenizer(texts[10])["input_ids"]].index(" Paris")
     cut = stats.compute(model, gpt2_tokenizer, _spec(model, text, 1, tokens=at), text)
     cut_names = stats.load_names(cut.path)
     assert cut_names is not None and cut.tokens == at
-    assert torch.allclose(cut_names, K[:10].T @ K[:10] / 10, rtol=1e-6, atol=1e-9)
+    assert torch.allclose(cut_names, K[:10].T @ K[:10] / 10, rtol=1e-5, atol=1e-7)
 
 
 def test_merge_refuses_a_missing_or_foreign_shard(
@@ -274,11 +283,34 @@ def test_a_shipped_c_files_names_moment_is_checked_like_c(
 
     spec = stats.StatsSpec("sha256:test", 1, "mlp", "c" * 64, 100, "float32")
     source = tmp_path / "shipped.safetensors"
-    meta = {**{k: str(v) for k, v in spec.__dict__.items()}, "tokens": "100", "names": "7"}
-    save_file({"C": torch.eye(4), "names": names.float()}, str(source), metadata=meta)
+    meta = {**{k: str(v) for k, v in spec.__dict__.items()}, "tokens": "100", stats.NAMES: "7"}
+    save_file({"C": torch.eye(4), stats.NAMES: names.float()}, str(source), metadata=meta)
     if refusal is None:
         found = stats.install_shipped(source, file_sha256(source), spec, 4)
         assert torch.equal(stats.load_names(found.path, found.sha256), names)  # type: ignore[arg-type]
         return
     with pytest.raises(StatisticsError, match=refusal):
+        stats.install_shipped(source, file_sha256(source), spec, 4)
+
+
+def test_a_c_file_of_factstore_0x_with_its_names_read_in_context_installs_without_a_names_moment(
+    tmp_path: Path,
+) -> None:
+    """Files of the version before hold "names", keys at name ends read in their sentences: C
+    still serves, that moment is never read (a log with band_names_weight refuses on it)."""
+    from safetensors.torch import save_file
+
+    from factstore.files import file_sha256
+
+    spec = stats.StatsSpec("sha256:test", 1, "mlp", "c" * 64, 100, "float32")
+    source = tmp_path / "shipped.safetensors"
+    meta = {**{k: str(v) for k, v in spec.__dict__.items()}, "tokens": "100", "names": "7"}
+    save_file({"C": torch.eye(4), stats.LEGACY_NAMES: torch.eye(4)}, str(source), metadata=meta)
+    found = stats.install_shipped(source, file_sha256(source), spec, 4)
+    assert torch.equal(stats.load_matrix(found.path, found.sha256), torch.eye(4))
+    assert stats.load_names(found.path, found.sha256) is None
+    save_file(
+        {"C": torch.eye(4), stats.LEGACY_NAMES: torch.eye(4), stats.NAMES: torch.eye(4)}, str(source), metadata=meta
+    )
+    with pytest.raises(StatisticsError, match="refused"):  # one names moment or none
         stats.install_shipped(source, file_sha256(source), spec, 4)

@@ -40,9 +40,9 @@ class ROMEHyperParams:
     # key at each layer: a prompt that starts the sequence (no BOS: SmolLM2) puts the subject on
     # the attention sink, where its keys differ most from the templated ones. 0: the plain mean
     band_plain_weight: int = 0
-    # rho: a band layer's solve holds its update to C + rho N, N the second moment of the corpus's
-    # keys at name ends (rome/names.py), which C barely weighs: other subjects' keys, which a long
-    # log otherwise moves (issue 25). 0: C alone
+    # rho: a band layer's solve holds its update to C + rho N, N the second moment of the keys of
+    # the corpus's names, each read alone as a subject is (rome/covariance.py), which C barely
+    # weighs: other subjects' keys, which a long log otherwise moves (issue 25). 0: C alone
     band_names_weight: float = 0.0
 
     def __post_init__(self) -> None:  # hyperparameters arrive from pulled manifests too

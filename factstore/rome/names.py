@@ -1,10 +1,11 @@
-"""Where ordinary text names something: the last token of each capitalised run of words.
+"""Where ordinary text names something: each capitalised run of words, and its last token.
 
-An edit's key is the down-projection input at its subject's last token. Keys at such positions
-are a small part of ordinary text, so the second moment C of all its tokens barely weighs them,
-and a long log's soft solve moves other subjects' outputs freely (issue 25: never-edited facts
-rise with the log). The keys at name ends of the statistics corpus are a sample of subjects no
-edit names; `covariance.accumulate` sums them beside C so that a C spec can weigh them more.
+An edit's key is the down-projection input at its subject's last token. Keys like it are a
+small part of ordinary text, so the second moment C of all its tokens barely weighs them, and a
+long log's soft solve moves other subjects' outputs freely (issue 25: never-edited facts rise
+with the log). The names of the statistics corpus are a sample of subjects no edit names;
+`covariance.accumulate` sums their keys (each name read alone) beside C so that a band solve
+can weigh them more.
 
 A name is a run of words that start with a capital letter, separated by single spaces ("Space
 Needle"; in "by Ludwig van Beethoven", "Ludwig" and "Beethoven" are two); a run of one word

@@ -10,7 +10,7 @@ still missing of the edit's shift at layer L, after the layers below were writte
     dW_l = R_l K_l^T (weight (H_l + alpha mean(diag H_l) I) + K_l K_l^T)^-1,   H_l = C_l + rho N_l
 
 over every ask that reaches l (MEMIT's soft solve with ENCORE's alpha I; every earlier edit's
-key is in the solve; N_l the moment of keys at name ends of C's corpus, weighed rho =
+key is in the solve; N_l the moment of the keys of C's corpus's names, each read alone, weighed rho =
 band_names_weight: `held`): deterministic, the same bytes wherever the vectors and C are the same.
 A single-layer edit asks one layer for its whole shift, v* - W0 k* - b.
 """

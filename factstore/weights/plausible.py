@@ -100,7 +100,7 @@ def check_installed(
 
 
 def local_moments(model: PreTrainedModel, tokenizer: Any, texts: Sequence[str], layer: int) -> MomentState:
-    """The sums over the first SAMPLE_KEYS_PER_DIM x d_ff keys of TEXTS (and their name ends)."""
+    """The sums over the first SAMPLE_KEYS_PER_DIM x d_ff keys of TEXTS (and their names' keys, each name read alone)."""
     dim = arch.down_proj_weight(model, layer).shape[1]
     return accumulate_second_moment(model, tokenizer, texts, layer, SAMPLE_KEYS_PER_DIM * dim)
 
@@ -118,5 +118,5 @@ def check_names(names: torch.Tensor | None, local: MomentState, layer: int, what
     ratio = float(names.double().trace()) / max(float(local.name_totals[layer].trace()) / local.names, 1e-30)
     if not 1 / MAX_SCALE <= ratio <= MAX_SCALE:
         raise StatisticsError(
-            f"{what} hold a names moment {ratio:.3g} times the scale of this model's keys at names of local text; refused"
+            f"{what} hold a names moment {ratio:.3g} times the scale of this model's keys of names in local text; refused"
         )

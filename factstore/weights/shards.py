@@ -37,6 +37,9 @@ class ShardFile:
         return {"layer": self.layer, "name": self.name, "sha256": self.sha256, "tokens": self.tokens}
 
 
+_NAMES_TOTAL = f"{stats.NAMES}_total"  # a shard's sum of its names' k k^T (the first 0.2 builds summed names in context under another name: not merged)
+
+
 def shard_name(spec: stats.StatsSpec, shard: int, of: int, sha256: str) -> str:
     return f"{spec.key()}.shard-{shard}-of-{of}.{sha256[:16]}.safetensors"
 
@@ -56,10 +59,10 @@ def _holds(path: Path, spec: stats.StatsSpec, shard: int, of: int) -> bool:
         return False
     with safe_open(str(path), "pt") as fh:
         meta = fh.metadata() or {}
-        return {k: meta.get(k) for k in ("spec", "shard", "of")} == _meta(spec, shard, of) and sorted(fh.keys()) == [
-            "names_total",
-            "total",
-        ]
+        tensors = sorted(fh.keys())
+    return {k: meta.get(k) for k in ("spec", "shard", "of")} == _meta(spec, shard, of) and tensors == sorted(
+        ["total", _NAMES_TOTAL]
+    )
 
 
 def compute(
@@ -92,8 +95,8 @@ def compute(
 
             state: MomentState = stats.run_batches(model, tokenizer, specs, corpus, batches, partial, step)
         for spec in specs:
-            meta = {**_meta(spec, shard, of), "tokens": str(state.tokens), "names": str(state.names)}
-            tensors = {"total": state.totals[spec.layer], "names_total": state.name_totals[spec.layer]}
+            meta = {**_meta(spec, shard, of), "tokens": str(state.tokens), stats.NAMES: str(state.names)}
+            tensors = {"total": state.totals[spec.layer], _NAMES_TOTAL: state.name_totals[spec.layer]}
             stats.save(tensors, meta, paths[spec.layer])
         partial.unlink(missing_ok=True)
     found = []
@@ -122,12 +125,12 @@ def merge(spec: stats.StatsSpec, paths: list[Path], expected_tokens: int) -> sta
             )
         with safe_open(str(path), "pt") as fh:
             meta = fh.metadata() or {}
-            part, named = fh.get_tensor("total"), fh.get_tensor("names_total")
+            part, named = fh.get_tensor("total"), fh.get_tensor(_NAMES_TOTAL)
         _check_sum(part, total, path.name)
         _check_sum(named, part, path.name)
         total = part if total is None else total + part
         names_total = named if names_total is None else names_total + named
-        counts = (meta.get("tokens", ""), meta.get("names", ""))
+        counts = (meta.get("tokens", ""), meta.get(stats.NAMES, ""))
         if not all(c.isdigit() and len(c) <= 12 for c in counts) or int(counts[1]) > int(counts[0]):
             raise StatisticsError(
                 f"{path.name} does not say how many keys (and names among them) it sums; delete it and compute that shard again"

@@ -86,19 +86,19 @@ def _partial_state(path: Path, layers: list[int]) -> MomentState | None:
         return None
     with safe_open(str(path), "pt") as fh:
         meta = fh.metadata()
-        wanted = sorted(f"{kind}.{layer}" for layer in layers for kind in ("total", "names"))
-        if "done" not in meta or "names" not in meta or sorted(fh.keys()) != wanted:
+        wanted = sorted(f"{kind}.{layer}" for layer in layers for kind in ("total", NAMES))
+        if "done" not in meta or NAMES not in meta or sorted(fh.keys()) != wanted:
             return None
-        totals, names = ({layer: fh.get_tensor(f"{kind}.{layer}") for layer in layers} for kind in ("total", "names"))
+        totals, names = ({layer: fh.get_tensor(f"{kind}.{layer}") for layer in layers} for kind in ("total", NAMES))
     return MomentState(
-        totals=totals, tokens=int(meta["tokens"]), done=int(meta["done"]), name_totals=names, names=int(meta["names"])
+        totals=totals, tokens=int(meta["tokens"]), done=int(meta["done"]), name_totals=names, names=int(meta[NAMES])
     )
 
 
 def _checkpoint(state: MomentState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     tensors = {f"total.{layer}": total for layer, total in state.totals.items()}
-    tensors |= {f"names.{layer}": total for layer, total in state.name_totals.items()}
-    return tensors, {"tokens": str(state.tokens), "done": str(state.done), "names": str(state.names)}
+    tensors |= {f"{NAMES}.{layer}": total for layer, total in state.name_totals.items()}
+    return tensors, {"tokens": str(state.tokens), "done": str(state.done), NAMES: str(state.names)}
 
 
 def stats_spec(identity: str, model: PreTrainedModel, layer: int, corpus: Corpus, tokens: int, dtype: str) -> StatsSpec:
@@ -172,7 +172,7 @@ def work_key(specs: list[StatsSpec]) -> str:
 
 @dataclass(frozen=True)
 class LayerSums:
-    """One layer's float64 sums of k k^T over a corpus's keys, and over those at name ends."""
+    """One layer's float64 sums of k k^T over a corpus's keys, and over its names' keys (each alone)."""
 
     total: torch.Tensor  # (d_ff, d_ff)
     tokens: int
@@ -185,15 +185,15 @@ class LayerSums:
 
 
 def write_final(spec: StatsSpec, sums: LayerSums) -> StatsFile:
-    """The C file of SPEC: "C" = E[k k^T] over every key, "names" = E[k k^T] over the keys at name
-    ends (what a band solve's band_names_weight weighs more; weights/band.py)."""
+    """The C file of SPEC: "C" = E[k k^T] over every key, NAMES = E[k k^T] over the keys of the
+    corpus's names, each read alone (what a band solve's band_names_weight weighs more; weights/band.py)."""
     dtype = getattr(torch, spec.dtype)
     tensors = {
         "C": (sums.total / max(sums.tokens, 1)).to(dtype).contiguous(),
-        "names": (sums.names_total / max(sums.names, 1)).to(dtype).contiguous(),
+        NAMES: (sums.names_total / max(sums.names, 1)).to(dtype).contiguous(),
     }
-    # keys summed (the budget when the corpus sufficed), and how many of them end a name
-    meta = {**{k: str(v) for k, v in spec.__dict__.items()}, "tokens": str(sums.tokens), "names": str(sums.names)}
+    # keys summed (the budget when the corpus sufficed), and how many names they hold
+    meta = {**{k: str(v) for k, v in spec.__dict__.items()}, "tokens": str(sums.tokens), NAMES: str(sums.names)}
     final = _final_path(spec)
     save(tensors, meta, final)
     return StatsFile(spec, final, file_sha256(final), sums.tokens)
@@ -244,8 +244,13 @@ def shipped_name(sha256: str) -> str:
     return f"{SHIPPED_DIR}/{sha256}.safetensors"
 
 
-# the keys at name ends are keys of the same text: their moment's trace is C's within a small
-# factor (0.17-1.9 over SmolLM2's layers 0-8 on wiki-vital); a far larger one is built to swamp C
+# The names moment's tensor in a C file: the corpus's names, each read alone at the start of a
+# sequence (rome/covariance.py). Files of factstore 0.x before it hold LEGACY_NAMES, the keys at
+# name ends read in their sentences: accepted and not read (no solve weighs it; issue 25).
+NAMES = "names_alone"
+LEGACY_NAMES = "names"
+# names' keys are keys of the same model: their moment's trace is C's within a small factor
+# (0.17-1.9 over SmolLM2's layers 0-8 on wiki-vital); a far larger one is built to swamp C
 MAX_NAMES_SCALE = 100.0
 HEADER_BYTES = 64 << 10  # a C file's safetensors header and metadata (the spec) are well under this
 
@@ -333,14 +338,17 @@ def _check_shipped(path: Path, expected_sha256: str, spec: StatsSpec, dim: int) 
     try:
         with safe_open(str(path), "pt") as fh:
             meta, names = fh.metadata() or {}, sorted(fh.keys())
-            fits = names in (["C"], ["C", "names"]) and all(fh.get_slice(n).get_shape() == [dim, dim] for n in names)
-            found = {n: fh.get_tensor(n) for n in names} if fits else {}  # sizes checked before anything is loaded
+            fits = names in (["C"], ["C", LEGACY_NAMES], ["C", NAMES]) and all(
+                fh.get_slice(n).get_shape() == [dim, dim] for n in names
+            )
+            # sizes checked before anything is loaded; a legacy names tensor is never read, so not loaded
+            found = {n: fh.get_tensor(n) for n in names if n != LEGACY_NAMES} if fits else {}
     except Exception as exc:  # a file that is not safetensors at all
         raise StatisticsError(f"{what} cannot be read ({type(exc).__name__}); refused") from None
     wrong = [k for k, v in spec.__dict__.items() if meta.get(k) != str(v)]
     if wrong:
         raise StatisticsError(f"{what} were computed for other settings ({', '.join(wrong)}); refused")
-    C, named = found.get("C"), found.get("names")
+    C, named = found.get("C"), found.get(NAMES)
     if C is None or not _moment(C, spec.dtype) or int(torch.linalg.cholesky_ex(C.double()).info) != 0:
         raise StatisticsError(
             f"{what} are not a finite, symmetric, positive definite {dim}x{dim} {spec.dtype} matrix; refused"
@@ -389,10 +397,10 @@ def load_matrix(path: Path, expected_sha256: str | None = None) -> torch.Tensor:
 
 
 def load_names(path: Path, expected_sha256: str | None = None) -> torch.Tensor | None:
-    """The file's moment over keys at name ends (None: a file of a factstore before it had one),
-    checked against EXPECTED_SHA256 as load_matrix checks C (so both come from the same bytes)."""
+    """The file's names moment (None: a file of a factstore before it had one), checked against
+    EXPECTED_SHA256 as load_matrix checks C (so both come from the same bytes)."""
     with safe_open(_verified(path, expected_sha256), "pt") as fh:
-        return fh.get_tensor("names") if "names" in list(fh.keys()) else None
+        return fh.get_tensor(NAMES) if NAMES in list(fh.keys()) else None
 
 
 def has_names(cov: Covariance) -> bool:
@@ -401,7 +409,7 @@ def has_names(cov: Covariance) -> bool:
     if path is None:
         return False
     with safe_open(str(path), "pt") as fh:
-        return "names" in list(fh.keys())
+        return NAMES in list(fh.keys())
 
 
 def names_missing(path: Path) -> StatisticsError:
