@@ -108,9 +108,20 @@ _DEFAULTS = (
     _Default("gpt2", 48, 1600, dict(layer=17)),  # gpt2-xl
     _Default("gptj", 28, 4096, dict(layer=5)),  # gpt-j-6b
     # SmolLM2-135M (docs/hparams.md); band_weight: a band of 9 at 320 edits; band_plain_weight: ES
-    # 89.0 -> 96.5 at 200 band edits (docs/results.md)
+    # 89.0 -> 96.5 at 200 band edits; band_names_weight: NS -4.8 -> -1.6 and half the perplexity
+    # rise at 1,000 band edits for 1.5 ES (docs/results.md)
     _Default(
-        "llama", 30, 576, dict(layer=4, stats_tokens=200_000, top1_patience=2, band_weight=3e3, band_plain_weight=20)
+        "llama",
+        30,
+        576,
+        dict(
+            layer=4,
+            stats_tokens=200_000,
+            top1_patience=2,
+            band_weight=3e3,
+            band_plain_weight=20,
+            band_names_weight=0.3,
+        ),
     ),
     _Default("gemma3_text", 18, 640, dict(layer=4, stats_tokens=200_000), measured=False),  # Gemma 3 270M (by analogy)
 )
