@@ -245,12 +245,12 @@ def shipped_name(sha256: str) -> str:
 
 
 # The names moment's tensor in a C file: the corpus's names, each read alone at the start of a
-# sequence (rome/covariance.py). Files of factstore 0.x before it hold LEGACY_NAMES, the keys at
+# sequence (rome/covariance.py). Files of the first 0.2 builds hold LEGACY_NAMES, the keys at
 # name ends read in their sentences: accepted and not read (no solve weighs it; issue 25).
 NAMES = "names_alone"
 LEGACY_NAMES = "names"
 # names' keys are keys of the same model: their moment's trace is C's within a small factor
-# (0.17-1.9 over SmolLM2's layers 0-8 on wiki-vital); a far larger one is built to swamp C
+# (1.0-11.4 over SmolLM2's layers 0-8 on wiki-vital); a far larger one is built to swamp C
 MAX_NAMES_SCALE = 100.0
 HEADER_BYTES = 64 << 10  # a C file's safetensors header and metadata (the spec) are well under this
 
