@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from factstore.rome.names import name_ends, name_tokens
+from factstore.rome.names import name_spans, name_tokens
 
 
 @pytest.mark.parametrize(
@@ -22,9 +22,10 @@ from factstore.rome.names import name_ends, name_tokens
     ],
 )
 def test_a_name_is_a_run_of_capitalised_words_not_a_sentences_first_word(text: str, names: list[str]) -> None:
-    # only where each name ends matters (its last token's key): one end per run of capitals
-    assert [text[:end].split()[-1] for end in name_ends(text)] == [name.split()[-1] for name in names]
-    assert all(text[end - 1].isalnum() for end in name_ends(text))
+    # where each name ends (its last token's key) and what it reads alone: one span per run of capitals
+    ends = [end for _, end in name_spans(text)]
+    assert [text[:end].split()[-1] for end in ends] == [name.split()[-1] for name in names]
+    assert all(text[end - 1].isalnum() for end in ends)
 
 
 def test_a_names_last_token_is_the_one_holding_its_last_character() -> None:

@@ -23,11 +23,6 @@ _POSSESSIVE = re.compile(r"['’]s?$")  # "Paris's", "Wales'": the name ends bef
 _SENTENCE_END = re.compile(r"(^|[.!?:;\"'”’)\]]\s*|\n\s*)$")
 
 
-def name_ends(text: str) -> list[int]:
-    """The character offset just past each name of TEXT, in order."""
-    return [end for _, end in name_spans(text)]
-
-
 def name_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) character offsets of each name of TEXT, in order."""
     ends: list[tuple[int, int]] = []
