@@ -26,6 +26,8 @@ class ArchSpec:
     embedding: str  # token embedding
     final: tuple[str, ...]  # modules applied, in order, between the last block and the LM head
     fan_in_fan_out: bool = False  # True where the weight is stored (in, out) (GPT-2's Conv1D)
+    # a norm applied to the MLP's output before it joins the residual stream, relative to a block
+    post_mlp: str | None = None
 
 
 def _decoder(prefix: str, final: str = "norm") -> ArchSpec:
@@ -79,22 +81,21 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             "qwen3",
             "phi3",
             "gemma",
-            "gemma2",
-            "gemma3_text",
             "olmo",
-            "olmo2",
-            "olmo3",
             "granite",
             "stablelm",
             "cohere",
             "glm",
-            "glm4",
             "helium",
             "smollm3",
-            "exaone4",
             "nemotron",
         )
     },
+    **{
+        name: replace(_LLAMA_LIKE, post_mlp="post_feedforward_layernorm")
+        for name in ("gemma2", "gemma3_text", "olmo2", "olmo3", "exaone4")
+    },
+    "glm4": replace(_LLAMA_LIKE, post_mlp="post_mlp_layernorm"),
 }
 
 
@@ -181,6 +182,14 @@ def weight_out_in(module: nn.Module, fan_in_fan_out: bool) -> torch.Tensor:
 def down_proj_weight(model: PreTrainedModel, layer: int) -> torch.Tensor:
     """(d_model, d_ff) detached view of a layer's down-projection weight (write through rome.edit.add_delta)."""
     return weight_out_in(down_proj(model, layer), model_spec(model).fan_in_fan_out).detach()
+
+
+def mlp_join(model: PreTrainedModel, layer: int) -> tuple[float, nn.Module | None]:
+    """How LAYER's MLP output joins the residual stream: (the factor on it, Granite's residual
+    multiplier or 1; the norm applied to it first, or None)."""
+    spec = model_spec(model)
+    norm = get_module(model, layer_path(model, layer, spec.post_mlp)) if spec.post_mlp else None
+    return float(getattr(model.config, "residual_multiplier", None) or 1.0), norm
 
 
 def down_proj_bias(model: PreTrainedModel, layer: int) -> torch.Tensor | None:

@@ -34,6 +34,7 @@ from factstore.rome.scoring import greedy_continuation
 from factstore.storage.store import Store
 from factstore.weights import band, checkpoints, stats
 from factstore.weights.corpus import Corpus
+from factstore.weights.join import join_of
 from factstore.weights.replay import apply_sequential, apply_update, edit_vectors, solve_key
 from factstore.weights.spread import spread_layers
 from factstore.weights.vectors import from_bytes, to_bytes
@@ -153,7 +154,8 @@ class EditSession:
         W, b = arch.down_proj_weight(self.model, hp.layer).double().cpu(), arch.down_proj_bias(self.model, hp.layer)
         K = torch.stack([r.key for r in results]).double()  # (n, d_ff)
         V = torch.stack([r.value for r in results]).double()  # (n, d)
-        shifts = V - K @ W.T - (0.0 if b is None else b.double().cpu())
+        shifts = V - K @ W.T - (0.0 if b is None else b.double().cpu())  # (n, d) of the layer's output
+        shifts = join_of(self.model, hp.layer).shift(V - shifts, shifts)  # of the residual stream
         earlier, _ = band.collect(self.applied, edit_vectors, self._base)
 
         def write(layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

@@ -31,6 +31,7 @@ from factstore.rome.edit import add_delta
 from factstore.rome.keys import subject_states
 from factstore.rome.prompts import request_prompts
 from factstore.rome.update import soft_residual_delta
+from factstore.weights.join import join_of
 from factstore.weights.spread import spread_layers
 from factstore.weights.vectors import from_bytes, to_bytes
 
@@ -161,9 +162,10 @@ def measure_asks(
 ) -> list[tuple[LayerAsk, ...]]:
     """What each of n new edits asks of every layer of its band (lowest first), measured on
     MODEL (the head) MEMIT's way. SHIFTS (n, d): the change of block LAYER's output each edit
-    wants (v* - W k* - b on the head); PROMPT_SETS: each edit's key prompts with its subject.
-    At layer l (j-th of B), each edit asks its share (Z - H) / (B - j) of what is still
-    missing at block LAYER, plus what the head's layer already adds at its key (targets are
+    wants (v* - W k* - b on the head, as the residual stream sees it: Join.shift); PROMPT_SETS:
+    each edit's key prompts with its subject. At layer l (j-th of B), each edit asks its share
+    (Z - H) / (B - j) of what is still missing at block LAYER (as a change of l's output:
+    Join.change), plus what the head's layer already adds at its key (targets are
     relative to BASE_WEIGHT(l), (out, in)); WRITE(l, new asks) then rewrites layer l with the
     head's asks and these, so the layers above are measured on it. The vectors are rounded to
     float32 (as stored) before they are written, so the head is what a compile of them builds.
@@ -176,8 +178,8 @@ def measure_asks(
     measured: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # per layer: keys, present, share
     for j, lower in enumerate(layers):
         keys, H = subject_states(model, tokenizer, prompt_sets, lower, layer)  # (n, d_ff), (n, d)
-        share = (Z - H.double()) / (len(layers) - j)
         W = arch.down_proj_weight(model, lower).double().cpu()
+        share = join_of(model, lower).change(_outputs(model, lower, keys, W), (Z - H.double()) / (len(layers) - j))
         present = keys.double() @ (W - base_weight(lower).double().cpu()).T  # (n, d): the head's own change
         measured.append((keys, present, share))
         write(lower, _rows(keys, present + share))
@@ -196,6 +198,12 @@ def measure_asks(
         for i in range(len(prompt_sets))
     ]
     return asks
+
+
+def _outputs(model: PreTrainedModel, layer: int, keys: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """(n, d) float64: LAYER's down-projection output at KEYS (n, d_ff), W (d, d_ff) its weight."""
+    b = arch.down_proj_bias(model, layer)
+    return keys.double() @ W.double().T + (0.0 if b is None else b.double().cpu())
 
 
 def boost_scales(delivered: torch.Tensor, wanted: torch.Tensor, boost: float) -> torch.Tensor:
