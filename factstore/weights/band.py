@@ -31,7 +31,7 @@ from factstore.rome.edit import add_delta
 from factstore.rome.keys import subject_states
 from factstore.rome.prompts import request_prompts
 from factstore.rome.update import soft_residual_delta
-from factstore.weights.join import join_of
+from factstore.weights.join import join_of, layer_outputs
 from factstore.weights.spread import spread_layers
 from factstore.weights.vectors import from_bytes, to_bytes
 
@@ -179,7 +179,7 @@ def measure_asks(
     for j, lower in enumerate(layers):
         keys, H = subject_states(model, tokenizer, prompt_sets, lower, layer)  # (n, d_ff), (n, d)
         W = arch.down_proj_weight(model, lower).double().cpu()
-        share = join_of(model, lower).change(_outputs(model, lower, keys, W), (Z - H.double()) / (len(layers) - j))
+        share = join_of(model, lower).change(layer_outputs(model, lower, keys, W), (Z - H.double()) / (len(layers) - j))
         present = keys.double() @ (W - base_weight(lower).double().cpu()).T  # (n, d): the head's own change
         measured.append((keys, present, share))
         write(lower, _rows(keys, present + share))
@@ -198,12 +198,6 @@ def measure_asks(
         for i in range(len(prompt_sets))
     ]
     return asks
-
-
-def _outputs(model: PreTrainedModel, layer: int, keys: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """(n, d) float64: LAYER's down-projection output at KEYS (n, d_ff), W (d, d_ff) its weight."""
-    b = arch.down_proj_bias(model, layer)
-    return keys.double() @ W.double().T + (0.0 if b is None else b.double().cpu())
 
 
 def boost_scales(delivered: torch.Tensor, wanted: torch.Tensor, boost: float) -> torch.Tensor:

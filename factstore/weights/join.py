@@ -80,6 +80,12 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
     return x.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-150)
 
 
+def layer_outputs(model: PreTrainedModel, layer: int, keys: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """(n, d) float64: LAYER's down-projection output at KEYS (n, d_ff), W (d, d_ff) its weight."""
+    b = arch.down_proj_bias(model, layer)
+    return keys.double() @ W.double().T + (0.0 if b is None else b.double().cpu())
+
+
 def join_of(model: PreTrainedModel, layer: int) -> Join:
     """LAYER's join, read off MODEL: the post-MLP norm's gain is its output on a row of ones."""
     scale, norm = arch.mlp_join(model, layer)

@@ -3,9 +3,9 @@
 A stored edit asks layer L's down-projection to emit v* for k*, i.e. to move the residual
 stream leaving block L by r = v* - W0 k* - b at the subject's last token (averaged over the
 key's context prompts). Spread mode measures that stream on the base model (H0), sets the
-target Z = H0 + r (as the stream sees r: behind a post-MLP norm, weights/join.py), and walks up the layers L-4..L: at each, it measures the stream and the
-layer's keys on the model as updated so far, and asks the layer for its share of what is
-left, (Z - H) / (layers left), in the least-squares form of the joint solve with C of that
+target Z = H0 + r (as the stream sees r: behind a post-MLP norm, weights/join.py), and walks
+up the layers L-4..L: at each, it measures the stream and the layer's keys on the model as
+updated so far, and asks the layer for its share of what is left, (Z - H) / (layers left), in the least-squares form of the joint solve with C of that
 layer. The lower layers take their share softly (ridge, as MEMIT), so that no matrix carries
 every constraint at full size; the edit layer takes exactly what is left, so every edit's
 target holds at the end, and is checked by a last measurement before anything is written.
@@ -29,7 +29,7 @@ from factstore.rome.edit import add_delta
 from factstore.rome.keys import subject_keys, subject_states
 from factstore.rome.prompts import request_prompts
 from factstore.rome.update import residual_delta, soft_residual_delta
-from factstore.weights.join import join_of
+from factstore.weights.join import join_of, layer_outputs
 
 SPREAD_LAYERS = 5  # the edit layer and the four below it (MEMIT's L-4..L)
 LOWER_RIDGE = 1.0  # lambda / mean diagonal of K^T C^-1 K below the edit layer (MEMIT's lambda C is about this size)
@@ -105,8 +105,7 @@ def apply_spread(
         for j, layer in enumerate(layers):
             keys, H = subject_states(model, inputs.tokenizer, prompts, layer, top)
             share = (Z - H.double()) / (len(layers) - j)  # (n, d), as the residual stream sees it
-            W, bl = arch.down_proj_weight(model, layer).double().cpu(), arch.down_proj_bias(model, layer)
-            outputs = keys.double() @ W.T + (0 if bl is None else bl.double().cpu())
+            outputs = layer_outputs(model, layer, keys, arch.down_proj_weight(model, layer).cpu())
             share = join_of(model, layer).change(outputs, share)  # as the layer's output must change
             C = own_covariance(group[-1].covariance_id) if layer == top else inputs.covariance(group[-1], layer)
             Kl = keys.double().T  # (d_ff, n)
