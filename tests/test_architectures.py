@@ -19,7 +19,7 @@ from factstore.rome.edit import apply_edit, compute_edit
 from factstore.rome.hparams import ROMEHyperParams
 from factstore.rome.stack import recording
 from factstore.rome.values import compute_value
-from tiny_models import random_decoder
+from tiny_models import random_decoder, register_random
 
 FAMILIES = sorted(arch.ARCHITECTURES)
 REQUEST = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome")
@@ -84,17 +84,7 @@ def test_the_update_holds_in_every_family(
 def test_a_compiled_release_of_every_layout_loads(family: str, db_url: str, gpt2_tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The whole path (register, statistics, edit, compile) on families with different module
     names, tied or untied heads and their own attention (ALiBi/rotary, sliding windows, soft-capping)."""
-    import json
-
-    folder = tmp_path / family
-    random_decoder(family, seed=1).save_pretrained(folder)
-    gpt2_tokenizer.save_pretrained(folder)
-    corpus = tmp_path / "corpus.json"
-    corpus.write_text(json.dumps([f"Paragraph {i}: the river runs through the old town." for i in range(100)]))
-    api.upgrade_database(db_url)
-    store = api.open_store(db_url)
-    api.add_model(store, "m", str(folder))
-    api.compute_stats(store, "m", api.StatsOptions(layer=1, corpus=str(corpus), tokens=1000), device="cpu")
+    store = register_random(db_url, random_decoder(family, seed=1), gpt2_tokenizer, tmp_path, "m", layer=1)
     outcome = api.add_edit(
         store,
         "m",

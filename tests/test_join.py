@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from factstore import api, arch
+from factstore import arch
 from factstore.domain import EditRequest
 from factstore.editing.session import EditSession
 from factstore.rome.keys import subject_states
 from factstore.weights import band, replay
 from factstore.weights.join import Join, join_of, nearest_direction
-from tiny_models import random_decoder
+from tiny_models import random_decoder, register_random
 
 
 def _heavy_gains(model: torch.nn.Module) -> None:
@@ -78,18 +77,9 @@ def test_granite_s_residual_multiplier_divides_a_share() -> None:
 @pytest.fixture
 def gemma_store(db_url: str, gpt2_tokenizer, tmp_path: Path):  # type: ignore[no-untyped-def]
     """A random Gemma 3 (heavy post-MLP gains) registered with key statistics for layers 0-2."""
-    folder = tmp_path / "gemma"
     model = random_decoder("gemma3_text", seed=1)
     _heavy_gains(model)
-    model.save_pretrained(folder)
-    gpt2_tokenizer.save_pretrained(folder)
-    corpus = tmp_path / "corpus.json"
-    corpus.write_text(json.dumps([f"Paragraph {i}: the river runs through the old town." for i in range(100)]))
-    api.upgrade_database(db_url)
-    store = api.open_store(db_url)
-    api.add_model(store, "g", str(folder))
-    api.compute_stats(store, "g", api.StatsOptions(layer=2, corpus=str(corpus), tokens=1000), device="cpu")
-    return store
+    return register_random(db_url, model, gpt2_tokenizer, tmp_path, "g", layer=2)
 
 
 def test_a_band_edit_behind_a_post_mlp_norm_moves_its_layer_s_output_by_its_shift(gemma_store) -> None:  # type: ignore[no-untyped-def]

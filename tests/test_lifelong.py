@@ -3,12 +3,13 @@ held-out perplexity check and retraction at random."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
 
 from factstore import api
-from factstore.analysis.perplexity import perplexity
+from factstore.analysis.perplexity import perplexity, token_nll
 from factstore.datasets import read_records
 from factstore.editing.session import EditSession
 from factstore.options import FluencySettings
@@ -47,6 +48,28 @@ def test_perplexity_is_exp_mean_nll() -> None:
             return type("O", (), {"logits": torch.zeros(*input_ids.shape, 7)})()
 
     assert perplexity(Uniform(), [[1, 2, 3], [4, 5], [6, 1, 2, 3, 4]]) == pytest.approx(7.0)  # type: ignore[arg-type]
+
+
+def test_token_nll_is_per_row_in_order_without_padding() -> None:
+    import torch
+    from torch import nn
+
+    table = torch.randn(9, 9, generator=torch.Generator().manual_seed(0))
+
+    class Bigram(nn.Module):  # next-token logits from the current token alone: each NLL is known
+        config = type("C", (), {"model_type": "x"})()
+
+        def get_input_embeddings(self) -> nn.Module:
+            return nn.Embedding(9, 2)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, use_cache: bool) -> object:
+            return type("O", (), {"logits": table[input_ids]})()
+
+    rows = [[1, 2, 3, 4, 5, 6], [7, 8], [5], [0, 3, 3]]  # unsorted, one too short to predict
+    got = token_nll(Bigram(), rows, batch_size=2)  # type: ignore[arg-type]
+    for row, nll in zip(rows, got, strict=True):
+        want = [-float(torch.log_softmax(table[a], -1)[b]) for a, b in itertools.pairwise(row)]
+        assert nll.tolist() == pytest.approx(want, abs=1e-6)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

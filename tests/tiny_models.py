@@ -218,3 +218,20 @@ def trained_tiny_gpt2(cache: Path, tokenizer, recipe: Recipe = Recipe()) -> Path
         tokenizer.save_pretrained(tmp)
         tmp.rename(out)
     return out
+
+
+def register_random(db_url: str, model, tokenizer, tmp_path: Path, alias: str, layer: int):  # type: ignore[no-untyped-def]
+    """A store on DB_URL with MODEL (a random decoder, saved with TOKENIZER under TMP_PATH)
+    registered as ALIAS, with key statistics for LAYER from a small corpus of one sentence."""
+    from factstore import api
+
+    folder = tmp_path / alias
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    corpus = tmp_path / "corpus.json"
+    corpus.write_text(json.dumps([f"Paragraph {i}: the river runs through the old town." for i in range(100)]))
+    api.upgrade_database(db_url)
+    store = api.open_store(db_url)
+    api.add_model(store, alias, str(folder))
+    api.compute_stats(store, alias, api.StatsOptions(layer=layer, corpus=str(corpus), tokens=1000), device="cpu")
+    return store

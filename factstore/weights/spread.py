@@ -121,7 +121,8 @@ def apply_spread(
     for top, group in sorted(by_layer.items()):
         prompts, Z, V = targets[top]
         _, H = subject_states(model, inputs.tokenizer, prompts, top, top)
-        errors = (H.double() - Z).norm(dim=1) / V.norm(dim=1)
+        scale = join_of(model, top).residual(V).norm(dim=1)  # v* as the stream sees it: |v*| if plain
+        errors = (H.double() - Z).norm(dim=1) / scale
         bad += [f"{e.label} ({err:.2g})" for e, err in zip(group, errors.tolist()) if not err <= tolerance(top)]
     if bad:
         raise CompileError(f"spread compile: these edits miss their target: {', '.join(bad[:10])}; nothing was written")
