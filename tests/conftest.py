@@ -141,19 +141,10 @@ def gpt2_tokenizer():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(gpt2_tokenizer) -> Path:  # type: ignore[no-untyped-def]
     """The suite's GPT-2 trained on synthetic facts (trained once per machine, cached by recipe)."""
-    import torch
-
     from tiny_models import trained_tiny_gpt2
 
-    threads = torch.get_num_threads()
     with cache_lock():
-        # training is the suite's longest setup, and the other worker mostly waits for it here:
-        # every core trains (the cached model is per machine anyway, not per thread count)
-        torch.set_num_threads(os.cpu_count() or 1)
-        try:
-            return trained_tiny_gpt2(TEST_CACHE, gpt2_tokenizer)
-        finally:
-            torch.set_num_threads(threads)
+        return trained_tiny_gpt2(TEST_CACHE, gpt2_tokenizer)
 
 
 @pytest.fixture(scope="session")
