@@ -173,16 +173,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from factstore import arch
-    from factstore.studies.lifelong import heldout_rows
     from factstore.weights import band
     from factstore.weights.replay import edit_vectors, soft_settings
 
-    store, session, edits, records = run_folder.open_run(args)
-    heldout = heldout_rows(session, store, args.heldout_tokens)
+    _, session, edits, records, heldout = run_folder.open_band_run(args)
     if not heldout:
         raise SystemExit("no held-out text: give --heldout-tokens > 0")
-    if not all(e.band for e in edits):
-        raise SystemExit("every edit of the log must be a band edit (registered with --band)")
     soft = band.settings(edits, soft_settings("band"))
     layers = sorted({a.layer for e in edits for a in e.band})
     run = Run(session, edits, records, heldout, soft, layers)

@@ -6,8 +6,8 @@ The log's band compile (its stored asks, its registered weight and rho) against 
 on the run's held-out text (rows of 256 tokens of the statistics corpus that no C read): the
 rise of each token's next-token NLL. Prints Markdown tables: the rise by the predicted token's
 position in its row, by the kind of token (starts a capitalised word or not; follows one or
-not), and how concentrated it is (the share of the whole rise carried by the top 1 / 5 / 10 %
-of tokens). A rise spread evenly says the solve's C underweighs ordinary text as a whole; a rise
+not), how concentrated it is (the share of the gross rise carried by the top 1 / 5 / 10 / 25 %
+of tokens), the tokens whose mean probability rose most, and each layer's dW spectrum. A rise spread evenly says the solve's C underweighs ordinary text as a whole; a rise
 at the start of rows says the attention sink; one after names says other subjects.
 """
 
@@ -30,19 +30,16 @@ def main() -> None:
 
     from factstore import arch
     from factstore.analysis.perplexity import token_nll
-    from factstore.rome.edit import Snapshot, add_delta
-    from factstore.studies.lifelong import heldout_rows
+    from factstore.studies.lifelong import weights_restored
 
-    store, session, edits, _ = run_folder.open_run(args)
-    rows = heldout_rows(session, store, args.heldout_tokens)
+    _, session, edits, _, rows = run_folder.open_band_run(args)
     if not rows:
         raise SystemExit("the run has no held-out text")
-    with Snapshot(session.model, range(arch.num_layers(session.model))), session.base_weights():
+    with weights_restored(session.model), session.base_weights():
         base, p_base = torch.cat(token_nll(session.model, rows)), mean_probs(session.model, rows)
         deltas = log_deltas(session, edits)
         top = {n: float(torch.linalg.matrix_norm(arch.down_proj_weight(session.model, n).double(), 2)) for n in deltas}
-        for layer, (dW, _, _) in deltas.items():
-            add_delta(session.model, layer, dW)
+        run_folder.applier({n: dW for n, (dW, _, _) in deltas.items()})(session.model)
         edited, p_edited = torch.cat(token_nll(session.model, rows)), mean_probs(session.model, rows)
     rise = edited - base  # (tokens,) nats
     print(

@@ -36,12 +36,9 @@ def main() -> None:
     parser.add_argument("--heldout-tokens", type=int, default=20_000)
     args = parser.parse_args()
 
-    from factstore.studies.lifelong import heldout_rows, score_variant
+    from factstore.studies.lifelong import score_variant
 
-    store, session, edits, records = run_folder.open_run(args)
-    if not edits or not all(e.band for e in edits):
-        raise SystemExit("every edit of the log must be a band edit (registered with --band)")
-    heldout = heldout_rows(session, store, args.heldout_tokens)
+    _, session, edits, records, heldout = run_folder.open_band_run(args)
     solver = Solver(session, edits)
     with session.base_weights():
         m0 = margins(session, edits)
@@ -114,22 +111,13 @@ class Solver:
         }
 
     def applier(self, scales: torch.Tensor) -> Any:
-        from factstore.rome.edit import add_delta
-
-        deltas = self.deltas(scales)
-
-        def apply(model: Any) -> None:
-            for layer, delta in deltas.items():
-                add_delta(model, layer, delta)
-
-        return apply
+        return run_folder.applier(self.deltas(scales))
 
     def margins_at(self, scales: torch.Tensor) -> torch.Tensor:
-        from factstore import arch
-        from factstore.rome.edit import Snapshot
+        from factstore.studies.lifelong import weights_restored
 
         session = self.session
-        with Snapshot(session.model, range(arch.num_layers(session.model))), session.base_weights():
+        with weights_restored(session.model), session.base_weights():
             self.applier(scales)(session.model)
             return margins(session, self.edits)
 

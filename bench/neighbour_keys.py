@@ -47,16 +47,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from factstore import arch
-    from factstore.rome.edit import add_delta
     from factstore.rome.keys import subject_keys
-    from factstore.studies.lifelong import heldout_rows, score_variant
+    from factstore.studies.lifelong import score_variant
     from factstore.weights import band
     from factstore.weights.replay import edit_vectors, soft_settings
 
-    store, session, edits, records = run_folder.open_run(args)
-    if not edits or not all(e.band for e in edits):
-        raise SystemExit("every edit of the log must be a band edit (registered with --band)")
-    heldout = heldout_rows(session, store, args.heldout_tokens)
+    store, session, edits, records, heldout = run_folder.open_band_run(args)
     logged_weight, alpha = band.settings(edits, soft_settings("band"))
     others = run_folder.unnamed_records(store, session, args.control, args.control_n + args.neighbour_n)
     control, neighbours = others[: args.control_n], others[args.control_n :]
@@ -90,16 +86,12 @@ def main() -> None:
             deltas[layer] = band.layer_delta(rows, held, (weight, alpha))
         return deltas
 
-    def apply(model: Any, deltas: dict[int, Any]) -> None:
-        for layer, delta in deltas.items():
-            add_delta(model, layer, delta)
-
     grid = [(w, r, b) for w in (args.weights or [logged_weight]) for r in (args.rhos or [logged]) for b in args.betas]
     for weight, rho, beta in grid:
         clock = time.perf_counter()
         deltas = solve(weight, rho, beta)  # once for both groups of records
-        log = score_variant(session, records, lambda m, d=deltas: apply(m, d), heldout)
-        ctl = score_variant(session, control, lambda m, d=deltas: apply(m, d), None)
+        log = score_variant(session, records, run_folder.applier(deltas), heldout)
+        ctl = score_variant(session, control, run_folder.applier(deltas), None)
         cells = [log["ES"], log["PS"], log["NS"], log["perplexity"], ctl["ES"], ctl["PS"], ctl["NS"]]
         print(
             f"| {weight:g} | {rho:g} | {beta:g} | "

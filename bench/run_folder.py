@@ -30,6 +30,28 @@ def open_run(args: argparse.Namespace) -> tuple[Any, Any, list, list]:
     return store, session, edits, records
 
 
+def open_band_run(args: argparse.Namespace) -> tuple[Any, Any, list, list, list[list[int]] | None]:
+    """open_run's five: (store, session, edits, records) of a log whose every edit is a band edit
+    (SystemExit otherwise), and its held-out rows (--heldout-tokens of them)."""
+    from factstore.studies.lifelong import heldout_rows
+
+    store, session, edits, records = open_run(args)
+    if not edits or not all(e.band for e in edits):
+        raise SystemExit("every edit of the log must be a band edit (registered with --band)")
+    return store, session, edits, records, heldout_rows(session, store, args.heldout_tokens)
+
+
+def applier(deltas: dict[int, Any]) -> Any:
+    """A function that adds DELTAS ({layer: dW (out, in)}) to a model's down-projections."""
+    from factstore.rome.edit import add_delta
+
+    def apply(model: Any) -> None:
+        for layer, delta in deltas.items():
+            add_delta(model, layer, delta)
+
+    return apply
+
+
 def add_control_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     """--control FILE (WHAT it holds) and --control-n: records whose subjects no edit names."""
     parser.add_argument("--control", required=True, help=f"a CounterFact file: {what}")

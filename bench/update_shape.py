@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from typing import Any
 
 import run_folder
 import torch
@@ -37,11 +36,9 @@ def main() -> None:
     from heldout_damage import log_deltas
 
     from factstore import arch
-    from factstore.rome.edit import add_delta
-    from factstore.studies.lifelong import heldout_rows, score_variant
+    from factstore.studies.lifelong import score_variant
 
-    store, session, edits, records = run_folder.open_run(args)
-    heldout = heldout_rows(session, store, args.heldout_tokens)
+    _, session, edits, records, heldout = run_folder.open_band_run(args)
     with session.base_weights():
         deltas = {n: d for n, (d, _, _) in log_deltas(session, edits).items()}
         base = {n: arch.down_proj_weight(session.model, n).double().cpu() for n in deltas}
@@ -56,12 +53,7 @@ def main() -> None:
         clock = time.perf_counter()
         shaped = {n: shape(d, base[n]) for n, d in deltas.items()}
         kept = sum(float(s.norm()) for s in shaped.values()) / sum(float(d.norm()) for d in deltas.values())
-
-        def apply(model: Any, shaped: dict[int, torch.Tensor] = shaped) -> None:
-            for layer, delta in shaped.items():
-                add_delta(model, layer, delta)
-
-        s = score_variant(session, records, apply, heldout)
+        s = score_variant(session, records, run_folder.applier(shaped), heldout)
         print(
             f"| {name} | {s['ES']:.1f} | {s['PS']:.1f} | {s['NS']:.1f} | {s['perplexity']:.2f} | {kept:.3f} "
             f"| {time.perf_counter() - clock:.0f} |",

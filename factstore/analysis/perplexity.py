@@ -21,9 +21,8 @@ def token_nll(model: PreTrainedModel, rows: Sequence[Sequence[int]], batch_size:
     ((len - 1,) float64; the first token is context only), in the order of ROWS. Rows are run
     sorted by length so padding stays small; rows shorter than two tokens give empty tensors."""
     device = arch.input_device(model)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    order = sorted((i for i in range(len(rows)) if len(rows[i]) >= 2), key=lambda i: len(rows[i]))
     out: list[torch.Tensor] = [torch.zeros(0, dtype=torch.float64) for _ in rows]
-    order = [i for i in order if len(rows[i]) >= 2]
     for lo in range(0, len(order), batch_size):
         chunk = order[lo : lo + batch_size]
         ids, mask = pad_right([list(rows[i]) for i in chunk])

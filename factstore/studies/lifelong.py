@@ -114,7 +114,7 @@ def _open_store(folder: Path, source: Store, alias: str, progress: Reporter) -> 
 # scoring --------------------------------------------------------------------------------------
 
 
-def _weights_restored(model: PreTrainedModel) -> Snapshot:
+def weights_restored(model: PreTrainedModel) -> Snapshot:
     """Every down-projection as it is now, put back on exit (a compile mode may touch any layer)."""
     return Snapshot(model, range(arch.num_layers(model)))
 
@@ -169,7 +169,7 @@ def score_variant(
 ) -> dict:
     """Scores of RECORDS (and the held-out perplexity) on the base model changed by APPLY: for
     sweeps of a compile mode's settings over a finished run's log (bench/soft_sweep.py)."""
-    with _weights_restored(session.model), session.base_weights():
+    with weights_restored(session.model), session.base_weights():
         apply(session.model)
         return _score(session.model, session.tokenizer, records, None, 0, heldout)
 
@@ -354,7 +354,7 @@ def _score_modes(
             edits = [e for e in log if index.get(request_sha256(e.request()), n) < i]
             end = i == n
             inputs = band_inputs(session, edits, _width(mode, edits)) if mode in LAYERED_MODES else None
-            with _weights_restored(session.model), session.base_weights():
+            with weights_restored(session.model), session.base_weights():
                 try:
                     apply_edits(session.model, edits, session.matrix, mode, inputs)
                 except CompileError as exc:  # the mode cannot compile this log (a finding, not a crash)
@@ -418,7 +418,7 @@ def _retraction(run: _Run, progress: Reporter) -> None:
     clock = time.perf_counter()
     mode = done["mode"]
     inputs = band_inputs(session, kept, _width(mode, kept)) if mode in LAYERED_MODES else None
-    with _weights_restored(session.model), session.base_weights():
+    with weights_restored(session.model), session.base_weights():
         apply_edits(session.model, kept, session.matrix, mode, inputs)
         scores = score_records(session.model, session.tokenizer, records, None)
     state.add_seconds("retraction", time.perf_counter() - clock)

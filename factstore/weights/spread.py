@@ -5,10 +5,11 @@ stream leaving block L by r = v* - W0 k* - b at the subject's last token (averag
 key's context prompts). Spread mode measures that stream on the base model (H0), sets the
 target Z = H0 + r (as the stream sees r: behind a post-MLP norm, weights/join.py), and walks
 up the layers L-4..L: at each, it measures the stream and the layer's keys on the model as
-updated so far, and asks the layer for its share of what is left, (Z - H) / (layers left), in the least-squares form of the joint solve with C of that
-layer. The lower layers take their share softly (ridge, as MEMIT), so that no matrix carries
-every constraint at full size; the edit layer takes exactly what is left, so every edit's
-target holds at the end, and is checked by a last measurement before anything is written.
+updated so far, and asks the layer for its share of what is left, (Z - H) / (layers left), in
+the least-squares form of the joint solve with C of that layer. The lower layers take their
+share softly (ridge, as MEMIT), so that no matrix carries every constraint at full size; the
+edit layer takes exactly what is left, so every edit's target holds at the end, and is checked
+by a last measurement before anything is written.
 Forward passes only: no gradients; deterministic for a given machine and thread count.
 """
 
