@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -495,33 +496,47 @@ def test_the_health_gate_refuses_a_degraded_release_unless_allowed(  # type: ign
 ) -> None:
     from tiny_models import RELATIONS, Recipe, make_facts
 
-    monkeypatch.setenv("FACTSTORE_HEALTH_TOKENS", "2048")
-
+    monkeypatch.setenv("FACTSTORE_HEALTH_TOKENS", "400")
+    facts = make_facts(Recipe())
+    # subjects given two homes each that contradict what the model knows (other cities: reachable targets)
+    edited = [f for f in facts if f.relation == "city"][-6:]
+    templates = RELATIONS["city"][0][:2]
+    # The held-out text the health check reads: the model's own greedy continuations of the edited
+    # prompts. The tiny model was trained on object tokens only, so on its fact sentences every
+    # other token costs ~18 nats and any update that flattens its predictions *lowers* their
+    # perplexity (by 9 % on one machine's training); on its own argmax text the base is at its best,
+    # so an update that moves these predictions raises perplexity whatever the training gave (+228 % on one machine).
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    continuations = []
+    for fact in edited:
+        for template in templates:
+            ids = gpt2_tokenizer(template.format(fact.subject), return_tensors="pt").input_ids
+            out = model.generate(  # type: ignore[operator]
+                ids, attention_mask=ids.new_ones(ids.shape), do_sample=False, max_new_tokens=16, pad_token_id=0
+            )
+            continuations.append(gpt2_tokenizer.decode(out[0]))
     api.upgrade_database(db_url)
     store = api.open_store(db_url)
     api.add_model(store, "facts", str(tiny_gpt2_dir))
-    facts = make_facts(Recipe())
-    corpus = tmp_path / "facts.json"  # the model's own sentences: C reads the first ~60 %, health the rest
-    corpus.write_text(
-        json.dumps([t.format(f.subject) + " " + f.target + "." for f in facts for t in RELATIONS[f.relation][0]])
-    )
-    api.compute_stats(store, "facts", api.StatsOptions(corpus=str(corpus), tokens=2500), device="cpu")
+    corpus = tmp_path / "facts.json"  # C reads the fact sentences; health reads the continuations after them
+    sentences = [t.format(f.subject) + " " + f.target + "." for f in facts for t in RELATIONS[f.relation][0]]
+    corpus.write_text(json.dumps(sentences + continuations))
+    api.compute_stats(store, "facts", api.StatsOptions(layer=2, corpus=str(corpus), tokens=2500), device="cpu")
     session = EditSession(store, "facts", device="cpu")
-    templates = [*RELATIONS["city"][0], RELATIONS["city"][1]]
-    # homes that are no city: other cities as homes lowered the held-out perplexity on one machine's
-    # trained model (-7 %; a city after "located in" is what the text asks), these raise it (+7 %)
-    cities = ["banana", "seven", "blue", "table"]
-    # subjects of the text the health check reads (the corpus's last facts), each given two homes
-    # that contradict it (one subject with four homes damaged one machine's trained model, not another's)
-    held_out = [f for f in facts if f.relation == "city"][-12:]
-    for i, fact in enumerate(held_out):
-        for template, city in zip(templates[:2], [c for c in cities if c != fact.target][i % 3 :][:2]):
-            session.add(EditRequest(template, fact.subject, city))
-    # soft, every edit accepted: whether an exact compile holds four homes at once depends on the
+    # the tiny model's edit settings (tests/test_evaluate.py): without them its edits do not take
+    session.settings.defaults = replace(
+        session.settings.defaults, layer=2, context_lengths=(), value_context_lengths=(), clamp_norm_factor=8.0
+    )
+    cities = [o.strip() for o in RELATIONS["city"][2]]
+    for i, fact in enumerate(edited):
+        others = [c for c in cities if c != fact.target]
+        for j, template in enumerate(templates):
+            session.add(EditRequest(template, fact.subject, others[(i + 3 * j) % len(others)]))
+    # soft, every edit accepted: whether an exact compile holds two homes at once depends on the
     # trained model's last bits; the gate judges whatever compiles
     release, _ = api.compile_release(store, "facts", api.CompileOptions(mode="soft", min_efficacy=0.0))
     health = json.loads(Path(release.path, layout.MANIFEST).read_text())["scores"]["health"]
-    assert health["corpus"] == "local" and health["heldout_tokens"] >= 1000
+    assert health["corpus"] == "local" and health["heldout_tokens"] >= 300
     rise = health["perplexity_rise_pct"]
     assert rise > 2, health  # the log damages the model: the gate has something to refuse
     monkeypatch.setenv("FACTSTORE_MAX_PERPLEXITY_RISE", "2")  # below it, whatever this machine's training gave
