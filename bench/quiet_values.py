@@ -33,8 +33,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact_va
 
 def fisher(model: Any, module: Any, rows: list[list[int]], batch: int = 4, seed: int = 0) -> torch.Tensor:
     """(d, d) mean of g g^T over the positions of ROWS, g = d/d(output at one position) of the
-    summed log-probabilities of tokens sampled from the model's own next-token predictions."""
+    summed log-probabilities of tokens sampled from the model's own next-token predictions,
+    divided by its mean eigenvalue."""
     from factstore.rome.hooks import edit_output
+    from factstore.rome.prompts import pad_right
 
     gen = torch.Generator().manual_seed(seed)
     probe: dict[str, torch.Tensor] = {}
@@ -46,24 +48,27 @@ def fisher(model: Any, module: Any, rows: list[list[int]], batch: int = 4, seed:
     total: torch.Tensor | None = None
     count = 0
     for i in range(0, len(rows), batch):
-        part = rows[i : i + batch]
-        width = max(len(r) for r in part)
-        ids = torch.zeros(len(part), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, r in enumerate(part):
-            ids[j, : len(r)], mask[j, : len(r)] = torch.tensor(r), 1
+        ids, mask = pad_right(rows[i : i + batch])  # (B, L) each
         with edit_output(module, add):
             logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (B, L, V)
         logp = torch.log_softmax(logits, -1)
         sampled = torch.multinomial(logp.detach().exp().view(-1, logp.shape[-1]), 1, generator=gen).view(ids.shape)
         picked = logp.gather(-1, sampled[..., None])[..., 0] * mask  # (B, L)
         (grad,) = torch.autograd.grad(picked.sum(), probe["z"])
-        g = grad.view(len(part), width, -1)[mask.bool()].double()  # (tokens, d)
+        g = grad.view(*ids.shape, -1)[mask.bool()].double()  # (tokens, d)
         total = g.T @ g if total is None else total + g.T @ g
         count += len(g)
     if total is None:
         raise SystemExit("no rows for the Fisher")
-    return (total / count).float()
+    F = total / count
+    return (F / torch.linalg.eigvalsh(F).mean()).float()
+
+
+def metric(F: torch.Tensor, eps: float) -> torch.Tensor:
+    """P = (F + eps I)^(-1/2) (d, d), symmetric, from F's eigenvectors; times sqrt(1 + eps), so
+    that an isotropic F (all eigenvalues 1) keeps Adam's steps."""
+    w, V = torch.linalg.eigh(F.double() + eps * torch.eye(len(F), dtype=torch.float64))
+    return (V @ torch.diag(w.rsqrt()) @ V.T).float() * (1 + eps) ** 0.5
 
 
 def preconditioned(P: torch.Tensor, plain: Any = None) -> Any:
@@ -132,11 +137,10 @@ def main() -> None:
     text = session.stats_corpus()
     clock = time.perf_counter()
     F = fisher(model, module, corpus.rows(tok, text.texts[: args.fisher_rows], 128))
-    evals = torch.linalg.eigvalsh(F.double())
-    F = F / evals.mean().float()
+    evals = torch.linalg.eigvalsh(F.double())  # their mean is 1
     print(
         f"F from {args.fisher_rows} rows in {time.perf_counter() - clock:.0f} s; eigenvalues / mean: "
-        f"max {evals[-1] / evals.mean():.1f}, median {evals.median() / evals.mean():.3f}, min {evals[0] / evals.mean():.2e}",
+        f"max {evals[-1]:.1f}, median {evals.median():.3f}, min {evals[0]:.2e}",
         flush=True,
     )
     heldout = corpus.held_out(text, tok, args.heldout_tokens, hp.stats_tokens)
@@ -149,16 +153,13 @@ def main() -> None:
 
     methods: dict[str, Any] = {"adam (as registered)": values._Run}
     for eps in args.eps:
-        # a symmetric inverse square root: (F + eps I)^(-1/2) from its eigenvectors
-        w, V = torch.linalg.eigh(F.double() + eps * torch.eye(len(F), dtype=torch.float64))
-        P = (V @ torch.diag(w.rsqrt()) @ V.T).float() * (1 + eps) ** 0.5  # an isotropic F keeps Adam's steps
-        methods[f"P = (F + {eps:g} I)^-1/2"] = preconditioned(P)
+        methods[f"P = (F + {eps:g} I)^-1/2"] = preconditioned(metric(F, eps))
 
     print(
         f"| v* | ES | PS | NS (unedited {unedited['NS']:.1f}) | |delta| / |v0| | delta^T F delta / |delta|^2 | "
         "NLL rise, delta/10 everywhere (nats) | steps | seconds |\n|---|---|---|---|---|---|---|---|---|"
     )
-    predicted: list[float] = []  # delta^T F delta of every edit of every method, against its NLL rise
+    predicted: list[float] = []  # delta^T F delta of every shift of every method, against its NLL rise
     observed: list[float] = []
     for name, run in methods.items():
         values._Run = run
@@ -171,7 +172,8 @@ def main() -> None:
         for record, key, v in zip(records, keys, found):
             delta = v.value - v.v0
             sizes.append(float(delta.norm() / v.v0.norm()))
-            quad.append(float(delta @ F @ delta / delta.dot(delta)))
+            predicted.append(float(delta @ F @ delta))
+            quad.append(predicted[-1] / float(delta.dot(delta)))
             with Snapshot(model, [hp.layer]):
                 apply_edit(model, hp.layer, key, v.value, C)
                 scores += score_records(model, tok, [record])
@@ -179,7 +181,6 @@ def main() -> None:
                 rise.append(float(torch.cat(token_nll(model, heldout)).mean() - base_nll))
         s = aggregate(scores)
         n = len(found)
-        predicted += [q * (z * float(v.v0.norm())) ** 2 for q, z, v in zip(quad, sizes, found)]
         observed += rise
         print(
             f"| {name} | {s['ES']:.1f} | {s['PS']:.1f} | {s['NS']:.1f} | {sum(sizes) / n:.2f} | {sum(quad) / n:.3f} | "

@@ -22,7 +22,7 @@ import torch
 
 
 def fisher_for(model: Any, module: Any, layer: int, tokenizer: Any) -> torch.Tensor:
-    """F / its mean eigenvalue (d, d), cached per layer in FACTSTORE_HOME."""
+    """F / its mean eigenvalue (d, d) (quiet_values.fisher), cached per layer in FACTSTORE_HOME."""
     from quiet_values import fisher
 
     from factstore.weights import corpus
@@ -32,7 +32,6 @@ def fisher_for(model: Any, module: Any, layer: int, tokenizer: Any) -> torch.Ten
         return torch.load(path)
     text = corpus.load_corpus()
     F = fisher(model, module, corpus.rows(tokenizer, text.texts[:64], 128))
-    F = F / torch.linalg.eigvalsh(F.double()).mean().float()
     torch.save(F, path)
     return F
 
@@ -43,7 +42,7 @@ def main() -> None:
     split = sys.argv.index("--")
     eps, rest = float(sys.argv[1]), sys.argv[split + 1 :]
     sys.path.insert(0, str(Path(__file__).parent))
-    from quiet_values import preconditioned
+    from quiet_values import metric, preconditioned
 
     from factstore.rome import values
 
@@ -52,10 +51,8 @@ def main() -> None:
 
     def run(model: Any, module: Any, parts: Any, hp: Any, device: Any, loop: str) -> Any:
         if hp.layer not in made:
-            tokenizer = _tokenizer(model)
-            F = fisher_for(model, module, hp.layer, tokenizer).double()
-            w, V = torch.linalg.eigh(F + eps * torch.eye(len(F), dtype=torch.float64))
-            made[hp.layer] = preconditioned((V @ torch.diag(w.rsqrt()) @ V.T).float() * (1 + eps) ** 0.5, plain)
+            F = fisher_for(model, module, hp.layer, _tokenizer(model))
+            made[hp.layer] = preconditioned(metric(F, eps), plain)
         return made[hp.layer](model, module, parts, hp, device, loop)
 
     values._Run = run  # type: ignore[assignment,misc]
