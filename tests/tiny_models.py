@@ -1,15 +1,22 @@
 """Tiny models for tests: random ones for the math, and a small GPT-2 trained on synthetic facts.
 
 The trained model uses the real GPT-2 tokenizer (starter:gpt2-tokenizer) and is cached
-on disk under a hash of its recipe, so it is trained once per machine (about a minute).
+on disk under a hash of its recipe, so it is trained once per machine (about 3 minutes on one
+core): `python tests/tiny_models.py CACHE` trains it in a process of its own (conftest starts
+that at collection, so the workers run other tests meanwhile).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import random
+import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -208,16 +215,48 @@ def train_tiny_gpt2(recipe: Recipe, tokenizer) -> GPT2LMHeadModel:
     return model.eval()
 
 
-def trained_tiny_gpt2(cache: Path, tokenizer, recipe: Recipe = Recipe()) -> Path:
-    """Folder with the trained model and tokenizer, trained on first use and cached by recipe."""
-    out = cache / f"tiny-gpt2-{recipe.key()}"
-    if not (out / "config.json").exists():
-        model = train_tiny_gpt2(recipe, tokenizer)
-        tmp = out.with_name(out.name + ".tmp")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(out)
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """PATH locked exclusively (fcntl) while the block runs, across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def tiny_gpt2_folder(cache: Path, recipe: Recipe = Recipe()) -> Path:
+    return cache / f"tiny-gpt2-{recipe.key()}"
+
+
+def trained_tiny_gpt2(cache: Path, tokenizer, recipe: Recipe = Recipe()) -> Path:  # type: ignore[no-untyped-def]
+    """Folder with the trained model and tokenizer, trained on first use and cached by recipe.
+    Its own lock, not the cache's: the other cache entries stay usable while it trains."""
+    out = tiny_gpt2_folder(cache, recipe)
+    with file_lock(cache / "tiny-gpt2.lock"):
+        if not (out / "config.json").exists():
+            model = train_tiny_gpt2(recipe, tokenizer)
+            tmp = out.with_name(out.name + ".tmp")
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            tmp.rename(out)
     return out
+
+
+def train_in_background(cache: Path) -> None:
+    """Start `python tests/tiny_models.py CACHE`, detached (it outlives an interrupted run and
+    finishes the cache entry); its output goes to CACHE/tiny-gpt2-training.log."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "tiny-gpt2-training.log", "w") as log:
+        subprocess.Popen(
+            [sys.executable, __file__, str(cache)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
 
 
 def register_random(db_url: str, model, tokenizer, tmp_path: Path, alias: str, layer: int):  # type: ignore[no-untyped-def]
@@ -235,3 +274,15 @@ def register_random(db_url: str, model, tokenizer, tmp_path: Path, alias: str, l
     api.add_model(store, alias, str(folder))
     api.compute_stats(store, alias, api.StatsOptions(layer=layer, corpus=str(corpus), tokens=1000), device="cpu")
     return store
+
+
+if __name__ == "__main__":  # the background training (train_in_background)
+    torch.set_num_threads(1)  # as in an xdist worker: the same weights as a worker would train
+    os.environ["FACTSTORE_CACHE"] = sys.argv[1]
+    from transformers import AutoTokenizer
+
+    from factstore.weights import assets
+
+    with file_lock(Path(sys.argv[1]) / ".lock"):  # conftest's cache_lock
+        tokenizer_folder = assets.gpt2_tokenizer_dir()
+    print(trained_tiny_gpt2(Path(sys.argv[1]), AutoTokenizer.from_pretrained(tokenizer_folder)))
