@@ -58,7 +58,7 @@ def run_shape(
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     phases: list[dict[str, float]] = []
-    for request in requests[1:4]:
+    for request in requests[1 : 1 + args.singles]:
         _sync(device)
         clock = time.perf_counter()
         phases.append(compute_edits(model, tok, [request], hp, C, templates)[0].seconds)
@@ -98,20 +98,21 @@ def main() -> None:
         "--steps", type=int, default=20, help="v* optimisation steps (ROME's default; random weights run them all)"
     )
     parser.add_argument("--batches", type=int, nargs="*", default=[16, 64])
+    parser.add_argument("--singles", type=int, default=3, help="single edits timed (their median is reported)")
     parser.add_argument(
         "--tiny",
         action="store_true",
-        help="shapes divided by 16, 2 steps, batches of 2 and 4: a CPU check of the script",
+        help="shapes divided by 16, 2 steps, one single edit and a batch of 2: a CPU check of the script",
     )
     parser.add_argument("--data", default=str(DATA))
     args = parser.parse_args()
     scale = 16 if args.tiny else 1
     if args.tiny:
-        args.steps, args.batches = 2, [2, 4]
+        args.steps, args.batches, args.singles = 2, [2], 1
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(assets.gpt2_tokenizer_dir())
-    requests = read_requests(args.data, max([4, *args.batches]))
+    requests = read_requests(args.data, max([1 + args.singles, *args.batches]))
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"device {args.device} ({name}), torch {torch.__version__}, {args.steps} v* steps per edit")
     plan = [

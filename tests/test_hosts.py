@@ -2,7 +2,7 @@
 its own address, host name and files (tests/hosts.py) and no folder shared with another.
 PostgreSQL (a throwaway cluster) on one host, the suite's Hub server (https) on another,
 `serve` on a third, two `worker`s on two more. Through the HTTP API only: key statistics as two
-shard jobs, 40 submitted edits, a compile and a publish; one worker's cable is pulled in the
+shard jobs, 24 submitted edits, a compile and a publish; one worker's cable is pulled in the
 middle of an edit (its lease expires, the other worker finishes, nothing lost or done twice);
 then the release is pulled on the serve host and on a fresh host and rebuilt identically."""
 
@@ -42,7 +42,7 @@ store = api.open_store()
 api.add_model(store, "tiny", sys.argv[1])
 options = api.PullOptions(endpoint=sys.argv[2])
 print(json.dumps(api.pull_release("alice/tiny-edits", options, import_into=store, alias="tiny").to_json()))"""
-EDITS = 40
+EDITS = 24
 LEASE_SECONDS = 4
 
 
@@ -243,7 +243,7 @@ def _team_run(hosts: Hosts, url: str, cert: str, key: str, hub_address: str, ser
         log = api.get("/api/v1/models/tiny/edits", params={"limit": 1000}).json()
         return len(log) == EDITS and all(e["status"] == "active" for e in log)
 
-    _wait(all_active, 600, f"the 40 edits with {cut} cut off", logs)
+    _wait(all_active, 600, f"the {EDITS} edits with {cut} cut off", logs)
     edit_seconds = time.monotonic() - started
     hosts.link(cut, up=True)  # the cut worker comes back (what it lost is fenced by its lease: test_workers.py)
     log = api.get("/api/v1/models/tiny/edits", params={"limit": 1000}).json()
