@@ -366,6 +366,45 @@ def test_a_band_log_with_a_names_weight_holds_its_solves_to_the_names_moment_too
     assert result.rebuilt_identical and result.edits_added == 4
 
 
+def test_a_band_log_with_a_top_weight_holds_its_edit_layer_harder_and_imports(tiny_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """band_top_weight multiplies the band weight at the edit layer only (the top of the band,
+    which takes what the layers below left of every shift); the head, the release and an
+    importer's rebuild all solve so, and later edits keep the log's setting."""
+    from dataclasses import replace
+
+    from factstore.weights.band import apply_band, settings
+    from factstore.weights.replay import edit_vectors
+
+    session = EditSession(tiny_store, "tiny", device="cpu", band=2)
+    session.settings.defaults = replace(session.settings.defaults, band_top_weight=8.0)
+    for subject, target in FACTS:
+        session.add(EditRequest(PROMPT, subject, target))
+    later = EditSession(tiny_store, "tiny", device="cpu")  # the model's default is 1: the log's wins
+    later.add(EditRequest(PROMPT, "The Colosseum", "Madrid"))
+    edits = tiny_store.list_edits(1)
+    assert [e.hparams["band_top_weight"] for e in edits] == [8.0] * 4
+    release, _ = api.compile_release(tiny_store, "tiny", api.CompileOptions(min_efficacy=0.0))
+    compiled = AutoModelForCausalLM.from_pretrained(release.path)
+    lower, top = [a.layer for a in edits[0].band]
+    assert top == edits[0].layer
+    assert all(torch.equal(a, b) for a, b in zip(_layers(compiled, [lower, top]), _layers(later.model, [lower, top])))
+    even = _base(session)  # the same stored asks with every layer weighed alike
+    flat = [replace(e, hparams={k: v for k, v in e.hparams.items() if k != "band_top_weight"}) for e in edits]
+    apply_band(
+        even,
+        flat,
+        edit_vectors,
+        lambda e, layer: session.statistics.band_matrix(e.covariance_id, layer, 0.0),
+        settings(flat, (0.0, 0.0)),
+    )
+    base = _layers(_base(session), [lower, top])
+    (low_held, top_held), (low_even, top_even) = _layers(compiled, [lower, top]), _layers(even, [lower, top])
+    assert torch.equal(low_held, low_even)  # below the top: the same solve
+    assert float((top_held - base[1]).norm()) < 0.5 * float((top_even - base[1]).norm())  # the top held harder
+    result = import_release(_team_store(tiny_store, tmp_path), Path(release.path), "team")
+    assert result.rebuilt_identical and result.edits_added == 4
+
+
 def test_a_new_band_log_on_statistics_without_a_names_moment_registers_without_it(
     tiny_store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:  # type: ignore[no-untyped-def]

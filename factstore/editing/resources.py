@@ -226,6 +226,7 @@ def _with_band(hp: ROMEHyperParams, applied: Sequence[StoredEdit], asked: int | 
             band_boost=float(last.hparams.get("band_boost", 1.0)),
             band_plain_weight=band.plain_weight(last),
             band_names_weight=band.names_weight(last),
+            band_top_weight=band.top_weight(last),
         )
         if asked is not None and asked != logged.band:
             raise InvalidEditRequest(

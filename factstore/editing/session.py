@@ -140,10 +140,12 @@ class EditSession:
             raise InvalidEditRequest(
                 f"this model's log was registered with band weight {self._band_soft(self.applied)[0]:g}; one log takes one"
             )
-        if {band.names_weight(e) for e in self.applied if e.band} - {hp.band_names_weight}:
-            raise InvalidEditRequest(
-                "this model's log was registered with another band names weight; one log takes one"
-            )
+        for name, of, value in (
+            ("band names weight", band.names_weight, hp.band_names_weight),
+            ("band top weight", band.top_weight, hp.band_top_weight),
+        ):
+            if {of(e) for e in self.applied if e.band} - {value}:
+                raise InvalidEditRequest(f"this model's log was registered with another {name}; one log takes one")
         layers = spread_layers(hp.layer, hp.band)
         self._originals.add(layers)
         own = self.store.get_covariance(cov.id)  # C of every layer below first, in one pass, before any write
@@ -157,10 +159,11 @@ class EditSession:
         shifts = V - K @ W.T - (0.0 if b is None else b.double().cpu())  # (n, d) of the layer's output
         shifts = join_of(self.model, hp.layer).shift(V - shifts, shifts)  # of the residual stream
         earlier, _ = band.collect(self.applied, edit_vectors, self._base)
+        top = (hp.band_top_weight, band.tops(self.applied)[1] | {hp.layer})  # the head: the log and these
 
         def write(layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
             held = self.statistics.band_matrix(cov.id, layer, hp.band_names_weight)
-            delta = band.layer_delta(earlier.get(layer, []) + rows, held, soft)
+            delta = band.layer_delta(earlier.get(layer, []) + rows, held, band.layer_soft(soft, layer, top))
             band.write_layer(self.model, layer, self._base(layer)[0], delta)
 
         try:

@@ -216,10 +216,15 @@ class _BandLayers(Generic[HandleT]):
     solve: BandCompile[HandleT]
 
     def write(
-        self, layer: int, rows: list[tuple[torch.Tensor, torch.Tensor]] | None, owner: LoggedEdit[HandleT] | None
+        self,
+        layer: int,
+        rows: list[tuple[torch.Tensor, torch.Tensor]] | None,
+        owner: LoggedEdit[HandleT] | None,
+        edits: Sequence[LoggedEdit[HandleT]],
     ) -> None:
-        """LAYER as the compile of ROWS with C of OWNER's spec (the edit asking last); no rows: its base weights."""
-        soft = self.solve.soft
+        """LAYER as the compile of ROWS (the asks of EDITS) with C of OWNER's spec (the edit asking
+        last); no rows: its base weights."""
+        soft = band.layer_soft(self.solve.soft, layer, band.tops(edits))
         delta = band.layer_delta(rows, self.solve.covariance(owner, layer), soft) if rows and owner else None
         band.write_layer(self.model, layer, self.base[layer][0], delta)
 
@@ -252,7 +257,7 @@ def check_band_heads(
         asks, last = band.collect(ordered[:count], edit_vectors, base.__getitem__)
         if holding[0] != count:  # the judge of the edit before left this very compile in place
             for layer in base:
-                written.write(layer, asks.get(layer), last.get(layer))
+                written.write(layer, asks.get(layer), last.get(layer), ordered[:count])
             holding[0] = count
         return asks
 
@@ -264,7 +269,7 @@ def check_band_heads(
             text, answer, before = _before(model, tokenizer, edit, templates(edit))
             if not edit.band:  # a band compile reads no k*: every key it reads is checked below
                 _check_key(model, tokenizer, edit, edit_vectors(edit)[0], templates(edit), position)
-            _check_band_keys(written, tokenizer, edit, templates(edit), position, earlier)
+            _check_band_keys(written, tokenizer, ordered[:position], templates(edit), earlier)
             holding[0] = None  # its own asks are written on the layers below: not a compile of any prefix
             compile_prefix(position)
             judged[edit.seq] = _judge(model, tokenizer, edit, (text, answer, before), templates(edit), position)
@@ -275,12 +280,13 @@ def check_band_heads(
 def _check_band_keys(
     written: _BandLayers[HandleT],
     tokenizer: PreTrainedTokenizerBase,
-    edit: LoggedEdit[HandleT],
+    prefix: Sequence[LoggedEdit[HandleT]],
     templates: list[str],
-    position: int,
     earlier: band.Asks,
 ) -> None:
-    model = written.model
+    """The keys of PREFIX's last edit (band.key_prompts on the model as its registration saw it)
+    against its stored ones; each of its asks is written as it goes."""
+    model, edit, position = written.model, prefix[-1], len(prefix)
     prompts = [band.key_prompts(edit.request(), templates, band.plain_weight(edit))]
     for j, ask in enumerate(edit.band):
         here = subject_states(model, tokenizer, prompts, ask.layer, ask.layer)[0][0].double()
@@ -292,4 +298,4 @@ def _check_band_keys(
                 f"in its prompt (relative difference {error:.2g}); the vectors belong to another fact than its label"
             )
         rows = [*earlier.get(ask.layer, []), (band.vector(ask.key), band.vector(ask.target))]
-        written.write(ask.layer, rows, edit)
+        written.write(ask.layer, rows, edit, prefix)

@@ -44,6 +44,10 @@ class ROMEHyperParams:
     # the corpus's names, each read alone as a subject is (rome/covariance.py), which C barely
     # weighs: other subjects' keys, which a long log otherwise moves (issue 25). 0: C alone
     band_names_weight: float = 0.0
+    # the band weight at the edit layer (the band's top) as a multiple of band_weight: the top
+    # takes what the layers below did not deliver of every shift, the largest update of the band
+    # and the costliest to ordinary text (docs/results.md). 1: every layer alike
+    band_top_weight: float = 1.0
 
     def __post_init__(self) -> None:  # hyperparameters arrive from pulled manifests too
         if not (isinstance(self.band, int) and 1 <= self.band <= 64):
@@ -52,6 +56,8 @@ class ROMEHyperParams:
             raise ValueError("band_weight must be in (0, 1e12], band_alpha in [0, 1e6] and band_boost in [1, 100]")
         if not 0 <= self.band_names_weight <= 1e6:
             raise ValueError(f"band_names_weight must be in [0, 1e6], not {self.band_names_weight!r}")
+        if not 0.01 <= self.band_top_weight <= 1e4:
+            raise ValueError(f"band_top_weight must be in [0.01, 1e4], not {self.band_top_weight!r}")
         if not (isinstance(self.band_plain_weight, int) and 0 <= self.band_plain_weight <= 1000):
             raise ValueError(f"band_plain_weight must be a whole number from 0 to 1000, not {self.band_plain_weight!r}")
 
@@ -59,11 +65,24 @@ class ROMEHyperParams:
         data = asdict(self)
         if data["top1_patience"] is None:
             del data["top1_patience"]  # fields added later stay out when off: older fingerprints still match
-        for name, off in (("band_boost", 1.0), ("band_plain_weight", 0), ("band_names_weight", 0.0)):
+        for name, off in (
+            ("band_boost", 1.0),
+            ("band_plain_weight", 0),
+            ("band_names_weight", 0.0),
+            ("band_top_weight", 1.0),
+        ):
             if data[name] == off:
                 del data[name]
         if data["band"] == 1:
-            for name in ("band", "band_weight", "band_alpha", "band_boost", "band_plain_weight", "band_names_weight"):
+            for name in (
+                "band",
+                "band_weight",
+                "band_alpha",
+                "band_boost",
+                "band_plain_weight",
+                "band_names_weight",
+                "band_top_weight",
+            ):
                 data.pop(name, None)
         data["context_lengths"] = [list(x) for x in self.context_lengths]
         data["value_context_lengths"] = [list(x) for x in self.value_context_lengths]

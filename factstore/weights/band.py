@@ -7,11 +7,12 @@ was computed, MEMIT's way: walking up the band, each layer asked for its share o
 still missing of the edit's shift at layer L, after the layers below were written
 (`measure_asks`). A compile is then linear algebra over stored vectors, per layer
 
-    dW_l = R_l K_l^T (weight (H_l + alpha mean(diag H_l) I) + K_l K_l^T)^-1,   H_l = C_l + rho N_l
+    dW_l = R_l K_l^T (weight_l (H_l + alpha mean(diag H_l) I) + K_l K_l^T)^-1,   H_l = C_l + rho N_l
 
 over every ask that reaches l (MEMIT's soft solve with ENCORE's alpha I; every earlier edit's
 key is in the solve; N_l the moment of the keys of C's corpus's names, each read alone, weighed rho =
-band_names_weight: `held`): deterministic, the same bytes wherever the vectors and C are the same.
+band_names_weight: `held`; weight_l the band weight, times band_top_weight at the edit layer:
+`layer_soft`): deterministic, the same bytes wherever the vectors and C are the same.
 A single-layer edit asks one layer for its whole shift, v* - W0 k* - b.
 """
 
@@ -52,15 +53,32 @@ def settings(edits: Sequence[LoggedEdit[Any]], default: tuple[float, float]) -> 
     with other settings cannot share one solve (the head they were measured on would not be
     the release)."""
     found = {(float(e.hparams["band_weight"]), float(e.hparams.get("band_alpha", 0.0))) for e in edits if e.band}
-    if len({names_weight(e) for e in edits if e.band}) > 1:
-        raise CompileError(
-            "the log's band edits were registered with different band names weights; retract or re-register them with one"
-        )
+    for name, of in (("band names weights", names_weight), ("band top weights", top_weight)):
+        if len({of(e) for e in edits if e.band}) > 1:
+            raise CompileError(
+                f"the log's band edits were registered with different {name}; retract or re-register them with one"
+            )
     if len(found) > 1:
         raise CompileError(
             f"the log's band edits were registered with {len(found)} different band weights; retract or re-register them with one"
         )
     return found.pop() if found else default
+
+
+def top_weight(edit: LoggedEdit[Any]) -> float:
+    """The band_top_weight a band edit was registered with (1 before the setting existed)."""
+    return float(edit.hparams.get("band_top_weight", 1.0)) if edit.band else 1.0
+
+
+def tops(edits: Sequence[LoggedEdit[Any]]) -> tuple[float, set[int]]:
+    """(band_top_weight, the layers it applies to) of a log of EDITS: the band edits' own layers,
+    the tops of their bands (one top weight per log: `settings` checks)."""
+    return next((top_weight(e) for e in edits if e.band), 1.0), {e.layer for e in edits if e.band}
+
+
+def layer_soft(soft: tuple[float, float], layer: int, top: tuple[float, set[int]]) -> tuple[float, float]:
+    """(weight, alpha) of LAYER's solve: SOFT, its weight times TOP's weight where LAYER is a top."""
+    return (soft[0] * top[0], soft[1]) if layer in top[1] else soft
 
 
 def names_weight(edit: LoggedEdit[Any]) -> float:
@@ -145,8 +163,9 @@ def apply_band(
     asks, last = collect(
         edits, vectors, lambda layer: (arch.down_proj_weight(model, layer), arch.down_proj_bias(model, layer))
     )
+    top = tops(edits)
     for layer, rows in sorted(asks.items()):
-        add_delta(model, layer, layer_delta(rows, covariance(last[layer], layer), soft))
+        add_delta(model, layer, layer_delta(rows, covariance(last[layer], layer), layer_soft(soft, layer, top)))
 
 
 def measure_asks(
