@@ -94,6 +94,22 @@ def test_a_band_log_keeps_its_band(banded) -> None:  # type: ignore[no-untyped-d
     assert loads[0].load == pytest.approx(2 / outcome.edit.key_shape[0])
 
 
+def _band_compile(session: EditSession, edits: list) -> torch.nn.Module:  # type: ignore[type-arg]
+    """The band compile of EDITS' stored asks on the base weights, each layer held to its C alone."""
+    from factstore.weights.band import apply_band, settings
+    from factstore.weights.replay import edit_vectors
+
+    model = _base(session)
+    apply_band(
+        model,
+        edits,
+        edit_vectors,
+        lambda e, layer: session.statistics.band_matrix(e.covariance_id, layer, 0.0),
+        settings(edits, (0.0, 0.0)),
+    )
+    return model
+
+
 def _team_store(store, tmp_path: Path):  # type: ignore[no-untyped-def]
     other = tmp_path / "team.db"
     api.upgrade_database(f"sqlite:///{other}")
@@ -324,8 +340,6 @@ def test_a_band_log_with_a_names_weight_holds_its_solves_to_the_names_moment_too
     from dataclasses import replace
 
     from factstore.weights import stats
-    from factstore.weights.band import apply_band, settings
-    from factstore.weights.replay import edit_vectors
 
     rho = 1.0
     named = tmp_path / "named.json"  # the suite's corpus names nothing: C of text that names places
@@ -353,14 +367,7 @@ def test_a_band_log_with_a_names_weight_holds_its_solves_to_the_names_moment_too
     compiled = AutoModelForCausalLM.from_pretrained(release.path)
     band = [a.layer for a in edits[0].band]
     assert all(torch.equal(a, b) for a, b in zip(_layers(compiled, band), _layers(later.model, band)))
-    alone = _base(session)  # the same stored asks held to C alone: other weights
-    apply_band(
-        alone,
-        edits,
-        edit_vectors,
-        lambda e, layer: session.statistics.band_matrix(e.covariance_id, layer, 0.0),
-        settings(edits, (0.0, 0.0)),
-    )
+    alone = _band_compile(session, edits)  # the same stored asks held to C alone: other weights
     assert all(float((a - b).norm()) > 1e-6 for a, b in zip(_layers(compiled, band), _layers(alone, band)))
     result = import_release(_team_store(tiny_store, tmp_path), Path(release.path), "team")
     assert result.rebuilt_identical and result.edits_added == 4
@@ -371,9 +378,6 @@ def test_a_band_log_with_a_top_weight_holds_its_edit_layer_harder_and_imports(ti
     which takes what the layers below left of every shift); the head, the release and an
     importer's rebuild all solve so, and later edits keep the log's setting."""
     from dataclasses import replace
-
-    from factstore.weights.band import apply_band, settings
-    from factstore.weights.replay import edit_vectors
 
     session = EditSession(tiny_store, "tiny", device="cpu", band=2)
     session.settings.defaults = replace(session.settings.defaults, band_top_weight=8.0)
@@ -388,15 +392,8 @@ def test_a_band_log_with_a_top_weight_holds_its_edit_layer_harder_and_imports(ti
     lower, top = [a.layer for a in edits[0].band]
     assert top == edits[0].layer
     assert all(torch.equal(a, b) for a, b in zip(_layers(compiled, [lower, top]), _layers(later.model, [lower, top])))
-    even = _base(session)  # the same stored asks with every layer weighed alike
     flat = [replace(e, hparams={k: v for k, v in e.hparams.items() if k != "band_top_weight"}) for e in edits]
-    apply_band(
-        even,
-        flat,
-        edit_vectors,
-        lambda e, layer: session.statistics.band_matrix(e.covariance_id, layer, 0.0),
-        settings(flat, (0.0, 0.0)),
-    )
+    even = _band_compile(session, flat)  # the same stored asks with every layer weighed alike
     base = _layers(_base(session), [lower, top])
     (low_held, top_held), (low_even, top_even) = _layers(compiled, [lower, top]), _layers(even, [lower, top])
     assert torch.equal(low_held, low_even)  # below the top: the same solve
