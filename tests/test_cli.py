@@ -192,7 +192,11 @@ def test_killed_edit_add_leaves_nothing_and_a_rerun_completes(tiny: str, db_url:
 # one database: the subject is the process killed mid-import and the rerun; an import
 # interrupted on both databases is test_queue's test_a_rerun_import_finishes_requests_...
 @pytest.mark.slow  # real processes, each loading torch
-def test_import_validates_first_then_resumes_after_a_kill(tiny: str, db_url: str, tmp_path: Path) -> None:
+def test_import_validates_first_then_resumes_after_a_kill(
+    tiny: str, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the rerun waits for the killed import's hold on the model to lapse: 3 s, not the default 30
+    monkeypatch.setenv("FACTSTORE_LEASE_SECONDS", "3")
     records = json.loads((REPO / "tests" / "data" / "counterfact_8.json").read_text())
     bad = tmp_path / "bad.json"
     bad.write_text(
