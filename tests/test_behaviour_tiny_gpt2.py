@@ -14,7 +14,7 @@ from factstore.rome.covariance import accumulate_second_moment
 from factstore.rome.edit import Snapshot, apply_edit, compute_edit, contexts_for
 from factstore.rome.hparams import default_hparams
 from factstore.rome.scoring import target_probs
-from tiny_models import RELATIONS, Fact, Recipe, make_facts
+from tiny_models import RELATIONS, TRAINED_EDIT_SETTINGS, Fact, Recipe, fact_sentences, make_facts
 
 N_EDITS = 10
 
@@ -35,21 +35,14 @@ def _knows(model, tokenizer, fact: Fact, paraphrase: bool = True) -> bool:  # ty
 def trained(tiny_gpt2_dir: Path, gpt2_tokenizer):  # type: ignore[no-untyped-def]
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
     facts = make_facts(Recipe())
-    corpus = [t.format(f.subject) + " " + f.target + "." for f in facts for t in RELATIONS[f.relation][0]]
+    corpus = fact_sentences(Recipe())
     # Settings for this model, chosen by measurement: it has only seen bare sentences, so
     # ROME's sampled context prefixes would put every prompt out of distribution.
     # Layers 1 and 2 both edit 9-10 of 10 facts with every bystander kept; 2 was the better.
     # A delta clamp of 8 x ||v0|| (ROME: 4) and 40 v* steps (default 20): the trained weights
     # differ from one CPU to another; on some the clamp at 4 held 3 of 10 edits short of their
     # target, on another 20 steps did (7/10; 40 steps: 9/10).
-    hp = replace(
-        default_hparams("gpt2", model.config.n_layer, model.config.n_embd),
-        layer=2,
-        context_lengths=(),
-        value_context_lengths=(),
-        clamp_norm_factor=8.0,
-        steps=40,
-    )
+    hp = replace(default_hparams("gpt2", model.config.n_layer, model.config.n_embd), **TRAINED_EDIT_SETTINGS, steps=40)
     C = accumulate_second_moment(model, gpt2_tokenizer, corpus, hp.layer, 100_000).moment(hp.layer).float()
     return model, facts, hp, C
 

@@ -23,7 +23,7 @@ from factstore.rome.hparams import default_hparams
 from factstore.rome.scoring import target_probs
 from factstore.studies import evaluation
 from factstore.weights.replay import MODES
-from tiny_models import RELATIONS, Recipe, make_facts
+from tiny_models import RELATIONS, TRAINED_EDIT_SETTINGS, Recipe, fact_sentences, make_facts
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ["[UNK]", "x", "y", "z", "is", "in", "at", "near", "Paris", "Rome", "New", "York"]
@@ -180,15 +180,9 @@ def test_single_edits_raise_efficacy_on_the_trained_tiny_gpt2(db_url: str, tiny_
     # the tiny model has only seen its fact sentences: its key statistics come from them, and
     # no context prefixes, a looser delta clamp (settings as in tests/test_behaviour_tiny_gpt2.py)
     corpus = tmp_path / "facts.json"
-    corpus.write_text(
-        json.dumps(
-            [t.format(f.subject) + " " + f.target + "." for f in make_facts(Recipe()) for t in RELATIONS[f.relation][0]]
-        )
-    )
+    corpus.write_text(json.dumps(fact_sentences(Recipe())))
     api.compute_stats(store, "facts", api.StatsOptions(layer=2, corpus=str(corpus), tokens=100_000), device="cpu")
-    hp = replace(
-        default_hparams("gpt2", 4, 128), layer=2, context_lengths=(), value_context_lengths=(), clamp_norm_factor=8.0
-    )
+    hp = replace(default_hparams("gpt2", 4, 128), **TRAINED_EDIT_SETTINGS)
     result = evaluation.single(
         store, "facts", _tiny_records(10, tiny_gpt2_dir), api.EvalSettings(fluency=None), hparams=hp
     )

@@ -494,7 +494,7 @@ def test_the_health_gate_refuses_a_degraded_release_unless_allowed(  # type: ign
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from tiny_models import RELATIONS, Recipe, make_facts
+    from tiny_models import RELATIONS, TRAINED_EDIT_SETTINGS, Recipe, fact_sentences, make_facts
 
     monkeypatch.setenv("FACTSTORE_HEALTH_TOKENS", "400")
     facts = make_facts(Recipe())
@@ -519,14 +519,11 @@ def test_the_health_gate_refuses_a_degraded_release_unless_allowed(  # type: ign
     store = api.open_store(db_url)
     api.add_model(store, "facts", str(tiny_gpt2_dir))
     corpus = tmp_path / "facts.json"  # C reads the fact sentences; health reads the continuations after them
-    sentences = [t.format(f.subject) + " " + f.target + "." for f in facts for t in RELATIONS[f.relation][0]]
-    corpus.write_text(json.dumps(sentences + continuations))
+    corpus.write_text(json.dumps(fact_sentences(Recipe()) + continuations))
     api.compute_stats(store, "facts", api.StatsOptions(layer=2, corpus=str(corpus), tokens=2500), device="cpu")
     session = EditSession(store, "facts", device="cpu")
-    # the tiny model's edit settings (tests/test_evaluate.py): without them its edits do not take
-    session.settings.defaults = replace(
-        session.settings.defaults, layer=2, context_lengths=(), value_context_lengths=(), clamp_norm_factor=8.0
-    )
+    # the trained model's edit settings: without them its edits do not take
+    session.settings.defaults = replace(session.settings.defaults, **TRAINED_EDIT_SETTINGS)
     cities = [o.strip() for o in RELATIONS["city"][2]]
     for i, fact in enumerate(edited):
         others = [c for c in cities if c != fact.target]

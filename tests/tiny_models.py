@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -81,6 +82,19 @@ class Fact:
     subject: str
     relation: str
     target: str  # without the leading space
+
+
+# The trained model's edit settings, chosen by measurement (tests/test_behaviour_tiny_gpt2.py):
+# it has only seen bare sentences, so ROME's context prefixes would put every prompt out of
+# distribution; layer 2, and a delta clamp of 8 x ||v0|| for the machines whose weights need it
+TRAINED_EDIT_SETTINGS: dict[str, Any] = dict(
+    layer=2, context_lengths=(), value_context_lengths=(), clamp_norm_factor=8.0
+)
+
+
+def fact_sentences(recipe: Recipe) -> list[str]:
+    """Every training sentence of the facts with its object: the trained model's own text."""
+    return [t.format(f.subject) + " " + f.target + "." for f in make_facts(recipe) for t in RELATIONS[f.relation][0]]
 
 
 def make_facts(recipe: Recipe) -> list[Fact]:
