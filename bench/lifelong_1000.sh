@@ -13,11 +13,14 @@ RUN_DIR="${RUN_DIR:-$FACTSTORE_HOME/lifelong-1000}"  # LAYER=N: the edit layer (
 # HPARAMS="band_boost=2 ...": SmolLM2's default hyperparameters overridden (bench/with_hparams.py)
 # FLUENCY=1: score GE at the end (50 records' generations); RETRACT=N: then retract N edits at random
 # MODEL=gemma3 SOURCE=starter:gemma3-270m FAMILY=gemma3_text: another starter model; N=100: fewer records
+# DATASET=FILE: other records; the 1,500-record curve reads val_1000 then counterfact_500, joined by
+#   python bench/join_records.py ../shared/data/counterfact_val_1000.json ../shared/data/counterfact_500.json -o F
+DATASET="${DATASET:-../shared/data/counterfact_val_1000.json}"
 MODEL="${MODEL:-smollm2}" SOURCE="${SOURCE:-starter:smollm2-135m}" FAMILY="${FAMILY:-llama}"
 F=.venv/bin/factstore
 MODE=joint; [ -n "${BAND:-}" ] && MODE=band
 $F model list --json | grep -q "\"alias\": \"$MODEL\"" || $F model add "$MODEL" "$SOURCE"
 [ -n "${HPARAMS:-}" ] && F=".venv/bin/python bench/with_hparams.py $FAMILY $HPARAMS --"
-exec $F eval --model "$MODEL" --dataset ../shared/data/counterfact_val_1000.json --n "${N:-1000}" --mode lifelong \
+exec $F eval --model "$MODEL" --dataset "$DATASET" --n "${N:-1000}" --mode lifelong \
   --every "${EVERY:-1000}" --batch 8 --compile-mode "$MODE" --run-dir "$RUN_DIR" \
   ${LAYER:+--layer "$LAYER"} ${BAND:+--band "$BAND"} ${RETRACT:+--retract "$RETRACT"} $([ -n "${FLUENCY:-}" ] || echo --no-fluency)
