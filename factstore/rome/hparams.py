@@ -7,6 +7,15 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+# band fields added after logs existed, and the value that means "off": left out of to_json when
+# off (and every band field when band == 1), so older logs' fingerprints still match
+_OFF_WHEN: dict[str, float] = {
+    "band_boost": 1.0,
+    "band_plain_weight": 0,
+    "band_names_weight": 0.0,
+    "band_top_weight": 1.0,
+}
+
 
 @dataclass(frozen=True)
 class ROMEHyperParams:
@@ -65,24 +74,11 @@ class ROMEHyperParams:
         data = asdict(self)
         if data["top1_patience"] is None:
             del data["top1_patience"]  # fields added later stay out when off: older fingerprints still match
-        for name, off in (
-            ("band_boost", 1.0),
-            ("band_plain_weight", 0),
-            ("band_names_weight", 0.0),
-            ("band_top_weight", 1.0),
-        ):
+        for name, off in _OFF_WHEN.items():
             if data[name] == off:
                 del data[name]
         if data["band"] == 1:
-            for name in (
-                "band",
-                "band_weight",
-                "band_alpha",
-                "band_boost",
-                "band_plain_weight",
-                "band_names_weight",
-                "band_top_weight",
-            ):
+            for name in ("band", "band_weight", "band_alpha", *_OFF_WHEN):
                 data.pop(name, None)
         data["context_lengths"] = [list(x) for x in self.context_lengths]
         data["value_context_lengths"] = [list(x) for x in self.value_context_lengths]
