@@ -132,10 +132,13 @@ def by_weight(
     from factstore.rome.edit import add_delta
     from factstore.weights import band
 
+    top = band.tops(run.edits)
+
     def solve(model: Any, weight_of: Callable[[int], float], alpha: float) -> None:
         for layer, rows in sorted(asks.items()):
             C = run.session.layer_covariance(last[layer], layer)
-            add_delta(model, layer, band.layer_delta(rows, C, (weight_of(layer), alpha)))
+            soft = band.layer_soft((weight_of(layer), alpha), layer, top)  # a log's top weight kept
+            add_delta(model, layer, band.layer_delta(rows, C, soft))
 
     print(TABLE)
     for spec in scaled:

@@ -38,7 +38,7 @@ def main() -> None:
     store = Store(f"sqlite:///{Path(args.run_dir) / 'lifelong.db'}")
     session = EditSession(store, args.alias, device="cpu")
     edits = sorted(session.applied, key=lambda e: e.seq)
-    soft = band.settings(edits, (0.0, 0.0))
+    soft, top = band.settings(edits, (0.0, 0.0)), band.tops(edits)
     model, tok = session.model, session.tokenizer
     layers = sorted({a.layer for e in edits for a in e.band})
     with torch.no_grad(), session.base_weights():
@@ -52,7 +52,8 @@ def main() -> None:
             earlier, last = band.collect(edits[:i], edit_vectors, base.__getitem__)
             for layer, (W0, _) in base.items():
                 rows = earlier.get(layer)
-                delta = band.layer_delta(rows, session.layer_covariance(last[layer], layer), soft) if rows else None
+                C = session.layer_covariance(last[layer], layer) if rows else None
+                delta = band.layer_delta(rows, C, band.layer_soft(soft, layer, top)) if rows else None
                 band.write_layer(model, layer, W0, delta)
             templates = session.templates(ROMEHyperParams.from_json(edit.hparams)).key
             k_star = compute_key(model, tok, edit.request(), edit.layer, templates).double()
@@ -66,7 +67,8 @@ def main() -> None:
                     float((here - want).norm() / want.norm())
                 )
                 rows = [*earlier.get(ask.layer, []), (band.vector(ask.key), band.vector(ask.target))]
-                delta = band.layer_delta(rows, session.layer_covariance(edit, ask.layer), soft)
+                soft_here = band.layer_soft(soft, ask.layer, top)
+                delta = band.layer_delta(rows, session.layer_covariance(edit, ask.layer), soft_here)
                 band.write_layer(model, ask.layer, base[ask.layer][0], delta)
     print(
         f"{len(picks)} of {len(edits)} edits; tolerances {claims.KEY_TOLERANCE:g} (lowest layer), {claims.BAND_KEY_TOLERANCE:g} (others)"

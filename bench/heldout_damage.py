@@ -95,7 +95,7 @@ def log_deltas(session: Any, edits: list) -> dict[int, tuple[torch.Tensor, torch
     for layer, rows in sorted(asks.items()):
         C = session.statistics.band_matrix(last[layer].covariance_id, layer, rho).double()
         K = torch.stack([k for k, _ in rows], dim=1).double()
-        out[layer] = (band.layer_delta(rows, C, (weight, alpha)), C, K)
+        out[layer] = (band.layer_delta(rows, C, band.layer_soft((weight, alpha), layer, band.tops(edits))), C, K)
     return out
 
 

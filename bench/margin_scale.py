@@ -89,7 +89,7 @@ class Solver:
         from factstore.weights.replay import soft_settings
 
         self.session, self.edits = session, edits
-        self.soft = band.settings(edits, soft_settings("band"))
+        self.soft, self.top = band.settings(edits, soft_settings("band")), band.tops(edits)
         rho = band.names_weight(edits[-1])
         rows: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = defaultdict(list)
         last: dict[int, Any] = {}
@@ -106,7 +106,11 @@ class Solver:
         from factstore.weights import band
 
         return {
-            layer: band.layer_delta([(k, float(scales[i]) * r) for i, k, r in rows], self.held[layer], self.soft)
+            layer: band.layer_delta(
+                [(k, float(scales[i]) * r) for i, k, r in rows],
+                self.held[layer],
+                band.layer_soft(self.soft, layer, self.top),
+            )
             for layer, rows in sorted(self.rows.items())
         }
 

@@ -73,7 +73,7 @@ def main() -> None:
     print(f"{len(edits)} edits, {len(records)} records, {len(control)} control, {len(sets)} neighbour keys")
     print("| w | rho | beta | log ES | log PS | log NS | perplexity | control ES | control PS | control NS | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    logged = band.names_weight(edits[-1])
+    logged, top = band.names_weight(edits[-1]), band.tops(edits)
 
     def solve(weight: float, rho: float, beta: float) -> dict[int, Any]:
         """{layer: dW (out, in)} of each band layer's solve with the names moment at RHO and the neighbours' keys at BETA."""
@@ -83,7 +83,7 @@ def main() -> None:
             held = (
                 C + (beta / weight) * keys[layer].T @ keys[layer] if beta else C
             )  # w C' = w (C + rho N) + beta K_n K_n^T
-            deltas[layer] = band.layer_delta(rows, held, (weight, alpha))
+            deltas[layer] = band.layer_delta(rows, held, band.layer_soft((weight, alpha), layer, top))
         return deltas
 
     grid = [(w, r, b) for w in (args.weights or [logged_weight]) for r in (args.rhos or [logged]) for b in args.betas]
