@@ -53,7 +53,9 @@ def test_model_show_counts_edits_per_layer_and_warns_past_the_safe_load(
     monkeypatch.setattr(capacity, "SAFE_LOAD", 1.5 / dim)
     added = _add("tiny", "The Colosseum", "Madrid")
     [line] = added.stderr.strip().splitlines()
-    assert line.startswith("warning: layer 1 of tiny holds 3 active edits") and "past the" in line
+    assert (
+        line.startswith("warning: layer 1 of tiny holds 3 active edits") and "past the" in line and "--band 9" in line
+    )
     assert "over" in run("model", "show", "tiny").stdout
 
 

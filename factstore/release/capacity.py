@@ -13,6 +13,11 @@ from factstore.storage.store import Store
 # docs/results.md, SmolLM2-135M, one layer 1,536 keys wide: held-out perplexity had risen 10 %
 # at 100 exact edits (the joint curve), a load of 100 / 1,536 edits per key dimension.
 SAFE_LOAD = 100 / 1536
+# what docs/results.md measured to hold past a few hundred edits, where one exact layer breaks
+BAND_REMEDY = (
+    "; a log that grows past a few hundred edits holds better registered over a band of layers "
+    "(a new alias, `edit add/import --band 9 --layer 8` for SmolLM2; docs/hparams.md)"
+)
 
 
 @dataclass(frozen=True)
@@ -50,9 +55,11 @@ class Capacity:
         if not self.over:
             return None
         worst = max(self.over, key=lambda layer: layer.load)
+        # a single-layer log cannot become a band log: the remedy is a new log, so say so early
+        remedy = "" if worst.shares is not None else BAND_REMEDY
         return (
             f"layer {worst.layer} of {self.alias} holds {worst.edits} active edits, {worst.load:.3f} per key dimension, "
-            f"past the {SAFE_LOAD:.3f} measured as safe (docs/hparams.md): check the next release's health"
+            f"past the {SAFE_LOAD:.3f} measured as safe (docs/hparams.md): check the next release's health{remedy}"
         )
 
     def to_json(self) -> dict:
