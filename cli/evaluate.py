@@ -64,7 +64,10 @@ def eval_(
     band: Annotated[
         int | None,
         typer.Option(
-            "--band", min=1, max=64, help="lifelong: register each edit over this many layers (compile --mode band)."
+            "--band",
+            min=1,
+            max=64,
+            help="lifelong: register each edit over this many layers (compile --mode band); default: the model's default band, else 1.",
         ),
     ] = None,
     retract: Annotated[

@@ -16,14 +16,14 @@ BandOpt = Annotated[
         "--band",
         min=1,
         max=64,
-        help="Spread the edit over this many layers ending at its own (MEMIT; stored per layer, compiled with --mode band). A log registered over a band keeps it; default: the log's, else 1.",
+        help="Spread the edit over this many layers ending at its own (MEMIT; stored per layer, compiled with --mode band). A log keeps the band it started with; default: the log's, else the model's (SmolLM2: 9, ending at layer 8), else 1 (one layer).",
     ),
 ]
 LayerOpt = Annotated[
     str | None,
     typer.Option(
         "--layer",
-        help="Layer to edit, or `auto` for the layer causal tracing recommended; default: the measured layer for this model, else the traced one.",
+        help="Layer to edit, or `auto` for the layer causal tracing recommended; default: a band log's own top layer (a new log's: its default band's), else the measured layer for this model, else the traced one.",
     ),
 ]
 

@@ -53,7 +53,7 @@ def compute(
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Compute (or find cached) C for a model's edit layer; resumes after an interruption."""
+    """Compute (or find cached) C for the layers a model's next edit reads (its band's, else its layer); resumes."""
     options = api.StatsOptions(
         layer=parse_layer(layer), layers=_layers(layers), corpus=corpus, tokens=tokens, shard=shard
     )

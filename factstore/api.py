@@ -200,8 +200,8 @@ def compute_stats(
     device: str | None = None,
     progress: Reporter = SILENT,
 ) -> ShardSum | StatsRecord | StatsLayers:
-    """C for a model's edit layer (options.layer), or for options.layers from one pass (computed
-    once, cached, resumable). options.shard "I/N": only the float64 partial sum of that shard of
+    """C for a model's edit layer (options.layer; none given: every layer a new edit's band
+    needs, one with no band), or for options.layers, from one pass (computed once, cached, resumable). options.shard "I/N": only the float64 partial sum of that shard of
     the corpus, for `merge_stats`."""
     from factstore.editing.session import EditSession
     from factstore.weights import shards, stats
@@ -228,9 +228,12 @@ def compute_stats(
         return ShardSum(
             layer=hp.layer, shard=f"{split[0]}/{split[1]}", tokens=part.tokens, path=str(part.path), sha256=part.sha256
         )
-    covs = session.covariances(list(layers) if layers else [hp.layer], hp)
-    rows = [_stats_record(c) for c in covs]
-    return rows[0] if not layers else StatsLayers(layers=rows)
+    from factstore.weights.spread import spread_layers
+
+    # neither --layer nor --layers: every layer the next edit reads (its band's, one without a band)
+    wanted = list(layers) if layers else [hp.layer] if options.layer is not None else spread_layers(hp.layer, hp.band)
+    rows = [_stats_record(c) for c in session.covariances(wanted, hp)]
+    return rows[0] if len(wanted) == 1 and not layers else StatsLayers(layers=rows)
 
 
 def merge_stats(

@@ -222,6 +222,35 @@ def test_a_band_cannot_start_on_a_log_of_single_layer_edits(tiny_store) -> None:
         EditSession(tiny_store, "tiny", device="cpu", band=2).hparams()
 
 
+def test_a_model_with_a_default_band_starts_new_logs_over_it_and_old_logs_keep_theirs(  # type: ignore[no-untyped-def]
+    tiny_store, monkeypatch
+) -> None:
+    """SmolLM2's row names a band (9 layers ending at 8): a new log registers over it without
+    --band, continues at its own top layer without --layer, and a single-layer log stays one."""
+    from factstore.editing import session as session_module
+
+    monkeypatch.setattr(session_module, "default_band", lambda *size: (2, 2))  # the tiny model: 3 layers
+    assert EditSession(tiny_store, "tiny", device="cpu", band=1).hparams().band == 1  # --band 1: one layer
+    stats = api.compute_stats(tiny_store, "tiny")  # no --layer(s): the layers the first band edit reads
+    assert isinstance(stats, api.StatsLayers) and [r.layer for r in stats.layers] == [1, 2]
+    first = EditSession(tiny_store, "tiny", device="cpu").add(EditRequest(PROMPT, *FACTS[0])).edit
+    assert (first.layer, [a.layer for a in first.band]) == (2, [1, 2])
+    monkeypatch.setattr(session_module, "default_band", lambda *size: (2, 1))  # a later default moves
+    later = EditSession(tiny_store, "tiny", device="cpu").add(EditRequest(PROMPT, *FACTS[1])).edit
+    assert (later.layer, [a.layer for a in later.band]) == (2, [1, 2])  # the log's own top, not the default's
+
+
+def test_a_single_layer_log_stays_single_layer_when_the_model_gains_a_default_band(  # type: ignore[no-untyped-def]
+    tiny_store, monkeypatch
+) -> None:
+    from factstore.editing import session as session_module
+
+    EditSession(tiny_store, "tiny", device="cpu").add(EditRequest(PROMPT, *FACTS[0]))  # registered before
+    monkeypatch.setattr(session_module, "default_band", lambda *size: (2, 2))
+    later = EditSession(tiny_store, "tiny", device="cpu").add(EditRequest(PROMPT, *FACTS[1])).edit
+    assert later.band == () and later.layer == 1  # the single-layer default layer, as before
+
+
 def test_a_failed_band_measurement_leaves_the_head_as_the_log_builds_it(banded, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     store, session = banded
     top = store.list_edits(1)[0].layer

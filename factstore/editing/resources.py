@@ -167,20 +167,23 @@ class Settings:
         defaults: ROMEHyperParams,
         statistics: KeyStatistics,
         base_weights: Callable[[], AbstractContextManager[None]],
+        default_band: tuple[int, int] | None = None,
     ) -> None:
         self.store, self.base, self.model, self.tokenizer = store, base, loaded.model, loaded.tokenizer
         self.defaults, self.statistics, self.base_weights = defaults, statistics, base_weights
+        self.default_band = default_band  # (width, top layer) of a new log; None: single-layer
 
     def for_edit(
         self, layer: int | str | None, applied: Sequence[StoredEdit], band_asked: int | None
     ) -> ROMEHyperParams:
         """Settings for an edit on a head holding APPLIED. layer: a number, "auto" (the traced
         layer), or None: the measured default for this model size, else the traced layer, else
-        the 20 % rule. BAND_ASKED: the band the session was opened with (None: the log's)."""
+        the 20 % rule; a band log's own top layer (a new log's: the model's default band's).
+        BAND_ASKED: the band the session was opened with (None: the log's, else the default)."""
         hp = self.defaults
         if self.statistics.stats_tokens:  # asked for: the session's C and every edit's settings say so
             hp = replace(hp, stats_tokens=self.statistics.stats_tokens)
-        hp = _with_band(hp, applied, band_asked)
+        hp, top = _with_band(hp, applied, band_asked, self.default_band)
         traced = self.base.recommended_layer
         if layer == "auto":
             if traced is None:
@@ -191,6 +194,8 @@ class Settings:
         if layer is not None:
             arch.check_layer(self.model, int(layer))  # before any statistics are computed for it
             return hp.with_layer(int(layer))
+        if top is not None:
+            return hp.with_layer(top)
         cfg = self.model.config
         if traced is not None and not has_measured_layer(cfg.model_type, arch.num_layers(self.model), cfg.hidden_size):
             return hp.with_layer(traced)
@@ -212,10 +217,14 @@ class Settings:
         return ContextTemplates(key=list(stored["key"]), value=list(stored["value"]))
 
 
-def _with_band(hp: ROMEHyperParams, applied: Sequence[StoredEdit], asked: int | None) -> ROMEHyperParams:
-    """The band ASKED for, else the band settings of the log's newest band edit (a log compiles
-    as one band), else the model's default. A log with band edits takes no single-layer edit:
-    the head it is measured on is the band compile."""
+def _with_band(
+    hp: ROMEHyperParams, applied: Sequence[StoredEdit], asked: int | None, default: tuple[int, int] | None
+) -> tuple[ROMEHyperParams, int | None]:
+    """(settings, the top layer the band puts a new edit at, or None: the usual default layer).
+    The band ASKED for, else the band settings and top layer of the log's newest band edit (a
+    log compiles as one band), else, for a new log, the model's DEFAULT band (width, top). A log
+    with band edits takes no single-layer edit (the head it is measured on is the band
+    compile), and a single-layer log keeps to one layer unless a band is asked for (refused)."""
     last = next((e for e in reversed(applied) if e.band), None)
     if last is not None:
         logged = replace(
@@ -232,10 +241,14 @@ def _with_band(hp: ROMEHyperParams, applied: Sequence[StoredEdit], asked: int | 
             raise InvalidEditRequest(
                 f"this model's log is registered over a band of {logged.band} layers; give --band {logged.band} or none"
             )
-        return logged
+        return logged, last.layer
     if asked is not None and asked > 1 and applied:
         raise InvalidEditRequest(
             f"this model's log holds {len(applied)} single-layer edits; a band log starts empty "
             "(register the model again under another alias for one)"
         )
-    return replace(hp, band=asked) if asked is not None else hp
+    if asked is None and not applied and default is not None:
+        return replace(hp, band=default[0]), default[1]
+    if asked is not None and asked > 1:
+        return replace(hp, band=asked), default[1] if default is not None else None
+    return (replace(hp, band=asked) if asked is not None else hp), None

@@ -27,7 +27,7 @@ from factstore.errors import (
 from factstore.progress import SILENT, Reporter
 from factstore.results import Reply, TokenProb
 from factstore.rome.edit import EditResult, Snapshot, compute_edits, validate_request
-from factstore.rome.hparams import ROMEHyperParams, default_hparams
+from factstore.rome.hparams import ROMEHyperParams, default_band, default_hparams
 from factstore.rome.keys import ContextTemplates
 from factstore.rome.prompts import decode
 from factstore.rome.scoring import greedy_continuation
@@ -86,8 +86,10 @@ class EditSession:
         self.statistics = KeyStatistics(store, self.base, loaded, self.base_weights, corpus, stats_tokens, progress)
         self.matrix = self.statistics.matrix
         cfg = self.model.config
-        defaults = default_hparams(cfg.model_type, arch.num_layers(self.model), cfg.hidden_size)
-        self.settings = Settings(store, self.base, loaded, defaults, self.statistics, self.base_weights)
+        size = (cfg.model_type, arch.num_layers(self.model), cfg.hidden_size)
+        self.settings = Settings(
+            store, self.base, loaded, default_hparams(*size), self.statistics, self.base_weights, default_band(*size)
+        )
         self.applied: list[StoredEdit] = []
         self.rebuild(store.list_edits(self.base.id, "active"))
 
@@ -191,9 +193,10 @@ class EditSession:
 
     # settings, templates, statistics -------------------------------------------------------
 
-    def hparams(self, layer: int | str | None = None) -> ROMEHyperParams:
-        """Settings for a new edit on this head (editing/resources.Settings)."""
-        return self.settings.for_edit(layer, self.applied, self.band)
+    def hparams(self, layer: int | str | None = None, band: int | None = None) -> ROMEHyperParams:
+        """Settings for a new edit on this head (editing/resources.Settings); BAND: instead of the
+        session's (1: one layer, as ROME's single-edit protocol asks)."""
+        return self.settings.for_edit(layer, self.applied, self.band if band is None else band)
 
     def templates(self, hp: ROMEHyperParams) -> ContextTemplates:
         return self.settings.templates(hp)

@@ -113,6 +113,9 @@ class _Default:
     d_model: int
     params: dict[str, Any] = field(default_factory=dict)
     measured: bool = True  # the layer was chosen by measurement (a traced layer must not override it)
+    # (width, top layer) of the band a new log registers over when no --band is given; None: one
+    # layer. A log keeps what it started with (a single-layer log cannot become a band log).
+    band: tuple[int, int] | None = None
 
 
 # ROME's published settings (GPT-2 medium/large/XL, GPT-J) and ours, chosen by measurement
@@ -124,7 +127,8 @@ _DEFAULTS = (
     _Default("gptj", 28, 4096, dict(layer=5)),  # gpt-j-6b
     # SmolLM2-135M (docs/hparams.md); band_weight: a band of 9 at 320 edits; band_plain_weight: ES
     # 89.0 -> 96.5 at 200 band edits; band_names_weight: NS -4.8 -> -1.6 and half the perplexity
-    # rise at 1,000 band edits for 1.5 ES (docs/results.md)
+    # rise at 1,000 band edits for 1.5 ES; band (9, 8): new logs register over layers 0-8, which
+    # compile at 300 and 1,000 edits where one exact layer refuses or breaks (docs/results.md)
     _Default(
         "llama",
         30,
@@ -137,6 +141,7 @@ _DEFAULTS = (
             band_plain_weight=20,
             band_names_weight=0.3,
         ),
+        band=(9, 8),
     ),
     _Default("gemma3_text", 18, 640, dict(layer=4, stats_tokens=200_000), measured=False),  # Gemma 3 270M (by analogy)
 )
@@ -147,6 +152,14 @@ def has_measured_layer(model_type: str, n_layer: int, d_model: int) -> bool:
     return any(
         (r.model_type, r.n_layer, r.d_model) == (model_type, n_layer, d_model) and r.measured and "layer" in r.params
         for r in _DEFAULTS
+    )
+
+
+def default_band(model_type: str, n_layer: int, d_model: int) -> tuple[int, int] | None:
+    """(width, top layer) of the band a new log of this model size registers over by default,
+    or None: single-layer edits at default_hparams' layer."""
+    return next(
+        (r.band for r in _DEFAULTS if (r.model_type, r.n_layer, r.d_model) == (model_type, n_layer, d_model)), None
     )
 
 

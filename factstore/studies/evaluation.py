@@ -34,7 +34,7 @@ def single(
     fluency, batch = settings.fluency, settings.batch
     session = EditSession(store, alias, device=device, progress=progress)
     model, tok = session.model, session.tokenizer
-    hp = hparams or session.hparams()
+    hp = hparams or session.hparams(band=1)  # ROME's protocol: one layer, whatever a new log's default
     cov = session.covariance(hp.layer, hp)
     C, templates = session.matrix(cov.id), session.templates(hp)
     after = []
