@@ -550,6 +550,7 @@ def test_the_health_gate_refuses_a_degraded_release_unless_allowed(  # type: ign
     with pytest.raises(ReleaseDegraded) as refused:
         api.publish_release(store, "facts", NAME, api.PublishOptions(endpoint=lfs_hub.url, mode="soft"))
     assert f"rose {rise:.1f} %" in str(refused.value) and "\n" not in str(refused.value)
+    assert "--mode soft" not in str(refused.value)  # a soft release has the soft solve already
     assert NAME not in lfs_hub.state.repos  # nothing was sent
     done = run("publish", "--model", "facts", "--mode", "soft", "--repo", NAME, "--endpoint", lfs_hub.url, check=False)
     assert done.returncode == 1 and f"rose {rise:.1f} %" in done.stderr
@@ -557,6 +558,17 @@ def test_the_health_gate_refuses_a_degraded_release_unless_allowed(  # type: ign
         store, "facts", NAME, api.PublishOptions(endpoint=lfs_hub.url, mode="soft", allow_degraded=True)
     )
     assert published.version == release.version and not published.already
+
+
+def test_the_health_refusal_advises_the_soft_solve_only_to_an_exact_release() -> None:
+    from factstore.release.health import check_publishable
+
+    scores = {"health": {"perplexity_rise_pct": 40.0, "perplexity_base": 10.0, "perplexity": 14.0}}
+    for mode, advised in (("joint", True), ("sequential", True), ("band", False), ("soft", False)):
+        with pytest.raises(ReleaseDegraded) as refused:
+            check_publishable(3, scores, allow_degraded=False, mode=mode)
+        assert ("compile with --mode soft" in str(refused.value)) is advised, mode
+    check_publishable(3, scores, allow_degraded=True, mode="band")  # --allow-degraded: no refusal
 
 
 def test_the_download_check_reads_the_etag_huggingface_hub_uses() -> None:

@@ -123,8 +123,9 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(
             folder=run,
         ),
     )
-    # two joint points (the default mode draws the curve), null-space at the end only, then the retraction's joint rebuild
-    assert computed == [] and applied == ["joint", "joint", "null-space", "joint"]
+    # the whole log in each mode first (what a stopped run most needs), then the default mode's
+    # earlier curve point (null-space is scored at the end only), then the retraction's joint rebuild
+    assert computed == [] and applied == ["joint", "null-space", "joint", "joint"]
     assert "null-space" not in both["curve"][0] and both["curve"][1]["null-space"]["edits"] == 4
     monkeypatch.setattr(
         replay, "NULL_SPACE_THRESHOLD", 0.0

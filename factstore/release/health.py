@@ -104,16 +104,18 @@ def not_measured(reason: str) -> dict:
     return {"not_measured": reason}
 
 
-def check_publishable(version: int, scores: dict | None, allow_degraded: bool) -> None:
-    """Refuse (ReleaseDegraded) a release whose held-out perplexity rose past the limit."""
+def check_publishable(version: int, scores: dict | None, allow_degraded: bool, mode: str = "joint") -> None:
+    """Refuse (ReleaseDegraded) a release whose held-out perplexity rose past the limit; the
+    advice names the soft solve only to a release of an exact MODE (a soft or band one has it)."""
     health = (scores or {}).get("health") or {}
     rise, limit = health.get("perplexity_rise_pct"), config.settings().max_perplexity_rise
     if allow_degraded or rise is None or rise <= limit:
         return
+    remedy = "retract edits" if mode in ("soft", "band") else "retract edits or compile with --mode soft"
     raise ReleaseDegraded(
         f"publish refused: v{version}'s held-out perplexity rose {rise:.1f} % "
         f"({health['perplexity_base']:.2f} -> {health['perplexity']:.2f}), more than the {limit:g} % "
-        "FACTSTORE_MAX_PERPLEXITY_RISE allows; retract edits or compile with --mode soft, or publish with --allow-degraded"
+        f"FACTSTORE_MAX_PERPLEXITY_RISE allows; {remedy}, or publish with --allow-degraded"
     )
 
 

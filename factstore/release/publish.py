@@ -56,7 +56,8 @@ def publish(
     if version is not None and release.version != version:
         raise PublishConflict(f"the current log of {alias} is v{release.version}, not v{version}; nothing was sent")
     if release.status != "published":
-        health.check_publishable(release.version, build.checked_folder(release).scores, options.allow_degraded)
+        scores = build.checked_folder(release).scores
+        health.check_publishable(release.version, scores, options.allow_degraded, release.mode)
     if release.hub_repo not in (None, repo):
         raise PublishConflict(
             f"v{release.version} is already published to {release.hub_repo}; one repository holds one lineage"

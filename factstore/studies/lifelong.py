@@ -348,6 +348,7 @@ def _score_modes(
         for i in _points(n, settings.every if mode in CURVE_MODES else None)
         if _point_key(mode, i) not in state.data["points"]
     ]
+    todo.sort(key=lambda point: point[1] != n)  # the whole log's scores first: what a stopped run most needs
     with progress.task("scoring compiled logs", len(todo)) as advance:
         for done, (mode, i) in enumerate(todo, start=1):
             clock = time.perf_counter()
