@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export FACTSTORE_HOME="${FACTSTORE_HOME:-$HOME/.factstore-lifelong}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 RUN_DIR="${RUN_DIR:-$FACTSTORE_HOME/lifelong-1000}"  # LAYER=N: the edit layer (default the measured one)
-# BAND=B: register each edit over B layers ending at LAYER (scored with --compile-mode band)
+# BAND=B: register each edit over B layers ending at LAYER (scored with --compile-mode band; B=1: one layer)
 # HPARAMS="band_boost=2 ...": SmolLM2's default hyperparameters overridden (bench/with_hparams.py)
 # FLUENCY=1: score GE at the end (50 records' generations); RETRACT=N: then retract N edits at random
 # MODEL=gemma3 SOURCE=starter:gemma3-270m FAMILY=gemma3_text: another starter model; N=100: fewer records
@@ -18,7 +18,10 @@ RUN_DIR="${RUN_DIR:-$FACTSTORE_HOME/lifelong-1000}"  # LAYER=N: the edit layer (
 DATASET="${DATASET:-../shared/data/counterfact_val_1000.json}"
 MODEL="${MODEL:-smollm2}" SOURCE="${SOURCE:-starter:smollm2-135m}" FAMILY="${FAMILY:-llama}"
 F=.venv/bin/factstore
-MODE=joint; [ -n "${BAND:-}" ] && MODE=band
+# BAND unset: the model's default band (SmolLM2: 9 ending at layer 8, rome/hparams.py), else one
+# layer; BAND=1: one layer on any model
+MODE=joint
+if [ -n "${BAND:-}" ]; then [ "$BAND" -gt 1 ] && MODE=band; elif [ "$MODEL" = smollm2 ]; then MODE=band; fi
 $F model list --json | grep -q "\"alias\": \"$MODEL\"" || $F model add "$MODEL" "$SOURCE"
 [ -n "${HPARAMS:-}" ] && F=".venv/bin/python bench/with_hparams.py $FAMILY $HPARAMS --"
 exec $F eval --model "$MODEL" --dataset "$DATASET" --n "${N:-1000}" --mode lifelong \

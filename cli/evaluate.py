@@ -59,7 +59,11 @@ def eval_(
     ] = None,
     layer: Annotated[
         int | None,
-        typer.Option("--layer", min=0, help="lifelong: the edit layer (default: the model's measured one)."),
+        typer.Option(
+            "--layer",
+            min=0,
+            help="lifelong: the edit layer (default: the top of the model's default band, else its measured layer).",
+        ),
     ] = None,
     band: Annotated[
         int | None,

@@ -200,9 +200,10 @@ def compute_stats(
     device: str | None = None,
     progress: Reporter = SILENT,
 ) -> ShardSum | StatsRecord | StatsLayers:
-    """C for a model's edit layer (options.layer; none given: every layer a new edit's band
-    needs, one with no band), or for options.layers, from one pass (computed once, cached, resumable). options.shard "I/N": only the float64 partial sum of that shard of
-    the corpus, for `merge_stats`."""
+    """C for a model's edit layer (options.layer; none given: every layer the next edit reads,
+    its band's), or for options.layers, from one pass (computed once, cached, resumable).
+    options.shard "I/N": only the float64 partial sum of that shard of the corpus, for
+    `merge_stats`."""
     from factstore.editing.session import EditSession
     from factstore.weights import shards, stats
     from factstore.weights.corpus import DEFAULT_CORPUS
