@@ -72,6 +72,13 @@ def test_token_nll_is_per_row_in_order_without_padding() -> None:
         assert nll.tolist() == pytest.approx(want, abs=1e-6)
 
 
+def test_a_stopped_runs_scores_cover_the_whole_log_first_then_coarse_to_fine() -> None:
+    order = sorted(range(100, 1501, 100), key=lambda i: lifelong._scoring_order(i, 1500, 100))
+    assert order[:8] == [1500, 800, 400, 1200, 200, 600, 1000, 1400]  # then the odd hundreds
+    assert sorted(order) == list(range(100, 1501, 100))
+    assert sorted([7, 5], key=lambda i: lifelong._scoring_order(i, 7, 5)) == [7, 5]  # an end off the grid first
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(
     tiny_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -310,6 +310,14 @@ def _heldout(session: EditSession, store: Store, settings: LifelongSettings) -> 
     return health.held_out_text(store, session.base.id, edits, session.model, session.tokenizer, tokens, tokens).rows
 
 
+def _scoring_order(i: int, n: int, every: int | None) -> tuple[bool, int, int]:
+    """Sort key of curve point I: the whole log first (what a stopped run most needs), then
+    coarse to fine (every 8th point, then every 4th, ...), so a run stopped early still has a
+    curve spread over the whole log rather than its first part."""
+    step = i // every if every and i % every == 0 else 1
+    return i != n, -(step & -step), i
+
+
 def _point_key(mode: str, i: int) -> str:
     return f"{mode}@{i}"
 
@@ -348,7 +356,7 @@ def _score_modes(
         for i in _points(n, settings.every if mode in CURVE_MODES else None)
         if _point_key(mode, i) not in state.data["points"]
     ]
-    todo.sort(key=lambda point: point[1] != n)  # the whole log's scores first: what a stopped run most needs
+    todo.sort(key=lambda point: _scoring_order(point[1], n, settings.every))
     with progress.task("scoring compiled logs", len(todo)) as advance:
         for done, (mode, i) in enumerate(todo, start=1):
             clock = time.perf_counter()
