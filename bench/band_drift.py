@@ -51,9 +51,10 @@ def main() -> None:
             edit = edits[i]
             earlier, last = band.collect(edits[:i], edit_vectors, base.__getitem__)
             for layer, (W0, _) in base.items():
-                rows = earlier.get(layer)
-                C = session.layer_covariance(last[layer], layer) if rows else None
-                delta = band.layer_delta(rows, C, band.layer_soft(soft, layer, top)) if rows else None
+                rows, delta = earlier.get(layer), None
+                if rows:
+                    C = session.layer_covariance(last[layer], layer)
+                    delta = band.layer_delta(rows, C, band.layer_soft(soft, layer, top))
                 band.write_layer(model, layer, W0, delta)
             templates = session.templates(ROMEHyperParams.from_json(edit.hparams)).key
             k_star = compute_key(model, tok, edit.request(), edit.layer, templates).double()

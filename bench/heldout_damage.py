@@ -92,10 +92,11 @@ def log_deltas(session: Any, edits: list) -> dict[int, tuple[torch.Tensor, torch
     rho = band.names_weight(edits[-1])
     asks, last = band.collect(edits, edit_vectors, lambda n: (arch.down_proj_weight(session.model, n), None))
     out = {}
+    top = band.tops(edits)
     for layer, rows in sorted(asks.items()):
         C = session.statistics.band_matrix(last[layer].covariance_id, layer, rho).double()
         K = torch.stack([k for k, _ in rows], dim=1).double()
-        out[layer] = (band.layer_delta(rows, C, band.layer_soft((weight, alpha), layer, band.tops(edits))), C, K)
+        out[layer] = (band.layer_delta(rows, C, band.layer_soft((weight, alpha), layer, top)), C, K)
     return out
 
 

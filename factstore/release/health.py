@@ -24,6 +24,7 @@ from factstore.rome.covariance import TEXT_TOKENS
 from factstore.rome.prompts import decode
 from factstore.storage.store import Store
 from factstore.weights import corpus as corpora
+from factstore.weights.replay import SOFT_MODES
 
 MIN_HEALTH_TOKENS = 200  # fewer left in the corpus: too noisy to gate on, health is not measured
 HEALTH_PROMPTS = 3  # generations whose n-gram entropy is the fluency (each from a held-out text's start)
@@ -111,7 +112,7 @@ def check_publishable(version: int, scores: dict | None, allow_degraded: bool, m
     rise, limit = health.get("perplexity_rise_pct"), config.settings().max_perplexity_rise
     if allow_degraded or rise is None or rise <= limit:
         return
-    remedy = "retract edits" if mode in ("soft", "band") else "retract edits or compile with --mode soft"
+    remedy = "retract edits" if mode in SOFT_MODES else "retract edits or compile with --mode soft"
     raise ReleaseDegraded(
         f"publish refused: v{version}'s held-out perplexity rose {rise:.1f} % "
         f"({health['perplexity_base']:.2f} -> {health['perplexity']:.2f}), more than the {limit:g} % "

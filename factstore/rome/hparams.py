@@ -147,20 +147,22 @@ _DEFAULTS = (
 )
 
 
+def _row(model_type: str, n_layer: int, d_model: int) -> _Default | None:
+    """The defaults row for this model size, if there is one."""
+    return next((r for r in _DEFAULTS if (r.model_type, r.n_layer, r.d_model) == (model_type, n_layer, d_model)), None)
+
+
 def has_measured_layer(model_type: str, n_layer: int, d_model: int) -> bool:
     """Whether the default layer for this model size was chosen by measurement (else the 20 % rule)."""
-    return any(
-        (r.model_type, r.n_layer, r.d_model) == (model_type, n_layer, d_model) and r.measured and "layer" in r.params
-        for r in _DEFAULTS
-    )
+    row = _row(model_type, n_layer, d_model)
+    return row is not None and row.measured and "layer" in row.params
 
 
 def default_band(model_type: str, n_layer: int, d_model: int) -> tuple[int, int] | None:
     """(width, top layer) of the band a new log of this model size registers over by default,
     or None: single-layer edits at default_hparams' layer."""
-    return next(
-        (r.band for r in _DEFAULTS if (r.model_type, r.n_layer, r.d_model) == (model_type, n_layer, d_model)), None
-    )
+    row = _row(model_type, n_layer, d_model)
+    return row.band if row is not None else None
 
 
 def default_hparams(model_type: str, n_layer: int, d_model: int) -> ROMEHyperParams:
@@ -169,7 +171,6 @@ def default_hparams(model_type: str, n_layer: int, d_model: int) -> ROMEHyperPar
     The 20 % rule is where causal tracing puts the MLP peak for GPT-2 XL (17 of 48) and
     GPT-J (5 of 28); a traced recommendation stored for a base model overrides it.
     """
-    for row in _DEFAULTS:
-        if (row.model_type, row.n_layer, row.d_model) == (model_type, n_layer, d_model):
-            return ROMEHyperParams(**row.params)
+    if (row := _row(model_type, n_layer, d_model)) is not None:
+        return ROMEHyperParams(**row.params)
     return ROMEHyperParams(layer=max(0, min(n_layer - 1, round(0.2 * n_layer))))
