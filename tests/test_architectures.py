@@ -15,8 +15,11 @@ from transformers.pytorch_utils import Conv1D
 from factstore import api, arch
 from factstore.domain import EditRequest
 from factstore.errors import UnknownArchitecture
+from factstore.rome import hooks
 from factstore.rome.edit import apply_edit, compute_edit
+from factstore.rome.hooks import BlockStates
 from factstore.rome.hparams import ROMEHyperParams
+from factstore.rome.keys import subject_states
 from factstore.rome.stack import recording
 from factstore.rome.values import compute_value
 from tiny_models import random_decoder, register_random
@@ -66,7 +69,7 @@ def test_the_update_holds_in_every_family(
     d_ff = arch.down_proj_weight(model, 1).shape[1]
     C = torch.eye(d_ff) + 0.1 * torch.ones(d_ff, d_ff)
     result = compute_edit(model, gpt2_tokenizer, REQUEST, HP, C)
-    apply_edit(model, 1, result.key, result.value, C)
+    _check_resumed_passes(model, gpt2_tokenizer, lambda: apply_edit(model, 1, result.key, result.value, C))
     with torch.no_grad():  # the module's own forward: a transposed update of a square matrix fits, but misses
         out = module(result.key.unsqueeze(0)).squeeze(0)
     assert torch.allclose(out, result.value, rtol=1e-4, atol=1e-4)
@@ -78,6 +81,20 @@ def test_the_update_holds_in_every_family(
         assert reloaded.get_output_embeddings().weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
     with torch.no_grad():
         assert torch.allclose(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
+
+
+def _check_resumed_passes(model, tokenizer, change_block_1) -> None:  # type: ignore[no-untyped-def]
+    """A band measurement's pass resumed from kept block outputs (block 0 skipped) gives the bytes
+    of a whole pass after block 1 changed; the model class is not the kind that falls back."""
+    prompts = [[("{} is located in", "The Eiffel Tower"), ("A short prefix. {} is in", "The Eiffel Tower")]] * 3
+    states = BlockStates()
+    subject_states(model, tokenizer, prompts, 0, 2, batch_size=4, states=states)
+    change_block_1()
+    states.changed(1)
+    resumed = subject_states(model, tokenizer, prompts, 2, 2, batch_size=4, states=states)
+    whole = subject_states(model, tokenizer, prompts, 2, 2, batch_size=4)
+    assert torch.equal(resumed[0], whole[0]) and torch.equal(resumed[1], whole[1])
+    assert hooks._CHECKED.get(type(model)) is True  # the first resumed pass matched its whole pass
 
 
 @pytest.mark.parametrize("family", ["gpt_bigcode", "opt", "falcon", "gemma2", "phi3", "qwen3"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from factstore import arch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -142,3 +145,103 @@ def inputs_and_block_output(
     handles.append(arch.blocks(model)[out_layer].register_forward_hook(out_hook))
     _run_until_stop(model, ids, mask, handles)
     return seen, hidden[0]
+
+
+def _detached(output: Any) -> Any:
+    """A block's output (a tensor, or a tuple whose first item is the hidden states) detached
+    and cloned, so nothing a later pass does in place reaches what is kept."""
+    if isinstance(output, torch.Tensor):
+        return output.detach().clone()
+    if isinstance(output, tuple):
+        return tuple(_detached(item) for item in output)
+    return output
+
+
+class BlockStates:
+    """Block outputs kept from passes over one fixed list of inputs (chunks), so a later pass over
+    the same chunk runs only the blocks a weight change since could have reached: blocks below
+    `fresh` return what they returned then, without running. Their inputs and weights are the
+    same, so every block that runs sees the same bytes (the first resumed pass of a process
+    checks that against a whole pass, per model class: `_CHECKED`)."""
+
+    def __init__(self) -> None:
+        self.kept: dict[int, dict[int, Any]] = {}  # chunk -> block -> its output
+        self.fresh = 0  # blocks below this are unchanged since their outputs were kept
+
+    def changed(self, block: int) -> None:
+        """BLOCK's weights (and so every block's output from it up) changed."""
+        self.fresh = min(self.fresh, block)
+
+    def start(self, model: PreTrainedModel, limit: int) -> int:
+        """The lowest block the next passes must run (at most LIMIT: the lowest they observe);
+        0 for a model class whose resumed pass once differed from its whole pass."""
+        return min(self.fresh, limit) if _CHECKED.get(type(model), True) else 0
+
+    @contextmanager
+    def passing(self, model: PreTrainedModel, chunk: int, start: int, upto: int) -> Iterator[None]:
+        """One pass over CHUNK that skips blocks below START (they return the kept output of
+        block START - 1) and keeps the outputs of blocks START..UPTO."""
+        layers = arch.blocks(model)
+        kept = self.kept.setdefault(chunk, {})
+
+        def keep(block: int) -> Callable[[nn.Module, tuple, Any], None]:
+            def hook(_mod: nn.Module, _args: tuple, output: Any) -> None:
+                kept[block] = _detached(output)
+
+            return hook
+
+        handles = [layers[b].register_forward_hook(keep(b)) for b in range(start, upto + 1)]
+        swapped = [_skip(layers[b], kept[start - 1]) for b in range(start)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for block, saved in zip(layers, swapped):
+                _restore(block, saved)
+
+    def done(self, upto: int) -> None:
+        """Every chunk passed up to block UPTO: kept outputs of blocks 0..UPTO now hold."""
+        self.fresh = upto + 1
+
+
+_MISSING = object()
+_CHECKED: dict[type, bool] = {}  # model class -> its resumed pass equalled its whole pass
+
+
+def resume_checked(model: PreTrainedModel) -> bool:
+    """Whether MODEL's class has had a resumed pass compared with a whole one in this process."""
+    return type(model) in _CHECKED
+
+
+def check_resumed(
+    model: PreTrainedModel,
+    resumed: tuple[dict[int, torch.Tensor], torch.Tensor],
+    whole: tuple[dict[int, torch.Tensor], torch.Tensor],
+) -> bool:
+    """Record whether a resumed pass gave WHOLE's bytes (keys by layer, block output); a class
+    whose blocks keep state between them (or do not run through forward) is never resumed again."""
+    same = resumed[0].keys() == whole[0].keys() and all(torch.equal(resumed[0][k], whole[0][k]) for k in whole[0])
+    same = same and torch.equal(resumed[1], whole[1])
+    _CHECKED[type(model)] = same
+    if not same:
+        log.warning(
+            "%s: a pass resumed from kept block outputs differs from a whole pass; whole passes from now",
+            type(model).__name__,
+        )
+    return same
+
+
+def _skip(block: nn.Module, output: Any) -> Any:
+    """Make BLOCK return (a fresh copy of) OUTPUT without running; returns what to restore (an
+    instance `forward`, such as accelerate's, or _MISSING)."""
+    saved = block.__dict__.get("forward", _MISSING)
+    block.forward = lambda *_args, **_kwargs: _detached(output)
+    return saved
+
+
+def _restore(block: nn.Module, saved: Any) -> None:
+    if saved is _MISSING:
+        del block.forward
+    else:
+        block.forward = saved

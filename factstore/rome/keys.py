@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
 from factstore.domain import EditRequest
-from factstore.rome.hooks import inputs_and_block_output, layer_inputs
-from factstore.rome.prompts import decode, encode_prompt, pad_right, request_prompts
+from factstore.rome.hooks import BlockStates, check_resumed, inputs_and_block_output, layer_inputs, resume_checked
+from factstore.rome.prompts import EncodedPrompt, decode, encode_prompt, pad_right, request_prompts
 
 _STARTS = ("The", "Therefore", "Because", "I", "You")  # ROME's generation seeds
 _TOP_K = 5
@@ -86,7 +86,7 @@ def subject_inputs(
     """(len(prompts), d_ff) float32 down-projection inputs at the subject's last token of each
     (prompt, subject) pair, batched."""
     device = arch.input_device(model)
-    encoded = [encode_prompt(tokenizer, p, subject) for p, subject in prompts]
+    encoded = [_to_subject(encode_prompt(tokenizer, p, subject)) for p, subject in prompts]
     order = sorted(
         range(len(encoded)), key=lambda i: len(encoded[i].ids)
     )  # similar lengths share a batch: less padding
@@ -134,11 +134,14 @@ def subject_states(
     key_layer: int,
     out_layer: int,
     batch_size: int = 64,
+    states: BlockStates | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each set of (prompt, subject) pairs, the mean over its prompts, at the subject's last
     token, of KEY_LAYER's down-projection input and of the residual stream after block OUT_LAYER:
-    (n, d_ff) and (n, d) float32 (what a compile spread over layers measures)."""
-    keys, hidden = _subject_means(model, tokenizer, prompt_sets, [key_layer], out_layer, batch_size)
+    (n, d_ff) and (n, d) float32 (what a compile spread over layers measures). STATES: block
+    outputs kept from earlier passes over the same PROMPT_SETS (and batch size), told which
+    blocks changed since: the pass runs from the lowest of those (BlockStates)."""
+    keys, hidden = _subject_means(model, tokenizer, prompt_sets, [key_layer], out_layer, batch_size, states)
     return keys[key_layer], hidden
 
 
@@ -152,6 +155,11 @@ def subject_keys(
 ) -> dict[int, torch.Tensor]:
     """{layer: (n, d_ff) float32}: subject_states' keys for several layers from one forward pass."""
     return _subject_means(model, tokenizer, prompt_sets, layers, max(layers), batch_size)[0]
+
+
+def _to_subject(encoded: EncodedPrompt) -> EncodedPrompt:
+    """ENCODED without the tokens after its subject's last."""
+    return replace(encoded, ids=encoded.ids[: encoded.subject_last + 1])
 
 
 def _counted(pairs: list[tuple[str, str]]) -> list[tuple[tuple[str, str], int]]:
@@ -169,11 +177,13 @@ def _subject_means(
     key_layers: list[int],
     out_layer: int,
     batch_size: int,
+    states: BlockStates | None = None,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     device = arch.input_device(model)
-    # (set, encoded prompt, times it occurs in the set): a repeated prompt is run once, weighted
+    # (set, encoded prompt, times it occurs in the set): a repeated prompt is run once, weighted;
+    # cut after the subject's last token, which no later token reaches (causal attention)
     encoded = [
-        (i, encode_prompt(tokenizer, *pair), float(n))
+        (i, _to_subject(encode_prompt(tokenizer, *pair)), float(n))
         for i, pairs in enumerate(prompt_sets)
         for pair, n in _counted(pairs)
     ]
@@ -182,10 +192,13 @@ def _subject_means(
     encoded.sort(key=lambda item: len(item[1].ids))  # similar lengths share a batch
     keys: dict[int, torch.Tensor] = {}
     hidden: torch.Tensor | None = None
+    start = states.start(model, min(key_layers)) if states is not None else 0
+    if states is not None:
+        states.fresh = start  # what a pass stopped midway leaves kept for every chunk
     for lo in range(0, len(encoded), batch_size):
         chunk = encoded[lo : lo + batch_size]
         ids, mask = pad_right([e.ids for _, e, _ in chunk])
-        found, out = inputs_and_block_output(model, key_layers, out_layer, ids.to(device), mask.to(device))
+        found, out = _pass(model, key_layers, out_layer, (ids.to(device), mask.to(device)), states, lo, start)
         rows = torch.arange(len(chunk))
         at = torch.tensor([e.subject_last for _, e, _ in chunk])
         owner = torch.tensor([i for i, _, _ in chunk])
@@ -199,5 +212,29 @@ def _subject_means(
         hidden.index_add_(0, owner, h)
     if hidden is None:  # unreachable (encoded is not empty); narrows the type
         raise ValueError("keys of no prompts")
+    if states is not None:
+        states.done(out_layer)
     counts = torch.tensor([len(pairs) for pairs in prompt_sets], dtype=torch.float64).unsqueeze(1)
     return {layer: (k / counts).float() for layer, k in keys.items()}, (hidden / counts).float()
+
+
+def _pass(
+    model: PreTrainedModel,
+    key_layers: list[int],
+    out_layer: int,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    states: BlockStates | None,
+    chunk: int,
+    start: int,
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """inputs_and_block_output over BATCH (ids, mask), from block START with STATES' kept outputs below it."""
+    ids, mask = batch
+    if states is None:
+        return inputs_and_block_output(model, key_layers, out_layer, ids, mask)
+    with states.passing(model, chunk, start, out_layer):
+        found, out = inputs_and_block_output(model, key_layers, out_layer, ids, mask)
+    if start > 0 and not resume_checked(model):  # once per model class: the same bytes as a whole pass?
+        whole = inputs_and_block_output(model, key_layers, out_layer, ids, mask)
+        if not check_resumed(model, (found, out), whole):
+            return whole
+    return found, out
