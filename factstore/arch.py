@@ -130,6 +130,11 @@ def config_num_layers(config: Any) -> int:
     return int(config.get_text_config().num_hidden_layers)
 
 
+def config_size(config: Any) -> tuple[str, int, int]:
+    """(model_type, blocks, model width): what a model's row of default settings is keyed by."""
+    return str(config.model_type), config_num_layers(config), int(config.get_text_config().hidden_size)
+
+
 def check_layer(model: PreTrainedModel, layer: int) -> None:
     check_layer_count(num_layers(model), layer)
 

@@ -54,9 +54,14 @@ def test_model_show_counts_edits_per_layer_and_warns_past_the_safe_load(
     added = _add("tiny", "The Colosseum", "Madrid")
     [line] = added.stderr.strip().splitlines()
     assert (
-        line.startswith("warning: layer 1 of tiny holds 3 active edits") and "past the" in line and "--band 9" in line
+        line.startswith("warning: layer 1 of tiny holds 3 active edits") and "past the" in line and "--band B" in line
     )
     assert "over" in run("model", "show", "tiny").stdout
+    # a model size with a default band is told its own band (read off the model's config)
+    seen = []
+    monkeypatch.setattr(capacity, "default_band", lambda *size: seen.append(size) or (2, 1))
+    assert "`edit add/import --band 2 --layer 1` (this model's default" in api.capacity_warning(tiny_store, "tiny")
+    assert seen and seen[0][:2] == ("gpt2", 3)  # (model_type, blocks, width) of the tiny model
 
 
 @SQLITE

@@ -85,8 +85,7 @@ class EditSession:
         # corpus None: reuse whatever C is recorded for a layer, else the default corpus
         self.statistics = KeyStatistics(store, self.base, loaded, self.base_weights, corpus, stats_tokens, progress)
         self.matrix = self.statistics.matrix
-        cfg = self.model.config
-        size = (cfg.model_type, arch.num_layers(self.model), cfg.hidden_size)
+        size = arch.config_size(self.model.config)
         self.settings = Settings(
             store, self.base, loaded, default_hparams(*size), self.statistics, self.base_weights, default_band(*size)
         )

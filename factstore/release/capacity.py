@@ -6,18 +6,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from factstore.domain import StoredEdit
+from factstore import arch
+from factstore.domain import BaseModel, StoredEdit
 from factstore.release import manifest
+from factstore.rome.hparams import default_band
 from factstore.storage.store import Store
+from factstore.weights import checkpoints
 
 # docs/results.md, SmolLM2-135M, one layer 1,536 keys wide: held-out perplexity had risen 10 %
 # at 100 exact edits (the joint curve), a load of 100 / 1,536 edits per key dimension.
 SAFE_LOAD = 100 / 1536
-# what docs/results.md measured to hold past a few hundred edits, where one exact layer breaks
-BAND_REMEDY = (
-    "; a log that grows past a few hundred edits holds better registered over a band of layers "
-    "(a new alias, `edit add/import --band 9 --layer 8` for SmolLM2; docs/hparams.md)"
-)
+
+
+def band_remedy(band: tuple[int, int] | None) -> str:
+    """The warning's advice to a single-layer log (which cannot become a band log): what
+    docs/results.md measured to hold past a few hundred edits, with the model's default BAND
+    (width, top layer) when it has one."""
+    how = (
+        f"--band {band[0]} --layer {band[1]}` (this model's default"
+        if band
+        else "--band B --layer L` (SmolLM2: 9 and 8"
+    )
+    return (
+        "; a log that grows past a few hundred edits holds better registered over a band of layers "
+        f"(a new alias, `edit add/import {how}; docs/hparams.md)"
+    )
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ class Capacity:
     layers: tuple[LayerLoad, ...]
     release: int | None  # the newest release's version
     health: dict  # its scores' health entry ({} when none or its folder is not here)
+    default_band: tuple[int, int] | None = None  # the model's (width, top layer), for the warning's advice
 
     @property
     def over(self) -> tuple[LayerLoad, ...]:
@@ -56,7 +70,7 @@ class Capacity:
             return None
         worst = max(self.over, key=lambda layer: layer.load)
         # a single-layer log cannot become a band log: the remedy is a new log, so say so early
-        remedy = "" if worst.shares is not None else BAND_REMEDY
+        remedy = "" if worst.shares is not None else band_remedy(self.default_band)
         return (
             f"layer {worst.layer} of {self.alias} holds {worst.edits} active edits, {worst.load:.3f} per key dimension, "
             f"past the {SAFE_LOAD:.3f} measured as safe (docs/hparams.md): check the next release's health{remedy}"
@@ -93,4 +107,11 @@ def capacity(store: Store, alias: str) -> Capacity:
     found = manifest.folder_scores(Path(latest.path)).get("health") if latest is not None else None
     version = latest.version if latest is not None else None
     checkup = dict(found) if isinstance(found, dict) else {}  # none, or built on a machine not this one
-    return Capacity(alias, layer_loads(store.list_edits(base.id, "active")), version, checkup)
+    loads = layer_loads(store.list_edits(base.id, "active"))
+    advise = any(layer.load > SAFE_LOAD and layer.shares is None for layer in loads)  # the config only then
+    return Capacity(alias, loads, version, checkup, _model_band(base) if advise else None)
+
+
+def _model_band(base: BaseModel) -> tuple[int, int] | None:
+    """The default band (width, top layer) of BASE's size, read off its config."""
+    return default_band(*arch.config_size(checkpoints.load_config(base.source, base.revision)))
