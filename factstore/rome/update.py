@@ -102,17 +102,25 @@ def soft_regulariser(C: torch.Tensor, weight: float, alpha: float = 0.0) -> torc
 def soft_residual_delta(
     residual: torch.Tensor, keys: torch.Tensor, C: torch.Tensor, weight: float, alpha: float = 0.0
 ) -> torch.Tensor:
-    """soft_delta for wanted changes R (out, n) at keys K (in, n): dW = R K^T (A + K K^T)^-1.
-    Solved in the (in, in) form past in/3 edits (its cost does not grow with n; the n x n
-    Woodbury form's does: 0.9 s against 0.5 s at 1,000 edits of a 1,536-wide layer, one thread)."""
+    """soft_delta for wanted changes R (out, n) at keys K (in, n): dW = R K^T (A + K K^T)^-1,
+    in the n x n (Woodbury) form up to in/3 edits and in the (in, in) form past them, whose
+    cost does not grow with n (bench/band_registration.py)."""
     K = keys.double()
     A = soft_regulariser(C.to(K.device), weight, alpha)
-    if 3 * K.shape[1] >= K.shape[0]:
-        R = residual.double().to(K.device)
-        return torch.linalg.solve(A + K @ K.T, K @ R.T).T  # (out, in); A + K K^T symmetric
+    R = residual.double().to(K.device)
+    return soft_solve_wide(R, K, A) if 3 * K.shape[1] >= K.shape[0] else soft_solve_narrow(R, K, A)
+
+
+def soft_solve_narrow(R: torch.Tensor, K: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """R (I + K^T A^-1 K)^-1 (A^-1 K)^T: solves of size (in, in) once and (n, n)."""
     AK = torch.linalg.solve(A, K)  # (in, n)
     gram = K.T @ AK + torch.eye(K.shape[1], dtype=K.dtype, device=K.device)  # (n, n)
-    return residual.double().to(K.device) @ torch.linalg.solve(gram, AK.T)
+    return R @ torch.linalg.solve(gram, AK.T)
+
+
+def soft_solve_wide(R: torch.Tensor, K: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """R K^T (A + K K^T)^-1 directly: one (in, in) solve, whatever n."""
+    return torch.linalg.solve(A + K @ K.T, K @ R.T).T  # (out, in); A + K K^T is symmetric
 
 
 def null_space(C: torch.Tensor, rel_threshold: float) -> torch.Tensor:
