@@ -19,11 +19,10 @@ DATASET="${DATASET:-../shared/data/counterfact_val_1000.json}"
 MODEL="${MODEL:-smollm2}" SOURCE="${SOURCE:-starter:smollm2-135m}" FAMILY="${FAMILY:-llama}"
 F=.venv/bin/factstore
 # BAND unset: the model's default band (SmolLM2: 9 ending at layer 8, rome/hparams.py), else one
-# layer; BAND=1: one layer on any model
-MODE=joint
-if [ -n "${BAND:-}" ]; then [ "$BAND" -gt 1 ] && MODE=band; elif [ "$MODEL" = smollm2 ]; then MODE=band; fi
+# layer; BAND=1: one layer on any model. Scored in the log's own compile mode (band for a band
+# log, else every mode), or MODES="joint soft": only those
 $F model list --json | grep -q "\"alias\": \"$MODEL\"" || $F model add "$MODEL" "$SOURCE"
 [ -n "${HPARAMS:-}" ] && F=".venv/bin/python bench/with_hparams.py $FAMILY $HPARAMS --"
 exec $F eval --model "$MODEL" --dataset "$DATASET" --n "${N:-1000}" --mode lifelong \
-  --every "${EVERY:-1000}" --batch 8 --compile-mode "$MODE" --run-dir "$RUN_DIR" \
+  --every "${EVERY:-1000}" --batch 8 $(for m in ${MODES:-}; do echo --compile-mode "$m"; done) --run-dir "$RUN_DIR" \
   ${LAYER:+--layer "$LAYER"} ${BAND:+--band "$BAND"} ${RETRACT:+--retract "$RETRACT"} $([ -n "${FLUENCY:-}" ] || echo --no-fluency)

@@ -55,7 +55,10 @@ def eval_(
     ] = 1,
     compile_mode: Annotated[
         list[str] | None,
-        typer.Option("--compile-mode", help="lifelong: a compile mode to score (repeat; default every mode)."),
+        typer.Option(
+            "--compile-mode",
+            help="lifelong: a compile mode to score (repeat; default the log's own: band for a band log, else every mode).",
+        ),
     ] = None,
     layer: Annotated[
         int | None,
@@ -106,7 +109,7 @@ def eval_(
     plan = api.LifelongSettings(
         every=every,
         batch=batch,
-        modes=tuple(compile_mode) if compile_mode else api.MODES,
+        modes=tuple(compile_mode) if compile_mode else None,
         fluency_sample=fluency_sample,
         heldout_tokens=heldout_tokens,
         retract=retract,

@@ -115,7 +115,8 @@ class LifelongSettings:
 
     every: int | None = None  # a curve point every EVERY edits (None: the end point only)
     batch: int = 8  # requests computed together on the head
-    modes: tuple[str, ...] = MODES
+    # compile modes scored (): none, registration only; None: the log's own (band for a band log, else every mode)
+    modes: tuple[str, ...] | None = None
     fluency_sample: int = 50  # records whose generations are scored for GE at the end point
     heldout_tokens: int = 20_000  # perplexity check; 0 skips it
     retract: int = 0  # edits retracted at random after the modes are scored (then the default mode is rebuilt)

@@ -4,6 +4,8 @@ held-out perplexity check and retraction at random."""
 from __future__ import annotations
 
 import itertools
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from factstore import api
 from factstore.analysis.perplexity import perplexity, token_nll
 from factstore.datasets import read_records
 from factstore.editing.session import EditSession
+from factstore.errors import InvalidArgument
 from factstore.options import FluencySettings
 from factstore.studies import lifelong
 from factstore.weights import corpus as corpora
@@ -176,11 +179,15 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_band_run_draws_the_band_curve_and_retracts_by_rebuilding_the_band(tiny_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     records = read_records(str(DATA), 4)
-    plan = lifelong.LifelongSettings(
-        every=2, batch=2, modes=("band",), heldout_tokens=300, retract=2, band=2, folder=tmp_path / "run"
-    )
-    result = lifelong.lifelong(tiny_store, "tiny", records, settings=plan)
+    plan = lifelong.LifelongSettings(every=2, batch=2, heldout_tokens=300, retract=2, band=2, folder=tmp_path / "run")
+    # a band log compiles only as a band: another mode asked for is refused before anything is registered
+    with pytest.raises(InvalidArgument, match="compiles only in band mode; ask --compile-mode band or none"):
+        lifelong.lifelong(tiny_store, "tiny", records, settings=replace(plan, modes=("band", "joint")))
+    state_file = tmp_path / "run" / "state.json"
+    assert not state_file.exists() or "unedited" not in json.loads(state_file.read_text())  # _register never began
+    result = lifelong.lifelong(tiny_store, "tiny", records, settings=plan)  # no modes: the log's own
     assert [sorted(c) for c in result["curve"]] == [["band", "edits", "unedited"]] * 2
+    assert list(result["modes"]) == ["band"]
     assert result["modes"]["band"]["edits"] == 4
-    state = __import__("json").loads((tmp_path / "run" / "state.json").read_text())
+    state = json.loads(state_file.read_text())
     assert state["retraction"]["mode"] == "band" and result["retraction"]["kept"] == 2

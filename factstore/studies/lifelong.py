@@ -31,7 +31,7 @@ from factstore.editing.models import register_model
 from factstore.editing.session import EditSession
 from factstore.errors import CompileError, InvalidArgument, InvalidEditRequest
 from factstore.files import atomic_write_text
-from factstore.options import LifelongSettings
+from factstore.options import MODES, LifelongSettings
 from factstore.progress import SILENT, Reporter
 from factstore.release import health
 from factstore.release.build import spread_inputs
@@ -220,7 +220,7 @@ def lifelong(
     compiled in each of settings.modes at every curve point, then retract settings.retract
     edits at random and score the default mode's rebuild. Returns the table, curve and paths
     (the run in settings.folder, the curve drawn into settings.out)."""
-    for mode in settings.modes:
+    for mode in settings.modes or ():
         check_mode(mode)
     run = Path(settings.folder).expanduser() if settings.folder else default_folder(alias, records)
     run.mkdir(parents=True, exist_ok=True)
@@ -240,6 +240,7 @@ def lifelong(
     scratch = _open_store(run, store, alias, progress)
     try:
         session = EditSession(scratch, alias, device=device, progress=progress, band=settings.band)
+        settings = replace(settings, modes=_log_modes(session, settings))
         _register(session, records, settings, state, progress)
         heldout = _heldout(session, scratch, settings)
         log = _log(scratch, session.base.id, state)
@@ -250,6 +251,20 @@ def lifelong(
     finally:
         scratch.close()
     return _result(state.data, records, settings, run)
+
+
+def _log_modes(session: EditSession, settings: LifelongSettings) -> tuple[str, ...]:
+    """The compile modes to score: settings.modes, else the log's own: band for a log registered
+    over a band (it compiles only so: the head its edits were measured on), else every mode."""
+    banded = session.hparams(settings.layer, settings.band).band > 1
+    if settings.modes is None:
+        return ("band",) if banded else MODES
+    if banded and set(settings.modes) != {"band"}:
+        raise InvalidArgument(
+            f"this run's log is registered over a band, which compiles only in band mode; "
+            f"ask --compile-mode band or none (not {', '.join(m for m in settings.modes if m != 'band')})"
+        )
+    return settings.modes
 
 
 def _register(
@@ -352,7 +367,7 @@ def _score_modes(
         state.save()
     todo = [
         (mode, i)
-        for mode in settings.modes
+        for mode in settings.modes or ()  # (resolved by _log_modes)
         for i in _points(n, settings.every if mode in CURVE_MODES else None)
         if _point_key(mode, i) not in state.data["points"]
     ]
@@ -446,7 +461,7 @@ def _result(data: dict, records: list[Record], settings: LifelongSettings, run: 
     def strip(p: dict) -> dict:
         return {k: v for k, v in p.items() if k != "records"}
 
-    modes = {m: strip(points[_point_key(m, n)]) for m in settings.modes if _point_key(m, n) in points}
+    modes = {m: strip(points[_point_key(m, n)]) for m in settings.modes or () if _point_key(m, n) in points}
     for scores in modes.values():
         if data.get("unedited_perplexity") and scores.get("perplexity") and "refused" not in scores:
             scores["perplexity_change_pct"] = 100 * (scores["perplexity"] / data["unedited_perplexity"] - 1)
@@ -459,7 +474,7 @@ def _result(data: dict, records: list[Record], settings: LifelongSettings, run: 
         row.update(
             {
                 m: strip(points[_point_key(m, i)])
-                for m in settings.modes
+                for m in settings.modes or ()
                 if _point_key(m, i) in points and "refused" not in points[_point_key(m, i)]
             }
         )
