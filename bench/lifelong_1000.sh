@@ -20,7 +20,8 @@ MODEL="${MODEL:-smollm2}" SOURCE="${SOURCE:-starter:smollm2-135m}" FAMILY="${FAM
 F=.venv/bin/factstore
 # BAND unset: the model's default band (SmolLM2: 9 ending at layer 8, rome/hparams.py), else one
 # layer; BAND=1: one layer on any model. Scored in the log's own compile mode (band for a band
-# log, else every mode), or MODES="joint soft": only those
+# log, else every mode; joint alone with BAND=1), or MODES="joint soft": only those
+[ "${BAND:-}" = 1 ] && MODES="${MODES:-joint}"
 $F model list --json | grep -q "\"alias\": \"$MODEL\"" || $F model add "$MODEL" "$SOURCE"
 [ -n "${HPARAMS:-}" ] && F=".venv/bin/python bench/with_hparams.py $FAMILY $HPARAMS --"
 exec $F eval --model "$MODEL" --dataset "$DATASET" --n "${N:-1000}" --mode lifelong \

@@ -88,7 +88,7 @@ def _check_resumed_passes(model, tokenizer, change_block_1) -> None:  # type: ig
     of a whole pass after block 1 changed; the model class is not the kind that falls back."""
     prompts = [[("{} is located in", "The Eiffel Tower"), ("A short prefix. {} is in", "The Eiffel Tower")]] * 3
     states = BlockStates()
-    subject_states(model, tokenizer, prompts, 0, 2, batch_size=4, states=states)
+    subject_states(model, tokenizer, prompts, 1, 2, batch_size=4, states=states)  # keeps block 0's output
     change_block_1()
     states.changed(1)
     resumed = subject_states(model, tokenizer, prompts, 2, 2, batch_size=4, states=states)

@@ -63,6 +63,12 @@ def test_model_show_counts_edits_per_layer_and_warns_past_the_safe_load(
     assert "`edit add/import --band 2 --layer 1` (this model's default" in api.capacity_warning(tiny_store, "tiny")
     assert seen and seen[0][:2] == ("gpt2", 3)  # (model_type, blocks, width) of the tiny model
 
+    def gone(*_args: object) -> None:
+        raise api.FactStoreError("the model folder moved")
+
+    monkeypatch.setattr(capacity.checkpoints, "load_config", gone)  # advice only: never an error
+    assert "`edit add/import --band B --layer L`" in api.capacity_warning(tiny_store, "tiny")
+
 
 @SQLITE
 def test_the_model_page_shows_the_load(tiny_store) -> None:  # type: ignore[no-untyped-def]

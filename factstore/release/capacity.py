@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from factstore import arch
 from factstore.domain import BaseModel, StoredEdit
+from factstore.errors import FactStoreError
 from factstore.release import manifest
 from factstore.rome.hparams import default_band
 from factstore.storage.store import Store
 from factstore.weights import checkpoints
+
+log = logging.getLogger(__name__)
 
 # docs/results.md, SmolLM2-135M, one layer 1,536 keys wide: held-out perplexity had risen 10 %
 # at 100 exact edits (the joint curve), a load of 100 / 1,536 edits per key dimension.
@@ -113,5 +117,11 @@ def capacity(store: Store, alias: str) -> Capacity:
 
 
 def _model_band(base: BaseModel) -> tuple[int, int] | None:
-    """The default band (width, top layer) of BASE's size, read off its config."""
-    return default_band(*arch.config_size(checkpoints.load_config(base.source, base.revision)))
+    """The default band (width, top layer) of BASE's size, read off its config; None when the
+    config cannot be read here (the advice is then generic, never an error)."""
+    try:
+        config = checkpoints.load_config(base.source, base.revision)
+    except (FactStoreError, OSError, ValueError) as exc:
+        log.info("%s: no config for the capacity advice: %s", base.alias, exc)
+        return None
+    return default_band(*arch.config_size(config))

@@ -158,14 +158,16 @@ def _detached(output: Any) -> Any:
 
 
 class BlockStates:
-    """Block outputs kept from passes over one fixed list of inputs (chunks), so a later pass over
-    the same chunk runs only the blocks a weight change since could have reached: blocks below
-    `fresh` return what they returned then, without running. Their inputs and weights are the
-    same, so every block that runs sees the same bytes (the first resumed pass of a process
-    checks that against a whole pass, per model class: `_CHECKED`)."""
+    """One block's output kept per chunk of a fixed list of inputs, so that a later pass over the
+    same chunk, after only blocks above it changed, runs from the block after it: the blocks up
+    to it return the kept output without running. Their inputs and weights are the same, so every
+    block that runs sees the same bytes (the first resumed pass of a process is checked against
+    a whole pass, per model class: `_CHECKED`). A walk up a band (weights/band.py, spread.py)
+    keeps the block below the layer each pass observes: the one it writes next."""
 
     def __init__(self) -> None:
-        self.kept: dict[int, dict[int, Any]] = {}  # chunk -> block -> its output
+        self.kept: dict[int, tuple[torch.Tensor, Any]] = {}  # chunk -> (its input ids, the kept block's output)
+        self.block = -1  # the block kept for every chunk (-1: none)
         self.fresh = 0  # blocks below this are unchanged since their outputs were kept
 
     def changed(self, block: int) -> None:
@@ -173,40 +175,48 @@ class BlockStates:
         self.fresh = min(self.fresh, block)
 
     def start(self, model: PreTrainedModel, limit: int) -> int:
-        """The lowest block the next passes must run (at most LIMIT: the lowest they observe);
-        0 for a model class whose resumed pass once differed from its whole pass."""
-        return min(self.fresh, limit) if _CHECKED.get(type(model), True) else 0
+        """The block the next passes run from: the one after the kept block when no block up to it
+        changed since and it is at most LIMIT (the lowest block they observe), else 0."""
+        start = self.block + 1
+        return start if 0 < start <= min(self.fresh, limit) and resumable(model) else 0
 
     @contextmanager
-    def passing(self, model: PreTrainedModel, chunk: int, start: int, upto: int) -> Iterator[None]:
-        """One pass over CHUNK that skips blocks below START (they return the kept output of
-        block START - 1) and keeps the outputs of blocks START..UPTO."""
+    def passing(self, model: PreTrainedModel, chunk: int, ids: torch.Tensor, start: int, keep: int) -> Iterator[None]:
+        """One pass over CHUNK (token IDS) whose blocks below START return the kept output of block
+        START - 1 without running; the output of block KEEP (>= START - 1) is kept for the next."""
         layers = arch.blocks(model)
-        kept = self.kept.setdefault(chunk, {})
-
-        def keep(block: int) -> Callable[[nn.Module, tuple, Any], None]:
-            def hook(_mod: nn.Module, _args: tuple, output: Any) -> None:
-                kept[block] = _detached(output)
-
-            return hook
-
-        handles = [layers[b].register_forward_hook(keep(b)) for b in range(start, upto + 1)]
-        swapped = [_skip(layers[b], kept[start - 1]) for b in range(start)]
+        source = None
+        if start > 0:
+            kept_ids, source = self.kept[chunk]
+            if not torch.equal(kept_ids, ids):
+                raise ValueError("kept block outputs are of other inputs than this pass's")
+        seen: list[Any] = []
+        handles, swapped = [], []
         try:
+            if keep >= start:
+                handles.append(layers[keep].register_forward_hook(lambda _m, _a, out: seen.append(_detached(out))))
+            swapped = [_skip(layers[b], source) for b in range(start)]
             yield
         finally:
             for handle in handles:
                 handle.remove()
             for block, saved in zip(layers, swapped):
                 _restore(block, saved)
+        if seen:  # (only reached when the pass raised nothing)
+            self.kept[chunk] = (ids, seen[0])
 
-    def done(self, upto: int) -> None:
-        """Every chunk passed up to block UPTO: kept outputs of blocks 0..UPTO now hold."""
-        self.fresh = upto + 1
+    def done(self, keep: int) -> None:
+        """Every chunk passed and kept block KEEP's output, as the weights now are."""
+        self.block, self.fresh = keep, keep + 1
 
 
 _MISSING = object()
 _CHECKED: dict[type, bool] = {}  # model class -> its resumed pass equalled its whole pass
+
+
+def resumable(model: PreTrainedModel) -> bool:
+    """Whether passes over MODEL may resume from kept block outputs (not once they differed)."""
+    return _CHECKED.get(type(model), True)
 
 
 def resume_checked(model: PreTrainedModel) -> bool:

@@ -9,7 +9,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from factstore import arch
 from factstore.domain import EditRequest
-from factstore.rome.hooks import BlockStates, check_resumed, inputs_and_block_output, layer_inputs, resume_checked
+from factstore.rome.hooks import (
+    BlockStates,
+    check_resumed,
+    inputs_and_block_output,
+    layer_inputs,
+    resumable,
+    resume_checked,
+)
 from factstore.rome.prompts import EncodedPrompt, decode, encode_prompt, pad_right, request_prompts
 
 _STARTS = ("The", "Therefore", "Because", "I", "You")  # ROME's generation seeds
@@ -193,12 +200,14 @@ def _subject_means(
     keys: dict[int, torch.Tensor] = {}
     hidden: torch.Tensor | None = None
     start = states.start(model, min(key_layers)) if states is not None else 0
+    keep = min(key_layers) - 1  # the block below the lowest one observed: the next to be written
     if states is not None:
-        states.fresh = start  # what a pass stopped midway leaves kept for every chunk
+        states.block = -1  # until every chunk has kept KEEP's output (a pass stopped midway leaves none)
     for lo in range(0, len(encoded), batch_size):
         chunk = encoded[lo : lo + batch_size]
         ids, mask = pad_right([e.ids for _, e, _ in chunk])
-        found, out = _pass(model, key_layers, out_layer, (ids.to(device), mask.to(device)), states, lo, start)
+        begin = start if resumable(model) else 0  # (a failed check turns resuming off midway)
+        found, out = _pass(model, key_layers, out_layer, (ids.to(device), mask.to(device)), states, lo, (begin, keep))
         rows = torch.arange(len(chunk))
         at = torch.tensor([e.subject_last for _, e, _ in chunk])
         owner = torch.tensor([i for i, _, _ in chunk])
@@ -213,7 +222,7 @@ def _subject_means(
     if hidden is None:  # unreachable (encoded is not empty); narrows the type
         raise ValueError("keys of no prompts")
     if states is not None:
-        states.done(out_layer)
+        states.done(keep)
     counts = torch.tensor([len(pairs) for pairs in prompt_sets], dtype=torch.float64).unsqueeze(1)
     return {layer: (k / counts).float() for layer, k in keys.items()}, (hidden / counts).float()
 
@@ -225,13 +234,15 @@ def _pass(
     batch: tuple[torch.Tensor, torch.Tensor],
     states: BlockStates | None,
     chunk: int,
-    start: int,
+    blocks: tuple[int, int],
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """inputs_and_block_output over BATCH (ids, mask), from block START with STATES' kept outputs below it."""
+    """inputs_and_block_output over BATCH (ids, mask); with STATES, from block BLOCKS[0] (the kept
+    output of the block below it standing in for those below), keeping block BLOCKS[1]'s output."""
     ids, mask = batch
     if states is None:
         return inputs_and_block_output(model, key_layers, out_layer, ids, mask)
-    with states.passing(model, chunk, start, out_layer):
+    start, keep = blocks
+    with states.passing(model, chunk, ids, start, keep):
         found, out = inputs_and_block_output(model, key_layers, out_layer, ids, mask)
     if start > 0 and not resume_checked(model):  # once per model class: the same bytes as a whole pass?
         whole = inputs_and_block_output(model, key_layers, out_layer, ids, mask)

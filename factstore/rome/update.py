@@ -87,7 +87,8 @@ def soft_delta(
     least squares over the edits' keys plus WEIGHT tokens of preserved text, so a key of the
     corpus moves little and a crowded layer gives each edit less than all it asks. C is the
     per-token mean E[k k^T], so WEIGHT counts tokens (MEMIT: 15,000 on GPT-J). Computed in the
-    n x n form dW = R (I + K^T A^-1 K)^-1 (A^-1 K)^T (Woodbury; n edits, keys (in, n))."""
+    n x n form dW = R (I + K^T A^-1 K)^-1 (A^-1 K)^T (Woodbury; n edits, keys (in, n)) up to
+    in/3 edits, directly past them (soft_residual_delta)."""
     W64, K, V = W.double(), keys.double(), values.double()
     b64 = None if b is None else b.double()
     return soft_residual_delta(V - _affine(W64, b64, K), K, C, weight, alpha)

@@ -222,6 +222,7 @@ def lifelong(
     (the run in settings.folder, the curve drawn into settings.out)."""
     for mode in settings.modes or ():
         check_mode(mode)
+    _check_band_modes(settings.modes or (), (settings.band or 1) > 1)  # before a model loads, when asked
     run = Path(settings.folder).expanduser() if settings.folder else default_folder(alias, records)
     run.mkdir(parents=True, exist_ok=True)
     base = store.get_base_model(alias)
@@ -259,12 +260,16 @@ def _log_modes(session: EditSession, settings: LifelongSettings) -> tuple[str, .
     banded = session.hparams(settings.layer, settings.band).band > 1
     if settings.modes is None:
         return ("band",) if banded else MODES
-    if banded and set(settings.modes) != {"band"}:
-        raise InvalidArgument(
-            f"this run's log is registered over a band, which compiles only in band mode; "
-            f"ask --compile-mode band or none (not {', '.join(m for m in settings.modes if m != 'band')})"
-        )
+    _check_band_modes(settings.modes, banded)
     return settings.modes
+
+
+def _check_band_modes(modes: Sequence[str], banded: bool) -> None:
+    if banded and set(modes) - {"band"}:
+        raise InvalidArgument(
+            "this run's log is registered over a band, which compiles only in band mode; give --compile-mode band "
+            f"or leave it out (not {', '.join(m for m in modes if m != 'band')})"
+        )
 
 
 def _register(
