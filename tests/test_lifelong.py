@@ -181,7 +181,7 @@ def test_a_band_run_draws_the_band_curve_and_retracts_by_rebuilding_the_band(tin
     records = read_records(str(DATA), 4)
     plan = lifelong.LifelongSettings(every=2, batch=2, heldout_tokens=300, retract=2, band=2, folder=tmp_path / "run")
     # a band log compiles only as a band: another mode asked for is refused before anything is registered
-    with pytest.raises(InvalidArgument, match="compiles only in band mode; ask --compile-mode band or none"):
+    with pytest.raises(InvalidArgument, match="compiles only in band mode; give --compile-mode band or leave it out"):
         lifelong.lifelong(tiny_store, "tiny", records, settings=replace(plan, modes=("band", "joint")))
     state_file = tmp_path / "run" / "state.json"
     assert not state_file.exists() or "unedited" not in json.loads(state_file.read_text())  # _register never began
