@@ -84,7 +84,7 @@ def main() -> None:
             store,
             alias,
             log_records,
-            settings=lifelong.LifelongSettings(modes=(), heldout_tokens=0, batch=8, folder=folder),
+            settings=lifelong.LifelongSettings(modes=(), heldout_tokens=0, batch=8, band=1, folder=folder),
             progress=BARS,
         )
     run_store = api.open_store(f"sqlite:///{folder / 'lifelong.db'}")
