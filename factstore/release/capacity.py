@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from factstore import arch
@@ -111,9 +111,10 @@ def capacity(store: Store, alias: str) -> Capacity:
     found = manifest.folder_scores(Path(latest.path)).get("health") if latest is not None else None
     version = latest.version if latest is not None else None
     checkup = dict(found) if isinstance(found, dict) else {}  # none, or built on a machine not this one
-    loads = layer_loads(store.list_edits(base.id, "active"))
-    advise = any(layer.load > SAFE_LOAD and layer.shares is None for layer in loads)  # the config only then
-    return Capacity(alias, loads, version, checkup, _model_band(base) if advise else None)
+    found_capacity = Capacity(alias, layer_loads(store.list_edits(base.id, "active")), version, checkup)
+    if any(layer.shares is None for layer in found_capacity.over):  # the warning advises a band: the config only then
+        return replace(found_capacity, default_band=_model_band(base))
+    return found_capacity
 
 
 def _model_band(base: BaseModel) -> tuple[int, int] | None:

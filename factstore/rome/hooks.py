@@ -195,7 +195,8 @@ class BlockStates:
         try:
             if keep >= start:
                 handles.append(layers[keep].register_forward_hook(lambda _m, _a, out: seen.append(_detached(out))))
-            swapped = [_skip(layers[b], source) for b in range(start)]
+            stand_in = _detached(source)  # one copy a pass: only block START - 1's output reaches a block that runs
+            swapped = [_skip(layers[b], stand_in) for b in range(start)]
             yield
         finally:
             for handle in handles:
@@ -243,10 +244,10 @@ def check_resumed(
 
 
 def _skip(block: nn.Module, output: Any) -> Any:
-    """Make BLOCK return (a fresh copy of) OUTPUT without running; returns what to restore (an
-    instance `forward`, such as accelerate's, or _MISSING)."""
+    """Make BLOCK return OUTPUT without running; returns what to restore (an instance `forward`,
+    such as accelerate's, or _MISSING)."""
     saved = block.__dict__.get("forward", _MISSING)
-    block.forward = lambda *_args, **_kwargs: _detached(output)
+    block.forward = lambda *_args, **_kwargs: output
     return saved
 
 
