@@ -263,10 +263,10 @@ def test_a_failed_band_measurement_leaves_the_head_as_the_log_builds_it(banded, 
             raise RuntimeError("out of memory")
         return real(*args, **kwargs)
 
-    from factstore.weights import band as band_module
+    from factstore.rome import keys as keys_module  # BandWalk measures through it
 
-    real = band_module.subject_states
-    monkeypatch.setattr(band_module, "subject_states", failing_states)
+    real = keys_module.subject_states
+    monkeypatch.setattr(keys_module, "subject_states", failing_states)
     with pytest.raises(RuntimeError, match="out of memory"):
         session.add(EditRequest(PROMPT, "The Colosseum", "Madrid"))
     assert all(torch.equal(a, b) for a, b in zip(before, _layers(session.model, [top - 1, top])))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -150,6 +151,37 @@ def subject_states(
     blocks changed since: the pass runs from the lowest of those (BlockStates)."""
     keys, hidden = _subject_means(model, tokenizer, prompt_sets, [key_layer], out_layer, batch_size, states)
     return keys[key_layer], hidden
+
+
+class BandWalk:
+    """A band measured lowest layer first while the caller writes each layer in between: at each
+    layer its keys and block TOP's output at every prompt set's subject, each pass running from
+    the layer written last (BlockStates: the same bytes as a whole pass). The first layer's keys
+    come with the first output, H0: nothing is written before it."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_sets: list[list[tuple[str, str]]],
+        layers: list[int],
+        top: int,
+    ) -> None:
+        self.model, self.tokenizer, self.prompt_sets = model, tokenizer, prompt_sets
+        self.layers, self.top = layers, top
+        self._states = BlockStates()
+
+    def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """(j, layer, keys (n, d_ff), block TOP's output (n, d)) for each layer; the caller writes
+        LAYER before it asks for the next."""
+        for j, layer in enumerate(self.layers):
+            keys, H = subject_states(self.model, self.tokenizer, self.prompt_sets, layer, self.top, states=self._states)
+            yield j, layer, keys, H
+            self._states.changed(layer)
+
+    def top_output(self) -> torch.Tensor:
+        """(n, d) float32: block TOP's output at the subjects now, after every write so far."""
+        return subject_states(self.model, self.tokenizer, self.prompt_sets, self.top, self.top, states=self._states)[1]
 
 
 @torch.no_grad()

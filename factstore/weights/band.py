@@ -29,8 +29,7 @@ from factstore import arch
 from factstore.domain import EditRequest, LayerAsk, LoggedEdit
 from factstore.errors import CompileError
 from factstore.rome.edit import add_delta
-from factstore.rome.hooks import BlockStates
-from factstore.rome.keys import subject_states
+from factstore.rome.keys import BandWalk
 from factstore.rome.prompts import request_prompts
 from factstore.rome.update import soft_residual_delta
 from factstore.weights.join import join_of, layer_outputs
@@ -192,33 +191,26 @@ def measure_asks(
     BOOST > 1: then each edit's shares are scaled so that its whole shift reaches block LAYER
     (boost_scales; the soft solves deliver only part of an ask), by at most BOOST, and every
     layer is written again with them (its keys as measured on the first pass)."""
-    layers = spread_layers(layer, band)
-    states = BlockStates()  # each pass runs from the layer written last (the same bytes as a whole pass)
-    keys, H0 = subject_states(model, tokenizer, prompt_sets, layers[0], layer, states=states)
-    Z = H0.double() + shifts.double()  # (n, d): where block LAYER's output should end
-    H = H0
-    measured: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # per layer: keys, present, share
-    for j, lower in enumerate(layers):
-        if j > 0:  # (the first layer's keys came with H0: nothing was written yet)
-            keys, H = subject_states(model, tokenizer, prompt_sets, lower, layer, states=states)  # (n, d_ff), (n, d)
+    walk = BandWalk(model, tokenizer, prompt_sets, spread_layers(layer, band), layer)
+    measured: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (layer, keys, present, share) per layer
+    for j, lower, keys, H in walk:
+        if j == 0:  # block LAYER's output before any write, and where it should end: (n, d)
+            H0, Z = H, H.double() + shifts.double()
         W = arch.down_proj_weight(model, lower).double().cpu()
-        share = join_of(model, lower).change(layer_outputs(model, lower, keys, W), (Z - H.double()) / (len(layers) - j))
-        present = keys.double() @ (W - base_weight(lower).double().cpu()).T  # (n, d): the head's own change
-        measured.append((keys, present, share))
-        write(lower, _rows(keys, present + share))
-        states.changed(lower)
-    if boost > 1.0:
-        _, H = subject_states(model, tokenizer, prompt_sets, layer, layer, states=states)
-        scale = boost_scales(H.double() - H0.double(), shifts.double(), boost)
-        if bool((scale > 1.0).any()):
-            for lower, (keys, present, share) in zip(layers, measured):
-                write(lower, _rows(keys, present + scale[:, None] * share))
-            measured = [(keys, present, scale[:, None] * share) for keys, present, share in measured]
-    asks = [
-        tuple(
-            LayerAsk(lower, *_pair(keys[i], present[i] + share[i]))
-            for lower, (keys, present, share) in zip(layers, measured)
+        share = join_of(model, lower).change(
+            layer_outputs(model, lower, keys, W), (Z - H.double()) / (len(walk.layers) - j)
         )
+        present = keys.double() @ (W - base_weight(lower).double().cpu()).T  # (n, d): the head's own change
+        measured.append((lower, keys, present, share))
+        write(lower, _rows(keys, present + share))
+    if boost > 1.0:
+        scale = boost_scales(walk.top_output().double() - H0.double(), shifts.double(), boost)
+        if bool((scale > 1.0).any()):
+            for lower, keys, present, share in measured:
+                write(lower, _rows(keys, present + scale[:, None] * share))
+            measured = [(lower, keys, present, scale[:, None] * share) for lower, keys, present, share in measured]
+    asks = [
+        tuple(LayerAsk(lower, *_pair(keys[i], present[i] + share[i])) for lower, keys, present, share in measured)
         for i in range(len(prompt_sets))
     ]
     return asks

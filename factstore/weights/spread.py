@@ -27,8 +27,7 @@ from factstore import arch
 from factstore.domain import LoggedEdit, StoredEdit
 from factstore.errors import CompileError
 from factstore.rome.edit import add_delta
-from factstore.rome.hooks import BlockStates
-from factstore.rome.keys import subject_keys, subject_states
+from factstore.rome.keys import BandWalk, subject_keys, subject_states
 from factstore.rome.prompts import request_prompts
 from factstore.rome.update import residual_delta, soft_residual_delta
 from factstore.weights.join import join_of, layer_outputs
@@ -101,14 +100,11 @@ def apply_spread(
         W0, b = arch.down_proj_weight(model, top).double().cpu(), arch.down_proj_bias(model, top)
         wanted = V - K @ W0.T - (0 if b is None else b.double().cpu())  # (n, d): the shift each edit asks at block L
         wanted = join_of(model, top).shift(V - wanted, wanted)  # as the residual stream sees it (weights/join.py)
-        layers = spread_layers(top, band or SPREAD_LAYERS)
-        states = BlockStates()  # each pass runs from the layer written last (weights/band.py)
-        keys, H0 = subject_states(model, inputs.tokenizer, prompts, layers[0], top, states=states)
-        Z, H = H0.double() + wanted, H0
-        for j, layer in enumerate(layers):
-            if j > 0:  # (the first layer's keys came with H0)
-                keys, H = subject_states(model, inputs.tokenizer, prompts, layer, top, states=states)
-            share = (Z - H.double()) / (len(layers) - j)  # (n, d), as the residual stream sees it
+        walk = BandWalk(model, inputs.tokenizer, prompts, spread_layers(top, band or SPREAD_LAYERS), top)
+        for j, layer, keys, H in walk:
+            if j == 0:  # (n, d): where block TOP's output should end
+                Z = H.double() + wanted
+            share = (Z - H.double()) / (len(walk.layers) - j)  # (n, d), as the residual stream sees it
             outputs = layer_outputs(model, layer, keys, arch.down_proj_weight(model, layer).cpu())
             share = join_of(model, layer).change(outputs, share)  # as the layer's output must change
             C = own_covariance(group[-1].covariance_id) if layer == top else inputs.covariance(group[-1], layer)
@@ -119,7 +115,6 @@ def apply_spread(
                 ridge = TOP_RIDGE if layer == top else LOWER_RIDGE
                 delta = residual_delta(share.T, Kl, torch.linalg.solve(C.double(), Kl), ridge)
             add_delta(model, layer, delta)
-            states.changed(layer)
         targets[top] = (prompts, Z, V)
     if soft is not None:
         return
