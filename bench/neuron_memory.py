@@ -1,21 +1,25 @@
 """Capacity from neurons ordinary text barely uses: one MLP neuron per edit (issue 25, a lead)
 
-    FACTSTORE_HOME=H python bench/neuron_memory.py --n 200 --layers 2-8 --work DIR
+    FACTSTORE_HOME=H python bench/neuron_memory.py --n 1000 --layers 3-8 --neg-weight 300 --sub-weight 10 \
+        --corpus-rows 512 --steps 400 --compensate --work DIR
 
 Every soft solve of a long log pays in ordinary text for what it asks (docs/results.md: the
 band weight's trade-off line): a fact's key k* is the down-projection input the subject already
 produces, and ordinary text uses every direction of that space. This asks whether new key
 directions help. Each edit gets one neuron of its own at one layer of LAYERS (round robin): the
-neuron of that layer whose contribution to ordinary text is smallest (E[k_j^2] |W_down[:, j]|^2
-over the statistics corpus), whose gate and up rows are refit so that its activation
-act(g.x) (u.x) is 1 on the subject's MLP input x (every context prefix k* averages over) and
-near 0 on ordinary text's and the other subjects' MLP inputs, and whose down column becomes
-the edit's shift v* - v0 (ROME's v*, computed at that layer on the base model). Nothing else
-is written: the release keeps the base architecture.
+neuron of that layer whose part of ordinary text's output is smallest (E[k_j^2] |W_down[:, j]|^2
+over the statistics corpus; with --compensate, the part the layer's other neurons cannot take
+over, and they take over the rest by least squares over C). Its gate and up rows are refit
+(Adam on stored states) so that its activation act(g.x) (u.x) is 1 on the subject's MLP input x
+(every context prefix k* averages over) and near 0 on ordinary text's MLP inputs, on earlier
+edits' subjects and on its own subject's words after the first, alone; its down column becomes
+the edit's shift v* - v0 (ROME's v*, computed at that layer on the base model). Nothing else is
+written: the release keeps the base architecture.
 
-Prints the removed neurons' share of their layers' energy, the fitted neurons' activations on
-ordinary text, and ES / PS / NS / held-out perplexity of the unedited and the edited model on
-the N records. v* and the states are kept in --work (a rerun reuses them).
+Prints per layer the emptied slots' share of the layer's energy and the fitted neurons'
+activations, the held-out tokens whose NLL rose most, and ES / PS / NS / held-out perplexity of
+the unedited and the edited model on the N records. v* are kept in --work after every batch (a
+rerun resumes).
 """
 
 from __future__ import annotations
@@ -284,7 +288,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--neg-weight", type=float, default=1.0)
     parser.add_argument("--sub-weight", type=float, default=1.0, help="weight of other subjects' rows")
-    parser.add_argument("--variants", type=int, default=0, help="hard variants of each subject")
+    parser.add_argument(
+        "--variants",
+        type=int,
+        default=0,
+        help="variants of each subject with its first word swapped (its tail alone is always one)",
+    )
     parser.add_argument("--variant-contexts", type=int, default=3)
     parser.add_argument("--beta", type=float, default=0.0, help="closed form (solve_neurons) with this gate scale")
     parser.add_argument("--lr", type=float, default=2e-3)

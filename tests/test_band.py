@@ -260,6 +260,7 @@ def test_a_failed_band_measurement_leaves_the_head_as_the_log_builds_it(banded, 
     def failing_states(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(1)
         if len(calls) == 2:  # after the lowest layer was written
+            assert not torch.equal(before[0], _layers(session.model, [top - 1])[0])
             raise RuntimeError("out of memory")
         return real(*args, **kwargs)
 

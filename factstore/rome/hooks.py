@@ -162,7 +162,7 @@ class BlockStates:
     same chunk, after only blocks above it changed, runs from the block after it: the blocks up
     to it return the kept output without running. Their inputs and weights are the same, so every
     block that runs sees the same bytes (the first resumed pass of a process is checked against
-    a whole pass, per model class: `_CHECKED`). A walk up a band (weights/band.py, spread.py)
+    a whole pass, per model class: `_CHECKED`). A walk up a band (rome/keys.BandWalk)
     keeps the block below the layer each pass observes: the one it writes next."""
 
     def __init__(self) -> None:

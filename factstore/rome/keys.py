@@ -156,8 +156,8 @@ def subject_states(
 class BandWalk:
     """A band measured lowest layer first while the caller writes each layer in between: at each
     layer its keys and block TOP's output at every prompt set's subject, each pass running from
-    the layer written last (BlockStates: the same bytes as a whole pass). The first layer's keys
-    come with the first output, H0: nothing is written before it."""
+    the layer written last (BlockStates: the same bytes as a whole pass). The first output is
+    block TOP's before any write (H0)."""
 
     def __init__(
         self,
@@ -167,6 +167,8 @@ class BandWalk:
         layers: list[int],
         top: int,
     ) -> None:
+        if not layers:
+            raise ValueError("a band walk needs at least one layer")
         self.model, self.tokenizer, self.prompt_sets = model, tokenizer, prompt_sets
         self.layers, self.top = layers, top
         self._states = BlockStates()
@@ -180,7 +182,8 @@ class BandWalk:
             self._states.changed(layer)
 
     def top_output(self) -> torch.Tensor:
-        """(n, d) float32: block TOP's output at the subjects now, after every write so far."""
+        """(n, d) float32: block TOP's output at the subjects, once the walk has finished (every
+        layer written)."""
         return subject_states(self.model, self.tokenizer, self.prompt_sets, self.top, self.top, states=self._states)[1]
 
 
