@@ -40,24 +40,11 @@ def parse_layers(text: str) -> list[int]:
     return list(range(int(lo), int(hi or lo) + 1))
 
 
-class _Done(Exception):
-    """Raised by the top layer's hook: no block above it is needed."""
-
-
-def _forward_until(model: Any, ids: torch.Tensor, mask: torch.Tensor, handles: list[Any]) -> None:
-    try:
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
-    except _Done:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-
-
 @torch.no_grad()
 def corpus_inputs(model: Any, layers: list[int], rows: list[list[int]], batch: int = 8) -> tuple[dict, dict]:
     """{layer: (tokens, d) MLP inputs at every position of ROWS}, {layer: (d_ff,) E[k_j^2]}."""
     from factstore import arch
+    from factstore.rome.hooks import _run_until_stop, _Stop
     from factstore.rome.prompts import pad_right
 
     spec = arch.model_spec(model)
@@ -80,10 +67,10 @@ def corpus_inputs(model: Any, layers: list[int], rows: list[list[int]], batch: i
                 k = args[0][keep].float()
                 k2[layer] = k2.get(layer, 0) + (k * k).sum(0)
                 if layer == max(layers):
-                    raise _Done
+                    raise _Stop
 
             handles += [mlp.register_forward_pre_hook(x_hook), down.register_forward_pre_hook(k_hook)]
-        _forward_until(model, ids, mask, handles)
+        _run_until_stop(model, ids, mask, handles)
         count += int(keep.sum())
     return {layer: torch.cat(v) for layer, v in xs.items()}, {layer: v / count for layer, v in k2.items()}
 
@@ -92,6 +79,7 @@ def corpus_inputs(model: Any, layers: list[int], rows: list[list[int]], batch: i
 def subject_inputs(model: Any, tok: Any, pairs: list[tuple[str, str]], layers: list[int], batch: int = 32) -> dict:
     """{layer: (len(pairs), d)} MLP inputs at the subject's last token of each (prompt, subject)."""
     from factstore import arch
+    from factstore.rome.hooks import _run_until_stop, _Stop
     from factstore.rome.prompts import encode_prompt, pad_right
 
     spec = arch.model_spec(model)
@@ -111,10 +99,10 @@ def subject_inputs(model: Any, tok: Any, pairs: list[tuple[str, str]], layers: l
             ) -> None:
                 out[layer].append(args[0][rows, last].float())
                 if layer == max(layers):
-                    raise _Done
+                    raise _Stop
 
             handles.append(arch.get_module(blocks[layer], spec.mlp).register_forward_pre_hook(hook))
-        _forward_until(model, ids, mask, handles)
+        _run_until_stop(model, ids, mask, handles)
     return {layer: torch.cat(v) for layer, v in out.items()}
 
 
