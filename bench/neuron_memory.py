@@ -235,16 +235,18 @@ def choose_neurons(
     smallest once the layer's other neurons take it over (the variance of k_j the other keys do
     not predict, 1 / (C^-1)_jj, C the layer's key statistics), and DOWN (out, d_ff) is rewritten
     so that they do (least squares over C)."""
-    energy = k2 * down.float().pow(2).sum(0)  # (d_ff,)
-    if compensate:
-        C = session.matrix(session.covariance(layer, session.hparams(layer, band=1)).id).double()
-        energy = (1 / torch.linalg.inv(C).diagonal()).float() * down.float().pow(2).sum(0)
+    reach = down.float().pow(2).sum(0)  # (d_ff,): |W_down[:, j]|^2
+    if not compensate:
+        energy = k2 * reach
+        chosen = energy.argsort()[:count]
+        return chosen, energy[chosen].sum() / energy.sum()
+    C = session.matrix(session.covariance(layer, session.hparams(layer, band=1)).id).double()
+    energy = (1 / torch.linalg.inv(C).diagonal()).float() * reach
     chosen = energy.argsort()[:count]
-    if compensate:
-        keep = torch.ones(len(energy), dtype=torch.bool)
-        keep[chosen] = False
-        regress = torch.linalg.solve(C[keep][:, keep], C[keep][:, chosen])  # (kept, chosen)
-        down[:, keep] += (down[:, chosen].double() @ regress.T).to(down.dtype)
+    keep = torch.ones(len(energy), dtype=torch.bool)
+    keep[chosen] = False
+    regress = torch.linalg.solve(C[keep][:, keep], C[keep][:, chosen])  # (kept, chosen)
+    down[:, keep] += (down[:, chosen].double() @ regress.T).to(down.dtype)
     return chosen, energy[chosen].sum() / energy.sum()
 
 
@@ -271,7 +273,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--dataset", default=str(DATA))
     parser.add_argument("--layers", default="2-8")
-    parser.add_argument("--work", required=True, help="folder for v* and states (reused)")
+    parser.add_argument("--work", required=True, help="folder for v* (a rerun resumes from it)")
     parser.add_argument("--corpus-rows", type=int, default=64)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--neg-weight", type=float, default=1.0)
