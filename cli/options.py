@@ -16,7 +16,7 @@ BandOpt = Annotated[
         "--band",
         min=1,
         max=64,
-        help="Spread the edit over this many layers ending at its own (MEMIT; stored per layer, compiled with --mode band). A log keeps the band it started with; default: the log's, else the model's (SmolLM2: 9, ending at layer 8), else 1 (one layer).",
+        help="Spread the edit over this many layers ending at its own (MEMIT; stored per layer, compiled with --mode band). A log keeps the band it started with; default: the log's, else the model's (SmolLM2: 9 ending at layer 8; Gemma 3 270M: 6 ending at 5), else 1 (one layer).",
     ),
 ]
 LayerOpt = Annotated[

@@ -18,7 +18,7 @@ ModeOpt = Annotated[
     str | None,
     typer.Option(
         "--mode",
-        help="joint (all edits of a layer solved at once), sequential (replay in order), spread (over layers L-4..L, MEMIT), null-space (joint within C's null space, AlphaEdit), soft (least squares against preserved text, MEMIT's solve; holds no edit exactly) or band (that soft solve on every layer of the band each edit was registered over, from its stored per-layer vectors). Default: band for a band log (SmolLM2's default for new logs), else joint.",
+        help="joint (all edits of a layer solved at once), sequential (replay in order), spread (over layers L-4..L, MEMIT), null-space (joint within C's null space, AlphaEdit), soft (least squares against preserved text, MEMIT's solve; holds no edit exactly) or band (that soft solve on every layer of the band each edit was registered over, from its stored per-layer vectors). Default: band for a band log (SmolLM2's and Gemma 3's default for new logs), else joint.",
     ),
 ]
 MinEfficacyOpt = Annotated[
