@@ -118,6 +118,9 @@ class _Default:
     band: tuple[int, int] | None = None
 
 
+# SmolLM2-135M's band settings (docs/hparams.md), which Gemma 3 270M's row borrows
+_SMOLLM2_BAND: dict[str, Any] = dict(top1_patience=2, band_weight=3e3, band_plain_weight=20, band_names_weight=0.3)
+
 # ROME's published settings (GPT-2 medium/large/XL, GPT-J) and ours, chosen by measurement
 # (SmolLM2-135M, Gemma 3 270M: see docs/hparams.md; the tiny test GPT-2: tests/tiny_models.py).
 _DEFAULTS = (
@@ -133,14 +136,7 @@ _DEFAULTS = (
         "llama",
         30,
         576,
-        dict(
-            layer=4,
-            stats_tokens=200_000,
-            top1_patience=2,
-            band_weight=3e3,
-            band_plain_weight=20,
-            band_names_weight=0.3,
-        ),
+        dict(layer=4, stats_tokens=200_000, **_SMOLLM2_BAND),
         band=(9, 8),
     ),
     # Gemma 3 270M: the single layer by analogy (not traced); band (6, 5) with SmolLM2's band
@@ -150,14 +146,7 @@ _DEFAULTS = (
         "gemma3_text",
         18,
         640,
-        dict(
-            layer=4,
-            stats_tokens=200_000,
-            top1_patience=2,
-            band_weight=3e3,
-            band_plain_weight=20,
-            band_names_weight=0.3,
-        ),
+        dict(layer=4, stats_tokens=200_000, **_SMOLLM2_BAND),
         measured=False,
         band=(6, 5),
     ),
