@@ -151,6 +151,17 @@ def test_lifelong_run_resumes_scores_each_mode_once_and_retracts(
     )
     assert "null space only 0 dimensions" in refused["modes"]["null-space"]["refused"]
     assert refused["unedited"]["GE"] > 0  # the GE gate's reference: the unedited model on the same sample
+    # a study of a finished run (bench/band_fluency.py) samples generations as the run does
+    store2 = lifelong.run_store(tmp_path / "run2")
+    try:
+        again = EditSession(store2, "tiny", device="cpu")
+        sampled = lifelong.score_variant(
+            again, records[:2], lambda m: None, None, FluencySettings(prompts=1, new_tokens=4)
+        )
+        assert sampled["GE"] == pytest.approx(refused["unedited"]["GE"])
+        assert lifelong.score_variant(again, records[:2], lambda m: None, None).get("GE") is None
+    finally:
+        store2.close()
     assert both["modes"]["sequential"] == first["modes"]["sequential"]  # kept, not recomputed
     r = both["retraction"]
     assert r["retracted"] == 2 and r["kept"] == 2

@@ -166,12 +166,14 @@ def score_variant(
     records: Sequence[Record],
     apply: Callable[[PreTrainedModel], None],
     heldout: list[list[int]] | None,
+    fluency: FluencySettings | None = None,
 ) -> dict:
     """Scores of RECORDS (and the held-out perplexity) on the base model changed by APPLY: for
-    sweeps of a compile mode's settings over a finished run's log (bench/soft_sweep.py)."""
+    sweeps of a compile mode's settings over a finished run's log (bench/soft_sweep.py). With
+    FLUENCY, GE too, every record's generations sampled as the lifelong run samples its end point's."""
     with weights_restored(session.model), session.base_weights():
         apply(session.model)
-        return _score(session.model, session.tokenizer, records, None, 0, heldout)
+        return _score(session.model, session.tokenizer, records, fluency, len(records) if fluency else 0, heldout)
 
 
 def band_inputs(session: EditSession, edits: list[StoredEdit], band: int = SPREAD_LAYERS) -> LayerInputs:
