@@ -32,23 +32,19 @@ def main() -> None:
     parser.add_argument("--betas", type=float, nargs="*", default=[0.0, 1.0, 3.0, 10.0])
     args = parser.parse_args()
 
-    from factstore import arch
     from factstore.studies.lifelong import score_variant
     from factstore.weights import band
-    from factstore.weights.replay import edit_vectors, soft_settings
 
-    _, session, edits, records, heldout = run_folder.open_band_run(args)
-    weight, alpha = band.settings(edits, soft_settings("band"))
-    rho = band.names_weight(edits[-1])
+    log = run_folder.BandLog(args)
+    session, edits, records, heldout, layers = log.session, log.edits, log.records, log.heldout, log.layers
+    asks, weight, alpha = log.asks, log.weight, log.alpha
     with session.base_weights():
-        asks, last = band.collect(edits, edit_vectors, lambda n: (arch.down_proj_weight(session.model, n), None))
-        layers = sorted(asks)
         clock = time.perf_counter()
         S = scatters(session, edits, layers)
     print(
         f"{len(edits)} edits, {len(records)} records; scatters of layers {layers} in {time.perf_counter() - clock:.0f} s"
     )
-    held = {n: session.statistics.band_matrix(last[n].covariance_id, n, rho).double() for n in layers}
+    held = {n: log.held(n) for n in layers}
     for n in layers:
         print(f"  layer {n}: tr(sum S_i) / tr(w (C + rho N)) = {float(S[n].trace() / (weight * held[n].trace())):.3g}")
     print("\n| beta | ES | PS | NS | perplexity | seconds |\n|---|---|---|---|---|---|", flush=True)

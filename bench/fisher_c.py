@@ -33,35 +33,28 @@ def main() -> None:
     parser.add_argument("--scales", type=float, nargs="*", default=[1.0, 1.5])
     args = parser.parse_args()
 
-    from factstore import arch
     from factstore.studies.lifelong import score_variant
     from factstore.weights import band
-    from factstore.weights.replay import edit_vectors, soft_settings
 
-    _, session, edits, records, heldout = run_folder.open_band_run(args)
-    weight, alpha = band.settings(edits, soft_settings("band"))
-    rho = band.names_weight(edits[-1])
-    with session.base_weights():
-        asks, last = band.collect(edits, edit_vectors, lambda n: (arch.down_proj_weight(session.model, n), None))
-    layers = sorted(asks)
-    held = {n: session.statistics.band_matrix(last[n].covariance_id, n, rho).double() for n in layers}
-    names = {n: held[n] - session.statistics.band_matrix(last[n].covariance_id, n, 0.0).double() for n in layers}
-    path = Path(args.run_dir) / f"fisher-moments-{args.tokens}.pt"
-    C_T, F = weighted_moments(session, layers, args.tokens, path)
-    for n in layers:
+    log = run_folder.BandLog(args)
+    C_T, F = weighted_moments(
+        log.session, log.layers, args.tokens, Path(args.run_dir) / f"fisher-moments-{args.tokens}.pt"
+    )
+    for n in log.layers:
         print(f"  layer {n}: tr F / tr C_T = {float(F[n].trace() / C_T[n].trace()):.3f}")
-    variants = [("C + rho N, as registered", held, [1.0])]
-    variants += [("C of the same tokens + rho N", {n: C_T[n] + names[n] for n in layers}, args.scales)]
-    variants += [("F + rho N", {n: F[n] + names[n] for n in layers}, args.scales)]
-    print(f"{len(edits)} edits, {len(records)} records, weight {weight:g}, rho {rho:g}")
+    variants = [("C + rho N, as registered", {n: log.held(n) for n in log.layers}, [1.0])]
+    variants += [("C of the same tokens + rho N", {n: C_T[n] + log.names(n) for n in log.layers}, args.scales)]
+    variants += [("F + rho N", {n: F[n] + log.names(n) for n in log.layers}, args.scales)]
+    print(f"{len(log.edits)} edits, {len(log.records)} records, weight {log.weight:g}, rho {log.rho:g}")
     print("\n| held matrix | w | ES | PS | NS | perplexity | seconds |\n|---|---|---|---|---|---|---|", flush=True)
     for name, matrix, scales in variants:
         for scale in scales:
             clock = time.perf_counter()
-            deltas = {n: band.layer_delta(asks[n], matrix[n], (weight * scale, alpha)) for n in layers}
-            s = score_variant(session, records, run_folder.applier(deltas), heldout)
+            w = log.weight * scale
+            deltas = {n: band.layer_delta(log.asks[n], matrix[n], (w, log.alpha)) for n in log.layers}
+            s = score_variant(log.session, log.records, run_folder.applier(deltas), log.heldout)
             print(
-                f"| {name} | {weight * scale:g} | {s['ES']:.1f} | {s['PS']:.1f} | {s['NS']:.1f} | "
+                f"| {name} | {w:g} | {s['ES']:.1f} | {s['PS']:.1f} | {s['NS']:.1f} | "
                 f"{s.get('perplexity', float('nan')):.2f} | {time.perf_counter() - clock:.0f} |",
                 flush=True,
             )

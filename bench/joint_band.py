@@ -41,19 +41,14 @@ def main() -> None:
     parser.add_argument("--weight-scale", type=float, nargs="*", default=[1.0], help="w times these for joint rows")
     args = parser.parse_args()
 
-    from factstore import arch
     from factstore.studies.lifelong import score_variant
     from factstore.weights import band
-    from factstore.weights.replay import edit_vectors, soft_settings
 
-    _, session, edits, records, heldout = run_folder.open_band_run(args)
-    weight, alpha = band.settings(edits, soft_settings("band"))
-    rho = band.names_weight(edits[-1])
-    with session.base_weights():
-        asks, last = band.collect(edits, edit_vectors, lambda n: (arch.down_proj_weight(session.model, n), None))
-    layers = sorted(asks)
-    held = {n: session.statistics.band_matrix(last[n].covariance_id, n, rho).double() for n in layers}
-    names = {n: held[n] - session.statistics.band_matrix(last[n].covariance_id, n, 0.0).double() for n in layers}
+    log = run_folder.BandLog(args)
+    session, edits, records, heldout, layers = log.session, log.edits, log.records, log.heldout, log.layers
+    asks, weight, alpha, rho = log.asks, log.weight, log.alpha, log.rho
+    held = {n: log.held(n) for n in layers}
+    names = {n: log.names(n) for n in layers}
     K = {n: torch.stack([k for k, _ in asks[n]], 1).double() for n in layers}  # (m, e)
     R = {n: torch.stack([r for _, r in asks[n]], 1).double() for n in layers}  # (d, e)
     print(f"{len(edits)} edits, {len(records)} records, layers {layers}, weight {weight:g}, rho {rho:g}", flush=True)
@@ -78,7 +73,7 @@ def main() -> None:
             s = score_variant(session, records, run_folder.applier(deltas), heldout)
             print(
                 f"| {variant} | {weight * scale:g} | {s['ES']:.1f} | {s['PS']:.1f} | {s['NS']:.1f} | "
-                f"{s['perplexity']:.2f} | {time.perf_counter() - clock:.0f} |",
+                f"{s.get('perplexity', float('nan')):.2f} | {time.perf_counter() - clock:.0f} |",
                 flush=True,
             )
 

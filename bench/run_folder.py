@@ -64,3 +64,32 @@ def unnamed_records(store: Any, session: Any, path: str, n: int) -> list:
 
     named = {e.subject for e in store.list_edits(session.base.id, "all")}
     return [r for r in read_records(path, n) if r.request.subject not in named]
+
+
+class BandLog:
+    """A band run's log opened for recompiles: open_band_run's session, edits, records and
+    held-out rows, with the log's registered (weight, alpha), rho, its stored asks by layer
+    (weights/band.collect) and the edit whose C each layer's solve reads."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from factstore import arch
+        from factstore.weights import band
+        from factstore.weights.replay import edit_vectors, soft_settings
+
+        _, self.session, self.edits, self.records, self.heldout = open_band_run(args)
+        self.weight, self.alpha = band.settings(self.edits, soft_settings("band"))
+        self.rho = band.names_weight(self.edits[-1])
+        with self.session.base_weights():
+            self.asks, self.last = band.collect(
+                self.edits, edit_vectors, lambda n: (arch.down_proj_weight(self.session.model, n), None)
+            )
+        self.layers = sorted(self.asks)
+
+    def held(self, layer: int, rho: float | None = None) -> Any:
+        """C + rho N (m, m) float64 of LAYER, rho as registered unless given."""
+        cov = self.last[layer].covariance_id
+        return self.session.statistics.band_matrix(cov, layer, self.rho if rho is None else rho).double()
+
+    def names(self, layer: int) -> Any:
+        """rho N (m, m) float64 of LAYER at the registered rho: what the held matrix adds to C."""
+        return self.held(layer) - self.held(layer, 0.0)
