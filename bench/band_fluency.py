@@ -25,22 +25,18 @@ def main() -> None:
     args = parser.parse_args()
     args.n = args.sample
 
-    from heldout_damage import log_deltas
-
     from factstore.options import FluencySettings
     from factstore.studies.lifelong import score_variant
 
-    _, session, edits, records, _ = run_folder.open_band_run(argparse.Namespace(**vars(args), heldout_tokens=0))
+    log = run_folder.BandLog(argparse.Namespace(**vars(args), heldout_tokens=0))
     fluency = FluencySettings()
     rows = []
-    for name, edited in (("unedited", False), (f"band compile of {len(edits)} edits", True)):
+    for name, deltas in (("unedited", {}), (f"band compile of {len(log.edits)} edits", log.deltas())):
         clock = time.perf_counter()
-        with session.base_weights():
-            deltas = {n: d for n, (d, _, _) in log_deltas(session, edits).items()} if edited else {}
-        s = score_variant(session, records, run_folder.applier(deltas), None, fluency)
+        s = score_variant(log.session, log.records, run_folder.applier(deltas), None, fluency)
         rows.append((name, s["GE"], time.perf_counter() - clock))
     base = rows[0][1]
-    print(f"| model | GE ({len(records)} records) | change | seconds |\n|---|---|---|---|")
+    print(f"| model | GE ({len(log.records)} records) | change | seconds |\n|---|---|---|---|")
     for name, ge, seconds in rows:
         print(f"| {name} | {ge:.3f} | {100 * (ge / base - 1):+.1f} % | {seconds:.0f} |")
 

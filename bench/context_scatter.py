@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 
 import run_folder
 import torch
@@ -33,11 +34,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from factstore.studies.lifelong import score_variant
-    from factstore.weights import band
 
     log = run_folder.BandLog(args)
     session, edits, records, heldout, layers = log.session, log.edits, log.records, log.heldout, log.layers
-    asks, weight, alpha = log.asks, log.weight, log.alpha
+    weight = log.weight
     with session.base_weights():
         clock = time.perf_counter()
         S = scatters(session, edits, layers)
@@ -51,7 +51,7 @@ def main() -> None:
     for beta in args.betas:
         clock = time.perf_counter()
         # the soft solve holds w * M: beta S enters as (beta / w) S inside M
-        deltas = {n: band.layer_delta(asks[n], held[n] + (beta / weight) * S[n], (weight, alpha)) for n in layers}
+        deltas = log.deltas({n: held[n] + (beta / weight) * S[n] for n in layers})
         s = score_variant(session, records, run_folder.applier(deltas), heldout)
         print(
             f"| {beta:g} | {s['ES']:.1f} | {s['PS']:.1f} | {s['NS']:.1f} | {s.get('perplexity', float('nan')):.2f} "
@@ -70,31 +70,21 @@ def scatters(session: object, edits: list, layers: list[int]) -> dict[int, torch
 
     total = {n: torch.zeros(0) for n in layers}
     for lo in range(0, len(edits), 32):
-        sets, owners = [], []
-        for i, edit in enumerate(edits[lo : lo + 32]):
+        sets, groups = [], []  # one prompt per set; per edit, its sets' rows and their weights
+        for edit in edits[lo : lo + 32]:
             templates = session.templates(ROMEHyperParams.from_json(edit.hparams)).key  # type: ignore[attr-defined]
-            pairs = band.key_prompts(edit.request(), templates, band.plain_weight(edit))
-            for pair, times in counted(pairs):
-                sets.append([pair])
-                owners.append((i, times))
+            counts = Counter(band.key_prompts(edit.request(), templates, band.plain_weight(edit)))
+            groups.append((list(range(len(sets), len(sets) + len(counts))), torch.tensor(list(counts.values()))))
+            sets += [[pair] for pair in counts]
         keys = subject_keys(session.model, session.tokenizer, sets, layers)  # type: ignore[attr-defined]
         for n in layers:
             k = keys[n].double()  # (prompts, m)
-            for i in {o for o, _ in owners}:
-                rows = [j for j, (o, _) in enumerate(owners) if o == i]
-                a = torch.tensor([owners[j][1] for j in rows], dtype=torch.float64)[:, None]
-                kc = k[rows] - (a * k[rows]).sum(0) / a.sum()
-                part = (a * kc).T @ kc / a.sum()
+            for rows, times in groups:
+                a = times.double()[:, None] / times.sum()  # (prompts of the edit, 1), summing to 1
+                kc = k[rows] - (a * k[rows]).sum(0)
+                part = (a * kc).T @ kc
                 total[n] = part if total[n].numel() == 0 else total[n] + part
     return total
-
-
-def counted(pairs: list[tuple[str, str]]) -> list[tuple[tuple[str, str], int]]:
-    """PAIRS without repeats, each with how often it occurs."""
-    counts: dict[tuple[str, str], int] = {}
-    for pair in pairs:
-        counts[pair] = counts.get(pair, 0) + 1
-    return list(counts.items())
 
 
 if __name__ == "__main__":

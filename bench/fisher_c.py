@@ -34,7 +34,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from factstore.studies.lifelong import score_variant
-    from factstore.weights import band
 
     log = run_folder.BandLog(args)
     C_T, F = weighted_moments(
@@ -42,7 +41,7 @@ def main() -> None:
     )
     for n in log.layers:
         print(f"  layer {n}: tr F / tr C_T = {float(F[n].trace() / C_T[n].trace()):.3f}")
-    variants = [("C + rho N, as registered", {n: log.held(n) for n in log.layers}, [1.0])]
+    variants = [("C + rho N, as registered", None, [1.0])]
     variants += [("C of the same tokens + rho N", {n: C_T[n] + log.names(n) for n in log.layers}, args.scales)]
     variants += [("F + rho N", {n: F[n] + log.names(n) for n in log.layers}, args.scales)]
     print(f"{len(log.edits)} edits, {len(log.records)} records, weight {log.weight:g}, rho {log.rho:g}")
@@ -51,8 +50,7 @@ def main() -> None:
         for scale in scales:
             clock = time.perf_counter()
             w = log.weight * scale
-            deltas = {n: band.layer_delta(log.asks[n], matrix[n], (w, log.alpha)) for n in log.layers}
-            s = score_variant(log.session, log.records, run_folder.applier(deltas), log.heldout)
+            s = score_variant(log.session, log.records, run_folder.applier(log.deltas(matrix, w)), log.heldout)
             print(
                 f"| {name} | {w:g} | {s['ES']:.1f} | {s['PS']:.1f} | {s['NS']:.1f} | "
                 f"{s.get('perplexity', float('nan')):.2f} | {time.perf_counter() - clock:.0f} |",

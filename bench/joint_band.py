@@ -42,18 +42,16 @@ def main() -> None:
     args = parser.parse_args()
 
     from factstore.studies.lifelong import score_variant
-    from factstore.weights import band
 
     log = run_folder.BandLog(args)
     session, edits, records, heldout, layers = log.session, log.edits, log.records, log.heldout, log.layers
     asks, weight, alpha, rho = log.asks, log.weight, log.alpha, log.rho
-    held = {n: log.held(n) for n in layers}
     names = {n: log.names(n) for n in layers}
     K = {n: torch.stack([k for k, _ in asks[n]], 1).double() for n in layers}  # (m, e)
     R = {n: torch.stack([r for _, r in asks[n]], 1).double() for n in layers}  # (d, e)
     print(f"{len(edits)} edits, {len(records)} records, layers {layers}, weight {weight:g}, rho {rho:g}", flush=True)
 
-    registered = {n: band.layer_delta(asks[n], held[n], (weight, alpha)) for n in layers}
+    registered = log.deltas()
     if heldout:
         coherence(session, registered, heldout)
     path = Path(args.moment or Path(args.run_dir) / f"joint-moment-{args.joint_tokens}.pt")

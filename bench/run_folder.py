@@ -90,6 +90,17 @@ class BandLog:
         cov = self.last[layer].covariance_id
         return self.session.statistics.band_matrix(cov, layer, self.rho if rho is None else rho).double()
 
+    def deltas(self, held: dict[int, Any] | None = None, weight: float | None = None) -> dict[int, Any]:
+        """{layer: dW (d, m)} of every layer's soft solve over the stored asks, holding each to
+        HELD[layer] (default C + rho N as registered) at WEIGHT (default the registered one)."""
+        from factstore.weights import band
+
+        w = self.weight if weight is None else weight
+        return {
+            n: band.layer_delta(self.asks[n], self.held(n) if held is None else held[n], (w, self.alpha))
+            for n in self.layers
+        }
+
     def names(self, layer: int) -> Any:
         """rho N (m, m) float64 of LAYER at the registered rho: what the held matrix adds to C."""
         return self.held(layer) - self.held(layer, 0.0)
